@@ -1,0 +1,2 @@
+"""graph/: model -> LayerGraph. Only ``trace``/``zoo``/``load`` import torch;
+``model`` (the frozen data) and ``ops`` are pure Python."""

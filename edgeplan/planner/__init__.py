@@ -1,0 +1,1 @@
+"""planner/: LayerGraph costs + Cluster + Objective -> Plan. No torch, no TVM."""

@@ -1,0 +1,129 @@
+"""The frozen Plan: stages x replica groups, with predicted figures.
+
+The planner decides, codegen executes: everything codegen and the runtime need
+to know about where layers run is here. Written deterministically so a plan can
+be a golden file (no timestamps, no paths).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from edgeplan import jsonio
+from edgeplan.errors import PlanError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One device of a stage's replica group and its share of the samples."""
+
+    device: str
+    unit: str  # compute unit name on that device: cpu, gpu, npu
+    target: str  # target kind that compiles the stage for it
+    share: float  # fraction of the stage's samples; sums to 1 over the group
+    samples: int  # samples of each micro-batch this replica runs (share x micro-batch, integral)
+    memory_bytes: int  # predicted peak use on this device
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Contiguous layers ``[start, stop)`` of the LayerGraph's order on a replica group."""
+
+    index: int
+    start: int
+    stop: int
+    first_layer: str
+    last_layer: str
+    replicas: tuple[Replica, ...]
+    compute_s: float  # time of one micro-batch through the stage (slowest replica)
+    send_s: float  # time to send its output to the next stage (0 for the last)
+    energy_j: float  # energy per sample spent in this stage (compute + send)
+
+
+@dataclass(frozen=True)
+class Predicted:
+    latency_s: float  # one request (inference) or one micro-batch end to end
+    throughput: float  # samples per second in steady state
+    energy_j: float  # per sample
+    iter_s: float | None = None  # training: time per iteration (global batch)
+
+
+@dataclass(frozen=True)
+class Baseline:
+    name: str  # best-single-device, data-parallel-all, uniform-split, param-balanced
+    feasible: bool
+    predicted: Predicted | None
+    stages: tuple[Stage, ...] = ()
+    reason: str = ""  # why infeasible
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str
+    graph_sha256: str
+    cluster: str
+    cluster_sha256: str
+    mode: str  # "inference" | "training"
+    objective: str  # latency | throughput | energy | time
+    batch: int  # samples per request (inference) or global batch per iteration (training)
+    microbatches: int  # batch is cut into this many equal micro-batches, pipelined
+    schedule: str  # "none" (inference) | "gpipe" | "1f1b"
+    solver: str  # "dp" | "ilp"
+    head: str  # device that feeds inputs and collects outputs
+    stages: tuple[Stage, ...]
+    predicted: Predicted
+    baselines: tuple[Baseline, ...] = ()
+    notes: tuple[str, ...] = ()
+    schema_version: int = field(default=SCHEMA_VERSION)
+
+    @property
+    def devices_used(self) -> tuple[str, ...]:
+        return tuple(r.device for s in self.stages for r in s.replicas)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict, source: str = "plan") -> Plan:
+        if d.get("schema_version") != SCHEMA_VERSION:
+            raise PlanError(
+                f"{source}: schema_version {d.get('schema_version')!r} is not {SCHEMA_VERSION}; "
+                "re-run `edgeplan plan` with this version of edgeplan"
+            )
+        try:
+            return cls(
+                **{k: v for k, v in d.items() if k not in ("stages", "predicted", "baselines", "notes")},
+                stages=tuple(_stage(s) for s in d["stages"]),
+                predicted=Predicted(**d["predicted"]),
+                baselines=tuple(
+                    Baseline(
+                        name=b["name"], feasible=b["feasible"],
+                        predicted=Predicted(**b["predicted"]) if b["predicted"] else None,
+                        stages=tuple(_stage(s) for s in b.get("stages", ())),
+                        reason=b.get("reason", ""),
+                    )
+                    for b in d.get("baselines", ())
+                ),
+                notes=tuple(d.get("notes", ())),
+            )
+        except (KeyError, TypeError) as e:
+            raise PlanError(f"{source}: not a valid plan file ({e})") from e
+
+    def digest(self) -> str:
+        return jsonio.sha256_of(self.to_json())
+
+
+def _stage(s: dict) -> Stage:
+    return Stage(**{**s, "replicas": tuple(Replica(**r) for r in s["replicas"])})
+
+
+def load(path: str) -> Plan:
+    try:
+        data = jsonio.read(path)
+    except FileNotFoundError as e:
+        raise PlanError(f"{path}: no such plan file; create one with `edgeplan plan`") from e
+    except ValueError as e:
+        raise PlanError(f"{path}: not JSON ({e})") from e
+    return Plan.from_json(data, source=str(path))
