@@ -1,0 +1,142 @@
+"""`edgeplan emulate CLUSTER -- COMMAND`: run COMMAND against an emulated cluster.
+
+Each board becomes a network namespace whose processes get a CPU quota
+proportional to the board's speed relative to one core of this machine. This
+machine has few cores, so all quotas (and, to keep the compute/communication
+ratio, all link bandwidths) are scaled by one *dilation* factor ``d <= 1``:
+the emulated cluster is the real one running ``1/d`` times slower. The
+emulated cluster itself (boards = this machine's CPU x quota, links = the
+shaped bandwidths) can be written out so `plan` -> `compile` -> `run` inside the
+emulation compares like with like.
+
+COMMAND sees ``EDGEPLAN_TESTBED``: the path of a JSON file describing the boards
+(address and the argv prefix that runs a process inside each), which
+`edgeplan run` / `edgeplan train` use to start each board's workers there.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeplan import jsonio
+from edgeplan.profiles.model import Cluster
+from edgeplan.testbed import netns
+
+ENV_VAR = "EDGEPLAN_TESTBED"
+HEAD_RESERVE_CORES = 0.25  # left free for the head and the OS
+
+
+@dataclass(frozen=True)
+class BoardShape:
+    device: str
+    speed_flops: float  # the board's fastest unit, dense-conv FLOP/s (profile)
+    cores: float  # CPU quota of its namespace, in cores of this machine
+    bandwidth: float  # shaped default link bandwidth, bytes/s
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How a cluster maps onto this machine."""
+
+    dilation: float  # emulated time = real time / dilation
+    host_core_flops: float  # dense-conv FLOP/s of one core of this machine
+    boards: tuple[BoardShape, ...]
+    overrides: tuple[tuple[str, str, float], ...]  # (a, b, bytes/s) shaped per-pair links
+    head_bandwidth: float
+
+
+def board_speed(cluster: Cluster, device: str) -> float:
+    """Dense-conv FLOP/s of the device's fastest compute unit."""
+    return max(u.flops_per_s("conv") for u in cluster.device(device).units)
+
+
+def shape(cluster: Cluster, host_core_flops: float, cores: int | None = None,
+          max_board_cores: float = 1.0) -> Shape:
+    """Quotas and dilation: fit every board in this machine's cores at the same slow-down."""
+    cores = cores or os.cpu_count() or 1
+    budget = max(cores - HEAD_RESERVE_CORES, 0.1)
+    speeds = {d.name: board_speed(cluster, d.name) for d in cluster.devices}
+    wanted = {name: s / host_core_flops for name, s in speeds.items()}  # cores at dilation 1
+    dilation = min(1.0, max_board_cores / max(wanted.values()), budget / sum(wanted.values()))
+    default = cluster.default_link.bandwidth
+    boards = tuple(
+        BoardShape(name, speeds[name], wanted[name] * dilation, default * dilation) for name in speeds
+    )
+    overrides = tuple((link.a, link.b, link.bandwidth * dilation) for link in cluster.links)
+    return Shape(dilation, host_core_flops, boards, overrides, default * dilation)
+
+
+def measure_host_core_flops(seconds: float = 0.5) -> float:
+    """Single-core float32 GEMM FLOP/s of this machine (numpy, one thread)."""
+    import numpy as np
+
+    n = 256
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = a.T.copy()
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def state_json(bed: netns.Testbed, plan_shape: Shape) -> dict:
+    return {
+        "host_address": bed.host_address,
+        "dilation": plan_shape.dilation,
+        "notes": list(bed.notes),
+        "boards": {
+            b.device: {"address": b.address, "prefix": b.launch_prefix(), "cores": b.cpu_quota,
+                       "bandwidth": b.egress_bps}
+            for b in bed.boards
+        },
+    }
+
+
+def run(cluster: Cluster, command: list[str], host_core_flops: float | None = None,
+        echo=print) -> int:
+    """Build the testbed, run ``command`` with EDGEPLAN_TESTBED set, tear everything down."""
+    netns.require_root()
+    stale = netns.cleanup_stale()
+    if stale:
+        echo(f"removed leftovers of an earlier emulation: {', '.join(stale)}")
+    flops = host_core_flops or measure_host_core_flops()
+    plan_shape = shape(cluster, flops)
+    echo(f"emulating {cluster.name}: dilation {plan_shape.dilation:.3g} "
+         f"(the emulated cluster runs {1 / plan_shape.dilation:.3g}x slower than the real one)")
+    for b in plan_shape.boards:
+        echo(f"  {b.device:<14} cpu quota {b.cores:.2f} cores   link {b.bandwidth * 8 / 1e6:.1f} Mbit/s")
+    pair = {(a, b): bw for a, b, bw in plan_shape.overrides}
+    bed = netns.build([(b.device, b.cores, b.bandwidth) for b in plan_shape.boards], pair,
+                      plan_shape.head_bandwidth)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    child = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="edgeplan-testbed-") as tmp:
+            state = Path(tmp) / "testbed.json"
+            jsonio.write(state, state_json(bed, plan_shape))
+            child = subprocess.Popen(command, env={**os.environ, ENV_VAR: str(state)})
+            return child.wait()
+    except KeyboardInterrupt:
+        if child and child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        return 130
+    finally:
+        netns.teardown(bed)
+        for s, h in previous.items():
+            signal.signal(s, h)

@@ -1,0 +1,265 @@
+"""Emulated cluster on one Linux machine: a network namespace per board.
+
+Topology: a bridge namespace holds a Linux bridge; each board gets a namespace
+with one veth leg (``eth0``) plugged into the bridge, and the host gets a leg
+too so the head (this machine) can reach every board. Links are shaped with
+``tc htb``: each board's egress has a default class at the cluster's default
+bandwidth and one class per per-pair override (matched by destination
+address); the bridge-side legs cap what a board can receive. CPU time of each
+board's processes is limited by a cgroup CPU quota (v1 ``cpu`` controller or
+v2 ``cpu.max``).
+
+Latency is not emulated: this kernel has no ``netem``; the difference is the
+links' latency (sub-millisecond on the example clusters), reported as omitted.
+
+Everything is torn down on exit, Ctrl-C (SIGINT/SIGTERM) or failure; names
+carry a per-run tag, and ``cleanup_stale()`` removes leftovers of killed runs.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shlex
+import signal
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeplan.errors import EdgeplanError
+
+PREFIX = "ep"  # every namespace, link and cgroup we create starts with it
+SUBNET = "10.231"  # 10.231.<net>.<host>/24, our own test hosts only
+CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
+CGROUP_V2 = Path("/sys/fs/cgroup")
+PERIOD_US = 100_000
+
+
+class EmulationError(EdgeplanError):
+    """The emulated testbed could not be built (not root, missing tool, kernel feature)."""
+
+
+@dataclass(frozen=True)
+class BoardSlot:
+    """One emulated board: its namespace, address and CPU quota (in cores)."""
+
+    device: str
+    netns: str
+    address: str
+    cpu_quota: float
+    cgroup: str  # cgroup folder; processes are added by writing cgroup.procs
+    egress_bps: float  # default bandwidth of its link, bytes/s
+    overrides: tuple[tuple[str, float], ...] = ()  # (peer address, bytes/s)
+
+    def launch_prefix(self) -> list[str]:
+        """argv to prepend so a command runs inside this board (cgroup + netns)."""
+        procs = shlex.quote(str(Path(self.cgroup) / "cgroup.procs"))
+        return ["sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh", "ip", "netns", "exec", self.netns]
+
+
+@dataclass(frozen=True)
+class Testbed:
+    tag: str
+    bridge_ns: str
+    host_address: str
+    boards: tuple[BoardSlot, ...]
+    cgroup_root: str
+    notes: tuple[str, ...] = field(default=())
+
+    def board(self, device: str) -> BoardSlot:
+        for b in self.boards:
+            if b.device == device:
+                return b
+        raise KeyError(device)
+
+
+def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run(argv, capture_output=True, text=True)
+    if check and p.returncode != 0:
+        raise EmulationError(f"`{' '.join(argv)}` failed: {p.stderr.strip() or p.stdout.strip()}")
+    return p
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise EmulationError(
+            "emulate needs root (network namespaces, tc and cgroups); run it with sudo, "
+            "or use `edgeplan run ARTIFACTS --local` to run without emulated links"
+        )
+    for tool in ("ip", "tc"):
+        if subprocess.run(["which", tool], capture_output=True).returncode != 0:
+            raise EmulationError(f"emulate needs `{tool}`: apt-get install iproute2")
+
+
+def _rate(bps: float) -> str:
+    return f"{max(int(bps * 8), 8000)}bit"
+
+
+def _shape(ns: str, dev: str, default_bps: float, overrides: tuple[tuple[str, float], ...]) -> None:
+    """htb on ``dev`` in ``ns``: a default class plus one class per destination override."""
+    ex = ("ip", "netns", "exec", ns)
+    _run(*ex, "tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "10")
+    _run(*ex, "tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:10", "htb",
+         "rate", _rate(default_bps), "ceil", _rate(default_bps))
+    for i, (dst, bps) in enumerate(overrides):
+        cid = f"1:{20 + i}"
+        _run(*ex, "tc", "class", "add", "dev", dev, "parent", "1:", "classid", cid, "htb",
+             "rate", _rate(bps), "ceil", _rate(bps))
+        _run(*ex, "tc", "filter", "add", "dev", dev, "protocol", "ip", "parent", "1:", "prio", "1",
+             "u32", "match", "ip", "dst", f"{dst}/32", "flowid", cid)
+
+
+def _cgroup_create(root: Path, name: str, cores: float) -> Path:
+    path = root / name
+    path.mkdir(parents=True, exist_ok=True)
+    quota = max(int(cores * PERIOD_US), 1000)
+    if (path / "cpu.cfs_quota_us").exists():  # cgroup v1
+        (path / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+        (path / "cpu.cfs_quota_us").write_text(str(quota))
+    elif (path / "cpu.max").exists():  # cgroup v2
+        (path / "cpu.max").write_text(f"{quota} {PERIOD_US}")
+    else:
+        raise EmulationError(f"{path}: no cpu.cfs_quota_us or cpu.max; is the cpu controller enabled?")
+    return path
+
+
+def _cgroup_root(tag: str) -> Path:
+    if CGROUP_V1.is_dir() and (CGROUP_V1 / "cpu.cfs_quota_us").exists():
+        return CGROUP_V1 / f"{PREFIX}-{tag}"
+    if (CGROUP_V2 / "cgroup.controllers").exists():
+        controllers = (CGROUP_V2 / "cgroup.controllers").read_text().split()
+        if "cpu" not in controllers:
+            raise EmulationError("cgroup v2 without the cpu controller; CPU quotas cannot be emulated")
+        subtree = CGROUP_V2 / "cgroup.subtree_control"
+        if "cpu" not in subtree.read_text().split():
+            subtree.write_text("+cpu")
+        root = CGROUP_V2 / f"{PREFIX}-{tag}"
+        root.mkdir(exist_ok=True)
+        (root / "cgroup.subtree_control").write_text("+cpu")
+        return root
+    raise EmulationError("no cgroup cpu controller at /sys/fs/cgroup/cpu (v1) or /sys/fs/cgroup (v2)")
+
+
+def _remove_cgroup(path: Path) -> None:
+    if not path.exists():
+        return
+    for child in sorted((p for p in path.iterdir() if p.is_dir()), reverse=True):
+        _remove_cgroup(child)
+    procs = path / "cgroup.procs"
+    parent_procs = path.parent / "cgroup.procs"
+    if procs.exists():
+        for pid in procs.read_text().split():  # move stragglers out so rmdir succeeds
+            try:
+                parent_procs.write_text(pid)
+            except OSError:
+                pass
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def build(boards: list[tuple[str, float, float]], overrides: dict[tuple[str, str], float],
+          host_bps: float) -> Testbed:
+    """Create the testbed. ``boards``: (device, cpu cores quota, default bytes/s).
+
+    ``overrides`` maps a device pair to its link bandwidth. Tears down what it
+    built if any step fails.
+    """
+    require_root()
+    tag = secrets.token_hex(2)
+    net = int(tag, 16) % 250 + 1
+    bridge_ns = f"{PREFIX}-{tag}-br"
+    created_ns: list[str] = []
+    cg_root = _cgroup_root(tag)
+    addresses = {dev: f"{SUBNET}.{net}.{i + 1}" for i, (dev, _, _) in enumerate(boards)}
+    host_address = f"{SUBNET}.{net}.254"
+    try:
+        _run("ip", "netns", "add", bridge_ns)
+        created_ns.append(bridge_ns)
+        exb = ("ip", "netns", "exec", bridge_ns)
+        _run(*exb, "ip", "link", "add", "br0", "type", "bridge")
+        _run(*exb, "ip", "link", "set", "br0", "up")
+        _run(*exb, "ip", "link", "set", "lo", "up")
+        slots = []
+        for i, (dev, cores, bps) in enumerate(boards):
+            ns = f"{PREFIX}-{tag}-{i}"
+            _run("ip", "netns", "add", ns)
+            created_ns.append(ns)
+            a, b = f"{PREFIX}{tag}{i}a", f"{PREFIX}{tag}{i}b"
+            _run("ip", "link", "add", a, "type", "veth", "peer", "name", b)
+            _run("ip", "link", "set", a, "netns", ns)
+            _run("ip", "link", "set", b, "netns", bridge_ns)
+            ex = ("ip", "netns", "exec", ns)
+            _run(*ex, "ip", "link", "set", a, "name", "eth0")
+            _run(*ex, "ip", "addr", "add", f"{addresses[dev]}/24", "dev", "eth0")
+            _run(*ex, "ip", "link", "set", "eth0", "up")
+            _run(*ex, "ip", "link", "set", "lo", "up")
+            _run(*exb, "ip", "link", "set", b, "master", "br0")
+            _run(*exb, "ip", "link", "set", b, "up")
+            mine = tuple(
+                (addresses[peer], rate)
+                for (x, y), rate in sorted(overrides.items())
+                for me, peer in ((x, y), (y, x))
+                if me == dev and peer in addresses
+            )
+            _shape(ns, "eth0", bps, mine)
+            _shape(bridge_ns, b, max([bps] + [r for _, r in mine]), ())
+            cg = _cgroup_create(cg_root, dev, cores)
+            slots.append(BoardSlot(dev, ns, addresses[dev], cores, str(cg), bps, mine))
+        # the host's own leg: the head runs on this machine
+        ha, hb = f"{PREFIX}{tag}ha", f"{PREFIX}{tag}hb"
+        _run("ip", "link", "add", ha, "type", "veth", "peer", "name", hb)
+        _run("ip", "link", "set", hb, "netns", bridge_ns)
+        _run("ip", "addr", "add", f"{host_address}/24", "dev", ha)
+        _run("ip", "link", "set", ha, "up")
+        _run(*exb, "ip", "link", "set", hb, "master", "br0")
+        _run(*exb, "ip", "link", "set", hb, "up")
+        _run("tc", "qdisc", "add", "dev", ha, "root", "tbf", "rate", _rate(host_bps),
+             "burst", "64kb", "latency", "100ms")
+        _run(*exb, "tc", "qdisc", "add", "dev", hb, "root", "tbf", "rate", _rate(host_bps),
+             "burst", "64kb", "latency", "100ms")
+        return Testbed(tag, bridge_ns, host_address, tuple(slots), str(cg_root),
+                       notes=("link latency not emulated (no netem in this kernel)",))
+    except BaseException:
+        _teardown(tag, created_ns, cg_root)
+        raise
+
+
+def _teardown(tag: str, namespaces: list[str], cg_root: Path) -> None:
+    for ns in namespaces:  # kill what still runs inside, then delete
+        pids = _run("ip", "netns", "pids", ns, check=False).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+    for ns in reversed(namespaces):
+        _run("ip", "netns", "del", ns, check=False)
+    _run("ip", "link", "del", f"{PREFIX}{tag}ha", check=False)
+    _remove_cgroup(cg_root)
+
+
+def teardown(bed: Testbed) -> None:
+    _teardown(bed.tag, [bed.bridge_ns] + [b.netns for b in bed.boards], Path(bed.cgroup_root))
+
+
+def leftovers() -> list[str]:
+    """Namespaces and cgroups of earlier runs still present (names start with 'ep-')."""
+    found = [ns.split()[0] for ns in _run("ip", "netns", "list", check=False).stdout.splitlines()
+             if ns.startswith(f"{PREFIX}-")]
+    for root in (CGROUP_V1, CGROUP_V2):
+        if root.is_dir():
+            found += [str(p) for p in root.glob(f"{PREFIX}-*") if p.is_dir()]
+    return found
+
+
+def cleanup_stale() -> list[str]:
+    """Remove leftovers of killed runs; returns what was removed."""
+    removed = leftovers()
+    for item in removed:
+        if item.startswith("/"):
+            _remove_cgroup(Path(item))
+        else:
+            _teardown(item.split("-")[1], [item], Path("/nonexistent"))
+    return removed

@@ -1,0 +1,122 @@
+"""Emulated testbed: quota/dilation arithmetic (pure) and a real netns tier (root)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from edgeplan.profiles.model import Cluster, ComputeUnit, Device, Link
+from edgeplan.testbed import emulate, netns
+
+CLASSES = ("conv", "dwconv", "gemm", "norm", "pool", "elementwise", "reduce", "data")
+
+
+def _device(name: str, gflops: float) -> Device:
+    unit = ComputeUnit("cpu", "cpu", "x86", tuple((c, gflops * 1e9) for c in CLASSES), 10e9, 5.0)
+    return Device(name, "test", "127.0.0.1", 1 << 30, 2.0, (unit,))
+
+
+def _cluster() -> Cluster:
+    return Cluster(
+        "t", (_device("fast", 40.0), _device("slow", 10.0)),
+        default_link=Link("*", "*", 125e6, 0.0005),
+        links=(Link("fast", "slow", 12.5e6, 0.001),),
+    )
+
+
+def test_shape_keeps_speed_ratios_and_fits_the_cores():
+    """Host core 20 GFLOP/s: fast wants 2 cores, slow 0.5; capped at 1 core per board
+    -> dilation 0.5: fast 1.0, slow 0.25 cores, links halved (62.5 and 6.25 MB/s)."""
+    s = emulate.shape(_cluster(), host_core_flops=20e9, cores=2)
+    cores = {b.device: b.cores for b in s.boards}
+    assert s.dilation == pytest.approx(0.5)
+    assert cores == pytest.approx({"fast": 1.0, "slow": 0.25})
+    assert s.boards[0].bandwidth == pytest.approx(62.5e6)
+    assert s.overrides == (("fast", "slow", pytest.approx(6.25e6)),)
+
+
+def test_shape_respects_the_core_budget():
+    """Ten boards of 10 GFLOP/s on a 2-core host of 20 GFLOP/s per core: 10 x 0.5 = 5 cores
+    wanted, 1.75 available -> dilation 0.35."""
+    c = Cluster("ten", tuple(_device(f"pi{i}", 10.0) for i in range(10)), Link("*", "*", 12.5e6, 0.0))
+    s = emulate.shape(c, host_core_flops=20e9, cores=2)
+    assert sum(b.cores for b in s.boards) == pytest.approx(2 - emulate.HEAD_RESERVE_CORES)
+    assert s.dilation == pytest.approx(0.35)
+
+
+def _root_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "netns tier needs root (network namespaces, tc, cgroups)"
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            return f"netns tier needs `{tool}` (apt-get install iproute2)"
+    return None
+
+
+netns_tier = pytest.mark.skipif(_root_reason() is not None, reason=_root_reason() or "")
+
+_SERVER = (
+    "import socket,sys;s=socket.socket();s.bind(('0.0.0.0',9000));s.listen();c,_=s.accept();n=0\n"
+    "while True:\n d=c.recv(1<<16)\n if not d: break\n n+=len(d)\nc.sendall(b'k');print(n)"
+)
+
+
+@pytest.mark.netns
+@netns_tier
+def test_links_are_shaped_and_everything_is_torn_down():
+    bed = netns.build([("a", 0.5, 12.5e6), ("b", 0.5, 12.5e6)], {("a", "b"): 2.5e6}, 125e6)
+    try:
+        a, b = bed.boards
+        srv = subprocess.Popen(b.launch_prefix() + [sys.executable, "-c", _SERVER], stdout=subprocess.PIPE,
+                               text=True)
+        time.sleep(1.0)
+        n = 2_500_000
+        t0 = time.perf_counter()
+        subprocess.run(a.launch_prefix() + [sys.executable, "-c",
+                       f"import socket;s=socket.create_connection(('{b.address}',9000));"
+                       f"s.sendall(b'x'*{n});s.shutdown(1);s.recv(1)"], check=True, timeout=60)
+        elapsed = time.perf_counter() - t0
+        assert srv.communicate(timeout=30)[0].strip() == str(n)
+        rate = n / elapsed
+        assert rate < 2.5e6 * 1.15, f"a->b ran at {rate / 1e6:.2f} MB/s, shaped to 2.5"
+        assert rate > 2.5e6 * 0.5, f"a->b ran at {rate / 1e6:.2f} MB/s, far under the 2.5 shaped"
+    finally:
+        netns.teardown(bed)
+    assert netns.leftovers() == []
+
+
+@pytest.mark.netns
+@netns_tier
+def test_emulate_run_passes_the_exit_code_and_leaves_nothing():
+    code = emulate.run(_cluster(), [sys.executable, "-c",
+                       "import json,os,sys;s=json.load(open(os.environ['EDGEPLAN_TESTBED']));"
+                       "sys.exit(0 if set(s['boards'])=={'fast','slow'} else 3)"],
+                       host_core_flops=20e9, echo=lambda *_: None)
+    assert code == 0
+    code = emulate.run(_cluster(), [sys.executable, "-c", "raise SystemExit(7)"],
+                       host_core_flops=20e9, echo=lambda *_: None)
+    assert code == 7
+    assert netns.leftovers() == []
+
+
+@pytest.mark.netns
+@netns_tier
+def test_a_failed_build_tears_down_what_it_made(monkeypatch):
+    calls = {"n": 0}
+    real = netns._shape
+
+    def failing_shape(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise netns.EmulationError("injected")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(netns, "_shape", failing_shape)
+    with pytest.raises(netns.EmulationError, match="injected"):
+        netns.build([("a", 0.5, 12.5e6), ("b", 0.5, 12.5e6)], {}, 125e6)
+    assert netns.leftovers() == []
