@@ -1,0 +1,411 @@
+"""Plan + model -> one artifact folder per board (the ``edgeplan compile`` phase).
+
+Steps: trace the model and check it is the one the plan was made for; split it
+at the plan's cuts; run the stages in torch on seeded random input at each
+replica's batch to get example inputs and shapes; compile each replica's stage
+for its target; write stage.json files, launchers, README.txt, a copy of the
+board runtime; write manifest.json last.
+
+Layout::
+
+    OUT/manifest.json  plan.json  head.json  compile-report.json
+    OUT/<device>/start.sh  edgeplan-stage.service  README.txt  edgeplan_runtime/*.py
+    OUT/<device>/stage<i>/stage.json  <module files>
+
+Ports: the head listens on ``HEAD_PORT`` (7700); the worker of the k-th
+(stage, replica) pair in plan order listens on ``HEAD_PORT + 1 + k``, so ports
+are unique per (device, stage) even when every worker shares one host (compiling
+without a cluster puts them all on 127.0.0.1). With a cluster, peers connect to
+each device's ``address`` and workers bind ``0.0.0.0`` (a board's hostname often
+resolves to a loopback address on the board itself).
+
+Everything is written into a temporary folder next to ``OUT`` and renamed into
+place at the end, so an interrupted compile never leaves a folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeplan import jsonio
+from edgeplan.codegen import manifest
+from edgeplan.codegen.render import render
+from edgeplan.errors import CompileError, EdgeplanError, PlanError
+from edgeplan.planner import plan as plan_mod
+from edgeplan.planner.plan import Plan
+from edgeplan.profiles.model import Cluster
+from edgeplan.runtime.spec import Peer, StageSpec, Tensor
+
+HEAD_PORT = 7700
+HEAD = "head"
+LOCALHOST = "127.0.0.1"
+INSTALL_DIR = "/opt/edgeplan"  # where the systemd unit expects a board's folder
+RUNTIME_DIR = "edgeplan_runtime"
+BASE_REQUIREMENTS = ("python3 -m pip install 'numpy>=1.26,<3'",)
+SEED = 0
+
+
+@dataclass(frozen=True)
+class CompileEvent:
+    """Progress of one step. ``job`` names a compile as ``stage <i> <target> <device>``; other
+    steps (trace, split, shapes, write) have ``job`` equal to the step name.
+    ``status``: queued | running | done | reused."""
+
+    job: str
+    status: str
+    seconds: float = 0.0
+
+
+Progress = Callable[[CompileEvent], None]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one replica of one stage lives on the network and which samples it owns."""
+
+    stage: int
+    device: str
+    host: str
+    port: int
+    listen: str
+    lo: int
+    hi: int
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def peer(self) -> Peer:
+        return Peer(device=self.device, stage=self.stage, address=self.address, lo=self.lo, hi=self.hi)
+
+
+def network_host(address: str) -> str:
+    """The host of a cluster address ``[user@]host[:ssh-port]`` (the SSH parts are for deploy)."""
+    host = address.rsplit("@", 1)[-1]
+    if host.startswith("["):  # [ipv6]:port
+        return host[1:].split("]", 1)[0]
+    if host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host
+
+
+def microbatch_size(plan: Plan) -> int:
+    if plan.microbatches <= 0 or plan.batch % plan.microbatches:
+        raise PlanError(
+            f"plan: batch {plan.batch} is not a multiple of microbatches {plan.microbatches}; re-run `edgeplan plan`"
+        )
+    return plan.batch // plan.microbatches
+
+
+def assign_slots(plan: Plan, cluster: Cluster | None) -> tuple[Slot, tuple[tuple[Slot, ...], ...]]:
+    """The head's slot and every replica's slot (see the module docstring for the port scheme)."""
+    m = microbatch_size(plan)
+
+    def host(device: str) -> str:
+        if cluster is None:
+            return LOCALHOST
+        try:
+            return network_host(cluster.device(device).address)
+        except KeyError as e:
+            raise CompileError(
+                f"plan uses device {device!r} but cluster {cluster.name!r} has none by that name; "
+                "pass the cluster file the plan was made with (--cluster)"
+            ) from e
+
+    bind = LOCALHOST if cluster is None else "0.0.0.0"
+    head_host = host(plan.head)
+    head = Slot(-1, HEAD, head_host, HEAD_PORT, f"{bind}:{HEAD_PORT}", 0, m)
+    stages = []
+    k = 0
+    for st in plan.stages:
+        slots = []
+        lo = 0
+        seen = set()
+        for r in st.replicas:
+            where = f"plan stage {st.index}, replica on {r.device!r}"
+            if r.device == HEAD or not r.device or "/" in r.device or r.device.startswith("."):
+                raise PlanError(f"{where}: device name cannot be a folder name; rename it in the cluster file")
+            if r.device in seen:
+                raise PlanError(f"{where}: the device appears twice in one replica group; re-run `edgeplan plan`")
+            if r.samples <= 0:
+                raise PlanError(f"{where}: samples is {r.samples}, must be >= 1; re-run `edgeplan plan`")
+            seen.add(r.device)
+            k += 1
+            port = HEAD_PORT + k
+            slots.append(Slot(st.index, r.device, host(r.device), port, f"{bind}:{port}", lo, lo + r.samples))
+            lo += r.samples
+        if lo != m:
+            raise PlanError(
+                f"plan stage {st.index}: replica samples add up to {lo}, not the micro-batch size {m}; "
+                "re-run `edgeplan plan`"
+            )
+        stages.append(tuple(slots))
+    return head, tuple(stages)
+
+
+def _tensor(name: str, t: Any) -> Tensor:
+    return Tensor(name=name, shape=tuple(int(d) for d in t.shape), dtype=str(t.dtype).removeprefix("torch."))
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _load_plan(plan: Plan | str | os.PathLike[str]) -> Plan:
+    return plan if isinstance(plan, Plan) else plan_mod.load(str(plan))
+
+
+def _load_cluster(cluster: Cluster | str | os.PathLike[str] | None) -> Cluster | None:
+    if cluster is None or isinstance(cluster, Cluster):
+        return cluster
+    from edgeplan.profiles.load import load_cluster
+
+    return load_cluster(str(cluster))
+
+
+def _check_out_dir(out: Path, force: bool) -> None:
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise CompileError(f"{out}: exists and is not a folder; choose another --out")
+    if not out.exists():
+        return
+    if not force:
+        raise CompileError(f"{out}: already exists; pass --force to replace it or choose another --out")
+    if any(out.iterdir()) and not (out / manifest.MANIFEST).is_file():
+        raise CompileError(
+            f"{out}: exists and is not an edgeplan artifact folder (no {manifest.MANIFEST}); "
+            "refusing to replace it even with --force, choose another --out"
+        )
+
+
+def compile_plan(
+    plan: Plan | str | os.PathLike[str],
+    model_spec: str,
+    out_dir: str | os.PathLike[str],
+    cluster: Cluster | str | os.PathLike[str] | None = None,
+    backend: str = "auto",
+    progress: Progress | None = None,
+    *,
+    force: bool = False,
+    input_shape: tuple[int, ...] | None = None,
+    traced: Any = None,
+) -> Path:
+    """Compile ``plan`` for ``model_spec`` into ``out_dir`` (see the module docstring); returns ``out_dir``.
+
+    ``traced`` (an ``edgeplan.graph.load.Traced``) skips tracing ``model_spec`` again.
+    Without ``cluster`` every address is 127.0.0.1 and target options are the targets' defaults.
+    """
+    emit = progress or (lambda event: None)
+    plan = _load_plan(plan)
+    cluster = _load_cluster(cluster)
+    out = Path(out_dir)
+    _check_out_dir(out, force)
+    head, slots = assign_slots(plan, cluster)
+
+    t0 = time.perf_counter()
+    emit(CompileEvent("trace", "running"))
+    if traced is None:
+        from edgeplan.graph.load import build
+
+        traced = build(model_spec, input_shape)
+    graph = traced.graph
+    if graph.digest() != plan.graph_sha256:
+        raise CompileError(
+            f"plan was made for a different model/input shape: the plan's graph_sha256 is "
+            f"{plan.graph_sha256[:12]} but --model {model_spec!r} traces to {graph.digest()[:12]} "
+            "(pass the same --model and --input-shape as to `edgeplan plan`, or re-plan)"
+        )
+    emit(CompileEvent("trace", "done", time.perf_counter() - t0))
+
+    from edgeplan.codegen.split import random_inputs, run_chain, split_stages
+
+    t0 = time.perf_counter()
+    emit(CompileEvent("split", "running"))
+    stages = split_stages(traced, plan)
+    emit(CompileEvent("split", "done", time.perf_counter() - t0))
+
+    jobs = [
+        (st, r, slot)
+        for st, group in zip(plan.stages, slots, strict=True)
+        for r, slot in zip(st.replicas, group, strict=True)
+    ]
+    for st, r, _slot in jobs:
+        emit(CompileEvent(_job(st.index, r.target, r.device), "queued"))
+
+    t0 = time.perf_counter()
+    emit(CompileEvent("shapes", "running"))
+    runs = {}  # batch -> per-stage (inputs, outputs) from a seeded random input
+    for b in sorted({r.samples for _, r, _ in jobs}):
+        runs[b] = run_chain(stages, random_inputs(graph, b, SEED))
+    emit(CompileEvent("shapes", "done", time.perf_counter() - t0))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        _write_all(tmp, plan, model_spec, cluster, backend, head, slots, stages, runs, jobs, emit)
+        emit(CompileEvent("write", "running"))
+        manifest.write(tmp, plan.digest(), plan.model)
+        _rename_into_place(tmp, out, force)
+        emit(CompileEvent("write", "done"))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _job(stage: int, target: str, device: str) -> str:
+    return f"stage {stage} {target} {device}"
+
+
+def _write_all(tmp, plan, model_spec, cluster, backend, head, slots, stages, runs, jobs, emit) -> None:
+    from edgeplan.targets.registry import get_target
+
+    plan_sha = plan.digest()
+    n = len(plan.stages)
+    m = microbatch_size(plan)
+    cache: dict[tuple, tuple[Path, Any]] = {}  # identical compiles (same stage, target, options, batch): copy
+    report_jobs = []
+    board_stages: dict[str, list[dict]] = {}
+    requirements: dict[str, list[str]] = {}
+    for st, r, slot in jobs:
+        job = _job(st.index, r.target, r.device)
+        options = _options(cluster, r)
+        stage_dir = tmp / r.device / f"stage{st.index}"
+        stage_dir.mkdir(parents=True)
+        inputs, outputs = runs[r.samples][st.index]
+        key = (st.index, r.target, tuple(sorted(options.items())), r.samples, backend)
+        t0 = time.perf_counter()
+        if key in cache:
+            src, compiled = cache[key]
+            for rel in compiled.files:
+                (stage_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src / rel, stage_dir / rel)
+            emit(CompileEvent(job, "reused", time.perf_counter() - t0))
+        else:
+            emit(CompileEvent(job, "running"))
+            target = get_target(r.target)
+            try:
+                compiled = target.compile_stage(stages[st.index].gm, inputs, options, stage_dir, backend=backend)
+            except EdgeplanError:
+                raise
+            except Exception as e:
+                raise CompileError(
+                    f"stage {st.index} for device {r.device!r} (target {r.target}, backend {backend}) failed to "
+                    f"compile: {type(e).__name__}: {e}; try another --backend or check the target's toolchain"
+                ) from e
+            cache[key] = (stage_dir, compiled)
+            emit(CompileEvent(job, "done", time.perf_counter() - t0))
+        files = tuple((rel, manifest.file_sha256(stage_dir / rel)) for rel in sorted(compiled.files))
+        stage = stages[st.index]
+        upstream = (head,) if st.index == 0 else slots[st.index - 1]
+        downstream = (head,) if st.index == n - 1 else slots[st.index + 1]
+        spec = StageSpec(
+            model=plan.model, plan_sha256=plan_sha, stage=st.index, n_stages=n, device=r.device, unit=r.unit,
+            target=r.target, backend=compiled.backend, module=compiled.module_file, listen=slot.listen,
+            microbatch=m, lo=slot.lo, hi=slot.hi,
+            inputs=tuple(_tensor(name, t) for name, t in zip(stage.inputs, inputs, strict=True)),
+            outputs=tuple(_tensor(name, t) for name, t in zip(stage.outputs, outputs, strict=True)),
+            upstream=tuple(s.peer() for s in upstream), downstream=tuple(s.peer() for s in downstream),
+            files=files,
+        )
+        jsonio.write(stage_dir / "stage.json", spec.to_json())
+        board_stages.setdefault(r.device, []).append({
+            "index": st.index, "start": st.start, "stop": st.stop, "lo": slot.lo, "hi": slot.hi,
+            "listen": slot.listen, "unit": r.unit, "target": r.target, "backend": compiled.backend,
+            "spec_path": f"stage{st.index}/stage.json",
+        })
+        reqs = requirements.setdefault(r.device, list(BASE_REQUIREMENTS))
+        for line in get_target(r.target).runtime_requirements(compiled.backend):
+            if line not in reqs:
+                reqs.append(line)
+        report_jobs.append({
+            "stage": st.index, "device": r.device, "target": r.target, "backend": compiled.backend,
+            "samples": r.samples, "compile_s": round(compiled.compile_s, 3), "notes": list(compiled.notes),
+        })
+
+    for device, bstages in board_stages.items():
+        _write_board(tmp / device, device, plan, plan_sha, n, m, cluster is None, bstages, requirements[device])
+
+    jsonio.write(tmp / "plan.json", plan.to_json())
+    last = plan.stages[-1]
+    last_outputs = runs[last.replicas[0].samples][last.index][1]
+    first_inputs = runs[plan.stages[0].replicas[0].samples][0][0]
+    jsonio.write(tmp / "head.json", {
+        "schema_version": 1, "model": plan.model, "plan_sha256": plan_sha, "listen": head.listen,
+        "address": head.address, "batch": plan.batch, "microbatches": plan.microbatches, "microbatch": m,
+        "n_stages": n,
+        "inputs": [_batched(name, t, m) for name, t in zip(stages[0].inputs, first_inputs, strict=True)],
+        "outputs": [_batched(name, t, m) for name, t in zip(stages[-1].outputs, last_outputs, strict=True)],
+        "downstream": [asdict(s.peer()) for s in slots[0]],
+        "upstream": [asdict(s.peer()) for s in slots[-1]],
+    })
+    notes = []
+    if cluster is None:
+        notes.append("compiled without --cluster: all workers on 127.0.0.1, default target options")
+    elif cluster.digest() != plan.cluster_sha256:
+        notes.append(f"cluster {cluster.name!r} differs from the one the plan was made for (addresses taken from it)")
+    jsonio.write(tmp / "compile-report.json", {
+        "model": plan.model, "model_spec": model_spec, "plan_sha256": plan_sha, "backend": backend,
+        "jobs": report_jobs, "notes": notes,
+    })
+
+
+def _batched(name: str, t: Any, m: int) -> dict:
+    spec = _tensor(name, t)
+    return {"name": spec.name, "shape": [m, *spec.shape[1:]], "dtype": spec.dtype}
+
+
+def _options(cluster: Cluster | None, r) -> dict[str, str]:
+    if cluster is None:
+        return {}
+    try:
+        return dict(cluster.device(r.device).unit(r.unit).target_options)
+    except KeyError as e:
+        raise CompileError(
+            f"plan runs a stage on unit {r.unit!r} of device {r.device!r}, which cluster {cluster.name!r} "
+            f"lacks ({e.args[0]}); pass the cluster file the plan was made with (--cluster)"
+        ) from e
+
+
+def _write_board(board: Path, device, plan, plan_sha, n, m, local, bstages, requirements) -> None:
+    runtime_src = Path(__file__).resolve().parent.parent / "runtime"
+    dst = board / RUNTIME_DIR
+    dst.mkdir(parents=True)
+    for src in sorted(runtime_src.glob("*.py")):
+        shutil.copyfile(src, dst / src.name)
+    context = {
+        "device": device, "model": plan.model, "plan_sha256": plan_sha, "n_stages": n, "microbatch": m,
+        "stages": bstages, "stage_list": ", ".join(str(s["index"]) for s in bstages),
+        "install_dir": f"{INSTALL_DIR}/{device}", "edgeplan_version": _version("edgeplan"),
+        "requirements": requirements, "head_port": HEAD_PORT, "local_addresses": local,
+    }
+    (board / "start.sh").write_text(render("start.sh.j2", **context))
+    (board / "start.sh").chmod(0o755)
+    (board / "edgeplan-stage.service").write_text(render("edgeplan-stage.service.j2", **context))
+    (board / "README.txt").write_text(render("README.txt.j2", **context))
+
+
+def _rename_into_place(tmp: Path, out: Path, force: bool) -> None:
+    _check_out_dir(out, force)
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    holder = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    old = holder / "old"
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(holder, ignore_errors=True)

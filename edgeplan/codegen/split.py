@@ -1,0 +1,184 @@
+"""Cut the traced model at the plan's stage boundaries: one fx GraphModule per stage.
+
+A stage ``[start, stop)`` takes the tensors live at cut ``start``
+(``LayerGraph.live_at(start)``, in that order) as placeholders and returns a
+tuple of the tensors live at cut ``stop`` (the model outputs, in
+``LayerGraph.outputs`` order, for the last stage). Several inputs and outputs
+appear wherever a cut crosses a residual or branch edge; a tensor that only
+passes through a stage is returned unchanged.
+
+fx nodes that are not layers of the LayerGraph (``get_attr`` constants, shape
+arithmetic) are copied into every stage that uses them, so each stage module
+is self-contained. The plan's boundaries are taken as given: codegen never
+re-decides a split, it only refuses a plan that does not fit the graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx
+
+from edgeplan.errors import CompileError, PlanError
+from edgeplan.graph.model import LayerGraph
+from edgeplan.planner.plan import Plan
+
+
+@dataclass(frozen=True, eq=False)
+class StageGraph:
+    """One stage's module and the names of the tensors it takes and returns."""
+
+    index: int
+    start: int
+    stop: int
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    gm: torch.fx.GraphModule
+
+
+def check_plan_fits(graph: LayerGraph, plan: Plan) -> None:
+    """Refuse a plan whose stages are not contiguous ranges covering the graph's layers in order."""
+    n = len(graph.layers)
+    if not plan.stages:
+        raise PlanError("plan has no stages; re-run `edgeplan plan`")
+    expect = 0
+    for i, st in enumerate(plan.stages):
+        where = f"plan stage {i} (layers [{st.start}, {st.stop}))"
+        if st.index != i:
+            raise PlanError(f"{where}: index is {st.index}, expected {i}; stages must be listed in pipeline order")
+        if st.start != expect or st.stop <= st.start or st.stop > n:
+            raise PlanError(
+                f"{where}: stages must be non-empty, contiguous and cover layers [0, {n}) of {graph.name!r}; "
+                f"expected start {expect}. Re-run `edgeplan plan` for this model"
+            )
+        first, last = graph.layers[st.start].name, graph.layers[st.stop - 1].name
+        if (st.first_layer, st.last_layer) != (first, last):
+            raise PlanError(
+                f"{where}: plan names layers {st.first_layer!r}..{st.last_layer!r} but the model has "
+                f"{first!r}..{last!r} there; the plan was made for another model, re-run `edgeplan plan`"
+            )
+        expect = st.stop
+    if expect != n:
+        raise PlanError(f"plan stages end at layer {expect} but {graph.name!r} has {n} layers; re-run `edgeplan plan`")
+
+
+def split_stages(traced: Any, plan: Plan) -> tuple[StageGraph, ...]:
+    """Split ``traced.gm`` (a torch.fx.GraphModule) into the plan's stages (see module docstring).
+
+    ``traced`` has ``gm`` and ``graph`` (LayerGraph whose layer names are fx node names).
+    """
+    gm: torch.fx.GraphModule = traced.gm
+    graph: LayerGraph = traced.graph
+    check_plan_fits(graph, plan)
+    nodes = {node.name: node for node in gm.graph.nodes}
+    producers = {t.name for t in graph.inputs} | {layer.name for layer in graph.layers}
+    for name in producers:
+        if name not in nodes:
+            raise CompileError(
+                f"layer or input {name!r} of the LayerGraph is not a node of the traced module of "
+                f"{graph.name!r}; the graph and module come from different traces (re-run the trace)"
+            )
+    stages = []
+    n = len(plan.stages)
+    for st in plan.stages:
+        inputs = graph.live_at(st.start)
+        outputs = graph.outputs if st.index == n - 1 else graph.live_at(st.stop)
+        layers = [layer.name for layer in graph.layers[st.start:st.stop]]
+        sub = _stage_graph(nodes, producers, inputs, layers, outputs, st.index)
+        stage_gm = torch.fx.GraphModule(gm, sub, class_name=f"Stage{st.index}")
+        stage_gm.eval()
+        stages.append(StageGraph(st.index, st.start, st.stop, tuple(inputs), tuple(outputs), stage_gm))
+    return tuple(stages)
+
+
+def _stage_graph(
+    nodes: dict[str, torch.fx.Node],
+    producers: set[str],
+    inputs: Sequence[str],
+    layers: Sequence[str],
+    outputs: Sequence[str],
+    index: int,
+) -> torch.fx.Graph:
+    g = torch.fx.Graph()
+    env: dict[str, torch.fx.Node] = {}
+    for name in inputs:
+        env[name] = g.placeholder(name)
+        if "val" in nodes[name].meta:
+            env[name].meta["val"] = nodes[name].meta["val"]
+
+    def resolve(node: torch.fx.Node, user: str) -> torch.fx.Node:
+        if node.name in env:
+            return env[node.name]
+        if node.name in producers or node.op == "placeholder":
+            raise CompileError(
+                f"stage {index}: layer {user!r} needs {node.name!r}, which is neither computed in this stage "
+                "nor live at its input cut; the LayerGraph's layer inputs disagree with the fx graph "
+                "(re-run the trace)"
+            )
+        # Not a layer (constant, shape arithmetic): recompute it here, with its own inputs resolved.
+        env[node.name] = g.node_copy(node, lambda a: resolve(a, node.name))
+        return env[node.name]
+
+    for name in layers:
+        node = nodes[name]
+        env[name] = g.node_copy(node, lambda a, user=name: resolve(a, user))
+    missing = [name for name in outputs if name not in env]
+    if missing:
+        raise CompileError(
+            f"stage {index}: outputs {missing} are neither inputs of the stage nor computed in it; "
+            "the LayerGraph's live sets disagree with the fx graph (re-run the trace)"
+        )
+    g.output(tuple(env[name] for name in outputs))
+    g.lint()
+    return g
+
+
+def random_inputs(graph: LayerGraph, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Seeded random model inputs with batch ``batch`` (floats ~ N(0, 1), integers 0/1)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for spec in graph.inputs:
+        shape = (batch, *spec.shape[1:])
+        dtype = getattr(torch, spec.dtype)
+        if dtype.is_floating_point:
+            out[spec.name] = torch.randn(shape, generator=gen, dtype=dtype)
+        else:
+            out[spec.name] = torch.randint(0, 2, shape, generator=gen, dtype=dtype)
+    return out
+
+
+def run_chain(
+    stages: Sequence[StageGraph], model_inputs: dict[str, torch.Tensor]
+) -> list[tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]]:
+    """Run the stages in torch one after the other; (inputs, outputs) of each stage.
+
+    Checks that every tensor crossing a cut keeps the batch of the model inputs, so a
+    module traced with a fixed batch is refused instead of compiled with wrong shapes.
+    """
+    batch = next(iter(model_inputs.values())).shape[0]
+    live = dict(model_inputs)
+    result = []
+    with torch.no_grad():
+        for st in stages:
+            args = tuple(live[name] for name in st.inputs)
+            try:
+                outs = st.gm(*args)
+            except Exception as e:
+                raise CompileError(
+                    f"stage {st.index} failed to run in torch with batch {batch} ({type(e).__name__}: {e}); "
+                    "if the model hard-codes its batch size, trace it with the batch of each replica"
+                ) from e
+            outs = tuple(outs)
+            for name, t in zip(st.outputs, outs, strict=True):
+                if not isinstance(t, torch.Tensor) or t.dim() == 0 or t.shape[0] != batch:
+                    got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                    raise CompileError(
+                        f"stage {st.index}: tensor {name!r} crossing the cut is {got}, not a tensor with "
+                        f"batch {batch} first; stages can only be cut where batched tensors cross"
+                    )
+                live[name] = t
+            result.append((args, outs))
+    return result

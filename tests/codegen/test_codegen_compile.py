@@ -1,0 +1,195 @@
+"""compile_plan: artifact layout, golden launchers and stage.json, manifest verify, atomic writes, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from edgeplan import jsonio
+from edgeplan.cli import app
+from edgeplan.codegen import manifest
+from edgeplan.codegen.compile import HEAD_PORT, compile_plan, network_host
+from edgeplan.errors import ArtifactError, CompileError, PlanError
+from edgeplan.planner.plan import Plan
+from edgeplan.profiles.model import Cluster, ComputeUnit, Device, Link
+from edgeplan.runtime.spec import StageSpec
+
+from .codegen_helpers import TEXT_TARGET, fx_trace, make_plan
+from .test_codegen_split import Branchy
+
+BOARDS = ("rpi4-a", "orangepi5", "jetson")
+
+
+@pytest.fixture(scope="module")
+def traced():
+    torch.manual_seed(0)
+    return fx_trace(Branchy(), (1, 3, 8, 8), "branchy")
+
+
+def _plan(traced, **kw):
+    # stage 0 on rpi4-a; stage 1 on orangepi5 (3 samples) + jetson (1 sample); stage 2 back on rpi4-a
+    return make_plan(traced.graph, [3, 8], [[("rpi4-a", 4)], [("orangepi5", 3), ("jetson", 1)], [("rpi4-a", 4)]],
+                     target=TEXT_TARGET.name, microbatches=2, head="rpi4-a", **kw)
+
+
+def _cluster():
+    unit = ComputeUnit(name="cpu", kind="cpu", target=TEXT_TARGET.name, throughput=(("conv", 1e9),),
+                       mem_bandwidth=1e9, busy_power_w=5.0, target_options=(("mcpu", "cortex-a72"),))
+    devices = tuple(Device(name=n, profile="test", address=a, ram_bytes=1 << 30, idle_power_w=2.0, units=(unit,))
+                    for n, a in zip(BOARDS, ("pi@10.0.0.11", "10.0.0.12:2222", "jetson.local"), strict=True))
+    return Cluster(name="shelf", devices=devices, default_link=Link("*", "*", 1.25e7, 1e-3))
+
+
+def _compile(traced, out, **kw):
+    kw.setdefault("cluster", _cluster())
+    return compile_plan(_plan(traced), "branchy", out, traced=traced, **kw)
+
+
+def test_layout_and_stage_specs(traced, tmp_path):
+    out = _compile(traced, tmp_path / "art")
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["manifest.json", "plan.json", "head.json", "compile-report.json", *BOARDS])
+    rpi = out / "rpi4-a"
+    assert sorted(p.name for p in rpi.iterdir()) == sorted(
+        ["stage0", "stage2", "start.sh", "edgeplan-stage.service", "README.txt", "edgeplan_runtime"])
+    assert (rpi / "edgeplan_runtime" / "spec.py").read_bytes() == Path("edgeplan/runtime/spec.py").read_bytes()
+    assert (rpi / "start.sh").stat().st_mode & 0o111
+    s1 = [StageSpec.load(str(out / d / "stage1" / "stage.json")) for d in ("orangepi5", "jetson")]
+    assert [(s.lo, s.hi) for s in s1] == [(0, 3), (3, 4)]
+    assert all(s.microbatch == 4 for s in s1)
+    assert s1[0].inputs[0].shape[0] == 3 and s1[1].inputs[0].shape[0] == 1
+    assert [p.address for p in s1[0].upstream] == [f"10.0.0.11:{HEAD_PORT + 1}"]
+    assert s1[1].downstream[0].device == "rpi4-a" and s1[1].downstream[0].stage == 2
+    s0 = StageSpec.load(str(rpi / "stage0" / "stage.json"))
+    assert s0.upstream[0].device == "head" and s0.listen == f"0.0.0.0:{HEAD_PORT + 1}"
+    assert [p.address for p in s0.downstream] == [f"10.0.0.12:{HEAD_PORT + 2}", f"jetson.local:{HEAD_PORT + 3}"]
+    ports = {(s.device, s.stage): s.listen for s in [s0, *s1]}
+    assert len(set(ports.values())) == len(ports)
+    # stage 1's inputs are what stage 0 returns: names and shapes agree across the cut
+    assert [t.name for t in s1[0].inputs] == [t.name for t in s0.outputs]
+    assert "mcpu" in (out / "jetson" / "stage1" / "module.py").read_text()
+    assert Plan.from_json(jsonio.read(out / "plan.json")) == _plan(traced)
+    assert manifest.verify(out) == []
+
+
+def test_golden_launchers(traced, tmp_path, golden):
+    out = _compile(traced, tmp_path / "art")
+    for device in BOARDS:
+        for name in ("start.sh", "edgeplan-stage.service", "README.txt"):
+            golden.check(f"launchers/{device}/{name}", (out / device / name).read_text())
+        for stage_json in sorted((out / device).glob("stage*/stage.json")):
+            golden.check(f"launchers/{device}/{stage_json.parent.name}/stage.json", stage_json.read_text())
+    golden.check("launchers/head.json", (out / "head.json").read_text())
+
+
+def test_without_cluster_every_worker_is_on_localhost_with_unique_ports(traced, tmp_path):
+    out = compile_plan(_plan(traced), "branchy", tmp_path / "art", traced=traced)
+    specs = [StageSpec.load(str(p)) for p in sorted(out.glob("*/stage*/stage.json"))]
+    listens = [s.listen for s in specs]
+    assert all(x.startswith("127.0.0.1:") for x in listens) and len(set(listens)) == len(listens) == 4
+    assert "127.0.0.1" in (out / "rpi4-a" / "README.txt").read_text()
+    assert any("without --cluster" in n for n in jsonio.read(out / "compile-report.json")["notes"])
+
+
+def test_manifest_is_deterministic(traced, tmp_path):
+    a = _compile(traced, tmp_path / "a")
+    b = _compile(traced, tmp_path / "b")
+    strip = lambda p: {k: v for k, v in jsonio.read(p / "manifest.json").items()}  # noqa: E731
+    assert strip(a) == strip(b)
+    assert (a / "manifest.json").read_bytes() == (b / "manifest.json").read_bytes()
+
+
+def test_verify_catches_changed_missing_and_extra_files(traced, tmp_path):
+    out = _compile(traced, tmp_path / "art")
+    module = out / "orangepi5" / "stage1" / "module.py"
+    data = bytearray(module.read_bytes())
+    data[10] ^= 1  # one changed bit
+    module.write_bytes(bytes(data))
+    (out / "jetson" / "README.txt").unlink()
+    (out / "rpi4-a" / "stage0" / "notes.txt").write_text("x")
+    (out / "rpi4-a" / "edgeplan_runtime" / "__pycache__").mkdir()
+    (out / "rpi4-a" / "edgeplan_runtime" / "__pycache__" / "spec.cpython-311.pyc").write_bytes(b"\0")
+    problems = manifest.verify(out)
+    assert problems == [
+        "missing: jetson/README.txt",
+        "extra: rpi4-a/stage0/notes.txt",
+        problems[2],
+    ]
+    assert problems[2].startswith("altered: orangepi5/stage1/module.py (expected sha256")
+    result = CliRunner().invoke(app, ["verify", str(out)])
+    assert result.exit_code == 1 and "altered: orangepi5/stage1/module.py" in result.output
+
+
+def test_verify_cli_ok_and_missing_manifest(traced, tmp_path):
+    out = _compile(traced, tmp_path / "art")
+    result = CliRunner().invoke(app, ["verify", str(out)])
+    assert result.exit_code == 0, result.output
+    (out / "manifest.json").unlink()
+    with pytest.raises(ArtifactError, match="manifest.json: missing"):
+        manifest.verify(out)
+
+
+def test_interrupted_compile_leaves_no_folder(traced, tmp_path):
+    TEXT_TARGET.fail_on_stage = 2
+    try:
+        with pytest.raises(CompileError, match="stage 2 for device 'rpi4-a'"):
+            _compile(traced, tmp_path / "art")
+    finally:
+        TEXT_TARGET.fail_on_stage = None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_folder_needs_force_and_is_replaced_whole(traced, tmp_path):
+    out = _compile(traced, tmp_path / "art")
+    (out / "rpi4-a" / "stale.txt").write_text("old")
+    with pytest.raises(CompileError, match="--force"):
+        _compile(traced, out)
+    _compile(traced, out, force=True)
+    assert not (out / "rpi4-a" / "stale.txt").exists() and manifest.verify(out) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "thesis.tex").write_text("precious")
+    with pytest.raises(CompileError, match="not an edgeplan artifact folder"):
+        _compile(traced, other, force=True)
+    assert (other / "thesis.tex").exists()
+
+
+def test_plan_for_another_model_is_refused(traced, tmp_path):
+    plan = _plan(traced)
+    wrong = plan.__class__(**{**plan.__dict__, "graph_sha256": "f" * 64})
+    with pytest.raises(CompileError, match="different model/input shape"):
+        compile_plan(wrong, "branchy", tmp_path / "art", traced=traced)
+    bad = make_plan(traced.graph, [3], [[("a", 2)], [("b", 1)]])
+    with pytest.raises(PlanError, match="add up to 1, not the micro-batch size 2"):
+        compile_plan(bad, "branchy", tmp_path / "art", traced=traced)
+    assert not (tmp_path / "art").exists()
+
+
+def test_progress_reports_every_job(traced, tmp_path):
+    events = []
+    _compile(traced, tmp_path / "art", progress=events.append)
+    jobs = {e.job for e in events if e.status == "queued"}
+    assert jobs == {"stage 0 codegen-text rpi4-a", "stage 1 codegen-text orangepi5", "stage 1 codegen-text jetson",
+                    "stage 2 codegen-text rpi4-a"}
+    finished = {e.job for e in events if e.status in ("done", "reused")}
+    assert jobs <= finished
+
+
+@pytest.mark.parametrize("address,host", [
+    ("10.0.0.1", "10.0.0.1"), ("pi@10.0.0.1:2222", "10.0.0.1"), ("board.local", "board.local"),
+    ("root@[fe80::1]:22", "fe80::1"), ("fe80::2", "fe80::2"),
+])
+def test_network_host(address, host):
+    assert network_host(address) == host
+
+
+def test_plan_json_round_trips(traced, tmp_path):
+    out = _compile(traced, tmp_path / "art")
+    data = json.loads((out / "manifest.json").read_text())
+    assert data["plan_sha256"] == _plan(traced).digest() == manifest.file_sha256(out / "plan.json")
+    assert [f["path"] for f in data["files"]] == sorted(f["path"] for f in data["files"])
