@@ -1,0 +1,45 @@
+"""Board-side loader for ONNX stage modules (``stage.onnx``) with ONNX Runtime's CPU provider.
+
+Inputs and outputs are positional (``input0``.., ``output0``..), as the x86/arm-cpu
+targets export them; threads default to the board's cores (ONNX Runtime's choice).
+Denormals are flushed to zero, as on the compile machine when speeds were measured.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .spec import StageSpec
+
+
+def load_model_file(path: Path, threads: int | None = None):
+    """Open an ONNX stage and return a Runner: list of arrays in -> list of arrays out (stage order)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.set_denormal_as_zero", "1")
+    sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    in_names = [i.name for i in sess.get_inputs()]
+    out_names = [o.name for o in sess.get_outputs()]
+
+    # The exporter drops inputs a stage does not read; the names keep each one's position.
+    positions = [int(n[len("input"):]) if n.startswith("input") and n[5:].isdigit() else i
+                 for i, n in enumerate(in_names)]
+
+    def run(inputs: Sequence[np.ndarray]) -> list:
+        if positions and max(positions) >= len(inputs):
+            raise ValueError(f"{path}: got {len(inputs)} inputs, the model reads {in_names}")
+        feed = {n: np.ascontiguousarray(inputs[p]) for n, p in zip(in_names, positions, strict=True)}
+        return list(sess.run(out_names, feed))
+
+    return run
+
+
+def load(stage_dir: Path, spec: StageSpec):
+    return load_model_file(Path(stage_dir) / spec.module)

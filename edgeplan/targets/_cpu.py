@@ -1,0 +1,176 @@
+"""CPU targets (x86, arm-cpu): TVM LLVM build or ONNX Runtime, the faster chosen per stage by measurement.
+
+Why two backends: untuned TVM 0.27 CPU code (Relax's default pipeline legalizes conv2d
+to unscheduled loops) runs ResNet-18 ~20x slower than PyTorch eager, so until a
+tuning database covers a stage, ``backend="auto"`` measures both on this machine and
+keeps the faster; the notes record both timings so profiles can be calibrated.
+arm-cpu cannot be timed here, so it decides by the same measurement on x86 (the
+ratio between the two backends, not their absolute speed, picks the winner) and says so.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import CompileError
+from . import _onnx, _tvm
+from .base import CompiledStage
+
+MEASURE_THREADS = 2  # the threads both backends get when timed; boards use all their cores
+
+
+def measure_ms(runner, inputs: list, warmup: int = 2, repeat: int = 5, budget_s: float = 20.0) -> float:
+    """Median wall time of one call in ms (stops early once ``budget_s`` is spent)."""
+    for _ in range(warmup):
+        runner(inputs)
+    times = []
+    start = time.perf_counter()
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        runner(inputs)
+        times.append((time.perf_counter() - t0) * 1e3)
+        if time.perf_counter() - start > budget_s:
+            break
+    return statistics.median(times)
+
+
+def numpy_inputs(example_inputs: tuple) -> list:
+    return [t.detach().cpu().contiguous().numpy() for t in example_inputs]
+
+
+@dataclass(frozen=True)
+class CpuTarget:
+    name: str
+    description: str
+    mtriple: str | None  # None: this machine
+    cc: str | None  # cross compiler for the shared library; None: the host's
+    default_mcpu: str | None
+    known_mcpu: tuple[str, ...]  # empty: any value LLVM takes
+    backends: tuple[str, ...] = ("tvm", "onnxruntime")
+    options: tuple[str, ...] = ("mcpu", "mattr", "num-cores")
+
+    def supports(self, op_kinds: set[str]) -> set[str]:
+        """A CPU runs every op torch.export + TVM/ONNX can lower; nothing is refused up front."""
+        return set()
+
+    def runtime_requirements(self, backend: str) -> tuple[str, ...]:
+        if backend == "tvm":
+            return (
+                "pip install numpy 'apache-tvm-ffi==0.1.14.post1'",
+                "libtvm_runtime.so from the apache-tvm 0.27 wheel of this board's architecture in lib/ "
+                "(or: pip install 'apache-tvm>=0.27,<0.28')",
+            )
+        if backend == "onnxruntime":
+            return ("pip install numpy 'onnxruntime>=1.20,<2'",)
+        raise CompileError(f"target {self.name}: unknown backend {backend!r}; valid: {', '.join(self.backends)}")
+
+    # -- compile -------------------------------------------------------------------------------------
+
+    def tvm_target(self, options: dict[str, str], where: str) -> dict:
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise CompileError(
+                f"{where}: target {self.name} has no option(s) {', '.join(unknown)}; "
+                f"valid target_options: {', '.join(self.options)}"
+            )
+        t: dict[str, Any] = {"kind": "llvm"}
+        if self.mtriple:
+            t["mtriple"] = self.mtriple
+        mcpu = options.get("mcpu", self.default_mcpu)
+        if mcpu:
+            if self.known_mcpu and mcpu not in self.known_mcpu:
+                raise CompileError(
+                    f"{where}: target {self.name}: unknown mcpu {mcpu!r}; use one of {', '.join(self.known_mcpu)} "
+                    "(target_options.mcpu in the board profile)"
+                )
+            t["mcpu"] = mcpu
+        mattr = [a.strip() for a in options.get("mattr", "").split(",") if a.strip()]
+        if self.mtriple and self.mtriple.startswith("aarch64") and "+neon" not in mattr:
+            mattr.insert(0, "+neon")
+        if mattr:
+            t["mattr"] = mattr
+        if "num-cores" in options:
+            t["num-cores"] = int(options["num-cores"])
+        return t
+
+    def compile_stage(self, module: Any, example_inputs: tuple, options: dict[str, str], out_dir: Path,
+                      backend: str = "auto") -> CompiledStage:
+        out_dir = Path(out_dir)
+        where = str(out_dir)
+        if backend not in ("auto",) + self.backends:
+            raise CompileError(
+                f"{where}: target {self.name} has no backend {backend!r}; valid: auto, {', '.join(self.backends)}"
+            )
+        target = self.tvm_target(dict(options), where)
+        cc = _tvm.cross_cc() if self.cc else None
+        out_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        if backend == "tvm":
+            _tvm.build(_tvm.to_relax(module, example_inputs, where), target, out_dir / _tvm.MODULE_FILE, where, cc)
+            return self._result("tvm", out_dir, t0, (f"tvm target {target}",))
+        if backend == "onnxruntime":
+            _onnx.export(module, example_inputs, out_dir / _onnx.MODULE_FILE, where)
+            return self._result("onnxruntime", out_dir, t0, (f"onnx opset {_onnx.OPSET}",))
+        return self._compile_auto(module, example_inputs, target, cc, out_dir, where, t0)
+
+    def _compile_auto(self, module, example_inputs, target, cc, out_dir: Path, where: str, t0: float):
+        """Build both backends, time both on this machine (x86 builds of the same stage), keep the faster."""
+        from ..runtime.backend_onnxruntime import load_model_file
+        from ..runtime.backend_tvm import load_module_file
+
+        notes: list[str] = []
+        inputs = numpy_inputs(example_inputs)
+        onnx_path = out_dir / _onnx.MODULE_FILE
+        try:
+            _onnx.export(module, example_inputs, onnx_path, where)
+        except CompileError as e:  # TVM alone is still a valid stage
+            notes.append(f"onnx export failed, using tvm: {str(e)[:200]}")
+            onnx_path = None
+        mod = _tvm.to_relax(module, example_inputs, where)
+        local_target = target if self.mtriple is None else {"kind": "llvm"}
+        with tempfile.TemporaryDirectory(prefix="edgeplan-measure-") as tmp:
+            local_so = (out_dir if self.mtriple is None else Path(tmp)) / _tvm.MODULE_FILE
+            _tvm.build(mod, local_target, local_so, where)
+            if onnx_path is None:
+                choice, ms = "tvm", {}
+            else:
+                ms = self._measure(load_module_file(local_so, "x86", MEASURE_THREADS),
+                                   load_model_file(onnx_path, MEASURE_THREADS), inputs)
+                choice = "tvm" if ms["tvm"] <= ms["onnxruntime"] else "onnxruntime"
+        if ms:
+            notes.append(
+                f"measured on this x86 machine, {MEASURE_THREADS} threads, denormals flushed: "
+                f"tvm {ms['tvm']:.2f} ms, onnxruntime {ms['onnxruntime']:.2f} ms -> {choice}"
+            )
+        if self.mtriple is not None:
+            notes.append(f"{self.name} cannot be timed here: backend picked by the x86 ratio of the same stage")
+        if choice == "tvm":
+            if onnx_path is not None:
+                onnx_path.unlink()
+            if self.mtriple is not None:
+                _tvm.build(mod, target, out_dir / _tvm.MODULE_FILE, where, cc)
+            notes.append(f"tvm target {target}")
+        else:
+            (out_dir / _tvm.MODULE_FILE).unlink(missing_ok=True)
+            notes.append(f"onnx opset {_onnx.OPSET}")
+        return self._result(choice, out_dir, t0, tuple(notes))
+
+    @staticmethod
+    def _measure(tvm_run, ort_run, inputs: list) -> dict[str, float]:
+        import torch
+
+        torch.set_flush_denormal(True)  # this thread's FTZ/DAZ; threads TVM starts later inherit it
+        return {"tvm": measure_ms(tvm_run, inputs), "onnxruntime": measure_ms(ort_run, inputs)}
+
+    @staticmethod
+    def _result(backend: str, out_dir: Path, t0: float, notes: tuple[str, ...]) -> CompiledStage:
+        module_file = _tvm.MODULE_FILE if backend == "tvm" else _onnx.MODULE_FILE
+        files = tuple(sorted(p.name for p in out_dir.iterdir() if p.is_file() and p.name in
+                             (_tvm.MODULE_FILE, _onnx.MODULE_FILE)))
+        return CompiledStage(backend=backend, module_file=module_file, files=files,
+                             compile_s=round(time.perf_counter() - t0, 3), notes=notes)

@@ -1,0 +1,67 @@
+"""GPU targets (cuda, mali): TVM with dlight default schedules, an aarch64 host, cross-linked here.
+
+Nothing is timed here (no such GPU on the compile machine); schedules are TVM's untuned
+defaults, so the plan's cost model keeps the profile's datasheet throughput for them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import CompileError
+from . import _tvm
+from .base import CompiledStage
+
+
+@dataclass(frozen=True)
+class GpuTarget:
+    name: str
+    description: str
+    kind: str  # TVM target kind: "cuda" | "opencl"
+    option: str  # the one device option: "arch" (cuda) or "device" (opencl)
+    default: str
+    known: tuple[str, ...]
+    requirements: tuple[str, ...]
+    backends: tuple[str, ...] = ("tvm",)
+
+    def supports(self, op_kinds: set[str]) -> set[str]:
+        """dlight's fallback rule schedules any op TVM legalizes; nothing is refused up front."""
+        return set()
+
+    def runtime_requirements(self, backend: str) -> tuple[str, ...]:
+        if backend != "tvm":
+            raise CompileError(f"target {self.name}: unknown backend {backend!r}; valid: {', '.join(self.backends)}")
+        return self.requirements
+
+    def tvm_target(self, options: dict[str, str], where: str) -> dict:
+        allowed = (self.option, "mcpu")
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise CompileError(f"{where}: target {self.name} has no option(s) {', '.join(unknown)}; "
+                               f"valid target_options: {', '.join(allowed)}")
+        value = options.get(self.option, self.default)
+        if value not in self.known:
+            raise CompileError(f"{where}: target {self.name}: unknown {self.option} {value!r}; use one of "
+                               f"{', '.join(self.known)} (target_options.{self.option} in the board profile)")
+        host = dict(_tvm.AARCH64_HOST)
+        if "mcpu" in options:
+            host["mcpu"] = options["mcpu"]
+        return {"kind": self.kind, self.option: value, "host": host}
+
+    def compile_stage(self, module: Any, example_inputs: tuple, options: dict[str, str], out_dir: Path,
+                      backend: str = "auto") -> CompiledStage:
+        out_dir = Path(out_dir)
+        where = str(out_dir)
+        if backend not in ("auto", "tvm"):
+            raise CompileError(f"{where}: target {self.name} has no backend {backend!r}; valid: auto, tvm")
+        target = self.tvm_target(dict(options), where)
+        cc = _tvm.cross_cc()
+        t0 = time.perf_counter()
+        mod = _tvm.to_relax(module, example_inputs, where)
+        _tvm.build(mod, target, out_dir / _tvm.MODULE_FILE, where, cc, relax_pipeline=_tvm.gpu_pipeline)
+        return CompiledStage(backend="tvm", module_file=_tvm.MODULE_FILE, files=(_tvm.MODULE_FILE,),
+                             compile_s=round(time.perf_counter() - t0, 3),
+                             notes=(f"tvm target {target}", "dlight default GPU schedules (untuned)"))

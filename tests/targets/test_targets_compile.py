@@ -1,0 +1,95 @@
+"""Compile small stages for every target; run x86 builds through the board-side loaders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edgeplan.errors import CompileError
+from edgeplan.runtime import backends
+from edgeplan.runtime.spec import StageSpec, Tensor
+from edgeplan.targets import _tvm
+from edgeplan.targets.registry import get_target
+
+from ._nets import stage_module
+
+AARCH64 = 183
+
+
+def _spec(cs, target: str, example, outs) -> StageSpec:
+    def tensors(prefix, ts):
+        return tuple(Tensor(f"{prefix}{i}", tuple(t.shape), str(t.dtype).replace("torch.", "")) for i, t in
+                     enumerate(ts))
+    return StageSpec(model="t", plan_sha256="0" * 64, stage=0, n_stages=1, device="local", unit="cpu",
+                     target=target, backend=cs.backend, module=cs.module_file, listen="127.0.0.1:0",
+                     microbatch=1, lo=0, hi=1, inputs=tensors("in", example), outputs=tensors("out", outs),
+                     upstream=(), downstream=())
+
+
+def _run_and_compare(tmp_path, backend: str):
+    gm, example = stage_module()
+    with torch.no_grad():
+        ref = gm(*example)
+    cs = get_target("x86").compile_stage(gm, example, {}, tmp_path, backend=backend)
+    assert cs.module_file in cs.files and (tmp_path / cs.module_file).exists()
+    runner = backends.load(tmp_path, _spec(cs, "x86", example, ref))
+    outs = runner([t.numpy() for t in example])
+    assert len(outs) == len(ref)
+    for o, r in zip(outs, ref, strict=True):
+        assert o.shape == tuple(r.shape)
+        assert np.abs(o - r.numpy()).max() < 1e-4
+    return cs
+
+
+@pytest.mark.tvm
+def test_x86_tvm_matches_torch(tmp_path):
+    cs = _run_and_compare(tmp_path, "tvm")
+    assert cs.backend == "tvm" and cs.module_file == "stage.so"
+    assert _tvm.elf_machine(tmp_path / "stage.so") == 62
+
+
+def test_x86_onnxruntime_matches_torch(tmp_path):
+    cs = _run_and_compare(tmp_path, "onnxruntime")
+    assert cs.backend == "onnxruntime" and cs.files == ("stage.onnx",)
+
+
+@pytest.mark.tvm
+def test_x86_auto_measures_both_and_keeps_one(tmp_path):
+    cs = _run_and_compare(tmp_path, "auto")
+    assert cs.backend in ("tvm", "onnxruntime")
+    assert cs.files == (cs.module_file,)
+    measured = [n for n in cs.notes if n.startswith("measured")]
+    assert measured and "tvm" in measured[0] and "onnxruntime" in measured[0]
+
+
+@pytest.mark.tvm
+@pytest.mark.parametrize("kind,options", [
+    ("arm-cpu", {"mcpu": "cortex-a53"}),
+    ("cuda", {"arch": "sm_53"}),
+    ("cuda", {"arch": "sm_87"}),
+    ("mali", {}),
+])
+def test_aarch64_libraries_are_aarch64_elf(tmp_path, kind, options):
+    gm, example = stage_module()
+    cs = get_target(kind).compile_stage(gm, example, options, tmp_path, backend="tvm")
+    assert cs.backend == "tvm"
+    assert _tvm.elf_machine(tmp_path / cs.module_file) == AARCH64
+
+
+def test_bad_options_name_the_fix(tmp_path):
+    gm, example = stage_module()
+    with pytest.raises(CompileError, match="cortex-a72"):
+        get_target("arm-cpu").compile_stage(gm, example, {"mcpu": "cortex-a99"}, tmp_path, backend="tvm")
+    with pytest.raises(CompileError, match="sm_53"):
+        get_target("cuda").compile_stage(gm, example, {"arch": "sm_99"}, tmp_path)
+    with pytest.raises(CompileError, match="valid target_options"):
+        get_target("x86").compile_stage(gm, example, {"platform": "rk3588"}, tmp_path)
+    with pytest.raises(CompileError, match="valid: auto"):
+        get_target("mali").compile_stage(gm, example, {}, tmp_path, backend="onnxruntime")
+
+
+def test_missing_cross_compiler_names_apt_package(monkeypatch):
+    monkeypatch.setattr(_tvm.shutil, "which", lambda name: None)
+    with pytest.raises(CompileError, match="apt-get install gcc-aarch64-linux-gnu"):
+        _tvm.cross_cc()
