@@ -57,6 +57,10 @@ OP_CLASS_OF: dict[str, str] = {
     "expand": "data",
     "contiguous": "data",
     "output": "data",
+    # added by graph/trace.py
+    "pad": "data",
+    "split": "data",
+    "custom": "elementwise",  # an op the tracer has no formula for: priced as elementwise
 }
 
 

@@ -1,0 +1,586 @@
+"""Trace an ``nn.Module`` with torch.fx into a LayerGraph plus the GraphModule codegen cuts.
+
+One Layer per tensor-producing fx node (``call_module``/``call_function``/``call_method``);
+``Layer.name`` is the fx node name in ``Traced.gm``, so codegen can cut ``gm`` by layer
+names. fx nodes that produce no tensor (``get_attr``, ``x.size(0)``, ``x.shape``) are
+*absorbed* into the first layer that consumes them: their parameters count for that
+layer, the tensors they read become that layer's inputs, and ``gm`` lists them right
+before that layer. ``gm``'s node order is therefore::
+
+    placeholders, [absorbed nodes of layer 0], layer 0, [absorbed of layer 1], layer 1, ..., output
+
+Costs come from running the traced graph once on a random input of the given shape:
+MACs of every node from ``torch.utils.flop_counter`` (convolutions, linear, matmul,
+attention, and anything inside a custom leaf module), plus a per-element count for
+the other ops (see ``_ELEMENT_FLOPS``).
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import TracebackType
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from edgeplan.errors import ModelError
+from edgeplan.graph.model import Layer, LayerGraph, TensorSpec
+
+_TORCH_DIR = os.path.dirname(torch.__file__)
+_THIS_FILE = os.path.abspath(__file__)
+
+
+@dataclass(frozen=True, eq=False)
+class Traced:
+    """A traced model: the fx GraphModule (nodes ordered like ``graph.layers``) and its LayerGraph.
+
+    ``absorbed`` maps each non-layer fx node (``get_attr``, shape arithmetic) to the layer
+    that owns it; a stage that runs a layer must also run the nodes it absorbs.
+    ``order`` says which topological order was kept ("fx" or "greedy", see ``_choose_order``).
+    """
+
+    gm: fx.GraphModule
+    graph: LayerGraph
+    absorbed: tuple[tuple[str, str], ...] = ()
+    order: str = "fx"
+
+    def layer_of(self, node_name: str) -> str:
+        """The layer an fx node belongs to (itself for a layer node)."""
+        for node, owner in self.absorbed:
+            if node == node_name:
+                return owner
+        self.graph.index(node_name)  # KeyError if unknown
+        return node_name
+
+
+# --- tracing ---------------------------------------------------------------------------------
+
+
+class _Tracer(fx.Tracer):
+    """fx tracer that keeps torch.nn modules (and ``leaf_types``) whole and records source lines."""
+
+    def __init__(self, leaf_types: tuple[type, ...] = ()):
+        super().__init__()
+        self._leaf_types = leaf_types
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if self._leaf_types and isinstance(m, self._leaf_types):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+    def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):
+        node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        frame = sys._getframe(1)
+        while frame is not None and _is_internal(frame.f_code.co_filename):
+            frame = frame.f_back
+        if frame is not None:
+            node.meta["edgeplan_src"] = (os.path.basename(frame.f_code.co_filename), frame.f_lineno)
+        return node
+
+
+def _is_internal(filename: str) -> bool:
+    path = os.path.abspath(filename)
+    return path.startswith(_TORCH_DIR) or path == _THIS_FILE or filename.startswith("<")
+
+
+def _user_location(tb: TracebackType | None, root: nn.Module) -> tuple[str, str]:
+    """(module qualified name, "file:line") of the innermost user frame of a traceback."""
+    names = {id(m): (n or "<root>") for n, m in root.named_modules()}
+    module, where = "<unknown module>", "<unknown line>"
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if not _is_internal(code.co_filename):
+            where = f"{os.path.basename(code.co_filename)}:{tb.tb_lineno}"
+            owner = tb.tb_frame.f_locals.get("self")
+            module = names.get(id(owner), module)
+        tb = tb.tb_next
+    return module, where
+
+
+def _symbolic_trace(module: nn.Module, name: str, leaf_types: tuple[type, ...]) -> fx.GraphModule:
+    tracer = _Tracer(leaf_types)
+    try:
+        graph = tracer.trace(module)
+    except Exception as e:  # TraceError, or a TypeError/RuntimeError from a Proxy used as a value
+        where_mod, where_line = _user_location(e.__traceback__, module)
+        raise ModelError(
+            f"model {name!r} cannot be traced by torch.fx: in module {where_mod!r} at {where_line}: "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. Fix: remove the data-dependent "
+            f"branch (use torch.where / masking instead of `if tensor:`), or make that submodule a leaf "
+            f"(trace(..., leaf_modules=(ItsClass,))) so it is kept whole"
+        ) from e
+    gm = fx.GraphModule(tracer.root, graph, class_name=type(module).__name__)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return gm
+
+
+# --- running once: shapes and FLOP counts -----------------------------------------------------
+
+
+class _NodeFailure(Exception):
+    def __init__(self, node: fx.Node, error: Exception):
+        super().__init__(str(error))
+        self.node, self.error = node, error
+
+
+@dataclass(frozen=True)
+class _Value:
+    """What a node produced: tensor specs (one for a tensor, several for a tuple) or nothing."""
+
+    tensors: tuple[tuple[tuple[int, ...], str], ...]  # (shape, dtype) per tensor
+    is_tuple: bool
+
+    @property
+    def is_tensor(self) -> bool:
+        return bool(self.tensors)
+
+    @property
+    def numel(self) -> int:
+        return sum(_prod(s) for s, _ in self.tensors)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _describe(value) -> _Value:
+    if isinstance(value, torch.Tensor):
+        return _Value(((tuple(value.shape), _dtype_name(value.dtype)),), False)
+    if isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value):
+        return _Value(
+            tuple((tuple(v.shape), _dtype_name(v.dtype)) for v in value if isinstance(v, torch.Tensor)), True
+        )
+    return _Value((), False)
+
+
+class _Probe(fx.Interpreter):
+    """Runs the graph once, recording each node's output specs and counted FLOPs."""
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm)
+        self.values: dict[str, _Value] = {}
+        self.counted: dict[str, int] = {}
+
+    def run_node(self, n: fx.Node):
+        try:
+            if n.op in ("call_module", "call_function", "call_method"):
+                with FlopCounterMode(display=False) as counter:
+                    out = super().run_node(n)
+                self.counted[n.name] = int(counter.get_total_flops())
+            else:
+                out = super().run_node(n)
+        except _NodeFailure:
+            raise
+        except Exception as e:
+            raise _NodeFailure(n, e) from e
+        self.values[n.name] = _describe(out)
+        return out
+
+
+# --- op kinds and FLOPs ------------------------------------------------------------------------
+
+_MODULE_OPS: tuple[tuple[type | tuple[type, ...], str], ...] = (
+    (nn.Conv1d, "conv1d"),
+    (nn.Linear, "linear"),
+    ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), "batchnorm"),
+    (nn.LayerNorm, "layernorm"),
+    (nn.GroupNorm, "groupnorm"),
+    ((nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d), "maxpool"),
+    ((nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d), "avgpool"),
+    ((nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d), "adaptive_avgpool"),
+    (nn.ReLU6, "relu6"),  # before ReLU? ReLU6 subclasses Hardtanh, not ReLU; order kept explicit anyway
+    (nn.ReLU, "relu"),
+    (nn.GELU, "gelu"),
+    (nn.SiLU, "silu"),
+    (nn.Sigmoid, "sigmoid"),
+    (nn.Hardswish, "hardswish"),
+    (nn.Tanh, "tanh"),
+    ((nn.Dropout, nn.Dropout1d, nn.Dropout2d), "dropout"),
+    (nn.Identity, "identity"),
+    (nn.Flatten, "flatten"),
+    (nn.Softmax, "softmax"),
+    (nn.MultiheadAttention, "attention"),
+)
+
+_FUNCTION_OPS: dict[str, str] = {
+    **dict.fromkeys(("add", "iadd", "__add__", "__iadd__", "__radd__", "add_"), "add"),
+    **dict.fromkeys(("mul", "imul", "__mul__", "__rmul__", "__imul__", "mul_"), "mul"),
+    **dict.fromkeys(("sub", "isub", "__sub__", "__rsub__", "sub_"), "sub"),
+    **dict.fromkeys(("truediv", "div", "__truediv__", "__itruediv__", "div_"), "div"),
+    **dict.fromkeys(("matmul", "__matmul__", "bmm", "mm", "einsum", "baddbmm"), "matmul"),
+    **dict.fromkeys(("relu", "relu_"), "relu"),
+    **dict.fromkeys(("relu6", "hardtanh"), "relu6"),
+    **dict.fromkeys(("gelu",), "gelu"),
+    **dict.fromkeys(("silu",), "silu"),
+    **dict.fromkeys(("sigmoid",), "sigmoid"),
+    **dict.fromkeys(("hardswish",), "hardswish"),
+    **dict.fromkeys(("tanh",), "tanh"),
+    **dict.fromkeys(("softmax", "log_softmax"), "softmax"),
+    **dict.fromkeys(("layer_norm",), "layernorm"),
+    **dict.fromkeys(("batch_norm",), "batchnorm"),
+    **dict.fromkeys(("group_norm",), "groupnorm"),
+    **dict.fromkeys(("max_pool1d", "max_pool2d", "max_pool3d"), "maxpool"),
+    **dict.fromkeys(("avg_pool1d", "avg_pool2d", "avg_pool3d"), "avgpool"),
+    **dict.fromkeys(("adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d"), "adaptive_avgpool"),
+    **dict.fromkeys(("flatten",), "flatten"),
+    **dict.fromkeys(("reshape", "view", "view_as", "unsqueeze", "squeeze", "unflatten"), "reshape"),
+    **dict.fromkeys(("permute",), "permute"),
+    **dict.fromkeys(("transpose", "t"), "transpose"),
+    **dict.fromkeys(("cat", "concat", "stack"), "cat"),
+    **dict.fromkeys(("expand", "expand_as", "repeat"), "expand"),
+    **dict.fromkeys(("contiguous",), "contiguous"),
+    **dict.fromkeys(("chunk", "split", "unbind", "tensor_split"), "split"),
+    **dict.fromkeys(("pad",), "pad"),
+    **dict.fromkeys(("mean",), "mean"),
+    **dict.fromkeys(("sum",), "sum"),
+    **dict.fromkeys(("dropout",), "dropout"),
+    **dict.fromkeys(("linear",), "linear"),
+    **dict.fromkeys(("conv2d",), "conv2d"),
+    **dict.fromkeys(("conv1d",), "conv1d"),
+    **dict.fromkeys(("scaled_dot_product_attention",), "attention"),
+    **dict.fromkeys(("clone", "to", "float", "detach"), "identity"),
+}
+
+# FLOPs per output element for ops without multiply-accumulates (inference forward). The
+# transcendental activations are counted as a few FLOPs each, the usual convention of
+# fvcore/ptflops-style counters; batchnorm is scale + shift; layernorm is mean, variance,
+# normalise, scale and shift; softmax is exp, sum and divide.
+_ELEMENT_FLOPS: dict[str, int] = {
+    "relu": 1, "relu6": 1, "add": 1, "mul": 1, "sub": 1, "div": 1,
+    "sigmoid": 4, "silu": 5, "hardswish": 4, "tanh": 4, "gelu": 8,
+    "batchnorm": 2, "layernorm": 5, "groupnorm": 5, "softmax": 3, "custom": 1,
+}
+
+
+def _op_kind(node: fx.Node, gm: fx.GraphModule, values: dict[str, _Value]) -> str:
+    if node.op == "call_module":
+        mod = gm.get_submodule(node.target)
+        if isinstance(mod, nn.Conv2d):
+            depthwise = mod.groups > 1 and mod.groups == mod.in_channels
+            return "dwconv2d" if depthwise else "conv2d"
+        for types, kind in _MODULE_OPS:
+            if isinstance(mod, types):
+                return kind
+        return "custom"
+    fname = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    if node.op == "call_function" and node.target is operator.getitem:
+        src = node.args[0]
+        from_tuple = isinstance(src, fx.Node) and values[src.name].is_tuple
+        return "getitem" if from_tuple else "slice"
+    return _FUNCTION_OPS.get(fname, "custom")
+
+
+def _kernel_numel(node: fx.Node, gm: fx.GraphModule, spatial_dims: int) -> int:
+    if node.op == "call_module":
+        k = gm.get_submodule(node.target).kernel_size
+    else:
+        k = node.args[1] if len(node.args) > 1 else node.kwargs.get("kernel_size", 1)
+    if isinstance(k, int):
+        return k ** max(spatial_dims, 1)
+    return _prod(k)
+
+
+def _first_input_numel(node: fx.Node, values: dict[str, _Value]) -> int:
+    for a in node.all_input_nodes:
+        if values[a.name].is_tensor:
+            return values[a.name].numel
+    return 0
+
+
+def _has_bias(node: fx.Node, gm: fx.GraphModule) -> bool:
+    if node.op != "call_module":
+        return False
+    return getattr(gm.get_submodule(node.target), "bias", None) is not None
+
+
+def _flops_fwd(kind: str, node: fx.Node, gm: fx.GraphModule, values: dict[str, _Value], macs: int) -> int:
+    out = values[node.name]
+    if macs:
+        return 2 * macs + (out.numel if _has_bias(node, gm) else 0)
+    if kind in ("maxpool", "avgpool"):
+        spatial = len(out.tensors[0][0]) - 2
+        return out.numel * _kernel_numel(node, gm, spatial)
+    if kind in ("adaptive_avgpool", "mean", "sum"):
+        return _first_input_numel(node, values)
+    return out.numel * _ELEMENT_FLOPS.get(kind, 0)
+
+
+# --- building the LayerGraph ------------------------------------------------------------------
+
+
+def _prod(xs: Iterable[int]) -> int:
+    n = 1
+    for x in xs:
+        n *= x
+    return n
+
+
+def _origin(node: fx.Node) -> str:
+    if node.op == "call_module":
+        return str(node.target)
+    fname = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+    stack = node.meta.get("nn_module_stack") or {}
+    scope = next(reversed(stack.values()))[0] if stack else ""
+    text = f"{scope}.{fname}" if scope else str(fname)
+    src = node.meta.get("edgeplan_src")
+    return f"{text} ({src[0]}:{src[1]})" if src else text
+
+
+def _spec(name: str, value: _Value) -> TensorSpec:
+    """One TensorSpec per layer; a tuple output is priced as the bytes of all its tensors."""
+    if not value.is_tuple:
+        shape, dtype = value.tensors[0]
+        return TensorSpec(name, shape, dtype)
+    dtypes = {d for _, d in value.tensors}
+    if len(dtypes) == 1:
+        return TensorSpec(name, (value.numel,), dtypes.pop())
+    nbytes = sum(TensorSpec("", s, d).nbytes for s, d in value.tensors)
+    return TensorSpec(name, (nbytes,), "uint8")
+
+
+def _cut_bytes(order: list[str], inputs: list[TensorSpec], deps: dict[str, tuple[str, ...]],
+               nbytes: dict[str, int], outputs: tuple[str, ...]) -> list[int]:
+    """cut_bytes[k] for a layer order, in O(n): tensor t is live at cuts k in (produced, last use]."""
+    n = len(order)
+    pos = {name: i for i, name in enumerate(order)}
+    for t in inputs:
+        pos[t.name] = -1
+    last: dict[str, int] = {}
+    for i, name in enumerate(order):
+        for d in deps[name]:
+            last[d] = max(last.get(d, -1), i)
+    for o in outputs:
+        last[o] = n
+    diff = [0] * (n + 2)
+    for t, q in last.items():
+        p = pos[t]
+        if q > p:
+            diff[p + 1] += nbytes[t]
+            diff[q + 1] -= nbytes[t]
+    cuts, acc = [], 0
+    for k in range(n + 1):
+        acc += diff[k]
+        cuts.append(acc)
+    return cuts
+
+
+def _greedy_order(fx_order: list[str], deps: dict[str, tuple[str, ...]], nbytes: dict[str, int],
+                  outputs: tuple[str, ...]) -> list[str]:
+    """List scheduling that always runs the ready layer which grows the live set least.
+
+    Growth = its output bytes minus the bytes of inputs it is the last consumer of; ties
+    go to fx order. On ResNet downsampling blocks this runs the (smaller) shortcut first.
+    """
+    rank = {name: i for i, name in enumerate(fx_order)}
+    users: dict[str, set[str]] = {}
+    for name in fx_order:
+        for d in deps[name]:
+            users.setdefault(d, set()).add(name)
+    remaining = {t: len(u) for t, u in users.items()}
+    waiting = {name: len(set(d for d in deps[name] if d in rank)) for name in fx_order}
+    ready = {name for name, w in waiting.items() if w == 0}
+    out_set = set(outputs)
+    order: list[str] = []
+
+    def growth(name: str) -> int:
+        g = nbytes[name] if (name in users or name in out_set) else 0
+        return g - sum(nbytes[d] for d in set(deps[name]) if remaining[d] == 1 and d not in out_set)
+
+    while ready:
+        best = min(ready, key=lambda c: (growth(c), rank[c]))
+        ready.remove(best)
+        order.append(best)
+        for d in set(deps[best]):
+            remaining[d] -= 1
+        for u in users.get(best, ()):
+            waiting[u] -= 1
+            if waiting[u] == 0:
+                ready.add(u)
+    return order
+
+
+def _choose_order(fx_order, inputs, deps, nbytes, outputs) -> tuple[str, list[str], list[int]]:
+    """Keep the greedy order only if it lowers the summed cut bytes (the planner's average cut)."""
+    fx_cuts = _cut_bytes(fx_order, inputs, deps, nbytes, outputs)
+    greedy = _greedy_order(fx_order, deps, nbytes, outputs)
+    greedy_cuts = _cut_bytes(greedy, inputs, deps, nbytes, outputs)
+    if (sum(greedy_cuts), max(greedy_cuts)) < (sum(fx_cuts), max(fx_cuts)):
+        return "greedy", greedy, greedy_cuts
+    return "fx", fx_order, fx_cuts
+
+
+def _check_shape(input_shape, name: str) -> tuple[int, ...]:
+    shape = tuple(input_shape)
+    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        raise ModelError(
+            f"input shape {shape!r} for model {name!r} is invalid: give positive integers with the batch first, "
+            f"e.g. (1, 3, 224, 224)"
+        )
+    return shape
+
+
+def trace(module: nn.Module, input_shape: tuple[int, ...], name: str, *,
+          expected_shape: tuple[int, ...] | None = None, leaf_modules: tuple[type, ...] = ()) -> Traced:
+    """Trace ``module`` (switched to eval mode) on a float32 input of ``input_shape``.
+
+    ``expected_shape`` (e.g. the zoo default) is only used to make a shape error helpful;
+    ``leaf_modules`` are module classes kept whole instead of traced through.
+    """
+    shape = _check_shape(input_shape, name)
+    module.eval()
+    gm = _symbolic_trace(module, name, tuple(leaf_modules))
+
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise ModelError(
+            f"model {name!r} takes {len(placeholders)} inputs ({', '.join(p.name for p in placeholders)}); "
+            f"edgeplan traces models with exactly one tensor input: wrap it in a module whose forward(x) "
+            f"builds the others"
+        )
+    gen = torch.Generator().manual_seed(0)
+    example = torch.randn(shape, generator=gen)
+    probe = _Probe(gm)
+    try:
+        with torch.no_grad():
+            probe.run(example)
+    except _NodeFailure as f:
+        hint = f"; it expects {tuple(expected_shape)!r}" if expected_shape else ""
+        first = str(f.error).splitlines()[0] if str(f.error) else type(f.error).__name__
+        raise ModelError(
+            f"model {name!r} failed on input shape {shape!r} at layer {f.node.name!r} ({_origin(f.node)}): "
+            f"{first}{hint}. Fix: pass the input shape the model was written for (--input-shape)"
+        ) from f.error
+    values = probe.values
+    return _build(gm, name, values, probe.counted)
+
+
+def _build(gm: fx.GraphModule, name: str, values: dict[str, _Value], counted: dict[str, int]) -> Traced:
+    nodes = list(gm.graph.nodes)
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    output_node = next(n for n in nodes if n.op == "output")
+    layer_nodes = [n for n in nodes if n.op.startswith("call_") and values[n.name].is_tensor]
+    layer_set = {n.name for n in layer_nodes}
+    inputs = [TensorSpec(p.name, *values[p.name].tensors[0]) for p in placeholders]
+    input_names = {p.name for p in placeholders}
+
+    # Tensor sources of every node: what a layer really needs from earlier layers.
+    sources: dict[str, tuple[str, ...]] = {}
+    for n in nodes:
+        if n.op == "placeholder" or n.name in layer_set:
+            sources[n.name] = (n.name,)
+        elif n.op != "output":
+            seen: dict[str, None] = {}
+            for a in n.all_input_nodes:
+                seen.update(dict.fromkeys(sources[a.name]))
+            sources[n.name] = tuple(seen)
+    deps: dict[str, tuple[str, ...]] = {}
+    for n in layer_nodes:
+        seen = {}
+        for a in n.all_input_nodes:
+            seen.update(dict.fromkeys(sources[a.name]))
+        deps[n.name] = tuple(seen)
+
+    outputs: list[str] = []
+    for a in output_node.all_input_nodes:
+        src = sources.get(a.name, ())
+        if a.name not in layer_set and a.name not in input_names:
+            raise ModelError(
+                f"model {name!r} returns {a.name!r}, which is not a tensor; return tensors only"
+            )
+        outputs.extend(s for s in src if s not in outputs)
+    if not layer_nodes:
+        raise ModelError(f"model {name!r} computes nothing (no layers were traced); check its forward()")
+
+    specs = {n.name: _spec(n.name, values[n.name]) for n in layer_nodes}
+    nbytes = {t.name: t.nbytes for t in inputs} | {k: s.nbytes for k, s in specs.items()}
+    order_name, order, cuts = _choose_order([n.name for n in layer_nodes], inputs, deps, nbytes, tuple(outputs))
+
+    # Each absorbed node goes to the first layer (in the chosen order) that reads it, transitively.
+    pos = {layer: i for i, layer in enumerate(order)}
+    owner: dict[str, str] = {}
+    for n in reversed(nodes):
+        if n.op in ("placeholder", "output") or n.name in layer_set:
+            continue
+        firsts = [pos[u.name] if u.name in layer_set else pos[owner[u.name]]
+                  for u in n.users if u.op != "output" and (u.name in layer_set or u.name in owner)]
+        if not firsts:
+            raise ModelError(f"model {name!r}: node {n.name!r} ({_origin(n)}) feeds only the output with a "
+                             f"non-tensor value; return tensors only")
+        owner[n.name] = order[min(firsts)]
+
+    by_name = {n.name: n for n in nodes}
+    seen_params: set[int] = set()
+    layers: list[Layer] = []
+    for layer_name in order:
+        n = by_name[layer_name]
+        params = [p for a in nodes if owner.get(a.name) == layer_name for p in _attr_params(a, gm)]
+        if n.op == "call_module":
+            params += list(gm.get_submodule(n.target).parameters())
+        fresh = []
+        for p in params:
+            if id(p) not in seen_params:
+                seen_params.add(id(p))
+                fresh.append(p)
+        kind = _op_kind(n, gm, values)
+        macs = counted.get(layer_name, 0) // 2
+        fwd = _flops_fwd(kind, n, gm, values, macs)
+        layers.append(Layer(
+            name=layer_name, op=kind, origin=_origin(n), inputs=deps[layer_name], output=specs[layer_name],
+            flops_fwd=fwd, flops_bwd=2 * fwd if params else fwd, macs=macs,
+            param_count=sum(p.numel() for p in fresh),
+            param_bytes=sum(p.numel() * p.element_size() for p in fresh),
+        ))
+
+    graph = LayerGraph(name=name, inputs=tuple(inputs), outputs=tuple(outputs), layers=tuple(layers),
+                       cut_bytes=tuple(cuts))
+    new_gm = _reordered(gm, placeholders, order, owner, by_name, output_node)
+    absorbed = tuple(sorted(owner.items()))
+    return Traced(gm=new_gm, graph=graph, absorbed=absorbed, order=order_name)
+
+
+def _attr_params(node: fx.Node, gm: fx.GraphModule) -> list[nn.Parameter]:
+    if node.op != "get_attr":
+        return []
+    obj = gm
+    for part in str(node.target).split("."):
+        obj = getattr(obj, part)
+    if isinstance(obj, nn.Parameter):
+        return [obj]
+    if isinstance(obj, nn.Module):
+        return list(obj.parameters())
+    return []
+
+
+def _reordered(gm: fx.GraphModule, placeholders: list[fx.Node], order: list[str], owner: dict[str, str],
+               by_name: dict[str, fx.Node], output_node: fx.Node) -> fx.GraphModule:
+    """A GraphModule whose nodes follow the layer order, absorbed nodes just before their layer."""
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+
+    def copy(n: fx.Node) -> None:
+        env[n] = graph.node_copy(n, lambda a: env[a])
+
+    for p in placeholders:
+        copy(p)
+    owned: dict[str, list[fx.Node]] = {}
+    for n in gm.graph.nodes:  # fx order keeps absorbed chains (size -> getitem -> mul) in order
+        if n.name in owner:
+            owned.setdefault(owner[n.name], []).append(n)
+    for layer_name in order:
+        for n in owned.get(layer_name, ()):
+            copy(n)
+        copy(by_name[layer_name])
+    copy(output_node)
+    graph.lint()
+    new = fx.GraphModule(gm, graph, class_name=gm.__class__.__name__)
+    renamed = [n.name for n in new.graph.nodes if n.name not in by_name]
+    if renamed:  # node_copy keeps names in a fresh graph; anything else would break codegen's cuts
+        raise RuntimeError(f"fx renamed nodes while reordering: {renamed}")
+    return new
