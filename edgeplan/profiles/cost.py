@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgeplan.graph.model import LayerGraph
+from edgeplan.profiles.model import Cluster
+
 
 @dataclass(frozen=True, eq=False)
 class CostTable:
@@ -40,3 +43,119 @@ class CostTable:
     @property
     def n_devices(self) -> int:
         return len(self.devices)
+
+
+def build_cost_table(graph: LayerGraph, cluster: Cluster) -> CostTable:
+    """Price every layer of ``graph`` on every compute unit of ``cluster``, per sample.
+
+    The LayerGraph's figures are for its traced batch ``B = graph.batch``; all
+    per-sample figures below divide by ``B``. For layer ``l`` on unit ``u``
+    (``thr``: the unit's FLOP/s for the layer's op class, ``bw``: its memory
+    bandwidth):
+
+    - ``a_in``  = bytes of the layer's distinct input tensors / B,
+      ``a_out`` = its output bytes / B
+    - ``fwd_s[u, l]   = max(flops_fwd / B / thr, (a_in + a_out) / bw)``  (roofline)
+    - ``bwd_s[u, l]   = max(flops_bwd / B / thr, (2 a_in + a_out) / bw)``
+      (backward reads the output gradient and the stashed input, writes the
+      input gradient)
+    - ``fixed_s[u, l] = layer_overhead_s + param_bytes / bw``: weights are read
+      once per call whatever the micro-batch size, so their read time is a
+      per-call cost, not a per-sample one. A training step pays it once for the
+      forward and once for the backward call (reading W, writing dW).
+    - a layer the unit cannot run (``supported`` False, e.g. layernorm on an
+      RK3566 NPU) gets ``inf`` in all three, so any stage containing it is
+      infeasible on that unit even if a caller forgets to check ``supported``.
+    """
+    n = len(graph.layers)
+    batch = max(1, graph.batch)
+    sizes = {t.name: t.nbytes for t in graph.inputs}
+    sizes.update({layer.name: layer.out_bytes for layer in graph.layers})
+    flops_f = np.array([layer.flops_fwd for layer in graph.layers], dtype=np.float64) / batch
+    flops_b = np.array([layer.flops_bwd for layer in graph.layers], dtype=np.float64) / batch
+    a_out = np.array([layer.out_bytes for layer in graph.layers], dtype=np.float64) / batch
+    a_in = np.array([sum(sizes.get(name, 0) for name in dict.fromkeys(layer.inputs)) for layer in graph.layers],
+                    dtype=np.float64) / batch
+    params = np.array([layer.param_bytes for layer in graph.layers], dtype=np.float64)
+    classes = [layer.op_class for layer in graph.layers]
+    ops = tuple(layer.op for layer in graph.layers)
+
+    units = [(di, dev, unit) for di, dev in enumerate(cluster.devices) for unit in dev.units]
+    u = len(units)
+    fwd = np.empty((u, n))
+    bwd = np.empty((u, n))
+    fixed = np.empty((u, n))
+    supported = np.empty((u, n), dtype=bool)
+    for k, (_, _, unit) in enumerate(units):
+        rate = dict(unit.throughput)
+        thr = np.array([rate[c] for c in classes], dtype=np.float64)
+        bw = unit.mem_bandwidth
+        fwd[k] = np.maximum(flops_f / thr, (a_in + a_out) / bw)
+        bwd[k] = np.maximum(flops_b / thr, (2 * a_in + a_out) / bw)
+        fixed[k] = unit.layer_overhead_s + params / bw
+        supported[k] = [unit.supports(op) for op in ops]
+    for arr in (fwd, bwd, fixed):
+        arr[~supported] = np.inf
+
+    d = len(cluster.devices)
+    bandwidth = np.full((d, d), np.inf)
+    latency = np.zeros((d, d))
+    energy = np.zeros((d, d))
+    for a in range(d):
+        for b in range(d):
+            if a != b:
+                link = cluster.link(cluster.devices[a].name, cluster.devices[b].name)
+                bandwidth[a, b] = link.bandwidth
+                latency[a, b] = link.latency_s
+                energy[a, b] = link.energy_per_byte_j
+
+    return CostTable(
+        layer_names=tuple(layer.name for layer in graph.layers),
+        layer_ops=ops,
+        devices=tuple(dev.name for dev in cluster.devices),
+        units=tuple((di, unit.name, unit.target) for di, _, unit in units),
+        fwd_s=fwd, bwd_s=bwd, fixed_s=fixed, supported=supported,
+        param_bytes=params,
+        act_bytes=a_out,
+        cut_bytes=np.array(graph.cut_bytes, dtype=np.float64) / batch,
+        ram_bytes=np.array([dev.ram_bytes for dev in cluster.devices], dtype=np.float64),
+        idle_power_w=np.array([dev.idle_power_w for dev in cluster.devices], dtype=np.float64),
+        busy_power_w=np.array([unit.busy_power_w for _, _, unit in units], dtype=np.float64),
+        bandwidth=bandwidth, latency_s=latency, energy_per_byte_j=energy,
+    )
+
+
+def stage_time(costs: CostTable, unit: int, i: int, j: int, samples: float, *, training: bool = False) -> float:
+    """Seconds for one call of layers ``[i, j)`` on unit index ``unit`` with ``samples`` samples.
+
+    inference: ``samples * sum(fwd_s[unit, i:j]) + sum(fixed_s[unit, i:j])``
+    training (one forward and one backward call):
+    ``samples * sum(fwd_s + bwd_s) + 2 * sum(fixed_s)``.
+    A replica given no samples does not run: 0.0. ``inf`` if the unit cannot
+    run one of the layers.
+    """
+    if samples <= 0 or j <= i:
+        return 0.0
+    per_sample = costs.fwd_s[unit, i:j].sum()
+    fixed = costs.fixed_s[unit, i:j].sum()
+    if training:
+        per_sample += costs.bwd_s[unit, i:j].sum()
+        fixed *= 2
+    return float(samples * per_sample + fixed)
+
+
+def transfer_time(costs: CostTable, k: int, samples: float, a: int, b: int) -> float:
+    """Seconds to send what crosses cut ``k`` (after the first ``k`` layers) for ``samples`` samples
+    from device index ``a`` to ``b``: ``latency_s[a, b] + samples * cut_bytes[k] / bandwidth[a, b]``;
+    0.0 on the same device or with no samples."""
+    if a == b or samples <= 0:
+        return 0.0
+    return float(costs.latency_s[a, b] + samples * costs.cut_bytes[k] / costs.bandwidth[a, b])
+
+
+def transfer_energy(costs: CostTable, k: int, samples: float, a: int, b: int) -> float:
+    """Joules to send cut ``k`` for ``samples`` samples from ``a`` to ``b``:
+    ``samples * cut_bytes[k] * energy_per_byte_j[a, b]`` (0 on the same device)."""
+    if a == b or samples <= 0:
+        return 0.0
+    return float(samples * costs.cut_bytes[k] * costs.energy_per_byte_j[a, b])

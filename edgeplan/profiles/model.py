@@ -32,12 +32,26 @@ class ComputeUnit:
     layer_overhead_s: float = 0.0
     supported_ops: tuple[str, ...] | None = None
     target_options: tuple[tuple[str, str], ...] = ()  # e.g. (("mcpu", "cortex-a72"),)
+    peak_flops: float = 0.0  # datasheet peak FLOP/s (0: unknown)
 
     def flops_per_s(self, op_class: str) -> float:
         return dict(self.throughput)[op_class]
 
     def supports(self, op: str) -> bool:
         return self.supported_ops is None or op in self.supported_ops
+
+    @classmethod
+    def from_json(cls, d: dict) -> ComputeUnit:
+        ops = d.get("supported_ops")
+        return cls(
+            name=d["name"], kind=d["kind"], target=d["target"],
+            throughput=tuple((str(k), float(v)) for k, v in d["throughput"]),
+            mem_bandwidth=float(d["mem_bandwidth"]), busy_power_w=float(d["busy_power_w"]),
+            layer_overhead_s=float(d.get("layer_overhead_s", 0.0)),
+            supported_ops=None if ops is None else tuple(ops),
+            target_options=tuple((str(k), str(v)) for k, v in d.get("target_options", ())),
+            peak_flops=float(d.get("peak_flops", 0.0)),
+        )
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,14 @@ class Device:
             if u.name == name:
                 return u
         raise KeyError(f"device {self.name!r} has no unit {name!r}")
+
+    @classmethod
+    def from_json(cls, d: dict) -> Device:
+        return cls(
+            name=d["name"], profile=d["profile"], address=d["address"], ram_bytes=int(d["ram_bytes"]),
+            idle_power_w=float(d["idle_power_w"]), units=tuple(ComputeUnit.from_json(u) for u in d["units"]),
+            estimate=bool(d.get("estimate", True)),
+        )
 
 
 @dataclass(frozen=True)
@@ -95,5 +117,39 @@ class Cluster:
     def to_json(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, d: dict) -> Cluster:
+        if d.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"Cluster schema_version {d.get('schema_version')!r} is not {SCHEMA_VERSION}")
+        return cls(
+            name=d["name"], devices=tuple(Device.from_json(x) for x in d["devices"]),
+            default_link=Link(**d["default_link"]), links=tuple(Link(**x) for x in d.get("links", ())),
+            secret_env=d.get("secret_env"), schema_version=d["schema_version"],
+        )
+
     def digest(self) -> str:
         return jsonio.sha256_of(self.to_json())
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A board template from a profile file: a Device without a name or address.
+
+    ``source`` is where it was read from (built-in files: relative to the
+    boards folder, so it carries no absolute path).
+    """
+
+    id: str
+    name: str
+    vendor: str
+    source: str
+    ram_bytes: int
+    idle_power_w: float
+    units: tuple[ComputeUnit, ...]
+    estimate: bool = True
+
+    def instantiate(self, name: str, address: str) -> Device:
+        return Device(
+            name=name, profile=self.id, address=address, ram_bytes=self.ram_bytes,
+            idle_power_w=self.idle_power_w, units=self.units, estimate=self.estimate,
+        )

@@ -1,0 +1,476 @@
+"""Board profiles and cluster files: YAML in, validated frozen data out.
+
+A board profile is one YAML file, ``boards/<vendor>/<id>.yaml`` (its id is the
+file stem). ``extends: <id or path>`` deep-merges the file over a base profile:
+mappings merge key by key, everything else (numbers, strings, lists) replaces.
+A cluster file names devices, each an instance of a profile (by built-in id or
+by a path relative to the cluster file, e.g. a measured profile) with optional
+``overrides`` merged the same way.
+
+YAML uses friendly units, converted to SI here once: sizes in MB are MiB
+(2**20 bytes: boards are sold as 1/2/4/8 GB of 2**30), GFLOP/s, GB/s (1e9
+bytes/s), Mbit/s (1e6 bits/s), ms, us, W, nJ per byte. A value may also be a
+string with an explicit unit of the same dimension, e.g. ``latency_ms: "200 us"``.
+
+Every error is a ProfileError naming the file, the field path (e.g.
+``devices[2].profile``), the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edgeplan.errors import ProfileError
+from edgeplan.graph import ops
+from edgeplan.profiles.model import Cluster, ComputeUnit, Device, Link, Profile
+
+BOARDS_DIR = Path(__file__).parent / "boards"
+
+UNIT_KINDS = ("cpu", "gpu", "npu")
+TARGETS = ("arm-cpu", "cuda", "mali", "npu", "x86")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# dimension -> {unit spelling: factor to SI}
+_UNITS: dict[str, dict[str, float]] = {
+    "size": {"B": 1.0, "KB": 2.0**10, "KiB": 2.0**10, "MB": 2.0**20, "MiB": 2.0**20, "GB": 2.0**30, "GiB": 2.0**30},
+    "time": {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9},
+    "flops": {"FLOP/s": 1.0, "MFLOP/s": 1e6, "GFLOP/s": 1e9, "TFLOP/s": 1e12, "GOPS": 1e9, "TOPS": 1e12},
+    "rate": {"B/s": 1.0, "MB/s": 1e6, "GB/s": 1e9},
+    "bitrate": {"bit/s": 0.125, "kbit/s": 125.0, "Mbit/s": 1.25e5, "Gbit/s": 1.25e8, "Mbps": 1.25e5, "Gbps": 1.25e8},
+    "power": {"W": 1.0, "mW": 1e-3},
+    "energy": {"J": 1.0, "nJ": 1e-9, "pJ": 1e-12},
+}
+
+_BOARD_KEYS = ("name", "vendor", "extends", "abstract", "estimate", "ram_mb", "reserved_mb", "idle_power_w", "units")
+_UNIT_KEYS = (
+    "kind", "target", "target_options", "peak_gflops", "throughput_gflops", "mem_bandwidth_gbs",
+    "busy_power_w", "layer_overhead_us", "supported_ops",
+)
+_OVERRIDE_KEYS = ("ram_mb", "reserved_mb", "idle_power_w", "estimate", "units")
+_CLUSTER_KEYS = ("name", "description", "devices", "network", "secret_env")
+_DEVICE_KEYS = ("name", "profile", "address", "overrides")
+_NETWORK_KEYS = ("default", "links")
+_LINK_KEYS = ("between", "bandwidth_mbps", "latency_ms", "energy_nj_per_byte")
+
+
+@dataclass(frozen=True)
+class _Src:
+    """Where a merged value came from: the file and the field prefix it sits under there."""
+
+    file: str
+    prefix: str = ""
+
+
+def _fmt_path(path: tuple) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+class _Doc:
+    """A merged mapping plus the origin of each value, so errors name the right file and field."""
+
+    def __init__(self, data: dict, origins: dict[tuple, _Src]):
+        self.data = data
+        self.origins = origins
+
+    def where(self, path: tuple) -> str:
+        for n in range(len(path), -1, -1):
+            src = self.origins.get(path[:n])
+            if src is not None:
+                field = _fmt_path(path)
+                full = f"{src.prefix}.{field}" if src.prefix and field else (src.prefix or field)
+                return f"{src.file}: {full}" if full else src.file
+        return "<profile>"
+
+    def fail(self, path: tuple, msg: str) -> ProfileError:
+        return ProfileError(f"{self.where(path)}: {msg}")
+
+
+def _merge(base: dict, over: dict, origins: dict[tuple, _Src], src: _Src, path: tuple = ()) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        p = path + (key,)
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value, origins, src, p)
+        else:
+            for stale in [q for q in origins if q[: len(p)] == p]:
+                del origins[stale]
+            out[key] = value
+            origins[p] = src
+    return out
+
+
+def _read_yaml(path: Path, what: str) -> dict:
+    try:
+        text = path.read_text()
+    except FileNotFoundError as e:
+        raise ProfileError(f"{path}: no such {what} file") from e
+    except OSError as e:
+        raise ProfileError(f"{path}: cannot read {what} file ({e.strerror})") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ProfileError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from e
+    if not isinstance(data, dict):
+        raise ProfileError(f"{path}: a {what} file must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def _builtin_index() -> dict[str, Path]:
+    index: dict[str, Path] = {}
+    for path in sorted(BOARDS_DIR.glob("*/*.yaml")):
+        if path.stem in index:
+            raise ProfileError(f"{path}: profile id {path.stem!r} is also defined by {index[path.stem]}; rename one")
+        index[path.stem] = path
+    return index
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(BOARDS_DIR.resolve().parent))
+    except ValueError:
+        return str(path)
+
+
+def _find(ref: str, base_dir: Path | None, index: dict[str, Path]) -> Path | None:
+    if ref in index:
+        return index[ref]
+    if ref.endswith((".yaml", ".yml")) or "/" in ref:
+        p = Path(ref)
+        if not p.is_absolute() and base_dir is not None:
+            p = base_dir / p
+        return p if p.exists() else None
+    return None
+
+
+def _valid_ids(index: dict[str, Path]) -> str:
+    return ", ".join(sorted(i for i in index if not _is_abstract(index[i])))
+
+
+def _is_abstract(path: Path) -> bool:
+    try:
+        return bool(yaml.safe_load(path.read_text()).get("abstract", False))
+    except Exception:  # a broken file is reported when it is loaded, not while listing
+        return False
+
+
+def _resolve(path: Path, index: dict[str, Path], chain: tuple[str, ...] = ()) -> tuple[_Doc, str]:
+    """Read a profile file and the files it extends; returns the merged document and its id."""
+    pid = path.stem
+    display = _display(path)
+    key = str(path.resolve())
+    if key in chain:
+        names = [Path(c).stem for c in chain[chain.index(key):]] + [pid]
+        raise ProfileError(f"{display}: extends: cycle {' -> '.join(names)}; remove one `extends`")
+    data = _read_yaml(path, "profile")
+    src = _Src(display)
+    base_ref = data.get("extends")
+    if base_ref is None:
+        origins: dict[tuple, _Src] = {(): src}
+        merged = _merge({}, data, origins, src)
+    else:
+        if not isinstance(base_ref, str):
+            raise ProfileError(f"{display}: extends: {base_ref!r} is not a profile id or path")
+        base_path = _find(base_ref, path.parent, index)
+        if base_path is None:
+            raise ProfileError(
+                f"{display}: extends: unknown profile {base_ref!r}; valid ids: {', '.join(sorted(index))} "
+                "(or a path to a profile file)")
+        base, _ = _resolve(base_path, index, chain + (key,))
+        origins = dict(base.origins)
+        merged = _merge(base.data, data, origins, src)
+    origins[()] = src  # fields missing from the merged profile are reported against the most derived file
+    merged.pop("extends", None)
+    merged["abstract"] = bool(data.get("abstract", False))  # a base's abstract flag is not inherited
+    origins[("abstract",)] = src
+    return _Doc(merged, origins), pid
+
+
+# --- value checks -------------------------------------------------------------
+
+
+def _quantity(doc: _Doc, path: tuple, dim: str, unit: str, *, lo: float = 0.0, lo_open: bool = True,
+              hi: float | None = None) -> float:
+    """A number in the field's ``unit`` (or a string with an explicit unit of ``dim``), as SI."""
+    value = _get(doc, path)
+    table = _UNITS[dim]
+    allowed = f"{'>' if lo_open else '>='} {lo:g}" + (f" and <= {hi:g}" if hi is not None else "")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise doc.fail(path, f"{value!r} is not a number; allowed: a number in {unit} {allowed}")
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(\S+)\s*", value)
+        if not m:
+            raise doc.fail(path, f"{value!r} is not a number; allowed: a number in {unit} {allowed}, "
+                                 f"or a string like '10 {unit}'")
+        if m.group(2) not in table:
+            raise doc.fail(path, f"{value!r} has unit {m.group(2)!r}, which is not a {dim}; "
+                                 f"allowed units: {', '.join(table)}")
+        number, factor = float(m.group(1)), table[m.group(2)] / table[unit]
+    else:
+        number, factor = float(value), 1.0
+    in_unit = number * factor
+    if in_unit != in_unit or in_unit in (float("inf"), float("-inf")) or in_unit < lo or (
+            lo_open and in_unit == lo) or (hi is not None and in_unit > hi):
+        raise doc.fail(path, f"{value!r} is out of range; allowed: {allowed} ({unit})")
+    return in_unit * table[unit]
+
+
+_MISSING = object()
+
+
+def _get(doc: _Doc, path: tuple, default: Any = _MISSING) -> Any:
+    node: Any = doc.data
+    for p in path:
+        if isinstance(node, dict) and p in node:
+            node = node[p]
+        elif isinstance(node, list) and isinstance(p, int) and p < len(node):
+            node = node[p]
+        elif default is not _MISSING:
+            return default
+        else:
+            raise doc.fail(path, "missing required field")
+    return node
+
+
+def _string(doc: _Doc, path: tuple, *, choices: tuple[str, ...] | None = None, pattern: re.Pattern | None = None,
+            default: Any = _MISSING) -> Any:
+    value = _get(doc, path, default)
+    if value is default and default is not _MISSING:
+        return value
+    if not isinstance(value, str) or not value:
+        raise doc.fail(path, f"{value!r} is not a non-empty string")
+    if choices is not None and value not in choices:
+        raise doc.fail(path, f"{value!r} is not allowed; allowed: {', '.join(choices)}")
+    if pattern is not None and not pattern.match(value):
+        raise doc.fail(path, f"{value!r} is not a valid name; allowed: letters, digits, '_', '-', '.'")
+    return value
+
+
+def _mapping(doc: _Doc, path: tuple, allowed: tuple[str, ...] | None = None, default: Any = _MISSING) -> dict:
+    value = _get(doc, path, default)
+    if value is default and default is not _MISSING:
+        return value
+    if not isinstance(value, dict):
+        raise doc.fail(path, f"expected a mapping, got {value!r}")
+    if allowed is not None:
+        for key in value:
+            if key not in allowed:
+                raise doc.fail(path + (key,), f"unknown field {key!r}; allowed: {', '.join(allowed)}")
+    return value
+
+
+def _bool(doc: _Doc, path: tuple, default: bool) -> bool:
+    value = _get(doc, path, default)
+    if not isinstance(value, bool):
+        raise doc.fail(path, f"{value!r} is not true or false")
+    return value
+
+
+# --- profiles -----------------------------------------------------------------
+
+
+def _build_unit(doc: _Doc, name: str) -> ComputeUnit:
+    p = ("units", name)
+    _mapping(doc, p, _UNIT_KEYS)
+    kind = _string(doc, p + ("kind",), choices=UNIT_KINDS)
+    target = _string(doc, p + ("target",), choices=TARGETS)
+    options = _mapping(doc, p + ("target_options",), default={})
+    for key, value in options.items():
+        if not isinstance(value, str):
+            raise doc.fail(p + ("target_options", key), f"{value!r} is not a string (quote it in YAML)")
+    peak = _quantity(doc, p + ("peak_gflops",), "flops", "GFLOP/s")
+    table = _mapping(doc, p + ("throughput_gflops",))
+    for key in table:
+        if key not in ops.OP_CLASSES:
+            raise doc.fail(p + ("throughput_gflops", key),
+                           f"unknown op class {key!r}; allowed: {', '.join(ops.OP_CLASSES)}")
+    throughput = tuple(
+        (cls, _quantity(doc, p + ("throughput_gflops", cls), "flops", "GFLOP/s", hi=peak / 1e9))
+        for cls in ops.OP_CLASSES
+    )
+    supported = _get(doc, p + ("supported_ops",), None)
+    if supported is not None:
+        if not isinstance(supported, list) or not supported:
+            raise doc.fail(p + ("supported_ops",), f"{supported!r} is not a non-empty list of op kinds")
+        for i, op in enumerate(supported):
+            if op not in ops.OP_CLASS_OF:
+                raise doc.fail(p + ("supported_ops", i),
+                               f"unknown op kind {op!r}; allowed: {', '.join(sorted(ops.OP_CLASS_OF))}")
+        supported = tuple(sorted(set(supported)))
+    elif kind == "npu":
+        raise doc.fail(p + ("supported_ops",), "missing required field: an NPU runs only some ops; list them")
+    return ComputeUnit(
+        name=name, kind=kind, target=target, throughput=throughput,
+        mem_bandwidth=_quantity(doc, p + ("mem_bandwidth_gbs",), "rate", "GB/s"),
+        busy_power_w=_quantity(doc, p + ("busy_power_w",), "power", "W", lo_open=False),
+        layer_overhead_s=_quantity(doc, p + ("layer_overhead_us",), "time", "us", lo_open=False),
+        supported_ops=supported,
+        target_options=tuple(sorted(options.items())),
+        peak_flops=peak,
+    )
+
+
+def _build_profile(doc: _Doc, pid: str, source: str) -> Profile:
+    _mapping(doc, (), _BOARD_KEYS)
+    ram = _quantity(doc, ("ram_mb",), "size", "MB")
+    reserved = _quantity(doc, ("reserved_mb",), "size", "MB", lo_open=False, hi=ram / 2**20)
+    if reserved >= ram:
+        raise doc.fail(("reserved_mb",), f"{_get(doc, ('reserved_mb',))!r} leaves no memory; "
+                                         f"allowed: < ram_mb ({ram / 2**20:g} MB)")
+    units = _mapping(doc, ("units",))
+    if not units:
+        raise doc.fail(("units",), "a board needs at least one compute unit (cpu, gpu or npu)")
+    for name in units:
+        if not isinstance(name, str) or not _NAME_RE.match(name):
+            raise doc.fail(("units", name), f"{name!r} is not a valid unit name (e.g. cpu, gpu, npu)")
+    return Profile(
+        id=pid,
+        name=_string(doc, ("name",)),
+        vendor=_string(doc, ("vendor",)),
+        source=source,
+        ram_bytes=int(ram - reserved),
+        idle_power_w=_quantity(doc, ("idle_power_w",), "power", "W", lo_open=False),
+        units=tuple(_build_unit(doc, name) for name in units),
+        estimate=_bool(doc, ("estimate",), True),
+    )
+
+
+def _load(ref: str, base_dir: Path | None, index: dict[str, Path]) -> tuple[_Doc, str, str]:
+    path = _find(ref, base_dir, index)
+    if path is None:
+        raise ProfileError(f"unknown profile {ref!r}; valid ids: {_valid_ids(index)} (or a path to a profile file)")
+    doc, pid = _resolve(path, index)
+    return doc, pid, _display(path)
+
+
+def load_profile(ref: str, base_dir: str | Path | None = None) -> Profile:
+    """A validated board template by built-in id (``rpi4b-4gb``) or by file path."""
+    index = _builtin_index()
+    doc, pid, source = _load(ref, Path(base_dir) if base_dir is not None else Path.cwd(), index)
+    if doc.data.get("abstract"):
+        raise ProfileError(f"{source}: profile {pid!r} is a base for other profiles (abstract: true); "
+                           f"use one of: {_valid_ids(index)}")
+    return _build_profile(doc, pid, source)
+
+
+def list_profiles() -> tuple[tuple[str, Path, str], ...]:
+    """Built-in (non-abstract) profiles: (id, file, board name), sorted by id."""
+    out = []
+    for pid, path in sorted(_builtin_index().items()):
+        if _is_abstract(path):
+            continue
+        name = (yaml.safe_load(path.read_text()) or {}).get("name")
+        if name is None:  # inherited from the base
+            name = load_profile(pid).name
+        out.append((pid, path, str(name)))
+    return tuple(out)
+
+
+# --- clusters -----------------------------------------------------------------
+
+
+def _device(doc: _Doc, i: int, base_dir: Path, index: dict[str, Path], file: str) -> Device:
+    p = ("devices", i)
+    _mapping(doc, p, _DEVICE_KEYS)
+    name = _string(doc, p + ("name",), pattern=_NAME_RE)
+    ref = _string(doc, p + ("profile",))
+    address = _string(doc, p + ("address",))
+    path = _find(ref, base_dir, index)
+    if path is None:
+        raise doc.fail(p + ("profile",), f"unknown profile {ref!r}; valid ids: {_valid_ids(index)} "
+                                         "(or a path to a profile file, relative to the cluster file)")
+    pdoc, pid = _resolve(path, index)
+    if pdoc.data.get("abstract"):
+        raise doc.fail(p + ("profile",), f"profile {ref!r} is a base for other profiles; "
+                                         f"use one of: {_valid_ids(index)}")
+    overrides = _mapping(doc, p + ("overrides",), _OVERRIDE_KEYS, default=None)
+    if overrides:
+        src = _Src(file, _fmt_path(p + ("overrides",)))
+        units = dict(pdoc.data.get("units") or {})
+        over = dict(overrides)
+        if "units" in over:
+            o_units = _mapping(doc, p + ("overrides", "units"))
+            for uname, body in o_units.items():
+                if uname not in units:
+                    raise doc.fail(p + ("overrides", "units", uname),
+                                   f"unknown unit {uname!r}; profile {pid!r} has: {', '.join(units)}")
+                if body is None:  # `npu: null` removes a unit (e.g. its driver is not installed)
+                    del units[uname]
+                elif not isinstance(body, dict):
+                    raise doc.fail(p + ("overrides", "units", uname), f"expected a mapping or null, got {body!r}")
+            pdoc.data["units"] = units
+            over["units"] = {k: v for k, v in o_units.items() if v is not None}
+        origins = dict(pdoc.origins)
+        pdoc = _Doc(_merge(pdoc.data, over, origins, src), origins)
+    return _build_profile(pdoc, pid, _display(path)).instantiate(name, address)
+
+
+def _link(doc: _Doc, path: tuple, default_energy: float | None) -> tuple[float, float, float]:
+    bandwidth = _quantity(doc, path + ("bandwidth_mbps",), "bitrate", "Mbit/s")
+    latency = _quantity(doc, path + ("latency_ms",), "time", "ms", lo_open=False)
+    if _get(doc, path + ("energy_nj_per_byte",), None) is None:
+        return bandwidth, latency, default_energy or 0.0
+    return bandwidth, latency, _quantity(doc, path + ("energy_nj_per_byte",), "energy", "nJ", lo_open=False)
+
+
+def load_cluster(path: str | Path) -> Cluster:
+    """Read and validate a cluster file; profiles by id or by path relative to the file."""
+    path = Path(path)
+    file = str(path)
+    data = _read_yaml(path, "cluster")
+    doc = _Doc(data, {(): _Src(file)})
+    _mapping(doc, (), _CLUSTER_KEYS)
+    name = _string(doc, ("name",), pattern=_NAME_RE)
+    devices_raw = _get(doc, ("devices",))
+    if not isinstance(devices_raw, list) or not devices_raw:
+        raise doc.fail(("devices",), f"expected a non-empty list of devices, got {devices_raw!r}")
+    index = _builtin_index()
+    devices: list[Device] = []
+    seen: dict[str, int] = {}
+    for i in range(len(devices_raw)):
+        dev_name = _string(doc, ("devices", i, "name"), pattern=_NAME_RE)
+        if dev_name in seen:
+            raise doc.fail(("devices", i, "name"), f"duplicate device name {dev_name!r} "
+                                                   f"(also devices[{seen[dev_name]}]); names must be unique")
+        seen[dev_name] = i
+        devices.append(_device(doc, i, path.parent, index, file))
+    _mapping(doc, ("network",), _NETWORK_KEYS)
+    _mapping(doc, ("network", "default"), ("bandwidth_mbps", "latency_ms", "energy_nj_per_byte"))
+    bw, lat, energy = _link(doc, ("network", "default"), None)
+    default_link = Link("*", "*", bw, lat, energy)
+    links_raw = _get(doc, ("network", "links"), [])
+    if not isinstance(links_raw, list):
+        raise doc.fail(("network", "links"), f"expected a list of links, got {links_raw!r}")
+    links: list[Link] = []
+    pairs: dict[frozenset, int] = {}
+    for i in range(len(links_raw)):
+        p = ("network", "links", i)
+        _mapping(doc, p, _LINK_KEYS)
+        between = _get(doc, p + ("between",))
+        if not isinstance(between, list) or len(between) != 2 or between[0] == between[1]:
+            raise doc.fail(p + ("between",), f"{between!r} is not two different device names")
+        for j, dev in enumerate(between):
+            if dev not in seen:
+                raise doc.fail(p + ("between", j), f"unknown device {dev!r}; devices: {', '.join(seen)}")
+        pair = frozenset(between)
+        if pair in pairs:
+            raise doc.fail(p + ("between",), f"link {between!r} is already given by network.links[{pairs[pair]}]")
+        pairs[pair] = i
+        bw, lat, energy = _link(doc, p, default_link.energy_per_byte_j)
+        links.append(Link(between[0], between[1], bw, lat, energy))
+    secret_env = _string(doc, ("secret_env",), default=None)
+    if secret_env is not None and not _ENV_RE.match(secret_env):
+        raise doc.fail(("secret_env",), f"{secret_env!r} is not an environment variable name "
+                                        "(letters, digits and '_', not starting with a digit)")
+    return Cluster(name=name, devices=tuple(devices), default_link=default_link, links=tuple(links),
+                   secret_env=secret_env)
