@@ -1,0 +1,223 @@
+"""Run an artifact folder on this machine: every (device, stage) worker as a local process.
+
+Workers bind 127.0.0.1 on a free port (``--listen 127.0.0.1:0``) and print the
+port they got; the head then tells every worker the addresses actually in use
+in its first ROUTE frame, so nothing in the artifacts is rewritten. Each worker
+runs from the board's own copy of the runtime (``<device>/edgeplan_runtime``),
+exactly as on the board.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from .head import Head, HeadConfig, PipelineError, RunResult
+from .spec import StageSpec
+
+SECRET_ENV = "EDGEPLAN_LOCAL_SECRET"
+
+
+class ArtifactProblem(Exception):
+    """The artifact folder is missing a file the run needs (names it and the fix)."""
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    root: Path
+    plan: dict
+    stages: tuple[tuple[Path, StageSpec], ...]  # (stage folder, spec) per (stage, replica), plan order
+
+    @property
+    def batch(self) -> int:
+        return int(self.plan["batch"])
+
+    @property
+    def microbatches(self) -> int:
+        return int(self.plan["microbatches"])
+
+
+def discover(root: str | os.PathLike[str]) -> Artifacts:
+    """Read plan.json and the stage.json of every replica it names."""
+    import json
+
+    root = Path(root)
+    plan_path = root / "plan.json"
+    try:
+        plan = json.loads(plan_path.read_text())
+    except FileNotFoundError:
+        raise ArtifactProblem(f"{plan_path}: missing; is {root} an `edgeplan compile` output folder?") from None
+    except ValueError as e:
+        raise ArtifactProblem(f"{plan_path}: not JSON ({e}); re-run `edgeplan compile`") from None
+    stages = []
+    try:
+        for st in plan["stages"]:
+            for r in st["replicas"]:
+                d = root / r["device"] / f"stage{st['index']}"
+                try:
+                    spec = StageSpec.load(str(d / "stage.json"))
+                except FileNotFoundError:
+                    raise ArtifactProblem(f"{d}/stage.json: missing (plan stage {st['index']} on {r['device']}); "
+                                          "re-run `edgeplan compile`") from None
+                except (ValueError, KeyError, TypeError) as e:
+                    raise ArtifactProblem(f"{d}/stage.json: invalid ({e}); re-run `edgeplan compile`") from None
+                stages.append((d, spec))
+        plan["batch"], plan["microbatches"]  # noqa: B018 - presence check
+    except (KeyError, TypeError) as e:
+        raise ArtifactProblem(f"{plan_path}: not a plan file (missing {e}); re-run `edgeplan plan`") from None
+    if not stages:
+        raise ArtifactProblem(f"{plan_path}: the plan has no stages")
+    m = stages[0][1].microbatch
+    if m * int(plan["microbatches"]) != int(plan["batch"]):
+        raise ArtifactProblem(f"{root}: stage.json micro-batch {m} x {plan['microbatches']} micro-batches != "
+                              f"plan batch {plan['batch']}; the folder mixes two compiles; re-run `edgeplan compile`")
+    return Artifacts(root, plan, tuple(stages))
+
+
+class RandomInputs(Sequence):
+    """Seeded random requests made on demand (a retry re-creates the same request)."""
+
+    def __init__(self, spec: StageSpec, batch: int, n: int, seed: int = 0):
+        self.shapes = [(batch, *t.shape[1:]) for t in spec.inputs]
+        self.dtypes = [np.dtype(t.dtype) for t in spec.inputs]
+        self.n, self.seed = n, seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        rng = np.random.default_rng([self.seed, i])
+        out = []
+        for shape, dt in zip(self.shapes, self.dtypes, strict=True):
+            if dt.kind == "f":
+                out.append(rng.standard_normal(shape).astype(dt))
+            elif dt.kind == "b":
+                out.append(rng.integers(0, 2, shape).astype(dt))
+            else:
+                out.append(rng.integers(0, 10, shape).astype(dt))
+        return out
+
+
+@dataclass
+class LocalWorker:
+    device: str
+    stage: int
+    process: subprocess.Popen
+    log_path: Path
+    address: str = ""
+
+    def log_tail(self, n: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+def _default_command(board: Path) -> tuple[list[str], dict]:
+    """Run the board's copy of the runtime when there is one, else this package."""
+    if (board / "edgeplan_runtime" / "worker.py").is_file():
+        env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(board), os.environ.get("PYTHONPATH")]))}
+        return [sys.executable, "-m", "edgeplan_runtime.worker"], env
+    return [sys.executable, "-m", f"{__package__}.worker"], {}
+
+
+def start_workers(art: Artifacts, log_dir: Path, secret: bytes | None = None,
+                  command: Sequence[str] | None = None, start_timeout_s: float = 120.0) -> list[LocalWorker]:
+    """Start every worker on 127.0.0.1:0 and wait for each one's READY line."""
+    workers: list[LocalWorker] = []
+    sel = selectors.DefaultSelector()
+    try:
+        for stage_dir, spec in art.stages:
+            cmd, extra_env = (list(command), {}) if command else _default_command(stage_dir.parent)
+            env = {**os.environ, **extra_env}
+            args = [*cmd, "--stage", str(stage_dir / "stage.json"), "--listen", "127.0.0.1:0"]
+            if secret:
+                env[SECRET_ENV] = secret.decode()
+                args += ["--secret-env", SECRET_ENV]
+            log_path = log_dir / f"{spec.device}-stage{spec.stage}.log"
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, env=env, cwd=stage_dir.parent)
+            w = LocalWorker(spec.device, spec.stage, proc, log_path)
+            workers.append(w)
+            sel.register(proc.stdout, selectors.EVENT_READ, w)
+        deadline = time.monotonic() + start_timeout_s
+        waiting = len(workers)
+        while waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                slow = [f"{w.device}/stage{w.stage}" for w in workers if not w.address]
+                raise PipelineError(f"workers {slow} not ready after {start_timeout_s:g}s; see logs in {log_dir}")
+            for key, _ in sel.select(timeout=min(left, 0.5)):
+                w = key.data
+                line = w.process.stdout.readline().decode(errors="replace").strip()
+                if line.startswith("READY "):
+                    w.address = line.split(" ", 1)[1]
+                    sel.unregister(key.fileobj)
+                    waiting -= 1
+                elif not line and w.process.poll() is not None:
+                    raise PipelineError(f"worker {w.device}/stage{w.stage} exited with code {w.process.returncode} "
+                                        f"before it was ready:\n{w.log_tail()}")
+    except BaseException:
+        stop_workers(workers)
+        raise
+    finally:
+        sel.close()
+    return workers
+
+
+def stop_workers(workers: Sequence[LocalWorker], grace_s: float = 3.0) -> None:
+    deadline = time.monotonic() + grace_s
+    for w in workers:
+        try:
+            w.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            w.process.terminate()
+    for w in workers:
+        try:
+            w.process.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            w.process.kill()
+            w.process.wait()
+        if w.process.stdout:
+            w.process.stdout.close()
+
+
+def run_local(artifacts: str | os.PathLike[str], requests: int = 200, *, seed: int = 0,
+              inputs: Sequence[Sequence[np.ndarray]] | None = None, config: HeadConfig | None = None,
+              secret: bytes | None = None, command: Sequence[str] | None = None,
+              log_dir: str | os.PathLike[str] | None = None,
+              on_complete: Callable[[int, list[LocalWorker]], None] | None = None,
+              log: Callable[[str], None] | None = None) -> tuple[Artifacts, RunResult]:
+    """Start all workers of ``artifacts`` locally, run ``requests`` seeded random requests, stop the workers."""
+    art = discover(artifacts)
+    if inputs is None:
+        inputs = RandomInputs(next(s for _, s in art.stages if s.stage == 0), art.batch, requests, seed)
+    cfg = replace(config or HeadConfig(), shutdown_workers=True)
+    if secret:
+        cfg = replace(cfg, secret=secret)
+    log_dir = Path(log_dir or tempfile.mkdtemp(prefix="edgeplan-run-"))  # kept: errors point at the logs
+    log_dir.mkdir(parents=True, exist_ok=True)
+    workers = start_workers(art, log_dir, secret, command)
+    try:
+        head = Head.from_specs([s for _, s in art.stages], art.microbatches, "127.0.0.1:0",
+                               {(w.device, w.stage): w.address for w in workers}, cfg, log)
+        cb = (lambda i: on_complete(i, workers)) if on_complete else None
+        result = head.run(inputs, cb)
+    finally:
+        stop_workers(workers)
+    for i, f in enumerate(result.faults):
+        w = next((w for w in workers if (w.device, w.stage) == (f.device, f.stage)), None)
+        if w is not None and w.process.returncode not in (0, None):
+            result.faults[i] = replace(f, reason=f"{f.reason}; exit code {w.process.returncode}, log {w.log_path}")
+    return art, result

@@ -1,0 +1,445 @@
+"""Stage worker: one process per (device, stage) on a board.
+
+``python -m edgeplan_runtime.worker --stage PATH/stage.json [--listen HOST:PORT] [--secret-env NAME]``
+
+It checks its files' sha256 against stage.json, loads its module through
+``backends.load``, listens on the plan's address (or ``--listen``), assembles
+each micro-batch's sample range from upstream pieces, runs the module and sends
+each downstream replica the intersection of ranges. Any connection may carry
+control frames: PING (-> PONG), ROUTE (new ranges/addresses after a failure ->
+ACK), STATS (-> STATS), BYE. A bad frame closes only the connection it came on.
+Prints ``READY host:port`` on stdout once it serves; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import queue
+import resource
+import socket
+import struct
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import backends, wire
+from .spec import StageSpec
+
+META_SLACK = 1 << 20  # control frames (JSON) up to 1 MiB
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where samples go in routing epoch ``epoch``: this replica's range and the downstream group."""
+
+    epoch: int
+    lo: int
+    hi: int
+    downstream: tuple[tuple[str, int, str, int, int], ...]  # (device, stage, address, lo, hi)
+
+
+def _nbytes(shape, dtype) -> int:
+    n = np.dtype(dtype).itemsize
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def verify_files(stage_dir: Path, spec: StageSpec) -> None:
+    """Refuse to start when a file listed in stage.json is missing or altered.
+
+    Paths are relative to the stage folder, or else to the device folder above it.
+    """
+    root = stage_dir.parent.resolve()
+    for rel, digest in spec.files:
+        path = stage_dir / rel
+        if not path.exists():
+            path = stage_dir.parent / rel
+        path = path.resolve()
+        if root not in path.parents:
+            raise ValueError(f"{stage_dir}/stage.json: file {rel!r} points outside the device folder {root}")
+        if not path.is_file():
+            raise ValueError(f"{stage_dir}/stage.json lists {rel!r} but it is missing; re-copy this board's artifacts")
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        if h.hexdigest() != digest:
+            raise ValueError(f"{path}: sha256 {h.hexdigest()[:12]}... does not match stage.json ({digest[:12]}...); "
+                             "the artifact was altered or partly copied; re-copy this board's artifacts")
+
+
+def _set_send_timeout(sock: socket.socket, seconds: float) -> None:
+    """Kernel-level send timeout, so a stalled peer fails a send instead of blocking forever."""
+    try:
+        sec = int(seconds)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", sec, int((seconds - sec) * 1e6)))
+    except (OSError, struct.error):  # not every platform has it; sends then rely on the head's timeouts
+        pass
+
+
+def connect(address: str, timeout: float, send_timeout: float | None = None) -> socket.socket:
+    host, port = wire.parse_address(address)
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if send_timeout:
+        _set_send_timeout(sock, send_timeout)
+    return sock
+
+
+def listen(address: str) -> socket.socket:
+    host, port = wire.parse_address(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    srv = socket.socket(family, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((host, port))
+    srv.listen(64)
+    return srv
+
+
+class Worker:
+    def __init__(self, spec: StageSpec, runner, listen_address: str | None = None, secret: bytes | None = None,
+                 max_partials: int = 256, partial_timeout_s: float = 60.0, send_timeout_s: float = 5.0,
+                 log=None):
+        self.spec = spec
+        self.runner = runner
+        self.secret = secret
+        self.max_partials = max_partials
+        self.partial_timeout_s = partial_timeout_s
+        self.send_timeout_s = send_timeout_s
+        self.name = f"{spec.device}/stage{spec.stage}"
+        self._log = log or (lambda msg: print(f"[worker {self.name}] {msg}", file=sys.stderr, flush=True))
+        # Largest DATA frame this worker accepts: its inputs for a whole micro-batch (its range can grow
+        # to that after a sibling replica fails), plus descriptors.
+        per_sample = sum(_nbytes(t.shape[1:], t.dtype) for t in spec.inputs)
+        self.max_frame = max(per_sample * spec.microbatch + 64 * 1024, META_SLACK)
+        head = [p for p in spec.downstream if p.device == "head"]
+        down = tuple((p.device, p.stage, p.address, p.lo, p.hi) for p in spec.downstream)
+        if head:
+            down = (("head", spec.n_stages, head[0].address, 0, spec.microbatch),)
+        self.route = Route(0, spec.lo, spec.hi, down)
+        self._lock = threading.Lock()
+        self._partials: dict[tuple[int, int, int], dict] = {}
+        self._ready: queue.Queue = queue.Queue()
+        self._out: dict[str, tuple[socket.socket, threading.Lock]] = {}
+        self._out_lock = threading.Lock()
+        self._control: tuple[socket.socket, threading.Lock] | None = None
+        self._stop = threading.Event()
+        self._srv: socket.socket | None = None
+        self.address = listen_address or spec.listen
+        self.stats = {"frames_in": 0, "bytes_in": 0, "frames_out": 0, "bytes_out": 0, "runs": 0, "samples": 0,
+                      "bad_frames": 0, "stale_frames": 0, "rejected_frames": 0, "errors": 0, "send_failures": 0,
+                      "chunked_runs": 0}
+        self._compute_s: list[float] = []
+
+    # --- serving ----------------------------------------------------------------------------------
+
+    def bind(self) -> str:
+        self._srv = listen(self.address)
+        host, port = self._srv.getsockname()[:2]
+        self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return self.address
+
+    def serve_forever(self) -> None:
+        if self._srv is None:
+            self.bind()
+        threading.Thread(target=self._compute_loop, name="compute", daemon=True).start()
+        self._srv.settimeout(0.5)
+        while not self._stop.is_set():
+            try:
+                conn, peer = self._srv.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            conn.settimeout(None)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _set_send_timeout(conn, self.send_timeout_s)
+            threading.Thread(target=self._serve_conn, args=(conn, peer), daemon=True).start()
+        self._srv.close()
+        self._ready.put(None)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _serve_conn(self, sock: socket.socket, peer) -> None:
+        lock = threading.Lock()
+        try:
+            while not self._stop.is_set():
+                try:
+                    f = wire.recv_frame(sock, self.secret, self.max_frame)
+                except wire.ConnectionClosed:
+                    return
+                except wire.FrameError as e:
+                    self.stats["bad_frames"] += 1
+                    self._log(f"closing connection from {peer[0]}:{peer[1]}: {e}")
+                    return
+                except OSError:
+                    return
+                self._handle(f, sock, lock)
+        finally:
+            sock.close()
+
+    def _reply(self, sock, lock, frame: wire.Frame) -> None:
+        try:
+            with lock:
+                wire.send_frame(sock, frame, self.secret)
+        except OSError as e:
+            self._log(f"cannot reply {frame.kind_name}: {e}")
+
+    def _handle(self, f: wire.Frame, sock, lock) -> None:
+        if f.kind == wire.DATA:
+            self._on_data(f)
+        elif f.kind == wire.PING:
+            self._control = (sock, lock)
+            self._reply(sock, lock, wire.Frame(wire.PONG, epoch=self.route.epoch, request_id=f.request_id))
+        elif f.kind == wire.ROUTE:
+            self._control = (sock, lock)
+            try:
+                self._apply_route(f.meta)
+            except (KeyError, TypeError, ValueError, IndexError) as e:
+                self._log(f"ignoring malformed ROUTE: {e!r}")
+                return
+            self._reply(sock, lock, wire.Frame(wire.ACK, epoch=self.route.epoch))
+        elif f.kind == wire.STATS:
+            self._reply(sock, lock, wire.Frame(wire.STATS, meta=self.snapshot()))
+        elif f.kind == wire.BYE:
+            self._log("BYE from head; exiting")
+            self.stop()
+        else:
+            self._log(f"ignoring unexpected {f.kind_name} frame")
+
+    def _apply_route(self, meta: dict) -> None:
+        epoch = int(meta["epoch"])
+        stages = meta["stages"]
+        lo = hi = 0
+        for device, _addr, rlo, rhi in stages[str(self.spec.stage)]:
+            if device == self.spec.device:
+                lo, hi = int(rlo), int(rhi)
+        nxt = self.spec.stage + 1
+        if nxt < self.spec.n_stages:
+            down = tuple((str(d), nxt, str(a), int(a_lo), int(a_hi)) for d, a, a_lo, a_hi in stages[str(nxt)])
+        else:
+            down = (("head", nxt, str(meta["head"]), 0, self.spec.microbatch),)
+        if not (0 <= lo <= hi <= self.spec.microbatch):
+            raise ValueError(f"range [{lo}, {hi}) outside the micro-batch of {self.spec.microbatch}")
+        with self._lock:
+            if epoch != self.route.epoch:
+                self._partials.clear()  # pieces routed under the old epoch will be re-sent by the head
+            self.route = Route(epoch, lo, hi, down)
+
+    # --- assembling micro-batches -----------------------------------------------------------------
+
+    def _reject(self, f: wire.Frame, why: str) -> None:
+        self.stats["rejected_frames"] += 1
+        self._log(f"dropping DATA request {f.request_id} mb {f.microbatch} [{f.lo},{f.hi}): {why}")
+
+    def _on_data(self, f: wire.Frame) -> None:
+        self.stats["frames_in"] += 1
+        self.stats["bytes_in"] += sum(t.nbytes for t in f.tensors)
+        spec = self.spec
+        with self._lock:
+            r = self.route
+            if f.epoch != r.epoch:
+                self.stats["stale_frames"] += 1
+                return
+            if f.stage != spec.stage:
+                return self._reject(f, f"addressed to stage {f.stage}, this is stage {spec.stage}")
+            if not (r.lo <= f.lo < f.hi <= r.hi):
+                return self._reject(f, f"samples outside this replica's range [{r.lo},{r.hi})")
+            if len(f.tensors) != len(spec.inputs):
+                return self._reject(f, f"{len(f.tensors)} tensors, stage takes {len(spec.inputs)}")
+            for t, want in zip(f.tensors, spec.inputs, strict=True):
+                if t.dtype != np.dtype(want.dtype) or t.shape[1:] != tuple(want.shape[1:]) \
+                        or t.shape[0] != f.hi - f.lo:
+                    return self._reject(f, f"{want.name}: got {t.dtype}{list(t.shape)}, want {want.dtype}"
+                                           f"[{f.hi - f.lo}, {', '.join(map(str, want.shape[1:]))}]")
+            key = (f.request_id, f.microbatch, f.attempt)
+            p = self._partials.get(key)
+            if p is None:
+                if len(self._partials) >= self.max_partials:
+                    oldest = min(self._partials, key=lambda k: self._partials[k]["t"])
+                    del self._partials[oldest]
+                    self._log(f"too many partial micro-batches; dropped request {oldest[0]} mb {oldest[1]}")
+                p = self._partials[key] = {"t": time.monotonic(), "pieces": [], "have": 0}
+            if any(f.lo < phi and plo < f.hi for plo, phi, _ in p["pieces"]):
+                return self._reject(f, "overlaps samples already received")
+            p["pieces"].append((f.lo, f.hi, f.tensors))
+            p["have"] += f.hi - f.lo
+            if p["have"] == r.hi - r.lo:
+                del self._partials[key]
+                self._ready.put((key, r, sorted(p["pieces"], key=lambda x: x[0])))
+
+    # --- running and forwarding -------------------------------------------------------------------
+
+    def run_range(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Run the module on any number of samples: chunks of its compiled batch, the last one zero-padded.
+
+        Compiled modules take exactly ``hi - lo`` samples; after a sibling replica fails this replica
+        may own more (or fewer) samples than that. Samples are independent in inference.
+        """
+        b = self.spec.hi - self.spec.lo
+        n = inputs[0].shape[0]
+        if n == b:
+            return self._run_checked(inputs, b)
+        self.stats["chunked_runs"] += 1
+        outs: list[list[np.ndarray]] = []
+        for start in range(0, n, b):
+            chunk = [x[start:start + b] for x in inputs]
+            k = chunk[0].shape[0]
+            if k < b:
+                chunk = [np.concatenate([c, np.zeros((b - k, *c.shape[1:]), c.dtype)]) for c in chunk]
+            outs.append([o[:k] for o in self._run_checked(chunk, b)])
+        return [np.concatenate(parts) for parts in zip(*outs, strict=True)]
+
+    def _run_checked(self, inputs, b: int) -> list[np.ndarray]:
+        outs = [np.asarray(o) for o in self.runner([np.ascontiguousarray(x) for x in inputs])]
+        if len(outs) != len(self.spec.outputs):
+            raise RuntimeError(f"module returned {len(outs)} outputs, stage.json lists {len(self.spec.outputs)}")
+        for o, want in zip(outs, self.spec.outputs, strict=True):
+            if o.shape[1:] != tuple(want.shape[1:]) or o.shape[0] != b:
+                raise RuntimeError(f"output {want.name} has shape {list(o.shape)}, stage.json says {list(want.shape)}")
+        return outs
+
+    def _compute_loop(self) -> None:
+        last_sweep = time.monotonic()
+        while True:
+            try:
+                item = self._ready.get(timeout=1.0)
+            except queue.Empty:
+                item = ()
+            if time.monotonic() - last_sweep > 1.0:
+                self._sweep()
+                last_sweep = time.monotonic()
+            if item is None:
+                return
+            if not item:
+                continue
+            (rid, mb, attempt), r, pieces = item
+            if len(pieces) == 1:
+                inputs = list(pieces[0][2])
+            else:
+                inputs = [np.concatenate([p[2][i] for p in pieces]) for i in range(len(self.spec.inputs))]
+            t0 = time.perf_counter()
+            try:
+                outputs = self.run_range(inputs)
+            except Exception as e:  # a module failure fails this request, not the worker
+                self.stats["errors"] += 1
+                self._log(f"request {rid} mb {mb}: module failed: {e!r}")
+                self._report_error(rid, mb, f"module failed: {e!r}")
+                continue
+            self._compute_s.append(time.perf_counter() - t0)
+            if len(self._compute_s) > 20000:
+                del self._compute_s[:10000]
+            self.stats["runs"] += 1
+            self.stats["samples"] += r.hi - r.lo
+            if self.route.epoch != r.epoch:
+                self.stats["stale_frames"] += 1
+                continue
+            for device, stage, address, plo, phi in r.downstream:
+                lo, hi = max(r.lo, plo), min(r.hi, phi)
+                if lo >= hi:
+                    continue
+                frame = wire.Frame(wire.DATA, request_id=rid, microbatch=mb, epoch=r.epoch, lo=lo, hi=hi,
+                                   stage=stage, attempt=attempt,
+                                   tensors=tuple(o[lo - r.lo:hi - r.lo] for o in outputs))
+                self._send(address, frame, f"{device}/stage{stage}" if device != "head" else "head")
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for key in [k for k, p in self._partials.items() if now - p["t"] > self.partial_timeout_s]:
+                del self._partials[key]
+                self._log(f"request {key[0]} mb {key[1]}: incomplete after {self.partial_timeout_s:.0f}s, dropped")
+
+    def _send(self, address: str, frame: wire.Frame, who: str) -> None:
+        for attempt in range(2):  # one reconnect: the peer may have restarted
+            conn = None
+            try:
+                with self._out_lock:
+                    conn = self._out.get(address)
+                    if conn is None:
+                        sock = connect(address, timeout=self.send_timeout_s, send_timeout=self.send_timeout_s)
+                        conn = self._out[address] = (sock, threading.Lock())
+                with conn[1]:
+                    n = wire.send_frame(conn[0], frame, self.secret)
+                self.stats["frames_out"] += 1
+                self.stats["bytes_out"] += n
+                return
+            except OSError as e:
+                if conn is not None:
+                    with self._out_lock:
+                        if self._out.get(address) is conn:
+                            del self._out[address]
+                    conn[0].close()
+                if attempt == 1:
+                    self.stats["send_failures"] += 1
+                    self._log(f"request {frame.request_id}: cannot send to {who} at {address}: {e}")
+                    self._report_error(frame.request_id, frame.microbatch,
+                                       f"cannot send to {who} at {address}: {e}", peer=who)
+
+    def _report_error(self, rid: int, mb: int, message: str, peer: str = "") -> None:
+        ctl = self._control
+        if ctl is not None:
+            self._reply(ctl[0], ctl[1], wire.Frame(wire.ERROR, request_id=rid, microbatch=mb, epoch=self.route.epoch,
+                                                   meta={"message": message, "peer": peer}))
+
+    def snapshot(self) -> dict:
+        """Counters, compute time per micro-batch and process CPU/memory use (the head's report reads it)."""
+        times = np.array(self._compute_s) if self._compute_s else np.zeros(0)
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "device": self.spec.device, "stage": self.spec.stage, **self.stats,
+            "compute_p50_s": float(np.percentile(times, 50)) if times.size else None,
+            "compute_mean_s": float(times.mean()) if times.size else None,
+            "cpu_s": ru.ru_utime + ru.ru_stime, "max_rss_bytes": ru.ru_maxrss * 1024,
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m edgeplan_runtime.worker", description=__doc__.splitlines()[0])
+    ap.add_argument("--stage", required=True, help="path to this stage's stage.json (or its folder)")
+    ap.add_argument("--listen", help="host:port to bind instead of stage.json's `listen` (port 0: any free port)")
+    ap.add_argument("--secret-env", help="environment variable holding the shared HMAC secret")
+    ap.add_argument("--max-partials", type=int, default=256, help="incomplete micro-batches kept at most")
+    args = ap.parse_args(argv)
+    path = Path(args.stage)
+    stage_dir = path if path.is_dir() else path.parent
+    tag = f"[worker {stage_dir}]"
+    try:
+        spec = StageSpec.load(str(stage_dir / "stage.json"))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        print(f"{tag} cannot read stage.json: {e}", file=sys.stderr)
+        return 2
+    try:
+        verify_files(stage_dir, spec)
+        secret = wire.secret_from_env(args.secret_env)
+    except ValueError as e:
+        print(f"{tag} {e}", file=sys.stderr)
+        return 3
+    try:
+        runner = backends.load(stage_dir, spec)
+    except Exception as e:
+        print(f"{tag} cannot load module {spec.module!r} with backend {spec.backend!r}: {e}", file=sys.stderr)
+        return 4
+    worker = Worker(spec, runner, args.listen, secret, max_partials=args.max_partials)
+    try:
+        address = worker.bind()
+    except (OSError, ValueError) as e:
+        print(f"{tag} cannot listen on {worker.address}: {e}", file=sys.stderr)
+        return 5
+    print(f"READY {address}", flush=True)
+    worker.serve_forever()
+    sys.stdout.flush()
+    os._exit(0)  # daemon threads may sit in blocking recv
+
+
+if __name__ == "__main__":
+    sys.exit(main())
