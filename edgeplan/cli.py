@@ -7,6 +7,7 @@ a non-zero exit; `edgeplan --debug ...` shows the traceback instead.
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 import typer
@@ -47,11 +48,166 @@ def _root(
 
 # --- graph -------------------------------------------------------------------
 
+
+@app.command()
+def inspect(
+    model: str = typer.Argument(..., help="Zoo name (e.g. resnet18), 'file.py:callable', or 'torchvision:<name>'."),
+    input_shape: str = typer.Option(None, "--input-shape", help="Batch-first shape, e.g. 1,3,224,224 "
+                                    "(default: the model's own, for zoo models)."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the LayerGraph as JSON to this file."),
+) -> None:
+    """Trace MODEL and print its layers: op, origin, output shape, FLOPs, params, bytes crossing each cut."""
+    from edgeplan import jsonio
+    from edgeplan.graph.report import format_table, parse_input_shape
+
+    shape = parse_input_shape(input_shape) if input_shape is not None else None
+    from edgeplan.graph.load import build
+
+    traced = build(model, shape)
+    typer.echo(format_table(traced.graph), nl=False)
+    if json_out is not None:
+        jsonio.write(json_out, traced.graph.to_json())
+        typer.echo(f"wrote {json_out}")
+
+
 # --- profiles ----------------------------------------------------------------
+
+
+@app.command()
+def devices() -> None:
+    """List the built-in board profiles: id, usable RAM, estimate flag, name, units (target, GFLOP/s)."""
+    from edgeplan.profiles.report import format_profiles
+
+    typer.echo(format_profiles(), nl=False)
+
+
+cluster_app = typer.Typer(help="Cluster files: boards, addresses and network links.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+
+
+@cluster_app.command("check")
+def cluster_check(
+    file: Path = typer.Argument(..., help="Cluster YAML, e.g. examples/clusters/three-node-hetero.yaml."),
+) -> None:
+    """Validate FILE and print its devices and links (errors name the file and field)."""
+    from edgeplan.profiles.load import load_cluster
+    from edgeplan.profiles.report import format_cluster
+
+    typer.echo(format_cluster(load_cluster(file)), nl=False)
+    typer.echo(f"{file}: ok")
 
 # --- planner -----------------------------------------------------------------
 
 # --- codegen / targets -------------------------------------------------------
+
+
+class CompileBackend(str, Enum):
+    auto = "auto"
+    tvm = "tvm"
+    onnxruntime = "onnxruntime"
+
+
+def _compile_shape(text: str | None) -> tuple[int, ...] | None:
+    from edgeplan.errors import ModelError
+
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) <= 0:
+        raise ModelError(f"--input-shape {text!r}: expected positive integers such as 1,3,224,224")
+    return shape
+
+
+@app.command("compile")
+def compile_cmd(
+    plan: Path = typer.Argument(..., help="plan.json from `edgeplan plan`.", exists=True, dir_okay=False),
+    model: str = typer.Option(..., "--model", help="The model the plan was made for (zoo name, file.py:fn, .onnx)."),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to create (one sub-folder per board)."),
+    cluster: Path | None = typer.Option(
+        None, "--cluster", exists=True, dir_okay=False,
+        help="Cluster YAML for board addresses and target options (default: everything on 127.0.0.1)."),
+    input_shape: str | None = typer.Option(None, "--input-shape", help="Same as given to `edgeplan plan`."),
+    backend: CompileBackend = typer.Option(CompileBackend.auto, "--backend", help="Module backend per stage."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing artifact folder."),
+) -> None:
+    """Compile every stage of PLAN for its boards into OUT, with launchers and a manifest."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from edgeplan import jsonio
+    from edgeplan.codegen.compile import compile_plan
+
+    with Progress(TextColumn("{task.description:<40}"), BarColumn(), TextColumn("{task.fields[status]:<9}"),
+                  TimeElapsedColumn(), transient=False) as bar:
+        tasks: dict[str, int] = {}
+
+        def on_event(ev) -> None:
+            if ev.job not in tasks:
+                tasks[ev.job] = bar.add_task(ev.job, total=1, status=ev.status, start=ev.status != "queued")
+            task = tasks[ev.job]
+            if ev.status == "running":
+                bar.start_task(task)
+            bar.update(task, status=ev.status, completed=1 if ev.status in ("done", "reused") else 0)
+
+        path = compile_plan(plan, model, out, cluster=cluster, backend=backend.value, progress=on_event,
+                            force=force, input_shape=_compile_shape(input_shape))
+    for note in jsonio.read(path / "compile-report.json")["notes"]:
+        typer.echo(f"note: {note}")
+    boards = sorted(p.name for p in path.iterdir() if p.is_dir())
+    typer.echo(f"wrote {path} ({', '.join(boards)}); check a copy with `edgeplan verify {path}`")
+
+
+@app.command()
+def verify(
+    artifacts: Path = typer.Argument(..., help="Artifact folder from `edgeplan compile`."),
+) -> None:
+    """Check every file of ARTIFACTS against its manifest.json: missing, extra or altered files."""
+    from edgeplan.codegen.manifest import verify as verify_dir
+
+    problems = verify_dir(artifacts)
+    for line in problems:
+        typer.echo(line)
+    if problems:
+        typer.echo(f"{artifacts}: {len(problems)} problem(s); re-run `edgeplan compile` or copy again", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{artifacts}: every file matches manifest.json")
+
+
+class Toolchain(str, Enum):
+    rknn = "rknn"
+
+
+toolchain_app = typer.Typer(help="Vendor toolchains that live in their own environments (NPU compilers).")
+app.add_typer(toolchain_app, name="toolchain")
+
+
+@toolchain_app.command("install")
+def toolchain_install(
+    name: Toolchain = typer.Argument(..., help="Toolchain to install."),
+    venv: Path | None = typer.Option(
+        None, "--venv", help="Where to create it (default ~/.cache/edgeplan/rknn-venv or $EDGEPLAN_RKNN_VENV)."),
+    force: bool = typer.Option(False, "--force", help="Re-run every install step even if it is installed."),
+) -> None:
+    """Install a toolchain into its own venv (rknn: rknn-toolkit2 2.5.0, a few minutes and ~1.5 GB)."""
+    from edgeplan.targets import rknn_env
+
+    py = rknn_env.install(venv=venv, log=typer.echo, force=force)
+    typer.echo(f"{name.value}: {py}")
+
+
+@toolchain_app.command("status")
+def toolchain_status(name: Toolchain = typer.Argument(..., help="Toolchain to look for.")) -> None:
+    """Say whether a toolchain is installed, and where."""
+    from edgeplan.targets import rknn_env
+
+    py = rknn_env.find_rknn_python()
+    if py is None:
+        typer.echo(f"{name.value}: not installed at {rknn_env.default_venv()}; run: {rknn_env.INSTALL_HINT}")
+        raise typer.Exit(1)
+    typer.echo(f"{name.value}: installed, {py}")
+
 
 # --- runtime -----------------------------------------------------------------
 

@@ -330,7 +330,7 @@ def _write_all(tmp, plan, model_spec, cluster, backend, head, slots, stages, run
                 reqs.append(line)
         report_jobs.append({
             "stage": st.index, "device": r.device, "target": r.target, "backend": compiled.backend,
-            "samples": r.samples, "compile_s": round(compiled.compile_s, 3), "notes": list(compiled.notes),
+            "samples": r.samples, "notes": list(compiled.notes),
         })
 
     for device, bstages in board_stages.items():

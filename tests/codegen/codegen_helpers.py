@@ -38,8 +38,9 @@ def fx_trace(module: torch.nn.Module, input_shape: tuple[int, ...], name: str = 
         elif node.op in ("call_module", "call_function", "call_method"):
             meta = node.meta["tensor_meta"]
             deps = tuple(a.name for a in node.all_input_nodes if a.op != "get_attr")
+            op = node.target if isinstance(node.target, str) else node.target.__name__
             layers.append(Layer(
-                name=node.name, op=str(node.target), origin=str(node.target), inputs=deps,
+                name=node.name, op=op, origin=op, inputs=deps,
                 output=TensorSpec(node.name, tuple(meta.shape)), flops_fwd=0, flops_bwd=0, macs=0,
                 param_count=0, param_bytes=0,
             ))
