@@ -1,0 +1,46 @@
+"""Text views of profiles and clusters for `edgeplan devices` and `edgeplan cluster check`."""
+
+from __future__ import annotations
+
+from edgeplan.profiles.load import list_profiles, load_profile
+from edgeplan.profiles.model import Cluster, ComputeUnit, Link
+
+MiB = 2**20
+
+
+def _unit(u: ComputeUnit) -> str:
+    return f"{u.name}:{u.target} {u.peak_flops / 1e9:g} GFLOP/s peak, conv {u.flops_per_s('conv') / 1e9:g}"
+
+
+def format_profiles() -> str:
+    """One line per built-in profile: id, usable RAM, units (target, peak and conv GFLOP/s), estimate flag, name."""
+    lines = []
+    for pid, _path, _summary in list_profiles():
+        p = load_profile(pid)
+        units = "; ".join(_unit(u) for u in p.units)
+        flag = "estimate" if p.estimate else "measured"
+        lines.append(f"{pid:<17} {p.ram_bytes / MiB:>6.0f} MB  {flag:<8}  {p.name}  [{units}]")
+    return "\n".join(lines) + "\n"
+
+
+def _link(link: Link) -> str:
+    return (f"{link.bandwidth * 8 / 1e6:g} Mbit/s, {link.latency_s * 1e3:g} ms, "
+            f"{link.energy_per_byte_j * 1e9:g} nJ/byte")
+
+
+def format_cluster(cluster: Cluster) -> str:
+    """Devices (profile, address, usable RAM, units) and links of a validated cluster."""
+    secret = f", HMAC secret from ${cluster.secret_env}" if cluster.secret_env else ""
+    lines = [f"cluster {cluster.name}: {len(cluster.devices)} devices{secret}"]
+    width = max(len(d.name) for d in cluster.devices)
+    for d in cluster.devices:
+        flag = " (estimate)" if d.estimate else ""
+        lines.append(f"  {d.name:<{width}}  {d.profile:<16} {d.address:<20} {d.ram_bytes / MiB:>6.0f} MB  "
+                     f"idle {d.idle_power_w:g} W{flag}")
+        for u in d.units:
+            lines.append(f"  {'':<{width}}    {_unit(u)} GFLOP/s, {u.mem_bandwidth / 1e9:g} GB/s, "
+                         f"+{u.busy_power_w:g} W busy")
+    lines.append(f"  network default: {_link(cluster.default_link)}")
+    for link in cluster.links:
+        lines.append(f"  link {link.a} <-> {link.b}: {_link(link)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,143 @@
+"""Cost table: shapes, a hand-computed entry, link matrices, the stage/transfer helpers."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeplan.graph.model import Layer, LayerGraph, TensorSpec
+from edgeplan.profiles.cost import build_cost_table, stage_time, transfer_energy, transfer_time
+from edgeplan.profiles.load import load_cluster
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "clusters"
+
+BOARD = """\
+name: Round-number board
+vendor: test
+estimate: true
+ram_mb: 1024
+reserved_mb: 24
+idle_power_w: 2
+units:
+  cpu:
+    kind: cpu
+    target: arm-cpu
+    peak_gflops: 40
+    throughput_gflops: {conv: 10, dwconv: 2, gemm: 8, norm: 1, pool: 1, elementwise: 1, reduce: 1, data: 1}
+    mem_bandwidth_gbs: 2
+    busy_power_w: 3
+    layer_overhead_us: 20
+"""
+
+
+def _graph(batch: int = 4) -> LayerGraph:
+    """conv 3->8 (3x3, pad 1) on 8x8, then relu; traced at ``batch``."""
+    x = TensorSpec("x", (batch, 3, 8, 8))
+    macs = batch * 8 * 8 * 8 * 27
+    conv = Layer("conv", "conv2d", "features.0", ("x",), TensorSpec("conv", (batch, 8, 8, 8)),
+                 flops_fwd=2 * macs, flops_bwd=4 * macs, macs=macs, param_count=224, param_bytes=896)
+    relu = Layer("relu", "relu", "features.1", ("conv",), TensorSpec("relu", (batch, 8, 8, 8)),
+                 flops_fwd=batch * 512, flops_bwd=batch * 512, macs=0, param_count=0, param_bytes=0)
+    return LayerGraph("tiny", (x,), ("relu",), (conv, relu), (x.nbytes, conv.out_bytes, relu.out_bytes))
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    (tmp_path / "round.yaml").write_text(BOARD)
+    f = tmp_path / "c.yaml"
+    f.write_text(textwrap.dedent("""\
+        name: pair
+        devices:
+          - {name: a, profile: round.yaml, address: 10.0.0.1}
+          - {name: b, profile: round.yaml, address: 10.0.0.2,
+             overrides: {units: {cpu: {throughput_gflops: {conv: 20}}}}}
+          - {name: c, profile: rk3566, address: 10.0.0.3}
+        network:
+          default: {bandwidth_mbps: 80, latency_ms: 1, energy_nj_per_byte: 10}
+          links: [{between: [a, c], bandwidth_mbps: 8, latency_ms: 2}]
+        """))
+    return load_cluster(f)
+
+
+def test_shapes_and_per_device_arrays(cluster):
+    t = build_cost_table(_graph(), cluster)
+    assert t.units == ((0, "cpu", "arm-cpu"), (1, "cpu", "arm-cpu"), (2, "cpu", "arm-cpu"), (2, "npu", "npu"))
+    for arr in (t.fwd_s, t.bwd_s, t.fixed_s, t.supported):
+        assert arr.shape == (4, 2)
+    assert t.param_bytes.shape == t.act_bytes.shape == (2,) and t.cut_bytes.shape == (3,)
+    assert t.bandwidth.shape == t.latency_s.shape == t.energy_per_byte_j.shape == (3, 3)
+    assert t.ram_bytes.tolist() == [1000 * 2**20, 1000 * 2**20, (4096 - 600) * 2**20]
+    assert t.idle_power_w.tolist() == [2.0, 2.0, 1.5] and t.busy_power_w.tolist() == [3.0, 3.0, 2.0, 1.0]
+    assert t.layer_names == ("conv", "relu") and t.layer_ops == ("conv2d", "relu")
+
+
+def test_hand_computed_entries(cluster):
+    """Per sample (batch 4): input 3*8*8*4 B = 768 B, conv output 8*8*8*4 B = 2048 B,
+    conv FLOPs 2 * 8*8*8*27 = 27648, params 896 B. Unit a/cpu: conv 10 GFLOP/s, 2 GB/s, 20 us.
+
+    fwd_s[a, conv]   = max(27648 / 10e9, (768 + 2048) / 2e9) = max(2.7648e-6, 1.408e-6) = 2.7648e-6
+    bwd_s[a, conv]   = max(55296 / 10e9, (2*768 + 2048) / 2e9) = max(5.5296e-6, 1.792e-6) = 5.5296e-6
+    fixed_s[a, conv] = 20e-6 + 896 / 2e9 = 20.448e-6
+    fwd_s[a, relu]   = max(512 / 1e9, (2048 + 2048) / 2e9) = 2.048e-6 (memory bound)
+    bwd_s[a, relu]   = max(512 / 1e9, (2*2048 + 2048) / 2e9) = 3.072e-6
+    fwd_s[b, conv]   = max(27648 / 20e9, 1.408e-6) = 1.4080e-6 (b's conv override: 20 GFLOP/s)
+    stage_time(a, [0, 2), 4 samples) = 4 * (2.7648e-6 + 2.048e-6) + (20.448e-6 + 20e-6) = 59.6992e-6
+    training: 4 * (2.7648 + 2.048 + 5.5296 + 3.072)e-6 + 2 * 40.448e-6
+    transfer_time(cut 1, 4 samples, a -> b) = 1e-3 + 4 * 2048 / (80e6 / 8) = 1.8192e-3
+    transfer_time(cut 1, 4 samples, a -> c) = 2e-3 + 4 * 2048 / (8e6 / 8) = 10.192e-3
+    """
+    t = build_cost_table(_graph(), cluster)
+    assert t.fwd_s[0, 0] == pytest.approx(2.7648e-6)
+    assert t.bwd_s[0, 0] == pytest.approx(5.5296e-6)
+    assert t.fixed_s[0, 0] == pytest.approx(20.448e-6)
+    assert t.fwd_s[0, 1] == pytest.approx(2.048e-6)
+    assert t.fixed_s[0, 1] == pytest.approx(20e-6)
+    assert t.fwd_s[1, 0] == pytest.approx(1.408e-6)
+    assert t.cut_bytes.tolist() == [768, 2048, 2048] and t.act_bytes.tolist() == [2048, 2048]
+    assert stage_time(t, 0, 0, 2, 4) == pytest.approx(59.6992e-6)
+    assert t.bwd_s[0, 1] == pytest.approx(3.072e-6)
+    assert stage_time(t, 0, 0, 2, 4, training=True) == pytest.approx(
+        4 * (2.7648e-6 + 2.048e-6 + 5.5296e-6 + 3.072e-6) + 2 * 40.448e-6)
+    assert stage_time(t, 0, 0, 2, 0) == 0.0
+    assert transfer_time(t, 1, 4, 0, 1) == pytest.approx(1.8192e-3)
+    assert transfer_time(t, 1, 4, 0, 2) == pytest.approx(10.192e-3)
+    assert transfer_time(t, 1, 4, 1, 1) == 0.0
+    assert transfer_energy(t, 1, 4, 0, 1) == pytest.approx(4 * 2048 * 10e-9)
+
+
+def test_per_sample_figures_do_not_depend_on_the_traced_batch(cluster):
+    t1, t8 = build_cost_table(_graph(1), cluster), build_cost_table(_graph(8), cluster)
+    for name in ("fwd_s", "bwd_s", "fixed_s", "cut_bytes", "act_bytes"):
+        np.testing.assert_allclose(getattr(t1, name), getattr(t8, name))
+
+
+def test_links_matrix_is_symmetric_with_free_diagonal(cluster):
+    t = build_cost_table(_graph(), cluster)
+    assert np.all(np.isinf(np.diag(t.bandwidth))) and np.all(np.diag(t.latency_s) == 0)
+    np.testing.assert_array_equal(t.bandwidth, t.bandwidth.T)
+    assert t.bandwidth[0, 2] == pytest.approx(1e6) and t.bandwidth[0, 1] == pytest.approx(1e7)
+    assert t.energy_per_byte_j[0, 2] == pytest.approx(10e-9)  # a link without its own energy uses the default
+
+
+def test_unsupported_layers_cost_infinity_on_the_npu():
+    x = TensorSpec("x", (1, 16, 64))
+    ln = Layer("ln", "layernorm", "norm", ("x",), TensorSpec("ln", (1, 16, 64)), 5 * 1024, 8 * 1024, 0, 128, 512)
+    fc = Layer("fc", "linear", "head", ("ln",), TensorSpec("fc", (1, 16, 64)), 2 * 16 * 64 * 64, 4 * 16 * 64 * 64,
+               16 * 64 * 64, 4160, 16640)
+    g = LayerGraph("t", (x,), ("fc",), (ln, fc), (4096, 4096, 4096))
+    t = build_cost_table(g, load_cluster(EXAMPLES / "three-node-hetero.yaml"))
+    npu = t.units.index((0, "npu", "npu"))
+    assert t.supported[npu].tolist() == [False, True]
+    assert np.isinf(t.fwd_s[npu, 0]) and np.isfinite(t.fwd_s[npu, 1])
+    assert stage_time(t, npu, 0, 2, 1) == float("inf") and np.isfinite(stage_time(t, npu, 1, 2, 1))
+    assert t.supported[[i for i, u in enumerate(t.units) if u[2] != "npu"]].all()
+
+
+def test_dense_conv_is_faster_per_flop_than_depthwise_on_every_example_unit():
+    for f in sorted(EXAMPLES.glob("*.yaml")):
+        for d in load_cluster(f).devices:
+            for u in d.units:
+                assert u.flops_per_s("conv") > 3 * u.flops_per_s("dwconv"), (f.name, d.name, u.name)
