@@ -333,14 +333,21 @@ def _build_profile(doc: _Doc, pid: str, source: str) -> Profile:
     for name in units:
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise doc.fail(("units", name), f"{name!r} is not a valid unit name (e.g. cpu, gpu, npu)")
+    idle = _quantity(doc, ("idle_power_w",), "power", "W", lo_open=False)
+    built = tuple(_build_unit(doc, name) for name in units)
+    for u in built:
+        if u.busy_power_w < idle:
+            raise doc.fail(("units", u.name, "busy_power_w"),
+                           f"{_get(doc, ('units', u.name, 'busy_power_w'))!r} is below idle_power_w ({idle:g} W); "
+                           "it is the whole board's power with this unit busy, idle included")
     return Profile(
         id=pid,
         name=_string(doc, ("name",)),
         vendor=_string(doc, ("vendor",)),
         source=source,
         ram_bytes=int(ram - reserved),
-        idle_power_w=_quantity(doc, ("idle_power_w",), "power", "W", lo_open=False),
-        units=tuple(_build_unit(doc, name) for name in units),
+        idle_power_w=idle,
+        units=built,
         estimate=_bool(doc, ("estimate",), True),
     )
 

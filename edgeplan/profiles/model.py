@@ -21,6 +21,11 @@ class ComputeUnit:
     (see ``edgeplan.graph.ops.OP_CLASSES``). ``supported_ops`` is None when the
     unit runs any op, else the op kinds it runs (NPUs). ``layer_overhead_s`` is
     the fixed cost of launching one layer (kernel launch, NPU call).
+    ``busy_power_w`` is the whole board's power while this unit computes flat
+    out (idle included), so the energy a computation adds is
+    ``(busy_power_w - Device.idle_power_w) x busy time``; the board's idle
+    power is paid for the wall time anyway. ``peak_flops`` is the datasheet
+    peak, for reports; the cost model uses ``throughput``.
     """
 
     name: str  # "cpu", "gpu", "npu"

@@ -70,7 +70,7 @@ def test_shapes_and_per_device_arrays(cluster):
     assert t.param_bytes.shape == t.act_bytes.shape == (2,) and t.cut_bytes.shape == (3,)
     assert t.bandwidth.shape == t.latency_s.shape == t.energy_per_byte_j.shape == (3, 3)
     assert t.ram_bytes.tolist() == [1000 * 2**20, 1000 * 2**20, (4096 - 600) * 2**20]
-    assert t.idle_power_w.tolist() == [2.0, 2.0, 1.5] and t.busy_power_w.tolist() == [3.0, 3.0, 2.0, 1.0]
+    assert t.idle_power_w.tolist() == [2.0, 2.0, 1.5] and t.busy_power_w.tolist() == [3.0, 3.0, 3.5, 2.5]
     assert t.layer_names == ("conv", "relu") and t.layer_ops == ("conv2d", "relu")
 
 

@@ -38,7 +38,7 @@ def test_every_builtin_profile_loads_with_all_op_classes():
             assert all(0 < r <= u.peak_flops for r in rates.values()), (pid, u.name)
             # depthwise runs far below dense conv on every unit
             assert rates["dwconv"] <= 0.25 * rates["conv"], (pid, u.name)
-            assert u.mem_bandwidth > 0 and u.busy_power_w > 0
+            assert u.mem_bandwidth > 0 and u.busy_power_w > p.idle_power_w  # busy includes idle
 
 
 def test_every_builtin_file_says_estimate_and_comments_every_number():
@@ -261,3 +261,8 @@ def test_not_yaml(tmp_path):
     f = _write(tmp_path / "bad.yaml", "name: [unclosed\n")
     with pytest.raises(ProfileError, match=r"bad\.yaml: not valid YAML at line"):
         load_cluster(f)
+
+
+def test_busy_power_below_idle(tmp_path):
+    msg = _error(_cluster(tmp_path, "  - {name: a, profile: rpi3b, address: x, overrides: {idle_power_w: 5}}"))
+    assert "units.cpu.busy_power_w" in msg and "below idle_power_w" in msg and "rpi3b.yaml" in msg
