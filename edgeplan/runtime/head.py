@@ -112,7 +112,9 @@ class _Inflight:
 class Head:
     def __init__(self, workers: Sequence[WorkerRef], n_stages: int, microbatch: int, microbatches: int,
                  outputs: Sequence[tuple[str, tuple[int, ...], str]], listen_address: str,
-                 config: HeadConfig = HeadConfig(), log: Callable[[str], None] | None = None):
+                 config: HeadConfig = HeadConfig(), log: Callable[[str], None] | None = None,
+                 advertise: str | None = None):
+        self.advertise = advertise  # address workers connect to, when the head binds a wildcard
         self.workers = {w.key: w for w in workers}
         self.n_stages = n_stages
         self.microbatch = microbatch
@@ -136,7 +138,8 @@ class Head:
 
     @classmethod
     def from_specs(cls, specs: Sequence[StageSpec], microbatches: int, listen_address: str | None = None,
-                   addresses: dict | None = None, config: HeadConfig = HeadConfig(), log=None) -> Head:
+                   addresses: dict | None = None, config: HeadConfig = HeadConfig(), log=None,
+                   advertise: str | None = None) -> Head:
         """Build from every replica's stage.json; ``addresses`` overrides (device, stage) -> host:port."""
         if not specs:
             raise PipelineError("no stage.json files given")
@@ -152,7 +155,8 @@ class Head:
                 raise PipelineError(f"{last[0].device}/stage{last[0].stage}/stage.json has no 'head' downstream peer")
             listen_address = heads[0]
         outs = [(t.name, tuple(t.shape[1:]), t.dtype) for t in last[0].outputs]
-        return cls(workers, specs[0].n_stages, specs[0].microbatch, microbatches, outs, listen_address, config, log)
+        return cls(workers, specs[0].n_stages, specs[0].microbatch, microbatches, outs, listen_address, config, log,
+                   advertise)
 
     # --- connections ------------------------------------------------------------------------------
 
@@ -421,7 +425,7 @@ class Head:
     def _reroute(self) -> None:
         """Start a new routing epoch and wait until every live worker acknowledged it."""
         self._epoch += 1
-        meta = {"epoch": self._epoch, "head": self.listen_address,
+        meta = {"epoch": self._epoch, "head": self.advertise or self.listen_address,
                 "stages": {str(s): [[k[0], self.workers[k].address, lo, hi] for k, lo, hi in g]
                            for s, g in self._ranges.items()}}
         waiting = set()

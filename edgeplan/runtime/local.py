@@ -1,4 +1,4 @@
-"""Run an artifact folder on this machine: every (device, stage) worker as a local process.
+"""Run an artifact folder: every worker as a local process (``run_local``) or the deployed boards (``run_deployed``).
 
 Workers bind 127.0.0.1 on a free port (``--listen 127.0.0.1:0``) and print the
 port they got; the head then tells every worker the addresses actually in use
@@ -169,7 +169,7 @@ def start_workers(art: Artifacts, log_dir: Path, secret: bytes | None = None,
                     raise PipelineError(f"worker {w.device}/stage{w.stage} exited with code {w.process.returncode} "
                                         f"before it was ready:\n{w.log_tail()}")
     except BaseException:
-        stop_workers(workers)
+        stop_workers(workers, grace_s=0.0)
         raise
     finally:
         sel.close()
@@ -214,6 +214,10 @@ def run_local(artifacts: str | os.PathLike[str], requests: int = 200, *, seed: i
                                {(w.device, w.stage): w.address for w in workers}, cfg, log)
         cb = (lambda i: on_complete(i, workers)) if on_complete else None
         result = head.run(inputs, cb)
+        dead = {(f.device, f.stage) for f in result.faults}
+        for w in workers:  # a worker the head gave up on may be hung: no grace period
+            if (w.device, w.stage) in dead and w.process.poll() is None:
+                w.process.kill()
     finally:
         stop_workers(workers)
     for i, f in enumerate(result.faults):
@@ -221,3 +225,33 @@ def run_local(artifacts: str | os.PathLike[str], requests: int = 200, *, seed: i
         if w is not None and w.process.returncode not in (0, None):
             result.faults[i] = replace(f, reason=f"{f.reason}; exit code {w.process.returncode}, log {w.log_path}")
     return art, result
+
+
+def run_deployed(artifacts: str | os.PathLike[str], requests: int = 200, *, seed: int = 0,
+                 inputs: Sequence[Sequence[np.ndarray]] | None = None, config: HeadConfig | None = None,
+                 on_complete: Callable[[int], None] | None = None,
+                 log: Callable[[str], None] | None = None) -> tuple[Artifacts, RunResult]:
+    """Drive workers already running on the boards, at the addresses compile wrote (head.json, stage.json peers)."""
+    import json
+
+    art = discover(artifacts)
+    try:
+        head_json = json.loads((art.root / "head.json").read_text())
+        listen_at, advertise = head_json["listen"], head_json["address"]
+    except FileNotFoundError:
+        raise ArtifactProblem(f"{art.root}/head.json: missing; re-run `edgeplan compile` with --cluster") from None
+    except (ValueError, KeyError) as e:
+        raise ArtifactProblem(f"{art.root}/head.json: invalid ({e}); re-run `edgeplan compile`") from None
+    # Workers bind a wildcard; peers reach them at the addresses their neighbours' stage.json name.
+    addresses = {}
+    for _, spec in art.stages:
+        for p in (*spec.upstream, *spec.downstream):
+            if p.device != "head":
+                addresses[(p.device, p.stage)] = p.address
+    for p in head_json.get("downstream", ()):
+        addresses[(p["device"], p["stage"])] = p["address"]
+    if inputs is None:
+        inputs = RandomInputs(next(s for _, s in art.stages if s.stage == 0), art.batch, requests, seed)
+    head = Head.from_specs([s for _, s in art.stages], art.microbatches, listen_at, addresses,
+                           config or HeadConfig(), log, advertise)
+    return art, head.run(inputs, on_complete)

@@ -1,0 +1,179 @@
+"""Frame codec: round trips, HMAC, limits enforced before allocation, fuzzed decoder."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgeplan.runtime import wire
+
+SECRET = b"s3cret"
+
+
+def _data_frame(**kw) -> wire.Frame:
+    rng = np.random.default_rng(0)
+    tensors = (rng.standard_normal((3, 4, 5)).astype(np.float32), np.arange(3, dtype=np.int64),
+               np.array([True, False, True]), np.zeros((3, 0), np.float16))
+    return wire.Frame(wire.DATA, request_id=2**40 + 7, microbatch=3, epoch=9, lo=2, hi=5, stage=1, attempt=4,
+                      tensors=tensors, **kw)
+
+
+@pytest.mark.parametrize("secret", [None, SECRET])
+def test_data_frame_round_trips(secret):
+    f = _data_frame()
+    g = wire.decode(wire.encode(f, secret), secret)
+    assert (g.kind, g.request_id, g.microbatch, g.epoch, g.lo, g.hi, g.stage, g.attempt) == \
+        (f.kind, f.request_id, f.microbatch, f.epoch, f.lo, f.hi, f.stage, f.attempt)
+    assert len(g.tensors) == len(f.tensors)
+    for a, b in zip(f.tensors, g.tensors, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+
+
+def test_non_contiguous_and_big_endian_tensors_travel_as_values():
+    a = np.arange(24, dtype=">f4").reshape(4, 6)[:, ::2]
+    g = wire.decode(wire.encode(wire.Frame(wire.DATA, tensors=(a,))))
+    np.testing.assert_array_equal(g.tensors[0], a)
+    assert g.tensors[0].dtype == np.float32
+
+
+def test_control_frame_round_trips_meta():
+    f = wire.Frame(wire.ROUTE, epoch=3, meta={"epoch": 3, "stages": {"0": [["a", "h:1", 0, 2]]}})
+    assert wire.decode(wire.encode(f, SECRET), SECRET).meta == f.meta
+
+
+def test_unsupported_dtype_is_refused_when_encoding():
+    with pytest.raises(wire.FrameError, match="cannot travel"):
+        wire.encode(wire.Frame(wire.DATA, tensors=(np.array(["x"]),)))
+
+
+def test_bad_hmac_is_refused():
+    blob = wire.encode(_data_frame(), SECRET)
+    with pytest.raises(wire.FrameError, match="bad HMAC"):
+        wire.decode(blob, b"other secret")
+    tampered = bytearray(blob)
+    tampered[wire.HEADER.size + 40] ^= 1  # one payload bit
+    with pytest.raises(wire.FrameError, match="bad HMAC"):
+        wire.decode(bytes(tampered), SECRET)
+    tampered = bytearray(blob)
+    tampered[8] ^= 1  # the request id in the header is covered too
+    with pytest.raises(wire.FrameError, match="bad HMAC"):
+        wire.decode(bytes(tampered), SECRET)
+
+
+def test_missing_or_unexpected_hmac_is_refused():
+    with pytest.raises(wire.FrameError, match="requires an HMAC"):
+        wire.decode(wire.encode(_data_frame()), SECRET)
+    with pytest.raises(wire.FrameError, match="no secret"):
+        wire.decode(wire.encode(_data_frame(), SECRET), None)
+
+
+def test_oversized_frame_is_refused_from_the_header_alone():
+    """A header announcing 1 GiB is refused before the body is read or allocated."""
+    a, b = socket.socketpair()
+    try:
+        header = wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.DATA, 0, 0, 1, 0, 0, 0, 1, 0, 1, 1 << 30)
+        a.sendall(header)
+        tracemalloc.start()
+        with pytest.raises(wire.FrameError, match="exceeds the limit"):
+            wire.recv_frame(b, None, max_frame=1 << 20)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak < 64 * 1024
+    finally:
+        a.close()
+        b.close()
+
+
+def test_shape_product_must_match_the_body():
+    """Descriptors claiming a huge tensor in a small body are refused (no allocation from the shape)."""
+    desc = struct.pack("<BB2I", 1, 2, 1 << 30, 1 << 30) + b"\0" * 6
+    header = wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.DATA, 0, 0, 1, 0, 0, 0, 1, 0, 1, len(desc))
+    with pytest.raises(wire.FrameError, match="need more"):
+        wire.decode(header + desc)
+
+
+def test_socket_round_trip_and_clean_close():
+    a, b = socket.socketpair()
+    try:
+        f = _data_frame()
+        wire.send_frame(a, f, SECRET)
+        wire.send_frame(a, wire.Frame(wire.PING), SECRET)
+        g = wire.recv_frame(b, SECRET)
+        np.testing.assert_array_equal(g.tensors[0], f.tensors[0])
+        assert wire.recv_frame(b, SECRET).kind == wire.PING
+        a.close()
+        with pytest.raises(wire.ConnectionClosed):
+            wire.recv_frame(b, SECRET)
+    finally:
+        b.close()
+
+
+def test_truncated_stream_is_a_frame_error():
+    a, b = socket.socketpair()
+    try:
+        a.sendall(wire.encode(_data_frame())[:-3])
+        a.close()
+        with pytest.raises(wire.FrameError, match="mid-frame"):
+            wire.recv_frame(b)
+    finally:
+        b.close()
+
+
+# --- fuzzing ------------------------------------------------------------------------------------
+
+LIMIT = 4096
+VALID = [wire.encode(_data_frame()), wire.encode(_data_frame(), SECRET),
+         wire.encode(wire.Frame(wire.STATS, meta={"x": [1, 2]})), wire.encode(wire.Frame(wire.PING))]
+
+
+def _decode_bounded(blob: bytes, secret) -> None:
+    """Decoding either returns a frame or raises FrameError, and allocates little beyond the input."""
+    tracemalloc.start()
+    try:
+        try:
+            f = wire.decode(blob, secret, max_frame=LIMIT)
+        except wire.FrameError:
+            f = None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak <= 2 * len(blob) + 64 * 1024, f"decoder allocated {peak} bytes for a {len(blob)}-byte frame"
+    if f is not None:
+        assert sum(t.nbytes for t in f.tensors) <= LIMIT
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=512), st.sampled_from([None, SECRET]))
+def test_fuzz_random_bytes(blob, secret):
+    _decode_bounded(blob, secret)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(VALID), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=6),
+       st.integers(-64, 64), st.sampled_from([None, SECRET]))
+def test_fuzz_mutated_valid_frames(blob, flips, cut, secret):
+    b = bytearray(blob)
+    for pos, val in flips:
+        b[pos % len(b)] = val
+    if cut < 0:
+        b = b[:cut]
+    else:
+        b += bytes(cut)
+    _decode_bounded(bytes(b), secret)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 64), st.integers(0, 8), st.lists(st.integers(0, 2**32 - 1),
+                                                                                  max_size=8))
+def test_fuzz_hostile_headers_and_shapes(body_len, count, ndim, dims):
+    """Headers and descriptors with extreme sizes: refused by the limit, never allocated."""
+    desc = struct.pack(f"<BB{len(dims)}I", 1, ndim, *dims)
+    header = wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.DATA, 0, 0, 1, 0, 0, 0, 1, 0, count, body_len)
+    _decode_bounded(header + desc, None)
