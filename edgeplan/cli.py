@@ -211,6 +211,64 @@ def toolchain_status(name: Toolchain = typer.Argument(..., help="Toolchain to lo
 
 # --- runtime -----------------------------------------------------------------
 
+
+@app.command()
+def run(
+    artifacts: Path = typer.Argument(
+        ..., help="Artifact folder from `edgeplan compile`.", exists=True, file_okay=False),
+    local: bool = typer.Option(False, "--local", help="Start every (device, stage) worker here, on 127.0.0.1."),
+    cluster: Path | None = typer.Option(
+        None, "--cluster", exists=True, dir_okay=False,
+        help="Drive the workers deployed on the boards (its secret_env names the HMAC secret)."),
+    requests: int = typer.Option(200, "--requests", min=1, help="Seeded random requests to send."),
+    report: Path | None = typer.Option(None, "--report", help="Write the JSON report here."),
+    timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="Seconds per request attempt before a re-send."),
+    dead_after: float = typer.Option(
+        2.0, "--dead-after", min=0.1, help="Seconds without a heartbeat before a worker counts as dead."),
+    window: int = typer.Option(0, "--window", min=0, help="Requests in flight at once (0: twice the stages)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random requests."),
+    secret_env: str | None = typer.Option(
+        None, "--secret-env", help="Environment variable holding the HMAC secret (default: the cluster's)."),
+) -> None:
+    """Run ARTIFACTS: p50/p99 latency and throughput, measured beside the plan's prediction."""
+    from edgeplan import jsonio
+    from edgeplan.errors import ArtifactError, ProfileError, RuntimeFault
+    from edgeplan.runtime import report as run_report
+    from edgeplan.runtime import wire
+    from edgeplan.runtime.head import HeadConfig, PipelineError
+    from edgeplan.runtime.local import ArtifactProblem, run_deployed, run_local
+
+    if local == (cluster is not None):
+        raise ArtifactError("edgeplan run: give exactly one of --local (processes here) or --cluster FILE (boards)")
+    if cluster is not None and secret_env is None:
+        from edgeplan.profiles.load import load_cluster
+
+        secret_env = load_cluster(cluster).secret_env
+    try:
+        secret = wire.secret_from_env(secret_env)
+    except ValueError as e:
+        raise ProfileError(f"{cluster or '--secret-env'}: {e}") from None
+    cfg = HeadConfig(request_timeout_s=timeout, dead_after_s=dead_after, window=window, secret=secret)
+    try:
+        if local:
+            art, result = run_local(artifacts, requests, seed=seed, config=cfg, secret=secret)
+        else:
+            art, result = run_deployed(artifacts, requests, seed=seed, config=cfg)
+    except ArtifactProblem as e:
+        raise ArtifactError(str(e)) from None
+    except PipelineError as e:
+        raise RuntimeFault(str(e)) from None
+    rep = run_report.build(art.plan, result, "local" if local else "cluster")
+    typer.echo(run_report.format_table(rep), nl=False)
+    if report is not None:
+        jsonio.write(report, rep)
+        typer.echo(f"wrote {report}")
+    if not result.ok:
+        dead = "; ".join(f.describe() for f in result.faults) or "no worker died"
+        raise RuntimeFault(f"{len(result.failures)} of {requests} request(s) failed; {dead}; "
+                           "see the worker logs, fix or restart that board, and run again")
+
+
 # --- training ----------------------------------------------------------------
 
 
