@@ -1,0 +1,153 @@
+"""Per-hop overhead of the runtime against a raw socket moving the same bytes on loopback.
+
+Each row sends one tensor of the given size and waits for a small reply, many
+times, and reports the median round trip:
+
+* raw:    8-byte length prefix + ``sendall`` of the bytes; the receiver ``recv_into``s them and answers 1 byte;
+* frame:  ``wire.send_frame`` / ``wire.recv_frame`` (header, descriptors, tensor view), answered by a PING frame;
+* +hmac:  the same with HMAC-SHA256 on every frame;
+* worker: a real stage worker (identity module) between the sender and a receiver: the sender's frame is
+          received, assembled, run and forwarded, i.e. one full pipeline hop.
+
+Run: ``python -m benchmarks.bench_runtime [--sizes 4096,262144,3145728] [--iters 200]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import struct
+import threading
+import time
+
+import numpy as np
+
+from edgeplan.runtime import wire
+from edgeplan.runtime.spec import Peer, StageSpec, Tensor
+from edgeplan.runtime.worker import Worker
+
+
+def _pair() -> tuple[socket.socket, socket.socket, socket.socket]:
+    srv = socket.create_server(("127.0.0.1", 0))
+    cli = socket.create_connection(srv.getsockname())
+    conn, _ = srv.accept()
+    for s in (cli, conn):
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return srv, cli, conn
+
+
+def _recv_exact(sock, buf) -> None:
+    view, got = memoryview(buf), 0
+    while got < len(buf):
+        k = sock.recv_into(view[got:])
+        if not k:
+            raise ConnectionError("closed")
+        got += k
+
+
+def bench_raw(payload: np.ndarray, iters: int) -> list[float]:
+    srv, cli, conn = _pair()
+    n = payload.nbytes
+
+    def echo():
+        hdr, buf = bytearray(8), bytearray(n)
+        for _ in range(iters):
+            _recv_exact(conn, hdr)
+            _recv_exact(conn, buf)
+            conn.sendall(b"k")
+
+    t = threading.Thread(target=echo, daemon=True)
+    t.start()
+    times = []
+    data = memoryview(payload).cast("B")
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        cli.sendall(struct.pack("<Q", n))
+        cli.sendall(data)
+        _recv_exact(cli, bytearray(1))
+        times.append(time.perf_counter() - t0)
+    t.join()
+    for s in (cli, conn, srv):
+        s.close()
+    return times
+
+
+def bench_frame(payload: np.ndarray, iters: int, secret: bytes | None) -> list[float]:
+    srv, cli, conn = _pair()
+    limit = payload.nbytes + 4096
+
+    def echo():
+        for _ in range(iters):
+            f = wire.recv_frame(conn, secret, limit)
+            assert f.tensors[0].nbytes == payload.nbytes
+            wire.send_frame(conn, wire.Frame(wire.PING), secret)
+
+    t = threading.Thread(target=echo, daemon=True)
+    t.start()
+    times = []
+    frame = wire.Frame(wire.DATA, request_id=1, lo=0, hi=1, tensors=(payload,))
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        wire.send_frame(cli, frame, secret)
+        wire.recv_frame(cli, secret, limit)
+        times.append(time.perf_counter() - t0)
+    t.join()
+    for s in (cli, conn, srv):
+        s.close()
+    return times
+
+
+def bench_worker(payload: np.ndarray, iters: int) -> list[float]:
+    """Sender -> identity worker -> receiver (the sender's own listener): one full runtime hop plus a frame."""
+    back = socket.create_server(("127.0.0.1", 0))
+    back_addr = f"127.0.0.1:{back.getsockname()[1]}"
+    shape = tuple(payload.shape)
+    spec = StageSpec(model="bench", plan_sha256="0", stage=0, n_stages=1, device="w", unit="cpu", target="x86",
+                     backend="identity", module="-", listen="127.0.0.1:0", microbatch=shape[0], lo=0, hi=shape[0],
+                     inputs=(Tensor("x", shape, "float32"),), outputs=(Tensor("y", shape, "float32"),),
+                     upstream=(Peer("head", -1, back_addr, 0, shape[0]),),
+                     downstream=(Peer("head", -1, back_addr, 0, shape[0]),))
+    worker = Worker(spec, lambda xs: list(xs), log=lambda msg: None)
+    addr = worker.bind()
+    threading.Thread(target=worker.serve_forever, daemon=True).start()
+    cli = socket.create_connection(wire.parse_address(addr))
+    cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    frame = wire.Frame(wire.DATA, request_id=0, lo=0, hi=shape[0], tensors=(payload,))
+    wire.send_frame(cli, frame)  # the worker connects back on its first output
+    conn, _ = back.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    limit = payload.nbytes + 4096
+    wire.recv_frame(conn, None, limit)
+    times = []
+    for i in range(iters):
+        t0 = time.perf_counter()
+        wire.send_frame(cli, wire.Frame(wire.DATA, request_id=i + 1, lo=0, hi=shape[0], tensors=(payload,)))
+        wire.recv_frame(conn, None, limit)
+        times.append(time.perf_counter() - t0)
+    worker.stop()
+    for s in (cli, conn, back):
+        s.close()
+    return times
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="4096,262144,3211264", help="payload bytes, comma separated")
+    ap.add_argument("--iters", type=int, default=200)
+    args = ap.parse_args(argv)
+    print(f"per-hop round trip on loopback, median of {args.iters} (microseconds); ratio = runtime / raw socket")
+    print(f"{'bytes':>10}{'raw':>10}{'frame':>10}{'ratio':>8}{'+hmac':>10}{'ratio':>8}{'worker':>10}{'ratio':>8}"
+          f"{'raw GB/s':>10}")
+    for size in (int(s) for s in args.sizes.split(",")):
+        payload = np.random.default_rng(0).standard_normal((1, max(1, size // 4))).astype(np.float32)
+        raw = statistics.median(bench_raw(payload, args.iters))
+        fr = statistics.median(bench_frame(payload, args.iters, None))
+        hm = statistics.median(bench_frame(payload, args.iters, b"secret"))
+        wk = statistics.median(bench_worker(payload, args.iters))
+        print(f"{payload.nbytes:>10}{raw * 1e6:>10.1f}{fr * 1e6:>10.1f}{fr / raw:>7.2f}x{hm * 1e6:>10.1f}"
+              f"{hm / raw:>7.2f}x{wk * 1e6:>10.1f}{wk / raw:>7.2f}x{payload.nbytes / raw / 1e9:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()
