@@ -287,6 +287,23 @@ def _kernel_numel(node: fx.Node, gm: fx.GraphModule, spatial_dims: int) -> int:
     return _prod(k)
 
 
+def _mha_macs(mha: nn.MultiheadAttention, node: fx.Node, values: dict[str, _Value]) -> int:
+    """nn.MultiheadAttention's MACs by formula: in eval mode it takes a fused kernel the counter cannot see.
+
+    q/k/v and output projections, plus the two (L x S) products over all heads (heads x head_dim = E).
+    """
+    e = mha.embed_dim
+    q_shape = values[node.name].tensors[0][0]
+    batch = q_shape[0] if (mha.batch_first or len(q_shape) == 2) else q_shape[1]
+    q_rows = _prod(q_shape) // e
+    args = list(node.args) + [node.kwargs.get(k) for k in ("query", "key", "value") if k in node.kwargs]
+    key_node, value_node = (args[1], args[2]) if len(args) >= 3 else (args[0], args[0])
+    k_rows = values[key_node.name].numel // mha.kdim
+    v_rows = values[value_node.name].numel // mha.vdim
+    s_len = k_rows // batch
+    return q_rows * e * e + k_rows * mha.kdim * e + v_rows * mha.vdim * e + 2 * q_rows * s_len * e + q_rows * e * e
+
+
 def _first_input_numel(node: fx.Node, values: dict[str, _Value]) -> int:
     for a in node.all_input_nodes:
         if values[a.name].is_tensor:
@@ -530,6 +547,8 @@ def _build(gm: fx.GraphModule, name: str, values: dict[str, _Value], counted: di
                 fresh.append(p)
         kind = _op_kind(n, gm, values)
         macs = counted.get(layer_name, 0) // 2
+        if kind == "attention" and n.op == "call_module" and macs == 0:
+            macs = _mha_macs(gm.get_submodule(n.target), n, values)
         fwd = _flops_fwd(kind, n, gm, values, macs)
         layers.append(Layer(
             name=layer_name, op=kind, origin=_origin(n), inputs=deps[layer_name], output=specs[layer_name],

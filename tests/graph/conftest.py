@@ -1,0 +1,23 @@
+"""Traced zoo graphs, cached per test session: tracing is the slow part of these tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeplan.graph.load import build
+from edgeplan.graph.trace import Traced
+
+
+class _Cache:
+    def __init__(self):
+        self._traced: dict[str, Traced] = {}
+
+    def __call__(self, name: str) -> Traced:
+        if name not in self._traced:
+            self._traced[name] = build(name)
+        return self._traced[name]
+
+
+@pytest.fixture(scope="session")
+def traced_zoo() -> _Cache:
+    return _Cache()
