@@ -39,7 +39,7 @@ def format_cluster(cluster: Cluster) -> str:
                      f"idle {d.idle_power_w:g} W{flag}")
         for u in d.units:
             lines.append(f"  {'':<{width}}    {_unit(u)} GFLOP/s, {u.mem_bandwidth / 1e9:g} GB/s, "
-                         f"+{u.busy_power_w:g} W busy")
+                         f"board {u.busy_power_w:g} W when busy")
     lines.append(f"  network default: {_link(cluster.default_link)}")
     for link in cluster.links:
         lines.append(f"  link {link.a} <-> {link.b}: {_link(link)}")
