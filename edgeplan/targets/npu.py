@@ -45,13 +45,14 @@ DTYPES = ("fp16", "int8")
 CORE_MASKS: dict[str, int] = {"auto": 0, "0": 1, "1": 2, "2": 4, "0_1": 3, "0_1_2": 7, "all": 0xFFFF}
 MAX_OPSET = 18
 STAGE_META = "npu.json"  # written beside the module: what the board loader needs (platform, core mask, layouts)
+LAUNCHER = "run_npu.py"  # standalone board check of the stage's NPU model (rendered from npu_run_<backend>.py.j2)
 
 # Op kinds (edgeplan.graph.ops names) the RKNN / Intel NPUs run; a unit's supported_ops may narrow it.
 NPU_OPS: frozenset[str] = frozenset({
     "conv2d", "dwconv2d", "linear", "matmul", "batchnorm", "layernorm", "maxpool", "avgpool",
     "adaptive_avgpool", "relu", "relu6", "sigmoid", "hardswish", "silu", "tanh", "gelu", "add", "mul",
     "sub", "div", "dropout", "identity", "softmax", "mean", "flatten", "reshape", "permute", "transpose",
-    "cat", "getitem", "slice", "split", "pad", "contiguous", "output",
+    "cat", "getitem", "slice", "split", "pad", "contiguous", "expand", "sum", "conv1d", "output",
 })
 
 
@@ -150,68 +151,42 @@ class CheckResult:
 # --- op check -----------------------------------------------------------------
 
 def stage_ops(module: Any) -> list[tuple[str, str]]:
-    """(fx node name, op kind) of every compute node of a stage GraphModule, in graph order."""
+    """(fx node name, op kind) of every compute node of a stage GraphModule, in graph order.
+
+    Op kinds are the graph tracer's (``edgeplan.graph.trace``), so the names match the
+    LayerGraph the planner placed; shape arithmetic (``x.size(0)``) is not a layer and is skipped.
+    """
+    import operator
+
     import torch.fx
+
+    from ..graph.trace import _FUNCTION_OPS, _MODULE_OPS
 
     if not isinstance(module, torch.fx.GraphModule):
         module = torch.fx.symbolic_trace(module)
-    return [(n.name, _op_kind(n, module)) for n in module.graph.nodes if n.op in ("call_module", "call_function",
-                                                                                   "call_method")]
+    ops = []
+    for n in module.graph.nodes:
+        if n.op == "call_module":
+            mod = module.get_submodule(n.target)
+            if isinstance(mod, torch.nn.Conv2d):
+                kind = "dwconv2d" if mod.groups > 1 and mod.groups == mod.in_channels else "conv2d"
+            else:
+                kind = next((k for types, k in _MODULE_OPS if isinstance(mod, types)), "custom")
+        elif n.op in ("call_function", "call_method"):
+            if n.target in _SHAPE_OPS:
+                continue
+            if n.target is operator.getitem:
+                kind = "getitem"
+            else:
+                fname = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+                kind = _FUNCTION_OPS.get(fname, "custom")
+        else:
+            continue
+        ops.append((n.name, kind))
+    return ops
 
 
-def _op_kind(node: Any, gm: Any) -> str:
-    import operator
-
-    import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
-
-    if node.op == "call_module":
-        mod = gm.get_submodule(node.target)
-        if isinstance(mod, nn.Conv2d):
-            return "dwconv2d" if mod.groups > 1 and mod.groups == mod.in_channels else "conv2d"
-        for types, kind in _module_kinds():
-            if isinstance(mod, types):
-                return kind
-        return "custom"
-    if node.op == "call_method":
-        return _METHOD_KINDS.get(str(node.target), "custom")
-    fn = node.target
-    table = {
-        operator.add: "add", torch.add: "add", operator.iadd: "add", operator.mul: "mul", torch.mul: "mul",
-        operator.sub: "sub", torch.sub: "sub", operator.truediv: "div", torch.div: "div",
-        operator.getitem: "getitem", torch.flatten: "flatten", torch.cat: "cat", torch.concat: "cat",
-        torch.relu: "relu", F.relu: "relu", F.relu6: "relu6", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
-        F.hardswish: "hardswish", F.silu: "silu", torch.tanh: "tanh", F.gelu: "gelu", F.dropout: "dropout",
-        F.softmax: "softmax", torch.softmax: "softmax", torch.mean: "mean", torch.reshape: "reshape",
-        torch.permute: "permute", torch.transpose: "transpose", torch.matmul: "matmul", F.linear: "linear",
-        F.adaptive_avg_pool2d: "adaptive_avgpool", F.max_pool2d: "maxpool", F.avg_pool2d: "avgpool",
-        F.pad: "pad", torch.split: "split", F.layer_norm: "layernorm", F.batch_norm: "batchnorm",
-    }
-    try:
-        return table.get(fn, "custom")
-    except TypeError:  # unhashable target
-        return "custom"
-
-
-def _module_kinds() -> tuple[tuple[Any, str], ...]:
-    import torch.nn as nn
-
-    return (
-        (nn.Linear, "linear"), ((nn.BatchNorm1d, nn.BatchNorm2d), "batchnorm"), (nn.LayerNorm, "layernorm"),
-        (nn.GroupNorm, "groupnorm"), (nn.MaxPool2d, "maxpool"), (nn.AvgPool2d, "avgpool"),
-        (nn.AdaptiveAvgPool2d, "adaptive_avgpool"), (nn.ReLU6, "relu6"), (nn.ReLU, "relu"), (nn.GELU, "gelu"),
-        (nn.SiLU, "silu"), (nn.Sigmoid, "sigmoid"), (nn.Hardswish, "hardswish"), (nn.Tanh, "tanh"),
-        (nn.Dropout, "dropout"), (nn.Identity, "identity"), (nn.Flatten, "flatten"), (nn.Softmax, "softmax"),
-        (nn.Conv1d, "conv1d"), (nn.MultiheadAttention, "attention"),
-    )
-
-
-_METHOD_KINDS = {
-    "view": "reshape", "reshape": "reshape", "flatten": "flatten", "permute": "permute", "transpose": "transpose",
-    "contiguous": "contiguous", "mean": "mean", "add": "add", "mul": "mul", "relu": "relu", "size": "getitem",
-    "sigmoid": "sigmoid", "softmax": "softmax", "chunk": "split", "split": "split", "expand": "expand",
-}
+_SHAPE_OPS = ("size", "dim", getattr)
 
 
 def check_supported(module: Any, supported: frozenset[str], where: str) -> None:
@@ -373,9 +348,9 @@ class NpuTarget:
         backend = self.resolve_backend(backend, opts.platform)
         if backend == "openvino" and opts.dtype != "fp16":
             raise CompileError(f"{where}: the openvino backend writes fp16 IR only; set dtype=fp16")
+        check_supported(module, opts.supported_ops, where)
         if backend == "rknn":
             rknn_env.require_rknn_python()  # fail fast, before export
-        check_supported(module, opts.supported_ops, where)
         module.eval()
         out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -421,10 +396,11 @@ class NpuTarget:
                 f"override the threshold with the {'int8_min_cos' if metric == 'min_cosine' else 'fp16_tol'} option"
             )
         jsonio.write(out_dir / STAGE_META, meta)
+        (out_dir / LAUNCHER).write_text(render_launcher(meta, files[0], out_dir.name))
         return CompiledStage(
             backend=backend,
             module_file=files[0],
-            files=tuple(sorted([*files, STAGE_META])),
+            files=tuple(sorted([*files, STAGE_META, LAUNCHER])),
             compile_s=round(time.perf_counter() - t0, 3),
             notes=(res.summary(), *notes),
         )
@@ -508,6 +484,17 @@ class NpuTarget:
             raise CompileError(f"{where}: OpenVINO conversion failed ({type(e).__name__}: {e})") from e
         return got, ["model.xml", "model.bin"], [f"openvino {ov.get_version().split('-')[0]}: IR with fp16 weights, "
                                                  "checked on CPU at f32; compiled for the NPU on the board"]
+
+
+def render_launcher(meta: dict, module_file: str, stage: str) -> str:
+    """``run_npu.py``: loads the stage's NPU model on the board and runs it once on random inputs, timed."""
+    from ..codegen.render import render
+
+    return render(
+        f"npu_run_{meta['backend']}.py.j2", stage=stage, module=module_file, platform=meta["platform"],
+        dtype=meta["dtype"], core_mask=meta["core_mask"], core_mask_value=meta["core_mask_value"],
+        inputs=meta["inputs"], outputs=meta["outputs"],
+    )
 
 
 def _errors_of(log: str) -> list[str]:
