@@ -278,23 +278,42 @@ def run(
 @app.command(context_settings={"allow_interspersed_args": False})
 def emulate(
     cluster: Path = typer.Argument(..., help="Cluster YAML to emulate.", exists=True, dir_okay=False),
-    command: list[str] = typer.Argument(..., help="Command to run inside (after --), e.g. edgeplan run art/."),
+    command: list[str] | None = typer.Argument(
+        None, help="Command to run inside (after --), e.g. edgeplan run art/ --requests 200."),
+    write_cluster: Path | None = typer.Option(
+        None, "--write-cluster", dir_okay=False,
+        help="Write the cluster as emulated here (boards = this CPU x quota, shaped links) to plan against."),
     host_gflops: float | None = typer.Option(
-        None, help="This machine's single-core GFLOP/s (default: measured with a short GEMM)."),
+        None, help="This machine's single-core conv GFLOP/s (default: measured); use the same value for "
+                   "--write-cluster and the run so quotas match."),
 ) -> None:
     """Run COMMAND against an emulated cluster on this machine (needs root).
 
     Each board becomes a network namespace, links are shaped to the cluster's
     bandwidths and CPU quotas are scaled to the boards' speeds.
-
     Example: edgeplan emulate examples/clusters/three-node-hetero.yaml -- edgeplan run art/ --requests 200
     """
+    from edgeplan.errors import EdgeplanError
     from edgeplan.profiles.load import load_cluster
+    from edgeplan.testbed import calibrate
     from edgeplan.testbed import emulate as testbed
 
-    code = testbed.run(load_cluster(cluster), command,
-                       host_core_flops=host_gflops * 1e9 if host_gflops else None, echo=typer.echo)
-    raise typer.Exit(code)
+    if not command and write_cluster is None:
+        raise EdgeplanError("edgeplan emulate: give a COMMAND after `--`, or --write-cluster FILE, or both")
+    spec = load_cluster(cluster)
+    host = None
+    if write_cluster is not None:
+        typer.echo("measuring this machine per op class (ONNX Runtime, one thread)...")
+        host = calibrate.measure()
+        if host_gflops:
+            host = host.scaled_to(host_gflops * 1e9)
+        plan_shape = testbed.shape(spec, host.of("conv"))
+        testbed.write_emulated_cluster(write_cluster, spec, plan_shape, host)
+        typer.echo(f"wrote {write_cluster} (dilation {plan_shape.dilation:.3g}, host conv "
+                   f"{host.of('conv') / 1e9:.4g} GFLOP/s per core)")
+    if command:
+        flops = host_gflops * 1e9 if host_gflops else (host.of("conv") if host else None)
+        raise typer.Exit(testbed.run(spec, command, host_core_flops=flops, echo=typer.echo))
 
 
 @app.command()

@@ -27,9 +27,11 @@ from pathlib import Path
 from edgeplan import jsonio
 from edgeplan.profiles.model import Cluster
 from edgeplan.testbed import netns
+from edgeplan.testbed.calibrate import HostSpeed
 
 ENV_VAR = "EDGEPLAN_TESTBED"
 HEAD_RESERVE_CORES = 0.25  # left free for the head and the OS
+HOST_LAYER_OVERHEAD_US = 5.0  # per-layer dispatch cost on one core here (profiles/boards/x86/host.yaml)
 
 
 @dataclass(frozen=True)
@@ -140,3 +142,63 @@ def run(cluster: Cluster, command: list[str], host_core_flops: float | None = No
         netns.teardown(bed)
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def emulated_cluster_doc(cluster: Cluster, plan_shape: Shape, host: HostSpeed) -> dict:
+    """The cluster as emulated here, as a cluster-file document (profile ``host`` + overrides).
+
+    Each board is this machine's CPU at its quota: per-class throughput and
+    memory bandwidth x cores, per-layer overhead / cores; RAM and power stay the
+    board's own. Links carry the dilated bandwidths. Plan against this to compare
+    predictions with what runs inside `edgeplan emulate`.
+    """
+    devices = []
+    for b in plan_shape.boards:
+        dev = cluster.device(b.device)
+        busy = max(u.busy_power_w for u in dev.units)
+        thr = {c: round(host.of(c) * b.cores / 1e9, 4) for c, _ in host.flops}
+        devices.append({
+            "name": dev.name,
+            "profile": "host",
+            "address": "127.0.0.1",
+            "overrides": {
+                "ram_mb": int(dev.ram_bytes // 2**20),
+                "reserved_mb": 0,
+                "idle_power_w": dev.idle_power_w,
+                "units": {"cpu": {
+                    "peak_gflops": max(thr.values()),
+                    "throughput_gflops": thr,
+                    "mem_bandwidth_gbs": round(host.mem_bandwidth * b.cores / 1e9, 4),
+                    "layer_overhead_us": round(HOST_LAYER_OVERHEAD_US / b.cores, 2),
+                    "busy_power_w": busy,
+                }},
+            },
+        })
+    default = cluster.default_link
+    return {
+        "name": f"{cluster.name}-emulated",
+        "devices": devices,
+        "network": {
+            "default": {"bandwidth_mbps": round(plan_shape.head_bandwidth * 8 / 1e6, 4),
+                        "latency_ms": 0.0,
+                        "energy_nj_per_byte": default.energy_per_byte_j * 1e9},
+            "links": [{"between": [a, b], "bandwidth_mbps": round(bw * 8 / 1e6, 4), "latency_ms": 0.0}
+                      for a, b, bw in plan_shape.overrides],
+        },
+    }
+
+
+def write_emulated_cluster(path: Path, cluster: Cluster, plan_shape: Shape, host: HostSpeed) -> Path:
+    import yaml
+
+    doc = emulated_cluster_doc(cluster, plan_shape, host)
+    header = (f"# {cluster.name} as emulated on this machine: dilation {plan_shape.dilation:.4g} "
+              f"(everything runs {1 / plan_shape.dilation:.3g}x slower than the real cluster).\n"
+              f"# Written by `edgeplan emulate --write-cluster`; emulate with the same --host-gflops "
+              f"{plan_shape.host_core_flops / 1e9:.4g} so quotas match.\n")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(header + yaml.safe_dump(doc, sort_keys=False))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,121 @@
+"""Measure this machine's effective throughput per op class, per core.
+
+The emulated boards are this machine's CPU under a quota, so their predicted
+times are only as good as the host figures behind them. One micro-benchmark
+per op class (a representative layer shape from the zoo models), exported to
+ONNX and timed in ONNX Runtime on one thread, the backend the compiled stages
+use on CPUs today; FLOPs come from edgeplan's own counter (graph/trace), so
+the measured FLOP/s are in the same units the cost model divides by.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeplan.graph.ops import OP_CLASSES
+
+
+@dataclass(frozen=True)
+class HostSpeed:
+    """Per-core effective FLOP/s for each op class, and memory bandwidth (bytes/s)."""
+
+    flops: tuple[tuple[str, float], ...]
+    mem_bandwidth: float
+
+    def of(self, op_class: str) -> float:
+        return dict(self.flops)[op_class]
+
+    def scaled_to(self, conv_flops: float) -> HostSpeed:
+        """The same machine with every class scaled so that conv runs at ``conv_flops``."""
+        k = conv_flops / self.of("conv")
+        return HostSpeed(tuple((c, f * k) for c, f in self.flops), self.mem_bandwidth)
+
+
+def _benchmarks():
+    import torch
+    from torch import nn
+
+    class Ew(nn.Module):
+        def forward(self, x):
+            return torch.relu(x + x)
+
+    class Soft(nn.Module):
+        def forward(self, x):
+            return torch.softmax(x, dim=-1)
+
+    class Cat(nn.Module):
+        def forward(self, x):
+            return torch.flatten(torch.cat([x, x], dim=1), 1)
+
+    benches = {
+        "conv": (nn.Conv2d(64, 64, 3, padding=1, bias=False), (1, 64, 56, 56)),
+        "dwconv": (nn.Conv2d(144, 144, 3, padding=1, groups=144, bias=False), (1, 144, 56, 56)),
+        "gemm": (nn.Linear(1024, 1024), (16, 1024)),
+        "norm": (nn.BatchNorm2d(64).eval(), (1, 64, 56, 56)),
+        "pool": (nn.MaxPool2d(3, 2, 1), (1, 64, 112, 112)),
+        "elementwise": (Ew(), (1, 64, 56, 56)),
+        "reduce": (Soft(), (1, 3, 197, 197)),
+        "data": (Cat(), (1, 64, 56, 56)),
+    }
+    # wrapped so each layer is a leaf of the traced root, as inside a real model
+    return {k: (nn.Sequential(m), shape) for k, (m, shape) in benches.items()}
+
+
+def _time_ort(path: Path, shape: tuple[int, ...], seconds: float) -> float:
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    for _ in range(3):
+        sess.run(None, {name: x})
+    best, t_end = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        sess.run(None, {name: x})
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _mem_bandwidth(seconds: float = 0.3) -> float:
+    import numpy as np
+
+    a = np.ones(16 << 20, dtype=np.float32)  # 64 MB
+    b = np.zeros_like(a)
+    np.copyto(b, a)  # fault every page in before timing
+    best, t_end, reps = float("inf"), time.perf_counter() + seconds, 0
+    while time.perf_counter() < t_end or reps < 3:
+        reps += 1
+        t0 = time.perf_counter()
+        np.copyto(b, a)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * a.nbytes / best  # read + write
+
+
+def measure(seconds_per_class: float = 0.4) -> HostSpeed:
+    """Time each op class's micro-benchmark; returns per-core FLOP/s (bytes/s for `data`)."""
+    import torch
+
+    from edgeplan.graph.trace import trace
+
+    torch.manual_seed(0)
+    flops: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="edgeplan-calibrate-") as tmp:
+        for op_class, (module, shape) in _benchmarks().items():
+            graph = trace(module.eval(), shape, op_class).graph
+            work = sum(layer.flops_fwd for layer in graph.layers if layer.op_class == op_class)
+            if op_class == "data":  # priced by bytes moved, not FLOPs
+                work = sum(layer.out_bytes for layer in graph.layers)
+            path = Path(tmp) / f"{op_class}.onnx"
+            torch.onnx.export(module, (torch.randn(shape),), str(path), dynamo=False, opset_version=17)
+            seconds = _time_ort(path, shape, seconds_per_class)
+            flops[op_class] = max(work, 1) / seconds
+    assert set(flops) == set(OP_CLASSES)
+    return HostSpeed(tuple(sorted(flops.items())), _mem_bandwidth())
