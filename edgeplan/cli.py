@@ -237,9 +237,12 @@ def run(
     from edgeplan.runtime import wire
     from edgeplan.runtime.head import HeadConfig, PipelineError
     from edgeplan.runtime.local import ArtifactProblem, run_deployed, run_local
+    from edgeplan.testbed.emulate import placement_from_env
 
-    if local == (cluster is not None):
-        raise ArtifactError("edgeplan run: give exactly one of --local (processes here) or --cluster FILE (boards)")
+    testbed = placement_from_env() if not local and cluster is None else None
+    if testbed is None and local == (cluster is not None):
+        raise ArtifactError("edgeplan run: give exactly one of --local (processes here) or --cluster FILE (boards), "
+                            "or run it inside `edgeplan emulate CLUSTER -- edgeplan run ...`")
     if cluster is not None and secret_env is None:
         from edgeplan.profiles.load import load_cluster
 
@@ -250,7 +253,11 @@ def run(
         raise ProfileError(f"{cluster or '--secret-env'}: {e}") from None
     cfg = HeadConfig(request_timeout_s=timeout, dead_after_s=dead_after, window=window, secret=secret)
     try:
-        if local:
+        if testbed is not None:
+            placement, head_host = testbed
+            art, result = run_local(artifacts, requests, seed=seed, config=cfg, secret=secret,
+                                    placement=placement, head_host=head_host)
+        elif local:
             art, result = run_local(artifacts, requests, seed=seed, config=cfg, secret=secret)
         else:
             art, result = run_deployed(artifacts, requests, seed=seed, config=cfg)
@@ -258,7 +265,7 @@ def run(
         raise ArtifactError(str(e)) from None
     except PipelineError as e:
         raise RuntimeFault(str(e)) from None
-    rep = run_report.build(art.plan, result, "local" if local else "cluster")
+    rep = run_report.build(art.plan, result, "emulated" if testbed else "local" if local else "cluster")
     typer.echo(run_report.format_table(rep), nl=False)
     if report is not None:
         jsonio.write(report, rep)

@@ -5,6 +5,10 @@ port they got; the head then tells every worker the addresses actually in use
 in its first ROUTE frame, so nothing in the artifacts is rewritten. Each worker
 runs from the board's own copy of the runtime (``<device>/edgeplan_runtime``),
 exactly as on the board.
+
+``placement`` puts each device's workers somewhere else on this machine: an argv
+prefix that runs a process inside that board (the emulated testbed's network
+namespace + CPU cgroup) and the address to bind there.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -132,16 +136,21 @@ def _default_command(board: Path) -> tuple[list[str], dict]:
     return [sys.executable, "-m", f"{__package__}.worker"], {}
 
 
+Placement = Mapping[str, tuple[Sequence[str], str]]  # device -> (argv prefix, host to bind)
+
+
 def start_workers(art: Artifacts, log_dir: Path, secret: bytes | None = None,
-                  command: Sequence[str] | None = None, start_timeout_s: float = 120.0) -> list[LocalWorker]:
-    """Start every worker on 127.0.0.1:0 and wait for each one's READY line."""
+                  command: Sequence[str] | None = None, start_timeout_s: float = 120.0,
+                  placement: Placement | None = None) -> list[LocalWorker]:
+    """Start every worker (on 127.0.0.1:0, or per ``placement``) and wait for each one's READY line."""
     workers: list[LocalWorker] = []
     sel = selectors.DefaultSelector()
     try:
         for stage_dir, spec in art.stages:
             cmd, extra_env = (list(command), {}) if command else _default_command(stage_dir.parent)
             env = {**os.environ, **extra_env}
-            args = [*cmd, "--stage", str(stage_dir / "stage.json"), "--listen", "127.0.0.1:0"]
+            prefix, host = (placement or {}).get(spec.device, ((), "127.0.0.1"))
+            args = [*prefix, *cmd, "--stage", str(stage_dir / "stage.json"), "--listen", f"{host}:0"]
             if secret:
                 env[SECRET_ENV] = secret.decode()
                 args += ["--secret-env", SECRET_ENV]
@@ -198,7 +207,8 @@ def run_local(artifacts: str | os.PathLike[str], requests: int = 200, *, seed: i
               secret: bytes | None = None, command: Sequence[str] | None = None,
               log_dir: str | os.PathLike[str] | None = None,
               on_complete: Callable[[int, list[LocalWorker]], None] | None = None,
-              log: Callable[[str], None] | None = None) -> tuple[Artifacts, RunResult]:
+              log: Callable[[str], None] | None = None, placement: Placement | None = None,
+              head_host: str = "127.0.0.1") -> tuple[Artifacts, RunResult]:
     """Start all workers of ``artifacts`` locally, run ``requests`` seeded random requests, stop the workers."""
     art = discover(artifacts)
     if inputs is None:
@@ -208,9 +218,9 @@ def run_local(artifacts: str | os.PathLike[str], requests: int = 200, *, seed: i
         cfg = replace(cfg, secret=secret)
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="edgeplan-run-"))  # kept: errors point at the logs
     log_dir.mkdir(parents=True, exist_ok=True)
-    workers = start_workers(art, log_dir, secret, command)
+    workers = start_workers(art, log_dir, secret, command, placement=placement)
     try:
-        head = Head.from_specs([s for _, s in art.stages], art.microbatches, "127.0.0.1:0",
+        head = Head.from_specs([s for _, s in art.stages], art.microbatches, f"{head_host}:0",
                                {(w.device, w.stage): w.address for w in workers}, cfg, log)
         cb = (lambda i: on_complete(i, workers)) if on_complete else None
         result = head.run(inputs, cb)

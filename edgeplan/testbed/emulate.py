@@ -16,6 +16,7 @@ COMMAND sees ``EDGEPLAN_TESTBED``: the path of a JSON file describing the boards
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -101,47 +102,57 @@ def state_json(bed: netns.Testbed, plan_shape: Shape) -> dict:
     }
 
 
-def run(cluster: Cluster, command: list[str], host_core_flops: float | None = None,
-        echo=print) -> int:
-    """Build the testbed, run ``command`` with EDGEPLAN_TESTBED set, tear everything down."""
+@contextlib.contextmanager
+def testbed(cluster: Cluster, host_core_flops: float | None = None, echo=print):
+    """Build the emulated cluster; yields (Testbed, Shape); always tears it down.
+
+    SIGTERM is turned into KeyboardInterrupt while it is up, so `kill` cleans up too.
+    """
     netns.require_root()
     stale = netns.cleanup_stale()
     if stale:
         echo(f"removed leftovers of an earlier emulation: {', '.join(stale)}")
-    flops = host_core_flops or measure_host_core_flops()
-    plan_shape = shape(cluster, flops)
+    plan_shape = shape(cluster, host_core_flops or measure_host_core_flops())
     echo(f"emulating {cluster.name}: dilation {plan_shape.dilation:.3g} "
          f"(the emulated cluster runs {1 / plan_shape.dilation:.3g}x slower than the real one)")
     for b in plan_shape.boards:
         echo(f"  {b.device:<14} cpu quota {b.cores:.2f} cores   link {b.bandwidth * 8 / 1e6:.1f} Mbit/s")
     pair = {(a, b): bw for a, b, bw in plan_shape.overrides}
-    bed = netns.build([(b.device, b.cores, b.bandwidth) for b in plan_shape.boards], pair,
-                      plan_shape.head_bandwidth)
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def _stop(signum, frame):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _stop)
-    child = None
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
-        with tempfile.TemporaryDirectory(prefix="edgeplan-testbed-") as tmp:
-            state = Path(tmp) / "testbed.json"
-            jsonio.write(state, state_json(bed, plan_shape))
-            child = subprocess.Popen(command, env={**os.environ, ENV_VAR: str(state)})
-            return child.wait()
-    except KeyboardInterrupt:
-        if child and child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                child.kill()
-        return 130
+        bed = netns.build([(b.device, b.cores, b.bandwidth) for b in plan_shape.boards], pair,
+                          plan_shape.head_bandwidth)
+        try:
+            yield bed, plan_shape
+        finally:
+            netns.teardown(bed)
     finally:
-        netns.teardown(bed)
-        for s, h in previous.items():
-            signal.signal(s, h)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(cluster: Cluster, command: list[str], host_core_flops: float | None = None,
+        echo=print) -> int:
+    """Run ``command`` with EDGEPLAN_TESTBED set inside a fresh testbed; returns its exit code."""
+    child = None
+    with testbed(cluster, host_core_flops, echo) as (bed, plan_shape):
+        try:
+            with tempfile.TemporaryDirectory(prefix="edgeplan-testbed-") as tmp:
+                state = Path(tmp) / "testbed.json"
+                jsonio.write(state, state_json(bed, plan_shape))
+                child = subprocess.Popen(command, env={**os.environ, ENV_VAR: str(state)})
+                return child.wait()
+        except KeyboardInterrupt:
+            if child and child.poll() is None:
+                child.terminate()
+                try:
+                    child.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+            return 130
 
 
 def emulated_cluster_doc(cluster: Cluster, plan_shape: Shape, host: HostSpeed) -> dict:
@@ -202,3 +213,12 @@ def write_emulated_cluster(path: Path, cluster: Cluster, plan_shape: Shape, host
     tmp.write_text(header + yaml.safe_dump(doc, sort_keys=False))
     tmp.replace(path)
     return path
+
+
+def placement_from_env() -> tuple[dict[str, tuple[list[str], str]], str] | None:
+    """Inside `edgeplan emulate`: (device -> (argv prefix, address), head address); else None."""
+    path = os.environ.get(ENV_VAR)
+    if not path:
+        return None
+    state = jsonio.read(path)
+    return ({d: (b["prefix"], b["address"]) for d, b in state["boards"].items()}, state["host_address"])
