@@ -1,0 +1,498 @@
+"""One training rank: a replica of one pipeline stage, driven by torch.distributed (gloo).
+
+Per iteration the rank runs its schedule's actions (GPipe or 1F1B) over the
+micro-batches. A forward receives its samples' activations from the upstream
+replicas whose ranges intersect its own (stage 0 reads them from the data
+set), runs the stage and sends each downstream replica its intersection; a
+backward receives the output gradients the same way in reverse and sends input
+gradients upstream. The last stage's loss is the sum of per-sample losses over
+the *global* batch size, so after an all-reduce (sum) of the replicas'
+gradients inside a stage group every replica holds exactly the gradient of
+single-process training on the global batch, whatever the shares.
+
+Synchronisation modes: ``sync`` (all-reduce every iteration, the default) and
+``local-sgd`` (each replica steps on the mean gradient of its own samples; the
+replicas' weights are averaged, weighted by share, every ``sync_every``
+iterations and at every epoch end).
+
+BatchNorm: a replica normalises with the statistics of its own samples, so a
+model with BatchNorm in training mode does not match single-process training
+exactly (running statistics are averaged at epoch ends). The equivalence test
+uses a model without BatchNorm.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from edgeplan import jsonio
+from edgeplan.errors import EdgeplanError, RuntimeFault
+from edgeplan.planner.plan import Plan
+from edgeplan.training import checkpoint, data, routing
+from edgeplan.training.comm import Comm, Watchdog
+from edgeplan.training.routing import RankInfo
+
+SYNC_MODES = ("sync", "local-sgd")
+FAULT_ENV = "EDGEPLAN_TRAIN_KILL_AT"  # "rank:epoch:iteration": that rank SIGKILLs itself there (fault tests)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What a training run does (the plan says where)."""
+
+    epochs: int = 1
+    dataset: str = "synthetic"  # digits | synthetic | folder of .npy files
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    sync: str = "sync"  # sync | local-sgd
+    sync_every: int = 4  # local-sgd: iterations between weight averages
+    schedule: str | None = None  # override the plan's gpipe | 1f1b
+    seed: int = 0
+    timeout_s: float = 60.0  # every receive and collective; a dead board fails the run within it
+    resume: bool = False
+    max_iters: int | None = None  # cap iterations per epoch (speed tests)
+    evaluate: bool = True
+
+    def check(self) -> TrainConfig:
+        if self.sync not in SYNC_MODES:
+            raise EdgeplanError(f"sync mode {self.sync!r} is not one of {', '.join(SYNC_MODES)}")
+        if self.schedule is not None and self.schedule not in routing.SCHEDULES:
+            raise EdgeplanError(f"schedule {self.schedule!r} is not one of {', '.join(routing.SCHEDULES)}")
+        for name in ("epochs", "sync_every"):
+            if getattr(self, name) < 1:
+                raise EdgeplanError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.timeout_s <= 0 or self.lr <= 0:
+            raise EdgeplanError("--timeout and --lr must be positive")
+        return self
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a rank needs; written by the launcher as job.json (plain JSON, no pickle)."""
+
+    plan: dict
+    model: str
+    input_shape: tuple[int, ...] | None
+    provider: str | None
+    config: TrainConfig
+    master_addr: str
+    master_port: int
+    run_dir: str
+    power: tuple[tuple[str, float, float], ...] = ()  # (device, idle W, busy W of its training unit)
+    dilation: float = 1.0  # emulated testbed: measured times are 1/dilation of the boards'
+    local: bool = True  # all ranks on one machine: no NCCL between ranks sharing a GPU
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["config"] = asdict(self.config)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> Job:
+        d = dict(d)
+        d["config"] = TrainConfig(**d["config"])
+        d["input_shape"] = tuple(d["input_shape"]) if d["input_shape"] else None
+        d["power"] = tuple(tuple(p) for p in d.get("power", ()))
+        return cls(**d)
+
+
+@dataclass
+class _Epoch:
+    loss_sum: float = 0.0
+    correct: int = 0
+    count: int = 0
+    busy_s: float = 0.0
+    iter_times: list[float] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(self, job: Job, rank: int):
+        self.job, self.cfg = job, job.config
+        self.plan = Plan.from_json(job.plan)
+        self.ranks = routing.rank_table(self.plan)
+        if not 0 <= rank < len(self.ranks):
+            raise EdgeplanError(f"rank {rank} is not in the plan's {len(self.ranks)} ranks")
+        self.me = self.ranks[rank]
+        self.S = len(self.plan.stages)
+        self.M = self.plan.microbatches
+        self.B = self.plan.batch
+        self.m = self.B // self.M
+        self.last = self.me.stage == self.S - 1
+        self.up = routing.stage_ranks(self.ranks, self.me.stage - 1) if self.me.stage > 0 else ()
+        self.down = routing.stage_ranks(self.ranks, self.me.stage + 1) if not self.last else ()
+        self.group_members = routing.stage_ranks(self.ranks, self.me.stage)
+        self.schedule = routing.schedule(self.cfg.schedule or self.plan.schedule, self.S, self.me.stage, self.M)
+        self.run_dir = Path(job.run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.device = torch.device("cuda") if (self.me.target == "cuda" and torch.cuda.is_available()) \
+            else torch.device("cpu")
+
+    # --- setup --------------------------------------------------------------------------------
+
+    def _expire(self, message: str) -> None:
+        self._write_error(message)
+        print(f"edgeplan: error: {message}", file=sys.stderr, flush=True)
+        os._exit(3)
+
+    def _write_error(self, message: str) -> None:
+        path = self.run_dir / "errors" / f"rank-{self.me.rank}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(message + "\n")
+
+    def setup(self) -> None:
+        self.watchdog = Watchdog(self.me, self.cfg.timeout_s + 10.0, self._expire).start()
+        timeout = datetime.timedelta(seconds=self.cfg.timeout_s)
+        self.watchdog.beat(f"joining the run at {self.job.master_addr}:{self.job.master_port}")
+        try:
+            store = dist.TCPStore(self.job.master_addr, self.job.master_port, len(self.ranks),
+                                  is_master=self.me.rank == 0, timeout=timeout)
+            dist.init_process_group("gloo", store=store, rank=self.me.rank, world_size=len(self.ranks),
+                                    timeout=timeout)
+            # every rank creates every stage group, in the same order (torch.distributed requires it)
+            self.groups = [dist.new_group([r.rank for r in routing.stage_ranks(self.ranks, s)], timeout=timeout)
+                           for s in range(self.S)]
+        except (RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise RuntimeFault(f"{self.me.label}: could not join the training run at {self.job.master_addr}:"
+                               f"{self.job.master_port} within {self.cfg.timeout_s:.0f} s: {first}") from e
+        self.group = self.groups[self.me.stage]
+        self.comm = Comm(self.me, self.ranks, self.cfg.timeout_s, self.watchdog)
+
+        self.watchdog.beat("building the stage module")
+        from edgeplan.training import stages
+
+        built = stages.build(self.job.model, self.job.input_shape, self.plan, self.job.provider)
+        self.module = built.stages[self.me.stage].to(self.device).train()
+        self.n_inputs = built.n_inputs[self.me.stage]
+        self.keys = stages.key_map(self.module, built.full)
+        self.params = [p for p in self.module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(self.params, lr=self.cfg.lr, momentum=self.cfg.momentum,
+                                         weight_decay=self.cfg.weight_decay)
+        # identical starting weights in a group, whatever each board's RNG did
+        for t in self._state_tensors():
+            self.comm.broadcast(t, self.group_members[0].rank, self.group, self.group_members,
+                                "agreeing on initial weights")
+
+        self.dataset = data.load(self.cfg.dataset, built.input_shape, self.cfg.seed)
+        self.start_epoch = self._resume() if self.cfg.resume else 0
+
+    def _state_tensors(self) -> list[torch.Tensor]:
+        """Float weights and buffers, detached but sharing storage (safe to overwrite in place)."""
+        return [t for t in self.module.state_dict().values() if t.dtype.is_floating_point]
+
+    def _resume(self) -> int:
+        held = checkpoint.epochs_held(self.ckpt_dir, self.me)
+        agreed = torch.tensor([held[-1] if held else -1], dtype=torch.int64)
+        self.comm.all_reduce(agreed, None, self.ranks, "agreeing on the checkpoint to resume from",
+                             op=dist.ReduceOp.MIN)
+        epoch = int(agreed.item())
+        if epoch < 0:
+            return 0
+        if epoch not in held:
+            raise RuntimeFault(f"{self.me.label}: no checkpoint for epoch {epoch} in {self.ckpt_dir}; "
+                               "every rank must hold the epoch it resumes from")
+        state = checkpoint.load(self.ckpt_dir, epoch, self.me)
+        inverse = {v: k for k, v in self.keys.items()}
+        self.module.load_state_dict({inverse[k]: v for k, v in state["state"].items()}, strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.me.rank == 0:
+            print(f"resumed from checkpoint of epoch {epoch + 1} in {self.ckpt_dir}", flush=True)
+        return epoch + 1
+
+    # --- routing ------------------------------------------------------------------------------
+
+    def _range(self, r: RankInfo, size: int) -> tuple[int, int]:
+        return min(r.lo, size), min(r.hi, size)
+
+    def _overlaps(self, peers: tuple[RankInfo, ...], size: int) -> list[tuple[RankInfo, int, int]]:
+        lo, hi = self._range(self.me, size)
+        out = []
+        for p in peers:
+            plo, phi = self._range(p, size)
+            a, b = max(lo, plo), min(hi, phi)
+            if b > a:
+                out.append((p, a, b))
+        return out
+
+    def _gather(self, peers, kind: str, k: int, size: int) -> list[torch.Tensor]:
+        parts = [self.comm.recv(p, kind, k) for p, _, _ in self._overlaps(peers, size)]
+        if not parts:
+            return []
+        return [torch.cat([part[i] for part in parts]).to(self.device) for i in range(len(parts[0]))]
+
+    def _scatter(self, tensors: list[torch.Tensor], peers, kind: str, k: int, size: int) -> None:
+        lo, _ = self._range(self.me, size)
+        for p, a, b in self._overlaps(peers, size):
+            self.comm.send([t[a - lo:b - lo] for t in tensors], p, kind, k)
+
+    # --- one iteration ------------------------------------------------------------------------
+
+    def _inputs(self, x: np.ndarray, kind: str, k: int, size: int) -> list[torch.Tensor]:
+        if self.me.stage == 0:
+            return [torch.from_numpy(x).to(self.device)]
+        ins = self._gather(self.up, kind, k, size)
+        if kind == "F":
+            for t in ins:
+                if t.dtype.is_floating_point:
+                    t.requires_grad_(True)
+        return ins
+
+    def _forward(self, k: int, idx: np.ndarray, stash: dict, ep: _Epoch) -> None:
+        lo, hi = self._range(self.me, self.m)
+        ins = self._inputs(self.dataset.x_train[idx] if self.me.stage == 0 else None, "F", k, self.m)
+        if hi == lo:
+            return
+        t0 = time.perf_counter()
+        out = _as_tuple(self.module(*ins))
+        if self.last:
+            y = torch.from_numpy(self.dataset.y_train[idx]).to(self.device)
+            loss_sum = F.cross_entropy(out[0], y, reduction="sum")
+            ep.loss_sum += float(loss_sum.detach())
+            ep.correct += int((out[0].detach().argmax(1) == y).sum())
+            ep.count += len(y)
+            stash[k] = (ins, loss_sum / self.B)
+            ep.busy_s += time.perf_counter() - t0
+        else:
+            ep.busy_s += time.perf_counter() - t0
+            stash[k] = (ins, out)
+            self._scatter(list(out), self.down, "F", k, self.m)
+
+    def _backward(self, k: int, stash: dict, ep: _Epoch) -> None:
+        lo, hi = self._range(self.me, self.m)
+        if hi == lo:
+            return
+        ins, out = stash.pop(k)
+        if self.last:
+            t0 = time.perf_counter()
+            out.backward()
+        else:
+            grads = self._gather(self.down, "B", k, self.m)
+            floats = [o for o in out if o.dtype.is_floating_point]
+            if len(grads) != len(floats):
+                raise RuntimeFault(f"{self.me.label}: got {len(grads)} gradients for {len(floats)} outputs "
+                                   f"of micro-batch {k}; the stages disagree on the cut (recompile)")
+            pairs = [(o, g) for o, g in zip(floats, grads, strict=True) if o.requires_grad]
+            t0 = time.perf_counter()
+            if pairs:
+                torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
+        ep.busy_s += time.perf_counter() - t0
+        if self.me.stage > 0:
+            gin = [t.grad if t.grad is not None else torch.zeros_like(t)
+                   for t in ins if t.dtype.is_floating_point]
+            self._scatter(gin, self.up, "B", k, self.m)
+
+    def _iteration(self, order: np.ndarray, it: int, ep: _Epoch) -> None:
+        stash: dict = {}
+        lo, hi = self._range(self.me, self.m)
+        for act in self.schedule:
+            k = act.microbatch
+            if act.kind == "F":
+                idx = data.microbatch_indices(order, it, self.B, self.M, k, lo, hi)
+                self._forward(k, idx, stash, ep)
+            else:
+                self._backward(k, stash, ep)
+        self.comm.flush()
+        t0 = time.perf_counter()
+        if self.cfg.sync == "sync":
+            if len(self.group_members) > 1:
+                self._all_reduce_grads()
+            self.optimizer.step()
+        else:
+            own = (hi - lo) * self.M
+            if own:
+                for p in self.params:
+                    if p.grad is not None:
+                        p.grad.mul_(self.B / own)  # mean over this replica's own samples
+                self.optimizer.step()
+            if (it + 1) % self.cfg.sync_every == 0:
+                self._average(params_only=True)
+        self.optimizer.zero_grad(set_to_none=False)
+        ep.busy_s += time.perf_counter() - t0
+
+    def _all_reduce_grads(self) -> None:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch.cat([g.reshape(-1) for g in grads]).cpu()
+        self.comm.all_reduce(flat, self.group, self.group_members, "all-reducing gradients")
+        off = 0
+        for p, g in zip(self.params, grads, strict=True):
+            n = g.numel()
+            p.grad = flat[off:off + n].view_as(p).to(p.device)
+            off += n
+
+    def _average(self, params_only: bool) -> None:
+        """Share-weighted average of weights (and float buffers) over the stage group."""
+        if len(self.group_members) == 1:
+            return
+        tensors = [p.detach() for p in self.params] if params_only else self._state_tensors()
+        if not tensors:
+            return
+        flat = torch.cat([t.reshape(-1).float() for t in tensors]).cpu() * self.me.share
+        self.comm.all_reduce(flat, self.group, self.group_members, "averaging weights")
+        off = 0
+        for t in tensors:
+            n = t.numel()
+            t.copy_(flat[off:off + n].view_as(t).to(t.dtype))
+            off += n
+
+    # --- evaluation ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _evaluate(self) -> tuple[float, int, int]:
+        self.module.eval()
+        x, y = self.dataset.x_test, self.dataset.y_test
+        loss_sum, correct, count = 0.0, 0, 0
+        chunks = math.ceil(len(x) / self.m)
+        for c in range(chunks):
+            size = min(self.m, len(x) - c * self.m)
+            lo, hi = self._range(self.me, size)
+            idx = np.arange(c * self.m + lo, c * self.m + hi)
+            ins = self._inputs(x[idx] if self.me.stage == 0 else None, "E", c, size)
+            if hi == lo:
+                continue
+            out = _as_tuple(self.module(*ins))
+            if self.last:
+                yt = torch.from_numpy(y[idx]).to(self.device)
+                loss_sum += float(F.cross_entropy(out[0], yt, reduction="sum"))
+                correct += int((out[0].argmax(1) == yt).sum())
+                count += len(idx)
+            else:
+                self._scatter(list(out), self.down, "E", c, size)
+        self.comm.flush()
+        self.module.train()
+        return loss_sum, correct, count
+
+    # --- epochs -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self.setup()
+            self._train()
+        except EdgeplanError as e:
+            self._write_error(str(e))
+            raise
+        except Exception as e:  # a bug or a torch error: still name the board and stage
+            self._write_error(f"{self.me.label}: {type(e).__name__}: {e}")
+            raise
+        finally:
+            if hasattr(self, "watchdog"):
+                self.watchdog.stop()
+
+    def _train(self) -> None:
+        n = len(self.dataset.x_train)
+        iters = data.iterations(n, self.B)
+        if self.cfg.max_iters:
+            iters = min(iters, self.cfg.max_iters)
+        kill = _fault_point()
+        history = []
+        metrics_path = self.run_dir / "metrics.json"
+        if self.me.rank == 0 and self.cfg.resume and metrics_path.exists():
+            history = [e for e in jsonio.read(metrics_path).get("epochs", []) if e["epoch"] <= self.start_epoch]
+        for epoch in range(self.start_epoch, self.cfg.epochs):
+            order = data.epoch_order(n, self.cfg.seed, epoch)
+            ep = _Epoch()
+            t_epoch = time.perf_counter()
+            for it in range(iters):
+                if kill == (self.me.rank, epoch, it):
+                    os.kill(os.getpid(), signal.SIGKILL)
+                t0 = time.perf_counter()
+                self.watchdog.beat(f"iteration {it} of epoch {epoch + 1}")
+                self._iteration(order, it, ep)
+                ep.iter_times.append(time.perf_counter() - t0)
+            train_s = time.perf_counter() - t_epoch
+            self._average(params_only=False)  # local-sgd weights; BatchNorm running statistics
+            test = self._evaluate() if self.cfg.evaluate else (0.0, 0, 0)
+            optimizer_state = self.optimizer.state_dict()
+            checkpoint.save(self.ckpt_dir, epoch, self.me,
+                            {self.keys[k]: v for k, v in self.module.state_dict().items()}, optimizer_state,
+                            {"config": asdict(self.cfg)})
+            row = self._report(epoch, iters, ep, train_s, test)
+            if self.me.rank == 0:
+                history.append(row)
+                jsonio.write(metrics_path, {"epochs": history, "plan_iter_s": self.plan.predicted.iter_s,
+                                            "ranks": len(self.ranks), "sync": self.cfg.sync,
+                                            "schedule": self.cfg.schedule or self.plan.schedule})
+                print(format_epoch(row), flush=True)
+        self.watchdog.beat("finishing")
+        dist.barrier(group=None, async_op=True).wait(timeout=datetime.timedelta(seconds=self.cfg.timeout_s))
+        dist.destroy_process_group()
+
+    def _report(self, epoch: int, iters: int, ep: _Epoch, train_s: float, test) -> dict:
+        """Gather every rank's counters on all ranks (one all-gather) and summarise on rank 0."""
+        steady = ep.iter_times[1:] if len(ep.iter_times) > 1 else ep.iter_times
+        mine = torch.tensor([ep.loss_sum, ep.correct, ep.count, test[0], test[1], test[2], ep.busy_s,
+                             float(np.mean(steady)), train_s], dtype=torch.float64)
+        rows = [torch.zeros_like(mine) for _ in self.ranks]
+        self.watchdog.beat(f"gathering the metrics of epoch {epoch + 1}")
+        try:
+            dist.all_gather(rows, mine, async_op=True).wait(timeout=datetime.timedelta(seconds=self.cfg.timeout_s))
+        except RuntimeError as e:
+            raise RuntimeFault(f"{self.me.label}: lost contact with the other ranks while gathering the "
+                               f"metrics of epoch {epoch + 1}: {str(e).splitlines()[0]}") from e
+        t = torch.stack(rows).numpy()
+        count, test_count = max(t[:, 2].sum(), 1), max(t[:, 5].sum(), 1)
+        epoch_s = float(t[:, 8].max())
+        iter_s = float(t[:, 7].max())
+        d = self.job.dilation
+        return {
+            "epoch": epoch + 1,
+            "loss": float(t[:, 0].sum() / count),
+            "accuracy": float(t[:, 1].sum() / count),
+            "test_loss": float(t[:, 3].sum() / test_count) if self.cfg.evaluate else None,
+            "test_accuracy": float(t[:, 4].sum() / test_count) if self.cfg.evaluate else None,
+            "epoch_s": epoch_s,
+            "samples_per_s": iters * self.B / epoch_s,
+            "iterations": iters,
+            "measured_iter_s": iter_s,
+            "board_iter_s": iter_s * d,
+            "predicted_iter_s": self.plan.predicted.iter_s,
+            "energy_j": self._energy(t[:, 6], epoch_s, iters),
+        }
+
+    def _energy(self, busy: np.ndarray, epoch_s: float, iters: int) -> dict:
+        """Energy of the epoch: boards' idle power over the epoch plus busy power over their compute time."""
+        power = {dev: (idle, busy_w) for dev, idle, busy_w in self.job.power}
+        if power:
+            total = 0.0
+            devices = {r.device for r in self.ranks}
+            for dev in devices:
+                idle, busy_w = power.get(dev, (0.0, 0.0))
+                b = min(sum(busy[r.rank] for r in self.ranks if r.device == dev), epoch_s)
+                total += idle * (epoch_s - b) + busy_w * b
+            return {"joules": total * self.job.dilation, "source": "measured busy time x board power profiles"}
+        per_sample = self.plan.predicted.energy_j
+        return {"joules": per_sample * iters * self.B, "source": "plan prediction (no power profiles in artifacts)"}
+
+
+def format_epoch(row: dict) -> str:
+    pred = row["predicted_iter_s"]
+    pred_s = f"{pred * 1e3:.1f} ms" if pred else "n/a"
+    test = f"  test acc {row['test_accuracy'] * 100:.2f}%" if row.get("test_accuracy") is not None else ""
+    return (f"epoch {row['epoch']}: loss {row['loss']:.4f}  acc {row['accuracy'] * 100:.2f}%{test}  "
+            f"time {row['epoch_s']:.2f} s  {row['samples_per_s']:.1f} samples/s  "
+            f"iter measured {row['measured_iter_s'] * 1e3:.1f} ms vs predicted {pred_s}  "
+            f"energy {row['energy_j']['joules']:.1f} J")
+
+
+def _as_tuple(out) -> tuple[torch.Tensor, ...]:
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def _fault_point() -> tuple[int, int, int] | None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return None
+    rank, epoch, it = (int(v) for v in spec.split(":"))
+    return rank, epoch, it

@@ -1,0 +1,266 @@
+"""Training artifacts (``prepare``) and the launcher that starts and watches the ranks (``run``).
+
+Artifacts folder::
+
+    plan.json               the training plan
+    training.json           model spec, input shape, rank table, master address, board power
+    <device>/start-training.sh   on each board: runs that board's ranks (`edgeplan train .. --device <it>`)
+
+``run`` starts one worker process per rank — all of them with ``local=True``
+(TCP store on 127.0.0.1), only the given boards' otherwise, inside the emulated
+boards' namespaces when ``EDGEPLAN_TESTBED`` is set — and watches them: the
+first rank that dies stops the run, the others are terminated, and the error
+names the board and stage that failed (a killed rank is named as the cause
+before the ranks that merely lost it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeplan import jsonio
+from edgeplan.errors import ArtifactError, RuntimeFault
+from edgeplan.planner.plan import Plan
+from edgeplan.planner.plan import load as load_plan
+from edgeplan.training import routing
+from edgeplan.training.engine import Job, TrainConfig
+
+SCHEMA_VERSION = 1
+DEFAULT_PORT = 29517
+TESTBED_ENV = "EDGEPLAN_TESTBED"
+GRACE_S = 5.0  # after the first failure, how long the others get to report their own view
+
+# The same script on every board: its folder's name is the board's name, its parent the artifacts folder.
+START_SCRIPT = """#!/bin/sh
+# Runs this board's training ranks; pass `edgeplan train` options after it (e.g. --epochs 2 --resume).
+here=$(cd "$(dirname "$0")" && pwd)
+exec edgeplan train "$(dirname "$here")" --device "$(basename "$here")" "$@"
+"""
+
+
+def prepare(plan: Plan, model_spec: str, out_dir: str | os.PathLike[str], *,
+            input_shape: tuple[int, ...] | None = None, cluster=None, provider: str | None = None,
+            port: int = DEFAULT_PORT) -> Path:
+    """Write the training artifacts of ``plan`` to ``out_dir`` (atomically: temp folder, then rename).
+
+    ``cluster`` (profiles.model.Cluster), when given, supplies the boards' addresses and
+    power figures (energy estimates); ``provider`` is an optional
+    ``package.module:function`` that builds (model, stage modules, inputs per stage).
+    """
+    ranks = routing.rank_table(plan)
+    addresses, power = {}, []
+    if cluster is not None:
+        for dev in sorted({r.device for r in ranks}):
+            d = cluster.device(dev)
+            unit = next((u for r in ranks if r.device == dev for u in d.units if u.name == r.unit), d.units[0])
+            addresses[dev] = d.address
+            power.append([dev, d.idle_power_w, unit.busy_power_w])
+    master = ranks[0].device
+    table = {
+        "schema_version": SCHEMA_VERSION,
+        "model": model_spec,
+        "input_shape": list(input_shape) if input_shape else None,
+        "provider": provider,
+        "master": {"device": master, "address": addresses.get(master, "127.0.0.1"), "port": port},
+        "addresses": addresses,
+        "power": power,
+        "plan_sha256": plan.digest(),
+        "ranks": [{"rank": r.rank, "device": r.device, "stage": r.stage, "replica": r.replica, "unit": r.unit,
+                   "target": r.target, "lo": r.lo, "hi": r.hi} for r in ranks],
+    }
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        jsonio.write(tmp / "plan.json", plan.to_json())
+        jsonio.write(tmp / "training.json", table)
+        for dev in sorted({r.device for r in ranks}):
+            script = tmp / dev / "start-training.sh"
+            script.parent.mkdir()
+            script.write_text(START_SCRIPT)
+            script.chmod(0o755)
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    plan: Plan
+    table: dict
+    path: Path
+
+
+def load(artifacts: str | os.PathLike[str]) -> Artifacts:
+    path = Path(artifacts)
+    for name in ("plan.json", "training.json"):
+        if not (path / name).is_file():
+            raise ArtifactError(f"{path}: no {name}; build training artifacts with "
+                                "`edgeplan compile PLAN --model MODEL --out DIR` from a --mode training plan")
+    table = jsonio.read(path / "training.json")
+    if table.get("schema_version") != SCHEMA_VERSION:
+        raise ArtifactError(f"{path / 'training.json'}: schema_version {table.get('schema_version')!r} is not "
+                            f"{SCHEMA_VERSION}; recompile with this edgeplan")
+    plan = load_plan(str(path / "plan.json"))
+    if plan.digest() != table["plan_sha256"]:
+        raise ArtifactError(f"{path / 'plan.json'}: changed since compile (sha256 differs); recompile")
+    return Artifacts(plan, table, path)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    epochs: tuple[dict, ...]  # one row per epoch (see engine.format_epoch)
+    run_dir: Path
+    state_dict: Path | None  # assembled full-model state_dict (local runs)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def run(artifacts: str | os.PathLike[str], config: TrainConfig, *, local: bool = True,
+        devices: tuple[str, ...] = (), run_dir: str | os.PathLike[str] | None = None,
+        env: dict[str, str] | None = None, echo=print) -> TrainResult:
+    """Start the ranks (all if ``local``, else those of ``devices``), watch them, assemble the model at the end."""
+    config.check()
+    art = load(artifacts)
+    ranks = routing.rank_table(art.plan, source=str(art.path / "plan.json"))
+    run_path = Path(run_dir) if run_dir else art.path / "run"
+    run_path.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(run_path / "errors", ignore_errors=True)
+
+    testbed = None
+    if not local and os.environ.get(TESTBED_ENV):
+        testbed = jsonio.read(os.environ[TESTBED_ENV])
+    if local:
+        mine = ranks
+        master_addr, port = "127.0.0.1", _free_port()
+    else:
+        known = {r.device for r in ranks}
+        chosen = set(devices) if devices else (known if testbed else set())
+        if not chosen:
+            raise RuntimeFault("say which board this is (--device NAME) or run all ranks here with --local")
+        unknown = sorted(chosen - known)
+        if unknown:
+            raise RuntimeFault(f"device(s) {', '.join(unknown)} have no rank in this plan; "
+                               f"boards in the plan: {', '.join(sorted(known))}")
+        mine = tuple(r for r in ranks if r.device in chosen)
+        master = art.table["master"]
+        master_addr, port = master["address"], int(master["port"])
+        if testbed:
+            master_addr = testbed["boards"][master["device"]]["address"]
+    job = Job(plan=art.plan.to_json(), model=art.table["model"],
+              input_shape=tuple(art.table["input_shape"]) if art.table["input_shape"] else None,
+              provider=art.table.get("provider"), config=config, master_addr=master_addr, master_port=port,
+              run_dir=str(run_path.resolve()), power=tuple(tuple(p) for p in art.table.get("power", ())),
+              dilation=float(testbed["dilation"]) if testbed else 1.0, local=local)
+    job_file = jsonio.write(run_path / "job.json", job.to_json())
+
+    procs: dict[int, subprocess.Popen] = {}
+    child_env = {**os.environ, **(env or {})}
+    try:
+        for r in mine:
+            prefix = list(testbed["boards"][r.device]["prefix"]) if testbed else []
+            argv = prefix + [sys.executable, "-m", "edgeplan.training.worker", str(job_file), str(r.rank)]
+            procs[r.rank] = subprocess.Popen(argv, env=child_env, cwd=os.getcwd())
+        failure = _watch(procs, ranks, run_path)
+    finally:
+        _stop(procs)
+    if failure:
+        raise RuntimeFault(failure)
+    metrics = jsonio.read(run_path / "metrics.json") if (run_path / "metrics.json").exists() else {"epochs": []}
+    state_path = None
+    if len(mine) == len(ranks) and metrics["epochs"]:
+        state_path = assemble(art, run_path, config.epochs - 1)
+    return TrainResult(tuple(metrics["epochs"]), run_path, state_path)
+
+
+def _watch(procs: dict[int, subprocess.Popen], ranks, run_path: Path) -> str | None:
+    """Wait for all ranks; on the first failure give the others GRACE_S to report, then name the cause."""
+    failed_at = None
+    while True:
+        codes = {rank: p.poll() for rank, p in procs.items()}
+        bad = {rank: c for rank, c in codes.items() if c not in (None, 0)}
+        if bad and failed_at is None:
+            failed_at = time.monotonic()
+        if all(c is not None for c in codes.values()):
+            break
+        if failed_at is not None and time.monotonic() - failed_at > GRACE_S:
+            break
+        time.sleep(0.1)
+    codes = {rank: p.poll() for rank, p in procs.items()}
+    bad = {rank: c for rank, c in codes.items() if c not in (None, 0)}
+    if not bad:
+        return None
+    # A rank killed by a signal is the cause; the others only lost it.
+    order = sorted(bad, key=lambda rank: (bad[rank] >= 0, rank))
+    lines = []
+    for rank in order:
+        info = ranks[rank]
+        err = run_path / "errors" / f"rank-{rank}.txt"
+        why = err.read_text().strip() if err.exists() else f"{info.label} {_describe_exit(bad[rank])}"
+        if err.exists() and bad[rank] < 0:
+            why = f"{info.label} {_describe_exit(bad[rank])}"
+        lines.append(why)
+    first = ranks[order[0]]
+    cause = f"training failed on {first.label}: {lines[0]}"
+    others = list(dict.fromkeys(line for line in lines[1:] if line != lines[0]))
+    still = [ranks[rank].label for rank, c in codes.items() if c is None]
+    if others:
+        cause += "; then: " + " | ".join(others[:4])
+    if still:
+        cause += f"; stopped {len(still)} remaining rank(s)"
+    return cause + ". Fix the board and resume with `edgeplan train ... --resume` (last completed epoch's checkpoint)"
+
+
+def _stop(procs: dict[int, subprocess.Popen]) -> None:
+    live = [p for p in procs.values() if p.poll() is None]
+    for p in live:
+        p.terminate()
+    deadline = time.monotonic() + 3.0
+    for p in live:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def assemble(art: Artifacts, run_path: Path, epoch: int) -> Path:
+    """The full model's state_dict from the stages' checkpoints of ``epoch`` (original module keys)."""
+    from edgeplan.training import checkpoint, stages
+
+    built = stages.build(art.table["model"], tuple(art.table["input_shape"] or ()) or None, art.plan,
+                         art.table.get("provider"))
+    reference = built.full.state_dict()
+    ranks = routing.rank_table(art.plan)
+    state = checkpoint.assemble(run_path / "checkpoints", epoch, ranks, reference)
+    return checkpoint.save_state_dict(state, run_path / checkpoint.STATE_DICT_FILE)
