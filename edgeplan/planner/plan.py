@@ -25,6 +25,7 @@ class Replica:
     share: float  # fraction of the stage's samples; sums to 1 over the group
     samples: int  # samples of each micro-batch this replica runs (share x micro-batch, integral)
     memory_bytes: int  # predicted peak use on this device
+    capacity_bytes: int = 0  # usable memory of this device (0: unknown), for reports
 
 
 @dataclass(frozen=True)

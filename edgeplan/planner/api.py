@@ -1,0 +1,265 @@
+"""Public entry points of the planner: LayerGraph + Cluster + Objective -> Plan.
+
+``make_plan`` prices the graph on the cluster (profiles.build_cost_table) and
+calls ``plan_from_costs``, which tests call directly with synthetic CostTables.
+Every figure in the Plan comes from ``costmodel.evaluate``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+
+from edgeplan.errors import PlanError
+from edgeplan.planner import dp as dp_mod
+from edgeplan.planner.baselines import baselines as make_baselines
+from edgeplan.planner.costmodel import Evaluation, Layout, Prefix, StageSpec, evaluate, head_index
+from edgeplan.planner.objective import Objective
+from edgeplan.planner.plan import Baseline, Plan, Predicted, Replica, Stage
+from edgeplan.planner.textform import from_str, stage_str
+from edgeplan.profiles.cost import CostTable
+
+MB = float(1 << 20)
+ILP_MAX_ARCS = 20000  # the ILP certifies heuristic DP results up to this many stage options
+
+__all__ = ["Objective", "evaluate", "make_plan", "plan_from_costs", "layout_of", "layout_from_text", "plan_of"]
+
+
+def make_plan(graph, cluster, objective: Objective, solver: str = "dp") -> Plan:
+    """Plan ``graph`` (LayerGraph) on ``cluster`` (Cluster) for ``objective``."""
+    from edgeplan.profiles.cost import build_cost_table
+
+    costs = build_cost_table(graph, cluster)
+    return plan_from_costs(costs, objective, solver=solver, model=graph.name, graph_sha256=graph.digest(),
+                           cluster=cluster.name, cluster_sha256=cluster.digest())
+
+
+def _solve(costs: CostTable, obj: Objective, solver: str, **kw) -> dp_mod.Result:
+    if solver == "dp":
+        return dp_mod.solve(costs, obj, **kw)
+    if solver == "ilp":
+        from edgeplan.planner import ilp
+
+        return ilp.solve(costs, obj)
+    raise PlanError(f"solver {solver!r} is not one of dp, ilp")
+
+
+def plan_from_costs(costs: CostTable, objective: Objective, *, solver: str = "dp", model: str = "model",
+                    graph_sha256: str = "", cluster: str = "cluster", cluster_sha256: str = "",
+                    work_budget: float = dp_mod.WORK_BUDGET, with_baselines: bool = True) -> Plan:
+    """Best plan for ``objective`` on ``costs``; raises PlanError with alternatives when none fits."""
+    head_index(costs, objective)
+    free = replace(objective, latency_budget_s=None, energy_budget_j=None)
+    kw = {"work_budget": work_budget} if solver == "dp" else {}
+    res = _solve(costs, free, solver, **kw)
+    if res.layout is None:
+        raise diagnose(costs, free, solver)
+    notes = list(res.notes)
+    layout = res.layout
+    ev = evaluate(costs, layout, objective)
+    exact = res.exact
+    if not ev.ok:
+        layout, ev, more = _meet_budgets(costs, objective, layout)
+        notes += more
+        exact = False
+    if solver == "dp" and not exact:
+        notes += _ilp_gap(costs, objective, ev)
+    return plan_of(costs, layout, objective, ev, solver=solver, model=model, graph_sha256=graph_sha256,
+                   cluster=cluster, cluster_sha256=cluster_sha256, notes=notes, with_baselines=with_baselines)
+
+
+def _ilp_gap(costs: CostTable, obj: Objective, ev: Evaluation) -> list[str]:
+    from edgeplan.planner import ilp
+
+    if not ilp.applicable(costs, obj, ILP_MAX_ARCS):
+        return ["ILP bound not computed (instance too large for the ILP; use --solver ilp on a smaller one)"]
+    got = ilp.solve(costs, obj)
+    if got.evaluation is None:
+        return ["ILP found no plan within the budgets"]
+    a, b = ev.value(obj), got.evaluation.value(obj)
+    gap = (a - b) / b * 100 if b > 0 else 0.0
+    return [f"ILP optimum {_fmt_value(obj, b)}; this plan {_fmt_value(obj, a)} (gap {gap:.2f}%)"]
+
+
+def _fmt_value(obj: Objective, v: float) -> str:
+    if obj.objective == "energy":
+        return f"{v * 1e3:.4g} mJ/sample"
+    return f"{v * 1e3:.4g} ms"
+
+
+def _meet_budgets(costs: CostTable, obj: Objective, first: Layout) -> tuple[Layout, Evaluation, list[str]]:
+    """Search trade-offs (Lagrangian weights x bottleneck thresholds) for a plan within the budgets."""
+    solver = dp_mod.DPSolver(costs, obj)
+    pf = solver.pf
+    bkey = "q" if obj.objective == "time" else "p"
+    cands = solver.candidates(bkey)
+    thetas = [np.inf] + [float(cands[x]) for x in np.unique(np.linspace(0, len(cands) - 1, 12).round().astype(int))]
+    weights = [(1.0, 0.0), (0.0, 1.0)]
+    weights += [(1.0, 10.0 ** e) for e in range(-3, 5)] + [(10.0 ** e, 1.0) for e in range(-3, 5)]
+    best: tuple | None = None
+    closest = {"latency": math.inf, "energy": math.inf}
+    for cp, ce in weights:
+        for th in thetas:
+            ti = th if np.isfinite(th) else (float(cands[-1]) if len(cands) else 0.0)
+            got = solver.run_pass("sum", theta=th, cp=cp, ce=ce, theta_idle=ti, bkey=bkey)
+            if got is None:
+                continue
+            ev = evaluate(costs, got[1], obj, prefix=pf)
+            if not ev.feasible:
+                continue
+            closest["latency"] = min(closest["latency"], ev.iter_s if obj.training else ev.latency_s)
+            closest["energy"] = min(closest["energy"], ev.energy_j)
+            if ev.ok and (best is None or ev.score(obj) < best[1].score(obj)):
+                best = (got[1], ev)
+    if best is None:
+        parts = []
+        if obj.latency_budget_s is not None:
+            what = "iteration time" if obj.training else "latency"
+            parts.append(f"the {what} budget of {obj.latency_budget_s * 1e3:.4g} ms cannot be met: the best "
+                         f"achievable {what} is {closest['latency'] * 1e3:.4g} ms")
+        if obj.energy_budget_j is not None:
+            parts.append(f"the energy budget of {obj.energy_budget_j * 1e3:.4g} mJ/sample cannot be met: the best "
+                         f"achievable is {closest['energy'] * 1e3:.4g} mJ/sample")
+        raise PlanError("; ".join(parts) + " (with both budgets at once, each may be reachable alone); "
+                        "raise the budget or add faster boards")
+    return best[0], best[1], ["DP heuristic: budgets met by a Lagrangian search over bottleneck thresholds"]
+
+
+def diagnose(costs: CostTable, obj: Objective, solver: str = "dp") -> PlanError:
+    """Explain why no plan fits: who runs out of memory by how much, and the nearest feasible requests."""
+    relaxed = dp_mod.solve(costs, obj, ignore_memory=True, work_budget=dp_mod.WORK_BUDGET / 4)
+    if relaxed.layout is None:
+        return PlanError("no plan exists: some layer is supported by no compute unit of any device "
+                         "(check the boards' supported ops)")
+    ev = evaluate(costs, relaxed.layout, obj)
+    lines = []
+    worst = sorted(ev.overflows, key=lambda o: (o[1] - o[2]), reverse=True)
+    for dv, need, cap in worst[:3]:
+        st = next(s for s in ev.stages if any(r.device == dv for r in s.replicas))
+        lines.append(f"{costs.devices[dv]} needs {need / MB:.1f} MB for layers {costs.layer_names[st.spec.start]}.."
+                     f"{costs.layer_names[st.spec.stop - 1]} but has {cap / MB:.1f} MB (short by "
+                     f"{(need - cap) / MB:.1f} MB)")
+    alts = []
+    small = _try(costs, obj, [b for b in _halvings(obj.batch)], lambda b: _with_batch(obj, b))
+    if small is not None:
+        alts.append(f"--batch {small.batch}" + (f" --microbatches {small.microbatches}" if obj.training else ""))
+    if obj.training:
+        ms = [k for k in range(obj.microbatches + 1, obj.batch + 1) if obj.batch % k == 0]
+        more = _try(costs, obj, ms[:6], lambda k: replace(obj, microbatches=k))
+        if more is not None:
+            alts.append(f"--microbatches {more.microbatches}")
+    short = sum(need - cap for _, need, cap in ev.overflows)
+    big = int(np.argmax(costs.ram_bytes))
+    if short > 0:
+        k = max(1, math.ceil(short / float(costs.ram_bytes[big])))
+        alts.append(f"about {k} more board(s) like {costs.devices[big]} ({float(costs.ram_bytes[big]) / MB:.0f} MB)")
+    head = "no plan fits in memory: best plan ignoring memory has " + "; ".join(lines) if lines else \
+        "no plan fits in memory"
+    return PlanError(head + ". Nearest feasible alternatives: " + (", ".join(alts) if alts else "none found"))
+
+
+def _halvings(b: int) -> list[int]:
+    out = []
+    while b > 1:
+        b //= 2
+        out.append(b)
+    return out[:6]
+
+
+def _with_batch(obj: Objective, b: int) -> Objective:
+    m = obj.microbatches
+    while b % m:
+        m -= 1
+    return replace(obj, batch=b, microbatches=m)
+
+
+def _try(costs, obj, values, make):
+    for v in values:
+        o = make(v)
+        if dp_mod.solve(costs, o, work_budget=dp_mod.WORK_BUDGET / 4).layout is not None:
+            return o
+    return None
+
+
+def layout_of(costs: CostTable, plan: Plan) -> Layout:
+    """The Plan's stages as unit indices of ``costs`` (names must match the cluster)."""
+    return _layout(costs, [(s.start, s.stop, [(r.device, r.unit, r.samples) for r in s.replicas])
+                           for s in plan.stages])
+
+
+def layout_from_text(costs: CostTable, text: str, objective: Objective) -> Layout:
+    """Parse a plan's text form into a layout on ``costs`` (samples = share x micro-batch)."""
+    _, stages = from_str(text)
+    m = objective.micro
+    return _layout(costs, [(s.start, s.stop, [(d, u, int(round(share * m))) for d, u, share in s.replicas])
+                           for s in stages])
+
+
+def _layout(costs: CostTable, stages) -> Layout:
+    index = {(costs.devices[d], name): u for u, (d, name, _) in enumerate(costs.units)}
+    out = []
+    for k, (i, j, reps) in enumerate(stages):
+        rr = []
+        for dev, unit, samples in reps:
+            if (dev, unit) not in index:
+                valid = ", ".join(f"{a}:{b}" for a, b in index)
+                raise PlanError(f"stage {k}: {dev}:{unit} is not a unit of this cluster (valid: {valid})")
+            rr.append((index[(dev, unit)], samples))
+        out.append(StageSpec(i, j, tuple(rr)))
+    return tuple(out)
+
+
+def _predicted(ev: Evaluation) -> Predicted:
+    return Predicted(latency_s=ev.latency_s, throughput=ev.throughput, energy_j=ev.energy_j, iter_s=ev.iter_s)
+
+
+def _stages(costs: CostTable, ev: Evaluation, m: int) -> tuple[Stage, ...]:
+    out = []
+    for k, st in enumerate(ev.stages):
+        reps = tuple(
+            Replica(device=costs.devices[r.device], unit=costs.units[r.unit][1], target=costs.units[r.unit][2],
+                    share=r.samples / m, samples=r.samples, memory_bytes=int(math.ceil(r.memory_bytes)),
+                    capacity_bytes=int(costs.ram_bytes[r.device]))
+            for r in st.replicas)
+        out.append(Stage(index=k, start=st.spec.start, stop=st.spec.stop,
+                         first_layer=costs.layer_names[st.spec.start], last_layer=costs.layer_names[st.spec.stop - 1],
+                         replicas=reps, compute_s=st.compute_s, send_s=st.send_s, energy_j=st.energy_j))
+    return tuple(out)
+
+
+def plan_of(costs: CostTable, layout: Layout, objective: Objective, ev: Evaluation | None = None, *,
+            solver: str = "dp", model: str = "model", graph_sha256: str = "", cluster: str = "cluster",
+            cluster_sha256: str = "", notes=(), with_baselines: bool = True) -> Plan:
+    """Wrap a priced layout (and the baselines) into a Plan."""
+    pf = Prefix(costs, objective)
+    ev = ev or evaluate(costs, layout, objective, prefix=pf)
+    bls = []
+    if with_baselines:
+        for name, _lay, bev, reason in make_baselines(costs, objective, pf):
+            feasible = bev is not None and bev.feasible
+            bls.append(Baseline(name=name, feasible=feasible, predicted=_predicted(bev) if feasible else None,
+                                stages=_stages(costs, bev, objective.micro) if bev is not None else (),
+                                reason=reason))
+    head = costs.devices[head_index(costs, objective)]
+    return Plan(
+        model=model, graph_sha256=graph_sha256, cluster=cluster, cluster_sha256=cluster_sha256,
+        mode=objective.mode, objective=objective.objective, batch=objective.batch,
+        microbatches=objective.microbatches, schedule=objective.schedule, solver=solver, head=head,
+        stages=_stages(costs, ev, objective.micro), predicted=_predicted(ev), baselines=tuple(bls),
+        notes=tuple(notes),
+    )
+
+
+def objective_of(plan: Plan) -> Objective:
+    return Objective(mode=plan.mode, objective=plan.objective, batch=plan.batch, microbatches=plan.microbatches,
+                     schedule=plan.schedule, head=plan.head)
+
+
+def text_of_layout(costs: CostTable, layout: Layout, m: int, model: str = "model") -> str:
+    parts = [model]
+    for st in layout:
+        parts.append(stage_str(st.start, st.stop, [(costs.devices[costs.units[u][0]], costs.units[u][1], k / m)
+                                                   for u, k in st.replicas]))
+    return " | ".join(parts)

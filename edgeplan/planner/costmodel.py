@@ -1,0 +1,288 @@
+"""The one evaluator: a layout (stages x replicas) on a CostTable -> predicted figures.
+
+Every part of the planner (DP validation, ILP, brute force in tests, baselines,
+reports) prices plans here, so they all agree. The model, per micro-batch of
+``m = batch // microbatches`` samples:
+
+- replica ``r`` (unit ``u``, ``k_r`` samples) of stage ``[i, j)``:
+  ``t_r = k_r * F_u[i:j] + X_u[i:j]`` with ``F`` = forward (+ backward when
+  training) seconds per sample and ``X`` the per-call overhead (paid twice when
+  training). Stage time ``tau = max_r t_r``.
+- a transfer between device groups ``G -> H`` sends the whole micro-batch's
+  tensor over the slowest pair link: ``m * bytes / min bw + max latency``; zero
+  when both ends are the same single device. Conservative for wide groups,
+  exact for single-device stages. Training sends activations forward and
+  gradients back: ``2x`` per inter-stage link; the input link is one-way and
+  the loss stays on the last stage.
+- training all-reduce of a stage's gradients over its group (ring):
+  ``2 (g-1)/g * params / min bw + 2 (g-1) * max latency``, once per iteration.
+- resources ``x`` = input link, stages, links (and, inference, the output link
+  to the head) with per-micro-batch time ``p_x``:
+  inference latency ``L = sum p + (M-1) max p``; throughput ``m / max p``;
+  training iteration ``T = sum p + max_x ((M-1) p_x + ar_x)``.
+- energy per sample: replicas' ``(busy - idle)^+ * t_r`` + ``idle * period`` of
+  every used device + link bytes x energy/byte, divided by the samples.
+- memory per replica: ``params * (1 + training * (1 + optimizer_states))`` +
+  ``k_r * stash * sum(act)`` (stash = M for GPipe, min(M, stages left) for
+  1F1B, 0 for inference) + ``k_r * (cut_bytes[i] + max act)`` of workspace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeplan.errors import PlanError
+from edgeplan.planner.objective import Objective
+from edgeplan.profiles.cost import CostTable
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A stage before pricing: layers ``[start, stop)`` and (global unit index, samples) per replica."""
+
+    start: int
+    stop: int
+    replicas: tuple[tuple[int, int], ...]
+
+
+Layout = tuple[StageSpec, ...]
+
+
+class Prefix:
+    """Prefix sums over layers so any stage's cost is two lookups (shared by DP and evaluator)."""
+
+    def __init__(self, costs: CostTable, objective: Objective):
+        sup = np.asarray(costs.supported, dtype=bool)
+        per = np.where(sup, costs.fwd_s, 0.0)
+        if objective.training:
+            per = per + np.where(sup, costs.bwd_s, 0.0)
+        fixed = np.where(sup, costs.fixed_s, 0.0) * (2.0 if objective.training else 1.0)
+        z = np.zeros((per.shape[0], 1))
+        self.F = np.concatenate([z, np.cumsum(per, axis=1)], axis=1)
+        self.X = np.concatenate([z, np.cumsum(fixed, axis=1)], axis=1)
+        self.U = np.concatenate([z.astype(np.int64), np.cumsum(~sup, axis=1)], axis=1)
+        self.P = np.concatenate([[0.0], np.cumsum(np.asarray(costs.param_bytes, dtype=np.float64))])
+        self.A = np.concatenate([[0.0], np.cumsum(np.asarray(costs.act_bytes, dtype=np.float64))])
+        self.act = np.asarray(costs.act_bytes, dtype=np.float64)
+        self.cut = np.asarray(costs.cut_bytes, dtype=np.float64)
+        self.unit_dev = np.array([u[0] for u in costs.units], dtype=np.int64)
+        self.wfactor = 1.0 + (1.0 + objective.optimizer_states if objective.training else 0.0)
+
+
+def allocate(prefix: Prefix, i: int, j: int, units: tuple[int, ...], m: int) -> tuple[int, ...]:
+    """Split ``m`` samples over ``units`` for stage ``[i, j)`` minimising the slowest replica.
+
+    Greedy: each sample goes to the replica whose time after taking it is
+    smallest (first replica on ties); optimal for min-max with increasing
+    per-replica costs. A replica left with 0 samples makes the group invalid.
+    """
+    F = [prefix.F[u, j] - prefix.F[u, i] for u in units]
+    X = [prefix.X[u, j] - prefix.X[u, i] for u in units]
+    k = [0] * len(units)
+    for _ in range(m):
+        best = min(range(len(units)), key=lambda r: ((k[r] + 1) * F[r] + X[r], r))
+        k[best] += 1
+    return tuple(k)
+
+
+def pair_link(costs: CostTable, src: tuple[int, ...], dst: tuple[int, ...]) -> tuple[float, float, float] | None:
+    """(min bandwidth, max latency, max energy/byte) over device pairs src x dst (a != b); None if none."""
+    pairs = [(a, b) for a in src for b in dst if a != b]
+    if not pairs:
+        return None
+    bw = min(float(costs.bandwidth[a, b]) for a, b in pairs)
+    lat = max(float(costs.latency_s[a, b]) for a, b in pairs)
+    epb = max(float(costs.energy_per_byte_j[a, b]) for a, b in pairs)
+    return bw, lat, epb
+
+
+def transfer(costs: CostTable, src, dst, nbytes: float) -> tuple[float, float]:
+    """(seconds, joules) to move ``nbytes`` from group ``src`` to group ``dst``."""
+    link = pair_link(costs, tuple(src), tuple(dst))
+    if link is None:
+        return 0.0, 0.0
+    bw, lat, epb = link
+    return nbytes / bw + lat, nbytes * epb
+
+
+def allreduce(costs: CostTable, group, nbytes: float) -> tuple[float, float]:
+    """(seconds, joules) of a ring all-reduce of ``nbytes`` over ``group``."""
+    g = len(group)
+    link = pair_link(costs, tuple(group), tuple(group))
+    if g < 2 or link is None:
+        return 0.0, 0.0
+    bw, lat, epb = link
+    return 2.0 * (g - 1) / g * nbytes / bw + 2.0 * (g - 1) * lat, 2.0 * (g - 1) * nbytes * epb
+
+
+@dataclass(frozen=True)
+class ReplicaEval:
+    unit: int
+    device: int
+    samples: int
+    time_s: float
+    memory_bytes: float
+
+
+@dataclass(frozen=True)
+class StageEval:
+    spec: StageSpec
+    replicas: tuple[ReplicaEval, ...]
+    compute_s: float  # tau: slowest replica per micro-batch
+    send_s: float  # one-way transfer of its output to the next stage (head for the last, inference)
+    allreduce_s: float
+    energy_j: float  # per sample: compute above idle + sends
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    stages: tuple[StageEval, ...]
+    input_s: float  # head -> first stage
+    latency_s: float  # inference: one request; training: one micro-batch forward+backward
+    period_s: float  # slowest resource per micro-batch
+    throughput: float  # samples / s
+    energy_j: float  # per sample
+    iter_s: float | None  # training: per iteration
+    overflows: tuple[tuple[int, float, float], ...]  # (device, need bytes, capacity) where memory overflows
+    unsupported: tuple[tuple[int, int], ...]  # (stage index, unit) pairs that cannot run the stage
+    budget_misses: tuple[str, ...]
+
+    @property
+    def feasible(self) -> bool:
+        return not self.overflows and not self.unsupported
+
+    @property
+    def ok(self) -> bool:
+        """Feasible and within the budgets."""
+        return self.feasible and not self.budget_misses
+
+    def value(self, objective: Objective) -> float:
+        return {
+            "latency": self.latency_s, "throughput": self.period_s,
+            "energy": self.energy_j, "time": self.iter_s if self.iter_s is not None else np.inf,
+        }[objective.objective]
+
+    def score(self, objective: Objective) -> tuple[float, float]:
+        """Comparison key: the objective, then latency (iteration time) as the tie-break."""
+        second = self.iter_s if objective.training else self.latency_s
+        return (self.value(objective), float(second))
+
+
+def check_layout(costs: CostTable, layout: Layout, objective: Objective) -> None:
+    """Structural checks (contiguous cover, devices used once, samples sum to the micro-batch)."""
+    n = costs.n_layers
+    if not layout:
+        raise PlanError("plan has no stages")
+    pos = 0
+    seen: set[int] = set()
+    for s, st in enumerate(layout):
+        if st.start != pos or st.stop <= st.start:
+            raise PlanError(f"stage {s}: layers [{st.start}, {st.stop}) do not continue at layer {pos}")
+        pos = st.stop
+        devs = [costs.units[u][0] for u, _ in st.replicas]
+        if not devs:
+            raise PlanError(f"stage {s} has no replicas")
+        for d in devs:
+            if d in seen:
+                raise PlanError(f"device {costs.devices[d]!r} is used by more than one stage or replica")
+            seen.add(d)
+        total = sum(k for _, k in st.replicas)
+        if total != objective.micro or any(k < 1 for _, k in st.replicas):
+            raise PlanError(
+                f"stage {s}: replica samples {[k for _, k in st.replicas]} must be >= 1 and sum to the "
+                f"micro-batch size {objective.micro}"
+            )
+    if pos != n:
+        raise PlanError(f"stages cover layers [0, {pos}) but the model has {n} layers")
+
+
+def head_index(costs: CostTable, objective: Objective) -> int:
+    if objective.head is None:
+        return 0
+    try:
+        return costs.devices.index(objective.head)
+    except ValueError:
+        raise PlanError(
+            f"head device {objective.head!r} is not in the cluster (devices: {', '.join(costs.devices)})"
+        ) from None
+
+
+def evaluate(costs: CostTable, layout: Layout, objective: Objective, prefix: Prefix | None = None) -> Evaluation:
+    """Price ``layout`` (see the module docstring for the model)."""
+    check_layout(costs, layout, objective)
+    pf = prefix or Prefix(costs, objective)
+    m, M, train = objective.micro, objective.microbatches, objective.training
+    head = head_index(costs, objective)
+    S = len(layout)
+    groups = [tuple(costs.units[u][0] for u, _ in st.replicas) for st in layout]
+    busy = np.asarray(costs.busy_power_w, dtype=np.float64)
+    idle = np.asarray(costs.idle_power_w, dtype=np.float64)
+
+    in_t, in_e = transfer(costs, (head,), groups[0], m * pf.cut[0])
+    stages: list[StageEval] = []
+    overflows: list[tuple[int, float, float]] = []
+    unsupported: list[tuple[int, int]] = []
+    p_res = [in_t]  # per-micro-batch time of every resource
+    q_res = [(M - 1) * in_t]
+    dyn_j = in_e  # joules per micro-batch (inference) excluding idle
+    used = [d for g in groups for d in g]
+    for s, st in enumerate(layout):
+        i, j = st.start, st.stop
+        stash = 0 if not train else (M if objective.schedule == "gpipe" else min(M, S - s))
+        ws = pf.cut[i] + float(pf.act[i:j].max())
+        params = pf.P[j] - pf.P[i]
+        reps = []
+        e_stage = 0.0
+        for u, k in st.replicas:
+            d = costs.units[u][0]
+            if pf.U[u, j] - pf.U[u, i] > 0:
+                unsupported.append((s, u))
+            t = k * (pf.F[u, j] - pf.F[u, i]) + (pf.X[u, j] - pf.X[u, i])
+            mem = params * pf.wfactor + k * (stash * (pf.A[j] - pf.A[i]) + ws)
+            if mem > costs.ram_bytes[d]:
+                overflows.append((d, float(mem), float(costs.ram_bytes[d])))
+            e_stage += max(busy[u] - idle[d], 0.0) * t
+            reps.append(ReplicaEval(unit=u, device=d, samples=k, time_s=float(t), memory_bytes=float(mem)))
+        tau = max(r.time_s for r in reps)
+        if s + 1 < S:
+            send_t, send_e = transfer(costs, groups[s], groups[s + 1], m * pf.cut[j])
+        elif not train:
+            send_t, send_e = transfer(costs, groups[s], (head,), m * pf.cut[j])
+        else:
+            send_t, send_e = 0.0, 0.0
+        ar_t, ar_e = allreduce(costs, groups[s], params) if train else (0.0, 0.0)
+        link_p = 2 * send_t if (train and s + 1 < S) else send_t
+        p_res += [tau, link_p]
+        q_res += [(M - 1) * tau + ar_t, (M - 1) * link_p]
+        e_stage += send_e * (2 if (train and s + 1 < S) else 1)
+        if train:
+            e_stage += ar_e / M
+        dyn_j += e_stage
+        stages.append(StageEval(spec=st, replicas=tuple(reps), compute_s=float(tau), send_s=float(send_t),
+                                allreduce_s=float(ar_t), energy_j=float(e_stage / m)))
+    period = max(p_res)
+    total = sum(p_res)
+    idle_used = float(sum(idle[d] for d in used))
+    if train:
+        iter_s = total + max(q_res)
+        latency = total
+        throughput = objective.batch / iter_s if iter_s > 0 else np.inf
+        energy = (dyn_j * M + idle_used * iter_s) / objective.batch
+    else:
+        iter_s = None
+        latency = total + (M - 1) * period
+        throughput = m / period if period > 0 else np.inf
+        energy = (dyn_j + idle_used * period) / m
+    misses = []
+    lat_key = iter_s if train else latency
+    if objective.latency_budget_s is not None and lat_key > objective.latency_budget_s * (1 + 1e-12):
+        misses.append("latency")
+    if objective.energy_budget_j is not None and energy > objective.energy_budget_j * (1 + 1e-12):
+        misses.append("energy")
+    return Evaluation(
+        stages=tuple(stages), input_s=float(in_t), latency_s=float(latency), period_s=float(period),
+        throughput=float(throughput), energy_j=float(energy), iter_s=None if iter_s is None else float(iter_s),
+        overflows=tuple(overflows), unsupported=tuple(unsupported), budget_misses=tuple(misses),
+    )

@@ -1,0 +1,529 @@
+"""The default solver: a DP over (layer boundary, remaining devices per type).
+
+``val[k][r, c, d]`` is the best cost of layers ``[bnd[k], n)`` using at most
+``r`` devices of each type, where the stage starting at ``bnd[k]`` has link
+class ``c`` (what the previous stage's send depends on) and depth ``d`` (stages
+from it to the end, only tracked for 1F1B memory). A transition picks a group
+composition (devices per type and the unit each type runs on) and the end of
+the stage; every option's cost is an array over all ends, from prefix sums.
+
+Passes: ``sum`` minimises an additive cost with every resource's bottleneck key
+at most ``theta``; ``max`` minimises the bottleneck. Objectives combine them
+(see ``solve``) so that the result is exact whenever no reduction was needed;
+on large instances the candidate cuts, group shapes and device bundles are
+reduced to stay fast, and ``notes`` says so.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgeplan.planner.costmodel import Evaluation, Layout, Prefix, StageSpec, allocate, evaluate, head_index
+from edgeplan.planner.objective import Objective
+from edgeplan.planner.types import DeviceTypes, device_types
+from edgeplan.profiles.cost import CostTable
+
+WORK_BUDGET = 6e7  # element-operations per pass before reductions kick in
+MAX_PASSES = 64
+
+
+@dataclass(frozen=True)
+class _Comp:
+    devs: tuple[int, ...]  # devices per type
+    units: tuple[int, ...]  # local unit per type, -1 where absent
+    bundles: tuple[int, ...]  # state units per type
+    mask: int
+
+
+@dataclass
+class Result:
+    layout: Layout | None
+    evaluation: Evaluation | None
+    exact: bool
+    notes: list[str] = field(default_factory=list)
+    passes: int = 0
+
+
+class DPSolver:
+    def __init__(self, costs: CostTable, objective: Objective, *, work_budget: float = WORK_BUDGET,
+                 ignore_memory: bool = False):
+        self.costs, self.obj = costs, objective
+        self.pf = Prefix(costs, objective)
+        self.head = head_index(costs, objective)
+        self.types: DeviceTypes = device_types(costs, self.head)
+        self.ignore_memory = ignore_memory
+        self.m, self.M, self.train = objective.micro, objective.microbatches, objective.training
+        self.nD = self.M if (self.train and objective.schedule == "1f1b") else 1
+        self.notes: list[str] = []
+        self.exact = True
+        n = costs.n_layers
+        T = len(self.types.members)
+        counts = self.types.counts
+        self.bundle = [1] * T
+        self.mixed = True
+        self.bnd = np.arange(n + 1)
+        self._setup()
+        while self._work() > work_budget:
+            if len(self.bnd) > 129:
+                self.bnd = self._cuts(128)
+                self.notes.append(f"DP heuristic: stage boundaries limited to {len(self.bnd) - 1} candidate cuts "
+                                  f"(cheapest cut_bytes plus evenly spaced) out of {n}")
+            elif self.mixed and T > 1:
+                self.mixed = False
+                self.notes.append("DP heuristic: replica groups limited to one board type each")
+            elif max(c // b for c, b in zip(counts, self.bundle, strict=False)) > 1:
+                t = max(range(T), key=lambda t: (counts[t] // self.bundle[t], -t))
+                self.bundle[t] *= 2
+                self.notes.append(f"DP heuristic: boards of type {self._type_name(t)} allocated in bundles of "
+                                  f"{self.bundle[t]}")
+            elif len(self.bnd) > 17:
+                self.bnd = self._cuts((len(self.bnd) - 1) // 2)
+                self.notes.append(f"DP heuristic: stage boundaries limited to {len(self.bnd) - 1} candidate cuts")
+            else:
+                break
+            self.exact = False
+            self._setup()
+        self.cache: dict[int, dict] = {}
+        self.link_cache: dict[int, tuple] = {}
+        self.ws = self._range_max()
+
+    # ----------------------------------------------------------------- setup
+    def _type_name(self, t: int) -> str:
+        return "+".join(self.costs.devices[d] for d in self.types.members[t][:2]) + (
+            "..." if len(self.types.members[t]) > 2 else "")
+
+    def _cuts(self, k: int) -> np.ndarray:
+        n = self.costs.n_layers
+        inner = np.arange(1, n)
+        even = set(np.linspace(1, n - 1, num=max(2, k // 2)).round().astype(int).tolist())
+        cheap = [int(x) for x in inner[np.lexsort((inner, self.pf.cut[1:n]))]]
+        pick = set(even)
+        for x in cheap:
+            if len(pick) >= k - 1:
+                break
+            pick.add(x)
+        return np.array(sorted({0, n} | pick))
+
+    def _setup(self) -> None:
+        tp = self.types
+        T = len(tp.members)
+        self.nb = [len(tp.members[t]) // self.bundle[t] for t in range(T)]
+        self.stride = [int(np.prod(np.array(self.nb[t + 1:]) + 1)) for t in range(T)]
+        self.R = int(np.prod(np.array(self.nb) + 1))
+        grid = np.array(list(itertools.product(*[range(c + 1) for c in self.nb])), dtype=np.int64).reshape(-1, T)
+        self.grid = grid
+        comps = []
+        for n in itertools.product(*[range(c + 1) for c in self.nb]):
+            if sum(n) == 0 or (not self.mixed and sum(1 for x in n if x) > 1):
+                continue
+            present = [t for t in range(T) if n[t]]
+            for units in itertools.product(*[range(tp.n_units(t)) for t in present]):
+                u = [-1] * T
+                for t, lu in zip(present, units, strict=False):
+                    u[t] = lu
+                comps.append(_Comp(devs=tuple(n[t] * self.bundle[t] for t in range(T)), units=tuple(u),
+                                   bundles=tuple(n), mask=sum(1 << t for t in present)))
+        self.comps = comps
+        self.rows = []
+        for c in comps:
+            ok = np.all(grid >= np.array(c.bundles), axis=1)
+            rv = np.nonzero(ok)[0]
+            off = sum(b * s for b, s in zip(c.bundles, self.stride, strict=False))
+            self.rows.append((rv, rv - off))
+        masks = sorted({c.mask for c in comps})
+        if tp.uniform:
+            self.cls = {mk: (0 if mk == 1 else 1) for mk in masks}
+        else:
+            self.cls = {mk: i for i, mk in enumerate(masks)}
+        self.nS = max(self.cls.values()) + 1 if self.cls else 1
+        rep = {}
+        for mk in masks:
+            rep.setdefault(self.cls[mk], mk)
+        self.rep_mask = [rep.get(c, 1) for c in range(self.nS)]
+
+    def _work(self) -> float:
+        K = len(self.bnd) - 1
+        rows = sum(len(rv) for rv, _ in self.rows)
+        return K * K / 2 * rows * self.nS * self.nS * self.nD
+
+    # ----------------------------------------------------------------- links
+    def _types_of(self, mask: int) -> list[int]:
+        return [t for t in range(len(self.types.members)) if mask >> t & 1]
+
+    def _pair(self, src: list[int], dst: list[int]) -> tuple[float, float, float] | None:
+        tp = self.types
+        vals = [(a, b) for a in src for b in dst if np.isfinite(tp.bw[a, b])]
+        if not vals:
+            return None
+        return (min(tp.bw[a, b] for a, b in vals), max(tp.lat[a, b] for a, b in vals),
+                max(tp.epb[a, b] for a, b in vals))
+
+    def _link_interior(self, c1: int, c2: int) -> tuple[float, float, float]:
+        tp = self.types
+        if tp.uniform:  # classes only separate "head alone" from the rest; every pair has the same link
+            fin = np.argwhere(np.isfinite(tp.bw))
+            if len(fin):
+                a, b = fin[0]
+                return tp.bw[a, b], tp.lat[a, b], tp.epb[a, b]
+        got = self._pair(self._types_of(self.rep_mask[c1]), self._types_of(self.rep_mask[c2]))
+        return got if got is not None else (np.inf, 0.0, 0.0)
+
+    def _link_head(self, c: int, into: bool) -> tuple[float, float, float] | None:
+        others = [t for t in self._types_of(self.rep_mask[c]) if t != 0]
+        if not others:
+            return None
+        return self._pair([0], others) if into else self._pair(others, [0])
+
+    # ----------------------------------------------------------------- stage tables
+    def _range_max(self) -> np.ndarray:
+        """ws[k, k2] = cut_bytes[bnd[k]] + max act over layers [bnd[k], bnd[k2]) (NaN-free, -inf unused)."""
+        pf, B = self.pf, self.bnd
+        K1 = len(B)
+        out = np.zeros((K1, K1))
+        for k in range(K1 - 1):
+            i = int(B[k])
+            cm = np.maximum.accumulate(pf.act[i:])
+            out[k, k + 1:] = pf.cut[i] + cm[B[k + 1:] - i - 1]
+        return out
+
+    def _stage(self, gi: int) -> dict:
+        """Every stage [bnd[k], bnd[k2]) on composition ``gi`` at once: arrays [K+1, K+1]."""
+        hit = self.cache.get(gi)
+        if hit is not None:
+            return hit
+        pf, tp, comp, m = self.pf, self.types, self.comps[gi], self.m
+        B = self.bnd
+        K1 = len(B)
+        vs = [t for t in range(len(tp.members)) if comp.devs[t]]
+        F, X, C, U = [], [], [], []
+        tri = np.arange(K1)[None, :] > np.arange(K1)[:, None]
+        valid = tri.copy()
+        for t in vs:
+            u = tp.unit(t, comp.units[t])
+            U.append(u)
+            F.append(pf.F[u, B][None, :] - pf.F[u, B][:, None])
+            X.append(pf.X[u, B][None, :] - pf.X[u, B][:, None])
+            C.append(comp.devs[t])
+            valid &= (pf.U[u, B][None, :] - pf.U[u, B][:, None]) == 0
+        F, X = np.array(F), np.array(X)
+        c = np.array(C)[:, None, None]
+        if len(vs) == 1:
+            s = np.full((1, K1, K1), m, dtype=np.int64)
+        else:
+            s = np.zeros((len(vs), K1, K1), dtype=np.int64)
+            big = np.iinfo(np.int64).max
+            for _ in range(m):
+                load = s // c
+                cost = (load + 1) * F + X
+                cand = cost == cost.min(axis=0)
+                lm = np.where(cand, load, big)
+                cand &= lm == lm.min(axis=0)
+                first = np.argmax(cand, axis=0)
+                np.put_along_axis(s, first[None], np.take_along_axis(s, first[None], axis=0) + 1, axis=0)
+        valid &= np.all(s >= c, axis=0)
+        kmax = -(-s // c)
+        tau = np.where(tri, (kmax * F + X).max(axis=0), np.inf)
+        params = pf.P[B][None, :] - pf.P[B][:, None]
+        actsum = pf.A[B][None, :] - pf.A[B][:, None]
+        ws = self.ws
+        memok = np.ones((K1, K1, self.nD), dtype=bool)
+        if not self.ignore_memory:
+            for d in range(self.nD):
+                stash = 0 if not self.train else (self.M if self.obj.schedule == "gpipe" else min(self.M, d + 1))
+                for vi, t in enumerate(vs):
+                    mem = params * pf.wfactor + kmax[vi] * (stash * actsum + ws)
+                    memok[:, :, d] &= mem <= self.costs.ram_bytes[tp.members[t][0]]
+        busy = np.asarray(self.costs.busy_power_w, dtype=np.float64)
+        idle = [float(self.costs.idle_power_w[tp.members[t][0]]) for t in vs]
+        dyn = np.zeros((K1, K1))
+        for vi, u in enumerate(U):
+            dyn += max(busy[u] - idle[vi], 0.0) * (s[vi] * F[vi] + C[vi] * X[vi])
+        ar = np.zeros((K1, K1))
+        ar_e = np.zeros((K1, K1))
+        g = sum(C)
+        if self.train and g >= 2:
+            pairs = [(a, b) for a in vs for b in vs if a != b or comp.devs[a] >= 2]
+            bw = min(tp.bw[a, b] for a, b in pairs)
+            lat = max(tp.lat[a, b] for a, b in pairs)
+            epb = max(tp.epb[a, b] for a, b in pairs)
+            ar = 2.0 * (g - 1) / g * params / bw + 2.0 * (g - 1) * lat
+            ar_e = 2.0 * (g - 1) * params * epb
+        out = {"tau": tau, "valid": valid, "memok": memok, "dyn": np.where(tri, dyn + ar_e / self.M, 0.0),
+               "ar": np.where(tri, ar, 0.0), "idle": float(sum(ci * x for ci, x in zip(C, idle, strict=False)))}
+        self.cache[gi] = out
+        return out
+
+    def _links(self, cg: int):
+        """Interior link (p, e) [K+1, nS] by end boundary, and the terminal (p, e), from class ``cg``."""
+        hit = self.link_cache.get(cg)
+        if hit is not None:
+            return hit
+        m, cut = self.m, self.pf.cut[self.bnd]
+        f = 2.0 if self.train else 1.0
+        p = np.empty((len(cut), self.nS))
+        e = np.empty((len(cut), self.nS))
+        for c2 in range(self.nS):
+            bw, lat, epb = self._link_interior(cg, c2)
+            p[:, c2] = f * (m * cut / bw + lat)
+            e[:, c2] = f * m * cut * epb
+        pe = ee = 0.0
+        link = None if self.train else self._link_head(cg, into=False)
+        if link is not None:
+            bw, lat, epb = link
+            pe, ee = m * cut[-1] / bw + lat, m * cut[-1] * epb
+        self.link_cache[cg] = (p, e, pe, ee)
+        return self.link_cache[cg]
+
+    # ----------------------------------------------------------------- passes
+    def run_pass(self, kind: str, theta: float = np.inf, cp: float = 1.0, ce: float = 0.0,
+                 theta_idle: float = 0.0, bkey: str = "p"):
+        """One DP pass; returns (value, layout) or None when nothing is feasible."""
+        K = len(self.bnd) - 1
+        R, nS, nD, M = self.R, self.nS, self.nD, self.M
+        val = np.full((K + 1, R, nS, nD), np.inf)
+        ch = np.full((K + 1, R, nS, nD, 4), -1, dtype=np.int64)
+        dmap = [min(nD - 1, d + 1) for d in range(nD)]
+        is_sum = kind == "sum"
+        prep = []
+        for gi, comp in enumerate(self.comps):
+            st = self._stage(gi)
+            cg = self.cls[comp.mask]
+            pl, el, pe, ee = self._links(cg)
+            tau = st["tau"]
+            bs = (M - 1) * tau + st["ar"] if bkey == "q" else tau
+            with np.errstate(invalid="ignore"):
+                a_s = cp * tau + ce * (st["dyn"] + st["idle"] * theta_idle) if is_sum else bs
+            ok = st["valid"] & (bs <= theta)
+            bl = (M - 1) * pl if bkey == "q" else pl
+            lc = np.where(bl <= theta, cp * pl + ce * el if is_sum else bl, np.inf)  # [K+1, nS]
+            bl_end = (M - 1) * pe if bkey == "q" else pe
+            end_ok = bl_end <= theta
+            endc = cp * pe + ce * ee if is_sum else bl_end
+            prep.append((st, cg, a_s, ok, lc, end_ok, endc))
+        for k in range(K - 1, -1, -1):
+            for gi in range(len(self.comps)):
+                st, cg, a_s, ok, lc, end_ok, endc = prep[gi]
+                rv, rmg = self.rows[gi]
+                okr = ok[k]
+                if not okr[k + 1:].any():
+                    continue
+                if okr[K] and end_ok and st["memok"][k, K, 0]:
+                    endv = a_s[k, K] + endc if is_sum else max(a_s[k, K], endc)
+                    better = endv < val[k, rv, cg, 0]
+                    if better.any():
+                        sel = rv[better]
+                        val[k, sel, cg, 0] = endv
+                        ch[k, sel, cg, 0] = (gi, K, -1, -1)
+                if K - k < 2:
+                    continue
+                ar_ = a_s[k, k + 1:K]
+                if is_sum:
+                    cst = ar_[:, None] + lc[k + 1:K]
+                else:
+                    cst = np.maximum(ar_[:, None], lc[k + 1:K])
+                cst = np.where(okr[k + 1:K, None], cst, np.inf)  # [L-1, nS]
+                memok = st["memok"][k, k + 1:K][:, dmap]  # [L-1, nD] by the next stage's depth
+                c4 = np.where(memok[:, None, None, :], cst[:, None, :, None], np.inf)
+                nxt = val[k + 1:K][:, rmg]  # [L-1, |rv|, nS, nD]
+                tot = nxt + c4 if is_sum else np.maximum(nxt, c4)
+                tot = tot.transpose(1, 3, 0, 2).reshape(len(rv), nD, -1)
+                arg = tot.argmin(axis=2)
+                best = np.take_along_axis(tot, arg[..., None], axis=2)[..., 0]
+                for d2 in range(nD):
+                    d = dmap[d2] if nD > 1 else 0
+                    better = best[:, d2] < val[k, rv, cg, d]
+                    if better.any():
+                        sel = rv[better]
+                        a = arg[better, d2]
+                        val[k, sel, cg, d] = best[better, d2]
+                        ch[k, sel, cg, d, 0] = gi
+                        ch[k, sel, cg, d, 1] = k + 1 + a // nS
+                        ch[k, sel, cg, d, 2] = a % nS
+                        ch[k, sel, cg, d, 3] = d2
+        full = R - 1
+        best_v, best_at = np.inf, None
+        for c in range(nS):
+            link = self._link_head(c, into=True)
+            if link is None:
+                p_in, e_in = 0.0, 0.0
+            else:
+                bw, lat, epb = link
+                p_in, e_in = self.m * self.pf.cut[0] / bw + lat, self.m * self.pf.cut[0] * epb
+            b_in = (M - 1) * p_in if bkey == "q" else p_in
+            if b_in > theta:
+                continue
+            for d in range(nD):
+                v = val[0, full, c, d]
+                tot = v + cp * p_in + ce * e_in if is_sum else max(v, b_in)
+                if tot < best_v:
+                    best_v, best_at = tot, (c, d)
+        if best_at is None or not np.isfinite(best_v):
+            return None
+        return best_v, self._rebuild(ch, best_at)
+
+    def _rebuild(self, ch: np.ndarray, at: tuple[int, int]) -> Layout:
+        tp = self.types
+        pools = [list(mb) for mb in tp.members]
+        k, r, (c, d) = 0, self.R - 1, at
+        K = len(self.bnd) - 1
+        stages = []
+        while k < K:
+            gi, k2, c2, d2 = (int(x) for x in ch[k, r, c, d])
+            comp = self.comps[gi]
+            units = []
+            for t in range(len(tp.members)):
+                for _ in range(comp.devs[t]):
+                    dev = pools[t].pop(0)
+                    units.append(tp.dev_units[dev][comp.units[t]])
+            i, j = int(self.bnd[k]), int(self.bnd[k2])
+            samples = allocate(self.pf, i, j, tuple(units), self.m)
+            stages.append(StageSpec(start=i, stop=j, replicas=tuple(zip(units, samples, strict=False))))
+            r -= sum(b * s for b, s in zip(comp.bundles, self.stride, strict=False))
+            k, c, d = k2, c2, d2
+        return tuple(stages)
+
+    # ----------------------------------------------------------------- thresholds
+    def candidates(self, bkey: str) -> np.ndarray:
+        """Every value a resource's bottleneck key can take (stages, links, head links)."""
+        M = self.M
+        f = (M - 1) if bkey == "q" else 1
+        vals = []
+        for gi in range(len(self.comps)):
+            st = self._stage(gi)
+            b = (M - 1) * st["tau"] + st["ar"] if bkey == "q" else st["tau"]
+            vals.append(b[st["valid"]])
+        for cg in range(self.nS):
+            pl, _, pe, _ = self._links(cg)
+            vals += [np.ravel(pl[1:-1]) * f, np.array([pe * f])]
+            link = self._link_head(cg, into=True)
+            if link is not None:
+                vals.append(np.array([(self.m * self.pf.cut[0] / link[0] + link[1]) * f]))
+        allv = np.concatenate(vals) if vals else np.zeros(0)
+        return np.unique(allv[np.isfinite(allv)])
+
+
+def solve(costs: CostTable, objective: Objective, *, work_budget: float = WORK_BUDGET,
+          ignore_memory: bool = False) -> Result:
+    """Best layout for ``objective`` (budgets handled by ``api``); exact unless ``notes`` says otherwise."""
+    dp = DPSolver(costs, objective, work_budget=work_budget, ignore_memory=ignore_memory)
+    res = _optimise(dp, objective)
+    res.notes[:0] = dp.notes
+    res.exact = res.exact and dp.exact
+    return res
+
+
+def _better(ev: Evaluation, best: Evaluation | None, obj: Objective) -> bool:
+    if best is None:
+        return True
+    a, b = ev.score(obj), best.score(obj)
+    tol = 1e-12 * max(abs(b[0]), 1e-300)
+    return a[0] < b[0] - tol or (abs(a[0] - b[0]) <= tol and a[1] < b[1] - 1e-12 * abs(b[1]))
+
+
+def _eval(dp: DPSolver, layout: Layout) -> Evaluation:
+    ev = evaluate(dp.costs, layout, dp.obj, prefix=dp.pf)
+    if dp.ignore_memory:
+        return ev
+    return ev
+
+
+def _optimise(dp: DPSolver, obj: Objective, cp: float = 1.0, ce: float = 0.0) -> Result:
+    kind = obj.objective
+    M = obj.microbatches
+    notes: list[str] = []
+    best_l, best_e, passes, exact = None, None, 0, True
+
+    def consider(layout):
+        nonlocal best_l, best_e
+        ev = _eval(dp, layout)
+        if _better(ev, best_e, obj):
+            best_l, best_e = layout, ev
+
+    if kind == "throughput":
+        got = dp.run_pass("max", bkey="p")
+        passes += 1
+        if got is not None:
+            got2 = dp.run_pass("sum", theta=got[0], bkey="p")
+            passes += 1
+            consider(got2[1] if got2 is not None else got[1])
+    elif kind in ("latency", "time"):
+        bkey = "q" if kind == "time" else "p"
+        w = 1.0 if kind == "time" else float(M - 1)
+        cands = dp.candidates(bkey) if w > 0 else None
+        theta, floor = np.inf, None
+        while True:
+            got = dp.run_pass("sum", theta=theta, bkey=bkey)
+            passes += 1
+            if got is None:
+                break
+            consider(got[1])
+            if w == 0:
+                break
+            if floor is None:
+                floor = got[0]
+            peak = _peak(dp, got[1], bkey)
+            below = cands[cands < peak * (1 - 1e-12)]
+            if not len(below):
+                break
+            theta = float(below[-1])
+            if floor + w * theta >= best_e.value(obj) * (1 - 1e-12):
+                break
+            if passes >= MAX_PASSES:
+                exact = False
+                notes.append(f"DP heuristic: stopped after {passes} bottleneck thresholds")
+                break
+    elif kind == "energy":
+        lo = dp.run_pass("max", bkey="p")
+        passes += 1
+        if lo is not None:
+            cands = dp.candidates("p")
+            cands = cands[cands >= lo[0] * (1 - 1e-12)]
+            floor_got = dp.run_pass("sum", cp=0.0, ce=1.0, theta=np.inf, theta_idle=0.0)
+            passes += 1
+            floor = floor_got[0] if floor_got else 0.0
+            idle_min = float(np.min(dp.costs.idle_power_w))
+            todo = list(cands)
+            if idle_min > 0:
+                todo = [t for t in todo if True]
+            if len(todo) > MAX_PASSES:
+                exact = False
+                idx = np.unique(np.linspace(0, len(todo) - 1, MAX_PASSES).round().astype(int))
+                todo = [todo[x] for x in idx]
+                notes.append(f"DP heuristic: energy tried {len(todo)} of {len(cands)} bottleneck thresholds")
+            for theta in todo:
+                if best_e is not None and idle_min > 0:
+                    if (floor + idle_min * theta) / dp.m >= best_e.energy_j * (1 + 1e-12):
+                        break
+                got = dp.run_pass("sum", cp=0.0, ce=1.0, theta=float(theta), theta_idle=float(theta))
+                passes += 1
+                if got is not None:
+                    consider(got[1])
+    return Result(layout=best_l, evaluation=best_e, exact=exact, notes=notes, passes=passes)
+
+
+def _peak(dp: DPSolver, layout: Layout, bkey: str) -> float:
+    ev = evaluate(dp.costs, layout, dp.obj, prefix=dp.pf)
+    M = dp.M
+    if bkey == "p":
+        return ev.period_s
+    res = [(M - 1) * ev.input_s]
+    for i, st in enumerate(ev.stages):
+        res.append((M - 1) * st.compute_s + st.allreduce_s)
+        f = 2 if (dp.train and i + 1 < len(ev.stages)) else 1
+        res.append((M - 1) * f * st.send_s)
+    return max(res)
+
+
+def lagrange_weights() -> list[float]:
+    return [10.0 ** x for x in range(-6, 7)]
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+__all__ = ["DPSolver", "Result", "solve", "math"]

@@ -1,0 +1,218 @@
+"""Exact ILP (HiGHS) over explicit stage options, for small instances and to certify the DP.
+
+A plan is a path of stage options ("arcs") from layer boundary 0 to n through
+nodes (boundary, depth); each arc is a stage ``[i, j)`` on one device subset
+with one unit per board kind, its samples split as the evaluator does. Binary
+``y`` per arc, at most one arc per device, and continuous bottleneck variables:
+``P >= p_a y_a`` (throughput/latency/energy) or ``Q >= q_a y_a`` (training).
+Energy's ``idle * P`` term is linearised with ``z_a >= P - U (1 - y_a)``. Link
+costs must not depend on the next group, so the ILP needs a uniform network
+(every pair of devices has the same link), which ``applicable`` checks.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgeplan.errors import PlanError
+from edgeplan.planner.costmodel import Prefix, StageSpec, allocate, evaluate, head_index, transfer
+from edgeplan.planner.dp import Result
+from edgeplan.planner.objective import Objective
+from edgeplan.planner.types import device_types
+from edgeplan.profiles.cost import CostTable
+
+
+@dataclass
+class _Arc:
+    stage: StageSpec
+    src: tuple[int, int]  # (boundary, depth index)
+    dst: tuple[int, int]
+    devices: tuple[int, ...]
+    a: float  # additive seconds (stage + links)
+    p: float  # bottleneck key (inference: max per-micro-batch time; training: (M-1) p + ar)
+    e: float  # joules per micro-batch (compute above idle + links)
+    idle: float  # watts of the group's devices
+
+
+def _groups(costs: CostTable, head: int):
+    """Every device subset with every unit choice (one unit per board kind within the subset)."""
+    tp = device_types(costs, head)
+    kind = {d: t for t, mem in enumerate(tp.members) for d in mem}
+    d = costs.n_devices
+    for size in range(1, d + 1):
+        for sub in itertools.combinations(range(d), size):
+            kinds = sorted({kind[x] for x in sub})
+            for pick in itertools.product(*[range(tp.n_units(t)) for t in kinds]):
+                sel = dict(zip(kinds, pick, strict=False))
+                yield sub, tuple(tp.dev_units[x][sel[kind[x]]] for x in sub)
+
+
+def applicable(costs: CostTable, obj: Objective, max_arcs: int) -> bool:
+    bw = costs.bandwidth[~np.eye(costs.n_devices, dtype=bool)]
+    lat = costs.latency_s[~np.eye(costs.n_devices, dtype=bool)]
+    if len(bw) and (np.ptp(bw) > 0 or np.ptp(lat) > 0):
+        return False
+    if costs.n_devices > 10:
+        return False
+    n = costs.n_layers
+    groups = sum(1 for _ in _groups(costs, head_index(costs, obj)))
+    depth = obj.microbatches if (obj.training and obj.schedule == "1f1b") else 1
+    return n * (n + 1) // 2 * groups * depth <= max_arcs
+
+
+def _arcs(costs: CostTable, obj: Objective) -> list[_Arc]:
+    pf = Prefix(costs, obj)
+    m, M, train = obj.micro, obj.microbatches, obj.training
+    head = head_index(costs, obj)
+    n = costs.n_layers
+    nD = M if (train and obj.schedule == "1f1b") else 1
+    idle_w = np.asarray(costs.idle_power_w, dtype=np.float64)
+    busy = np.asarray(costs.busy_power_w, dtype=np.float64)
+    arcs = []
+    groups = list(_groups(costs, head))
+    others = [x for x in range(costs.n_devices)]
+    for i in range(n):
+        for j in range(i + 1, n + 1):
+            for devs, units in groups:
+                if any(pf.U[u, j] - pf.U[u, i] > 0 for u in units):
+                    continue
+                ks = allocate(pf, i, j, units, m)
+                if min(ks) < 1:
+                    continue
+                times = [k * (pf.F[u, j] - pf.F[u, i]) + (pf.X[u, j] - pf.X[u, i])
+                         for u, k in zip(units, ks, strict=True)]
+                tau = max(times)
+                params = pf.P[j] - pf.P[i]
+                ws = pf.cut[i] + float(pf.act[i:j].max())
+                dyn = sum(max(busy[u] - idle_w[costs.units[u][0]], 0.0) * t for u, t in zip(units, times, strict=False))
+                ar = ar_e = 0.0
+                if train and len(devs) >= 2:
+                    from edgeplan.planner.costmodel import allreduce
+
+                    ar, ar_e = allreduce(costs, devs, params)
+                # link out: to any other device (uniform network) or to the head at the end
+                if j < n:
+                    peer = next((x for x in others if x not in devs), None)
+                    lt, le = transfer(costs, devs, (peer,), m * pf.cut[j]) if peer is not None else (np.inf, 0.0)
+                    f = 2.0 if train else 1.0
+                    lt, le = f * lt, f * le
+                elif not train:
+                    lt, le = transfer(costs, devs, (head,), m * pf.cut[j])
+                else:
+                    lt = le = 0.0
+                lin, lie = transfer(costs, (head,), devs, m * pf.cut[0]) if i == 0 else (0.0, 0.0)
+                stage = StageSpec(i, j, tuple(zip(units, ks, strict=False)))
+                for d in range(nD):
+                    stash = 0 if not train else (M if obj.schedule == "gpipe" else min(M, d + 1))
+                    if any(params * pf.wfactor + k * (stash * (pf.A[j] - pf.A[i]) + ws) > costs.ram_bytes[x]
+                           for x, k in zip(devs, ks, strict=False)):
+                        continue
+                    if train:
+                        p = max((M - 1) * tau + ar, (M - 1) * lt, (M - 1) * lin)
+                    else:
+                        p = max(tau, lt, lin)
+                    if not np.isfinite(p):
+                        continue
+                    if j == n:
+                        if d != 0:
+                            continue
+                        dsts = [(n, 0)]
+                    elif d == nD - 1 and nD > 1:
+                        dsts = [(j, d), (j, d - 1)]
+                    else:
+                        dsts = [(j, max(d - 1, 0))] if nD > 1 else [(j, 0)]
+                    for dst in dsts:
+                        arcs.append(_Arc(stage=stage, src=(i, d), dst=dst, devices=devs, a=tau + lt + lin, p=p,
+                                         e=dyn + le + lie + ar_e / M, idle=float(sum(idle_w[x] for x in devs))))
+    return arcs
+
+
+def solve(costs: CostTable, obj: Objective, time_limit_s: float = 60.0) -> Result:
+    """Exact optimum by HiGHS; raises PlanError when the instance does not suit the ILP."""
+    import highspy
+
+    if not applicable(costs, obj, max_arcs=200000):
+        raise PlanError("--solver ilp needs a uniform network (one link for every pair) and a small instance "
+                        "(<= 10 devices); use the default --solver dp")
+    arcs = _arcs(costs, obj)
+    if not arcs:
+        return Result(layout=None, evaluation=None, exact=True, notes=["ILP: no feasible stage option"])
+    kind = obj.objective
+    M = obj.microbatches
+    nA = len(arcs)
+    U = max(a.p for a in arcs)
+    # columns: y (nA) | P | z (nA, energy only)
+    energy = kind == "energy"
+    ncol = nA + 1 + (nA if energy else 0)
+    Pcol = nA
+
+    def build(primary: bool, p_cap: float | None):
+        h = highspy.Highs()
+        h.setOptionValue("output_flag", False)
+        h.setOptionValue("time_limit", float(time_limit_s))
+        h.setOptionValue("mip_rel_gap", 1e-9)
+        lb = np.zeros(ncol)
+        ub = np.ones(ncol)
+        ub[Pcol] = U if p_cap is None else p_cap
+        if energy:
+            ub[nA + 1:] = U
+        cost = np.zeros(ncol)
+        if kind == "throughput":
+            if primary:
+                cost[Pcol] = 1.0
+            else:
+                cost[:nA] = [a.a for a in arcs]
+        elif kind == "latency":
+            cost[:nA] = [a.a for a in arcs]
+            cost[Pcol] = M - 1
+        elif kind == "time":
+            cost[:nA] = [a.a for a in arcs]
+            cost[Pcol] = 1.0
+        else:
+            cost[:nA] = [a.e for a in arcs]
+            cost[nA + 1:] = [a.idle for a in arcs]
+        h.addVars(ncol, lb, ub)
+        h.changeColsCost(ncol, np.arange(ncol), cost)
+        h.changeColsIntegrality(nA, np.arange(nA), np.array([highspy.HighsVarType.kInteger] * nA))
+        inf = highspy.kHighsInf
+        nodes: dict[tuple[int, int], list[tuple[int, float]]] = {}
+        for k, a in enumerate(arcs):
+            nodes.setdefault(a.src, []).append((k, 1.0))
+            nodes.setdefault(a.dst, []).append((k, -1.0))
+        n = costs.n_layers
+        for node, terms in sorted(nodes.items()):
+            rhs = 1.0 if node[0] == 0 else (-1.0 if node[0] == n else 0.0)
+            if node[0] == 0 or node[0] == n:
+                # source / sink: total over depths handled below
+                continue
+            idx = np.array([t[0] for t in terms])
+            val = np.array([t[1] for t in terms])
+            h.addRow(rhs, rhs, len(idx), idx, val)
+        src = [k for k, a in enumerate(arcs) if a.src[0] == 0]
+        h.addRow(1.0, 1.0, len(src), np.array(src), np.ones(len(src)))
+        for dev in range(costs.n_devices):
+            idx = [k for k, a in enumerate(arcs) if dev in a.devices]
+            if idx:
+                h.addRow(-inf, 1.0, len(idx), np.array(idx), np.ones(len(idx)))
+        for k, a in enumerate(arcs):  # P >= p_a y_a
+            h.addRow(0.0, inf, 2, np.array([Pcol, k]), np.array([1.0, -a.p]))
+            if energy:  # z_a >= P - U (1 - y_a)
+                h.addRow(-U, inf, 3, np.array([nA + 1 + k, Pcol, k]), np.array([1.0, -1.0, -U]))
+        h.run()
+        return h
+
+    h = build(True, None)
+    status = h.getModelStatus()
+    if status != highspy.HighsModelStatus.kOptimal:
+        return Result(layout=None, evaluation=None, exact=True, notes=[f"ILP: {h.modelStatusToString(status)}"])
+    if kind == "throughput":
+        pstar = h.getInfo().objective_function_value
+        h = build(False, pstar * (1 + 1e-9))
+    y = np.array(h.getSolution().col_value[:nA])
+    chosen = sorted((arcs[k] for k in np.nonzero(y > 0.5)[0]), key=lambda a: a.stage.start)
+    layout = tuple(a.stage for a in chosen)
+    ev = evaluate(costs, layout, obj)
+    return Result(layout=layout, evaluation=ev, exact=True, notes=[f"ILP over {nA} stage options (HiGHS)"])

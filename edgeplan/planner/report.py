@@ -1,0 +1,76 @@
+"""The plan report as a text table: stages, predicted figures, baselines side by side, notes."""
+
+from __future__ import annotations
+
+from edgeplan.planner.plan import Plan, Predicted
+from edgeplan.planner.textform import to_str
+
+MB = float(1 << 20)
+
+
+def _table(rows: list[list[str]], right: set[int] = frozenset()) -> list[str]:
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    out = []
+    for k, r in enumerate(rows):
+        cells = [r[c].rjust(widths[c]) if c in right else r[c].ljust(widths[c]) for c in range(len(r))]
+        out.append("  ".join(cells).rstrip())
+        if k == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return out
+
+
+def _main_value(plan: Plan, p: Predicted) -> float:
+    return {"latency": p.latency_s, "throughput": p.throughput, "energy": p.energy_j,
+            "time": p.iter_s or 0.0}[plan.objective]
+
+
+def speedup(plan: Plan, base: Predicted) -> float:
+    """How many times better the plan is than ``base`` on the plan's objective (>1: better)."""
+    mine, theirs = _main_value(plan, plan.predicted), _main_value(plan, base)
+    if plan.objective == "throughput":
+        return mine / theirs if theirs > 0 else float("inf")
+    return theirs / mine if mine > 0 else float("inf")
+
+
+def _fig(p: Predicted, training: bool) -> list[str]:
+    cols = [f"{p.latency_s * 1e3:.3f}", f"{p.throughput:.2f}", f"{p.energy_j * 1e3:.3f}"]
+    if training:
+        cols.append(f"{(p.iter_s or 0.0) * 1e3:.3f}")
+    return cols
+
+
+def format_plan(plan: Plan) -> str:
+    train = plan.mode == "training"
+    lines = [
+        f"plan: {plan.model} on {plan.cluster} ({plan.mode}, objective {plan.objective}, batch {plan.batch} as "
+        f"{plan.microbatches} micro-batch(es) of {plan.batch // plan.microbatches}, schedule {plan.schedule}, "
+        f"solver {plan.solver}, head {plan.head})",
+        f"text: {to_str(plan)}",
+        "",
+    ]
+    rows = [["stage", "layers", "replica (unit, samples, share)", "compute ms", "send ms", "memory MB used/cap",
+             "energy mJ/sample"]]
+    for s in plan.stages:
+        for k, r in enumerate(s.replicas):
+            cap = f"{r.capacity_bytes / MB:.1f}" if r.capacity_bytes else "?"
+            mem = f"{r.memory_bytes / MB:.1f}/{cap}"
+            if k == 0:
+                rows.append([str(s.index), f"{s.start}-{s.stop - 1} {s.first_layer}..{s.last_layer}",
+                             f"{r.device}:{r.unit} {r.samples} ({r.share:.3f})", f"{s.compute_s * 1e3:.3f}",
+                             f"{s.send_s * 1e3:.3f}", mem, f"{s.energy_j * 1e3:.3f}"])
+            else:
+                rows.append(["", "", f"{r.device}:{r.unit} {r.samples} ({r.share:.3f})", "", "", mem, ""])
+    lines += _table(rows, right={3, 4, 6})
+    lines.append("")
+    head = ["plan", "latency ms", "samples/s", "energy mJ/sample"] + (["iteration ms"] if train else [])
+    rows = [head + ["speed-up"], ["chosen"] + _fig(plan.predicted, train) + ["1.00x"]]
+    for b in plan.baselines:
+        if b.feasible and b.predicted is not None:
+            rows.append([b.name] + _fig(b.predicted, train) + [f"{speedup(plan, b.predicted):.2f}x"])
+        else:
+            rows.append([b.name] + ["-"] * (len(head) - 1) + [f"infeasible: {b.reason}"])
+    lines += _table(rows, right=set(range(1, len(head))))
+    if plan.notes:
+        lines.append("")
+        lines += [f"note: {n}" for n in plan.notes]
+    return "\n".join(lines) + "\n"
