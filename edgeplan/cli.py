@@ -107,24 +107,11 @@ class CompileBackend(str, Enum):
     onnxruntime = "onnxruntime"
 
 
-def _compile_shape(text: str | None) -> tuple[int, ...] | None:
-    from edgeplan.errors import ModelError
-
-    if text is None:
-        return None
-    try:
-        shape = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
-    except ValueError:
-        shape = ()
-    if not shape or min(shape) <= 0:
-        raise ModelError(f"--input-shape {text!r}: expected positive integers such as 1,3,224,224")
-    return shape
-
-
 @app.command("compile")
 def compile_cmd(
     plan: Path = typer.Argument(..., help="plan.json from `edgeplan plan`.", exists=True, dir_okay=False),
-    model: str = typer.Option(..., "--model", help="The model the plan was made for (zoo name, file.py:fn, .onnx)."),
+    model: str = typer.Option(
+        ..., "--model", help="The model the plan was made for (zoo name, file.py:callable, torchvision:NAME)."),
     out: Path = typer.Option(..., "--out", help="Artifact folder to create (one sub-folder per board)."),
     cluster: Path | None = typer.Option(
         None, "--cluster", exists=True, dir_okay=False,
@@ -138,7 +125,9 @@ def compile_cmd(
 
     from edgeplan import jsonio
     from edgeplan.codegen.compile import compile_plan
+    from edgeplan.graph.report import parse_input_shape
 
+    shape = parse_input_shape(input_shape) if input_shape is not None else None
     with Progress(TextColumn("{task.description:<40}"), BarColumn(), TextColumn("{task.fields[status]:<9}"),
                   TimeElapsedColumn(), transient=False) as bar:
         tasks: dict[str, int] = {}
@@ -152,7 +141,7 @@ def compile_cmd(
             bar.update(task, status=ev.status, completed=1 if ev.status in ("done", "reused") else 0)
 
         path = compile_plan(plan, model, out, cluster=cluster, backend=backend.value, progress=on_event,
-                            force=force, input_shape=_compile_shape(input_shape))
+                            force=force, input_shape=shape)
     for note in jsonio.read(path / "compile-report.json")["notes"]:
         typer.echo(f"note: {note}")
     boards = sorted(p.name for p in path.iterdir() if p.is_dir())
