@@ -142,7 +142,7 @@ class CheckResult:
         cmp = "<=" if self.metric == "rel_err" else ">="
         return (f"{self.backend} {self.platform} {self.dtype}: max abs err {self.max_abs_err:.3g}, "
                 f"rel err {self.rel_err:.3g}, min cosine {self.min_cosine:.6f} ({self.metric} {cmp} "
-                f"{self.threshold:g}: {'ok' if self.ok else 'FAIL'})")
+                f"{self.threshold:.10g}: {'ok' if self.ok else 'FAIL'})")
 
     def to_json(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__} | {"ok": self.ok}
@@ -392,7 +392,7 @@ class NpuTarget:
             cmp = "below" if metric == "min_cosine" else "above"
             raise CompileError(
                 f"{where}: simulator error over the threshold: stage {res.stage}, {res.summary()}; "
-                f"{metric} {res.value:.6g} is {cmp} {thr:g}. Use dtype=fp16, a larger calibration set, or "
+                f"{metric} {res.value:.6g} is {cmp} {thr:.10g}. Use dtype=fp16, a larger calibration set, or "
                 f"override the threshold with the {'int8_min_cos' if metric == 'min_cosine' else 'fp16_tol'} option"
             )
         jsonio.write(out_dir / STAGE_META, meta)
