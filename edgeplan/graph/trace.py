@@ -9,9 +9,10 @@ before that layer. ``gm``'s node order is therefore::
 
     placeholders, [absorbed nodes of layer 0], layer 0, [absorbed of layer 1], layer 1, ..., output
 
-Costs come from running the traced graph once on a random input of the given shape:
-MACs of every node from ``torch.utils.flop_counter`` (convolutions, linear, matmul,
-attention, and anything inside a custom leaf module), plus a per-element count for
+Costs come from running the traced graph once on a random input of the given shape.
+MACs: by formula for convolutions, linear layers, matmuls and attention (``_formula_macs``);
+``torch.utils.flop_counter`` only for ops with no formula (custom leaf modules, einsum),
+because its first use imports torch._dynamo (seconds). FLOPs add a per-element count for
 the other ops (see ``_ELEMENT_FLOPS``).
 """
 
@@ -27,7 +28,6 @@ from types import TracebackType
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from edgeplan.errors import ModelError
 from edgeplan.graph.model import Layer, LayerGraph, TensorSpec
@@ -170,7 +170,9 @@ class _Probe(fx.Interpreter):
 
     def run_node(self, n: fx.Node):
         try:
-            if n.op in ("call_module", "call_function", "call_method"):
+            if _needs_counter(n, self.module):
+                from torch.utils.flop_counter import FlopCounterMode
+
                 with FlopCounterMode(display=False) as counter:
                     out = super().run_node(n)
                 self.counted[n.name] = int(counter.get_total_flops())
@@ -269,12 +271,65 @@ def _op_kind(node: fx.Node, gm: fx.GraphModule, values: dict[str, _Value]) -> st
             if isinstance(mod, types):
                 return kind
         return "custom"
-    fname = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    fname = _target_name(node)
     if node.op == "call_function" and node.target is operator.getitem:
         src = node.args[0]
         from_tuple = isinstance(src, fx.Node) and values[src.name].is_tuple
         return "getitem" if from_tuple else "slice"
     return _FUNCTION_OPS.get(fname, "custom")
+
+
+_COUNTED_FUNCTIONS = ("einsum", "baddbmm")  # gemm-like calls without a formula here
+
+
+def _target_name(node: fx.Node) -> str:
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+
+
+def _needs_counter(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """True for nodes whose MACs no formula here covers: unknown modules and functions."""
+    if node.op == "call_module":
+        mod = gm.get_submodule(node.target)
+        return not isinstance(mod, nn.Conv2d) and not any(isinstance(mod, t) for t, _ in _MODULE_OPS)
+    if node.op in ("call_function", "call_method") and node.target is not operator.getitem:
+        name = _target_name(node)
+        return name not in _FUNCTION_OPS or name in _COUNTED_FUNCTIONS
+    return False
+
+
+def _arg(node: fx.Node, index: int, key: str):
+    return node.args[index] if len(node.args) > index else node.kwargs.get(key)
+
+
+def _shape_of(arg, values: dict[str, _Value]) -> tuple[int, ...] | None:
+    if isinstance(arg, fx.Node) and values[arg.name].is_tensor and not values[arg.name].is_tuple:
+        return values[arg.name].tensors[0][0]
+    return None
+
+
+def _formula_macs(kind: str, node: fx.Node, gm: fx.GraphModule, values: dict[str, _Value]) -> int:
+    """Multiply-accumulates of one layer, by formula (0 for ops without products).
+
+    conv/linear: output elements x prod(weight.shape[1:]) (in-channels/groups x kernel, or in-features);
+    matmul: output elements x the contracted dimension; attention: the two L x S products.
+    """
+    out = values[node.name]
+    if kind in ("conv1d", "conv2d", "dwconv2d", "linear"):
+        if node.op == "call_module":
+            weight = tuple(gm.get_submodule(node.target).weight.shape)
+        else:
+            weight = _shape_of(_arg(node, 1, "weight"), values)
+        return out.numel * _prod(weight[1:]) if weight else 0
+    if kind == "matmul" and _target_name(node) not in _COUNTED_FUNCTIONS:
+        a = _shape_of(_arg(node, 0, "input"), values)
+        return out.numel * a[-1] if a else 0
+    if kind == "attention" and node.op == "call_module":
+        return _mha_macs(gm.get_submodule(node.target), node, values)
+    if kind == "attention":  # F.scaled_dot_product_attention(q, k, v): q [.., L, E], k [.., S, E]
+        q, k = _shape_of(_arg(node, 0, "query"), values), _shape_of(_arg(node, 1, "key"), values)
+        if q and k:
+            return _prod(q[:-1]) * k[-2] * (q[-1] + out.tensors[0][0][-1])
+    return 0
 
 
 def _kernel_numel(node: fx.Node, gm: fx.GraphModule, spatial_dims: int) -> int:
@@ -288,7 +343,7 @@ def _kernel_numel(node: fx.Node, gm: fx.GraphModule, spatial_dims: int) -> int:
 
 
 def _mha_macs(mha: nn.MultiheadAttention, node: fx.Node, values: dict[str, _Value]) -> int:
-    """nn.MultiheadAttention's MACs by formula: in eval mode it takes a fused kernel the counter cannot see.
+    """nn.MultiheadAttention's MACs (in eval mode it runs a fused kernel that flop counters miss).
 
     q/k/v and output projections, plus the two (L x S) products over all heads (heads x head_dim = E).
     """
@@ -546,9 +601,7 @@ def _build(gm: fx.GraphModule, name: str, values: dict[str, _Value], counted: di
                 seen_params.add(id(p))
                 fresh.append(p)
         kind = _op_kind(n, gm, values)
-        macs = counted.get(layer_name, 0) // 2
-        if kind == "attention" and n.op == "call_module" and macs == 0:
-            macs = _mha_macs(gm.get_submodule(n.target), n, values)
+        macs = counted[layer_name] // 2 if layer_name in counted else _formula_macs(kind, n, gm, values)
         fwd = _flops_fwd(kind, n, gm, values, macs)
         layers.append(Layer(
             name=layer_name, op=kind, origin=_origin(n), inputs=deps[layer_name], output=specs[layer_name],

@@ -21,3 +21,14 @@ class _Cache:
 @pytest.fixture(scope="session")
 def traced_zoo() -> _Cache:
     return _Cache()
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny forward passes: one intra-op thread is faster than two fighting other jobs for 2 cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
