@@ -239,21 +239,21 @@ def compile_plan(
         for st, group in zip(plan.stages, slots, strict=True)
         for r, slot in zip(st.replicas, group, strict=True)
     ]
-    for st, r, _slot in jobs:
-        emit(CompileEvent(_job(st.index, r.target, r.device), "queued"))
-
     t0 = time.perf_counter()
     emit(CompileEvent("shapes", "running"))
     runs = {}  # batch -> per-stage (inputs, outputs) from a seeded random input
     for b in sorted({r.samples for _, r, _ in jobs}):
         runs[b] = run_chain(stages, random_inputs(graph, b, SEED))
     emit(CompileEvent("shapes", "done", time.perf_counter() - t0))
+    for st, r, _slot in jobs:
+        emit(CompileEvent(_job(st.index, r.target, r.device), "queued"))
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        _write_all(tmp, plan, model_spec, cluster, backend, head, slots, stages, runs, jobs, emit)
+        _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages, runs, jobs, emit)
         emit(CompileEvent("write", "running"))
+        _readable(tmp)
         manifest.write(tmp, plan.digest(), plan.model)
         _rename_into_place(tmp, out, force)
         emit(CompileEvent("write", "done"))
@@ -267,7 +267,7 @@ def _job(stage: int, target: str, device: str) -> str:
     return f"stage {stage} {target} {device}"
 
 
-def _write_all(tmp, plan, model_spec, cluster, backend, head, slots, stages, runs, jobs, emit) -> None:
+def _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages, runs, jobs, emit) -> None:
     from edgeplan.targets.registry import get_target
 
     plan_sha = plan.digest()
@@ -296,12 +296,14 @@ def _write_all(tmp, plan, model_spec, cluster, backend, head, slots, stages, run
             target = get_target(r.target)
             try:
                 compiled = target.compile_stage(stages[st.index].gm, inputs, options, stage_dir, backend=backend)
-            except EdgeplanError:
-                raise
+            except EdgeplanError as e:  # name the stage and the final folder, not the temporary one
+                where = f"stage {st.index} for device {r.device!r} (target {r.target}, backend {backend})"
+                raise type(e)(f"{where}: {str(e).replace(str(tmp), str(out))}") from e
             except Exception as e:
                 raise CompileError(
                     f"stage {st.index} for device {r.device!r} (target {r.target}, backend {backend}) failed to "
-                    f"compile: {type(e).__name__}: {e}; try another --backend or check the target's toolchain"
+                    f"compile: {type(e).__name__}: {str(e).replace(str(tmp), str(out))}; try another --backend or "
+                    "check the target's toolchain"
                 ) from e
             cache[key] = (stage_dir, compiled)
             emit(CompileEvent(job, "done", time.perf_counter() - t0))
@@ -324,7 +326,7 @@ def _write_all(tmp, plan, model_spec, cluster, backend, head, slots, stages, run
             "listen": slot.listen, "unit": r.unit, "target": r.target, "backend": compiled.backend,
             "spec_path": f"stage{st.index}/stage.json",
         })
-        reqs = requirements.setdefault(r.device, list(BASE_REQUIREMENTS))
+        reqs = requirements.setdefault(r.device, [])
         for line in get_target(r.target).runtime_requirements(compiled.backend):
             if line not in reqs:
                 reqs.append(line)
@@ -334,6 +336,8 @@ def _write_all(tmp, plan, model_spec, cluster, backend, head, slots, stages, run
         })
 
     for device, bstages in board_stages.items():
+        if not any("numpy" in line for line in requirements[device]):  # the runtime itself needs numpy
+            requirements[device][:0] = BASE_REQUIREMENTS
         _write_board(tmp / device, device, plan, plan_sha, n, m, cluster is None, bstages, requirements[device])
 
     jsonio.write(tmp / "plan.json", plan.to_json())
@@ -393,6 +397,16 @@ def _write_board(board: Path, device, plan, plan_sha, n, m, local, bstages, requ
     (board / "start.sh").chmod(0o755)
     (board / "edgeplan-stage.service").write_text(render("edgeplan-stage.service.j2", **context))
     (board / "README.txt").write_text(render("README.txt.j2", **context))
+
+
+def _readable(root: Path) -> None:
+    """Folders 755, files 644 (start.sh 755), less the umask: temp files and folders start private."""
+    umask = os.umask(0)
+    os.umask(umask)
+    root.chmod(0o755 & ~umask)
+    for p in root.rglob("*"):
+        mode = 0o755 if p.is_dir() or p.name == "start.sh" else 0o644
+        p.chmod(mode & ~umask)
 
 
 def _rename_into_place(tmp: Path, out: Path, force: bool) -> None:

@@ -78,6 +78,7 @@ class TextTarget:
     description = "test target: fx code as text"
     backends = ("text",)
     fail_on_stage: int | None = None
+    fail_with: type[Exception] = RuntimeError
 
     def supports(self, op_kinds: set[str]) -> set[str]:
         return set()
@@ -85,7 +86,7 @@ class TextTarget:
     def compile_stage(self, module, example_inputs, options, out_dir: Path, backend: str = "auto") -> CompiledStage:
         t0 = time.perf_counter()
         if self.fail_on_stage is not None and type(module).__name__ == f"Stage{self.fail_on_stage}":
-            raise RuntimeError("injected failure")
+            raise self.fail_with(f"{out_dir}: injected failure")
         shapes = [tuple(t.shape) for t in example_inputs]
         (out_dir / "module.py").write_text(f"# inputs {shapes} options {sorted(options.items())}\n{module.code}")
         return CompiledStage("text", "module.py", ("module.py",), time.perf_counter() - t0)

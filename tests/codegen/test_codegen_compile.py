@@ -133,14 +133,25 @@ def test_verify_cli_ok_and_missing_manifest(traced, tmp_path):
         manifest.verify(out)
 
 
-def test_interrupted_compile_leaves_no_folder(traced, tmp_path):
-    TEXT_TARGET.fail_on_stage = 2
+@pytest.mark.parametrize("error", [RuntimeError, CompileError, KeyboardInterrupt])
+def test_interrupted_compile_leaves_no_folder(traced, tmp_path, error):
+    TEXT_TARGET.fail_on_stage, TEXT_TARGET.fail_with = 2, error
     try:
-        with pytest.raises(CompileError, match="stage 2 for device 'rpi4-a'"):
+        with pytest.raises(CompileError if error is RuntimeError else error) as info:
             _compile(traced, tmp_path / "art")
     finally:
-        TEXT_TARGET.fail_on_stage = None
-    assert list(tmp_path.iterdir()) == []
+        TEXT_TARGET.fail_on_stage, TEXT_TARGET.fail_with = None, RuntimeError
+    assert list(tmp_path.iterdir()) == [], "no half folder, no temporary folder left behind"
+    if error is not KeyboardInterrupt:
+        msg = str(info.value)
+        assert msg.startswith("stage 2 for device 'rpi4-a'"), msg
+        assert ".tmp-" not in msg and str(tmp_path / "art") in msg, "errors name the final folder"
+
+
+def test_artifacts_are_readable_by_others(traced, tmp_path):
+    out = _compile(traced, tmp_path / "art")
+    assert out.stat().st_mode & 0o055 == 0o055 or out.stat().st_mode & 0o005  # not the private temp-dir mode
+    assert (out / "rpi4-a" / "stage0" / "stage.json").stat().st_mode & 0o044
 
 
 def test_existing_folder_needs_force_and_is_replaced_whole(traced, tmp_path):
