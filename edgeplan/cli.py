@@ -98,6 +98,99 @@ def cluster_check(
 
 # --- planner -----------------------------------------------------------------
 
+
+class PlanMode(str, Enum):
+    inference = "inference"
+    training = "training"
+
+
+class PlanObjective(str, Enum):
+    latency = "latency"
+    throughput = "throughput"
+    energy = "energy"
+    time = "time"
+
+
+class PlanSchedule(str, Enum):
+    auto = "auto"
+    gpipe = "gpipe"
+    one_f_one_b = "1f1b"
+
+
+class PlanSolver(str, Enum):
+    dp = "dp"
+    ilp = "ilp"
+
+
+@app.command("plan")
+def plan_cmd(
+    model: str = typer.Argument(..., help="Zoo name (e.g. resnet18), 'file.py:callable', or 'torchvision:<name>'."),
+    cluster: Path = typer.Option(..., "--cluster", exists=True, dir_okay=False, help="Cluster YAML."),
+    mode: PlanMode = typer.Option(PlanMode.inference, "--mode", help="Plan for inference or training."),
+    objective: PlanObjective = typer.Option(
+        PlanObjective.throughput, "--objective",
+        help="inference: latency | throughput | energy; training: time (per iteration)."),
+    batch: int = typer.Option(1, "--batch", help="Samples per request (inference) or global batch (training)."),
+    microbatches: int = typer.Option(1, "--microbatches", help="Micro-batches the batch is cut into (divides it)."),
+    schedule: PlanSchedule = typer.Option(PlanSchedule.auto, "--schedule",
+                                          help="Training pipeline schedule (auto: 1f1b)."),
+    latency_budget: str = typer.Option(None, "--latency-budget", help="e.g. 50ms (training: per iteration)."),
+    energy_budget: str = typer.Option(None, "--energy-budget", help="Per sample, e.g. 30mJ."),
+    head: str = typer.Option(None, "--head", help="Device feeding inputs (default: the cluster's first)."),
+    optimizer_states: int = typer.Option(1, "--optimizer-states",
+                                         help="Training: parameter-sized optimizer buffers (1 SGD momentum, 2 Adam)."),
+    solver: PlanSolver = typer.Option(PlanSolver.dp, "--solver", help="dp (default, fast) or ilp (exact, small)."),
+    input_shape: str = typer.Option(None, "--input-shape", help="Batch-first shape (default: the model's own)."),
+    out: Path = typer.Option(None, "--out", help="Write the plan JSON here."),
+    svg: Path = typer.Option(None, "--svg", help="Also draw the schedule and memory to this SVG."),
+) -> None:
+    """Choose stages x replica groups for MODEL on CLUSTER and print the report (baselines side by side)."""
+    from edgeplan import jsonio
+    from edgeplan.graph.load import build
+    from edgeplan.graph.report import parse_input_shape
+    from edgeplan.planner.api import make_plan
+    from edgeplan.planner.objective import Objective, parse_quantity
+    from edgeplan.planner.report import format_plan
+    from edgeplan.profiles.load import load_cluster
+
+    obj = Objective(
+        mode=mode.value, objective=objective.value, batch=batch, microbatches=microbatches,
+        schedule=(("none" if mode is PlanMode.inference else "1f1b") if schedule is PlanSchedule.auto
+                  else schedule.value),
+        latency_budget_s=parse_quantity(latency_budget, "time", "--latency-budget") if latency_budget else None,
+        energy_budget_j=parse_quantity(energy_budget, "energy", "--energy-budget") if energy_budget else None,
+        head=head, optimizer_states=optimizer_states,
+    )
+    clu = load_cluster(cluster)
+    traced = build(model, parse_input_shape(input_shape) if input_shape is not None else None)
+    plan = make_plan(traced.graph, clu, obj, solver=solver.value)
+    typer.echo(format_plan(plan), nl=False)
+    if out is not None:
+        jsonio.write(out, plan.to_json())
+        typer.echo(f"wrote {out}")
+    if svg is not None:
+        from edgeplan.planner.svg import draw
+
+        typer.echo(f"wrote {draw(plan, svg)}")
+
+
+@app.command("show")
+def show_cmd(
+    plan: Path = typer.Argument(..., help="plan.json from `edgeplan plan`."),
+    svg: Path = typer.Option(None, "--svg", help="Also draw the schedule and memory to this SVG."),
+) -> None:
+    """Print the report of a saved PLAN again."""
+    from edgeplan.planner.plan import load
+    from edgeplan.planner.report import format_plan
+
+    p = load(str(plan))
+    typer.echo(format_plan(p), nl=False)
+    if svg is not None:
+        from edgeplan.planner.svg import draw
+
+        typer.echo(f"wrote {draw(p, svg)}")
+
+
 # --- codegen / targets -------------------------------------------------------
 
 

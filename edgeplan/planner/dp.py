@@ -29,6 +29,7 @@ from edgeplan.profiles.cost import CostTable
 
 WORK_BUDGET = 6e7  # element-operations per pass before reductions kick in
 MAX_PASSES = 64
+ENERGY_ALL = 256  # energy tries every bottleneck threshold up to this many
 
 
 @dataclass(frozen=True)
@@ -279,71 +280,111 @@ class DPSolver:
         return self.link_cache[cg]
 
     # ----------------------------------------------------------------- passes
+    def _rows_all(self):
+        """All (composition, remaining-state) rows of every transition, concatenated once."""
+        if getattr(self, "_rows_cache", None) is None:
+            g = np.concatenate([np.full(len(rv), gi) for gi, (rv, _) in enumerate(self.rows)])
+            rv = np.concatenate([rv for rv, _ in self.rows])
+            rmg = np.concatenate([rmg for _, rmg in self.rows])
+            cg = np.array([self.cls[c.mask] for c in self.comps])[g]
+            self._rows_cache = (g, rv, rmg, cg)
+        return self._rows_cache
+
     def run_pass(self, kind: str, theta: float = np.inf, cp: float = 1.0, ce: float = 0.0,
                  theta_idle: float = 0.0, bkey: str = "p"):
-        """One DP pass; returns (value, layout) or None when nothing is feasible."""
+        """One DP pass; returns (value, layout) or None when nothing is feasible.
+
+        For each start boundary, every (composition, remaining devices) row is
+        priced against every (end, next class, next depth) at once; the best per
+        target state wins, earlier compositions first on ties (deterministic).
+        """
         K = len(self.bnd) - 1
         R, nS, nD, M = self.R, self.nS, self.nD, self.M
+        G = len(self.comps)
         val = np.full((K + 1, R, nS, nD), np.inf)
         ch = np.full((K + 1, R, nS, nD, 4), -1, dtype=np.int64)
         dmap = [min(nD - 1, d + 1) for d in range(nD)]
         is_sum = kind == "sum"
-        prep = []
+        K1 = K + 1
+        A = np.empty((G, K1, K1))  # stage cost by (start, end), inf where not allowed
+        LC = np.empty((G, K1, nS))  # link cost by end boundary and next class
+        MEM = np.empty((G, K1, K1, nD), dtype=bool)
+        END = np.empty((G, K1))  # cost of the stage running to the end (incl. the link to the head)
         for gi, comp in enumerate(self.comps):
             st = self._stage(gi)
-            cg = self.cls[comp.mask]
-            pl, el, pe, ee = self._links(cg)
+            pl, el, pe, ee = self._links(self.cls[comp.mask])
             tau = st["tau"]
             bs = (M - 1) * tau + st["ar"] if bkey == "q" else tau
             with np.errstate(invalid="ignore"):
                 a_s = cp * tau + ce * (st["dyn"] + st["idle"] * theta_idle) if is_sum else bs
             ok = st["valid"] & (bs <= theta)
+            A[gi] = np.where(ok, a_s, np.inf)
             bl = (M - 1) * pl if bkey == "q" else pl
-            lc = np.where(bl <= theta, cp * pl + ce * el if is_sum else bl, np.inf)  # [K+1, nS]
+            LC[gi] = np.where(bl <= theta, cp * pl + ce * el if is_sum else bl, np.inf)
             bl_end = (M - 1) * pe if bkey == "q" else pe
-            end_ok = bl_end <= theta
-            endc = cp * pe + ce * ee if is_sum else bl_end
-            prep.append((st, cg, a_s, ok, lc, end_ok, endc))
+            endc = (cp * pe + ce * ee if is_sum else bl_end) if bl_end <= theta else np.inf
+            col = np.where(st["memok"][:, K, 0], A[gi][:, K], np.inf)
+            END[gi] = col + endc if is_sum else np.maximum(col, endc)
+            MEM[gi] = st["memok"]
+        rg, rrv, rmg, rcg = self._rows_all()
+        nrow = len(rg)
+        target = rrv * nS + rcg
         for k in range(K - 1, -1, -1):
-            for gi in range(len(self.comps)):
-                st, cg, a_s, ok, lc, end_ok, endc = prep[gi]
-                rv, rmg = self.rows[gi]
-                okr = ok[k]
-                if not okr[k + 1:].any():
-                    continue
-                if okr[K] and end_ok and st["memok"][k, K, 0]:
-                    endv = a_s[k, K] + endc if is_sum else max(a_s[k, K], endc)
-                    better = endv < val[k, rv, cg, 0]
-                    if better.any():
-                        sel = rv[better]
-                        val[k, sel, cg, 0] = endv
-                        ch[k, sel, cg, 0] = (gi, K, -1, -1)
-                if K - k < 2:
-                    continue
-                ar_ = a_s[k, k + 1:K]
+            cand_v, cand_t, cand_d, cand_pos, cand_info = [], [], [], [], []
+            endv = END[rg, k]
+            okend = np.isfinite(endv)
+            if okend.any():
+                cand_v.append(endv[okend])
+                cand_t.append(target[okend])
+                cand_d.append(np.zeros(okend.sum(), dtype=np.int64))
+                cand_pos.append(rg[okend] * 2)
+                cand_info.append(np.stack([rg[okend], np.full(okend.sum(), K), np.full(okend.sum(), -1),
+                                           np.full(okend.sum(), -1)], axis=1))
+            if K - k >= 2:
+                a = A[:, k, k + 1:K]  # [G, L]
                 if is_sum:
-                    cst = ar_[:, None] + lc[k + 1:K]
+                    cst = a[:, :, None] + LC[:, k + 1:K]  # [G, L, nS]
                 else:
-                    cst = np.maximum(ar_[:, None], lc[k + 1:K])
-                cst = np.where(okr[k + 1:K, None], cst, np.inf)  # [L-1, nS]
-                memok = st["memok"][k, k + 1:K][:, dmap]  # [L-1, nD] by the next stage's depth
-                c4 = np.where(memok[:, None, None, :], cst[:, None, :, None], np.inf)
-                nxt = val[k + 1:K][:, rmg]  # [L-1, |rv|, nS, nD]
-                tot = nxt + c4 if is_sum else np.maximum(nxt, c4)
-                tot = tot.transpose(1, 3, 0, 2).reshape(len(rv), nD, -1)
-                arg = tot.argmin(axis=2)
-                best = np.take_along_axis(tot, arg[..., None], axis=2)[..., 0]
-                for d2 in range(nD):
-                    d = dmap[d2] if nD > 1 else 0
-                    better = best[:, d2] < val[k, rv, cg, d]
-                    if better.any():
-                        sel = rv[better]
-                        a = arg[better, d2]
-                        val[k, sel, cg, d] = best[better, d2]
-                        ch[k, sel, cg, d, 0] = gi
-                        ch[k, sel, cg, d, 1] = k + 1 + a // nS
-                        ch[k, sel, cg, d, 2] = a % nS
-                        ch[k, sel, cg, d, 3] = d2
+                    cst = np.maximum(a[:, :, None], LC[:, k + 1:K])
+                mem = MEM[:, k, k + 1:K][:, :, dmap]  # [G, L, nD] by the next stage's depth
+                c4 = np.where(mem[:, :, None, :], cst[:, :, :, None], np.inf)  # [G, L, nS, nD]
+                live = np.isfinite(c4).reshape(G, -1).any(axis=1)
+                rows = np.nonzero(live[rg])[0]
+                if len(rows):
+                    nxt = val[k + 1:K][:, rmg[rows]]  # [L, rows, nS, nD]
+                    tot = c4[rg[rows]].transpose(1, 0, 2, 3)
+                    tot = nxt + tot if is_sum else np.maximum(nxt, tot)
+                    tot = tot.transpose(1, 3, 0, 2).reshape(len(rows), nD, -1)
+                    arg = tot.argmin(axis=2)
+                    best = np.take_along_axis(tot, arg[..., None], axis=2)[..., 0]  # [rows, nD]
+                    for d2 in range(nD):
+                        fin = np.isfinite(best[:, d2])
+                        if not fin.any():
+                            continue
+                        r_ = rows[fin]
+                        a_ = arg[fin, d2]
+                        cand_v.append(best[fin, d2])
+                        cand_t.append(target[r_])
+                        cand_d.append(np.full(len(r_), dmap[d2] if nD > 1 else 0))
+                        cand_pos.append(rg[r_] * 2 + 1)
+                        cand_info.append(np.stack([rg[r_], k + 1 + a_ // nS, a_ % nS, np.full(len(r_), d2)],
+                                                  axis=1))
+            if not cand_v:
+                continue
+            v = np.concatenate(cand_v)
+            t = np.concatenate(cand_t) * nD + np.concatenate(cand_d)
+            pos = np.concatenate(cand_pos)
+            info = np.concatenate(cand_info)
+            order = np.lexsort((pos, v, t))
+            _, first = np.unique(t[order], return_index=True)
+            win = order[first]
+            tt = t[win]
+            d_ = tt % nD
+            st_ = tt // nD
+            r_, c_ = st_ // nS, st_ % nS
+            val[k, r_, c_, d_] = v[win]
+            ch[k, r_, c_, d_] = info[win]
+        del nrow
         full = R - 1
         best_v, best_at = np.inf, None
         for c in range(nS):
@@ -477,31 +518,57 @@ def _optimise(dp: DPSolver, obj: Objective, cp: float = 1.0, ce: float = 0.0) ->
                 notes.append(f"DP heuristic: stopped after {passes} bottleneck thresholds")
                 break
     elif kind == "energy":
+        # E(theta) = min dyn + idle * theta over plans with every p <= theta is minimised at a candidate
+        # value; try all of them when few, else coarse-to-fine around the best ones.
         lo = dp.run_pass("max", bkey="p")
         passes += 1
         if lo is not None:
             cands = dp.candidates("p")
             cands = cands[cands >= lo[0] * (1 - 1e-12)]
-            floor_got = dp.run_pass("sum", cp=0.0, ce=1.0, theta=np.inf, theta_idle=0.0)
+            got = dp.run_pass("sum", cp=0.0, ce=1.0, theta=np.inf, theta_idle=0.0)
             passes += 1
-            floor = floor_got[0] if floor_got else 0.0
+            floor = got[0] if got else 0.0
             idle_min = float(np.min(dp.costs.idle_power_w))
-            todo = list(cands)
-            if idle_min > 0:
-                todo = [t for t in todo if True]
-            if len(todo) > MAX_PASSES:
-                exact = False
-                idx = np.unique(np.linspace(0, len(todo) - 1, MAX_PASSES).round().astype(int))
-                todo = [todo[x] for x in idx]
-                notes.append(f"DP heuristic: energy tried {len(todo)} of {len(cands)} bottleneck thresholds")
-            for theta in todo:
-                if best_e is not None and idle_min > 0:
-                    if (floor + idle_min * theta) / dp.m >= best_e.energy_j * (1 + 1e-12):
-                        break
-                got = dp.run_pass("sum", cp=0.0, ce=1.0, theta=float(theta), theta_idle=float(theta))
+            tried: dict[int, float] = {}
+
+            def at(x: int) -> None:
+                nonlocal passes
+                if x in tried:
+                    return
+                theta = float(cands[x])
+                if best_e is not None and (floor + idle_min * theta) / dp.m >= best_e.energy_j * (1 + 1e-12):
+                    tried[x] = np.inf
+                    return
+                r = dp.run_pass("sum", cp=0.0, ce=1.0, theta=theta, theta_idle=theta)
                 passes += 1
-                if got is not None:
-                    consider(got[1])
+                tried[x] = r[0] if r else np.inf
+                if r is not None:
+                    consider(r[1])
+
+            nc = len(cands)
+            if nc <= ENERGY_ALL:
+                for x in range(nc):
+                    at(x)
+            else:
+                exact = False
+                for x in np.unique(np.linspace(0, nc - 1, ENERGY_ALL // 2).round().astype(int)):
+                    at(int(x))
+                for _ in range(6):
+                    done = sorted(tried)
+                    top = sorted(done, key=lambda x: tried[x])[:3]
+                    new = set()
+                    for x in top:
+                        k = done.index(x)
+                        left = done[k - 1] if k else x
+                        right = done[k + 1] if k + 1 < len(done) else x
+                        new.update(np.unique(np.linspace(left, right, 9).round().astype(int)).tolist())
+                    new -= set(tried)
+                    if not new:
+                        break
+                    for x in sorted(new):
+                        at(int(x))
+                notes.append(f"DP heuristic: energy searched {len(tried)} of {nc} bottleneck thresholds "
+                             "(coarse to fine)")
     return Result(layout=best_l, evaluation=best_e, exact=exact, notes=notes, passes=passes)
 
 

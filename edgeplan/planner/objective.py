@@ -67,3 +67,18 @@ class Objective:
     @property
     def training(self) -> bool:
         return self.mode == "training"
+
+
+_UNITS = {"time": {"s": 1.0, "ms": 1e-3, "us": 1e-6}, "energy": {"j": 1.0, "mj": 1e-3, "uj": 1e-6}}
+
+
+def parse_quantity(text: str, kind: str, option: str) -> float:
+    """``"50ms"`` -> 0.05 (kind ``time``); ``"30mJ"`` -> 0.03 (kind ``energy``); errors name the option."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z]+)\s*", text)
+    units = _UNITS[kind]
+    if not m or m.group(2).lower() not in units:
+        raise PlanError(f"{option} {text!r}: give a number with a unit, one of {', '.join(units)} (e.g. "
+                        f"{'50ms' if kind == 'time' else '30mJ'})")
+    return float(m.group(1)) * units[m.group(2).lower()]
