@@ -39,3 +39,14 @@ def test_inspect_bad_shape_text():
 def test_inspect_unknown_model():
     result = CliRunner().invoke(app, ["inspect", "lenet6"])
     assert result.exit_code == 2 and "lenet5" in result.output
+
+
+def test_graph_package_and_report_import_no_torch():
+    """`edgeplan --help` and the pure phases import edgeplan.graph; only trace/zoo/load may pull in torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, edgeplan.graph, edgeplan.graph.report, edgeplan.graph.model, edgeplan.graph.ops\n"
+            "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
