@@ -82,7 +82,7 @@ class NpuOptions:
             if val not in allowed:
                 raise CompileError(
                     f"{where}: npu option {key}={val or '(missing)'} is not one of {', '.join(allowed)}; "
-                    f"set target_options.{key} of the NPU unit in the board profile"
+                    f"set target_options.{key} of the NPU unit in the board profile (and compile with --cluster)"
                 )
             return val
 

@@ -120,3 +120,24 @@ def test_openvino_ir_matches_pytorch(tmp_path, monkeypatch, name):
     got = backends.load(out, spec)([t.numpy() for t in mid])
     for g, r in zip(got, ref, strict=True):
         assert np.max(np.abs(g - r)) <= 1e-2 * float(np.ptp(r))
+
+
+class _ResidualCut(nn.Module):
+    """A stage cut inside a residual block: two inputs, and the skip tensor passed through unchanged."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, a, skip):
+        return torch.relu(self.conv(a) + skip), skip
+
+
+def test_rknn_two_inputs_and_pass_through_output(rknn_python, tmp_path):
+    torch.manual_seed(0)
+    gm = torch.fx.symbolic_trace(_ResidualCut().eval())
+    xs = (torch.randn(1, 8, 8, 8), torch.randn(1, 8, 8, 8))
+    npu.TARGET.compile_stage(gm, xs, {"platform": "rk3588"}, tmp_path / "stage2")
+    meta = json.loads((tmp_path / "stage2" / "npu.json").read_text())
+    assert [i["name"] for i in meta["inputs"]] == ["in0", "in1"] and len(meta["outputs"]) == 2
+    assert meta["check"]["ok"] and meta["check"]["rel_err"] <= 1e-2
