@@ -197,7 +197,7 @@ _MODULE_OPS: tuple[tuple[type | tuple[type, ...], str], ...] = (
     ((nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d), "maxpool"),
     ((nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d), "avgpool"),
     ((nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d), "adaptive_avgpool"),
-    (nn.ReLU6, "relu6"),  # before ReLU? ReLU6 subclasses Hardtanh, not ReLU; order kept explicit anyway
+    (nn.ReLU6, "relu6"),
     (nn.ReLU, "relu"),
     (nn.GELU, "gelu"),
     (nn.SiLU, "silu"),

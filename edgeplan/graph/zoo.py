@@ -315,7 +315,8 @@ ZOO: dict[str, ZooEntry] = {
     # torchvision model table (weights ResNet18_Weights.IMAGENET1K_V1): 11,689,512 params, 1.81 GFLOPS (MACs).
     "resnet18": ZooEntry(_seeded(lambda: ResNet((2, 2, 2, 2), 1000)), (1, 3, 224, 224),
                          "ResNet-18 (He et al. 2016), ImageNet 224x224, 1000 classes", 11_689_512, 1_810_000_000),
-    # kuangliu/pytorch-cifar ResNet18: 11.17M params, 0.56 GMACs (3x3 stem, no max pool, 10 classes).
+    # The kuangliu/pytorch-cifar ResNet18 layout; the figures torchsummary / thop print for it and CIFAR papers
+    # quote: 11,173,962 params, 0.56 GMACs.
     "resnet18-cifar": ZooEntry(_seeded(lambda: ResNet((2, 2, 2, 2), 10, cifar=True)), (1, 3, 32, 32),
                                "ResNet-18 with a CIFAR stem (3x3 stride 1, no max pool), 32x32, 10 classes",
                                11_173_962, 556_000_000),
@@ -326,8 +327,9 @@ ZOO: dict[str, ZooEntry] = {
     "mobilenet_v2-cifar": ZooEntry(_seeded(lambda: MobileNetV2(10, cifar=True)), (1, 3, 32, 32),
                                    "MobileNetV2 width 1.0 with stride-1 stem and stage 2 for 32x32, 10 classes",
                                    None, None),
-    # He et al. 2016 Table 6 (params); MACs as reported by pruning work on these nets (e.g. Li et al. 2017
-    # "Pruning Filters for Efficient ConvNets": ResNet-56 1.25e8, ResNet-110 2.53e8 FLOPs = MACs).
+    # He et al. 2016 Table 6 (params: 0.46M, 0.85M, 1.7M); MACs as the filter-pruning literature quotes them
+    # (Li et al. 2017 "Pruning Filters for Efficient ConvNets": ResNet-56 1.25e8, ResNet-110 2.53e8 "FLOPs",
+    # counted as multiply-adds; ResNet-32 6.9e7 in the same line of work).
     "resnet32-cifar": ZooEntry(_seeded(lambda: CifarResNet(5)), (1, 3, 32, 32),
                                "ResNet-32 for CIFAR-10 (He et al. 2016, option A shortcuts)", 460_000, 69_000_000),
     "resnet56-cifar": ZooEntry(_seeded(lambda: CifarResNet(9)), (1, 3, 32, 32),
