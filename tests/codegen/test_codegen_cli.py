@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from edgeplan import jsonio
 from edgeplan.cli import app
 from edgeplan.codegen import manifest
+from edgeplan.codegen.compile import compile_plan
 from edgeplan.graph.load import build
 
 from .codegen_helpers import make_plan
@@ -78,3 +79,35 @@ def test_cli_compile_refuses_a_plan_for_another_model(lenet, tmp_path):
 def test_cli_verify_reports_problems(tmp_path):
     result = CliRunner().invoke(app, ["verify", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "no such artifact folder" in result.output
+
+
+HOSTS = """\
+name: three-hosts
+devices:
+  - {name: host-a, profile: host, address: 127.0.0.1}
+  - {name: host-b, profile: host, address: 127.0.0.1}
+  - {name: host-c, profile: host, address: 127.0.0.1}
+network:
+  default: {bandwidth_mbps: 100000, latency_ms: 0.01}
+"""
+
+
+def test_planner_plan_compiles_and_runs(lenet, tmp_path):
+    """A plan from the real planner (not a hand-made one) compiles and its artifacts run."""
+    from edgeplan.planner.api import make_plan as plan_model
+    from edgeplan.planner.objective import Objective
+    from edgeplan.profiles.load import load_cluster
+    from edgeplan.runtime.local import run_local
+
+    traced = lenet[0]
+    (tmp_path / "hosts.yaml").write_text(HOSTS)
+    cluster = load_cluster(str(tmp_path / "hosts.yaml"))
+    plan = plan_model(traced.graph, cluster, Objective(objective="throughput", batch=8, microbatches=2))
+    out = compile_plan(plan, "lenet5", tmp_path / "art", backend="onnxruntime", traced=traced)
+    assert manifest.verify(out) == []
+    x = np.random.default_rng(1).standard_normal((plan.batch, 1, 32, 32)).astype(np.float32)
+    _, res = run_local(out, inputs=[[x]])
+    assert res.ok, res.failures
+    with torch.no_grad():
+        want = traced.gm(torch.from_numpy(x)).numpy()
+    assert np.abs(res.outputs[0][0] - want).max() < 1e-4
