@@ -29,7 +29,7 @@ from edgeplan.profiles.cost import CostTable
 
 WORK_BUDGET = 6e7  # element-operations per pass before reductions kick in
 MAX_PASSES = 64
-ENERGY_ALL = 256  # energy tries every bottleneck threshold up to this many
+ENERGY_PASSES = 400
 
 
 @dataclass(frozen=True)
@@ -518,57 +518,30 @@ def _optimise(dp: DPSolver, obj: Objective, cp: float = 1.0, ce: float = 0.0) ->
                 notes.append(f"DP heuristic: stopped after {passes} bottleneck thresholds")
                 break
     elif kind == "energy":
-        # E(theta) = min dyn + idle * theta over plans with every p <= theta is minimised at a candidate
-        # value; try all of them when few, else coarse-to-fine around the best ones.
+        # m * E* = min over candidate thresholds theta of pass(theta) = min dyn + idle * theta over plans whose
+        # every p <= theta. Branch and bound over candidate intervals [a, b]: a pass feasible at b with idle
+        # weighted by a is a lower bound for the whole interval, and its plan is a real one.
         lo = dp.run_pass("max", bkey="p")
         passes += 1
         if lo is not None:
             cands = dp.candidates("p")
             cands = cands[cands >= lo[0] * (1 - 1e-12)]
-            got = dp.run_pass("sum", cp=0.0, ce=1.0, theta=np.inf, theta_idle=0.0)
-            passes += 1
-            floor = got[0] if got else 0.0
-            idle_min = float(np.min(dp.costs.idle_power_w))
-            tried: dict[int, float] = {}
-
-            def at(x: int) -> None:
-                nonlocal passes
-                if x in tried:
-                    return
-                theta = float(cands[x])
-                if best_e is not None and (floor + idle_min * theta) / dp.m >= best_e.energy_j * (1 + 1e-12):
-                    tried[x] = np.inf
-                    return
-                r = dp.run_pass("sum", cp=0.0, ce=1.0, theta=theta, theta_idle=theta)
+            stack = [(0, len(cands) - 1)]
+            while stack:
+                a, b = stack.pop()
+                if passes >= ENERGY_PASSES:
+                    exact = False
+                    notes.append(f"DP heuristic: energy search stopped after {passes} passes")
+                    break
+                got = dp.run_pass("sum", cp=0.0, ce=1.0, theta=float(cands[b]), theta_idle=float(cands[a]))
                 passes += 1
-                tried[x] = r[0] if r else np.inf
-                if r is not None:
-                    consider(r[1])
-
-            nc = len(cands)
-            if nc <= ENERGY_ALL:
-                for x in range(nc):
-                    at(x)
-            else:
-                exact = False
-                for x in np.unique(np.linspace(0, nc - 1, ENERGY_ALL // 2).round().astype(int)):
-                    at(int(x))
-                for _ in range(6):
-                    done = sorted(tried)
-                    top = sorted(done, key=lambda x: tried[x])[:3]
-                    new = set()
-                    for x in top:
-                        k = done.index(x)
-                        left = done[k - 1] if k else x
-                        right = done[k + 1] if k + 1 < len(done) else x
-                        new.update(np.unique(np.linspace(left, right, 9).round().astype(int)).tolist())
-                    new -= set(tried)
-                    if not new:
-                        break
-                    for x in sorted(new):
-                        at(int(x))
-                notes.append(f"DP heuristic: energy searched {len(tried)} of {nc} bottleneck thresholds "
-                             "(coarse to fine)")
+                if got is None:
+                    continue
+                consider(got[1])
+                if got[0] / dp.m >= best_e.energy_j * (1 - 1e-12) or a == b:
+                    continue
+                mid = (a + b) // 2
+                stack += [(mid + 1, b), (a, mid)]
     return Result(layout=best_l, evaluation=best_e, exact=exact, notes=notes, passes=passes)
 
 
