@@ -361,6 +361,56 @@ def run(
 # --- training ----------------------------------------------------------------
 
 
+class SyncMode(str, Enum):
+    sync = "sync"
+    local_sgd = "local-sgd"
+
+
+class TrainSchedule(str, Enum):
+    gpipe = "gpipe"
+    one_f_one_b = "1f1b"
+
+
+@app.command()
+def train(
+    artifacts: Path = typer.Argument(..., help="Training artifacts from `edgeplan compile` of a --mode training plan.",
+                                     exists=True, file_okay=False),
+    epochs: int = typer.Option(1, min=1, help="Epochs to train (counting those a --resume skips)."),
+    dataset: str = typer.Option("synthetic", help="digits (scikit-learn 8x8, fitted to the model input), "
+                                                  "synthetic (CIFAR-shaped) or a folder with x.npy and y.npy."),
+    local: bool = typer.Option(False, "--local", help="Run every rank on this machine (127.0.0.1)."),
+    device: list[str] = typer.Option([], "--device", help="Run only this board's ranks (repeatable); what each "
+                                                           "board's start-training.sh does."),
+    sync: SyncMode | None = typer.Option(None, help="sync: all-reduce every iteration; local-sgd: periodic "
+                                                    "weight averaging (default: the mode chosen at compile)."),
+    sync_every: int = typer.Option(4, min=1, help="local-sgd: iterations between weight averages."),
+    schedule: TrainSchedule | None = typer.Option(None, help="Override the plan's pipeline schedule."),
+    lr: float = typer.Option(0.05, help="SGD learning rate."),
+    momentum: float = typer.Option(0.9, help="SGD momentum."),
+    weight_decay: float = typer.Option(0.0, help="SGD weight decay."),
+    seed: int = typer.Option(0, help="Seed of the data split and sample order."),
+    timeout: float = typer.Option(60.0, help="Seconds any rank waits for a peer before failing the run."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint all ranks hold."),
+    max_iters: int | None = typer.Option(None, min=1, help="Cap iterations per epoch (speed tests)."),
+    run_dir: Path | None = typer.Option(None, help="Checkpoints, metrics and the final state_dict "
+                                                   "(default ARTIFACTS/run)."),
+) -> None:
+    """Hybrid data + pipeline parallel training; prints loss, accuracy, time and energy per epoch.
+
+    Example: edgeplan train train-artifacts/ --local --epochs 2 --dataset digits
+    """
+    from edgeplan.training import launch
+    from edgeplan.training.engine import TrainConfig
+
+    cfg = TrainConfig(epochs=epochs, dataset=dataset, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                      sync=sync.value if sync else None, sync_every=sync_every,
+                      schedule=schedule.value if schedule else None,
+                      seed=seed, timeout_s=timeout, resume=resume, max_iters=max_iters)
+    result = launch.run(artifacts, cfg, local=local, devices=tuple(device), run_dir=run_dir, echo=typer.echo)
+    if result.state_dict:
+        typer.echo(f"model state_dict (original module keys): {result.state_dict}")
+
+
 # --- testbed / deploy --------------------------------------------------------
 
 

@@ -133,6 +133,22 @@ def load(name: str, input_shape: tuple[int, ...], seed: int = 0) -> Dataset:
     raise DataError(f"dataset {name!r} is neither {' nor '.join(DATASETS)} nor a folder of .npy files")
 
 
+def save(ds: Dataset, path: str | Path) -> Path:
+    """Cache a loaded data set as one .npz (local runs load it once for all ranks)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(tmp, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test, y_test=ds.y_test,
+             classes=np.int64(ds.classes), name=np.str_(ds.name))
+    tmp.replace(path)
+    return path
+
+
+def load_cached(path: str | Path) -> Dataset:
+    with np.load(path, allow_pickle=False) as z:
+        return Dataset(str(z["name"]), z["x_train"], z["y_train"], z["x_test"], z["y_test"], int(z["classes"]))
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """Sample order of one epoch: a permutation that depends only on (seed, epoch)."""
     return np.random.default_rng([seed, epoch]).permutation(n)

@@ -57,7 +57,7 @@ class TrainConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 0.0
-    sync: str = "sync"  # sync | local-sgd
+    sync: str | None = "sync"  # sync | local-sgd (None: the artifacts' default, resolved by the launcher)
     sync_every: int = 4  # local-sgd: iterations between weight averages
     schedule: str | None = None  # override the plan's gpipe | 1f1b
     seed: int = 0
@@ -94,6 +94,7 @@ class Job:
     power: tuple[tuple[str, float, float], ...] = ()  # (device, idle W, busy W of its training unit)
     dilation: float = 1.0  # emulated testbed: measured times are 1/dilation of the boards'
     local: bool = True  # all ranks on one machine: no NCCL between ranks sharing a GPU
+    data_cache: str | None = None  # .npz of the loaded data set (local runs load it once for all ranks)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -186,7 +187,8 @@ class Engine:
             self.comm.broadcast(t, self.group_members[0].rank, self.group, self.group_members,
                                 "agreeing on initial weights")
 
-        self.dataset = data.load(self.cfg.dataset, built.input_shape, self.cfg.seed)
+        self.dataset = data.load_cached(self.job.data_cache) if self.job.data_cache else \
+            data.load(self.cfg.dataset, built.input_shape, self.cfg.seed)
         self.start_epoch = self._resume() if self.cfg.resume else 0
 
     def _state_tensors(self) -> list[torch.Tensor]:
@@ -483,7 +485,7 @@ def format_epoch(row: dict) -> str:
     return (f"epoch {row['epoch']}: loss {row['loss']:.4f}  acc {row['accuracy'] * 100:.2f}%{test}  "
             f"time {row['epoch_s']:.2f} s  {row['samples_per_s']:.1f} samples/s  "
             f"iter measured {row['measured_iter_s'] * 1e3:.1f} ms vs predicted {pred_s}  "
-            f"energy {row['energy_j']['joules']:.1f} J")
+            f"energy {row['energy_j']['joules']:.3g} J")
 
 
 def _as_tuple(out) -> tuple[torch.Tensor, ...]:

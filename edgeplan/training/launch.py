@@ -16,6 +16,7 @@ before the ranks that merely lost it).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -23,16 +24,17 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeplan import jsonio
-from edgeplan.errors import ArtifactError, RuntimeFault
+from edgeplan.errors import ArtifactError, PlanError, RuntimeFault
 from edgeplan.planner.plan import Plan
 from edgeplan.planner.plan import load as load_plan
-from edgeplan.training import routing
-from edgeplan.training.engine import Job, TrainConfig
+from edgeplan.training import data, routing
+from edgeplan.training.engine import SYNC_MODES, Job, TrainConfig
 
 SCHEMA_VERSION = 1
 DEFAULT_PORT = 29517
@@ -49,14 +51,21 @@ exec edgeplan train "$(dirname "$here")" --device "$(basename "$here")" "$@"
 
 def prepare(plan: Plan, model_spec: str, out_dir: str | os.PathLike[str], *,
             input_shape: tuple[int, ...] | None = None, cluster=None, provider: str | None = None,
-            port: int = DEFAULT_PORT) -> Path:
+            port: int = DEFAULT_PORT, sync: str = "sync") -> Path:
     """Write the training artifacts of ``plan`` to ``out_dir`` (atomically: temp folder, then rename).
 
     ``cluster`` (profiles.model.Cluster), when given, supplies the boards' addresses and
     power figures (energy estimates); ``provider`` is an optional
-    ``package.module:function`` that builds (model, stage modules, inputs per stage).
+    ``package.module:function`` that builds (model, stage modules, inputs per stage);
+    ``sync`` the default synchronisation mode (``edgeplan train --sync`` overrides it).
     """
     ranks = routing.rank_table(plan)
+    if input_shape is None:  # record the model's input shape so boards and the data loader agree on it
+        from edgeplan.training.stages import build_traced
+
+        input_shape = tuple(build_traced(model_spec, None).graph.inputs[0].shape)
+    if sync not in SYNC_MODES:
+        raise PlanError(f"sync mode {sync!r} is not one of {', '.join(SYNC_MODES)}")
     addresses, power = {}, []
     if cluster is not None:
         for dev in sorted({r.device for r in ranks}):
@@ -68,12 +77,13 @@ def prepare(plan: Plan, model_spec: str, out_dir: str | os.PathLike[str], *,
     table = {
         "schema_version": SCHEMA_VERSION,
         "model": model_spec,
-        "input_shape": list(input_shape) if input_shape else None,
+        "input_shape": list(input_shape),
         "provider": provider,
         "master": {"device": master, "address": addresses.get(master, "127.0.0.1"), "port": port},
         "addresses": addresses,
         "power": power,
         "plan_sha256": plan.digest(),
+        "sync": sync,
         "ranks": [{"rank": r.rank, "device": r.device, "stage": r.stage, "replica": r.replica, "unit": r.unit,
                    "target": r.target, "lo": r.lo, "hi": r.hi} for r in ranks],
     }
@@ -149,9 +159,14 @@ def _describe_exit(code: int) -> str:
 def run(artifacts: str | os.PathLike[str], config: TrainConfig, *, local: bool = True,
         devices: tuple[str, ...] = (), run_dir: str | os.PathLike[str] | None = None,
         env: dict[str, str] | None = None, echo=print) -> TrainResult:
-    """Start the ranks (all if ``local``, else those of ``devices``), watch them, assemble the model at the end."""
-    config.check()
+    """Start the ranks (all if ``local``, else those of ``devices``), watch them, assemble the model at the end.
+
+    ``config.sync`` None means the mode written at compile time (training.json).
+    """
     art = load(artifacts)
+    if config.sync is None:
+        config = dataclasses.replace(config, sync=art.table.get("sync", "sync"))
+    config.check()
     ranks = routing.rank_table(art.plan, source=str(art.path / "plan.json"))
     run_path = Path(run_dir) if run_dir else art.path / "run"
     run_path.mkdir(parents=True, exist_ok=True)
@@ -177,23 +192,33 @@ def run(artifacts: str | os.PathLike[str], config: TrainConfig, *, local: bool =
         master_addr, port = master["address"], int(master["port"])
         if testbed:
             master_addr = testbed["boards"][master["device"]]["address"]
+    cache = None
+    if local:  # load (and check) the data once here instead of once per rank
+        shape = tuple(art.table["input_shape"][1:])
+        cache = str(data.save(data.load(config.dataset, shape, config.seed), run_path / "data.npz").resolve())
     job = Job(plan=art.plan.to_json(), model=art.table["model"],
-              input_shape=tuple(art.table["input_shape"]) if art.table["input_shape"] else None,
+              input_shape=tuple(art.table["input_shape"]),
               provider=art.table.get("provider"), config=config, master_addr=master_addr, master_port=port,
               run_dir=str(run_path.resolve()), power=tuple(tuple(p) for p in art.table.get("power", ())),
-              dilation=float(testbed["dilation"]) if testbed else 1.0, local=local)
+              dilation=float(testbed["dilation"]) if testbed else 1.0, local=local, data_cache=cache)
     job_file = jsonio.write(run_path / "job.json", job.to_json())
 
     procs: dict[int, subprocess.Popen] = {}
+    pumps: list[threading.Thread] = []
     child_env = {**os.environ, **(env or {})}
     try:
         for r in mine:
             prefix = list(testbed["boards"][r.device]["prefix"]) if testbed else []
             argv = prefix + [sys.executable, "-m", "edgeplan.training.worker", str(job_file), str(r.rank)]
-            procs[r.rank] = subprocess.Popen(argv, env=child_env, cwd=os.getcwd())
+            procs[r.rank] = subprocess.Popen(argv, env=child_env, cwd=os.getcwd(), stdout=subprocess.PIPE,
+                                             text=True, bufsize=1)
+            pumps.append(threading.Thread(target=_pump, args=(procs[r.rank].stdout, echo), daemon=True))
+            pumps[-1].start()
         failure = _watch(procs, ranks, run_path)
     finally:
         _stop(procs)
+        for t in pumps:
+            t.join(timeout=2.0)
     if failure:
         raise RuntimeFault(failure)
     metrics = jsonio.read(run_path / "metrics.json") if (run_path / "metrics.json").exists() else {"epochs": []}
@@ -201,6 +226,13 @@ def run(artifacts: str | os.PathLike[str], config: TrainConfig, *, local: bool =
     if len(mine) == len(ranks) and metrics["epochs"]:
         state_path = assemble(art, run_path, config.epochs - 1)
     return TrainResult(tuple(metrics["epochs"]), run_path, state_path)
+
+
+def _pump(stream, echo) -> None:
+    """Forward a rank's stdout (rank 0's epoch lines) to ``echo`` line by line."""
+    for line in stream:
+        echo(line.rstrip("\n"))
+    stream.close()
 
 
 def _watch(procs: dict[int, subprocess.Popen], ranks, run_path: Path) -> str | None:
@@ -258,7 +290,7 @@ def assemble(art: Artifacts, run_path: Path, epoch: int) -> Path:
     """The full model's state_dict from the stages' checkpoints of ``epoch`` (original module keys)."""
     from edgeplan.training import checkpoint, stages
 
-    built = stages.build(art.table["model"], tuple(art.table["input_shape"] or ()) or None, art.plan,
+    built = stages.build(art.table["model"], tuple(art.table["input_shape"]), art.plan,
                          art.table.get("provider"))
     reference = built.full.state_dict()
     ranks = routing.rank_table(art.plan)
