@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -84,6 +87,35 @@ def test_golden_launchers(traced, tmp_path, golden):
         for stage_json in sorted((out / device).glob("stage*/stage.json")):
             golden.check(f"launchers/{device}/{stage_json.parent.name}/stage.json", stage_json.read_text())
     golden.check("launchers/head.json", (out / "head.json").read_text())
+
+
+FAKE_PYTHON = """#!/bin/sh
+# stands in for python3: $4 is the stage.json path start.sh passes to the worker
+echo "$$ $4" >> "$LAUNCH_LOG"
+case "$4" in
+    stage0/*) exec sleep 30 ;;
+    *) sleep 0.3; exit 3 ;;
+esac
+"""
+
+
+def test_start_sh_runs_every_stage_and_stops_all_when_one_exits(traced, tmp_path):
+    out = _compile(traced, tmp_path / "art")
+    fake = tmp_path / "fake-python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    log = tmp_path / "launch.log"
+    env = {**os.environ, "EDGEPLAN_PYTHON": str(fake), "LAUNCH_LOG": str(log)}
+    t0 = time.monotonic()
+    proc = subprocess.run(["sh", str(out / "rpi4-a" / "start.sh")], env=env, cwd=str(tmp_path), timeout=20)
+    assert proc.returncode == 3, "start.sh passes on the status of the worker that exited"
+    assert time.monotonic() - t0 < 10, "the other worker was stopped, not waited for"
+    started = dict(line.split() for line in log.read_text().splitlines())
+    assert sorted(started.values()) == ["stage0/stage.json", "stage2/stage.json"]
+    sleeper = next(int(pid) for pid, stage in started.items() if stage.startswith("stage0"))
+    with pytest.raises(ProcessLookupError):
+        os.kill(sleeper, 0)
+    assert manifest.verify(out) == [], "running the launcher leaves the artifacts unchanged"
 
 
 def test_without_cluster_every_worker_is_on_localhost_with_unique_ports(traced, tmp_path):

@@ -15,8 +15,16 @@ trap 'stop; exit 143' TERM INT
 # stage 1 of 3: layers [3, 8), samples [3, 4) of each micro-batch, listens on 0.0.0.0:7703
 "$PYTHON" -m edgeplan_runtime.worker --stage stage1/stage.json &
 pids="$pids $!"
-status=0
-for pid in $pids; do
-    if ! wait "$pid"; then status=1; stop; fi
+# POSIX sh has no `wait -n`: poll, and when any worker has exited stop the others and pass on its status.
+while :; do
+    for pid in $pids; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            status=0
+            wait "$pid" || status=$?
+            stop
+            wait || true
+            exit "$status"
+        fi
+    done
+    sleep 1
 done
-exit "$status"

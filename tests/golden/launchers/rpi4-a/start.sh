@@ -18,8 +18,16 @@ pids="$pids $!"
 # stage 2 of 3: layers [8, 11), samples [0, 4) of each micro-batch, listens on 0.0.0.0:7704
 "$PYTHON" -m edgeplan_runtime.worker --stage stage2/stage.json &
 pids="$pids $!"
-status=0
-for pid in $pids; do
-    if ! wait "$pid"; then status=1; stop; fi
+# POSIX sh has no `wait -n`: poll, and when any worker has exited stop the others and pass on its status.
+while :; do
+    for pid in $pids; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            status=0
+            wait "$pid" || status=$?
+            stop
+            wait || true
+            exit "$status"
+        fi
+    done
+    sleep 1
 done
-exit "$status"
