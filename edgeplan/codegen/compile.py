@@ -12,6 +12,10 @@ Layout::
     OUT/<device>/start.sh  edgeplan-stage.service  README.txt  edgeplan_runtime/*.py
     OUT/<device>/stage<i>/stage.json  <module files>
 
+``head.json`` tells the head (``edgeplan run``) where it listens and which replicas
+of stage 0 it feeds; ``compile-report.json`` keeps each compile's chosen backend and
+the target's notes (measured candidates), for calibrating profiles.
+
 Ports: the head listens on ``HEAD_PORT`` (7700); the worker of the k-th
 (stage, replica) pair in plan order listens on ``HEAD_PORT + 1 + k``, so ports
 are unique per (device, stage) even when every worker shares one host (compiling
