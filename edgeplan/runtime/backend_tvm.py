@@ -40,7 +40,13 @@ def _runtime_dirs(stage_dir: Path | None) -> list[Path]:
 
 
 def _load_runtime(target: str, stage_dir: Path | None) -> None:
-    """dlopen libtvm_runtime.so (and the CUDA runtime for cuda) globally, once per process."""
+    """dlopen libtvm_runtime.so (and the CUDA runtime for cuda) globally, once per process.
+
+    tvm_ffi is imported first: it loads libtvm_ffi.so, which libtvm_runtime.so needs and
+    which is found by its soname only once loaded (it lives inside the tvm_ffi package).
+    """
+    import tvm_ffi  # noqa: F401
+
     wanted = ["libtvm_runtime.so"] + ([_EXTRA_LIB[target]] if target in _EXTRA_LIB else [])
     for name in wanted:
         if name in _loaded:

@@ -25,7 +25,7 @@ from ..errors import CompileError
 
 SUITE = "bookworm"  # python3.11, matching the wheels pinned in pyproject
 MIRROR = "http://deb.debian.org/debian"
-PACKAGES = ("python3", "python3-numpy", "python3-typing-extensions", "ca-certificates")
+PACKAGES = ("python3", "python3-numpy", "ca-certificates")
 TVM_WHEEL = "apache-tvm==0.27.*"
 TVM_FFI_WHEEL = "apache-tvm-ffi==0.1.14.post1"
 ORT_WHEEL = "onnxruntime>=1.20,<2"
@@ -76,7 +76,7 @@ def _download_wheels(dest: Path, log: Callable[[str], None]) -> list[Path]:
             "--python-version", "3.11", "--implementation", "cp",
             "--platform", "manylinux_2_28_aarch64", "--platform", "manylinux_2_17_aarch64",
             "--platform", "manylinux2014_aarch64"]
-    _run(base + [TVM_WHEEL, TVM_FFI_WHEEL], log, 1200)
+    _run(base + [TVM_WHEEL, TVM_FFI_WHEEL, "typing-extensions>=4.10"], log, 1200)
     try:
         _run(base + [ORT_WHEEL, "flatbuffers", "protobuf", "packaging", "coloredlogs", "humanfriendly",
                      "sympy", "mpmath"], log, 1200)
@@ -117,11 +117,13 @@ def ensure_rootfs(log: Callable[[str], None] = print, timeout_s: float = 1800) -
             return root
         t0 = time.monotonic()
         tmp = root.parent / (root.name + ".building")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        _run(["debootstrap", "--arch=arm64", "--foreign", "--variant=minbase",
-              "--include=" + ",".join(PACKAGES), SUITE, str(tmp), MIRROR], log, timeout_s)
-        _run(["chroot", str(tmp), "/debootstrap/debootstrap", "--second-stage"], log, timeout_s)
+        # A finished second stage (python3 there, /debootstrap removed) is kept: only the wheels are redone.
+        if not ((tmp / "usr/bin/python3").exists() and not (tmp / "debootstrap").exists()):
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            _run(["debootstrap", "--arch=arm64", "--foreign", "--variant=minbase",
+                  "--include=" + ",".join(PACKAGES), SUITE, str(tmp), MIRROR], log, timeout_s)
+            _run(["chroot", str(tmp), "/debootstrap/debootstrap", "--second-stage"], log, timeout_s)
         with tempfile.TemporaryDirectory() as d:
             _install_wheels(tmp, _download_wheels(Path(d), log), log)
         probe = ("import ctypes, numpy, tvm_ffi; "
