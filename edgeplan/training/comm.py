@@ -10,6 +10,7 @@ shows up as a one-line error instead of a hang.
 from __future__ import annotations
 
 import datetime
+import re
 import threading
 import time
 
@@ -27,6 +28,13 @@ KIND_CODE = {"F": 1, "B": 2, "E": 3}  # forward activations, backward gradients,
 def tag(kind: str, microbatch: int, index: int, part: int) -> int:
     """Distinct tags per (kind, micro-batch, tensor, header|payload) keep messages from being mismatched."""
     return ((KIND_CODE[kind] * 4096 + microbatch % 4096) * 64 + index % 64) * 2 + part
+
+
+def short_error(err: BaseException) -> str:
+    """gloo's message without its source location and boilerplate advice."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text)
+    return text.split(" This is typically")[0].rstrip(".")
 
 
 class Watchdog:
@@ -67,7 +75,7 @@ class Comm:
         self.pending: list[tuple[object, torch.Tensor, RankInfo]] = []  # isend works and the buffers they hold
 
     def _fault(self, peer: RankInfo | None, doing: str, err: BaseException) -> RuntimeFault:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = short_error(err)
         who = f" with {peer.label}" if peer else ""
         return RuntimeFault(f"{self.me.label}: lost contact{who} while {doing}: {first}")
 
@@ -138,7 +146,7 @@ class Comm:
             work.wait(timeout=self.timeout)
         except RuntimeError as e:
             peers = ", ".join(p.label for p in members if p.rank != self.me.rank) or "the group"
-            first = str(e).strip().splitlines()[0]
+            first = short_error(e)
             raise RuntimeFault(f"{self.me.label}: lost contact with {peers} while {doing}: {first}") from e
 
     def broadcast(self, t: torch.Tensor, src: int, group, members: tuple[RankInfo, ...], doing: str) -> None:
@@ -148,5 +156,5 @@ class Comm:
             work.wait(timeout=self.timeout)
         except RuntimeError as e:
             peers = ", ".join(p.label for p in members if p.rank != self.me.rank) or "the group"
-            first = str(e).strip().splitlines()[0]
+            first = short_error(e)
             raise RuntimeFault(f"{self.me.label}: lost contact with {peers} while {doing}: {first}") from e

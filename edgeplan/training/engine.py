@@ -41,7 +41,7 @@ from edgeplan import jsonio
 from edgeplan.errors import EdgeplanError, RuntimeFault
 from edgeplan.planner.plan import Plan
 from edgeplan.training import checkpoint, data, routing
-from edgeplan.training.comm import Comm, Watchdog
+from edgeplan.training.comm import Comm, Watchdog, short_error
 from edgeplan.training.routing import RankInfo
 
 SYNC_MODES = ("sync", "local-sgd")
@@ -252,13 +252,18 @@ class Engine:
                     t.requires_grad_(True)
         return ins
 
+    @staticmethod
+    def _run_inputs(ins: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Non-leaf copies of received leaves, so a stage that starts with an in-place op (ReLU) may run."""
+        return [t.clone() if t.requires_grad else t for t in ins]
+
     def _forward(self, k: int, idx: np.ndarray, stash: dict, ep: _Epoch) -> None:
         lo, hi = self._range(self.me, self.m)
         ins = self._inputs(self.dataset.x_train[idx] if self.me.stage == 0 else None, "F", k, self.m)
         if hi == lo:
             return
         t0 = time.perf_counter()
-        out = _as_tuple(self.module(*ins))
+        out = _as_tuple(self.module(*self._run_inputs(ins)))
         if self.last:
             y = torch.from_numpy(self.dataset.y_train[idx]).to(self.device)
             loss_sum = F.cross_entropy(out[0], y, reduction="sum")
@@ -442,7 +447,7 @@ class Engine:
             dist.all_gather(rows, mine, async_op=True).wait(timeout=datetime.timedelta(seconds=self.cfg.timeout_s))
         except RuntimeError as e:
             raise RuntimeFault(f"{self.me.label}: lost contact with the other ranks while gathering the "
-                               f"metrics of epoch {epoch + 1}: {str(e).splitlines()[0]}") from e
+                               f"metrics of epoch {epoch + 1}: {short_error(e)}") from e
         t = torch.stack(rows).numpy()
         count, test_count = max(t[:, 2].sum(), 1), max(t[:, 5].sum(), 1)
         epoch_s = float(t[:, 8].max())

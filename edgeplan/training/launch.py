@@ -252,16 +252,17 @@ def _watch(procs: dict[int, subprocess.Popen], ranks, run_path: Path) -> str | N
     bad = {rank: c for rank, c in codes.items() if c not in (None, 0)}
     if not bad:
         return None
-    # A rank killed by a signal is the cause; the others only lost it.
-    order = sorted(bad, key=lambda rank: (bad[rank] >= 0, rank))
-    lines = []
-    for rank in order:
-        info = ranks[rank]
+    # The cause: a rank killed by a signal, else one that failed by itself; the others only lost it.
+    why = {}
+    for rank in bad:
         err = run_path / "errors" / f"rank-{rank}.txt"
-        why = err.read_text().strip() if err.exists() else f"{info.label} {_describe_exit(bad[rank])}"
-        if err.exists() and bad[rank] < 0:
-            why = f"{info.label} {_describe_exit(bad[rank])}"
-        lines.append(why)
+        if bad[rank] < 0 or not err.exists():
+            why[rank] = f"{ranks[rank].label} {_describe_exit(bad[rank])}"
+        else:
+            why[rank] = err.read_text().strip()
+    secondary = ("lost contact", "no progress for")
+    order = sorted(bad, key=lambda rank: (bad[rank] >= 0, any(s in why[rank] for s in secondary), rank))
+    lines = [why[rank] for rank in order]
     first = ranks[order[0]]
     cause = f"training failed on {first.label}: {lines[0]}"
     others = list(dict.fromkeys(line for line in lines[1:] if line != lines[0]))
