@@ -95,6 +95,7 @@ class Job:
     dilation: float = 1.0  # emulated testbed: measured times are 1/dilation of the boards'
     local: bool = True  # all ranks on one machine: no NCCL between ranks sharing a GPU
     data_cache: str | None = None  # .npz of the loaded data set (local runs load it once for all ranks)
+    addresses: tuple[tuple[str, str], ...] = ()  # (device, IP address) of each board, for gloo's interface
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -107,6 +108,7 @@ class Job:
         d["config"] = TrainConfig(**d["config"])
         d["input_shape"] = tuple(d["input_shape"]) if d["input_shape"] else None
         d["power"] = tuple(tuple(p) for p in d.get("power", ()))
+        d["addresses"] = tuple(tuple(a) for a in d.get("addresses", ()))
         return cls(**d)
 
 
@@ -156,6 +158,7 @@ class Engine:
     def setup(self) -> None:
         self.watchdog = Watchdog(self.me, self.cfg.timeout_s + 10.0, self._expire).start()
         timeout = datetime.timedelta(seconds=self.cfg.timeout_s)
+        _pick_gloo_interface(dict(self.job.addresses).get(self.me.device), self.job.local)
         self.watchdog.beat(f"joining the run at {self.job.master_addr}:{self.job.master_port}")
         try:
             store = dist.TCPStore(self.job.master_addr, self.job.master_port, len(self.ranks),
@@ -491,6 +494,18 @@ def format_epoch(row: dict) -> str:
             f"time {row['epoch_s']:.2f} s  {row['samples_per_s']:.1f} samples/s  "
             f"iter measured {row['measured_iter_s'] * 1e3:.1f} ms vs predicted {pred_s}  "
             f"energy {row['energy_j']['joules']:.3g} J")
+
+
+def _pick_gloo_interface(address: str | None, local: bool) -> None:
+    """Make gloo advertise the board's own address (its hostname may resolve to 127.0.0.1, e.g. in a netns)."""
+    if local or not address or "GLOO_SOCKET_IFNAME" in os.environ:
+        return
+    import psutil
+
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.address == address for a in addrs):
+            os.environ["GLOO_SOCKET_IFNAME"] = name
+            return
 
 
 def _as_tuple(out) -> tuple[torch.Tensor, ...]:

@@ -200,7 +200,9 @@ def run(artifacts: str | os.PathLike[str], config: TrainConfig, *, local: bool =
               input_shape=tuple(art.table["input_shape"]),
               provider=art.table.get("provider"), config=config, master_addr=master_addr, master_port=port,
               run_dir=str(run_path.resolve()), power=tuple(tuple(p) for p in art.table.get("power", ())),
-              dilation=float(testbed["dilation"]) if testbed else 1.0, local=local, data_cache=cache)
+              dilation=float(testbed["dilation"]) if testbed else 1.0, local=local, data_cache=cache,
+              addresses=tuple((dev, b["address"]) for dev, b in sorted(testbed["boards"].items())) if testbed
+              else tuple(sorted(art.table.get("addresses", {}).items())))
     job_file = jsonio.write(run_path / "job.json", job.to_json())
 
     procs: dict[int, subprocess.Popen] = {}

@@ -35,13 +35,6 @@ def build_traced(spec: str, input_shape: tuple[int, ...] | None):
     return trace.trace(entry.build(), shape, spec, expected_shape=entry.input_shape)
 
 
-def original_module(spec: str) -> nn.Module | None:
-    """A fresh instance of the original nn.Module for a zoo name (None for other specs)."""
-    from edgeplan.graph import zoo
-
-    return zoo.ZOO[spec].build() if spec in zoo.ZOO else None
-
-
 def stage_modules(traced, plan: Plan) -> tuple[tuple[nn.Module, ...], tuple[int, ...]]:
     """One module per plan stage (tuple in, tuple out) and how many tensors each stage takes."""
     from edgeplan.codegen.split import split_stages
