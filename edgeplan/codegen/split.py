@@ -11,6 +11,11 @@ fx nodes that are not layers of the LayerGraph (``get_attr`` constants, shape
 arithmetic) are copied into every stage that uses them, so each stage module
 is self-contained. The plan's boundaries are taken as given: codegen never
 re-decides a split, it only refuses a plan that does not fit the graph.
+
+Everything crossing a cut travels batch-first (the runtime splits micro-batches
+along dim 0). A cut tensor whose batch sits elsewhere (ViT's stacked q/k/v is
+``(3, B, heads, T, d)``) is moved to batch-first by ``torch.movedim`` at the end
+of the stage that sends it and moved back at the start of the stage that gets it.
 """
 
 from __future__ import annotations
@@ -29,7 +34,11 @@ from edgeplan.planner.plan import Plan
 
 @dataclass(frozen=True, eq=False)
 class StageGraph:
-    """One stage's module and the names of the tensors it takes and returns."""
+    """One stage's module and the names of the tensors it takes and returns (all batch-first).
+
+    ``batch_dims``: (name, dim) of the inputs/outputs whose batch sits at ``dim`` in the model;
+    the module moves them to dim 0 at the cut (see the module docstring).
+    """
 
     index: int
     start: int
@@ -37,6 +46,7 @@ class StageGraph:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     gm: torch.fx.GraphModule
+    batch_dims: tuple[tuple[str, int], ...] = ()
 
 
 def check_plan_fits(graph: LayerGraph, plan: Plan) -> None:
@@ -83,14 +93,17 @@ def split_stages(traced: Any, plan: Plan) -> tuple[StageGraph, ...]:
             )
     stages = []
     n = len(plan.stages)
+    crossing = {name for st in plan.stages[1:] for name in graph.live_at(st.start)}
+    batch_dims = _batch_dims(traced, crossing)
     for st in plan.stages:
         inputs = graph.live_at(st.start)
         outputs = graph.outputs if st.index == n - 1 else graph.live_at(st.stop)
         layers = [layer.name for layer in graph.layers[st.start:st.stop]]
-        sub = _stage_graph(nodes, producers, inputs, layers, outputs, st.index)
+        sub = _stage_graph(nodes, producers, inputs, layers, outputs, st.index, batch_dims)
         stage_gm = torch.fx.GraphModule(gm, sub, class_name=f"Stage{st.index}")
         stage_gm.eval()
-        stages.append(StageGraph(st.index, st.start, st.stop, tuple(inputs), tuple(outputs), stage_gm))
+        moved = tuple((name, batch_dims[name]) for name in dict.fromkeys((*inputs, *outputs)) if name in batch_dims)
+        stages.append(StageGraph(st.index, st.start, st.stop, tuple(inputs), tuple(outputs), stage_gm, moved))
     return tuple(stages)
 
 
@@ -101,13 +114,14 @@ def _stage_graph(
     layers: Sequence[str],
     outputs: Sequence[str],
     index: int,
+    batch_dims: dict[str, int],
 ) -> torch.fx.Graph:
     g = torch.fx.Graph()
     env: dict[str, torch.fx.Node] = {}
     for name in inputs:
         env[name] = g.placeholder(name)
-        if "val" in nodes[name].meta:
-            env[name].meta["val"] = nodes[name].meta["val"]
+        if name in batch_dims:  # arrives batch-first: put the batch back where the model has it
+            env[name] = g.call_function(torch.movedim, (env[name], 0, batch_dims[name]))
 
     def resolve(node: torch.fx.Node, user: str) -> torch.fx.Node:
         if node.name in env:
@@ -131,9 +145,69 @@ def _stage_graph(
             f"stage {index}: outputs {missing} are neither inputs of the stage nor computed in it; "
             "the LayerGraph's live sets disagree with the fx graph (re-run the trace)"
         )
-    g.output(tuple(env[name] for name in outputs))
+    results = [
+        g.call_function(torch.movedim, (env[name], batch_dims[name], 0)) if name in batch_dims else env[name]
+        for name in outputs
+    ]
+    g.output(tuple(results))
     g.lint()
     return g
+
+
+class _ShapeRecorder(torch.fx.Interpreter):
+    def __init__(self, gm: torch.fx.GraphModule, wanted: set[str]):
+        super().__init__(gm)
+        self.wanted = wanted
+        self.shapes: dict[str, tuple[int, ...] | None] = {}
+
+    def run_node(self, n: torch.fx.Node) -> Any:
+        out = super().run_node(n)
+        if n.name in self.wanted:
+            self.shapes[n.name] = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+        return out
+
+
+def _batch_dims(traced: Any, crossing: set[str]) -> dict[str, int]:
+    """Batch dimension of each cut tensor whose batch is not dim 0 (found by running batches 2 and 3).
+
+    Only tensors whose traced shape does not start with the traced batch are checked, so
+    models whose cuts are all batch-first (CNNs) pay nothing.
+    """
+    graph: LayerGraph = traced.graph
+    traced_shape = {layer.name: layer.output.shape for layer in graph.layers}
+    suspect = {n for n in crossing if n in traced_shape and traced_shape[n][:1] != (graph.batch,)}
+    if not suspect:
+        return {}
+    seen = {}
+    for b in (2, 3):
+        rec = _ShapeRecorder(traced.gm, suspect)
+        try:
+            with torch.no_grad():
+                rec.run(*random_inputs(graph, b).values())
+        except Exception as e:
+            raise CompileError(
+                f"model {graph.name!r} fails at batch {b} ({type(e).__name__}: {e}), so the batch dimension of "
+                f"the tensors crossing cuts ({', '.join(sorted(suspect))}) cannot be found; make the model "
+                "batch-size agnostic (use x.shape[0], not a constant)"
+            ) from e
+        seen[b] = rec.shapes
+    dims = {}
+    origin = {layer.name: layer.origin for layer in graph.layers}
+    for name in sorted(suspect):
+        s2, s3 = seen[2].get(name), seen[3].get(name)
+        found = [] if s2 is None or s3 is None or len(s2) != len(s3) else [
+            d for d in range(len(s2))
+            if s2[d] == 2 and s3[d] == 3 and all(s2[i] == s3[i] for i in range(len(s2)) if i != d)
+        ]
+        if len(found) != 1:
+            raise CompileError(
+                f"tensor {name!r} (from {origin[name]}) crosses a stage boundary but has no single batch "
+                f"dimension (shape {s2} at batch 2, {s3} at batch 3), so its samples cannot be sent to "
+                "replicas; re-plan with the cut elsewhere (`edgeplan plan`), e.g. after the layer that consumes it"
+            )
+        if found[0] != 0:
+            dims[name] = found[0]
+    return dims
 
 
 def random_inputs(graph: LayerGraph, batch: int, seed: int = 0) -> dict[str, torch.Tensor]:

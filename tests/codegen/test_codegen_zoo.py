@@ -72,7 +72,9 @@ def _reference(traced, stages, x: dict[str, torch.Tensor]) -> list[list[np.ndarr
     rec = _Recorder(traced.gm)
     with torch.no_grad():
         rec.run(*x.values())
-    return [[rec.values[name].numpy() for name in st.outputs] for st in stages]
+    moved = [dict(st.batch_dims) for st in stages]  # cut tensors travel batch-first
+    return [[np.moveaxis(rec.values[name].numpy(), m.get(name, 0), 0) for name in st.outputs]
+            for st, m in zip(stages, moved, strict=True)]
 
 
 def _max_err(got: list[list[np.ndarray]], ref: list[list[np.ndarray]]) -> float:
@@ -121,9 +123,32 @@ def test_split_stages_chained_equal_the_model(model, fractions, groups):
         assert st.inputs == traced.graph.live_at(st.start)
 
 
-def _compiled_chain(model: str, backend: str, tmp_path: Path) -> float:
+def _batch_not_first_cut(traced) -> int:
+    """The first cut of ``traced`` crossed by a tensor whose batch is not dim 0 (ViT's stacked q/k/v)."""
+    g = traced.graph
+    shape = {layer.name: layer.output.shape for layer in g.layers}
+    for k in range(1, len(g.layers)):
+        if any(name in shape and shape[name][:1] != (g.batch,) for name in g.live_at(k)):
+            return k
+    raise AssertionError(f"{g.name} has no cut crossed by a tensor whose batch is not first")
+
+
+def test_cut_through_a_tensor_whose_batch_is_not_first():
+    traced = _traced("vit-tiny")
+    k = _batch_not_first_cut(traced)
+    plan = make_plan(traced.graph, [k], [[("a", 3)], [("b", 2), ("c", 1)]])
+    stages = split_stages(traced, plan)
+    x = random_inputs(traced.graph, 3, seed=2)
+    runners = [[_torch_runner(stages[st.index].gm)] * len(st.replicas) for st in plan.stages]
+    got = chain_by_ranges(plan, runners, [t.numpy() for t in x.values()])
+    assert stages[0].batch_dims and stages[0].batch_dims == stages[1].batch_dims
+    assert all(t.shape[0] == 3 for t in got[0]), "cut tensors travel batch-first"
+    assert _max_err(got, _reference(traced, stages, x)) < TOL
+
+
+def _compiled_chain(model: str, backend: str, tmp_path: Path, plan: Plan | None = None) -> float:
     traced = _traced(model)
-    plan = _plan(traced, [0.3, 0.7], [[("a", 3)], [("b", 2), ("c", 1)], [("a", 3)]])
+    plan = plan or _plan(traced, [0.3, 0.7], [[("a", 3)], [("b", 2), ("c", 1)], [("a", 3)]])
     out = compile_plan(plan, model, tmp_path / "art", backend=backend, traced=traced)
     assert manifest.verify(out) == []
     runners = []
@@ -145,6 +170,13 @@ def _compiled_chain(model: str, backend: str, tmp_path: Path) -> float:
 @pytest.mark.parametrize("model", ["resnet18", "mobilenet_v2"])
 def test_compiled_onnxruntime_stages_equal_the_model(model, tmp_path):
     assert _compiled_chain(model, "onnxruntime", tmp_path) < TOL
+
+
+def test_compiled_vit_with_a_batch_not_first_cut(tmp_path):
+    traced = _traced("vit-tiny")
+    k = _batch_not_first_cut(traced)
+    plan = make_plan(traced.graph, [k, k + 40], [[("a", 3)], [("b", 2), ("c", 1)], [("a", 3)]])
+    assert _compiled_chain("vit-tiny", "onnxruntime", tmp_path, plan) < TOL
 
 
 @pytest.mark.tvm
