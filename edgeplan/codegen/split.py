@@ -179,9 +179,11 @@ def _batch_dims(traced: Any, crossing: set[str]) -> dict[str, int]:
     if not suspect:
         return {}
     seen = {}
+    modes = {m: m.training for m in traced.gm.modules()}  # probe in eval mode: no BatchNorm stat updates
     for b in (2, 3):
         rec = _ShapeRecorder(traced.gm, suspect)
         try:
+            traced.gm.eval()
             with torch.no_grad():
                 rec.run(*random_inputs(graph, b).values())
         except Exception as e:
@@ -190,6 +192,9 @@ def _batch_dims(traced: Any, crossing: set[str]) -> dict[str, int]:
                 f"the tensors crossing cuts ({', '.join(sorted(suspect))}) cannot be found; make the model "
                 "batch-size agnostic (use x.shape[0], not a constant)"
             ) from e
+        finally:
+            for m, training in modes.items():
+                m.training = training
         seen[b] = rec.shapes
     dims = {}
     origin = {layer.name: layer.origin for layer in graph.layers}
