@@ -236,3 +236,20 @@ def test_plan_json_round_trips(traced, tmp_path):
     data = json.loads((out / "manifest.json").read_text())
     assert data["plan_sha256"] == _plan(traced).digest() == manifest.file_sha256(out / "plan.json")
     assert [f["path"] for f in data["files"]] == sorted(f["path"] for f in data["files"])
+
+
+def test_plans_that_cannot_be_routed_are_refused(traced, tmp_path):
+    twice = make_plan(traced.graph, [3], [[("a", 2)], [("b", 1), ("b", 1)]])
+    with pytest.raises(PlanError, match="appears twice"):
+        compile_plan(twice, "branchy", tmp_path / "art", traced=traced)
+    empty = make_plan(traced.graph, [3], [[("a", 2)], [("b", 2), ("c", 0)]])
+    with pytest.raises(PlanError, match="samples is 0"):
+        compile_plan(empty, "branchy", tmp_path / "art", traced=traced)
+    odd = make_plan(traced.graph, [3], [[("a", 2)], [("b", 2)]])
+    odd = odd.__class__(**{**odd.__dict__, "batch": 5, "microbatches": 2})
+    with pytest.raises(PlanError, match="not a multiple of microbatches"):
+        compile_plan(odd, "branchy", tmp_path / "art", traced=traced)
+    with pytest.raises(CompileError, match="has none by that name"):
+        compile_plan(make_plan(traced.graph, [3], [[("rpi4-a", 2)], [("elsewhere", 2)]], head="rpi4-a"),
+                     "branchy", tmp_path / "art", cluster=_cluster(), traced=traced)
+    assert list(tmp_path.iterdir()) == []
