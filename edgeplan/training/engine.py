@@ -466,7 +466,8 @@ class Engine:
             "samples_per_s": iters * self.B / epoch_s,
             "iterations": iters,
             "measured_iter_s": iter_s,
-            "board_iter_s": iter_s * d,
+            "board_iter_s": iter_s * d,  # emulated testbed: the boards' time (measured x dilation)
+            "dilation": d,
             "predicted_iter_s": self.plan.predicted.iter_s,
             "energy_j": self._energy(t[:, 6], epoch_s, iters),
         }
@@ -490,9 +491,11 @@ def format_epoch(row: dict) -> str:
     pred = row["predicted_iter_s"]
     pred_s = f"{pred * 1e3:.1f} ms" if pred else "n/a"
     test = f"  test acc {row['test_accuracy'] * 100:.2f}%" if row.get("test_accuracy") is not None else ""
+    board = f" (boards {row['board_iter_s'] * 1e3:.1f} ms at dilation {row['dilation']:.3g})" \
+        if row.get("dilation", 1.0) != 1.0 else ""
     return (f"epoch {row['epoch']}: loss {row['loss']:.4f}  acc {row['accuracy'] * 100:.2f}%{test}  "
             f"time {row['epoch_s']:.2f} s  {row['samples_per_s']:.1f} samples/s  "
-            f"iter measured {row['measured_iter_s'] * 1e3:.1f} ms vs predicted {pred_s}  "
+            f"iter measured {row['measured_iter_s'] * 1e3:.1f} ms{board} vs predicted {pred_s}  "
             f"energy {row['energy_j']['joules']:.3g} J")
 
 

@@ -39,6 +39,7 @@ from edgeplan.training.engine import SYNC_MODES, Job, TrainConfig
 SCHEMA_VERSION = 1
 DEFAULT_PORT = 29517
 TESTBED_ENV = "EDGEPLAN_TESTBED"
+TRAINING_TARGETS = ("x86", "arm-cpu", "cuda")  # units torch can train on; others fall back to the CPU
 GRACE_S = 5.0  # after the first failure, how long the others get to report their own view
 
 # The same script on every board: its folder's name is the board's name, its parent the artifacts folder.
@@ -205,6 +206,10 @@ def run(artifacts: str | os.PathLike[str], config: TrainConfig, *, local: bool =
               else tuple(sorted(art.table.get("addresses", {}).items())))
     job_file = jsonio.write(run_path / "job.json", job.to_json())
 
+    cpu_fallback = sorted({f"{r.device}:{r.unit}" for r in mine if r.target not in TRAINING_TARGETS})
+    if cpu_fallback:
+        echo(f"note: {', '.join(cpu_fallback)} cannot train (no backward on that unit); those ranks train in "
+             "torch on the board's CPU, so measured times differ from the plan's for them")
     procs: dict[int, subprocess.Popen] = {}
     pumps: list[threading.Thread] = []
     child_env = {**os.environ, **(env or {})}
