@@ -45,7 +45,7 @@ from edgeplan.training.comm import Comm, Watchdog, short_error
 from edgeplan.training.routing import RankInfo
 
 SYNC_MODES = ("sync", "local-sgd")
-FAULT_ENV = "EDGEPLAN_TRAIN_KILL_AT"  # "rank:epoch:iteration": that rank SIGKILLs itself there (fault tests)
+FAULT_ENV = "EDGEPLAN_TRAIN_FAULT"  # "rank:epoch:iteration[:kill|stop]" (fault tests, see _fault_point)
 
 
 @dataclass(frozen=True)
@@ -405,7 +405,7 @@ class Engine:
         iters = data.iterations(n, self.B)
         if self.cfg.max_iters:
             iters = min(iters, self.cfg.max_iters)
-        kill = _fault_point()
+        fault = _fault_point()
         history = []
         metrics_path = self.run_dir / "metrics.json"
         if self.me.rank == 0 and self.cfg.resume and metrics_path.exists():
@@ -415,8 +415,9 @@ class Engine:
             ep = _Epoch()
             t_epoch = time.perf_counter()
             for it in range(iters):
-                if kill == (self.me.rank, epoch, it):
-                    os.kill(os.getpid(), signal.SIGKILL)
+                if fault and fault[:3] == (self.me.rank, epoch, it):
+                    self.watchdog.stop()  # a frozen board has no watchdog either
+                    os.kill(os.getpid(), signal.SIGSTOP if fault[3] == "stop" else signal.SIGKILL)
                 t0 = time.perf_counter()
                 self.watchdog.beat(f"iteration {it} of epoch {epoch + 1}")
                 self._iteration(order, it, ep)
@@ -515,9 +516,10 @@ def _as_tuple(out) -> tuple[torch.Tensor, ...]:
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
-def _fault_point() -> tuple[int, int, int] | None:
+def _fault_point() -> tuple[int, int, int, str] | None:
+    """``rank:epoch:iteration[:kill|stop]`` from FAULT_ENV: that rank dies (SIGKILL) or freezes (SIGSTOP) there."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return None
-    rank, epoch, it = (int(v) for v in spec.split(":"))
-    return rank, epoch, it
+    parts = spec.split(":")
+    return int(parts[0]), int(parts[1]), int(parts[2]), parts[3] if len(parts) > 3 else "kill"

@@ -100,3 +100,18 @@ def test_local_sgd_runs_and_reports_accuracy(tmp_path):
     assert len(res.epochs) == 2
     acc = res.epochs[-1]["test_accuracy"]
     assert 0.5 < acc <= 1.0, res.epochs
+
+
+def test_frozen_rank_fails_within_the_timeout(tmp_path):
+    """A board that stops answering (SIGSTOP, no connection reset) is named once the receive timeout expires."""
+    plan = training_plan("lenet5", (5,), ((8,), (8,)), batch=16, microbatches=2)
+    art = launch.prepare(plan, "lenet5", tmp_path / "art")
+    cfg = TrainConfig(epochs=1, dataset="digits", max_iters=4, evaluate=False, timeout_s=6)
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeFault) as err:
+        launch.run(art, cfg, env={FAULT_ENV: "1:0:1:stop"})  # stage 1 freezes before iteration 1
+    elapsed = time.monotonic() - t0
+    msg = str(err.value)
+    assert "board 'board0a' (stage 0, replica 0, rank 0): lost contact with board 'board1a' (stage 1" in msg, msg
+    assert "Timed out" in msg and "stopped 1 remaining rank" in msg, msg
+    assert elapsed < 60, f"took {elapsed:.0f} s"
