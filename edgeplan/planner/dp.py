@@ -1,6 +1,6 @@
 """The default solver: a DP over (layer boundary, remaining devices per type).
 
-``val[k][r, c, d]`` is the best cost of layers ``[bnd[k], n)`` using at most
+``val[r, k, c, d]`` is the best cost of layers ``[bnd[k], n)`` using at most
 ``r`` devices of each type, where the stage starting at ``bnd[k]`` has link
 class ``c`` (what the previous stage's send depends on) and depth ``d`` (stages
 from it to the end, only tracked for 1F1B memory). A transition picks a group
@@ -28,8 +28,9 @@ from edgeplan.planner.types import DeviceTypes, device_types
 from edgeplan.profiles.cost import CostTable
 
 WORK_BUDGET = 6e7  # element-operations per pass before reductions kick in
-MAX_PASSES = 64
+MAX_PASSES = 200
 ENERGY_PASSES = 400
+CHUNK_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -67,27 +68,31 @@ class DPSolver:
         self.bundle = [1] * T
         self.mixed = True
         self.bnd = np.arange(n + 1)
-        self._setup()
+        # bigger instances may spend more (targets: ~170 layers x 16 devices < 1 s, 1000 x 64 < 30 s)
+        work_budget *= min(8.0, max(1.0, n * costs.n_devices / (170 * 16)))
         while self._work() > work_budget:
             if len(self.bnd) > 129:
                 self.bnd = self._cuts(128)
-                self.notes.append(f"DP heuristic: stage boundaries limited to {len(self.bnd) - 1} candidate cuts "
-                                  f"(cheapest cut_bytes plus evenly spaced) out of {n}")
             elif self.mixed and T > 1:
                 self.mixed = False
-                self.notes.append("DP heuristic: replica groups limited to one board type each")
-            elif max(c // b for c, b in zip(counts, self.bundle, strict=False)) > 1:
+            elif max(c // b for c, b in zip(counts, self.bundle, strict=True)) > 1:
                 t = max(range(T), key=lambda t: (counts[t] // self.bundle[t], -t))
                 self.bundle[t] *= 2
-                self.notes.append(f"DP heuristic: boards of type {self._type_name(t)} allocated in bundles of "
-                                  f"{self.bundle[t]}")
             elif len(self.bnd) > 17:
                 self.bnd = self._cuts((len(self.bnd) - 1) // 2)
-                self.notes.append(f"DP heuristic: stage boundaries limited to {len(self.bnd) - 1} candidate cuts")
             else:
                 break
             self.exact = False
-            self._setup()
+        if len(self.bnd) < n + 1:
+            self.notes.append(f"DP heuristic: stage boundaries limited to {len(self.bnd) - 2} candidate cuts "
+                              f"(cheapest cut_bytes plus evenly spaced) of {n - 1}")
+        if not self.mixed:
+            self.notes.append("DP heuristic: replica groups limited to one board type each")
+        for t in range(T):
+            if self.bundle[t] > 1:
+                self.notes.append(f"DP heuristic: boards of type {self._type_name(t)} allocated in bundles of "
+                                  f"{self.bundle[t]}")
+        self._setup()
         self.cache: dict[int, dict] = {}
         self.link_cache: dict[int, tuple] = {}
         self.ws = self._range_max()
@@ -147,9 +152,21 @@ class DPSolver:
         self.rep_mask = [rep.get(c, 1) for c in range(self.nS)]
 
     def _work(self) -> float:
+        """Element operations of one pass, estimated before building anything (rows = (group, state) pairs)."""
+        tp = self.types
+        T = len(tp.members)
+        nb = [len(tp.members[t]) // self.bundle[t] for t in range(T)]
+        U = [tp.n_units(t) for t in range(T)]
+        R = float(np.prod(np.array(nb, dtype=np.float64) + 1))
+        if self.mixed:
+            rows = float(np.prod([(b + 1) + u * b * (b + 1) / 2 for b, u in zip(nb, U, strict=True)])) - R
+            G = float(np.prod([1 + u * b for b, u in zip(nb, U, strict=True)])) - 1
+        else:
+            rows = sum(u * b * (b + 1) / 2 * R / (b + 1) for b, u in zip(nb, U, strict=True))
+            G = float(sum(u * b for b, u in zip(nb, U, strict=True)))
+        nS = 2 if tp.uniform else min(2 ** T, G + 1)
         K = len(self.bnd) - 1
-        rows = sum(len(rv) for rv, _ in self.rows)
-        return K * K / 2 * rows * self.nS * self.nS * self.nD
+        return K * K / 2 * rows * nS * self.nD + G * K * K * (4 + (self.m * T if self.mixed else 0))
 
     # ----------------------------------------------------------------- links
     def _types_of(self, mask: int) -> list[int]:
@@ -217,14 +234,18 @@ class DPSolver:
         else:
             s = np.zeros((len(vs), K1, K1), dtype=np.int64)
             big = np.iinfo(np.int64).max
+            nv = len(vs)
             for _ in range(m):
                 load = s // c
                 cost = (load + 1) * F + X
                 cand = cost == cost.min(axis=0)
                 lm = np.where(cand, load, big)
                 cand &= lm == lm.min(axis=0)
-                first = np.argmax(cand, axis=0)
-                np.put_along_axis(s, first[None], np.take_along_axis(s, first[None], axis=0) + 1, axis=0)
+                first = np.full(cand.shape[1:], nv)
+                for v in range(nv - 1, -1, -1):
+                    first = np.where(cand[v], v, first)
+                for v in range(nv):
+                    s[v] += first == v
         valid &= np.all(s >= c, axis=0)
         kmax = -(-s // c)
         tau = np.where(tri, (kmax * F + X).max(axis=0), np.inf)
@@ -301,8 +322,8 @@ class DPSolver:
         K = len(self.bnd) - 1
         R, nS, nD, M = self.R, self.nS, self.nD, self.M
         G = len(self.comps)
-        val = np.full((K + 1, R, nS, nD), np.inf)
-        ch = np.full((K + 1, R, nS, nD, 4), -1, dtype=np.int64)
+        val = np.full((R, K + 1, nS, nD), np.inf)
+        ch = np.full((R, K + 1, nS, nD, 4), -1, dtype=np.int64)
         dmap = [min(nD - 1, d + 1) for d in range(nD)]
         is_sum = kind == "sum"
         K1 = K + 1
@@ -314,7 +335,7 @@ class DPSolver:
             st = self._stage(gi)
             pl, el, pe, ee = self._links(self.cls[comp.mask])
             tau = st["tau"]
-            bs = (M - 1) * tau + st["ar"] if bkey == "q" else tau
+            bs = _qkey(tau, st["ar"], M) if bkey == "q" else tau
             with np.errstate(invalid="ignore"):
                 a_s = cp * tau + ce * (st["dyn"] + st["idle"] * theta_idle) if is_sum else bs
             ok = st["valid"] & (bs <= theta)
@@ -327,7 +348,12 @@ class DPSolver:
             END[gi] = col + endc if is_sum else np.maximum(col, endc)
             MEM[gi] = st["memok"]
         rg, rrv, rmg, rcg = self._rows_all()
-        nrow = len(rg)
+        seg = np.searchsorted(rg, np.arange(G + 1))  # rows are grouped by composition
+        chunks, start = [], 0
+        for gi in range(G):  # batch small compositions together: fewer, larger array operations
+            if seg[gi + 1] - seg[start] >= CHUNK_ROWS or gi == G - 1:
+                chunks.append((start, gi + 1))
+                start = gi + 1
         target = rrv * nS + rcg
         for k in range(K - 1, -1, -1):
             cand_v, cand_t, cand_d, cand_pos, cand_info = [], [], [], [], []
@@ -349,19 +375,28 @@ class DPSolver:
                 mem = MEM[:, k, k + 1:K][:, :, dmap]  # [G, L, nD] by the next stage's depth
                 c4 = np.where(mem[:, :, None, :], cst[:, :, :, None], np.inf)  # [G, L, nS, nD]
                 live = np.isfinite(c4).reshape(G, -1).any(axis=1)
-                rows = np.nonzero(live[rg])[0]
-                if len(rows):
-                    nxt = val[k + 1:K][:, rmg[rows]]  # [L, rows, nS, nD]
-                    tot = c4[rg[rows]].transpose(1, 0, 2, 3)
-                    tot = nxt + tot if is_sum else np.maximum(nxt, tot)
-                    tot = tot.transpose(1, 3, 0, 2).reshape(len(rows), nD, -1)
-                    arg = tot.argmin(axis=2)
-                    best = np.take_along_axis(tot, arg[..., None], axis=2)[..., 0]  # [rows, nD]
+                for c_lo, c_hi in chunks:  # compositions [c_lo, c_hi), rows [seg[c_lo], seg[c_hi])
+                    if not live[c_lo:c_hi].any():
+                        continue
+                    lo_, hi_ = seg[c_lo], seg[c_hi]
+                    nxt = val[rmg[lo_:hi_], k + 1:K]  # [rows, L, nS, nD]
+                    cc = c4[c_lo] if c_hi - c_lo == 1 else c4[rg[lo_:hi_]]
+                    tot = nxt + cc if is_sum else np.maximum(nxt, cc)
+                    # lexicographic argmin over (end, next class): first over classes, then over ends
+                    s_min = tot[:, :, 0, :]
+                    s_arg = np.zeros(s_min.shape, dtype=np.int64)  # [rows, L, nD]
+                    for c2 in range(1, nS):
+                        better = tot[:, :, c2, :] < s_min
+                        s_min = np.where(better, tot[:, :, c2, :], s_min)
+                        s_arg = np.where(better, c2, s_arg)
+                    l_arg = s_min.argmin(axis=1)  # [rows, nD]
+                    best = np.take_along_axis(s_min, l_arg[:, None], axis=1)[:, 0]
+                    arg = l_arg * nS + np.take_along_axis(s_arg, l_arg[:, None], axis=1)[:, 0]
                     for d2 in range(nD):
                         fin = np.isfinite(best[:, d2])
                         if not fin.any():
                             continue
-                        r_ = rows[fin]
+                        r_ = lo_ + np.nonzero(fin)[0]
                         a_ = arg[fin, d2]
                         cand_v.append(best[fin, d2])
                         cand_t.append(target[r_])
@@ -382,9 +417,8 @@ class DPSolver:
             d_ = tt % nD
             st_ = tt // nD
             r_, c_ = st_ // nS, st_ % nS
-            val[k, r_, c_, d_] = v[win]
-            ch[k, r_, c_, d_] = info[win]
-        del nrow
+            val[r_, k, c_, d_] = v[win]
+            ch[r_, k, c_, d_] = info[win]
         full = R - 1
         best_v, best_at = np.inf, None
         for c in range(nS):
@@ -398,7 +432,7 @@ class DPSolver:
             if b_in > theta:
                 continue
             for d in range(nD):
-                v = val[0, full, c, d]
+                v = val[full, 0, c, d]
                 tot = v + cp * p_in + ce * e_in if is_sum else max(v, b_in)
                 if tot < best_v:
                     best_v, best_at = tot, (c, d)
@@ -413,7 +447,7 @@ class DPSolver:
         K = len(self.bnd) - 1
         stages = []
         while k < K:
-            gi, k2, c2, d2 = (int(x) for x in ch[k, r, c, d])
+            gi, k2, c2, d2 = (int(x) for x in ch[r, k, c, d])
             comp = self.comps[gi]
             units = []
             for t in range(len(tp.members)):
@@ -435,7 +469,7 @@ class DPSolver:
         vals = []
         for gi in range(len(self.comps)):
             st = self._stage(gi)
-            b = (M - 1) * st["tau"] + st["ar"] if bkey == "q" else st["tau"]
+            b = _qkey(st["tau"], st["ar"], M) if bkey == "q" else st["tau"]
             vals.append(b[st["valid"]])
         for cg in range(self.nS):
             pl, _, pe, _ = self._links(cg)
@@ -445,6 +479,11 @@ class DPSolver:
                 vals.append(np.array([(self.m * self.pf.cut[0] / link[0] + link[1]) * f]))
         allv = np.concatenate(vals) if vals else np.zeros(0)
         return np.unique(allv[np.isfinite(allv)])
+
+
+def _qkey(tau: np.ndarray, ar: np.ndarray, M: int) -> np.ndarray:
+    """Training bottleneck key ``(M-1) tau + ar`` (inf where the stage is impossible)."""
+    return np.where(np.isfinite(tau), (M - 1) * np.where(np.isfinite(tau), tau, 0.0) + ar, np.inf)
 
 
 def solve(costs: CostTable, objective: Objective, *, work_budget: float = WORK_BUDGET,
@@ -492,31 +531,42 @@ def _optimise(dp: DPSolver, obj: Objective, cp: float = 1.0, ce: float = 0.0) ->
             passes += 1
             consider(got2[1] if got2 is not None else got[1])
     elif kind in ("latency", "time"):
+        # objective = sum + w * max. The unconstrained pass gives the smallest sum (floor); then branch and
+        # bound over candidate bottleneck values: on an interval [c_a, c_b] no plan beats sum(c_b) + w c_a.
         bkey = "q" if kind == "time" else "p"
         w = 1.0 if kind == "time" else float(M - 1)
-        cands = dp.candidates(bkey) if w > 0 else None
-        theta, floor = np.inf, None
-        while True:
-            got = dp.run_pass("sum", theta=theta, bkey=bkey)
-            passes += 1
-            if got is None:
-                break
+        got = dp.run_pass("sum", bkey=bkey)
+        passes += 1
+        if got is not None:
             consider(got[1])
-            if w == 0:
-                break
-            if floor is None:
-                floor = got[0]
-            peak = _peak(dp, got[1], bkey)
-            below = cands[cands < peak * (1 - 1e-12)]
-            if not len(below):
-                break
-            theta = float(below[-1])
-            if floor + w * theta >= best_e.value(obj) * (1 - 1e-12):
-                break
-            if passes >= MAX_PASSES:
-                exact = False
-                notes.append(f"DP heuristic: stopped after {passes} bottleneck thresholds")
-                break
+        if got is not None and w > 0:
+            floor = got[0]
+            lo = dp.run_pass("max", bkey=bkey)
+            passes += 1
+            cands = dp.candidates(bkey)
+            cands = cands[(cands >= lo[0] * (1 - 1e-12)) & (cands < _peak(dp, got[1], bkey) * (1 - 1e-12))]
+            stack = [(0, len(cands) - 1)] if len(cands) else []
+            while stack:
+                a, b = stack.pop()
+                best_v = best_e.value(obj) * (1 - 1e-12)
+                if floor + w * cands[a] >= best_v:
+                    continue
+                if passes >= MAX_PASSES:
+                    exact = False
+                    notes.append(f"DP heuristic: bottleneck search stopped after {passes} passes")
+                    break
+                got = dp.run_pass("sum", theta=float(cands[b]), bkey=bkey)
+                passes += 1
+                if got is None:
+                    continue
+                consider(got[1])
+                if got[0] + w * cands[a] >= best_e.value(obj) * (1 - 1e-12) or a == b:
+                    continue
+                b2 = int(np.searchsorted(cands, _peak(dp, got[1], bkey) * (1 - 1e-12))) - 1
+                if b2 < a:
+                    continue
+                mid = (a + b2) // 2
+                stack += [(mid + 1, b2), (a, mid)]
     elif kind == "energy":
         # m * E* = min over candidate thresholds theta of pass(theta) = min dyn + idle * theta over plans whose
         # every p <= theta. Branch and bound over candidate intervals [a, b]: a pass feasible at b with idle
