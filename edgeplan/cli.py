@@ -212,6 +212,8 @@ def compile_cmd(
     input_shape: str | None = typer.Option(None, "--input-shape", help="Same as given to `edgeplan plan`."),
     backend: CompileBackend = typer.Option(CompileBackend.auto, "--backend", help="Module backend per stage."),
     force: bool = typer.Option(False, "--force", help="Replace an existing artifact folder."),
+    bind_any: bool = typer.Option(
+        False, "--bind-any", help="Workers listen on 0.0.0.0 instead of their board's address in the cluster file."),
 ) -> None:
     """Compile every stage of PLAN for its boards into OUT, with launchers and a manifest."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -234,9 +236,13 @@ def compile_cmd(
             bar.update(task, status=ev.status, completed=1 if ev.status in ("done", "reused") else 0)
 
         path = compile_plan(plan, model, out, cluster=cluster, backend=backend.value, progress=on_event,
-                            force=force, input_shape=shape)
-    for note in jsonio.read(path / "compile-report.json")["notes"]:
+                            force=force, input_shape=shape, bind_any=bind_any)
+    compile_report = jsonio.read(path / "compile-report.json")
+    for note in compile_report["notes"]:
         typer.echo(f"note: {note}")
+    for job in compile_report["jobs"]:
+        if job.get("backend") in ("rknn", "openvino") and job.get("notes"):
+            typer.echo(f"{job.get('device')}/stage{job.get('stage')} ({job['backend']}): {job['notes'][0]}")
     boards = sorted(p.name for p in path.iterdir() if p.is_dir())
     typer.echo(f"wrote {path} ({', '.join(boards)}); check a copy with `edgeplan verify {path}`")
 

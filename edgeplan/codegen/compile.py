@@ -20,8 +20,9 @@ Ports: the head listens on ``HEAD_PORT`` (7700); the worker of the k-th
 (stage, replica) pair in plan order listens on ``HEAD_PORT + 1 + k``, so ports
 are unique per (device, stage) even when every worker shares one host (compiling
 without a cluster puts them all on 127.0.0.1). With a cluster, peers connect to
-each device's ``address`` and workers bind ``0.0.0.0`` (a board's hostname often
-resolves to a loopback address on the board itself).
+each device's ``address`` and each worker binds that address, never a wildcard
+unless asked (``bind_any``: useful when a board's hostname resolves to a
+loopback address on the board itself; prefer IP addresses in the cluster file).
 
 Everything is written into a temporary folder next to ``OUT`` and renamed into
 place at the end, so an interrupted compile never leaves a folder that looks complete.
@@ -55,6 +56,7 @@ INSTALL_DIR = "/opt/edgeplan"  # where the systemd unit expects a board's folder
 RUNTIME_DIR = "edgeplan_runtime"
 BASE_REQUIREMENTS = ("python3 -m pip install 'numpy>=1.26,<3'",)
 SEED = 0
+CALIBRATION_SAMPLES = 8  # seeded random model inputs run through earlier stages for int8 NPU stages
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,8 @@ def microbatch_size(plan: Plan) -> int:
     return plan.batch // plan.microbatches
 
 
-def assign_slots(plan: Plan, cluster: Cluster | None) -> tuple[Slot, tuple[tuple[Slot, ...], ...]]:
+def assign_slots(plan: Plan, cluster: Cluster | None,
+                 bind_any: bool = False) -> tuple[Slot, tuple[tuple[Slot, ...], ...]]:
     """The head's slot and every replica's slot (see the module docstring for the port scheme)."""
     m = microbatch_size(plan)
 
@@ -124,9 +127,11 @@ def assign_slots(plan: Plan, cluster: Cluster | None) -> tuple[Slot, tuple[tuple
                 "pass the cluster file the plan was made with (--cluster)"
             ) from e
 
-    bind = LOCALHOST if cluster is None else "0.0.0.0"
+    def bind(device_host: str) -> str:
+        return "0.0.0.0" if bind_any and cluster is not None else device_host
+
     head_host = host(plan.head)
-    head = Slot(-1, HEAD, head_host, HEAD_PORT, f"{bind}:{HEAD_PORT}", 0, m)
+    head = Slot(-1, HEAD, head_host, HEAD_PORT, f"{bind(head_host)}:{HEAD_PORT}", 0, m)
     stages = []
     k = 0
     for st in plan.stages:
@@ -144,7 +149,8 @@ def assign_slots(plan: Plan, cluster: Cluster | None) -> tuple[Slot, tuple[tuple
             seen.add(r.device)
             k += 1
             port = HEAD_PORT + k
-            slots.append(Slot(st.index, r.device, host(r.device), port, f"{bind}:{port}", lo, lo + r.samples))
+            where_host = host(r.device)
+            slots.append(Slot(st.index, r.device, where_host, port, f"{bind(where_host)}:{port}", lo, lo + r.samples))
             lo += r.samples
         if lo != m:
             raise PlanError(
@@ -203,6 +209,7 @@ def compile_plan(
     force: bool = False,
     input_shape: tuple[int, ...] | None = None,
     traced: Any = None,
+    bind_any: bool = False,
 ) -> Path:
     """Compile ``plan`` for ``model_spec`` into ``out_dir`` (see the module docstring); returns ``out_dir``.
 
@@ -214,7 +221,7 @@ def compile_plan(
     cluster = _load_cluster(cluster)
     out = Path(out_dir)
     _check_out_dir(out, force)
-    head, slots = assign_slots(plan, cluster)
+    head, slots = assign_slots(plan, cluster, bind_any)
 
     t0 = time.perf_counter()
     emit(CompileEvent("trace", "running"))
@@ -255,7 +262,10 @@ def compile_plan(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages, runs, jobs, emit)
+        with tempfile.TemporaryDirectory(prefix="edgeplan-calib-") as calib:
+            npu_options = _NpuOptions(cluster, stages, graph, Path(calib))
+            _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages, runs, jobs, emit,
+                       npu_options)
         emit(CompileEvent("write", "running"))
         _readable(tmp)
         manifest.write(tmp, plan.digest(), plan.model)
@@ -271,7 +281,38 @@ def _job(stage: int, target: str, device: str) -> str:
     return f"stage {stage} {target} {device}"
 
 
-def _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages, runs, jobs, emit) -> None:
+class _NpuOptions:
+    """Options only codegen can supply to an NPU stage: the unit's op list and an int8 calibration set.
+
+    The calibration set is seeded random model inputs run through the stages before
+    this one; give real data with ``calibration: path/to/dataset.txt`` in the unit's
+    target_options instead.
+    """
+
+    def __init__(self, cluster, stages, graph, calib_dir: Path):
+        self.cluster, self.stages, self.graph, self.calib_dir = cluster, stages, graph, calib_dir
+
+    def add(self, options: dict[str, str], st, r) -> dict[str, str]:
+        if r.target != "npu":
+            return options
+        options = dict(options)
+        unit = self.cluster.device(r.device).unit(r.unit) if self.cluster is not None else None
+        if unit is not None and unit.supported_ops is not None:
+            options.setdefault("supported_ops", ",".join(unit.supported_ops))
+        if options.get("dtype") == "int8" and "calibration" not in options:
+            from edgeplan.codegen.split import random_inputs
+            from edgeplan.targets.npu import write_calibration_set
+
+            names = [t.name for t in self.graph.inputs]
+            samples = [tuple(random_inputs(self.graph, r.samples, SEED + 1 + i)[n] for n in names)
+                       for i in range(CALIBRATION_SAMPLES)]
+            options["calibration"] = str(write_calibration_set(
+                [s.gm for s in self.stages[:st.index]], samples, self.calib_dir / f"stage{st.index}-b{r.samples}"))
+        return options
+
+
+def _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages, runs, jobs, emit,
+               npu_options: _NpuOptions) -> None:
     from edgeplan.targets.registry import get_target
 
     plan_sha = plan.digest()
@@ -283,7 +324,7 @@ def _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages
     requirements: dict[str, list[str]] = {}
     for st, r, slot in jobs:
         job = _job(st.index, r.target, r.device)
-        options = _options(cluster, r)
+        options = npu_options.add(_options(cluster, r), st, r)
         stage_dir = tmp / r.device / f"stage{st.index}"
         stage_dir.mkdir(parents=True)
         inputs, outputs = runs[r.samples][st.index]

@@ -68,8 +68,9 @@ def test_layout_and_stage_specs(traced, tmp_path):
     assert [p.address for p in s1[0].upstream] == [f"10.0.0.11:{HEAD_PORT + 1}"]
     assert s1[1].downstream[0].device == "rpi4-a" and s1[1].downstream[0].stage == 2
     s0 = StageSpec.load(str(rpi / "stage0" / "stage.json"))
-    assert s0.upstream[0].device == "head" and s0.listen == f"0.0.0.0:{HEAD_PORT + 1}"
+    assert s0.upstream[0].device == "head" and s0.listen == f"10.0.0.11:{HEAD_PORT + 1}"  # its own address
     assert [p.address for p in s0.downstream] == [f"10.0.0.12:{HEAD_PORT + 2}", f"jetson.local:{HEAD_PORT + 3}"]
+
     ports = {(s.device, s.stage): s.listen for s in [s0, *s1]}
     assert len(set(ports.values())) == len(ports)
     # stage 1's inputs are what stage 0 returns: names and shapes agree across the cut
@@ -77,6 +78,13 @@ def test_layout_and_stage_specs(traced, tmp_path):
     assert "mcpu" in (out / "jetson" / "stage1" / "module.py").read_text()
     assert Plan.from_json(jsonio.read(out / "plan.json")) == _plan(traced)
     assert manifest.verify(out) == []
+
+
+def test_workers_bind_a_wildcard_only_when_asked(traced, tmp_path):
+    out = _compile(traced, tmp_path / "art", bind_any=True)
+    s0 = StageSpec.load(str(out / "rpi4-a" / "stage0" / "stage.json"))
+    assert s0.listen == f"0.0.0.0:{HEAD_PORT + 1}"
+    assert [p.address for p in s0.downstream][0] == f"10.0.0.12:{HEAD_PORT + 2}"  # peers still use addresses
 
 
 def test_golden_launchers(traced, tmp_path, golden):

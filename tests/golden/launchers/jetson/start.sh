@@ -12,7 +12,7 @@ stop() {
     for pid in $pids; do kill "$pid" 2>/dev/null || true; done
 }
 trap 'stop; exit 143' TERM INT
-# stage 1 of 3: layers [3, 8), samples [3, 4) of each micro-batch, listens on 0.0.0.0:7703
+# stage 1 of 3: layers [3, 8), samples [3, 4) of each micro-batch, listens on jetson.local:7703
 "$PYTHON" -m edgeplan_runtime.worker --stage stage1/stage.json &
 pids="$pids $!"
 # POSIX sh has no `wait -n`: poll, and when any worker has exited stop the others and pass on its status.

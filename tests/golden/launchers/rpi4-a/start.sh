@@ -12,10 +12,10 @@ stop() {
     for pid in $pids; do kill "$pid" 2>/dev/null || true; done
 }
 trap 'stop; exit 143' TERM INT
-# stage 0 of 3: layers [0, 3), samples [0, 4) of each micro-batch, listens on 0.0.0.0:7701
+# stage 0 of 3: layers [0, 3), samples [0, 4) of each micro-batch, listens on 10.0.0.11:7701
 "$PYTHON" -m edgeplan_runtime.worker --stage stage0/stage.json &
 pids="$pids $!"
-# stage 2 of 3: layers [8, 11), samples [0, 4) of each micro-batch, listens on 0.0.0.0:7704
+# stage 2 of 3: layers [8, 11), samples [0, 4) of each micro-batch, listens on 10.0.0.11:7704
 "$PYTHON" -m edgeplan_runtime.worker --stage stage2/stage.json &
 pids="$pids $!"
 # POSIX sh has no `wait -n`: poll, and when any worker has exited stop the others and pass on its status.
