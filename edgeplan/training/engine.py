@@ -185,14 +185,27 @@ class Engine:
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(self.params, lr=self.cfg.lr, momentum=self.cfg.momentum,
                                          weight_decay=self.cfg.weight_decay)
-        # identical starting weights in a group, whatever each board's RNG did
-        for t in self._state_tensors():
-            self.comm.broadcast(t, self.group_members[0].rank, self.group, self.group_members,
-                                "agreeing on initial weights")
+        if self.me.stage == 0 and self.n_inputs != 1:
+            raise EdgeplanError(f"{self.me.label}: the model takes {self.n_inputs} inputs; training feeds one "
+                                "(images) — wrap the model so forward(x) builds the others")
+        self._agree_on_initial_weights()
 
         self.dataset = data.load_cached(self.job.data_cache) if self.job.data_cache else \
             data.load(self.cfg.dataset, built.input_shape, self.cfg.seed)
         self.start_epoch = self._resume() if self.cfg.resume else 0
+
+    def _agree_on_initial_weights(self) -> None:
+        """Replica 0's weights everywhere in the group (one broadcast), whatever each board's RNG did."""
+        tensors = self._state_tensors()
+        if len(self.group_members) == 1 or not tensors:
+            return
+        flat = torch.cat([t.reshape(-1).float().cpu() for t in tensors])
+        self.comm.broadcast(flat, self.group_members[0].rank, self.group, self.group_members,
+                            "agreeing on initial weights")
+        off = 0
+        for t in tensors:
+            t.copy_(flat[off:off + t.numel()].view_as(t).to(t.dtype))
+            off += t.numel()
 
     def _state_tensors(self) -> list[torch.Tensor]:
         """Float weights and buffers, detached but sharing storage (safe to overwrite in place)."""
