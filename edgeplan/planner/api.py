@@ -7,11 +7,13 @@ Every figure in the Plan comes from ``costmodel.evaluate``.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 
 import numpy as np
 
+from edgeplan import jsonio
 from edgeplan.errors import PlanError
 from edgeplan.planner import dp as dp_mod
 from edgeplan.planner.baselines import baselines as make_baselines
@@ -138,9 +140,9 @@ def diagnose(costs: CostTable, obj: Objective, solver: str = "dp") -> PlanError:
     worst = sorted(ev.overflows, key=lambda o: (o[1] - o[2]), reverse=True)
     for dv, need, cap in worst[:3]:
         st = next(s for s in ev.stages if any(r.device == dv for r in s.replicas))
-        lines.append(f"{costs.devices[dv]} needs {need / MB:.1f} MB for layers {costs.layer_names[st.spec.start]}.."
-                     f"{costs.layer_names[st.spec.stop - 1]} but has {cap / MB:.1f} MB (short by "
-                     f"{(need - cap) / MB:.1f} MB)")
+        lines.append(f"{costs.devices[dv]} runs out of memory by {(need - cap) / MB:.1f} MB (needs {need / MB:.1f} "
+                     f"MB of {cap / MB:.1f} MB for layers {costs.layer_names[st.spec.start]}.."
+                     f"{costs.layer_names[st.spec.stop - 1]})")
     alts = []
     small = _try(costs, obj, [b for b in _halvings(obj.batch)], lambda b: _with_batch(obj, b))
     if small is not None:
@@ -155,7 +157,7 @@ def diagnose(costs: CostTable, obj: Objective, solver: str = "dp") -> PlanError:
     if short > 0:
         k = max(1, math.ceil(short / float(costs.ram_bytes[big])))
         alts.append(f"about {k} more board(s) like {costs.devices[big]} ({float(costs.ram_bytes[big]) / MB:.0f} MB)")
-    head = "no plan fits in memory: best plan ignoring memory has " + "; ".join(lines) if lines else \
+    head = ("no plan fits in memory; in the best plan ignoring memory, " + "; ".join(lines)) if lines else \
         "no plan fits in memory"
     return PlanError(head + ". Nearest feasible alternatives: " + (", ".join(alts) if alts else "none found"))
 
@@ -243,13 +245,15 @@ def plan_of(costs: CostTable, layout: Layout, objective: Objective, ev: Evaluati
                                 stages=_stages(costs, bev, objective.micro) if bev is not None else (),
                                 reason=reason))
     head = costs.devices[head_index(costs, objective)]
-    return Plan(
+    plan = Plan(
         model=model, graph_sha256=graph_sha256, cluster=cluster, cluster_sha256=cluster_sha256,
         mode=objective.mode, objective=objective.objective, batch=objective.batch,
         microbatches=objective.microbatches, schedule=objective.schedule, solver=solver, head=head,
         stages=_stages(costs, ev, objective.micro), predicted=_predicted(ev), baselines=tuple(bls),
         notes=tuple(notes),
     )
+    # what the caller holds is exactly what plan.json will hold (floats rounded by jsonio)
+    return Plan.from_json(json.loads(jsonio.dumps(plan.to_json())))
 
 
 def objective_of(plan: Plan) -> Objective:

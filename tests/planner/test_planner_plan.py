@@ -48,7 +48,7 @@ def test_text_form_parses_back_to_the_same_plan(plan, costs):
     obj = Objective(objective="throughput", batch=8)
     layout = layout_from_text(costs, text, obj)
     assert layout == layout_of(costs, plan)
-    assert evaluate(costs, layout, obj).throughput == pytest.approx(plan.predicted.throughput, rel=1e-12)
+    assert evaluate(costs, layout, obj).throughput == pytest.approx(plan.predicted.throughput, rel=1e-5)  # 6 digits
 
 
 def test_text_form_example_from_the_issue():
@@ -132,7 +132,7 @@ def test_memory_error_names_device_shortfall_and_alternatives():
     with pytest.raises(PlanError) as e:
         plan_from_costs(c, obj)
     msg = str(e.value)
-    assert "short by" in msg and "MB" in msg and any(d in msg for d in c.devices)
+    assert "runs out of memory by" in msg and "MB" in msg and any(d in msg for d in c.devices)
     assert "--batch" in msg and "--microbatches" in msg and "more board" in msg
 
 
