@@ -10,15 +10,16 @@ ratio between the two backends, not their absolute speed, picks the winner) and 
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import CompileError
-from . import _onnx, _tvm
+from . import _onnx, _tune, _tvm
 from .base import CompiledStage
 
 MEASURE_THREADS = 2  # the threads both backends get when timed; boards use all their cores
@@ -52,7 +53,7 @@ class CpuTarget:
     default_mcpu: str | None
     known_mcpu: tuple[str, ...]  # empty: any value LLVM takes
     backends: tuple[str, ...] = ("tvm", "onnxruntime")
-    options: tuple[str, ...] = ("mcpu", "mattr", "num-cores")
+    options: tuple[str, ...] = ("mtriple", "mcpu", "mattr", "num-cores", "tune-trials")
 
     def supports(self, op_kinds: set[str]) -> set[str]:
         """A CPU runs every op torch.export + TVM/ONNX can lower; nothing is refused up front."""
@@ -79,9 +80,14 @@ class CpuTarget:
                 f"valid target_options: {', '.join(self.options)}"
             )
         t: dict[str, Any] = {"kind": "llvm"}
-        if self.mtriple:
-            t["mtriple"] = self.mtriple
-        mcpu = options.get("mcpu", self.default_mcpu)
+        mtriple = options.get("mtriple", self.mtriple)
+        family = (self.mtriple or "x86_64").split("-")[0]
+        if mtriple and mtriple.split("-")[0] != family:
+            raise CompileError(f"{where}: target {self.name} compiles for {family}, not mtriple {mtriple!r}; "
+                               f"fix target_options.mtriple in the board profile or the unit's target kind")
+        if mtriple:
+            t["mtriple"] = mtriple
+        mcpu = options.get("mcpu", self.default_mcpu or _host_mcpu())
         if mcpu:
             if self.known_mcpu and mcpu not in self.known_mcpu:
                 raise CompileError(
@@ -95,8 +101,25 @@ class CpuTarget:
         if mattr:
             t["mattr"] = mattr
         if "num-cores" in options:
-            t["num-cores"] = int(options["num-cores"])
+            t["num-cores"] = _int_option(options, "num-cores", where)
+        elif self.mtriple is None:  # MetaSchedule needs it to pick thread counts; default: this machine's
+            t["num-cores"] = os.cpu_count() or 1
         return t
+
+    def build_tvm(self, mod, target: dict, out_path: Path, where: str, cc: str | None, trials: int) -> str:
+        """Build with the target's tuning database when one exists (tuning first when asked); returns a note."""
+        if trials > 0:
+            if self.mtriple is not None:
+                raise CompileError(
+                    f"{where}: tune-trials needs to measure on {self.name} itself and this machine is x86; "
+                    f"tune on a board and copy its database into {_tune.database_dir(target)}, or drop tune-trials"
+                )
+            _tune.tune(mod, target, trials, where)
+        if _tune.has_database(target):
+            _tune.compile_tuned(mod, target, out_path, where, cc)
+            return f"tvm target {target}, MetaSchedule database {_tune.database_dir(target)}"
+        _tvm.build(mod, target, out_path, where, cc)
+        return f"tvm target {target}, default (untuned) schedules"
 
     def compile_stage(self, module: Any, example_inputs: tuple, options: dict[str, str], out_dir: Path,
                       backend: str = "auto") -> CompiledStage:
@@ -107,18 +130,21 @@ class CpuTarget:
                 f"{where}: target {self.name} has no backend {backend!r}; valid: auto, {', '.join(self.backends)}"
             )
         target = self.tvm_target(dict(options), where)
+        trials = _int_option(options, "tune-trials", where)
         cc = _tvm.cross_cc() if self.cc else None
         out_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         if backend == "tvm":
-            _tvm.build(_tvm.to_relax(module, example_inputs, where), target, out_dir / _tvm.MODULE_FILE, where, cc)
-            return self._result("tvm", out_dir, t0, (f"tvm target {target}",))
+            mod = _tvm.to_relax(module, example_inputs, where)
+            note = self.build_tvm(mod, target, out_dir / _tvm.MODULE_FILE, where, cc, trials)
+            return self._result("tvm", out_dir, t0, (note,))
         if backend == "onnxruntime":
             _onnx.export(module, example_inputs, out_dir / _onnx.MODULE_FILE, where)
             return self._result("onnxruntime", out_dir, t0, (f"onnx opset {_onnx.OPSET}",))
-        return self._compile_auto(module, example_inputs, target, cc, out_dir, where, t0)
+        return self._compile_auto(module, example_inputs, target, cc, out_dir, where, t0, trials)
 
-    def _compile_auto(self, module, example_inputs, target, cc, out_dir: Path, where: str, t0: float):
+    def _compile_auto(self, module, example_inputs, target, cc, out_dir: Path, where: str, t0: float,
+                      trials: int):
         """Build both backends, time both on this machine (x86 builds of the same stage), keep the faster."""
         from ..runtime.backend_onnxruntime import load_model_file
         from ..runtime.backend_tvm import load_module_file
@@ -132,10 +158,10 @@ class CpuTarget:
             notes.append(f"onnx export failed, using tvm: {str(e)[:200]}")
             onnx_path = None
         mod = _tvm.to_relax(module, example_inputs, where)
-        local_target = target if self.mtriple is None else {"kind": "llvm"}
+        local_target = target if self.mtriple is None else {"kind": "llvm", "mcpu": _host_mcpu()}
         with tempfile.TemporaryDirectory(prefix="edgeplan-measure-") as tmp:
             local_so = (out_dir if self.mtriple is None else Path(tmp)) / _tvm.MODULE_FILE
-            _tvm.build(mod, local_target, local_so, where)
+            local_note = self.build_tvm(mod, local_target, local_so, where, None, trials if self.mtriple is None else 0)
             if onnx_path is None:
                 choice, ms = "tvm", {}
             else:
@@ -148,17 +174,18 @@ class CpuTarget:
                 f"tvm {ms['tvm']:.2f} ms, onnxruntime {ms['onnxruntime']:.2f} ms -> {choice}"
             )
         if self.mtriple is not None:
-            notes.append(f"{self.name} cannot be timed here: backend picked by the x86 ratio of the same stage")
+            notes.append(f"{self.name} cannot be timed here: backend picked by the x86 ratio of the same stage "
+                         f"({local_note})")
         if choice == "tvm":
             if onnx_path is not None:
                 onnx_path.unlink()
-            if self.mtriple is not None:
-                _tvm.build(mod, target, out_dir / _tvm.MODULE_FILE, where, cc)
-            notes.append(f"tvm target {target}")
+            notes.append(local_note if self.mtriple is None else
+                         self.build_tvm(mod, target, out_dir / _tvm.MODULE_FILE, where, cc, 0))
         else:
             (out_dir / _tvm.MODULE_FILE).unlink(missing_ok=True)
             notes.append(f"onnx opset {_onnx.OPSET}")
-        return self._result(choice, out_dir, t0, tuple(notes))
+        result = self._result(choice, out_dir, t0, tuple(notes))
+        return replace(result, measured_ms=tuple((k, round(v, 3)) for k, v in sorted(ms.items())))
 
     @staticmethod
     def _measure(tvm_run, ort_run, inputs: list) -> dict[str, float]:
@@ -174,3 +201,20 @@ class CpuTarget:
                              (_tvm.MODULE_FILE, _onnx.MODULE_FILE)))
         return CompiledStage(backend=backend, module_file=module_file, files=files,
                              compile_s=round(time.perf_counter() - t0, 3), notes=notes)
+
+
+def _host_mcpu() -> str:
+    """This machine's CPU name for LLVM (e.g. znver4): without it LLVM targets baseline x86-64 (SSE2 only)."""
+    from tvm.target import codegen
+
+    return str(codegen.llvm_get_system_cpu())
+
+
+def _int_option(options: dict[str, str], key: str, where: str) -> int:
+    try:
+        value = int(options.get(key, "0"))
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise CompileError(f"{where}: target option {key}={options.get(key)!r} must be a whole number >= 0")
+    return value

@@ -25,6 +25,7 @@ class GpuTarget:
     default: str
     known: tuple[str, ...]
     requirements: tuple[str, ...]
+    extra: tuple[str, ...] = ()  # options accepted and recorded in the notes only (e.g. mali "model")
     backends: tuple[str, ...] = ("tvm",)
 
     def supports(self, op_kinds: set[str]) -> set[str]:
@@ -37,7 +38,7 @@ class GpuTarget:
         return self.requirements
 
     def tvm_target(self, options: dict[str, str], where: str) -> dict:
-        allowed = (self.option, "mcpu")
+        allowed = (self.option, "mcpu", "host_mcpu", "mtriple") + self.extra
         unknown = sorted(set(options) - set(allowed))
         if unknown:
             raise CompileError(f"{where}: target {self.name} has no option(s) {', '.join(unknown)}; "
@@ -47,8 +48,12 @@ class GpuTarget:
             raise CompileError(f"{where}: target {self.name}: unknown {self.option} {value!r}; use one of "
                                f"{', '.join(self.known)} (target_options.{self.option} in the board profile)")
         host = dict(_tvm.AARCH64_HOST)
-        if "mcpu" in options:
-            host["mcpu"] = options["mcpu"]
+        if options.get("mtriple", host["mtriple"]).split("-")[0] != "aarch64":
+            raise CompileError(f"{where}: target {self.name} has an aarch64 host; target_options.mtriple "
+                               f"{options['mtriple']!r} is not aarch64")
+        host_mcpu = options.get("host_mcpu", options.get("mcpu"))
+        if host_mcpu:
+            host["mcpu"] = host_mcpu
         return {"kind": self.kind, self.option: value, "host": host}
 
     def compile_stage(self, module: Any, example_inputs: tuple, options: dict[str, str], out_dir: Path,
@@ -64,4 +69,5 @@ class GpuTarget:
         _tvm.build(mod, target, out_dir / _tvm.MODULE_FILE, where, cc, relax_pipeline=_tvm.gpu_pipeline)
         return CompiledStage(backend="tvm", module_file=_tvm.MODULE_FILE, files=(_tvm.MODULE_FILE,),
                              compile_s=round(time.perf_counter() - t0, 3),
-                             notes=(f"tvm target {target}", "dlight default GPU schedules (untuned)"))
+                             notes=(f"tvm target {target}", "dlight default GPU schedules (untuned)")
+                             + tuple(f"{k}={options[k]}" for k in self.extra if k in options))

@@ -59,7 +59,7 @@ def _runner():
                 results.append(lr.LocalRunnerFuture(res=res, error_message=err))
             return results
 
-    return CpuLocalRunner(timeout_sec=60)
+    return CpuLocalRunner(timeout_sec=300)
 
 
 def tune(mod, target_dict: dict, trials: int, where: str, log: Callable[[str], None] | None = None) -> Path:
@@ -77,6 +77,13 @@ def tune(mod, target_dict: dict, trials: int, where: str, log: Callable[[str], N
         ms.relax_integration.tune_relax(
             fused, {}, tvm.target.Target(target_dict), work_dir=str(work_dir), max_trials_global=trials,
             num_trials_per_iter=min(32, max(4, trials // 4)), runner=_runner(),
+            # Builder workers import TVM first (tens of seconds on a busy 2-core machine): the default
+            # 30 s timeout fails every candidate there.
+            builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=600),
+            # Evolutionary search (cost model + mutation of a 512-candidate population) costs minutes per
+            # round on 2 cores before it measures anything; for small budgets, random traces do as well.
+            strategy="evolutionary" if trials >= 256 else "replay-trace",
+            cost_model="xgb" if trials >= 256 else "random",
         )
     except Exception as e:
         raise CompileError(f"{where}: MetaSchedule tuning failed: {type(e).__name__}: {str(e)[-600:]}") from e

@@ -21,7 +21,8 @@ class CompiledStage:
     ``module_file`` the file that loader opens, relative to ``out_dir``; ``files`` every
     file written (``module_file`` included), relative to ``out_dir``; ``notes`` short
     human-readable facts (chosen backend and why, measured ms of each candidate) that
-    codegen copies into its report so profiles can be calibrated.
+    codegen copies into its report so profiles can be calibrated; ``measured_ms`` the same
+    timings as data: (backend, median ms on the compile machine) for each candidate timed.
     """
 
     backend: str
@@ -29,6 +30,7 @@ class CompiledStage:
     files: tuple[str, ...]
     compile_s: float
     notes: tuple[str, ...] = ()
+    measured_ms: tuple[tuple[str, float], ...] = ()
 
 
 @runtime_checkable

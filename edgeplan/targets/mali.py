@@ -15,6 +15,7 @@ TARGET = GpuTarget(
     option="device",
     default="mali",
     known=("mali",),
+    extra=("model",),
     requirements=(
         "vendor OpenCL driver (libmali) + apt-get install ocl-icd-libopencl1",
         "libtvm_runtime.so of TVM 0.27 built from source with USE_OPENCL=ON, in lib/",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -61,14 +63,18 @@ def test_x86_auto_measures_both_and_keeps_one(tmp_path):
     assert cs.files == (cs.module_file,)
     measured = [n for n in cs.notes if n.startswith("measured")]
     assert measured and "tvm" in measured[0] and "onnxruntime" in measured[0]
+    timed = dict(cs.measured_ms)
+    assert set(timed) == {"tvm", "onnxruntime"} and all(v > 0 for v in timed.values())
+    assert cs.backend == min(timed, key=timed.get)
 
 
 @pytest.mark.tvm
 @pytest.mark.parametrize("kind,options", [
     ("arm-cpu", {"mcpu": "cortex-a53"}),
-    ("cuda", {"arch": "sm_53"}),
+    ("arm-cpu", {"mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": "+neon,+dotprod"}),
+    ("cuda", {"arch": "sm_53", "host_mcpu": "cortex-a57"}),
     ("cuda", {"arch": "sm_87"}),
-    ("mali", {}),
+    ("mali", {"device": "mali", "model": "g610"}),
 ])
 def test_aarch64_libraries_are_aarch64_elf(tmp_path, kind, options):
     gm, example = stage_module()
@@ -85,6 +91,8 @@ def test_bad_options_name_the_fix(tmp_path):
         get_target("cuda").compile_stage(gm, example, {"arch": "sm_99"}, tmp_path)
     with pytest.raises(CompileError, match="valid target_options"):
         get_target("x86").compile_stage(gm, example, {"platform": "rk3588"}, tmp_path)
+    with pytest.raises(CompileError, match="not mtriple"):
+        get_target("arm-cpu").compile_stage(gm, example, {"mtriple": "x86_64-linux-gnu"}, tmp_path)
     with pytest.raises(CompileError, match="valid: auto"):
         get_target("mali").compile_stage(gm, example, {}, tmp_path, backend="onnxruntime")
 
@@ -93,3 +101,48 @@ def test_missing_cross_compiler_names_apt_package(monkeypatch):
     monkeypatch.setattr(_tvm.shutil, "which", lambda name: None)
     with pytest.raises(CompileError, match="apt-get install gcc-aarch64-linux-gnu"):
         _tvm.cross_cc()
+
+
+def test_arm_cpu_refuses_to_tune_here(tmp_path):
+    gm, example = stage_module()
+    with pytest.raises(CompileError, match="tune on a board"):
+        get_target("arm-cpu").compile_stage(gm, example, {"tune-trials": "8"}, tmp_path, backend="tvm")
+
+
+@pytest.mark.tvm
+@pytest.mark.skipif(not os.environ.get("EDGEPLAN_SLOW_TESTS"),
+                    reason="MetaSchedule tuning takes ~5 min on 2 cores; set EDGEPLAN_SLOW_TESTS=1 to run it")
+def test_x86_tuning_database_is_cached_and_used(tmp_path, monkeypatch):
+    """A few MetaSchedule trials create the target's database; the next compile applies it, still exact."""
+    from edgeplan.targets import _tune
+
+    monkeypatch.setenv("EDGEPLAN_TUNE_DIR", str(tmp_path / "tune"))
+    torch.manual_seed(0)
+    gm = torch.fx.symbolic_trace(torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3), torch.nn.ReLU()).eval())
+    example = (torch.randn(1, 4, 10, 10),)
+    target = get_target("x86")
+    cs = target.compile_stage(gm, example, {"tune-trials": "4"}, tmp_path / "a", backend="tvm")
+    assert _tune.has_database(target.tvm_target({}, "t"))
+    assert any("MetaSchedule database" in n for n in cs.notes)
+    cs2 = target.compile_stage(gm, example, {}, tmp_path / "b", backend="tvm")
+    assert any("MetaSchedule database" in n for n in cs2.notes)
+    runner = backends.load(tmp_path / "b", _spec(cs2, "x86", example, (gm(*example),)))
+    with torch.no_grad():
+        assert np.abs(runner([example[0].numpy()])[0] - gm(*example).numpy()).max() < 1e-4
+
+
+@pytest.mark.tvm
+@pytest.mark.skipif(not os.environ.get("EDGEPLAN_SLOW_TESTS"),
+                    reason="8 full-model aarch64 compiles (~2-3 min on 2 cores); set EDGEPLAN_SLOW_TESTS=1 to run them")
+@pytest.mark.parametrize("model", ["resnet18", "mobilenet_v2"])
+def test_zoo_models_build_aarch64_libraries(tmp_path, model):
+    from edgeplan.graph import zoo
+
+    entry = zoo.get(model)
+    net = entry.build().eval()
+    example = (torch.randn(*entry.input_shape),)
+    for kind, options in (("arm-cpu", {"mcpu": "cortex-a72"}), ("cuda", {"arch": "sm_53"}),
+                          ("cuda", {"arch": "sm_87"}), ("mali", {})):
+        out = tmp_path / f"{kind}-{options.get('arch', 'x')}"
+        cs = get_target(kind).compile_stage(net, example, options, out, backend="tvm")
+        assert _tvm.elf_machine(out / cs.module_file) == AARCH64, (model, kind, options)
