@@ -420,7 +420,7 @@ def train(
 # --- testbed / deploy --------------------------------------------------------
 
 
-@app.command(context_settings={"allow_interspersed_args": False})
+@app.command()
 def emulate(
     cluster: Path = typer.Argument(..., help="Cluster YAML to emulate.", exists=True, dir_okay=False),
     command: list[str] | None = typer.Argument(

@@ -99,7 +99,7 @@ def _mem_bandwidth(seconds: float = 0.3) -> float:
     return 2 * a.nbytes / best  # read + write
 
 
-def measure(seconds_per_class: float = 0.4) -> HostSpeed:
+def measure(seconds_per_class: float = 0.4, classes: tuple[str, ...] = OP_CLASSES) -> HostSpeed:
     """Time each op class's micro-benchmark; returns per-core FLOP/s (bytes/s for `data`)."""
     import torch
 
@@ -109,6 +109,8 @@ def measure(seconds_per_class: float = 0.4) -> HostSpeed:
     flops: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="edgeplan-calibrate-") as tmp:
         for op_class, (module, shape) in _benchmarks().items():
+            if op_class not in classes:
+                continue
             graph = trace(module.eval(), shape, op_class).graph
             work = sum(layer.flops_fwd for layer in graph.layers if layer.op_class == op_class)
             if op_class == "data":  # priced by bytes moved, not FLOPs
@@ -117,5 +119,9 @@ def measure(seconds_per_class: float = 0.4) -> HostSpeed:
             torch.onnx.export(module, (torch.randn(shape),), str(path), dynamo=False, opset_version=17)
             seconds = _time_ort(path, shape, seconds_per_class)
             flops[op_class] = max(work, 1) / seconds
-    assert set(flops) == set(OP_CLASSES)
     return HostSpeed(tuple(sorted(flops.items())), _mem_bandwidth())
+
+
+def conv_flops(seconds: float = 0.5) -> float:
+    """Per-core dense-conv FLOP/s: what the emulator sizes CPU quotas by."""
+    return measure(seconds, ("conv",)).of("conv")

@@ -21,13 +21,12 @@ import os
 import signal
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeplan import jsonio
 from edgeplan.profiles.model import Cluster
-from edgeplan.testbed import netns
+from edgeplan.testbed import calibrate, netns
 from edgeplan.testbed.calibrate import HostSpeed
 
 ENV_VAR = "EDGEPLAN_TESTBED"
@@ -75,20 +74,6 @@ def shape(cluster: Cluster, host_core_flops: float, cores: int | None = None,
     return Shape(dilation, host_core_flops, boards, overrides, default * dilation)
 
 
-def measure_host_core_flops(seconds: float = 0.5) -> float:
-    """Single-core float32 GEMM FLOP/s of this machine (numpy, one thread)."""
-    import numpy as np
-
-    n = 256
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    b = a.T.copy()
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        reps += 1
-    return 2 * n**3 * reps / (time.perf_counter() - t0)
-
-
 def state_json(bed: netns.Testbed, plan_shape: Shape) -> dict:
     return {
         "host_address": bed.host_address,
@@ -112,7 +97,7 @@ def testbed(cluster: Cluster, host_core_flops: float | None = None, echo=print):
     stale = netns.cleanup_stale()
     if stale:
         echo(f"removed leftovers of an earlier emulation: {', '.join(stale)}")
-    plan_shape = shape(cluster, host_core_flops or measure_host_core_flops())
+    plan_shape = shape(cluster, host_core_flops or calibrate.conv_flops())
     echo(f"emulating {cluster.name}: dilation {plan_shape.dilation:.3g} "
          f"(the emulated cluster runs {1 / plan_shape.dilation:.3g}x slower than the real one)")
     for b in plan_shape.boards:
