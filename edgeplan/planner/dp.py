@@ -17,7 +17,6 @@ reduced to stay fast, and ``notes`` says so.
 from __future__ import annotations
 
 import itertools
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -505,10 +504,7 @@ def _better(ev: Evaluation, best: Evaluation | None, obj: Objective) -> bool:
 
 
 def _eval(dp: DPSolver, layout: Layout) -> Evaluation:
-    ev = evaluate(dp.costs, layout, dp.obj, prefix=dp.pf)
-    if dp.ignore_memory:
-        return ev
-    return ev
+    return evaluate(dp.costs, layout, dp.obj, prefix=dp.pf)
 
 
 def _optimise(dp: DPSolver, obj: Objective, cp: float = 1.0, ce: float = 0.0) -> Result:
@@ -606,14 +602,3 @@ def _peak(dp: DPSolver, layout: Layout, bkey: str) -> float:
         f = 2 if (dp.train and i + 1 < len(ev.stages)) else 1
         res.append((M - 1) * f * st.send_s)
     return max(res)
-
-
-def lagrange_weights() -> list[float]:
-    return [10.0 ** x for x in range(-6, 7)]
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-__all__ = ["DPSolver", "Result", "solve", "math"]

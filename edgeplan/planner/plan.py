@@ -78,6 +78,9 @@ class Plan:
     baselines: tuple[Baseline, ...] = ()
     notes: tuple[str, ...] = ()
     schema_version: int = field(default=SCHEMA_VERSION)
+    latency_budget_s: float | None = None  # the request's budgets and optimizer, so the file says what was asked
+    energy_budget_j: float | None = None
+    optimizer_states: int = 1
 
     @property
     def devices_used(self) -> tuple[str, ...]:

@@ -46,8 +46,15 @@ def format_plan(plan: Plan) -> str:
         f"{plan.microbatches} micro-batch(es) of {plan.batch // plan.microbatches}, schedule {plan.schedule}, "
         f"solver {plan.solver}, head {plan.head})",
         f"text: {to_str(plan)}",
-        "",
     ]
+    budgets = []
+    if plan.latency_budget_s is not None:
+        budgets.append(f"{'iteration' if train else 'latency'} <= {plan.latency_budget_s * 1e3:.4g} ms")
+    if plan.energy_budget_j is not None:
+        budgets.append(f"energy <= {plan.energy_budget_j * 1e3:.4g} mJ/sample")
+    if budgets:
+        lines.append("budgets: " + ", ".join(budgets))
+    lines.append("")
     rows = [["stage", "layers", "replica (unit, samples, share)", "compute ms", "send ms", "memory MB used/cap",
              "energy mJ/sample"]]
     for s in plan.stages:

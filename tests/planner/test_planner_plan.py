@@ -9,7 +9,7 @@ import pytest
 
 from edgeplan import jsonio
 from edgeplan.errors import PlanError
-from edgeplan.planner.api import layout_from_text, layout_of, plan_from_costs
+from edgeplan.planner.api import layout_from_text, layout_of, objective_of, plan_from_costs
 from edgeplan.planner.costmodel import StageSpec, evaluate
 from edgeplan.planner.objective import Objective, parse_quantity
 from edgeplan.planner.plan import Plan, load
@@ -45,7 +45,8 @@ def test_text_form_parses_back_to_the_same_plan(plan, costs):
     text = to_str(plan)
     model, stages = from_str(text)
     assert model == "toy" and len(stages) == len(plan.stages)
-    obj = Objective(objective="throughput", batch=8)
+    obj = objective_of(plan)
+    assert obj == Objective(objective="throughput", batch=8, head=plan.head)
     layout = layout_from_text(costs, text, obj)
     assert layout == layout_of(costs, plan)
     assert evaluate(costs, layout, obj).throughput == pytest.approx(plan.predicted.throughput, rel=1e-5)  # 6 digits
@@ -148,6 +149,7 @@ def test_latency_budget_trades_throughput(costs):
     tight = plan_from_costs(costs, Objective(objective="throughput", batch=8, microbatches=4,
                                              latency_budget_s=budget), with_baselines=False)
     assert tight.predicted.latency_s <= budget
+    assert tight.latency_budget_s == pytest.approx(budget, rel=1e-5) and "budgets: latency <=" in format_plan(tight)
     assert tight.predicted.throughput <= free.predicted.throughput * (1 + 1e-9)
     assert any("DP heuristic" in n for n in tight.notes)
 
