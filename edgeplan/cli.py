@@ -237,12 +237,15 @@ def compile_cmd(
 
         path = compile_plan(plan, model, out, cluster=cluster, backend=backend.value, progress=on_event,
                             force=force, input_shape=shape, bind_any=bind_any)
-    compile_report = jsonio.read(path / "compile-report.json")
+    report_file = path / "compile-report.json"  # training artifacts have none: no compiled modules
+    compile_report = jsonio.read(report_file) if report_file.is_file() else {"notes": [], "jobs": []}
     for note in compile_report["notes"]:
         typer.echo(f"note: {note}")
     for job in compile_report["jobs"]:
         if job.get("backend") in ("rknn", "openvino") and job.get("notes"):
             typer.echo(f"{job.get('device')}/stage{job.get('stage')} ({job['backend']}): {job['notes'][0]}")
+    if (path / "training.json").is_file():
+        typer.echo(f"training plan: run it with `edgeplan train {path} --local` (or start-training.sh per board)")
     boards = sorted(p.name for p in path.iterdir() if p.is_dir())
     typer.echo(f"wrote {path} ({', '.join(boards)}); check a copy with `edgeplan verify {path}`")
 

@@ -184,20 +184,6 @@ def _load_cluster(cluster: Cluster | str | os.PathLike[str] | None) -> Cluster |
     return load_cluster(str(cluster))
 
 
-def _check_out_dir(out: Path, force: bool) -> None:
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise CompileError(f"{out}: exists and is not a folder; choose another --out")
-    if not out.exists():
-        return
-    if not force:
-        raise CompileError(f"{out}: already exists; pass --force to replace it or choose another --out")
-    if any(out.iterdir()) and not (out / manifest.MANIFEST).is_file():
-        raise CompileError(
-            f"{out}: exists and is not an edgeplan artifact folder (no {manifest.MANIFEST}); "
-            "refusing to replace it even with --force, choose another --out"
-        )
-
-
 def compile_plan(
     plan: Plan | str | os.PathLike[str],
     model_spec: str,
@@ -220,7 +206,14 @@ def compile_plan(
     plan = _load_plan(plan)
     cluster = _load_cluster(cluster)
     out = Path(out_dir)
-    _check_out_dir(out, force)
+    manifest.check_out_dir(out, force)
+    if plan.mode == "training":  # boards train with torch: launchers and a rank table, no compiled modules
+        from edgeplan.training.launch import prepare
+
+        emit(CompileEvent("training launchers", "running"))
+        prepare(plan, model_spec, out, input_shape=input_shape, cluster=cluster, force=force)
+        emit(CompileEvent("training launchers", "done"))
+        return out
     head, slots = assign_slots(plan, cluster, bind_any)
 
     t0 = time.perf_counter()
@@ -268,8 +261,7 @@ def compile_plan(
                        npu_options)
         emit(CompileEvent("write", "running"))
         _readable(tmp)
-        manifest.write(tmp, plan.digest(), plan.model)
-        _rename_into_place(tmp, out, force)
+        manifest.publish(tmp, out, force, plan.digest(), plan.model)
         emit(CompileEvent("write", "done"))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -452,19 +444,3 @@ def _readable(root: Path) -> None:
     for p in root.rglob("*"):
         mode = 0o755 if p.is_dir() or p.name == "start.sh" else 0o644
         p.chmod(mode & ~umask)
-
-
-def _rename_into_place(tmp: Path, out: Path, force: bool) -> None:
-    _check_out_dir(out, force)
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    holder = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    old = holder / "old"
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(holder, ignore_errors=True)

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from edgeplan import jsonio
-from edgeplan.errors import ArtifactError
+from edgeplan.errors import ArtifactError, CompileError
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
@@ -109,3 +112,41 @@ def verify(root: str | Path) -> list[str]:
     if "plan.json" in expected and plan_file.is_file() and file_sha256(plan_file) != data.get("plan_sha256"):
         problems.append(f"plan.json: its sha256 differs from the manifest's plan_sha256 {data.get('plan_sha256')}")
     return problems
+
+
+def check_out_dir(out: Path, force: bool) -> None:
+    """Refuse to replace a folder without --force, and never replace one that is not ours."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise CompileError(f"{out}: exists and is not a folder; choose another --out")
+    if not out.exists():
+        return
+    if not force:
+        raise CompileError(f"{out}: already exists; pass --force to replace it or choose another --out")
+    if any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise CompileError(
+            f"{out}: exists and is not an edgeplan artifact folder (no {MANIFEST}); "
+            "refusing to replace it even with --force, choose another --out"
+        )
+
+
+def publish(tmp: Path, out: Path, force: bool, plan_sha256: str, model: str) -> Path:
+    """Write the manifest of the finished folder ``tmp`` and rename it to ``out``.
+
+    The old folder (with --force) is moved aside first and deleted only after the
+    new one is in place, so an interruption never leaves a folder that looks complete.
+    """
+    write(tmp, plan_sha256, model)
+    check_out_dir(out, force)
+    if not out.exists():
+        os.rename(tmp, out)
+        return out
+    holder = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    old = holder / "old"
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(holder, ignore_errors=True)
+    return out

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgeplan import jsonio
+from edgeplan.codegen import manifest
 from edgeplan.errors import ArtifactError, PlanError, RuntimeFault
 from edgeplan.planner.plan import Plan
 from edgeplan.planner.plan import load as load_plan
@@ -52,8 +53,8 @@ exec edgeplan train "$(dirname "$here")" --device "$(basename "$here")" "$@"
 
 def prepare(plan: Plan, model_spec: str, out_dir: str | os.PathLike[str], *,
             input_shape: tuple[int, ...] | None = None, cluster=None, provider: str | None = None,
-            port: int = DEFAULT_PORT, sync: str = "sync") -> Path:
-    """Write the training artifacts of ``plan`` to ``out_dir`` (atomically: temp folder, then rename).
+            port: int = DEFAULT_PORT, sync: str = "sync", force: bool = True) -> Path:
+    """Write the training artifacts of ``plan`` to ``out_dir`` (atomically: temp folder, manifest, rename).
 
     ``cluster`` (profiles.model.Cluster), when given, supplies the boards' addresses and
     power figures (energy estimates); ``provider`` is an optional
@@ -89,6 +90,7 @@ def prepare(plan: Plan, model_spec: str, out_dir: str | os.PathLike[str], *,
                    "target": r.target, "lo": r.lo, "hi": r.hi} for r in ranks],
     }
     out = Path(out_dir)
+    manifest.check_out_dir(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -99,13 +101,7 @@ def prepare(plan: Plan, model_spec: str, out_dir: str | os.PathLike[str], *,
             script.parent.mkdir()
             script.write_text(START_SCRIPT)
             script.chmod(0o755)
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        manifest.publish(tmp, out, force, plan.digest(), plan.model)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

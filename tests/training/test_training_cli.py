@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from edgeplan import jsonio
 from edgeplan.cli import app
+from edgeplan.codegen import manifest
 from edgeplan.training import launch
 
 from .training_helpers import training_plan
@@ -16,7 +17,9 @@ from .training_helpers import training_plan
 def test_train_local_prints_epoch_line_and_state_dict(tmp_path):
     plan = training_plan("lenet5", (), ((3, 5),), batch=16, microbatches=2)  # one stage, 2 replicas
     art = launch.prepare(plan, "lenet5", tmp_path / "art", sync="local-sgd")
-    assert sorted(p.name for p in art.iterdir()) == ["board0a", "board0b", "plan.json", "training.json"]
+    assert sorted(p.name for p in art.iterdir()) == ["board0a", "board0b", "manifest.json", "plan.json",
+                                                     "training.json"]
+    assert manifest.verify(art) == []  # training artifacts are checked like inference ones
     assert (art / "board0a" / "start-training.sh").stat().st_mode & 0o111
     assert jsonio.read(art / "training.json")["input_shape"] == [1, 1, 32, 32]
     r = CliRunner().invoke(app, ["train", str(art), "--local", "--epochs", "1", "--max-iters", "3",
@@ -40,3 +43,21 @@ def test_train_needs_a_board_or_local(tmp_path):
     art = launch.prepare(plan, "lenet5", tmp_path / "art")
     r = CliRunner().invoke(app, ["train", str(art), "--device", "nope"])
     assert r.exit_code == 2 and "nope have no rank in this plan; boards in the plan: board0a" in r.output
+
+
+def test_compile_turns_a_training_plan_into_training_artifacts(tmp_path):
+    import pytest
+
+    from edgeplan.codegen.compile import compile_plan
+    from edgeplan.errors import CompileError
+
+    plan = training_plan("lenet5", (3,), ((2,), (2,)), batch=4, microbatches=2)
+    jsonio.write(tmp_path / "plan.json", plan.to_json())
+    r = CliRunner().invoke(app, ["compile", str(tmp_path / "plan.json"), "--model", "lenet5",
+                                 "--out", str(tmp_path / "art")])
+    assert r.exit_code == 0, r.output
+    art = tmp_path / "art"
+    assert (art / "training.json").is_file() and not list(art.glob("*/stage*"))  # launchers, no modules
+    assert manifest.verify(art) == []
+    with pytest.raises(CompileError, match="already exists; pass --force"):
+        compile_plan(plan, "lenet5", art)
