@@ -120,16 +120,21 @@ def _meet_budgets(costs: CostTable, obj: Objective, first: Layout) -> tuple[Layo
             if ev.ok and (best is None or ev.score(obj) < best[1].score(obj)):
                 best = (got[1], ev)
     if best is None:
+        free = replace(obj, latency_budget_s=None, energy_budget_j=None)
         parts = []
         if obj.latency_budget_s is not None:
             what = "iteration time" if obj.training else "latency"
+            fastest = dp_mod.solve(costs, replace(free, objective="time" if obj.training else "latency")).evaluation
+            value = (fastest.iter_s if obj.training else fastest.latency_s) if fastest else closest["latency"]
             parts.append(f"the {what} budget of {obj.latency_budget_s * 1e3:.4g} ms cannot be met: the best "
-                         f"achievable {what} is {closest['latency'] * 1e3:.4g} ms")
+                         f"achievable {what} is {value * 1e3:.4g} ms")
         if obj.energy_budget_j is not None:
+            frugal = None if obj.training else dp_mod.solve(costs, replace(free, objective="energy")).evaluation
+            value = frugal.energy_j if frugal else closest["energy"]
             parts.append(f"the energy budget of {obj.energy_budget_j * 1e3:.4g} mJ/sample cannot be met: the best "
-                         f"achievable is {closest['energy'] * 1e3:.4g} mJ/sample")
-        raise PlanError("; ".join(parts) + " (with both budgets at once, each may be reachable alone); "
-                        "raise the budget or add faster boards")
+                         f"achievable is {value * 1e3:.4g} mJ/sample")
+        both = " (each budget alone may be reachable, not both at once)" if len(parts) == 2 else ""
+        raise PlanError("; ".join(parts) + both + "; raise the budget, change the batch or add faster boards")
     return best[0], best[1], ["DP heuristic: budgets met by a Lagrangian search over bottleneck thresholds"]
 
 
