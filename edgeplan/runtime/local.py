@@ -54,7 +54,7 @@ def discover(root: str | os.PathLike[str]) -> Artifacts:
     """Read plan.json and the stage.json of every replica it names."""
     import json
 
-    root = Path(root)
+    root = Path(root).resolve()  # workers run with their board folder as cwd
     plan_path = root / "plan.json"
     try:
         plan = json.loads(plan_path.read_text())

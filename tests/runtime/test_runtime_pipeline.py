@@ -167,3 +167,10 @@ def test_cli_run_needs_exactly_one_mode(tmp_path, flags):
     out = CliRunner().invoke(app, ["run", str(tmp_path), *[str(tmp_path / f) if f.endswith(".yaml") else f
                                                             for f in flags]])
     assert out.exit_code != 0
+
+
+def test_run_local_accepts_a_relative_artifact_path(tmp_path, monkeypatch):
+    make_artifacts(tmp_path / "art", [[("a", 2)]], [4, 3])
+    monkeypatch.chdir(tmp_path)
+    art, res = run_local("art", 3, command=WORKER, log_dir=tmp_path / "logs")
+    assert res.ok and res.completed == 3
