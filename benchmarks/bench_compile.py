@@ -79,8 +79,11 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
+    import os
+
     print(f"threads={args.threads} (torch, ONNX Runtime, TVM), denormals flushed, ms = median of up to "
-          f"{args.repeat} runs, batch 1")
+          f"{args.repeat} runs, batch 1; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
+          "(other jobs skew eager/ORT most: their thread pools spin)")
     results = [bench_model(m, args.threads, args.tune_trials, not args.no_aarch64, args.repeat)
                for m in args.models.split(",")]
     w = [14, 12, 12, 14]
