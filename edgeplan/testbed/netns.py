@@ -32,7 +32,9 @@ PREFIX = "ep"  # every namespace, link and cgroup we create starts with it
 SUBNET = "10.231"  # 10.231.<net>.<host>/24, our own test hosts only
 CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
 CGROUP_V2 = Path("/sys/fs/cgroup")
-PERIOD_US = 100_000
+PERIOD_US = 20_000  # short CFS period: throttling in small slices, like a slower CPU
+MIN_QUOTA_US = 1_000  # the kernel refuses smaller CFS quotas
+MAX_PERIOD_US = 1_000_000
 
 
 class EmulationError(EdgeplanError):
@@ -109,15 +111,22 @@ def _shape(ns: str, dev: str, default_bps: float, overrides: tuple[tuple[str, fl
              "u32", "match", "ip", "dst", f"{dst}/32", "flowid", cid)
 
 
+def quota_us(cores: float) -> tuple[int, int]:
+    """(period, quota) in µs for ``cores``: the short default period, stretched for tiny quotas
+    so the kernel's 1 ms minimum quota never rounds a slow board up."""
+    period = min(max(PERIOD_US, int(MIN_QUOTA_US / cores) + 1), MAX_PERIOD_US)
+    return period, max(int(cores * period), MIN_QUOTA_US)
+
+
 def _cgroup_create(root: Path, name: str, cores: float) -> Path:
     path = root / name
     path.mkdir(parents=True, exist_ok=True)
-    quota = max(int(cores * PERIOD_US), 1000)
+    period, quota = quota_us(cores)
     if (path / "cpu.cfs_quota_us").exists():  # cgroup v1
-        (path / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+        (path / "cpu.cfs_period_us").write_text(str(period))
         (path / "cpu.cfs_quota_us").write_text(str(quota))
     elif (path / "cpu.max").exists():  # cgroup v2
-        (path / "cpu.max").write_text(f"{quota} {PERIOD_US}")
+        (path / "cpu.max").write_text(f"{quota} {period}")
     else:
         raise EmulationError(f"{path}: no cpu.cfs_quota_us or cpu.max; is the cpu controller enabled?")
     return path

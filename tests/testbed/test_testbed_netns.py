@@ -148,3 +148,11 @@ def test_pipeline_runs_across_board_namespaces_with_correct_outputs(tmp_path):
         np.testing.assert_allclose(res.outputs[i][0], reference(weights, inputs[i][0]), atol=1e-5)
     assert {d: a.rsplit(":", 1)[0] for d, a in seen.items()} == board_address  # each bound inside its board
     assert netns.leftovers() == []
+
+
+def test_cpu_quota_keeps_tiny_shares_exact():
+    """0.3 cores -> 6 ms per 20 ms; 0.01 cores would need 0.2 ms (< the 1 ms minimum),
+    so the period stretches to 100 ms instead and the share stays 1%."""
+    assert netns.quota_us(0.3) == (20_000, 6_000)
+    period, quota = netns.quota_us(0.01)
+    assert quota >= netns.MIN_QUOTA_US and quota / period == pytest.approx(0.01, rel=0.01)
