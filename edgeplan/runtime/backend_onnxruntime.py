@@ -7,6 +7,7 @@ Denormals are flushed to zero, as on the compile machine when speeds were measur
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,4 +43,6 @@ def load_model_file(path: Path, threads: int | None = None):
 
 
 def load(stage_dir: Path, spec: StageSpec):
-    return load_model_file(Path(stage_dir) / spec.module)
+    # EDGEPLAN_THREADS: set by the launcher environment (the emulated testbed sets it from a board's quota)
+    threads = os.environ.get("EDGEPLAN_THREADS")
+    return load_model_file(Path(stage_dir) / spec.module, int(threads) if threads else None)

@@ -18,6 +18,7 @@ carry a per-run tag, and ``cleanup_stale()`` removes leftovers of killed runs.
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import shlex
@@ -54,9 +55,12 @@ class BoardSlot:
     overrides: tuple[tuple[str, float], ...] = ()  # (peer address, bytes/s)
 
     def launch_prefix(self) -> list[str]:
-        """argv to prepend so a command runs inside this board (cgroup + netns)."""
+        """argv to prepend so a command runs inside this board (cgroup + netns), with as many
+        compute threads as the board has cores of quota (more would only contend for it)."""
         procs = shlex.quote(str(Path(self.cgroup) / "cgroup.procs"))
-        return ["sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh", "ip", "netns", "exec", self.netns]
+        threads = max(1, math.ceil(self.cpu_quota - 1e-6))
+        return ["sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh", "ip", "netns", "exec", self.netns,
+                "env", f"EDGEPLAN_THREADS={threads}", f"OMP_NUM_THREADS={threads}", f"TVM_NUM_THREADS={threads}"]
 
 
 @dataclass(frozen=True)
