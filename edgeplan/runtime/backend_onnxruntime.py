@@ -21,6 +21,10 @@ def load_model_file(path: Path, threads: int | None = None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    # A pipeline worker idles between micro-batches: spinning pool threads would burn the CPU
+    # that other stages (and, on an emulated board, its quota) need.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
