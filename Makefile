@@ -5,12 +5,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench golden clean
+.PHONY: setup demo test lint bench golden toolchain-rknn arm64-rootfs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,npu]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -29,6 +29,12 @@ bench: setup
 
 golden: setup
 	$(BIN)/python -m pytest -q tests --update-golden
+
+toolchain-rknn: setup  # RKNN converter + simulator in its own venv (the npu tier)
+	$(BIN)/edgeplan toolchain install rknn
+
+arm64-rootfs: setup  # arm64 root file system for the qemu tier (needs root, debootstrap, qemu-user-static)
+	$(BIN)/python -m edgeplan.targets.qemu
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo-out
