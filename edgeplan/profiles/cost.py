@@ -35,6 +35,8 @@ class CostTable:
     bandwidth: np.ndarray  # [d, d] bytes/s (diagonal: inf)
     latency_s: np.ndarray  # [d, d]
     energy_per_byte_j: np.ndarray  # [d, d]
+    hop_s: np.ndarray | None = None  # [u] runtime cost per stage call (receive, assemble, send); None: 0
+    hop_byte_s: np.ndarray | None = None  # [u] runtime seconds per byte a stage call takes in or sends out
 
     @property
     def n_layers(self) -> int:
@@ -43,6 +45,9 @@ class CostTable:
     @property
     def n_devices(self) -> int:
         return len(self.devices)
+
+
+HOP_COPIES = 2  # bytes copied per stage call: socket -> assembled input, output -> socket
 
 
 def build_cost_table(graph: LayerGraph, cluster: Cluster) -> CostTable:
@@ -63,6 +68,10 @@ def build_cost_table(graph: LayerGraph, cluster: Cluster) -> CostTable:
       once per call whatever the micro-batch size, so their read time is a
       per-call cost, not a per-sample one. A training step pays it once for the
       forward and once for the backward call (reading W, writing dW).
+    - ``hop_s[u] = hop_overhead_s`` and ``hop_byte_s[u] = HOP_COPIES / bw``: the
+      runtime's cost of one stage call on top of its layers (the worker receives
+      and assembles its inputs and sends its outputs, copying each byte
+      ``HOP_COPIES`` times); paid per micro-batch, per stage, per replica.
     - a layer the unit cannot run (``supported`` False, e.g. layernorm on an
       RK3566 NPU) gets ``inf`` in all three, so any stage containing it is
       infeasible on that unit even if a caller forgets to check ``supported``.
@@ -122,6 +131,8 @@ def build_cost_table(graph: LayerGraph, cluster: Cluster) -> CostTable:
         idle_power_w=np.array([dev.idle_power_w for dev in cluster.devices], dtype=np.float64),
         busy_power_w=np.array([unit.busy_power_w for _, _, unit in units], dtype=np.float64),
         bandwidth=bandwidth, latency_s=latency, energy_per_byte_j=energy,
+        hop_s=np.array([unit.hop_overhead_s for _, _, unit in units], dtype=np.float64),
+        hop_byte_s=np.array([HOP_COPIES / unit.mem_bandwidth for _, _, unit in units], dtype=np.float64),
     )
 
 

@@ -50,7 +50,7 @@ _UNITS: dict[str, dict[str, float]] = {
 _BOARD_KEYS = ("name", "vendor", "extends", "abstract", "estimate", "ram_mb", "reserved_mb", "idle_power_w", "units")
 _UNIT_KEYS = (
     "kind", "target", "target_options", "peak_gflops", "throughput_gflops", "mem_bandwidth_gbs",
-    "busy_power_w", "layer_overhead_us", "supported_ops",
+    "busy_power_w", "layer_overhead_us", "supported_ops", "hop_overhead_us",
 )
 _OVERRIDE_KEYS = ("ram_mb", "reserved_mb", "idle_power_w", "estimate", "units")
 _CLUSTER_KEYS = ("name", "description", "devices", "network", "secret_env")
@@ -314,6 +314,8 @@ def _build_unit(doc: _Doc, name: str) -> ComputeUnit:
         mem_bandwidth=_quantity(doc, p + ("mem_bandwidth_gbs",), "rate", "GB/s"),
         busy_power_w=_quantity(doc, p + ("busy_power_w",), "power", "W", lo_open=False),
         layer_overhead_s=_quantity(doc, p + ("layer_overhead_us",), "time", "us", lo_open=False),
+        hop_overhead_s=(_quantity(doc, p + ("hop_overhead_us",), "time", "us", lo_open=False)
+                        if _get(doc, p + ("hop_overhead_us",), None) is not None else 0.0),
         supported_ops=supported,
         target_options=tuple(sorted(options.items())),
         peak_flops=peak,

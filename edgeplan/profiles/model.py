@@ -38,6 +38,7 @@ class ComputeUnit:
     supported_ops: tuple[str, ...] | None = None
     target_options: tuple[tuple[str, str], ...] = ()  # e.g. (("mcpu", "cortex-a72"),)
     peak_flops: float = 0.0  # datasheet peak FLOP/s (0: unknown)
+    hop_overhead_s: float = 0.0  # runtime CPU cost per micro-batch a stage handles (receive, assemble, send)
 
     def flops_per_s(self, op_class: str) -> float:
         return dict(self.throughput)[op_class]
@@ -56,6 +57,7 @@ class ComputeUnit:
             supported_ops=None if ops is None else tuple(ops),
             target_options=tuple((str(k), str(v)) for k, v in d.get("target_options", ())),
             peak_flops=float(d.get("peak_flops", 0.0)),
+            hop_overhead_s=float(d.get("hop_overhead_s", 0.0)),
         )
 
 

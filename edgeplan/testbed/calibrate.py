@@ -125,3 +125,4 @@ def measure(seconds_per_class: float = 0.4, classes: tuple[str, ...] = OP_CLASSE
 def conv_flops(seconds: float = 0.5) -> float:
     """Per-core dense-conv FLOP/s: what the emulator sizes CPU quotas by."""
     return measure(seconds, ("conv",)).of("conv")
+

@@ -144,10 +144,13 @@ def emulated_cluster_doc(cluster: Cluster, plan_shape: Shape, host: HostSpeed) -
     """The cluster as emulated here, as a cluster-file document (profile ``host`` + overrides).
 
     Each board is this machine's CPU at its quota: per-class throughput and
-    memory bandwidth x cores, per-layer overhead / cores; RAM and power stay the
-    board's own. Links carry the dilated bandwidths. Plan against this to compare
+    memory bandwidth x cores, per-layer and per-stage-call (runtime) overheads /
+    cores; RAM and power stay the board's own. Links carry the dilated bandwidths. Plan against this to compare
     predictions with what runs inside `edgeplan emulate`.
     """
+    from edgeplan.profiles.load import load_profile
+
+    host_hop_us = load_profile("host").units[0].hop_overhead_s * 1e6  # runtime cost per stage call here
     devices = []
     for b in plan_shape.boards:
         dev = cluster.device(b.device)
@@ -166,6 +169,7 @@ def emulated_cluster_doc(cluster: Cluster, plan_shape: Shape, host: HostSpeed) -
                     "throughput_gflops": thr,
                     "mem_bandwidth_gbs": round(host.mem_bandwidth * b.cores / 1e9, 4),
                     "layer_overhead_us": round(HOST_LAYER_OVERHEAD_US / b.cores, 2),
+                    "hop_overhead_us": round(host_hop_us / b.cores, 1),
                     "busy_power_w": busy,
                 }},
             },

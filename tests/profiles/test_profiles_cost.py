@@ -141,3 +141,20 @@ def test_dense_conv_is_faster_per_flop_than_depthwise_on_every_example_unit():
         for d in load_cluster(f).devices:
             for u in d.units:
                 assert u.flops_per_s("conv") > 3 * u.flops_per_s("dwconv"), (f.name, d.name, u.name)
+
+
+def test_runtime_hop_cost_per_unit():
+    """hop_s is the profile's hop_overhead_us; hop_byte_s = HOP_COPIES / memory bandwidth:
+    the x86 host (850 us, 15 GB/s) -> 8.5e-4 s per call and 2 / 15e9 s per byte."""
+    from edgeplan.graph.model import Layer, LayerGraph, TensorSpec
+    from edgeplan.profiles.cost import HOP_COPIES
+    from edgeplan.profiles.load import load_profile
+    from edgeplan.profiles.model import Cluster, Link
+
+    x = TensorSpec("x", (1, 4))
+    layer = Layer("fc", "linear", "fc", ("x",), TensorSpec("fc", (1, 4)), 32, 64, 16, 20, 80)
+    graph = LayerGraph("tiny", (x,), ("fc",), (layer,), (16, 16))
+    host = load_profile("host").instantiate("h", "127.0.0.1")
+    t = build_cost_table(graph, Cluster("c", (host,), Link("*", "*", 1e8, 0.0)))
+    assert t.hop_s.tolist() == pytest.approx([850e-6])
+    assert t.hop_byte_s.tolist() == pytest.approx([HOP_COPIES / 15e9])
