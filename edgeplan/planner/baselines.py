@@ -20,7 +20,7 @@ def _best_unit(costs: CostTable, pf: Prefix, d: int, i: int, j: int, m: int) -> 
     for u, (dev, _, _) in enumerate(costs.units):
         if dev != d or pf.U[u, j] - pf.U[u, i] > 0:
             continue
-        t = m * (pf.F[u, j] - pf.F[u, i]) + (pf.X[u, j] - pf.X[u, i])
+        t = pf.time(u, i, j, m)
         if best is None or t < best[0]:
             best = (t, u)
     return None if best is None else best[1]

@@ -5,9 +5,11 @@ reports) prices plans here, so they all agree. The model, per micro-batch of
 ``m = batch // microbatches`` samples:
 
 - replica ``r`` (unit ``u``, ``k_r`` samples) of stage ``[i, j)``:
-  ``t_r = k_r * F_u[i:j] + X_u[i:j]`` with ``F`` = forward (+ backward when
-  training) seconds per sample and ``X`` the per-call overhead (paid twice when
-  training). Stage time ``tau = max_r t_r``.
+  ``t_r = k_r * (F_u[i:j] + HB_u (cut_i + cut_j)) + X_u[i:j] + H_u`` with ``F`` =
+  forward (+ backward when training) seconds per sample, ``X`` the per-call
+  overhead, and ``H``/``HB`` the runtime's cost per stage call and per byte it
+  copies in and out (all per-call terms paid twice when training). Stage time
+  ``tau = max_r t_r``.
 - a transfer between device groups ``G -> H`` sends the whole micro-batch's
   tensor over the slowest pair link: ``m * bytes / min bw + max latency``; zero
   when both ends are the same single device. Conservative for wide groups,
@@ -69,6 +71,23 @@ class Prefix:
         self.cut = np.asarray(costs.cut_bytes, dtype=np.float64)
         self.unit_dev = np.array([u[0] for u in costs.units], dtype=np.int64)
         self.wfactor = 1.0 + (1.0 + objective.optimizer_states if objective.training else 0.0)
+        # the runtime's cost of one stage call (a training step makes two: forward, backward)
+        n_units, calls = per.shape[0], 2.0 if objective.training else 1.0
+        self.H = calls * (np.zeros(n_units) if costs.hop_s is None else np.asarray(costs.hop_s, dtype=np.float64))
+        self.HB = calls * (np.zeros(n_units) if costs.hop_byte_s is None
+                           else np.asarray(costs.hop_byte_s, dtype=np.float64))
+
+    def per_sample(self, u: int, i: int, j: int) -> float:
+        """Seconds per sample of stage ``[i, j)`` on unit ``u``: its layers + the runtime copying its cuts."""
+        return self.F[u, j] - self.F[u, i] + self.HB[u] * (self.cut[i] + self.cut[j])
+
+    def per_call(self, u: int, i: int, j: int) -> float:
+        """Seconds per call, whatever the samples: per-layer overheads + the runtime's per-call cost."""
+        return self.X[u, j] - self.X[u, i] + self.H[u]
+
+    def time(self, u: int, i: int, j: int, k: int) -> float:
+        """Seconds for one call of stage ``[i, j)`` on unit ``u`` with ``k`` samples."""
+        return k * self.per_sample(u, i, j) + self.per_call(u, i, j)
 
 
 def allocate(prefix: Prefix, i: int, j: int, units: tuple[int, ...], m: int) -> tuple[int, ...]:
@@ -78,8 +97,8 @@ def allocate(prefix: Prefix, i: int, j: int, units: tuple[int, ...], m: int) -> 
     smallest (first replica on ties); optimal for min-max with increasing
     per-replica costs. A replica left with 0 samples makes the group invalid.
     """
-    F = [prefix.F[u, j] - prefix.F[u, i] for u in units]
-    X = [prefix.X[u, j] - prefix.X[u, i] for u in units]
+    F = [prefix.per_sample(u, i, j) for u in units]
+    X = [prefix.per_call(u, i, j) for u in units]
     k = [0] * len(units)
     for _ in range(m):
         best = min(range(len(units)), key=lambda r: ((k[r] + 1) * F[r] + X[r], r))
@@ -239,7 +258,7 @@ def evaluate(costs: CostTable, layout: Layout, objective: Objective, prefix: Pre
             d = costs.units[u][0]
             if pf.U[u, j] - pf.U[u, i] > 0:
                 unsupported.append((s, u))
-            t = k * (pf.F[u, j] - pf.F[u, i]) + (pf.X[u, j] - pf.X[u, i])
+            t = pf.time(u, i, j, k)
             mem = params * pf.wfactor + k * (stash * (pf.A[j] - pf.A[i]) + ws)
             if mem > costs.ram_bytes[d]:
                 overflows.append((d, float(mem), float(costs.ram_bytes[d])))

@@ -63,13 +63,30 @@ class DPSolver:
         self.exact = True
         n = costs.n_layers
         T = len(self.types.members)
-        counts = self.types.counts
         self.bundle = [1] * T
         self.mixed = True
         self.bnd = np.arange(n + 1)
-        # bigger instances may spend more (targets: ~170 layers x 16 devices < 1 s, 1000 x 64 < 30 s)
+        # bigger instances may spend more (targets: ~170 layers x 16 devices < 1 s, 1000 x 64 < 30 s);
+        # objectives that need many passes get less per pass
         work_budget *= min(8.0, max(1.0, n * costs.n_devices / (170 * 16)))
-        while self._work() > work_budget:
+        if objective.objective in ("time", "energy") or (objective.objective == "latency" and self.M > 1):
+            work_budget /= 4
+        self.work_budget = work_budget
+        depth = self.nD
+        self.nD = 1  # 1F1B depth only matters when memory depends on it; checked below
+        self._reduce()
+        self._build()
+        if depth > 1 and not ignore_memory and not self._depth_free(depth):
+            self.nD = depth
+            if self._work() > self.work_budget:
+                self._reduce()
+            self._build()
+        self._note_reductions()
+
+    def _reduce(self) -> None:
+        T = len(self.types.members)
+        counts = self.types.counts
+        while self._work() > self.work_budget:
             if len(self.bnd) > 129:
                 self.bnd = self._cuts(128)
             elif self.mixed and T > 1:
@@ -82,6 +99,9 @@ class DPSolver:
             else:
                 break
             self.exact = False
+
+    def _note_reductions(self) -> None:
+        n, T = self.costs.n_layers, len(self.types.members)
         if len(self.bnd) < n + 1:
             self.notes.append(f"DP heuristic: stage boundaries limited to {len(self.bnd) - 2} candidate cuts "
                               f"(cheapest cut_bytes plus evenly spaced) of {n - 1}")
@@ -91,10 +111,34 @@ class DPSolver:
             if self.bundle[t] > 1:
                 self.notes.append(f"DP heuristic: boards of type {self._type_name(t)} allocated in bundles of "
                                   f"{self.bundle[t]}")
+
+    def _build(self) -> None:
         self._setup()
         self.cache: dict[int, dict] = {}
         self.link_cache: dict[int, tuple] = {}
+        self._rows_cache = None
         self.ws = self._range_max()
+
+    def _depth_free(self, depth: int) -> bool:
+        """True when every stage option fits with all ``depth`` micro-batches stashed (1F1B = GPipe memory)."""
+        saved, self.nD = self.nD, 1
+        pf, tp, B = self.pf, self.types, self.bnd
+        try:
+            for gi in range(len(self.comps)):
+                st = self._stage(gi)
+                comp = self.comps[gi]
+                params = pf.P[B][None, :] - pf.P[B][:, None]
+                actsum = pf.A[B][None, :] - pf.A[B][:, None]
+                for t in range(len(tp.members)):
+                    if not comp.devs[t]:
+                        continue
+                    kmax = st["kmax"][t]
+                    mem = params * pf.wfactor + kmax * (depth * actsum + self.ws)
+                    if np.any(st["valid"] & st["memok"][:, :, 0] & (mem > self.costs.ram_bytes[tp.members[t][0]])):
+                        return False
+            return True
+        finally:
+            self.nD = saved
 
     # ----------------------------------------------------------------- setup
     def _type_name(self, t: int) -> str:
@@ -222,8 +266,9 @@ class DPSolver:
         for t in vs:
             u = tp.unit(t, comp.units[t])
             U.append(u)
-            F.append(pf.F[u, B][None, :] - pf.F[u, B][:, None])
-            X.append(pf.X[u, B][None, :] - pf.X[u, B][:, None])
+            # = Prefix.per_sample / per_call for every boundary pair at once
+            F.append(pf.F[u, B][None, :] - pf.F[u, B][:, None] + pf.HB[u] * (pf.cut[B][None, :] + pf.cut[B][:, None]))
+            X.append(pf.X[u, B][None, :] - pf.X[u, B][:, None] + pf.H[u])
             C.append(comp.devs[t])
             valid &= (pf.U[u, B][None, :] - pf.U[u, B][:, None]) == 0
         F, X = np.array(F), np.array(X)
@@ -273,7 +318,9 @@ class DPSolver:
             epb = max(tp.epb[a, b] for a, b in pairs)
             ar = 2.0 * (g - 1) / g * params / bw + 2.0 * (g - 1) * lat
             ar_e = 2.0 * (g - 1) * params * epb
-        out = {"tau": tau, "valid": valid, "memok": memok, "dyn": np.where(tri, dyn + ar_e / self.M, 0.0),
+        kmax_t = {t: kmax[vi] for vi, t in enumerate(vs)}
+        out = {"tau": tau, "valid": valid, "memok": memok, "kmax": kmax_t,
+               "dyn": np.where(tri, dyn + ar_e / self.M, 0.0),
                "ar": np.where(tri, ar, 0.0), "idle": float(sum(ci * x for ci, x in zip(C, idle, strict=False)))}
         self.cache[gi] = out
         return out

@@ -82,8 +82,7 @@ def _arcs(costs: CostTable, obj: Objective) -> list[_Arc]:
                 ks = allocate(pf, i, j, units, m)
                 if min(ks) < 1:
                     continue
-                times = [k * (pf.F[u, j] - pf.F[u, i]) + (pf.X[u, j] - pf.X[u, i])
-                         for u, k in zip(units, ks, strict=True)]
+                times = [pf.time(u, i, j, k) for u, k in zip(units, ks, strict=True)]
                 tau = max(times)
                 params = pf.P[j] - pf.P[i]
                 ws = pf.cut[i] + float(pf.act[i:j].max())

@@ -41,11 +41,13 @@ def random_costs(seed: int, n_layers: int, n_devices: int, n_types: int | None =
             "idle": rng.uniform(1, 5),
             "busy": rng.uniform(3, 12, size=units_per_device),
             "gaps": rng.random((units_per_device, n)) < 0.2,
+            "hop": rng.uniform(0, 2e-3, size=units_per_device),  # runtime cost per stage call
+            "hop_byte": rng.uniform(0, 2e-9, size=units_per_device),
         })
     dev_kind = np.sort(rng.integers(0, n_types, size=n_devices))
     dev_kind[:n_types] = np.arange(min(n_types, n_devices))
     dev_kind = np.sort(dev_kind)
-    units, fwd, bwd, fixed, sup, busy = [], [], [], [], [], []
+    units, fwd, bwd, fixed, sup, busy, hop, hop_byte = [], [], [], [], [], [], [], []
     for d, kd in enumerate(dev_kind):
         kind = kinds[kd]
         for u in range(units_per_device):
@@ -59,6 +61,8 @@ def random_costs(seed: int, n_layers: int, n_devices: int, n_types: int | None =
                 s = ~kind["gaps"][u]
             sup.append(s)
             busy.append(kind["busy"][u])
+            hop.append(kind["hop"][u])
+            hop_byte.append(kind["hop_byte"][u])
     fwd, bwd, fixed, sup = (np.array(x) for x in (fwd, bwd, fixed, sup))
     for arr in (fwd, bwd, fixed):
         arr[~sup] = np.inf
@@ -77,5 +81,5 @@ def random_costs(seed: int, n_layers: int, n_devices: int, n_types: int | None =
         fwd_s=fwd, bwd_s=bwd, fixed_s=fixed, supported=sup, param_bytes=params, act_bytes=act, cut_bytes=cut,
         ram_bytes=np.array([kinds[k]["ram"] for k in dev_kind]),
         idle_power_w=np.array([kinds[k]["idle"] for k in dev_kind]), busy_power_w=np.array(busy),
-        bandwidth=bw, latency_s=lat, energy_per_byte_j=epb,
+        bandwidth=bw, latency_s=lat, energy_per_byte_j=epb, hop_s=np.array(hop), hop_byte_s=np.array(hop_byte),
     )

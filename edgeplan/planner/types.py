@@ -39,6 +39,10 @@ class DeviceTypes:
         return len(self.dev_units[self.members[t][0]])
 
 
+def _unit_value(arr, u: int) -> float:
+    return 0.0 if arr is None else float(arr[u])
+
+
 def _hw_key(costs: CostTable, dev_units: list[list[int]], d: int) -> tuple:
     rows = []
     for u in dev_units[d]:
@@ -46,6 +50,7 @@ def _hw_key(costs: CostTable, dev_units: list[list[int]], d: int) -> tuple:
             costs.units[u][1], costs.units[u][2], float(costs.busy_power_w[u]),
             np.asarray(costs.fwd_s[u]).tobytes(), np.asarray(costs.bwd_s[u]).tobytes(),
             np.asarray(costs.fixed_s[u]).tobytes(), np.asarray(costs.supported[u]).tobytes(),
+            _unit_value(costs.hop_s, u), _unit_value(costs.hop_byte_s, u),
         ))
     return (float(costs.ram_bytes[d]), float(costs.idle_power_w[d]), tuple(rows))
 

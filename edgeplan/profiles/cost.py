@@ -134,39 +134,3 @@ def build_cost_table(graph: LayerGraph, cluster: Cluster) -> CostTable:
         hop_s=np.array([unit.hop_overhead_s for _, _, unit in units], dtype=np.float64),
         hop_byte_s=np.array([HOP_COPIES / unit.mem_bandwidth for _, _, unit in units], dtype=np.float64),
     )
-
-
-def stage_time(costs: CostTable, unit: int, i: int, j: int, samples: float, *, training: bool = False) -> float:
-    """Seconds for one call of layers ``[i, j)`` on unit index ``unit`` with ``samples`` samples.
-
-    inference: ``samples * sum(fwd_s[unit, i:j]) + sum(fixed_s[unit, i:j])``
-    training (one forward and one backward call):
-    ``samples * sum(fwd_s + bwd_s) + 2 * sum(fixed_s)``.
-    A replica given no samples does not run: 0.0. ``inf`` if the unit cannot
-    run one of the layers.
-    """
-    if samples <= 0 or j <= i:
-        return 0.0
-    per_sample = costs.fwd_s[unit, i:j].sum()
-    fixed = costs.fixed_s[unit, i:j].sum()
-    if training:
-        per_sample += costs.bwd_s[unit, i:j].sum()
-        fixed *= 2
-    return float(samples * per_sample + fixed)
-
-
-def transfer_time(costs: CostTable, k: int, samples: float, a: int, b: int) -> float:
-    """Seconds to send what crosses cut ``k`` (after the first ``k`` layers) for ``samples`` samples
-    from device index ``a`` to ``b``: ``latency_s[a, b] + samples * cut_bytes[k] / bandwidth[a, b]``;
-    0.0 on the same device or with no samples."""
-    if a == b or samples <= 0:
-        return 0.0
-    return float(costs.latency_s[a, b] + samples * costs.cut_bytes[k] / costs.bandwidth[a, b])
-
-
-def transfer_energy(costs: CostTable, k: int, samples: float, a: int, b: int) -> float:
-    """Joules to send cut ``k`` for ``samples`` samples from ``a`` to ``b``:
-    ``samples * cut_bytes[k] * energy_per_byte_j[a, b]`` (0 on the same device)."""
-    if a == b or samples <= 0:
-        return 0.0
-    return float(samples * costs.cut_bytes[k] * costs.energy_per_byte_j[a, b])

@@ -15,7 +15,9 @@ def _hw(costs: CostTable, d: int) -> tuple:
     us = [u for u, x in enumerate(costs.units) if x[0] == d]
     return (float(costs.ram_bytes[d]), float(costs.idle_power_w[d]),
             tuple((costs.fwd_s[u].tobytes(), costs.fixed_s[u].tobytes(), costs.supported[u].tobytes(),
-                   float(costs.busy_power_w[u])) for u in us))
+                   float(costs.busy_power_w[u]),
+                   0.0 if costs.hop_s is None else float(costs.hop_s[u]),
+                   0.0 if costs.hop_byte_s is None else float(costs.hop_byte_s[u])) for u in us))
 
 
 def brute_force(costs: CostTable, obj: Objective):

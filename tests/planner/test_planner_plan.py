@@ -77,14 +77,17 @@ def test_report_lists_stages_baselines_and_speedups(plan):
 
 
 def test_evaluator_figures_by_hand():
-    """One device, one stage: latency = input link + compute + output link; energy from powers."""
+    """One device, one stage: latency = input link + compute + output link; energy from powers.
+    compute = 2 samples x (layers + hop bytes of cut 0 and cut 3) + per-layer overheads + the hop's per call."""
     c = random_costs(0, 3, 2, 2)
     obj = Objective(objective="latency", batch=2)
     ev = evaluate(c, (StageSpec(0, 3, ((1, 2),)),), obj)  # unit 1 = device 1 (the head is device 0)
     bw, lat = c.bandwidth[0, 1], c.latency_s[0, 1]
     tin = 2 * c.cut_bytes[0] / bw + lat
     tout = 2 * c.cut_bytes[3] / bw + lat
-    comp = 2 * c.fwd_s[1].sum() + c.fixed_s[1].sum()
+    comp = (2 * (c.fwd_s[1].sum() + c.hop_byte_s[1] * (c.cut_bytes[0] + c.cut_bytes[3]))
+            + c.fixed_s[1].sum() + c.hop_s[1])
+    assert c.hop_s[1] > 0 and c.hop_byte_s[1] > 0  # the runtime's cost is in the figure
     assert ev.latency_s == pytest.approx(tin + comp + tout, rel=1e-12)
     assert ev.period_s == pytest.approx(max(tin, comp, tout), rel=1e-12)
     e = (max(c.busy_power_w[1] - c.idle_power_w[1], 0) * comp + c.idle_power_w[1] * ev.period_s
@@ -143,9 +146,13 @@ def test_unmeetable_budget_reports_best_achievable(costs):
         plan_from_costs(costs, obj)
 
 
-def test_latency_budget_trades_throughput(costs):
+def test_latency_budget_trades_throughput():
+    # an instance where the fastest plan and the highest-throughput plan differ
+    costs = random_costs(1, 12, 4, 3, dag=True, units_per_device=2, npu_gaps=True, ram_mb=(16, 64))
     free = plan_from_costs(costs, Objective(objective="throughput", batch=8, microbatches=4), with_baselines=False)
-    budget = free.predicted.latency_s * 0.9
+    fastest = plan_from_costs(costs, Objective(objective="latency", batch=8, microbatches=4), with_baselines=False)
+    assert fastest.predicted.latency_s < free.predicted.latency_s  # else there is nothing to trade
+    budget = (fastest.predicted.latency_s + free.predicted.latency_s) / 2  # achievable, and binding
     tight = plan_from_costs(costs, Objective(objective="throughput", batch=8, microbatches=4,
                                              latency_budget_s=budget), with_baselines=False)
     assert tight.predicted.latency_s <= budget

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from edgeplan.graph.model import Layer, LayerGraph, TensorSpec
-from edgeplan.profiles.cost import build_cost_table, stage_time, transfer_energy, transfer_time
+from edgeplan.planner.costmodel import Prefix
+from edgeplan.planner.objective import Objective
+from edgeplan.profiles.cost import build_cost_table
 from edgeplan.profiles.load import load_cluster
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "clusters"
@@ -84,10 +86,11 @@ def test_hand_computed_entries(cluster):
     fwd_s[a, relu]   = max(512 / 1e9, (2048 + 2048) / 2e9) = 2.048e-6 (memory bound)
     bwd_s[a, relu]   = max(512 / 1e9, (2*2048 + 2048) / 2e9) = 3.072e-6
     fwd_s[b, conv]   = max(27648 / 20e9, 1.408e-6) = 1.4080e-6 (b's conv override: 20 GFLOP/s)
-    stage_time(a, [0, 2), 4 samples) = 4 * (2.7648e-6 + 2.048e-6) + (20.448e-6 + 20e-6) = 59.6992e-6
-    training: 4 * (2.7648 + 2.048 + 5.5296 + 3.072)e-6 + 2 * 40.448e-6
-    transfer_time(cut 1, 4 samples, a -> b) = 1e-3 + 4 * 2048 / (80e6 / 8) = 1.8192e-3
-    transfer_time(cut 1, 4 samples, a -> c) = 2e-3 + 4 * 2048 / (8e6 / 8) = 10.192e-3
+    hop_byte_s[a] = 2 copies / 2e9 = 1e-9 s per byte (no hop_overhead_us: hop_s 0)
+    stage [0, 2) on a, 4 samples (the planner's one evaluator, Prefix.time):
+      4 * (2.7648e-6 + 2.048e-6 + 1e-9 * (768 + 2048)) + (20.448e-6 + 20e-6) = 70.9632e-6
+    training: 4 * (2.7648 + 2.048 + 5.5296 + 3.072 + 2 * 2.816)e-6 + 2 * 40.448e-6
+    link a -> b: 80 Mbit/s = 10e6 B/s, 1 ms; a -> c: 8 Mbit/s = 1e6 B/s, 2 ms; 10 nJ/B a -> b
     """
     t = build_cost_table(_graph(), cluster)
     assert t.fwd_s[0, 0] == pytest.approx(2.7648e-6)
@@ -97,15 +100,15 @@ def test_hand_computed_entries(cluster):
     assert t.fixed_s[0, 1] == pytest.approx(20e-6)
     assert t.fwd_s[1, 0] == pytest.approx(1.408e-6)
     assert t.cut_bytes.tolist() == [768, 2048, 2048] and t.act_bytes.tolist() == [2048, 2048]
-    assert stage_time(t, 0, 0, 2, 4) == pytest.approx(59.6992e-6)
+    assert t.hop_s[0] == 0.0 and t.hop_byte_s[0] == pytest.approx(1e-9)
+    assert Prefix(t, Objective(batch=4)).time(0, 0, 2, 4) == pytest.approx(70.9632e-6)
     assert t.bwd_s[0, 1] == pytest.approx(3.072e-6)
-    assert stage_time(t, 0, 0, 2, 4, training=True) == pytest.approx(
-        4 * (2.7648e-6 + 2.048e-6 + 5.5296e-6 + 3.072e-6) + 2 * 40.448e-6)
-    assert stage_time(t, 0, 0, 2, 0) == 0.0
-    assert transfer_time(t, 1, 4, 0, 1) == pytest.approx(1.8192e-3)
-    assert transfer_time(t, 1, 4, 0, 2) == pytest.approx(10.192e-3)
-    assert transfer_time(t, 1, 4, 1, 1) == 0.0
-    assert transfer_energy(t, 1, 4, 0, 1) == pytest.approx(4 * 2048 * 10e-9)
+    training = Objective(mode="training", objective="time", batch=4)
+    assert Prefix(t, training).time(0, 0, 2, 4) == pytest.approx(
+        4 * (2.7648e-6 + 2.048e-6 + 5.5296e-6 + 3.072e-6 + 2 * 2.816e-6) + 2 * 40.448e-6)
+    assert (t.bandwidth[0, 1], t.latency_s[0, 1]) == pytest.approx((10e6, 1e-3))
+    assert (t.bandwidth[0, 2], t.latency_s[0, 2]) == pytest.approx((1e6, 2e-3))
+    assert t.bandwidth[1, 1] == np.inf and t.energy_per_byte_j[0, 1] == pytest.approx(10e-9)
 
 
 def test_per_sample_figures_do_not_depend_on_the_traced_batch(cluster):
@@ -132,7 +135,8 @@ def test_unsupported_layers_cost_infinity_on_the_npu():
     npu = t.units.index((0, "npu", "npu"))
     assert t.supported[npu].tolist() == [False, True]
     assert np.isinf(t.fwd_s[npu, 0]) and np.isfinite(t.fwd_s[npu, 1])
-    assert stage_time(t, npu, 0, 2, 1) == float("inf") and np.isfinite(stage_time(t, npu, 1, 2, 1))
+    assert np.isinf(t.fwd_s[npu, 0:2].sum() + t.fixed_s[npu, 0:2].sum())  # a stage holding it: infeasible
+    assert np.isfinite(t.fwd_s[npu, 1:2].sum() + t.fixed_s[npu, 1:2].sum())
     assert t.supported[[i for i, u in enumerate(t.units) if u[2] != "npu"]].all()
 
 
