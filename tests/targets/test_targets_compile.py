@@ -132,8 +132,6 @@ def test_x86_tuning_database_is_cached_and_used(tmp_path, monkeypatch):
 
 
 @pytest.mark.tvm
-@pytest.mark.skipif(not os.environ.get("EDGEPLAN_SLOW_TESTS"),
-                    reason="8 full-model aarch64 compiles (~2-3 min on 2 cores); set EDGEPLAN_SLOW_TESTS=1 to run them")
 @pytest.mark.parametrize("model", ["resnet18", "mobilenet_v2"])
 def test_zoo_models_build_aarch64_libraries(tmp_path, model):
     from edgeplan.graph import zoo
