@@ -31,7 +31,7 @@ def objectives(name: str) -> Objective:
     return Objective(objective=name, batch=8)
 
 
-def run(cases, objective: Objective) -> list[dict]:
+def run(cases, objective: Objective, on_row=None) -> list[dict]:
     rows = []
     for n, d, t in cases:
         costs = random_costs(n * 1000 + d * 10 + t, n, d, t, dag=True, units_per_device=2, ram_mb=(512, 4096))
@@ -42,6 +42,8 @@ def run(cases, objective: Objective) -> list[dict]:
         rows.append({"layers": n, "devices": d, "types": t, "seconds": dt, "passes": res.passes,
                      "stages": len(res.layout) if res.layout else 0, "exact": res.exact,
                      "target": target, "ok": target is None or dt < target})
+        if on_row is not None:
+            on_row(rows[-1])
     return rows
 
 
@@ -51,16 +53,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="three small cases only")
     args = p.parse_args(argv)
     obj = objectives(args.objective)
-    rows = run(QUICK if args.quick else CASES, obj)
     print(f"planner: dp.solve, objective {obj.objective} ({obj.mode}, batch {obj.batch}, "
           f"{obj.microbatches} micro-batch(es)), synthetic DAG cost tables, 2 units per board")
     head = f"{'layers':>6} {'devices':>7} {'types':>5} {'seconds':>8} {'passes':>6} {'stages':>6} {'exact':>5}  target"
     print(head)
-    print("-" * len(head))
-    for r in rows:
+    print("-" * len(head), flush=True)
+
+    def show(r: dict) -> None:
         tgt = "" if r["target"] is None else f"< {r['target']:g} s {'ok' if r['ok'] else 'MISSED'}"
         print(f"{r['layers']:>6} {r['devices']:>7} {r['types']:>5} {r['seconds']:>8.3f} {r['passes']:>6} "
-              f"{r['stages']:>6} {('yes' if r['exact'] else 'no'):>5}  {tgt}")
+              f"{r['stages']:>6} {('yes' if r['exact'] else 'no'):>5}  {tgt}", flush=True)
+
+    run(QUICK if args.quick else CASES, obj, on_row=show)
 
 
 if __name__ == "__main__":

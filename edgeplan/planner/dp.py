@@ -28,6 +28,7 @@ from edgeplan.profiles.cost import CostTable
 
 WORK_BUDGET = 6e7  # element-operations per pass before reductions kick in
 MAX_PASSES = 200
+HEURISTIC_PASSES = 16  # once reductions made the DP a heuristic, stop the threshold search early
 ENERGY_PASSES = 400
 CHUNK_ROWS = 256
 
@@ -66,10 +67,10 @@ class DPSolver:
         self.bundle = [1] * T
         self.mixed = True
         self.bnd = np.arange(n + 1)
-        # bigger instances may spend more (targets: ~170 layers x 16 devices < 1 s, 1000 x 64 < 30 s);
-        # objectives that need many passes get less per pass
+        # bigger instances may spend more (targets: ~170 layers x 16 devices < 1 s, 1000 x 64 < 30 s)
         work_budget *= min(8.0, max(1.0, n * costs.n_devices / (170 * 16)))
-        if objective.objective in ("time", "energy") or (objective.objective == "latency" and self.M > 1):
+        many = objective.objective in ("time", "energy") or (objective.objective == "latency" and self.M > 1)
+        if many and n * costs.n_devices >= 2000:  # large and many passes: spend less per pass
             work_budget /= 4
         self.work_budget = work_budget
         depth = self.nD
@@ -594,7 +595,7 @@ def _optimise(dp: DPSolver, obj: Objective, cp: float = 1.0, ce: float = 0.0) ->
                 best_v = best_e.value(obj) * (1 - 1e-12)
                 if floor + w * cands[a] >= best_v:
                     continue
-                if passes >= MAX_PASSES:
+                if passes >= (MAX_PASSES if dp.exact else HEURISTIC_PASSES):
                     exact = False
                     notes.append(f"DP heuristic: bottleneck search stopped after {passes} passes")
                     break
@@ -622,7 +623,7 @@ def _optimise(dp: DPSolver, obj: Objective, cp: float = 1.0, ce: float = 0.0) ->
             stack = [(0, len(cands) - 1)]
             while stack:
                 a, b = stack.pop()
-                if passes >= ENERGY_PASSES:
+                if passes >= (ENERGY_PASSES if dp.exact else HEURISTIC_PASSES):
                     exact = False
                     notes.append(f"DP heuristic: energy search stopped after {passes} passes")
                     break
