@@ -17,7 +17,15 @@ from edgeplan import jsonio
 from edgeplan.errors import PlanError
 from edgeplan.planner import dp as dp_mod
 from edgeplan.planner.baselines import baselines as make_baselines
-from edgeplan.planner.costmodel import Evaluation, Layout, Prefix, StageSpec, evaluate, head_index
+from edgeplan.planner.costmodel import (
+    Evaluation,
+    Layout,
+    Prefix,
+    StageSpec,
+    evaluate,
+    head_index,
+    untrainable_units,
+)
 from edgeplan.planner.objective import Objective
 from edgeplan.planner.plan import Baseline, Plan, Predicted, Replica, Stage
 from edgeplan.planner.textform import from_str, stage_str
@@ -59,6 +67,8 @@ def plan_from_costs(costs: CostTable, objective: Objective, *, solver: str = "dp
     if res.layout is None:
         raise diagnose(costs, free, solver)
     notes = list(res.notes)
+    if objective.training and untrainable_units(costs):
+        notes.append("training uses CPU and CUDA units only; not used: " + ", ".join(untrainable_units(costs)))
     layout = res.layout
     ev = evaluate(costs, layout, objective)
     exact = res.exact

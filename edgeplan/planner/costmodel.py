@@ -39,6 +39,13 @@ from edgeplan.errors import PlanError
 from edgeplan.planner.objective import Objective
 from edgeplan.profiles.cost import CostTable
 
+TRAINABLE_TARGETS = frozenset({"x86", "arm-cpu", "cuda"})
+
+
+def untrainable_units(costs: CostTable) -> list[str]:
+    """``device:unit`` of every unit a training plan may not use (see TRAINABLE_TARGETS)."""
+    return [f"{costs.devices[d]}:{u}" for d, u, t in costs.units if t not in TRAINABLE_TARGETS]
+
 
 @dataclass(frozen=True)
 class StageSpec:
@@ -57,6 +64,8 @@ class Prefix:
 
     def __init__(self, costs: CostTable, objective: Objective):
         sup = np.asarray(costs.supported, dtype=bool)
+        if objective.training:  # torch trains on CPUs and CUDA GPUs only: NPU and Mali units run no layer
+            sup = sup & np.array([t in TRAINABLE_TARGETS for _, _, t in costs.units], dtype=bool)[:, None]
         per = np.where(sup, costs.fwd_s, 0.0)
         if objective.training:
             per = per + np.where(sup, costs.bwd_s, 0.0)

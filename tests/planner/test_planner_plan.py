@@ -198,3 +198,22 @@ def test_npu_unit_only_runs_stages_it_supports():
         for r in s.replicas:
             u = next(k for k, x in enumerate(c.units) if c.devices[x[0]] == r.device and x[1] == r.unit)
             assert np.all(c.supported[u, s.start:s.stop])
+
+
+def test_training_plans_use_only_units_that_can_train():
+    """The synthetic units are cpu/gpu/npu with target x86; make unit 1 of every device an NPU
+    and a Mali GPU: a training plan must not place a replica there, and says so."""
+    from dataclasses import replace as dc_replace
+
+    c = random_costs(2, 8, 3, 2, units_per_device=2)
+    targets = ("npu", "mali", "npu")
+    units = tuple((d, n, targets[d] if k % 2 else t) for k, (d, n, t) in enumerate(c.units))
+    fast = np.array([0.1 if k % 2 else 1.0 for k in range(len(units))])[:, None]  # accelerators win on speed
+    c = dc_replace(c, units=units, fwd_s=c.fwd_s * fast, bwd_s=c.bwd_s * fast, fixed_s=c.fixed_s * fast)
+    obj = Objective(mode="training", objective="time", batch=8, microbatches=2)
+    p = plan_from_costs(c, obj, with_baselines=False)
+    used = {(r.device, r.target) for s in p.stages for r in s.replicas}
+    assert used and all(t == "x86" for _, t in used)
+    assert any(n.startswith("training uses CPU and CUDA units only") for n in p.notes)
+    inference = plan_from_costs(c, Objective(batch=8, microbatches=2), with_baselines=False)
+    assert inference.notes == () or not any("training uses" in n for n in inference.notes)
