@@ -61,6 +61,26 @@ def _load_runtime(target: str, stage_dir: Path | None) -> None:
         _loaded.add(name)
 
 
+ALIGNMENT = 64  # bytes TVM's kernels assume of every argument buffer (its kAllocAlignment)
+
+
+def aligned(a: np.ndarray) -> np.ndarray:
+    """``a`` as a contiguous array whose data starts on a ``ALIGNMENT``-byte boundary.
+
+    Vectorised kernels (AVX2/AVX-512, built for this CPU) load arguments with aligned
+    instructions; numpy only guarantees 16 bytes, and a slice of a batch starts anywhere,
+    so a misaligned input crashes the module. Copies only when needed.
+    """
+    a = np.ascontiguousarray(a)
+    if a.ctypes.data % ALIGNMENT == 0:
+        return a
+    raw = np.empty(a.nbytes + ALIGNMENT, dtype=np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 def load_module_file(path: Path, target: str = "x86", threads: int | None = None):
     """Open a stage library and return a Runner: list of arrays in -> list of arrays out (stage order)."""
     path = Path(path)
@@ -84,7 +104,7 @@ def load_module_file(path: Path, target: str = "x86", threads: int | None = None
     device = tvm_ffi.Device(dev_type, 0) if dev_type != 1 else None
 
     def to_device(a: np.ndarray):
-        t = tvm_ffi.from_dlpack(np.ascontiguousarray(a))
+        t = tvm_ffi.from_dlpack(aligned(a))
         if device is None:
             return t
         alloc = tvm_ffi.get_global_func("runtime.TVMTensorAllocWithScope")
