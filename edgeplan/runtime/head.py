@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import wire
+from . import net, wire
 from .spec import StageSpec
-from .worker import _set_send_timeout, connect, listen
 
 
 class PipelineError(Exception):
@@ -161,7 +160,7 @@ class Head:
     # --- connections ------------------------------------------------------------------------------
 
     def _open(self) -> None:
-        self._srv = listen(self.listen_address)
+        self._srv = net.listen(self.listen_address)
         host, port = self._srv.getsockname()[:2]
         self.listen_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         threading.Thread(target=self._accept_loop, daemon=True, name="head-accept").start()
@@ -169,7 +168,7 @@ class Head:
             deadline = time.monotonic() + self.cfg.connect_timeout_s
             while True:
                 try:
-                    sock = connect(w.address, timeout=max(0.1, deadline - time.monotonic()))
+                    sock = net.connect(w.address, timeout=max(0.1, deadline - time.monotonic()))
                     break
                 except OSError as e:
                     if time.monotonic() >= deadline:
@@ -179,22 +178,12 @@ class Head:
                     time.sleep(0.1)
             if sock is None:
                 continue
-            _set_send_timeout(sock, self.cfg.dead_after_s)
+            net.set_send_timeout(sock, self.cfg.dead_after_s)
             self._ctl[w.key] = (sock, threading.Lock())
             threading.Thread(target=self._control_reader, args=(w.key, sock), daemon=True).start()
 
     def _accept_loop(self) -> None:
-        self._srv.settimeout(0.5)
-        while not self._stop.is_set():
-            try:
-                conn, peer = self._srv.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            conn.settimeout(None)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            threading.Thread(target=self._result_reader, args=(conn, peer), daemon=True).start()
+        net.accept_loop(self._srv, self._stop, self._result_reader)
 
     def _result_reader(self, conn: socket.socket, peer) -> None:
         try:

@@ -19,7 +19,6 @@ import os
 import queue
 import resource
 import socket
-import struct
 import sys
 import threading
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backends, wire
+from . import backends, net, wire
 from .spec import StageSpec
 
 META_SLACK = 1 << 20  # control frames (JSON) up to 1 MiB
@@ -75,35 +74,6 @@ def verify_files(stage_dir: Path, spec: StageSpec) -> None:
                              "the artifact was altered or partly copied; re-copy this board's artifacts")
 
 
-def _set_send_timeout(sock: socket.socket, seconds: float) -> None:
-    """Kernel-level send timeout, so a stalled peer fails a send instead of blocking forever."""
-    try:
-        sec = int(seconds)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", sec, int((seconds - sec) * 1e6)))
-    except (OSError, struct.error):  # not every platform has it; sends then rely on the head's timeouts
-        pass
-
-
-def connect(address: str, timeout: float, send_timeout: float | None = None) -> socket.socket:
-    host, port = wire.parse_address(address)
-    sock = socket.create_connection((host, port), timeout=timeout)
-    sock.settimeout(None)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if send_timeout:
-        _set_send_timeout(sock, send_timeout)
-    return sock
-
-
-def listen(address: str) -> socket.socket:
-    host, port = wire.parse_address(address)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    srv = socket.socket(family, socket.SOCK_STREAM)
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((host, port))
-    srv.listen(64)
-    return srv
-
-
 class Worker:
     def __init__(self, spec: StageSpec, runner, listen_address: str | None = None, secret: bytes | None = None,
                  max_partials: int = 256, partial_timeout_s: float = 60.0, send_timeout_s: float = 5.0,
@@ -142,7 +112,7 @@ class Worker:
     # --- serving ----------------------------------------------------------------------------------
 
     def bind(self) -> str:
-        self._srv = listen(self.address)
+        self._srv = net.listen(self.address)
         host, port = self._srv.getsockname()[:2]
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return self.address
@@ -151,18 +121,7 @@ class Worker:
         if self._srv is None:
             self.bind()
         threading.Thread(target=self._compute_loop, name="compute", daemon=True).start()
-        self._srv.settimeout(0.5)
-        while not self._stop.is_set():
-            try:
-                conn, peer = self._srv.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            conn.settimeout(None)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            _set_send_timeout(conn, self.send_timeout_s)
-            threading.Thread(target=self._serve_conn, args=(conn, peer), daemon=True).start()
+        net.accept_loop(self._srv, self._stop, self._serve_conn, self.send_timeout_s)
         self._srv.close()
         self._ready.put(None)
 
@@ -366,7 +325,7 @@ class Worker:
                 with self._out_lock:
                     conn = self._out.get(address)
                     if conn is None:
-                        sock = connect(address, timeout=self.send_timeout_s, send_timeout=self.send_timeout_s)
+                        sock = net.connect(address, timeout=self.send_timeout_s, send_timeout=self.send_timeout_s)
                         conn = self._out[address] = (sock, threading.Lock())
                 with conn[1]:
                     n = wire.send_frame(conn[0], frame, self.secret)
