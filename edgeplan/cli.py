@@ -96,6 +96,27 @@ def cluster_check(
     typer.echo(format_cluster(load_cluster(file)), nl=False)
     typer.echo(f"{file}: ok")
 
+@app.command()
+def profile(
+    out: Path = typer.Option(..., "--out", dir_okay=False, help="Profile file to write (YAML)."),
+    extends: str = typer.Option(
+        "host", "--extends", help="Built-in profile this machine is (RAM, power and units come from it)."),
+    seconds: float = typer.Option(0.4, "--seconds", min=0.05, help="Timing per op class."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="Threads to measure with (default: all)."),
+) -> None:
+    """Measure this machine per op class and write it as a board profile (estimate: false).
+
+    Run it on the board itself; use the file as a device's `profile:` in a cluster file.
+    """
+    from edgeplan.profiles.load import load_profile
+    from edgeplan.testbed import calibrate
+
+    load_profile(extends)  # unknown ids fail here, with the valid ones listed
+    typer.echo(f"measuring this machine per op class (ONNX Runtime), {seconds:g} s each...")
+    path = calibrate.write_measured_profile(out, extends, seconds, threads)
+    typer.echo(f"wrote {path}; use it as `profile: {path}` in a cluster file")
+
+
 # --- planner -----------------------------------------------------------------
 
 

@@ -64,12 +64,12 @@ def _benchmarks():
     return {k: (nn.Sequential(m), shape) for k, (m, shape) in benches.items()}
 
 
-def _time_ort(path: Path, shape: tuple[int, ...], seconds: float) -> float:
+def _time_ort(path: Path, shape: tuple[int, ...], seconds: float, threads: int = 1) -> float:
     import numpy as np
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
+    opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
@@ -99,8 +99,9 @@ def _mem_bandwidth(seconds: float = 0.3) -> float:
     return 2 * a.nbytes / best  # read + write
 
 
-def measure(seconds_per_class: float = 0.4, classes: tuple[str, ...] = OP_CLASSES) -> HostSpeed:
-    """Time each op class's micro-benchmark; returns per-core FLOP/s (bytes/s for `data`)."""
+def measure(seconds_per_class: float = 0.4, classes: tuple[str, ...] = OP_CLASSES, threads: int = 1) -> HostSpeed:
+    """Time each op class's micro-benchmark; returns FLOP/s (bytes/s for `data`) on ``threads`` threads
+    (1: per core, what the emulator scales by; all cores: a whole-machine profile)."""
     import torch
 
     from edgeplan.graph.trace import trace
@@ -117,7 +118,7 @@ def measure(seconds_per_class: float = 0.4, classes: tuple[str, ...] = OP_CLASSE
                 work = sum(layer.out_bytes for layer in graph.layers)
             path = Path(tmp) / f"{op_class}.onnx"
             torch.onnx.export(module, (torch.randn(shape),), str(path), dynamo=False, opset_version=17)
-            seconds = _time_ort(path, shape, seconds_per_class)
+            seconds = _time_ort(path, shape, seconds_per_class, threads)
             flops[op_class] = max(work, 1) / seconds
     return HostSpeed(tuple(sorted(flops.items())), _mem_bandwidth())
 
@@ -126,3 +127,40 @@ def conv_flops(seconds: float = 0.5) -> float:
     """Per-core dense-conv FLOP/s: what the emulator sizes CPU quotas by."""
     return measure(seconds, ("conv",)).of("conv")
 
+
+def measured_profile_doc(base: str, speed: HostSpeed, threads: int) -> dict:
+    """A board profile for this machine: ``base``'s figures (RAM, power, ...) with the CPU unit's
+    throughput and memory bandwidth replaced by what was measured, and ``estimate: false``."""
+    from edgeplan.profiles.load import load_profile
+
+    thr = {c: round(f / 1e9, 3) for c, f in speed.flops}
+    base_peak = max(u.peak_flops for u in load_profile(base).units if u.name == "cpu") / 1e9
+    return {
+        "name": f"this machine, measured ({threads} threads, ONNX Runtime), based on {base}",
+        "extends": base,
+        "estimate": False,
+        "units": {"cpu": {
+            "peak_gflops": max(base_peak, max(thr.values())),  # a measurement above the datasheet peak wins
+            "throughput_gflops": thr,
+            "mem_bandwidth_gbs": round(speed.mem_bandwidth / 1e9, 3),
+        }},
+    }
+
+
+def write_measured_profile(path: Path, base: str, seconds_per_class: float = 0.4,
+                           threads: int | None = None) -> Path:
+    """Measure this machine (all cores by default) and write it as a profile file (atomically)."""
+    import os
+
+    import yaml
+
+    threads = threads or os.cpu_count() or 1
+    doc = measured_profile_doc(base, measure(seconds_per_class, threads=threads), threads)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("# Written by `edgeplan profile`: measured throughput per op class (edgeplan.testbed.calibrate);\n"
+                   "# everything else comes from the base profile named in `extends`.\n"
+                   + yaml.safe_dump(doc, sort_keys=False))
+    tmp.replace(path)
+    return path
