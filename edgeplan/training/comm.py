@@ -140,21 +140,16 @@ class Comm:
 
     def all_reduce(self, t: torch.Tensor, group, members: tuple[RankInfo, ...], doing: str,
                    op=dist.ReduceOp.SUM) -> None:
-        self._beat(doing)
-        try:
-            work = dist.all_reduce(t, op=op, group=group, async_op=True)
-            work.wait(timeout=self.timeout)
-        except RuntimeError as e:
-            peers = ", ".join(p.label for p in members if p.rank != self.me.rank) or "the group"
-            first = short_error(e)
-            raise RuntimeFault(f"{self.me.label}: lost contact with {peers} while {doing}: {first}") from e
+        self._collective(lambda: dist.all_reduce(t, op=op, group=group, async_op=True), members, doing)
 
     def broadcast(self, t: torch.Tensor, src: int, group, members: tuple[RankInfo, ...], doing: str) -> None:
+        self._collective(lambda: dist.broadcast(t, src=src, group=group, async_op=True), members, doing)
+
+    def _collective(self, start, members: tuple[RankInfo, ...], doing: str) -> None:
+        """Run one async collective with the timeout; a failure names the peers and what we were doing."""
         self._beat(doing)
         try:
-            work = dist.broadcast(t, src=src, group=group, async_op=True)
-            work.wait(timeout=self.timeout)
+            start().wait(timeout=self.timeout)
         except RuntimeError as e:
             peers = ", ".join(p.label for p in members if p.rank != self.me.rank) or "the group"
-            first = short_error(e)
-            raise RuntimeFault(f"{self.me.label}: lost contact with {peers} while {doing}: {first}") from e
+            raise RuntimeFault(f"{self.me.label}: lost contact with {peers} while {doing}: {short_error(e)}") from e
