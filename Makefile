@@ -13,7 +13,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[dev,npu]"
 	touch $(STAMP)
 
+# setup: the venv (pip: edgeplan + ziglang, the aarch64 linker), then the optional tiers' system tools
+# (qemu-user, debootstrap, sshd, iproute2) when root; without root it prints the exact command instead.
 setup: $(STAMP)
+	@sh scripts/setup-system-tools.sh
 
 demo: setup
 	$(BIN)/python -m edgeplan.demo
@@ -33,7 +36,7 @@ golden: setup
 toolchain-rknn: setup  # RKNN converter + simulator in its own venv (the npu tier)
 	$(BIN)/edgeplan toolchain install rknn
 
-arm64-rootfs: setup  # arm64 root file system for the qemu tier (needs root, debootstrap, qemu-user-static)
+arm64-rootfs: setup  # arm64 root fs for the qemu tier (root; the qemu tests also build it when missing)
 	$(BIN)/python -m edgeplan.targets.qemu
 
 clean:

@@ -6,8 +6,13 @@ cross compiler and the schedule rules; everything else lives here once.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import logging
+import os
+import shlex
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,18 +23,47 @@ log = logging.getLogger(__name__)
 
 CROSS_CC = "aarch64-linux-gnu-gcc"
 CROSS_CC_APT = "gcc-aarch64-linux-gnu"
+ZIG_TARGET = "aarch64-linux-gnu"
 AARCH64_HOST = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
 MODULE_FILE = "stage.so"
 
 
 def cross_cc() -> str:
-    """The aarch64 cross compiler that links the shared library; CompileError naming the apt package if absent."""
+    """The aarch64 linker for stage libraries: $EDGEPLAN_AARCH64_CC, Debian's cross gcc, else pip's ziglang.
+
+    Why ziglang: it is a pip dependency, so a fresh clone cross-links aarch64 shared
+    libraries with no system package (``python -m ziglang cc -target aarch64-linux-gnu``).
+    TVM's export_library wants one executable, so ziglang goes through a small wrapper script.
+    """
+    override = os.environ.get("EDGEPLAN_AARCH64_CC")
+    if override:
+        path = shutil.which(override)
+        if path is None:
+            raise CompileError(f"EDGEPLAN_AARCH64_CC={override!r} is not an executable on PATH; unset it or fix it")
+        return path
     path = shutil.which(CROSS_CC)
-    if path is None:
+    if path is not None:
+        return path
+    if importlib.util.find_spec("ziglang") is None:
         raise CompileError(
-            f"{CROSS_CC} not found: aarch64 stage libraries are linked with Debian's cross compiler; "
-            f"install it with `apt-get install {CROSS_CC_APT}`"
+            f"no aarch64 linker: neither {CROSS_CC} nor the ziglang package is installed; "
+            f"`pip install ziglang` (a dependency of edgeplan) or `apt-get install {CROSS_CC_APT}`"
         )
+    return str(zig_cc_wrapper())
+
+
+def zig_cc_wrapper() -> Path:
+    """A cached shell script ``exec <this python> -m ziglang cc -target aarch64-linux-gnu "$@"``."""
+    text = f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m ziglang cc -target {ZIG_TARGET} "$@"\n'
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgeplan" / "bin"
+    path = cache / f"zig-cc-{ZIG_TARGET}-{digest}"
+    if not path.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(text)
+        tmp.chmod(0o755)
+        tmp.replace(path)  # atomic: concurrent compiles see the whole script or none
     return path
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,9 +100,34 @@ def test_bad_options_name_the_fix(tmp_path):
         get_target("mali").compile_stage(gm, example, {}, tmp_path, backend="onnxruntime")
 
 
-def test_missing_cross_compiler_names_apt_package(monkeypatch):
+def test_missing_aarch64_linker_names_pip_and_apt(monkeypatch):
     monkeypatch.setattr(_tvm.shutil, "which", lambda name: None)
-    with pytest.raises(CompileError, match="apt-get install gcc-aarch64-linux-gnu"):
+    monkeypatch.setattr(_tvm.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.delenv("EDGEPLAN_AARCH64_CC", raising=False)
+    with pytest.raises(CompileError, match=r"pip install ziglang.*apt-get install gcc-aarch64-linux-gnu"):
+        _tvm.cross_cc()
+
+
+def test_ziglang_links_aarch64_when_gcc_cross_is_absent(monkeypatch, tmp_path):
+    """Without Debian's cross gcc the pip-installed ziglang links a real aarch64 shared library."""
+    real_which = shutil.which
+    monkeypatch.setattr(_tvm.shutil, "which", lambda name: None if name == _tvm.CROSS_CC else real_which(name))
+    monkeypatch.delenv("EDGEPLAN_AARCH64_CC", raising=False)
+    cc = _tvm.cross_cc()
+    assert "ziglang cc -target aarch64-linux-gnu" in Path(cc).read_text()
+    (tmp_path / "f.c").write_text("float twice(float x) { return 2.0f * x; }\n")
+    p = subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(tmp_path / "f.so"), str(tmp_path / "f.c")],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert _tvm.elf_machine(tmp_path / "f.so") == AARCH64
+    assert _tvm.cross_cc() == cc  # cached script reused
+
+
+def test_aarch64_linker_override(monkeypatch):
+    monkeypatch.setenv("EDGEPLAN_AARCH64_CC", "sh")
+    assert _tvm.cross_cc() == shutil.which("sh")
+    monkeypatch.setenv("EDGEPLAN_AARCH64_CC", "no-such-cc")
+    with pytest.raises(CompileError, match="EDGEPLAN_AARCH64_CC"):
         _tvm.cross_cc()
 
 
