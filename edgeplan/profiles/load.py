@@ -18,6 +18,7 @@ Every error is a ProfileError naming the file, the field path (e.g.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,8 +54,9 @@ _UNIT_KEYS = (
     "busy_power_w", "layer_overhead_us", "supported_ops", "hop_overhead_us",
 )
 _OVERRIDE_KEYS = ("ram_mb", "reserved_mb", "idle_power_w", "estimate", "units")
-_CLUSTER_KEYS = ("name", "description", "devices", "network", "secret_env")
-_DEVICE_KEYS = ("name", "profile", "address", "overrides")
+_CLUSTER_KEYS = ("name", "description", "devices", "network", "secret_env", "head")
+_DEVICE_KEYS = ("name", "profile", "address", "overrides", "user")
+_USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]*\$?$", re.IGNORECASE)  # POSIX-ish login names
 _NETWORK_KEYS = ("default", "links")
 _LINK_KEYS = ("between", "bandwidth_mbps", "latency_ms", "energy_nj_per_byte")
 
@@ -421,7 +423,9 @@ def _device(doc: _Doc, i: int, base_dir: Path, index: dict[str, Path], file: str
             over["units"] = {k: v for k, v in o_units.items() if v is not None}
         origins = dict(pdoc.origins)
         pdoc = _Doc(_merge(pdoc.data, over, origins, src), origins)
-    return _build_profile(pdoc, pid, _display(path)).instantiate(name, address)
+    device = _build_profile(pdoc, pid, _display(path)).instantiate(name, address)
+    user = _string(doc, p + ("user",), pattern=_USER_RE, default=None)
+    return dataclasses.replace(device, user=user) if user is not None else device
 
 
 def _link(doc: _Doc, path: tuple, default_energy: float | None) -> tuple[float, float, float]:
@@ -481,5 +485,6 @@ def load_cluster(path: str | Path) -> Cluster:
     if secret_env is not None and not _ENV_RE.match(secret_env):
         raise doc.fail(("secret_env",), f"{secret_env!r} is not an environment variable name "
                                         "(letters, digits and '_', not starting with a digit)")
+    head = _string(doc, ("head",), default=None)
     return Cluster(name=name, devices=tuple(devices), default_link=default_link, links=tuple(links),
-                   secret_env=secret_env)
+                   secret_env=secret_env, head=head)

@@ -72,6 +72,7 @@ class Device:
     idle_power_w: float
     units: tuple[ComputeUnit, ...]
     estimate: bool = True  # True until `edgeplan profile` measured it
+    user: str | None = None  # SSH login for `edgeplan deploy` (deploy-only: not part of the cluster digest)
 
     def unit(self, name: str) -> ComputeUnit:
         for u in self.units:
@@ -84,7 +85,7 @@ class Device:
         return cls(
             name=d["name"], profile=d["profile"], address=d["address"], ram_bytes=int(d["ram_bytes"]),
             idle_power_w=float(d["idle_power_w"]), units=tuple(ComputeUnit.from_json(u) for u in d["units"]),
-            estimate=bool(d.get("estimate", True)),
+            estimate=bool(d.get("estimate", True)), user=d.get("user"),
         )
 
 
@@ -107,6 +108,7 @@ class Cluster:
     links: tuple[Link, ...] = ()  # per-pair overrides
     secret_env: str | None = None  # name of an env var holding the HMAC secret
     schema_version: int = field(default=SCHEMA_VERSION)
+    head: str | None = None  # address of the machine running the head (`edgeplan serve`); deploy/top only
 
     def device(self, name: str) -> Device:
         for d in self.devices:
@@ -122,7 +124,14 @@ class Cluster:
         return self.default_link
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """asdict, less the deploy-only fields when unset (so older files and digests are unchanged)."""
+        d = asdict(self)
+        if d["head"] is None:
+            del d["head"]
+        for dev in d["devices"]:
+            if dev["user"] is None:
+                del dev["user"]
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> Cluster:
@@ -131,11 +140,17 @@ class Cluster:
         return cls(
             name=d["name"], devices=tuple(Device.from_json(x) for x in d["devices"]),
             default_link=Link(**d["default_link"]), links=tuple(Link(**x) for x in d.get("links", ())),
-            secret_env=d.get("secret_env"), schema_version=d["schema_version"],
+            secret_env=d.get("secret_env"), schema_version=d["schema_version"], head=d.get("head"),
         )
 
     def digest(self) -> str:
-        return jsonio.sha256_of(self.to_json())
+        """sha256 of what planning depends on: the SSH user and the head's address are left out, so
+        adding them to a cluster file does not invalidate plans made from it."""
+        d = self.to_json()
+        d.pop("head", None)
+        for dev in d["devices"]:
+            dev.pop("user", None)
+        return jsonio.sha256_of(d)
 
 
 @dataclass(frozen=True)
