@@ -1,38 +1,66 @@
-"""Head: feeds requests into a running pipeline and collects the outputs in request order.
+"""Head: a long-lived service that feeds requests into a running pipeline and answers each one.
 
-One control connection per worker carries heartbeats (PING/PONG), routing
-changes (ROUTE/ACK), statistics and, for stage 0, the input tensors. The last
-stage connects back to the head's listener with the outputs. All state lives in
-one loop fed by an event queue, so retries and failures are decided in one place:
+``start()`` connects to every worker and starts one event-loop thread; ``submit()`` hands it a
+request and returns a ``concurrent.futures.Future`` at once (``Busy`` when the in-flight window
+is full); ``run()`` is a thin batch wrapper over the service (``edgeplan run``, the demo, tests).
+
+One control connection per worker carries heartbeats (PING/PONG), routing changes (ROUTE/ACK),
+statistics and, for stage 0, the input tensors. The last stage connects back to the head's
+listener with the outputs. All request state lives in the loop thread, fed by an event queue,
+so retries and failures are decided in one place:
 
 * a worker whose connection closes or that misses heartbeats for ``dead_after_s``
   is dead: the head names its board and stage, gives its samples to a surviving
   replica of the same stage (new routing epoch, acknowledged by every worker) and
   re-sends every in-flight request; with no survivor, every unfinished request
   fails with that reason;
-* a request without an answer by its deadline is re-sent, up to ``max_attempts``;
-* so every request ends answered or in ``failures`` with a reason: none is lost.
+* a request without an answer within ``request_timeout_s`` is re-sent, up to ``max_attempts``,
+  and never outlives its own deadline;
+* so every request ends answered or failed (``RequestFailed`` with a reason that names the board
+  and stage): none is lost, none is answered twice.
 """
 
 from __future__ import annotations
 
+import bisect
 import queue
 import socket
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from . import net, wire
 from .spec import StageSpec
 
+# Request latency histogram buckets (seconds); the count is the +Inf bucket.
+LATENCY_BUCKETS_S: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                                        10.0, 30.0, 60.0)
+
 
 class PipelineError(Exception):
     """The pipeline cannot start (unreachable worker, inconsistent stage files)."""
+
+
+class Busy(Exception):
+    """The in-flight window is full; try again after ``retry_after_s`` (a hint)."""
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class RequestFailed(Exception):
+    """A request ended without an answer; ``reason`` names the board/stage and what happened."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -62,6 +90,7 @@ class HeadConfig:
     max_attempts: int = 3  # deadline-driven attempts per request (re-sends after a death do not count)
     secret: bytes | None = None
     shutdown_workers: bool = False  # send BYE at the end (local runs)
+    stats_interval_s: float = 1.0  # how often the head asks every worker for its STATS snapshot
 
 
 @dataclass(frozen=True)
@@ -70,7 +99,7 @@ class Fault:
     stage: int
     address: str
     reason: str
-    detected_at_s: float  # since the run started
+    detected_at_s: float  # since the head started
 
     def describe(self) -> str:
         return f"board {self.device} stage {self.stage} ({self.address}): {self.reason}"
@@ -99,9 +128,12 @@ class RunResult:
 
 @dataclass
 class _Inflight:
-    index: int
+    rid: int
+    inputs: list
+    future: Future
     t0: float
-    deadline: float
+    t_end: float  # the request's own deadline: it fails then at the latest
+    deadline: float = 0.0  # of the current attempt
     attempt: int = 0  # on the wire, mod 256
     timeouts: int = 0
     pieces: dict = field(default_factory=dict)  # micro-batch -> list of (lo, hi, tensors)
@@ -112,15 +144,24 @@ class Head:
     def __init__(self, workers: Sequence[WorkerRef], n_stages: int, microbatch: int, microbatches: int,
                  outputs: Sequence[tuple[str, tuple[int, ...], str]], listen_address: str,
                  config: HeadConfig = HeadConfig(), log: Callable[[str], None] | None = None,
-                 advertise: str | None = None):
+                 advertise: str | None = None, inputs: Sequence[tuple[str, tuple[int, ...], str]] = (),
+                 model: str = "", plan_sha256: str = "", predicted_compute_s: Mapping[int, float] | None = None):
         self.advertise = advertise  # address workers connect to, when the head binds a wildcard
         self.workers = {w.key: w for w in workers}
         self.n_stages = n_stages
         self.microbatch = microbatch
         self.microbatches = microbatches
+        self.batch = microbatch * microbatches
         self.out_specs = [(n, tuple(s), np.dtype(d)) for n, s, d in outputs]
+        self.in_specs = [(n, tuple(s), np.dtype(d)) for n, s, d in inputs]
+        self.output_specs = [(n, s, d.name) for n, s, d in self.out_specs]
+        self.input_specs = [(n, s, d.name) for n, s, d in self.in_specs]
+        self.model = model
+        self.plan_sha256 = plan_sha256
+        self.predicted_compute_s = dict(predicted_compute_s or {})
         self.listen_address = listen_address
         self.cfg = config
+        self.window = config.window or 2 * n_stages
         self.log = log or (lambda msg: print(f"[head] {msg}", file=sys.stderr, flush=True))
         for s in range(n_stages):
             group = sorted((w for w in workers if w.stage == s), key=lambda w: w.lo)
@@ -133,12 +174,39 @@ class Head:
         self.max_frame = max(per_sample * microbatch + 64 * 1024, 1 << 20)
         self._events: queue.Queue = queue.Queue()
         self._ctl: dict[tuple[str, int], tuple[socket.socket, threading.Lock]] = {}
+        self._gen: dict[tuple[str, int], int] = dict.fromkeys(self.workers, 0)  # connection generation
         self._stop = threading.Event()
+        self._submit_lock = threading.Lock()
+        self._started = self._closed = False
+        self._thread: threading.Thread | None = None
+        self._t_start = time.monotonic()
+        # Loop-owned state; status() reads it without a lock (only assignments and appends happen).
+        self._alive: set = set(self.workers)
+        self._last_pong = dict.fromkeys(self.workers, self._t_start)
+        self._ranges: dict[int, list] = {}
+        self._compute_ranges()
+        self._unready: dict[int, str] = {}  # stage -> why it has no live replica
+        self._epoch = 0
+        self._inflight: dict[int, _Inflight] = {}
+        self._deferred: deque = deque()  # events that arrived while a re-route waited for ACKs
+        self._resend_all = False
+        self._stats: dict[tuple[str, int], dict] = {}
+        self._stats_seq = 0
+        self._refresh: tuple | None = None  # (seq, waiting keys, threading.Event, box, deadline)
+        self._faults: list[Fault] = []
+        self._n_open = 0
+        self._next_id = 0
+        self.requests_total = self.completed_total = self.failed_total = 0
+        self.resent_total = self.rejected_total = 0
+        self._lat_counts = [0] * len(LATENCY_BUCKETS_S)
+        self._lat_sum = 0.0
+        self._lat_count = 0
+        self._recent_lat: deque = deque(maxlen=64)
 
     @classmethod
     def from_specs(cls, specs: Sequence[StageSpec], microbatches: int, listen_address: str | None = None,
                    addresses: dict | None = None, config: HeadConfig = HeadConfig(), log=None,
-                   advertise: str | None = None) -> Head:
+                   advertise: str | None = None, predicted_compute_s: Mapping[int, float] | None = None) -> Head:
         """Build from every replica's stage.json; ``addresses`` overrides (device, stage) -> host:port."""
         if not specs:
             raise PipelineError("no stage.json files given")
@@ -148,14 +216,238 @@ class Head:
         last = [s for s in specs if s.stage == specs[0].n_stages - 1]
         if not last:
             raise PipelineError(f"no stage.json for the last stage {specs[0].n_stages - 1}")
+        first = [s for s in specs if s.stage == 0]
+        if not first:
+            raise PipelineError("no stage.json for stage 0")
         if listen_address is None:
             heads = [p.address for p in last[0].downstream if p.device == "head"]
             if not heads:
                 raise PipelineError(f"{last[0].device}/stage{last[0].stage}/stage.json has no 'head' downstream peer")
             listen_address = heads[0]
         outs = [(t.name, tuple(t.shape[1:]), t.dtype) for t in last[0].outputs]
+        ins = [(t.name, tuple(t.shape[1:]), t.dtype) for t in first[0].inputs]
         return cls(workers, specs[0].n_stages, specs[0].microbatch, microbatches, outs, listen_address, config, log,
-                   advertise)
+                   advertise, inputs=ins, model=specs[0].model, plan_sha256=specs[0].plan_sha256,
+                   predicted_compute_s=predicted_compute_s)
+
+    # --- the service API ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect to every worker, announce routing epoch 1 and start the event loop (once)."""
+        if self._started:
+            return
+        self._started = True
+        self._t_start = time.monotonic()
+        self._last_pong = dict.fromkeys(self.workers, self._t_start)
+        self._open()
+        self._reroute()  # epoch 1: every worker learns the addresses actually in use
+        self._resend_all = False
+        self._thread = threading.Thread(target=self._loop, name="head-loop", daemon=True)
+        self._thread.start()
+
+    def submit(self, inputs: Sequence[np.ndarray], deadline_s: float | None = None) -> Future:
+        """Queue one request (one array per model input, ``batch`` samples each); never blocks.
+
+        Raises ``Busy`` when ``window`` requests are in flight, ``ValueError`` when an input does not
+        match the model. The future gives the outputs (list of arrays) or raises ``RequestFailed``.
+        """
+        xs = self._check_inputs(inputs)
+        if not self._started:
+            raise RuntimeError("Head.submit() before Head.start()")
+        fut: Future = Future()
+        now = time.monotonic()
+        budget = self.cfg.request_timeout_s * self.cfg.max_attempts if deadline_s is None else float(deadline_s)
+        with self._submit_lock:
+            if self._closed:
+                fut.set_exception(RequestFailed("the head is closed"))
+                return fut
+            if self._n_open >= self.window:
+                self.rejected_total += 1
+                raise Busy(f"{self._n_open} requests in flight (window {self.window})", self._retry_hint())
+            self._n_open += 1
+            rid = self._next_id
+            self._next_id += 1
+            self.requests_total += 1
+            self._events.put(("submit", None, _Inflight(rid, xs, fut, now, now + budget)))
+        return fut
+
+    def ready(self) -> bool:
+        """Every stage has at least one live replica (and the head is running)."""
+        return self._started and not self._closed and all(self._ranges.get(s) for s in range(self.n_stages))
+
+    def status(self) -> dict:
+        """A JSON-able snapshot: counters, latency histogram, faults, and every worker's latest monitor data."""
+        buckets, cum = [], 0
+        for le, c in zip(LATENCY_BUCKETS_S, list(self._lat_counts), strict=True):
+            cum += c
+            buckets.append([le, cum])
+        workers = {}
+        for key, w in list(self.workers.items()):
+            snap = self._stats.get(key) or {}
+            workers[f"{w.device}/stage{w.stage}"] = {
+                "device": w.device, "stage": w.stage, "address": w.address, "alive": key in self._alive,
+                "predicted_compute_s": self.predicted_compute_s.get(w.stage), "monitor": snap.get("monitor")}
+        return {
+            "model": self.model, "plan_sha256": self.plan_sha256, "epoch": self._epoch, "ready": self.ready(),
+            "window": self.window, "inflight": self._n_open, "requests_total": self.requests_total,
+            "completed_total": self.completed_total, "failed_total": self.failed_total,
+            "resent_total": self.resent_total, "rejected_total": self.rejected_total,
+            "latency_seconds": {"buckets": buckets, "sum": self._lat_sum, "count": self._lat_count},
+            "faults": [asdict(f) for f in list(self._faults)],
+            "workers": workers,
+        }
+
+    def close(self) -> None:
+        """Stop the loop, fail every unanswered request, say BYE (local runs) and close sockets. Idempotent."""
+        with self._submit_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        for r in list(self._inflight.values()):
+            self._finish(r, reason="the head closed before an answer arrived")
+        while True:  # submits the loop never saw
+            try:
+                kind, _, payload = self._events.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "submit":
+                self._finish(payload, reason="the head closed before the request was sent")
+            elif kind == "refresh":
+                payload[0].set()
+        for sock, lock in list(self._ctl.values()):
+            if self.cfg.shutdown_workers:
+                try:
+                    with lock:
+                        wire.send_frame(sock, wire.Frame(wire.BYE), self.cfg.secret)
+                except OSError:
+                    pass
+            sock.close()
+        self._ctl.clear()
+        srv = getattr(self, "_srv", None)
+        if srv is not None:
+            srv.close()
+
+    @property
+    def faults(self) -> list[Fault]:
+        """Every worker death seen since start, in order."""
+        return list(self._faults)
+
+    def __enter__(self) -> Head:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def run(self, inputs: Sequence[Sequence[np.ndarray]],
+            on_complete: Callable[[int], None] | None = None) -> RunResult:
+        """Send every request of ``inputs`` (each a list of arrays with the full request batch), keeping
+        the window full, and wait; ``on_complete(i)`` runs in this thread after request ``i`` is answered.
+        Starts the head if needed and closes it at the end if it started it."""
+        n = len(inputs)
+        res = RunResult(n, self.batch, [None] * n, [None] * n)
+        started_here = not self._started
+        if started_here:
+            self.start()
+        done: queue.Queue = queue.Queue()
+        t_sent: dict[int, float] = {}
+        t_first = t_last = None
+        try:
+            nxt = open_ = 0
+            while nxt < n or open_:
+                while nxt < n and open_ < self.window:
+                    try:
+                        fut = self.submit(inputs[nxt])
+                    except Busy:  # another user of this head holds part of the window
+                        break
+                    t_sent[nxt] = time.monotonic()
+                    t_first = t_first or t_sent[nxt]
+                    fut.add_done_callback(lambda f, i=nxt: done.put((i, f, time.monotonic())))
+                    nxt += 1
+                    open_ += 1
+                try:
+                    i, fut, t_done = done.get(timeout=0.05 if not open_ else None)
+                except queue.Empty:
+                    continue
+                open_ -= 1
+                t_last = t_done
+                try:
+                    res.outputs[i] = fut.result()
+                except RequestFailed as e:
+                    res.failures[i] = e.reason
+                    continue
+                res.latencies_s[i] = t_done - t_sent[i]
+                if on_complete:
+                    on_complete(i)
+            res.wall_s = (t_last or 0.0) - (t_first or 0.0)
+            res.faults = list(self._faults)
+            res.resent = self.resent_total
+            res.stats = self.refresh_stats()
+        finally:
+            if started_here:
+                self.close()
+        return res
+
+    def refresh_stats(self, timeout_s: float = 2.0) -> dict:
+        """Ask every live worker for a fresh STATS snapshot now; returns "device/stageK" -> snapshot."""
+        if not self._started or self._closed:
+            return {}
+        done, box = threading.Event(), {}
+        self._events.put(("refresh", None, (done, box, timeout_s)))
+        done.wait(timeout_s + 1.0)
+        return dict(box)
+
+    # --- helpers of the API -----------------------------------------------------------------------
+
+    def _check_inputs(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if not self.in_specs:  # built without the stage-0 inputs: trust the caller
+            return [np.asarray(x) for x in inputs]
+        if len(inputs) != len(self.in_specs):
+            raise ValueError(f"model {self.model or '?'} takes {len(self.in_specs)} input(s) "
+                             f"({', '.join(n for n, _, _ in self.in_specs)}), got {len(inputs)}")
+        out = []
+        for x, (name, shape, dt) in zip(inputs, self.in_specs, strict=True):
+            a = np.asarray(x)
+            if a.shape != (self.batch, *shape):
+                raise ValueError(f"input {name}: shape {list(a.shape)}, the plan needs {[self.batch, *shape]} "
+                                 f"(batch {self.batch} x per-sample {list(shape)}); pad or split the batch")
+            if a.dtype != dt:
+                if not np.can_cast(a.dtype, dt, "same_kind"):
+                    raise ValueError(f"input {name}: dtype {a.dtype} cannot become the model's {dt}")
+                a = a.astype(dt)
+            out.append(a)
+        return out
+
+    def _retry_hint(self) -> float:
+        lat = sorted(self._recent_lat)
+        return max(0.01, lat[len(lat) // 2] if lat else 0.1)
+
+    def _finish(self, r: _Inflight, outs: list | None = None, reason: str | None = None) -> None:
+        """End request ``r``: exactly once, with outputs or a RequestFailed(reason)."""
+        if self._inflight.get(r.rid) is r:
+            del self._inflight[r.rid]
+        with self._submit_lock:
+            self._n_open -= 1
+            if outs is not None:
+                self.completed_total += 1
+                lat = time.monotonic() - r.t0
+                if lat <= LATENCY_BUCKETS_S[-1]:
+                    self._lat_counts[bisect.bisect_left(LATENCY_BUCKETS_S, lat)] += 1
+                self._lat_sum += lat
+                self._lat_count += 1
+                self._recent_lat.append(lat)
+            else:
+                self.failed_total += 1
+        try:
+            if outs is not None:
+                r.future.set_result(outs)
+            else:
+                r.future.set_exception(RequestFailed(reason or "failed"))
+        except InvalidStateError:  # the caller cancelled it
+            pass
 
     # --- connections ------------------------------------------------------------------------------
 
@@ -172,15 +464,20 @@ class Head:
                     break
                 except OSError as e:
                     if time.monotonic() >= deadline:
-                        self._events.put(("dead", w.key, f"cannot connect: {e}"))
+                        self._events.put(("dead", w.key, (f"cannot connect: {e}", self._gen[w.key])))
                         sock = None
                         break
                     time.sleep(0.1)
-            if sock is None:
-                continue
-            net.set_send_timeout(sock, self.cfg.dead_after_s)
-            self._ctl[w.key] = (sock, threading.Lock())
-            threading.Thread(target=self._control_reader, args=(w.key, sock), daemon=True).start()
+            if sock is not None:
+                self._attach(w.key, sock)
+
+    def _attach(self, key, sock: socket.socket) -> None:
+        """Use ``sock`` as the control connection of worker ``key`` (a new generation)."""
+        net.set_send_timeout(sock, self.cfg.dead_after_s)
+        self._gen[key] += 1
+        self._ctl[key] = (sock, threading.Lock())
+        threading.Thread(target=self._control_reader, args=(key, sock, self._gen[key]), daemon=True,
+                         name=f"head-ctl-{key[0]}-{key[1]}").start()
 
     def _accept_loop(self) -> None:
         net.accept_loop(self._srv, self._stop, self._result_reader)
@@ -198,7 +495,7 @@ class Head:
         finally:
             conn.close()
 
-    def _control_reader(self, key, sock: socket.socket) -> None:
+    def _control_reader(self, key, sock: socket.socket, gen: int) -> None:
         try:
             while not self._stop.is_set():
                 f = wire.recv_frame(sock, self.cfg.secret, wire.MAX_META_BYTES)
@@ -214,7 +511,7 @@ class Head:
         else:
             return
         if not self._stop.is_set():
-            self._events.put(("dead", key, reason))
+            self._events.put(("dead", key, (reason, gen)))
 
     def _send(self, key, frame: wire.Frame) -> bool:
         ctl = self._ctl.get(key)
@@ -225,120 +522,146 @@ class Head:
                 wire.send_frame(ctl[0], frame, self.cfg.secret)
             return True
         except OSError as e:
-            self._events.put(("dead", key, f"send failed ({e})"))
+            self._events.put(("dead", key, (f"send failed ({e})", self._gen[key])))
             return False
 
     # --- the loop ---------------------------------------------------------------------------------
 
-    def run(self, inputs: Sequence[Sequence[np.ndarray]],
-            on_complete: Callable[[int], None] | None = None) -> RunResult:
-        """Send every request of ``inputs`` (each a list of arrays with the full request batch) and wait."""
-        n = len(inputs)
-        spr = self.microbatch * self.microbatches
-        res = RunResult(n, spr, [None] * n, [None] * n)
-        self._t_start = time.monotonic()
-        self._res = res
-        self._alive = set(self.workers)
-        self._last_pong = {k: self._t_start for k in self.workers}
-        self._ranges = {s: sorted(((w.key, w.lo, w.hi) for w in self.workers.values() if w.stage == s),
-                                  key=lambda e: e[1]) for s in range(self.n_stages)}
-        self._epoch = 0
-        self._fatal: str | None = None
-        self._resend_all = False
-        self._inflight: dict[int, _Inflight] = {}
-        self._inputs = inputs
-        self._on_complete = on_complete
-        window = self.cfg.window or 2 * self.n_stages
-        pending = deque(range(n))
+    def _loop(self) -> None:
+        last_ping = last_stats = 0.0
         try:
-            self._open()
-            self._reroute()  # epoch 1: every worker learns the addresses actually in use
-            self._resend_all = False
-            last_ping = 0.0
-            t_first = None
-            while (pending or self._inflight) and not self._fatal:
-                while pending and len(self._inflight) < window and not self._fatal:
-                    i = pending.popleft()
-                    now = time.monotonic()
-                    t_first = t_first or now
-                    self._inflight[i] = _Inflight(i, now, now + self.cfg.request_timeout_s)
-                    self._dispatch(self._inflight[i])
+            while not self._stop.is_set():
                 now = time.monotonic()
                 if now - last_ping >= self.cfg.heartbeat_s:
                     last_ping = now
                     self._heartbeat(now)
+                if now - last_stats >= self.cfg.stats_interval_s:
+                    last_stats = now
+                    self._poll_stats(now)
                 self._check_deadlines(now)
-                try:
-                    ev = self._events.get(timeout=self.cfg.heartbeat_s / 2)
-                except queue.Empty:
-                    continue
+                self._check_refresh(now)
+                if self._deferred:
+                    ev = self._deferred.popleft()
+                else:
+                    try:
+                        ev = self._events.get(timeout=self.cfg.heartbeat_s / 2)
+                    except queue.Empty:
+                        continue
                 self._handle(ev)
-                if self._resend_all and not self._fatal:
+                if self._resend_all:
                     self._resend_all = False
                     for r in list(self._inflight.values()):
                         self._resend(r)
-            if self._fatal:
-                for i in list(self._inflight) + list(pending):
-                    res.failures[i] = self._fatal
-                self._inflight.clear()
-            res.wall_s = time.monotonic() - (t_first or self._t_start)
-            self._collect_stats()
-        finally:
-            self._close()
-        return res
+        except Exception as e:  # a bug must not leave callers waiting forever
+            self.log(f"event loop failed: {e!r}")
+            for r in list(self._inflight.values()):
+                self._finish(r, reason=f"the head's event loop failed: {e!r}")
+            raise
 
     def _dispatch(self, r: _Inflight) -> None:
         """Send request ``r`` to the stage-0 replicas under the current routing epoch."""
         r.pieces = {mb: [] for mb in range(self.microbatches)}
         r.have = dict.fromkeys(range(self.microbatches), 0)
         m = self.microbatch
-        xs = self._inputs[r.index]
         for mb in range(self.microbatches):
             for key, lo, hi in self._ranges[0]:
                 if lo == hi:
                     continue
                 self._send(key, wire.Frame(
-                    wire.DATA, request_id=r.index, microbatch=mb, epoch=self._epoch, lo=lo, hi=hi, stage=0,
-                    attempt=r.attempt & 0xFF, tensors=tuple(x[mb * m + lo: mb * m + hi] for x in xs)))
+                    wire.DATA, request_id=r.rid, microbatch=mb, epoch=self._epoch, lo=lo, hi=hi, stage=0,
+                    attempt=r.attempt & 0xFF, tensors=tuple(x[mb * m + lo: mb * m + hi] for x in r.inputs)))
 
     def _resend(self, r: _Inflight) -> None:
         r.attempt += 1
-        r.deadline = time.monotonic() + self.cfg.request_timeout_s
-        self._res.resent += 1
+        r.deadline = min(time.monotonic() + self.cfg.request_timeout_s, r.t_end)
+        self.resent_total += 1
         self._dispatch(r)
 
     def _heartbeat(self, now: float) -> None:
         for key in sorted(self._alive):
             if now - self._last_pong[key] > self.cfg.dead_after_s:
-                self._events.put(("dead", key, f"stopped answering heartbeats for {self.cfg.dead_after_s:g}s"))
+                self._events.put(("dead", key, (f"stopped answering heartbeats for {self.cfg.dead_after_s:g}s",
+                                                self._gen[key])))
             else:
                 self._send(key, wire.Frame(wire.PING))
 
+    def _poll_stats(self, now: float) -> None:
+        """Ask every live worker for STATS; replies land in ``_stats`` (status() reads them)."""
+        self._stats_seq += 1
+        for key in sorted(self._alive):
+            self._send(key, wire.Frame(wire.STATS, request_id=self._stats_seq))
+        return self._stats_seq
+
+    def _check_refresh(self, now: float) -> None:
+        if self._refresh is not None and (not self._refresh[1] or now >= self._refresh[4]):
+            self._refresh[2].set()
+            self._refresh = None
+
+    def _where_missing(self, r: _Inflight) -> str:
+        """Which last-stage replicas owe samples of ``r`` under the current routing."""
+        owed = set()
+        for mb, pieces in r.pieces.items():
+            for key, lo, hi in self._ranges.get(self.n_stages - 1, ()):
+                got = sum(min(hi, phi) - max(lo, plo) for plo, phi, _ in pieces if plo < hi and lo < phi)
+                if got < hi - lo:
+                    owed.add((key, mb))
+        if not owed:
+            return "no output missing"
+        boards = sorted({f"board {k[0]} stage {k[1]}" for k, _ in owed})
+        mbs = sorted({mb for _, mb in owed})
+        return f"micro-batch(es) {mbs} incomplete, waiting on {', '.join(boards)}"
+
     def _check_deadlines(self, now: float) -> None:
         for r in list(self._inflight.values()):
+            if r.future.cancelled():
+                self._finish(r, reason="cancelled by the caller")
+                continue
+            if now >= r.t_end:
+                self._finish(r, reason=f"deadline of {r.t_end - r.t0:g}s passed after {r.attempt + 1} attempt(s) "
+                                       f"({self._where_missing(r)})")
+                continue
             if now < r.deadline:
                 continue
             r.timeouts += 1
-            missing = [mb for mb, h in r.have.items() if h < self.microbatch]
             if r.timeouts >= self.cfg.max_attempts:
-                self._fail(r.index, f"no answer within {self.cfg.request_timeout_s:g}s in {r.timeouts} attempts "
-                                    f"(micro-batches {missing} incomplete)")
+                self._finish(r, reason=f"no answer within {self.cfg.request_timeout_s:g}s in {r.timeouts} attempts "
+                                       f"({self._where_missing(r)})")
             else:
-                self.log(f"request {r.index}: no answer within {self.cfg.request_timeout_s:g}s; re-sending")
+                self.log(f"request {r.rid}: no answer within {self.cfg.request_timeout_s:g}s "
+                         f"({self._where_missing(r)}); re-sending")
                 self._resend(r)
-
-    def _fail(self, i: int, reason: str) -> None:
-        self._inflight.pop(i, None)
-        self._res.failures[i] = reason
 
     def _handle(self, ev) -> None:
         kind, key, payload = ev
-        if kind == "pong":
-            self._last_pong[key] = time.monotonic()
+        if kind == "submit":
+            r = payload
+            if not self.ready():
+                why = "; ".join(self._unready.values()) or "the head is not running"
+                self._finish(r, reason=f"pipeline not ready: {why}")
+                return
+            r.deadline = min(time.monotonic() + self.cfg.request_timeout_s, r.t_end)
+            self._inflight[r.rid] = r
+            self._dispatch(r)
+        elif kind == "pong":
+            if key in self._alive:
+                self._last_pong[key] = time.monotonic()
         elif kind == "result":
             self._on_result(payload)
+        elif kind == "stats":
+            self._stats[key] = payload.meta
+            if self._refresh is not None and payload.request_id >= self._refresh[0] and key in self._refresh[1]:
+                self._refresh[1].discard(key)
+                self._refresh[3][f"{key[0]}/stage{key[1]}"] = payload.meta
+        elif kind == "refresh":
+            done, box, timeout_s = payload
+            if self._refresh is not None:
+                self._refresh[2].set()
+            seq = self._poll_stats(time.monotonic())
+            self._refresh = (seq, set(self._alive), done, box, time.monotonic() + timeout_s)
         elif kind == "dead":
-            self._on_dead(key, payload)
+            reason, gen = payload
+            if gen == self._gen[key]:
+                self._on_dead(key, reason)
         elif kind == "error":
             f = payload
             r = self._inflight.get(f.request_id)
@@ -348,7 +671,7 @@ class Head:
                 if f.meta.get("peer"):
                     self.log(f"request {f.request_id}: {msg}")  # a dead peer: heartbeats decide
                 else:
-                    self._fail(f.request_id, msg)
+                    self._finish(r, reason=msg)
 
     def _on_result(self, f: wire.Frame) -> None:
         r = self._inflight.get(f.request_id)
@@ -373,11 +696,25 @@ class Head:
                 parts = [t[k] for mb in range(self.microbatches) for _, _, t in sorted(r.pieces[mb],
                                                                                        key=lambda p: p[0])]
                 outs.append(np.concatenate(parts))
-            del self._inflight[r.index]
-            self._res.outputs[r.index] = outs
-            self._res.latencies_s[r.index] = time.monotonic() - r.t0
-            if self._on_complete:
-                self._on_complete(r.index)
+            self._finish(r, outs)
+
+    def _compute_ranges(self) -> None:
+        """Each stage's live replicas and their sample ranges: a dead replica's samples go to the live
+        replica before it (or, for the first, after it), so every range stays contiguous."""
+        for s in range(self.n_stages):
+            out: list[list] = []
+            carry = None
+            for w in sorted((w for w in self.workers.values() if w.stage == s), key=lambda w: w.lo):
+                if w.key in self._alive:
+                    out.append([w.key, carry if carry is not None else w.lo, w.hi])
+                    carry = None
+                elif out:
+                    out[-1][2] = w.hi
+                elif carry is None:
+                    carry = w.lo
+            if out:
+                out[-1][2] = self.microbatch
+            self._ranges[s] = [tuple(e) for e in out]
 
     def _on_dead(self, key, reason: str) -> None:
         if key not in self._alive:
@@ -385,31 +722,24 @@ class Head:
         w = self.workers[key]
         self._alive.discard(key)
         fault = Fault(w.device, w.stage, w.address, reason, round(time.monotonic() - self._t_start, 3))
-        self._res.faults.append(fault)
+        self._faults.append(fault)
         self.log(f"worker on {fault.describe()}")
         ctl = self._ctl.pop(key, None)
         if ctl:
             ctl[0].close()
-        group = self._ranges[w.stage]
-        survivors = [e for e in group if e[0] != key]
-        if not survivors:
-            self._fatal = f"stage {w.stage} has no surviving replica: {fault.describe()}"
-            self.log(self._fatal)
+        before = {k: (lo, hi) for k, lo, hi in self._ranges[w.stage]}
+        self._compute_ranges()
+        if not self._ranges[w.stage]:
+            self._unready[w.stage] = f"stage {w.stage} has no live replica: {fault.describe()}"
+            self.log(self._unready[w.stage])
+            for r in list(self._inflight.values()):
+                self._finish(r, reason=self._unready[w.stage])
             return
-        # Give the dead replica's samples to a neighbour, keeping every range contiguous.
-        idx = next(i for i, e in enumerate(group) if e[0] == key)
-        _, dlo, dhi = group[idx]
-        if idx > 0:
-            k, lo, _ = group[idx - 1]
-            group[idx - 1] = (k, lo, dhi)
-        else:
-            k, _, hi = group[idx + 1]
-            group[idx + 1] = (k, dlo, hi)
-        self._ranges[w.stage] = [e for e in group if e[0] != key]
-        self.log(f"stage {w.stage}: samples [{dlo},{dhi}) move to {self.workers[k].device}; "
+        moved = ", ".join(f"{k[0]} now [{lo},{hi})" for k, lo, hi in self._ranges[w.stage] if before.get(k) != (lo, hi))
+        self.log(f"stage {w.stage}: samples of {w.device} move ({moved}); "
                  f"re-sending {len(self._inflight)} in-flight request(s)")
         self._reroute()
-        self._resend_all = True  # the main loop re-sends once, after nested deaths settled
+        self._resend_all = True  # the loop re-sends once, after nested deaths settled
 
     def _reroute(self) -> None:
         """Start a new routing epoch and wait until every live worker acknowledged it."""
@@ -425,16 +755,20 @@ class Head:
         deaths = []
         while waiting and time.monotonic() < deadline:
             try:
-                kind, key, payload = self._events.get(timeout=0.05)
+                ev = self._events.get(timeout=0.05)
             except queue.Empty:
                 continue
+            kind, key, payload = ev
             if kind == "ack" and payload.epoch == self._epoch:
                 waiting.discard(key)
             elif kind == "pong":
                 self._last_pong[key] = time.monotonic()
             elif kind == "dead":
-                waiting.discard(key)
-                deaths.append((key, payload))
+                if payload[1] == self._gen[key]:
+                    waiting.discard(key)
+                    deaths.append((key, payload[0]))
+            elif kind in ("submit", "refresh", "stats"):
+                self._deferred.append(ev)
             # results and errors of the old epoch are obsolete: everything in flight is re-sent
         deaths += [(k, f"did not acknowledge routing epoch {self._epoch} within {self.cfg.dead_after_s:g}s")
                    for k in sorted(waiting)]
@@ -443,33 +777,3 @@ class Head:
             self._last_pong[k] = max(self._last_pong[k], now - self.cfg.heartbeat_s)
         for key, reason in deaths:
             self._on_dead(key, reason)  # recursion depth is bounded by the number of workers
-
-    def _collect_stats(self) -> None:
-        asked = set()
-        for key in sorted(self._alive):
-            if self._send(key, wire.Frame(wire.STATS)):
-                asked.add(key)
-        deadline = time.monotonic() + 2.0
-        while asked and time.monotonic() < deadline:
-            try:
-                kind, key, payload = self._events.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            if kind == "stats":
-                asked.discard(key)
-                self._res.stats[f"{key[0]}/stage{key[1]}"] = payload.meta
-
-    def _close(self) -> None:
-        self._stop.set()
-        for sock, lock in list(self._ctl.values()):
-            if self.cfg.shutdown_workers:
-                try:
-                    with lock:
-                        wire.send_frame(sock, wire.Frame(wire.BYE), self.cfg.secret)
-                except OSError:
-                    pass
-            sock.close()
-        self._ctl.clear()
-        srv = getattr(self, "_srv", None)
-        if srv is not None:
-            srv.close()

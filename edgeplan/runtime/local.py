@@ -1,4 +1,7 @@
-"""Run an artifact folder: every worker as a local process (``run_local``) or the deployed boards (``run_deployed``).
+"""Run an artifact folder: every worker as a local process or the deployed boards.
+
+``start_pipeline`` gives a running Head service over either (``edgeplan serve`` uses it);
+``run_local``/``run_deployed`` run a fixed list of requests through it (``edgeplan run``).
 
 Workers bind 127.0.0.1 on a free port (``--listen 127.0.0.1:0``) and print the
 port they got; the head then tells every worker the addresses actually in use
@@ -202,49 +205,39 @@ def stop_workers(workers: Sequence[LocalWorker], grace_s: float = 3.0) -> None:
             w.process.stdout.close()
 
 
-def run_local(artifacts: str | os.PathLike[str], requests: int = 200, *, seed: int = 0,
-              inputs: Sequence[Sequence[np.ndarray]] | None = None, config: HeadConfig | None = None,
-              secret: bytes | None = None, command: Sequence[str] | None = None,
-              log_dir: str | os.PathLike[str] | None = None,
-              on_complete: Callable[[int, list[LocalWorker]], None] | None = None,
-              log: Callable[[str], None] | None = None, placement: Placement | None = None,
-              head_host: str = "127.0.0.1") -> tuple[Artifacts, RunResult]:
-    """Start all workers of ``artifacts`` locally, run ``requests`` seeded random requests, stop the workers."""
-    art = discover(artifacts)
-    if inputs is None:
-        inputs = RandomInputs(next(s for _, s in art.stages if s.stage == 0), art.batch, requests, seed)
-    cfg = replace(config or HeadConfig(), shutdown_workers=True)
-    if secret:
-        cfg = replace(cfg, secret=secret)
-    log_dir = Path(log_dir or tempfile.mkdtemp(prefix="edgeplan-run-"))  # kept: errors point at the logs
-    log_dir.mkdir(parents=True, exist_ok=True)
-    workers = start_workers(art, log_dir, secret, command, placement=placement)
-    try:
-        head = Head.from_specs([s for _, s in art.stages], art.microbatches, f"{head_host}:0",
-                               {(w.device, w.stage): w.address for w in workers}, cfg, log)
-        cb = (lambda i: on_complete(i, workers)) if on_complete else None
-        result = head.run(inputs, cb)
-        dead = {(f.device, f.stage) for f in result.faults}
-        for w in workers:  # a worker the head gave up on may be hung: no grace period
+@dataclass
+class Pipeline:
+    """A started Head over an artifact folder's workers; ``close()`` stops the head and any workers it started.
+
+    Unpacks as ``head, stop = start_pipeline(...)`` too.
+    """
+
+    artifacts: Artifacts
+    head: Head
+    workers: list[LocalWorker]  # processes started here (empty when driving deployed boards)
+    log_dir: Path | None = None
+
+    def __iter__(self):
+        return iter((self.head, self.close))
+
+    def close(self) -> None:
+        self.head.close()
+        dead = {(f.device, f.stage) for f in self.head.faults}
+        for w in self.workers:  # a worker the head gave up on may be hung: no grace period
             if (w.device, w.stage) in dead and w.process.poll() is None:
                 w.process.kill()
-    finally:
-        stop_workers(workers)
-    for i, f in enumerate(result.faults):
-        w = next((w for w in workers if (w.device, w.stage) == (f.device, f.stage)), None)
-        if w is not None and w.process.returncode not in (0, None):
-            result.faults[i] = replace(f, reason=f"{f.reason}; exit code {w.process.returncode}, log {w.log_path}")
-    return art, result
+        stop_workers(self.workers)
 
 
-def run_deployed(artifacts: str | os.PathLike[str], requests: int = 200, *, seed: int = 0,
-                 inputs: Sequence[Sequence[np.ndarray]] | None = None, config: HeadConfig | None = None,
-                 on_complete: Callable[[int], None] | None = None,
-                 log: Callable[[str], None] | None = None) -> tuple[Artifacts, RunResult]:
-    """Drive workers already running on the boards, at the addresses compile wrote (head.json, stage.json peers)."""
+def _predicted_compute_s(plan: dict) -> dict[int, float]:
+    return {int(st["index"]): float(st["compute_s"]) for st in plan.get("stages", ())
+            if st.get("compute_s") is not None}
+
+
+def _deployed_addresses(art: Artifacts) -> tuple[str, str, dict]:
+    """head.json's listen/advertised address and every worker's address as its neighbours know it."""
     import json
 
-    art = discover(artifacts)
     try:
         head_json = json.loads((art.root / "head.json").read_text())
         listen_at, advertise = head_json["listen"], head_json["address"]
@@ -260,8 +253,78 @@ def run_deployed(artifacts: str | os.PathLike[str], requests: int = 200, *, seed
                 addresses[(p.device, p.stage)] = p.address
     for p in head_json.get("downstream", ()):
         addresses[(p["device"], p["stage"])] = p["address"]
-    if inputs is None:
-        inputs = RandomInputs(next(s for _, s in art.stages if s.stage == 0), art.batch, requests, seed)
-    head = Head.from_specs([s for _, s in art.stages], art.microbatches, listen_at, addresses,
-                           config or HeadConfig(), log, advertise)
-    return art, head.run(inputs, on_complete)
+    return listen_at, advertise, addresses
+
+
+def start_pipeline(artifacts: str | os.PathLike[str], *, local: bool, config: HeadConfig | None = None,
+                   secret: bytes | None = None, command: Sequence[str] | None = None,
+                   log_dir: str | os.PathLike[str] | None = None, log: Callable[[str], None] | None = None,
+                   placement: Placement | None = None, head_host: str = "127.0.0.1") -> Pipeline:
+    """A running Head (``start()`` done) over ``artifacts``: with ``local``, every worker is started here
+    (127.0.0.1, or per ``placement``) and stopped by ``close()``; otherwise the head drives the workers
+    deployed on the boards at the addresses compile wrote (head.json, stage.json peers)."""
+    art = discover(artifacts)
+    cfg = config or HeadConfig()
+    if secret:
+        cfg = replace(cfg, secret=secret)
+    predicted = _predicted_compute_s(art.plan)
+    specs = [s for _, s in art.stages]
+    if not local:
+        listen_at, advertise, addresses = _deployed_addresses(art)
+        head = Head.from_specs(specs, art.microbatches, listen_at, addresses, cfg, log, advertise,
+                               predicted_compute_s=predicted)
+        head.start()
+        return Pipeline(art, head, [])
+    cfg = replace(cfg, shutdown_workers=True)
+    log_dir = Path(log_dir or tempfile.mkdtemp(prefix="edgeplan-run-"))  # kept: errors point at the logs
+    log_dir.mkdir(parents=True, exist_ok=True)
+    workers = start_workers(art, log_dir, cfg.secret, command, placement=placement)
+    try:
+        head = Head.from_specs(specs, art.microbatches, f"{head_host}:0",
+                               {(w.device, w.stage): w.address for w in workers}, cfg, log,
+                               predicted_compute_s=predicted)
+        head.start()
+    except BaseException:
+        stop_workers(workers, grace_s=0.0)
+        raise
+    return Pipeline(art, head, workers, log_dir)
+
+
+def _random_inputs(art: Artifacts, requests: int, seed: int) -> RandomInputs:
+    return RandomInputs(next(s for _, s in art.stages if s.stage == 0), art.batch, requests, seed)
+
+
+def run_local(artifacts: str | os.PathLike[str], requests: int = 200, *, seed: int = 0,
+              inputs: Sequence[Sequence[np.ndarray]] | None = None, config: HeadConfig | None = None,
+              secret: bytes | None = None, command: Sequence[str] | None = None,
+              log_dir: str | os.PathLike[str] | None = None,
+              on_complete: Callable[[int, list[LocalWorker]], None] | None = None,
+              log: Callable[[str], None] | None = None, placement: Placement | None = None,
+              head_host: str = "127.0.0.1") -> tuple[Artifacts, RunResult]:
+    """Start all workers of ``artifacts`` locally, run ``requests`` seeded random requests, stop the workers."""
+    p = start_pipeline(artifacts, local=True, config=config, secret=secret, command=command, log_dir=log_dir,
+                       log=log, placement=placement, head_host=head_host)
+    try:
+        cb = (lambda i: on_complete(i, p.workers)) if on_complete else None
+        result = p.head.run(inputs if inputs is not None else _random_inputs(p.artifacts, requests, seed), cb)
+    finally:
+        p.close()
+    for i, f in enumerate(result.faults):
+        w = next((w for w in p.workers if (w.device, w.stage) == (f.device, f.stage)), None)
+        if w is not None and w.process.returncode not in (0, None):
+            result.faults[i] = replace(f, reason=f"{f.reason}; exit code {w.process.returncode}, log {w.log_path}")
+    return p.artifacts, result
+
+
+def run_deployed(artifacts: str | os.PathLike[str], requests: int = 200, *, seed: int = 0,
+                 inputs: Sequence[Sequence[np.ndarray]] | None = None, config: HeadConfig | None = None,
+                 on_complete: Callable[[int], None] | None = None,
+                 log: Callable[[str], None] | None = None) -> tuple[Artifacts, RunResult]:
+    """Drive workers already running on the boards, at the addresses compile wrote (head.json, stage.json peers)."""
+    p = start_pipeline(artifacts, local=False, config=config, log=log)
+    try:
+        result = p.head.run(inputs if inputs is not None else _random_inputs(p.artifacts, requests, seed),
+                            on_complete)
+    finally:
+        p.close()
+    return p.artifacts, result

@@ -168,7 +168,7 @@ class Worker:
                 return
             self._reply(sock, lock, wire.Frame(wire.ACK, epoch=self.route.epoch))
         elif f.kind == wire.STATS:
-            self._reply(sock, lock, wire.Frame(wire.STATS, meta=self.snapshot()))
+            self._reply(sock, lock, wire.Frame(wire.STATS, request_id=f.request_id, meta=self.snapshot()))
         elif f.kind == wire.BYE:
             self._log("BYE from head; exiting")
             self.stop()

@@ -1,0 +1,118 @@
+"""The Head as a long-lived service over real worker processes: submit/ready/status/close, Busy, deadlines."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import wait
+
+import numpy as np
+import pytest
+
+from edgeplan.runtime.head import Busy, HeadConfig, RequestFailed
+from edgeplan.runtime.local import start_pipeline
+
+from .fake_artifacts import WORKER, make_artifacts, reference
+
+DIMS = [4, 6, 3]
+
+
+def _x(batch: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, DIMS[0])).astype(np.float32)
+
+
+def test_submit_answers_concurrent_requests_and_status_counts_them(tmp_path):
+    w = make_artifacts(tmp_path / "art", [[("a", 3), ("b", 5)], [("c", 6), ("d", 2)]], DIMS, microbatches=2)
+    p = start_pipeline(tmp_path / "art", local=True, command=WORKER, log_dir=tmp_path / "logs",
+                       config=HeadConfig(window=8))
+    try:
+        head = p.head
+        assert head.ready() and head.batch == 16
+        assert head.input_specs == [("in0", (4,), "float32")] and head.output_specs == [("out1", (3,), "float32")]
+        xs = [_x(16, i) for i in range(20)]
+        futs = []
+        for x in xs:
+            while True:
+                try:
+                    futs.append(head.submit([x]))
+                    break
+                except Busy as e:
+                    time.sleep(e.retry_after_s / 10)
+        for x, f in zip(xs, futs, strict=True):
+            np.testing.assert_allclose(f.result(timeout=30)[0], reference(w, x), atol=1e-5)
+        st = head.status()
+        json.dumps(st)  # JSON-able
+        assert st["requests_total"] == 20 and st["completed_total"] == 20 and st["failed_total"] == 0
+        assert st["inflight"] == 0 and st["epoch"] == 1 and st["ready"] and st["window"] == 8
+        assert st["latency_seconds"]["count"] == 20 and st["latency_seconds"]["buckets"][-1][1] == 20
+        assert 0 < st["latency_seconds"]["sum"] < 20 * 30
+        assert set(st["workers"]) == {"a/stage0", "b/stage0", "c/stage1", "d/stage1"}
+        assert st["workers"]["c/stage1"]["predicted_compute_s"] == pytest.approx(0.002)  # plan.json's compute_s
+        assert all(v["alive"] for v in st["workers"].values())
+    finally:
+        p.close()
+        p.close()  # idempotent
+    f = head.submit([_x(16, 0)])
+    with pytest.raises(RequestFailed, match="closed"):
+        f.result(timeout=1)
+    assert all(x.process.returncode == 0 for x in p.workers)  # BYE: clean exits
+
+
+def test_full_window_raises_busy_at_once_and_bad_inputs_name_the_input(tmp_path):
+    make_artifacts(tmp_path / "art", [[("a", 2)]], [4, 3], delay=0.3)
+    head, stop = start_pipeline(tmp_path / "art", local=True, command=WORKER, log_dir=tmp_path / "logs",
+                                config=HeadConfig(window=2))
+    try:
+        with pytest.raises(ValueError, match=r"input in0: shape \[3, 4\].*\[2, 4\]"):
+            head.submit([_x(3, 0)])
+        with pytest.raises(ValueError, match="takes 1 input"):
+            head.submit([_x(2, 0), _x(2, 1)])
+        a, b = head.submit([_x(2, 0)]), head.submit([_x(2, 1)])
+        t0 = time.monotonic()
+        with pytest.raises(Busy) as e:
+            head.submit([_x(2, 2)])
+        assert time.monotonic() - t0 < 0.1 and e.value.retry_after_s > 0
+        assert head.status()["rejected_total"] == 1 and head.status()["inflight"] == 2
+        wait([a, b], timeout=10)
+        assert a.result().__len__() == 1 and b.result()[0].shape == (2, 3)
+        assert head.submit([_x(2, 3).astype(np.float64)]).result(timeout=10)[0].dtype == np.float32  # cast
+    finally:
+        stop()
+
+
+def test_request_fails_at_its_deadline_naming_the_stage_it_waits_on(tmp_path):
+    make_artifacts(tmp_path / "art", [[("a", 2)], [("c", 2)]], DIMS, delay=2.0)
+    p = start_pipeline(tmp_path / "art", local=True, command=WORKER, log_dir=tmp_path / "logs")
+    try:
+        t0 = time.monotonic()
+        f = p.head.submit([_x(2, 0)], deadline_s=0.5)
+        with pytest.raises(RequestFailed) as e:
+            f.result(timeout=5)
+        took = time.monotonic() - t0
+        assert 0.45 < took < 1.0, took
+        assert "deadline of 0.5s" in e.value.reason and "board c stage 1" in e.value.reason
+        assert p.head.status()["failed_total"] == 1
+    finally:
+        p.close()
+
+
+def test_stage_without_live_replica_fails_requests_fast_and_is_not_ready(tmp_path):
+    make_artifacts(tmp_path / "art", [[("a", 2)], [("c", 2)]], DIMS, delay=0.5)
+    p = start_pipeline(tmp_path / "art", local=True, command=WORKER, log_dir=tmp_path / "logs")
+    try:
+        f = p.head.submit([_x(2, 0)])
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        next(w for w in p.workers if w.device == "c").process.kill()
+        with pytest.raises(RequestFailed, match="board c stage 1") as e:
+            f.result(timeout=10)
+        assert time.monotonic() - t0 < 2.5
+        assert "no live replica" in e.value.reason
+        assert not p.head.ready()
+        with pytest.raises(RequestFailed, match="not ready.*board c stage 1"):
+            p.head.submit([_x(2, 1)]).result(timeout=2)
+        st = p.head.status()
+        assert not st["ready"] and not st["workers"]["c/stage1"]["alive"]
+        assert [(x["device"], x["stage"]) for x in st["faults"]] == [("c", 1)]
+    finally:
+        p.close()
