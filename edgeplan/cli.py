@@ -171,6 +171,7 @@ def plan_cmd(
     from edgeplan.graph.report import parse_input_shape
     from edgeplan.planner.api import make_plan
     from edgeplan.planner.objective import Objective, parse_quantity
+    from edgeplan.planner.plan import record_sources
     from edgeplan.planner.report import format_plan
     from edgeplan.profiles.load import load_cluster
 
@@ -183,8 +184,10 @@ def plan_cmd(
         head=head, optimizer_states=optimizer_states,
     )
     clu = load_cluster(cluster)
-    traced = build(model, parse_input_shape(input_shape) if input_shape is not None else None)
-    plan = make_plan(traced.graph, clu, obj, solver=solver.value)
+    shape = parse_input_shape(input_shape) if input_shape is not None else None
+    traced = build(model, shape)
+    plan = record_sources(make_plan(traced.graph, clu, obj, solver=solver.value),
+                          model_ref=model, input_shape=shape, cluster_path=str(cluster), cluster=clu)
     typer.echo(format_plan(plan), nl=False)
     if out is not None:
         jsonio.write(out, plan.to_json())
@@ -224,13 +227,14 @@ class CompileBackend(str, Enum):
 @app.command("compile")
 def compile_cmd(
     plan: Path = typer.Argument(..., help="plan.json from `edgeplan plan`.", exists=True, dir_okay=False),
-    model: str = typer.Option(
-        ..., "--model", help="The model the plan was made for (zoo name, file.py:callable, torchvision:NAME)."),
+    model: str | None = typer.Option(
+        None, "--model", help="Override the model the plan recorded (zoo name, file.py:callable, torchvision:NAME)."),
     out: Path = typer.Option(..., "--out", help="Artifact folder to create (one sub-folder per board)."),
     cluster: Path | None = typer.Option(
         None, "--cluster", exists=True, dir_okay=False,
-        help="Cluster YAML for board addresses and target options (default: everything on 127.0.0.1)."),
-    input_shape: str | None = typer.Option(None, "--input-shape", help="Same as given to `edgeplan plan`."),
+        help="Override the cluster file the plan recorded (board addresses, target options); must be the same "
+             "cluster (sha256)."),
+    input_shape: str | None = typer.Option(None, "--input-shape", help="Override the plan's recorded input shape."),
     backend: CompileBackend = typer.Option(CompileBackend.auto, "--backend", help="Module backend per stage."),
     force: bool = typer.Option(False, "--force", help="Replace an existing artifact folder."),
     bind_any: bool = typer.Option(
@@ -386,6 +390,134 @@ def run(
         dead = "; ".join(f.describe() for f in result.faults) or "no worker died"
         raise RuntimeFault(f"{len(result.failures)} of {requests} request(s) failed; {dead}; "
                            "see the worker logs, fix or restart that board, and run again")
+
+
+@app.command()
+def top(
+    url: str | None = typer.Option(None, "--url", help="Head's serving endpoint, e.g. http://127.0.0.1:8000."),
+    cluster: Path | None = typer.Option(
+        None, "--cluster", exists=True, dir_okay=False,
+        help="Cluster YAML: the head is its `head:` address (this machine when absent) at --port."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Head's HTTP port (with --cluster)."),
+    interval: float = typer.Option(1.0, "--interval", min=0.1, help="Seconds between polls of /metrics."),
+    once: bool = typer.Option(False, "--once", help="Print one table and exit (scripts, tests)."),
+) -> None:
+    """Live table from the head's /metrics: per board CPU, memory, link Mbit/s, per stage ms measured vs predicted."""
+    from edgeplan import top as top_mod
+
+    if url is not None and cluster is not None:
+        raise top_mod.TopError("edgeplan top: give --url or --cluster, not both")
+    if url is None:
+        url = top_mod.head_url(cluster, port) if cluster is not None else f"http://127.0.0.1:{port}"
+    top_mod.run(url, interval_s=interval, once=once)
+
+
+def _pipeline_source(local: bool, cluster: Path | None, what: str):
+    """(placement, head host) inside `edgeplan emulate`, else None; errors unless exactly one source is given."""
+    from edgeplan.errors import ArtifactError
+    from edgeplan.testbed.emulate import placement_from_env
+
+    testbed = placement_from_env() if not local and cluster is None else None
+    if testbed is None and local == (cluster is not None):
+        raise ArtifactError(f"edgeplan {what}: give exactly one of --local (processes here) or --cluster FILE "
+                            f"(boards), or run it inside `edgeplan emulate CLUSTER -- edgeplan {what} ...`")
+    return testbed
+
+
+@app.command()
+def serve(
+    artifacts: Path = typer.Argument(
+        ..., help="Artifact folder from `edgeplan compile`.", exists=True, file_okay=False),
+    local: bool = typer.Option(False, "--local", help="Start every (device, stage) worker here, on 127.0.0.1."),
+    cluster: Path | None = typer.Option(
+        None, "--cluster", exists=True, dir_okay=False,
+        help="Drive the workers deployed on the boards (its secret_env names the HMAC secret)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="HTTP port (0: any free port)."),
+    name: str | None = typer.Option(None, "--name", help="Model name in the URLs (default: the plan's model, "
+                                                         "characters outside [A-Za-z0-9_.-] replaced by _)."),
+    max_delay_ms: float = typer.Option(2.0, "--max-delay-ms", min=0.0,
+                                       help="How long a partial plan batch waits for more samples."),
+    max_request_bytes: int = typer.Option(64 << 20, "--max-request-bytes", min=1024,
+                                          help="Larger request bodies get 413."),
+    window: int = typer.Option(0, "--window", min=0, help="Plan batches in flight at once (0: twice the stages)."),
+    timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="Seconds per request attempt before a re-send."),
+    secret_env: str | None = typer.Option(
+        None, "--secret-env", help="Environment variable holding the HMAC secret (default: the cluster's)."),
+) -> None:
+    """Serve ARTIFACTS over the Open Inference Protocol (KServe v2 REST; tritonclient, curl) and /metrics.
+
+    Example: edgeplan serve art/ --local --port 8000; curl localhost:8000/v2/health/ready
+    """
+    from edgeplan.errors import ArtifactError, ProfileError, RuntimeFault
+    from edgeplan.runtime import wire
+    from edgeplan.runtime.batcher import BatcherConfig
+    from edgeplan.runtime.head import HeadConfig, PipelineError
+    from edgeplan.runtime.local import ArtifactProblem
+    from edgeplan.runtime.serve import Server, serve_forever
+
+    testbed = _pipeline_source(local, cluster, "serve")
+    if cluster is not None and secret_env is None:
+        from edgeplan.profiles.load import load_cluster
+
+        secret_env = load_cluster(cluster).secret_env
+    try:
+        secret = wire.secret_from_env(secret_env)
+    except ValueError as e:
+        raise ProfileError(f"{cluster or '--secret-env'}: {e}") from None
+    placement, head_host = testbed if testbed is not None else (None, "127.0.0.1")
+    try:
+        server = Server(artifacts, local=local or testbed is not None, host=host, port=port, name=name,
+                        head_config=HeadConfig(request_timeout_s=timeout, window=window, secret=secret),
+                        batcher_config=BatcherConfig(max_delay_s=max_delay_ms / 1e3),
+                        max_request_bytes=max_request_bytes, secret=secret, placement=placement,
+                        head_host=head_host)
+    except ArtifactProblem as e:
+        raise ArtifactError(str(e)) from None
+    except PipelineError as e:
+        raise RuntimeFault(str(e)) from None
+    except OSError as e:
+        raise RuntimeFault(f"cannot listen on {host}:{port} ({e}); pick another --port") from None
+    serve_forever(server, typer.echo)
+
+
+@app.command()
+def infer(
+    artifacts: str = typer.Argument(..., help="Artifact folder from `edgeplan compile` (or use --url)."),
+    inputs: list[Path] = typer.Option(..., "--inputs", help="A .npy or .npz file, a folder of .npy files or "
+                                                            "images, or image files (repeatable)."),
+    outputs: Path = typer.Option(..., "--outputs", help="Where to write the outputs: .npy (one output) or .npz."),
+    local: bool = typer.Option(False, "--local", help="Start every worker here."),
+    cluster: Path | None = typer.Option(None, "--cluster", exists=True, dir_okay=False,
+                                        help="Use the workers deployed on the boards."),
+    url: bool = typer.Option(False, "--url", help="ARTIFACTS is the URL of an `edgeplan serve` endpoint."),
+    name: str | None = typer.Option(None, "--name", help="With --url: the model name (default: the server's one)."),
+    normalize: str = typer.Option("auto", "--normalize", help="Images: auto | imagenet | unit | raw "
+                                                              "(see `edgeplan.infer_files`)."),
+) -> None:
+    """Run files through ARTIFACTS and save the outputs (rows in input order, sorted file names).
+
+    Example: edgeplan infer art/ --local --inputs frames/ --outputs preds.npy
+    """
+    from edgeplan import infer_files
+    from edgeplan.client import connect
+
+    if normalize not in infer_files.NORMALIZE:
+        raise infer_files.InputFileError(f"--normalize {normalize!r}: use one of {', '.join(infer_files.NORMALIZE)}")
+    if url:
+        if local or cluster is not None:
+            raise infer_files.InputFileError("edgeplan infer: --url takes neither --local nor --cluster")
+        pipe = connect(artifacts, name=name)
+    else:
+        _pipeline_source(local, cluster, "infer")
+        pipe = connect(artifacts, local=local, cluster=cluster)
+    with pipe:
+        xs = infer_files.load_inputs(inputs, pipe.input_specs, normalize)
+        typer.echo(f"{len(xs[0])} sample(s) from {len(inputs)} path(s)", err=True)
+        ys = infer_files.run_files(pipe, xs, progress=infer_files.text_progress())
+    path = infer_files.save_outputs(outputs, ys, [n for n, _, _ in pipe.output_specs])
+    shapes = ", ".join(f"{n} {list(y.shape)}" for (n, _, _), y in zip(pipe.output_specs, ys, strict=True))
+    typer.echo(f"wrote {path} ({shapes})")
 
 
 # --- training ----------------------------------------------------------------
