@@ -161,6 +161,9 @@ def plan_cmd(
     optimizer_states: int = typer.Option(1, "--optimizer-states",
                                          help="Training: parameter-sized optimizer buffers (1 SGD momentum, 2 Adam)."),
     solver: PlanSolver = typer.Option(PlanSolver.dp, "--solver", help="dp (default, fast) or ilp (exact, small)."),
+    min_gain: float = typer.Option(0.05, "--min-gain",
+                                   help="A plan with more boards/stages must beat the best simpler one by this "
+                                        "fraction (0 <= x < 1), else the simpler one is used."),
     input_shape: str = typer.Option(None, "--input-shape", help="Batch-first shape (default: the model's own)."),
     out: Path = typer.Option(None, "--out", help="Write the plan JSON here."),
     svg: Path = typer.Option(None, "--svg", help="Also draw the schedule and memory to this SVG."),
@@ -169,7 +172,7 @@ def plan_cmd(
     from edgeplan import jsonio
     from edgeplan.graph.load import build
     from edgeplan.graph.report import parse_input_shape
-    from edgeplan.planner.api import make_plan
+    from edgeplan.planner.api import check_min_gain, make_plan
     from edgeplan.planner.objective import Objective, parse_quantity
     from edgeplan.planner.plan import record_sources
     from edgeplan.planner.report import format_plan
@@ -183,10 +186,11 @@ def plan_cmd(
         energy_budget_j=parse_quantity(energy_budget, "energy", "--energy-budget") if energy_budget else None,
         head=head, optimizer_states=optimizer_states,
     )
+    check_min_gain(min_gain)
     clu = load_cluster(cluster)
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     traced = build(model, shape)
-    plan = record_sources(make_plan(traced.graph, clu, obj, solver=solver.value),
+    plan = record_sources(make_plan(traced.graph, clu, obj, solver=solver.value, min_gain=min_gain),
                           model_ref=model, input_shape=shape, cluster_path=str(cluster), cluster=clu)
     typer.echo(format_plan(plan), nl=False)
     if out is not None:

@@ -33,17 +33,24 @@ from edgeplan.profiles.cost import CostTable
 
 MB = float(1 << 20)
 ILP_MAX_ARCS = 20000  # the ILP certifies heuristic DP results up to this many stage options
+MIN_GAIN = 0.05  # default --min-gain: a bigger plan must beat the best simpler one by 5%
 
 __all__ = ["Objective", "evaluate", "make_plan", "plan_from_costs", "layout_of", "layout_from_text", "plan_of"]
 
 
-def make_plan(graph, cluster, objective: Objective, solver: str = "dp") -> Plan:
+def make_plan(graph, cluster, objective: Objective, solver: str = "dp", min_gain: float = MIN_GAIN) -> Plan:
     """Plan ``graph`` (LayerGraph) on ``cluster`` (Cluster) for ``objective``."""
     from edgeplan.profiles.cost import build_cost_table
 
+    check_min_gain(min_gain)
     costs = build_cost_table(graph, cluster)
     return plan_from_costs(costs, objective, solver=solver, model=graph.name, graph_sha256=graph.digest(),
-                           cluster=cluster.name, cluster_sha256=cluster.digest())
+                           cluster=cluster.name, cluster_sha256=cluster.digest(), min_gain=min_gain)
+
+
+def check_min_gain(min_gain: float) -> None:
+    if not 0.0 <= min_gain < 1.0:
+        raise PlanError(f"--min-gain {min_gain:g} is outside [0, 1): give a fraction, e.g. 0.05 for 5%")
 
 
 def _solve(costs: CostTable, obj: Objective, solver: str, **kw) -> dp_mod.Result:
@@ -58,8 +65,14 @@ def _solve(costs: CostTable, obj: Objective, solver: str, **kw) -> dp_mod.Result
 
 def plan_from_costs(costs: CostTable, objective: Objective, *, solver: str = "dp", model: str = "model",
                     graph_sha256: str = "", cluster: str = "cluster", cluster_sha256: str = "",
-                    work_budget: float = dp_mod.WORK_BUDGET, with_baselines: bool = True) -> Plan:
-    """Best plan for ``objective`` on ``costs``; raises PlanError with alternatives when none fits."""
+                    work_budget: float = dp_mod.WORK_BUDGET, with_baselines: bool = True,
+                    min_gain: float = MIN_GAIN) -> Plan:
+    """Best plan for ``objective`` on ``costs``; raises PlanError with alternatives when none fits.
+
+    ``min_gain``: a plan with more boards or stages than a simpler candidate must
+    be at least this much better (fraction, 0 <= min_gain < 1), else the simpler wins.
+    """
+    check_min_gain(min_gain)
     head_index(costs, objective)
     free = replace(objective, latency_budget_s=None, energy_budget_j=None)
     kw = {"work_budget": work_budget} if solver == "dp" else {}
@@ -76,10 +89,69 @@ def plan_from_costs(costs: CostTable, objective: Objective, *, solver: str = "dp
         layout, ev, more = _meet_budgets(costs, objective, layout)
         notes += more
         exact = False
+    layout, ev, more = final_choice(costs, objective, layout, ev, min_gain=min_gain)
+    notes += more
     if solver == "dp" and not exact:
         notes += _ilp_gap(costs, objective, ev)
     return plan_of(costs, layout, objective, ev, solver=solver, model=model, graph_sha256=graph_sha256,
                    cluster=cluster, cluster_sha256=cluster_sha256, notes=notes, with_baselines=with_baselines)
+
+
+def _complexity(layout: Layout) -> tuple[int, int]:
+    """(boards, stages): a plan is simpler than another when it uses fewer boards, then fewer stages."""
+    return (sum(len(st.replicas) for st in layout), len(layout))
+
+
+def _gain(better_v: float, base_v: float) -> float:
+    """Relative improvement of ``better_v`` over ``base_v`` (objective values: lower is better)."""
+    return (base_v - better_v) / base_v if base_v > 0 else 0.0
+
+
+def final_choice(costs: CostTable, obj: Objective, layout: Layout, ev: Evaluation, *, min_gain: float = MIN_GAIN,
+                 prefix: Prefix | None = None) -> tuple[Layout, Evaluation, list[str]]:
+    """The plan a user gets: the solver's plan or a baseline, then the simplest one worth its boards.
+
+    1. Never worse than a baseline: the baselines are priced by the same
+       evaluator, so when a reduced (heuristic) search missed a plan as good as
+       a feasible baseline within the budgets, the baseline is used and the note
+       says by how much the search fell short.
+    2. Prefer the simpler plan when the gain is noise: candidates (this plan and
+       the feasible baselines) are walked from simplest to most complex; a more
+       complex one replaces the current only if it is better by ``min_gain``.
+       With ``min_gain = 0`` the result is the best candidate.
+    """
+    cands = [("the search's plan", layout, ev)]
+    for bname, blay, bev, _ in make_baselines(costs, obj, prefix):
+        if bev is not None and bev.ok:
+            cands.append((f"baseline {bname}", blay, bev))
+    notes: list[str] = []
+    best = cands[0]
+    for c in cands[1:]:
+        if dp_mod.better(c[2], best[2], obj):
+            best = c
+    if best is not cands[0]:
+        a, b = ev.value(obj), best[2].value(obj)
+        notes.append(f"{best[0]} used: the search's plan ({_fmt_value(obj, a)}) is {(a - b) / b * 100:.2f}% "
+                     f"worse than it ({_fmt_value(obj, b)})")
+    if min_gain <= 0:
+        return best[1], best[2], notes
+    # walk up from the simplest candidate; ties in complexity: the better one first
+    order = sorted(cands, key=lambda c: (_complexity(c[1]), c[2].score(obj)))
+    cur = order[0]
+    for c in order[1:]:
+        if _complexity(c[1]) > _complexity(cur[1]) and _gain(c[2].value(obj), cur[2].value(obj)) >= min_gain:
+            cur = c
+        elif _complexity(c[1]) == _complexity(cur[1]) and dp_mod.better(c[2], cur[2], obj):
+            cur = c
+    if cur is not best:
+        boards, stages = _complexity(best[1])
+        b2, s2 = _complexity(cur[1])
+        g = _gain(best[2].value(obj), cur[2].value(obj))
+        notes.append(f"simpler plan used ({cur[0]}: {b2} board(s), {s2} stage(s)): the best plan found "
+                     f"({boards} board(s), {stages} stage(s)) is only {g * 100:.2f}% better, less than "
+                     f"--min-gain {min_gain * 100:g}%")
+        notes = [n for n in notes if not n.startswith(best[0] + " used")] if best is not cands[0] else notes
+    return cur[1], cur[2], notes
 
 
 def _ilp_gap(costs: CostTable, obj: Objective, ev: Evaluation) -> list[str]:

@@ -543,7 +543,8 @@ def solve(costs: CostTable, objective: Objective, *, work_budget: float = WORK_B
     return res
 
 
-def _better(ev: Evaluation, best: Evaluation | None, obj: Objective) -> bool:
+def better(ev: Evaluation, best: Evaluation | None, obj: Objective) -> bool:
+    """``ev`` scores strictly better than ``best`` (objective, then latency; relative tolerance 1e-12)."""
     if best is None:
         return True
     a, b = ev.score(obj), best.score(obj)
@@ -564,7 +565,7 @@ def _optimise(dp: DPSolver, obj: Objective, cp: float = 1.0, ce: float = 0.0) ->
     def consider(layout):
         nonlocal best_l, best_e
         ev = _eval(dp, layout)
-        if _better(ev, best_e, obj):
+        if better(ev, best_e, obj):
             best_l, best_e = layout, ev
 
     if kind == "throughput":

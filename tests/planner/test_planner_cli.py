@@ -67,3 +67,9 @@ def test_bad_requests_are_one_line_errors(args, match):
 def test_show_missing_file(tmp_path):
     res = CliRunner().invoke(app, ["show", str(tmp_path / "nope.json")])
     assert res.exit_code == 2 and "no such plan file" in res.output
+
+
+def test_min_gain_outside_the_unit_interval_is_one_line():
+    res = CliRunner().invoke(app, ["plan", "resnet18-cifar", "--cluster", HETERO, "--min-gain", "1.5"])
+    assert res.exit_code != 0
+    assert res.output.strip().count("\n") == 0 and "--min-gain 1.5 is outside [0, 1)" in res.output
