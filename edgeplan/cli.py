@@ -625,32 +625,48 @@ def emulate(
 def deploy(
     artifacts: Path = typer.Argument(..., help="Artifact folder from `edgeplan compile`.", exists=True,
                                      file_okay=False),
-    cluster: Path = typer.Option(..., "--cluster", help="Cluster YAML with each board's [user@]host[:port].",
+    cluster: Path = typer.Option(..., "--cluster", help="Cluster YAML: each board's host[:port] and `user`.",
                                  exists=True, dir_okay=False),
     remote_dir: str = typer.Option("edgeplan", help="Folder on each board (relative to the SSH user's home)."),
-    ssh_user: str = typer.Option("root", help="SSH user when the address names none."),
+    ssh_user: str | None = typer.Option(
+        None, help="SSH user for devices whose cluster entry names none (there is no default, never root)."),
     ssh_port: int = typer.Option(22, help="SSH port when the address names none."),
     identity: Path | None = typer.Option(None, "--identity", "-i", help="Private key file."),
-    start: bool = typer.Option(True, help="Start each board's launcher after verifying it."),
+    start: bool = typer.Option(True, help="Stop each board's old workers and start the new ones after verifying."),
+    known_hosts: Path | None = typer.Option(
+        None, "--known-hosts", dir_okay=False, help="known_hosts file (default ~/.ssh/known_hosts)."),
+    accept_new_host_keys: bool = typer.Option(
+        False, "--accept-new-host-keys",
+        help="Record the host key of a board not in known_hosts (like ssh's accept-new); a changed key is "
+             "still refused."),
 ) -> None:
-    """Copy each board's folder over SSH (changed files only), verify sha256 there, start it."""
+    """Copy each board's folder over SSH (changed files only), verify sha256 there, stop the old workers, start it."""
     from edgeplan.deploy import ssh
     from edgeplan.profiles.load import load_cluster
 
     spec = load_cluster(cluster)
+    targets = [ssh.target_for(device, i, cluster, ssh_user, ssh_port)  # every login checked before any upload
+               for i, device in enumerate(spec.devices) if (artifacts / device.name).is_dir()]
+    if not targets:
+        raise ssh.DeployError(f"{artifacts}: no folder named after a device of {cluster} "
+                              f"({', '.join(d.name for d in spec.devices)}); compile for this cluster")
     failed = False
-    for device in spec.devices:
-        if not (artifacts / device.name).is_dir():
-            continue
-        target = ssh.parse_address(device.name, device.address, ssh_user, ssh_port)
+    for target in targets:
         r = ssh.deploy_board(artifacts, target, remote_dir, key_filename=str(identity) if identity else None,
-                             start=start)
+                             start=start, known_hosts=str(known_hosts) if known_hosts else None,
+                             accept_new_host_keys=accept_new_host_keys)
         state = "verified" if r.verified else "FAILED verification"
-        typer.echo(f"{r.device:<14} sent {len(r.uploaded)} files ({r.bytes_sent / 1e6:.1f} MB), "
-                   f"{r.unchanged} unchanged, {state}{', started' if r.started else ''}")
+        stopped = f", stopped {len(r.stopped)} old worker process(es)" if r.stopped else ""
+        if r.started and not r.stopped:
+            stopped = ", no old workers running"
+        typer.echo(f"{r.device:<14} {target.user}@{target.host}: sent {len(r.uploaded)} files "
+                   f"({r.bytes_sent / 1e6:.1f} MB), {r.unchanged} unchanged, {state}{stopped}"
+                   f"{', started' if r.started else ''}")
+        for n in r.notes:
+            typer.echo(f"  {n}")
         for p in r.problems:
             typer.echo(f"  {p}", err=True)
-        failed |= not r.verified
+        failed |= not r.verified or (start and not r.started)
     if failed:
         raise typer.Exit(1)
 
