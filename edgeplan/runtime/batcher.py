@@ -22,14 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-try:
-    from .head import Busy, RequestFailed
-except ImportError:  # TRANSITIONAL until head.py's service API (Busy, RequestFailed) lands
-    class Busy(Exception):  # type: ignore[no-redef]
-        retry_after_s = 0.1
-
-    class RequestFailed(Exception):  # type: ignore[no-redef]
-        reason = ""
+from .head import Busy, RequestFailed
 
 
 class BadInput(ValueError):

@@ -134,6 +134,11 @@ class Endpoint:
     async def server_metadata(self, request: Request) -> Response:
         return JSONResponse({"name": "edgeplan", "version": "1", "extensions": ["binary_tensor_data"]})
 
+    async def repository_index(self, request: Request) -> Response:
+        # Triton's model-repository extension: lets a client find the one model this server has.
+        return JSONResponse([{"name": self.name, "version": self.version, "state": "READY" if self._ready()
+                              else "UNAVAILABLE"}])
+
     async def model_metadata(self, request: Request) -> Response:
         self._model(request)
         return JSONResponse(self.metadata())
@@ -148,7 +153,22 @@ class Endpoint:
 
         status = await asyncio.get_running_loop().run_in_executor(None, self.head.status)
         status = {**status, "serving": dict(self.batcher.stats)}
-        return Response(metrics.exposition(status), media_type="text/plain; version=0.0.4; charset=utf-8")
+        text = metrics.exposition(status) + self.serving_metrics()
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    def serving_metrics(self) -> bytes:
+        """The batcher's counters (HTTP side of the head) in Prometheus text format."""
+        docs = {"requests_total": "Application requests accepted by the batcher.",
+                "samples_total": "Samples in accepted application requests.",
+                "batches_total": "Plan-batch requests the batcher sent to the head.",
+                "padded_samples_total": "Zero samples that filled partial plan batches.",
+                "rejected_total": "Requests refused with 503 because the serving queue was full.",
+                "failed_total": "Accepted requests that ended without an answer."}
+        lines = []
+        for key, doc in docs.items():
+            name = f"edgeplan_serving_{key}"
+            lines += [f"# HELP {name} {doc}", f"# TYPE {name} counter", f"{name} {float(self.batcher.stats[key])}"]
+        return ("\n".join(lines) + "\n").encode()
 
     # --- inference ------------------------------------------------------------------------------------
 
@@ -306,6 +326,7 @@ def make_app(batcher: Batcher, name: str, max_request_bytes: int = DEFAULT_MAX_R
         Route("/v2/health/live", _guard(ep.live)),
         Route("/v2/health/ready", _guard(ep.ready)),
         Route("/v2", _guard(ep.server_metadata)),
+        Route("/v2/repository/index", _guard(ep.repository_index), methods=["POST"]),
         Route("/metrics", _guard(ep.metrics)),
     ]
     for base in (model, versioned):

@@ -35,6 +35,7 @@ class FakeHead:
         self.delay_s = delay_s
         self.fail_with = fail_with
         self.always_busy = False
+        self.busy_raised = 0
         self.input_specs = [("x", (3,), "float32")]
         self.output_specs = [("y", (3,), "float32"), ("s", (1,), "float64")]
         self.submitted: list[list[np.ndarray]] = []
@@ -49,6 +50,7 @@ class FakeHead:
         assert x.shape == (self.batch, 3) and x.dtype == np.float32, "the batcher must send whole plan batches"
         with self._lock:
             if self.always_busy or self._inflight >= self.window:
+                self.busy_raised += 1
                 raise FakeBusy(0.25)
             self._inflight += 1
             self.submitted.append([x.copy()])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -216,6 +217,9 @@ def test_full_queue_gets_503_at_once():
     try:
         with TestClient(make_app(batcher, NAME)) as client:
             batcher.submit([_x(4)])  # held by the loop, retrying the busy head
+            deadline = time.monotonic() + 5
+            while not head.busy_raised and time.monotonic() < deadline:
+                time.sleep(0.001)
             batcher.submit([_x(4)])  # fills the queue
             r = _post_json(client, {"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [0.0] * 3})
             assert r.status_code == 503 and "Retry-After" in r.headers and "queue is full" in r.json()["error"]

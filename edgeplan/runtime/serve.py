@@ -1,0 +1,134 @@
+"""Serve a compiled pipeline over the Open Inference Protocol: ``python -m edgeplan_runtime.serve ART_DIR``.
+
+On the head board (no torch, no full edgeplan install) this module runs from the
+copy of the runtime in the artifact folder; ``edgeplan serve`` calls the same
+:func:`serve` from the host. The pipeline is either the workers deployed on the
+boards (the addresses compile wrote in head.json / stage.json) or, with
+``--local``, every worker started here as a process.
+
+Requests go HTTP -> :class:`~.batcher.Batcher` (packs samples into plan batches)
+-> Head (``submit``, bounded window) -> workers. starlette/uvicorn are imported only
+here and in http.py, never by the stage worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from .batcher import Batcher, BatcherConfig
+from .head import HeadConfig, PipelineError
+from .http import DEFAULT_MAX_REQUEST_BYTES, make_app, model_name
+from .local import ArtifactProblem, Placement, start_pipeline
+
+
+class Server:
+    """A pipeline + batcher + uvicorn (in a thread); ``url`` once started, ``close()`` stops all three."""
+
+    def __init__(self, artifacts: str | os.PathLike[str], *, local: bool, host: str = "127.0.0.1", port: int = 8000,
+                 name: str | None = None, head_config: HeadConfig | None = None,
+                 batcher_config: BatcherConfig = BatcherConfig(),
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, secret: bytes | None = None,
+                 placement: Placement | None = None, head_host: str = "127.0.0.1", log_dir: str | None = None,
+                 log: Callable[[str], None] | None = None):
+        self.pipeline = start_pipeline(artifacts, local=local, config=head_config, secret=secret,
+                                       placement=placement, head_host=head_host, log_dir=log_dir, log=log)
+        try:
+            self.head = self.pipeline.head
+            self.batcher = Batcher(self.head, batcher_config)
+            self.name = model_name(name or self.pipeline.artifacts.plan.get("model") or self.head.model)
+            self.app = make_app(self.batcher, self.name, max_request_bytes)
+            self._sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+            h, p = self._sock.getsockname()[:2]
+            self.url = f"http://[{h}]:{p}" if ":" in h else f"http://{h}:{p}"
+            self._start_uvicorn()
+        except BaseException:
+            self.pipeline.close()
+            raise
+
+    def _start_uvicorn(self) -> None:
+        import uvicorn
+
+        cfg = uvicorn.Config(self.app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
+                             limit_concurrency=1024)
+        self._uvicorn = uvicorn.Server(cfg)
+        self._thread = threading.Thread(target=self._uvicorn.run, kwargs={"sockets": [self._sock]},
+                                        name="uvicorn", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._uvicorn.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise PipelineError(f"the HTTP server did not start on {self.url}")
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        """Stop taking connections, fail what is queued, stop the head and any workers started here."""
+        self._uvicorn.should_exit = True
+        self._thread.join(timeout=10)
+        self._sock.close()
+        self.batcher.close()
+        self.pipeline.close()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def serve_forever(server: Server, echo: Callable[[str], None] = print) -> None:
+    """Block until SIGINT/SIGTERM, then close ``server``."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    head = server.head
+    echo(f"serving model '{server.name}' at {server.url} (KServe v2 REST: {server.url}/v2/models/{server.name}; "
+         f"metrics {server.url}/metrics); plan batch {head.batch}, window {head.window}; Ctrl-C stops")
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        echo("stopping")
+        server.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m edgeplan_runtime.serve", description=__doc__.splitlines()[0])
+    p.add_argument("artifacts", help="artifact folder from `edgeplan compile` (plan.json, head.json, board folders)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--name", help="model name in the URL (default: the plan's model, sanitised)")
+    p.add_argument("--local", action="store_true", help="start every worker here instead of using the boards")
+    p.add_argument("--secret-env", help="environment variable holding the HMAC secret of the frames")
+    p.add_argument("--max-delay-ms", type=float, default=2.0, help="how long a partial batch waits for samples")
+    p.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
+    p.add_argument("--window", type=int, default=0, help="plan-batch requests in flight (0: twice the stages)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request attempt before a re-send")
+    a = p.parse_args(argv)
+    from . import wire
+
+    try:
+        secret = wire.secret_from_env(a.secret_env)
+    except ValueError as e:
+        print(f"serve: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        server = Server(a.artifacts, local=a.local, host=a.host, port=a.port, name=a.name,
+                        head_config=HeadConfig(request_timeout_s=a.timeout, window=a.window, secret=secret),
+                        batcher_config=BatcherConfig(max_delay_s=a.max_delay_ms / 1e3),
+                        max_request_bytes=a.max_request_bytes, secret=secret)
+    except (ArtifactProblem, PipelineError, OSError) as e:
+        print(f"serve: error: {e}", file=sys.stderr)
+        return 1
+    serve_forever(server)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
