@@ -349,6 +349,11 @@ def run(
     seed: int = typer.Option(0, "--seed", help="Seed of the random requests."),
     secret_env: str | None = typer.Option(
         None, "--secret-env", help="Environment variable holding the HMAC secret (default: the cluster's)."),
+    check: bool = typer.Option(False, "--check", help="Also compare every output with the original PyTorch model "
+                                                      "(max abs error printed; exit 2 beyond --tolerance)."),
+    model: str | None = typer.Option(None, "--model", help="--check: the model (default: the one plan.json "
+                                                           "records)."),
+    tolerance: float = typer.Option(1e-4, "--tolerance", min=0.0, help="--check: largest allowed abs error."),
 ) -> None:
     """Run ARTIFACTS: p50/p99 latency and throughput, measured beside the plan's prediction."""
     from edgeplan import jsonio
@@ -372,15 +377,23 @@ def run(
     except ValueError as e:
         raise ProfileError(f"{cluster or '--secret-env'}: {e}") from None
     cfg = HeadConfig(request_timeout_s=timeout, dead_after_s=dead_after, window=window, secret=secret)
+    inputs = None
+    if check:  # the same seeded requests, kept to feed the reference model afterwards
+        from edgeplan.check import model_spec
+        from edgeplan.runtime.local import RandomInputs, discover
+
+        found = discover(artifacts)
+        spec = model_spec(found.plan, model, str(found.root / "plan.json"))
+        inputs = RandomInputs(next(s for _, s in found.stages if s.stage == 0), found.batch, requests, seed)
     try:
         if testbed is not None:
             placement, head_host = testbed
             art, result = run_local(artifacts, requests, seed=seed, config=cfg, secret=secret,
-                                    placement=placement, head_host=head_host)
+                                    placement=placement, head_host=head_host, inputs=inputs)
         elif local:
-            art, result = run_local(artifacts, requests, seed=seed, config=cfg, secret=secret)
+            art, result = run_local(artifacts, requests, seed=seed, config=cfg, secret=secret, inputs=inputs)
         else:
-            art, result = run_deployed(artifacts, requests, seed=seed, config=cfg)
+            art, result = run_deployed(artifacts, requests, seed=seed, config=cfg, inputs=inputs)
     except ArtifactProblem as e:
         raise ArtifactError(str(e)) from None
     except PipelineError as e:
@@ -390,10 +403,21 @@ def run(
     if report is not None:
         jsonio.write(report, rep)
         typer.echo(f"wrote {report}")
+    checked = None
+    if check:
+        from edgeplan.check import CheckFailed, compare
+
+        last = max((s for _, s in art.stages), key=lambda s: s.stage)
+        checked = compare(spec, inputs, result.outputs, [t.name for t in last.outputs], tolerance)
+        typer.echo(checked.describe())
     if not result.ok:
         dead = "; ".join(f.describe() for f in result.faults) or "no worker died"
         raise RuntimeFault(f"{len(result.failures)} of {requests} request(s) failed; {dead}; "
                            "see the worker logs, fix or restart that board, and run again")
+    if checked is not None and not checked.ok:
+        raise CheckFailed(f"outputs differ from {spec} by up to {checked.max_abs_error:.3g} (request "
+                          f"{checked.worst_request}, output {checked.worst_output}) > --tolerance {tolerance:g}; "
+                          "a stage was compiled from another model or a backend is wrong: re-run `edgeplan compile`")
 
 
 @app.command()
