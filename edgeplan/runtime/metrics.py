@@ -62,7 +62,8 @@ def _families(status: dict) -> list:
             ("completed_total", "edgeplan_requests_completed_total", "Requests answered."),
             ("failed_total", "edgeplan_requests_failed_total", "Requests that ended without an answer."),
             ("resent_total", "edgeplan_requests_resent_total", "Request attempts sent again after a fault."),
-            ("rejected_total", "edgeplan_requests_rejected_total", "Requests refused with Busy.")):
+            ("rejected_total", "edgeplan_requests_rejected_total", "Requests refused with Busy."),
+            ("rejoined_total", "edgeplan_workers_rejoined_total", "Workers taken back into routing after a fault.")):
         if key in status:
             fam("counter", name, doc).add_metric([], float(status[key]))
     if status.get("latency_seconds"):

@@ -34,6 +34,7 @@ def sample_status(tmp_path: Path | None = None) -> dict:
     return {
         "model": "resnet18", "plan_sha256": "ab" * 32, "epoch": 3, "ready": False, "window": 16, "inflight": 5,
         "requests_total": 120, "completed_total": 110, "failed_total": 4, "resent_total": 2, "rejected_total": 1,
+        "rejoined_total": 6,
         "latency_seconds": {"buckets": [[0.01, 3], [0.1, 90], [1.0, 110]], "sum": 7.25, "count": 114},
         "faults": [{"device": "pi-b", "stage": 1, "address": "10.0.0.2:7001", "reason": "no STATS for 2 s",
                     "detected_at_s": 12.5}],
@@ -84,6 +85,7 @@ def test_exposition_values_match_the_status_dict():
     assert m[("edgeplan_requests_failed_total", ())] == 4
     assert m[("edgeplan_requests_resent_total", ())] == 2
     assert m[("edgeplan_requests_rejected_total", ())] == 1
+    assert m[("edgeplan_workers_rejoined_total", ())] == 6
     assert m[("TYPE", "edgeplan_requests_completed")] == "counter"
     assert m[("edgeplan_faults", ())] == 1
     # head latency histogram, +Inf = count
