@@ -425,7 +425,9 @@ def top(
     url: str | None = typer.Option(None, "--url", help="Head's serving endpoint, e.g. http://127.0.0.1:8000."),
     cluster: Path | None = typer.Option(
         None, "--cluster", exists=True, dir_okay=False,
-        help="Cluster YAML: the head is its `head:` address (this machine when absent) at --port."),
+        help="Cluster YAML: poll the head device's address at --port."),
+    head: str | None = typer.Option(
+        None, "--head", help="The plan's head device (with --cluster; default: the cluster's first, as in plan)."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="Head's HTTP port (with --cluster)."),
     interval: float = typer.Option(1.0, "--interval", min=0.1, help="Seconds between polls of /metrics."),
     once: bool = typer.Option(False, "--once", help="Print one table and exit (scripts, tests)."),
@@ -436,7 +438,7 @@ def top(
     if url is not None and cluster is not None:
         raise top_mod.TopError("edgeplan top: give --url or --cluster, not both")
     if url is None:
-        url = top_mod.head_url(cluster, port) if cluster is not None else f"http://127.0.0.1:{port}"
+        url = top_mod.head_url(cluster, port, head) if cluster is not None else f"http://127.0.0.1:{port}"
     top_mod.run(url, interval_s=interval, once=once)
 
 

@@ -199,14 +199,25 @@ def scrape(url: str, timeout_s: float = 5.0) -> View:
     return parse(text)
 
 
-def head_url(cluster_file, port: int) -> str:
-    """The head's URL from a cluster file's ``head`` address (this machine when it names none)."""
+def head_url(cluster_file, port: int, head: str | None = None) -> str:
+    """The head's URL: the address of the cluster's head device (``head``; default the first device, as
+    for `edgeplan plan --head`), without the SSH user or port it may carry, at ``port``."""
     from edgeplan.profiles.load import load_cluster
 
-    host = load_cluster(cluster_file).head or "127.0.0.1"
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
+    clu = load_cluster(cluster_file)
+    if head is None:
+        device = clu.devices[0]
+    else:
+        try:
+            device = clu.device(head)
+        except KeyError as e:
+            raise TopError(f"{cluster_file}: {e.args[0]}; pass the plan's --head device") from None
+    host = device.address.rpartition("@")[2]
+    if host.startswith("["):  # [v6]:port
+        host = host[1:host.index("]")]
+    elif host.count(":") == 1:  # host:ssh-port
+        host = host.partition(":")[0]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 # -- rendering --------------------------------------------------------------------------------------

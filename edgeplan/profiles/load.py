@@ -54,7 +54,7 @@ _UNIT_KEYS = (
     "busy_power_w", "layer_overhead_us", "supported_ops", "hop_overhead_us",
 )
 _OVERRIDE_KEYS = ("ram_mb", "reserved_mb", "idle_power_w", "estimate", "units")
-_CLUSTER_KEYS = ("name", "description", "devices", "network", "secret_env", "head")
+_CLUSTER_KEYS = ("name", "description", "devices", "network", "secret_env")
 _DEVICE_KEYS = ("name", "profile", "address", "overrides", "user")
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]*\$?$", re.IGNORECASE)  # POSIX-ish login names
 _NETWORK_KEYS = ("default", "links")
@@ -485,6 +485,5 @@ def load_cluster(path: str | Path) -> Cluster:
     if secret_env is not None and not _ENV_RE.match(secret_env):
         raise doc.fail(("secret_env",), f"{secret_env!r} is not an environment variable name "
                                         "(letters, digits and '_', not starting with a digit)")
-    head = _string(doc, ("head",), default=None)
     return Cluster(name=name, devices=tuple(devices), default_link=default_link, links=tuple(links),
-                   secret_env=secret_env, head=head)
+                   secret_env=secret_env)

@@ -108,7 +108,6 @@ class Cluster:
     links: tuple[Link, ...] = ()  # per-pair overrides
     secret_env: str | None = None  # name of an env var holding the HMAC secret
     schema_version: int = field(default=SCHEMA_VERSION)
-    head: str | None = None  # address of the machine running the head (`edgeplan serve`); deploy/top only
 
     def device(self, name: str) -> Device:
         for d in self.devices:
@@ -124,10 +123,8 @@ class Cluster:
         return self.default_link
 
     def to_json(self) -> dict:
-        """asdict, less the deploy-only fields when unset (so older files and digests are unchanged)."""
+        """asdict, less the deploy-only ``user`` when unset (so older files and digests are unchanged)."""
         d = asdict(self)
-        if d["head"] is None:
-            del d["head"]
         for dev in d["devices"]:
             if dev["user"] is None:
                 del dev["user"]
@@ -140,14 +137,13 @@ class Cluster:
         return cls(
             name=d["name"], devices=tuple(Device.from_json(x) for x in d["devices"]),
             default_link=Link(**d["default_link"]), links=tuple(Link(**x) for x in d.get("links", ())),
-            secret_env=d.get("secret_env"), schema_version=d["schema_version"], head=d.get("head"),
+            secret_env=d.get("secret_env"), schema_version=d["schema_version"],
         )
 
     def digest(self) -> str:
-        """sha256 of what planning depends on: the SSH user and the head's address are left out, so
-        adding them to a cluster file does not invalidate plans made from it."""
+        """sha256 of what planning depends on: the SSH user is left out, so adding it to a cluster file
+        does not invalidate plans made from it."""
         d = self.to_json()
-        d.pop("head", None)
         for dev in d["devices"]:
             dev.pop("user", None)
         return jsonio.sha256_of(d)

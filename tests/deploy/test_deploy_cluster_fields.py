@@ -1,4 +1,4 @@
-"""Cluster file fields used only by deploy/top: a device's SSH `user` and the `head` address."""
+"""The cluster file field used only by deploy: a device's SSH `user`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from edgeplan.profiles.load import load_cluster
 from edgeplan.profiles.model import Cluster
 
 BASE = """name: c
-{head}devices:
+devices:
   - name: a
     profile: rpi4b-4gb
     address: 10.0.0.1
@@ -23,24 +23,23 @@ network:
 """
 
 
-def cluster(tmp_path: Path, head: str = "", user: str = "") -> Path:
+def cluster(tmp_path: Path, user: str = "") -> Path:
     path = tmp_path / "c.yaml"
-    path.write_text(BASE.format(head=f"head: {head}\n" if head else "", user=f"    user: {user}\n" if user else ""))
+    path.write_text(BASE.format(user=f"    user: {user}\n" if user else ""))
     return path
 
 
-def test_user_and_head_are_read_and_round_trip(tmp_path: Path):
-    c = load_cluster(cluster(tmp_path, head="192.168.1.10", user="pi"))
-    assert c.head == "192.168.1.10"
+def test_user_is_read_and_round_trips(tmp_path: Path):
+    c = load_cluster(cluster(tmp_path, user="pi"))
     assert c.device("a").user == "pi" and c.device("b").user is None
     assert Cluster.from_json(c.to_json()) == c
 
 
-def test_user_and_head_do_not_change_the_plan_digest(tmp_path: Path):
+def test_user_does_not_change_the_plan_digest(tmp_path: Path):
     plain = load_cluster(cluster(tmp_path))
-    assert "head" not in plain.to_json() and "user" not in plain.to_json()["devices"][0]
+    assert "user" not in plain.to_json()["devices"][0]
     (tmp_path / "x").mkdir()
-    with_fields = load_cluster(cluster(tmp_path / "x", head="10.0.0.9", user="edge"))
+    with_fields = load_cluster(cluster(tmp_path / "x", user="edge"))
     assert with_fields.digest() == plain.digest()  # plans made before adding them still compile
 
 

@@ -124,13 +124,20 @@ def test_cli_once_prints_measured_vs_predicted(server: MetricsServer):
     assert row(out, "rock5b", "35")  # NPU %
 
 
-def test_cli_with_cluster_uses_its_head_address_and_port(server: MetricsServer, tmp_path: Path):
+def test_cli_with_cluster_polls_the_head_device_at_port(server: MetricsServer, tmp_path: Path):
     path = tmp_path / "c.yaml"
-    path.write_text("name: c\nhead: 127.0.0.1\ndevices:\n  - {name: a, profile: rpi4b-4gb, address: 10.0.0.1}\n"
+    path.write_text("name: c\ndevices:\n"
+                    "  - {name: far, profile: rpi4b-4gb, address: 10.255.255.1}\n"
+                    "  - {name: here, profile: rpi4b-4gb, address: 'edge@127.0.0.1:2222'}\n"  # SSH user/port dropped
                     "network:\n  default: {bandwidth_mbps: 100, latency_ms: 1}\n")
-    res = CliRunner().invoke(app, ["top", "--cluster", str(path), "--port", str(server.port), "--once"])
+    assert top.head_url(path, 8000) == "http://10.255.255.1:8000"  # the first device, as for `plan --head`
+    assert top.head_url(path, 8000, "here") == "http://127.0.0.1:8000"
+    res = CliRunner().invoke(app, ["top", "--cluster", str(path), "--head", "here", "--port", str(server.port),
+                                   "--once"])
     assert res.exit_code == 0, res.output
     assert "resnet18" in res.output
+    res = CliRunner().invoke(app, ["top", "--cluster", str(path), "--head", "nope", "--once"])
+    assert res.exit_code != 0 and "no device 'nope'" in res.output and "--head" in res.output
 
 
 def test_unreachable_endpoint_is_one_line_naming_url_and_serve():
