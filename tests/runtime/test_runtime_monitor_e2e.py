@@ -7,14 +7,16 @@ the compute time against the injected delay, and the plan's predicted seconds be
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgeplan import top
 from edgeplan.runtime import local
-from edgeplan.runtime.head import HeadConfig
+from edgeplan.runtime.head import Busy, HeadConfig
 from edgeplan.runtime.metrics import exposition
 
 from .fake_artifacts import WORKER, make_artifacts
@@ -33,7 +35,10 @@ def _samples(text: str) -> dict:
     return out
 
 
-def test_metrics_of_a_running_pipeline_match_what_it_did(tmp_path):
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+    """A local pipeline that has answered N requests, and a status() in which every worker reported them."""
+    tmp_path = tmp_path_factory.mktemp("mon-e2e")
     make_artifacts(tmp_path / "art", GROUPS, DIMS, delay=DELAY_S)
     pipe = local.start_pipeline(tmp_path / "art", local=True, command=WORKER, log_dir=tmp_path / "logs",
                                 config=HeadConfig(window=4))
@@ -47,9 +52,7 @@ def test_metrics_of_a_running_pipeline_match_what_it_did(tmp_path):
                 try:
                     futures.append(head.submit([x]))
                     break
-                except Exception as e:  # Busy: the window is full, wait for answers
-                    if type(e).__name__ != "Busy":
-                        raise
+                except Busy:  # the window is full: wait for answers
                     time.sleep(0.01)
         for f in futures:
             f.result(timeout=60)
@@ -64,9 +67,13 @@ def test_metrics_of_a_running_pipeline_match_what_it_did(tmp_path):
             time.sleep(0.2)  # the head polls the workers' monitors about once a second
             status = head.status()
         assert reported_all(status), status["workers"]
+        yield pipe, status
     finally:
         pipe.close()
 
+
+def test_metrics_of_a_running_pipeline_match_what_it_did(ran):
+    _, status = ran
     text = exposition(status).decode()
     m = _samples(text)
 
@@ -100,3 +107,45 @@ def test_metrics_of_a_running_pipeline_match_what_it_did(tmp_path):
     assert view.requests["completed"] == N
     assert view.stages[("a", "0")].compute.mean_since(None) == (
         get("edgeplan_stage_compute_seconds_sum", board="a", stage="0") / N)
+
+
+def test_top_reads_the_serving_endpoint_of_the_running_pipeline(ran):
+    """The user's loop: `edgeplan serve` (starlette app over the head) -> /metrics -> `edgeplan top --once`."""
+    import socket
+    import threading
+
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from edgeplan.cli import app
+    from edgeplan.runtime.batcher import Batcher
+    from edgeplan.runtime.http import make_app
+
+    pipe, status = ran
+    batcher = Batcher(pipe.head)
+    sock = socket.create_server(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(make_app(batcher, "toy"), log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.time() + 30
+        while not server.started and time.time() < deadline:
+            time.sleep(0.02)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        res = CliRunner().invoke(app, ["top", "--url", url, "--once"])
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+        batcher.close()
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert f"requests {N}, completed {N}, failed 0" in out
+    for board, stage, predicted_ms in (("a", "0", "1.00"), ("b", "1", "2.00"), ("c", "1", "2.00")):
+        h = status["workers"][f"{board}/stage{stage}"]["monitor"]["compute_seconds"]
+        measured_ms = f"{h['sum'] / h['count'] * 1e3:.2f}"
+        lines = [ln for ln in out.splitlines() if re.search(
+            rf"\b{board}\b.*\b{stage}\b.*up.*{re.escape(measured_ms)}.*{re.escape(predicted_ms)}", ln)]
+        assert len(lines) == 1, (board, measured_ms, out)
+    links = [ln for ln in out.splitlines() if "a/stage0" in ln and "b/stage1" in ln]
+    assert len(links) == 1 and re.search(r"\d+\.\d", links[0]), out
