@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 
 from edgeplan.errors import EdgeplanError
 
+_clock = time.monotonic  # module-level so tests can drive the poll loop without touching `time`
+_sleep = time.sleep
+
 
 class TopError(EdgeplanError):
     """The metrics endpoint could not be read or is not edgeplan's."""
@@ -108,7 +111,7 @@ def parse(text: str, at: float | None = None) -> View:
     """A View of one /metrics text (prometheus_client's parser)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    v = View(at=time.monotonic() if at is None else at)
+    v = View(at=_clock() if at is None else at)
     seen_edgeplan = False
 
     def stage(labels) -> Stage:
@@ -306,7 +309,7 @@ def run(url: str, interval_s: float = 1.0, once: bool = False, console=None) -> 
     try:
         with Live(render(view), console=console, refresh_per_second=4, screen=False) as live:
             while True:
-                time.sleep(interval_s)
+                _sleep(interval_s)
                 prev, view = view, scrape(url)
                 live.update(render(view, prev))
     except KeyboardInterrupt:

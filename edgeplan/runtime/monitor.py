@@ -37,6 +37,7 @@ MIN_TIMED_SEND_S = 20e-6
 # Weight of the newest send in the smoothed throughput (EWMA): ~10 sends to follow a step change.
 THROUGHPUT_ALPHA = 0.2
 
+_MEMINFO_KEYS = ("MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached")
 _NPU_CORE_RE = re.compile(r"Core\d+:\s*(\d+(?:\.\d+)?)\s*%")
 _NPU_ANY_RE = re.compile(r"(\d+(?:\.\d+)?)\s*%")
 
@@ -252,14 +253,15 @@ class Monitor:
         if text is None:
             return 0, 0
         kb: dict[str, int] = {}
-        for line in text.splitlines():
+        for line in text.splitlines():  # the fields needed are the first five; stop there (cheaper)
             key, _, value = line.partition(":")
-            parts = value.split()
-            if parts:
+            if key in _MEMINFO_KEYS:
                 try:
-                    kb[key.strip()] = int(parts[0])
-                except ValueError:
+                    kb[key] = int(value.split()[0])
+                except (ValueError, IndexError):
                     continue
+                if len(kb) == len(_MEMINFO_KEYS) or (key == "MemAvailable" and "MemTotal" in kb):
+                    break
         total = kb.get("MemTotal", 0)
         if "MemAvailable" in kb:
             avail = kb["MemAvailable"]

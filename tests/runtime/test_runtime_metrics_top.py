@@ -155,3 +155,29 @@ def test_endpoint_without_edgeplan_metrics_is_refused(server: MetricsServer):
     server.status = {}
     with pytest.raises(top.TopError):
         top.parse("# TYPE other_metric gauge\nother_metric 1.0\n")
+
+
+def test_live_mode_refreshes_with_rates_until_ctrl_c(server: MetricsServer, monkeypatch):
+    from rich.console import Console
+
+    polls = []
+    real_scrape = top.scrape
+
+    def scrape(url):
+        polls.append(url)
+        server.status["completed_total"] += 20  # 20 more answers between polls
+        return real_scrape(url)
+
+    clock = iter(range(0, 1000, 2))  # polls 2 s apart
+
+    def sleep(_s):
+        if len(polls) >= 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(top, "scrape", scrape)
+    monkeypatch.setattr(top, "_sleep", sleep)
+    monkeypatch.setattr(top, "_clock", lambda: float(next(clock)))
+    console = Console(width=200, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    top.run(server.url, interval_s=2.0, console=console)  # returns on Ctrl-C
+    assert len(polls) == 3
+    assert "rate 10.0/s" in console.export_text()
