@@ -89,7 +89,7 @@ def test_metrics_of_a_running_pipeline_match_what_it_did(ran):
         assert get("edgeplan_stage_samples_total", board=board, stage=stage) == N * samples
         # measured compute time against the injected sleep: at least it, and not far above it
         mean = get("edgeplan_stage_compute_seconds_sum", board=board, stage=stage) / N
-        assert DELAY_S <= mean < DELAY_S + 0.05, (board, mean)
+        assert DELAY_S <= mean < DELAY_S + 0.15, (board, mean)  # slack: a loaded 2-core CI machine
         assert get("edgeplan_process_resident_memory_bytes", board=board, stage=stage) > 10 * 2**20
     assert get("edgeplan_stage_predicted_seconds", board="a", stage="0") == 0.001  # plan.json's compute_s
     assert get("edgeplan_stage_predicted_seconds", board="b", stage="1") == 0.002
