@@ -84,13 +84,15 @@ class WorkerRef:
 class HeadConfig:
     request_timeout_s: float = 30.0  # per attempt, from send to the last output piece
     heartbeat_s: float = 0.2
-    dead_after_s: float = 2.0  # no PONG (or no ACK of a route) for this long: the worker is dead
+    dead_after_s: float = 1.5  # no PONG (or no ACK of a route) for this long: the worker is dead
     connect_timeout_s: float = 10.0
     window: int = 0  # requests in flight at once; 0 = 2 x stages
     max_attempts: int = 3  # deadline-driven attempts per request (re-sends after a death do not count)
     secret: bytes | None = None
     shutdown_workers: bool = False  # send BYE at the end (local runs)
     stats_interval_s: float = 1.0  # how often the head asks every worker for its STATS snapshot
+    rejoin_interval_s: float = 0.5  # how often the head tries to reconnect a dead worker (it re-joins when healthy)
+    send_timeout_s: float = 5.0  # a send of inputs to stage 0 stalled this long fails that worker
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,9 @@ class Head:
         self.max_frame = max(per_sample * microbatch + 64 * 1024, 1 << 20)
         self._events: queue.Queue = queue.Queue()
         self._ctl: dict[tuple[str, int], tuple[socket.socket, threading.Lock]] = {}
+        self._data: dict[tuple[str, int], net.Sender] = {}  # stage-0 input senders
+        self._deaths: dict[tuple[str, int], int] = dict.fromkeys(self.workers, 0)
+        self._rejoin_after: dict[tuple[str, int], float] = {}
         self._gen: dict[tuple[str, int], int] = dict.fromkeys(self.workers, 0)  # connection generation
         self._stop = threading.Event()
         self._submit_lock = threading.Lock()
@@ -197,7 +202,7 @@ class Head:
         self._n_open = 0
         self._next_id = 0
         self.requests_total = self.completed_total = self.failed_total = 0
-        self.resent_total = self.rejected_total = 0
+        self.resent_total = self.rejected_total = self.rejoined_total = self.stale_results_total = 0
         self._lat_counts = [0] * len(LATENCY_BUCKETS_S)
         self._lat_sum = 0.0
         self._lat_count = 0
@@ -244,6 +249,7 @@ class Head:
         self._resend_all = False
         self._thread = threading.Thread(target=self._loop, name="head-loop", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._reconnector, name="head-rejoin", daemon=True).start()
 
     def submit(self, inputs: Sequence[np.ndarray], deadline_s: float | None = None) -> Future:
         """Queue one request (one array per model input, ``batch`` samples each); never blocks.
@@ -292,6 +298,7 @@ class Head:
             "window": self.window, "inflight": self._n_open, "requests_total": self.requests_total,
             "completed_total": self.completed_total, "failed_total": self.failed_total,
             "resent_total": self.resent_total, "rejected_total": self.rejected_total,
+            "rejoined_total": self.rejoined_total, "stale_results_total": self.stale_results_total,
             "latency_seconds": {"buckets": buckets, "sum": self._lat_sum, "count": self._lat_count},
             "faults": [asdict(f) for f in list(self._faults)],
             "workers": workers,
@@ -317,6 +324,8 @@ class Head:
                 self._finish(payload, reason="the head closed before the request was sent")
             elif kind == "refresh":
                 payload[0].set()
+        for sender in list(self._data.values()):
+            sender.close()
         for sock, lock in list(self._ctl.values()):
             if self.cfg.shutdown_workers:
                 try:
@@ -475,9 +484,19 @@ class Head:
         """Use ``sock`` as the control connection of worker ``key`` (a new generation)."""
         net.set_send_timeout(sock, self.cfg.dead_after_s)
         self._gen[key] += 1
+        gen = self._gen[key]
         self._ctl[key] = (sock, threading.Lock())
-        threading.Thread(target=self._control_reader, args=(key, sock, self._gen[key]), daemon=True,
+        threading.Thread(target=self._control_reader, args=(key, sock, gen), daemon=True,
                          name=f"head-ctl-{key[0]}-{key[1]}").start()
+        if key[1] == 0:  # inputs travel on their own connection: heartbeats never wait behind them
+            old = self._data.pop(key, None)
+            if old is not None:
+                old.close()
+            self._data[key] = net.Sender(
+                self.workers[key].address, secret=self.cfg.secret, send_timeout_s=self.cfg.send_timeout_s,
+                max_queue=4 * self.window * self.microbatches + 64,
+                on_error=lambda f, msg: self._events.put(("dead", key, (f"inputs not delivered ({msg})", gen))),
+                is_stale=lambda f: f.epoch != self._epoch, name=f"head-data-{key[0]}")
 
     def _accept_loop(self) -> None:
         net.accept_loop(self._srv, self._stop, self._result_reader)
@@ -567,9 +586,15 @@ class Head:
             for key, lo, hi in self._ranges[0]:
                 if lo == hi:
                     continue
-                self._send(key, wire.Frame(
+                frame = wire.Frame(
                     wire.DATA, request_id=r.rid, microbatch=mb, epoch=self._epoch, lo=lo, hi=hi, stage=0,
-                    attempt=r.attempt & 0xFF, tensors=tuple(x[mb * m + lo: mb * m + hi] for x in r.inputs)))
+                    attempt=r.attempt & 0xFF, tensors=tuple(x[mb * m + lo: mb * m + hi] for x in r.inputs))
+                sender = self._data.get(key)
+                if sender is None or not sender.put(frame):
+                    w = self.workers[key]
+                    self._finish(r, reason=f"inputs for board {w.device} stage 0 ({w.address}) could not be "
+                                           "queued: its link is too slow for the window; lower --window")
+                    return
 
     def _resend(self, r: _Inflight) -> None:
         r.attempt += 1
@@ -644,7 +669,12 @@ class Head:
             self._dispatch(r)
         elif kind == "pong":
             if key in self._alive:
-                self._last_pong[key] = time.monotonic()
+                if payload.meta.get("unhealthy"):
+                    self._on_dead(key, str(payload.meta["unhealthy"]))
+                else:
+                    self._last_pong[key] = time.monotonic()
+        elif kind == "rejoin":
+            self._on_rejoin(key, payload)
         elif kind == "result":
             self._on_result(payload)
         elif kind == "stats":
@@ -663,20 +693,42 @@ class Head:
             if gen == self._gen[key]:
                 self._on_dead(key, reason)
         elif kind == "error":
-            f = payload
-            r = self._inflight.get(f.request_id)
-            if r is not None and f.epoch == self._epoch:
-                w = self.workers[key]
-                msg = f"board {w.device} stage {w.stage}: {f.meta.get('message', 'error')}"
-                if f.meta.get("peer"):
-                    self.log(f"request {f.request_id}: {msg}")  # a dead peer: heartbeats decide
-                else:
-                    self._finish(r, reason=msg)
+            self._on_error(key, payload)
+
+    def _on_error(self, key, f: wire.Frame) -> None:
+        """A worker's ERROR: a peer it cannot reach fails over at once (no waiting for heartbeats); an
+        overloaded worker's refusal re-sends the request (counting as an attempt); a module error fails it."""
+        if f.epoch != self._epoch or key not in self._alive:
+            return  # about frames of an older routing: everything in flight was re-sent since
+        w = self.workers[key]
+        message = str(f.meta.get("message", "error"))
+        peer = str(f.meta.get("peer") or "")
+        if peer == "head":
+            self._on_dead(key, f"cannot reach the head at {self.advertise or self.listen_address} ({message})")
+            return
+        if peer:
+            device, _, stage = peer.rpartition("/stage")
+            pkey = (device, int(stage)) if stage.isdigit() else None
+            if pkey in self._alive:
+                self._on_dead(pkey, f"unreachable from board {w.device} stage {w.stage} ({message})")
+            return
+        r = self._inflight.get(f.request_id)
+        if r is None:
+            return
+        if f.meta.get("overloaded"):
+            r.timeouts += 1
+            if r.timeouts >= self.cfg.max_attempts:
+                self._finish(r, reason=f"board {w.device} stage {w.stage} refused it {r.timeouts} times: {message}")
+            else:
+                self._resend(r)
+            return
+        self._finish(r, reason=f"board {w.device} stage {w.stage}: {message}")
 
     def _on_result(self, f: wire.Frame) -> None:
         r = self._inflight.get(f.request_id)
         if r is None or f.epoch != self._epoch or f.attempt != (r.attempt & 0xFF) or f.stage != self.n_stages:
-            return  # late answer of an older attempt or epoch
+            self.stale_results_total += 1  # a late answer of an older attempt or epoch: never delivered
+            return
         if f.microbatch >= self.microbatches or not (0 <= f.lo < f.hi <= self.microbatch):
             self.log(f"request {f.request_id}: result with bad range mb {f.microbatch} [{f.lo},{f.hi}); dropped")
             return
@@ -727,6 +779,12 @@ class Head:
         ctl = self._ctl.pop(key, None)
         if ctl:
             ctl[0].close()
+        sender = self._data.pop(key, None)
+        if sender is not None:
+            sender.close()
+        self._deaths[key] += 1  # a worker that keeps failing is re-admitted less and less often
+        hold = min(10.0, self.cfg.rejoin_interval_s * 2 ** (self._deaths[key] - 1))
+        self._rejoin_after[key] = time.monotonic() + hold
         before = {k: (lo, hi) for k, lo, hi in self._ranges[w.stage]}
         self._compute_ranges()
         if not self._ranges[w.stage]:
@@ -767,7 +825,7 @@ class Head:
                 if payload[1] == self._gen[key]:
                     waiting.discard(key)
                     deaths.append((key, payload[0]))
-            elif kind in ("submit", "refresh", "stats"):
+            elif kind in ("submit", "refresh", "stats", "rejoin"):
                 self._deferred.append(ev)
             # results and errors of the old epoch are obsolete: everything in flight is re-sent
         deaths += [(k, f"did not acknowledge routing epoch {self._epoch} within {self.cfg.dead_after_s:g}s")
@@ -777,3 +835,52 @@ class Head:
             self._last_pong[k] = max(self._last_pong[k], now - self.cfg.heartbeat_s)
         for key, reason in deaths:
             self._on_dead(key, reason)  # recursion depth is bounded by the number of workers
+
+    # --- re-joining -------------------------------------------------------------------------------
+
+    def _reconnector(self) -> None:
+        """Keep trying dead workers (a rebooted board, a restarted process, a module that un-hung);
+        one that answers a PING healthily is handed to the loop to re-join."""
+        while not self._stop.wait(self.cfg.rejoin_interval_s):
+            for key in sorted(set(self.workers) - self._alive):
+                if time.monotonic() < self._rejoin_after.get(key, 0.0) or self._stop.is_set():
+                    continue
+                sock = self._probe(self.workers[key].address)
+                if sock is not None:
+                    self._events.put(("rejoin", key, sock))
+
+    def _probe(self, address: str) -> socket.socket | None:
+        """A control connection to ``address`` whose worker answered PING with a healthy PONG, or None."""
+        try:
+            sock = net.connect(address, timeout=0.5)
+        except OSError:
+            return None
+        try:
+            sock.settimeout(1.0)
+            wire.send_frame(sock, wire.Frame(wire.PING), self.cfg.secret)
+            f = wire.recv_frame(sock, self.cfg.secret, wire.MAX_META_BYTES)
+            if f.kind == wire.PONG and not f.meta.get("unhealthy"):
+                sock.settimeout(None)
+                return sock
+        except (OSError, wire.FrameError, wire.ConnectionClosed):
+            pass
+        sock.close()
+        return None
+
+    def _on_rejoin(self, key, sock: socket.socket) -> None:
+        """Give a re-joined worker its plan range back in a new routing epoch; in-flight requests are re-sent
+        under it (answers of the old epoch are ignored), so none is lost or answered twice."""
+        if key in self._alive or self._stop.is_set():
+            sock.close()
+            return
+        w = self.workers[key]
+        self._attach(key, sock)
+        self._alive.add(key)
+        self._last_pong[key] = time.monotonic()
+        self._compute_ranges()
+        self._unready.pop(w.stage, None)
+        self.rejoined_total += 1
+        self.log(f"worker on {w.name} re-joined; it owns samples [{w.lo},{w.hi}) again; "
+                 f"re-sending {len(self._inflight)} in-flight request(s)")
+        self._reroute()
+        self._resend_all = True

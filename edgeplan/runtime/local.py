@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +123,9 @@ class LocalWorker:
     process: subprocess.Popen
     log_path: Path
     address: str = ""
+    argv: tuple[str, ...] = ()  # how it was started (``--listen`` last), for restart_worker
+    env: dict = field(default_factory=dict)
+    cwd: Path | None = None
 
     def log_tail(self, n: int = 15) -> str:
         try:
@@ -142,34 +145,26 @@ def _default_command(board: Path) -> tuple[list[str], dict]:
 Placement = Mapping[str, tuple[Sequence[str], str]]  # device -> (argv prefix, host to bind)
 
 
-def start_workers(art: Artifacts, log_dir: Path, secret: bytes | None = None,
-                  command: Sequence[str] | None = None, start_timeout_s: float = 120.0,
-                  placement: Placement | None = None) -> list[LocalWorker]:
-    """Start every worker (on 127.0.0.1:0, or per ``placement``) and wait for each one's READY line."""
-    workers: list[LocalWorker] = []
+def _spawn(w: LocalWorker, listen: str) -> None:
+    """Start (or start again) worker ``w``'s process, binding ``listen``; its stderr appends to its log."""
+    with open(w.log_path, "ab") as log:
+        w.process = subprocess.Popen([*w.argv, "--listen", listen], stdout=subprocess.PIPE, stderr=log, env=w.env,
+                                     cwd=w.cwd)
+
+
+def _await_ready(workers: Sequence[LocalWorker], timeout_s: float, log_dir: Path) -> None:
+    """Wait for every worker's ``READY host:port`` line and record the address it bound."""
     sel = selectors.DefaultSelector()
     try:
-        for stage_dir, spec in art.stages:
-            cmd, extra_env = (list(command), {}) if command else _default_command(stage_dir.parent)
-            env = {**os.environ, **extra_env}
-            prefix, host = (placement or {}).get(spec.device, ((), "127.0.0.1"))
-            args = [*prefix, *cmd, "--stage", str(stage_dir / "stage.json"), "--listen", f"{host}:0"]
-            if secret:
-                env[SECRET_ENV] = secret.decode()
-                args += ["--secret-env", SECRET_ENV]
-            log_path = log_dir / f"{spec.device}-stage{spec.stage}.log"
-            with open(log_path, "wb") as log:
-                proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, env=env, cwd=stage_dir.parent)
-            w = LocalWorker(spec.device, spec.stage, proc, log_path)
-            workers.append(w)
-            sel.register(proc.stdout, selectors.EVENT_READ, w)
-        deadline = time.monotonic() + start_timeout_s
+        for w in workers:
+            sel.register(w.process.stdout, selectors.EVENT_READ, w)
+        deadline = time.monotonic() + timeout_s
         waiting = len(workers)
         while waiting:
             left = deadline - time.monotonic()
             if left <= 0:
                 slow = [f"{w.device}/stage{w.stage}" for w in workers if not w.address]
-                raise PipelineError(f"workers {slow} not ready after {start_timeout_s:g}s; see logs in {log_dir}")
+                raise PipelineError(f"workers {slow} not ready after {timeout_s:g}s; see logs in {log_dir}")
             for key, _ in sel.select(timeout=min(left, 0.5)):
                 w = key.data
                 line = w.process.stdout.readline().decode(errors="replace").strip()
@@ -180,12 +175,50 @@ def start_workers(art: Artifacts, log_dir: Path, secret: bytes | None = None,
                 elif not line and w.process.poll() is not None:
                     raise PipelineError(f"worker {w.device}/stage{w.stage} exited with code {w.process.returncode} "
                                         f"before it was ready:\n{w.log_tail()}")
-    except BaseException:
-        stop_workers(workers, grace_s=0.0)
-        raise
     finally:
         sel.close()
+
+
+def start_workers(art: Artifacts, log_dir: Path, secret: bytes | None = None,
+                  command: Sequence[str] | None = None, start_timeout_s: float = 120.0,
+                  placement: Placement | None = None) -> list[LocalWorker]:
+    """Start every worker (on 127.0.0.1:0, or per ``placement``) and wait for each one's READY line."""
+    workers: list[LocalWorker] = []
+    try:
+        for stage_dir, spec in art.stages:
+            cmd, extra_env = (list(command), {}) if command else _default_command(stage_dir.parent)
+            env = {**os.environ, **extra_env}
+            prefix, host = (placement or {}).get(spec.device, ((), "127.0.0.1"))
+            argv = [*prefix, *cmd, "--stage", str(stage_dir / "stage.json")]
+            if secret:
+                env[SECRET_ENV] = secret.decode()
+                argv += ["--secret-env", SECRET_ENV]
+            log_path = log_dir / f"{spec.device}-stage{spec.stage}.log"
+            log_path.write_bytes(b"")
+            w = LocalWorker(spec.device, spec.stage, None, log_path, argv=tuple(argv), env=env, cwd=stage_dir.parent)
+            _spawn(w, f"{host}:0")
+            workers.append(w)
+        _await_ready(workers, start_timeout_s, log_dir)
+    except BaseException:
+        stop_workers([w for w in workers if w.process is not None], grace_s=0.0)
+        raise
     return workers
+
+
+def restart_worker(w: LocalWorker, start_timeout_s: float = 60.0) -> None:
+    """Start a worker that exited (or was killed) again at the same address, as a rebooted board would;
+    a running head re-admits it on its own (see Head's re-join)."""
+    if w.process.poll() is None:
+        raise PipelineError(f"worker {w.device}/stage{w.stage} is still running (pid {w.process.pid}); stop it first")
+    if w.process.stdout:
+        w.process.stdout.close()
+    address, w.address = w.address, ""
+    _spawn(w, address)
+    try:
+        _await_ready([w], start_timeout_s, w.log_path.parent)
+    except BaseException:
+        stop_workers([w], grace_s=0.0)
+        raise
 
 
 def stop_workers(workers: Sequence[LocalWorker], grace_s: float = 3.0) -> None:

@@ -1,10 +1,13 @@
-"""Socket plumbing shared by the stage worker and the head: connect, listen, accept, send timeouts."""
+"""Socket plumbing shared by the stage worker and the head: connect, listen, accept, send timeouts,
+and per-peer sender threads with bounded queues."""
 
 from __future__ import annotations
 
 import socket
 import struct
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 
 from . import wire
@@ -56,3 +59,106 @@ def accept_loop(srv: socket.socket, stop: threading.Event, handle: Callable[[soc
         if send_timeout_s:
             set_send_timeout(conn, send_timeout_s)
         threading.Thread(target=handle, args=(conn, peer), daemon=True).start()
+
+
+def peer_closed(sock: socket.socket) -> bool:
+    """True when the peer of a send-only connection has closed it (EOF or reset waiting to be read).
+
+    Such a connection never carries data back, so anything readable means it is gone; sending on it
+    would succeed locally and lose the frame (a restarted peer's old connection)."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+
+
+class Sender:
+    """Frames to one peer, sent in order by this sender's own thread over its own connection.
+
+    A slow or stalled link then delays only its own frames, never heartbeats or other peers; the
+    queue is bounded and ``put`` says when it is full, so the caller rejects explicitly instead of
+    growing memory. Frames that ``is_stale`` (an old routing epoch) are skipped. A failed send
+    reconnects once (the peer may have restarted) before ``on_error(frame, message)`` is called.
+    """
+
+    def __init__(self, address: str, *, secret: bytes | None, send_timeout_s: float, max_queue: int,
+                 on_error: Callable[[wire.Frame, str], None],
+                 is_stale: Callable[[wire.Frame], bool] = lambda f: False,
+                 on_sent: Callable[[wire.Frame, int, float], None] | None = None, name: str = "sender"):
+        self.address = address
+        self._secret = secret
+        self._send_timeout_s = send_timeout_s
+        self.max_queue = max_queue
+        self._on_error = on_error
+        self._is_stale = is_stale
+        self._on_sent = on_sent
+        self._q: deque = deque()
+        self._cv = threading.Condition()
+        self._sock: socket.socket | None = None
+        self._closed = False
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    @property
+    def depth(self) -> int:
+        return len(self._q)
+
+    def put(self, frame: wire.Frame) -> bool:
+        """Queue ``frame``; False (nothing queued) when the queue is full or the sender closed."""
+        with self._cv:
+            if self._closed or len(self._q) >= self.max_queue:
+                return False
+            self._q.append(frame)
+            self._cv.notify()
+        return True
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._q.clear()
+            self._cv.notify()
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a send blocked on a stalled peer
+            except OSError:
+                pass
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._q and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    break
+                frame = self._q.popleft()
+            if self._is_stale(frame):
+                continue
+            error = None
+            for _ in range(2):
+                try:
+                    if self._sock is not None and peer_closed(self._sock):
+                        self._drop_socket()
+                    if self._sock is None:
+                        self._sock = connect(self.address, timeout=self._send_timeout_s,
+                                             send_timeout=self._send_timeout_s)
+                    t0 = time.perf_counter()
+                    n = wire.send_frame(self._sock, frame, self._secret)
+                    if self._on_sent is not None:
+                        self._on_sent(frame, n, time.perf_counter() - t0)
+                    error = None
+                    break
+                except OSError as e:
+                    error = e
+                    self._drop_socket()
+                    if self._closed:
+                        break
+            if error is not None and not self._closed:
+                self._on_error(frame, f"cannot send to {self.address}: {error}")
+        self._drop_socket()
+
+    def _drop_socket(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()

@@ -6,8 +6,8 @@ It checks its files' sha256 against stage.json, loads its module through
 ``backends.load``, listens on the plan's address (or ``--listen``), assembles
 each micro-batch's sample range from upstream pieces, runs the module and sends
 each downstream replica the intersection of ranges. Any connection may carry
-control frames: PING (-> PONG), ROUTE (new ranges/addresses after a failure ->
-ACK), STATS (-> STATS), BYE. A bad frame closes only the connection it came on.
+control frames: PING (-> PONG, flagged unhealthy by the compute watchdog), ROUTE (new
+ranges/addresses after a failure -> ACK), STATS (-> STATS), BYE. A bad frame closes only the connection it came on.
 Prints ``READY host:port`` on stdout once it serves; logs go to stderr.
 """
 
@@ -22,12 +22,14 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import backends, net, wire
+from .monitor import Monitor
 from .spec import StageSpec
 
 META_SLACK = 1 << 20  # control frames (JSON) up to 1 MiB
@@ -75,15 +77,29 @@ def verify_files(stage_dir: Path, spec: StageSpec) -> None:
 
 
 class Worker:
+    """One stage replica: assembles micro-batches, runs the module, forwards outputs.
+
+    Everything it holds is bounded: incomplete micro-batches (``max_partials``), complete ones
+    waiting for the module (``max_ready``) and frames per downstream peer (``max_send_queue``).
+    A frame that does not fit is refused with an ERROR to the head (which re-sends or fails that
+    request), never dropped silently. A compute watchdog reports the replica unhealthy in its
+    PONG when a module call runs far beyond its usual time, so the head re-routes around it.
+    """
+
     def __init__(self, spec: StageSpec, runner, listen_address: str | None = None, secret: bytes | None = None,
                  max_partials: int = 256, partial_timeout_s: float = 60.0, send_timeout_s: float = 5.0,
-                 log=None):
+                 log=None, max_ready: int = 64, max_send_queue: int = 64, watchdog_factor: float = 10.0,
+                 watchdog_floor_s: float = 1.0, watchdog_first_s: float = 60.0, monitor=None):
         self.spec = spec
         self.runner = runner
         self.secret = secret
         self.max_partials = max_partials
         self.partial_timeout_s = partial_timeout_s
         self.send_timeout_s = send_timeout_s
+        self.max_send_queue = max_send_queue
+        self.watchdog_factor = watchdog_factor
+        self.watchdog_floor_s = watchdog_floor_s
+        self.watchdog_first_s = watchdog_first_s
         self.name = f"{spec.device}/stage{spec.stage}"
         self._log = log or (lambda msg: print(f"[worker {self.name}] {msg}", file=sys.stderr, flush=True))
         # Largest DATA frame this worker accepts: its inputs for a whole micro-batch (its range can grow
@@ -97,17 +113,20 @@ class Worker:
         self.route = Route(0, spec.lo, spec.hi, down)
         self._lock = threading.Lock()
         self._partials: dict[tuple[int, int, int], dict] = {}
-        self._ready: queue.Queue = queue.Queue()
-        self._out: dict[str, tuple[socket.socket, threading.Lock]] = {}
-        self._out_lock = threading.Lock()
+        self._ready: queue.Queue = queue.Queue(maxsize=max_ready)
+        self._senders: dict[str, net.Sender] = {}
+        self._senders_lock = threading.Lock()
         self._control: tuple[socket.socket, threading.Lock] | None = None
         self._stop = threading.Event()
         self._srv: socket.socket | None = None
         self.address = listen_address or spec.listen
         self.stats = {"frames_in": 0, "bytes_in": 0, "frames_out": 0, "bytes_out": 0, "runs": 0, "samples": 0,
                       "bad_frames": 0, "stale_frames": 0, "rejected_frames": 0, "errors": 0, "send_failures": 0,
-                      "chunked_runs": 0}
+                      "chunked_runs": 0, "overloaded": 0, "late_outputs": 0}
         self._compute_s: list[float] = []
+        self._recent_s: deque = deque(maxlen=64)  # the watchdog's running median
+        self._call_t0: float | None = None  # perf_counter() at the start of the module call in progress
+        self.monitor = monitor or Monitor(spec.device, spec.stage, spec.unit)
 
     # --- serving ----------------------------------------------------------------------------------
 
@@ -123,7 +142,9 @@ class Worker:
         threading.Thread(target=self._compute_loop, name="compute", daemon=True).start()
         net.accept_loop(self._srv, self._stop, self._serve_conn, self.send_timeout_s)
         self._srv.close()
-        self._ready.put(None)
+        with self._senders_lock:
+            for s in self._senders.values():
+                s.close()
 
     def stop(self) -> None:
         self._stop.set()
@@ -138,6 +159,7 @@ class Worker:
                     return
                 except wire.FrameError as e:
                     self.stats["bad_frames"] += 1
+                    self.monitor.count("frames_bad")
                     self._log(f"closing connection from {peer[0]}:{peer[1]}: {e}")
                     return
                 except OSError:
@@ -158,7 +180,9 @@ class Worker:
             self._on_data(f)
         elif f.kind == wire.PING:
             self._control = (sock, lock)
-            self._reply(sock, lock, wire.Frame(wire.PONG, epoch=self.route.epoch, request_id=f.request_id))
+            why = self.unhealthy()
+            self._reply(sock, lock, wire.Frame(wire.PONG, epoch=self.route.epoch, request_id=f.request_id,
+                                               meta={"unhealthy": why} if why else {}))
         elif f.kind == wire.ROUTE:
             self._control = (sock, lock)
             try:
@@ -194,16 +218,49 @@ class Worker:
                 self._partials.clear()  # pieces routed under the old epoch will be re-sent by the head
             self.route = Route(epoch, lo, hi, down)
 
+    # --- health -----------------------------------------------------------------------------------
+
+    def call_limit_s(self) -> float:
+        """How long one module call may run before the watchdog reports this replica unhealthy:
+        ``watchdog_factor`` x the median of recent calls, at least ``watchdog_floor_s`` (the first
+        calls, which may compile or warm caches, get ``watchdog_first_s``)."""
+        recent = sorted(self._recent_s)
+        if len(recent) < 3:
+            return self.watchdog_first_s
+        return max(self.watchdog_floor_s, self.watchdog_factor * recent[len(recent) // 2])
+
+    def unhealthy(self) -> str | None:
+        """Why this replica should not get requests now (a module call far over its usual time), or None."""
+        t0 = self._call_t0
+        if t0 is None:
+            return None
+        running, limit = time.perf_counter() - t0, self.call_limit_s()
+        if running <= limit:
+            return None
+        return (f"compute watchdog: a module call has run {running:.1f}s, over its limit of {limit:.1f}s "
+                f"({self.watchdog_factor:g}x the recent median, at least {self.watchdog_floor_s:g}s); "
+                "the module hangs or the board is overloaded")
+
     # --- assembling micro-batches -----------------------------------------------------------------
 
     def _reject(self, f: wire.Frame, why: str) -> None:
         self.stats["rejected_frames"] += 1
+        self.monitor.count("frames_rejected")
         self._log(f"dropping DATA request {f.request_id} mb {f.microbatch} [{f.lo},{f.hi}): {why}")
 
+    def _overloaded(self, rid: int, mb: int, epoch: int, why: str) -> None:
+        """Refuse a micro-batch explicitly: the head re-sends or fails that request."""
+        self.stats["overloaded"] += 1
+        self.monitor.count("frames_rejected")
+        self._report_error(rid, mb, f"overloaded: {why}", epoch, overloaded=True)
+
     def _on_data(self, f: wire.Frame) -> None:
+        nbytes = sum(t.nbytes for t in f.tensors)
         self.stats["frames_in"] += 1
-        self.stats["bytes_in"] += sum(t.nbytes for t in f.tensors)
+        self.stats["bytes_in"] += nbytes
         spec = self.spec
+        upstream = "head" if f.stage == 0 else f"stage{f.stage - 1}"
+        self.monitor.record_recv(upstream, nbytes)
         with self._lock:
             r = self.route
             if f.epoch != r.epoch:
@@ -224,9 +281,8 @@ class Worker:
             p = self._partials.get(key)
             if p is None:
                 if len(self._partials) >= self.max_partials:
-                    oldest = min(self._partials, key=lambda k: self._partials[k]["t"])
-                    del self._partials[oldest]
-                    self._log(f"too many partial micro-batches; dropped request {oldest[0]} mb {oldest[1]}")
+                    return self._overloaded(f.request_id, f.microbatch, f.epoch,
+                                            f"{self.max_partials} incomplete micro-batches held")
                 p = self._partials[key] = {"t": time.monotonic(), "pieces": [], "have": 0}
             if any(f.lo < phi and plo < f.hi for plo, phi, _ in p["pieces"]):
                 return self._reject(f, "overlaps samples already received")
@@ -234,7 +290,13 @@ class Worker:
             p["have"] += f.hi - f.lo
             if p["have"] == r.hi - r.lo:
                 del self._partials[key]
-                self._ready.put((key, r, sorted(p["pieces"], key=lambda x: x[0])))
+                try:
+                    self._ready.put_nowait((key, r, sorted(p["pieces"], key=lambda x: x[0])))
+                except queue.Full:
+                    self._overloaded(f.request_id, f.microbatch, f.epoch,
+                                     f"{self._ready.maxsize} micro-batches already wait for the module")
+            self.monitor.set_queue("partials", len(self._partials))
+            self.monitor.set_queue("ready", self._ready.qsize())
 
     # --- running and forwarding -------------------------------------------------------------------
 
@@ -259,7 +321,14 @@ class Worker:
         return [np.concatenate(parts) for parts in zip(*outs, strict=True)]
 
     def _run_checked(self, inputs, b: int) -> list[np.ndarray]:
-        outs = [np.asarray(o) for o in self.runner([np.ascontiguousarray(x) for x in inputs])]
+        t0 = self._call_t0 = time.perf_counter()
+        try:
+            outs = [np.asarray(o) for o in self.runner([np.ascontiguousarray(x) for x in inputs])]
+        finally:
+            self._call_t0 = None
+        dt = time.perf_counter() - t0
+        self._recent_s.append(dt)
+        self.monitor.record_compute(dt, b)
         if len(outs) != len(self.spec.outputs):
             raise RuntimeError(f"module returned {len(outs)} outputs, stage.json lists {len(self.spec.outputs)}")
         for o, want in zip(outs, self.spec.outputs, strict=True):
@@ -269,19 +338,20 @@ class Worker:
 
     def _compute_loop(self) -> None:
         last_sweep = time.monotonic()
-        while True:
+        while not self._stop.is_set():
             try:
-                item = self._ready.get(timeout=1.0)
+                item = self._ready.get(timeout=0.5)
             except queue.Empty:
-                item = ()
+                item = None
             if time.monotonic() - last_sweep > 1.0:
                 self._sweep()
                 last_sweep = time.monotonic()
             if item is None:
-                return
-            if not item:
                 continue
             (rid, mb, attempt), r, pieces = item
+            if self.route.epoch != r.epoch:  # re-routed while it waited: the head re-sends it
+                self.stats["stale_frames"] += 1
+                continue
             if len(pieces) == 1:
                 inputs = list(pieces[0][2])
             else:
@@ -291,16 +361,17 @@ class Worker:
                 outputs = self.run_range(inputs)
             except Exception as e:  # a module failure fails this request, not the worker
                 self.stats["errors"] += 1
+                self.monitor.count("module_errors")
                 self._log(f"request {rid} mb {mb}: module failed: {e!r}")
-                self._report_error(rid, mb, f"module failed: {e!r}")
+                self._report_error(rid, mb, f"module failed: {e!r}", r.epoch)
                 continue
             self._compute_s.append(time.perf_counter() - t0)
             if len(self._compute_s) > 20000:
                 del self._compute_s[:10000]
             self.stats["runs"] += 1
             self.stats["samples"] += r.hi - r.lo
-            if self.route.epoch != r.epoch:
-                self.stats["stale_frames"] += 1
+            if self.route.epoch != r.epoch:  # a late output (the watchdog or a failure re-routed): never sent
+                self.stats["late_outputs"] += 1
                 continue
             for device, stage, address, plo, phi in r.downstream:
                 lo, hi = max(r.lo, plo), min(r.hi, phi)
@@ -316,49 +387,60 @@ class Worker:
         with self._lock:
             for key in [k for k, p in self._partials.items() if now - p["t"] > self.partial_timeout_s]:
                 del self._partials[key]
+                self.monitor.count("frames_dropped")
                 self._log(f"request {key[0]} mb {key[1]}: incomplete after {self.partial_timeout_s:.0f}s, dropped")
 
-    def _send(self, address: str, frame: wire.Frame, who: str) -> None:
-        for attempt in range(2):  # one reconnect: the peer may have restarted
-            conn = None
-            try:
-                with self._out_lock:
-                    conn = self._out.get(address)
-                    if conn is None:
-                        sock = net.connect(address, timeout=self.send_timeout_s, send_timeout=self.send_timeout_s)
-                        conn = self._out[address] = (sock, threading.Lock())
-                with conn[1]:
-                    n = wire.send_frame(conn[0], frame, self.secret)
-                self.stats["frames_out"] += 1
-                self.stats["bytes_out"] += n
-                return
-            except OSError as e:
-                if conn is not None:
-                    with self._out_lock:
-                        if self._out.get(address) is conn:
-                            del self._out[address]
-                    conn[0].close()
-                if attempt == 1:
-                    self.stats["send_failures"] += 1
-                    self._log(f"request {frame.request_id}: cannot send to {who} at {address}: {e}")
-                    self._report_error(frame.request_id, frame.microbatch,
-                                       f"cannot send to {who} at {address}: {e}", peer=who)
+    def _sender(self, address: str, who: str) -> net.Sender:
+        with self._senders_lock:
+            s = self._senders.get(address)
+            if s is None:
+                def sent(frame, n, seconds, who=who):
+                    self.stats["frames_out"] += 1
+                    self.stats["bytes_out"] += n
+                    self.monitor.record_send(who, n, seconds)
 
-    def _report_error(self, rid: int, mb: int, message: str, peer: str = "") -> None:
+                def failed(frame, message, who=who):
+                    self.stats["send_failures"] += 1
+                    self.monitor.count("send_failures")
+                    self._log(f"request {frame.request_id}: {who}: {message}")
+                    self._report_error(frame.request_id, frame.microbatch, f"{who}: {message}", frame.epoch,
+                                       peer=who)
+
+                s = self._senders[address] = net.Sender(
+                    address, secret=self.secret, send_timeout_s=self.send_timeout_s, max_queue=self.max_send_queue,
+                    on_error=failed, on_sent=sent, is_stale=lambda f: f.epoch != self.route.epoch,
+                    name=f"send-{who}")
+            return s
+
+    def _send(self, address: str, frame: wire.Frame, who: str) -> None:
+        s = self._sender(address, who)
+        if not s.put(frame):
+            self._overloaded(frame.request_id, frame.microbatch, frame.epoch,
+                             f"{s.max_queue} frames already wait for the link to {who}")
+        self.monitor.set_queue(f"send:{who}", s.depth)
+
+    def _report_error(self, rid: int, mb: int, message: str, epoch: int, peer: str = "",
+                      overloaded: bool = False) -> None:
         ctl = self._control
         if ctl is not None:
-            self._reply(ctl[0], ctl[1], wire.Frame(wire.ERROR, request_id=rid, microbatch=mb, epoch=self.route.epoch,
-                                                   meta={"message": message, "peer": peer}))
+            meta = {"message": message, "peer": peer}
+            if overloaded:
+                meta["overloaded"] = True
+            self._reply(ctl[0], ctl[1], wire.Frame(wire.ERROR, request_id=rid, microbatch=mb, epoch=epoch, meta=meta))
 
     def snapshot(self) -> dict:
-        """Counters, compute time per micro-batch and process CPU/memory use (the head's report reads it)."""
+        """Counters, compute time per micro-batch, process CPU/memory use (the run report reads them) and
+        the Monitor's snapshot under ``monitor`` (the head's status() and /metrics read it)."""
         times = np.array(self._compute_s) if self._compute_s else np.zeros(0)
         ru = resource.getrusage(resource.RUSAGE_SELF)
+        self.monitor.set_queue("ready", self._ready.qsize())
+        self.monitor.set_queue("partials", len(self._partials))
         return {
             "device": self.spec.device, "stage": self.spec.stage, **self.stats,
             "compute_p50_s": float(np.percentile(times, 50)) if times.size else None,
             "compute_mean_s": float(times.mean()) if times.size else None,
             "cpu_s": ru.ru_utime + ru.ru_stime, "max_rss_bytes": ru.ru_maxrss * 1024,
+            "monitor": self.monitor.snapshot(),
         }
 
 
@@ -368,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--listen", help="host:port to bind instead of stage.json's `listen` (port 0: any free port)")
     ap.add_argument("--secret-env", help="environment variable holding the shared HMAC secret")
     ap.add_argument("--max-partials", type=int, default=256, help="incomplete micro-batches kept at most")
+    ap.add_argument("--watchdog-floor", type=float, default=1.0,
+                    help="seconds a module call may always run before the compute watchdog reports this replica "
+                         "unhealthy (the limit is 10x the recent median when that is longer)")
     args = ap.parse_args(argv)
     path = Path(args.stage)
     stage_dir = path if path.is_dir() else path.parent
@@ -388,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         print(f"{tag} cannot load module {spec.module!r} with backend {spec.backend!r}: {e}", file=sys.stderr)
         return 4
-    worker = Worker(spec, runner, args.listen, secret, max_partials=args.max_partials)
+    worker = Worker(spec, runner, args.listen, secret, max_partials=args.max_partials,
+                    watchdog_floor_s=args.watchdog_floor)
     try:
         address = worker.bind()
     except (OSError, ValueError) as e:
