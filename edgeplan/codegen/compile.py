@@ -184,9 +184,50 @@ def _load_cluster(cluster: Cluster | str | os.PathLike[str] | None) -> Cluster |
     return load_cluster(str(cluster))
 
 
+def resolve_sources(plan: Plan, model_spec: str | None, cluster: Cluster | str | os.PathLike[str] | None,
+                    input_shape: tuple[int, ...] | None, plan_dir: Path | None = None,
+                    ) -> tuple[str, Cluster | None, tuple[int, ...] | None, list[str]]:
+    """What to compile: (model spec, cluster, input shape, notes), from the arguments or the plan's record.
+
+    Arguments override what the plan recorded at `edgeplan plan` time; a cluster whose
+    digest is not the plan's is refused with both hashes (the plan was made for other boards).
+    A recorded cluster file that is gone leaves every worker on 127.0.0.1 with the recorded
+    target options.
+    """
+    notes: list[str] = []
+    if model_spec is None:
+        if not plan.model_ref:
+            raise CompileError("the plan does not record its model (made before edgeplan recorded it, or through "
+                               "the API); pass --model as given to `edgeplan plan`, or re-plan")
+        model_spec = plan.model_ref
+        if input_shape is None:
+            input_shape = plan.input_shape
+    elif input_shape is None and model_spec == plan.model_ref:
+        input_shape = plan.input_shape
+    given = cluster is not None
+    if cluster is None and plan.cluster_path:
+        path = Path(plan.cluster_path)
+        if not path.is_absolute() and not path.is_file() and plan_dir is not None and (plan_dir / path).is_file():
+            path = plan_dir / path
+        if path.is_file():
+            cluster = path
+        else:
+            notes.append(f"cluster file {plan.cluster_path} (recorded in the plan) not found: all workers on "
+                         "127.0.0.1, target options as recorded in the plan; pass --cluster for board addresses")
+    cluster = _load_cluster(cluster)
+    if cluster is not None and plan.cluster_sha256 and cluster.digest() != plan.cluster_sha256:
+        source = "--cluster" if given else f"cluster file {plan.cluster_path} (recorded in the plan)"
+        raise CompileError(
+            f"{source} is cluster {cluster.name!r} with sha256 {cluster.digest()[:12]}, but the plan was made for "
+            f"cluster {plan.cluster!r} with sha256 {plan.cluster_sha256[:12]}; re-plan with this cluster "
+            f"(`edgeplan plan {model_spec} --cluster ...`) or pass the cluster file the plan was made with"
+        )
+    return model_spec, cluster, input_shape, notes
+
+
 def compile_plan(
     plan: Plan | str | os.PathLike[str],
-    model_spec: str,
+    model_spec: str | None,
     out_dir: str | os.PathLike[str],
     cluster: Cluster | str | os.PathLike[str] | None = None,
     backend: str = "auto",
@@ -200,11 +241,13 @@ def compile_plan(
     """Compile ``plan`` for ``model_spec`` into ``out_dir`` (see the module docstring); returns ``out_dir``.
 
     ``traced`` (an ``edgeplan.graph.load.Traced``) skips tracing ``model_spec`` again.
-    Without ``cluster`` every address is 127.0.0.1 and target options are the targets' defaults.
+    ``model_spec``, ``cluster`` and ``input_shape`` default to what the plan recorded (see
+    resolve_sources); with no cluster at all every address is 127.0.0.1.
     """
     emit = progress or (lambda event: None)
+    plan_dir = None if isinstance(plan, Plan) else Path(plan).parent
     plan = _load_plan(plan)
-    cluster = _load_cluster(cluster)
+    model_spec, cluster, input_shape, source_notes = resolve_sources(plan, model_spec, cluster, input_shape, plan_dir)
     out = Path(out_dir)
     manifest.check_out_dir(out, force)
     if plan.mode == "training":  # boards train with torch: launchers and a rank table, no compiled modules
@@ -258,7 +301,7 @@ def compile_plan(
         with tempfile.TemporaryDirectory(prefix="edgeplan-calib-") as calib:
             npu_options = _NpuOptions(cluster, stages, graph, Path(calib))
             _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages, runs, jobs, emit,
-                       npu_options)
+                       npu_options, source_notes)
         emit(CompileEvent("write", "running"))
         _readable(tmp)
         manifest.publish(tmp, out, force, plan.digest(), plan.model)
@@ -304,7 +347,7 @@ class _NpuOptions:
 
 
 def _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages, runs, jobs, emit,
-               npu_options: _NpuOptions) -> None:
+               npu_options: _NpuOptions, source_notes: list[str]) -> None:
     from edgeplan.targets.registry import get_target
 
     plan_sha = plan.digest()
@@ -316,7 +359,7 @@ def _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages
     requirements: dict[str, list[str]] = {}
     for st, r, slot in jobs:
         job = _job(st.index, r.target, r.device)
-        options = npu_options.add(_options(cluster, r), st, r)
+        options = npu_options.add(_options(cluster, r, plan), st, r)
         stage_dir = tmp / r.device / f"stage{st.index}"
         stage_dir.mkdir(parents=True)
         inputs, outputs = runs[r.samples][st.index]
@@ -390,11 +433,9 @@ def _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages
         "downstream": [asdict(s.peer()) for s in slots[0]],
         "upstream": [asdict(s.peer()) for s in slots[-1]],
     })
-    notes = []
-    if cluster is None:
+    notes = list(source_notes)
+    if cluster is None and not plan.target_options:
         notes.append("compiled without --cluster: all workers on 127.0.0.1, default target options")
-    elif cluster.digest() != plan.cluster_sha256:
-        notes.append(f"cluster {cluster.name!r} differs from the one the plan was made for (addresses taken from it)")
     jsonio.write(tmp / "compile-report.json", {
         "model": plan.model, "model_spec": model_spec, "plan_sha256": plan_sha, "backend": backend,
         "jobs": report_jobs, "notes": notes,
@@ -406,9 +447,10 @@ def _batched(name: str, t: Any, m: int) -> dict:
     return {"name": spec.name, "shape": [m, *spec.shape[1:]], "dtype": spec.dtype}
 
 
-def _options(cluster: Cluster | None, r) -> dict[str, str]:
+def _options(cluster: Cluster | None, r, plan: Plan) -> dict[str, str]:
+    """The unit's target_options: from the cluster file, else as the plan recorded them, else the defaults."""
     if cluster is None:
-        return {}
+        return plan.unit_options(r.device, r.unit) or {}
     try:
         return dict(cluster.device(r.device).unit(r.unit).target_options)
     except KeyError as e:

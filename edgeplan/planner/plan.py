@@ -7,7 +7,7 @@ be a golden file (no timestamps, no paths).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from edgeplan import jsonio
 from edgeplan.errors import PlanError
@@ -61,6 +61,15 @@ class Baseline:
 
 
 @dataclass(frozen=True)
+class UnitOptions:
+    """The cluster file's target_options of one unit the plan uses, so compile needs no --cluster."""
+
+    device: str
+    unit: str
+    options: tuple[tuple[str, str], ...]  # sorted (key, value) pairs
+
+
+@dataclass(frozen=True)
 class Plan:
     model: str
     graph_sha256: str
@@ -81,6 +90,13 @@ class Plan:
     latency_budget_s: float | None = None  # the request's budgets and optimizer, so the file says what was asked
     energy_budget_j: float | None = None
     optimizer_states: int = 1
+    # Where the plan came from, so `edgeplan compile plan.json --out art/` needs no other input
+    # (empty in plans made through the API without them): the model spec and --input-shape as
+    # given (None: the model's own), the cluster file's path as given, its used units' options.
+    model_ref: str = ""
+    input_shape: tuple[int, ...] | None = None
+    cluster_path: str = ""
+    target_options: tuple[UnitOptions, ...] = ()
 
     @property
     def devices_used(self) -> tuple[str, ...]:
@@ -98,7 +114,13 @@ class Plan:
             )
         try:
             return cls(
-                **{k: v for k, v in d.items() if k not in ("stages", "predicted", "baselines", "notes")},
+                **{k: v for k, v in d.items()
+                   if k not in ("stages", "predicted", "baselines", "notes", "input_shape", "target_options")},
+                input_shape=tuple(d["input_shape"]) if d.get("input_shape") is not None else None,
+                target_options=tuple(
+                    UnitOptions(device=u["device"], unit=u["unit"], options=tuple((k, v) for k, v in u["options"]))
+                    for u in d.get("target_options", ())
+                ),
                 stages=tuple(_stage(s) for s in d["stages"]),
                 predicted=Predicted(**d["predicted"]),
                 baselines=tuple(
@@ -117,6 +139,30 @@ class Plan:
 
     def digest(self) -> str:
         return jsonio.sha256_of(self.to_json())
+
+    def unit_options(self, device: str, unit: str) -> dict[str, str] | None:
+        """The recorded target_options of ``device``/``unit`` (None when the plan recorded none for it)."""
+        for u in self.target_options:
+            if (u.device, u.unit) == (device, unit):
+                return dict(u.options)
+        return None
+
+
+def record_sources(plan: Plan, *, model_ref: str, input_shape: tuple[int, ...] | None, cluster_path: str,
+                   cluster) -> Plan:
+    """``plan`` with its model spec, input shape, cluster path and the used units' target options recorded.
+
+    ``cluster`` is the profiles.model.Cluster the plan was made on; paths are kept as given
+    (relative stays relative, so a plan written in a repository diffs cleanly elsewhere).
+    """
+    used = sorted({(r.device, r.unit) for s in plan.stages for r in s.replicas})
+    options = tuple(
+        UnitOptions(device=d, unit=u, options=tuple(sorted(
+            (str(k), str(v)) for k, v in cluster.device(d).unit(u).target_options)))
+        for d, u in used
+    )
+    return replace(plan, model_ref=model_ref, input_shape=tuple(input_shape) if input_shape is not None else None,
+                   cluster_path=str(cluster_path), target_options=options)
 
 
 def _stage(s: dict) -> Stage:
