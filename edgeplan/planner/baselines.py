@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeplan.planner.costmodel import Evaluation, Layout, Prefix, StageSpec, allocate, evaluate
+from edgeplan.planner.costmodel import Evaluation, Layout, Prefix, StageSpec, allocate, evaluate, stash_of
 from edgeplan.planner.objective import Objective
 from edgeplan.profiles.cost import CostTable
 
@@ -62,7 +62,7 @@ def baselines(costs: CostTable, obj: Objective,
     if not units:
         reason = "no device runs every layer"
     else:
-        ks = allocate(pf, 0, n, tuple(units), m)
+        ks = allocate(pf, 0, n, tuple(units), m, stash_of(obj, 1, 0))
         reps = tuple((u, k) for u, k in zip(units, ks, strict=False) if k > 0)
         lay = (StageSpec(0, n, reps),)
     out.append(_finish(NAMES[1], costs, obj, pf, lay, reason))

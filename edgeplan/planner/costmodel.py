@@ -27,6 +27,8 @@ reports) prices plans here, so they all agree. The model, per micro-batch of
 - memory per replica: ``params * (1 + training * (1 + optimizer_states))`` +
   ``k_r * stash * sum(act)`` (stash = M for GPipe, min(M, stages left) for
   1F1B, 0 for inference) + ``k_r * (cut_bytes[i] + max act)`` of workspace.
+  Sample shares respect it: ``allocate`` gives no replica more samples than
+  its device holds.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class Prefix:
         self.act = np.asarray(costs.act_bytes, dtype=np.float64)
         self.cut = np.asarray(costs.cut_bytes, dtype=np.float64)
         self.unit_dev = np.array([u[0] for u in costs.units], dtype=np.int64)
+        self.unit_ram = np.asarray(costs.ram_bytes, dtype=np.float64)[self.unit_dev]  # usable RAM per unit's device
         self.wfactor = 1.0 + (1.0 + objective.optimizer_states if objective.training else 0.0)
         # the runtime's cost of one stage call (a training step makes two: forward, backward)
         n_units, calls = per.shape[0], 2.0 if objective.training else 1.0
@@ -98,19 +101,47 @@ class Prefix:
         """Seconds for one call of stage ``[i, j)`` on unit ``u`` with ``k`` samples."""
         return k * self.per_sample(u, i, j) + self.per_call(u, i, j)
 
+    def memory(self, i: int, j: int, k: int, stash: int) -> float:
+        """Bytes a replica of stage ``[i, j)`` holding ``k`` samples needs (module docstring: memory)."""
+        ws = self.cut[i] + float(self.act[i:j].max())
+        return (self.P[j] - self.P[i]) * self.wfactor + k * (stash * (self.A[j] - self.A[i]) + ws)
 
-def allocate(prefix: Prefix, i: int, j: int, units: tuple[int, ...], m: int) -> tuple[int, ...]:
-    """Split ``m`` samples over ``units`` for stage ``[i, j)`` minimising the slowest replica.
+    def capacity(self, u: int, i: int, j: int, stash: int) -> int:
+        """Most samples a replica of stage ``[i, j)`` on unit ``u`` can hold in its device's RAM (may be < 0)."""
+        ws = self.cut[i] + float(self.act[i:j].max())
+        per = stash * (self.A[j] - self.A[i]) + ws
+        room = self.unit_ram[u] - (self.P[j] - self.P[i]) * self.wfactor
+        if per <= 0:
+            return 1 << 40 if room >= 0 else -1
+        return int(np.floor(room / per))
+
+
+def stash_of(objective: Objective, stages: int, s: int) -> int:
+    """Micro-batches of activations stage ``s`` of ``stages`` keeps for the backward pass."""
+    if not objective.training:
+        return 0
+    return objective.microbatches if objective.schedule == "gpipe" else min(objective.microbatches, stages - s)
+
+
+def allocate(prefix: Prefix, i: int, j: int, units: tuple[int, ...], m: int, stash: int | None = 0) -> tuple[int, ...]:
+    """Split ``m`` samples over ``units`` for stage ``[i, j)`` minimising the slowest replica, within memory.
 
     Greedy: each sample goes to the replica whose time after taking it is
-    smallest (first replica on ties); optimal for min-max with increasing
-    per-replica costs. A replica left with 0 samples makes the group invalid.
+    smallest (first replica on ties) among those whose device still has room
+    for one more sample (``stash`` micro-batches of activations kept; ``None``
+    ignores memory). Optimal for min-max with increasing per-replica costs and
+    per-replica caps (it takes the ``m`` smallest allowed finishing times). When
+    the caps hold fewer than ``m`` samples the rest go greedily regardless, and
+    the evaluator reports the overflow. A replica left with 0 samples makes the
+    group invalid.
     """
     F = [prefix.per_sample(u, i, j) for u in units]
     X = [prefix.per_call(u, i, j) for u in units]
+    cap = [m if stash is None else prefix.capacity(u, i, j, stash) for u in units]
     k = [0] * len(units)
     for _ in range(m):
-        best = min(range(len(units)), key=lambda r: ((k[r] + 1) * F[r] + X[r], r))
+        room = [r for r in range(len(units)) if k[r] < cap[r]] or range(len(units))
+        best = min(room, key=lambda r: ((k[r] + 1) * F[r] + X[r], r))
         k[best] += 1
     return tuple(k)
 
@@ -258,8 +289,7 @@ def evaluate(costs: CostTable, layout: Layout, objective: Objective, prefix: Pre
     used = [d for g in groups for d in g]
     for s, st in enumerate(layout):
         i, j = st.start, st.stop
-        stash = 0 if not train else (M if objective.schedule == "gpipe" else min(M, S - s))
-        ws = pf.cut[i] + float(pf.act[i:j].max())
+        stash = stash_of(objective, S, s)
         params = pf.P[j] - pf.P[i]
         reps = []
         e_stage = 0.0
@@ -268,7 +298,7 @@ def evaluate(costs: CostTable, layout: Layout, objective: Objective, prefix: Pre
             if pf.U[u, j] - pf.U[u, i] > 0:
                 unsupported.append((s, u))
             t = pf.time(u, i, j, k)
-            mem = params * pf.wfactor + k * (stash * (pf.A[j] - pf.A[i]) + ws)
+            mem = pf.memory(i, j, k, stash)
             if mem > costs.ram_bytes[d]:
                 overflows.append((d, float(mem), float(costs.ram_bytes[d])))
             e_stage += max(busy[u] - idle[d], 0.0) * t

@@ -121,25 +121,19 @@ class DPSolver:
         self.ws = self._range_max()
 
     def _depth_free(self, depth: int) -> bool:
-        """True when every stage option fits with all ``depth`` micro-batches stashed (1F1B = GPipe memory)."""
-        saved, self.nD = self.nD, 1
-        pf, tp, B = self.pf, self.types, self.bnd
-        try:
-            for gi in range(len(self.comps)):
-                st = self._stage(gi)
-                comp = self.comps[gi]
-                params = pf.P[B][None, :] - pf.P[B][:, None]
-                actsum = pf.A[B][None, :] - pf.A[B][:, None]
-                for t in range(len(tp.members)):
-                    if not comp.devs[t]:
-                        continue
-                    kmax = st["kmax"][t]
-                    mem = params * pf.wfactor + kmax * (depth * actsum + self.ws)
-                    if np.any(st["valid"] & st["memok"][:, :, 0] & (mem > self.costs.ram_bytes[tp.members[t][0]])):
-                        return False
-            return True
-        finally:
-            self.nD = saved
+        """True when no stage option's shares or fit change between stashing 1 and ``depth`` micro-batches.
+
+        Caps shrink as the stash grows, so equal results at both ends mean equal
+        results at every depth between: 1F1B depth states are then not needed.
+        """
+        for gi in range(len(self.comps)):
+            base = self._base(gi)
+            s1, ok1 = self._shares(base, 1)
+            sd, okd = self._shares(base, depth)
+            live = base["valid"]
+            if np.any(live & ((ok1 != okd) | np.any(s1 != sd, axis=0))):
+                return False
+        return True
 
     # ----------------------------------------------------------------- setup
     def _type_name(self, t: int) -> str:
@@ -252,12 +246,15 @@ class DPSolver:
             out[k, k + 1:] = pf.cut[i] + cm[B[k + 1:] - i - 1]
         return out
 
-    def _stage(self, gi: int) -> dict:
-        """Every stage [bnd[k], bnd[k2]) on composition ``gi`` at once: arrays [K+1, K+1]."""
-        hit = self.cache.get(gi)
-        if hit is not None:
-            return hit
-        pf, tp, comp, m = self.pf, self.types, self.comps[gi], self.m
+    def _stash(self, d: int) -> int:
+        """Micro-batches a stage at depth state ``d`` stashes (1F1B without depth states: d = 0)."""
+        if not self.train:
+            return 0
+        return self.M if self.obj.schedule == "gpipe" else min(self.M, d + 1)
+
+    def _base(self, gi: int) -> dict:
+        """Per-sample and per-call seconds of composition ``gi`` for every boundary pair: arrays [V, K+1, K+1]."""
+        pf, tp, comp = self.pf, self.types, self.comps[gi]
         B = self.bnd
         K1 = len(B)
         vs = [t for t in range(len(tp.members)) if comp.devs[t]]
@@ -272,8 +269,24 @@ class DPSolver:
             X.append(pf.X[u, B][None, :] - pf.X[u, B][:, None] + pf.H[u])
             C.append(comp.devs[t])
             valid &= (pf.U[u, B][None, :] - pf.U[u, B][:, None]) == 0
-        F, X = np.array(F), np.array(X)
+        params = pf.P[B][None, :] - pf.P[B][:, None]
+        actsum = pf.A[B][None, :] - pf.A[B][:, None]
+        return {"vs": vs, "F": np.array(F), "X": np.array(X), "C": C, "U": U, "tri": tri, "valid": valid,
+                "params": params, "actsum": actsum}
+
+    def _shares(self, base: dict, stash: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Samples per type (allocate's greedy, per device within memory; ``None``: no memory) and memok."""
+        pf, tp, m = self.pf, self.types, self.m
+        vs, F, X, C = base["vs"], base["F"], base["X"], base["C"]
+        K1 = len(self.bnd)
         c = np.array(C)[:, None, None]
+        ram = np.array([float(self.costs.ram_bytes[tp.members[t][0]]) for t in vs])[:, None, None]
+        per = (0 if stash is None else stash) * base["actsum"] + self.ws
+        room = ram - base["params"][None] * pf.wfactor
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cap = np.where(per > 0, np.floor(room / np.where(per > 0, per, 1.0)), np.where(room >= 0, np.inf, -1.0))
+        if stash is None:
+            cap = np.full_like(cap, np.inf)
         if len(vs) == 1:
             s = np.full((1, K1, K1), m, dtype=np.int64)
         else:
@@ -281,8 +294,11 @@ class DPSolver:
             big = np.iinfo(np.int64).max
             nv = len(vs)
             for _ in range(m):
-                load = s // c
+                load = s // c  # the least-loaded device of each type
                 cost = (load + 1) * F + X
+                capped = np.where(load + 1 <= cap, cost, np.inf)
+                full = np.isinf(capped.min(axis=0))  # no device has room: the rest go regardless (overflow)
+                cost = np.where(full[None], cost, capped)
                 cand = cost == cost.min(axis=0)
                 lm = np.where(cand, load, big)
                 cand &= lm == lm.min(axis=0)
@@ -291,24 +307,39 @@ class DPSolver:
                     first = np.where(cand[v], v, first)
                 for v in range(nv):
                     s[v] += first == v
-        valid &= np.all(s >= c, axis=0)
         kmax = -(-s // c)
-        tau = np.where(tri, (kmax * F + X).max(axis=0), np.inf)
-        params = pf.P[B][None, :] - pf.P[B][:, None]
-        actsum = pf.A[B][None, :] - pf.A[B][:, None]
-        ws = self.ws
-        memok = np.ones((K1, K1, self.nD), dtype=bool)
-        if not self.ignore_memory:
-            for d in range(self.nD):
-                stash = 0 if not self.train else (self.M if self.obj.schedule == "gpipe" else min(self.M, d + 1))
-                for vi, t in enumerate(vs):
-                    mem = params * pf.wfactor + kmax[vi] * (stash * actsum + ws)
-                    memok[:, :, d] &= mem <= self.costs.ram_bytes[tp.members[t][0]]
+        if stash is None:
+            memok = np.ones((K1, K1), dtype=bool)
+        else:
+            mem = base["params"][None] * pf.wfactor + kmax * per[None]
+            memok = np.all(mem <= ram, axis=0)
+        return s, memok
+
+    def _stage(self, gi: int) -> dict:
+        """Every stage [bnd[k], bnd[k2]) on composition ``gi`` at once: arrays [K+1, K+1, depth]."""
+        hit = self.cache.get(gi)
+        if hit is not None:
+            return hit
+        tp, comp = self.types, self.comps[gi]
+        base = self._base(gi)
+        vs, F, X, C, U, tri = base["vs"], base["F"], base["X"], base["C"], base["U"], base["tri"]
+        K1, nD = len(self.bnd), self.nD
+        c = np.array(C)[:, None, None]
         busy = np.asarray(self.costs.busy_power_w, dtype=np.float64)
         idle = [float(self.costs.idle_power_w[tp.members[t][0]]) for t in vs]
-        dyn = np.zeros((K1, K1))
-        for vi, u in enumerate(U):
-            dyn += max(busy[u] - idle[vi], 0.0) * (s[vi] * F[vi] + C[vi] * X[vi])
+        tau = np.full((K1, K1, nD), np.inf)
+        valid = np.zeros((K1, K1, nD), dtype=bool)
+        memok = np.zeros((K1, K1, nD), dtype=bool)
+        dyn = np.zeros((K1, K1, nD))
+        for d in range(nD):
+            s, ok = self._shares(base, None if self.ignore_memory else self._stash(d))
+            valid[:, :, d] = base["valid"] & np.all(s >= c, axis=0)
+            memok[:, :, d] = ok
+            kmax = -(-s // c)
+            tau[:, :, d] = np.where(tri, (kmax * F + X).max(axis=0), np.inf)
+            for vi, u in enumerate(U):
+                dyn[:, :, d] += max(busy[u] - idle[vi], 0.0) * (s[vi] * F[vi] + C[vi] * X[vi])
+        params = base["params"]
         ar = np.zeros((K1, K1))
         ar_e = np.zeros((K1, K1))
         g = sum(C)
@@ -319,10 +350,10 @@ class DPSolver:
             epb = max(tp.epb[a, b] for a, b in pairs)
             ar = 2.0 * (g - 1) / g * params / bw + 2.0 * (g - 1) * lat
             ar_e = 2.0 * (g - 1) * params * epb
-        kmax_t = {t: kmax[vi] for vi, t in enumerate(vs)}
-        out = {"tau": tau, "valid": valid, "memok": memok, "kmax": kmax_t,
-               "dyn": np.where(tri, dyn + ar_e / self.M, 0.0),
-               "ar": np.where(tri, ar, 0.0), "idle": float(sum(ci * x for ci, x in zip(C, idle, strict=False)))}
+        out = {"tau": tau, "valid": valid, "memok": memok,
+               "dyn": np.where(tri[:, :, None], dyn + (ar_e / self.M)[:, :, None], 0.0),
+               "ar": np.where(tri, ar, 0.0)[:, :, None],
+               "idle": float(sum(ci * x for ci, x in zip(C, idle, strict=True)))}
         self.cache[gi] = out
         return out
 
@@ -374,9 +405,8 @@ class DPSolver:
         dmap = [min(nD - 1, d + 1) for d in range(nD)]
         is_sum = kind == "sum"
         K1 = K + 1
-        A = np.empty((G, K1, K1))  # stage cost by (start, end), inf where not allowed
+        A = np.empty((G, K1, K1, nD))  # stage cost by (start, end, its depth), inf where not allowed or not fitting
         LC = np.empty((G, K1, nS))  # link cost by end boundary and next class
-        MEM = np.empty((G, K1, K1, nD), dtype=bool)
         END = np.empty((G, K1))  # cost of the stage running to the end (incl. the link to the head)
         for gi, comp in enumerate(self.comps):
             st = self._stage(gi)
@@ -385,15 +415,14 @@ class DPSolver:
             bs = _qkey(tau, st["ar"], M) if bkey == "q" else tau
             with np.errstate(invalid="ignore"):
                 a_s = cp * tau + ce * (st["dyn"] + st["idle"] * theta_idle) if is_sum else bs
-            ok = st["valid"] & (bs <= theta)
+            ok = st["valid"] & st["memok"] & (bs <= theta)
             A[gi] = np.where(ok, a_s, np.inf)
             bl = (M - 1) * pl if bkey == "q" else pl
             LC[gi] = np.where(bl <= theta, cp * pl + ce * el if is_sum else bl, np.inf)
             bl_end = (M - 1) * pe if bkey == "q" else pe
             endc = (cp * pe + ce * ee if is_sum else bl_end) if bl_end <= theta else np.inf
-            col = np.where(st["memok"][:, K, 0], A[gi][:, K], np.inf)
+            col = A[gi][:, K, 0]
             END[gi] = col + endc if is_sum else np.maximum(col, endc)
-            MEM[gi] = st["memok"]
         rg, rrv, rmg, rcg = self._rows_all()
         seg = np.searchsorted(rg, np.arange(G + 1))  # rows are grouped by composition
         chunks, start = [], 0
@@ -414,13 +443,11 @@ class DPSolver:
                 cand_info.append(np.stack([rg[okend], np.full(okend.sum(), K), np.full(okend.sum(), -1),
                                            np.full(okend.sum(), -1)], axis=1))
             if K - k >= 2:
-                a = A[:, k, k + 1:K]  # [G, L]
+                a = A[:, k, k + 1:K][:, :, dmap]  # [G, L, nD] by the next stage's depth
                 if is_sum:
-                    cst = a[:, :, None] + LC[:, k + 1:K]  # [G, L, nS]
+                    c4 = a[:, :, None, :] + LC[:, k + 1:K][:, :, :, None]  # [G, L, nS, nD]
                 else:
-                    cst = np.maximum(a[:, :, None], LC[:, k + 1:K])
-                mem = MEM[:, k, k + 1:K][:, :, dmap]  # [G, L, nD] by the next stage's depth
-                c4 = np.where(mem[:, :, None, :], cst[:, :, :, None], np.inf)  # [G, L, nS, nD]
+                    c4 = np.maximum(a[:, :, None, :], LC[:, k + 1:K][:, :, :, None])
                 live = np.isfinite(c4).reshape(G, -1).any(axis=1)
                 for c_lo, c_hi in chunks:  # compositions [c_lo, c_hi), rows [seg[c_lo], seg[c_hi])
                     if not live[c_lo:c_hi].any():
@@ -502,7 +529,7 @@ class DPSolver:
                     dev = pools[t].pop(0)
                     units.append(tp.dev_units[dev][comp.units[t]])
             i, j = int(self.bnd[k]), int(self.bnd[k2])
-            samples = allocate(self.pf, i, j, tuple(units), self.m)
+            samples = allocate(self.pf, i, j, tuple(units), self.m, None if self.ignore_memory else self._stash(d))
             stages.append(StageSpec(start=i, stop=j, replicas=tuple(zip(units, samples, strict=False))))
             r -= sum(b * s for b, s in zip(comp.bundles, self.stride, strict=False))
             k, c, d = k2, c2, d2

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeplan.errors import PlanError
-from edgeplan.planner.costmodel import Prefix, StageSpec, allocate, evaluate, head_index, transfer
+from edgeplan.planner.costmodel import Prefix, StageSpec, allocate, allreduce, evaluate, head_index, transfer
 from edgeplan.planner.dp import Result
 from edgeplan.planner.objective import Objective
 from edgeplan.planner.types import device_types
@@ -65,68 +65,65 @@ def applicable(costs: CostTable, obj: Objective, max_arcs: int) -> bool:
 
 def _arcs(costs: CostTable, obj: Objective) -> list[_Arc]:
     pf = Prefix(costs, obj)
-    m, M, train = obj.micro, obj.microbatches, obj.training
+    M, train = obj.microbatches, obj.training
     head = head_index(costs, obj)
     n = costs.n_layers
     nD = M if (train and obj.schedule == "1f1b") else 1
     idle_w = np.asarray(costs.idle_power_w, dtype=np.float64)
     busy = np.asarray(costs.busy_power_w, dtype=np.float64)
-    arcs = []
+    arcs: list[_Arc] = []
     groups = list(_groups(costs, head))
-    others = [x for x in range(costs.n_devices)]
     for i in range(n):
         for j in range(i + 1, n + 1):
             for devs, units in groups:
                 if any(pf.U[u, j] - pf.U[u, i] > 0 for u in units):
                     continue
-                ks = allocate(pf, i, j, units, m)
-                if min(ks) < 1:
-                    continue
-                times = [pf.time(u, i, j, k) for u, k in zip(units, ks, strict=True)]
-                tau = max(times)
-                params = pf.P[j] - pf.P[i]
-                ws = pf.cut[i] + float(pf.act[i:j].max())
-                dyn = sum(max(busy[u] - idle_w[costs.units[u][0]], 0.0) * t for u, t in zip(units, times, strict=False))
-                ar = ar_e = 0.0
-                if train and len(devs) >= 2:
-                    from edgeplan.planner.costmodel import allreduce
-
-                    ar, ar_e = allreduce(costs, devs, params)
-                # link out: to any other device (uniform network) or to the head at the end
-                if j < n:
-                    peer = next((x for x in others if x not in devs), None)
-                    lt, le = transfer(costs, devs, (peer,), m * pf.cut[j]) if peer is not None else (np.inf, 0.0)
-                    f = 2.0 if train else 1.0
-                    lt, le = f * lt, f * le
-                elif not train:
-                    lt, le = transfer(costs, devs, (head,), m * pf.cut[j])
-                else:
-                    lt = le = 0.0
-                lin, lie = transfer(costs, (head,), devs, m * pf.cut[0]) if i == 0 else (0.0, 0.0)
-                stage = StageSpec(i, j, tuple(zip(units, ks, strict=False)))
                 for d in range(nD):
                     stash = 0 if not train else (M if obj.schedule == "gpipe" else min(M, d + 1))
-                    if any(params * pf.wfactor + k * (stash * (pf.A[j] - pf.A[i]) + ws) > costs.ram_bytes[x]
-                           for x, k in zip(devs, ks, strict=False)):
-                        continue
-                    if train:
-                        p = max((M - 1) * tau + ar, (M - 1) * lt, (M - 1) * lin)
-                    else:
-                        p = max(tau, lt, lin)
-                    if not np.isfinite(p):
-                        continue
-                    if j == n:
-                        if d != 0:
-                            continue
-                        dsts = [(n, 0)]
-                    elif d == nD - 1 and nD > 1:
-                        dsts = [(j, d), (j, d - 1)]
-                    else:
-                        dsts = [(j, max(d - 1, 0))] if nD > 1 else [(j, 0)]
-                    for dst in dsts:
-                        arcs.append(_Arc(stage=stage, src=(i, d), dst=dst, devices=devs, a=tau + lt + lin, p=p,
-                                         e=dyn + le + lie + ar_e / M, idle=float(sum(idle_w[x] for x in devs))))
+                    arcs += _arcs_at(costs, obj, pf, i, j, devs, units, d, stash, nD, idle_w, busy, head)
     return arcs
+
+
+def _arcs_at(costs, obj, pf, i, j, devs, units, d, stash, nD, idle_w, busy, head) -> list[_Arc]:
+    """The arcs of stage ``[i, j)`` on ``devs`` at depth ``d``: samples split within memory at this stash."""
+    m, M, train, n = obj.micro, obj.microbatches, obj.training, costs.n_layers
+    ks = allocate(pf, i, j, units, m, stash)
+    if min(ks) < 1:
+        return []
+    if any(pf.memory(i, j, k, stash) > costs.ram_bytes[x] for x, k in zip(devs, ks, strict=True)):
+        return []
+    times = [pf.time(u, i, j, k) for u, k in zip(units, ks, strict=True)]
+    tau = max(times)
+    params = pf.P[j] - pf.P[i]
+    dyn = sum(max(busy[u] - idle_w[costs.units[u][0]], 0.0) * t for u, t in zip(units, times, strict=True))
+    ar = ar_e = 0.0
+    if train and len(devs) >= 2:
+        ar, ar_e = allreduce(costs, devs, params)
+    # link out: to any other device (uniform network) or to the head at the end
+    if j < n:
+        peer = next((x for x in range(costs.n_devices) if x not in devs), None)
+        lt, le = transfer(costs, devs, (peer,), m * pf.cut[j]) if peer is not None else (np.inf, 0.0)
+        f = 2.0 if train else 1.0
+        lt, le = f * lt, f * le
+    elif not train:
+        lt, le = transfer(costs, devs, (head,), m * pf.cut[j])
+    else:
+        lt = le = 0.0
+    lin, lie = transfer(costs, (head,), devs, m * pf.cut[0]) if i == 0 else (0.0, 0.0)
+    stage = StageSpec(i, j, tuple(zip(units, ks, strict=True)))
+    p = max((M - 1) * tau + ar, (M - 1) * lt, (M - 1) * lin) if train else max(tau, lt, lin)
+    if not np.isfinite(p):
+        return []
+    if j == n:
+        if d != 0:
+            return []
+        dsts = [(n, 0)]
+    elif d == nD - 1 and nD > 1:
+        dsts = [(j, d), (j, d - 1)]
+    else:
+        dsts = [(j, max(d - 1, 0))] if nD > 1 else [(j, 0)]
+    return [_Arc(stage=stage, src=(i, d), dst=dst, devices=devs, a=tau + lt + lin, p=p,
+                 e=dyn + le + lie + ar_e / M, idle=float(sum(idle_w[x] for x in devs))) for dst in dsts]
 
 
 def solve(costs: CostTable, obj: Objective, time_limit_s: float = 60.0) -> Result:

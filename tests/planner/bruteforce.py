@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 
-from edgeplan.planner.costmodel import Prefix, StageSpec, allocate, evaluate
+from edgeplan.planner.costmodel import Prefix, StageSpec, allocate, evaluate, stash_of
 from edgeplan.planner.objective import Objective
 from edgeplan.profiles.cost import CostTable
 
@@ -20,8 +20,11 @@ def _hw(costs: CostTable, d: int) -> tuple:
                    0.0 if costs.hop_byte_s is None else float(costs.hop_byte_s[u])) for u in us))
 
 
-def brute_force(costs: CostTable, obj: Objective):
-    """Best (evaluation, layout) over all stage cuts x ordered disjoint device groups x unit choices."""
+def brute_force(costs: CostTable, obj: Objective, memory_aware_shares: bool = True):
+    """Best (evaluation, layout) over all stage cuts x ordered disjoint device groups x unit choices.
+
+    ``memory_aware_shares=False`` splits samples ignoring memory (the planner before issue 13), to show
+    what memory-aware shares gain."""
     n, d = costs.n_layers, costs.n_devices
     pf = Prefix(costs, obj)
     dev_units = [[u for u, x in enumerate(costs.units) if x[0] == k] for k in range(d)]
@@ -52,7 +55,7 @@ def brute_force(costs: CostTable, obj: Objective):
                     for s in range(S):
                         i, j = bounds[s], bounds[s + 1]
                         us = tuple(units[s])
-                        ks = allocate(pf, i, j, us, obj.micro)
+                        ks = allocate(pf, i, j, us, obj.micro, stash_of(obj, S, s) if memory_aware_shares else None)
                         if min(ks) < 1:
                             bad = True
                             break
