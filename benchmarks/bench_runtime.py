@@ -4,10 +4,13 @@ Each row sends one tensor of the given size and waits for a small reply, many
 times, and reports the median round trip:
 
 * raw:    8-byte length prefix + ``sendall`` of the bytes; the receiver ``recv_into``s them and answers 1 byte;
+* relay:  the same bytes through a raw-socket relay thread (``recv_into`` a preallocated buffer, ``sendall``
+          onward) back to the sender: two transfers, like a worker hop, with no framing, checks or compute;
 * frame:  ``wire.send_frame`` / ``wire.recv_frame`` (header, descriptors, tensor view), answered by a PING frame;
 * +hmac:  the same with HMAC-SHA256 on every frame;
 * worker: a real stage worker (identity module) between the sender and a receiver: the sender's frame is
-          received, assembled, run and forwarded, i.e. one full pipeline hop.
+          received, assembled, run and forwarded, i.e. one full pipeline hop. ``w/raw`` compares it with one
+          raw transfer, ``w/relay`` with the raw relay (the same two transfers): the runtime's own overhead.
 
 Run: ``python -m benchmarks.bench_runtime [--sizes 4096,262144,3145728] [--iters 200]``.
 """
@@ -69,6 +72,42 @@ def bench_raw(payload: np.ndarray, iters: int) -> list[float]:
         times.append(time.perf_counter() - t0)
     t.join()
     for s in (cli, conn, srv):
+        s.close()
+    return times
+
+
+def bench_relay(payload: np.ndarray, iters: int) -> list[float]:
+    """Sender -> raw relay thread -> the sender's own listener (two transfers, nothing else)."""
+    back = socket.create_server(("127.0.0.1", 0))
+    srv, cli, relay_in = _pair()
+    relay_out = socket.create_connection(back.getsockname())
+    conn, _ = back.accept()
+    for s in (relay_out, conn):
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    n = payload.nbytes
+
+    def relay():
+        hdr, buf = bytearray(8), bytearray(n)
+        for _ in range(iters):
+            _recv_exact(relay_in, hdr)
+            _recv_exact(relay_in, buf)
+            relay_out.sendall(hdr)
+            relay_out.sendall(buf)
+
+    t = threading.Thread(target=relay, daemon=True)
+    t.start()
+    times = []
+    data = memoryview(payload).cast("B")
+    hdr, buf = bytearray(8), bytearray(n)
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        cli.sendall(struct.pack("<Q", n))
+        cli.sendall(data)
+        _recv_exact(conn, hdr)
+        _recv_exact(conn, buf)
+        times.append(time.perf_counter() - t0)
+    t.join()
+    for s in (cli, relay_in, relay_out, conn, srv, back):
         s.close()
     return times
 
@@ -137,16 +176,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--iters", type=int, default=200)
     args = ap.parse_args(argv)
     print(f"per-hop round trip on loopback, median of {args.iters} (microseconds); ratio = runtime / raw socket")
-    print(f"{'bytes':>10}{'raw':>10}{'frame':>10}{'ratio':>8}{'+hmac':>10}{'ratio':>8}{'worker':>10}{'ratio':>8}"
-          f"{'raw GB/s':>10}")
+    print(f"{'bytes':>10}{'raw':>10}{'frame':>10}{'ratio':>8}{'+hmac':>10}{'ratio':>8}{'relay':>10}{'worker':>10}"
+          f"{'w/raw':>8}{'w/relay':>8}{'raw GB/s':>10}")
     for size in (int(s) for s in args.sizes.split(",")):
         payload = np.random.default_rng(0).standard_normal((1, max(1, size // 4))).astype(np.float32)
         raw = statistics.median(bench_raw(payload, args.iters))
         fr = statistics.median(bench_frame(payload, args.iters, None))
         hm = statistics.median(bench_frame(payload, args.iters, b"secret"))
+        rl = statistics.median(bench_relay(payload, args.iters))
         wk = statistics.median(bench_worker(payload, args.iters))
         print(f"{payload.nbytes:>10}{raw * 1e6:>10.1f}{fr * 1e6:>10.1f}{fr / raw:>7.2f}x{hm * 1e6:>10.1f}"
-              f"{hm / raw:>7.2f}x{wk * 1e6:>10.1f}{wk / raw:>7.2f}x{payload.nbytes / raw / 1e9:>10.2f}")
+              f"{hm / raw:>7.2f}x{rl * 1e6:>10.1f}{wk * 1e6:>10.1f}{wk / raw:>7.2f}x{wk / rl:>7.2f}x"
+              f"{payload.nbytes / raw / 1e9:>10.2f}")
 
 
 if __name__ == "__main__":

@@ -75,12 +75,15 @@ def peer_closed(sock: socket.socket) -> bool:
 
 
 class Sender:
-    """Frames to one peer, sent in order by this sender's own thread over its own connection.
+    """Frames to one peer, sent in order over this sender's own connection, never blocking the caller.
 
-    A slow or stalled link then delays only its own frames, never heartbeats or other peers; the
-    queue is bounded and ``put`` says when it is full, so the caller rejects explicitly instead of
-    growing memory. Frames that ``is_stale`` (an old routing epoch) are skipped. A failed send
-    reconnects once (the peer may have restarted) before ``on_error(frame, message)`` is called.
+    ``put`` sends at once from the caller's thread when nothing is queued and the socket takes the
+    whole frame without blocking (the common case: no thread hand-off on the hop); otherwise the
+    frame (or its unsent rest) is finished by the sender's thread. A slow or stalled link then
+    delays only its own frames, never heartbeats or other peers; the queue is bounded and ``put``
+    says when it is full, so the caller rejects explicitly instead of growing memory. Frames that
+    ``is_stale`` (an old routing epoch) are skipped. A failed send reconnects once (the peer may have
+    restarted) before ``on_error(frame, message)`` is called.
     """
 
     def __init__(self, address: str, *, secret: bytes | None, send_timeout_s: float, max_queue: int,
@@ -94,8 +97,9 @@ class Sender:
         self._on_error = on_error
         self._is_stale = is_stale
         self._on_sent = on_sent
-        self._q: deque = deque()
+        self._q: deque = deque()  # (frame, unsent rest of its buffers or None, perf_counter at start, bytes)
         self._cv = threading.Condition()
+        self._busy = False  # someone (a caller or the thread) is writing to the socket
         self._sock: socket.socket | None = None
         self._closed = False
         threading.Thread(target=self._run, name=name, daemon=True).start()
@@ -105,19 +109,46 @@ class Sender:
         return len(self._q)
 
     def put(self, frame: wire.Frame) -> bool:
-        """Queue ``frame``; False (nothing queued) when the queue is full or the sender closed."""
+        """Send or queue ``frame``; False (nothing sent or queued) when the queue is full or the sender closed."""
         with self._cv:
             if self._closed or len(self._q) >= self.max_queue:
                 return False
-            self._q.append(frame)
-            self._cv.notify()
+            if self._q or self._busy or self._sock is None:
+                self._q.append((frame, None, 0.0, 0))
+                self._cv.notify_all()
+                return True
+            self._busy = True
+            sock = self._sock
+        rest, t0, n = None, time.perf_counter(), 0
+        try:
+            if not peer_closed(sock):
+                parts = wire.buffers(frame, self._secret)
+                n = sum(p.nbytes for p in parts)
+                rest = wire.send_buffers(sock, parts, nowait=True)
+                if not rest:
+                    if self._on_sent is not None:
+                        self._on_sent(frame, n, time.perf_counter() - t0)
+                    with self._cv:
+                        self._busy = False
+                        self._cv.notify_all()
+                    return True
+        except OSError:
+            rest = None  # the thread reconnects and sends the whole frame again
+            with self._cv:
+                if self._sock is sock:
+                    self._sock = None
+            sock.close()
+        with self._cv:  # the thread finishes it, before anything queued after it
+            self._q.appendleft((frame, rest, t0, n))
+            self._busy = False
+            self._cv.notify_all()
         return True
 
     def close(self) -> None:
         with self._cv:
             self._closed = True
             self._q.clear()
-            self._cv.notify()
+            self._cv.notify_all()
         sock = self._sock
         if sock is not None:
             try:
@@ -128,37 +159,55 @@ class Sender:
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._q and not self._closed:
+                while (not self._q or self._busy) and not self._closed:
                     self._cv.wait()
                 if self._closed:
                     break
-                frame = self._q.popleft()
-            if self._is_stale(frame):
-                continue
-            error = None
-            for _ in range(2):
-                try:
-                    if self._sock is not None and peer_closed(self._sock):
-                        self._drop_socket()
-                    if self._sock is None:
-                        self._sock = connect(self.address, timeout=self._send_timeout_s,
-                                             send_timeout=self._send_timeout_s)
-                    t0 = time.perf_counter()
-                    n = wire.send_frame(self._sock, frame, self._secret)
-                    if self._on_sent is not None:
-                        self._on_sent(frame, n, time.perf_counter() - t0)
-                    error = None
-                    break
-                except OSError as e:
-                    error = e
-                    self._drop_socket()
-                    if self._closed:
-                        break
-            if error is not None and not self._closed:
-                self._on_error(frame, f"cannot send to {self.address}: {error}")
+                frame, rest, t0, n = self._q.popleft()
+                self._busy = True
+            try:
+                self._deliver(frame, rest, t0, n)
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
         self._drop_socket()
 
+    def _deliver(self, frame: wire.Frame, rest: list | None, t0: float, n: int) -> None:
+        if rest:  # a frame the caller started: finish it on the same socket (its start is on the wire)
+            try:
+                wire.send_buffers(self._sock, rest)
+                if self._on_sent is not None:
+                    self._on_sent(frame, n, time.perf_counter() - t0)
+                return
+            except OSError:
+                self._drop_socket()  # the peer got a partial frame; send it whole on a new connection
+        if self._is_stale(frame):
+            return
+        error = None
+        for _ in range(2):
+            try:
+                if self._sock is not None and peer_closed(self._sock):
+                    self._drop_socket()
+                if self._sock is None:
+                    sock = connect(self.address, timeout=self._send_timeout_s, send_timeout=self._send_timeout_s)
+                    with self._cv:
+                        self._sock = sock
+                t0 = time.perf_counter()
+                n = wire.send_frame(self._sock, frame, self._secret)
+                if self._on_sent is not None:
+                    self._on_sent(frame, n, time.perf_counter() - t0)
+                return
+            except OSError as e:
+                error = e
+                self._drop_socket()
+                if self._closed:
+                    return
+        if not self._closed:
+            self._on_error(frame, f"cannot send to {self.address}: {error}")
+
     def _drop_socket(self) -> None:
-        sock, self._sock = self._sock, None
+        with self._cv:
+            sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()

@@ -305,10 +305,28 @@ def recv_frame(sock: socket.socket, secret: bytes | None = None, max_frame: int 
 
 def send_frame(sock: socket.socket, frame: Frame, secret: bytes | None = None) -> int:
     """Send one frame with scatter-gather I/O (tensor bytes are not copied); returns bytes sent."""
-    parts = [memoryview(p).cast("B") for p in encode_parts(frame, secret)]
+    parts = buffers(frame, secret)
     total = sum(p.nbytes for p in parts)
+    send_buffers(sock, parts)
+    return total
+
+
+def buffers(frame: Frame, secret: bytes | None = None) -> list[memoryview]:
+    """The frame's bytes as flat memoryviews, ready for ``send_buffers``."""
+    return [memoryview(p).cast("B") for p in encode_parts(frame, secret)]
+
+
+def send_buffers(sock: socket.socket, parts: list[memoryview], nowait: bool = False) -> list[memoryview]:
+    """Send ``parts`` in order with ``sendmsg``; returns what is left unsent (only with ``nowait``, when
+    the socket buffer is full: the caller finishes it later, on the same socket, before anything else)."""
+    flags = socket.MSG_DONTWAIT if nowait else 0
     while parts:
-        sent = sock.sendmsg(parts[:512])
+        try:
+            sent = sock.sendmsg(parts[:512], (), flags)
+        except BlockingIOError:
+            if nowait:
+                return parts
+            raise
         while sent and parts:
             if sent >= parts[0].nbytes:
                 sent -= parts[0].nbytes
@@ -318,7 +336,7 @@ def send_frame(sock: socket.socket, frame: Frame, secret: bytes | None = None) -
                 sent = 0
         while parts and parts[0].nbytes == 0:
             parts.pop(0)
-    return total
+    return parts
 
 
 def parse_address(addr: str) -> tuple[str, int]:

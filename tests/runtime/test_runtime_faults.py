@@ -59,7 +59,8 @@ class Drive:
     def __init__(self, p: Pipeline, weights, n: int, deadline_s: float = DEADLINE_S, seed: int = 0):
         self.p, self.w, self.n, self.deadline_s = p, weights, n, deadline_s
         rng = np.random.default_rng(seed)
-        self.xs = [rng.standard_normal((p.head.batch, DIMS[0])).astype(np.float32) for _ in range(n)]
+        dim = p.head.input_specs[0][1][0]
+        self.xs = [rng.standard_normal((p.head.batch, dim)).astype(np.float32) for _ in range(n)]
         self.results: dict[int, list] = {}
         self.failures: dict[int, str] = {}
         self.resolved = [0] * n
@@ -126,8 +127,8 @@ def _worker(p: Pipeline, device: str):
     return next(w for w in p.workers if w.device == device)
 
 
-def _pipeline(tmp_path, groups=GROUPS, delay=0.002, **cfg) -> tuple[Pipeline, list]:
-    w = make_artifacts(tmp_path / "art", groups, DIMS, delay=delay)
+def _pipeline(tmp_path, groups=GROUPS, delay=0.002, dims=DIMS, **cfg) -> tuple[Pipeline, list]:
+    w = make_artifacts(tmp_path / "art", groups, dims, delay=delay)
     p = start_pipeline(tmp_path / "art", local=True, command=WORKER, log_dir=tmp_path / "logs",
                        config=HeadConfig(**cfg))
     return p, w
@@ -173,6 +174,25 @@ def test_sigstop_of_a_replica_is_detected_within_two_seconds_and_rejoins_after_s
         assert p.head.status()["rejoined_total"] == 1
         bounded(60, lambda: Drive(p, w, 40, seed=1).run().check())
         assert p.head.refresh_stats()["b/stage0"]["runs"] > 0  # it serves again
+    finally:
+        for _ in stopped:
+            os.kill(_worker(p, "b").process.pid, signal.SIGCONT)
+        p.close()
+
+
+def test_inputs_stuck_on_a_stalled_link_never_delay_heartbeats_of_other_workers(tmp_path):
+    """Large inputs to a SIGSTOPped stage-0 replica fill its socket buffers; only that replica is declared dead."""
+    p, w = _pipeline(tmp_path, groups=[[("a", 3), ("b", 5)], [("c", 8)]], dims=[1 << 16, 6, 3])
+    stopped = []
+
+    def inject(i, p):
+        if i == 10 and not stopped:
+            os.kill(_worker(p, "b").process.pid, signal.SIGSTOP)
+            stopped.append(time.monotonic())
+
+    try:
+        bounded(60, lambda: Drive(p, w, 60).run(inject).check())
+        assert [(f["device"], f["stage"]) for f in p.head.status()["faults"]] == [("b", 0)]
     finally:
         for _ in stopped:
             os.kill(_worker(p, "b").process.pid, signal.SIGCONT)
