@@ -154,3 +154,22 @@ def test_run_check_passes_on_the_model_and_fails_on_other_weights(art, tmp_path)
     r = runner.invoke(app, ["run", str(art), "--local", "--requests", "2", "--check", "--model", f"{other}:make"])
     assert r.exit_code != 0
     assert "FAILED" in r.output and "--tolerance" in r.output
+
+
+def test_run_check_uses_the_model_the_plan_records(art, tmp_path):
+    import json
+    import shutil
+
+    copy = tmp_path / "art"
+    shutil.copytree(art, copy)
+    plan = json.loads((copy / "plan.json").read_text())
+    plan["model_ref"] = ""
+    (copy / "plan.json").write_text(json.dumps(plan))
+    runner = CliRunner()
+    r = runner.invoke(app, ["run", str(copy), "--local", "--requests", "1", "--check"])
+    assert r.exit_code != 0 and "--model" in r.output and "plan.json" in r.output
+    plan["model_ref"] = MODEL
+    (copy / "plan.json").write_text(json.dumps(plan))
+    r = runner.invoke(app, ["run", str(copy), "--local", "--requests", "2", "--check"])
+    assert r.exit_code == 0, r.output
+    assert "max abs error" in r.output

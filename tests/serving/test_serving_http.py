@@ -235,12 +235,19 @@ def test_failed_request_gets_500_with_the_reason(served):
     assert r.status_code == 500 and "board pi stage 1" in r.json()["error"]
 
 
-def test_metrics_route_returns_prometheus_text(served):
-    metrics = pytest.importorskip("edgeplan.runtime.metrics", reason="MON's metrics.py has not landed")
+def test_metrics_route_returns_prometheus_text_with_head_and_batcher_counters(served):
     from prometheus_client.parser import text_string_to_metric_families
 
-    client, _, _ = served
+    client, head, _ = served
+    for n in (1, 2, 6):
+        assert _post_json(client, {"name": "x", "datatype": "FP32", "shape": [n, 3], "data": [0.0] * 3 * n}) \
+            .status_code == 200
+    _post_json(client, {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0.0] * 4})  # 400: not counted
     r = client.get("/metrics")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
-    families = {f.name for f in text_string_to_metric_families(r.text)}
-    assert families and metrics is not None
+    values = {s.name: s.value for f in text_string_to_metric_families(r.text) for s in f.samples}
+    assert values["edgeplan_serving_requests_total"] == 3
+    assert values["edgeplan_serving_samples_total"] == 9
+    assert values["edgeplan_serving_batches_total"] == len(head.submitted) >= 3
+    assert values["edgeplan_serving_padded_samples_total"] == 4 * len(head.submitted) - 9
+    assert values["edgeplan_requests_completed_total"] == head.completed  # the head's own status
