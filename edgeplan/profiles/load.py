@@ -28,7 +28,7 @@ import yaml
 
 from edgeplan.errors import ProfileError
 from edgeplan.graph import ops
-from edgeplan.profiles.model import Cluster, ComputeUnit, Device, Link, Profile
+from edgeplan.profiles.model import Cluster, ComputeUnit, Device, Link, Measured, Profile, unit_figures
 
 BOARDS_DIR = Path(__file__).parent / "boards"
 
@@ -51,8 +51,9 @@ _UNITS: dict[str, dict[str, float]] = {
 _BOARD_KEYS = ("name", "vendor", "extends", "abstract", "estimate", "ram_mb", "reserved_mb", "idle_power_w", "units")
 _UNIT_KEYS = (
     "kind", "target", "target_options", "peak_gflops", "throughput_gflops", "mem_bandwidth_gbs",
-    "busy_power_w", "layer_overhead_us", "supported_ops", "hop_overhead_us",
+    "busy_power_w", "layer_overhead_us", "supported_ops", "hop_overhead_us", "measured",
 )
+_MEASURED_KEYS = ("how", "when", "backend", "from")
 _OVERRIDE_KEYS = ("ram_mb", "reserved_mb", "idle_power_w", "estimate", "units")
 _CLUSTER_KEYS = ("name", "description", "devices", "network", "secret_env")
 _DEVICE_KEYS = ("name", "profile", "address", "overrides", "user")
@@ -82,6 +83,14 @@ class _Doc:
     def __init__(self, data: dict, origins: dict[tuple, _Src]):
         self.data = data
         self.origins = origins
+
+    def file_of(self, path: tuple) -> str | None:
+        """The file the value at ``path`` came from (None: not in any)."""
+        for n in range(len(path), -1, -1):
+            src = self.origins.get(path[:n])
+            if src is not None:
+                return src.file
+        return None
 
     def where(self, path: tuple) -> str:
         for n in range(len(path), -1, -1):
@@ -281,6 +290,36 @@ def _bool(doc: _Doc, path: tuple, default: bool) -> bool:
 # --- profiles -----------------------------------------------------------------
 
 
+def _figure_path(p: tuple, figure: str) -> tuple:
+    return p + tuple(figure.split("."))
+
+
+def _measured(doc: _Doc, p: tuple) -> tuple[Measured, ...]:
+    """The unit's ``measured:`` provenance, ``{figure: {how, when, backend, from}}``.
+
+    An entry counts only while the figure it describes still comes from the same file: a later
+    ``extends`` or cluster override that changes the figure makes it an estimate of that file again.
+    """
+    table = _mapping(doc, p + ("measured",), default={})
+    allowed = unit_figures()
+    out = []
+    for figure, body in sorted(table.items()):
+        where = p + ("measured", figure)
+        if figure not in allowed:
+            raise doc.fail(where, f"unknown figure {figure!r}; allowed: {', '.join(allowed)}")
+        _mapping(doc, where, _MEASURED_KEYS)
+        for key in _MEASURED_KEYS:
+            _string(doc, where + (key,))
+        if _get(doc, _figure_path(p, figure), None) is None:
+            raise doc.fail(where, f"provenance for {figure!r}, which this unit does not set; set the figure "
+                                  "or remove the entry")
+        if doc.file_of(_figure_path(p, figure)) != doc.file_of(where):
+            continue  # the figure was overridden elsewhere: that file's value is an estimate
+        out.append(Measured(field=figure, how=body["how"], when=body["when"], backend=body["backend"],
+                            source=body["from"]))
+    return tuple(out)
+
+
 def _build_unit(doc: _Doc, name: str) -> ComputeUnit:
     p = ("units", name)
     _mapping(doc, p, _UNIT_KEYS)
@@ -321,6 +360,7 @@ def _build_unit(doc: _Doc, name: str) -> ComputeUnit:
         supported_ops=supported,
         target_options=tuple(sorted(options.items())),
         peak_flops=peak,
+        measured=_measured(doc, p),
     )
 
 

@@ -9,8 +9,34 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from edgeplan import jsonio
+from edgeplan.graph.ops import OP_CLASSES
 
 SCHEMA_VERSION = 1
+
+
+def unit_figures() -> tuple[str, ...]:
+    """Every per-unit figure the cost model prices with, as the profile YAML names it (the figures a
+    profile can mark as measured)."""
+    return tuple(f"throughput_gflops.{c}" for c in OP_CLASSES) + (
+        "mem_bandwidth_gbs", "layer_overhead_us", "hop_overhead_us")
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Provenance of one measured figure of a unit, so a report can say what a plan rests on.
+
+    ``field`` is the profile's YAML name (``throughput_gflops.conv``, ``mem_bandwidth_gbs``, ...);
+    ``how`` the method (e.g. a least-squares fit over N stage calls), ``when`` an ISO-8601 UTC time,
+    ``backend`` the runtime that ran the measured code (onnxruntime, tvm, ...), ``source`` the
+    measurement's input (run report files and the plan they ran). Figures without one are estimates
+    whose source is the profile file that sets them.
+    """
+
+    field: str
+    how: str
+    when: str
+    backend: str
+    source: str
 
 
 @dataclass(frozen=True)
@@ -39,6 +65,12 @@ class ComputeUnit:
     target_options: tuple[tuple[str, str], ...] = ()  # e.g. (("mcpu", "cortex-a72"),)
     peak_flops: float = 0.0  # datasheet peak FLOP/s (0: unknown)
     hop_overhead_s: float = 0.0  # runtime CPU cost per micro-batch a stage handles (receive, assemble, send)
+    measured: tuple[Measured, ...] = ()  # provenance of the figures that were measured (the rest: estimates)
+
+    def estimated_figures(self) -> tuple[str, ...]:
+        """The unit's figures (YAML names) that no measurement backs."""
+        done = {m.field for m in self.measured}
+        return tuple(f for f in unit_figures() if f not in done)
 
     def flops_per_s(self, op_class: str) -> float:
         return dict(self.throughput)[op_class]
@@ -58,6 +90,7 @@ class ComputeUnit:
             target_options=tuple((str(k), str(v)) for k, v in d.get("target_options", ())),
             peak_flops=float(d.get("peak_flops", 0.0)),
             hop_overhead_s=float(d.get("hop_overhead_s", 0.0)),
+            measured=tuple(Measured(**m) for m in d.get("measured", ())),
         )
 
 
@@ -123,11 +156,15 @@ class Cluster:
         return self.default_link
 
     def to_json(self) -> dict:
-        """asdict, less the deploy-only ``user`` when unset (so older files and digests are unchanged)."""
+        """asdict, less the deploy-only ``user`` when unset and empty ``measured`` provenance (so older
+        files and digests are unchanged)."""
         d = asdict(self)
         for dev in d["devices"]:
             if dev["user"] is None:
                 del dev["user"]
+            for u in dev["units"]:
+                if not u["measured"]:
+                    del u["measured"]
         return d
 
     @classmethod
@@ -141,11 +178,13 @@ class Cluster:
         )
 
     def digest(self) -> str:
-        """sha256 of what planning depends on: the SSH user is left out, so adding it to a cluster file
-        does not invalidate plans made from it."""
+        """sha256 of what planning depends on: the SSH user and the figures' provenance are left out, so
+        adding them to a cluster file does not invalidate plans made from it (the figures themselves count)."""
         d = self.to_json()
         for dev in d["devices"]:
             dev.pop("user", None)
+            for u in dev["units"]:
+                u.pop("measured", None)
         return jsonio.sha256_of(d)
 
 

@@ -1,0 +1,603 @@
+"""Refit a cluster's per-unit figures from run reports: ``edgeplan calibrate``.
+
+A run report gives, per stage replica, the median module time of one call
+(``measured_compute_s``), the calls made (``runs``), the worker's CPU seconds
+and bytes in/out. The cost model prices the same call as (profiles/cost.py)::
+
+    module_s = sum over the stage's layers of  k * max(flops / thr[class], bytes / bw)
+                                             + layer_overhead + param_bytes / bw
+    hop_s    = hop_overhead + HOP_COPIES / bw * bytes copied in and out
+
+With ``k`` the replica's samples. Splitting each layer's term by what bounds it
+gives, per call ``i``, columns that are linear in the unknowns:
+``C[i, c]`` (compute-bound seconds of op class ``c``), ``M[i]`` (memory-bound
+seconds: streaming layers and weight reads) and ``N[i]`` (layers). The fit
+finds time factors ``a_c`` (new ``thr[c] = thr[c] / a_c``), ``a_m`` (new
+``bw = bw / a_m``) and the per-layer overhead ``b`` minimising the relative
+error ``sum_i ((C a + M a_m + N b - t_i) / t_i)^2`` within bounds, per board and
+unit. Three designs, the richest the data separate (full column rank, more
+calls than unknowns):
+
+- ``per-class``: one factor per op class that carries >= 5% of the time, one
+  for memory, plus the overhead (classes below 5% take the time-weighted mean
+  of the fitted class factors);
+- ``factor+overhead``: one factor for all layer time, plus the overhead;
+- ``factor``: one factor for the whole module time (overhead scaled with it).
+
+A unit's factor may not make any op class faster than the unit's peak FLOP/s:
+such a fit is clamped to the peak and says so. The hop cost is the median over
+calls of (CPU per call - module time per call - per-byte copies); it includes
+the worker's start-up CPU spread over its calls (the report has no start-up
+figure), so more requests give a truer figure.
+
+Reports are checked against the plan (model, stages, replicas, plan sha256 when
+the report carries one) and the plan against the cluster (cluster sha256): a
+report from another plan or cluster is refused with both hashes. Replicas with
+fewer than ``MIN_RUNS`` calls are not used; when no unit has any, the fit is
+refused. Pure numpy: the graph comes in as a LayerGraph, traced by the caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from edgeplan import jsonio
+from edgeplan.errors import ProfileError
+from edgeplan.graph.model import LayerGraph
+from edgeplan.graph.ops import OP_CLASSES
+from edgeplan.profiles.cost import HOP_COPIES
+from edgeplan.profiles.load import BOARDS_DIR, load_cluster
+from edgeplan.profiles.model import Cluster, ComputeUnit
+
+MIN_RUNS = 20  # calls a replica must have made for its median to be used
+MIN_SHARE = 0.05  # an op class gets its own factor only when it carries this share of the measured time
+MAX_FACTOR = 1000.0  # a unit may be fitted at most this much slower than its profile says
+MIN_BW_FACTOR = 0.1  # ... and its memory at most 10x faster than the profile's bandwidth
+MAX_OVERHEAD_S = 0.05  # per-layer overhead bound
+MAX_HOP_S = 0.5  # per-call runtime cost bound
+COND_LIMIT = 1e6  # a design whose (weighted) columns are worse conditioned than this does not separate them
+
+
+class CalibrationError(ProfileError):
+    """A run report cannot be used to calibrate (another plan or cluster, too few samples)."""
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One stage replica of one run: what it ran and what it measured (per call)."""
+
+    source: str  # report file
+    stage: int
+    device: str
+    unit: str
+    start: int
+    stop: int
+    samples: int
+    runs: int
+    module_s: float  # median module time per call
+    cpu_per_call_s: float | None  # worker CPU seconds per call (None: not in the report)
+    bytes_per_call: float | None  # bytes received + sent per call
+
+
+@dataclass(frozen=True)
+class Terms:
+    """A call's cost-model columns at a unit's current figures (module docstring)."""
+
+    compute: tuple[tuple[str, float], ...]  # (op class, compute-bound seconds)
+    memory_s: float
+    layers: int
+    overhead_s: float  # layers x the unit's layer_overhead
+
+    @property
+    def total_s(self) -> float:
+        return sum(v for _, v in self.compute) + self.memory_s + self.overhead_s
+
+
+@dataclass(frozen=True)
+class UnitFit:
+    """The fitted figures of one board's unit and how they were found."""
+
+    device: str
+    unit: str
+    design: str  # per-class | factor+overhead | factor
+    calls: int  # observations used
+    before: ComputeUnit
+    after: ComputeUnit
+    notes: tuple[str, ...] = ()  # clamps, unfitted parts
+    hop_fitted: bool = False  # the reports had CPU time and bytes per call
+
+
+@dataclass(frozen=True)
+class StageRow:
+    """Predicted (before, after) vs measured for one observation: module time and hop time per call."""
+
+    obs: Observation
+    before_s: float
+    after_s: float
+    hop_measured_s: float | None
+    hop_before_s: float | None
+    hop_after_s: float | None
+
+
+@dataclass(frozen=True)
+class Calibration:
+    fits: tuple[UnitFit, ...]
+    rows: tuple[StageRow, ...]
+    notes: tuple[str, ...]  # replicas left out and why
+    cluster: Cluster  # the calibrated cluster
+
+    def mape(self, which: str) -> float:
+        """Mean absolute percentage error of the module-time predictions, ``before`` or ``after``."""
+        errs = [abs(getattr(r, f"{which}_s") - r.obs.module_s) / r.obs.module_s for r in self.rows]
+        return 100.0 * float(np.mean(errs)) if errs else float("nan")
+
+
+# --- reading reports ---------------------------------------------------------------------------
+
+
+def plan_digest(plan: dict) -> str:
+    """sha256 of a plan as written (the same as Plan.digest(), computed on the plain dict)."""
+    return jsonio.sha256_of(plan)
+
+
+def check_plan_cluster(plan: dict, cluster: Cluster, plan_source: str, cluster_source: str) -> None:
+    """Refuse a plan made on another cluster (its recorded cluster sha256 differs)."""
+    want, have = plan.get("cluster_sha256", ""), cluster.digest()
+    if want and want != have:
+        raise CalibrationError(
+            f"{plan_source}: plan was made on cluster sha256 {want[:12]}, but {cluster_source} is {have[:12]}; "
+            "give the cluster file the plan was made with (--cluster)")
+
+
+def observations(plan: dict, report: dict, source: str) -> tuple[list[Observation], list[str]]:
+    """The report's usable stage replicas, and one line per replica left out.
+
+    Raises CalibrationError when the report is not a run of ``plan``.
+    """
+    want = report.get("plan_sha256")
+    if want is not None and want != plan_digest(plan):
+        raise CalibrationError(f"{source}: report is a run of plan sha256 {str(want)[:12]}, not of the given plan "
+                               f"({plan_digest(plan)[:12]}); give the plan that was run (--plan)")
+    if report.get("model") != plan.get("model"):
+        raise CalibrationError(f"{source}: report is a run of model {report.get('model')!r}, the plan is of "
+                               f"{plan.get('model')!r}; give the plan that was run (--plan)")
+    stages = {s["index"]: s for s in plan.get("stages", ())}
+    got = report.get("stages")
+    if not isinstance(got, list) or len(got) != len(stages):
+        raise CalibrationError(f"{source}: report has {len(got) if isinstance(got, list) else 'no'} stages, the "
+                               f"plan {len(stages)}; give the plan that was run (--plan)")
+    out, skipped = [], []
+    for st in got:
+        ps = stages.get(st.get("index"))
+        layers = f"{ps['first_layer']}..{ps['last_layer']}" if ps else None
+        if ps is None or st.get("layers") != layers:
+            raise CalibrationError(f"{source}: stage {st.get('index')} ran layers {st.get('layers')!r}, the plan's "
+                                   f"are {layers!r}; give the plan that was run (--plan)")
+        units = {r["device"]: r for r in ps["replicas"]}
+        for r in st.get("replicas", ()):
+            pr = units.get(r.get("device"))
+            if pr is None:
+                raise CalibrationError(f"{source}: stage {st['index']} ran on {r.get('device')!r}, which the plan "
+                                       f"does not use there; give the plan that was run (--plan)")
+            where = f"{source}: stage {st['index']} on {pr['device']}:{pr['unit']}"
+            runs, t = r.get("runs") or 0, r.get("measured_compute_s")
+            if t is None or t <= 0 or runs < MIN_RUNS:
+                skipped.append(f"{where}: {runs} call(s) measured, fewer than {MIN_RUNS}; not used "
+                               "(run more requests)")
+                continue
+            cpu, b_in, b_out = r.get("cpu_s"), r.get("bytes_in"), r.get("bytes_out")
+            out.append(Observation(
+                source=source, stage=int(st["index"]), device=pr["device"], unit=pr["unit"],
+                start=int(ps["start"]), stop=int(ps["stop"]), samples=int(pr["samples"]), runs=int(runs),
+                module_s=float(r.get("measured_mean_compute_s") or t),
+                cpu_per_call_s=float(cpu) / runs if cpu is not None else None,
+                bytes_per_call=(float(b_in) + float(b_out)) / runs if b_in is not None and b_out is not None
+                else None))
+    return out, skipped
+
+
+# --- the cost model's columns ------------------------------------------------------------------
+
+
+class _Layers:
+    """Per-sample layer figures of a graph, in the cost model's units (profiles/cost.py)."""
+
+    def __init__(self, graph: LayerGraph):
+        batch = max(1, graph.batch)
+        sizes = {t.name: t.nbytes for t in graph.inputs}
+        sizes.update({layer.name: layer.out_bytes for layer in graph.layers})
+        self.flops = np.array([la.flops_fwd for la in graph.layers], dtype=np.float64) / batch
+        self.bytes = np.array([sum(sizes.get(n, 0) for n in dict.fromkeys(la.inputs)) + la.out_bytes
+                               for la in graph.layers], dtype=np.float64) / batch
+        self.params = np.array([la.param_bytes for la in graph.layers], dtype=np.float64)
+        self.classes = np.array([la.op_class for la in graph.layers])
+
+    def terms(self, unit: ComputeUnit, start: int, stop: int, k: int) -> Terms:
+        sl = slice(start, stop)
+        thr = np.array([unit.flops_per_s(c) for c in self.classes[sl]])
+        comp = self.flops[sl] / thr
+        mem = self.bytes[sl] / unit.mem_bandwidth
+        bound = comp >= mem
+        by_class = {c: float(k * comp[bound & (self.classes[sl] == c)].sum()) for c in OP_CLASSES}
+        memory = float(k * mem[~bound].sum() + self.params[sl].sum() / unit.mem_bandwidth)
+        n = stop - start
+        return Terms(tuple(by_class.items()), memory, n, n * unit.layer_overhead_s)
+
+    def module_s(self, unit: ComputeUnit, start: int, stop: int, k: int) -> float:
+        """The cost model's module time of one call (equals k * fwd_s.sum() + fixed_s.sum() of cost.py)."""
+        return self.terms(unit, start, stop, k).total_s
+
+
+# --- the fit ---------------------------------------------------------------------------------
+
+
+def bounded_lstsq(a: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """min ||a x - b|| with lo <= x <= hi; returns x and which bounds are active.
+
+    Active set: solve on the free variables, fix the worst violator at its bound, repeat; a fixed
+    variable is released when the gradient pulls it back inside. Small problems (a few unknowns).
+    """
+    n = a.shape[1]
+    fixed = np.zeros(n, dtype=bool)
+    x = np.clip(np.zeros(n), lo, hi)
+    for _ in range(4 * n + 4):
+        free = ~fixed
+        rhs = b - a[:, fixed] @ x[fixed]
+        if free.any():
+            x[free] = np.linalg.lstsq(a[:, free], rhs, rcond=None)[0]
+        viol = np.maximum(lo - x, 0) + np.maximum(x - hi, 0)
+        viol[fixed] = 0
+        if viol.max(initial=0.0) > 0:
+            j = int(np.argmax(viol))
+            x[j] = lo[j] if x[j] < lo[j] else hi[j]
+            fixed[j] = True
+            continue
+        grad = a.T @ (a @ x - b)  # release a bound whose gradient points inside
+        release = [j for j in np.flatnonzero(fixed)
+                   if (x[j] == lo[j] and grad[j] < 0) or (x[j] == hi[j] and grad[j] > 0)]
+        if not release:
+            break
+        fixed[release[0]] = False
+    return x, fixed
+
+
+def _separates(a: np.ndarray) -> bool:
+    if a.shape[0] <= a.shape[1]:
+        return False
+    norms = np.linalg.norm(a, axis=0)
+    if (norms == 0).any():
+        return False
+    return bool(np.linalg.cond(a / norms) < COND_LIMIT)
+
+
+def _scaled(unit: ComputeUnit, class_factor: dict[str, float], mem_factor: float, overhead_s: float) -> ComputeUnit:
+    return dataclasses.replace(
+        unit, throughput=tuple((c, f / class_factor.get(c, 1.0)) for c, f in unit.throughput),
+        mem_bandwidth=unit.mem_bandwidth / mem_factor, layer_overhead_s=overhead_s)
+
+
+def _fit_module(unit: ComputeUnit, obs: list[Observation], layers: _Layers, where: str
+                ) -> tuple[ComputeUnit, str, list[str]]:
+    """Fit the module-time figures of one unit (module docstring), iterating so the roofline split
+    follows the new figures."""
+    t = np.array([o.module_s for o in obs])
+    w = 1.0 / t  # relative error
+    peak = unit.peak_flops or np.inf
+    # factor below which a class would run faster than the peak
+    floor = {c: (f / peak if np.isfinite(peak) else 0.0) for c, f in unit.throughput}
+    notes: list[str] = []
+    current = unit
+    design = "factor"
+    for _ in range(3):
+        terms = [layers.terms(current, o.start, o.stop, o.samples) for o in obs]
+        comp = np.array([[dict(tm.compute)[c] for c in OP_CLASSES] for tm in terms])
+        mem = np.array([tm.memory_s for tm in terms])
+        nl = np.array([tm.layers for tm in terms], dtype=np.float64)
+        share = comp.sum(axis=0) / max(float(t.sum()), 1e-12)
+        big = [i for i, c in enumerate(OP_CLASSES) if share[i] >= MIN_SHARE]
+        cols = [comp[:, i] for i in big] + [mem, nl]
+        a_full = np.stack(cols, axis=1) * w[:, None]
+        a_two = np.stack([comp.sum(axis=1) + mem, nl], axis=1) * w[:, None]
+        if big and _separates(a_full):
+            design = "per-class"
+            lo = np.array([max(floor[OP_CLASSES[i]], 1.0 / MAX_FACTOR) for i in big] + [MIN_BW_FACTOR, 0.0])
+            hi = np.array([MAX_FACTOR] * len(big) + [MAX_FACTOR, MAX_OVERHEAD_S])
+            x, active = bounded_lstsq(a_full, t * w, lo, hi)
+            cf = {OP_CLASSES[i]: float(x[k]) for k, i in enumerate(big)}
+            rest = float(np.average(x[:len(big)], weights=share[big]))  # minor classes: the time-weighted mean
+            for c in OP_CLASSES:
+                cf.setdefault(c, max(rest, floor[c]))
+            mf, ov = float(x[len(big)]), float(x[-1])
+            clamped = [OP_CLASSES[i] for k, i in enumerate(big) if active[k] and x[k] == lo[k] == floor[OP_CLASSES[i]]]
+        else:
+            lo1 = max(max(floor.values()), 1.0 / MAX_FACTOR)
+            if _separates(a_two):
+                design = "factor+overhead"
+                x, active = bounded_lstsq(a_two, t * w, np.array([lo1, 0.0]), np.array([MAX_FACTOR, MAX_OVERHEAD_S]))
+                f, ov = float(x[0]), float(x[1])
+            else:
+                design = "factor"
+                base = np.array([tm.total_s for tm in terms]) * w
+                x, active = bounded_lstsq(base[:, None], t * w, np.array([lo1]), np.array([MAX_FACTOR]))
+                f = float(x[0])
+                ov = current.layer_overhead_s * f
+            cf, mf = {c: f for c in OP_CLASSES}, f
+            clamped = ["all classes"] if active[0] and f == lo1 and lo1 > 1.0 / MAX_FACTOR else []
+        new = _scaled(current, cf, mf, min(max(ov, 0.0), MAX_OVERHEAD_S))
+        if np.isfinite(peak):  # a floor can only be approximate after the roofline split moved
+            new = dataclasses.replace(new, throughput=tuple((c, min(f, peak)) for c, f in new.throughput))
+        if clamped:
+            notes = [f"{where}: the fit would run {', '.join(clamped)} faster than the unit's peak "
+                     f"{peak / 1e9:g} GFLOP/s; clamped to the peak"]
+        if all(abs(v - 1.0) < 1e-6 for v in cf.values()) and abs(mf - 1.0) < 1e-6:
+            current = new
+            break
+        current = new
+    return current, design, notes
+
+
+def _fit_hop(unit: ComputeUnit, obs: list[Observation]) -> float | None:
+    vals = [o.cpu_per_call_s - o.module_s - HOP_COPIES / unit.mem_bandwidth * o.bytes_per_call
+            for o in obs if o.cpu_per_call_s is not None and o.bytes_per_call is not None]
+    if not vals:
+        return None
+    return float(min(max(np.median(vals), 0.0), MAX_HOP_S))
+
+
+def _hop_measured(o: Observation) -> float | None:
+    return None if o.cpu_per_call_s is None else max(o.cpu_per_call_s - o.module_s, 0.0)
+
+
+def _hop_pred(unit: ComputeUnit, o: Observation) -> float | None:
+    if o.bytes_per_call is None:
+        return None
+    return unit.hop_overhead_s + HOP_COPIES / unit.mem_bandwidth * o.bytes_per_call
+
+
+def fit(cluster: Cluster, runs: list[tuple[dict, LayerGraph, list[Observation]]], skipped: list[str] = ()
+        ) -> Calibration:
+    """Fit every (board, unit) the observations cover; ``runs``: (plan, its graph, its observations)."""
+    by_unit: dict[tuple[str, str], list[tuple[Observation, _Layers]]] = {}
+    for _plan, graph, obs in runs:
+        layers = _Layers(graph)
+        for o in obs:
+            by_unit.setdefault((o.device, o.unit), []).append((o, layers))
+    if not by_unit:
+        raise CalibrationError("no stage replica in the report(s) made enough calls to fit (" + "; ".join(skipped)
+                               + f"); run at least {MIN_RUNS} requests")
+    fits, rows = [], []
+    devices = {d.name: d for d in cluster.devices}
+    for (dev, uname), items in sorted(by_unit.items()):
+        if dev not in devices:
+            raise CalibrationError(f"report ran on board {dev!r}, which cluster {cluster.name!r} does not have")
+        before = devices[dev].unit(uname)
+        where = f"{dev}:{uname}"
+        obs = [o for o, _ in items]
+        after, design, notes = _fit_multi(before, items, where)
+        hop = _fit_hop(after, obs)
+        if hop is None:
+            notes.append(f"{where}: the report(s) have no CPU time or bytes per call; hop_overhead_us kept")
+        else:
+            after = dataclasses.replace(after, hop_overhead_s=hop)
+        fits.append(UnitFit(dev, uname, design, len(obs), before, after, tuple(notes), hop is not None))
+        for o, la in items:
+            rows.append(StageRow(
+                o, la.module_s(before, o.start, o.stop, o.samples), la.module_s(after, o.start, o.stop, o.samples),
+                _hop_measured(o), _hop_pred(before, o), _hop_pred(after, o)))
+    new_devices = []
+    fitted = {(f.device, f.unit): f.after for f in fits}
+    for d in cluster.devices:
+        units = tuple(fitted.get((d.name, u.name), u) for u in d.units)
+        new_devices.append(dataclasses.replace(d, units=units))
+    rows.sort(key=lambda r: (r.obs.source, r.obs.stage, r.obs.device))
+    return Calibration(tuple(fits), tuple(rows), tuple(skipped), dataclasses.replace(cluster,
+                                                                                      devices=tuple(new_devices)))
+
+
+def _fit_multi(unit: ComputeUnit, items: list[tuple[Observation, _Layers]], where: str):
+    """Fit one unit on observations that may come from runs of several graphs (models, batch sizes):
+    each observation indexes its own graph's slice of the tables laid end to end."""
+    merged = _Combined([la for _, la in items])
+    obs = [dataclasses.replace(o, start=merged.offset(i) + o.start, stop=merged.offset(i) + o.stop)
+           for i, (o, _) in enumerate(items)]
+    return _fit_module(unit, obs, merged, where)
+
+
+class _Combined(_Layers):
+    """Several graphs' layer tables end to end (observation ``i`` indexes into its own slice)."""
+
+    def __init__(self, tables: list[_Layers]):  # no super().__init__: built from tables, not a graph
+        self._offsets = np.cumsum([0] + [len(t.flops) for t in tables])
+        self.flops = np.concatenate([t.flops for t in tables])
+        self.bytes = np.concatenate([t.bytes for t in tables])
+        self.params = np.concatenate([t.params for t in tables])
+        self.classes = np.concatenate([t.classes for t in tables])
+
+    def offset(self, i: int) -> int:
+        return int(self._offsets[i])
+
+
+# --- writing the calibrated cluster --------------------------------------------------------------
+
+
+def _gflops(x: float) -> float:
+    return float(f"{x / 1e9:.6g}")
+
+
+def _unit_overrides(fit_: UnitFit, stamp: dict) -> dict:
+    u = fit_.after
+    thr = {c: _gflops(f) for c, f in u.throughput}
+    body = {
+        "throughput_gflops": thr,
+        "mem_bandwidth_gbs": float(f"{u.mem_bandwidth / 1e9:.6g}"),
+        "layer_overhead_us": float(f"{u.layer_overhead_s * 1e6:.6g}"),
+    }
+    figures = [f"throughput_gflops.{c}" for c in thr] + ["mem_bandwidth_gbs", "layer_overhead_us"]
+    if fit_.hop_fitted:
+        body["hop_overhead_us"] = float(f"{u.hop_overhead_s * 1e6:.6g}")
+        figures.append("hop_overhead_us")
+    how = {f: dict(stamp, how=f"edgeplan calibrate: {fit_.design} least squares over {fit_.calls} stage call "
+                              f"median(s)") for f in figures}
+    if "hop_overhead_us" in how:
+        how["hop_overhead_us"]["how"] = (f"edgeplan calibrate: median over {fit_.calls} replica(s) of worker CPU per "
+                                         "call - module time - per-byte copies (start-up CPU included)")
+    body["measured"] = how
+    return body
+
+
+def calibrated_doc(cluster_path: str | Path, calibration: Calibration, out_path: str | Path, *, sources: str,
+                   backend: str, when: str | None = None) -> dict:
+    """The cluster file ``cluster_path`` with every fitted unit's figures as device overrides (with provenance);
+    profile paths are rewritten relative to ``out_path``."""
+    cluster_path, out_path = Path(cluster_path), Path(out_path)
+    doc = yaml.safe_load(cluster_path.read_text())
+    when = when or datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat().replace(
+        "+00:00", "Z")
+    stamp = {"when": when, "backend": backend, "from": sources}
+    builtin = {p.stem for p in BOARDS_DIR.glob("*/*.yaml")}
+    for dev in doc["devices"]:
+        ref = dev["profile"]
+        if ref not in builtin and not Path(ref).is_absolute():
+            dev["profile"] = os.path.relpath((cluster_path.parent / ref).resolve(), out_path.parent.resolve())
+        for f in calibration.fits:
+            if f.device != dev["name"]:
+                continue
+            over = dev.setdefault("overrides", {}) or {}
+            dev["overrides"] = over
+            units = over.setdefault("units", {})
+            units[f.unit] = {**(units.get(f.unit) or {}), **_unit_overrides(f, stamp)}
+    return doc
+
+
+def write_calibrated(cluster_path: str | Path, calibration: Calibration, out_path: str | Path, *, sources: str,
+                     backend: str, when: str | None = None) -> Cluster:
+    """Write the calibrated cluster file and return it as loaded back (so what was written is what plans)."""
+    doc = calibrated_doc(cluster_path, calibration, out_path, sources=sources, backend=backend, when=when)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    tmp.write_text(f"# Written by `edgeplan calibrate` from {sources}: fitted figures are device overrides with\n"
+                   "# their provenance under `measured`; everything else is as in " f"{cluster_path}.\n"
+                   + yaml.safe_dump(doc, sort_keys=False))
+    tmp.replace(out_path)
+    return load_cluster(out_path)
+
+
+# --- the printed fit ---------------------------------------------------------------------------
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x * 1e3:.3f}"
+
+
+def _err(pred: float | None, meas: float | None) -> str:
+    if pred is None or not meas:
+        return "-"
+    return f"{100.0 * (pred - meas) / meas:+.0f}%"
+
+
+def format_fit(cal: Calibration) -> str:
+    """Per unit: design and figures before -> after; per stage call: measured vs predicted before/after."""
+    lines = []
+    for f in cal.fits:
+        b, a = f.before, f.after
+        lines.append(f"{f.device}:{f.unit}: {f.design} fit over {f.calls} stage call(s)")
+        for c, v in b.throughput:
+            v2 = a.flops_per_s(c)
+            if abs(v2 - v) > 1e-9 * v:
+                lines.append(f"  {c:<12} {v / 1e9:9.3g} -> {v2 / 1e9:9.3g} GFLOP/s")
+        lines.append(f"  {'memory':<12} {b.mem_bandwidth / 1e9:9.3g} -> {a.mem_bandwidth / 1e9:9.3g} GB/s")
+        lines.append(f"  {'per layer':<12} {b.layer_overhead_s * 1e6:9.3g} -> {a.layer_overhead_s * 1e6:9.3g} us")
+        lines.append(f"  {'per call':<12} {b.hop_overhead_s * 1e6:9.3g} -> {a.hop_overhead_s * 1e6:9.3g} us (hop)")
+        lines.extend(f"  {n}" for n in f.notes)
+    lines += ["", f"{'report':<20}{'stage':>6}  {'board:unit':<16}{'measured ms':>12}{'before':>10}{'err':>7}"
+                  f"{'after':>10}{'err':>7}  {'hop ms':>8}{'before':>8}{'after':>8}"]
+    for r in cal.rows:
+        o = r.obs
+        lines.append(f"{Path(o.source).name[:19]:<20}{o.stage:>6}  {o.device + ':' + o.unit:<16}"
+                     f"{_ms(o.module_s):>12}{_ms(r.before_s):>10}{_err(r.before_s, o.module_s):>7}"
+                     f"{_ms(r.after_s):>10}{_err(r.after_s, o.module_s):>7}  {_ms(r.hop_measured_s):>8}"
+                     f"{_ms(r.hop_before_s):>8}{_ms(r.hop_after_s):>8}")
+    lines.append(f"per-stage module time MAPE: {cal.mape('before'):.1f}% before, {cal.mape('after'):.1f}% after")
+    lines.extend(cal.notes)
+    return "\n".join(lines) + "\n"
+
+
+# --- files in, file out (what `edgeplan calibrate` calls) ------------------------------------------
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = jsonio.read(path)
+    except FileNotFoundError:
+        raise CalibrationError(f"{path}: no such {what}") from None
+    except ValueError as e:
+        raise CalibrationError(f"{path}: {what} is not JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CalibrationError(f"{path}: a {what} is a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_plan(path: str | Path) -> tuple[dict, str | None]:
+    """A plan.json, or an artifact folder's plan.json plus the backend(s) its stages were compiled with."""
+    path = Path(path)
+    if not path.is_dir():
+        return _read_json(path, "plan file"), None
+    plan = _read_json(path / "plan.json", "plan file (artifact folder)")
+    backends = sorted({jsonio.read(p).get("backend", "") for p in path.glob("*/stage*/stage.json")} - {""})
+    return plan, "+".join(backends) or None
+
+
+def calibrate_files(reports: list[str | Path], plans: list[str | Path], cluster_path: str | Path,
+                    out_path: str | Path, load_graph, *, backend: str | None = None,
+                    when: str | None = None) -> tuple[Calibration, Cluster]:
+    """Fit ``cluster_path`` from run ``reports`` and write the calibrated cluster to ``out_path``.
+
+    ``plans``: the plan (file or artifact folder) each report ran, one for all or one per report; a
+    report that embeds its plan (``plan`` key) needs none. ``load_graph(plan) -> LayerGraph`` traces the
+    plan's model (the caller's: it needs torch); its digest must be the plan's ``graph_sha256``.
+    """
+    cluster_path = Path(cluster_path)
+    cluster = load_cluster(cluster_path)
+    if plans and len(plans) not in (1, len(reports)):
+        raise CalibrationError(f"--plan given {len(plans)} times for {len(reports)} reports; give it once (all "
+                               "reports ran one plan) or once per report, in the same order")
+    runs, skipped, names, backends, graphs = [], [], [], set(), {}
+    for i, rpath in enumerate(reports):
+        rep = _read_json(Path(rpath), "run report")
+        if plans:
+            ppath = plans[0] if len(plans) == 1 else plans[i]
+            plan, found = read_plan(ppath)
+            psrc = str(ppath)
+        elif isinstance(rep.get("plan"), dict):
+            plan, found, psrc = rep["plan"], None, f"{rpath} (embedded plan)"
+        else:
+            raise CalibrationError(f"{rpath}: the report does not carry its plan; give the plan.json or artifact "
+                                   "folder that ran it with --plan")
+        if plan.get("mode", "inference") != "inference":
+            raise CalibrationError(f"{psrc}: a {plan.get('mode')} plan; calibrate fits inference run reports")
+        check_plan_cluster(plan, cluster, psrc, str(cluster_path))
+        digest = plan_digest(plan)
+        if digest not in graphs:
+            graph = load_graph(plan)
+            if plan.get("graph_sha256") and graph.digest() != plan["graph_sha256"]:
+                raise CalibrationError(f"{psrc}: the model traced now (graph sha256 {graph.digest()[:12]}) is not the "
+                                       f"one planned ({plan['graph_sha256'][:12]}); give the planned model (--model)")
+            graphs[digest] = graph
+        obs, skip = observations(plan, rep, str(rpath))
+        runs.append((plan, graphs[digest], obs))
+        skipped += skip
+        names.append(f"{Path(rpath).name} (plan {digest[:12]})")
+        if found:
+            backends.add(found)
+    cal = fit(cluster, runs, skipped)
+    backend = backend or "+".join(sorted(backends)) or "unknown (give --backend or --plan ART_DIR)"
+    new = write_calibrated(cluster_path, cal, out_path, sources=", ".join(names), backend=backend, when=when)
+    return dataclasses.replace(cal, cluster=new), new
