@@ -117,6 +117,37 @@ def profile(
     typer.echo(f"wrote {path}; use it as `profile: {path}` in a cluster file")
 
 
+@app.command()
+def calibrate(
+    reports: list[Path] = typer.Argument(..., exists=True, dir_okay=False,
+                                         help="Run reports from `edgeplan run --report` (inference)."),
+    cluster: Path = typer.Option(..., "--cluster", exists=True, dir_okay=False,
+                                 help="The cluster file the plan(s) were made on."),
+    out: Path = typer.Option(..., "--out", dir_okay=False, help="Calibrated cluster file to write (YAML)."),
+    plan: list[Path] = typer.Option(
+        None, "--plan", exists=True,
+        help="plan.json or artifact folder each report ran (once for all, or once per report in order)."),
+    model: str | None = typer.Option(None, "--model", help="The planned model (default: the plan's model_ref)."),
+    backend: str | None = typer.Option(
+        None, "--backend", help="Backend recorded as the figures' provenance (default: from the artifact folder)."),
+) -> None:
+    """Refit per-board, per-unit figures from run reports and write a calibrated cluster file.
+
+    Prints each unit's figures before -> after and every stage's measured vs predicted module time.
+    """
+    from edgeplan.graph.load import build
+    from edgeplan.profiles import calibrate as cal_mod
+
+    def graph_of(p: dict):
+        ref = model or p.get("model_ref") or p.get("model")
+        shape = p.get("input_shape")
+        return build(ref, tuple(shape) if shape else None).graph
+
+    result, _ = cal_mod.calibrate_files(list(reports), list(plan or ()), cluster, out, graph_of, backend=backend)
+    typer.echo(cal_mod.format_fit(result), nl=False)
+    typer.echo(f"wrote {out}; plan on it with `edgeplan plan ... --cluster {out}`")
+
+
 # --- planner -----------------------------------------------------------------
 
 
