@@ -1,0 +1,192 @@
+"""edgeplan calibrate without a run: the bounded solver, the fit on a synthetic graph, and bad input.
+
+These check the fitting machinery (the solver against exhaustive search, the fit recovering a
+board whose figures the test knows). Predictions against real measurements: test_profiles_calibrate_e2e.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from edgeplan import jsonio
+from edgeplan.cli import app
+from edgeplan.graph.model import Layer, LayerGraph, TensorSpec
+from edgeplan.profiles import calibrate as cal
+from edgeplan.profiles.load import load_cluster
+
+
+def _layer(i: int, op: str, flops: int, prev: str, shape=(4, 64, 16, 16), params: int = 0) -> Layer:
+    return Layer(name=f"l{i}", op=op, origin=f"m.l{i}", inputs=(prev,), output=TensorSpec(f"l{i}", shape),
+                 flops_fwd=flops, flops_bwd=2 * flops, macs=flops // 2, param_count=params // 4, param_bytes=params)
+
+
+def synthetic_graph() -> LayerGraph:
+    """24 layers cycling conv / gemm / elementwise with unequal FLOPs (batch 4)."""
+    ops = [("conv2d", 40_000_000, 147_456), ("linear", 20_000_000, 1_048_576), ("relu", 65_536, 0)]
+    layers, prev = [], "x"
+    for i in range(24):
+        op, flops, params = ops[i % 3]
+        layers.append(_layer(i, op, flops * (1 + i % 5), prev, params=params))
+        prev = f"l{i}"
+    return LayerGraph(name="synthetic", inputs=(TensorSpec("x", (4, 64, 16, 16)),), outputs=(prev,),
+                      layers=tuple(layers), cut_bytes=tuple([262144] * 25))
+
+
+def cluster_file(tmp_path, names=("a", "b")):
+    doc = {"name": "synth", "devices": [{"name": n, "profile": "host", "address": "127.0.0.1"} for n in names],
+           "network": {"default": {"bandwidth_mbps": 1000, "latency_ms": 0.1}}}
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def plan_and_report(graph, cluster, cuts, device_of, times, runs=100, samples=4):
+    """A plan dict with stages cut at ``cuts`` and a report whose stages measured ``times`` (s per call)."""
+    bounds = [0, *cuts, len(graph.layers)]
+    stages, rstages = [], []
+    for s, (a, b) in enumerate(itertools.pairwise(bounds)):
+        first, last = graph.layers[a].name, graph.layers[b - 1].name
+        dev = device_of(s)
+        stages.append({"index": s, "start": a, "stop": b, "first_layer": first, "last_layer": last,
+                       "replicas": [{"device": dev, "unit": "cpu", "samples": samples}]})
+        rstages.append({"index": s, "layers": f"{first}..{last}", "replicas": [{
+            "device": dev, "samples": samples, "runs": runs, "measured_compute_s": times[s],
+            "cpu_s": runs * (times[s] + 0.0004), "bytes_in": runs * 262144, "bytes_out": runs * 262144}]})
+    plan = {"model": graph.name, "graph_sha256": graph.digest(), "cluster_sha256": cluster.digest(),
+            "mode": "inference", "stages": stages}
+    report = {"model": graph.name, "stages": rstages}
+    return plan, report
+
+
+def true_unit(unit):
+    """A 'real' board unlike its profile: conv 2.5x faster, gemm 1.5x slower, elementwise 3x faster,
+    memory 1.4x faster, 3 us per layer."""
+    k = {"conv": 1 / 2.5, "gemm": 1.5, "elementwise": 1 / 3.0}
+    return cal._scaled(unit, {c: k.get(c, 1.0) for c, _ in unit.throughput}, 1 / 1.4, 3e-6)
+
+
+def test_bounded_lstsq_equals_exhaustive_active_sets():
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        a = rng.standard_normal((7, 3))
+        b = rng.standard_normal(7) * 3
+        lo, hi = -rng.random(3), rng.random(3)
+        x, _ = cal.bounded_lstsq(a, b, lo, hi)
+        assert np.all(x >= lo - 1e-12) and np.all(x <= hi + 1e-12)
+        best = np.inf
+        for states in itertools.product((0, 1, 2), repeat=3):  # free / at lo / at hi
+            y = np.array([lo[j] if s == 1 else hi[j] if s == 2 else 0.0 for j, s in enumerate(states)])
+            free = np.array([s == 0 for s in states])
+            if free.any():
+                y[free] = np.linalg.lstsq(a[:, free], b - a[:, ~free] @ y[~free], rcond=None)[0]
+            if np.all(y >= lo - 1e-12) and np.all(y <= hi + 1e-12):
+                best = min(best, float(np.sum((a @ y - b) ** 2)))
+        assert np.sum((a @ x - b) ** 2) <= best * (1 + 1e-9) + 1e-12
+
+
+def test_per_class_fit_recovers_the_board_on_splits_it_never_saw(tmp_path):
+    graph = synthetic_graph()
+    cluster = load_cluster(cluster_file(tmp_path, ("a",)))
+    unit = cluster.devices[0].unit("cpu")
+    truth = true_unit(unit)
+    layers = cal._Layers(graph)
+    rng = np.random.default_rng(1)
+    obs_runs = []
+    for r in range(4):  # four runs with different cuts: 3 stages each, all on board a
+        cuts = sorted(rng.choice(np.arange(2, 22), size=2, replace=False).tolist())
+        bounds = [0, *cuts, 24]
+        times = [layers.module_s(truth, a, b, 4) for a, b in itertools.pairwise(bounds)]
+        plan, rep = plan_and_report(graph, cluster, cuts, lambda s: "a", times)
+        obs, _ = cal.observations(plan, rep, f"r{r}.json")
+        obs_runs.append((plan, graph, obs))
+    result = cal.fit(cluster, obs_runs)
+    (f,) = result.fits
+    assert f.design == "per-class"
+    assert result.mape("after") < 1.0 < result.mape("before")
+    for a, b in [(0, 5), (5, 17), (17, 24), (0, 24)]:  # held out
+        want = layers.module_s(truth, a, b, 4)
+        assert abs(layers.module_s(f.after, a, b, 4) - want) / want < 0.02
+    assert f.after.hop_overhead_s == pytest.approx(0.0004 - 2 / f.after.mem_bandwidth * 2 * 262144, rel=1e-6)
+
+
+def test_one_call_per_board_fits_one_factor_and_a_faster_than_peak_fit_is_clamped(tmp_path):
+    graph = synthetic_graph()
+    cluster = load_cluster(cluster_file(tmp_path))
+    layers = cal._Layers(graph)
+    unit = cluster.devices[0].unit("cpu")
+    fast = layers.module_s(unit, 12, 24, 4) / 100  # 100x the profile: conv would pass the 166 GFLOP/s peak
+    plan, rep = plan_and_report(graph, cluster, [12], lambda s: "ab"[s],
+                                [layers.module_s(unit, 0, 12, 4) * 0.5, fast])
+    obs, _ = cal.observations(plan, rep, "r.json")
+    result = cal.fit(cluster, [(plan, graph, obs)])
+    fa, fb = result.fits
+    assert fa.design == fb.design == "factor"
+    assert fa.after.flops_per_s("conv") == pytest.approx(2 * unit.flops_per_s("conv"), rel=1e-6)
+    assert fb.after.flops_per_s("conv") == pytest.approx(unit.peak_flops)
+    assert any("faster than the unit's peak 166.4 GFLOP/s; clamped to the peak" in n for n in fb.notes)
+    assert not fa.notes
+
+
+def test_bad_reports_are_refused_with_one_line_that_says_which(tmp_path):
+    graph = synthetic_graph()
+    cluster = load_cluster(cluster_file(tmp_path))
+    plan, rep = plan_and_report(graph, cluster, [12], lambda s: "ab"[s], [0.01, 0.01], runs=5)
+    with pytest.raises(cal.CalibrationError, match=r"no stage replica .* enough calls .*5 call\(s\) measured, "
+                                                   r"fewer than 20"):
+        cal.fit(cluster, [(plan, graph, cal.observations(plan, rep, "r.json")[0])],
+                cal.observations(plan, rep, "r.json")[1])
+    plan, rep = plan_and_report(graph, cluster, [12], lambda s: "ab"[s], [0.01, 0.01])
+    other, _ = plan_and_report(graph, cluster, [10], lambda s: "ab"[s], [0.01, 0.01])
+    with pytest.raises(cal.CalibrationError, match=r"r.json: stage 0 ran layers 'l0..l11', the plan's are "
+                                                   r"'l0..l9'"):
+        cal.observations(other, rep, "r.json")
+    with pytest.raises(cal.CalibrationError, match=r"r.json: report is a run of plan sha256 0+, not of the given"):
+        cal.observations(plan, {**rep, "plan_sha256": "0" * 64}, "r.json")
+    moved = {**plan, "cluster_sha256": "f" * 64}
+    with pytest.raises(cal.CalibrationError, match=r"plan.json: plan was made on cluster sha256 ffffffffffff, but "
+                                                   r"c.yaml is [0-9a-f]{12}; give the cluster file the plan was made"):
+        cal.check_plan_cluster(moved, cluster, "plan.json", "c.yaml")
+
+
+def test_cli_refuses_a_report_from_another_cluster(tmp_path):
+    graph = synthetic_graph()
+    path = cluster_file(tmp_path)
+    cluster = load_cluster(path)
+    plan, rep = plan_and_report(graph, cluster, [12], lambda s: "ab"[s], [0.01, 0.01])
+    jsonio.write(tmp_path / "plan.json", {**plan, "cluster_sha256": "e" * 64})
+    jsonio.write(tmp_path / "r.json", rep)
+    res = CliRunner().invoke(app, ["calibrate", str(tmp_path / "r.json"), "--plan", str(tmp_path / "plan.json"),
+                                   "--cluster", str(path), "--out", str(tmp_path / "out.yaml")])
+    assert res.exit_code == 2, res.output
+    assert "plan was made on cluster sha256 eeeeeeeeeeee" in res.output
+    assert not (tmp_path / "out.yaml").exists()
+
+
+def test_calibrated_file_loads_back_with_provenance_and_the_fitted_figures(tmp_path):
+    graph = synthetic_graph()
+    path = cluster_file(tmp_path)
+    cluster = load_cluster(path)
+    layers = cal._Layers(graph)
+    unit = cluster.devices[0].unit("cpu")
+    plan, rep = plan_and_report(graph, cluster, [12], lambda s: "ab"[s],
+                                [layers.module_s(unit, 0, 12, 4) * 0.5, layers.module_s(unit, 12, 24, 4) * 2])
+    obs, _ = cal.observations(plan, rep, "r.json")
+    result = cal.fit(cluster, [(plan, graph, obs)])
+    out = tmp_path / "sub" / "cal.yaml"
+    new = cal.write_calibrated(path, result, out, sources="r.json (plan x)", backend="onnxruntime",
+                               when="2026-01-01T00:00:00Z")
+    for f in result.fits:
+        got = new.device(f.device).unit(f.unit)
+        assert got.flops_per_s("conv") == pytest.approx(f.after.flops_per_s("conv"), rel=1e-5)
+        assert got.hop_overhead_s == pytest.approx(f.after.hop_overhead_s, rel=1e-5)
+        assert {m.field for m in got.measured} == set(dataclasses.replace(got, measured=()).estimated_figures())
+        assert got.estimated_figures() == ()
+        m = got.measured[0]
+        assert (m.when, m.backend, m.source) == ("2026-01-01T00:00:00Z", "onnxruntime", "r.json (plan x)")
+    assert new.devices[0].unit("cpu").flops_per_s("conv") == pytest.approx(2 * unit.flops_per_s("conv"), rel=1e-5)
