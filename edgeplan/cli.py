@@ -195,6 +195,8 @@ def plan_cmd(
     min_gain: float = typer.Option(0.05, "--min-gain",
                                    help="A plan with more boards/stages must beat the best simpler one by this "
                                         "fraction (0 <= x < 1), else the simpler one is used."),
+    ilp_time_limit: float = typer.Option(60.0, "--ilp-time-limit",
+                                         help="Seconds HiGHS may spend (--solver ilp, and the DP's ILP check)."),
     input_shape: str = typer.Option(None, "--input-shape", help="Batch-first shape (default: the model's own)."),
     out: Path = typer.Option(None, "--out", help="Write the plan JSON here."),
     svg: Path = typer.Option(None, "--svg", help="Also draw the schedule and memory to this SVG."),
@@ -204,11 +206,14 @@ def plan_cmd(
     from edgeplan.graph.load import build
     from edgeplan.graph.report import parse_input_shape
     from edgeplan.planner.api import check_min_gain, make_plan
+    from edgeplan.planner.ilp import check_time_limit
     from edgeplan.planner.objective import Objective, parse_quantity
     from edgeplan.planner.plan import record_sources
     from edgeplan.planner.report import format_plan
     from edgeplan.profiles.load import load_cluster
 
+    if objective is None:  # each mode's own default: a training plan has only one objective
+        objective = PlanObjective.throughput if mode is PlanMode.inference else PlanObjective.time
     obj = Objective(
         mode=mode.value, objective=objective.value, batch=batch, microbatches=microbatches,
         schedule=(("none" if mode is PlanMode.inference else "1f1b") if schedule is PlanSchedule.auto
@@ -218,10 +223,12 @@ def plan_cmd(
         head=head, optimizer_states=optimizer_states,
     )
     check_min_gain(min_gain)
+    check_time_limit(ilp_time_limit)
     clu = load_cluster(cluster)
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     traced = build(model, shape)
-    plan = record_sources(make_plan(traced.graph, clu, obj, solver=solver.value, min_gain=min_gain),
+    plan = record_sources(make_plan(traced.graph, clu, obj, solver=solver.value, min_gain=min_gain,
+                                    ilp_time_limit=ilp_time_limit),
                           model_ref=model, input_shape=shape, cluster_path=str(cluster), cluster=clu)
     typer.echo(format_plan(plan), nl=False)
     if out is not None:

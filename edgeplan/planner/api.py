@@ -38,14 +38,16 @@ MIN_GAIN = 0.05  # default --min-gain: a bigger plan must beat the best simpler 
 __all__ = ["Objective", "evaluate", "make_plan", "plan_from_costs", "layout_of", "layout_from_text", "plan_of"]
 
 
-def make_plan(graph, cluster, objective: Objective, solver: str = "dp", min_gain: float = MIN_GAIN) -> Plan:
+def make_plan(graph, cluster, objective: Objective, solver: str = "dp", min_gain: float = MIN_GAIN,
+              ilp_time_limit: float = 60.0) -> Plan:
     """Plan ``graph`` (LayerGraph) on ``cluster`` (Cluster) for ``objective``."""
     from edgeplan.profiles.cost import build_cost_table
 
     check_min_gain(min_gain)
     costs = build_cost_table(graph, cluster)
     return plan_from_costs(costs, objective, solver=solver, model=graph.name, graph_sha256=graph.digest(),
-                           cluster=cluster.name, cluster_sha256=cluster.digest(), min_gain=min_gain)
+                           cluster=cluster.name, cluster_sha256=cluster.digest(), min_gain=min_gain,
+                           ilp_time_limit=ilp_time_limit)
 
 
 def check_min_gain(min_gain: float) -> None:
@@ -53,30 +55,33 @@ def check_min_gain(min_gain: float) -> None:
         raise PlanError(f"--min-gain {min_gain:g} is outside [0, 1): give a fraction, e.g. 0.05 for 5%")
 
 
-def _solve(costs: CostTable, obj: Objective, solver: str, **kw) -> dp_mod.Result:
+def _solve(costs: CostTable, obj: Objective, solver: str, ilp_time_limit: float, **kw) -> dp_mod.Result:
     if solver == "dp":
         return dp_mod.solve(costs, obj, **kw)
     if solver == "ilp":
         from edgeplan.planner import ilp
 
-        return ilp.solve(costs, obj)
+        return ilp.solve(costs, obj, time_limit_s=ilp_time_limit)
     raise PlanError(f"solver {solver!r} is not one of dp, ilp")
 
 
 def plan_from_costs(costs: CostTable, objective: Objective, *, solver: str = "dp", model: str = "model",
                     graph_sha256: str = "", cluster: str = "cluster", cluster_sha256: str = "",
                     work_budget: float = dp_mod.WORK_BUDGET, with_baselines: bool = True,
-                    min_gain: float = MIN_GAIN) -> Plan:
+                    min_gain: float = MIN_GAIN, ilp_time_limit: float = 60.0) -> Plan:
     """Best plan for ``objective`` on ``costs``; raises PlanError with alternatives when none fits.
 
     ``min_gain``: a plan with more boards or stages than a simpler candidate must
     be at least this much better (fraction, 0 <= min_gain < 1), else the simpler wins.
     """
     check_min_gain(min_gain)
+    from edgeplan.planner.ilp import check_time_limit
+
+    check_time_limit(ilp_time_limit)
     head_index(costs, objective)
     free = replace(objective, latency_budget_s=None, energy_budget_j=None)
     kw = {"work_budget": work_budget} if solver == "dp" else {}
-    res = _solve(costs, free, solver, **kw)
+    res = _solve(costs, free, solver, ilp_time_limit, **kw)
     if res.layout is None:
         raise diagnose(costs, free, solver)
     notes = list(res.notes)
@@ -92,7 +97,7 @@ def plan_from_costs(costs: CostTable, objective: Objective, *, solver: str = "dp
     layout, ev, more = final_choice(costs, objective, layout, ev, min_gain=min_gain)
     notes += more
     if solver == "dp" and not exact:
-        notes += _ilp_gap(costs, objective, ev)
+        notes += _ilp_gap(costs, objective, ev, ilp_time_limit)
     return plan_of(costs, layout, objective, ev, solver=solver, model=model, graph_sha256=graph_sha256,
                    cluster=cluster, cluster_sha256=cluster_sha256, notes=notes, with_baselines=with_baselines)
 
@@ -154,18 +159,23 @@ def final_choice(costs: CostTable, obj: Objective, layout: Layout, ev: Evaluatio
     return cur[1], cur[2], notes
 
 
-def _ilp_gap(costs: CostTable, obj: Objective, ev: Evaluation) -> list[str]:
+def _ilp_gap(costs: CostTable, obj: Objective, ev: Evaluation, time_limit_s: float = 60.0) -> list[str]:
     from edgeplan.planner import ilp
 
     if not ilp.applicable(costs, obj, ILP_MAX_ARCS):
         return ["ILP bound not computed (instance too large for the ILP; use --solver ilp on a smaller one)"]
     relaxed = obj.latency_budget_s is not None or obj.energy_budget_j is not None
-    got = ilp.solve(costs, replace(obj, latency_budget_s=None, energy_budget_j=None))
+    try:
+        got = ilp.solve(costs, replace(obj, latency_budget_s=None, energy_budget_j=None), time_limit_s=time_limit_s)
+    except ilp.ILPTimeLimit:
+        return [f"ILP bound not computed: time limit of {time_limit_s:g} s reached (--ilp-time-limit)"]
     if got.evaluation is None:
         return ["ILP found no feasible plan"]
     a, b = ev.value(obj), got.evaluation.value(obj)
     gap = (a - b) / b * 100 if b > 0 else 0.0
     what = "ILP bound (budgets relaxed)" if relaxed else "ILP optimum"
+    if not got.exact:
+        what = "ILP best plan within its time limit (not proven optimal)"
     return [f"{what} {_fmt_value(obj, b)}; this plan {_fmt_value(obj, a)} (gap {gap:.2f}%)"]
 
 
@@ -308,7 +318,7 @@ def _predicted(ev: Evaluation) -> Predicted:
     return Predicted(latency_s=ev.latency_s, throughput=ev.throughput, energy_j=ev.energy_j, iter_s=ev.iter_s)
 
 
-def _stages(costs: CostTable, ev: Evaluation, m: int) -> tuple[Stage, ...]:
+def _stages(costs: CostTable, ev: Evaluation, m: int, training: bool = False) -> tuple[Stage, ...]:
     out = []
     for k, st in enumerate(ev.stages):
         reps = tuple(
@@ -318,7 +328,8 @@ def _stages(costs: CostTable, ev: Evaluation, m: int) -> tuple[Stage, ...]:
             for r in st.replicas)
         out.append(Stage(index=k, start=st.spec.start, stop=st.spec.stop,
                          first_layer=costs.layer_names[st.spec.start], last_layer=costs.layer_names[st.spec.stop - 1],
-                         replicas=reps, compute_s=st.compute_s, send_s=st.send_s, energy_j=st.energy_j))
+                         replicas=reps, compute_s=st.compute_s, send_s=st.send_s, energy_j=st.energy_j,
+                         forward_s=st.forward_s if training else None))
     return tuple(out)
 
 
@@ -332,15 +343,15 @@ def plan_of(costs: CostTable, layout: Layout, objective: Objective, ev: Evaluati
     if with_baselines:
         for name, _lay, bev, reason in make_baselines(costs, objective, pf):
             feasible = bev is not None and bev.feasible
+            stages = _stages(costs, bev, objective.micro, objective.training) if bev is not None else ()
             bls.append(Baseline(name=name, feasible=feasible, predicted=_predicted(bev) if feasible else None,
-                                stages=_stages(costs, bev, objective.micro) if bev is not None else (),
-                                reason=reason))
+                                stages=stages, reason=reason))
     head = costs.devices[head_index(costs, objective)]
     plan = Plan(
         model=model, graph_sha256=graph_sha256, cluster=cluster, cluster_sha256=cluster_sha256,
         mode=objective.mode, objective=objective.objective, batch=objective.batch,
         microbatches=objective.microbatches, schedule=objective.schedule, solver=solver, head=head,
-        stages=_stages(costs, ev, objective.micro), predicted=_predicted(ev), baselines=tuple(bls),
+        stages=_stages(costs, ev, objective.micro, objective.training), predicted=_predicted(ev), baselines=tuple(bls),
         notes=tuple(notes), latency_budget_s=objective.latency_budget_s, energy_budget_j=objective.energy_budget_j,
         optimizer_states=objective.optimizer_states,
     )

@@ -74,6 +74,9 @@ class Prefix:
         fixed = np.where(sup, costs.fixed_s, 0.0) * (2.0 if objective.training else 1.0)
         z = np.zeros((per.shape[0], 1))
         self.F = np.concatenate([z, np.cumsum(per, axis=1)], axis=1)
+        self.training = objective.training
+        # forward only (training): the schedule simulator runs forward and backward as separate actions
+        self.Ffwd = np.concatenate([z, np.cumsum(np.where(sup, costs.fwd_s, 0.0), axis=1)], axis=1)
         self.X = np.concatenate([z, np.cumsum(fixed, axis=1)], axis=1)
         self.U = np.concatenate([z.astype(np.int64), np.cumsum(~sup, axis=1)], axis=1)
         self.P = np.concatenate([[0.0], np.cumsum(np.asarray(costs.param_bytes, dtype=np.float64))])
@@ -100,6 +103,13 @@ class Prefix:
     def time(self, u: int, i: int, j: int, k: int) -> float:
         """Seconds for one call of stage ``[i, j)`` on unit ``u`` with ``k`` samples."""
         return k * self.per_sample(u, i, j) + self.per_call(u, i, j)
+
+    def forward_time(self, u: int, i: int, j: int, k: int) -> float:
+        """Seconds of the forward call alone (training: half the per-call and copy costs; inference: ``time``)."""
+        if not self.training:
+            return self.time(u, i, j, k)
+        return (k * (self.Ffwd[u, j] - self.Ffwd[u, i] + self.HB[u] / 2 * (self.cut[i] + self.cut[j]))
+                + self.per_call(u, i, j) / 2)
 
     def memory(self, i: int, j: int, k: int, stash: int) -> float:
         """Bytes a replica of stage ``[i, j)`` holding ``k`` samples needs (module docstring: memory)."""
@@ -183,6 +193,7 @@ class ReplicaEval:
     samples: int
     time_s: float
     memory_bytes: float
+    forward_s: float = 0.0  # training: the forward part of time_s (the rest is backward)
 
 
 @dataclass(frozen=True)
@@ -190,6 +201,7 @@ class StageEval:
     spec: StageSpec
     replicas: tuple[ReplicaEval, ...]
     compute_s: float  # tau: slowest replica per micro-batch
+    forward_s: float  # training: the slowest replica's forward part of compute_s (inference: compute_s)
     send_s: float  # one-way transfer of its output to the next stage (head for the last, inference)
     allreduce_s: float
     energy_j: float  # per sample: compute above idle + sends
@@ -302,8 +314,10 @@ def evaluate(costs: CostTable, layout: Layout, objective: Objective, prefix: Pre
             if mem > costs.ram_bytes[d]:
                 overflows.append((d, float(mem), float(costs.ram_bytes[d])))
             e_stage += max(busy[u] - idle[d], 0.0) * t
-            reps.append(ReplicaEval(unit=u, device=d, samples=k, time_s=float(t), memory_bytes=float(mem)))
-        tau = max(r.time_s for r in reps)
+            reps.append(ReplicaEval(unit=u, device=d, samples=k, time_s=float(t), memory_bytes=float(mem),
+                                    forward_s=float(pf.forward_time(u, i, j, k))))
+        slowest = max(reps, key=lambda r: r.time_s)
+        tau = slowest.time_s
         if s + 1 < S:
             send_t, send_e = transfer(costs, groups[s], groups[s + 1], m * pf.cut[j])
         elif not train:
@@ -318,7 +332,8 @@ def evaluate(costs: CostTable, layout: Layout, objective: Objective, prefix: Pre
         if train:
             e_stage += ar_e / M
         dyn_j += e_stage
-        stages.append(StageEval(spec=st, replicas=tuple(reps), compute_s=float(tau), send_s=float(send_t),
+        stages.append(StageEval(spec=st, replicas=tuple(reps), compute_s=float(tau), forward_s=slowest.forward_s,
+                                send_s=float(send_t),
                                 allreduce_s=float(ar_t), energy_j=float(e_stage / m)))
     period = max(p_res)
     total = sum(p_res)

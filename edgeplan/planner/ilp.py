@@ -126,10 +126,27 @@ def _arcs_at(costs, obj, pf, i, j, devs, units, d, stash, nD, idle_w, busy, head
                  e=dyn + le + lie + ar_e / M, idle=float(sum(idle_w[x] for x in devs))) for dst in dsts]
 
 
-def solve(costs: CostTable, obj: Objective, time_limit_s: float = 60.0) -> Result:
-    """Exact optimum by HiGHS; raises PlanError when the instance does not suit the ILP."""
+TIME_LIMIT_S = 60.0
+
+
+class ILPTimeLimit(PlanError):
+    """HiGHS hit its time limit before it found any plan (not the same as: no plan fits)."""
+
+
+def check_time_limit(time_limit_s: float) -> None:
+    if not time_limit_s > 0:
+        raise PlanError(f"--ilp-time-limit {time_limit_s:g}: give a positive number of seconds, e.g. 60")
+
+
+def solve(costs: CostTable, obj: Objective, time_limit_s: float = TIME_LIMIT_S) -> Result:
+    """Exact optimum by HiGHS; raises PlanError when the instance does not suit the ILP.
+
+    A time-out with a plan in hand returns it with ``exact=False`` and the MIP gap
+    in the notes; a time-out with none raises ``ILPTimeLimit``.
+    """
     import highspy
 
+    check_time_limit(time_limit_s)
     if not applicable(costs, obj, max_arcs=200000):
         raise PlanError("--solver ilp needs a uniform network (one link for every pair) and a small instance "
                         "(<= 10 devices); use the default --solver dp")
@@ -200,15 +217,37 @@ def solve(costs: CostTable, obj: Objective, time_limit_s: float = 60.0) -> Resul
         h.run()
         return h
 
+    def outcome(h) -> tuple[bool, bool]:
+        """(optimal, has a plan); raises on a time-out without a plan or an unexpected status."""
+        st = h.getModelStatus()
+        if st == highspy.HighsModelStatus.kOptimal:
+            return True, True
+        if st == highspy.HighsModelStatus.kInfeasible:
+            return False, False
+        has = h.getInfo().primal_solution_status == 2  # feasible point
+        if st == highspy.HighsModelStatus.kTimeLimit:
+            if has:
+                return False, True
+            raise ILPTimeLimit(f"ILP: time limit of {time_limit_s:g} s reached before any plan was found "
+                               f"({nA} stage options); raise --ilp-time-limit or use --solver dp")
+        raise PlanError(f"ILP: HiGHS stopped with status {h.modelStatusToString(st)!r} ({nA} stage options); "
+                        "use --solver dp")
+
     h = build(True, None)
-    status = h.getModelStatus()
-    if status != highspy.HighsModelStatus.kOptimal:
-        return Result(layout=None, evaluation=None, exact=True, notes=[f"ILP: {h.modelStatusToString(status)}"])
-    if kind == "throughput":
+    optimal, has = outcome(h)
+    if not has:
+        return Result(layout=None, evaluation=None, exact=True, notes=["ILP: no stage options fit together"])
+    notes = [f"ILP over {nA} stage options (HiGHS)"]
+    if kind == "throughput" and optimal:
         pstar = h.getInfo().objective_function_value
-        h = build(False, pstar * (1 + 1e-9))
+        h2 = build(False, pstar * (1 + 1e-9))
+        optimal, has = outcome(h2)
+        h = h2 if has else h
+    if not optimal:
+        notes.append(f"ILP: time limit of {time_limit_s:g} s reached; best plan found so far, not proven optimal "
+                     f"(MIP gap {h.getInfo().mip_gap * 100:.2f}%)")
     y = np.array(h.getSolution().col_value[:nA])
     chosen = sorted((arcs[k] for k in np.nonzero(y > 0.5)[0]), key=lambda a: a.stage.start)
     layout = tuple(a.stage for a in chosen)
     ev = evaluate(costs, layout, obj)
-    return Result(layout=layout, evaluation=ev, exact=True, notes=[f"ILP over {nA} stage options (HiGHS)"])
+    return Result(layout=layout, evaluation=ev, exact=optimal, notes=notes)

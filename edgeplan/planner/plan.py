@@ -41,6 +41,7 @@ class Stage:
     compute_s: float  # time of one micro-batch through the stage (slowest replica)
     send_s: float  # time to send its output to the next stage (0 for the last)
     energy_j: float  # energy per sample spent in this stage (compute + send)
+    forward_s: float | None = None  # training: the forward part of compute_s (the rest is backward)
 
 
 @dataclass(frozen=True)

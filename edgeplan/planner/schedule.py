@@ -116,10 +116,13 @@ def format_order(stages: int, microbatches: int, schedule: str) -> str:
 
 
 def simulate_plan(plan) -> Simulation:
-    """Simulate a Plan's schedule. Training splits each stage's time 1:2 into forward and backward."""
+    """Simulate a Plan's schedule with each stage's forward and backward times from the cost table.
+
+    (Plan files written before ``forward_s`` existed fall back to a 1:2 split.)
+    """
     if plan.mode == "training":
-        fwd = [s.compute_s / 3 for s in plan.stages]
-        bwd = [2 * s.compute_s / 3 for s in plan.stages]
+        fwd = [s.forward_s if s.forward_s is not None else s.compute_s / 3 for s in plan.stages]
+        bwd = [s.compute_s - f for s, f in zip(plan.stages, fwd, strict=True)]
         return simulate(fwd, bwd, [s.send_s for s in plan.stages], plan.microbatches, plan.schedule)
     return simulate([s.compute_s for s in plan.stages], [0.0] * len(plan.stages), [s.send_s for s in plan.stages],
                     plan.microbatches, "none")

@@ -73,3 +73,10 @@ def test_min_gain_outside_the_unit_interval_is_one_line():
     res = CliRunner().invoke(app, ["plan", "resnet18-cifar", "--cluster", HETERO, "--min-gain", "1.5"])
     assert res.exit_code != 0
     assert res.output.strip().count("\n") == 0 and "--min-gain 1.5 is outside [0, 1)" in res.output
+
+
+def test_ilp_time_limit_not_positive_is_one_line():
+    res = CliRunner().invoke(app, ["plan", "resnet18-cifar", "--cluster", HETERO, "--solver", "ilp",
+                                   "--ilp-time-limit", "0"])
+    assert res.exit_code != 0
+    assert res.output.strip().count("\n") == 0 and "--ilp-time-limit 0: give a positive" in res.output

@@ -217,3 +217,31 @@ def test_training_plans_use_only_units_that_can_train():
     assert any(n.startswith("training uses CPU and CUDA units only") for n in p.notes)
     inference = plan_from_costs(c, Objective(batch=8, microbatches=2), with_baselines=False)
     assert inference.notes == () or not any("training uses" in n for n in inference.notes)
+
+
+def test_simulator_uses_the_cost_tables_forward_and_backward_times():
+    """Issue 13 item 7: backward = 5 x forward here; the simulator's F and B actions take the cost table's
+    times (by hand for the slowest replica), not a 1:2 split of the stage time."""
+    from dataclasses import replace as dc_replace
+
+    c = random_costs(4, 10, 3, 3, dag=True)
+    c = dc_replace(c, bwd_s=5 * c.fwd_s)
+    obj = Objective(mode="training", objective="time", batch=8, microbatches=4, schedule="gpipe")
+    p = plan_from_costs(c, obj, with_baselines=False, min_gain=0.0)
+    layout = layout_of(c, p)
+    sim = simulate_plan(p)
+    for s, st in zip(p.stages, layout, strict=True):
+        times = []
+        for u, k in st.replicas:
+            copy = c.hop_byte_s[u] * (c.cut_bytes[st.start] + c.cut_bytes[st.stop])
+            call = c.fixed_s[u, st.start:st.stop].sum() + c.hop_s[u]
+            f = k * (c.fwd_s[u, st.start:st.stop].sum() + copy) + call
+            b = k * (c.bwd_s[u, st.start:st.stop].sum() + copy) + call
+            times.append((f + b, f))
+        total, fwd = max(times)
+        assert s.compute_s == pytest.approx(total, rel=1e-5) and s.forward_s == pytest.approx(fwd, rel=1e-5)
+        for a in sim.actions:
+            if a.stage == s.index:
+                want = s.forward_s if a.kind == "F" else s.compute_s - s.forward_s
+                assert a.end - a.start == pytest.approx(want, rel=1e-9)
+        assert s.forward_s < s.compute_s / 3 * 0.9  # the old 1:2 split would be wrong here

@@ -115,3 +115,26 @@ def test_non_uniform_links_are_exact_against_brute_force():
     assert not dp.DPSolver(costs, obj).types.uniform
     bf = brute_force(costs, obj)
     assert _same(_value(dp.solve(costs, obj), obj), bf[0].value(obj))
+
+
+def test_ilp_time_out_is_reported_as_a_time_out_not_as_memory():
+    """Issue 13 item 7: HiGHS stopping at its time limit is not "no plan fits in memory"."""
+    from edgeplan.errors import PlanError
+
+    costs = random_costs(5, 14, 7, 3)
+    obj = Objective(objective="latency", batch=8, microbatches=4)
+    with pytest.raises(ilp.ILPTimeLimit, match="time limit of 0.001 s reached before any plan was found"):
+        ilp.solve(costs, obj, time_limit_s=1e-3)
+    with pytest.raises(PlanError) as e:
+        plan_from_costs(costs, obj, solver="ilp", ilp_time_limit=1e-3)
+    assert "time limit" in str(e.value) and "memory" not in str(e.value)
+    done = ilp.solve(costs, obj)  # the default limit is ample here
+    assert done.exact and done.layout is not None
+
+
+@pytest.mark.parametrize("bad", [0.0, -5.0])
+def test_ilp_time_limit_must_be_positive(bad):
+    from edgeplan.errors import PlanError
+
+    with pytest.raises(PlanError, match="--ilp-time-limit .*positive number of seconds"):
+        plan_from_costs(random_costs(0, 4, 2, 2), Objective(), solver="ilp", ilp_time_limit=bad)
