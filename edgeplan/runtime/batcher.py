@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 
 import numpy as np
@@ -192,19 +192,27 @@ class Batcher:
             parts = [p for p in parts if not p[0].failed]
             if not parts:
                 continue
-            m = sum(hi - lo for _, lo, hi in parts)
-            xs = []
-            for k, (_, shape, dtype) in enumerate(self.input_specs):
-                x = np.zeros((self.batch, *shape), dtype)
-                at = 0
-                for req, lo, hi in parts:
-                    x[at:at + hi - lo] = req.inputs[k][lo:hi]
-                    at += hi - lo
-                xs.append(x)
-            self.stats["batches_total"] += 1
-            self.stats["padded_samples_total"] += self.batch - m
-            deadline = min(req.deadline for req, _, _ in parts)
-            self._send(parts, xs, deadline)
+            try:
+                self._pack_and_send(parts)
+            except Exception as e:  # noqa: BLE001 - a bug or MemoryError fails this batch, not the thread
+                for req, _, _ in parts:
+                    self._fail(req, Failed(f"batcher: {type(e).__name__}: {e}"))
+
+    def _pack_and_send(self, parts) -> None:
+        """Copy the parts' samples into one zero-padded plan batch and hand it to the head."""
+        m = sum(hi - lo for _, lo, hi in parts)
+        xs = []
+        for k, (_, shape, dtype) in enumerate(self.input_specs):
+            x = np.zeros((self.batch, *shape), dtype)
+            at = 0
+            for req, lo, hi in parts:
+                x[at:at + hi - lo] = req.inputs[k][lo:hi]
+                at += hi - lo
+            xs.append(x)
+        self.stats["batches_total"] += 1
+        self.stats["padded_samples_total"] += self.batch - m
+        deadline = min(req.deadline for req, _, _ in parts)
+        self._send(parts, xs, deadline)
 
     def _send(self, parts, xs, deadline: float) -> None:
         give_up = time.monotonic() + self.cfg.busy_wait_s
@@ -250,7 +258,10 @@ class Batcher:
                 done = req.left == 0
             at += hi - lo
             if done:
-                req.future.set_result(req.outputs)
+                try:
+                    req.future.set_result(req.outputs)
+                except InvalidStateError:  # the caller cancelled (gave up waiting)
+                    pass
 
     def _fail(self, req: _Request, exc: Exception) -> None:
         with self._cv:
@@ -258,4 +269,7 @@ class Batcher:
                 return
             req.failed = True
             self.stats["failed_total"] += 1
-        req.future.set_exception(exc)
+        try:
+            req.future.set_exception(exc)
+        except InvalidStateError:  # cancelled meanwhile
+            pass

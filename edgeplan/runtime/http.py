@@ -37,6 +37,7 @@ _TO_V2 = {np.dtype(v): k for k, v in DATATYPES.items()}
 log = logging.getLogger("edgeplan.serve")
 HEADER_LENGTH = "Inference-Header-Content-Length"
 DEFAULT_MAX_REQUEST_BYTES = 64 << 20
+JSON_EXPANSION = 16  # bytes of Python objects per byte of JSON text, about, for number lists
 
 
 def model_name(name: str) -> str:
@@ -98,6 +99,7 @@ class Endpoint:
         self.name = model_name(name)
         self.version = version
         self.max_request_bytes = max_request_bytes
+        self.max_json_bytes = max(max_request_bytes // JSON_EXPANSION, 4096)
         self.inputs = {n: (shape, dtype) for n, shape, dtype in batcher.input_specs}
         self.outputs = {n: (shape, dtype) for n, shape, dtype in batcher.output_specs}
 
@@ -184,6 +186,11 @@ class Endpoint:
             head_bytes, binary = body[:hlen], memoryview(body)[hlen:]
         else:
             head_bytes, binary = body, memoryview(b"")
+        if len(head_bytes) > self.max_json_bytes:
+            # Python objects of parsed JSON take ~16x its text: this keeps them within the request limit.
+            raise HTTPError(413, f"JSON part of {len(head_bytes)} bytes exceeds {self.max_json_bytes} bytes "
+                                 "(1/16 of --max-request-bytes); send the tensors as binary data "
+                                 "(parameters.binary_data_size, as tritonclient does by default)")
         try:
             req = json.loads(head_bytes)
         except (ValueError, UnicodeDecodeError) as e:
@@ -283,6 +290,9 @@ class Endpoint:
 
     async def infer(self, request: Request) -> Response:
         self._model(request)
+        if not self._ready():
+            raise HTTPError(503, "not ready: a pipeline stage has no live replica (see /metrics, "
+                                 "edgeplan_worker_up); restart that board's workers", {"Retry-After": "5"})
         body = await _read_body(request, self.max_request_bytes)
         req, xs = self.parse(body, request.headers.get(HEADER_LENGTH.lower()))
         timeout = (req.get("parameters") or {}).get("timeout")  # tritonclient: microseconds
@@ -294,8 +304,11 @@ class Endpoint:
         except Busy as e:
             retry = getattr(e, "retry_after_s", 1.0) or 1.0
             raise HTTPError(503, f"busy: {e}", {"Retry-After": str(max(1, math.ceil(retry)))}) from None
+        wait_s = (timeout_s or self.batcher.cfg.request_timeout_s) + 10.0  # a safety net over the deadlines
         try:
-            ys = await asyncio.wrap_future(fut)
+            ys = await asyncio.wait_for(asyncio.wrap_future(fut), wait_s)
+        except asyncio.TimeoutError:
+            raise HTTPError(504, f"no answer within {wait_s:g}s") from None
         except Busy as e:
             retry = getattr(e, "retry_after_s", 1.0) or 1.0
             raise HTTPError(503, f"busy: {e}", {"Retry-After": str(max(1, math.ceil(retry)))}) from None

@@ -173,6 +173,56 @@ def test_malformed_body_gets_one_line_4xx(served, body, headers, words):
     assert client.get("/v2/health/ready").status_code == 200
 
 
+def test_json_part_over_a_sixteenth_of_the_limit_gets_413():
+    batcher = Batcher(FakeHead())
+    try:
+        with TestClient(make_app(batcher, NAME, max_request_bytes=160_000)) as client:
+            n = 1000  # 3,000 values of ~20 characters: ~60 KB of JSON > 10,000 bytes
+            data = _x(n).astype(np.float64).ravel().tolist()
+            r = client.post(f"/v2/models/{NAME}/infer", json={"inputs": [
+                {"name": "x", "datatype": "FP32", "shape": [n, 3], "data": data}]})
+            assert r.status_code == 413 and "binary" in r.json()["error"]
+            body, headers = _binary_body(_x(n))  # the same tensor as binary data fits
+            assert client.post(f"/v2/models/{NAME}/infer", content=body, headers=headers).status_code == 200
+    finally:
+        batcher.close()
+
+
+def test_infer_while_not_ready_gets_503(served):
+    client, head, _ = served
+    head.closed = True
+    r = _post_json(client, {"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [0.0] * 3})
+    assert r.status_code == 503 and "Retry-After" in r.headers and "not ready" in r.json()["error"]
+
+
+def test_mutated_requests_never_crash_the_server(served):
+    """Random byte flips, truncations and header-length changes of a valid binary request:
+    every answer is 200 or a one-line 4xx, and the server keeps answering correctly."""
+    client, _, _ = served
+    rng = np.random.default_rng(0)
+    body, headers = _binary_body(_x(2))
+    statuses = set()
+    for _ in range(300):
+        b = bytearray(body)
+        h = dict(headers)
+        kind = rng.integers(0, 3)
+        if kind == 0:
+            for i in rng.integers(0, len(b), size=int(rng.integers(1, 8))):
+                b[i] = int(rng.integers(0, 256))
+        elif kind == 1:
+            b = b[:int(rng.integers(0, len(b)))]
+        else:
+            h[HEADER_LENGTH] = str(int(rng.integers(-5, len(b) + 5)))
+        r = client.post(f"/v2/models/{NAME}/infer", content=bytes(b), headers=h)
+        statuses.add(r.status_code)
+        assert r.status_code == 200 or (400 <= r.status_code < 500 and "\n" not in r.json()["error"]), r.text
+    assert statuses - {200}
+    x = _x(3, 9)
+    body, headers = _binary_body(x)
+    np.testing.assert_array_equal(_decode_binary(client.post(f"/v2/models/{NAME}/infer", content=body,
+                                                             headers=headers))["y"], 2 * x + 1)
+
+
 def test_unknown_model_and_route_get_404(served):
     client, _, _ = served
     r = client.post("/v2/models/other/infer", json={"inputs": []})
