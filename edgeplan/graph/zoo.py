@@ -96,10 +96,37 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet(nn.Module):
-    """He et al. 2016 ResNet with basic blocks. ``cifar``: 3x3 stride-1 stem and no max pool."""
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (carries the stride, as torchvision's ResNet v1.5), 1x1 expand x4; projection shortcut."""
 
-    def __init__(self, blocks: tuple[int, ...], num_classes: int, cifar: bool = False):
+    expansion = 4
+
+    def __init__(self, cin: int, width: int, stride: int):
+        super().__init__()
+        cout = width * self.expansion
+        self.conv1 = nn.Conv2d(cin, width, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    """He et al. 2016 ResNet with basic (or ``bottleneck``) blocks. ``cifar``: 3x3 stride-1 stem, no max pool."""
+
+    def __init__(self, blocks: tuple[int, ...], num_classes: int, cifar: bool = False, bottleneck: bool = False):
         super().__init__()
         if cifar:
             self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
@@ -111,10 +138,15 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         stages, cin = [], 64
         for i, n in enumerate(blocks):
-            cout = 64 * 2**i
+            width = 64 * 2**i
+            cout = width * (Bottleneck.expansion if bottleneck else 1)
             first_stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(*[BasicBlock(cin if j == 0 else cout, cout, first_stride if j == 0 else 1)
-                                          for j in range(n)]))
+            if bottleneck:
+                stages.append(nn.Sequential(*[Bottleneck(cin if j == 0 else cout, width, first_stride if j == 0 else 1)
+                                              for j in range(n)]))
+            else:
+                stages.append(nn.Sequential(*[BasicBlock(cin if j == 0 else cout, cout, first_stride if j == 0 else 1)
+                                              for j in range(n)]))
             cin = cout
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -315,6 +347,10 @@ ZOO: dict[str, ZooEntry] = {
     # torchvision model table (weights ResNet18_Weights.IMAGENET1K_V1): 11,689,512 params, 1.81 GFLOPS (MACs).
     "resnet18": ZooEntry(_seeded(lambda: ResNet((2, 2, 2, 2), 1000)), (1, 3, 224, 224),
                          "ResNet-18 (He et al. 2016), ImageNet 224x224, 1000 classes", 11_689_512, 1_810_000_000),
+    # torchvision model table (weights ResNet50_Weights.IMAGENET1K_V1): 25,557,032 params, 4.09 GFLOPS (MACs).
+    "resnet50": ZooEntry(_seeded(lambda: ResNet((3, 4, 6, 3), 1000, bottleneck=True)), (1, 3, 224, 224),
+                         "ResNet-50 (He et al. 2016; torchvision v1.5 bottlenecks), ImageNet 224x224, 1000 classes",
+                         25_557_032, 4_090_000_000),
     # The kuangliu/pytorch-cifar ResNet18 layout; the figures torchsummary / thop print for it and CIFAR papers
     # quote: 11,173,962 params, 0.56 GMACs.
     "resnet18-cifar": ZooEntry(_seeded(lambda: ResNet((2, 2, 2, 2), 10, cifar=True)), (1, 3, 32, 32),
