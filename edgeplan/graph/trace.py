@@ -116,9 +116,24 @@ def _symbolic_trace(module: nn.Module, name: str, leaf_types: tuple[type, ...]) 
             f"(trace(..., leaf_modules=(ItsClass,))) so it is kept whole"
         ) from e
     gm = fx.GraphModule(tracer.root, graph, class_name=type(module).__name__)
+    _drop_checks(gm.graph)
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return gm
+
+
+# Check-only calls (torchvision's ViT: ``torch._assert(h == self.image_size, ...)``): they
+# compute nothing, bind the trace to the traced shape and have no place in a stage, so
+# they are dropped; the comparisons feeding them then die with dead-code elimination.
+_CHECK_ONLY = tuple(f for f in (getattr(torch, n, None) for n in (
+    "_assert", "_assert_async", "_check", "_check_index", "_check_value", "_check_type",
+    "_check_is_size", "_check_with", "_check_not_implemented")) if f is not None)
+
+
+def _drop_checks(graph: fx.Graph) -> None:
+    for n in list(graph.nodes):
+        if n.op == "call_function" and n.target in _CHECK_ONLY and not n.users:
+            graph.erase_node(n)
 
 
 # --- running once: shapes and FLOP counts -----------------------------------------------------
