@@ -214,8 +214,6 @@ def plan_cmd(
 
     if objective is None:  # each mode's own default: a training plan has only one objective
         objective = PlanObjective.throughput if mode is PlanMode.inference else PlanObjective.time
-    if objective is None:  # each mode's own default: a training plan has only one objective
-        objective = PlanObjective.throughput if mode is PlanMode.inference else PlanObjective.time
     obj = Objective(
         mode=mode.value, objective=objective.value, batch=batch, microbatches=microbatches,
         schedule=(("none" if mode is PlanMode.inference else "1f1b") if schedule is PlanSchedule.auto
