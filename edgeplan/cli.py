@@ -200,6 +200,11 @@ def plan_cmd(
     input_shape: str = typer.Option(None, "--input-shape", help="Batch-first shape (default: the model's own)."),
     out: Path = typer.Option(None, "--out", help="Write the plan JSON here."),
     svg: Path = typer.Option(None, "--svg", help="Also draw the schedule and memory to this SVG."),
+    check: Path | None = typer.Option(
+        None, "--check", dir_okay=False,
+        help="Golden plan file: exit 1 with a readable diff when this plan differs from it."),
+    tolerance: float = typer.Option(0.02, "--tolerance", min=0.0, max=0.99,
+                                    help="--check: relative tolerance of predicted figures."),
 ) -> None:
     """Choose stages x replica groups for MODEL on CLUSTER and print the report (baselines side by side)."""
     from edgeplan import jsonio
@@ -238,6 +243,30 @@ def plan_cmd(
         from edgeplan.planner.svg import draw
 
         typer.echo(f"wrote {draw(plan, svg)}")
+    if check is not None and _plan_diff(check, plan, tolerance, "this plan"):
+        typer.echo(f"plan differs from {check}; if intended, rewrite it with --out {check}", err=True)
+        raise typer.Exit(1)
+
+
+def _plan_diff(old, new, tolerance: float, name: str) -> list[str]:
+    """Print the readable differences from plan ``old`` to ``new`` and return them."""
+    from edgeplan.plandiff import diff_plans, format_diff
+
+    lines = diff_plans(old, new, tolerance)
+    typer.echo(format_diff(lines, str(old), name), nl=False)
+    return lines
+
+
+@app.command("diff")
+def diff_cmd(
+    old: Path = typer.Argument(..., help="plan.json (or artifact folder), e.g. the golden one."),
+    new: Path = typer.Argument(..., help="plan.json (or artifact folder) to compare with it."),
+    tolerance: float = typer.Option(0.02, "--tolerance", min=0.0, max=0.99,
+                                    help="Relative tolerance of predicted figures."),
+) -> None:
+    """Readable differences between two plans (stages, devices, shares, predictions); exit 1 when they differ."""
+    if _plan_diff(old, new, tolerance, str(new)):
+        raise typer.Exit(1)
 
 
 @app.command("show")
