@@ -411,7 +411,7 @@ def run(
     report: Path | None = typer.Option(None, "--report", help="Write the JSON report here."),
     timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="Seconds per request attempt before a re-send."),
     dead_after: float = typer.Option(
-        2.0, "--dead-after", min=0.1, help="Seconds without a heartbeat before a worker counts as dead."),
+        1.5, "--dead-after", min=0.1, help="Seconds without a heartbeat before a worker counts as dead."),
     window: int = typer.Option(0, "--window", min=0, help="Requests in flight at once (0: twice the stages)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random requests."),
     secret_env: str | None = typer.Option(
