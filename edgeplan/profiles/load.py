@@ -384,6 +384,9 @@ def _build_profile(doc: _Doc, pid: str, source: str) -> Profile:
             raise doc.fail(("units", u.name, "busy_power_w"),
                            f"{_get(doc, ('units', u.name, 'busy_power_w'))!r} is below idle_power_w ({idle:g} W); "
                            "it is the whole board's power with this unit busy, idle included")
+    flag = _bool(doc, ("estimate",), True)
+    if any(u.measured for u in built):  # per-figure provenance decides: measured only if every figure is
+        flag = any(u.estimated_figures() for u in built)
     return Profile(
         id=pid,
         name=_string(doc, ("name",)),
@@ -392,7 +395,7 @@ def _build_profile(doc: _Doc, pid: str, source: str) -> Profile:
         ram_bytes=int(ram - reserved),
         idle_power_w=idle,
         units=built,
-        estimate=_bool(doc, ("estimate",), True),
+        estimate=flag,
     )
 
 

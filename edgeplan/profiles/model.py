@@ -18,7 +18,7 @@ def unit_figures() -> tuple[str, ...]:
     """Every per-unit figure the cost model prices with, as the profile YAML names it (the figures a
     profile can mark as measured)."""
     return tuple(f"throughput_gflops.{c}" for c in OP_CLASSES) + (
-        "mem_bandwidth_gbs", "layer_overhead_us", "hop_overhead_us")
+        "mem_bandwidth_gbs", "layer_overhead_us", "hop_overhead_us", "busy_power_w")
 
 
 @dataclass(frozen=True)

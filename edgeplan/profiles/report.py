@@ -3,9 +3,37 @@
 from __future__ import annotations
 
 from edgeplan.profiles.load import list_profiles, load_profile
-from edgeplan.profiles.model import Cluster, ComputeUnit, Link
+from edgeplan.profiles.model import Cluster, ComputeUnit, Link, unit_figures
 
 MiB = 2**20
+
+
+def figures_basis(u: ComputeUnit) -> str:
+    """Which of a unit's figures are measured (how, when, from what) and which are estimates."""
+    total = len(unit_figures())
+    if not u.measured:
+        return f"all {total} figures estimates"
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for m in u.measured:
+        groups.setdefault((m.backend, m.when, m.source), []).append(m.field)
+    parts = []
+    for (backend, when, source), fields in sorted(groups.items()):
+        classes = [f.split(".", 1)[1] for f in fields if f.startswith("throughput_gflops.")]
+        rest = [f for f in fields if not f.startswith("throughput_gflops.")]
+        names = ([f"throughput of {len(classes)} op classes" if len(classes) > 2 else
+                  "throughput of " + ", ".join(classes)] if classes else []) + rest
+        parts.append(f"{', '.join(names)} measured {when} on {backend} ({source})")
+    left = u.estimated_figures()
+    est = f"; estimates: {', '.join(left)}" if left else "; no estimates"
+    return f"{total - len(left)}/{total} figures measured: " + "; ".join(parts) + est
+
+
+def plan_basis(cluster: Cluster, used: tuple[tuple[str, str], ...]) -> str:
+    """One line per (device, unit) a plan uses: the figures it rests on (for plan reports)."""
+    lines = []
+    for dev, unit in used:
+        lines.append(f"  {dev}:{unit}: {figures_basis(cluster.device(dev).unit(unit))}")
+    return "\n".join(lines) + "\n"
 
 
 def _unit(u: ComputeUnit) -> str:
@@ -18,7 +46,9 @@ def format_profiles() -> str:
     for pid, _path, _summary in list_profiles():
         p = load_profile(pid)
         units = "; ".join(_unit(u) for u in p.units)
-        flag = "estimate" if p.estimate else "measured"
+        measured = sum(len(u.measured) for u in p.units)
+        flag = ("measured" if not p.estimate else
+                f"{measured}/{len(unit_figures()) * len(p.units)} measured" if measured else "estimate")
         lines.append(f"{pid:<17} {p.ram_bytes / MiB:>6.0f} MB  {flag:<8}  {p.name}  [{units}]")
     return "\n".join(lines) + "\n"
 
@@ -40,6 +70,7 @@ def format_cluster(cluster: Cluster) -> str:
         for u in d.units:
             lines.append(f"  {'':<{width}}    {_unit(u)} GFLOP/s, {u.mem_bandwidth / 1e9:g} GB/s, "
                          f"board {u.busy_power_w:g} W when busy")
+            lines.append(f"  {'':<{width}}      {figures_basis(u)}")
     lines.append(f"  network default: {_link(cluster.default_link)}")
     for link in cluster.links:
         lines.append(f"  link {link.a} <-> {link.b}: {_link(link)}")

@@ -128,21 +128,34 @@ def conv_flops(seconds: float = 0.5) -> float:
     return measure(seconds, ("conv",)).of("conv")
 
 
-def measured_profile_doc(base: str, speed: HostSpeed, threads: int) -> dict:
+def measured_profile_doc(base: str, speed: HostSpeed, threads: int, when: str | None = None) -> dict:
     """A board profile for this machine: ``base``'s figures (RAM, power, ...) with the CPU unit's
-    throughput and memory bandwidth replaced by what was measured, and ``estimate: false``."""
+    throughput and memory bandwidth replaced by what was measured, each with its provenance under
+    ``measured`` (the per-layer and per-call overheads stay the base's estimates, so the profile is not
+    ``estimate: false``: `edgeplan calibrate` measures those from runs)."""
+    import datetime
+    import platform
+
     from edgeplan.profiles.load import load_profile
 
     thr = {c: round(f / 1e9, 3) for c, f in speed.flops}
     base_peak = max(u.peak_flops for u in load_profile(base).units if u.name == "cpu") / 1e9
+    when = when or datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat().replace(
+        "+00:00", "Z")
+    src = f"edgeplan profile on {platform.node() or 'this machine'}"
+    measured = {f"throughput_gflops.{c}": {
+        "how": f"ONNX Runtime micro-benchmark of a representative {c} layer, best of repeated runs, "
+               f"{threads} thread(s)", "when": when, "backend": "onnxruntime", "from": src} for c in thr}
+    measured["mem_bandwidth_gbs"] = {"how": "numpy copy of 64 MB, best of repeated runs (read + write)",
+                                     "when": when, "backend": "numpy", "from": src}
     return {
         "name": f"this machine, measured ({threads} threads, ONNX Runtime), based on {base}",
         "extends": base,
-        "estimate": False,
         "units": {"cpu": {
             "peak_gflops": max(base_peak, max(thr.values())),  # a measurement above the datasheet peak wins
             "throughput_gflops": thr,
             "mem_bandwidth_gbs": round(speed.mem_bandwidth / 1e9, 3),
+            "measured": measured,
         }},
     }
 
@@ -159,8 +172,9 @@ def write_measured_profile(path: Path, base: str, seconds_per_class: float = 0.4
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("# Written by `edgeplan profile`: measured throughput per op class (edgeplan.testbed.calibrate);\n"
-                   "# everything else comes from the base profile named in `extends`.\n"
+    tmp.write_text("# Written by `edgeplan profile`: measured throughput per op class and memory bandwidth\n"
+                   "# (edgeplan.testbed.calibrate), provenance under `measured`; everything else comes from the\n"
+                   "# base profile named in `extends` (estimates until `edgeplan calibrate` fits them from runs).\n"
                    + yaml.safe_dump(doc, sort_keys=False))
     tmp.replace(path)
     return path
