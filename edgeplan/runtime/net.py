@@ -3,6 +3,7 @@ and per-peer sender threads with bounded queues."""
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 import threading
@@ -61,17 +62,19 @@ def accept_loop(srv: socket.socket, stop: threading.Event, handle: Callable[[soc
         threading.Thread(target=handle, args=(conn, peer), daemon=True).start()
 
 
-def peer_closed(sock: socket.socket) -> bool:
+def closed_watch(sock: socket.socket) -> select.poll:
+    """A poller that tells when the peer of a send-only connection has gone (see ``peer_closed``)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+    return poller
+
+
+def peer_closed(watch: select.poll) -> bool:
     """True when the peer of a send-only connection has closed it (EOF or reset waiting to be read).
 
     Such a connection never carries data back, so anything readable means it is gone; sending on it
-    would succeed locally and lose the frame (a restarted peer's old connection)."""
-    try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except (BlockingIOError, InterruptedError):
-        return False
-    except OSError:
-        return True
+    would succeed locally and lose the frame (a restarted peer's old connection). About 1 us."""
+    return bool(watch.poll(0))
 
 
 class Sender:
@@ -101,6 +104,7 @@ class Sender:
         self._cv = threading.Condition()
         self._busy = False  # someone (a caller or the thread) is writing to the socket
         self._sock: socket.socket | None = None
+        self._watch: select.poll | None = None
         self._closed = False
         threading.Thread(target=self._run, name=name, daemon=True).start()
 
@@ -118,10 +122,10 @@ class Sender:
                 self._cv.notify_all()
                 return True
             self._busy = True
-            sock = self._sock
+            sock, watch = self._sock, self._watch
         rest, t0, n = None, time.perf_counter(), 0
         try:
-            if not peer_closed(sock):
+            if not peer_closed(watch):
                 parts = wire.buffers(frame, self._secret)
                 n = sum(p.nbytes for p in parts)
                 rest = wire.send_buffers(sock, parts, nowait=True)
@@ -187,12 +191,12 @@ class Sender:
         error = None
         for _ in range(2):
             try:
-                if self._sock is not None and peer_closed(self._sock):
+                if self._sock is not None and peer_closed(self._watch):
                     self._drop_socket()
                 if self._sock is None:
                     sock = connect(self.address, timeout=self._send_timeout_s, send_timeout=self._send_timeout_s)
                     with self._cv:
-                        self._sock = sock
+                        self._sock, self._watch = sock, closed_watch(sock)
                 t0 = time.perf_counter()
                 n = wire.send_frame(self._sock, frame, self._secret)
                 if self._on_sent is not None:

@@ -114,6 +114,7 @@ class Worker:
         self._lock = threading.Lock()
         self._partials: dict[tuple[int, int, int], dict] = {}
         self._ready: queue.Queue = queue.Queue(maxsize=max_ready)
+        self._compute_lock = threading.Lock()  # one module call at a time, on whichever thread runs it
         self._senders: dict[str, net.Sender] = {}
         self._senders_lock = threading.Lock()
         self._control: tuple[socket.socket, threading.Lock] | None = None
@@ -255,6 +256,25 @@ class Worker:
         self._report_error(rid, mb, f"overloaded: {why}", epoch, overloaded=True)
 
     def _on_data(self, f: wire.Frame) -> None:
+        item = self._assemble(f)
+        if item is None:
+            return
+        # An idle module runs the micro-batch right here (no thread hand-off on the hop); a busy one queues it.
+        if self._ready.empty() and self._compute_lock.acquire(blocking=False):
+            try:
+                self._process(item)
+            finally:
+                self._compute_lock.release()
+            return
+        try:
+            self._ready.put_nowait(item)
+        except queue.Full:
+            self._overloaded(f.request_id, f.microbatch, f.epoch,
+                             f"{self._ready.maxsize} micro-batches already wait for the module")
+        self.monitor.set_queue("ready", self._ready.qsize())
+
+    def _assemble(self, f: wire.Frame):
+        """Add ``f``'s samples to its micro-batch; the micro-batch once complete, else None."""
         nbytes = sum(t.nbytes for t in f.tensors)
         self.stats["frames_in"] += 1
         self.stats["bytes_in"] += nbytes
@@ -290,13 +310,9 @@ class Worker:
             p["have"] += f.hi - f.lo
             if p["have"] == r.hi - r.lo:
                 del self._partials[key]
-                try:
-                    self._ready.put_nowait((key, r, sorted(p["pieces"], key=lambda x: x[0])))
-                except queue.Full:
-                    self._overloaded(f.request_id, f.microbatch, f.epoch,
-                                     f"{self._ready.maxsize} micro-batches already wait for the module")
+                return key, r, sorted(p["pieces"], key=lambda x: x[0])
             self.monitor.set_queue("partials", len(self._partials))
-            self.monitor.set_queue("ready", self._ready.qsize())
+        return None
 
     # --- running and forwarding -------------------------------------------------------------------
 
@@ -348,39 +364,44 @@ class Worker:
                 last_sweep = time.monotonic()
             if item is None:
                 continue
-            (rid, mb, attempt), r, pieces = item
-            if self.route.epoch != r.epoch:  # re-routed while it waited: the head re-sends it
-                self.stats["stale_frames"] += 1
-                continue
-            if len(pieces) == 1:
-                inputs = list(pieces[0][2])
-            else:
-                inputs = [np.concatenate([p[2][i] for p in pieces]) for i in range(len(self.spec.inputs))]
-            t0 = time.perf_counter()
-            try:
-                outputs = self.run_range(inputs)
-            except Exception as e:  # a module failure fails this request, not the worker
-                self.stats["errors"] += 1
-                self.monitor.count("module_errors")
-                self._log(f"request {rid} mb {mb}: module failed: {e!r}")
-                self._report_error(rid, mb, f"module failed: {e!r}", r.epoch)
-                continue
-            self._compute_s.append(time.perf_counter() - t0)
-            if len(self._compute_s) > 20000:
-                del self._compute_s[:10000]
-            self.stats["runs"] += 1
-            self.stats["samples"] += r.hi - r.lo
-            if self.route.epoch != r.epoch:  # a late output (the watchdog or a failure re-routed): never sent
-                self.stats["late_outputs"] += 1
-                continue
-            for device, stage, address, plo, phi in r.downstream:
-                lo, hi = max(r.lo, plo), min(r.hi, phi)
-                if lo >= hi:
-                    continue
-                frame = wire.Frame(wire.DATA, request_id=rid, microbatch=mb, epoch=r.epoch, lo=lo, hi=hi,
-                                   stage=stage, attempt=attempt,
-                                   tensors=tuple(o[lo - r.lo:hi - r.lo] for o in outputs))
-                self._send(address, frame, f"{device}/stage{stage}" if device != "head" else "head")
+            with self._compute_lock:
+                self._process(item)
+
+    def _process(self, item) -> None:
+        """Run one complete micro-batch and forward its outputs (or report why not)."""
+        (rid, mb, attempt), r, pieces = item
+        if self.route.epoch != r.epoch:  # re-routed while it waited: the head re-sends it
+            self.stats["stale_frames"] += 1
+            return
+        if len(pieces) == 1:
+            inputs = list(pieces[0][2])
+        else:
+            inputs = [np.concatenate([p[2][i] for p in pieces]) for i in range(len(self.spec.inputs))]
+        t0 = time.perf_counter()
+        try:
+            outputs = self.run_range(inputs)
+        except Exception as e:  # a module failure fails this request, not the worker
+            self.stats["errors"] += 1
+            self.monitor.count("module_errors")
+            self._log(f"request {rid} mb {mb}: module failed: {e!r}")
+            self._report_error(rid, mb, f"module failed: {e!r}", r.epoch)
+            return
+        self._compute_s.append(time.perf_counter() - t0)
+        if len(self._compute_s) > 20000:
+            del self._compute_s[:10000]
+        self.stats["runs"] += 1
+        self.stats["samples"] += r.hi - r.lo
+        if self.route.epoch != r.epoch:  # a late output (the watchdog or a failure re-routed): never sent
+            self.stats["late_outputs"] += 1
+            return
+        for device, stage, address, plo, phi in r.downstream:
+            lo, hi = max(r.lo, plo), min(r.hi, phi)
+            if lo >= hi:
+                return
+            frame = wire.Frame(wire.DATA, request_id=rid, microbatch=mb, epoch=r.epoch, lo=lo, hi=hi,
+                               stage=stage, attempt=attempt,
+                               tensors=tuple(o[lo - r.lo:hi - r.lo] for o in outputs))
+            self._send(address, frame, f"{device}/stage{stage}" if device != "head" else "head")
 
     def _sweep(self) -> None:
         now = time.monotonic()
