@@ -18,6 +18,7 @@ from edgeplan.planner.api import make_plan  # noqa: E402
 from edgeplan.planner.objective import Objective  # noqa: E402
 from edgeplan.planner.plan import record_sources  # noqa: E402
 from edgeplan.profiles import calibrate as cal  # noqa: E402
+from edgeplan.profiles import predict  # noqa: E402
 from edgeplan.profiles.cost import build_cost_table  # noqa: E402
 from edgeplan.profiles.load import load_cluster  # noqa: E402
 from edgeplan.runtime import report  # noqa: E402
@@ -80,3 +81,10 @@ def test_calibrating_from_a_run_brings_the_next_plans_stage_predictions_closer_t
     # one call per board fits one factor per board; stages of another mix of layers, timed on CPUs shared
     # with other processes, are typically 10-40% off after (100-250% before), 60% seen under load 8 on 2 cores
     assert np.mean(after) < 1.0
+
+    # the run kept a window of requests in flight: its p50 is the loaded latency, not the plan's unloaded one
+    measured_p50, loaded = predict.paired(rep2)["latency_p50_loaded_s"]
+    unloaded = rep2["predicted"]["latency_s"]
+    print(f"p50 {measured_p50 * 1e3:.1f} ms: predicted {loaded * 1e3:.1f} ms under the window, "
+          f"{unloaded * 1e3:.1f} ms unloaded")
+    assert abs(loaded - measured_p50) < abs(unloaded - measured_p50)
