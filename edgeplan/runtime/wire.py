@@ -211,8 +211,6 @@ def decode_body(h: Header, raw_header: bytes, body, secret: bytes | None) -> Fra
             raise FrameError("bad HMAC: frame refused (wrong secret or altered in transit)")
     else:
         payload = body
-    common = dict(kind=h.kind, request_id=h.request_id, microbatch=h.microbatch, epoch=h.epoch,
-                  lo=h.lo, hi=h.hi, stage=h.stage, attempt=h.attempt)
     if h.kind != DATA:
         meta: dict = {}
         if len(payload):
@@ -222,40 +220,44 @@ def decode_body(h: Header, raw_header: bytes, body, secret: bytes | None) -> Fra
                 raise FrameError(f"meta is not UTF-8 JSON ({e})") from None
             if not isinstance(meta, dict):
                 raise FrameError("meta must be a JSON object")
-        return Frame(meta=meta, **common)
+        return Frame(h.kind, h.request_id, h.microbatch, h.epoch, h.lo, h.hi, h.stage, h.attempt, (), meta)
     # Descriptors first: all sizes are known and checked before any tensor is made.
-    off, shapes = 0, []
+    off, specs = 0, []
     n = len(payload)
     for _ in range(h.count):
         if off + 2 > n:
             raise FrameError("truncated tensor descriptor")
         code, ndim = payload[off], payload[off + 1]
         off += 2
-        if code not in DTYPES:
+        dt = DTYPES.get(code)
+        if dt is None:
             raise FrameError(f"unknown dtype code {code}")
         if ndim > MAX_NDIM:
             raise FrameError(f"tensor has {ndim} dims > {MAX_NDIM}")
         if off + 4 * ndim > n:
             raise FrameError("truncated tensor shape")
-        shape = struct.unpack_from(f"<{ndim}I", payload, off)
+        shape = _DIMS[ndim].unpack_from(payload, off)
         off += 4 * ndim
-        shapes.append((DTYPES[code], shape))
-    off += _pad8(off)
+        count = 1
+        for d in shape:
+            count *= d
+        specs.append((dt, shape, count, dt.itemsize * count))
+    off += -off % 8
     need = off
-    for dt, shape in shapes:
-        nbytes = dt.itemsize * _prod(shape)
-        need += nbytes + _pad8(nbytes)
+    for *_, nbytes in specs:
+        need += nbytes + (-nbytes % 8)
         if need > n:
             raise FrameError(f"tensors need more than the {n} bytes the frame holds")
     if need != n:
         raise FrameError(f"frame has {n - need} stray bytes after its tensors")
     tensors = []
-    for dt, shape in shapes:
-        nbytes = dt.itemsize * _prod(shape)
-        a = np.frombuffer(payload, dtype=dt, count=_prod(shape), offset=off).reshape(shape)
-        tensors.append(a)
-        off += nbytes + _pad8(nbytes)
-    return Frame(tensors=tuple(tensors), **common)
+    for dt, shape, count, nbytes in specs:
+        tensors.append(np.frombuffer(payload, dtype=dt, count=count, offset=off).reshape(shape))
+        off += nbytes + (-nbytes % 8)
+    return Frame(h.kind, h.request_id, h.microbatch, h.epoch, h.lo, h.hi, h.stage, h.attempt, tuple(tensors))
+
+
+_DIMS = [struct.Struct(f"<{k}I") for k in range(MAX_NDIM + 1)]  # tensor shape descriptors by rank
 
 
 def _prod(shape) -> int:
