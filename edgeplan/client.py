@@ -224,13 +224,17 @@ class RemotePipeline(_Base):
 
 def connect(target: str | os.PathLike[str], *, local: bool = False, cluster: str | os.PathLike[str] | None = None,
             name: str | None = None, timeout_s: float = 60.0, max_delay_ms: float = 2.0, window: int = 0,
-            secret_env: str | None = None):
-    """A pipeline with ``infer``/``submit``/``close`` (a context manager): see the module docstring."""
+            secret_env: str | None = None, concurrency: int = 8):
+    """A pipeline with ``infer``/``submit``/``close`` (a context manager): see the module docstring.
+
+    URL only: ``name`` (default: the server's only model), ``concurrency`` (requests in flight).
+    Folder only: ``max_delay_ms`` (batcher), ``window`` (plan batches in flight), ``secret_env``.
+    """
     target_s = str(target)
     if target_s.startswith(("http://", "https://")):
         if local or cluster is not None:
             raise InferenceError(f"connect({target_s!r}): a URL takes neither local= nor cluster=")
-        return RemotePipeline(target_s, name, timeout_s)
+        return RemotePipeline(target_s, name, timeout_s, concurrency)
     from edgeplan.runtime import wire
     from edgeplan.testbed.emulate import placement_from_env
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -44,34 +43,33 @@ class Server:
             self.batcher = Batcher(self.head, batcher_config)
             self.name = model_name(name or self.pipeline.artifacts.plan.get("model") or self.head.model)
             self.app = make_app(self.batcher, self.name, max_request_bytes)
-            self._sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
-            h, p = self._sock.getsockname()[:2]
-            self.url = f"http://[{h}]:{p}" if ":" in h else f"http://{h}:{p}"
-            self._start_uvicorn()
+            self._start_uvicorn(host, port)
         except BaseException:
             self.pipeline.close()
             raise
 
-    def _start_uvicorn(self) -> None:
+    def _start_uvicorn(self, host: str, port: int) -> None:
         import uvicorn
 
-        cfg = uvicorn.Config(self.app, log_level="warning", access_log=False, timeout_graceful_shutdown=5,
-                             limit_concurrency=1024)
+        # uvicorn binds the port itself: with a socket handed in (sockets=[...]) its connections
+        # kept Nagle's algorithm on here, and every response waited ~40 ms for a delayed ACK.
+        cfg = uvicorn.Config(self.app, host=host, port=port, log_level="warning", access_log=False,
+                             timeout_graceful_shutdown=5, limit_concurrency=1024)
         self._uvicorn = uvicorn.Server(cfg)
-        self._thread = threading.Thread(target=self._uvicorn.run, kwargs={"sockets": [self._sock]},
-                                        name="uvicorn", daemon=True)
+        self._thread = threading.Thread(target=self._uvicorn.run, name="uvicorn", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 30
         while not self._uvicorn.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise PipelineError(f"the HTTP server did not start on {self.url}")
+                raise OSError(f"the HTTP server did not start on {host}:{port} (port in use?)")
             time.sleep(0.01)
+        h, p = self._uvicorn.servers[0].sockets[0].getsockname()[:2]
+        self.url = f"http://[{h}]:{p}" if ":" in h else f"http://{h}:{p}"
 
     def close(self) -> None:
         """Stop taking connections, fail what is queued, stop the head and any workers started here."""
         self._uvicorn.should_exit = True
         self._thread.join(timeout=10)
-        self._sock.close()
         self.batcher.close()
         self.pipeline.close()
 
