@@ -173,3 +173,42 @@ def test_run_check_uses_the_model_the_plan_records(art, tmp_path):
     r = runner.invoke(app, ["run", str(copy), "--local", "--requests", "2", "--check"])
     assert r.exit_code == 0, r.output
     assert "max abs error" in r.output
+
+
+def test_serve_cli_then_infer_url_then_ctrl_c_stops_everything(art, torch_model, tmp_path):
+    """`edgeplan serve` as a user runs it; `edgeplan infer --url` against it; SIGINT ends it with code 0."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen([sys.executable, "-m", "edgeplan.cli", "serve", str(art), "--local", "--port", "0",
+                             "--name", "my model"], stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        url = None
+        while url is None:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            for word in log.read_text().split():
+                if word.startswith("http://") and word.count(":") == 2:
+                    url = word.rstrip(";,)")
+                    break
+            time.sleep(0.1)
+        assert "serving model 'my_model'" in log.read_text()
+        assert httpx.get(f"{url}/v2/models/my_model/ready").status_code == 200
+        x = _x(3, 11)
+        np.save(tmp_path / "x.npy", x)
+        r = CliRunner().invoke(app, ["infer", url, "--url", "--inputs", str(tmp_path / "x.npy"),
+                                     "--outputs", str(tmp_path / "y.npz")])
+        assert r.exit_code == 0, r.output
+        with np.load(tmp_path / "y.npz") as z:
+            y = z["fc3"]
+        assert float(np.abs(y - _ref(torch_model, x)).max()) < TOL
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+    assert code == 0, log.read_text()
+    assert "stopping" in log.read_text()
