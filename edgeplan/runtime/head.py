@@ -300,7 +300,7 @@ class Head:
             "resent_total": self.resent_total, "rejected_total": self.rejected_total,
             "rejoined_total": self.rejoined_total, "stale_results_total": self.stale_results_total,
             "latency_seconds": {"buckets": buckets, "sum": self._lat_sum, "count": self._lat_count},
-            "faults": [asdict(f) for f in list(self._faults)],
+            "faults": [asdict(f) for f in list(self._faults)[-100:]],  # the latest (a flapping link adds up)
             "workers": workers,
         }
 
