@@ -290,12 +290,12 @@ def _fit_module(unit: ComputeUnit, obs: list[Observation], layers: _Layers, wher
     t = np.array([o.module_s for o in obs])
     w = 1.0 / t  # relative error
     peak = unit.peak_flops or np.inf
-    # factor below which a class would run faster than the peak
-    floor = {c: (f / peak if np.isfinite(peak) else 0.0) for c, f in unit.throughput}
     notes: list[str] = []
     current = unit
     design = "factor"
-    for _ in range(3):
+    for iteration in range(3):
+        # factor (relative to the current figures) below which a class would run faster than the peak
+        floor = {c: (f / peak if np.isfinite(peak) else 0.0) for c, f in current.throughput}
         terms = [layers.terms(current, o.start, o.stop, o.samples) for o in obs]
         comp = np.array([[dict(tm.compute)[c] for c in OP_CLASSES] for tm in terms])
         mem = np.array([tm.memory_s for tm in terms])
@@ -307,7 +307,8 @@ def _fit_module(unit: ComputeUnit, obs: list[Observation], layers: _Layers, wher
         a_two = np.stack([comp.sum(axis=1) + mem, nl], axis=1) * w[:, None]
         if big and _separates(a_full):
             design = "per-class"
-            lo = np.array([max(floor[OP_CLASSES[i]], 1.0 / MAX_FACTOR) for i in big] + [MIN_BW_FACTOR, 0.0])
+            bw_lo = MIN_BW_FACTOR * current.mem_bandwidth / unit.mem_bandwidth  # bounds stay relative to the profile
+            lo = np.array([max(floor[OP_CLASSES[i]], 1.0 / MAX_FACTOR) for i in big] + [bw_lo, 0.0])
             hi = np.array([MAX_FACTOR] * len(big) + [MAX_FACTOR, MAX_OVERHEAD_S])
             x, active = bounded_lstsq(a_full, t * w, lo, hi)
             cf = {OP_CLASSES[i]: float(x[k]) for k, i in enumerate(big)}
@@ -317,19 +318,14 @@ def _fit_module(unit: ComputeUnit, obs: list[Observation], layers: _Layers, wher
             mf, ov = float(x[len(big)]), float(x[-1])
             clamped = [OP_CLASSES[i] for k, i in enumerate(big) if active[k] and x[k] == lo[k] == floor[OP_CLASSES[i]]]
         else:
-            lo1 = max(max(floor.values()), 1.0 / MAX_FACTOR)
-            if _separates(a_two):
-                design = "factor+overhead"
-                x, active = bounded_lstsq(a_two, t * w, np.array([lo1, 0.0]), np.array([MAX_FACTOR, MAX_OVERHEAD_S]))
-                f, ov = float(x[0]), float(x[1])
-            else:
-                design = "factor"
-                base = np.array([tm.total_s for tm in terms]) * w
-                x, active = bounded_lstsq(base[:, None], t * w, np.array([lo1]), np.array([MAX_FACTOR]))
-                f = float(x[0])
-                ov = current.layer_overhead_s * f
-            cf, mf = {c: f for c in OP_CLASSES}, f
-            clamped = ["all classes"] if active[0] and f == lo1 and lo1 > 1.0 / MAX_FACTOR else []
+            with_overhead = _separates(a_two)
+            design = "factor+overhead" if with_overhead else "factor"
+            f, ov = _fit_one_factor(comp, mem, nl, t, floor, current.layer_overhead_s, with_overhead)
+            if iteration:  # a uniform factor keeps the roofline split: one pass (a second would compound bounds)
+                break
+            cf = {c: max(f, floor[c]) for c in OP_CLASSES}
+            mf = max(f, MIN_BW_FACTOR)
+            clamped = [c for c in OP_CLASSES if floor[c] > f and share[OP_CLASSES.index(c)] > 0]
         new = _scaled(current, cf, mf, min(max(ov, 0.0), MAX_OVERHEAD_S))
         if np.isfinite(peak):  # a floor can only be approximate after the roofline split moved
             new = dataclasses.replace(new, throughput=tuple((c, min(f, peak)) for c, f in new.throughput))
@@ -341,6 +337,41 @@ def _fit_module(unit: ComputeUnit, obs: list[Observation], layers: _Layers, wher
             break
         current = new
     return current, design, notes
+
+
+def _fit_one_factor(comp: np.ndarray, mem: np.ndarray, nl: np.ndarray, t: np.ndarray, floor: dict[str, float],
+                    overhead_s: float, with_overhead: bool) -> tuple[float, float]:
+    """One time factor ``f`` for all layer time, each class capped at its peak (its factor never below
+    ``floor[c]``), plus the per-layer overhead (fitted when ``with_overhead``, else scaled by ``f``).
+
+    The capped prediction is piecewise linear in ``f``, so ``f`` is found by a log-spaced search refined
+    around the best point; the overhead for a given ``f`` is a bounded 1-D least squares.
+    """
+    w = 1.0 / t
+    fl = np.array([floor[c] for c in OP_CLASSES])
+
+    def solve(f: float) -> tuple[float, float]:
+        layer = comp @ np.maximum(f, fl) + mem * max(f, MIN_BW_FACTOR)
+        if with_overhead:
+            denom = float(np.sum((nl * w) ** 2))
+            ov = float(np.clip(np.sum((t - layer) * nl * w * w) / denom, 0.0, MAX_OVERHEAD_S)) if denom else 0.0
+        else:
+            ov = min(overhead_s * f, MAX_OVERHEAD_S)
+        return float(np.sum(((layer + nl * ov - t) * w) ** 2)), ov
+
+    # sane lower bound: no faster than the point where every class runs at the peak (or 1/MAX_FACTOR)
+    grid = np.geomspace(max(float(fl.min()), 1.0 / MAX_FACTOR), MAX_FACTOR, 241)
+    errs = [solve(f)[0] for f in grid]
+    k = int(np.argmin(errs))
+    lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
+    for _ in range(60):  # golden-section on log f inside the bracket
+        a, b = np.exp(np.log(lo) + 0.382 * np.log(hi / lo)), np.exp(np.log(lo) + 0.618 * np.log(hi / lo))
+        if solve(a)[0] <= solve(b)[0]:
+            hi = b
+        else:
+            lo = a
+    f = float(np.sqrt(lo * hi))
+    return f, solve(f)[1]
 
 
 def _fit_hop(unit: ComputeUnit, obs: list[Observation]) -> float | None:
