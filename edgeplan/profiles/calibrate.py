@@ -632,3 +632,18 @@ def calibrate_files(reports: list[str | Path], plans: list[str | Path], cluster_
     backend = backend or "+".join(sorted(backends)) or "unknown (give --backend or --plan ART_DIR)"
     new = write_calibrated(cluster_path, cal, out_path, sources=", ".join(names), backend=backend, when=when)
     return dataclasses.replace(cal, cluster=new), new
+
+
+def predicted_module_s(graph: LayerGraph, cluster: Cluster, stage: dict) -> float:
+    """The cost model's module time of one call of a plan stage (a plan.json ``stages`` entry) on its
+    slowest replica, without the runtime's hop: what a run report's ``measured_compute_s`` measures."""
+    from edgeplan.profiles.cost import build_cost_table
+
+    costs = build_cost_table(graph, cluster)
+    sl = slice(stage["start"], stage["stop"])
+    worst = 0.0
+    for r in stage["replicas"]:
+        u = next(i for i, (d, name, _) in enumerate(costs.units)
+                 if costs.devices[d] == r["device"] and name == r["unit"])
+        worst = max(worst, r["samples"] * float(costs.fwd_s[u, sl].sum()) + float(costs.fixed_s[u, sl].sum()))
+    return worst

@@ -1,0 +1,133 @@
+"""Predictions vs measurements, before and after one round of `edgeplan calibrate` (tracker issue 14 item 6).
+
+Per model x cluster: plan (throughput, batch 4) on the cluster's profiles, compile (ONNX Runtime), run
+every stage as a local process on this machine, calibrate the cluster from that run's report, re-plan on
+the calibrated cluster, compile and run again. Prints, per round, each stage's measured module time beside
+the cost model's prediction of the same quantity, and end to end the measured throughput and p50 latency
+beside the plan's prediction under the run's window (profiles/predict.py), then the MAPEs side by side.
+Targets: per-stage MAPE <= 10% and end-to-end throughput within 5% after one calibration round.
+
+    python benchmarks/bench_truth.py [--models resnet32-cifar,mobilenet_v2-cifar,vit-tiny] [--requests 100]
+
+Clusters: ``two-host`` (two boards with the host profile) and ``skewed-hosts`` (three boards whose
+profiles claim one is 3x slower and one pays 2 ms per call; all run on this machine, so the profiles
+are wrong in a known direction). All boards share this machine's cores, so other load shows up as noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+CLUSTERS = {
+    "two-host": [{"name": "h1", "profile": "host", "address": "127.0.0.1"},
+                 {"name": "h2", "profile": "host", "address": "127.0.0.1"}],
+    "skewed-hosts": [
+        {"name": "fast", "profile": "host", "address": "127.0.0.1"},
+        {"name": "slow", "profile": "host", "address": "127.0.0.1",
+         "overrides": {"units": {"cpu": {"throughput_gflops": {"conv": 10, "gemm": 13, "dwconv": 2}}}}},
+        {"name": "heavy", "profile": "host", "address": "127.0.0.1",
+         "overrides": {"units": {"cpu": {"hop_overhead_us": 2000}}}},
+    ],
+}
+
+
+def _err(pred, meas) -> float:
+    return (pred - meas) / meas
+
+
+def _round(traced, model, cluster_path, tmp, tag, requests):
+    from edgeplan import jsonio
+    from edgeplan.codegen.compile import compile_plan
+    from edgeplan.planner.api import make_plan
+    from edgeplan.planner.objective import Objective
+    from edgeplan.planner.plan import record_sources
+    from edgeplan.profiles.calibrate import predicted_module_s
+    from edgeplan.profiles.load import load_cluster
+    from edgeplan.profiles.predict import paired
+    from edgeplan.runtime import report
+    from edgeplan.runtime.head import HeadConfig
+    from edgeplan.runtime.local import run_local
+
+    cluster = load_cluster(cluster_path)
+    plan = record_sources(make_plan(traced.graph, cluster, Objective(batch=4), min_gain=0.0), model_ref=model,
+                          input_shape=None, cluster_path=str(cluster_path), cluster=cluster)
+    art = compile_plan(plan, model, tmp / f"art-{tag}", cluster=cluster, backend="onnxruntime", traced=traced)
+    loaded, res = run_local(art, requests, config=HeadConfig(request_timeout_s=120), log_dir=tmp / f"logs-{tag}")
+    if not res.ok:
+        raise RuntimeError(f"{model} round {tag}: {len(res.failures)} requests failed")
+    rep = report.build(loaded.plan, res)
+    jsonio.write(tmp / f"report-{tag}.json", rep)
+    pj = plan.to_json()
+    stages = []
+    for st, got in zip(pj["stages"], rep["stages"], strict=True):
+        devs = "+".join(r["device"] for r in st["replicas"])
+        stages.append((st["index"], devs, got["measured_compute_s"], predicted_module_s(traced.graph, cluster, st)))
+    pair = paired(rep)
+    return art, plan, stages, pair
+
+
+def _print_round(label, plan, stages, pair):
+    layout = " | ".join(f"{s.start}-{s.stop - 1}@" + "+".join(r.device for r in s.replicas) for s in plan.stages)
+    print(f"  {label}: {layout}")
+    for idx, devs, meas, pred in stages:
+        print(f"    stage {idx} {devs:<12} module ms measured {meas * 1e3:8.3f}  predicted {pred * 1e3:8.3f} "
+              f"({_err(pred, meas):+.0%})")
+    tm, tp = pair["throughput_loaded"]
+    lm, lp = pair["latency_p50_loaded_s"]
+    print(f"    end to end (window {pair['window'][0]:.0f}): throughput measured {tm:7.1f}  predicted {tp:7.1f} "
+          f"({_err(tp, tm):+.0%}) samples/s; p50 measured {lm * 1e3:6.1f}  predicted {lp * 1e3:6.1f} ms "
+          f"({_err(lp, lm):+.0%}); unloaded prediction {pair['latency_unloaded_s'][1] * 1e3:.1f} ms")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from edgeplan.graph.load import build
+    from edgeplan.profiles.calibrate import calibrate_files
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="resnet32-cifar,mobilenet_v2-cifar,vit-tiny")
+    ap.add_argument("--clusters", default=",".join(CLUSTERS))
+    ap.add_argument("--requests", type=int, default=100)
+    args = ap.parse_args(argv)
+    rows = []
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgeplan-bench-truth-") as tmpdir:
+        for model in args.models.split(","):
+            traced = build(model)
+            for cname in args.clusters.split(","):
+                tmp = Path(tmpdir) / f"{model}-{cname}"
+                tmp.mkdir()
+                path = tmp / "cluster.yaml"
+                path.write_text(yaml.safe_dump({"name": cname, "devices": CLUSTERS[cname],
+                                                "network": {"default": {"bandwidth_mbps": 1000, "latency_ms": 0.1}}}))
+                print(f"{model} on {cname}")
+                art0, plan0, st0, pair0 = _round(traced, model, path, tmp, "0", args.requests)
+                _print_round("before (datasheet profiles)", plan0, st0, pair0)
+                calibrate_files([tmp / "report-0.json"], [art0], path, tmp / "calibrated.yaml",
+                                lambda p, g=traced.graph: g)
+                _, plan1, st1, pair1 = _round(traced, model, tmp / "calibrated.yaml", tmp, "1", args.requests)
+                _print_round("after one calibration round", plan1, st1, pair1)
+                mape = [100 * float(np.mean([abs(_err(p, m)) for _, _, m, p in st])) for st in (st0, st1)]
+                thr = [100 * abs(_err(pr["throughput_loaded"][1], pr["throughput_loaded"][0])) for pr in (pair0, pair1)]
+                lat = [100 * abs(_err(pr["latency_p50_loaded_s"][1], pr["latency_p50_loaded_s"][0]))
+                       for pr in (pair0, pair1)]
+                rows.append((model, cname, mape, thr, lat))
+    print(f"\n{'model':<20}{'cluster':<14}{'stage MAPE %':>22}{'throughput err %':>22}{'p50 err %':>20}")
+    print(f"{'':<34}{'before -> after':>22}{'before -> after':>22}{'before -> after':>20}")
+    for model, cname, mape, thr, lat in rows:
+        print(f"{model:<20}{cname:<14}{mape[0]:>11.1f} -> {mape[1]:>6.1f}{thr[0]:>13.1f} -> {thr[1]:>5.1f}"
+              f"{lat[0]:>11.1f} -> {lat[1]:>5.1f}")
+    after_mape = [r[2][1] for r in rows]
+    after_thr = [r[3][1] for r in rows]
+    print(f"targets: per-stage MAPE <= 10% (after: {min(after_mape):.1f}..{max(after_mape):.1f}%), throughput "
+          f"within 5% (after: {min(after_thr):.1f}..{max(after_thr):.1f}%); {time.perf_counter() - t0:.0f} s")
+    return {"rows": rows}
+
+
+if __name__ == "__main__":
+    main()
