@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import re
+import zlib
 
 import numpy as np
 from starlette.applications import Starlette
@@ -67,7 +68,8 @@ def _shape_text(shape) -> str:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, or 413 as soon as it (declared or streamed) passes ``limit`` bytes."""
+    """The body (gzip/deflate bodies decompressed, as tritonclient sends them when asked), or 413 as
+    soon as it, declared, streamed or decompressed, passes ``limit`` bytes: nothing larger is held."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -77,15 +79,32 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise HTTPError(413, f"request body of {size} bytes exceeds the limit of {limit} bytes "
                                  "(serve --max-request-bytes)")
-    enc = request.headers.get("content-encoding", "identity").lower()
-    if enc not in ("identity", ""):
-        raise HTTPError(415, f"Content-Encoding {enc!r} is not supported; send the body uncompressed")
+    enc = request.headers.get("content-encoding", "identity").lower().strip()
+    if enc in ("identity", ""):
+        inflate = None
+    elif enc in ("gzip", "deflate"):
+        inflate = zlib.decompressobj(16 + zlib.MAX_WBITS if enc == "gzip" else zlib.MAX_WBITS)
+    else:
+        raise HTTPError(415, f"Content-Encoding {enc!r} is not supported; send it uncompressed, gzip or deflate")
     chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise HTTPError(413, f"request body exceeds the limit of {limit} bytes (serve --max-request-bytes)")
-        chunks.append(chunk)
+    too_big = HTTPError(413, f"request body exceeds the limit of {limit} bytes (serve --max-request-bytes)")
+    try:
+        async for chunk in request.stream():
+            if inflate is not None:
+                chunk = inflate.decompress(chunk, limit - total + 1)  # never more than the limit allows
+                if inflate.unconsumed_tail:
+                    raise too_big
+            total += len(chunk)
+            if total > limit:
+                raise too_big
+            chunks.append(chunk)
+        if inflate is not None:
+            if not inflate.eof:
+                raise HTTPError(400, f"{enc} body is truncated")
+            if inflate.unused_data:
+                raise HTTPError(400, f"{len(inflate.unused_data)} bytes after the end of the {enc} stream")
+    except zlib.error as e:
+        raise HTTPError(400, f"body is not valid {enc} ({e})") from None
     return b"".join(chunks)
 
 

@@ -79,6 +79,12 @@ def test_tritonclient_answers_equal_torch(server, torch_model, binary):
             bad.set_data_from_numpy(np.zeros((1, 1, 28, 28), np.float32), binary_data=binary)
             client.infer(MODEL, [bad])
         assert client.is_server_ready()
+        x = _x(2, 99)
+        inp = triton.InferInput("x", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        res = client.infer(MODEL, [inp], request_compression_algorithm="gzip",
+                           response_compression_algorithm="gzip")
+        assert float(np.abs(res.as_numpy(meta["outputs"][0]["name"]) - _ref(torch_model, x)).max()) < TOL
     finally:
         client.close()
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -141,6 +143,22 @@ def test_wrong_json_tensor_gets_400_naming_the_input_and_serving_goes_on(served,
     assert ok.status_code == 200 and ok.json()["outputs"][0]["data"] == [3.0, 5.0, 7.0]
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_compressed_requests_are_inflated_within_the_limit(served, encoding):
+    client, _, _ = served
+    x = _x(3, 5)
+    body, headers = _binary_body(x)
+    packed = gzip.compress(body) if encoding == "gzip" else zlib.compress(body)
+    r = client.post(f"/v2/models/{NAME}/infer", content=packed, headers={**headers, "Content-Encoding": encoding})
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(_decode_binary(r)["y"], 2 * x + 1)
+    bomb = b'{"inputs": []}' + b" " * 1_000_000  # 1 MB of JSON whitespace: ~1 KB compressed, limit 4,096
+    packed = gzip.compress(bomb) if encoding == "gzip" else zlib.compress(bomb)
+    assert len(packed) < 4096
+    r = client.post(f"/v2/models/{NAME}/infer", content=packed, headers={"Content-Encoding": encoding})
+    assert r.status_code == 413 and "4096" in r.json()["error"]
+
+
 def test_wrong_binary_byte_count_gets_400(served):
     client, _, _ = served
     x = _x(2)
@@ -162,7 +180,9 @@ def test_wrong_binary_byte_count_gets_400(served):
     (b"\xff\xfe\x00", {}, ["not JSON"]),
     (b"{}", {HEADER_LENGTH: "999"}, [HEADER_LENGTH]),
     (b"{}", {HEADER_LENGTH: "ten"}, [HEADER_LENGTH]),
-    (b"{}", {"Content-Encoding": "gzip"}, ["Content-Encoding"]),
+    (b"{}", {"Content-Encoding": "br"}, ["Content-Encoding"]),
+    (b"{}", {"Content-Encoding": "gzip"}, ["gzip"]),
+    (gzip.compress(b'{"inputs": []}')[:-6], {"Content-Encoding": "gzip"}, ["truncated"]),
 ])
 def test_malformed_body_gets_one_line_4xx(served, body, headers, words):
     client, _, _ = served
