@@ -7,8 +7,9 @@ Routes: ``/v2/health/live``, ``/v2/health/ready``, ``/v2``, ``/v2/models/{name}[
 Every bad request gets a 4xx with one line naming what is wrong (``{"error": ...}``,
 as the protocol says) and the server keeps serving: wrong shape/dtype/byte count ->
 400 naming the input and the expected shape; unknown model -> 404; body over
-``max_request_bytes`` -> 413 (the body is read in chunks and dropped past the limit,
-so no request allocates more); a full queue -> 503 with Retry-After.
+``max_request_bytes`` -> 413 (the body is read, and gzip/deflate inflated, in chunks and
+dropped past the limit; JSON text may use 1/16 of it, as its Python objects take ~16x),
+so no request allocates much more; a full queue -> 503 with Retry-After.
 
 Imported only on the serving side: starlette is imported here, never by the worker.
 """
