@@ -184,10 +184,10 @@ class Head:
         self._submit_lock = threading.Lock()
         self._started = self._closed = False
         self._thread: threading.Thread | None = None
-        self._t_start = time.monotonic()
+        self.started_at = time.monotonic()
         # Loop-owned state; status() reads it without a lock (only assignments and appends happen).
         self._alive: set = set(self.workers)
-        self._last_pong = dict.fromkeys(self.workers, self._t_start)
+        self._last_pong = dict.fromkeys(self.workers, self.started_at)
         self._ranges: dict[int, list] = {}
         self._compute_ranges()
         self._unready: dict[int, str] = {}  # stage -> why it has no live replica
@@ -242,8 +242,8 @@ class Head:
         if self._started:
             return
         self._started = True
-        self._t_start = time.monotonic()
-        self._last_pong = dict.fromkeys(self.workers, self._t_start)
+        self.started_at = time.monotonic()  # Fault.detected_at_s counts from here
+        self._last_pong = dict.fromkeys(self.workers, self.started_at)
         self._open()
         self._reroute()  # epoch 1: every worker learns the addresses actually in use
         self._resend_all = False
@@ -773,7 +773,7 @@ class Head:
             return
         w = self.workers[key]
         self._alive.discard(key)
-        fault = Fault(w.device, w.stage, w.address, reason, round(time.monotonic() - self._t_start, 3))
+        fault = Fault(w.device, w.stage, w.address, reason, round(time.monotonic() - self.started_at, 3))
         self._faults.append(fault)
         self.log(f"worker on {fault.describe()}")
         ctl = self._ctl.pop(key, None)

@@ -123,6 +123,11 @@ class Drive:
         assert st["inflight"] == 0
 
 
+def _detection_s(p: Pipeline, injected_at: float) -> float:
+    """Seconds from injecting the fault to the head recording it."""
+    return p.head.started_at + p.head.status()["faults"][0]["detected_at_s"] - injected_at
+
+
 def _worker(p: Pipeline, device: str):
     return next(w for w in p.workers if w.device == device)
 
@@ -150,6 +155,7 @@ def test_kill_9_of_a_replica_fails_over_without_loss(tmp_path):
         # Whichever sees it first: the head's control connection closing, or an upstream replica's failed send.
         assert st["faults"][0]["reason"].startswith(("connection closed", "unreachable from board"))
         assert st["ready"] and not st["workers"]["c/stage1"]["alive"]
+        assert _detection_s(p, killed[0]) < 0.5
     finally:
         p.close()
 
@@ -167,6 +173,7 @@ def test_sigstop_of_a_replica_is_detected_within_two_seconds_and_rejoins_after_s
         bounded(60, lambda: Drive(p, w, 150).run(inject).check())
         fault = p.head.status()["faults"][0]
         assert (fault["device"], fault["stage"]) == ("b", 0) and "heartbeat" in fault["reason"]
+        assert _detection_s(p, stopped[0]) <= DETECTION_S
         os.kill(_worker(p, "b").process.pid, signal.SIGCONT)
         stopped.clear()
         t0 = time.monotonic()
@@ -215,6 +222,7 @@ def test_hung_module_is_caught_by_the_compute_watchdog_and_its_late_output_dropp
         bounded(60, lambda: d.run(inject).check())
         fault = p.head.status()["faults"][0]
         assert (fault["device"], fault["stage"]) == ("d", 1) and "watchdog" in fault["reason"]
+        assert _detection_s(p, state["t"]) <= DETECTION_S
         stale = p.head.status()["stale_results_total"]
         hang.unlink()  # the call returns: its output belongs to an old routing epoch and is never delivered
         t0 = time.monotonic()
@@ -330,3 +338,39 @@ def test_soak_with_one_kill_and_one_restart_loses_nothing(tmp_path):
         print(f"soak: {SOAK} requests in {took:.1f}s, {st['resent_total']} re-sent")
     finally:
         p.close()
+
+
+def test_worker_down_when_the_head_starts_joins_once_it_comes_up(tmp_path):
+    """A board that boots after the head: its stage is not ready (requests fail at once, naming it), then it joins."""
+    from edgeplan.runtime.head import Head
+    from edgeplan.runtime.local import discover, start_workers, stop_workers
+
+    w = make_artifacts(tmp_path / "art", [[("a", 2)], [("c", 2)]], DIMS, delay=0.002)
+    art = discover(tmp_path / "art")
+    workers = start_workers(art, tmp_path, command=WORKER)
+    c = next(x for x in workers if x.device == "c")
+    c.process.kill()
+    c.process.wait()
+    head = Head.from_specs([s for _, s in art.stages], art.microbatches, "127.0.0.1:0",
+                           {(x.device, x.stage): x.address for x in workers},
+                           HeadConfig(connect_timeout_s=0.5, shutdown_workers=True))
+    p = Pipeline(art, head, workers)
+
+    def body():
+        head.start()
+        t0 = time.monotonic()
+        while head.ready() and time.monotonic() - t0 < 5:
+            time.sleep(0.05)
+        with pytest.raises(RequestFailed, match="not ready.*board c stage 1"):
+            head.submit([np.zeros((2, 4), np.float32)]).result(timeout=1)
+        restart_worker(c)
+        while not head.ready() and time.monotonic() - t0 < 15:
+            time.sleep(0.05)
+        assert head.ready() and head.status()["rejoined_total"] == 1
+        Drive(p, w, 30).run().check()
+
+    try:
+        bounded(60, body)
+    finally:
+        head.close()
+        stop_workers(workers)
