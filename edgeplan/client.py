@@ -50,11 +50,9 @@ def _arrays(x, specs) -> list[np.ndarray]:
     for a, (name, _shape, dtype) in zip(xs, specs, strict=True):
         a = np.asarray(a)
         dt = np.dtype(dtype)
-        if a.dtype != dt:
-            if not np.can_cast(a.dtype, dt, "same_kind"):
-                raise InferenceError(f"input '{name}': dtype {a.dtype} cannot become the model's {dt}")
-            a = a.astype(dt)
-        out.append(a)
+        if a.dtype != dt and not np.can_cast(a.dtype, dt, "same_kind"):
+            raise InferenceError(f"input '{name}': dtype {a.dtype} cannot become the model's {dt}")
+        out.append(np.array(a, dtype=dt, copy=True))  # a copy: the caller may reuse its buffer after submit()
     return out
 
 

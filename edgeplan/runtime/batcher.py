@@ -120,14 +120,18 @@ class Batcher:
         with self._cv:
             if self._closed:
                 raise Failed("the pipeline is closed")
-            if self._queued and self._queued + n > self.max_queued:
+            full = bool(self._queued and self._queued + n > self.max_queued)
+            if full:
                 self.stats["rejected_total"] += 1
-                raise QueueFull(self._retry_after())
-            self._queue.append([req, 0])
-            self._queued += n
-            self.stats["requests_total"] += 1
-            self.stats["samples_total"] += n
-            self._cv.notify()
+                queued = self._queued
+            else:
+                self._queue.append([req, 0])
+                self._queued += n
+                self.stats["requests_total"] += 1
+                self.stats["samples_total"] += n
+                self._cv.notify()
+        if full:
+            raise QueueFull(self._retry_after(queued))
         return fut
 
     def infer(self, inputs: Sequence[np.ndarray], timeout_s: float | None = None) -> list[np.ndarray]:
@@ -145,7 +149,7 @@ class Batcher:
             self._fail(r, Failed("the pipeline was closed before the request was sent"))
         self._thread.join(timeout=5.0)
 
-    def _retry_after(self) -> float:
+    def _retry_after(self, queued: int) -> float:
         # About the time the queued samples need, from the head's latency so far (a hint).
         lat = {}
         try:
@@ -153,7 +157,7 @@ class Batcher:
         except Exception:  # noqa: BLE001 - a hint must not fail the request path
             pass
         mean = lat.get("sum", 0.0) / lat["count"] if lat.get("count") else 0.1
-        return max(0.05, mean * max(1, self._queued // self.batch))
+        return max(0.05, mean * max(1, queued // self.batch))
 
     # --- the head side -------------------------------------------------------------------------------
 
