@@ -5,19 +5,26 @@ request and returns a ``concurrent.futures.Future`` at once (``Busy`` when the i
 is full); ``run()`` is a thin batch wrapper over the service (``edgeplan run``, the demo, tests).
 
 One control connection per worker carries heartbeats (PING/PONG), routing changes (ROUTE/ACK),
-statistics and, for stage 0, the input tensors. The last stage connects back to the head's
-listener with the outputs. All request state lives in the loop thread, fed by an event queue,
-so retries and failures are decided in one place:
+statistics and errors; the inputs of stage 0 travel on separate connections, each with its own
+sender thread and bounded queue (net.Sender), so heartbeats never wait behind data. The last stage
+connects back to the head's listener with the outputs. All request state lives in the loop thread,
+fed by an event queue, so retries and failures are decided in one place:
 
-* a worker whose connection closes or that misses heartbeats for ``dead_after_s``
-  is dead: the head names its board and stage, gives its samples to a surviving
-  replica of the same stage (new routing epoch, acknowledged by every worker) and
-  re-sends every in-flight request; with no survivor, every unfinished request
-  fails with that reason;
-* a request without an answer within ``request_timeout_s`` is re-sent, up to ``max_attempts``,
-  and never outlives its own deadline;
+* a worker is dead when its connection closes, it misses heartbeats for ``dead_after_s``, its PONG
+  says its compute watchdog fired (a hung module), or a neighbour reports it cannot reach it (a
+  stage that cannot reach the head is itself taken out). The head names its board and stage, gives
+  its samples to a live replica of the same stage (new routing epoch, acknowledged by every
+  worker) and re-sends every in-flight request; with no replica left, unfinished requests fail
+  with that reason and new ones fail at once until the stage is back;
+* a dead worker is probed every ``rejoin_interval_s`` (backing off when it keeps failing); once it
+  answers a PING healthily it gets its plan range back in a new epoch;
+* answers carry the epoch and attempt they were sent under: a late answer of an older one (a hung
+  call finishing, a re-sent request) is counted in ``stale_results_total`` and never delivered;
+* a worker that refuses a micro-batch (its bounded queues are full) gets the request re-sent, as an
+  attempt; a request without an answer within ``request_timeout_s`` is re-sent, up to
+  ``max_attempts``, and never outlives its own deadline;
 * so every request ends answered or failed (``RequestFailed`` with a reason that names the board
-  and stage): none is lost, none is answered twice.
+  and stage), exactly once: none is lost, none is answered twice.
 """
 
 from __future__ import annotations
