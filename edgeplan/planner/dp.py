@@ -28,7 +28,7 @@ from edgeplan.profiles.cost import CostTable
 
 WORK_BUDGET = 6e7  # element-operations per pass before reductions kick in
 MAX_PASSES = 200
-HEURISTIC_PASSES = 16  # once reductions made the DP a heuristic, stop the threshold search early
+HEURISTIC_PASSES = 6  # once reductions made the DP a heuristic, stop the threshold search early (refine follows)
 ENERGY_PASSES = 400
 CHUNK_ROWS = 256
 
@@ -71,7 +71,7 @@ class DPSolver:
         work_budget *= min(8.0, max(1.0, n * costs.n_devices / (170 * 16)))
         many = objective.objective in ("time", "energy") or (objective.objective == "latency" and self.M > 1)
         if many and n * costs.n_devices >= 2000:  # large and many passes: spend less per pass
-            work_budget /= 4
+            work_budget /= 12
         self.work_budget = work_budget
         depth = self.nD
         self.nD = 1  # 1F1B depth only matters when memory depends on it; checked below
@@ -567,6 +567,15 @@ def solve(costs: CostTable, objective: Objective, *, work_budget: float = WORK_B
     res = _optimise(dp, objective)
     res.notes[:0] = dp.notes
     res.exact = res.exact and dp.exact
+    if not res.exact and res.layout is not None and not ignore_memory:
+        from edgeplan.planner.refine import refine
+
+        lay, ev, moves = refine(costs, objective, res.layout, prefix=dp.pf)
+        if better(ev, res.evaluation, objective):
+            a, b = res.evaluation.value(objective), ev.value(objective)
+            res.notes.append(f"DP heuristic result refined on the full graph by {moves} local move(s) (cuts, "
+                             f"devices, units, merges): {(a - b) / a * 100:.2f}% better")
+            res.layout, res.evaluation = lay, ev
     return res
 
 
