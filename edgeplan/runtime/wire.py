@@ -106,22 +106,26 @@ def encode_parts(frame: Frame, secret: bytes | None = None) -> list:
         desc = bytearray()
         arrays = []
         for t in frame.tensors:
-            a = np.asarray(t)
+            a = t if type(t) is np.ndarray else np.asarray(t)
             if a.dtype.byteorder == ">":
                 a = a.astype(a.dtype.newbyteorder("<"))
-            code = dtype_code(a.dtype)
+            code = _CODES.get(a.dtype)
+            if code is None:
+                code = dtype_code(a.dtype)  # raises, naming the allowed dtypes
             if a.ndim > MAX_NDIM:
                 raise FrameError(f"tensor has {a.ndim} dims > {MAX_NDIM}")
-            a = np.ascontiguousarray(a)
-            desc += struct.pack(f"<BB{a.ndim}I", code, a.ndim, *a.shape)
+            if not a.flags.c_contiguous:
+                a = np.ascontiguousarray(a)
+            desc += _DESC.pack(code, a.ndim)
+            desc += _DIMS[a.ndim].pack(*a.shape)
             arrays.append(a)
-        desc += b"\0" * _pad8(len(desc))
-        parts.append(bytes(desc))
+        desc += b"\0" * (-len(desc) % 8)
+        parts.append(desc)
         for a in arrays:
-            buf = memoryview(a).cast("B") if a.nbytes else b""
-            parts.append(buf)
-            if _pad8(a.nbytes):
-                parts.append(b"\0" * _pad8(a.nbytes))
+            nbytes = a.nbytes
+            parts.append(memoryview(a).cast("B") if nbytes else b"")
+            if nbytes % 8:
+                parts.append(b"\0" * (-nbytes % 8))
         count = len(arrays)
     else:
         if frame.tensors:
@@ -131,7 +135,7 @@ def encode_parts(frame: Frame, secret: bytes | None = None) -> list:
             raise FrameError(f"meta of {len(blob)} bytes > {MAX_META_BYTES}")
         parts.append(blob)
         count = 0
-    body_len = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+    body_len = sum(len(p) if not isinstance(p, memoryview) else p.nbytes for p in parts)
     flags = F_HMAC if secret else 0
     if secret:
         body_len += MAC_BYTES
@@ -258,6 +262,7 @@ def decode_body(h: Header, raw_header: bytes, body, secret: bytes | None) -> Fra
 
 
 _DIMS = [struct.Struct(f"<{k}I") for k in range(MAX_NDIM + 1)]  # tensor shape descriptors by rank
+_DESC = struct.Struct("<BB")  # dtype code, rank
 
 
 def _prod(shape) -> int:
@@ -315,7 +320,7 @@ def send_frame(sock: socket.socket, frame: Frame, secret: bytes | None = None) -
 
 def buffers(frame: Frame, secret: bytes | None = None) -> list[memoryview]:
     """The frame's bytes as flat memoryviews, ready for ``send_buffers``."""
-    return [memoryview(p).cast("B") for p in encode_parts(frame, secret)]
+    return [p if isinstance(p, memoryview) else memoryview(p) for p in encode_parts(frame, secret)]
 
 
 def send_buffers(sock: socket.socket, parts: list[memoryview], nowait: bool = False) -> list[memoryview]:
