@@ -621,9 +621,10 @@ def infer(
         _pipeline_source(local, cluster, "infer")
         pipe = connect(artifacts, local=local, cluster=cluster)
     with pipe:
-        xs = infer_files.load_inputs(inputs, pipe.input_specs, normalize)
-        typer.echo(f"{len(xs[0])} sample(s) from {len(inputs)} path(s)", err=True)
-        ys = infer_files.run_files(pipe, xs, progress=infer_files.text_progress())
+        src = infer_files.open_inputs(inputs, pipe.input_specs, normalize)
+        typer.echo(f"{src.n} sample(s) from {len(inputs)} path(s)", err=True)
+        chunk = int(getattr(getattr(pipe, "head", None), "batch", 8))
+        ys = infer_files.run_files(pipe, src.chunks(chunk), src.n, progress=infer_files.text_progress())
     path = infer_files.save_outputs(outputs, ys, [n for n, _, _ in pipe.output_specs])
     shapes = ", ".join(f"{n} {list(y.shape)}" for (n, _, _), y in zip(pipe.output_specs, ys, strict=True))
     typer.echo(f"wrote {path} ({shapes})")

@@ -21,7 +21,8 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -100,8 +101,38 @@ def _expand(paths: Sequence[Path]) -> list[Path]:
     return files
 
 
-def load_inputs(paths: Sequence[str | os.PathLike[str]], input_specs, normalize: str = "auto") -> list[np.ndarray]:
-    """One batch-first array per model input (``input_specs``: (name, per-sample shape, dtype))."""
+@dataclass(frozen=True)
+class InputSet:
+    """Samples from files, read a chunk at a time (a folder of 10,000 frames never sits in memory at once).
+
+    ``parts``: per file, (sample count, loader returning one batch-first array per model input).
+    """
+
+    n: int
+    parts: tuple[tuple[int, Callable[[], list[np.ndarray]]], ...]
+
+    def chunks(self, size: int) -> Iterator[list[np.ndarray]]:
+        """Consecutive chunks of at most ``size`` samples, in file order."""
+        held: list[list[np.ndarray]] = []
+        count = 0
+        for _, load in self.parts:
+            xs = load()
+            at, k = 0, len(xs[0])
+            while at < k:
+                take = min(size - count, k - at)
+                held.append([x[at:at + take] for x in xs])
+                count += take
+                at += take
+                if count == size:
+                    yield [np.concatenate([h[i] for h in held]) for i in range(len(xs))]
+                    held, count = [], 0
+        if held:
+            yield [np.concatenate([h[i] for h in held]) for i in range(len(held[0]))]
+
+
+def open_inputs(paths: Sequence[str | os.PathLike[str]], input_specs, normalize: str = "auto") -> InputSet:
+    """Check the files against the model inputs (``input_specs``: (name, per-sample shape, dtype)) and
+    return them as an :class:`InputSet`; .npy files are memory-mapped, images decoded when their chunk is due."""
     files = _expand([Path(p) for p in paths])
     names = [n for n, _, _ in input_specs]
     if len(files) == 1 and files[0].suffix == ".npz":
@@ -116,24 +147,40 @@ def load_inputs(paths: Sequence[str | os.PathLike[str]], input_specs, normalize:
                                          f"save one array per input name ({', '.join(names)})")
                 keys_for = {n: n for n in names}
             xs = [_fit(z[keys_for[n]], str(files[0]), n, tuple(s), d) for n, s, d in input_specs]
-    else:
-        if len(input_specs) != 1:
-            raise InputFileError(f"the model takes {len(names)} inputs ({', '.join(names)}): give one .npz file "
-                                 "with an array per input name")
-        name, shape, dtype = input_specs[0]
-        parts = []
-        for f in files:
-            if f.suffix == ".npy":
-                parts.append(_fit(np.load(f, allow_pickle=False), str(f), name, tuple(shape), dtype))
-            elif f.suffix.lower() in IMAGE_SUFFIXES:
-                parts.append(_fit(load_image(f, tuple(shape), normalize)[None], str(f), name, tuple(shape), dtype))
-            else:
-                raise InputFileError(f"{f}: unknown input file type; give .npy, .npz or images "
-                                     f"({', '.join(sorted(IMAGE_SUFFIXES))})")
-        xs = [np.concatenate(parts)]
-    n = {len(x) for x in xs}
-    if len(n) != 1:
-        raise InputFileError(f"inputs have different sample counts {sorted(n)}; every input needs the same")
+        counts = {len(x) for x in xs}
+        if len(counts) != 1:
+            raise InputFileError(f"{files[0]}: inputs have different sample counts {sorted(counts)}; "
+                                 "every input needs the same")
+        return InputSet(len(xs[0]), ((len(xs[0]), lambda: xs),))
+    if len(input_specs) != 1:
+        raise InputFileError(f"the model takes {len(names)} inputs ({', '.join(names)}): give one .npz file "
+                             "with an array per input name")
+    name, shape, dtype = input_specs[0]
+    shape = tuple(shape)
+    parts = []
+    for f in files:
+        if f.suffix == ".npy":
+            try:
+                a = np.load(f, mmap_mode="r", allow_pickle=False)
+            except ValueError as e:
+                raise InputFileError(f"{f}: not a numeric .npy array ({e})") from None
+            a = a[None] if tuple(a.shape) == shape else a
+            _fit(a[:0], str(f), name, shape, dtype)  # shape and dtype checked now, data read later
+            parts.append((len(a), lambda a=a, f=f: [_fit(np.asarray(a), str(f), name, shape, dtype)]))
+        elif f.suffix.lower() in IMAGE_SUFFIXES:
+            if len(shape) != 3 or shape[0] not in (1, 3):
+                load_image(f, shape, normalize)  # raises: names the file and the input shape
+            parts.append((1, lambda f=f: [load_image(f, shape, normalize)[None].astype(dtype, copy=False)]))
+        else:
+            raise InputFileError(f"{f}: unknown input file type; give .npy, .npz or images "
+                                 f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return InputSet(sum(c for c, _ in parts), tuple(parts))
+
+
+def load_inputs(paths: Sequence[str | os.PathLike[str]], input_specs, normalize: str = "auto") -> list[np.ndarray]:
+    """Every sample at once: one batch-first array per model input."""
+    src = open_inputs(paths, input_specs, normalize)
+    (xs,) = src.chunks(max(src.n, 1))
     return xs
 
 
@@ -160,28 +207,30 @@ def save_outputs(path: str | os.PathLike[str], outputs: list[np.ndarray], names:
     return path
 
 
-def run_files(pipe, xs: list[np.ndarray], chunk: int = 0, inflight: int = 8,
+def run_files(pipe, chunks: Iterable[list[np.ndarray]], total: int | None = None, inflight: int = 8,
               progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
-    """Send ``xs`` through ``pipe`` (``connect()``'s API) in chunks, ``inflight`` at once; outputs in order."""
-    n = len(xs[0])
-    chunk = chunk or max(1, int(getattr(getattr(pipe, "head", None), "batch", 8)))
+    """Send each chunk through ``pipe`` (``connect()``'s API), ``inflight`` at once; outputs in order."""
     futures: deque = deque()
-    results: list = []
+    results: list[list[np.ndarray]] = []
     done = 0
-    for lo in range(0, n, chunk):
-        futures.append(pipe.submit([x[lo:lo + chunk] for x in xs]))
-        while len(futures) >= inflight:
-            results.append(futures.popleft().result())
-            done += len(results[-1][0] if isinstance(results[-1], list) else results[-1])
-            if progress:
-                progress(done, n)
-    while futures:
-        results.append(futures.popleft().result())
-        done += len(results[-1][0] if isinstance(results[-1], list) else results[-1])
+
+    def collect() -> None:
+        nonlocal done
+        r = futures.popleft().result()
+        results.append(r if isinstance(r, list) else [r])
+        done += len(results[-1][0])
         if progress:
-            progress(done, n)
-    per_output = [r if isinstance(r, list) else [r] for r in results]
-    return [np.concatenate([r[k] for r in per_output]) for k in range(len(per_output[0]))]
+            progress(done, total if total is not None else done)
+
+    for xs in chunks:
+        futures.append(pipe.submit(xs))
+        while len(futures) >= inflight:
+            collect()
+    while futures:
+        collect()
+    if not results:
+        raise InputFileError("no samples in the inputs")
+    return [np.concatenate([r[k] for r in results]) for k in range(len(results[0]))]
 
 
 def text_progress(stream=sys.stderr, every_s: float = 1.0) -> Callable[[int, int], None]:
