@@ -299,19 +299,20 @@ class Worker:
                                            f"[{f.hi - f.lo}, {', '.join(map(str, want.shape[1:]))}]")
             key = (f.request_id, f.microbatch, f.attempt)
             p = self._partials.get(key)
-            if p is None:
-                if len(self._partials) >= self.max_partials:
-                    return self._overloaded(f.request_id, f.microbatch, f.epoch,
-                                            f"{self.max_partials} incomplete micro-batches held")
-                p = self._partials[key] = {"t": time.monotonic(), "pieces": [], "have": 0}
-            if any(f.lo < phi and plo < f.hi for plo, phi, _ in p["pieces"]):
-                return self._reject(f, "overlaps samples already received")
-            p["pieces"].append((f.lo, f.hi, f.tensors))
-            p["have"] += f.hi - f.lo
-            if p["have"] == r.hi - r.lo:
-                del self._partials[key]
-                return key, r, sorted(p["pieces"], key=lambda x: x[0])
-            self.monitor.set_queue("partials", len(self._partials))
+            full = p is None and len(self._partials) >= self.max_partials
+            if not full:
+                if p is None:
+                    p = self._partials[key] = {"t": time.monotonic(), "pieces": [], "have": 0}
+                if any(f.lo < phi and plo < f.hi for plo, phi, _ in p["pieces"]):
+                    return self._reject(f, "overlaps samples already received")
+                p["pieces"].append((f.lo, f.hi, f.tensors))
+                p["have"] += f.hi - f.lo
+                if p["have"] == r.hi - r.lo:
+                    del self._partials[key]
+                    return key, r, sorted(p["pieces"], key=lambda x: x[0])
+                self.monitor.set_queue("partials", len(self._partials))
+        if full:  # refused outside the lock: telling the head may wait on its connection
+            self._overloaded(f.request_id, f.microbatch, f.epoch, f"{self.max_partials} incomplete micro-batches held")
         return None
 
     # --- running and forwarding -------------------------------------------------------------------
