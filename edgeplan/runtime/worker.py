@@ -111,6 +111,9 @@ class Worker:
         if head:
             down = (("head", spec.n_stages, head[0].address, 0, spec.microbatch),)
         self.route = Route(0, spec.lo, spec.hi, down)
+        # What every input/output must look like past the batch dimension (checked on every frame).
+        self._in_want = [(np.dtype(t.dtype), tuple(t.shape[1:]), t) for t in spec.inputs]
+        self._out_want = [(tuple(t.shape[1:]), t) for t in spec.outputs]
         self._lock = threading.Lock()
         self._partials: dict[tuple[int, int, int], dict] = {}
         self._ready: queue.Queue = queue.Queue(maxsize=max_ready)
@@ -292,9 +295,8 @@ class Worker:
                 return self._reject(f, f"samples outside this replica's range [{r.lo},{r.hi})")
             if len(f.tensors) != len(spec.inputs):
                 return self._reject(f, f"{len(f.tensors)} tensors, stage takes {len(spec.inputs)}")
-            for t, want in zip(f.tensors, spec.inputs, strict=True):
-                if t.dtype != np.dtype(want.dtype) or t.shape[1:] != tuple(want.shape[1:]) \
-                        or t.shape[0] != f.hi - f.lo:
+            for t, (dt, shape, want) in zip(f.tensors, self._in_want, strict=True):
+                if t.dtype != dt or t.shape[1:] != shape or t.shape[0] != f.hi - f.lo:
                     return self._reject(f, f"{want.name}: got {t.dtype}{list(t.shape)}, want {want.dtype}"
                                            f"[{f.hi - f.lo}, {', '.join(map(str, want.shape[1:]))}]")
             key = (f.request_id, f.microbatch, f.attempt)
@@ -348,8 +350,8 @@ class Worker:
         self.monitor.record_compute(dt, b)
         if len(outs) != len(self.spec.outputs):
             raise RuntimeError(f"module returned {len(outs)} outputs, stage.json lists {len(self.spec.outputs)}")
-        for o, want in zip(outs, self.spec.outputs, strict=True):
-            if o.shape[1:] != tuple(want.shape[1:]) or o.shape[0] != b:
+        for o, (shape, want) in zip(outs, self._out_want, strict=True):
+            if o.shape[1:] != shape or o.shape[0] != b:
                 raise RuntimeError(f"output {want.name} has shape {list(o.shape)}, stage.json says {list(want.shape)}")
         return outs
 
