@@ -26,9 +26,11 @@ calls than unknowns):
 
 A unit's factor may not make any op class faster than the unit's peak FLOP/s:
 such a fit is clamped to the peak and says so. The hop cost is the median over
-calls of (CPU per call - module time per call - per-byte copies); it includes
-the worker's start-up CPU spread over its calls (the report has no start-up
-figure), so more requests give a truer figure.
+calls of (CPU per call - module time per call - per-byte copies). A replica's
+optional ``cpu_startup_s`` (worker CPU before its first call) is left out and
+its optional ``cpu_quota_cores`` (a CPU quota, e.g. the emulated testbed's)
+turns CPU seconds into the board's seconds; without them the start-up CPU is
+spread over the calls (more requests give a truer figure) and one core is assumed.
 
 Reports are checked against the plan (model, stages, replicas, plan sha256 when
 the report carries one) and the plan against the cluster (cluster sha256): a
@@ -82,7 +84,7 @@ class Observation:
     samples: int
     runs: int
     module_s: float  # median module time per call
-    cpu_per_call_s: float | None  # worker CPU seconds per call (None: not in the report)
+    cpu_per_call_s: float | None  # worker CPU seconds per call / its CPU quota (None: not in the report)
     bytes_per_call: float | None  # bytes received + sent per call
 
 
@@ -193,6 +195,8 @@ def observations(plan: dict, report: dict, source: str) -> tuple[list[Observatio
                                "(run more requests)")
                 continue
             cpu, b_in, b_out = r.get("cpu_s"), r.get("bytes_in"), r.get("bytes_out")
+            if cpu is not None:  # board time per call: CPU past start-up, on the cores the board may use
+                cpu = (float(cpu) - float(r.get("cpu_startup_s") or 0.0)) / float(r.get("cpu_quota_cores") or 1.0)
             out.append(Observation(
                 source=source, stage=int(st["index"]), device=pr["device"], unit=pr["unit"],
                 start=int(ps["start"]), stop=int(ps["stop"]), samples=int(pr["samples"]), runs=int(runs),
@@ -464,7 +468,8 @@ def _gflops(x: float) -> float:
 
 def _unit_overrides(fit_: UnitFit, stamp: dict) -> dict:
     u = fit_.after
-    thr = {c: _gflops(f) for c, f in u.throughput}
+    peak = u.peak_flops / 1e9 if u.peak_flops else float("inf")
+    thr = {c: min(_gflops(f), peak) for c, f in u.throughput}  # rounding must not pass the peak the file allows
     body = {
         "throughput_gflops": thr,
         "mem_bandwidth_gbs": float(f"{u.mem_bandwidth / 1e9:.6g}"),
