@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgeplan.planner import report as plan_report
     from edgeplan.planner.api import make_plan
     from edgeplan.planner.objective import Objective
+    from edgeplan.planner.plan import record_sources
     from edgeplan.profiles.load import load_cluster
     from edgeplan.runtime import report as run_report
     from edgeplan.runtime.head import HeadConfig
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     traced = build(args.model, None)
     objective = Objective(mode="inference", objective="throughput", batch=args.batch,
                           microbatches=args.microbatches)
-    plan = make_plan(traced.graph, cluster, objective)
+    plan = record_sources(make_plan(traced.graph, cluster, objective), model_ref=args.model, input_shape=None,
+                          cluster_path=str(cluster_file), cluster=cluster)  # `edgeplan compile` needs no flags
     jsonio.write(out / "plan.json", plan.to_json())
     _say(plan_report.format_plan(plan))
     single = single_board_plan(plan)
