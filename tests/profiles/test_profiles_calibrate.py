@@ -190,3 +190,16 @@ def test_calibrated_file_loads_back_with_provenance_and_the_fitted_figures(tmp_p
         m = got.measured[0]
         assert (m.when, m.backend, m.source) == ("2026-01-01T00:00:00Z", "onnxruntime", "r.json (plan x)")
     assert new.devices[0].unit("cpu").flops_per_s("conv") == pytest.approx(2 * unit.flops_per_s("conv"), rel=1e-5)
+
+
+def test_hop_cost_leaves_out_start_up_cpu_and_counts_cpu_quota_as_board_time(tmp_path):
+    graph = synthetic_graph()
+    cluster = load_cluster(cluster_file(tmp_path))
+    plan, rep = plan_and_report(graph, cluster, [12], lambda s: "ab"[s], [0.004, 0.004], runs=100)
+    for st in rep["stages"]:  # 100 calls x (4 ms module + 1 ms hop) of CPU, plus 0.3 s to start
+        st["replicas"][0].update(cpu_s=100 * 0.005 + 0.3, cpu_startup_s=0.3)
+    a, b = cal.observations(plan, rep, "r.json")[0]
+    assert a.cpu_per_call_s == pytest.approx(0.005)
+    rep["stages"][1]["replicas"][0].update(cpu_quota_cores=0.25, cpu_s=100 * 0.001 * 0.25 + 0.3)
+    b = cal.observations(plan, rep, "r.json")[0][1]
+    assert b.cpu_per_call_s == pytest.approx(0.001)  # 0.25 ms of CPU per call is 1 ms of a quarter-core board
