@@ -104,7 +104,7 @@ def profile(
     seconds: float = typer.Option(0.4, "--seconds", min=0.05, help="Timing per op class."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="Threads to measure with (default: all)."),
 ) -> None:
-    """Measure this machine per op class and write it as a board profile (estimate: false).
+    """Measure this machine per op class and write it as a board profile (measured figures marked as such).
 
     Run it on the board itself; use the file as a device's `profile:` in a cluster file.
     """
