@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from concurrent.futures import wait
 
@@ -126,3 +127,40 @@ def test_stage_without_live_replica_fails_requests_fast_and_is_not_ready(tmp_pat
         assert [(x["device"], x["stage"]) for x in st["faults"]] == [("c", 1)]
     finally:
         p.close()
+
+
+def test_run_deployed_drives_workers_already_running_at_the_compiled_addresses(tmp_path):
+    """``run --cluster``: the head takes worker addresses from stage.json peers and head.json, starts nothing."""
+    from edgeplan import jsonio
+    from edgeplan.runtime.local import discover, run_deployed, start_workers, stop_workers
+    from edgeplan.runtime.spec import StageSpec
+
+    w = make_artifacts(tmp_path / "art", [[("a", 3), ("b", 5)], [("c", 6), ("d", 2)]], DIMS)
+    art = discover(tmp_path / "art")
+    workers = start_workers(art, tmp_path, command=WORKER)  # stand-ins for the boards' services
+    try:
+        where = {(x.device, x.stage): x.address for x in workers}
+        with socket.create_server(("127.0.0.1", 0)) as s:
+            head_at = f"127.0.0.1:{s.getsockname()[1]}"
+
+        def peer(p):
+            return {**p, "address": head_at if p["device"] == "head" else where[(p["device"], p["stage"])]}
+
+        for stage_dir, spec in art.stages:  # what compile writes for a cluster: every address known
+            d = spec.to_json()
+            d["upstream"], d["downstream"] = [peer(p) for p in d["upstream"]], [peer(p) for p in d["downstream"]]
+            StageSpec.from_json(d)
+            jsonio.write(stage_dir / "stage.json", d)
+        jsonio.write(tmp_path / "art" / "head.json", {
+            "listen": head_at, "address": head_at,
+            "downstream": [{"device": k[0], "stage": 0, "address": a} for k, a in where.items() if k[1] == 0]})
+        xs = [[_x(8, i)] for i in range(12)]
+        _, res = run_deployed(tmp_path / "art", inputs=xs, config=HeadConfig(window=4))
+        assert res.ok and res.completed == 12, (res.failures, res.faults)
+        for x, out in zip(xs, res.outputs, strict=True):
+            np.testing.assert_allclose(out[0], reference(w, x[0]), atol=1e-5)
+        assert all(x.process.poll() is None for x in workers)  # deployed workers keep running after the run
+    finally:
+        for x in workers:
+            x.process.terminate()
+        stop_workers(workers)
