@@ -1,4 +1,4 @@
-"""arm-cpu: Cortex-A boards (Pi 3/4/5, RK3588, Jetson CPUs), LLVM aarch64 + NEON, cross-linked (Debian gcc or pip ziglang).
+"""arm-cpu: Cortex-A boards (Pi 3/4/5, RK3588, Jetson CPUs), LLVM aarch64 + NEON, cross-linked (gcc or ziglang).
 
 ``target_options.mcpu`` comes from the board profile (cortex-a53 Pi 3, cortex-a72 Pi 4,
 cortex-a76 Pi 5 / RK3588); backend auto picks TVM or ONNX Runtime per stage by the
