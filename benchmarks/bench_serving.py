@@ -5,8 +5,10 @@ Rows (samples/s and per-request p50 latency):
 * head:        ``Head.submit`` of whole plan batches, window full: the pipeline's own rate (baseline);
 * connect:     ``edgeplan.connect(art, local=True)``, 1-sample requests, ``--inflight`` at once:
                the dynamic batcher packing single samples into plan batches;
-* http-bin:    ``edgeplan serve`` over HTTP (``edgeplan.connect(url)``: httpx, a thread per request in
-               flight), binary tensors, 1-sample requests;
+* http-bin:    ``python -m edgeplan_runtime.serve`` (the head board's entry point, its own process) over
+               HTTP (``edgeplan.connect(url)``: httpx, a thread per request in flight), binary tensors,
+               1-sample requests; "server CPU" is that process's CPU time (HTTP + batcher + head, not the
+               workers) per request;
 * http-bin-B:  the same with requests of one plan batch each;
 * http-json:   1-sample requests as JSON tensors;
 * tritonclient: ``tritonclient.http`` ``async_infer`` (binary), 1-sample requests; its gevent pool, not
@@ -22,8 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -60,6 +67,26 @@ def _drive(submit, make, seconds: float, inflight: int) -> tuple[float, float, i
     return samples / wall, statistics.median(lat), len(lat)
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (its own threads, not its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _start_server(art: Path) -> tuple[subprocess.Popen, str]:
+    """The board-side entry point, as on a head board: ``python -m edgeplan_runtime.serve`` from a board folder."""
+    board = next(p for p in sorted(art.iterdir()) if (p / "edgeplan_runtime").is_dir())
+    env = {**os.environ, "PYTHONPATH": str(board)}
+    proc = subprocess.Popen([sys.executable, "-m", "edgeplan_runtime.serve", str(art), "--local", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    for line in proc.stdout:
+        if line.startswith("serving model"):
+            url = next(w for w in line.split() if w.startswith("http://"))
+            threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep draining its output
+            return proc, url
+    raise RuntimeError(f"serve exited with code {proc.wait()}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="lenet5")
@@ -71,15 +98,18 @@ def main(argv: list[str] | None = None) -> None:
     import tritonclient.http as triton
 
     from edgeplan.client import connect
-    from edgeplan.runtime.serve import Server
+    from edgeplan.runtime.head import Busy
+    from edgeplan.runtime.local import start_pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         art = _compile(a.model, Path(tmp) / "art", a.batch)
-        rows = []
-        with Server(art, local=True, port=0) as server:
-            head, name = server.head, server.name
-            _, shape, dtype = head.input_specs[0]
-            rng = np.random.default_rng(0)
+        rows = []  # (row, samples/s, p50 s, requests, server CPU ms per request or None)
+        rng = np.random.default_rng(0)
+        pl = start_pipeline(art, local=True)
+        try:
+            head = pl.head
+            name_in, shape, dtype = head.input_specs[0]
+            name_out = head.output_specs[0][0]
 
             def sample(n):
                 return lambda: rng.standard_normal((n, *shape)).astype(dtype)
@@ -88,25 +118,30 @@ def main(argv: list[str] | None = None) -> None:
                 while True:
                     try:
                         return head.submit([x])
-                    except Exception as e:  # noqa: BLE001 - Busy: the window is full, try again
-                        if type(e).__name__ != "Busy":
-                            raise
+                    except Busy:  # the window is full: try again
                         time.sleep(0.0005)
 
-            rows.append(("head", *_drive(head_submit, sample(head.batch), a.seconds, head.window)))
-            with connect(art, local=True) as pipe:
-                rows.append(("connect", *_drive(pipe.submit, sample(1), a.seconds, a.inflight)))
-            client = triton.InferenceServerClient(server.url.removeprefix("http://"), concurrency=a.inflight)
+            rows.append(("head", *_drive(head_submit, sample(head.batch), a.seconds, head.window), None))
+        finally:
+            pl.close()
+        with connect(art, local=True) as pipe:
+            rows.append(("connect", *_drive(pipe.submit, sample(1), a.seconds, a.inflight), None))
 
-            retried = [0]
-            with connect(server.url, name=name, concurrency=a.inflight) as remote:  # httpx + threads, binary
-                rows.append(("http-bin", *_drive(remote.submit, sample(1), a.seconds, a.inflight)))
-                rows.append((f"http-bin-{head.batch}", *_drive(remote.submit, sample(head.batch), a.seconds,
-                                                               a.inflight)))
-                in_name = head.input_specs[0][0]
+        proc, url = _start_server(art)
+        retried = [0]
+        try:
+            def measured(row, submit, make):
+                c0 = _cpu_s(proc.pid)
+                sps, p50, n = _drive(submit, make, a.seconds, a.inflight)
+                rows.append((row, sps, p50, n, (_cpu_s(proc.pid) - c0) / n))
+
+            with connect(url, concurrency=a.inflight) as remote:  # httpx + a thread per request, binary
+                name = remote.model
+                measured("http-bin", remote.submit, sample(1))
+                measured(f"http-bin-{head.batch}", remote.submit, sample(head.batch))
 
                 def post_json(x):
-                    doc = {"inputs": [{"name": in_name, "datatype": "FP32", "shape": list(x.shape),
+                    doc = {"inputs": [{"name": name_in, "datatype": "FP32", "shape": list(x.shape),
                                        "data": x.ravel().tolist()}]}
                     while True:
                         r = remote._http.post(f"/v2/models/{name}/infer", json=doc)
@@ -116,16 +151,16 @@ def main(argv: list[str] | None = None) -> None:
                         retried[0] += 1
                         time.sleep(0.005)
 
-                rows.append(("http-json", *_drive(lambda x: remote._pool.submit(post_json, x), sample(1),
-                                                  a.seconds, a.inflight)))
-            client = triton.InferenceServerClient(server.url.removeprefix("http://"), concurrency=a.inflight)
+                measured("http-json", lambda x: remote._pool.submit(post_json, x), sample(1))
+            client = triton.InferenceServerClient(url.removeprefix("http://"), concurrency=a.inflight)
 
             def triton_submit(x):
-                inp = triton.InferInput(in_name, list(x.shape), "FP32")
+                inp = triton.InferInput(name_in, list(x.shape), "FP32")
                 inp.set_data_from_numpy(x)
+                out = [triton.InferRequestedOutput(name_out)]
 
                 class F:
-                    req = client.async_infer(name, [inp])
+                    req = client.async_infer(name, [inp], outputs=out)
 
                     def result(self):
                         while True:  # 503 (queue full): retry, as a client honouring Retry-After would
@@ -136,18 +171,22 @@ def main(argv: list[str] | None = None) -> None:
                                     raise
                                 retried[0] += 1
                                 time.sleep(0.005)
-                                self.req = client.async_infer(name, [inp])
+                                self.req = client.async_infer(name, [inp], outputs=out)
 
                 return F()
 
-            rows.append(("tritonclient", *_drive(triton_submit, sample(1), a.seconds, a.inflight)))
+            measured("tritonclient", triton_submit, sample(1))
             client.close()
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
         base = rows[0][1]
         print(f"model {a.model}, plan batch {a.batch}, 2 local stages, {a.inflight} requests in flight, "
-              f"{a.seconds:g}s per row")
-        print(f"{'row':<14}{'samples/s':>11}{'ratio':>8}{'p50 ms':>9}{'requests':>10}")
-        for r, sps, p50, n in rows:
-            print(f"{r:<14}{sps:>11.1f}{sps / base:>8.2f}{p50 * 1e3:>9.2f}{n:>10}")
+              f"{a.seconds:g}s per row; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        print(f"{'row':<14}{'samples/s':>11}{'ratio':>8}{'p50 ms':>9}{'requests':>10}{'server CPU ms/req':>19}")
+        for r, sps, p50, n, cpu in rows:
+            cpu_s = f"{cpu * 1e3:.2f}" if cpu is not None else "-"
+            print(f"{r:<14}{sps:>11.1f}{sps / base:>8.2f}{p50 * 1e3:>9.2f}{n:>10}{cpu_s:>19}")
         print(f"HTTP requests retried after 503 (queue full): {retried[0]}")
 
     # Decoding one 602 KB image request on the server: binary vs JSON.

@@ -188,12 +188,20 @@ class RemotePipeline(_Base):
                "parameters": {"binary_data_output": True}}
         head = json.dumps(doc).encode()
         give_up = time.monotonic() + timeout_s
+        backoff = 0.005
         while True:
             r = self._http.post(f"/v2/models/{self.model}/infer", content=b"".join([head, *blobs]),
                                 headers={"Inference-Header-Content-Length": str(len(head)),
                                          "Content-Type": "application/octet-stream"})
             if r.status_code == 503 and time.monotonic() < give_up:
-                time.sleep(min(float(r.headers.get("Retry-After", "1")), max(0.0, give_up - time.monotonic())))
+                # Retry-After counts whole seconds; the queue usually drains in milliseconds, so back off
+                # exponentially from 5 ms up to it rather than idling a full second.
+                try:
+                    cap = float(r.headers.get("Retry-After", "1"))
+                except ValueError:
+                    cap = 1.0
+                time.sleep(min(backoff, cap, max(0.0, give_up - time.monotonic())))
+                backoff *= 2
                 continue
             break
         if r.status_code != 200:
