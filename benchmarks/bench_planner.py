@@ -2,7 +2,8 @@
 
 One run prints, for every case x objective (throughput, latency, energy, training time):
 
-- ``seconds``: the DP plus the final choice (baselines), as ``edgeplan plan`` runs them (no ILP check);
+- ``seconds``: the DP plus the final choice (baselines), as ``edgeplan plan`` runs them (no ILP check),
+  wall clock; ``cpu s`` the process's CPU time (less sensitive to a busy machine);
 - ``vs base``: best feasible baseline's objective value / the plan's (>= 1.00: the plan is at least as good);
   ``dp/base`` the same for the DP's own result before the final choice (< 1.00: the DP alone lost);
 - ``vs LB``: plan / ILP optimum where the ILP runs (small instances, uniform links; ``t/o``: not proven
@@ -66,15 +67,16 @@ def target(layers: int, devices: int, types: int) -> float | None:
 
 def measure(costs, obj: Objective, label: dict, with_ilp: bool = True) -> dict:
     """Solve, choose, compare with the baselines (and the ILP where it runs)."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = dp.solve(costs, obj)
     layout, ev = res.layout, res.evaluation
     if layout is not None:
         layout, ev, _ = final_choice(costs, obj, layout, ev, min_gain=0.0)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
     base = [b[2] for b in baselines(costs, obj) if b[2] is not None and b[2].ok]
     best_base = min((b.value(obj) for b in base), default=None)
-    row = dict(label, objective=obj.objective, seconds=dt, exact=res.exact, vs_base=None, dp_base=None, vs_lb=None)
+    row = dict(label, objective=obj.objective, seconds=dt, cpu=cpu, exact=res.exact, vs_base=None, dp_base=None,
+               vs_lb=None)
     if ev is not None and best_base is not None:
         row["vs_base"] = best_base / ev.value(obj)
         row["dp_base"] = best_base / evaluate(costs, res.layout, obj).value(obj)
@@ -95,8 +97,8 @@ def measure(costs, obj: Objective, label: dict, with_ilp: bool = True) -> dict:
     return row
 
 
-HEAD = (f"{'case':<42} {'objective':<10} {'seconds':>8} {'vs base':>7} {'dp/base':>7} {'vs LB':>6} {'exact':>5}"
-        "  target")
+HEAD = (f"{'case':<42} {'objective':<10} {'seconds':>8} {'cpu s':>6} {'vs base':>7} {'dp/base':>7} {'vs LB':>6} "
+        f"{'exact':>5}  target")
 
 
 def show(r: dict) -> None:
@@ -106,8 +108,8 @@ def show(r: dict) -> None:
     tgt = ""
     if r["target"] is not None:
         tgt = f"<= {r['target']:g} s {'ok' if r['seconds'] <= r['target'] else 'MISSED'}"
-    print(f"{r['case']:<42} {r['objective']:<10} {r['seconds']:>8.3f} {f(r['vs_base']):>7} {f(r['dp_base']):>7} "
-          f"{f(r['vs_lb']):>6} {('yes' if r['exact'] else 'no'):>5}  {tgt}", flush=True)
+    print(f"{r['case']:<42} {r['objective']:<10} {r['seconds']:>8.3f} {r['cpu']:>6.2f} {f(r['vs_base']):>7} "
+          f"{f(r['dp_base']):>7} {f(r['vs_lb']):>6} {('yes' if r['exact'] else 'no'):>5}  {tgt}", flush=True)
 
 
 def synthetic_rows(cases, objectives, on_row=show) -> list[dict]:

@@ -51,10 +51,10 @@ def _groups(costs: CostTable, head: int):
 
 
 def applicable(costs: CostTable, obj: Objective, max_arcs: int) -> bool:
-    bw = costs.bandwidth[~np.eye(costs.n_devices, dtype=bool)]
-    lat = costs.latency_s[~np.eye(costs.n_devices, dtype=bool)]
-    if len(bw) and (np.ptp(bw) > 0 or np.ptp(lat) > 0):
-        return False
+    off = ~np.eye(costs.n_devices, dtype=bool)
+    bw, lat, epb = costs.bandwidth[off], costs.latency_s[off], costs.energy_per_byte_j[off]
+    if len(bw) and (np.ptp(bw) > 0 or np.ptp(lat) > 0 or np.ptp(epb) > 0):
+        return False  # an arc's link cost (time and energy) must not depend on the next group
     if costs.n_devices > 10:
         return False
     n = costs.n_layers
@@ -148,7 +148,8 @@ def solve(costs: CostTable, obj: Objective, time_limit_s: float = TIME_LIMIT_S) 
 
     check_time_limit(time_limit_s)
     if not applicable(costs, obj, max_arcs=200000):
-        raise PlanError("--solver ilp needs a uniform network (one link for every pair) and a small instance "
+        raise PlanError("--solver ilp needs a uniform network (one bandwidth, latency and energy per byte for every "
+                        "pair) and a small instance "
                         "(<= 10 devices); use the default --solver dp")
     arcs = _arcs(costs, obj)
     if not arcs:

@@ -30,6 +30,7 @@ class _Search:
     def __init__(self, costs: CostTable, obj: Objective, pf: Prefix):
         self.costs, self.obj, self.pf = costs, obj, pf
         self.dev_units = [[u for u, x in enumerate(costs.units) if x[0] == d] for d in range(costs.n_devices)]
+        self.splits: dict[tuple, tuple[int, ...] | None] = {}  # most moves leave most stages as they were
 
     def build(self, stages: list[tuple[int, int, tuple[int, ...]]]) -> Layout | None:
         """(start, stop, units) per stage -> a layout with memory-aware shares (None if a replica gets none)."""
@@ -38,10 +39,13 @@ class _Search:
         for s, (i, j, units) in enumerate(stages):
             if not units or j <= i:
                 return None
-            if any(self.pf.U[u, j] - self.pf.U[u, i] > 0 for u in units):
-                return None
-            ks = allocate(self.pf, i, j, units, self.obj.micro, stash_of(self.obj, S, s))
-            if min(ks) < 1:
+            key = (i, j, units, stash_of(self.obj, S, s))
+            if key not in self.splits:
+                ok = not any(self.pf.U[u, j] - self.pf.U[u, i] > 0 for u in units)
+                ks = allocate(self.pf, i, j, units, self.obj.micro, key[3]) if ok else None
+                self.splits[key] = ks if ks is not None and min(ks) >= 1 else None
+            ks = self.splits[key]
+            if ks is None:
                 return None
             out.append(StageSpec(i, j, tuple(zip(units, ks, strict=True))))
         return tuple(out)

@@ -138,3 +138,18 @@ def test_ilp_time_limit_must_be_positive(bad):
 
     with pytest.raises(PlanError, match="--ilp-time-limit .*positive number of seconds"):
         plan_from_costs(random_costs(0, 4, 2, 2), Objective(), solver="ilp", ilp_time_limit=bad)
+
+
+def test_ilp_refuses_links_whose_energy_differs():
+    """Per-link energy: an arc's link energy would depend on the next group, which the ILP cannot price."""
+    from edgeplan.errors import PlanError
+
+    costs = random_costs(3, 5, 4, 2)
+    obj = Objective(objective="energy", batch=4)
+    assert ilp.applicable(costs, obj, 200000)
+    costs.energy_per_byte_j[1, 2] = costs.energy_per_byte_j[2, 1] = 4 * costs.energy_per_byte_j[0, 1]
+    assert not ilp.applicable(costs, obj, 200000)
+    with pytest.raises(PlanError, match="energy per byte"):
+        ilp.solve(costs, obj)
+    bf = brute_force(costs, obj)  # the DP prices each link's energy itself
+    assert _same(_value(dp.solve(costs, obj), obj), bf[0].value(obj))
