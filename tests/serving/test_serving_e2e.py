@@ -17,6 +17,7 @@ from edgeplan.cli import app
 from edgeplan.codegen.compile import compile_plan
 from edgeplan.graph.load import build, load_model
 from edgeplan.infer_files import load_image
+from edgeplan.runtime.head import HeadConfig
 from edgeplan.runtime.serve import Server
 
 from ..codegen.codegen_helpers import make_plan
@@ -218,3 +219,39 @@ def test_serve_cli_then_infer_url_then_ctrl_c_stops_everything(art, torch_model,
         code = proc.wait(timeout=30)
     assert code == 0, log.read_text()
     assert "stopping" in log.read_text()
+
+
+def test_serving_survives_a_replica_death_and_says_which_stage_is_gone(art, torch_model):
+    """Kill stage 0's replica on board a: board b takes its samples and answers stay right. Kill the only
+    stage-1 worker: requests get 503 (not ready) or 500 naming the board, never a hang or a crash."""
+    import time
+
+    import httpx
+
+    cfg = HeadConfig(dead_after_s=0.5, request_timeout_s=5)
+    with Server(art, local=True, port=0, head_config=cfg) as s, httpx.Client(base_url=s.url) as http:
+        def infer(x):
+            return http.post(f"/v2/models/{MODEL}/infer", json={"inputs": [
+                {"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}, timeout=30)
+
+        x = _x(3, 21)
+        assert infer(x).status_code == 200
+        (a0,) = [w for w in s.pipeline.workers if (w.device, w.stage) == ("a", 0)]
+        a0.process.kill()
+        a0.process.wait()
+        for i in range(5):
+            r = infer(_x(3, 30 + i))
+            assert r.status_code == 200, r.text
+            y = np.array(r.json()["outputs"][0]["data"], np.float32).reshape(3, 10)
+            assert float(np.abs(y - _ref(torch_model, _x(3, 30 + i))).max()) < TOL
+        (b1,) = [w for w in s.pipeline.workers if (w.device, w.stage) == ("b", 1)]
+        b1.process.kill()
+        b1.process.wait()
+        deadline = time.monotonic() + 10
+        while http.get("/v2/health/ready").status_code == 200:
+            assert time.monotonic() < deadline, "the head never noticed the dead stage-1 worker"
+            time.sleep(0.1)
+        r = infer(x)
+        assert r.status_code == 503 and "no live replica" in r.json()["error"]
+        metrics = http.get("/metrics").text
+        assert 'edgeplan_worker_up{board="b",stage="1"} 0.0' in metrics
