@@ -237,10 +237,12 @@ def compile_plan(
     input_shape: tuple[int, ...] | None = None,
     traced: Any = None,
     bind_any: bool = False,
+    profiling_kit: bool = False,
 ) -> Path:
     """Compile ``plan`` for ``model_spec`` into ``out_dir`` (see the module docstring); returns ``out_dir``.
 
     ``traced`` (an ``edgeplan.graph.load.Traced``) skips tracing ``model_spec`` again.
+    ``profiling_kit`` also writes each ONNX Runtime board's profiling kit and ``profile.sh``.
     ``model_spec``, ``cluster`` and ``input_shape`` default to what the plan recorded (see
     resolve_sources); with no cluster at all every address is 127.0.0.1.
     """
@@ -302,6 +304,10 @@ def compile_plan(
             npu_options = _NpuOptions(cluster, stages, graph, Path(calib))
             _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages, runs, jobs, emit,
                        npu_options, source_notes)
+        if profiling_kit:  # per board: single-layer modules + runner -> measured profile (codegen/profiling_kit.py)
+            from edgeplan.codegen.profiling_kit import write_kits
+
+            write_kits(tmp, plan, traced, cluster)
         emit(CompileEvent("write", "running"))
         _readable(tmp)
         manifest.publish(tmp, out, force, plan.digest(), plan.model)

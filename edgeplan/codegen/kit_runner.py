@@ -1,0 +1,125 @@
+"""Time a board's profiling kit and print a measured profile overlay (runs on the board: numpy + its runtime).
+
+    python3 profiling/run_kit.py profiling [--seconds 0.3] > board-measured.yaml
+
+Per module of ``kit.json``: the median time of one call at the kit's micro-batch;
+the tiny module's median is the fixed cost of a call (``layer_overhead_us``); an op
+class's throughput is its layer's FLOPs / (median - that fixed cost). The
+runtime's own cost of a stage call (``hop_overhead_us``) is the median time to
+encode, send over a local socket pair, receive and decode a frame of the kit's
+smallest size; the per-byte cost (from the largest size) is printed as a comment
+on stderr. Output is JSON (valid YAML): a profile that ``extends`` the board's.
+Throughput above the profile's peak is clamped to it, and stderr says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _median_call_s(fn, seconds: float, min_calls: int = 20) -> tuple[float, int]:
+    for _ in range(3):
+        fn()
+    times, t_end = [], time.perf_counter() + seconds
+    while time.perf_counter() < t_end or len(times) < min_calls:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), len(times)
+
+
+def _hop_s(wire, nbytes: int, seconds: float) -> tuple[float, int]:
+    """Median seconds to send one frame of ``nbytes`` through the runtime's wire format and receive it."""
+    a, b = socket.socketpair()
+    x = np.zeros(max(1, nbytes // 4), dtype=np.float32)
+    frame = wire.Frame(wire.DATA, request_id=1, tensors=(x,))
+    box: list = []
+
+    def recv():
+        box.append(wire.recv_frame(b, None, max(1 << 20, 2 * nbytes + 4096)))
+
+    def one():
+        t = threading.Thread(target=recv)
+        t.start()
+        wire.send_frame(a, frame)
+        t.join()
+
+    try:
+        return _median_call_s(one, seconds)
+    finally:
+        a.close()
+        b.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("kit", help="the kit folder (profiling/)")
+    ap.add_argument("--seconds", type=float, default=0.3, help="timing per module")
+    args = ap.parse_args(argv)
+    kit_dir = Path(args.kit).resolve()
+    sys.path.insert(0, str(kit_dir.parent))  # the board folder: its edgeplan_runtime copy
+    from edgeplan_runtime import wire
+    from edgeplan_runtime.backend_onnxruntime import load_model_file
+
+    kit = json.loads((kit_dir / "kit.json").read_text())
+    threads = int(os.environ["EDGEPLAN_THREADS"]) if os.environ.get("EDGEPLAN_THREADS") else None
+    when = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    src = f"profiling kit of {kit['device']} (plan {kit['plan_sha256'][:12]}, {kit['model']})"
+    rng = np.random.default_rng(0)
+
+    def inputs_of(specs):
+        return [rng.standard_normal(shape).astype(dtype) if dtype.startswith("float")
+                else rng.integers(0, 2, shape).astype(dtype) for shape, dtype in specs]
+
+    tiny = load_model_file(kit_dir / kit["tiny"], threads)
+    x = [np.zeros((1, 1), dtype=np.float32)]
+    fixed_s, n_tiny = _median_call_s(lambda: tiny(x), args.seconds)
+    measured, thr = {}, {}
+    peak = kit.get("peak_gflops")
+    for m in kit["modules"]:
+        run = load_model_file(kit_dir / m["file"], threads)
+        xs = inputs_of(m["inputs"])
+        t, n = _median_call_s(lambda run=run, xs=xs: run(xs), args.seconds)
+        gflops = m["flops"] / max(t - fixed_s, 0.05 * t) / 1e9
+        if peak and gflops > peak:
+            print(f"# {m['op_class']}: {gflops:.4g} GFLOP/s measured, above the profile's peak {peak:g}; "
+                  "clamped to the peak", file=sys.stderr)
+            gflops = peak
+        thr[m["op_class"]] = round(gflops, 4)
+        measured[f"throughput_gflops.{m['op_class']}"] = {
+            "how": f"profiling kit: median of {n} calls of layer {m['layer']} ({m['origin']}) at "
+                   f"{kit['samples']} sample(s), minus the fixed cost of a call", "when": when,
+            "backend": kit["backend"], "from": src}
+    small, large = kit["hop_bytes"]
+    hop_small, n_hop = _hop_s(wire, small, args.seconds)
+    hop_large, _ = _hop_s(wire, large, args.seconds)
+    per_byte = max(hop_large - hop_small, 0.0) / max(large - small, 1)
+    print(f"# runtime hop: {hop_small * 1e6:.1f} us per frame + {per_byte * 1e9:.3f} ns per byte "
+          f"({large} bytes: {hop_large * 1e6:.1f} us)", file=sys.stderr)
+    measured["layer_overhead_us"] = {"how": f"profiling kit: median of {n_tiny} calls of a one-element module",
+                                     "when": when, "backend": kit["backend"], "from": src}
+    measured["hop_overhead_us"] = {"how": f"profiling kit: median of {n_hop} wire frames of {small} bytes sent "
+                                          "and received over a local socket pair", "when": when,
+                                   "backend": "edgeplan_runtime.wire", "from": src}
+    unit = {"throughput_gflops": thr, "layer_overhead_us": round(fixed_s * 1e6, 3),
+            "hop_overhead_us": round(hop_small * 1e6, 3), "measured": measured}
+    doc = {"name": f"{kit['device']} measured by its profiling kit", "extends": kit["profile"],
+           "units": {kit["unit"]: unit}}
+    if not kit["profile"]:
+        doc.pop("extends")
+    print(json.dumps(doc, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
