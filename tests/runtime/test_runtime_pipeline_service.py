@@ -52,14 +52,14 @@ def test_submit_answers_concurrent_requests_and_status_counts_them(tmp_path):
         assert all(v["alive"] for v in st["workers"].values())
         # The head polls every worker's Monitor about once a second: its numbers agree with the run counters.
         deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline:
-            mon = head.status()["workers"]["c/stage1"]["monitor"]
-            if mon and mon["compute_seconds"]["count"] == 40:  # 20 requests x 2 micro-batches
-                break
+        while time.monotonic() < deadline:  # each worker's snapshot arrives on its own; wait for both
+            mon, mon_a = (head.status()["workers"][k]["monitor"] for k in ("c/stage1", "a/stage0"))
+            if mon and mon_a and mon["compute_seconds"]["count"] == 40 and mon_a["compute_seconds"]["count"] == 40:
+                break  # 20 requests x 2 micro-batches
             time.sleep(0.1)
         assert mon["compute_seconds"]["count"] == 40 and mon["samples_total"] == 40 * 6
         assert mon["device"] == "c" and mon["stage"] == 1 and mon["links"]["head"]["sent_bytes_total"] > 20 * 6 * 3 * 4
-        assert head.status()["workers"]["a/stage0"]["monitor"]["links"]["c/stage1"]["sent_bytes_total"] > 0
+        assert mon_a["links"]["c/stage1"]["sent_bytes_total"] > 0
     finally:
         p.close()
         p.close()  # idempotent
