@@ -8,6 +8,7 @@ beside the plan's prediction under the run's window (profiles/predict.py), then 
 Targets: per-stage MAPE <= 10% and end-to-end throughput within 5% after one calibration round.
 
     python benchmarks/bench_truth.py [--models resnet32-cifar,mobilenet_v2-cifar,vit-tiny] [--requests 100]
+                                     [--clusters two-host,skewed-hosts] [--threads 1]
 
 Clusters: ``two-host`` (two boards with the host profile) and ``skewed-hosts`` (three boards whose
 profiles claim one is 3x slower and one pays 2 ms per call; all run on this machine, so the profiles
@@ -93,7 +94,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--models", default="resnet32-cifar,mobilenet_v2-cifar,vit-tiny")
     ap.add_argument("--clusters", default=",".join(CLUSTERS))
     ap.add_argument("--requests", type=int, default=100)
+    ap.add_argument("--threads", default="1", help="compute threads per worker (EDGEPLAN_THREADS): 1 keeps the "
+                                                   "boards from fighting over this machine's cores")
     args = ap.parse_args(argv)
+    import os
+
+    os.environ["EDGEPLAN_THREADS"] = args.threads  # workers inherit it (runtime/backend_onnxruntime.py)
     rows = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgeplan-bench-truth-") as tmpdir:
