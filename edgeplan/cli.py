@@ -143,8 +143,22 @@ def calibrate(
         shape = p.get("input_shape")
         return build(ref, tuple(shape) if shape else None).graph
 
+    def reprice(p: dict, graph, clu):
+        from edgeplan.planner.api import evaluate, layout_of
+        from edgeplan.planner.objective import Objective
+        from edgeplan.planner.plan import Plan
+        from edgeplan.profiles.cost import build_cost_table
+
+        pl = Plan.from_json(p)
+        costs = build_cost_table(graph, clu)
+        obj = Objective(mode=pl.mode, objective=pl.objective, batch=pl.batch, microbatches=pl.microbatches,
+                        schedule=pl.schedule, head=pl.head)
+        ev = evaluate(costs, layout_of(costs, pl), obj)
+        return ev.latency_s, ev.throughput
+
     result, _ = cal_mod.calibrate_files(list(reports), list(plan or ()), cluster, out, graph_of, backend=backend)
     typer.echo(cal_mod.format_fit(result), nl=False)
+    typer.echo(cal_mod.format_end_to_end(cal_mod.end_to_end(result, reprice)), nl=False)
     typer.echo(f"wrote {out}; plan on it with `edgeplan plan ... --cluster {out}`")
 
 
@@ -546,7 +560,8 @@ def serve(
     name: str | None = typer.Option(None, "--name", help="Model name in the URLs (default: the plan's model, "
                                                          "characters outside [A-Za-z0-9_.-] replaced by _)."),
     max_delay_ms: float = typer.Option(2.0, "--max-delay-ms", min=0.0,
-                                       help="How long a partial plan batch waits for more samples."),
+                                       help="How long a partial plan batch waits for more samples while the "
+                                            "pipeline is busy (an idle one gets it at once)."),
     max_request_bytes: int = typer.Option(64 << 20, "--max-request-bytes", min=1024,
                                           help="Larger request bodies get 413."),
     window: int = typer.Option(0, "--window", min=0, help="Plan batches in flight at once (0: twice the stages)."),

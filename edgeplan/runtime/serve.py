@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="model name in the URL (default: the plan's model, sanitised)")
     p.add_argument("--local", action="store_true", help="start every worker here instead of using the boards")
     p.add_argument("--secret-env", help="environment variable holding the HMAC secret of the frames")
-    p.add_argument("--max-delay-ms", type=float, default=2.0, help="how long a partial batch waits for samples")
+    p.add_argument("--max-delay-ms", type=float, default=2.0,
+                   help="how long a partial batch waits for samples while the pipeline is busy")
     p.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
     p.add_argument("--window", type=int, default=0, help="plan-batch requests in flight (0: twice the stages)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request attempt before a re-send")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -36,15 +38,33 @@ def test_packs_pads_splits_and_scatters_every_sample_to_its_request():
         b.close()
 
 
-def test_partial_batch_waits_at_most_max_delay_then_pads_with_zeros():
+def test_idle_pipeline_gets_a_partial_batch_at_once_padded_with_zeros():
     head = FakeHead(batch=8)
-    b = Batcher(head, BatcherConfig(max_delay_s=0.01))
+    b = Batcher(head, BatcherConfig(max_delay_s=5.0))  # would be obvious if it waited
     try:
         x = _x(1, 0)
+        t0 = time.monotonic()
         np.testing.assert_array_equal(b.infer([x], timeout_s=5)[0], 2 * x + 1)
+        assert time.monotonic() - t0 < 1.0
         (sent,) = head.submitted[0]
         np.testing.assert_array_equal(sent[0], x[0])
         assert not sent[1:].any()
+    finally:
+        b.close()
+
+
+def test_busy_pipeline_makes_partial_batches_wait_up_to_max_delay_to_fill():
+    head = FakeHead(batch=4, delay_s=0.6)
+    b = Batcher(head, BatcherConfig(max_delay_s=0.5))
+    try:
+        first = b.submit([_x(1, 0)])  # idle pipeline: sent alone, at once
+        deadline = time.monotonic() + 2
+        while not head.submitted and time.monotonic() < deadline:
+            time.sleep(0.001)
+        rest = [b.submit([_x(1, i)]) for i in (1, 2, 3)]  # a batch is in flight: these wait and go together
+        for f in [first, *rest]:
+            f.result(timeout=5)
+        assert [int(np.any(s[0] != 0, axis=1).sum()) for s in head.submitted] == [1, 3]
     finally:
         b.close()
 
