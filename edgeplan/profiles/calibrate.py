@@ -27,7 +27,9 @@ calls than unknowns):
 A unit's factor may not make any op class faster than the unit's peak FLOP/s:
 such a fit is clamped to the peak and says so. The hop cost is the median over
 calls of (CPU per call - module time per call - per-byte copies). A replica's
-optional ``cpu_startup_s`` (worker CPU before its first call) is left out and
+optional ``compute_cpu_s`` (CPU spent inside module calls, all threads) replaces
+the module's wall time there (a multi-threaded module uses more CPU than wall
+time); its optional ``cpu_startup_s`` (worker CPU before its first call) is left out and
 its optional ``cpu_quota_cores`` (a CPU quota, e.g. the emulated testbed's)
 turns CPU seconds into the board's seconds; without them the start-up CPU is
 spread over the calls (more requests give a truer figure) and one core is assumed.
@@ -86,6 +88,7 @@ class Observation:
     module_s: float  # median module time per call
     cpu_per_call_s: float | None  # worker CPU seconds per call / its CPU quota (None: not in the report)
     bytes_per_call: float | None  # bytes received + sent per call
+    hop_s: float | None = None  # the runtime's board seconds per call beyond the module (None: no CPU figure)
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,8 @@ class Calibration:
     rows: tuple[StageRow, ...]
     notes: tuple[str, ...]  # replicas left out and why
     cluster: Cluster  # the calibrated cluster
+    runs: tuple = ()  # (report file, plan dict, report dict, LayerGraph) per report fitted from
+    before: Cluster | None = None  # the cluster as it was
 
     def mape(self, which: str) -> float:
         """Mean absolute percentage error of the module-time predictions, ``before`` or ``after``."""
@@ -195,15 +200,21 @@ def observations(plan: dict, report: dict, source: str) -> tuple[list[Observatio
                                "(run more requests)")
                 continue
             cpu, b_in, b_out = r.get("cpu_s"), r.get("bytes_in"), r.get("bytes_out")
+            hop = None
+            module_s = float(r.get("measured_mean_compute_s") or t)
             if cpu is not None:  # board time per call: CPU past start-up, on the cores the board may use
-                cpu = (float(cpu) - float(r.get("cpu_startup_s") or 0.0)) / float(r.get("cpu_quota_cores") or 1.0)
+                quota = float(r.get("cpu_quota_cores") or 1.0)
+                cpu = (float(cpu) - float(r.get("cpu_startup_s") or 0.0)) / quota
+                module_cpu = r.get("compute_cpu_s")  # CPU inside module calls (all its threads), when reported
+                hop = ((cpu - float(module_cpu) / quota) / runs if module_cpu is not None
+                       else cpu / runs - module_s)
             out.append(Observation(
                 source=source, stage=int(st["index"]), device=pr["device"], unit=pr["unit"],
                 start=int(ps["start"]), stop=int(ps["stop"]), samples=int(pr["samples"]), runs=int(runs),
-                module_s=float(r.get("measured_mean_compute_s") or t),
+                module_s=module_s,
                 cpu_per_call_s=float(cpu) / runs if cpu is not None else None,
                 bytes_per_call=(float(b_in) + float(b_out)) / runs if b_in is not None and b_out is not None
-                else None))
+                else None, hop_s=hop))
     return out, skipped
 
 
@@ -379,15 +390,15 @@ def _fit_one_factor(comp: np.ndarray, mem: np.ndarray, nl: np.ndarray, t: np.nda
 
 
 def _fit_hop(unit: ComputeUnit, obs: list[Observation]) -> float | None:
-    vals = [o.cpu_per_call_s - o.module_s - HOP_COPIES / unit.mem_bandwidth * o.bytes_per_call
-            for o in obs if o.cpu_per_call_s is not None and o.bytes_per_call is not None]
+    vals = [o.hop_s - HOP_COPIES / unit.mem_bandwidth * o.bytes_per_call
+            for o in obs if o.hop_s is not None and o.bytes_per_call is not None]
     if not vals:
         return None
     return float(min(max(np.median(vals), 0.0), MAX_HOP_S))
 
 
 def _hop_measured(o: Observation) -> float | None:
-    return None if o.cpu_per_call_s is None else max(o.cpu_per_call_s - o.module_s, 0.0)
+    return None if o.hop_s is None else max(o.hop_s, 0.0)
 
 
 def _hop_pred(unit: ComputeUnit, o: Observation) -> float | None:
@@ -605,7 +616,7 @@ def calibrate_files(reports: list[str | Path], plans: list[str | Path], cluster_
     if plans and len(plans) not in (1, len(reports)):
         raise CalibrationError(f"--plan given {len(plans)} times for {len(reports)} reports; give it once (all "
                                "reports ran one plan) or once per report, in the same order")
-    runs, skipped, names, backends, graphs = [], [], [], set(), {}
+    runs, skipped, names, backends, graphs, used = [], [], [], set(), {}, []
     for i, rpath in enumerate(reports):
         rep = _read_json(Path(rpath), "run report")
         if plans:
@@ -629,6 +640,7 @@ def calibrate_files(reports: list[str | Path], plans: list[str | Path], cluster_
             graphs[digest] = graph
         obs, skip = observations(plan, rep, str(rpath))
         runs.append((plan, graphs[digest], obs))
+        used.append((str(rpath), plan, rep, graphs[digest]))
         skipped += skip
         names.append(f"{Path(rpath).name} (plan {digest[:12]})")
         if found:
@@ -636,7 +648,7 @@ def calibrate_files(reports: list[str | Path], plans: list[str | Path], cluster_
     cal = fit(cluster, runs, skipped)
     backend = backend or "+".join(sorted(backends)) or "unknown (give --backend or --plan ART_DIR)"
     new = write_calibrated(cluster_path, cal, out_path, sources=", ".join(names), backend=backend, when=when)
-    return dataclasses.replace(cal, cluster=new), new
+    return dataclasses.replace(cal, cluster=new, runs=tuple(used), before=cluster), new
 
 
 def predicted_module_s(graph: LayerGraph, cluster: Cluster, stage: dict) -> float:
@@ -652,3 +664,40 @@ def predicted_module_s(graph: LayerGraph, cluster: Cluster, stage: dict) -> floa
                  if costs.devices[d] == r["device"] and name == r["unit"])
         worst = max(worst, r["samples"] * float(costs.fwd_s[u, sl].sum()) + float(costs.fixed_s[u, sl].sum()))
     return worst
+
+
+def end_to_end(cal: Calibration, reprice) -> list[tuple]:
+    """Per report: (file, window, measured throughput, predicted before, after, measured p50, predicted
+    before, after), the predictions under the run's window (profiles/predict.py).
+
+    ``reprice(plan, graph, cluster) -> (latency_s, throughput)`` prices the plan's layout on a cluster
+    (the planner's evaluator; passed in because profiles/ comes before planner/).
+    """
+    from edgeplan.profiles.predict import default_window, loaded_latency_s, loaded_throughput
+
+    out = []
+    for source, plan, rep, graph in cal.runs:
+        b = int(rep.get("samples_per_request") or plan.get("batch") or 1)
+        w = int(rep.get("window") or default_window(len(plan.get("stages", ()))))
+        row = [source, w, rep.get("throughput")]
+        lat = []
+        for cluster in (cal.before, cal.cluster):
+            latency, throughput = reprice(plan, graph, cluster)
+            row.append(loaded_throughput(latency, throughput, b, w))
+            lat.append(loaded_latency_s(latency, throughput, b, w))
+        out.append((*row, (rep.get("latency_s") or {}).get("p50"), *lat))
+    return out
+
+
+def format_end_to_end(rows: list[tuple]) -> str:
+    lines = [f"{'report':<20}{'window':>7}{'samples/s':>11}{'before':>9}{'err':>7}{'after':>9}{'err':>7}"
+             f"{'p50 ms':>9}{'before':>9}{'err':>7}{'after':>9}{'err':>7}"]
+    def f(x, scale=1.0):
+        return "-" if x is None else f"{x * scale:.1f}"
+
+    for source, w, tm, tb, ta, lm, lb, la in rows:
+        lines.append(f"{Path(source).name[:19]:<20}{w:>7}{f(tm):>11}{f(tb):>9}{_err(tb, tm):>7}{f(ta):>9}"
+                     f"{_err(ta, tm):>7}{f(lm, 1e3):>9}{f(lb, 1e3):>9}{_err(lb, lm):>7}{f(la, 1e3):>9}"
+                     f"{_err(la, lm):>7}")
+    return "end to end, predicted under the run's window (same plan, priced before and after):\n" + \
+        "\n".join(lines) + "\n"

@@ -203,3 +203,16 @@ def test_hop_cost_leaves_out_start_up_cpu_and_counts_cpu_quota_as_board_time(tmp
     rep["stages"][1]["replicas"][0].update(cpu_quota_cores=0.25, cpu_s=100 * 0.001 * 0.25 + 0.3)
     b = cal.observations(plan, rep, "r.json")[0][1]
     assert b.cpu_per_call_s == pytest.approx(0.001)  # 0.25 ms of CPU per call is 1 ms of a quarter-core board
+
+
+def test_hop_cost_uses_the_modules_cpu_when_the_report_has_it(tmp_path):
+    """A 2-thread module of 4 ms wall burns 8 ms of CPU: with compute_cpu_s the hop is what is left."""
+    graph = synthetic_graph()
+    cluster = load_cluster(cluster_file(tmp_path))
+    plan, rep = plan_and_report(graph, cluster, [12], lambda s: "ab"[s], [0.004, 0.004], runs=100)
+    for st in rep["stages"]:
+        st["replicas"][0].update(cpu_s=100 * (0.008 + 0.001), compute_cpu_s=100 * 0.008)
+    obs, _ = cal.observations(plan, rep, "r.json")
+    assert [o.hop_s for o in obs] == [pytest.approx(0.001)] * 2
+    del rep["stages"][0]["replicas"][0]["compute_cpu_s"]  # without it, the extra thread's CPU reads as hop
+    assert cal.observations(plan, rep, "r.json")[0][0].hop_s == pytest.approx(0.005)
