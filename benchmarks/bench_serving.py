@@ -9,7 +9,8 @@ Rows (samples/s and per-request p50 latency):
                HTTP (``edgeplan.connect(url)``: httpx, a thread per request in flight), binary tensors,
                1-sample requests; "server CPU" is that process's CPU time (HTTP + batcher + head, not the
                workers) per request;
-* http-bin-B:  the same with requests of one plan batch each;
+* http-bin-seq: the same, one request at a time (latency of a lone camera frame);
+* http-bin-B:  requests of one plan batch each, ``--inflight`` at once;
 * http-json:   1-sample requests as JSON tensors;
 * tritonclient: ``tritonclient.http`` ``async_infer`` (binary), 1-sample requests; its gevent pool, not
                the server, limits this row (a plain thread-per-request client gets the http-bin rate).
@@ -130,13 +131,14 @@ def main(argv: list[str] | None = None) -> None:
         proc, url = _start_server(art)
         retried = [0]
         try:
-            def measured(row, submit, make):
+            def measured(row, submit, make, inflight=a.inflight):
                 c0 = _cpu_s(proc.pid)
-                sps, p50, n = _drive(submit, make, a.seconds, a.inflight)
+                sps, p50, n = _drive(submit, make, a.seconds, inflight)
                 rows.append((row, sps, p50, n, (_cpu_s(proc.pid) - c0) / n))
 
             with connect(url, concurrency=a.inflight) as remote:  # httpx + a thread per request, binary
                 name = remote.model
+                measured("http-bin-seq", remote.submit, sample(1), inflight=1)
                 measured("http-bin", remote.submit, sample(1))
                 measured(f"http-bin-{head.batch}", remote.submit, sample(head.batch))
 
