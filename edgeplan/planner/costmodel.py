@@ -158,13 +158,13 @@ def allocate(prefix: Prefix, i: int, j: int, units: tuple[int, ...], m: int, sta
 
 def pair_link(costs: CostTable, src: tuple[int, ...], dst: tuple[int, ...]) -> tuple[float, float, float] | None:
     """(min bandwidth, max latency, max energy/byte) over device pairs src x dst (a != b); None if none."""
-    pairs = [(a, b) for a in src for b in dst if a != b]
-    if not pairs:
+    s, d = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
+    other = s[:, None] != d[None, :]
+    if not other.any():
         return None
-    bw = min(float(costs.bandwidth[a, b]) for a, b in pairs)
-    lat = max(float(costs.latency_s[a, b]) for a, b in pairs)
-    epb = max(float(costs.energy_per_byte_j[a, b]) for a, b in pairs)
-    return bw, lat, epb
+    ix = np.ix_(s, d)
+    return (float(costs.bandwidth[ix][other].min()), float(costs.latency_s[ix][other].max()),
+            float(costs.energy_per_byte_j[ix][other].max()))
 
 
 def transfer(costs: CostTable, src, dst, nbytes: float) -> tuple[float, float]:

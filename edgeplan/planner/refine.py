@@ -7,7 +7,7 @@ better: a cut to any layer boundary between its neighbours, a device into or
 out of a group (mixed board types allowed), a device from one group to
 another, a device's unit, two adjacent stages merged. Shares are re-split by
 ``allocate`` (memory-aware) after every move. Deterministic: moves are tried
-in a fixed order and the number of rounds is bounded, not timed.
+in a fixed order and the rounds and moves priced are bounded, not timed.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from edgeplan.planner.objective import Objective
 from edgeplan.profiles.cost import CostTable
 
 MAX_ROUNDS = 6
+MAX_PRICED = 4000  # moves priced in all, so 64-board clusters stay within seconds (the order is fixed)
 CUT_WINDOW = 12  # positions tried on each side of a cut, plus evenly spaced ones in between
 
 
@@ -124,10 +125,13 @@ def refine(costs: CostTable, obj: Objective, layout: Layout, prefix: Prefix | No
     if best is None:
         ev = evaluate(costs, layout, obj, prefix=pf)
         return layout, ev, 0
-    moves = 0
+    moves = priced = 0
     for _ in range(rounds):
         step = None
         for cand in search.neighbours(cur):
+            priced += 1
+            if priced > MAX_PRICED:
+                break
             got = search.price(cand)
             if got is not None and _better(got[1], (step or best)[1], obj):
                 step = (got[0], got[1], cand)
@@ -135,4 +139,6 @@ def refine(costs: CostTable, obj: Objective, layout: Layout, prefix: Prefix | No
             break
         best, cur = (step[0], step[1]), step[2]
         moves += 1
+        if priced > MAX_PRICED:
+            break
     return best[0], best[1], moves
