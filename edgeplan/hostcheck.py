@@ -65,14 +65,18 @@ def check_runs_here(root: str | os.PathLike[str], how: str = "--local", arch: st
     bad = foreign_stages(root, arch)
     if not bad:
         return
+    try:  # name the plan's own cluster file in the commands when it recorded one
+        cluster = json.loads((Path(root) / "plan.json").read_text()).get("cluster_path") or "CLUSTER"
+    except (OSError, ValueError, AttributeError):
+        cluster = "CLUSTER"
     boards = "; ".join(f"board {b['device']} stage {b['stage']} (target {b['target']}, backend {b['backend']}): "
                        f"{b['why']}" for b in bad)
     raise ArtifactError(
         f"edgeplan run {how}: {root} was compiled for the boards, and this machine is {arch}: {boards}. "
         "Ways out: (1) compile for this machine: plan against an x86 cluster "
-        "(`edgeplan emulate CLUSTER --write-cluster emu.yaml`, then plan and compile with emu.yaml), or "
+        f"(`edgeplan emulate {cluster} --write-cluster emu.yaml`, then plan and compile with emu.yaml), or "
         "`edgeplan compile ... --backend onnxruntime` for CPU stages; (2) run the aarch64 stages under qemu-user "
         "in an arm64 root fs (`make arm64-rootfs`; the qemu test tier does this); "
-        f"(3) deploy to the boards: `edgeplan deploy {root} --cluster CLUSTER`, then "
-        f"`edgeplan run {root} --cluster CLUSTER`"
+        f"(3) deploy to the boards: `edgeplan deploy {root} --cluster {cluster}`, then "
+        f"`edgeplan run {root} --cluster {cluster}`"
     )

@@ -38,11 +38,13 @@ def test_foreign_stages_name_board_target_and_ways_out(tmp_path):
     _stage(tmp_path, "cpu-board", 2, "arm-cpu", "onnxruntime", "stage.onnx", b"onnx")  # portable
     bad = hostcheck.foreign_stages(tmp_path, "x86_64")
     assert [(b["device"], b["target"]) for b in bad] == [("gpu-board", "arm-cpu"), ("npu-board", "npu")]
+    (tmp_path / "plan.json").write_text(json.dumps({"cluster_path": "clusters/shelf.yaml"}))
     with pytest.raises(ArtifactError) as e:
         hostcheck.check_runs_here(tmp_path, arch="x86_64")
     msg = str(e.value)
     for part in ("board gpu-board stage 0 (target arm-cpu", "aarch64 library", "this machine is x86_64",
-                 "emulate", "qemu", "edgeplan deploy"):
+                 "edgeplan emulate clusters/shelf.yaml", "qemu", f"edgeplan deploy {tmp_path} --cluster "
+                 "clusters/shelf.yaml"):
         assert part in msg
     assert hostcheck.foreign_stages(tmp_path / "gpu-board" / "..", "aarch64") == []  # npu-board: on the board
     hostcheck.check_runs_here(tmp_path / "cpu-board" / "..", arch="aarch64")
