@@ -9,6 +9,7 @@ Targets: per-stage MAPE <= 10% and end-to-end throughput within 5% after one cal
 
     python benchmarks/bench_truth.py [--models resnet32-cifar,mobilenet_v2-cifar,vit-tiny] [--requests 100]
                                      [--clusters two-host,skewed-hosts] [--threads 1]
+    python benchmarks/bench_truth.py --emulate     # as root: three-node-hetero and rpi4-jetson, emulated
 
 Clusters: ``two-host`` (two boards with the host profile) and ``skewed-hosts`` (three boards whose
 profiles claim one is 3x slower and one pays 2 ms per call; all run on this machine, so the profiles
@@ -42,7 +43,48 @@ def _err(pred, meas) -> float:
     return (pred - meas) / meas
 
 
-def _round(traced, model, cluster_path, tmp, tag, requests):
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "clusters"
+
+
+class Emulated:
+    """An example cluster emulated here (netns tier, root): boards in namespaces under CPU quotas.
+
+    Two adjustments this benchmark makes until the emulator and the run report carry them (the netns test
+    does the same): a quota'd board's peak is a whole core (it runs at full speed until its quota is spent),
+    and each report replica gets its board's ``cpu_quota_cores`` so CPU seconds count as board seconds.
+    """
+
+    def __init__(self, name: str, host):
+        from edgeplan.profiles.load import load_cluster
+        from edgeplan.testbed import emulate
+
+        self.spec = load_cluster(EXAMPLES / f"{name}.yaml")
+        self.host = host
+        self.shape = emulate.shape(self.spec, host.of("conv"))
+        self.cores = {b.device: b.cores for b in self.shape.boards}
+
+    def write(self, path: Path) -> Path:
+        from edgeplan.testbed import emulate
+
+        emulate.write_emulated_cluster(path, self.spec, self.shape, self.host)
+        doc = yaml.safe_load(path.read_text())
+        for dev in doc["devices"]:
+            cpu = dev["overrides"]["units"]["cpu"]
+            cpu["peak_gflops"] = round(cpu["peak_gflops"] / min(self.cores[dev["name"]], 1.0), 4)
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    def run(self, art, requests, config, log_dir):
+        from edgeplan.runtime.local import run_local
+        from edgeplan.testbed import emulate
+
+        with emulate.testbed(self.spec, host_core_flops=self.host.of("conv"), echo=lambda *_: None) as (bed, _):
+            placement = {b.device: (b.launch_prefix(), b.address) for b in bed.boards}
+            return run_local(art, requests, config=config, log_dir=log_dir, placement=placement,
+                             head_host=bed.host_address)
+
+
+def _round(traced, model, cluster_path, tmp, tag, requests, emulated=None):
     from edgeplan import jsonio
     from edgeplan.codegen.compile import compile_plan
     from edgeplan.planner.api import make_plan
@@ -59,10 +101,18 @@ def _round(traced, model, cluster_path, tmp, tag, requests):
     plan = record_sources(make_plan(traced.graph, cluster, Objective(batch=4), min_gain=0.0), model_ref=model,
                           input_shape=None, cluster_path=str(cluster_path), cluster=cluster)
     art = compile_plan(plan, model, tmp / f"art-{tag}", cluster=cluster, backend="onnxruntime", traced=traced)
-    loaded, res = run_local(art, requests, config=HeadConfig(request_timeout_s=120), log_dir=tmp / f"logs-{tag}")
+    config = HeadConfig(request_timeout_s=120)
+    if emulated is None:
+        loaded, res = run_local(art, requests, config=config, log_dir=tmp / f"logs-{tag}")
+    else:
+        loaded, res = emulated.run(art, requests, config, tmp / f"logs-{tag}")
     if not res.ok:
         raise RuntimeError(f"{model} round {tag}: {len(res.failures)} requests failed")
     rep = report.build(loaded.plan, res)
+    if emulated is not None:
+        for st in rep["stages"]:
+            for r in st["replicas"]:
+                r["cpu_quota_cores"] = emulated.cores[r["device"]]
     jsonio.write(tmp / f"report-{tag}.json", rep)
     pj = plan.to_json()
     stages = []
@@ -94,12 +144,22 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--models", default="resnet32-cifar,mobilenet_v2-cifar,vit-tiny")
     ap.add_argument("--clusters", default=",".join(CLUSTERS))
     ap.add_argument("--requests", type=int, default=100)
+    ap.add_argument("--emulate", action="store_true",
+                    help="run on example clusters in the emulated testbed (root; --clusters names files in "
+                         "examples/clusters, default three-node-hetero,rpi4-jetson) instead of local processes")
     ap.add_argument("--threads", default="1", help="compute threads per worker (EDGEPLAN_THREADS): 1 keeps the "
                                                    "boards from fighting over this machine's cores")
     args = ap.parse_args(argv)
     import os
 
     os.environ["EDGEPLAN_THREADS"] = args.threads  # workers inherit it (runtime/backend_onnxruntime.py)
+    host = None
+    if args.emulate:
+        from edgeplan.testbed import calibrate as host_speed
+
+        host = host_speed.measure(0.3)  # this machine per core, so quotas and emulated figures match
+        if args.clusters == ",".join(CLUSTERS):
+            args.clusters = "three-node-hetero,rpi4-jetson"
     rows = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgeplan-bench-truth-") as tmpdir:
@@ -109,14 +169,19 @@ def main(argv: list[str] | None = None) -> dict:
                 tmp = Path(tmpdir) / f"{model}-{cname}"
                 tmp.mkdir()
                 path = tmp / "cluster.yaml"
-                path.write_text(yaml.safe_dump({"name": cname, "devices": CLUSTERS[cname],
-                                                "network": {"default": {"bandwidth_mbps": 1000, "latency_ms": 0.1}}}))
-                print(f"{model} on {cname}")
-                art0, plan0, st0, pair0 = _round(traced, model, path, tmp, "0", args.requests)
+                emulated = Emulated(cname, host) if args.emulate else None
+                if emulated is not None:
+                    emulated.write(path)
+                else:
+                    path.write_text(yaml.safe_dump({"name": cname, "devices": CLUSTERS[cname], "network": {
+                        "default": {"bandwidth_mbps": 1000, "latency_ms": 0.1}}}))
+                print(f"{model} on {cname}{' (emulated)' if emulated else ''}")
+                art0, plan0, st0, pair0 = _round(traced, model, path, tmp, "0", args.requests, emulated)
                 _print_round("before (datasheet profiles)", plan0, st0, pair0)
                 calibrate_files([tmp / "report-0.json"], [art0], path, tmp / "calibrated.yaml",
                                 lambda p, g=traced.graph: g)
-                _, plan1, st1, pair1 = _round(traced, model, tmp / "calibrated.yaml", tmp, "1", args.requests)
+                _, plan1, st1, pair1 = _round(traced, model, tmp / "calibrated.yaml", tmp, "1", args.requests,
+                                              emulated)
                 _print_round("after one calibration round", plan1, st1, pair1)
                 mape = [100 * float(np.mean([abs(_err(p, m)) for _, _, m, p in st])) for st in (st0, st1)]
                 thr = [100 * abs(_err(pr["throughput_loaded"][1], pr["throughput_loaded"][0])) for pr in (pair0, pair1)]
