@@ -6,8 +6,9 @@ One run prints, for every case x objective (throughput, latency, energy, trainin
   wall clock; ``cpu s`` the process's CPU time (less sensitive to a busy machine);
 - ``vs base``: best feasible baseline's objective value / the plan's (>= 1.00: the plan is at least as good);
   ``dp/base`` the same for the DP's own result before the final choice (< 1.00: the DP alone lost);
-- ``vs LB``: plan / ILP optimum where the ILP runs (small instances, uniform links; ``t/o``: not proven
-  within 20 s), else ``-``;
+- ``vs ILP``: plan / ILP optimum where the ILP runs (small instances, uniform links; ``t/o``: not proven
+  within 20 s), else ``-``; ``vs LB``: plan / the relaxation lower bound (edgeplan.planner.bound: no
+  memory, links or per-call costs), on every case: an upper bound on how far from optimal the plan is;
 - ``exact``: whether the DP needed no reductions.
 
 Cases: seeded random clusters (2-64 boards, 1-8 board types, some with non-uniform links) on synthetic
@@ -30,6 +31,7 @@ from pathlib import Path
 from edgeplan.planner import dp
 from edgeplan.planner.api import final_choice
 from edgeplan.planner.baselines import baselines
+from edgeplan.planner.bound import lower_bound
 from edgeplan.planner.costmodel import evaluate
 from edgeplan.planner.objective import Objective
 from edgeplan.planner.synthetic import random_costs
@@ -76,10 +78,13 @@ def measure(costs, obj: Objective, label: dict, with_ilp: bool = True) -> dict:
     base = [b[2] for b in baselines(costs, obj) if b[2] is not None and b[2].ok]
     best_base = min((b.value(obj) for b in base), default=None)
     row = dict(label, objective=obj.objective, seconds=dt, cpu=cpu, exact=res.exact, vs_base=None, dp_base=None,
-               vs_lb=None)
+               vs_lb=None, vs_relax=None)
     if ev is not None and best_base is not None:
         row["vs_base"] = best_base / ev.value(obj)
         row["dp_base"] = best_base / evaluate(costs, res.layout, obj).value(obj)
+    if ev is not None:
+        lb = lower_bound(costs, obj)
+        row["vs_relax"] = ev.value(obj) / lb if lb else None
     if with_ilp and ev is not None:
         from edgeplan.planner import ilp
 
@@ -97,8 +102,8 @@ def measure(costs, obj: Objective, label: dict, with_ilp: bool = True) -> dict:
     return row
 
 
-HEAD = (f"{'case':<42} {'objective':<10} {'seconds':>8} {'cpu s':>6} {'vs base':>7} {'dp/base':>7} {'vs LB':>6} "
-        f"{'exact':>5}  target")
+HEAD = (f"{'case':<42} {'objective':<10} {'seconds':>8} {'cpu s':>6} {'vs base':>7} {'dp/base':>7} {'vs ILP':>6} "
+        f"{'vs LB':>6} {'exact':>5}  target")
 
 
 def show(r: dict) -> None:
@@ -109,7 +114,8 @@ def show(r: dict) -> None:
     if r["target"] is not None:
         tgt = f"<= {r['target']:g} s {'ok' if r['seconds'] <= r['target'] else 'MISSED'}"
     print(f"{r['case']:<42} {r['objective']:<10} {r['seconds']:>8.3f} {r['cpu']:>6.2f} {f(r['vs_base']):>7} "
-          f"{f(r['dp_base']):>7} {f(r['vs_lb']):>6} {('yes' if r['exact'] else 'no'):>5}  {tgt}", flush=True)
+          f"{f(r['dp_base']):>7} {f(r['vs_lb']):>6} {f(r['vs_relax']):>6} {('yes' if r['exact'] else 'no'):>5}  "
+          f"{tgt}", flush=True)
 
 
 def synthetic_rows(cases, objectives, on_row=show) -> list[dict]:
@@ -159,8 +165,11 @@ def summary(rows: list[dict]) -> None:
     near = sum(r["vs_lb"] <= 1.02 for r in lb)
     timed = [r for r in rows if r["target"] is not None]
     met = sum(r["seconds"] <= r["target"] for r in timed)
+    gaps = sorted(r["vs_relax"] for r in rows if r["vs_relax"] is not None)
+    med = f"{gaps[len(gaps) // 2]:.3f}" if gaps else "-"
     print(f"plan >= every feasible baseline: {ok}/{len(scored)} cases (the DP alone lost in {lost}); "
-          f"within 2% of the ILP optimum: {near}/{len(lb)}; time targets met: {met}/{len(timed)}")
+          f"within 2% of the ILP optimum: {near}/{len(lb)}; time targets met: {met}/{len(timed)}; "
+          f"plan / relaxation bound: median {med}")
 
 
 def main(argv: list[str] | None = None) -> None:

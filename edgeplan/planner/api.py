@@ -163,7 +163,14 @@ def _ilp_gap(costs: CostTable, obj: Objective, ev: Evaluation, time_limit_s: flo
     from edgeplan.planner import ilp
 
     if not ilp.applicable(costs, obj, ILP_MAX_ARCS):
-        return ["ILP bound not computed (instance too large for the ILP; use --solver ilp on a smaller one)"]
+        from edgeplan.planner.bound import lower_bound
+
+        lb = lower_bound(costs, replace(obj, latency_budget_s=None, energy_budget_j=None))
+        if lb is None or lb <= 0:
+            return ["ILP bound not computed (instance too large for the ILP; use --solver ilp on a smaller one)"]
+        a = ev.value(obj)
+        return [f"lower bound {_fmt_value(obj, lb)} (relaxation: no memory, links or per-call costs; the ILP does "
+                f"not run at this size); this plan {_fmt_value(obj, a)} (gap {(a - lb) / lb * 100:.1f}%)"]
     relaxed = obj.latency_budget_s is not None or obj.energy_budget_j is not None
     try:
         got = ilp.solve(costs, replace(obj, latency_budget_s=None, energy_budget_j=None), time_limit_s=time_limit_s)

@@ -1,0 +1,91 @@
+"""A lower bound on any plan's objective, for instances too large for the ILP.
+
+Relaxation: every board may run any part of any layer for any fraction of the
+micro-batch (no stages, no memory limits, no links, no per-call costs), on its
+fastest unit for that layer. The smallest time ``P*`` in which the boards,
+working in parallel, finish ``m`` samples of every layer is an LP (HiGHS):
+
+    min P   s.t.   sum_d x[d, l] = m  (every layer),   sum_l t[d, l] x[d, l] <= P  (every board),   x >= 0
+
+Every plan's slowest resource takes at least ``P*`` per micro-batch, so:
+throughput period >= P*; latency (M micro-batches) >= M P* (``sum p + (M-1) max p >= M max p``);
+training iteration >= M P* with forward + backward times; energy per sample >= the cheapest
+above-idle energy of every layer + the least idle power x P* / m.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgeplan.planner.costmodel import TRAINABLE_TARGETS
+from edgeplan.planner.objective import Objective
+from edgeplan.profiles.cost import CostTable
+
+
+def _per_board(costs: CostTable, obj: Objective) -> tuple[np.ndarray, np.ndarray]:
+    """[D, n] seconds per sample of each layer on each board's fastest unit, and the energy above idle."""
+    sup = np.asarray(costs.supported, dtype=bool)
+    if obj.training:
+        sup = sup & np.array([t in TRAINABLE_TARGETS for _, _, t in costs.units], dtype=bool)[:, None]
+    per = np.where(sup, costs.fwd_s, np.inf)
+    if obj.training:
+        per = per + np.where(sup, costs.bwd_s, np.inf)
+    D, n = costs.n_devices, costs.n_layers
+    t = np.full((D, n), np.inf)
+    e = np.full((D, n), np.inf)
+    busy = np.asarray(costs.busy_power_w, dtype=np.float64)
+    for u, (d, _, _) in enumerate(costs.units):
+        t[d] = np.minimum(t[d], per[u])
+        above = max(busy[u] - float(costs.idle_power_w[d]), 0.0)
+        e[d] = np.minimum(e[d], np.where(np.isfinite(per[u]), above * np.where(np.isfinite(per[u]), per[u], 0.0),
+                                         np.inf))
+    return t, e
+
+
+def period_bound(costs: CostTable, obj: Objective) -> float | None:
+    """``P*`` (seconds per micro-batch), or None when some layer runs nowhere."""
+    import highspy
+
+    t, _ = _per_board(costs, obj)
+    D, n = t.shape
+    if not np.isfinite(t).any(axis=0).all():
+        return None
+    m = float(obj.micro)
+    idx = [(d, ly) for d in range(D) for ly in range(n) if np.isfinite(t[d, ly])]
+    nv = len(idx) + 1
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    cost = np.zeros(nv)
+    cost[-1] = 1.0
+    h.addVars(nv, np.zeros(nv), np.full(nv, highspy.kHighsInf))
+    h.changeColsCost(nv, np.arange(nv), cost)
+    by_layer: list[list[int]] = [[] for _ in range(n)]
+    by_board: list[list[int]] = [[] for _ in range(D)]
+    for k, (d, ly) in enumerate(idx):
+        by_layer[ly].append(k)
+        by_board[d].append(k)
+    for ly in range(n):
+        h.addRow(m, m, len(by_layer[ly]), np.array(by_layer[ly]), np.ones(len(by_layer[ly])))
+    for d in range(D):
+        if by_board[d]:
+            cols = np.array(by_board[d] + [nv - 1])
+            vals = np.array([t[idx[k]] for k in by_board[d]] + [-1.0])
+            h.addRow(-highspy.kHighsInf, 0.0, len(cols), cols, vals)
+    h.run()
+    if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        return None
+    return float(h.getInfo().objective_function_value) * (1 - 1e-9)  # solver tolerance: stay below
+
+
+def lower_bound(costs: CostTable, obj: Objective) -> float | None:
+    """A value no plan's ``Evaluation.value(obj)`` can go below (see the module docstring)."""
+    p = period_bound(costs, obj)
+    if p is None:
+        return None
+    M = obj.microbatches
+    if obj.objective == "throughput":
+        return p
+    if obj.objective in ("latency", "time"):
+        return M * p
+    _, e = _per_board(costs, obj)
+    return float(e.min(axis=0).sum()) + float(np.min(costs.idle_power_w)) * p / obj.micro
