@@ -117,6 +117,7 @@ class UnitFit:
     after: ComputeUnit
     notes: tuple[str, ...] = ()  # clamps, unfitted parts
     hop_fitted: bool = False  # the reports had CPU time and bytes per call
+    inferred_from: str | None = None  # not run: figures taken from this fitted board of the same profile
 
 
 @dataclass(frozen=True)
@@ -437,6 +438,7 @@ def fit(cluster: Cluster, runs: list[tuple[dict, LayerGraph, list[Observation]]]
             rows.append(StageRow(
                 o, la.module_s(before, o.start, o.stop, o.samples), la.module_s(after, o.start, o.stop, o.samples),
                 _hop_measured(o), _hop_pred(before, o), _hop_pred(after, o)))
+    fits += _same_profile_peers(cluster, fits)
     new_devices = []
     fitted = {(f.device, f.unit): f.after for f in fits}
     for d in cluster.devices:
@@ -445,6 +447,26 @@ def fit(cluster: Cluster, runs: list[tuple[dict, LayerGraph, list[Observation]]]
     rows.sort(key=lambda r: (r.obs.source, r.obs.stage, r.obs.device))
     return Calibration(tuple(fits), tuple(rows), tuple(skipped), dataclasses.replace(cluster,
                                                                                       devices=tuple(new_devices)))
+
+
+def _same_profile_peers(cluster: Cluster, fits: list[UnitFit]) -> list[UnitFit]:
+    """Units no report ran, on boards of the same profile with the same figures as a fitted one: they take its
+    fitted figures (the datasheet error is the board model's), as estimates that say where they came from."""
+    done = {(f.device, f.unit) for f in fits}
+    out = []
+    for d in cluster.devices:
+        for u in d.units:
+            if (d.name, u.name) in done:
+                continue
+            peers = [f for f in fits if f.inferred_from is None and f.unit == u.name and f.before == u
+                     and cluster.device(f.device).profile == d.profile]
+            if peers:
+                best = max(peers, key=lambda f: (f.calls, f.device))
+                out.append(UnitFit(d.name, u.name, best.design, 0, u, best.after,
+                                   (f"{d.name}:{u.name}: not in the report(s); takes {best.device}:{u.name}'s fitted "
+                                    f"figures (same profile {d.profile!r} and figures), still estimates",),
+                                   best.hop_fitted, best.device))
+    return out
 
 
 def _fit_multi(unit: ComputeUnit, items: list[tuple[Observation, _Layers]], where: str):
@@ -490,6 +512,8 @@ def _unit_overrides(fit_: UnitFit, stamp: dict) -> dict:
     if fit_.hop_fitted:
         body["hop_overhead_us"] = float(f"{u.hop_overhead_s * 1e6:.6g}")
         figures.append("hop_overhead_us")
+    if fit_.inferred_from is not None:  # taken from a same-profile board: estimates, no `measured` provenance
+        return body
     how = {f: dict(stamp, how=f"edgeplan calibrate: {fit_.design} least squares over {fit_.calls} stage call "
                               f"median(s)") for f in figures}
     if "hop_overhead_us" in how:
@@ -555,7 +579,9 @@ def format_fit(cal: Calibration) -> str:
     lines = []
     for f in cal.fits:
         b, a = f.before, f.after
-        lines.append(f"{f.device}:{f.unit}: {f.design} fit over {f.calls} stage call(s)")
+        lines.append(f"{f.device}:{f.unit}: " + (f"as {f.inferred_from}:{f.unit} (same profile, not run)"
+                                                  if f.inferred_from else
+                                                  f"{f.design} fit over {f.calls} stage call(s)"))
         for c, v in b.throughput:
             v2 = a.flops_per_s(c)
             if abs(v2 - v) > 1e-9 * v:
