@@ -198,6 +198,7 @@ class Head:
         self._ranges: dict[int, list] = {}
         self._compute_ranges()
         self._unready: dict[int, str] = {}  # stage -> why it has no live replica
+        self._slow_warned: set = set()  # only replicas of their stage the watchdog flagged (logged once)
         self._epoch = 0
         self._inflight: dict[int, _Inflight] = {}
         self._deferred: deque = deque()  # events that arrived while a re-route waited for ACKs
@@ -676,9 +677,18 @@ class Head:
             self._dispatch(r)
         elif kind == "pong":
             if key in self._alive:
-                if payload.meta.get("unhealthy"):
-                    self._on_dead(key, str(payload.meta["unhealthy"]))
+                why = payload.meta.get("unhealthy")
+                if why and any(k != key and k[1] == key[1] for k in self._alive):
+                    self._on_dead(key, str(why))  # a healthy sibling takes its samples
                 else:
+                    # The only replica of its stage: taking it out would fail every request at once, while a
+                    # slow call (a loaded board) may still finish. Requests wait until their own deadlines.
+                    if why and key not in self._slow_warned:
+                        self._slow_warned.add(key)
+                        self.log(f"{self.workers[key].name}: {why}; it is the stage's only replica, so requests "
+                                 "wait for it until their deadlines")
+                    elif not why:
+                        self._slow_warned.discard(key)
                     self._last_pong[key] = time.monotonic()
         elif kind == "rejoin":
             self._on_rejoin(key, payload)

@@ -238,6 +238,31 @@ def test_hung_module_is_caught_by_the_compute_watchdog_and_its_late_output_dropp
         p.close()
 
 
+def test_slow_call_of_a_stages_only_replica_is_waited_for_not_failed(tmp_path):
+    """The watchdog flags a 2.5 s call (a loaded board), but with no sibling to take over, taking the replica
+    out would fail every request in flight; they wait instead and all are answered within their deadlines."""
+    p, w = _pipeline(tmp_path, groups=[[("a", 4)], [("b", 4)]])
+    hang = tmp_path / "art" / "b" / "stage1" / "HANG"
+    state = {}
+
+    def inject(i, p):
+        if i == 20 and not state:
+            hang.touch()
+            state["timer"] = threading.Timer(2.5, hang.unlink)
+            state["timer"].start()
+
+    try:
+        d = Drive(p, w, 60)
+        bounded(60, lambda: d.run(inject).check())
+        assert state and not hang.exists()
+        assert max(d.took) >= 2.0  # the slow call really delayed requests (the watchdog's 1 s floor was passed)
+        assert p.head.status()["faults"] == []  # ... and nobody was taken out of the pipeline
+    finally:
+        if "timer" in state:
+            state["timer"].join()
+        p.close()
+
+
 def test_last_stage_that_cannot_reach_the_head_fails_over_at_once(tmp_path):
     p, w = _pipeline(tmp_path)
     try:
