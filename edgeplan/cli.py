@@ -601,7 +601,7 @@ def serve(
     except PipelineError as e:
         raise RuntimeFault(str(e)) from None
     except OSError as e:
-        raise RuntimeFault(f"cannot listen on {host}:{port} ({e}); pick another --port") from None
+        raise RuntimeFault(f"{e}; pick another --port") from None
     serve_forever(server, typer.echo)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -36,6 +37,11 @@ class Server:
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, secret: bytes | None = None,
                  placement: Placement | None = None, head_host: str = "127.0.0.1", log_dir: str | None = None,
                  log: Callable[[str], None] | None = None):
+        if port:  # fail before any worker starts, not after
+            try:
+                socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET).close()
+            except OSError as e:
+                raise OSError(f"cannot listen on {host}:{port} ({os.strerror(e.errno) if e.errno else e})") from None
         self.pipeline = start_pipeline(artifacts, local=local, config=head_config, secret=secret,
                                        placement=placement, head_host=head_host, log_dir=log_dir, log=log)
         try:

@@ -255,3 +255,15 @@ def test_serving_survives_a_replica_death_and_says_which_stage_is_gone(art, torc
         assert r.status_code == 503 and "no live replica" in r.json()["error"]
         metrics = http.get("/metrics").text
         assert 'edgeplan_worker_up{board="b",stage="1"} 0.0' in metrics
+
+
+def test_serve_on_a_taken_port_fails_at_once_with_one_line(art):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = CliRunner().invoke(app, ["serve", str(art), "--local", "--port", str(port)])
+    assert r.exit_code == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in r.output and "--port" in r.output
