@@ -518,7 +518,8 @@ def _unit_overrides(fit_: UnitFit, stamp: dict) -> dict:
                               f"median(s)") for f in figures}
     if "hop_overhead_us" in how:
         how["hop_overhead_us"]["how"] = (f"edgeplan calibrate: median over {fit_.calls} replica(s) of worker CPU per "
-                                         "call - module time - per-byte copies (start-up CPU included)")
+                                         "call - module time - per-byte copies (start-up CPU included unless the "
+                                         "report gives it)")
     body["measured"] = how
     return body
 

@@ -53,11 +53,19 @@ def _module_s(graph, cluster, stage) -> float:
     return float(worst)
 
 
-def test_calibrating_from_a_run_brings_the_next_plans_stage_predictions_closer_to_measurements(tmp_path):
+# the host profile made 5x too slow: a datasheet error that run-to-run noise on shared cores (+-50%) cannot hide
+SLOW = {"units": {"cpu": {"mem_bandwidth_gbs": 3, "throughput_gflops": {
+    "conv": 6, "dwconv": 1.2, "gemm": 8, "norm": 1.6, "pool": 1.6, "elementwise": 1.6, "reduce": 1, "data": 1.6}}}}
+
+
+def test_calibrating_from_a_run_brings_the_next_plans_stage_predictions_closer_to_measurements(tmp_path,
+                                                                                                monkeypatch):
+    monkeypatch.setenv("EDGEPLAN_THREADS", "1")  # one compute thread per worker: the two boards share 2 cores
     path = tmp_path / "cluster.yaml"
     path.write_text(yaml.safe_dump({
         "name": "two-hosts", "network": {"default": {"bandwidth_mbps": 1000, "latency_ms": 0.1}},
-        "devices": [{"name": n, "profile": "host", "address": "127.0.0.1"} for n in ("h1", "h2")]}))
+        "devices": [{"name": n, "profile": "host", "address": "127.0.0.1", "overrides": SLOW}
+                    for n in ("h1", "h2")]}))
     traced = build(MODEL)
     plan1, art1, _ = _plan_compile_run(traced, path, tmp_path, "1")
 
@@ -79,7 +87,7 @@ def test_calibrating_from_a_run_brings_the_next_plans_stage_predictions_closer_t
           f"{np.mean(after):.0%} ({[f'{b:.0%}->{a:.0%}' for b, a in zip(before, after, strict=True)]})")
     assert np.mean(after) < 0.5 * np.mean(before)
     # one call per board fits one factor per board; stages of another mix of layers, timed on CPUs shared
-    # with other processes, are typically 10-40% off after (100-250% before), 60% seen under load 8 on 2 cores
+    # with other processes, are typically 5-40% off after (~1600% before; seen 9-12% after)
     assert np.mean(after) < 1.0
 
     # the run kept a window of requests in flight: its p50 is the loaded latency, not the plan's unloaded one
