@@ -34,6 +34,10 @@ its optional ``cpu_quota_cores`` (a CPU quota, e.g. the emulated testbed's)
 turns CPU seconds into the board's seconds; without them the start-up CPU is
 spread over the calls (more requests give a truer figure) and one core is assumed.
 
+Link bandwidths come from each replica's optional ``links`` (the worker
+Monitor's passive per-peer send throughput): the median per device pair, within
+10x of the cluster file, written as ``network.links`` entries.
+
 Reports are checked against the plan (model, stages, replicas, plan sha256 when
 the report carries one) and the plan against the cluster (cluster sha256): a
 report from another plan or cluster is refused with both hashes. Replicas with
@@ -133,6 +137,49 @@ class StageRow:
 
 
 @dataclass(frozen=True)
+class LinkFit:
+    """A pair's bandwidth as the workers measured it sending (median over the reports' replicas)."""
+
+    a: str
+    b: str
+    before: float  # bytes/s in the cluster file
+    after: float
+    sends: int  # replica measurements used
+    note: str = ""
+
+
+MAX_LINK_FACTOR = 10.0  # a measured link may differ from the cluster file by at most this factor either way
+
+
+def link_fits(cluster: Cluster, runs: tuple) -> tuple[LinkFit, ...]:
+    """Bandwidth per device pair from each replica's optional ``links`` (the worker Monitor's per-peer
+    ``throughput_bytes_per_second``, timed on sends too large for the socket buffer): peers are
+    ``device/stageK`` or ``head`` (the plan's head device); pairs on one device are skipped."""
+    seen: dict[frozenset, list[float]] = {}
+    for _source, plan, rep, _graph in runs:
+        for st in rep.get("stages", ()):
+            for r in st.get("replicas", ()):
+                for peer, ln in (r.get("links") or {}).items():
+                    rate = (ln or {}).get("throughput_bytes_per_second")
+                    other = plan.get("head") if peer == "head" else str(peer).split("/")[0]
+                    if rate and rate > 0 and other and other != r.get("device"):
+                        seen.setdefault(frozenset((r["device"], other)), []).append(float(rate))
+    out = []
+    names = {d.name for d in cluster.devices}
+    for pair, rates in sorted(seen.items(), key=lambda kv: sorted(kv[0])):
+        a, b = sorted(pair)
+        if a not in names or b not in names:
+            continue
+        before = cluster.link(a, b).bandwidth
+        got = float(np.median(rates))
+        after = min(max(got, before / MAX_LINK_FACTOR), before * MAX_LINK_FACTOR)
+        note = "" if after == got else (f"link {a} <-> {b}: measured {got * 8 / 1e6:.4g} Mbit/s is more than "
+                                        f"{MAX_LINK_FACTOR:g}x from the file's {before * 8 / 1e6:.4g}; clamped")
+        out.append(LinkFit(a, b, before, after, len(rates), note))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class Calibration:
     fits: tuple[UnitFit, ...]
     rows: tuple[StageRow, ...]
@@ -140,6 +187,7 @@ class Calibration:
     cluster: Cluster  # the calibrated cluster
     runs: tuple = ()  # (report file, plan dict, report dict, LayerGraph) per report fitted from
     before: Cluster | None = None  # the cluster as it was
+    links: tuple[LinkFit, ...] = ()  # link bandwidths from the monitor's passive send measurements
 
     def mape(self, which: str) -> float:
         """Mean absolute percentage error of the module-time predictions, ``before`` or ``after``."""
@@ -545,6 +593,19 @@ def calibrated_doc(cluster_path: str | Path, calibration: Calibration, out_path:
             dev["overrides"] = over
             units = over.setdefault("units", {})
             units[f.unit] = {**(units.get(f.unit) or {}), **_unit_overrides(f, stamp)}
+    if calibration.links:
+        net = doc.setdefault("network", {})
+        links = net.setdefault("links", []) or []
+        net["links"] = links
+        for lf in calibration.links:
+            entry = next((e for e in links if set(e.get("between", ())) == {lf.a, lf.b}), None)
+            if entry is None:
+                default = net.get("default") or {}
+                entry = {"between": [lf.a, lf.b], "latency_ms": default.get("latency_ms", 0.0)}
+                if "energy_nj_per_byte" in default:
+                    entry["energy_nj_per_byte"] = default["energy_nj_per_byte"]
+                links.append(entry)
+            entry["bandwidth_mbps"] = float(f"{lf.after * 8 / 1e6:.6g}")
     return doc
 
 
@@ -591,6 +652,11 @@ def format_fit(cal: Calibration) -> str:
         lines.append(f"  {'per layer':<12} {b.layer_overhead_s * 1e6:9.3g} -> {a.layer_overhead_s * 1e6:9.3g} us")
         lines.append(f"  {'per call':<12} {b.hop_overhead_s * 1e6:9.3g} -> {a.hop_overhead_s * 1e6:9.3g} us (hop)")
         lines.extend(f"  {n}" for n in f.notes)
+    for lf in cal.links:
+        lines.append(f"link {lf.a} <-> {lf.b}: {lf.before * 8 / 1e6:.4g} -> {lf.after * 8 / 1e6:.4g} Mbit/s "
+                     f"(median of {lf.sends} passive measurement(s))")
+        if lf.note:
+            lines.append(f"  {lf.note}")
     lines += ["", f"{'report':<20}{'stage':>6}  {'board:unit':<16}{'measured ms':>12}{'before':>10}{'err':>7}"
                   f"{'after':>10}{'err':>7}  {'hop ms':>8}{'before':>8}{'after':>8}"]
     for r in cal.rows:
@@ -672,7 +738,7 @@ def calibrate_files(reports: list[str | Path], plans: list[str | Path], cluster_
         names.append(f"{Path(rpath).name} (plan {digest[:12]})")
         if found:
             backends.add(found)
-    cal = fit(cluster, runs, skipped)
+    cal = dataclasses.replace(fit(cluster, runs, skipped), links=link_fits(cluster, tuple(used)))
     backend = backend or "+".join(sorted(backends)) or "unknown (give --backend or --plan ART_DIR)"
     new = write_calibrated(cluster_path, cal, out_path, sources=", ".join(names), backend=backend, when=when)
     return dataclasses.replace(cal, cluster=new, runs=tuple(used), before=cluster), new

@@ -234,3 +234,22 @@ def test_a_board_no_report_ran_takes_a_same_profile_boards_fit_as_an_estimate(tm
     assert got.flops_per_s("conv") == pytest.approx(2 * unit.flops_per_s("conv"), rel=1e-5)
     assert got.measured == () and new.device("a").unit("cpu").measured
     assert "c:cpu: as " in cal.format_fit(result)
+
+
+def test_link_bandwidth_comes_from_the_monitors_passive_send_throughput(tmp_path):
+    graph = synthetic_graph()
+    path = cluster_file(tmp_path)
+    cluster = load_cluster(path)
+    plan, rep = plan_and_report(graph, cluster, [12], lambda s: "ab"[s], [0.004, 0.004])
+    plan["head"] = "a"
+    rep["stages"][0]["replicas"][0]["links"] = {"b/stage1": {"throughput_bytes_per_second": 30e6}}
+    rep["stages"][1]["replicas"][0]["links"] = {"head": {"throughput_bytes_per_second": 50e6},
+                                                "a/stage9": {"throughput_bytes_per_second": None}}
+    jsonio.write(tmp_path / "plan.json", plan)
+    jsonio.write(tmp_path / "r.json", rep)
+    result, new = cal.calibrate_files([tmp_path / "r.json"], [tmp_path / "plan.json"], path, tmp_path / "c.yaml",
+                                      lambda p: graph)
+    (lf,) = result.links
+    assert (lf.a, lf.b, lf.sends) == ("a", "b", 2) and lf.after == pytest.approx(40e6)  # median of 30 and 50 MB/s
+    assert new.link("a", "b").bandwidth == pytest.approx(40e6) and new.link("a", "b").latency_s == pytest.approx(1e-4)
+    assert "link a <-> b: 1000 -> 320 Mbit/s (median of 2" in cal.format_fit(result)
