@@ -30,6 +30,7 @@ place at the end, so an interrupted compile never leaves a folder that looks com
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import os
 import shutil
@@ -252,12 +253,11 @@ def compile_plan(
     model_spec, cluster, input_shape, source_notes = resolve_sources(plan, model_spec, cluster, input_shape, plan_dir)
     out = Path(out_dir)
     manifest.check_out_dir(out, force)
-    if plan.mode == "training":  # boards train with torch: launchers and a rank table, no compiled modules
-        from edgeplan.training.launch import prepare
-
-        emit(CompileEvent("training launchers", "running"))
-        prepare(plan, model_spec, out, input_shape=input_shape, cluster=cluster, force=force)
-        emit(CompileEvent("training launchers", "done"))
+    if plan.mode != "inference":  # e.g. training: boards run torch from launchers, no compiled modules
+        write = _mode_writer(plan.mode)
+        emit(CompileEvent(f"{plan.mode} launchers", "running"))
+        write(plan, model_spec, out, input_shape=input_shape, cluster=cluster, force=force)
+        emit(CompileEvent(f"{plan.mode} launchers", "done"))
         return out
     head, slots = assign_slots(plan, cluster, bind_any)
 
@@ -316,6 +316,25 @@ def compile_plan(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _mode_writer(mode: str) -> Callable[..., Path]:
+    """The artifact writer of a plan whose mode is not inference: ``edgeplan.<mode>.write_artifacts``.
+
+    Found by the mode's name (as tinygrad finds ``runtime/ops_<device>``) because those
+    packages build on codegen (its manifest and split): codegen imports none of them, and
+    loads one only when a plan of its mode is compiled.
+    """
+    name = f"edgeplan.{mode}"
+    try:
+        return importlib.import_module(name).write_artifacts
+    except ModuleNotFoundError as e:
+        if e.name != name:
+            raise
+    except AttributeError:
+        pass
+    raise PlanError(f"plan mode {mode!r} has no artifact writer ({name}.write_artifacts); "
+                    "re-plan with --mode inference or --mode training")
 
 
 def _job(stage: int, target: str, device: str) -> str:
