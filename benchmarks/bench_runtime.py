@@ -7,7 +7,8 @@ times, and reports the median round trip:
 * relay:  the same bytes through a raw-socket relay thread (``recv_into`` a preallocated buffer, ``sendall``
           onward) back to the sender: two transfers, like a worker hop, with no framing, checks or compute;
 * frame:  ``wire.send_frame`` / ``wire.recv_frame`` (header, descriptors, tensor view), answered by a PING frame;
-* +hmac:  the same with HMAC-SHA256 on every frame;
+* +hmac:  the same with a secret: one handshake per connection (not timed), then HMAC-SHA256 over
+          each frame and its per-direction sequence number;
 * worker: a real stage worker (identity module) between the sender and a receiver: the sender's frame is
           received, assembled, run and forwarded, i.e. one full pipeline hop. ``w/raw`` compares it with one
           raw transfer, ``w/relay`` with the raw relay (the same two transfers): the runtime's own overhead.
@@ -115,23 +116,27 @@ def bench_relay(payload: np.ndarray, iters: int) -> list[float]:
 
 
 def bench_frame(payload: np.ndarray, iters: int, secret: bytes | None) -> list[float]:
+    """Frames over one connection; with a secret, after the handshake (its one round trip is not timed)."""
     srv, cli, conn = _pair()
     limit = payload.nbytes + 4096
+    sessions: dict[str, wire.Session | None] = {}
 
     def echo():
+        session = sessions["srv"] = wire.handshake(conn, secret, server=True)
         for _ in range(iters):
-            f = wire.recv_frame(conn, secret, limit)
+            f = wire.recv_frame(conn, session, limit)
             assert f.tensors[0].nbytes == payload.nbytes
-            wire.send_frame(conn, wire.Frame(wire.PING), secret)
+            wire.send_frame(conn, wire.Frame(wire.PING), session)
 
     t = threading.Thread(target=echo, daemon=True)
     t.start()
     times = []
     frame = wire.Frame(wire.DATA, request_id=1, lo=0, hi=1, tensors=(payload,))
+    session = wire.handshake(cli, secret, server=False)
     for _ in range(iters):
         t0 = time.perf_counter()
-        wire.send_frame(cli, frame, secret)
-        wire.recv_frame(cli, secret, limit)
+        wire.send_frame(cli, frame, session)
+        wire.recv_frame(cli, session, limit)
         times.append(time.perf_counter() - t0)
     t.join()
     for s in (cli, conn, srv):

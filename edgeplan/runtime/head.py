@@ -182,7 +182,8 @@ class Head:
         per_sample = sum(int(np.prod(s, dtype=np.int64)) * d.itemsize for _, s, d in self.out_specs)
         self.max_frame = max(per_sample * microbatch + 64 * 1024, 1 << 20)
         self._events: queue.Queue = queue.Queue()
-        self._ctl: dict[tuple[str, int], tuple[socket.socket, threading.Lock]] = {}
+        # Control connection of each live worker: socket, send lock, the connection's wire.Session.
+        self._ctl: dict[tuple[str, int], tuple[socket.socket, threading.Lock, wire.Session | None]] = {}
         self._data: dict[tuple[str, int], net.Sender] = {}  # stage-0 input senders
         self._deaths: dict[tuple[str, int], int] = dict.fromkeys(self.workers, 0)
         self._rejoin_after: dict[tuple[str, int], float] = {}
@@ -334,11 +335,11 @@ class Head:
                 payload[0].set()
         for sender in list(self._data.values()):
             sender.close()
-        for sock, lock in list(self._ctl.values()):
+        for sock, lock, session in list(self._ctl.values()):
             if self.cfg.shutdown_workers:
                 try:
                     with lock:
-                        wire.send_frame(sock, wire.Frame(wire.BYE), self.cfg.secret)
+                        wire.send_frame(sock, wire.Frame(wire.BYE), session)
                 except OSError:
                     pass
             sock.close()
@@ -477,7 +478,12 @@ class Head:
             deadline = time.monotonic() + self.cfg.connect_timeout_s
             while True:
                 try:
-                    sock = net.connect(w.address, timeout=max(0.1, deadline - time.monotonic()))
+                    sock, session = net.open_connection(w.address, self.cfg.secret,
+                                                        timeout=max(0.1, deadline - time.monotonic()))
+                    break
+                except wire.FrameError as e:  # the worker refused the handshake: retrying cannot help
+                    self._events.put(("dead", w.key, (f"handshake failed: {e}", self._gen[w.key])))
+                    sock = None
                     break
                 except OSError as e:
                     if time.monotonic() >= deadline:
@@ -486,15 +492,16 @@ class Head:
                         break
                     time.sleep(0.1)
             if sock is not None:
-                self._attach(w.key, sock)
+                self._attach(w.key, sock, session)
 
-    def _attach(self, key, sock: socket.socket) -> None:
-        """Use ``sock`` as the control connection of worker ``key`` (a new generation)."""
+    def _attach(self, key, sock: socket.socket, session: wire.Session | None) -> None:
+        """Use ``sock`` (authenticated as ``session``) as the control connection of worker ``key`` (a new
+        generation)."""
         net.set_send_timeout(sock, self.cfg.dead_after_s)
         self._gen[key] += 1
         gen = self._gen[key]
-        self._ctl[key] = (sock, threading.Lock())
-        threading.Thread(target=self._control_reader, args=(key, sock, gen), daemon=True,
+        self._ctl[key] = (sock, threading.Lock(), session)
+        threading.Thread(target=self._control_reader, args=(key, sock, gen, session), daemon=True,
                          name=f"head-ctl-{key[0]}-{key[1]}").start()
         if key[1] == 0:  # inputs travel on their own connection: heartbeats never wait behind them
             old = self._data.pop(key, None)
@@ -511,8 +518,9 @@ class Head:
 
     def _result_reader(self, conn: socket.socket, peer) -> None:
         try:
+            session = wire.handshake(conn, self.cfg.secret, server=True, timeout=max(self.cfg.send_timeout_s, 1.0))
             while not self._stop.is_set():
-                f = wire.recv_frame(conn, self.cfg.secret, self.max_frame)
+                f = wire.recv_frame(conn, session, self.max_frame)
                 if f.kind == wire.DATA:
                     self._events.put(("result", None, f))
         except wire.FrameError as e:
@@ -522,10 +530,10 @@ class Head:
         finally:
             conn.close()
 
-    def _control_reader(self, key, sock: socket.socket, gen: int) -> None:
+    def _control_reader(self, key, sock: socket.socket, gen: int, session: wire.Session | None) -> None:
         try:
             while not self._stop.is_set():
-                f = wire.recv_frame(sock, self.cfg.secret, wire.MAX_META_BYTES)
+                f = wire.recv_frame(sock, session, wire.MAX_META_BYTES)
                 kind = {wire.PONG: "pong", wire.ACK: "ack", wire.STATS: "stats", wire.ERROR: "error"}.get(f.kind)
                 if kind:
                     self._events.put((kind, key, f))
@@ -546,7 +554,7 @@ class Head:
             return False
         try:
             with ctl[1]:
-                wire.send_frame(ctl[0], frame, self.cfg.secret)
+                wire.send_frame(ctl[0], frame, ctl[2])
             return True
         except OSError as e:
             self._events.put(("dead", key, (f"send failed ({e})", self._gen[key])))
@@ -862,36 +870,38 @@ class Head:
             for key in sorted(set(self.workers) - self._alive):
                 if time.monotonic() < self._rejoin_after.get(key, 0.0) or self._stop.is_set():
                     continue
-                sock = self._probe(self.workers[key].address)
-                if sock is not None:
-                    self._events.put(("rejoin", key, sock))
+                conn = self._probe(self.workers[key].address)
+                if conn is not None:
+                    self._events.put(("rejoin", key, conn))
 
-    def _probe(self, address: str) -> socket.socket | None:
-        """A control connection to ``address`` whose worker answered PING with a healthy PONG, or None."""
+    def _probe(self, address: str) -> tuple[socket.socket, wire.Session | None] | None:
+        """A control connection to ``address`` (and its Session) whose worker answered PING with a healthy
+        PONG, or None."""
         try:
-            sock = net.connect(address, timeout=0.5)
-        except OSError:
+            sock, session = net.open_connection(address, self.cfg.secret, timeout=0.5)
+        except (OSError, wire.FrameError):
             return None
         try:
             sock.settimeout(1.0)
-            wire.send_frame(sock, wire.Frame(wire.PING), self.cfg.secret)
-            f = wire.recv_frame(sock, self.cfg.secret, wire.MAX_META_BYTES)
+            wire.send_frame(sock, wire.Frame(wire.PING), session)
+            f = wire.recv_frame(sock, session, wire.MAX_META_BYTES)
             if f.kind == wire.PONG and not f.meta.get("unhealthy"):
                 sock.settimeout(None)
-                return sock
+                return sock, session
         except (OSError, wire.FrameError, wire.ConnectionClosed):
             pass
         sock.close()
         return None
 
-    def _on_rejoin(self, key, sock: socket.socket) -> None:
+    def _on_rejoin(self, key, conn: tuple[socket.socket, wire.Session | None]) -> None:
         """Give a re-joined worker its plan range back in a new routing epoch; in-flight requests are re-sent
         under it (answers of the old epoch are ignored), so none is lost or answered twice."""
+        sock, session = conn
         if key in self._alive or self._stop.is_set():
             sock.close()
             return
         w = self.workers[key]
-        self._attach(key, sock)
+        self._attach(key, sock, session)
         self._alive.add(key)
         self._last_pong[key] = time.monotonic()
         self._compute_ranges()

@@ -33,6 +33,19 @@ def connect(address: str, timeout: float, send_timeout: float | None = None) -> 
     return sock
 
 
+def open_connection(address: str, secret: bytes | None, timeout: float,
+                    send_timeout: float | None = None) -> tuple[socket.socket, wire.Session | None]:
+    """``connect`` plus the authentication handshake (none without a secret): the socket and its Session.
+
+    OSError when the peer cannot be reached, FrameError when it refuses the handshake or fails it."""
+    sock = connect(address, timeout=timeout, send_timeout=send_timeout)
+    try:
+        return sock, wire.handshake(sock, secret, server=False, timeout=max(timeout, 1.0))
+    except BaseException:
+        sock.close()
+        raise
+
+
 def listen(address: str) -> socket.socket:
     host, port = wire.parse_address(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -46,7 +59,8 @@ def listen(address: str) -> socket.socket:
 def accept_loop(srv: socket.socket, stop: threading.Event, handle: Callable[[socket.socket, object], None],
                 send_timeout_s: float | None = None) -> None:
     """Accept connections until ``stop`` is set (checked twice a second) or ``srv`` closes; each
-    connection (blocking, TCP_NODELAY, optional kernel send timeout) is handled on its own thread."""
+    connection (blocking, TCP_NODELAY, optional kernel send timeout) is handled on its own thread,
+    which starts with ``wire.handshake(conn, secret, server=True)``."""
     srv.settimeout(0.5)
     while not stop.is_set():
         try:
@@ -104,6 +118,7 @@ class Sender:
         self._cv = threading.Condition()
         self._busy = False  # someone (a caller or the thread) is writing to the socket
         self._sock: socket.socket | None = None
+        self._session: wire.Session | None = None  # the connection's keys and sequence numbers
         self._watch: select.poll | None = None
         self._closed = False
         threading.Thread(target=self._run, name=name, daemon=True).start()
@@ -122,11 +137,11 @@ class Sender:
                 self._cv.notify_all()
                 return True
             self._busy = True
-            sock, watch = self._sock, self._watch
+            sock, watch, session = self._sock, self._watch, self._session
         rest, t0, n = None, time.perf_counter(), 0
         try:
             if not peer_closed(watch):
-                parts = wire.buffers(frame, self._secret)
+                parts = wire.buffers(frame, session)
                 n = sum(p.nbytes for p in parts)
                 rest = wire.send_buffers(sock, parts, nowait=True)
                 if not rest:
@@ -194,15 +209,16 @@ class Sender:
                 if self._sock is not None and peer_closed(self._watch):
                     self._drop_socket()
                 if self._sock is None:
-                    sock = connect(self.address, timeout=self._send_timeout_s, send_timeout=self._send_timeout_s)
+                    sock, session = open_connection(self.address, self._secret, timeout=self._send_timeout_s,
+                                                    send_timeout=self._send_timeout_s)
                     with self._cv:
-                        self._sock, self._watch = sock, closed_watch(sock)
+                        self._sock, self._watch, self._session = sock, closed_watch(sock), session
                 t0 = time.perf_counter()
-                n = wire.send_frame(self._sock, frame, self._secret)
+                n = wire.send_frame(self._sock, frame, self._session)
                 if self._on_sent is not None:
                     self._on_sent(frame, n, time.perf_counter() - t0)
                 return
-            except OSError as e:
+            except (OSError, wire.FrameError) as e:  # FrameError: the peer refused the handshake
                 error = e
                 self._drop_socket()
                 if self._closed:
@@ -212,6 +228,6 @@ class Sender:
 
     def _drop_socket(self) -> None:
         with self._cv:
-            sock, self._sock = self._sock, None
+            sock, self._sock, self._session = self._sock, None, None
         if sock is not None:
             sock.close()

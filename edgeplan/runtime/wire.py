@@ -7,7 +7,8 @@ Frame layout (little-endian)::
     body    DATA:    per tensor (dtype code u8, ndim u8, ndim x u32 dims), zero-padded to 8 bytes,
                      then each tensor's C-order bytes, each zero-padded to 8 bytes
             control: UTF-8 JSON object (tensor count 0), at most ``MAX_META_BYTES``
-    mac     32 bytes HMAC-SHA256(secret, header + body) when flag ``F_HMAC`` is set
+    auth    when flag ``F_HMAC`` is set: connection tag (8 bytes), sequence number u64, then 32 bytes
+            HMAC-SHA256(this direction's connection key, tag + sequence + header + body)
 
 Every size is checked against the receiver's limit *before* anything is
 allocated (the body length from the header, then the descriptors' shape
@@ -15,6 +16,18 @@ products x item size must add up to exactly that length), so a hostile or
 corrupt peer costs at most one bounded buffer and a ``FrameError``.
 ``stage`` is the destination stage index (the head is ``n_stages``); ``lo``/``hi``
 are the samples of the micro-batch the tensors hold (see spec.py).
+
+Authentication (only with a shared secret; **without a secret there is no authentication** and
+nothing below happens: no handshake, no MAC). Each connection starts with a handshake of unsigned
+HELLO frames in which *both* sides contribute a fresh 32-byte random nonce and prove that they hold
+the secret (``handshake``). Keys for this connection, one per direction, are derived from the secret
+and both nonces (HKDF-SHA256 style, stdlib ``hmac``). Every frame then carries a per-direction
+sequence number, covered by its MAC, that the receiver requires to be exactly the next one (TCP is
+ordered: no gaps). So a captured frame is refused when it is replayed on the same connection (old
+sequence number), spliced into another connection (other keys and tag), reflected back to its
+sender (the other direction's key), and a recorded session replayed as a whole fails the handshake
+(the other side's nonce is new). Each refusal is a ``FrameError`` that says which it was. The
+handshake costs one round trip per connection; per frame the cost is the MAC and 16 bytes.
 """
 
 from __future__ import annotations
@@ -22,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -29,15 +43,19 @@ from dataclasses import dataclass, field
 import numpy as np
 
 MAGIC = b"EPLN"
-VERSION = 1
+VERSION = 2  # 2: per-connection handshake, sequence numbers in the MAC
 HEADER = struct.Struct("<4sBBBBQIIIIHHI")
 assert HEADER.size == 40
 MAC_BYTES = 32
+AUTH = struct.Struct("<8sQ")  # connection tag, sequence number: they precede the MAC at the end of the body
+TRAILER_BYTES = AUTH.size + MAC_BYTES
+NONCE_BYTES = 32
+HANDSHAKE_LIMIT = 4096  # bytes of a HELLO frame's body
 
 # Frame kinds.
-DATA, PING, PONG, ROUTE, ACK, STATS, ERROR, BYE = range(1, 9)
+DATA, PING, PONG, ROUTE, ACK, STATS, ERROR, BYE, HELLO = range(1, 10)
 KIND_NAMES = {DATA: "DATA", PING: "PING", PONG: "PONG", ROUTE: "ROUTE", ACK: "ACK",
-              STATS: "STATS", ERROR: "ERROR", BYE: "BYE"}
+              STATS: "STATS", ERROR: "ERROR", BYE: "BYE", HELLO: "HELLO"}
 F_HMAC = 0x01
 _KNOWN_FLAGS = F_HMAC
 
@@ -59,6 +77,81 @@ class FrameError(Exception):
 
 class ConnectionClosed(Exception):
     """The peer closed the connection cleanly between frames."""
+
+
+def _kdf(secret: bytes, client_nonce: bytes, server_nonce: bytes, label: bytes) -> bytes:
+    """HKDF-SHA256 (RFC 5869) with both nonces as salt: extract, then one expand block per label."""
+    prk = hmac.new(client_nonce + server_nonce, secret, hashlib.sha256).digest()
+    return hmac.new(prk, b"edgeplan wire v2 " + label + b"\x01", hashlib.sha256).digest()
+
+
+def _key_check(secret: bytes, side: bytes, nonce: bytes) -> bytes:
+    """Proves the sender holds ``secret`` (tells a wrong secret apart from a replayed handshake)."""
+    return hmac.new(secret, b"edgeplan wire v2 key check " + side + nonce, hashlib.sha256).digest()
+
+
+class Session:
+    """Keys and sequence numbers of one authenticated connection, made by ``handshake``.
+
+    ``server`` is the accepting side. Not thread-safe: each direction must be used by one thread at
+    a time (a connection's single reader; its writers already serialise their sends).
+    """
+
+    __slots__ = ("tag", "send_seq", "recv_seq", "_send_mac", "_recv_mac", "_proofs")
+
+    def __init__(self, secret: bytes, client_nonce: bytes, server_nonce: bytes, *, server: bool):
+        c2s = _kdf(secret, client_nonce, server_nonce, b"client to server")
+        s2c = _kdf(secret, client_nonce, server_nonce, b"server to client")
+        self.tag = _kdf(secret, client_nonce, server_nonce, b"connection tag")[:8]
+        self._proofs = {side: _kdf(secret, client_nonce, server_nonce, b"proof " + side)
+                        for side in (b"client", b"server")}
+        send, recv = (s2c, c2s) if server else (c2s, s2c)
+        self._send_mac = hmac.new(send, digestmod=hashlib.sha256)  # copied per frame: keys are hashed once
+        self._recv_mac = hmac.new(recv, digestmod=hashlib.sha256)
+        self.send_seq = 0
+        self.recv_seq = 0
+
+    def proof(self, side: bytes) -> bytes:
+        return self._proofs[side]
+
+    def seal(self, header: bytes, parts: list) -> bytes:
+        """The auth trailer of the next frame this side sends (tag, sequence number, MAC)."""
+        auth = AUTH.pack(self.tag, self.send_seq)
+        self.send_seq += 1
+        mac = self._send_mac.copy()
+        mac.update(auth)
+        mac.update(header)
+        for p in parts:
+            mac.update(p)
+        return auth + mac.digest()
+
+    def open(self, header: bytes, payload, trailer) -> None:
+        """Check a received frame's trailer; FrameError says why a frame is refused."""
+        tag, seq = AUTH.unpack_from(trailer)
+        mac = bytes(trailer[AUTH.size:])
+        if tag != self.tag:
+            raise FrameError("frame refused: it was signed for another connection (a frame replayed from an "
+                             "earlier connection, or altered in transit)")
+
+        def expected(base) -> bytes:
+            m = base.copy()
+            m.update(trailer[: AUTH.size])
+            m.update(header)
+            m.update(payload)
+            return m.digest()
+
+        if not hmac.compare_digest(mac, expected(self._recv_mac)):
+            if hmac.compare_digest(mac, expected(self._send_mac)):
+                raise FrameError(f"frame refused: it was reflected (signed by this side of the connection, "
+                                 f"its sequence {seq}), not sent by the peer")
+            raise FrameError("bad HMAC: frame refused (altered in transit)")
+        if seq != self.recv_seq:
+            if seq < self.recv_seq:
+                raise FrameError(f"frame refused: replayed on this connection (sequence {seq} was already "
+                                 f"received; the next is {self.recv_seq})")
+            raise FrameError(f"frame refused: sequence {seq}, expected {self.recv_seq} (frames were removed "
+                             "from the connection)")
+        self.recv_seq = seq + 1
 
 
 @dataclass(frozen=True)
@@ -90,11 +183,22 @@ def dtype_code(dt: np.dtype) -> int:
     return code
 
 
-def encode_parts(frame: Frame, secret: bytes | None = None) -> list:
-    """The frame as a list of buffers (header, descriptors, tensor views, mac) for ``sendmsg``.
+def _session(auth) -> Session | None:
+    if auth is None or type(auth) is Session:
+        return auth
+    if isinstance(auth, bytes | bytearray | str):
+        raise TypeError("frames are signed with the Session that wire.handshake() returns for the connection, "
+                        "not with the secret itself")
+    raise TypeError(f"expected a wire.Session or None, got {type(auth).__name__}")
 
-    Tensors are not copied when already C-contiguous little-endian.
+
+def encode_parts(frame: Frame, session: Session | None = None) -> list:
+    """The frame as a list of buffers (header, descriptors, tensor views, auth trailer) for ``sendmsg``.
+
+    Tensors are not copied when already C-contiguous little-endian. With a ``session`` this takes
+    the connection's next sequence number: send the frames in the order they were encoded.
     """
+    session = _session(session)
     if frame.kind not in KIND_NAMES:
         raise FrameError(f"unknown frame kind {frame.kind}")
     parts: list = []
@@ -136,21 +240,18 @@ def encode_parts(frame: Frame, secret: bytes | None = None) -> list:
         parts.append(blob)
         count = 0
     body_len = sum(len(p) if not isinstance(p, memoryview) else p.nbytes for p in parts)
-    flags = F_HMAC if secret else 0
-    if secret:
-        body_len += MAC_BYTES
+    flags = F_HMAC if session is not None else 0
+    if session is not None:
+        body_len += TRAILER_BYTES
     header = HEADER.pack(MAGIC, VERSION, frame.kind, flags, frame.attempt & 0xFF, frame.request_id,
                          frame.microbatch, frame.epoch, frame.lo, frame.hi, frame.stage, count, body_len)
-    if secret:
-        mac = hmac.new(secret, header, hashlib.sha256)
-        for p in parts:
-            mac.update(p)
-        parts.append(mac.digest())
+    if session is not None:
+        parts.append(session.seal(header, parts))
     return [header, *parts]
 
 
-def encode(frame: Frame, secret: bytes | None = None) -> bytes:
-    return b"".join(bytes(p) for p in encode_parts(frame, secret))
+def encode(frame: Frame, session: Session | None = None) -> bytes:
+    return b"".join(bytes(p) for p in encode_parts(frame, session))
 
 
 @dataclass(frozen=True)
@@ -168,7 +269,7 @@ class Header:
     body_len: int
 
 
-def parse_header(raw: bytes, secret: bytes | None, max_frame: int) -> Header:
+def parse_header(raw: bytes, session: Session | None, max_frame: int) -> Header:
     """Validate the fixed header; raises FrameError before any body is read."""
     if len(raw) != HEADER.size:
         raise FrameError(f"short header: {len(raw)} of {HEADER.size} bytes")
@@ -181,13 +282,13 @@ def parse_header(raw: bytes, secret: bytes | None, max_frame: int) -> Header:
         raise FrameError(f"unknown frame kind {kind}")
     if flags & ~_KNOWN_FLAGS:
         raise FrameError(f"unknown flags 0x{flags:02x}")
-    if secret and not flags & F_HMAC:
+    if session is not None and not flags & F_HMAC:
         raise FrameError("frame is not authenticated but this peer requires an HMAC (set the same secret everywhere)")
-    if not secret and flags & F_HMAC:
+    if session is None and flags & F_HMAC:
         raise FrameError("frame carries an HMAC but this peer has no secret configured")
-    mac_len = MAC_BYTES if flags & F_HMAC else 0
+    mac_len = TRAILER_BYTES if flags & F_HMAC else 0
     if body_len < mac_len:
-        raise FrameError(f"body of {body_len} bytes cannot hold the {mac_len}-byte HMAC")
+        raise FrameError(f"body of {body_len} bytes cannot hold the {mac_len}-byte HMAC trailer")
     if body_len > max_frame + mac_len:
         raise FrameError(f"frame body of {body_len} bytes exceeds the limit of {max_frame}")
     if kind == DATA:
@@ -202,17 +303,22 @@ def parse_header(raw: bytes, secret: bytes | None, max_frame: int) -> Header:
     return Header(kind, flags, attempt, rid, mb, epoch, lo, hi, stage, count, body_len)
 
 
-def decode_body(h: Header, raw_header: bytes, body, secret: bytes | None) -> Frame:
-    """Check the HMAC, then build the frame; tensors are read-only views into ``body`` (no copy)."""
+def decode_body(h: Header, raw_header: bytes, body, session: Session | None, *, hello: bool = False) -> Frame:
+    """Check the auth trailer, then build the frame; tensors are read-only views into ``body`` (no copy).
+
+    HELLO frames belong to the handshake (``hello=True``) and are refused anywhere else."""
     body = memoryview(body)
     if len(body) != h.body_len:
         raise FrameError(f"body has {len(body)} bytes, header says {h.body_len}")
+    if h.kind == HELLO and not hello:
+        if session is None:
+            raise FrameError("the peer asks for an authenticated connection (HELLO) but this peer has no secret "
+                             "configured: set the same secret_env on every board and the head")
+        raise FrameError("unexpected HELLO after the handshake")
     if h.flags & F_HMAC:
-        payload, mac = body[:-MAC_BYTES], bytes(body[-MAC_BYTES:])
-        want = hmac.new(secret or b"", raw_header, hashlib.sha256)
-        want.update(payload)
-        if not hmac.compare_digest(mac, want.digest()):
-            raise FrameError("bad HMAC: frame refused (wrong secret or altered in transit)")
+        cut = len(body) - TRAILER_BYTES
+        payload = body[:cut]
+        session.open(raw_header, payload, body[cut:])
     else:
         payload = body
     if h.kind != DATA:
@@ -272,17 +378,18 @@ def _prod(shape) -> int:
     return p
 
 
-def decode(buf, secret: bytes | None = None, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
+def decode(buf, session: Session | None = None, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
     """Decode one whole frame held in ``buf`` (bytes-like); raises FrameError on anything wrong."""
+    session = _session(session)
     buf = memoryview(buf)
     if len(buf) < HEADER.size:
         raise FrameError(f"short frame: {len(buf)} bytes")
     raw = bytes(buf[: HEADER.size])
-    h = parse_header(raw, secret, max_frame)
+    h = parse_header(raw, session, max_frame)
     body = buf[HEADER.size:]
     if len(body) != h.body_len:
         raise FrameError(f"frame has {len(body)} body bytes, header says {h.body_len}")
-    return decode_body(h, raw, body, secret)
+    return decode_body(h, raw, body, session)
 
 
 # --- sockets ---------------------------------------------------------------------------------------
@@ -302,25 +409,117 @@ def _recv_exact(sock: socket.socket, n: int, *, at_boundary: bool = False) -> by
     return buf
 
 
-def recv_frame(sock: socket.socket, secret: bytes | None = None, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
-    """Read one frame. ConnectionClosed at a clean EOF, FrameError on a bad frame, OSError on socket errors."""
+def recv_frame(sock: socket.socket, session: Session | None = None, max_frame: int = DEFAULT_MAX_FRAME, *,
+               _hello: bool = False) -> Frame:
+    """Read one frame. ConnectionClosed at a clean EOF, FrameError on a bad frame, OSError on socket errors.
+
+    ``session`` is what ``handshake`` returned for this connection (None: no authentication)."""
+    session = _session(session)
     raw = bytes(_recv_exact(sock, HEADER.size, at_boundary=True))
-    h = parse_header(raw, secret, max_frame)  # before the body buffer is allocated
+    h = parse_header(raw, session, max_frame)  # before the body buffer is allocated
     body = _recv_exact(sock, h.body_len) if h.body_len else bytearray()
-    return decode_body(h, raw, body, secret)
+    return decode_body(h, raw, body, session, hello=_hello)
 
 
-def send_frame(sock: socket.socket, frame: Frame, secret: bytes | None = None) -> int:
+def send_frame(sock: socket.socket, frame: Frame, session: Session | None = None) -> int:
     """Send one frame with scatter-gather I/O (tensor bytes are not copied); returns bytes sent."""
-    parts = buffers(frame, secret)
+    parts = buffers(frame, session)
     total = sum(p.nbytes for p in parts)
     send_buffers(sock, parts)
     return total
 
 
-def buffers(frame: Frame, secret: bytes | None = None) -> list[memoryview]:
+def buffers(frame: Frame, session: Session | None = None) -> list[memoryview]:
     """The frame's bytes as flat memoryviews, ready for ``send_buffers``."""
-    return [p if isinstance(p, memoryview) else memoryview(p) for p in encode_parts(frame, secret)]
+    return [p if isinstance(p, memoryview) else memoryview(p) for p in encode_parts(frame, session)]
+
+
+# --- handshake -------------------------------------------------------------------------------------
+
+
+def handshake(sock: socket.socket, secret: bytes | None, *, server: bool, timeout: float = 10.0) -> Session | None:
+    """Authenticate a new connection; returns its Session (None without a secret: nothing is exchanged).
+
+    The connecting side (``server=False``) sends HELLO {nonce_c, check_c}; the accepting side answers
+    HELLO {nonce_s, check_s, proof_s}; the connecting side sends HELLO {proof_c} and may send frames
+    right behind it (the handshake costs one round trip). ``check`` proves a side holds the secret;
+    ``proof`` also covers both fresh nonces, so a recorded handshake never passes again. FrameError
+    (after an ERROR frame to the peer where it helps) when the peer has another secret or none, or
+    replays a recorded session; OSError when the connection fails or ``timeout`` passes.
+    """
+    if not secret:
+        return None
+    old = sock.gettimeout()
+    sock.settimeout(timeout)
+    try:
+        return _handshake_server(sock, secret) if server else _handshake_client(sock, secret)
+    except ConnectionClosed:
+        raise FrameError("the peer closed the connection during the handshake (it has another secret or none, "
+                         "or runs another edgeplan version; see its log)") from None
+    finally:
+        try:
+            sock.settimeout(old)
+        except OSError:
+            pass
+
+
+def _hello_field(f: Frame, name: str, nbytes: int) -> bytes:
+    try:
+        value = bytes.fromhex(f.meta[name])
+    except (KeyError, TypeError, ValueError):
+        value = b""
+    if len(value) != nbytes:
+        raise FrameError(f"handshake: HELLO lacks a valid {name!r} ({nbytes} bytes as hex)")
+    return value
+
+
+def _recv_hello(sock: socket.socket) -> Frame:
+    f = recv_frame(sock, None, HANDSHAKE_LIMIT, _hello=True)
+    if f.kind == ERROR:
+        raise FrameError(f"the peer refused the handshake: {f.meta.get('message', '?')}")
+    if f.kind != HELLO:
+        raise FrameError(f"this peer requires authentication but the peer sent {f.kind_name} without a handshake "
+                         "(it has no secret configured: set the same secret_env everywhere)")
+    return f
+
+
+def _refuse(sock: socket.socket, message: str) -> FrameError:
+    try:
+        send_frame(sock, Frame(ERROR, meta={"message": message}))
+    except OSError:
+        pass
+    return FrameError(message)
+
+
+def _handshake_client(sock: socket.socket, secret: bytes) -> Session:
+    nc = os.urandom(NONCE_BYTES)
+    send_frame(sock, Frame(HELLO, meta={"nonce": nc.hex(), "check": _key_check(secret, b"client", nc).hex()}))
+    f = _recv_hello(sock)
+    ns = _hello_field(f, "nonce", NONCE_BYTES)
+    if not hmac.compare_digest(_hello_field(f, "check", MAC_BYTES), _key_check(secret, b"server", ns)):
+        raise FrameError("handshake refused: the peer holds another secret (set the same secret_env everywhere)")
+    session = Session(secret, nc, ns, server=False)
+    if not hmac.compare_digest(_hello_field(f, "proof", MAC_BYTES), session.proof(b"server")):
+        raise FrameError("handshake refused: the peer's proof does not cover this connection's nonce (a recorded "
+                         "handshake replayed)")
+    send_frame(sock, Frame(HELLO, meta={"proof": session.proof(b"client").hex()}))
+    return session
+
+
+def _handshake_server(sock: socket.socket, secret: bytes) -> Session:
+    f = _recv_hello(sock)
+    nc = _hello_field(f, "nonce", NONCE_BYTES)
+    if not hmac.compare_digest(_hello_field(f, "check", MAC_BYTES), _key_check(secret, b"client", nc)):
+        raise _refuse(sock, "handshake refused: the peer holds another secret (set the same secret_env everywhere)")
+    ns = os.urandom(NONCE_BYTES)
+    session = Session(secret, nc, ns, server=True)
+    send_frame(sock, Frame(HELLO, meta={"nonce": ns.hex(), "check": _key_check(secret, b"server", ns).hex(),
+                                        "proof": session.proof(b"server").hex()}))
+    f = _recv_hello(sock)
+    if not hmac.compare_digest(_hello_field(f, "proof", MAC_BYTES), session.proof(b"client")):
+        raise _refuse(sock, "handshake refused: the peer's proof does not cover this connection's nonce (a "
+                            "recorded session replayed)")
+    return session
 
 
 def send_buffers(sock: socket.socket, parts: list[memoryview], nowait: bool = False) -> list[memoryview]:

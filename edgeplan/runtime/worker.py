@@ -120,7 +120,7 @@ class Worker:
         self._compute_lock = threading.Lock()  # one module call at a time, on whichever thread runs it
         self._senders: dict[str, net.Sender] = {}
         self._senders_lock = threading.Lock()
-        self._control: tuple[socket.socket, threading.Lock] | None = None
+        self._control: tuple[socket.socket, threading.Lock, wire.Session | None] | None = None
         self._stop = threading.Event()
         self._srv: socket.socket | None = None
         self.address = listen_address or spec.listen
@@ -156,47 +156,46 @@ class Worker:
     def _serve_conn(self, sock: socket.socket, peer) -> None:
         lock = threading.Lock()
         try:
+            session = wire.handshake(sock, self.secret, server=True, timeout=max(self.send_timeout_s, 1.0))
             while not self._stop.is_set():
-                try:
-                    f = wire.recv_frame(sock, self.secret, self.max_frame)
-                except wire.ConnectionClosed:
-                    return
-                except wire.FrameError as e:
-                    self.stats["bad_frames"] += 1
-                    self.monitor.count("frames_bad")
-                    self._log(f"closing connection from {peer[0]}:{peer[1]}: {e}")
-                    return
-                except OSError:
-                    return
-                self._handle(f, sock, lock)
+                f = wire.recv_frame(sock, session, self.max_frame)
+                self._handle(f, sock, lock, session)
+        except wire.ConnectionClosed:
+            pass
+        except wire.FrameError as e:
+            self.stats["bad_frames"] += 1
+            self.monitor.count("frames_bad")
+            self._log(f"closing connection from {peer[0]}:{peer[1]}: {e}")
+        except OSError:
+            pass
         finally:
             sock.close()
 
-    def _reply(self, sock, lock, frame: wire.Frame) -> None:
+    def _reply(self, sock, lock, session: wire.Session | None, frame: wire.Frame) -> None:
         try:
             with lock:
-                wire.send_frame(sock, frame, self.secret)
+                wire.send_frame(sock, frame, session)
         except OSError as e:
             self._log(f"cannot reply {frame.kind_name}: {e}")
 
-    def _handle(self, f: wire.Frame, sock, lock) -> None:
+    def _handle(self, f: wire.Frame, sock, lock, session: wire.Session | None = None) -> None:
         if f.kind == wire.DATA:
             self._on_data(f)
         elif f.kind == wire.PING:
-            self._control = (sock, lock)
+            self._control = (sock, lock, session)
             why = self.unhealthy()
-            self._reply(sock, lock, wire.Frame(wire.PONG, epoch=self.route.epoch, request_id=f.request_id,
+            self._reply(sock, lock, session, wire.Frame(wire.PONG, epoch=self.route.epoch, request_id=f.request_id,
                                                meta={"unhealthy": why} if why else {}))
         elif f.kind == wire.ROUTE:
-            self._control = (sock, lock)
+            self._control = (sock, lock, session)
             try:
                 self._apply_route(f.meta)
             except (KeyError, TypeError, ValueError, IndexError) as e:
                 self._log(f"ignoring malformed ROUTE: {e!r}")
                 return
-            self._reply(sock, lock, wire.Frame(wire.ACK, epoch=self.route.epoch))
+            self._reply(sock, lock, session, wire.Frame(wire.ACK, epoch=self.route.epoch))
         elif f.kind == wire.STATS:
-            self._reply(sock, lock, wire.Frame(wire.STATS, request_id=f.request_id, meta=self.snapshot()))
+            self._reply(sock, lock, session, wire.Frame(wire.STATS, request_id=f.request_id, meta=self.snapshot()))
         elif f.kind == wire.BYE:
             self._log("BYE from head; exiting")
             self.stop()
@@ -450,7 +449,7 @@ class Worker:
             meta = {"message": message, "peer": peer}
             if overloaded:
                 meta["overloaded"] = True
-            self._reply(ctl[0], ctl[1], wire.Frame(wire.ERROR, request_id=rid, microbatch=mb, epoch=epoch, meta=meta))
+            self._reply(*ctl, wire.Frame(wire.ERROR, request_id=rid, microbatch=mb, epoch=epoch, meta=meta))
 
     def snapshot(self) -> dict:
         """Counters, compute time per micro-batch, process CPU/memory use (the run report reads them) and

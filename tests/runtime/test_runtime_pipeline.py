@@ -52,8 +52,7 @@ def test_hmac_pipeline_and_refused_frames(tmp_path):
     workers = start_workers(art, tmp_path, secret=b"k1", command=WORKER)
     try:
         target = wire.parse_address(workers[0].address)
-        for blob in (b"GET / HTTP/1.1\r\n\r\n" * 3, wire.encode(wire.Frame(wire.PING), b"wrong"),
-                     wire.encode(wire.Frame(wire.PING))):
+        for blob in (b"GET / HTTP/1.1\r\n\r\n" * 3, wire.encode(wire.Frame(wire.PING))):
             with socket.create_connection(target) as s:
                 s.sendall(blob)
                 s.settimeout(5)
@@ -61,6 +60,9 @@ def test_hmac_pipeline_and_refused_frames(tmp_path):
                     assert s.recv(100) == b""  # closed by the worker, no PONG
                 except ConnectionResetError:  # closed with our bytes unread: also a refusal
                     pass
+        with socket.create_connection(target) as s:  # a wrong secret is refused at the handshake
+            with pytest.raises(wire.FrameError, match="another secret"):
+                wire.handshake(s, b"wrong", server=False, timeout=5)
         head = Head.from_specs([s for _, s in art.stages], art.microbatches, "127.0.0.1:0",
                                {(x.device, x.stage): x.address for x in workers},
                                HeadConfig(secret=b"k1", shutdown_workers=True))

@@ -1,4 +1,4 @@
-"""Frame codec: round trips, HMAC, limits enforced before allocation, fuzzed decoder."""
+"""Frame codec: round trips, HMAC, limits enforced before allocation, fuzzed decoder (replay: test_runtime_auth)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,12 @@ from edgeplan.runtime import wire
 SECRET = b"s3cret"
 
 
+def _sessions(secret: bytes = SECRET) -> tuple[wire.Session, wire.Session]:
+    """Both ends of one authenticated connection (fixed nonces; the handshake is tested in test_runtime_auth)."""
+    nc, ns = b"c" * wire.NONCE_BYTES, b"s" * wire.NONCE_BYTES
+    return wire.Session(secret, nc, ns, server=False), wire.Session(secret, nc, ns, server=True)
+
+
 def _data_frame(**kw) -> wire.Frame:
     rng = np.random.default_rng(0)
     tensors = (rng.standard_normal((3, 4, 5)).astype(np.float32), np.arange(3, dtype=np.int64),
@@ -24,10 +30,11 @@ def _data_frame(**kw) -> wire.Frame:
                       tensors=tensors, **kw)
 
 
-@pytest.mark.parametrize("secret", [None, SECRET])
-def test_data_frame_round_trips(secret):
+@pytest.mark.parametrize("signed", [False, True])
+def test_data_frame_round_trips(signed):
     f = _data_frame()
-    g = wire.decode(wire.encode(f, secret), secret)
+    cli, srv = _sessions() if signed else (None, None)
+    g = wire.decode(wire.encode(f, cli), srv)
     assert (g.kind, g.request_id, g.microbatch, g.epoch, g.lo, g.hi, g.stage, g.attempt) == \
         (f.kind, f.request_id, f.microbatch, f.epoch, f.lo, f.hi, f.stage, f.attempt)
     assert len(g.tensors) == len(f.tensors)
@@ -45,7 +52,8 @@ def test_non_contiguous_and_big_endian_tensors_travel_as_values():
 
 def test_control_frame_round_trips_meta():
     f = wire.Frame(wire.ROUTE, epoch=3, meta={"epoch": 3, "stages": {"0": [["a", "h:1", 0, 2]]}})
-    assert wire.decode(wire.encode(f, SECRET), SECRET).meta == f.meta
+    cli, srv = _sessions()
+    assert wire.decode(wire.encode(f, cli), srv).meta == f.meta
 
 
 def test_unsupported_dtype_is_refused_when_encoding():
@@ -54,24 +62,34 @@ def test_unsupported_dtype_is_refused_when_encoding():
 
 
 def test_bad_hmac_is_refused():
-    blob = wire.encode(_data_frame(), SECRET)
-    with pytest.raises(wire.FrameError, match="bad HMAC"):
-        wire.decode(blob, b"other secret")
+    blob = wire.encode(_data_frame(), _sessions()[0])
+    with pytest.raises(wire.FrameError, match="another connection"):
+        wire.decode(blob, _sessions(b"other secret")[1])
+    wire.decode(blob, _sessions()[1])  # intact: accepted
     tampered = bytearray(blob)
     tampered[wire.HEADER.size + 40] ^= 1  # one payload bit
     with pytest.raises(wire.FrameError, match="bad HMAC"):
-        wire.decode(bytes(tampered), SECRET)
+        wire.decode(bytes(tampered), _sessions()[1])
     tampered = bytearray(blob)
     tampered[8] ^= 1  # the request id in the header is covered too
     with pytest.raises(wire.FrameError, match="bad HMAC"):
-        wire.decode(bytes(tampered), SECRET)
+        wire.decode(bytes(tampered), _sessions()[1])
+    tampered = bytearray(blob)
+    tampered[-wire.MAC_BYTES - 1] ^= 1  # and so is the sequence number
+    with pytest.raises(wire.FrameError, match="bad HMAC"):
+        wire.decode(bytes(tampered), _sessions()[1])
 
 
 def test_missing_or_unexpected_hmac_is_refused():
     with pytest.raises(wire.FrameError, match="requires an HMAC"):
-        wire.decode(wire.encode(_data_frame()), SECRET)
+        wire.decode(wire.encode(_data_frame()), _sessions()[1])
     with pytest.raises(wire.FrameError, match="no secret"):
-        wire.decode(wire.encode(_data_frame(), SECRET), None)
+        wire.decode(wire.encode(_data_frame(), _sessions()[0]), None)
+
+
+def test_the_secret_itself_is_not_a_session():
+    with pytest.raises(TypeError, match="handshake"):
+        wire.encode(_data_frame(), SECRET)
 
 
 def test_oversized_frame_is_refused_from_the_header_alone():
@@ -101,16 +119,17 @@ def test_shape_product_must_match_the_body():
 
 def test_socket_round_trip_and_clean_close():
     a, b = socket.socketpair()
+    cli, srv = _sessions()
     try:
         f = _data_frame()
-        wire.send_frame(a, f, SECRET)
-        wire.send_frame(a, wire.Frame(wire.PING), SECRET)
-        g = wire.recv_frame(b, SECRET)
+        wire.send_frame(a, f, cli)
+        wire.send_frame(a, wire.Frame(wire.PING), cli)
+        g = wire.recv_frame(b, srv)
         np.testing.assert_array_equal(g.tensors[0], f.tensors[0])
-        assert wire.recv_frame(b, SECRET).kind == wire.PING
+        assert wire.recv_frame(b, srv).kind == wire.PING
         a.close()
         with pytest.raises(wire.ConnectionClosed):
-            wire.recv_frame(b, SECRET)
+            wire.recv_frame(b, srv)
     finally:
         b.close()
 
@@ -129,16 +148,17 @@ def test_truncated_stream_is_a_frame_error():
 # --- fuzzing ------------------------------------------------------------------------------------
 
 LIMIT = 4096
-VALID = [wire.encode(_data_frame()), wire.encode(_data_frame(), SECRET),
+VALID = [wire.encode(_data_frame()), wire.encode(_data_frame(), _sessions()[0]),
          wire.encode(wire.Frame(wire.STATS, meta={"x": [1, 2]})), wire.encode(wire.Frame(wire.PING))]
 
 
 def _decode_bounded(blob: bytes, secret) -> None:
     """Decoding either returns a frame or raises FrameError, and allocates little beyond the input."""
+    session = _sessions(secret)[1] if secret else None
     tracemalloc.start()
     try:
         try:
-            f = wire.decode(blob, secret, max_frame=LIMIT)
+            f = wire.decode(blob, session, max_frame=LIMIT)
         except wire.FrameError:
             f = None
         _, peak = tracemalloc.get_traced_memory()
