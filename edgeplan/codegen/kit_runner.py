@@ -100,6 +100,24 @@ def main(argv: list[str] | None = None) -> int:
             "how": f"profiling kit: median of {n} calls of layer {m['layer']} ({m['origin']}) at "
                    f"{kit['samples']} sample(s), minus the fixed cost of a call", "when": when,
             "backend": kit["backend"], "from": src}
+    timings = []
+    for w in kit.get("windows", ()):
+        run = load_model_file(kit_dir / w["file"], threads)
+        if w.get("data"):  # the activations the model feeds this window (saved at compile time)
+            with np.load(kit_dir / w["data"]) as z:
+                xs = [z[f"arr_{i}"] for i in range(len(w["inputs"]))]
+        else:
+            xs = inputs_of(w["inputs"])
+        t, n = _median_call_s(lambda run=run, xs=xs: run(xs), args.seconds)
+        timings.append({"start": w["start"], "stop": w["stop"], "module_s": t, "calls": n})
+    if timings:
+        out = kit_dir / "timings.json"
+        out.write_text(json.dumps({
+            "kind": "edgeplan-kit-timings", "device": kit["device"], "unit": kit["unit"], "samples": kit["samples"],
+            "backend": kit["backend"], "plan_sha256": kit["plan_sha256"], "graph_sha256": kit.get("graph_sha256"),
+            "model": kit["model"], "when": when, "threads": threads, "windows": timings}, indent=2, sort_keys=True))
+        print(f"# {len(timings)} model windows timed: {out} (fit them with `edgeplan calibrate --kit`)",
+              file=sys.stderr)
     small, large = kit["hop_bytes"]
     hop_small, n_hop = _hop_s(wire, small, args.seconds)
     hop_large, _ = _hop_s(wire, large, args.seconds)

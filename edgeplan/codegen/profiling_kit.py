@@ -8,7 +8,10 @@ each module computes) and ``run_kit.py`` (needs only numpy and the board's
 ``edgeplan_runtime``). ``profile.sh`` runs it and prints a measured profile
 overlay (JSON, which is YAML): ``extends`` the board's profile, with the measured
 throughput per op class, per-layer and per-call (hop) overheads, each with its
-provenance under ``measured``. TVM-built boards (cuda, mali, arm-cpu with TVM)
+provenance under ``measured``. It also times the model cut into ``WINDOWS``
+contiguous windows (with the fusions a runtime makes inside a stage) and writes
+them to ``profiling/timings.json`` for ``edgeplan calibrate --kit``, which fits
+the board per op class from them as from a run. TVM-built boards (cuda, mali, arm-cpu with TVM)
 get no kit yet: their stages would need the same modules built by TVM.
 """
 
@@ -24,6 +27,7 @@ from edgeplan import jsonio
 RUNNER = Path(__file__).with_name("kit_runner.py")
 KIT_DIR = "profiling"
 TINY = "tiny.onnx"
+WINDOWS = 8  # contiguous windows of the model timed whole, so `edgeplan calibrate --kit` can fit per op class
 
 
 def _representatives(graph) -> dict[str, int]:
@@ -52,6 +56,21 @@ def _layer_module(traced, plan, i: int):
                             energy_j=0.0))
     probe = dataclasses.replace(plan, stages=tuple(stages))
     return next(s for s in split_stages(traced, probe) if s.start == i)
+
+
+def _windows(traced, plan, n_windows: int):
+    """The model cut into ``n_windows`` contiguous windows of about equal layer counts (stage graphs)."""
+    from edgeplan.codegen.split import split_stages
+    from edgeplan.planner.plan import Stage
+
+    graph = traced.graph
+    n = len(graph.layers)
+    k = max(1, min(n_windows, n))
+    bounds = sorted({round(j * n / k) for j in range(k + 1)})
+    stages = tuple(Stage(index=w, start=a, stop=b, first_layer=graph.layers[a].name,
+                         last_layer=graph.layers[b - 1].name, replicas=(), compute_s=0.0, send_s=0.0, energy_j=0.0)
+                   for w, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)))
+    return split_stages(traced, dataclasses.replace(plan, stages=stages))
 
 
 def _example_inputs(graph, stage, samples: int) -> tuple:
@@ -99,6 +118,7 @@ def write_kits(root: Path, plan, traced, cluster=None) -> list[str]:
     if not boards:
         return []
     built: dict[tuple[str, int], tuple[Path, dict]] = {}
+    windows_built: dict[int, list[tuple[Path, dict]]] = {}
     with _tmpdir() as tmp:
         for (device, unit), b in sorted(boards.items()):
             kit = root / device / KIT_DIR
@@ -119,6 +139,30 @@ def write_kits(root: Path, plan, traced, cluster=None) -> list[str]:
                 path, meta = built[key]
                 shutil.copyfile(path, kit / f"{cls}.onnx")
                 modules.append({"file": f"{cls}.onnx", **meta})
+            if b["samples"] not in windows_built:
+                import numpy as np
+
+                from edgeplan.codegen.split import random_inputs, run_chain
+
+                done = []
+                wins = _windows(traced, plan, WINDOWS)
+                # each window gets the activations the model really feeds it (seeded random model inputs):
+                # data, not only sizes, sets the speed (e.g. denormal values in random-weight models)
+                chain = run_chain(wins, random_inputs(graph, b["samples"], 0))
+                for stage, (inputs, _) in zip(wins, chain, strict=True):
+                    path = Path(tmp) / f"window{stage.index}-{b['samples']}.onnx"
+                    _onnx.export(stage.gm, inputs, path, f"profiling kit: layers [{stage.start}, {stage.stop})")
+                    data = Path(tmp) / f"window{stage.index}-{b['samples']}.npz"
+                    np.savez(data, *[x.numpy() for x in inputs])
+                    done.append((path, data, {"start": stage.start, "stop": stage.stop,
+                                              "inputs": [[list(x.shape), str(x.dtype).replace("torch.", "")]
+                                                         for x in inputs]}))
+                windows_built[b["samples"]] = done
+            windows = []
+            for w, (path, data, meta) in enumerate(windows_built[b["samples"]]):
+                shutil.copyfile(path, kit / f"window{w}.onnx")
+                shutil.copyfile(data, kit / f"window{w}.npz")
+                windows.append({"file": f"window{w}.onnx", "data": f"window{w}.npz", **meta})
             tiny = Path(tmp) / TINY
             if not tiny.exists():
                 _onnx.export(torch.nn.ReLU(), (torch.zeros(1, 1),), tiny, "profiling kit: tiny module")
@@ -130,7 +174,8 @@ def write_kits(root: Path, plan, traced, cluster=None) -> list[str]:
                 "profile": dev.profile if dev is not None else None,
                 "peak_gflops": (u.peak_flops / 1e9) if u is not None and u.peak_flops else None,
                 "plan_sha256": plan.digest(), "model": graph.name, "modules": modules, "tiny": TINY,
-                "hop_bytes": [64, max(b["input_bytes"], 1 << 16)],
+                "hop_bytes": [64, max(b["input_bytes"], 1 << 16)], "windows": windows,
+                "graph_sha256": plan.graph_sha256,
             })
             shutil.copyfile(RUNNER, kit / "run_kit.py")
             (root / device / "profile.sh").write_text(

@@ -661,7 +661,8 @@ def format_fit(cal: Calibration) -> str:
                   f"{'after':>10}{'err':>7}  {'hop ms':>8}{'before':>8}{'after':>8}"]
     for r in cal.rows:
         o = r.obs
-        lines.append(f"{Path(o.source).name[:19]:<20}{o.stage:>6}  {o.device + ':' + o.unit:<16}"
+        stage = str(o.stage) if o.stage >= 0 else f"{o.start}-{o.stop - 1}"  # kit windows: layer range
+        lines.append(f"{Path(o.source).name[:19]:<20}{stage:>6}  {o.device + ':' + o.unit:<16}"
                      f"{_ms(o.module_s):>12}{_ms(r.before_s):>10}{_err(r.before_s, o.module_s):>7}"
                      f"{_ms(r.after_s):>10}{_err(r.after_s, o.module_s):>7}  {_ms(r.hop_measured_s):>8}"
                      f"{_ms(r.hop_before_s):>8}{_ms(r.hop_after_s):>8}")
@@ -695,18 +696,39 @@ def read_plan(path: str | Path) -> tuple[dict, str | None]:
     return plan, "+".join(backends) or None
 
 
+def kit_observations(timings: dict, source: str) -> list[Observation]:
+    """Observations from a board's profiling-kit timings (``profiling/timings.json``): one per model window."""
+    if timings.get("kind") != "edgeplan-kit-timings":
+        raise CalibrationError(f"{source}: not profiling-kit timings (from `sh <board>/profile.sh`)")
+    out = []
+    for w in timings.get("windows", ()):
+        if int(w.get("calls", 0)) < MIN_RUNS:
+            continue
+        out.append(Observation(source=source, stage=-1, device=timings["device"], unit=timings["unit"],
+                               start=int(w["start"]), stop=int(w["stop"]), samples=int(timings["samples"]),
+                               runs=int(w["calls"]), module_s=float(w["module_s"]), cpu_per_call_s=None,
+                               bytes_per_call=None))
+    if not out:
+        raise CalibrationError(f"{source}: no model window was timed {MIN_RUNS} times or more; run profile.sh again")
+    return out
+
+
 def calibrate_files(reports: list[str | Path], plans: list[str | Path], cluster_path: str | Path,
                     out_path: str | Path, load_graph, *, backend: str | None = None,
-                    when: str | None = None) -> tuple[Calibration, Cluster]:
-    """Fit ``cluster_path`` from run ``reports`` and write the calibrated cluster to ``out_path``.
+                    when: str | None = None, kits: list[str | Path] = ()) -> tuple[Calibration, Cluster]:
+    """Fit ``cluster_path`` from run ``reports`` (and profiling-kit ``kits`` timings) and write the calibrated
+    cluster to ``out_path``.
 
     ``plans``: the plan (file or artifact folder) each report ran, one for all or one per report; a
     report that embeds its plan (``plan`` key) needs none. ``load_graph(plan) -> LayerGraph`` traces the
-    plan's model (the caller's: it needs torch); its digest must be the plan's ``graph_sha256``.
+    plan's model (the caller's: it needs torch); its digest must be the plan's ``graph_sha256``. Kit timings
+    name the plan they were built for (its sha256): it must be among ``plans``.
     """
     cluster_path = Path(cluster_path)
     cluster = load_cluster(cluster_path)
-    if plans and len(plans) not in (1, len(reports)):
+    if not reports and not kits:
+        raise CalibrationError("nothing to fit: give run reports and/or --kit timings")
+    if reports and plans and len(plans) not in (1, len(reports)):
         raise CalibrationError(f"--plan given {len(plans)} times for {len(reports)} reports; give it once (all "
                                "reports ran one plan) or once per report, in the same order")
     runs, skipped, names, backends, graphs, used = [], [], [], set(), {}, []
@@ -738,6 +760,29 @@ def calibrate_files(reports: list[str | Path], plans: list[str | Path], cluster_
         names.append(f"{Path(rpath).name} (plan {digest[:12]})")
         if found:
             backends.add(found)
+    by_sha = {}
+    for ppath in plans if kits else ():
+        plan, found = read_plan(ppath)
+        by_sha[plan_digest(plan)] = (plan, found, str(ppath))
+    for kpath in kits:
+        timings = _read_json(Path(kpath), "profiling-kit timings")
+        want = str(timings.get("plan_sha256", ""))
+        if want not in by_sha:
+            raise CalibrationError(f"{kpath}: kit of plan sha256 {want[:12]}, which no --plan is "
+                                   f"({', '.join(k[:12] for k in by_sha) or 'none given'}); give the plan it was "
+                                   "compiled from (--plan ART_DIR)")
+        plan, _found, psrc = by_sha[want]
+        check_plan_cluster(plan, cluster, psrc, str(cluster_path))
+        if want not in graphs:
+            graph = load_graph(plan)
+            if plan.get("graph_sha256") and graph.digest() != plan["graph_sha256"]:
+                raise CalibrationError(f"{psrc}: the model traced now (graph sha256 {graph.digest()[:12]}) is not the "
+                                       f"one planned ({plan['graph_sha256'][:12]}); give the planned model (--model)")
+            graphs[want] = graph
+        runs.append((plan, graphs[want], kit_observations(timings, str(kpath))))
+        names.append(f"{Path(kpath).name} (profiling kit of {timings.get('device')}, plan {want[:12]})")
+        backends.add(str(timings.get("backend") or ""))
+    backends.discard("")
     cal = dataclasses.replace(fit(cluster, runs, skipped), links=link_fits(cluster, tuple(used)))
     backend = backend or "+".join(sorted(backends)) or "unknown (give --backend or --plan ART_DIR)"
     new = write_calibrated(cluster_path, cal, out_path, sources=", ".join(names), backend=backend, when=when)

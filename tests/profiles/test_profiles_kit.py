@@ -24,7 +24,7 @@ from edgeplan.codegen.manifest import verify  # noqa: E402
 from edgeplan.graph.load import build  # noqa: E402
 from edgeplan.planner.api import make_plan  # noqa: E402
 from edgeplan.planner.objective import Objective  # noqa: E402
-from edgeplan.profiles.calibrate import predicted_module_s  # noqa: E402
+from edgeplan.profiles.calibrate import calibrate_files, predicted_module_s  # noqa: E402
 from edgeplan.profiles.load import load_cluster  # noqa: E402
 from edgeplan.runtime.backend_onnxruntime import load_model_file  # noqa: E402
 
@@ -69,7 +69,7 @@ def test_kit_measures_a_profile_that_predicts_the_compiled_stages(tmp_path):
     assert {"throughput_gflops.conv", "layer_overhead_us", "hop_overhead_us"} <= {m.field for m in kit_unit.measured}
     assert all(m.backend in ("onnxruntime", "edgeplan_runtime.wire") for m in kit_unit.measured)
     assert measured.device("h1").estimate  # power, memory and classes the model lacks are not measured
-    errs_kit, errs_sheet = [], []
+    errs_kit, errs_sheet, stage_s = [], [], []
     for st in plan.to_json()["stages"]:
         r = st["replicas"][0]
         spec = json.loads((art / r["device"] / f"stage{st['index']}" / "stage.json").read_text())
@@ -77,10 +77,21 @@ def test_kit_measures_a_profile_that_predicts_the_compiled_stages(tmp_path):
         rng = np.random.default_rng(0)
         xs = [rng.standard_normal(t["shape"]).astype(t["dtype"]) for t in spec["inputs"]]
         t = _median_ms(run, xs)
+        stage_s.append(t)
         errs_kit.append(abs(predicted_module_s(traced.graph, measured, st) - t) / t)
         errs_sheet.append(abs(predicted_module_s(traced.graph, cluster, st) - t) / t)
+    # the kit's window timings, fitted like a run (per op class where the 8 windows separate them)
+    result, fitted = calibrate_files([], [art], path, tmp_path / "kit-calibrated.yaml", lambda p: traced.graph,
+                                     kits=[art / d / "profiling" / "timings.json" for d in ("h1", "h2")])
+    assert {f.device for f in result.fits} == {"h1", "h2"} and all(f.calls >= 6 for f in result.fits)
+    errs_fit = [abs(predicted_module_s(traced.graph, fitted, st) - t) / t for st, t in zip(plan.to_json()["stages"],
+                                                                                          stage_s, strict=True)]
     print(f"stage module time predicted from the kit's profile: {[f'{e:.0%}' for e in errs_kit]} off; "
+          f"from the kit's windows fitted: {[f'{e:.0%}' for e in errs_fit]}; "
           f"from the datasheet profile: {[f'{e:.0%}' for e in errs_sheet]} off")
+    # the same stage timed twice a second apart differs by up to 2.6x on this shared machine: a bound, not a
+    # target (benchmarks hold the targets)
+    assert max(errs_fit) < 1.0
     # single layers time without the fusions ONNX Runtime makes inside a stage (conv+bn+relu), so the kit's
     # figures price stages high (seen 50-65% here, where the datasheet host profile happens to be within 6% on
     # one thread): within 2x is what it holds today; calibration from runs (edgeplan calibrate) refines it
