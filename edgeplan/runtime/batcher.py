@@ -52,7 +52,10 @@ class BatcherConfig:
     max_delay_s: float = 0.002  # how long a partial batch waits for more samples (only while the pipeline is busy)
     max_queued_samples: int = 0  # samples waiting for the head; 0 = 4 x plan batch
     request_timeout_s: float = 60.0  # a request not answered by then fails
-    busy_wait_s: float = 1.0  # how long a batch retries a Busy head before its requests get Busy
+    # How long a packed batch retries a Busy head before its requests get Busy (503). None: until their
+    # deadline; the bounded queue already pushes back on new requests, and a slow pipeline (seconds per
+    # request on small boards) frees a window slot only every latency / window seconds.
+    busy_wait_s: float | None = None
 
 
 @dataclass
@@ -224,7 +227,7 @@ class Batcher:
         self._send(parts, xs, deadline)
 
     def _send(self, parts, xs, deadline: float) -> None:
-        give_up = time.monotonic() + self.cfg.busy_wait_s
+        give_up = deadline if self.cfg.busy_wait_s is None else time.monotonic() + self.cfg.busy_wait_s
         while True:
             left = deadline - time.monotonic()
             if left <= 0:

@@ -120,3 +120,18 @@ def test_failed_head_request_fails_every_request_in_the_batch_with_its_reason():
         assert b.stats["failed_total"] == 3
     finally:
         b.close()
+
+
+def test_accepted_requests_wait_for_a_slow_pipeline_instead_of_failing_busy():
+    """Window 1 and 1.1 s per plan batch (a slow board): the second batch waits 1.1 s for its slot, longer
+    than any fixed "busy" patience of about a second would allow, and is still answered."""
+    head = FakeHead(batch=4, window=1, delay_s=1.1)
+    b = Batcher(head, BatcherConfig(max_delay_s=0.0))
+    try:
+        xs = [_x(4, i) for i in range(2)]
+        futs = [b.submit([x]) for x in xs]
+        for x, f in zip(xs, futs, strict=True):
+            np.testing.assert_array_equal(f.result(timeout=10)[0], 2 * x + 1)
+        assert head.busy_raised > 0  # the head did push back; the batcher waited instead of failing
+    finally:
+        b.close()
