@@ -119,7 +119,7 @@ def profile(
 
 @app.command()
 def calibrate(
-    reports: list[Path] = typer.Argument(..., exists=True, dir_okay=False,
+    reports: list[Path] = typer.Argument(None, exists=True, dir_okay=False,
                                          help="Run reports from `edgeplan run --report` (inference)."),
     cluster: Path = typer.Option(..., "--cluster", exists=True, dir_okay=False,
                                  help="The cluster file the plan(s) were made on."),
@@ -130,8 +130,11 @@ def calibrate(
     model: str | None = typer.Option(None, "--model", help="The planned model (default: the plan's model_ref)."),
     backend: str | None = typer.Option(
         None, "--backend", help="Backend recorded as the figures' provenance (default: from the artifact folder)."),
+    kit: list[Path] = typer.Option(
+        None, "--kit", exists=True, dir_okay=False,
+        help="A board's profiling-kit timings (<board>/profiling/timings.json after `sh profile.sh`)."),
 ) -> None:
-    """Refit per-board, per-unit figures from run reports and write a calibrated cluster file.
+    """Refit per-board, per-unit figures from run reports (and profiling-kit timings); write a calibrated cluster.
 
     Prints each unit's figures before -> after and every stage's measured vs predicted module time.
     """
@@ -156,7 +159,8 @@ def calibrate(
         ev = evaluate(costs, layout_of(costs, pl), obj)
         return ev.latency_s, ev.throughput
 
-    result, _ = cal_mod.calibrate_files(list(reports), list(plan or ()), cluster, out, graph_of, backend=backend)
+    result, _ = cal_mod.calibrate_files(list(reports or ()), list(plan or ()), cluster, out, graph_of,
+                                        backend=backend, kits=list(kit or ()))
     typer.echo(cal_mod.format_fit(result), nl=False)
     typer.echo(cal_mod.format_end_to_end(cal_mod.end_to_end(result, reprice)), nl=False)
     typer.echo(f"wrote {out}; plan on it with `edgeplan plan ... --cluster {out}`")
