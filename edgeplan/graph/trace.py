@@ -31,6 +31,7 @@ from torch import nn
 
 from edgeplan.errors import ModelError
 from edgeplan.graph.model import Layer, LayerGraph, TensorSpec
+from edgeplan.graph.opkinds import NodeValue, ValueRecorder, classified, is_layer, op_kind, target_name
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _THIS_FILE = os.path.abspath(__file__)
@@ -145,125 +146,30 @@ class _NodeFailure(Exception):
         self.node, self.error = node, error
 
 
-@dataclass(frozen=True)
-class _Value:
-    """What a node produced: tensor specs (one for a tensor, several for a tuple) or nothing."""
-
-    tensors: tuple[tuple[tuple[int, ...], str], ...]  # (shape, dtype) per tensor
-    is_tuple: bool
-
-    @property
-    def is_tensor(self) -> bool:
-        return bool(self.tensors)
-
-    @property
-    def numel(self) -> int:
-        return sum(_prod(s) for s, _ in self.tensors)
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _describe(value) -> _Value:
-    if isinstance(value, torch.Tensor):
-        return _Value(((tuple(value.shape), _dtype_name(value.dtype)),), False)
-    if isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value):
-        return _Value(
-            tuple((tuple(v.shape), _dtype_name(v.dtype)) for v in value if isinstance(v, torch.Tensor)), True
-        )
-    return _Value((), False)
-
-
-class _Probe(fx.Interpreter):
+class _Probe(ValueRecorder):
     """Runs the graph once, recording each node's output specs and counted FLOPs."""
 
     def __init__(self, gm: fx.GraphModule):
         super().__init__(gm)
-        self.values: dict[str, _Value] = {}
         self.counted: dict[str, int] = {}
 
-    def run_node(self, n: fx.Node):
+    def compute(self, n: fx.Node):
         try:
             if _needs_counter(n, self.module):
                 from torch.utils.flop_counter import FlopCounterMode
 
                 with FlopCounterMode(display=False) as counter:
-                    out = super().run_node(n)
+                    out = super().compute(n)
                 self.counted[n.name] = int(counter.get_total_flops())
-            else:
-                out = super().run_node(n)
+                return out
+            return super().compute(n)
         except _NodeFailure:
             raise
         except Exception as e:
             raise _NodeFailure(n, e) from e
-        self.values[n.name] = _describe(out)
-        return out
 
 
 # --- op kinds and FLOPs ------------------------------------------------------------------------
-
-_MODULE_OPS: tuple[tuple[type | tuple[type, ...], str], ...] = (
-    (nn.Conv1d, "conv1d"),
-    (nn.Linear, "linear"),
-    ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), "batchnorm"),
-    (nn.LayerNorm, "layernorm"),
-    (nn.GroupNorm, "groupnorm"),
-    ((nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d), "maxpool"),
-    ((nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d), "avgpool"),
-    ((nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d), "adaptive_avgpool"),
-    (nn.ReLU6, "relu6"),
-    (nn.ReLU, "relu"),
-    (nn.GELU, "gelu"),
-    (nn.SiLU, "silu"),
-    (nn.Sigmoid, "sigmoid"),
-    (nn.Hardswish, "hardswish"),
-    (nn.Tanh, "tanh"),
-    ((nn.Dropout, nn.Dropout1d, nn.Dropout2d), "dropout"),
-    (nn.Identity, "identity"),
-    (nn.Flatten, "flatten"),
-    (nn.Softmax, "softmax"),
-    (nn.MultiheadAttention, "attention"),
-)
-
-_FUNCTION_OPS: dict[str, str] = {
-    **dict.fromkeys(("add", "iadd", "__add__", "__iadd__", "__radd__", "add_"), "add"),
-    **dict.fromkeys(("mul", "imul", "__mul__", "__rmul__", "__imul__", "mul_"), "mul"),
-    **dict.fromkeys(("sub", "isub", "__sub__", "__rsub__", "sub_"), "sub"),
-    **dict.fromkeys(("truediv", "div", "__truediv__", "__itruediv__", "div_"), "div"),
-    **dict.fromkeys(("matmul", "__matmul__", "bmm", "mm", "einsum", "baddbmm"), "matmul"),
-    **dict.fromkeys(("relu", "relu_"), "relu"),
-    **dict.fromkeys(("relu6", "hardtanh"), "relu6"),
-    **dict.fromkeys(("gelu",), "gelu"),
-    **dict.fromkeys(("silu",), "silu"),
-    **dict.fromkeys(("sigmoid",), "sigmoid"),
-    **dict.fromkeys(("hardswish",), "hardswish"),
-    **dict.fromkeys(("tanh",), "tanh"),
-    **dict.fromkeys(("softmax", "log_softmax"), "softmax"),
-    **dict.fromkeys(("layer_norm",), "layernorm"),
-    **dict.fromkeys(("batch_norm",), "batchnorm"),
-    **dict.fromkeys(("group_norm",), "groupnorm"),
-    **dict.fromkeys(("max_pool1d", "max_pool2d", "max_pool3d"), "maxpool"),
-    **dict.fromkeys(("avg_pool1d", "avg_pool2d", "avg_pool3d"), "avgpool"),
-    **dict.fromkeys(("adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d"), "adaptive_avgpool"),
-    **dict.fromkeys(("flatten",), "flatten"),
-    **dict.fromkeys(("reshape", "view", "view_as", "unsqueeze", "squeeze", "unflatten"), "reshape"),
-    **dict.fromkeys(("permute",), "permute"),
-    **dict.fromkeys(("transpose", "t"), "transpose"),
-    **dict.fromkeys(("cat", "concat", "stack"), "cat"),
-    **dict.fromkeys(("expand", "expand_as", "repeat"), "expand"),
-    **dict.fromkeys(("contiguous",), "contiguous"),
-    **dict.fromkeys(("chunk", "split", "unbind", "tensor_split"), "split"),
-    **dict.fromkeys(("pad",), "pad"),
-    **dict.fromkeys(("mean",), "mean"),
-    **dict.fromkeys(("sum",), "sum"),
-    **dict.fromkeys(("dropout",), "dropout"),
-    **dict.fromkeys(("linear",), "linear"),
-    **dict.fromkeys(("conv2d",), "conv2d"),
-    **dict.fromkeys(("conv1d",), "conv1d"),
-    **dict.fromkeys(("scaled_dot_product_attention",), "attention"),
-    **dict.fromkeys(("clone", "to", "float", "detach"), "identity"),
-}
 
 # FLOPs per output element for ops without multiply-accumulates (inference forward). The
 # transcendental activations are counted as a few FLOPs each, the usual convention of
@@ -276,39 +182,15 @@ _ELEMENT_FLOPS: dict[str, int] = {
 }
 
 
-def _op_kind(node: fx.Node, gm: fx.GraphModule, values: dict[str, _Value]) -> str:
-    if node.op == "call_module":
-        mod = gm.get_submodule(node.target)
-        if isinstance(mod, nn.Conv2d):
-            depthwise = mod.groups > 1 and mod.groups == mod.in_channels
-            return "dwconv2d" if depthwise else "conv2d"
-        for types, kind in _MODULE_OPS:
-            if isinstance(mod, types):
-                return kind
-        return "custom"
-    fname = _target_name(node)
-    if node.op == "call_function" and node.target is operator.getitem:
-        src = node.args[0]
-        from_tuple = isinstance(src, fx.Node) and values[src.name].is_tuple
-        return "getitem" if from_tuple else "slice"
-    return _FUNCTION_OPS.get(fname, "custom")
-
-
 _COUNTED_FUNCTIONS = ("einsum", "baddbmm")  # gemm-like calls without a formula here
-
-
-def _target_name(node: fx.Node) -> str:
-    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
 
 
 def _needs_counter(node: fx.Node, gm: fx.GraphModule) -> bool:
     """True for nodes whose MACs no formula here covers: unknown modules and functions."""
     if node.op == "call_module":
-        mod = gm.get_submodule(node.target)
-        return not isinstance(mod, nn.Conv2d) and not any(isinstance(mod, t) for t, _ in _MODULE_OPS)
+        return not classified(node, gm)
     if node.op in ("call_function", "call_method") and node.target is not operator.getitem:
-        name = _target_name(node)
-        return name not in _FUNCTION_OPS or name in _COUNTED_FUNCTIONS
+        return not classified(node, gm) or target_name(node) in _COUNTED_FUNCTIONS
     return False
 
 
@@ -316,13 +198,13 @@ def _arg(node: fx.Node, index: int, key: str):
     return node.args[index] if len(node.args) > index else node.kwargs.get(key)
 
 
-def _shape_of(arg, values: dict[str, _Value]) -> tuple[int, ...] | None:
+def _shape_of(arg, values: dict[str, NodeValue]) -> tuple[int, ...] | None:
     if isinstance(arg, fx.Node) and values[arg.name].is_tensor and not values[arg.name].is_tuple:
         return values[arg.name].tensors[0][0]
     return None
 
 
-def _formula_macs(kind: str, node: fx.Node, gm: fx.GraphModule, values: dict[str, _Value]) -> int:
+def _formula_macs(kind: str, node: fx.Node, gm: fx.GraphModule, values: dict[str, NodeValue]) -> int:
     """Multiply-accumulates of one layer, by formula (0 for ops without products).
 
     conv/linear: output elements x prod(weight.shape[1:]) (in-channels/groups x kernel, or in-features);
@@ -335,7 +217,7 @@ def _formula_macs(kind: str, node: fx.Node, gm: fx.GraphModule, values: dict[str
         else:
             weight = _shape_of(_arg(node, 1, "weight"), values)
         return out.numel * _prod(weight[1:]) if weight else 0
-    if kind == "matmul" and _target_name(node) not in _COUNTED_FUNCTIONS:
+    if kind == "matmul" and target_name(node) not in _COUNTED_FUNCTIONS:
         a = _shape_of(_arg(node, 0, "input"), values)
         return out.numel * a[-1] if a else 0
     if kind == "attention" and node.op == "call_module":
@@ -357,7 +239,7 @@ def _kernel_numel(node: fx.Node, gm: fx.GraphModule, spatial_dims: int) -> int:
     return _prod(k)
 
 
-def _mha_macs(mha: nn.MultiheadAttention, node: fx.Node, values: dict[str, _Value]) -> int:
+def _mha_macs(mha: nn.MultiheadAttention, node: fx.Node, values: dict[str, NodeValue]) -> int:
     """nn.MultiheadAttention's MACs (in eval mode it runs a fused kernel that flop counters miss).
 
     q/k/v and output projections, plus the two (L x S) products over all heads (heads x head_dim = E).
@@ -374,7 +256,7 @@ def _mha_macs(mha: nn.MultiheadAttention, node: fx.Node, values: dict[str, _Valu
     return q_rows * e * e + k_rows * mha.kdim * e + v_rows * mha.vdim * e + 2 * q_rows * s_len * e + q_rows * e * e
 
 
-def _first_input_numel(node: fx.Node, values: dict[str, _Value]) -> int:
+def _first_input_numel(node: fx.Node, values: dict[str, NodeValue]) -> int:
     for a in node.all_input_nodes:
         if values[a.name].is_tensor:
             return values[a.name].numel
@@ -387,7 +269,7 @@ def _has_bias(node: fx.Node, gm: fx.GraphModule) -> bool:
     return getattr(gm.get_submodule(node.target), "bias", None) is not None
 
 
-def _flops_fwd(kind: str, node: fx.Node, gm: fx.GraphModule, values: dict[str, _Value], macs: int) -> int:
+def _flops_fwd(kind: str, node: fx.Node, gm: fx.GraphModule, values: dict[str, NodeValue], macs: int) -> int:
     out = values[node.name]
     if macs:
         return 2 * macs + (out.numel if _has_bias(node, gm) else 0)
@@ -420,7 +302,7 @@ def _origin(node: fx.Node) -> str:
     return f"{text} ({src[0]}:{src[1]})" if src else text
 
 
-def _spec(name: str, value: _Value) -> TensorSpec:
+def _spec(name: str, value: NodeValue) -> TensorSpec:
     """One TensorSpec per layer; a tuple output is priced as the bytes of all its tensors."""
     if not value.is_tuple:
         shape, dtype = value.tensors[0]
@@ -548,11 +430,11 @@ def trace(module: nn.Module, input_shape: tuple[int, ...], name: str, *,
     return _build(gm, name, values, probe.counted)
 
 
-def _build(gm: fx.GraphModule, name: str, values: dict[str, _Value], counted: dict[str, int]) -> Traced:
+def _build(gm: fx.GraphModule, name: str, values: dict[str, NodeValue], counted: dict[str, int]) -> Traced:
     nodes = list(gm.graph.nodes)
     placeholders = [n for n in nodes if n.op == "placeholder"]
     output_node = next(n for n in nodes if n.op == "output")
-    layer_nodes = [n for n in nodes if n.op.startswith("call_") and values[n.name].is_tensor]
+    layer_nodes = [n for n in nodes if is_layer(n, values)]
     layer_set = {n.name for n in layer_nodes}
     inputs = [TensorSpec(p.name, *values[p.name].tensors[0]) for p in placeholders]
     input_names = {p.name for p in placeholders}
@@ -615,7 +497,7 @@ def _build(gm: fx.GraphModule, name: str, values: dict[str, _Value], counted: di
             if id(p) not in seen_params:
                 seen_params.add(id(p))
                 fresh.append(p)
-        kind = _op_kind(n, gm, values)
+        kind = op_kind(n, gm, values)
         macs = counted[layer_name] // 2 if layer_name in counted else _formula_macs(kind, n, gm, values)
         fwd = _flops_fwd(kind, n, gm, values, macs)
         layers.append(Layer(

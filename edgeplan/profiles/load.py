@@ -347,6 +347,12 @@ def _build_unit(doc: _Doc, name: str) -> ComputeUnit:
             if op not in ops.OP_CLASS_OF:
                 raise doc.fail(p + ("supported_ops", i),
                                f"unknown op kind {op!r}; allowed: {', '.join(sorted(ops.OP_CLASS_OF))}")
+        from edgeplan.targets.registry import get_target  # the target's own op list bounds the unit's
+
+        beyond = get_target(target).supports(set(supported))
+        if beyond:
+            raise doc.fail(p + ("supported_ops",), f"target {target} cannot compile {', '.join(sorted(beyond))}; "
+                                                   "drop them (the planner would place layers the compile refuses)")
         supported = tuple(sorted(set(supported)))
     elif kind == "npu":
         raise doc.fail(p + ("supported_ops",), "missing required field: an NPU runs only some ops; list them")

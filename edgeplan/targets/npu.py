@@ -47,7 +47,9 @@ MAX_OPSET = 18
 STAGE_META = "npu.json"  # written beside the module: what the board loader needs (platform, core mask, layouts)
 LAUNCHER = "run_npu.py"  # standalone board check of the stage's NPU model (rendered from npu_run_<backend>.py.j2)
 
-# Op kinds (edgeplan.graph.ops names) the RKNN / Intel NPUs run; a unit's supported_ops may narrow it.
+# Op kinds (edgeplan.graph.ops names) the RKNN / Intel NPU backends compile: the one list of what an NPU can run.
+# A unit's profile narrows it (supported_ops, checked against ``supports`` when the profile loads); the
+# planner places by the profile's list and codegen hands that list to compile_stage as an option.
 NPU_OPS: frozenset[str] = frozenset({
     "conv2d", "dwconv2d", "linear", "matmul", "batchnorm", "layernorm", "maxpool", "avgpool",
     "adaptive_avgpool", "relu", "relu6", "sigmoid", "hardswish", "silu", "tanh", "gelu", "add", "mul",
@@ -100,8 +102,13 @@ class NpuOptions:
 
         platform = choice("platform", PLATFORMS, None)
         ops = NPU_OPS
-        if options.get("supported_ops"):
+        if options.get("supported_ops"):  # the unit's profile narrows NPU_OPS, never widens it
             ops = frozenset(o.strip() for o in options["supported_ops"].split(",") if o.strip())
+            if ops - NPU_OPS:
+                raise CompileError(
+                    f"{where}: npu option supported_ops lists {', '.join(sorted(ops - NPU_OPS))}, which no NPU "
+                    f"backend compiles; drop it from the unit's supported_ops (NPU ops: {', '.join(sorted(NPU_OPS))})"
+                )
         return cls(
             platform=platform,
             dtype=choice("dtype", DTYPES, "fp16"),
@@ -150,48 +157,25 @@ class CheckResult:
 
 # --- op check -----------------------------------------------------------------
 
-def stage_ops(module: Any) -> list[tuple[str, str]]:
-    """(fx node name, op kind) of every compute node of a stage GraphModule, in graph order.
+def stage_ops(module: Any, example_inputs: tuple[Any, ...]) -> list[tuple[str, str]]:
+    """(fx node name, op kind) of every layer of a stage GraphModule, in graph order.
 
-    Op kinds are the graph tracer's (``edgeplan.graph.trace``), so the names match the
-    LayerGraph the planner placed; shape arithmetic (``x.size(0)``) is not a layer and is skipped.
+    Op kinds are the graph tracer's (``edgeplan.graph.opkinds``) from one run on the stage's
+    example inputs, so the names and kinds match the LayerGraph the planner placed; shape
+    arithmetic (``x.size(0)``) produces no tensor and is not a layer.
     """
-    import operator
-
     import torch.fx
 
-    from ..graph.trace import _FUNCTION_OPS, _MODULE_OPS
+    from ..graph.opkinds import layer_kinds
 
     if not isinstance(module, torch.fx.GraphModule):
         module = torch.fx.symbolic_trace(module)
-    ops = []
-    for n in module.graph.nodes:
-        if n.op == "call_module":
-            mod = module.get_submodule(n.target)
-            if isinstance(mod, torch.nn.Conv2d):
-                kind = "dwconv2d" if mod.groups > 1 and mod.groups == mod.in_channels else "conv2d"
-            else:
-                kind = next((k for types, k in _MODULE_OPS if isinstance(mod, types)), "custom")
-        elif n.op in ("call_function", "call_method"):
-            if n.target in _SHAPE_OPS:
-                continue
-            if n.target is operator.getitem:
-                kind = "getitem"
-            else:
-                fname = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
-                kind = _FUNCTION_OPS.get(fname, "custom")
-        else:
-            continue
-        ops.append((n.name, kind))
-    return ops
+    return layer_kinds(module, tuple(example_inputs))
 
 
-_SHAPE_OPS = ("size", "dim", getattr)
-
-
-def check_supported(module: Any, supported: frozenset[str], where: str) -> None:
+def check_supported(module: Any, example_inputs: tuple[Any, ...], supported: frozenset[str], where: str) -> None:
     """CompileError naming the first layer whose op kind the NPU does not run."""
-    bad = [(name, op) for name, op in stage_ops(module) if op not in supported]
+    bad = [(name, op) for name, op in stage_ops(module, example_inputs) if op not in supported]
     if bad:
         name, op = bad[0]
         more = f" (and {len(bad) - 1} more: {', '.join(f'{n}:{o}' for n, o in bad[1:4])})" if len(bad) > 1 else ""
@@ -348,10 +332,10 @@ class NpuTarget:
         backend = self.resolve_backend(backend, opts.platform)
         if backend == "openvino" and opts.dtype != "fp16":
             raise CompileError(f"{where}: the openvino backend writes fp16 IR only; set dtype=fp16")
-        check_supported(module, opts.supported_ops, where)
+        module.eval()
+        check_supported(module, example_inputs, opts.supported_ops, where)
         if backend == "rknn":
             rknn_env.require_rknn_python()  # fail fast, before export
-        module.eval()
         out_dir.mkdir(parents=True, exist_ok=True)
 
         check_inputs = [[_np(x) for x in example_inputs]]

@@ -76,9 +76,33 @@ def test_backend_resolution():
 
 
 def test_stage_ops_use_the_tracer_op_kinds():
-    ops = dict(npu.stage_ops(torch.fx.symbolic_trace(_net())))
+    ops = dict(npu.stage_ops(torch.fx.symbolic_trace(_net()), (torch.randn(1, 3, 8, 8),)))
     assert list(ops.values()) == ["conv2d", "batchnorm", "relu", "dwconv2d", "relu6", "adaptive_avgpool",
                                   "flatten", "linear"]
+
+
+class _Indexing(nn.Module):
+    def forward(self, x):
+        a, b = x.chunk(2, dim=1)  # getitem: an element of chunk's tuple
+        return a[:, :, :2] * b.size(1) + b[:, :, :2]  # slice: indexing a tensor; size(1) is not a layer
+
+
+def test_stage_ops_agree_with_the_tracer_on_getitem_and_slice():
+    """The NPU check and the LayerGraph classify every layer the same way (one op-kind API in graph/)."""
+    from edgeplan.graph.trace import trace
+
+    traced = trace(_Indexing(), (1, 4, 3), "indexing")
+    kinds = dict(npu.stage_ops(traced.gm, (torch.randn(1, 4, 3),)))
+    assert kinds == {layer.name: layer.op for layer in traced.graph.layers}
+    assert sorted(kinds.values()) == ["add", "getitem", "getitem", "mul", "slice", "slice", "split"]
+    gm = torch.fx.symbolic_trace(_Indexing())
+    with pytest.raises(CompileError, match="is op 'slice'"):  # a unit listing getitem only refuses the slices
+        npu.check_supported(gm, (torch.randn(1, 4, 3),), frozenset({"split", "getitem", "mul", "add"}), "s")
+
+
+def test_supported_ops_option_narrows_npu_ops_only():
+    with pytest.raises(CompileError, match="supported_ops lists groupnorm, which no NPU backend compiles"):
+        npu.NpuOptions.parse({"platform": "rk3588", "supported_ops": "conv2d,groupnorm"}, "s")
 
 
 def test_unsupported_op_is_refused_naming_layer_and_op(tmp_path):

@@ -217,6 +217,14 @@ def test_unknown_op_class(tmp_path):
     assert "dwconv" in msg  # lists the allowed classes
 
 
+def test_npu_op_the_target_cannot_compile(tmp_path):
+    """supported_ops may only narrow the target's own list (targets.npu.NPU_OPS): groupnorm is a known kind
+    that no NPU backend compiles, so a unit listing it would be given layers its compile refuses."""
+    msg = _error(_cluster(tmp_path, "  - {name: a, profile: rk3566, address: x, "
+                                    "overrides: {units: {npu: {supported_ops: [conv2d, groupnorm]}}}}"))
+    assert "devices[0].overrides.units.npu.supported_ops" in msg and "cannot compile groupnorm" in msg
+
+
 def test_bad_units(tmp_path):
     net = "network: {default: {bandwidth_mbps: 100, latency_ms: 3 MB}}"
     msg = _error(_cluster(tmp_path, f"  - {GOOD_DEVICE}", net))
