@@ -443,7 +443,8 @@ def _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages
     for device, bstages in board_stages.items():
         if not any("numpy" in line for line in requirements[device]):  # the runtime itself needs numpy
             requirements[device][:0] = BASE_REQUIREMENTS
-        _write_board(tmp / device, device, plan, plan_sha, n, m, cluster is None, bstages, requirements[device])
+        _write_board(tmp / device, device, plan, plan_sha, n, m, cluster is None, bstages, requirements[device],
+                     secret_env=cluster.secret_env if cluster is not None else None)
 
     jsonio.write(tmp / "plan.json", plan.to_json())
     last = plan.stages[-1]
@@ -485,7 +486,8 @@ def _options(cluster: Cluster | None, r, plan: Plan) -> dict[str, str]:
         ) from e
 
 
-def _write_board(board: Path, device, plan, plan_sha, n, m, local, bstages, requirements) -> None:
+def _write_board(board: Path, device, plan, plan_sha, n, m, local, bstages, requirements,
+                 secret_env: str | None = None) -> None:
     runtime_src = Path(__file__).resolve().parent.parent / "runtime"
     dst = board / RUNTIME_DIR
     dst.mkdir(parents=True)
@@ -496,6 +498,7 @@ def _write_board(board: Path, device, plan, plan_sha, n, m, local, bstages, requ
         "stages": bstages, "stage_list": ", ".join(str(s["index"]) for s in bstages),
         "install_dir": f"{INSTALL_DIR}/{device}", "edgeplan_version": _version("edgeplan"),
         "requirements": requirements, "head_port": HEAD_PORT, "local_addresses": local,
+        "secret_env": secret_env,  # the cluster's: workers authenticate frames with the secret it names
     }
     (board / "start.sh").write_text(render("start.sh.j2", **context))
     (board / "start.sh").chmod(0o755)

@@ -97,6 +97,19 @@ def test_golden_launchers(traced, tmp_path, golden):
     golden.check("launchers/head.json", (out / "head.json").read_text())
 
 
+def test_cluster_secret_env_reaches_the_board_launchers(traced, tmp_path):
+    """With the cluster's secret_env, every worker start.sh starts authenticates frames with the secret it names."""
+    import dataclasses
+
+    out = _compile(traced, tmp_path / "art", cluster=dataclasses.replace(_cluster(), secret_env="SHELF_SECRET"))
+    for device in BOARDS:
+        start = (out / device / "start.sh").read_text()
+        workers = [line for line in start.splitlines() if "edgeplan_runtime.worker" in line]
+        assert workers and all(line.endswith("--secret-env SHELF_SECRET &") for line in workers)
+        assert "EnvironmentFile=/etc/edgeplan/secret.env" in (out / device / "edgeplan-stage.service").read_text()
+        assert "SHELF_SECRET" in (out / device / "README.txt").read_text()
+
+
 FAKE_PYTHON = """#!/bin/sh
 # stands in for python3: $4 is the stage.json path start.sh passes to the worker
 echo "$$ $4" >> "$LAUNCH_LOG"
