@@ -10,18 +10,17 @@ before that layer. ``gm``'s node order is therefore::
     placeholders, [absorbed nodes of layer 0], layer 0, [absorbed of layer 1], layer 1, ..., output
 
 Costs come from running the traced graph once on a random input of the given shape.
-MACs: by formula for convolutions, linear layers, matmuls and attention (``_formula_macs``);
+MACs: by formula for convolutions, linear layers, matmuls and attention (``opkinds.formula_macs``);
 ``torch.utils.flop_counter`` only for ops with no formula (custom leaf modules, einsum),
 because its first use imports torch._dynamo (seconds). FLOPs add a per-element count for
-the other ops (see ``_ELEMENT_FLOPS``).
+the other ops (see ``opkinds.ELEMENT_FLOPS``). The layer order, and the bytes live at each cut,
+come from ``order``.
 """
 
 from __future__ import annotations
 
-import operator
 import os
 import sys
-from collections.abc import Iterable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -31,7 +30,8 @@ from torch import nn
 
 from edgeplan.errors import ModelError
 from edgeplan.graph.model import Layer, LayerGraph, TensorSpec
-from edgeplan.graph.opkinds import NodeValue, ValueRecorder, classified, is_layer, op_kind, target_name
+from edgeplan.graph.opkinds import NodeValue, ValueRecorder, flops_fwd, formula_macs, is_layer, needs_counter, op_kind
+from edgeplan.graph.order import choose_order
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _THIS_FILE = os.path.abspath(__file__)
@@ -43,7 +43,7 @@ class Traced:
 
     ``absorbed`` maps each non-layer fx node (``get_attr``, shape arithmetic) to the layer
     that owns it; a stage that runs a layer must also run the nodes it absorbs.
-    ``order`` says which topological order was kept ("fx" or "greedy", see ``_choose_order``).
+    ``order`` says which topological order was kept ("fx" or "greedy", see ``order.choose_order``).
     """
 
     gm: fx.GraphModule
@@ -155,7 +155,7 @@ class _Probe(ValueRecorder):
 
     def compute(self, n: fx.Node):
         try:
-            if _needs_counter(n, self.module):
+            if needs_counter(n, self.module):
                 from torch.utils.flop_counter import FlopCounterMode
 
                 with FlopCounterMode(display=False) as counter:
@@ -169,126 +169,7 @@ class _Probe(ValueRecorder):
             raise _NodeFailure(n, e) from e
 
 
-# --- op kinds and FLOPs ------------------------------------------------------------------------
-
-# FLOPs per output element for ops without multiply-accumulates (inference forward). The
-# transcendental activations are counted as a few FLOPs each, the usual convention of
-# fvcore/ptflops-style counters; batchnorm is scale + shift; layernorm is mean, variance,
-# normalise, scale and shift; softmax is exp, sum and divide.
-_ELEMENT_FLOPS: dict[str, int] = {
-    "relu": 1, "relu6": 1, "add": 1, "mul": 1, "sub": 1, "div": 1,
-    "sigmoid": 4, "silu": 5, "hardswish": 4, "tanh": 4, "gelu": 8,
-    "batchnorm": 2, "layernorm": 5, "groupnorm": 5, "softmax": 3, "custom": 1,
-}
-
-
-_COUNTED_FUNCTIONS = ("einsum", "baddbmm")  # gemm-like calls without a formula here
-
-
-def _needs_counter(node: fx.Node, gm: fx.GraphModule) -> bool:
-    """True for nodes whose MACs no formula here covers: unknown modules and functions."""
-    if node.op == "call_module":
-        return not classified(node, gm)
-    if node.op in ("call_function", "call_method") and node.target is not operator.getitem:
-        return not classified(node, gm) or target_name(node) in _COUNTED_FUNCTIONS
-    return False
-
-
-def _arg(node: fx.Node, index: int, key: str):
-    return node.args[index] if len(node.args) > index else node.kwargs.get(key)
-
-
-def _shape_of(arg, values: dict[str, NodeValue]) -> tuple[int, ...] | None:
-    if isinstance(arg, fx.Node) and values[arg.name].is_tensor and not values[arg.name].is_tuple:
-        return values[arg.name].tensors[0][0]
-    return None
-
-
-def _formula_macs(kind: str, node: fx.Node, gm: fx.GraphModule, values: dict[str, NodeValue]) -> int:
-    """Multiply-accumulates of one layer, by formula (0 for ops without products).
-
-    conv/linear: output elements x prod(weight.shape[1:]) (in-channels/groups x kernel, or in-features);
-    matmul: output elements x the contracted dimension; attention: the two L x S products.
-    """
-    out = values[node.name]
-    if kind in ("conv1d", "conv2d", "dwconv2d", "linear"):
-        if node.op == "call_module":
-            weight = tuple(gm.get_submodule(node.target).weight.shape)
-        else:
-            weight = _shape_of(_arg(node, 1, "weight"), values)
-        return out.numel * _prod(weight[1:]) if weight else 0
-    if kind == "matmul" and target_name(node) not in _COUNTED_FUNCTIONS:
-        a = _shape_of(_arg(node, 0, "input"), values)
-        return out.numel * a[-1] if a else 0
-    if kind == "attention" and node.op == "call_module":
-        return _mha_macs(gm.get_submodule(node.target), node, values)
-    if kind == "attention":  # F.scaled_dot_product_attention(q, k, v): q [.., L, E], k [.., S, E]
-        q, k = _shape_of(_arg(node, 0, "query"), values), _shape_of(_arg(node, 1, "key"), values)
-        if q and k:
-            return _prod(q[:-1]) * k[-2] * (q[-1] + out.tensors[0][0][-1])
-    return 0
-
-
-def _kernel_numel(node: fx.Node, gm: fx.GraphModule, spatial_dims: int) -> int:
-    if node.op == "call_module":
-        k = gm.get_submodule(node.target).kernel_size
-    else:
-        k = node.args[1] if len(node.args) > 1 else node.kwargs.get("kernel_size", 1)
-    if isinstance(k, int):
-        return k ** max(spatial_dims, 1)
-    return _prod(k)
-
-
-def _mha_macs(mha: nn.MultiheadAttention, node: fx.Node, values: dict[str, NodeValue]) -> int:
-    """nn.MultiheadAttention's MACs (in eval mode it runs a fused kernel that flop counters miss).
-
-    q/k/v and output projections, plus the two (L x S) products over all heads (heads x head_dim = E).
-    """
-    e = mha.embed_dim
-    q_shape = values[node.name].tensors[0][0]
-    batch = q_shape[0] if (mha.batch_first or len(q_shape) == 2) else q_shape[1]
-    q_rows = _prod(q_shape) // e
-    args = list(node.args) + [node.kwargs.get(k) for k in ("query", "key", "value") if k in node.kwargs]
-    key_node, value_node = (args[1], args[2]) if len(args) >= 3 else (args[0], args[0])
-    k_rows = values[key_node.name].numel // mha.kdim
-    v_rows = values[value_node.name].numel // mha.vdim
-    s_len = k_rows // batch
-    return q_rows * e * e + k_rows * mha.kdim * e + v_rows * mha.vdim * e + 2 * q_rows * s_len * e + q_rows * e * e
-
-
-def _first_input_numel(node: fx.Node, values: dict[str, NodeValue]) -> int:
-    for a in node.all_input_nodes:
-        if values[a.name].is_tensor:
-            return values[a.name].numel
-    return 0
-
-
-def _has_bias(node: fx.Node, gm: fx.GraphModule) -> bool:
-    if node.op != "call_module":
-        return False
-    return getattr(gm.get_submodule(node.target), "bias", None) is not None
-
-
-def _flops_fwd(kind: str, node: fx.Node, gm: fx.GraphModule, values: dict[str, NodeValue], macs: int) -> int:
-    out = values[node.name]
-    if macs:
-        return 2 * macs + (out.numel if _has_bias(node, gm) else 0)
-    if kind in ("maxpool", "avgpool"):
-        spatial = len(out.tensors[0][0]) - 2
-        return out.numel * _kernel_numel(node, gm, spatial)
-    if kind in ("adaptive_avgpool", "mean", "sum"):
-        return _first_input_numel(node, values)
-    return out.numel * _ELEMENT_FLOPS.get(kind, 0)
-
-
 # --- building the LayerGraph ------------------------------------------------------------------
-
-
-def _prod(xs: Iterable[int]) -> int:
-    n = 1
-    for x in xs:
-        n *= x
-    return n
 
 
 def _origin(node: fx.Node) -> str:
@@ -312,77 +193,6 @@ def _spec(name: str, value: NodeValue) -> TensorSpec:
         return TensorSpec(name, (value.numel,), dtypes.pop())
     nbytes = sum(TensorSpec("", s, d).nbytes for s, d in value.tensors)
     return TensorSpec(name, (nbytes,), "uint8")
-
-
-def _cut_bytes(order: list[str], inputs: list[TensorSpec], deps: dict[str, tuple[str, ...]],
-               nbytes: dict[str, int], outputs: tuple[str, ...]) -> list[int]:
-    """cut_bytes[k] for a layer order, in O(n): tensor t is live at cuts k in (produced, last use]."""
-    n = len(order)
-    pos = {name: i for i, name in enumerate(order)}
-    for t in inputs:
-        pos[t.name] = -1
-    last: dict[str, int] = {}
-    for i, name in enumerate(order):
-        for d in deps[name]:
-            last[d] = max(last.get(d, -1), i)
-    for o in outputs:
-        last[o] = n
-    diff = [0] * (n + 2)
-    for t, q in last.items():
-        p = pos[t]
-        if q > p:
-            diff[p + 1] += nbytes[t]
-            diff[q + 1] -= nbytes[t]
-    cuts, acc = [], 0
-    for k in range(n + 1):
-        acc += diff[k]
-        cuts.append(acc)
-    return cuts
-
-
-def _greedy_order(fx_order: list[str], deps: dict[str, tuple[str, ...]], nbytes: dict[str, int],
-                  outputs: tuple[str, ...]) -> list[str]:
-    """List scheduling that always runs the ready layer which grows the live set least.
-
-    Growth = its output bytes minus the bytes of inputs it is the last consumer of; ties
-    go to fx order. On ResNet downsampling blocks this runs the (smaller) shortcut first.
-    """
-    rank = {name: i for i, name in enumerate(fx_order)}
-    users: dict[str, set[str]] = {}
-    for name in fx_order:
-        for d in deps[name]:
-            users.setdefault(d, set()).add(name)
-    remaining = {t: len(u) for t, u in users.items()}
-    waiting = {name: len(set(d for d in deps[name] if d in rank)) for name in fx_order}
-    ready = {name for name, w in waiting.items() if w == 0}
-    out_set = set(outputs)
-    order: list[str] = []
-
-    def growth(name: str) -> int:
-        g = nbytes[name] if (name in users or name in out_set) else 0
-        return g - sum(nbytes[d] for d in set(deps[name]) if remaining[d] == 1 and d not in out_set)
-
-    while ready:
-        best = min(ready, key=lambda c: (growth(c), rank[c]))
-        ready.remove(best)
-        order.append(best)
-        for d in set(deps[best]):
-            remaining[d] -= 1
-        for u in users.get(best, ()):
-            waiting[u] -= 1
-            if waiting[u] == 0:
-                ready.add(u)
-    return order
-
-
-def _choose_order(fx_order, inputs, deps, nbytes, outputs) -> tuple[str, list[str], list[int]]:
-    """Keep the greedy order only if it lowers the summed cut bytes (the planner's average cut)."""
-    fx_cuts = _cut_bytes(fx_order, inputs, deps, nbytes, outputs)
-    greedy = _greedy_order(fx_order, deps, nbytes, outputs)
-    greedy_cuts = _cut_bytes(greedy, inputs, deps, nbytes, outputs)
-    if (sum(greedy_cuts), max(greedy_cuts)) < (sum(fx_cuts), max(fx_cuts)):
-        return "greedy", greedy, greedy_cuts
-    return "fx", fx_order, fx_cuts
 
 
 def _check_shape(input_shape, name: str) -> tuple[int, ...]:
@@ -469,7 +279,7 @@ def _build(gm: fx.GraphModule, name: str, values: dict[str, NodeValue], counted:
 
     specs = {n.name: _spec(n.name, values[n.name]) for n in layer_nodes}
     nbytes = {t.name: t.nbytes for t in inputs} | {k: s.nbytes for k, s in specs.items()}
-    order_name, order, cuts = _choose_order([n.name for n in layer_nodes], inputs, deps, nbytes, tuple(outputs))
+    order_name, order, cuts = choose_order([n.name for n in layer_nodes], inputs, deps, nbytes, tuple(outputs))
 
     # Each absorbed node goes to the first layer (in the chosen order) that reads it, transitively.
     pos = {layer: i for i, layer in enumerate(order)}
@@ -498,8 +308,8 @@ def _build(gm: fx.GraphModule, name: str, values: dict[str, NodeValue], counted:
                 seen_params.add(id(p))
                 fresh.append(p)
         kind = op_kind(n, gm, values)
-        macs = counted[layer_name] // 2 if layer_name in counted else _formula_macs(kind, n, gm, values)
-        fwd = _flops_fwd(kind, n, gm, values, macs)
+        macs = counted[layer_name] // 2 if layer_name in counted else formula_macs(kind, n, gm, values)
+        fwd = flops_fwd(kind, n, gm, values, macs)
         layers.append(Layer(
             name=layer_name, op=kind, origin=_origin(n), inputs=deps[layer_name], output=specs[layer_name],
             flops_fwd=fwd, flops_bwd=2 * fwd if params else fwd, macs=macs,

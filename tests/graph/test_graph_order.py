@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgeplan.graph.model import Layer, LayerGraph, TensorSpec
-from edgeplan.graph.trace import _choose_order, _cut_bytes, _greedy_order
+from edgeplan.graph.order import choose_order, cut_bytes, greedy_order
 
 
 @st.composite
@@ -36,19 +36,19 @@ def _graph(order, deps, sizes, outputs, cuts) -> LayerGraph:
 def test_orders_are_topological_and_cuts_match_live_at(dag):
     names, deps, sizes, outputs = dag
     inputs = [TensorSpec("x", (sizes["x"],), "int8")]
-    greedy = _greedy_order(names, deps, sizes, outputs)
+    greedy = greedy_order(names, deps, sizes, outputs)
     assert sorted(greedy) == sorted(names)
     seen = {"x"}
     for nm in greedy:
         assert set(deps[nm]) <= seen
         seen.add(nm)
     for order in (names, greedy):
-        cuts = _cut_bytes(order, inputs, deps, sizes, outputs)
+        cuts = cut_bytes(order, inputs, deps, sizes, outputs)
         g = _graph(order, deps, sizes, outputs, cuts)
         assert cuts == [sum(sizes[t] for t in g.live_at(k)) for k in range(len(order) + 1)]
-    kept, order, cuts = _choose_order(names, inputs, deps, sizes, outputs)
-    fx_cuts = _cut_bytes(names, inputs, deps, sizes, outputs)
+    kept, order, cuts = choose_order(names, inputs, deps, sizes, outputs)
+    fx_cuts = cut_bytes(names, inputs, deps, sizes, outputs)
     assert sum(cuts) <= sum(fx_cuts)
-    assert cuts == (fx_cuts if kept == "fx" else _cut_bytes(greedy, inputs, deps, sizes, outputs))
+    assert cuts == (fx_cuts if kept == "fx" else cut_bytes(greedy, inputs, deps, sizes, outputs))
     if kept == "fx":
         assert order == names
