@@ -570,6 +570,8 @@ def serve(
                                           help="Larger request bodies get 413."),
     window: int = typer.Option(0, "--window", min=0, help="Plan batches in flight at once (0: twice the stages)."),
     timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="Seconds per request attempt before a re-send."),
+    dead_after: float = typer.Option(
+        1.5, "--dead-after", min=0.1, help="Seconds without a heartbeat before a worker counts as dead."),
     secret_env: str | None = typer.Option(
         None, "--secret-env", help="Environment variable holding the HMAC secret (default: the cluster's)."),
 ) -> None:
@@ -596,7 +598,8 @@ def serve(
     placement, head_host = testbed if testbed is not None else (None, "127.0.0.1")
     try:
         server = Server(artifacts, local=local or testbed is not None, host=host, port=port, name=name,
-                        head_config=HeadConfig(request_timeout_s=timeout, window=window, secret=secret),
+                        head_config=HeadConfig(request_timeout_s=timeout, dead_after_s=dead_after, window=window,
+                                               secret=secret),
                         batcher_config=BatcherConfig(max_delay_s=max_delay_ms / 1e3),
                         max_request_bytes=max_request_bytes, secret=secret, placement=placement,
                         head_host=head_host)

@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
     p.add_argument("--window", type=int, default=0, help="plan-batch requests in flight (0: twice the stages)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request attempt before a re-send")
+    p.add_argument("--dead-after", type=float, default=HeadConfig.dead_after_s,
+                   help="seconds without a heartbeat before a worker counts as dead")
     a = p.parse_args(argv)
     from . import wire
 
@@ -125,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         server = Server(a.artifacts, local=a.local, host=a.host, port=a.port, name=a.name,
-                        head_config=HeadConfig(request_timeout_s=a.timeout, window=a.window, secret=secret),
+                        head_config=HeadConfig(request_timeout_s=a.timeout, dead_after_s=a.dead_after,
+                                               window=a.window, secret=secret),
                         batcher_config=BatcherConfig(max_delay_s=a.max_delay_ms / 1e3),
                         max_request_bytes=a.max_request_bytes, secret=secret)
     except (ArtifactProblem, PipelineError, OSError) as e:

@@ -64,7 +64,7 @@ def test_serve_inside_emulate_answers_1000_tritonclient_requests_like_torch(tmp_
     port = _free_port()
     edgeplan = [sys.executable, "-m", "edgeplan.cli"]
     proc = subprocess.Popen([*edgeplan, "emulate", str(CLUSTER), "--host-gflops", "40", "--",
-                             *edgeplan, "serve", str(art), "--port", str(port)],
+                             *edgeplan, "serve", str(art), "--port", str(port), "--dead-after", "5"],
                             stdout=open(tmp_path / "serve.log", "wb"), stderr=subprocess.STDOUT)
     url = f"127.0.0.1:{port}"
     client = None
