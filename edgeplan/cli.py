@@ -311,6 +311,7 @@ class CompileBackend(str, Enum):
     auto = "auto"
     tvm = "tvm"
     onnxruntime = "onnxruntime"
+    tensorrt = "tensorrt"
 
 
 @app.command("compile")
@@ -355,6 +356,8 @@ def compile_cmd(
     compile_report = jsonio.read(report_file) if report_file.is_file() else {"notes": [], "jobs": []}
     for note in compile_report["notes"]:
         typer.echo(f"note: {note}")
+    for warning in compile_report.get("warnings", []):  # a stage the board's profile says cannot run there
+        typer.echo(f"warning: {warning}", err=True)
     for job in compile_report["jobs"]:
         if job.get("backend") in ("rknn", "openvino") and job.get("notes"):
             typer.echo(f"{job.get('device')}/stage{job.get('stage')} ({job['backend']}): {job['notes'][0]}")

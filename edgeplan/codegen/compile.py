@@ -56,6 +56,8 @@ LOCALHOST = "127.0.0.1"
 INSTALL_DIR = "/opt/edgeplan"  # where the systemd unit expects a board's folder
 RUNTIME_DIR = "edgeplan_runtime"
 BASE_REQUIREMENTS = ("python3 -m pip install 'numpy>=1.26,<3'",)
+BUILD_SCRIPT = "build-tvm-runtime.sh"  # per board whose GPU stages run on TVM (cuda, mali): builds libtvm_runtime
+BOARD_PYTHON = (3, 10)  # oldest Python edgeplan_runtime/ runs on (README.txt; targets warn when a board lacks it)
 SEED = 0
 CALIBRATION_SAMPLES = 8  # seeded random model inputs run through earlier stages for int8 NPU stages
 
@@ -382,6 +384,9 @@ def _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages
     report_jobs = []
     board_stages: dict[str, list[dict]] = {}
     requirements: dict[str, list[str]] = {}
+    board_notes: dict[str, list[str]] = {}  # per JetPack / OS version, from targets with install_notes
+    builds: dict[str, dict] = {}  # device -> the runtime its GPU stages need built from source (build-tvm-runtime.sh)
+    warnings: list[str] = []
     for st, r, slot in jobs:
         job = _job(st.index, r.target, r.device)
         options = npu_options.add(_options(cluster, r, plan), st, r)
@@ -435,6 +440,8 @@ def _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages
         for line in get_target(r.target).runtime_requirements(compiled.backend):
             if line not in reqs:
                 reqs.append(line)
+        _board_runtime(get_target(r.target), compiled.backend, options, f"{r.device}/stage{st.index}",
+                       board_notes.setdefault(r.device, []), builds, r.device, warnings)
         report_jobs.append({
             "stage": st.index, "device": r.device, "target": r.target, "backend": compiled.backend,
             "samples": r.samples, "notes": list(compiled.notes),
@@ -444,7 +451,8 @@ def _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages
         if not any("numpy" in line for line in requirements[device]):  # the runtime itself needs numpy
             requirements[device][:0] = BASE_REQUIREMENTS
         _write_board(tmp / device, device, plan, plan_sha, n, m, cluster is None, bstages, requirements[device],
-                     secret_env=cluster.secret_env if cluster is not None else None)
+                     secret_env=cluster.secret_env if cluster is not None else None,
+                     board_notes=board_notes.get(device, []), build=builds.get(device))
 
     jsonio.write(tmp / "plan.json", plan.to_json())
     last = plan.stages[-1]
@@ -464,8 +472,29 @@ def _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages
         notes.append("compiled without --cluster: all workers on 127.0.0.1, default target options")
     jsonio.write(tmp / "compile-report.json", {
         "model": plan.model, "model_spec": model_spec, "plan_sha256": plan_sha, "backend": backend,
-        "jobs": report_jobs, "notes": notes,
+        "jobs": report_jobs, "notes": notes, "warnings": warnings,
     })
+
+
+def _board_runtime(target, backend: str, options: dict[str, str], where: str, notes: list[str],
+                   builds: dict[str, dict], device: str, warnings: list[str]) -> None:
+    """What a target says about running ``backend`` on this board: README lines per OS/JetPack version,
+    the runtime to build from source, and warnings when the board's profile says it cannot run there."""
+    for line in getattr(target, "install_notes", lambda b, o: ())(backend, options):
+        if line not in notes:
+            notes.append(line)
+    for line in getattr(target, "runtime_warnings", lambda b, o, p: ())(backend, options, BOARD_PYTHON):
+        text = f"{where} ({target.name}, backend {backend}): {line}"
+        if text not in warnings:
+            warnings.append(text)
+    build = getattr(target, "runtime_build", lambda b: None)(backend)
+    if build is not None:
+        if device in builds and builds[device]["build"] != build:
+            raise CompileError(f"{where}: device {device!r} has stages on two GPU runtimes "
+                               f"({builds[device]['build'].gpu}, {build.gpu}); one board builds one TVM runtime: "
+                               "re-plan onto one GPU target")
+        version = _version("apache-tvm")
+        builds[device] = {"build": build, "tvm_version": version, "tvm_tag": version.split(".post")[0]}
 
 
 def _batched(name: str, t: Any, m: int) -> dict:
@@ -487,7 +516,8 @@ def _options(cluster: Cluster | None, r, plan: Plan) -> dict[str, str]:
 
 
 def _write_board(board: Path, device, plan, plan_sha, n, m, local, bstages, requirements,
-                 secret_env: str | None = None) -> None:
+                 secret_env: str | None = None, board_notes: list[str] | None = None,
+                 build: dict | None = None) -> None:
     runtime_src = Path(__file__).resolve().parent.parent / "runtime"
     dst = board / RUNTIME_DIR
     dst.mkdir(parents=True)
@@ -499,11 +529,16 @@ def _write_board(board: Path, device, plan, plan_sha, n, m, local, bstages, requ
         "install_dir": f"{INSTALL_DIR}/{device}", "edgeplan_version": _version("edgeplan"),
         "requirements": requirements, "head_port": HEAD_PORT, "local_addresses": local,
         "secret_env": secret_env,  # the cluster's: workers authenticate frames with the secret it names
+        "python": ".".join(map(str, BOARD_PYTHON)), "board_notes": board_notes or [], "build": build,
+        "trt_stages": " ".join(f"stage{s['index']}" for s in bstages if s["backend"] == "tensorrt"),
     }
     (board / "start.sh").write_text(render("start.sh.j2", **context))
     (board / "start.sh").chmod(0o755)
     (board / "edgeplan-stage.service").write_text(render("edgeplan-stage.service.j2", **context))
     (board / "README.txt").write_text(render("README.txt.j2", **context))
+    if build is not None:
+        (board / BUILD_SCRIPT).write_text(render("build-tvm-runtime.sh.j2", **{**context, **build}))
+        (board / BUILD_SCRIPT).chmod(0o755)
 
 
 def _readable(root: Path) -> None:
@@ -512,5 +547,5 @@ def _readable(root: Path) -> None:
     os.umask(umask)
     root.chmod(0o755 & ~umask)
     for p in root.rglob("*"):
-        mode = 0o755 if p.is_dir() or p.name == "start.sh" else 0o644
+        mode = 0o755 if p.is_dir() or p.name in ("start.sh", BUILD_SCRIPT) else 0o644
         p.chmod(mode & ~umask)

@@ -17,6 +17,34 @@ from .base import CompiledStage
 
 
 @dataclass(frozen=True)
+class RuntimeBuild:
+    """How a board builds TVM's runtime for its GPU from the apache-tvm source (``build-tvm-runtime.sh``).
+
+    PyPI's aarch64 wheel cannot serve these GPUs: its OpenCL runtime is a stub (no
+    implementation) and its CUDA runtime links CUDA 13, which no JetPack ships.
+    """
+
+    gpu: str  # "opencl" | "cuda"
+    cmake_flags: tuple[str, ...]  # runtime only: no LLVM, no compiler, the board's own GPU API
+    targets: tuple[str, ...]  # cmake targets built, when the source tree defines them (the first always)
+    apt: tuple[str, ...]  # Debian/Ubuntu packages the build needs on the board
+    minutes: str  # how long it takes on a 4-core Cortex-A57..A76 board (estimate, not timed on a board)
+
+
+_COMMON_FLAGS = ("-DCMAKE_BUILD_TYPE=Release", "-DUSE_LLVM=OFF", "-DUSE_LIBBACKTRACE=OFF", "-DUSE_RPC=OFF",
+                 "-DUSE_PROFILER=OFF", "-DUSE_CUDNN=OFF", "-DUSE_CUBLAS=OFF", "-DUSE_VULKAN=OFF")
+_APT = ("build-essential", "cmake", "ninja-build", "git", "python3")
+
+RUNTIME_BUILDS: dict[str, RuntimeBuild] = {
+    "opencl": RuntimeBuild("opencl", _COMMON_FLAGS + ("-DUSE_OPENCL=ON", "-DUSE_CUDA=OFF"),
+                           ("tvm_runtime", "tvm_runtime_opencl"), _APT + ("ocl-icd-opencl-dev", "opencl-headers"),
+                           "15-30"),
+    "cuda": RuntimeBuild("cuda", _COMMON_FLAGS + ("-DUSE_OPENCL=OFF", "-DUSE_CUDA=/usr/local/cuda", "-DUSE_NVRTC=ON"),
+                         ("tvm_runtime", "tvm_runtime_cuda"), _APT, "20-40"),
+}
+
+
+@dataclass(frozen=True)
 class GpuTarget:
     name: str
     description: str
@@ -31,6 +59,10 @@ class GpuTarget:
     def supports(self, op_kinds: set[str]) -> set[str]:
         """dlight's fallback rule schedules any op TVM legalizes; nothing is refused up front."""
         return set()
+
+    def runtime_build(self, backend: str) -> RuntimeBuild | None:
+        """What build-tvm-runtime.sh builds for stages of ``backend`` (None: the board needs no source build)."""
+        return RUNTIME_BUILDS[self.kind] if backend == "tvm" else None
 
     def runtime_requirements(self, backend: str) -> tuple[str, ...]:
         if backend != "tvm":

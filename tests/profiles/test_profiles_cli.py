@@ -18,7 +18,7 @@ def test_devices_lists_every_builtin_profile():
     lines = r.output.splitlines()
     assert len(lines) == 10
     nano = next(line for line in lines if line.startswith("jetson-nano "))
-    assert "2996 MB" in nano and "estimate" in nano and "gpu:cuda 236 GFLOP/s peak" in nano
+    assert "2996 MB" in nano and "estimate" in nano and "gpu:cuda 472 GFLOP/s peak" in nano
     assert "cpu:arm-cpu" in nano
 
 
