@@ -1,16 +1,11 @@
 """Target ``npu``: stage -> ONNX -> vendor NPU compiler, checked against PyTorch before it is written.
 
-Two backends:
-
-- ``rknn`` (Rockchip RK3588 / RK3566 / RK3568): rknn-toolkit2 2.5.0 in its own venv
-  (``rknn_env``), driven through ``rknn_worker.py`` with a JSON contract. fp16 by
-  default; int8 calibrated on a dataset of .npy files (``write_calibration_set``
-  makes one by running samples through the preceding stages). The toolkit's
-  simulator runs the in-memory build on the check inputs; the board loads
-  ``model.rknn`` with rknn-toolkit-lite2 (``runtime/backend_rknn.py``).
-- ``openvino`` (Intel NPU boards): ``ov.convert_model`` on the same ONNX, saved as IR
-  with fp16 weights, checked here on OpenVINO's CPU device at f32 inference
-  precision; the board compiles the IR for its NPU at load time.
+Two backends, one module each: ``npu_rknn`` (Rockchip RK3588 / RK3566 / RK3568:
+rknn-toolkit2 in its own venv, fp16 or int8 calibrated on a dataset of .npy files that
+``write_calibration_set`` makes by running samples through the preceding stages) and
+``npu_openvino`` (Intel NPU boards: OpenVINO IR with fp16 weights). This module owns
+what they share: the options, the op check, the ONNX export, the comparison with
+PyTorch, the stage's ``npu.json`` and its board launcher.
 
 Options (the unit's ``target_options``, all strings): ``platform`` (rk3588, rk3566,
 rk3568, intel-npu), ``dtype`` (fp16 | int8), ``core_mask`` (rk3588: auto, 0, 1, 2,
@@ -36,9 +31,9 @@ from .. import jsonio
 from ..errors import CompileError
 from . import rknn_env
 from .base import CompiledStage
+from .npu_openvino import OPENVINO_PLATFORMS, OPENVINO_REQUIREMENTS, compile_openvino
+from .npu_rknn import RKNN_PLATFORMS, RKNN_REQUIREMENTS, compile_rknn
 
-RKNN_PLATFORMS = ("rk3566", "rk3568", "rk3588")
-OPENVINO_PLATFORMS = ("intel-npu",)
 PLATFORMS = RKNN_PLATFORMS + OPENVINO_PLATFORMS
 DTYPES = ("fp16", "int8")
 # RKNNLite.NPU_CORE_* values; only rk3588 (3 cores) takes a mask.
@@ -291,18 +286,9 @@ class NpuTarget:
 
     def runtime_requirements(self, backend: str) -> tuple[str, ...]:
         if backend == "rknn":
-            return (
-                "numpy, and rknn-toolkit-lite2 2.5.0 (pip install rknn-toolkit-lite2==2.5.0 on the aarch64 board)",
-                "librknnrt.so 2.5.0 in /usr/lib (from Rockchip's rknpu2 runtime; the NPU kernel driver >= 0.9)",
-                "model.rknn runs on the NPU via RKNNLite (load_rknn, init_runtime with the core mask in npu.json)",
-            )
+            return RKNN_REQUIREMENTS
         if backend == "openvino":
-            return (
-                "numpy, and openvino 2024 or newer (pip install 'openvino>=2024,<2027')",
-                "the Intel NPU driver (intel-npu-driver / level-zero), so ov.Core().available_devices lists 'NPU'",
-                "model.xml/.bin is OpenVINO IR with fp16 weights: the board compiles it for its NPU at load time "
-                "(the first start takes longer; set OV_CACHE_DIR to keep the compiled blob)",
-            )
+            return OPENVINO_REQUIREMENTS
         raise CompileError(f"npu target has no backend {backend!r}; backends: {', '.join(self.backends)}")
 
     def resolve_backend(self, backend: str, platform: str) -> str:
@@ -355,10 +341,9 @@ class NpuTarget:
                 raise CompileError(f"{where}: ONNX export failed ({type(e).__name__}: {e}); the stage has an op "
                                    f"the legacy exporter cannot write at opset {opts.opset}") from e
             if backend == "rknn":
-                got, files, notes = self._rknn(opts, work, onnx_path, check_inputs, example_inputs, calib, out_dir,
-                                               where)
+                got, files, notes = compile_rknn(opts, work, onnx_path, check_inputs, calib, out_dir, where)
             else:
-                got, files, notes = self._openvino(work, onnx_path, check_inputs, out_dir, where)
+                got, files, notes = compile_openvino(onnx_path, check_inputs, out_dir, where)
 
         max_abs, rel, cos = compare(ref, got)
         metric, thr = ("rel_err", opts.fp16_tol) if opts.dtype == "fp16" else ("min_cosine", opts.int8_min_cos)
@@ -389,86 +374,6 @@ class NpuTarget:
             notes=(res.summary(), *notes),
         )
 
-    # -- rknn ------------------------------------------------------------------
-
-    def _rknn(self, opts: NpuOptions, work: Path, onnx_path: Path, check_inputs: list[list[np.ndarray]],
-              example_inputs: tuple[Any, ...], calib: list[list[np.ndarray]] | None, out_dir: Path, where: str):
-        paths = []
-        for i, sample in enumerate(check_inputs):
-            row = []
-            for j, a in enumerate(sample):
-                p = work / f"check{i}_in{j}.npy"
-                np.save(p, a)
-                row.append(str(p))
-            paths.append(row)
-        notes = []
-        dataset = None
-        if opts.dtype == "int8":
-            if calib is None:
-                calib = check_inputs[:1]
-                notes.append("int8 calibrated on the example input only: pass a calibration set for real accuracy")
-            lines = []
-            for i, sample in enumerate(calib):
-                row = []
-                for j, a in enumerate(sample):
-                    p = work / f"calib{i}_in{j}.npy"
-                    np.save(p, np.ascontiguousarray(a, dtype=np.float32))
-                    row.append(str(p))
-                lines.append(" ".join(row))
-            dataset = work / "dataset.txt"
-            dataset.write_text("\n".join(lines) + "\n")
-            notes.append(f"int8 calibration samples: {len(calib)}")
-        rknn_out = out_dir / "model.rknn"
-        request = {
-            "onnx": str(onnx_path), "rknn": str(rknn_out.resolve()), "platform": opts.platform, "dtype": opts.dtype,
-            "dataset": str(dataset) if dataset else None, "check_inputs": paths, "outputs_dir": str(work / "sim"),
-            "optimization_level": opts.optimization_level, "verbose": True,
-        }
-        result = rknn_env.run_worker(request, work / "run")
-        resp = result.response
-        if not resp.get("ok"):
-            tail = "\n".join(_errors_of(result.log)[-8:])
-            raise CompileError(
-                f"{where}: rknn-toolkit2 failed at {resp.get('step')}: {resp.get('error')}\n{tail}\n"
-                f"(platform {opts.platform}, dtype {opts.dtype}; the stage's ONNX is opset {opts.opset})"
-            )
-        got = [[np.load(p) for p in row] for row in resp["outputs"]]
-        table = parse_layer_table(result.log)
-        cpu = [f"{r['op']}:{r['name']}" for r in table if r["target"] == "CPU"
-               and r["op"] not in ("InputOperator", "OutputOperator", "Reshape", "Transpose")]
-        notes.append(f"rknn-toolkit2 {resp.get('toolkit', '?')}: {len(table)} layers, "
-                     f"{sum(r['target'] == 'NPU' for r in table)} on the NPU")
-        if cpu:
-            notes.append("toolkit placed on the board CPU: " + ", ".join(cpu[:10]))
-        secs = resp.get("seconds", {})
-        notes.append(f"rknn build {secs.get('build', 0):.2f} s")
-        return got, ["model.rknn"], notes
-
-    # -- openvino ---------------------------------------------------------------
-
-    def _openvino(self, work: Path, onnx_path: Path, check_inputs: list[list[np.ndarray]], out_dir: Path, where: str):
-        try:
-            import openvino as ov
-        except ImportError as e:
-            raise CompileError(f"{where}: OpenVINO is not installed; install it with: pip install 'edgeplan[npu]' "
-                               "(or pip install 'openvino>=2024,<2027')") from e
-        try:
-            model = ov.convert_model(str(onnx_path))
-            ov.save_model(model, str(out_dir / "model.xml"), compress_to_fp16=True)
-            core = ov.Core()
-            compiled = core.compile_model(core.read_model(str(out_dir / "model.xml")), "CPU",
-                                          {"INFERENCE_PRECISION_HINT": "f32"})
-            got = []
-            for sample in check_inputs:
-                res = compiled(list(sample))
-                got.append([np.asarray(res[o], dtype=np.float32) for o in compiled.outputs])
-        except CompileError:
-            raise
-        except Exception as e:
-            raise CompileError(f"{where}: OpenVINO conversion failed ({type(e).__name__}: {e})") from e
-        return got, ["model.xml", "model.bin"], [f"openvino {ov.get_version().split('-')[0]}: IR with fp16 weights, "
-                                                 "checked on CPU at f32; compiled for the NPU on the board"]
-
 
 def render_launcher(meta: dict, module_file: str, stage: str) -> str:
     """``run_npu.py``: loads the stage's NPU model on the board and runs it once on random inputs, timed."""
@@ -479,37 +384,6 @@ def render_launcher(meta: dict, module_file: str, stage: str) -> str:
         dtype=meta["dtype"], core_mask=meta["core_mask"], core_mask_value=meta["core_mask_value"],
         inputs=meta["inputs"], outputs=meta["outputs"],
     )
-
-
-def _errors_of(log: str) -> list[str]:
-    import re
-
-    clean = re.sub(r"\x1b\[[0-9;]*m", "", log)
-    return [ln for ln in clean.splitlines() if ln.startswith(("E ", "Traceback", "  File")) or "Error" in ln]
-
-
-def parse_layer_table(log: str) -> list[dict[str, str]]:
-    """Rows of the toolkit's verbose 'Network Layer Information Table': id, op, dtype, target (NPU/CPU), name."""
-    import re
-
-    rows, inside = [], False
-    for line in re.sub(r"\x1b\[[0-9;]*m", "", log).splitlines():
-        body = re.sub(r"^.*?RKNN: \[[0-9:.]+\] ?", "", line) if "RKNN:" in line else None
-        if body is None:
-            continue
-        if "Network Layer Information Table" in body:
-            inside, rows = True, []
-            continue
-        if not inside:
-            continue
-        cols = body.split()
-        if cols and cols[0].isdigit() and len(cols) >= 5 and cols[3] in ("NPU", "CPU", "GPU"):
-            full = cols[-1]
-            rows.append({"id": cols[0], "op": cols[1], "dtype": cols[2], "target": cols[3],
-                         "name": full.split(":", 1)[-1]})
-        elif rows and body.startswith("---"):
-            inside = False
-    return rows
 
 
 TARGET = NpuTarget()

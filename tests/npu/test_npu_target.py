@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from edgeplan.errors import CompileError
 from edgeplan.runtime.spec import StageSpec, Tensor
-from edgeplan.targets import npu, rknn_env
+from edgeplan.targets import npu, npu_rknn, rknn_env
 from edgeplan.targets.base import Target
 from edgeplan.targets.registry import get_target
 
@@ -254,11 +254,11 @@ D RKNN: [03:11:41.961] ---------------------------------------------------------
 
 
 def test_parse_layer_table():
-    rows = npu.parse_layer_table(LAYER_LOG)
+    rows = npu_rknn.parse_layer_table(LAYER_LOG)
     assert [(r["op"], r["target"], r["name"]) for r in rows] == [
         ("InputOperator", "CPU", "x"), ("ConvRelu", "NPU", "/0/Conv"), ("Softmax", "CPU", "/8/Softmax"),
         ("OutputOperator", "CPU", "y")]
-    assert npu.parse_layer_table("no table here") == []
+    assert npu_rknn.parse_layer_table("no table here") == []
 
 
 def test_worker_imports_no_edgeplan_and_checks_argv(tmp_path, capsys):
