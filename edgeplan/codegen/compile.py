@@ -387,6 +387,7 @@ def _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages
     board_notes: dict[str, list[str]] = {}  # per JetPack / OS version, from targets with install_notes
     builds: dict[str, dict] = {}  # device -> the runtime its GPU stages need built from source (build-tvm-runtime.sh)
     warnings: list[str] = []
+    board_warnings: dict[str, list[str]] = {}  # the same warnings, for the board's README.txt
     for st, r, slot in jobs:
         job = _job(st.index, r.target, r.device)
         options = npu_options.add(_options(cluster, r, plan), st, r)
@@ -441,7 +442,8 @@ def _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages
             if line not in reqs:
                 reqs.append(line)
         _board_runtime(get_target(r.target), compiled.backend, options, f"{r.device}/stage{st.index}",
-                       board_notes.setdefault(r.device, []), builds, r.device, warnings)
+                       board_notes.setdefault(r.device, []), builds, r.device, warnings,
+                       board_warnings.setdefault(r.device, []))
         report_jobs.append({
             "stage": st.index, "device": r.device, "target": r.target, "backend": compiled.backend,
             "samples": r.samples, "notes": list(compiled.notes),
@@ -452,7 +454,8 @@ def _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages
             requirements[device][:0] = BASE_REQUIREMENTS
         _write_board(tmp / device, device, plan, plan_sha, n, m, cluster is None, bstages, requirements[device],
                      secret_env=cluster.secret_env if cluster is not None else None,
-                     board_notes=board_notes.get(device, []), build=builds.get(device))
+                     board_notes=board_notes.get(device, []) + [f"WARNING: {w}" for w in board_warnings[device]],
+                     build=builds.get(device))
 
     jsonio.write(tmp / "plan.json", plan.to_json())
     last = plan.stages[-1]
@@ -477,7 +480,7 @@ def _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages
 
 
 def _board_runtime(target, backend: str, options: dict[str, str], where: str, notes: list[str],
-                   builds: dict[str, dict], device: str, warnings: list[str]) -> None:
+                   builds: dict[str, dict], device: str, warnings: list[str], board_warnings: list[str]) -> None:
     """What a target says about running ``backend`` on this board: README lines per OS/JetPack version,
     the runtime to build from source, and warnings when the board's profile says it cannot run there."""
     for line in getattr(target, "install_notes", lambda b, o: ())(backend, options):
@@ -487,6 +490,8 @@ def _board_runtime(target, backend: str, options: dict[str, str], where: str, no
         text = f"{where} ({target.name}, backend {backend}): {line}"
         if text not in warnings:
             warnings.append(text)
+        if line not in board_warnings:
+            board_warnings.append(line)
     build = getattr(target, "runtime_build", lambda b: None)(backend)
     if build is not None:
         if device in builds and builds[device]["build"] != build:

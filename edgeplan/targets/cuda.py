@@ -81,8 +81,8 @@ class CudaTarget(GpuTarget):
     def runtime_requirements(self, backend: str) -> tuple[str, ...]:
         if backend == "tensorrt":
             return (
-                "JetPack's TensorRT with its Python bindings (sudo apt-get install python3-libnvinfer; JetPack's SD "
-                "card image has them) and numpy for the same python3",
+                "JetPack's TensorRT with its Python bindings, and numpy, for JetPack's python3: sudo apt-get install "
+                "python3-libnvinfer python3-numpy (JetPack's SD card image has the bindings)",
                 "the first start builds each stage's TensorRT engine from stage.onnx (minutes on a Nano) and caches "
                 "it beside the stage; build ahead with: python3 -m edgeplan_runtime.trt_build stage*/",
             )
