@@ -52,7 +52,7 @@ class Result:
 
 class DPSolver:
     def __init__(self, costs: CostTable, objective: Objective, *, work_budget: float = WORK_BUDGET,
-                 ignore_memory: bool = False):
+                 ignore_memory: bool = False, cuts: np.ndarray | None = None):
         self.costs, self.obj = costs, objective
         self.pf = Prefix(costs, objective)
         self.head = head_index(costs, objective)
@@ -66,7 +66,8 @@ class DPSolver:
         T = len(self.types.members)
         self.bundle = [1] * T
         self.mixed = True
-        self.bnd = np.arange(n + 1)
+        self.bnd = np.arange(n + 1) if cuts is None else np.array(sorted({0, n} | {int(c) for c in cuts}))
+        self.coarse = len(self.bnd) < n + 1  # given cuts: exact on the coarse graph only
         # bigger instances may spend more (targets: ~170 layers x 16 devices < 1 s, 1000 x 64 < 30 s)
         work_budget *= min(8.0, max(1.0, n * costs.n_devices / (170 * 16)))
         many = objective.objective in ("time", "energy") or (objective.objective == "latency" and self.M > 1)
@@ -141,16 +142,7 @@ class DPSolver:
             "..." if len(self.types.members[t]) > 2 else "")
 
     def _cuts(self, k: int) -> np.ndarray:
-        n = self.costs.n_layers
-        inner = np.arange(1, n)
-        even = set(np.linspace(1, n - 1, num=max(2, k // 2)).round().astype(int).tolist())
-        cheap = [int(x) for x in inner[np.lexsort((inner, self.pf.cut[1:n]))]]
-        pick = set(even)
-        for x in cheap:
-            if len(pick) >= k - 1:
-                break
-            pick.add(x)
-        return np.array(sorted({0, n} | pick))
+        return coarse_cuts(self.pf.cut, k)
 
     def _setup(self) -> None:
         tp = self.types
@@ -555,22 +547,44 @@ class DPSolver:
         return np.unique(allv[np.isfinite(allv)])
 
 
+def coarse_cuts(cut_bytes: np.ndarray, k: int) -> np.ndarray:
+    """About ``k`` stage boundaries (plus 0 and n): half evenly spaced, the rest at the cheapest cuts.
+
+    The coarse graph's blocks are runs of layers between these boundaries; a DP or ILP over them is
+    exact on the coarse graph.
+    """
+    n = len(cut_bytes) - 1
+    inner = np.arange(1, n)
+    even = set(np.linspace(1, n - 1, num=max(2, k // 2)).round().astype(int).tolist()) if n > 1 else set()
+    cheap = [int(x) for x in inner[np.lexsort((inner, np.asarray(cut_bytes)[1:n]))]]
+    pick = set(even)
+    for x in cheap:
+        if len(pick) >= k - 1:
+            break
+        pick.add(x)
+    return np.array(sorted({0, n} | pick))
+
+
 def _qkey(tau: np.ndarray, ar: np.ndarray, M: int) -> np.ndarray:
     """Training bottleneck key ``(M-1) tau + ar`` (inf where the stage is impossible)."""
     return np.where(np.isfinite(tau), (M - 1) * np.where(np.isfinite(tau), tau, 0.0) + ar, np.inf)
 
 
 def solve(costs: CostTable, objective: Objective, *, work_budget: float = WORK_BUDGET,
-          ignore_memory: bool = False) -> Result:
-    """Best layout for ``objective`` (budgets handled by ``api``); exact unless ``notes`` says otherwise."""
-    dp = DPSolver(costs, objective, work_budget=work_budget, ignore_memory=ignore_memory)
+          ignore_memory: bool = False, cuts: np.ndarray | None = None, refine: bool = True) -> Result:
+    """Best layout for ``objective`` (budgets handled by ``api``); exact unless ``notes`` says otherwise.
+
+    ``cuts``: stage boundaries to search (a coarse graph; default every layer boundary, reduced when the
+    instance is large); ``refine=False`` keeps the DP's own optimum (to compare with the ILP on the same cuts).
+    """
+    dp = DPSolver(costs, objective, work_budget=work_budget, ignore_memory=ignore_memory, cuts=cuts)
     res = _optimise(dp, objective)
     res.notes[:0] = dp.notes
-    res.exact = res.exact and dp.exact
-    if not res.exact and res.layout is not None and not ignore_memory:
-        from edgeplan.planner.refine import refine
+    res.exact = res.exact and dp.exact and not dp.coarse
+    if refine and not res.exact and res.layout is not None and not ignore_memory:
+        from edgeplan.planner.refine import refine as local_search
 
-        lay, ev, moves = refine(costs, objective, res.layout, prefix=dp.pf)
+        lay, ev, moves = local_search(costs, objective, res.layout, prefix=dp.pf)
         if better(ev, res.evaluation, objective):
             a, b = res.evaluation.value(objective), ev.value(objective)
             res.notes.append(f"DP heuristic result refined on the full graph by {moves} local move(s) (cuts, "

@@ -50,20 +50,26 @@ def _groups(costs: CostTable, head: int):
                 yield sub, tuple(tp.dev_units[x][sel[kind[x]]] for x in sub)
 
 
-def applicable(costs: CostTable, obj: Objective, max_arcs: int) -> bool:
+def applicable(costs: CostTable, obj: Objective, max_arcs: int, boundaries: int | None = None) -> bool:
+    """Uniform network, <= 10 devices and at most ``max_arcs`` stage options (over ``boundaries`` cut
+    positions, 0 and n included; default every layer boundary)."""
     off = ~np.eye(costs.n_devices, dtype=bool)
     bw, lat, epb = costs.bandwidth[off], costs.latency_s[off], costs.energy_per_byte_j[off]
     if len(bw) and (np.ptp(bw) > 0 or np.ptp(lat) > 0 or np.ptp(epb) > 0):
         return False  # an arc's link cost (time and energy) must not depend on the next group
     if costs.n_devices > 10:
         return False
-    n = costs.n_layers
+    return _arc_count(costs, obj, boundaries) <= max_arcs
+
+
+def _arc_count(costs: CostTable, obj: Objective, boundaries: int | None = None) -> int:
+    k = (costs.n_layers + 1) if boundaries is None else boundaries
     groups = sum(1 for _ in _groups(costs, head_index(costs, obj)))
     depth = obj.microbatches if (obj.training and obj.schedule == "1f1b") else 1
-    return n * (n + 1) // 2 * groups * depth <= max_arcs
+    return k * (k - 1) // 2 * groups * depth
 
 
-def _arcs(costs: CostTable, obj: Objective) -> list[_Arc]:
+def _arcs(costs: CostTable, obj: Objective, bounds: np.ndarray | None = None) -> list[_Arc]:
     pf = Prefix(costs, obj)
     M, train = obj.microbatches, obj.training
     head = head_index(costs, obj)
@@ -73,8 +79,9 @@ def _arcs(costs: CostTable, obj: Objective) -> list[_Arc]:
     busy = np.asarray(costs.busy_power_w, dtype=np.float64)
     arcs: list[_Arc] = []
     groups = list(_groups(costs, head))
-    for i in range(n):
-        for j in range(i + 1, n + 1):
+    B = [int(b) for b in (np.arange(n + 1) if bounds is None else bounds)]
+    for a, i in enumerate(B[:-1]):
+        for j in B[a + 1:]:
             for devs, units in groups:
                 if any(pf.U[u, j] - pf.U[u, i] > 0 for u in units):
                     continue
@@ -127,6 +134,7 @@ def _arcs_at(costs, obj, pf, i, j, devs, units, d, stash, nD, idle_w, busy, head
 
 
 TIME_LIMIT_S = 60.0
+COARSE_ARCS = 8000  # more stage options than this: the ILP runs on a coarse graph
 
 
 class ILPTimeLimit(PlanError):
@@ -138,20 +146,44 @@ def check_time_limit(time_limit_s: float) -> None:
         raise PlanError(f"--ilp-time-limit {time_limit_s:g}: give a positive number of seconds, e.g. 60")
 
 
-def solve(costs: CostTable, obj: Objective, time_limit_s: float = TIME_LIMIT_S) -> Result:
+def coarse_bounds(costs: CostTable, obj: Objective) -> np.ndarray | None:
+    """The coarse graph's boundaries the ILP uses when every layer boundary is too many, else None."""
+    from edgeplan.planner.dp import coarse_cuts
+
+    if _arc_count(costs, obj) <= COARSE_ARCS:
+        return None
+    k = costs.n_layers
+    while k > 2 and _arc_count(costs, obj, k + 1) > COARSE_ARCS:
+        k -= 1
+    return coarse_cuts(Prefix(costs, obj).cut, k)
+
+
+def solve(costs: CostTable, obj: Objective, time_limit_s: float = TIME_LIMIT_S,
+          cuts: np.ndarray | None = None) -> Result:
     """Exact optimum by HiGHS; raises PlanError when the instance does not suit the ILP.
 
+    When every layer boundary would give more than ``COARSE_ARCS`` stage options, the
+    ILP runs on a coarse graph (``cuts``, default ``dp.coarse_cuts``: evenly spaced plus the
+    cheapest cuts): exact there, ``exact=False`` and a note for the full graph.
     A time-out with a plan in hand returns it with ``exact=False`` and the MIP gap
     in the notes; a time-out with none raises ``ILPTimeLimit``.
     """
     import highspy
 
     check_time_limit(time_limit_s)
-    if not applicable(costs, obj, max_arcs=200000):
+    if not applicable(costs, obj, max_arcs=1 << 62):
         raise PlanError("--solver ilp needs a uniform network (one bandwidth, latency and energy per byte for every "
-                        "pair) and a small instance "
-                        "(<= 10 devices); use the default --solver dp")
-    arcs = _arcs(costs, obj)
+                        "pair) and a small instance (<= 10 devices); use the default --solver dp")
+    n = costs.n_layers
+    coarse_note = []
+    if cuts is None:
+        cuts = coarse_bounds(costs, obj)
+    if cuts is not None:
+        cuts = np.array(sorted({0, n} | {int(c) for c in cuts}))
+        if len(cuts) < n + 1:
+            coarse_note = [f"ILP on a coarse graph: {len(cuts) - 2} candidate cuts of {n - 1} (exact there, not on "
+                           f"the full graph)"]
+    arcs = _arcs(costs, obj, cuts)
     if not arcs:
         return Result(layout=None, evaluation=None, exact=True, notes=["ILP: no feasible stage option"])
     kind = obj.objective
@@ -251,4 +283,4 @@ def solve(costs: CostTable, obj: Objective, time_limit_s: float = TIME_LIMIT_S) 
     chosen = sorted((arcs[k] for k in np.nonzero(y > 0.5)[0]), key=lambda a: a.stage.start)
     layout = tuple(a.stage for a in chosen)
     ev = evaluate(costs, layout, obj)
-    return Result(layout=layout, evaluation=ev, exact=optimal, notes=notes)
+    return Result(layout=layout, evaluation=ev, exact=optimal and not coarse_note, notes=coarse_note + notes)
