@@ -50,7 +50,7 @@ def bench(model: str, cluster_path: Path, batch: int, microbatches: int, iters: 
     from edgeplan.planner.objective import Objective
     from edgeplan.profiles.load import load_cluster
     from edgeplan.training import launch
-    from edgeplan.training.engine import TrainConfig
+    from edgeplan.training.config import TrainConfig
 
     cluster = load_cluster(cluster_path)
     obj = Objective(mode="training", objective="time", batch=batch, microbatches=microbatches, schedule="1f1b")

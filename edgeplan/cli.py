@@ -697,7 +697,7 @@ def train(
     Example: edgeplan train train-artifacts/ --local --epochs 2 --dataset digits
     """
     from edgeplan.training import launch
-    from edgeplan.training.engine import TrainConfig
+    from edgeplan.training.config import TrainConfig
 
     cfg = TrainConfig(epochs=epochs, dataset=dataset, lr=lr, momentum=momentum, weight_decay=weight_decay,
                       sync=sync.value if sync else None, sync_every=sync_every,

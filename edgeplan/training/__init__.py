@@ -3,7 +3,8 @@
 ``launch.prepare`` writes the training artifacts (``write_artifacts``: what codegen's compile
 entry calls for a training plan), ``launch.run`` starts one
 torch.distributed (gloo) rank per (board, stage) replica and watches them,
-``engine`` is what each rank runs, ``routing`` the pure rank/sample/schedule
+``engine`` is what each rank runs (told by ``config``'s TrainConfig and Job; its
+numbers summed by ``metrics``; test faults from ``faults``), ``routing`` the pure rank/sample/schedule
 arithmetic, ``data`` the data sets, ``checkpoint`` the per-stage checkpoints
 and the reassembled state_dict.
 """

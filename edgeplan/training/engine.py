@@ -19,6 +19,9 @@ BatchNorm: a replica normalises with the statistics of its own samples, so a
 model with BatchNorm in training mode does not match single-process training
 exactly (running statistics are averaged at epoch ends). The equivalence test
 uses a model without BatchNorm.
+
+What the run is told comes from ``config`` (TrainConfig, Job); the epoch's numbers are
+summed and printed by ``metrics``; ``faults`` injects the test faults.
 """
 
 from __future__ import annotations
@@ -26,10 +29,9 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -40,85 +42,10 @@ import torch.nn.functional as F
 from edgeplan import jsonio
 from edgeplan.errors import EdgeplanError, RuntimeFault
 from edgeplan.planner.plan import Plan
-from edgeplan.training import checkpoint, data, routing
+from edgeplan.training import checkpoint, data, faults, metrics, routing
 from edgeplan.training.comm import Comm, Watchdog, short_error
+from edgeplan.training.config import Job
 from edgeplan.training.routing import RankInfo
-
-SYNC_MODES = ("sync", "local-sgd")
-FAULT_ENV = "EDGEPLAN_TRAIN_FAULT"  # "rank:epoch:iteration[:kill|stop]" (fault tests, see _fault_point)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """What a training run does (the plan says where)."""
-
-    epochs: int = 1
-    dataset: str = "synthetic"  # digits | synthetic | folder of .npy files
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    sync: str | None = "sync"  # sync | local-sgd (None: the artifacts' default, resolved by the launcher)
-    sync_every: int = 4  # local-sgd: iterations between weight averages
-    schedule: str | None = None  # override the plan's gpipe | 1f1b
-    seed: int = 0
-    timeout_s: float = 60.0  # every receive and collective; a dead board fails the run within it
-    resume: bool = False
-    max_iters: int | None = None  # cap iterations per epoch (speed tests)
-    evaluate: bool = True
-
-    def check(self) -> TrainConfig:
-        if self.sync not in SYNC_MODES:
-            raise EdgeplanError(f"sync mode {self.sync!r} is not one of {', '.join(SYNC_MODES)}")
-        if self.schedule is not None and self.schedule not in routing.SCHEDULES:
-            raise EdgeplanError(f"schedule {self.schedule!r} is not one of {', '.join(routing.SCHEDULES)}")
-        for name in ("epochs", "sync_every"):
-            if getattr(self, name) < 1:
-                raise EdgeplanError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.timeout_s <= 0 or self.lr <= 0:
-            raise EdgeplanError("--timeout and --lr must be positive")
-        return self
-
-
-@dataclass(frozen=True)
-class Job:
-    """Everything a rank needs; written by the launcher as job.json (plain JSON, no pickle)."""
-
-    plan: dict
-    model: str
-    input_shape: tuple[int, ...] | None
-    provider: str | None
-    config: TrainConfig
-    master_addr: str
-    master_port: int
-    run_dir: str
-    power: tuple[tuple[str, float, float], ...] = ()  # (device, idle W, busy W of its training unit)
-    dilation: float = 1.0  # emulated testbed: measured times are 1/dilation of the boards'
-    local: bool = True  # all ranks on one machine: no NCCL between ranks sharing a GPU
-    data_cache: str | None = None  # .npz of the loaded data set (local runs load it once for all ranks)
-    addresses: tuple[tuple[str, str], ...] = ()  # (device, IP address) of each board, for gloo's interface
-
-    def to_json(self) -> dict:
-        d = asdict(self)
-        d["config"] = asdict(self.config)
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict) -> Job:
-        d = dict(d)
-        d["config"] = TrainConfig(**d["config"])
-        d["input_shape"] = tuple(d["input_shape"]) if d["input_shape"] else None
-        d["power"] = tuple(tuple(p) for p in d.get("power", ()))
-        d["addresses"] = tuple(tuple(a) for a in d.get("addresses", ()))
-        return cls(**d)
-
-
-@dataclass
-class _Epoch:
-    loss_sum: float = 0.0
-    correct: int = 0
-    count: int = 0
-    busy_s: float = 0.0
-    iter_times: list[float] = field(default_factory=list)
 
 
 class Engine:
@@ -273,7 +200,7 @@ class Engine:
         """Non-leaf copies of received leaves, so a stage that starts with an in-place op (ReLU) may run."""
         return [t.clone() if t.requires_grad else t for t in ins]
 
-    def _forward(self, k: int, idx: np.ndarray, stash: dict, ep: _Epoch) -> None:
+    def _forward(self, k: int, idx: np.ndarray, stash: dict, ep: metrics.EpochCounters) -> None:
         lo, hi = self._range(self.me, self.m)
         ins = self._inputs(self.dataset.x_train[idx] if self.me.stage == 0 else None, "F", k, self.m)
         if hi == lo:
@@ -293,7 +220,7 @@ class Engine:
             stash[k] = (ins, out)
             self._scatter(list(out), self.down, "F", k, self.m)
 
-    def _backward(self, k: int, stash: dict, ep: _Epoch) -> None:
+    def _backward(self, k: int, stash: dict, ep: metrics.EpochCounters) -> None:
         lo, hi = self._range(self.me, self.m)
         if hi == lo:
             return
@@ -317,7 +244,7 @@ class Engine:
                    for t in ins if t.dtype.is_floating_point]
             self._scatter(gin, self.up, "B", k, self.m)
 
-    def _iteration(self, order: np.ndarray, it: int, ep: _Epoch) -> None:
+    def _iteration(self, order: np.ndarray, it: int, ep: metrics.EpochCounters) -> None:
         stash: dict = {}
         lo, hi = self._range(self.me, self.m)
         for act in self.schedule:
@@ -418,19 +345,18 @@ class Engine:
         iters = data.iterations(n, self.B)
         if self.cfg.max_iters:
             iters = min(iters, self.cfg.max_iters)
-        fault = _fault_point()
+        fault = faults.fault_point()
         history = []
         metrics_path = self.run_dir / "metrics.json"
         if self.me.rank == 0 and self.cfg.resume and metrics_path.exists():
             history = [e for e in jsonio.read(metrics_path).get("epochs", []) if e["epoch"] <= self.start_epoch]
         for epoch in range(self.start_epoch, self.cfg.epochs):
             order = data.epoch_order(n, self.cfg.seed, epoch)
-            ep = _Epoch()
+            ep = metrics.EpochCounters()
             t_epoch = time.perf_counter()
             for it in range(iters):
-                if fault and fault[:3] == (self.me.rank, epoch, it):
-                    self.watchdog.stop()  # a frozen board has no watchdog either
-                    os.kill(os.getpid(), signal.SIGSTOP if fault[3] == "stop" else signal.SIGKILL)
+                if fault and fault.at(self.me.rank, epoch, it):
+                    fault.fire(self.watchdog)
                 t0 = time.perf_counter()
                 self.watchdog.beat(f"iteration {it} of epoch {epoch + 1}")
                 self._iteration(order, it, ep)
@@ -448,16 +374,14 @@ class Engine:
                 jsonio.write(metrics_path, {"epochs": history, "plan_iter_s": self.plan.predicted.iter_s,
                                             "ranks": len(self.ranks), "sync": self.cfg.sync,
                                             "schedule": self.cfg.schedule or self.plan.schedule})
-                print(format_epoch(row), flush=True)
+                print(metrics.format_epoch(row), flush=True)
         self.watchdog.beat("finishing")
         dist.barrier(group=None, async_op=True).wait(timeout=datetime.timedelta(seconds=self.cfg.timeout_s))
         dist.destroy_process_group()
 
-    def _report(self, epoch: int, iters: int, ep: _Epoch, train_s: float, test) -> dict:
+    def _report(self, epoch: int, iters: int, ep: metrics.EpochCounters, train_s: float, test) -> dict:
         """Gather every rank's counters on all ranks (one all-gather) and summarise on rank 0."""
-        steady = ep.iter_times[1:] if len(ep.iter_times) > 1 else ep.iter_times
-        mine = torch.tensor([ep.loss_sum, ep.correct, ep.count, test[0], test[1], test[2], ep.busy_s,
-                             float(np.mean(steady)), train_s], dtype=torch.float64)
+        mine = torch.tensor(ep.row(test, train_s), dtype=torch.float64)
         rows = [torch.zeros_like(mine) for _ in self.ranks]
         self.watchdog.beat(f"gathering the metrics of epoch {epoch + 1}")
         try:
@@ -465,52 +389,8 @@ class Engine:
         except RuntimeError as e:
             raise RuntimeFault(f"{self.me.label}: lost contact with the other ranks while gathering the "
                                f"metrics of epoch {epoch + 1}: {short_error(e)}") from e
-        t = torch.stack(rows).numpy()
-        count, test_count = max(t[:, 2].sum(), 1), max(t[:, 5].sum(), 1)
-        epoch_s = float(t[:, 8].max())
-        iter_s = float(t[:, 7].max())
-        d = self.job.dilation
-        return {
-            "epoch": epoch + 1,
-            "loss": float(t[:, 0].sum() / count),
-            "accuracy": float(t[:, 1].sum() / count),
-            "test_loss": float(t[:, 3].sum() / test_count) if self.cfg.evaluate else None,
-            "test_accuracy": float(t[:, 4].sum() / test_count) if self.cfg.evaluate else None,
-            "epoch_s": epoch_s,
-            "samples_per_s": iters * self.B / epoch_s,
-            "iterations": iters,
-            "measured_iter_s": iter_s,
-            "board_iter_s": iter_s * d,  # emulated testbed: the boards' time (measured x dilation)
-            "dilation": d,
-            "predicted_iter_s": self.plan.predicted.iter_s,
-            "energy_j": self._energy(t[:, 6], epoch_s, iters),
-        }
-
-    def _energy(self, busy: np.ndarray, epoch_s: float, iters: int) -> dict:
-        """Energy of the epoch: boards' idle power over the epoch plus busy power over their compute time."""
-        power = {dev: (idle, busy_w) for dev, idle, busy_w in self.job.power}
-        if power:
-            total = 0.0
-            devices = {r.device for r in self.ranks}
-            for dev in devices:
-                idle, busy_w = power.get(dev, (0.0, 0.0))
-                b = min(sum(busy[r.rank] for r in self.ranks if r.device == dev), epoch_s)
-                total += idle * (epoch_s - b) + busy_w * b
-            return {"joules": total * self.job.dilation, "source": "measured busy time x board power profiles"}
-        per_sample = self.plan.predicted.energy_j
-        return {"joules": per_sample * iters * self.B, "source": "plan prediction (no power profiles in artifacts)"}
-
-
-def format_epoch(row: dict) -> str:
-    pred = row["predicted_iter_s"]
-    pred_s = f"{pred * 1e3:.1f} ms" if pred else "n/a"
-    test = f"  test acc {row['test_accuracy'] * 100:.2f}%" if row.get("test_accuracy") is not None else ""
-    board = f" (boards {row['board_iter_s'] * 1e3:.1f} ms at dilation {row['dilation']:.3g})" \
-        if row.get("dilation", 1.0) != 1.0 else ""
-    return (f"epoch {row['epoch']}: loss {row['loss']:.4f}  acc {row['accuracy'] * 100:.2f}%{test}  "
-            f"time {row['epoch_s']:.2f} s  {row['samples_per_s']:.1f} samples/s  "
-            f"iter measured {row['measured_iter_s'] * 1e3:.1f} ms{board} vs predicted {pred_s}  "
-            f"energy {row['energy_j']['joules']:.3g} J")
+        return metrics.epoch_row(torch.stack(rows).numpy(), epoch, iters, self.B, self.cfg.evaluate, self.job,
+                                 self.ranks, self.plan.predicted)
 
 
 def _pick_gloo_interface(address: str | None, local: bool) -> None:
@@ -527,12 +407,3 @@ def _pick_gloo_interface(address: str | None, local: bool) -> None:
 
 def _as_tuple(out) -> tuple[torch.Tensor, ...]:
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
-
-
-def _fault_point() -> tuple[int, int, int, str] | None:
-    """``rank:epoch:iteration[:kill|stop]`` from FAULT_ENV: that rank dies (SIGKILL) or freezes (SIGSTOP) there."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return None
-    parts = spec.split(":")
-    return int(parts[0]), int(parts[1]), int(parts[2]), parts[3] if len(parts) > 3 else "kill"

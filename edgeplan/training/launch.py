@@ -35,7 +35,7 @@ from edgeplan.errors import ArtifactError, PlanError, RuntimeFault
 from edgeplan.planner.plan import Plan
 from edgeplan.planner.plan import load as load_plan
 from edgeplan.training import data, routing
-from edgeplan.training.engine import SYNC_MODES, Job, TrainConfig
+from edgeplan.training.config import SYNC_MODES, Job, TrainConfig
 
 SCHEMA_VERSION = 1
 DEFAULT_PORT = 29517
@@ -133,7 +133,7 @@ def load(artifacts: str | os.PathLike[str]) -> Artifacts:
 
 @dataclass(frozen=True)
 class TrainResult:
-    epochs: tuple[dict, ...]  # one row per epoch (see engine.format_epoch)
+    epochs: tuple[dict, ...]  # one row per epoch (see metrics.format_epoch)
     run_dir: Path
     state_dict: Path | None  # assembled full-model state_dict (local runs)
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeplan.training import data
-from edgeplan.training.engine import TrainConfig
+from edgeplan.training.config import TrainConfig
 
 
 def train_single(model: nn.Module, dataset: data.Dataset, batch: int, config: TrainConfig) -> list[dict]:

@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
-    from edgeplan.training.engine import Engine, Job
+    from edgeplan.training.config import Job
+    from edgeplan.training.engine import Engine
 
     # one compute thread per rank unless told otherwise: ranks share a board's cores (and the local machine's)
     torch.set_num_threads(int(os.environ.get("EDGEPLAN_TRAIN_THREADS", "1")))

@@ -16,7 +16,8 @@ import torch
 from edgeplan.errors import RuntimeFault
 from edgeplan.graph import zoo
 from edgeplan.training import data, launch, reference
-from edgeplan.training.engine import FAULT_ENV, TrainConfig
+from edgeplan.training.config import TrainConfig
+from edgeplan.training.faults import FAULT_ENV
 
 from .training_helpers import training_plan
 
