@@ -31,7 +31,7 @@ from edgeplan.runtime.backend_onnxruntime import load_model_file  # noqa: E402
 MODEL = "resnet32-cifar"
 
 
-def _median_ms(run, xs, n=40):
+def _fast_s(run, xs, n=40):
     for _ in range(3):
         run(xs)
     ts = []
@@ -39,7 +39,7 @@ def _median_ms(run, xs, n=40):
         t0 = time.perf_counter()
         run(xs)
         ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
+    return float(np.percentile(ts, 10))  # as the kit times: other tenants of this machine filtered out
 
 
 def test_kit_measures_a_profile_that_predicts_the_compiled_stages(tmp_path):
@@ -76,7 +76,7 @@ def test_kit_measures_a_profile_that_predicts_the_compiled_stages(tmp_path):
         run = load_model_file(art / r["device"] / f"stage{st['index']}" / spec["module"], 1)
         rng = np.random.default_rng(0)
         xs = [rng.standard_normal(t["shape"]).astype(t["dtype"]) for t in spec["inputs"]]
-        t = _median_ms(run, xs)
+        t = _fast_s(run, xs)
         stage_s.append(t)
         errs_kit.append(abs(predicted_module_s(traced.graph, measured, st) - t) / t)
         errs_sheet.append(abs(predicted_module_s(traced.graph, cluster, st) - t) / t)
