@@ -382,6 +382,7 @@ def _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages
     m = microbatch_size(plan)
     cache: dict[tuple, tuple[Path, Any]] = {}  # identical compiles (same stage, target, options, batch): copy
     report_jobs = []
+    printed: list[str] = []  # targets' notes the user must see (a backend fallback): printed by `edgeplan compile`
     board_stages: dict[str, list[dict]] = {}
     requirements: dict[str, list[str]] = {}
     board_notes: dict[str, list[str]] = {}  # per JetPack / OS version, from targets with install_notes
@@ -448,6 +449,7 @@ def _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages
             "stage": st.index, "device": r.device, "target": r.target, "backend": compiled.backend,
             "samples": r.samples, "notes": list(compiled.notes),
         })
+        printed.extend(f"stage {st.index} on {r.device} ({r.target}): {note}" for note in compiled.printed)
 
     for device, bstages in board_stages.items():
         if not any("numpy" in line for line in requirements[device]):  # the runtime itself needs numpy
@@ -470,7 +472,7 @@ def _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages
         "downstream": [asdict(s.peer()) for s in slots[0]],
         "upstream": [asdict(s.peer()) for s in slots[-1]],
     })
-    notes = list(source_notes)
+    notes = list(source_notes) + printed
     if cluster is None and not plan.target_options:
         notes.append("compiled without --cluster: all workers on 127.0.0.1, default target options")
     jsonio.write(tmp / "compile-report.json", {

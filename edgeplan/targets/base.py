@@ -22,7 +22,9 @@ class CompiledStage:
     file written (``module_file`` included), relative to ``out_dir``; ``notes`` short
     human-readable facts (chosen backend and why, measured ms of each candidate) that
     codegen copies into its report so profiles can be calibrated; ``measured_ms`` the same
-    timings as data: (backend, median ms on the compile machine) for each candidate timed.
+    timings as data: (backend, median ms on the compile machine) for each candidate timed;
+    ``printed`` the notes a user must see, which ``edgeplan compile`` prints (a backend
+    that fell back to another), also kept in ``notes``.
     """
 
     backend: str
@@ -31,6 +33,7 @@ class CompiledStage:
     compile_s: float
     notes: tuple[str, ...] = ()
     measured_ms: tuple[tuple[str, float], ...] = ()
+    printed: tuple[str, ...] = ()
 
 
 @runtime_checkable

@@ -79,6 +79,7 @@ class TextTarget:
     backends = ("text",)
     fail_on_stage: int | None = None
     fail_with: type[Exception] = RuntimeError
+    printed: tuple[str, ...] = ()  # notes for `edgeplan compile` to print (a target's backend fallback)
 
     def supports(self, op_kinds: set[str]) -> set[str]:
         return set()
@@ -89,7 +90,7 @@ class TextTarget:
             raise self.fail_with(f"{out_dir}: injected failure")
         shapes = [tuple(t.shape) for t in example_inputs]
         (out_dir / "module.py").write_text(f"# inputs {shapes} options {sorted(options.items())}\n{module.code}")
-        return CompiledStage("text", "module.py", ("module.py",), time.perf_counter() - t0)
+        return CompiledStage("text", "module.py", ("module.py",), time.perf_counter() - t0, printed=self.printed)
 
     def runtime_requirements(self, backend: str) -> tuple[str, ...]:
         return ("nothing else (test target)",)

@@ -244,6 +244,14 @@ def test_progress_reports_every_job(traced, tmp_path):
     assert jobs <= finished
 
 
+def test_a_targets_printed_notes_reach_the_compile_report(traced, tmp_path, monkeypatch):
+    monkeypatch.setattr(TEXT_TARGET, "printed", ("fell back to text",))
+    out = _compile(traced, tmp_path / "art")
+    notes = jsonio.read(out / "compile-report.json")["notes"]
+    assert "stage 1 on jetson (codegen-text): fell back to text" in notes
+    assert sum("fell back" in n for n in notes) == 4  # every job (`edgeplan compile` prints each as "note: ...")
+
+
 @pytest.mark.parametrize("address,host", [
     ("10.0.0.1", "10.0.0.1"), ("pi@10.0.0.1:2222", "10.0.0.1"), ("board.local", "board.local"),
     ("root@[fe80::1]:22", "fe80::1"), ("fe80::2", "fe80::2"),

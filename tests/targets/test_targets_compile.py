@@ -72,6 +72,22 @@ def test_x86_auto_measures_both_and_keeps_one(tmp_path):
 
 
 @pytest.mark.tvm
+def test_x86_auto_says_when_onnx_export_fails_and_tvm_is_kept(tmp_path, monkeypatch):
+    """The ONNX -> TVM fallback is a printed note (CompiledStage.printed), not only a report line."""
+    from edgeplan.targets import _onnx
+
+    def refuse(module, example_inputs, out_path, where):
+        raise CompileError(f"{where}: ONNX export failed (RuntimeError: op not exportable); compile it with tvm")
+
+    monkeypatch.setattr(_onnx, "export", refuse)
+    cs = _run_and_compare(tmp_path, "auto")
+    assert cs.backend == "tvm" and cs.measured_ms == ()
+    assert len(cs.printed) == 1 and cs.printed[0] in cs.notes
+    assert cs.printed[0].startswith("onnx export failed, so backend auto compiled tvm only")
+    assert "op not exportable" in cs.printed[0]
+
+
+@pytest.mark.tvm
 @pytest.mark.parametrize("kind,options", [
     ("arm-cpu", {"mcpu": "cortex-a53"}),
     ("arm-cpu", {"mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": "+neon,+dotprod"}),
