@@ -71,8 +71,8 @@ class DPSolver:
         # bigger instances may spend more (targets: ~170 layers x 16 devices < 1 s, 1000 x 64 < 30 s)
         work_budget *= min(8.0, max(1.0, n * costs.n_devices / (170 * 16)))
         many = objective.objective in ("time", "energy") or (objective.objective == "latency" and self.M > 1)
-        if many and n * costs.n_devices >= 2000:  # large and many passes: spend less per pass
-            work_budget /= 12
+        if n * costs.n_devices >= 2000:  # large: coarser passes (the refinement fixes cuts and groups after)
+            work_budget /= 12 if many else 3
         self.work_budget = work_budget
         depth = self.nD
         self.nD = 1  # 1F1B depth only matters when memory depends on it; checked below
