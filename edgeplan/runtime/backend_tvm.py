@@ -22,7 +22,8 @@ from .spec import StageSpec
 
 # DLPack device types.
 _DEVICE = {"x86": 1, "arm-cpu": 1, "cuda": 2, "mali": 4}
-_EXTRA_LIB = {"cuda": "libtvm_runtime_cuda.so"}
+# TVM 0.27 builds each GPU runtime as its own library beside libtvm_runtime.so (build-tvm-runtime.sh copies both)
+_EXTRA_LIB = {"cuda": "libtvm_runtime_cuda.so", "mali": "libtvm_runtime_opencl.so"}
 _POOLED = 2  # VM allocator: pooled
 _loaded: set[str] = set()
 
