@@ -33,6 +33,9 @@ from .base import CompiledStage
 TRT_META = "trt.json"  # read by runtime/trt_build.py: precision, workspace, ONNX node names and ops
 PRECISIONS = ("fp16", "fp32")
 ONNX_TOL = 1e-3  # max abs error / output range of the ONNX export (ONNX Runtime, CPU) against PyTorch
+# Highest ONNX opset each TensorRT's ONNX parser imports (onnx-tensorrt's supported opsets: 8.0-8.4 up to 13,
+# 8.5/8.6 up to 17, 10.x beyond); the stage is exported at the board's, or at 13 when the profile names no JetPack.
+PARSER_OPSET = (((10, 0), 17), ((8, 5), 17), ((8, 0), 13))
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,10 @@ class CudaTarget(GpuTarget):
                                                                                                        j.python)]
             mark = "  <- the board profile's JetPack" if jp is not None and jp.version in same else ""
             how = (f"TensorRT bindings for Python {j.python} only" if backend == "tensorrt"
-                   else f"PyPI apache-tvm CUDA runtime does not load (needs CUDA {TVM_WHEEL_CUDA}); build it")
+                   else f"PyPI apache-tvm CUDA runtime does not load (needs CUDA {TVM_WHEEL_CUDA}); build it with "
+                   "build-tvm-runtime.sh" + (" (not tried: TVM 0.27 is C++17, which CUDA 10.2 and Ubuntu 18.04's "
+                                             "gcc 7 support only in part; prefer --backend tensorrt)"
+                                             if j.cuda == "10.2" else ""))
             lines.append(f"{_line(j, same[-1])}: {how}{mark}")
         return tuple(lines)
 
@@ -174,14 +180,15 @@ class CudaTarget(GpuTarget):
                                "integer in [16, 65536] (MB of GPU memory TensorRT may use while building)")
         t0 = time.perf_counter()
         onnx_path = out_dir / _onnx.MODULE_FILE
-        _onnx.export(module, example_inputs, onnx_path, where)
+        opset = parser_opset(jp)
+        export_onnx(module, example_inputs, onnx_path, opset, where)
         err = check_onnx(module, example_inputs, onnx_path, where)
         nodes = onnx_nodes(onnx_path)
         jsonio.write(out_dir / TRT_META, {
             "schema_version": 1, "precision": precision, "workspace_mb": workspace_mb, "arch": arch,
-            "jetpack": jp.version if jp else None, "nodes": [list(n) for n in nodes],
+            "jetpack": jp.version if jp else None, "opset": opset, "nodes": [list(n) for n in nodes],
         })
-        notes = (f"tensorrt: ONNX opset {_onnx.OPSET}, {len(nodes)} nodes; the board builds a {precision} engine "
+        notes = (f"tensorrt: ONNX opset {opset}, {len(nodes)} nodes; the board builds a {precision} engine "
                  "at first start (not built or run here: no GPU)",
                  f"ONNX export checked with ONNX Runtime: max abs error / output range {err:.2e} (fp32; the "
                  f"{precision} engine's error is not checked here)")
@@ -191,6 +198,35 @@ class CudaTarget(GpuTarget):
     def _tvm_options(self, options: dict[str, str]) -> dict[str, str]:
         """The TVM path ignores the TensorRT-only options (they describe the board, not the kernels)."""
         return {k: v for k, v in options.items() if k not in ("jetpack", "precision", "workspace_mb")}
+
+
+def parser_opset(jp: JetPack | None) -> int:
+    """The ONNX opset the board's TensorRT parser reads (13 when the JetPack is unknown: every TensorRT reads it)."""
+    if jp is None:
+        return 13
+    version = tuple(int(p) for p in jp.tensorrt.split(".")[:2])
+    return next(opset for oldest, opset in PARSER_OPSET if version >= oldest)
+
+
+def export_onnx(module: Any, example_inputs: tuple, path: Path, opset: int, where: str) -> None:
+    """torch.onnx.export (TorchScript exporter) at ``opset``; names ``input<i>``/``output<i>``, as the runtime reads."""
+    import warnings
+
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        outs = module(*example_inputs)
+    n_out = len(outs) if isinstance(outs, (tuple, list)) else 1
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, tuple(example_inputs), str(path), dynamo=False, opset_version=opset,
+                              input_names=[f"input{i}" for i in range(len(example_inputs))],
+                              output_names=[f"output{i}" for i in range(n_out)], do_constant_folding=True)
+    except Exception as e:
+        raise CompileError(f"{where}: ONNX export at opset {opset} (the board's TensorRT parser's) failed "
+                           f"({type(e).__name__}: {str(e)[:800]}); compile this stage with --backend tvm") from e
 
 
 def onnx_nodes(path: Path) -> tuple[tuple[str, str], ...]:

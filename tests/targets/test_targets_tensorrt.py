@@ -86,6 +86,19 @@ def test_auto_picks_tensorrt_and_writes_onnx_and_settings(compiled):
     assert meta["precision"] == "fp16" and meta["jetpack"] == "4.6.1" and meta["arch"] == "sm_53"
     assert [op for _, op in meta["nodes"]].count("Conv") == 2
     assert any("ONNX export checked" in n for n in cs.notes)
+    import onnx
+
+    # TensorRT 8.2's ONNX parser (JetPack 4.6) reads opsets up to 13: the Nano's stage is exported at 13
+    assert meta["opset"] == 13 and onnx.load(str(out / "stage.onnx")).opset_import[0].version == 13
+
+
+def test_onnx_opset_follows_the_boards_tensorrt(tmp_path):
+    import onnx
+
+    gm, example = stage_module()
+    cs = get_target("cuda").compile_stage(gm, example, {"arch": "sm_87", "jetpack": "6.0"}, tmp_path)
+    assert onnx.load(str(tmp_path / cs.module_file)).opset_import[0].version == 17
+    assert json.loads((tmp_path / "trt.json").read_text())["opset"] == 17
 
 
 @pytest.mark.parametrize("level", list(VERSIONS))
