@@ -17,6 +17,7 @@ import glob
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -156,8 +157,13 @@ class Runner:
             if self.level != "8.2":
                 self.context.set_tensor_address(name, dev)
         self.outputs.sort(key=lambda t: t[0])
+        self.lock = threading.Lock()  # one set of pinned buffers and one stream: one call at a time
 
     def __call__(self, inputs):
+        with self.lock:
+            return self._run(inputs)
+
+    def _run(self, inputs):
         for pos, _name, host, dev in self.inputs:
             if pos >= len(inputs):
                 names = [n for _, n, _, _ in self.inputs]
