@@ -284,3 +284,16 @@ def test_board_side_files_run_on_python_3_6():
     r = subprocess.run([vermin, "--target=3.6-", "--no-tips", "--violations", *BOARD_FILES],
                        capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.tvm
+def test_backend_tvm_keeps_the_tvm_path_with_a_jetson_profiles_options(tmp_path):
+    """--backend tvm on a unit whose profile names jetpack/precision: those describe the board, TVM ignores them."""
+    from edgeplan.targets import _tvm
+
+    gm, example = stage_module()
+    options = {"arch": "sm_53", "host_mcpu": "cortex-a57", "jetpack": "4.6.1", "precision": "fp16"}
+    cs = get_target("cuda").compile_stage(gm, example, options, tmp_path, backend="tvm")
+    assert cs.backend == "tvm" and _tvm.elf_machine(tmp_path / cs.module_file) == 183  # EM_AARCH64
+    assert get_target("cuda").runtime_build("tvm").cmake_flags[-1] == "-DUSE_CUDA=/usr/local/cuda"
+    assert get_target("cuda").runtime_build("tensorrt") is None
