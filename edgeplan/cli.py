@@ -223,6 +223,11 @@ def plan_cmd(
         help="Golden plan file: exit 1 with a readable diff when this plan differs from it."),
     tolerance: float = typer.Option(0.02, "--tolerance", min=0.0, max=0.99,
                                     help="--check: relative tolerance of predicted figures."),
+    variants: list[str] | None = typer.Option(
+        None, "--variants",
+        help="Plan family: a grid axis of cluster conditions, repeatable, e.g. 'bandwidth=1,0.5,0.25', "
+             "'slowdown:gpu-board=1,3', 'absent:cpu-board'. With --out FOLDER/ and no --variants: the default family "
+             "(nominal, each board 3x slower, each link 4x slower, each board absent)."),
 ) -> None:
     """Choose stages x replica groups for MODEL on CLUSTER and print the report (baselines side by side)."""
     from edgeplan import jsonio
@@ -250,6 +255,11 @@ def plan_cmd(
     clu = load_cluster(cluster)
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     traced = build(model, shape)
+    if variants or (out is not None and (str(out).endswith("/") or out.is_dir())):
+        _plan_family(traced.graph, clu, obj, variants or [], out, solver.value, min_gain,
+                     lambda p, c: record_sources(p, model_ref=model, input_shape=shape, cluster_path=str(cluster),
+                                                 cluster=c))
+        return
     plan = record_sources(make_plan(traced.graph, clu, obj, solver=solver.value, min_gain=min_gain,
                                     ilp_time_limit=ilp_time_limit),
                           model_ref=model, input_shape=shape, cluster_path=str(cluster), cluster=clu)
@@ -264,6 +274,24 @@ def plan_cmd(
     if check is not None and _plan_diff(check, plan, tolerance, "this plan"):
         typer.echo(f"plan differs from {check}; if intended, rewrite it with --out {check}", err=True)
         raise typer.Exit(1)
+
+
+def _plan_family(graph, clu, obj, variants: list[str], out: Path | None, solver: str, min_gain: float,
+                 record) -> None:
+    """`plan --variants`: solve each condition, print the variant table, write FOLDER/family.json + plans."""
+    from dataclasses import replace
+
+    from edgeplan.planner import family as fam_mod
+
+    head = obj.head or clu.devices[0].name
+    conds = fam_mod.expand_grid(variants, clu, head) if variants else fam_mod.default_conditions(clu, head)
+    fam, plans = fam_mod.make_family(graph, clu, replace(obj, head=head), conds, solver=solver, min_gain=min_gain,
+                                     record=record)
+    typer.echo(fam_mod.format_family(fam), nl=False)
+    if out is not None:
+        fam_mod.write_family(out, fam, plans)
+        typer.echo(f"wrote {Path(out) / fam_mod.FAMILY_FILE} and {len(plans)} plan file(s); "
+                   f"see it with `edgeplan show {out}`")
 
 
 def _plan_diff(old, new, tolerance: float, name: str) -> list[str]:
@@ -292,10 +320,15 @@ def show_cmd(
     plan: Path = typer.Argument(..., help="plan.json from `edgeplan plan`."),
     svg: Path = typer.Option(None, "--svg", help="Also draw the schedule and memory to this SVG."),
 ) -> None:
-    """Print the report of a saved PLAN again."""
+    """Print the report of a saved PLAN again (a plan family folder: its variant table)."""
     from edgeplan.planner.plan import load
     from edgeplan.planner.report import format_plan
 
+    if plan.is_dir():
+        from edgeplan.planner.family import format_family, load_family
+
+        typer.echo(format_family(load_family(plan)[0]), nl=False)
+        return
     p = load(str(plan))
     typer.echo(format_plan(p), nl=False)
     if svg is not None:
