@@ -362,6 +362,9 @@ def compile_cmd(
     force: bool = typer.Option(False, "--force", help="Replace an existing artifact folder."),
     bind_any: bool = typer.Option(
         False, "--bind-any", help="Workers listen on 0.0.0.0 instead of their board's address in the cluster file."),
+    profiling_kit: bool = typer.Option(
+        False, "--profiling-kit", help="Also write each ONNX Runtime board's profiling kit: `sh <board>/profile.sh` "
+                                       "there times it for `edgeplan calibrate --kit`."),
 ) -> None:
     """Compile every stage of PLAN for its boards into OUT, with launchers and a manifest."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -384,7 +387,7 @@ def compile_cmd(
             bar.update(task, status=ev.status, completed=1 if ev.status in ("done", "reused") else 0)
 
         path = compile_plan(plan, model, out, cluster=cluster, backend=backend.value, progress=on_event,
-                            force=force, input_shape=shape, bind_any=bind_any)
+                            force=force, input_shape=shape, bind_any=bind_any, profiling_kit=profiling_kit)
     report_file = path / "compile-report.json"  # training artifacts have none: no compiled modules
     compile_report = jsonio.read(report_file) if report_file.is_file() else {"notes": [], "jobs": []}
     for note in compile_report["notes"]:
