@@ -6,7 +6,7 @@ times, and reports the median round trip:
 * raw:    8-byte length prefix + ``sendall`` of the bytes; the receiver ``recv_into``s them and answers 1 byte;
 * relay:  the same bytes through a raw-socket relay thread (``recv_into`` a preallocated buffer, ``sendall``
           onward) back to the sender: two transfers, like a worker hop, with no framing, checks or compute;
-* frame:  ``wire.send_frame`` / ``wire.recv_frame`` (header, descriptors, tensor view), answered by a PING frame;
+* frame:  ``wire.send_frame`` / ``wire.Reader`` (header, descriptors, tensor view), answered by a PING frame;
 * +hmac:  the same with a secret: one handshake per connection (not timed), then HMAC-SHA256 over
           each frame and its per-direction sequence number;
 * worker: a real stage worker (identity module) between the sender and a receiver: the sender's frame is
@@ -115,6 +115,40 @@ def bench_relay(payload: np.ndarray, iters: int) -> list[float]:
     return times
 
 
+def bench_zmq_relay(payload: np.ndarray, iters: int) -> list[float]:
+    """The relay row on ZeroMQ (pyzmq PUSH -> relay thread PULL/PUSH -> PULL): a 40-byte header part and
+    the tensor as a second, zero-copy part (copied below 64 KiB, where pyzmq is faster that way), i.e.
+    the transport issue 11 item 5 proposes, with no framing or checks of ours on top."""
+    import zmq
+
+    ctx = zmq.Context()
+    a_out, r_in, r_out, a_in = (ctx.socket(k) for k in (zmq.PUSH, zmq.PULL, zmq.PUSH, zmq.PULL))
+    a_out.connect(f"tcp://127.0.0.1:{r_in.bind_to_random_port('tcp://127.0.0.1')}")
+    r_out.connect(f"tcp://127.0.0.1:{a_in.bind_to_random_port('tcp://127.0.0.1')}")
+
+    def relay():
+        for _ in range(iters + 1):
+            r_out.send_multipart(r_in.recv_multipart(copy=False), copy=False)
+
+    t = threading.Thread(target=relay, daemon=True)
+    t.start()
+    header, copy = bytes(wire.HEADER.size), payload.nbytes < 65536
+    a_out.send_multipart([header, payload], copy=copy)  # connections are up before timing
+    a_in.recv_multipart(copy=False)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        a_out.send_multipart([header, payload], copy=copy)
+        parts = a_in.recv_multipart(copy=False)
+        np.frombuffer(parts[1].buffer, np.float32)
+        times.append(time.perf_counter() - t0)
+    t.join()
+    for sock in (a_out, r_in, r_out, a_in):
+        sock.close(linger=0)
+    ctx.term()
+    return times
+
+
 def bench_frame(payload: np.ndarray, iters: int, secret: bytes | None) -> list[float]:
     """Frames over one connection; with a secret, after the handshake (its one round trip is not timed)."""
     srv, cli, conn = _pair()
@@ -123,8 +157,9 @@ def bench_frame(payload: np.ndarray, iters: int, secret: bytes | None) -> list[f
 
     def echo():
         session = sessions["srv"] = wire.handshake(conn, secret, server=True)
+        recv = wire.Reader(conn, session, limit).recv
         for _ in range(iters):
-            f = wire.recv_frame(conn, session, limit)
+            f = recv()
             assert f.tensors[0].nbytes == payload.nbytes
             wire.send_frame(conn, wire.Frame(wire.PING), session)
 
@@ -133,10 +168,11 @@ def bench_frame(payload: np.ndarray, iters: int, secret: bytes | None) -> list[f
     times = []
     frame = wire.Frame(wire.DATA, request_id=1, lo=0, hi=1, tensors=(payload,))
     session = wire.handshake(cli, secret, server=False)
+    recv = wire.Reader(cli, session, limit).recv
     for _ in range(iters):
         t0 = time.perf_counter()
         wire.send_frame(cli, frame, session)
-        wire.recv_frame(cli, session, limit)
+        recv()
         times.append(time.perf_counter() - t0)
     t.join()
     for s in (cli, conn, srv):
@@ -163,13 +199,13 @@ def bench_worker(payload: np.ndarray, iters: int) -> list[float]:
     wire.send_frame(cli, frame)  # the worker connects back on its first output
     conn, _ = back.accept()
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    limit = payload.nbytes + 4096
-    wire.recv_frame(conn, None, limit)
+    recv = wire.Reader(conn, None, payload.nbytes + 4096).recv
+    recv()
     times = []
     for i in range(iters):
         t0 = time.perf_counter()
         wire.send_frame(cli, wire.Frame(wire.DATA, request_id=i + 1, lo=0, hi=shape[0], tensors=(payload,)))
-        wire.recv_frame(conn, None, limit)
+        recv()
         times.append(time.perf_counter() - t0)
     worker.stop()
     for s in (cli, conn, back):
@@ -182,24 +218,40 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sizes", default="4096,262144,3211264", help="payload bytes, comma separated")
     ap.add_argument("--iters", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=1, help="runs per measurement; the smallest median is kept")
+    ap.add_argument("--zmq", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time the relay on ZeroMQ (pyzmq), for the transport decision")
     args = ap.parse_args(argv)
     print(f"per-hop round trip on loopback, median of {args.iters}, best of {args.repeat} (microseconds); "
           "ratio = runtime / raw socket")
-    print(f"{'bytes':>10}{'raw':>10}{'frame':>10}{'ratio':>8}{'+hmac':>10}{'ratio':>8}{'relay':>10}{'worker':>10}"
-          f"{'w/raw':>8}{'w/relay':>8}{'raw GB/s':>10}")
+    print(f"{'bytes':>10}{'raw':>10}{'frame':>10}{'ratio':>8}{'+hmac':>10}{'ratio':>8}{'relay':>10}"
+          + (f"{'zmq':>10}{'z/relay':>8}" if args.zmq else "")
+          + f"{'worker':>10}{'w/raw':>8}{'w/relay':>8}{'raw GB/s':>10}")
+    names = ("raw", "frame", "hmac", "relay", *(("zmq",) if args.zmq else ()), "worker")
+    verdict = []
     for size in (int(s) for s in args.sizes.split(",")):
         payload = np.random.default_rng(0).standard_normal((1, max(1, size // 4))).astype(np.float32)
-        runs: dict[str, list[float]] = {k: [] for k in ("raw", "frame", "hmac", "relay", "worker")}
+        runs: dict[str, list[float]] = {k: [] for k in names}
         for _ in range(max(1, args.repeat)):
             runs["raw"].append(statistics.median(bench_raw(payload, args.iters)))
             runs["frame"].append(statistics.median(bench_frame(payload, args.iters, None)))
             runs["hmac"].append(statistics.median(bench_frame(payload, args.iters, b"secret")))
             runs["relay"].append(statistics.median(bench_relay(payload, args.iters)))
+            if args.zmq:
+                runs["zmq"].append(statistics.median(bench_zmq_relay(payload, args.iters)))
             runs["worker"].append(statistics.median(bench_worker(payload, args.iters)))
-        raw, fr, hm, rl, wk = (min(runs[k]) for k in ("raw", "frame", "hmac", "relay", "worker"))
+        best = {k: min(v) for k, v in runs.items()}
+        raw, fr, hm, rl, wk = (best[k] for k in ("raw", "frame", "hmac", "relay", "worker"))
+        zmq_cols = f"{best['zmq'] * 1e6:>10.1f}{best['zmq'] / rl:>7.2f}x" if args.zmq else ""
         print(f"{payload.nbytes:>10}{raw * 1e6:>10.1f}{fr * 1e6:>10.1f}{fr / raw:>7.2f}x{hm * 1e6:>10.1f}"
-              f"{hm / raw:>7.2f}x{rl * 1e6:>10.1f}{wk * 1e6:>10.1f}{wk / raw:>7.2f}x{wk / rl:>7.2f}x"
+              f"{hm / raw:>7.2f}x{rl * 1e6:>10.1f}{zmq_cols}{wk * 1e6:>10.1f}{wk / raw:>7.2f}x{wk / rl:>7.2f}x"
               f"{payload.nbytes / raw / 1e9:>10.2f}")
+        if args.zmq:
+            verdict.append((payload.nbytes, best["zmq"] / rl))
+    if verdict:
+        slower = [f"{n} B ({r:.2f}x)" for n, r in verdict if r > 1.0]
+        print("transport decision (issue 11 item 5: move to ZeroMQ unless its hop is slower): the ZeroMQ relay is "
+              + (f"slower than the socket relay at {', '.join(slower)}: stay on sockets" if slower
+                 else "no slower than the socket relay at any size: ZeroMQ qualifies"))
 
 
 if __name__ == "__main__":

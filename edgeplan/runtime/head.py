@@ -125,6 +125,7 @@ class RunResult:
     wall_s: float = 0.0
     resent: int = 0
     stats: dict = field(default_factory=dict)  # "device/stage" -> the worker's STATS snapshot
+    window: int = 0  # requests the head kept in flight (0: unknown); the run report predicts under it
 
     @property
     def ok(self) -> bool:
@@ -366,7 +367,7 @@ class Head:
         the window full, and wait; ``on_complete(i)`` runs in this thread after request ``i`` is answered.
         Starts the head if needed and closes it at the end if it started it."""
         n = len(inputs)
-        res = RunResult(n, self.batch, [None] * n, [None] * n)
+        res = RunResult(n, self.batch, [None] * n, [None] * n, window=self.window)
         started_here = not self._started
         if started_here:
             self.start()
@@ -519,8 +520,9 @@ class Head:
     def _result_reader(self, conn: socket.socket, peer) -> None:
         try:
             session = wire.handshake(conn, self.cfg.secret, server=True, timeout=max(self.cfg.send_timeout_s, 1.0))
+            recv = wire.Reader(conn, session, self.max_frame).recv
             while not self._stop.is_set():
-                f = wire.recv_frame(conn, session, self.max_frame)
+                f = recv()
                 if f.kind == wire.DATA:
                     self._events.put(("result", None, f))
         except wire.FrameError as e:
@@ -532,8 +534,9 @@ class Head:
 
     def _control_reader(self, key, sock: socket.socket, gen: int, session: wire.Session | None) -> None:
         try:
+            recv = wire.Reader(sock, session, wire.MAX_META_BYTES).recv
             while not self._stop.is_set():
-                f = wire.recv_frame(sock, session, wire.MAX_META_BYTES)
+                f = recv()
                 kind = {wire.PONG: "pong", wire.ACK: "ack", wire.STATS: "stats", wire.ERROR: "error"}.get(f.kind)
                 if kind:
                     self._events.put((kind, key, f))

@@ -39,6 +39,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -254,8 +255,9 @@ def encode(frame: Frame, session: Session | None = None) -> bytes:
     return b"".join(bytes(p) for p in encode_parts(frame, session))
 
 
-@dataclass(frozen=True)
-class Header:
+class Header(NamedTuple):
+    """A parsed, checked frame header (a tuple: made for every frame received, in a fraction of a dataclass's time)."""
+
     kind: int
     flags: int
     attempt: int
@@ -300,7 +302,20 @@ def parse_header(raw: bytes, session: Session | None, max_frame: int) -> Header:
         raise FrameError(f"meta of {body_len - mac_len} bytes > {MAX_META_BYTES}")
     if hi < lo:
         raise FrameError(f"sample range [{lo}, {hi}) is empty or reversed")
-    return Header(kind, flags, attempt, rid, mb, epoch, lo, hi, stage, count, body_len)
+    return _HEADER_MAKE((kind, flags, attempt, rid, mb, epoch, lo, hi, stage, count, body_len))
+
+
+_HEADER_MAKE = Header._make
+_FRAME_NEW = object.__new__
+
+
+def _frame(kind, request_id, microbatch, epoch, lo, hi, stage, attempt, tensors, meta) -> Frame:
+    """``Frame(...)`` for the decoder: fills the instance dict directly (the frozen dataclass's ``__init__``
+    costs ~2 us per frame in ``object.__setattr__`` calls); the result is an ordinary, equal Frame."""
+    f = _FRAME_NEW(Frame)
+    f.__dict__.update(kind=kind, request_id=request_id, microbatch=microbatch, epoch=epoch, lo=lo, hi=hi,
+                      stage=stage, attempt=attempt, tensors=tensors, meta=meta)
+    return f
 
 
 def decode_body(h: Header, raw_header: bytes, body, session: Session | None, *, hello: bool = False) -> Frame:
@@ -330,7 +345,7 @@ def decode_body(h: Header, raw_header: bytes, body, session: Session | None, *, 
                 raise FrameError(f"meta is not UTF-8 JSON ({e})") from None
             if not isinstance(meta, dict):
                 raise FrameError("meta must be a JSON object")
-        return Frame(h.kind, h.request_id, h.microbatch, h.epoch, h.lo, h.hi, h.stage, h.attempt, (), meta)
+        return _frame(h.kind, h.request_id, h.microbatch, h.epoch, h.lo, h.hi, h.stage, h.attempt, (), meta)
     # Descriptors first: all sizes are known and checked before any tensor is made.
     off, specs = 0, []
     n = len(payload)
@@ -364,7 +379,7 @@ def decode_body(h: Header, raw_header: bytes, body, session: Session | None, *, 
     for dt, shape, count, nbytes in specs:
         tensors.append(np.frombuffer(payload, dtype=dt, count=count, offset=off).reshape(shape))
         off += nbytes + (-nbytes % 8)
-    return Frame(h.kind, h.request_id, h.microbatch, h.epoch, h.lo, h.hi, h.stage, h.attempt, tuple(tensors))
+    return _frame(h.kind, h.request_id, h.microbatch, h.epoch, h.lo, h.hi, h.stage, h.attempt, tuple(tensors), {})
 
 
 _DIMS = [struct.Struct(f"<{k}I") for k in range(MAX_NDIM + 1)]  # tensor shape descriptors by rank
@@ -419,6 +434,72 @@ def recv_frame(sock: socket.socket, session: Session | None = None, max_frame: i
     h = parse_header(raw, session, max_frame)  # before the body buffer is allocated
     body = _recv_exact(sock, h.body_len) if h.body_len else bytearray()
     return decode_body(h, raw, body, session, hello=_hello)
+
+
+class Reader:
+    """The frames arriving on one connection, read with as few ``recv`` calls as the kernel allows.
+
+    ``recv_frame`` needs two calls per frame (header, then body: only the header says how long the
+    body is). A Reader asks for up to ``chunk`` bytes at a time, so a small frame (and often the start
+    of the next) usually arrives in one call; what lies past a frame is kept for the next one. Frames
+    are checked exactly as by ``recv_frame``, and their tensors are views into a buffer that is never
+    written again (a new one is allocated when it is used up), so they stay valid. One reader thread.
+    """
+
+    def __init__(self, sock: socket.socket, session: Session | None = None, max_frame: int = DEFAULT_MAX_FRAME,
+                 chunk: int = 32 << 10):
+        self.sock = sock
+        self.session = _session(session)
+        self.max_frame = max_frame
+        self.chunk = chunk
+        self._buf = memoryview(bytearray(0))
+        self._start = self._end = 0  # unread bytes are _buf[_start:_end]
+
+    def _fill(self, need: int, at_boundary: bool = False) -> None:
+        """Read until ``need`` unread bytes are buffered (in a new buffer when the current one is too small)."""
+        have = self._end - self._start
+        if self._start + need > len(self._buf):
+            new = memoryview(bytearray(max(self.chunk, need)))
+            new[:have] = self._buf[self._start:self._end]
+            self._buf, self._start, self._end = new, 0, have
+        recv_into, buf, want = self.sock.recv_into, self._buf, self._start + need
+        while self._end < want:
+            k = recv_into(buf[self._end:])
+            if k == 0:
+                if at_boundary and self._end == self._start:
+                    raise ConnectionClosed()
+                raise FrameError(f"connection closed mid-frame ({self._end - self._start} of {need} bytes)")
+            self._end += k
+
+    def recv(self) -> Frame:
+        """The next frame. ConnectionClosed at a clean EOF, FrameError on a bad frame, OSError on socket errors."""
+        if self._end - self._start < HEADER.size:
+            self._fill(HEADER.size, at_boundary=True)
+        start = self._start
+        raw = bytes(self._buf[start:start + HEADER.size])
+        h = parse_header(raw, self.session, self.max_frame)  # before any body buffer is allocated
+        start += HEADER.size
+        self._start = start
+        n = h.body_len
+        if self._end - start < n:
+            if n <= self.chunk:
+                self._fill(n)
+                start = self._start
+            else:  # a large body gets a buffer of its own: what arrived of it so far, then the rest
+                have = self._end - start
+                body = bytearray(n)
+                body[:have] = self._buf[start:self._end]
+                self._start = self._end = 0
+                self._buf = memoryview(bytearray(0))
+                view, got = memoryview(body), have
+                while got < n:
+                    k = self.sock.recv_into(view[got:])
+                    if k == 0:
+                        raise FrameError(f"connection closed mid-frame ({got} of {n} bytes)")
+                    got += k
+                return decode_body(h, raw, body, self.session)
+        self._start = start + n
+        return decode_body(h, raw, self._buf[start:start + n], self.session)
 
 
 def send_frame(sock: socket.socket, frame: Frame, session: Session | None = None) -> int:

@@ -52,6 +52,53 @@ def _nbytes(shape, dtype) -> int:
     return n
 
 
+def cpu_quota_cores(root: str = "/") -> float | None:
+    """Cores this process may use under its cgroup's CPU quota (the smallest on the way up to the
+    hierarchy's root), or None when unlimited or unreadable.
+
+    The run report carries it so ``edgeplan calibrate`` turns CPU seconds into the board's seconds
+    (the emulated testbed caps each board's processes with a quota). cgroup v2 reads ``cpu.max``;
+    v1 reads ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` under the ``cpu`` controller's mount.
+    """
+    try:
+        with open(os.path.join(root, "proc/self/cgroup")) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    cgroups = os.path.join(root, "sys/fs/cgroup")
+    found = None  # (mount, path inside it, v2?)
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if "cpu" in controllers.split(","):
+            for mount in ("cpu,cpuacct", "cpu", controllers):
+                if os.path.isfile(os.path.join(cgroups, mount, "cpu.cfs_quota_us")):
+                    found = (os.path.join(cgroups, mount), path, False)
+                    break
+        elif controllers == "" and found is None and os.path.isfile(os.path.join(cgroups, "cgroup.controllers")):
+            found = (cgroups, path, True)
+    if found is None:
+        return None
+    mount, path, v2 = found
+    best = None
+    parts = [p for p in path.split("/") if p]
+    for depth in range(len(parts), -1, -1):
+        d = os.path.join(mount, *parts[:depth])
+        try:
+            if v2:
+                with open(os.path.join(d, "cpu.max")) as f:
+                    quota, period = (f.read().split() + ["100000"])[:2]
+                cores = None if quota == "max" else int(quota) / int(period)
+            else:
+                with open(os.path.join(d, "cpu.cfs_quota_us")) as f, open(os.path.join(d, "cpu.cfs_period_us")) as g:
+                    quota_us, period_us = int(f.read()), int(g.read())
+                cores = None if quota_us < 0 else quota_us / period_us
+        except (OSError, ValueError, ZeroDivisionError):
+            continue
+        if cores is not None and (best is None or cores < best):
+            best = cores
+    return best
+
+
 def verify_files(stage_dir: Path, spec: StageSpec) -> None:
     """Refuse to start when a file listed in stage.json is missing or altered.
 
@@ -130,6 +177,11 @@ class Worker:
         self._compute_s: list[float] = []
         self._recent_s: deque = deque(maxlen=64)  # the watchdog's running median
         self._call_t0: float | None = None  # perf_counter() at the start of the module call in progress
+        # CPU accounting for the run report (edgeplan calibrate): process CPU when the first module call
+        # started (start-up: imports, loading), process CPU (all threads) inside module calls, the quota.
+        self._cpu_startup_s: float | None = None
+        self._compute_cpu_s = 0.0
+        self.cpu_quota_cores = cpu_quota_cores()
         self.monitor = monitor or Monitor(spec.device, spec.stage, spec.unit)
 
     # --- serving ----------------------------------------------------------------------------------
@@ -157,9 +209,9 @@ class Worker:
         lock = threading.Lock()
         try:
             session = wire.handshake(sock, self.secret, server=True, timeout=max(self.send_timeout_s, 1.0))
+            recv = wire.Reader(sock, session, self.max_frame).recv
             while not self._stop.is_set():
-                f = wire.recv_frame(sock, session, self.max_frame)
-                self._handle(f, sock, lock, session)
+                self._handle(recv(), sock, lock, session)
         except wire.ConnectionClosed:
             pass
         except wire.FrameError as e:
@@ -300,6 +352,8 @@ class Worker:
                                            f"[{f.hi - f.lo}, {', '.join(map(str, want.shape[1:]))}]")
             key = (f.request_id, f.microbatch, f.attempt)
             p = self._partials.get(key)
+            if p is None and f.lo == r.lo and f.hi == r.hi:  # the whole range in one frame: nothing to hold
+                return key, r, [(f.lo, f.hi, f.tensors)]
             full = p is None and len(self._partials) >= self.max_partials
             if not full:
                 if p is None:
@@ -339,11 +393,15 @@ class Worker:
         return [np.concatenate(parts) for parts in zip(*outs, strict=True)]
 
     def _run_checked(self, inputs, b: int) -> list[np.ndarray]:
+        c0 = time.process_time()
+        if self._cpu_startup_s is None:
+            self._cpu_startup_s = c0
         t0 = self._call_t0 = time.perf_counter()
         try:
             outs = [np.asarray(o) for o in self.runner([np.ascontiguousarray(x) for x in inputs])]
         finally:
             self._call_t0 = None
+            self._compute_cpu_s += time.process_time() - c0
         dt = time.perf_counter() - t0
         self._recent_s.append(dt)
         self.monitor.record_compute(dt, b)
@@ -463,6 +521,8 @@ class Worker:
             "compute_p50_s": float(np.percentile(times, 50)) if times.size else None,
             "compute_mean_s": float(times.mean()) if times.size else None,
             "cpu_s": ru.ru_utime + ru.ru_stime, "max_rss_bytes": ru.ru_maxrss * 1024,
+            "cpu_startup_s": self._cpu_startup_s, "compute_cpu_s": self._compute_cpu_s,
+            "cpu_quota_cores": self.cpu_quota_cores,
             "monitor": self.monitor.snapshot(),
         }
 

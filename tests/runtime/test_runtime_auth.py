@@ -215,6 +215,8 @@ def test_frame_replayed_on_a_new_connection_is_refused(stage):
     # spliced into another, properly authenticated connection
     rec2 = Recorder(stage.address)
     sock2, session2 = net.open_connection(rec2.address, SECRET, timeout=5)
+    wire.send_frame(sock2, wire.Frame(wire.PING), session2)  # the proxy has passed the handshake on
+    assert wire.recv_frame(sock2, session2, wire.MAX_META_BYTES).kind == wire.PONG
     rec2.inject("c2s", data)
     stage.said("signed for another connection")
     _nothing_arrives(stage.sink)

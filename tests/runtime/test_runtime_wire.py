@@ -145,6 +145,69 @@ def test_truncated_stream_is_a_frame_error():
         b.close()
 
 
+def _stream_of_frames():
+    rng = np.random.default_rng(1)
+    frames = []
+    for i, n in enumerate([1, 1000, 9000, 1, 70_000, 3, 20_000, 8191, 8192, 300_000, 5]):
+        frames.append(wire.Frame(wire.DATA, request_id=i, lo=0, hi=1,
+                                 tensors=(rng.standard_normal((1, n)).astype(np.float32),)))
+        if i % 3 == 0:
+            frames.append(wire.Frame(wire.STATS, request_id=i, meta={"i": i, "pad": "x" * (i * 50)}))
+    return frames
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("piece", [1, 7, 4096, 1 << 20])
+def test_reader_reads_what_recv_frame_reads_however_the_bytes_arrive(signed, piece):
+    """Frames of every size, delivered in pieces of ``piece`` bytes: same frames, earlier tensors intact."""
+    import threading
+
+    frames = _stream_of_frames()
+    cli, srv = _sessions() if signed else (None, None)
+    blob = b"".join(wire.encode(f, cli) for f in frames)
+    a, b = socket.socketpair()
+
+    def feed():
+        for i in range(0, len(blob), piece):
+            a.sendall(blob[i:i + piece])
+        a.close()
+
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    reader = wire.Reader(b, srv, max_frame=2 << 20, chunk=16 << 10)
+    got = [reader.recv() for _ in frames]
+    with pytest.raises(wire.ConnectionClosed):
+        reader.recv()
+    t.join()
+    b.close()
+    for f, g in zip(frames, got, strict=True):  # compared after all were read: no buffer was reused
+        assert (g.kind, g.request_id, g.meta) == (f.kind, f.request_id, f.meta)
+        for x, y in zip(f.tensors, g.tensors, strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_reader_refuses_truncated_and_oversized_frames_like_recv_frame():
+    a, b = socket.socketpair()
+    a.sendall(wire.encode(_data_frame())[:-3])
+    a.close()
+    with pytest.raises(wire.FrameError, match="mid-frame"):
+        wire.Reader(b).recv()
+    b.close()
+    a, b = socket.socketpair()
+    try:
+        a.sendall(wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.DATA, 0, 0, 1, 0, 0, 0, 1, 0, 1, 1 << 30))
+        reader = wire.Reader(b, None, max_frame=1 << 20)
+        tracemalloc.start()
+        with pytest.raises(wire.FrameError, match="exceeds the limit"):
+            reader.recv()
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak < 64 * 1024
+    finally:
+        a.close()
+        b.close()
+
+
 # --- fuzzing ------------------------------------------------------------------------------------
 
 LIMIT = 4096
