@@ -1,0 +1,207 @@
+"""Which plan of a family to run under the estimated conditions (issue 12 item 4, second half).
+
+``Pricer`` holds the nominal CostTable and each distinct plan's layout once; ``price(cond)``
+re-prices every plan with the planner's own evaluator on ``scale_costs(costs, cond)``, so a
+decision agrees with what `edgeplan plan` would predict under that condition.
+
+``heuristic`` picks the best-priced plan with hysteresis: it leaves the current plan only when the
+predicted gain exceeds a margin that covers the switch (``switch_s`` of lost service amortised over
+``horizon_s`` in the new condition, and never less than ``min_margin``), and at most once per
+committed condition change (``Estimate.change_id``). A current plan that cannot run (a board gone)
+is left at once. ``oracle`` is the benchmark's upper bound: the best plan under the true condition,
+no hysteresis.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from edgeplan.adapt.estimate import Estimate
+from edgeplan.planner.costmodel import evaluate
+from edgeplan.planner.family import Condition, scale_costs
+
+MIN_MARGIN = 0.05  # the planner's own --min-gain default: smaller differences are within the model's error
+SWITCH_S = 0.5  # assumed service lost per switch (drain + first micro-batch of the new plan)
+HORIZON_S = 20.0  # assumed time a condition lasts once detected
+
+
+@dataclass(frozen=True)
+class Prices:
+    """Objective value per plan under one condition (lower is better; inf: cannot run)."""
+
+    condition: str
+    values: tuple[tuple[str, float], ...]
+
+    def of(self, plan: str) -> float:
+        return dict(self.values)[plan]
+
+    def best(self) -> tuple[str, float]:
+        return min(self.values, key=lambda kv: (kv[1], kv[0]))
+
+
+@dataclass(frozen=True)
+class Decision:
+    plan: str  # the plan to run now
+    switch: bool  # differs from the current plan
+    reason: str
+    current_value: float
+    best_value: float
+    change_id: int  # the condition change this decision answers
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """One inference plan's resources at nominal conditions, in the evaluator's terms (see costmodel), by
+    device and pair index: per stage its replicas' (device, seconds per micro-batch, joules above idle), per
+    transfer its bytes, max latency and the (pair index a*n+b, bandwidth) pairs it may use; the parts no
+    condition scales are constants."""
+
+    compute: tuple[tuple[tuple[int, float, float], ...], ...]
+    sends: tuple[tuple[float, float, tuple[tuple[int, float], ...]], ...]
+    send_j: float  # joules per micro-batch spent on links (bytes x energy/byte: no condition changes it)
+    idle_w: float  # idle power of the used boards
+    devices: frozenset  # names
+
+
+def _shape(costs, layout, objective) -> _Shape:
+    from edgeplan.planner.costmodel import Prefix, head_index
+
+    pf = Prefix(costs, objective)
+    m, head, n = objective.micro, head_index(costs, objective), len(costs.devices)
+    groups = [tuple(costs.units[u][0] for u, _ in st.replicas) for st in layout]
+
+    sends, send_j = [], 0.0
+    for src, dst, j in [((head,), groups[0], 0)] + [
+            (groups[s], groups[s + 1] if s + 1 < len(layout) else (head,), st.stop) for s, st in enumerate(layout)]:
+        ab = [(a, b) for a in src for b in dst if a != b]
+        if not ab:
+            continue
+        nbytes = m * float(pf.cut[j])
+        send_j += nbytes * max(float(costs.energy_per_byte_j[a, b]) for a, b in ab)
+        sends.append((nbytes, max(float(costs.latency_s[a, b]) for a, b in ab),
+                      tuple((a * n + b, float(costs.bandwidth[a, b])) for a, b in ab)))
+    compute = []
+    for st in layout:
+        reps = []
+        for u, k in st.replicas:
+            d = costs.units[u][0]
+            t = float(pf.time(u, st.start, st.stop, k))
+            reps.append((d, t, max(float(costs.busy_power_w[u]) - float(costs.idle_power_w[d]), 0.0) * t))
+        compute.append(tuple(reps))
+    used = {d for g in groups for d in g}
+    return _Shape(tuple(compute), tuple(sends), send_j, float(sum(costs.idle_power_w[d] for d in used)),
+                  frozenset(costs.devices[d] for d in used))
+
+
+def _value(sh: _Shape, slow: list[float], scale: list[float], kind: str, microbatches: int, micro: int) -> float:
+    """The evaluator's inference figure for ``sh`` with per-device slowdowns and per-pair bandwidth scales."""
+    res = []
+    for reps in sh.compute:
+        if len(reps) == 1:
+            d, t, _ = reps[0]
+            res.append(t * slow[d])
+        else:
+            res.append(max(t * slow[d] for d, t, _ in reps))
+    for nbytes, lat, pairs in sh.sends:
+        if len(pairs) == 1:
+            k, b = pairs[0]
+            res.append(nbytes / (b * scale[k]) + lat)
+        else:
+            res.append(nbytes / min(b * scale[k] for k, b in pairs) + lat)
+    period = max(res)
+    if kind == "throughput":
+        return period
+    if kind == "latency":
+        return sum(res) + (microbatches - 1) * period
+    dyn = sh.send_j + sum(e * slow[d] for reps in sh.compute for d, _, e in reps)
+    return (dyn + sh.idle_w * period) / micro  # energy
+
+
+class Pricer:
+    """Every plan's layout on the nominal CostTable, re-priced per condition.
+
+    Inference plans are re-priced from their resources at nominal conditions (``_Shape``: tens of
+    microseconds); training plans through ``evaluate`` on the scaled CostTable. Both give the evaluator's figure.
+    """
+
+    def __init__(self, costs, objective, layouts: dict):
+        self.costs, self.objective = costs, objective
+        self.layouts = dict(sorted(layouts.items()))
+        self._devices = {name: {costs.devices[costs.units[u][0]] for st in lay for u, _ in st.replicas}
+                         for name, lay in self.layouts.items()}
+        self._shapes = None if objective.training else {
+            name: _shape(costs, lay, objective) for name, lay in self.layouts.items()}
+        self._ones = [1.0] * (len(costs.devices) ** 2)
+        self._feasible = {name: evaluate(costs, lay, objective).feasible for name, lay in self.layouts.items()}
+
+    @classmethod
+    def from_family(cls, graph, cluster, plans: dict) -> Pricer:
+        """From a loaded family (``load_family``'s plans) and the LayerGraph + nominal cluster it was made for."""
+        from edgeplan.planner.api import layout_of, objective_of
+        from edgeplan.profiles.cost import build_cost_table
+
+        costs = build_cost_table(graph, cluster)
+        first = next(iter(plans.values()))
+        return cls(costs, objective_of(first), {n: layout_of(costs, p) for n, p in plans.items()})
+
+    def price(self, cond: Condition) -> Prices:
+        if self._shapes is None:
+            return self.price_exact(cond)
+        names = self.costs.devices
+        slow = [cond.slowdown_of(d) for d in names]
+        scale = [cond.bandwidth_scale(a, b) for a in names for b in names] if cond.bandwidth else self._ones
+        gone = set(cond.absent)
+        o = self.objective
+        return Prices(str(cond), tuple(
+            (name, _value(sh, slow, scale, o.objective, o.microbatches, o.micro)
+             if self._feasible[name] and not (sh.devices & gone) else math.inf)
+            for name, sh in self._shapes.items()))
+
+    def price_exact(self, cond: Condition) -> Prices:
+        """Through the planner's evaluator on the scaled CostTable (the reference the fast path is tested on)."""
+        scaled = scale_costs(self.costs, cond)
+        out = []
+        for name, lay in self.layouts.items():
+            if self._devices[name] & set(cond.absent):
+                out.append((name, math.inf))
+                continue
+            ev = evaluate(scaled, lay, self.objective)
+            out.append((name, float(ev.value(self.objective)) if ev.feasible else math.inf))
+        return Prices(str(cond), tuple(out))
+
+
+def margin(min_margin: float = MIN_MARGIN, switch_s: float = SWITCH_S, horizon_s: float = HORIZON_S) -> float:
+    """Smallest relative gain worth a switch: the service a switch loses must be won back within the horizon."""
+    return max(min_margin, switch_s / horizon_s)
+
+
+def heuristic(pricer: Pricer, est: Estimate, current: str, last_change: int, *,
+              min_gain: float | None = None) -> Decision:
+    """Re-price every plan under ``est.condition`` and keep or leave ``current``.
+
+    ``last_change``: the ``change_id`` of the previous switch (-1: none yet); no second switch is made
+    for the same change, so noise that the estimator let through cannot make the runtime flap.
+    """
+    prices = pricer.price(est.condition)
+    cur = prices.of(current)
+    best, bv = prices.best()
+    g = margin() if min_gain is None else min_gain
+    if math.isinf(cur) and not math.isinf(bv):
+        return Decision(best, best != current, f"{current} cannot run under {prices.condition}", cur, bv,
+                        est.change_id)
+    if best == current or math.isinf(bv):
+        return Decision(current, False, "the current plan is the best priced", cur, bv, est.change_id)
+    if est.change_id <= last_change:
+        return Decision(current, False, f"already switched for change {est.change_id}", cur, bv, est.change_id)
+    gain = (cur - bv) / cur
+    if gain < g:
+        return Decision(current, False, f"{best} is only {gain * 100:.1f}% better (margin {g * 100:.1f}%)", cur, bv,
+                        est.change_id)
+    return Decision(best, True, f"{best} is {gain * 100:.1f}% better under {prices.condition}", cur, bv,
+                    est.change_id)
+
+
+def oracle(pricer: Pricer, cond: Condition) -> str:
+    """The best plan under the true condition (benchmarks only: a runtime cannot know it)."""
+    return pricer.price(cond).best()[0]
