@@ -758,6 +758,10 @@ def emulate(
     host_gflops: float | None = typer.Option(
         None, help="This machine's single-core conv GFLOP/s (default: measured); use the same value for "
                    "--write-cluster and the run so quotas match."),
+    trace: Path | None = typer.Option(
+        None, "--trace", exists=True, dir_okay=False,
+        help="YAML list of timed events applied while COMMAND runs: link bandwidth, a board's CPU quota, a board "
+             "down (examples/traces/)."),
 ) -> None:
     """Run COMMAND against an emulated cluster on this machine (needs root).
 
@@ -773,6 +777,13 @@ def emulate(
     if not command and write_cluster is None:
         raise EdgeplanError("edgeplan emulate: give a COMMAND after `--`, or --write-cluster FILE, or both")
     spec = load_cluster(cluster)
+    scripted = None
+    if trace is not None:
+        from edgeplan.testbed import trace as trace_mod
+
+        if not command:
+            raise EdgeplanError("edgeplan emulate: --trace needs a COMMAND after `--` to run while it applies")
+        scripted = trace_mod.load(trace, spec)
     host = None
     if write_cluster is not None:
         typer.echo("measuring this machine per op class (ONNX Runtime, one thread)...")
@@ -785,7 +796,7 @@ def emulate(
                    f"{host.of('conv') / 1e9:.4g} GFLOP/s per core)")
     if command:
         flops = host_gflops * 1e9 if host_gflops else (host.of("conv") if host else None)
-        raise typer.Exit(testbed.run(spec, command, host_core_flops=flops, echo=typer.echo))
+        raise typer.Exit(testbed.run(spec, command, host_core_flops=flops, echo=typer.echo, trace=scripted))
 
 
 @app.command()

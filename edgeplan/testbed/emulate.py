@@ -120,16 +120,28 @@ def testbed(cluster: Cluster, host_core_flops: float | None = None, echo=print):
 
 
 def run(cluster: Cluster, command: list[str], host_core_flops: float | None = None,
-        echo=print) -> int:
-    """Run ``command`` with EDGEPLAN_TESTBED set inside a fresh testbed; returns its exit code."""
+        echo=print, trace=None) -> int:
+    """Run ``command`` with EDGEPLAN_TESTBED set inside a fresh testbed; returns its exit code.
+
+    ``trace`` (testbed.trace.Trace): its events are applied from the moment the command starts.
+    """
     child = None
+    applier = None
     with testbed(cluster, host_core_flops, echo) as (bed, plan_shape):
         try:
             with tempfile.TemporaryDirectory(prefix="edgeplan-testbed-") as tmp:
                 state = Path(tmp) / "testbed.json"
                 jsonio.write(state, state_json(bed, plan_shape))
                 child = subprocess.Popen(command, env={**os.environ, ENV_VAR: str(state)})
-                return child.wait()
+                if trace is not None:
+                    from edgeplan.testbed.trace import Applier, schedule
+
+                    applier = Applier(schedule(trace, bed, plan_shape, cluster), echo=echo).start()
+                try:
+                    return child.wait()
+                finally:
+                    if applier is not None:
+                        applier.stop()
         except KeyboardInterrupt:
             if child and child.poll() is None:
                 child.terminate()
