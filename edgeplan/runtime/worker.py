@@ -59,23 +59,28 @@ def cpu_quota_cores(root: str = "/") -> float | None:
     The run report carries it so ``edgeplan calibrate`` turns CPU seconds into the board's seconds
     (the emulated testbed caps each board's processes with a quota). cgroup v2 reads ``cpu.max``;
     v1 reads ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` under the ``cpu`` controller's mount.
+    ``ip netns exec`` (how the testbed starts a board's worker) remounts /sys without the cgroup
+    mounts; the same files are then read through the parent's root (the head that started it,
+    /proc/PPID/root).
     """
     try:
         with open(os.path.join(root, "proc/self/cgroup")) as f:
             lines = f.read().splitlines()
     except OSError:
         return None
-    cgroups = os.path.join(root, "sys/fs/cgroup")
     found = None  # (mount, path inside it, v2?)
-    for line in lines:
-        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
-        if "cpu" in controllers.split(","):
-            for mount in ("cpu,cpuacct", "cpu", controllers):
-                if os.path.isfile(os.path.join(cgroups, mount, "cpu.cfs_quota_us")):
-                    found = (os.path.join(cgroups, mount), path, False)
-                    break
-        elif controllers == "" and found is None and os.path.isfile(os.path.join(cgroups, "cgroup.controllers")):
-            found = (cgroups, path, True)
+    for cgroups in (os.path.join(root, "sys/fs/cgroup"), os.path.join(root, f"proc/{os.getppid()}/root/sys/fs/cgroup")):
+        for line in lines:
+            _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+            if "cpu" in controllers.split(","):
+                for mount in ("cpu,cpuacct", "cpu", controllers):
+                    if os.path.isfile(os.path.join(cgroups, mount, "cpu.cfs_quota_us")):
+                        found = (os.path.join(cgroups, mount), path, False)
+                        break
+            elif controllers == "" and found is None and os.path.isfile(os.path.join(cgroups, "cgroup.controllers")):
+                found = (cgroups, path, True)
+        if found is not None:
+            break
     if found is None:
         return None
     mount, path, v2 = found

@@ -7,6 +7,7 @@ known amount of CPU, a fake cgroup tree for the CPU quota, and the run report fe
 from __future__ import annotations
 
 import itertools
+import os
 import time
 
 import numpy as np
@@ -153,4 +154,13 @@ def test_cpu_quota_from_cgroup_v2_v1_and_none(tmp_path):
     assert cpu_quota_cores(v1) == pytest.approx(1.5)
     unlimited = _tree(tmp_path / "none", ["1:cpu:/"], {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "1"})
     assert cpu_quota_cores(unlimited) is None
+    # inside `ip netns exec` /sys/fs/cgroup is empty: the parent's (the head's) view of the cgroup is read
+    netns = _tree(tmp_path / "netns", ["1:cpu:/edgeplan-t/pi", "0::/"], {})
+    for rel, text in {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000",
+                      "cpu/edgeplan-t/pi/cpu.cfs_quota_us": "30000", "cpu/edgeplan-t/pi/cpu.cfs_period_us": "100000"
+                      }.items():
+        f = tmp_path / "netns" / "proc" / str(os.getppid()) / "root" / "sys" / "fs" / "cgroup" / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    assert cpu_quota_cores(netns) == pytest.approx(0.3)
     assert cpu_quota_cores(str(tmp_path / "missing")) is None
