@@ -186,6 +186,30 @@ def test_reader_reads_what_recv_frame_reads_however_the_bytes_arrive(signed, pie
             np.testing.assert_array_equal(x, y)
 
 
+def test_reader_reuses_a_large_body_buffer_only_when_no_tensor_refers_to_it():
+    big = [np.full((1, 50_000), i, np.float32) for i in range(4)]
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 21)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+    try:
+        reader = wire.Reader(b, chunk=16 << 10)
+        for i in range(4):
+            a.sendall(wire.encode(wire.Frame(wire.DATA, request_id=i, lo=0, hi=1, tensors=(big[i],))))
+        kept = reader.recv()
+        addr = kept.tensors[0].ctypes.data
+        second = reader.recv()  # the first is still held: a new buffer
+        assert second.tensors[0].ctypes.data != addr
+        addr = second.tensors[0].ctypes.data
+        del second
+        third = reader.recv()  # nothing refers to the second's buffer: reused
+        assert third.tensors[0].ctypes.data == addr
+        np.testing.assert_array_equal(kept.tensors[0], big[0])
+        np.testing.assert_array_equal(third.tensors[0], big[2])
+    finally:
+        a.close()
+        b.close()
+
+
 def test_reader_refuses_truncated_and_oversized_frames_like_recv_frame():
     a, b = socket.socketpair()
     a.sendall(wire.encode(_data_frame())[:-3])
