@@ -12,10 +12,32 @@ times, and reports the median round trip:
 * worker: a real stage worker (identity module) between the sender and a receiver: the sender's frame is
           received, assembled, run and forwarded, i.e. one full pipeline hop. ``w/raw`` compares it with one
           raw transfer, ``w/relay`` with the raw relay (the same two transfers): the runtime's own overhead.
+* zmq:    the relay row on ZeroMQ (pyzmq PUSH/PULL, header and tensor as two parts, zero-copy from 64 KiB),
+          i.e. the transport issue 11 item 5 proposes; ``z/relay`` compares it with the socket relay.
+          ``--no-zmq`` leaves it out. The last line says which transport the measurements favour.
 
 Run: ``python -m benchmarks.bench_runtime [--sizes 4096,262144,3145728] [--iters 200] [--repeat 5]``.
 With ``--repeat K`` every measurement is taken K times, interleaved, and the smallest median is
 kept: on a shared machine other processes only ever add time, so this is the least disturbed run.
+
+Measured (``python -m benchmarks.bench_runtime --iters 200 --repeat 5``, 2 shared cores, load ~5;
+microseconds)::
+
+         bytes   raw  frame  +hmac  relay    zmq z/relay  worker  w/raw w/relay
+          4096    25     34     49     37     53   1.44x      64  2.53x   1.71x
+        262144    55     77    386     98    151   1.55x     156  2.83x   1.60x
+       3211264   756    772   4768   1335   1447   1.08x    2158  2.86x   1.62x
+
+Transport decision: **sockets stay**. The ZeroMQ relay alone (no framing or checks of ours) is
+slower than the socket relay at every size (1.1-1.6x), so by item 5's own rule the stage-to-stage
+and head transport is not moved onto ZeroMQ; the socket transport already has what item 5 wanted
+from it (scatter-gather sends without copies, bounded per-peer queues for backpressure, reconnects).
+The worker hop went from 3.5-4.6x raw (4 KiB and 256 KiB, before issue 11's transport work) to
+~2.5-2.8x: fewer recv calls (``wire.Reader``), no thread hand-off or wake-up when the worker is idle,
+cheaper header/frame objects. Item 5's targets (<= 2x raw at 4 KiB, <= 1.2x at >= 256 KiB) are not
+met: they compare a hop (two transfers) with one transfer, and the raw relay alone, two transfers
+with no Python work at all, is already 1.5x raw at 4 KiB and 1.8x at 256 KiB; what remains above the
+relay (~25 us per frame at 4 KiB) is Python work per frame and one thread wake-up per transfer.
 """
 
 from __future__ import annotations
