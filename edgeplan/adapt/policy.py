@@ -95,25 +95,33 @@ def _shape(costs, layout, objective) -> _Shape:
 
 
 def _value(sh: _Shape, slow: list[float], scale: list[float], kind: str, microbatches: int, micro: int) -> float:
-    """The evaluator's inference figure for ``sh`` with per-device slowdowns and per-pair bandwidth scales."""
-    res = []
+    """The evaluator's inference figure for ``sh`` with per-device slowdowns and per-pair bandwidth scales.
+
+    Written for speed (a running max and sum, no temporaries): it runs for every plan at every decision.
+    """
+    period = total = 0.0
     for reps in sh.compute:
         if len(reps) == 1:
             d, t, _ = reps[0]
-            res.append(t * slow[d])
+            x = t * slow[d]
         else:
-            res.append(max(t * slow[d] for d, t, _ in reps))
+            x = max(t * slow[d] for d, t, _ in reps)
+        total += x
+        if x > period:
+            period = x
     for nbytes, lat, pairs in sh.sends:
         if len(pairs) == 1:
             k, b = pairs[0]
-            res.append(nbytes / (b * scale[k]) + lat)
+            x = nbytes / (b * scale[k]) + lat
         else:
-            res.append(nbytes / min(b * scale[k] for k, b in pairs) + lat)
-    period = max(res)
+            x = nbytes / min(b * scale[k] for k, b in pairs) + lat
+        total += x
+        if x > period:
+            period = x
     if kind == "throughput":
         return period
     if kind == "latency":
-        return sum(res) + (microbatches - 1) * period
+        return total + (microbatches - 1) * period
     dyn = sh.send_j + sum(e * slow[d] for reps in sh.compute for d, _, e in reps)
     return (dyn + sh.idle_w * period) / micro  # energy
 
