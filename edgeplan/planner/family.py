@@ -307,6 +307,8 @@ def make_family(graph, cluster, objective, conditions: tuple[Condition, ...], *,
     """Solve each condition; returns the Family and {plan file: Plan}, one plan per distinct layout.
 
     A condition no plan fits is an error naming it. ``record(plan, cluster) -> plan`` may add sources.
+    Every plan records the nominal cluster's digest (a note names the condition it was made under), so
+    `edgeplan compile plans/plan-K.json` builds it for the real boards.
     """
     from edgeplan.planner.api import make_plan
     from edgeplan.planner.textform import to_str
@@ -326,6 +328,10 @@ def make_family(graph, cluster, objective, conditions: tuple[Condition, ...], *,
             raise PlanError(f"variant {c}: {e}") from e
         if record is not None:
             p = record(p, clu)
+        if c != NOMINAL:  # the boards are the nominal cluster's: compile and run the plan there
+            p = replace(p, cluster_sha256=cluster.digest(), notes=p.notes + (
+                f"family variant: layout chosen and figures predicted under condition {c} (scaled cluster sha256 "
+                f"{p.cluster_sha256[:12]}); cluster_sha256 is the nominal cluster's, which it compiles and runs on",))
         key = layout_key(p)
         if key not in files:
             files[key] = f"plan-{len(files)}.json"

@@ -137,6 +137,11 @@ def test_cli_plan_variants_writes_a_folder_and_show_prints_the_table(tmp_path):
     assert r.exit_code == 0, r.output
     fam, plans = fm.load_family(out)
     assert len(fam.variants) == 4 and all(p.model_ref == "resnet18" for p in plans.values())
+    from edgeplan.codegen.compile import resolve_sources
+
+    for name, p in plans.items():  # each plan compiles for the nominal cluster's boards (digest check passes)
+        spec, clu, _, notes = resolve_sources(p, None, None, None, out)
+        assert spec == "resnet18" and clu is not None and clu.digest() == fam.cluster_sha256 and not notes, name
     r2 = CliRunner().invoke(app, ["show", str(out)])
     assert r2.exit_code == 0 and "bandwidth=0.25+slowdown:gpu-board=3" in r2.output
     bad = CliRunner().invoke(app, ["plan", "resnet18", "--cluster", str(CLUSTER), "--variants", "slowdown:x=2"])
