@@ -106,6 +106,8 @@ def test_cluster_secret_env_reaches_the_board_launchers(traced, tmp_path):
         start = (out / device / "start.sh").read_text()
         workers = [line for line in start.splitlines() if "edgeplan_runtime.worker" in line]
         assert workers and all(line.endswith("--secret-env SHELF_SECRET &") for line in workers)
+        assert 'if [ -z "${SHELF_SECRET:-}" ] && [ -r /etc/edgeplan/secret.env ]' in start
+        assert subprocess.run(["sh", "-n", str(out / device / "start.sh")]).returncode == 0
         assert "EnvironmentFile=/etc/edgeplan/secret.env" in (out / device / "edgeplan-stage.service").read_text()
         assert "SHELF_SECRET" in (out / device / "README.txt").read_text()
 
