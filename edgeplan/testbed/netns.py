@@ -30,6 +30,7 @@ from pathlib import Path
 from edgeplan.errors import EdgeplanError
 
 PREFIX = "ep"  # every namespace, link and cgroup we create starts with it
+OWNERS = Path("/run/edgeplan-testbed")  # <tag> -> pid of the process that built that testbed
 SUBNET = "10.231"  # 10.231.<net>.<host>/24, our own test hosts only
 CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
 CGROUP_V2 = Path("/sys/fs/cgroup")
@@ -181,6 +182,7 @@ def build(boards: list[tuple[str, float, float]], overrides: dict[tuple[str, str
     """
     require_root()
     tag = secrets.token_hex(2)
+    _claim(tag)
     net = int(tag, 16) % 250 + 1
     bridge_ns = f"{PREFIX}-{tag}-br"
     created_ns: list[str] = []
@@ -251,20 +253,42 @@ def _teardown(tag: str, namespaces: list[str], cg_root: Path) -> None:
         _run("ip", "netns", "del", ns, check=False)
     _run("ip", "link", "del", f"{PREFIX}{tag}ha", check=False)
     _remove_cgroup(cg_root)
+    (OWNERS / tag).unlink(missing_ok=True)
 
 
 def teardown(bed: Testbed) -> None:
     _teardown(bed.tag, [bed.bridge_ns] + [b.netns for b in bed.boards], Path(bed.cgroup_root))
 
 
+def _claim(tag: str) -> None:
+    """Record this process as the owner of ``tag``, so a concurrent run's cleanup leaves it alone."""
+    OWNERS.mkdir(parents=True, exist_ok=True)
+    (OWNERS / tag).write_text(str(os.getpid()))
+
+
+def _owner_alive(tag: str) -> bool:
+    try:
+        os.kill(int((OWNERS / tag).read_text()), 0)
+    except (OSError, ValueError):  # no owner file (a run from before owners were recorded), or its owner is gone
+        return False
+    return True
+
+
+def _tag_of(item: str) -> str:
+    return Path(item).name.split("-")[1]
+
+
 def leftovers() -> list[str]:
-    """Namespaces and cgroups of earlier runs still present (names start with 'ep-')."""
+    """Namespaces and cgroups of earlier runs whose owning process is gone (names start with 'ep-').
+
+    A run that is still going (another emulation on this machine, a parallel test) is not a leftover.
+    """
     found = [ns.split()[0] for ns in _run("ip", "netns", "list", check=False).stdout.splitlines()
              if ns.startswith(f"{PREFIX}-")]
     for root in (CGROUP_V1, CGROUP_V2):
         if root.is_dir():
             found += [str(p) for p in root.glob(f"{PREFIX}-*") if p.is_dir()]
-    return found
+    return [item for item in found if not _owner_alive(_tag_of(item))]
 
 
 def cleanup_stale() -> list[str]:
@@ -274,5 +298,7 @@ def cleanup_stale() -> list[str]:
         if item.startswith("/"):
             _remove_cgroup(Path(item))
         else:
-            _teardown(item.split("-")[1], [item], Path("/nonexistent"))
+            _teardown(_tag_of(item), [item], Path("/nonexistent"))
+    for tag in {_tag_of(item) for item in removed}:
+        (OWNERS / tag).unlink(missing_ok=True)
     return removed

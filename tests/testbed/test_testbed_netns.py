@@ -156,3 +156,22 @@ def test_cpu_quota_keeps_tiny_shares_exact():
     assert netns.quota_us(0.3) == (20_000, 6_000)
     period, quota = netns.quota_us(0.01)
     assert quota >= netns.MIN_QUOTA_US and quota / period == pytest.approx(0.01, rel=0.01)
+
+
+@pytest.mark.netns
+@netns_tier
+def test_cleanup_of_stale_runs_spares_a_testbed_whose_owner_is_alive():
+    """Two emulations on one machine must not tear each other down: only a run whose owner died is stale."""
+    bed = netns.build([("a", 0.5, 12.5e6)], {}, 125e6)
+    try:
+        assert netns.cleanup_stale() == []  # its owner (this process) is alive
+        assert any(f"-{bed.tag}-" in ns for ns in subprocess.run(
+            ["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        (netns.OWNERS / bed.tag).write_text(str(dead.pid))  # as if the emulation had been kill -9'd
+        assert any(bed.tag in item for item in netns.leftovers())
+        assert any(bed.tag in item for item in netns.cleanup_stale())
+        assert not [x for x in netns.leftovers() if bed.tag in x]
+    finally:
+        netns.teardown(bed)
