@@ -226,8 +226,8 @@ def plan_cmd(
     variants: list[str] | None = typer.Option(
         None, "--variants",
         help="Plan family: a grid axis of cluster conditions, repeatable, e.g. 'bandwidth=1,0.5,0.25', "
-             "'slowdown:gpu-board=1,3', 'absent:cpu-board'. With --out FOLDER/ and no --variants: the default family "
-             "(nominal, each board 3x slower, each link 4x slower, each board absent)."),
+             "'slowdown:gpu-board=1,3', 'absent:cpu-board'; 'default': nominal, each board 3x slower, each link 4x "
+             "slower, each board absent. --out is then a folder (family.json + one plan file per distinct layout)."),
 ) -> None:
     """Choose stages x replica groups for MODEL on CLUSTER and print the report (baselines side by side)."""
     from edgeplan import jsonio
@@ -255,7 +255,7 @@ def plan_cmd(
     clu = load_cluster(cluster)
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     traced = build(model, shape)
-    if variants or (out is not None and (str(out).endswith("/") or out.is_dir())):
+    if variants or (out is not None and out.is_dir()):
         _plan_family(traced.graph, clu, obj, variants or [], out, solver.value, min_gain,
                      lambda p, c: record_sources(p, model_ref=model, input_shape=shape, cluster_path=str(cluster),
                                                  cluster=c))
@@ -284,7 +284,8 @@ def _plan_family(graph, clu, obj, variants: list[str], out: Path | None, solver:
     from edgeplan.planner import family as fam_mod
 
     head = obj.head or clu.devices[0].name
-    conds = fam_mod.expand_grid(variants, clu, head) if variants else fam_mod.default_conditions(clu, head)
+    grid = [v for v in variants if v != "default"]
+    conds = fam_mod.expand_grid(grid, clu, head) if grid else fam_mod.default_conditions(clu, head)
     fam, plans = fam_mod.make_family(graph, clu, replace(obj, head=head), conds, solver=solver, min_gain=min_gain,
                                      record=record)
     typer.echo(fam_mod.format_family(fam), nl=False)
@@ -349,7 +350,8 @@ class CompileBackend(str, Enum):
 
 @app.command("compile")
 def compile_cmd(
-    plan: Path = typer.Argument(..., help="plan.json from `edgeplan plan`.", exists=True, dir_okay=False),
+    plan: Path = typer.Argument(..., help="plan.json from `edgeplan plan` (or a plan family folder from "
+                                          "`edgeplan plan --variants`).", exists=True),
     model: str | None = typer.Option(
         None, "--model", help="Override the model the plan recorded (zoo name, file.py:callable, torchvision:NAME)."),
     out: Path = typer.Option(..., "--out", help="Artifact folder to create (one sub-folder per board)."),
@@ -386,6 +388,14 @@ def compile_cmd(
                 bar.start_task(task)
             bar.update(task, status=ev.status, completed=1 if ev.status in ("done", "reused") else 0)
 
+        if plan.is_dir():  # a plan family: every plan, each distinct stage module built once
+            from edgeplan.adapt.compile import compile_family
+
+            got = compile_family(plan, out, model_spec=model, cluster=cluster, backend=backend.value, force=force,
+                                 progress=on_event, bind_any=bind_any, input_shape=shape)
+            typer.echo(f"wrote {out}: {len(got['plans'])} plan folder(s), {got['modules_built']} module(s) built, "
+                       f"{got['modules_copied']} copied; run one with `edgeplan run {out}/{got['plans'][0]} ...`")
+            return
         path = compile_plan(plan, model, out, cluster=cluster, backend=backend.value, progress=on_event,
                             force=force, input_shape=shape, bind_any=bind_any, profiling_kit=profiling_kit)
     report_file = path / "compile-report.json"  # training artifacts have none: no compiled modules

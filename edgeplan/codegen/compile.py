@@ -241,6 +241,7 @@ def compile_plan(
     traced: Any = None,
     bind_any: bool = False,
     profiling_kit: bool = False,
+    module_cache: dict | None = None,
 ) -> Path:
     """Compile ``plan`` for ``model_spec`` into ``out_dir`` (see the module docstring); returns ``out_dir``.
 
@@ -248,6 +249,8 @@ def compile_plan(
     ``profiling_kit`` also writes each ONNX Runtime board's profiling kit and ``profile.sh``.
     ``model_spec``, ``cluster`` and ``input_shape`` default to what the plan recorded (see
     resolve_sources); with no cluster at all every address is 127.0.0.1.
+    ``module_cache``: shared by several compiles (a plan family), so a stage module (same layers, target,
+    options, samples, backend) is built once and copied into every plan that runs it.
     """
     emit = progress or (lambda event: None)
     plan_dir = None if isinstance(plan, Plan) else Path(plan).parent
@@ -305,7 +308,7 @@ def compile_plan(
         with tempfile.TemporaryDirectory(prefix="edgeplan-calib-") as calib:
             npu_options = _NpuOptions(cluster, stages, graph, Path(calib))
             _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages, runs, jobs, emit,
-                       npu_options, source_notes)
+                       npu_options, source_notes, module_cache)
         if profiling_kit:  # per board: single-layer modules + runner -> measured profile (codegen/profiling_kit.py)
             from edgeplan.codegen.profiling_kit import write_kits
 
@@ -313,6 +316,10 @@ def compile_plan(
         emit(CompileEvent("write", "running"))
         _readable(tmp)
         manifest.publish(tmp, out, force, plan.digest(), plan.model)
+        if module_cache is not None:  # later compiles copy the modules from where they now are
+            for k, (src, compiled) in list(module_cache.items()):
+                if src.is_relative_to(tmp):
+                    module_cache[k] = (out / src.relative_to(tmp), compiled)
         emit(CompileEvent("write", "done"))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -374,13 +381,14 @@ class _NpuOptions:
 
 
 def _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages, runs, jobs, emit,
-               npu_options: _NpuOptions, source_notes: list[str]) -> None:
+               npu_options: _NpuOptions, source_notes: list[str], module_cache: dict | None = None) -> None:
     from edgeplan.targets.registry import get_target
 
     plan_sha = plan.digest()
     n = len(plan.stages)
     m = microbatch_size(plan)
-    cache: dict[tuple, tuple[Path, Any]] = {}  # identical compiles (same stage, target, options, batch): copy
+    # identical compiles (same layers, target, options, batch): copy
+    cache: dict[tuple, tuple[Path, Any]] = module_cache if module_cache is not None else {}
     report_jobs = []
     printed: list[str] = []  # targets' notes the user must see (a backend fallback): printed by `edgeplan compile`
     board_stages: dict[str, list[dict]] = {}
@@ -395,7 +403,7 @@ def _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages
         stage_dir = tmp / r.device / f"stage{st.index}"
         stage_dir.mkdir(parents=True)
         inputs, outputs = runs[r.samples][st.index]
-        key = (st.index, r.target, tuple(sorted(options.items())), r.samples, backend)
+        key = (st.start, st.stop, r.target, tuple(sorted(options.items())), r.samples, backend)
         t0 = time.perf_counter()
         if key in cache:
             src, compiled = cache[key]
