@@ -338,6 +338,7 @@ def make_family(graph, cluster, objective, conditions: tuple[Condition, ...], *,
             plans[files[key]] = p
         variants.append(Variant(condition=str(c), plan=files[key], throughput=p.predicted.throughput,
                                 latency_s=p.predicted.latency_s, energy_j=p.predicted.energy_j))
+    check_memory(graph, cluster, objective, conditions, variants, plans)
     mods: dict[tuple, list[str]] = {}
     for name, p in plans.items():
         for s in p.stages:
@@ -349,6 +350,55 @@ def make_family(graph, cluster, objective, conditions: tuple[Condition, ...], *,
                  modules=tuple(Module(*k, plans=tuple(v)) for k, v in sorted(mods.items())))
     fam = Family.from_json(_rt(fam.to_json()))  # what the caller holds is what family.json holds
     return fam, plans
+
+
+def resident_bytes(graph, plans: dict) -> dict[str, tuple[float, float]]:
+    """Per board: (bytes to hold every module of every plan at once, capacity).
+
+    Loaded modules keep their weights; only the running one needs its workspace, so a board needs the
+    sum of its distinct modules' parameters plus the largest (predicted peak - parameters).
+    """
+    params = [float(layer.param_bytes) for layer in graph.layers]
+    seen: dict[str, dict[tuple, tuple[float, float]]] = {}
+    cap: dict[str, float] = {}
+    for p in plans.values():
+        for s in p.stages:
+            w = sum(params[s.start:s.stop])
+            for r in s.replicas:
+                seen.setdefault(r.device, {})[(s.start, s.stop, r.unit, r.samples)] = (w, max(r.memory_bytes - w, 0.0))
+                cap[r.device] = float(r.capacity_bytes)
+    return {d: (sum(w for w, _ in m.values()) + max(x for _, x in m.values()), cap[d]) for d, m in sorted(seen.items())}
+
+
+def check_memory(graph, cluster, objective, conditions, variants, plans: dict) -> None:
+    """A family whose modules do not fit on a board all at once: which board, by how much, and which
+    variants help least (their plan's gain over the nominal plan under their own condition)."""
+    from edgeplan.planner.api import layout_of
+    from edgeplan.planner.costmodel import evaluate
+    from edgeplan.profiles.cost import build_cost_table
+
+    over = [(d, need, cap) for d, (need, cap) in resident_bytes(graph, plans).items() if cap > 0 and need > cap]
+    if not over:
+        return
+    costs = build_cost_table(graph, cluster)
+    base = variants[0].plan
+    gains = []
+    for c, v in zip(conditions, variants, strict=True):
+        if v.plan == base:
+            continue
+        scaled = scale_costs(costs, c)
+        mine = evaluate(scaled, layout_of(costs, plans[v.plan]), objective).value(objective)
+        ev0 = evaluate(scaled, layout_of(costs, plans[base]), objective)
+        nominal = ev0.value(objective) if ev0.feasible and not (set(c.absent) & set(plans[base].devices_used)) \
+            else math.inf
+        gains.append(((nominal - mine) / mine if math.isfinite(nominal) else math.inf, str(c), v.plan))
+    gains.sort()
+    mb = float(1 << 20)
+    boards = "; ".join(f"{d} needs {need / mb:.1f} MB of {cap / mb:.1f} MB ({(need - cap) / mb:.1f} MB over)"
+                       for d, need, cap in over)
+    least = ", ".join(f"{c} ({p}, {g * 100:.1f}% better than {base} there)" for g, c, p in gains[:3])
+    raise PlanError(f"plan family: the boards cannot load every module at once: {boards}; leave out the least "
+                    f"useful variants (a --variants grid without them): {least or 'none (only the nominal plan)'}")
 
 
 def _rt(d: dict) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +127,12 @@ def test_family_json_is_deterministic_and_round_trips(graph, cluster, tmp_path):
     assert "absent:cpu-board" in fm.format_family(again)
 
 
+def _cluster():
+    from edgeplan.profiles.load import load_cluster
+
+    return load_cluster(CLUSTER)
+
+
 def test_cli_plan_variants_writes_a_folder_and_show_prints_the_table(tmp_path):
     pytest.importorskip("torch", reason="traces resnet18")
     from edgeplan.cli import app
@@ -144,5 +151,32 @@ def test_cli_plan_variants_writes_a_folder_and_show_prints_the_table(tmp_path):
         assert spec == "resnet18" and clu is not None and clu.digest() == fam.cluster_sha256 and not notes, name
     r2 = CliRunner().invoke(app, ["show", str(out)])
     assert r2.exit_code == 0 and "bandwidth=0.25+slowdown:gpu-board=3" in r2.output
+    default = CliRunner().invoke(app, ["plan", "resnet18", "--cluster", str(CLUSTER), "--batch", "4",
+                                       "--variants", "default", "--out", str(tmp_path / "d")])
+    assert default.exit_code == 0, default.output
+    assert [v.condition for v in fm.load_family(tmp_path / "d")[0].variants] == [
+        str(c) for c in fm.default_conditions(_cluster(), "npu-board")]
     bad = CliRunner().invoke(app, ["plan", "resnet18", "--cluster", str(CLUSTER), "--variants", "slowdown:x=2"])
     assert bad.exit_code != 0 and "--variants entry 1" in bad.output and "unknown device 'x'" in bad.output
+
+
+def test_a_family_that_cannot_be_loaded_at_once_names_the_board_and_the_least_useful_variants(graph, tmp_path):
+    """npu-board with 150 MB usable: each plan fits (<= 51 MB there) but all its modules (~265 MB) do not."""
+    from edgeplan.profiles.load import load_cluster
+
+    text = CLUSTER.read_text().replace("    profile: rk3566  #", "    overrides: {ram_mb: 750}\n    profile: rk3566  #")
+    (tmp_path / "small.yaml").write_text(text)
+    small = load_cluster(tmp_path / "small.yaml")
+    assert small.device("npu-board").ram_bytes == 150 << 20
+    with pytest.raises(PlanError) as e:
+        fm.make_family(graph, small, OBJ, fm.default_conditions(small, "npu-board"))
+    msg = str(e.value)
+    assert "\n" not in msg
+    m = re.search(r"npu-board needs ([\d.]+) MB of 150.0 MB \(([\d.]+) MB over\)", msg)
+    assert m and float(m.group(1)) - 150 == pytest.approx(float(m.group(2)), abs=0.11)
+    assert "gpu-board needs" not in msg and "leave out the least useful variants" in msg
+    # the named variants are the ones whose plans gain least over the nominal plan under their condition
+    named = re.findall(r"(\S+) \((plan-\d\.json), (-?[\d.]+)% better", msg)
+    assert len(named) == 3 and [float(g) for _, _, g in named] == sorted(float(g) for _, _, g in named)
+    fam, _ = fm.make_family(graph, load_cluster(CLUSTER), OBJ, fm.default_conditions(small, "npu-board"))
+    assert all(fam.variant(fm.parse_condition(c)).plan == p for c, p, _ in named)
