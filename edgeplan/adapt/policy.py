@@ -94,12 +94,16 @@ def _shape(costs, layout, objective) -> _Shape:
                   frozenset(costs.devices[d] for d in used))
 
 
-def _value(sh: _Shape, slow: list[float], scale: list[float], kind: str, microbatches: int, micro: int) -> float:
+def _value(sh: _Shape, slow: list[float], scale: list[float], kind: str, microbatches: int, micro: int,
+           bound: float = math.inf) -> float:
     """The evaluator's inference figure for ``sh`` with per-device slowdowns and per-pair bandwidth scales.
 
     Written for speed (a running max and sum, no temporaries): it runs for every plan at every decision.
+    Throughput and latency stop early once the partial figure exceeds ``bound`` (the best plan so far):
+    the value returned is then only known to be worse than it.
     """
     period = total = 0.0
+    lat = kind == "latency"
     for reps in sh.compute:
         if len(reps) == 1:
             d, t, _ = reps[0]
@@ -109,15 +113,23 @@ def _value(sh: _Shape, slow: list[float], scale: list[float], kind: str, microba
         total += x
         if x > period:
             period = x
-    for nbytes, lat, pairs in sh.sends:
+            if not lat and period > bound and kind == "throughput":
+                return period
+        if lat and total + (microbatches - 1) * period > bound:
+            return total + (microbatches - 1) * period
+    for nbytes, la, pairs in sh.sends:
         if len(pairs) == 1:
             k, b = pairs[0]
-            x = nbytes / (b * scale[k]) + lat
+            x = nbytes / (b * scale[k]) + la
         else:
-            x = nbytes / min(b * scale[k] for k, b in pairs) + lat
+            x = nbytes / min(b * scale[k] for k, b in pairs) + la
         total += x
         if x > period:
             period = x
+            if kind == "throughput" and period > bound:
+                return period
+        if lat and total + (microbatches - 1) * period > bound:
+            return total + (microbatches - 1) * period
     if kind == "throughput":
         return period
     if kind == "latency":
@@ -142,6 +154,8 @@ class Pricer:
             name: _shape(costs, lay, objective) for name, lay in self.layouts.items()}
         self._ones = [1.0] * (len(costs.devices) ** 2)
         self._feasible = {name: evaluate(costs, lay, objective).feasible for name, lay in self.layouts.items()}
+        nominal = {name: evaluate(costs, lay, objective).value(objective) for name, lay in self.layouts.items()}
+        self._order = sorted(self.layouts, key=lambda n: (nominal[n], n))  # likely best first: tighter bounds
 
     @classmethod
     def from_family(cls, graph, cluster, plans: dict) -> Pricer:
@@ -156,15 +170,41 @@ class Pricer:
     def price(self, cond: Condition) -> Prices:
         if self._shapes is None:
             return self.price_exact(cond)
+        ctx = self._context(cond)
+        return Prices(str(cond), tuple((name, self._one(name, ctx)) for name in self._shapes))
+
+    def _context(self, cond: Condition):
         names = self.costs.devices
         slow = [cond.slowdown_of(d) for d in names]
         scale = [cond.bandwidth_scale(a, b) for a in names for b in names] if cond.bandwidth else self._ones
-        gone = set(cond.absent)
+        return slow, scale, set(cond.absent)
+
+    def _one(self, name: str, ctx, bound: float = math.inf) -> float:
+        sh = self._shapes[name]
+        if not self._feasible[name] or (sh.devices & ctx[2]):
+            return math.inf
         o = self.objective
-        return Prices(str(cond), tuple(
-            (name, _value(sh, slow, scale, o.objective, o.microbatches, o.micro)
-             if self._feasible[name] and not (sh.devices & gone) else math.inf)
-            for name, sh in self._shapes.items()))
+        return _value(sh, ctx[0], ctx[1], o.objective, o.microbatches, o.micro, bound)
+
+    def value_of(self, name: str, cond: Condition) -> float:
+        """One plan's figure under ``cond`` (lower is better; inf: cannot run)."""
+        if self._shapes is None:
+            return self.price_exact(cond).of(name)
+        return self._one(name, self._context(cond))
+
+    def best(self, cond: Condition, first: str | None = None) -> tuple[str, float]:
+        """The best plan under ``cond`` and its figure (ties: the first name), pricing ``first`` first and
+        stopping each other plan as soon as it is known to be worse (branch and bound)."""
+        if self._shapes is None:
+            return self.price_exact(cond).best()
+        ctx = self._context(cond)
+        order = self._order if first is None else [first] + [n for n in self._order if n != first]
+        best_n, best_v = None, math.inf
+        for name in order:
+            v = self._one(name, ctx, best_v)
+            if v < best_v or (v == best_v and best_n is not None and name < best_n) or best_n is None:
+                best_n, best_v = name, v
+        return best_n, best_v
 
     def price_exact(self, cond: Condition) -> Prices:
         """Through the planner's evaluator on the scaled CostTable (the reference the fast path is tested on)."""
@@ -191,25 +231,23 @@ def heuristic(pricer: Pricer, est: Estimate, current: str, last_change: int, *,
     ``last_change``: the ``change_id`` of the previous switch (-1: none yet); no second switch is made
     for the same change, so noise that the estimator let through cannot make the runtime flap.
     """
-    prices = pricer.price(est.condition)
-    cur = prices.of(current)
-    best, bv = prices.best()
+    cond = est.condition
+    cur = pricer.value_of(current, cond)
+    if est.change_id <= last_change and not math.isinf(cur):  # nothing new to act on: no re-pricing
+        return Decision(current, False, f"already switched for change {est.change_id}", cur, cur, est.change_id)
+    best, bv = pricer.best(cond, first=current)
     g = margin() if min_gain is None else min_gain
     if math.isinf(cur) and not math.isinf(bv):
-        return Decision(best, best != current, f"{current} cannot run under {prices.condition}", cur, bv,
-                        est.change_id)
-    if best == current or math.isinf(bv):
-        return Decision(current, False, "the current plan is the best priced", cur, bv, est.change_id)
-    if est.change_id <= last_change:
-        return Decision(current, False, f"already switched for change {est.change_id}", cur, bv, est.change_id)
+        return Decision(best, best != current, f"{current} cannot run under {cond}", cur, bv, est.change_id)
+    if best == current or math.isinf(bv) or bv >= cur:
+        return Decision(current, False, "the current plan is the best priced", cur, min(bv, cur), est.change_id)
     gain = (cur - bv) / cur
     if gain < g:
         return Decision(current, False, f"{best} is only {gain * 100:.1f}% better (margin {g * 100:.1f}%)", cur, bv,
                         est.change_id)
-    return Decision(best, True, f"{best} is {gain * 100:.1f}% better under {prices.condition}", cur, bv,
-                    est.change_id)
+    return Decision(best, True, f"{best} is {gain * 100:.1f}% better under {cond}", cur, bv, est.change_id)
 
 
 def oracle(pricer: Pricer, cond: Condition) -> str:
     """The best plan under the true condition (benchmarks only: a runtime cannot know it)."""
-    return pricer.price(cond).best()[0]
+    return pricer.best(cond)[0]

@@ -39,6 +39,17 @@ def setup():
             assert [n for n, _ in fast] == [n for n, _ in exact]
             for (_, a), (_, b) in zip(fast, exact, strict=True):
                 assert a == pytest.approx(b, rel=1e-9) or (math.isinf(a) and math.isinf(b)), (obj, text)
+        rng = np.random.default_rng(1)  # branch and bound finds the same best plan as pricing every plan
+        for k in range(60):
+            names = [d.name for d in cluster.devices]
+            c = fm.Condition(bandwidth=((("*", "*"), float(rng.choice([1, 0.5, 0.2, 0.05]))),),
+                             slowdown=tuple((d, float(rng.uniform(0.5, 6))) for d in names if rng.random() < 0.6),
+                             absent=tuple(d for d in names[1:] if rng.random() < 0.15))
+            best, bv = pricer.best(c, first=sorted(plans)[k % len(plans)])
+            exact = pricer.price_exact(c)
+            ev = min(v for _, v in exact.values)
+            assert (math.isinf(ev) and math.isinf(bv)) or (bv == pytest.approx(ev, rel=1e-9)
+                                                           and exact.of(best) == pytest.approx(ev, rel=1e-9)), c
     fam, plans = keep
     return cluster, fam, plans, Pricer.from_family(graph, cluster, plans)
 
