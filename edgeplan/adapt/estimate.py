@@ -10,6 +10,9 @@ Input: what the head's ``status()`` holds per worker: ``{"device", "stage", "ali
   sends, ``links[peer].throughput_bytes_per_second``) / the cluster file's bandwidth;
 - a board whose workers are all not alive is absent.
 
+Link factors become an all-links scale when most measured pairs agree (pairs not measured, e.g. of
+boards the current plan does not use, are assumed to follow it), plus a term per pair that differs.
+
 Raw factors are divided by a *reference* (their value under nominal conditions: the model's and the
 throughput probe's own error; 1 when not calibrated, ``calibrate()`` takes the current smoothed
 values) and worked on in log space. A change is *committed* only when ``confirm`` consecutive factors
@@ -143,11 +146,13 @@ class Estimator:
         pairs = {tuple(k.split(":", 1)[1].split("/")): math.exp(v) for k, v in self._committed.items()
                  if k.startswith("link:")}
         bw: list = []
-        if pairs:
+        if pairs:  # an all-links term when most pairs agree (unmeasured pairs follow it), else pair terms only
             med = statistics.median(pairs.values())
-            bw.append(((ALL, ALL), _q(med)))
+            agree = sum(max(s / med, med / s) <= PAIR_OUTLIER for s in pairs.values())
+            base = med if 2 * agree > len(pairs) else 1.0
+            bw.append(((ALL, ALL), _q(base)))
             for p, s in sorted(pairs.items()):
-                if max(s / med, med / s) > PAIR_OUTLIER:
-                    bw.append((p, _q(s / med)))
+                if max(s / base, base / s) > PAIR_OUTLIER:
+                    bw.append((p, _q(s / base)))
         cond = Condition(bandwidth=tuple(bw), slowdown=slow, absent=self._absent)
         return Estimate(cond, self.change_id)

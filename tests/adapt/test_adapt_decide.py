@@ -181,3 +181,44 @@ def test_at_most_one_switch_per_change_and_hysteresis(setup):
     assert not held.switch and "margin" in held.reason
     took = heuristic(pricer, Estimate(fm.NOMINAL, 5), target, last_change=4, min_gain=max(gain - 0.01, 0.0))
     assert took.switch and took.plan == nominal_best.best()[0]
+
+
+def test_the_estimator_reads_real_monitor_snapshots(setup):
+    """The runtime's own Monitor (not a hand-made dict) in the head's status() shape: a gpu-board whose stage
+    calls take 3x the prediction and whose sends run at a quarter of the cluster's bandwidth."""
+    from edgeplan.runtime.monitor import Monitor
+
+    cluster, fam, plans, pricer = setup
+    plan = plans["plan-0.json"]
+    mons = {(r.device, s.index): Monitor(r.device, s.index, r.unit, root="/nonexistent")
+            for s in plan.stages for r in s.replicas}
+    est = Estimator(cluster, head="npu-board")
+
+    def status(slow: float, bw_scale: float) -> dict:
+        workers = {}
+        for s in plan.stages:
+            for r in s.replicas:
+                mon = mons[(r.device, s.index)]
+                nxt = plan.stages[s.index + 1] if s.index + 1 < len(plan.stages) else None
+                peer, dst = (f"{nxt.replicas[0].device}/stage{nxt.index}", nxt.replicas[0].device) if nxt \
+                    else ("head", plan.head)
+                for _ in range(10):
+                    mon.record_compute(s.compute_s * (slow if r.device == "gpu-board" else 1.0), r.samples)
+                    nbytes = 1 << 20
+                    rate = cluster.link(r.device, dst).bandwidth * (bw_scale if r.device == "gpu-board" else 1.0)
+                    mon.record_send(peer, nbytes, nbytes / rate)
+                workers[f"{r.device}/stage{s.index}"] = {"device": r.device, "stage": s.index, "alive": True,
+                                                         "predicted_compute_s": s.compute_s,
+                                                         "monitor": mon.snapshot()}
+        return {"workers": workers}
+
+    for _ in range(4):
+        e = est.update(status(1.0, 1.0))
+    assert e.condition == fm.NOMINAL
+    for _ in range(12):
+        e = est.update(status(3.0, 0.25))
+    assert dict(e.condition.slowdown) == {"gpu-board": pytest.approx(3.0, rel=0.05)}
+    sends = [(r.device, plan.stages[s.index + 1].replicas[0].device) for s in plan.stages[:-1] for r in s.replicas]
+    assert ("gpu-board", "cpu-board") in sends  # plan-0: gpu-board -> cpu-board -> npu-board (the head)
+    assert e.condition.bandwidth_scale("gpu-board", "cpu-board") == pytest.approx(0.25, rel=0.05)
+    assert e.condition.bandwidth_scale("cpu-board", "npu-board") == pytest.approx(1.0, rel=0.05)
