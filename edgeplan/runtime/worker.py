@@ -461,8 +461,8 @@ class Worker:
             return
         for device, stage, address, plo, phi in r.downstream:
             lo, hi = max(r.lo, plo), min(r.hi, phi)
-            if lo >= hi:
-                return
+            if lo >= hi:  # that replica takes none of these samples (an earlier or a later one does)
+                continue
             frame = wire.Frame(wire.DATA, request_id=rid, microbatch=mb, epoch=r.epoch, lo=lo, hi=hi,
                                stage=stage, attempt=attempt,
                                tensors=tuple(o[lo - r.lo:hi - r.lo] for o in outputs))

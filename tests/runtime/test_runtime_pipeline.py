@@ -45,6 +45,15 @@ def test_two_stages_two_replicas_return_correct_outputs_in_order(tmp_path):
     assert "latency p50" in table and "throughput" in table and "FAULT" not in table
 
 
+def test_replica_forwards_past_a_downstream_replica_it_shares_no_samples_with(tmp_path):
+    """Stage 0's b holds [3, 8) and stage 1's c only [0, 2): b must still feed d ([2, 8)), not stop at c."""
+    w = make_artifacts(tmp_path / "art", [[("a", 3), ("b", 5)], [("c", 2), ("d", 6)]], DIMS)
+    art, res = run_local(tmp_path / "art", 6, command=WORKER, log_dir=tmp_path / "logs",
+                         config=HeadConfig(request_timeout_s=10.0))
+    assert res.ok and res.completed == 6, (res.failures, res.faults)
+    _check_outputs(tmp_path, w, res, art)
+
+
 def test_hmac_pipeline_and_refused_frames(tmp_path):
     """Workers with a secret serve the head, and drop connections carrying garbage or a wrong HMAC."""
     w = make_artifacts(tmp_path / "art", TWO_BY_TWO, DIMS)
