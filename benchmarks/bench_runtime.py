@@ -239,11 +239,15 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="4096,262144,3211264", help="payload bytes, comma separated")
     ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=50,
+                    help="untimed round trips first, on the same connections (an idle CPU clocks down and wakes "
+                         "threads slowly: without them a quiet machine measures its own power saving)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per measurement; the smallest median is kept")
     ap.add_argument("--zmq", action=argparse.BooleanOptionalAction, default=True,
                     help="also time the relay on ZeroMQ (pyzmq), for the transport decision")
     args = ap.parse_args(argv)
-    print(f"per-hop round trip on loopback, median of {args.iters}, best of {args.repeat} (microseconds); "
+    print(f"per-hop round trip on loopback, median of {args.iters} after {args.warmup} untimed, best of {args.repeat} "
+          "(microseconds); "
           "ratio = runtime / raw socket")
     print(f"{'bytes':>10}{'raw':>10}{'frame':>10}{'ratio':>8}{'+hmac':>10}{'ratio':>8}{'relay':>10}"
           + (f"{'zmq':>10}{'z/relay':>8}" if args.zmq else "")
@@ -254,13 +258,16 @@ def main(argv: list[str] | None = None) -> None:
         payload = np.random.default_rng(0).standard_normal((1, max(1, size // 4))).astype(np.float32)
         runs: dict[str, list[float]] = {k: [] for k in names}
         for _ in range(max(1, args.repeat)):
-            runs["raw"].append(statistics.median(bench_raw(payload, args.iters)))
-            runs["frame"].append(statistics.median(bench_frame(payload, args.iters, None)))
-            runs["hmac"].append(statistics.median(bench_frame(payload, args.iters, b"secret")))
-            runs["relay"].append(statistics.median(bench_relay(payload, args.iters)))
+            def median(bench, *extra, payload=payload):
+                return statistics.median(bench(payload, args.warmup + args.iters, *extra)[args.warmup:])
+
+            runs["raw"].append(median(bench_raw))
+            runs["frame"].append(median(bench_frame, None))
+            runs["hmac"].append(median(bench_frame, b"secret"))
+            runs["relay"].append(median(bench_relay))
             if args.zmq:
-                runs["zmq"].append(statistics.median(bench_zmq_relay(payload, args.iters)))
-            runs["worker"].append(statistics.median(bench_worker(payload, args.iters)))
+                runs["zmq"].append(median(bench_zmq_relay))
+            runs["worker"].append(median(bench_worker))
         best = {k: min(v) for k, v in runs.items()}
         raw, fr, hm, rl, wk = (best[k] for k in ("raw", "frame", "hmac", "relay", "worker"))
         zmq_cols = f"{best['zmq'] * 1e6:>10.1f}{best['zmq'] / rl:>7.2f}x" if args.zmq else ""
