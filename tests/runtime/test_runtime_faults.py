@@ -288,8 +288,10 @@ def test_only_last_replica_unable_to_reach_the_head_fails_requests_fast_naming_i
         p.close()
 
 
-def test_restarted_worker_rejoins_mid_run_without_loss_or_duplicates(tmp_path):
-    p, w = _pipeline(tmp_path)
+@pytest.mark.parametrize("secret", [None, b"rejoin-secret"], ids=["plain", "authenticated"])
+def test_restarted_worker_rejoins_mid_run_without_loss_or_duplicates(tmp_path, secret):
+    """With a secret, every new connection to the restarted process (probe, control, data) handshakes again."""
+    p, w = _pipeline(tmp_path, secret=secret)
     events = []
 
     def inject(i, p):
