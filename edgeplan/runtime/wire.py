@@ -8,7 +8,8 @@ Frame layout (little-endian)::
                      then each tensor's C-order bytes, each zero-padded to 8 bytes
             control: UTF-8 JSON object (tensor count 0), at most ``MAX_META_BYTES``
     auth    when flag ``F_HMAC`` is set: connection tag (8 bytes), sequence number u64, then 32 bytes
-            HMAC-SHA256(this direction's connection key, tag + sequence + header + body)
+            HMAC-SHA256(this direction's connection key, header + body + tag + sequence) (in wire
+            order, so a receiver can hash a large body while it arrives)
 
 Every size is checked against the receiver's limit *before* anything is
 allocated (the body length from the header, then the descriptors' shape
@@ -121,28 +122,36 @@ class Session:
         auth = AUTH.pack(self.tag, self.send_seq)
         self.send_seq += 1
         mac = self._send_mac.copy()
-        mac.update(auth)
         mac.update(header)
         for p in parts:
             mac.update(p)
+        mac.update(auth)
         return auth + mac.digest()
 
-    def open(self, header: bytes, payload, trailer) -> None:
-        """Check a received frame's trailer; FrameError says why a frame is refused."""
+    def begin(self, header: bytes):
+        """The receive MAC fed ``header``: feed it the payload as it arrives, then pass it to ``open``."""
+        m = self._recv_mac.copy()
+        m.update(header)
+        return m
+
+    def open(self, header: bytes, payload, trailer, streamed=None) -> None:
+        """Check a received frame's trailer; FrameError says why a frame is refused. ``streamed``: the
+        MAC from ``begin`` already fed the whole payload."""
         tag, seq = AUTH.unpack_from(trailer)
         mac = bytes(trailer[AUTH.size:])
         if tag != self.tag:
             raise FrameError("frame refused: it was signed for another connection (a frame replayed from an "
                              "earlier connection, or altered in transit)")
 
-        def expected(base) -> bytes:
-            m = base.copy()
+        def expected(base, m=None) -> bytes:
+            if m is None:
+                m = base.copy()
+                m.update(header)
+                m.update(payload)
             m.update(trailer[: AUTH.size])
-            m.update(header)
-            m.update(payload)
             return m.digest()
 
-        if not hmac.compare_digest(mac, expected(self._recv_mac)):
+        if not hmac.compare_digest(mac, expected(self._recv_mac, streamed)):
             if hmac.compare_digest(mac, expected(self._send_mac)):
                 raise FrameError(f"frame refused: it was reflected (signed by this side of the connection, "
                                  f"its sequence {seq}), not sent by the peer")
@@ -317,7 +326,8 @@ _HEADER_MAKE = Header._make
 _frame = Frame
 
 
-def decode_body(h: Header, raw_header: bytes, body, session: Session | None, *, hello: bool = False) -> Frame:
+def decode_body(h: Header, raw_header: bytes, body, session: Session | None, *, hello: bool = False,
+                streamed=None) -> Frame:
     """Check the auth trailer, then build the frame; tensors are read-only views into ``body`` (no copy).
 
     HELLO frames belong to the handshake (``hello=True``) and are refused anywhere else."""
@@ -332,7 +342,7 @@ def decode_body(h: Header, raw_header: bytes, body, session: Session | None, *, 
     if h.flags & F_HMAC:
         cut = len(body) - TRAILER_BYTES
         payload = body[:cut]
-        session.open(raw_header, payload, body[cut:])
+        session.open(raw_header, payload, body[cut:], streamed)
     else:
         payload = body
     if h.kind != DATA:
@@ -502,13 +512,20 @@ class Reader:
                 body[:have] = self._buf[start:self._end]
                 self._start = self._end = 0
                 self._buf = memoryview(bytearray(0))
-                view, got = body, have
+                # An authenticated body is hashed while the rest of it arrives (hashlib releases the GIL).
+                mac = self.session.begin(raw) if h.flags & F_HMAC else None
+                end, hashed, got = n - TRAILER_BYTES, 0, have
                 while got < n:
-                    k = self.sock.recv_into(view[got:])
+                    if mac is not None and hashed < min(got, end):
+                        mac.update(body[hashed:min(got, end)])
+                        hashed = min(got, end)
+                    k = self.sock.recv_into(body[got:])
                     if k == 0:
                         raise FrameError(f"connection closed mid-frame ({got} of {n} bytes)")
                     got += k
-                return decode_body(h, raw, body, self.session)
+                if mac is not None and hashed < end:
+                    mac.update(body[hashed:end])
+                return decode_body(h, raw, body, self.session, streamed=mac)
         self._start = start + n
         return decode_body(h, raw, self._buf[start:start + n], self.session)
 

@@ -210,6 +210,37 @@ def test_reader_reuses_a_large_body_buffer_only_when_no_tensor_refers_to_it():
         b.close()
 
 
+@pytest.mark.parametrize("flip", [None, "payload", "sequence"])
+def test_reader_checks_the_mac_of_a_large_body_hashed_while_it_arrives(flip):
+    """Bodies over the chunk size are hashed piece by piece as they arrive: same verdicts as a whole-body check."""
+    import threading
+
+    cli, srv = _sessions()
+    big = np.arange(200_000, dtype=np.float32).reshape(1, -1)
+    blob = bytearray(wire.encode(wire.Frame(wire.DATA, request_id=9, lo=0, hi=1, tensors=(big,)), cli))
+    if flip == "payload":
+        blob[len(blob) // 2] ^= 1
+    elif flip == "sequence":
+        blob[-wire.MAC_BYTES - 1] ^= 1
+    a, b = socket.socketpair()
+
+    def feed():
+        for i in range(0, len(blob), 50_000):
+            a.sendall(blob[i:i + 50_000])
+
+    threading.Thread(target=feed, daemon=True).start()
+    try:
+        reader = wire.Reader(b, srv, max_frame=1 << 20, chunk=16 << 10)
+        if flip is None:
+            np.testing.assert_array_equal(reader.recv().tensors[0], big)
+        else:
+            with pytest.raises(wire.FrameError, match="bad HMAC"):
+                reader.recv()
+    finally:
+        a.close()
+        b.close()
+
+
 def test_reader_refuses_truncated_and_oversized_frames_like_recv_frame():
     a, b = socket.socketpair()
     a.sendall(wire.encode(_data_frame())[:-3])
