@@ -347,7 +347,15 @@ class Head:
         self._ctl.clear()
         srv = getattr(self, "_srv", None)
         if srv is not None:
+            # A blocked accept() keeps the port listening after close() until it returns; shutdown wakes it,
+            # so a new head can bind the same address at once (a second `connect` or `serve` in one process).
+            for sock in (srv, *list(self._accepted)):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
             srv.close()
+            self._acceptor.join(timeout=2)
 
     @property
     def faults(self) -> list[Fault]:
@@ -474,7 +482,9 @@ class Head:
         self._srv = net.listen(self.listen_address)
         host, port = self._srv.getsockname()[:2]
         self.listen_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        threading.Thread(target=self._accept_loop, daemon=True, name="head-accept").start()
+        self._accepted: set = set()  # result connections, closed with the head so nothing keeps the port
+        self._acceptor = threading.Thread(target=self._accept_loop, daemon=True, name="head-accept")
+        self._acceptor.start()
         for w in self.workers.values():
             deadline = time.monotonic() + self.cfg.connect_timeout_s
             while True:
@@ -518,6 +528,7 @@ class Head:
         net.accept_loop(self._srv, self._stop, self._result_reader)
 
     def _result_reader(self, conn: socket.socket, peer) -> None:
+        self._accepted.add(conn)
         try:
             session = wire.handshake(conn, self.cfg.secret, server=True, timeout=max(self.cfg.send_timeout_s, 1.0))
             recv = wire.Reader(conn, session, self.max_frame).recv
@@ -530,6 +541,7 @@ class Head:
         except (wire.ConnectionClosed, OSError):
             pass
         finally:
+            self._accepted.discard(conn)
             conn.close()
 
     def _control_reader(self, key, sock: socket.socket, gen: int, session: wire.Session | None) -> None:

@@ -164,3 +164,31 @@ def test_run_deployed_drives_workers_already_running_at_the_compiled_addresses(t
         for x in workers:
             x.process.terminate()
         stop_workers(workers)
+
+
+def test_a_closed_head_frees_its_address_for_the_next_head_at_once(tmp_path):
+    """A deployed cluster's head listens on a fixed address (head.json); closing one head and starting
+    another there (a second `connect`/`serve` in one process) must work at once, answers included."""
+    from edgeplan.runtime.head import Head
+    from edgeplan.runtime.local import discover, start_workers, stop_workers
+
+    w = make_artifacts(tmp_path / "art", [[("a", 2)], [("b", 2)]], DIMS)
+    art = discover(tmp_path / "art")
+    workers = start_workers(art, tmp_path, command=WORKER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        fixed = f"127.0.0.1:{s.getsockname()[1]}"
+    try:
+        for round_ in range(2):
+            head = Head.from_specs([spec for _, spec in art.stages], art.microbatches, fixed,
+                                   {(x.device, x.stage): x.address for x in workers}, HeadConfig())
+            t0 = time.monotonic()
+            head.start()
+            try:
+                x = _x(head.batch, round_)
+                np.testing.assert_allclose(head.submit([x]).result(timeout=10)[0], reference(w, x), atol=1e-5)
+                assert time.monotonic() - t0 < 5, "the first request waited for a re-send"
+            finally:
+                head.close()
+    finally:
+        stop_workers(workers, grace_s=0.0)
