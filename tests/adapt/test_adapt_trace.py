@@ -3,9 +3,7 @@ changes, the applier's timing, and (netns, root) a bandwidth event really changi
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -15,6 +13,7 @@ import pytest
 from edgeplan.profiles.model import Cluster, ComputeUnit, Device, Link
 from edgeplan.testbed import emulate, netns
 from edgeplan.testbed import trace as tr
+from tests.tiers import netns_tier
 
 ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ("conv", "dwconv", "gemm", "norm", "pool", "elementwise", "reduce", "data")
@@ -150,17 +149,8 @@ def test_a_failing_command_is_reported_and_the_run_goes_on():
     assert any("failed: boom" in s for s in lines)
 
 
-def _root_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "netns tier needs root (network namespaces, tc, cgroups)"
-    for tool in ("ip", "tc"):
-        if shutil.which(tool) is None:
-            return f"netns tier needs `{tool}` (apt-get install iproute2)"
-    return None
-
-
 @pytest.mark.netns
-@pytest.mark.skipif(_root_reason() is not None, reason=_root_reason() or "")
+@netns_tier
 def test_a_bandwidth_event_really_changes_the_shaped_rate():
     clu = _cluster()
     events = [{"at_s": 0, "link": "all", "scale": 0.25}, {"at_s": 0, "link": ["a", "c"], "bandwidth_mbps": 8},

@@ -7,8 +7,6 @@ rests on the emulator's micro-benchmark figures, the second on figures fitted fr
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,18 +29,10 @@ from edgeplan.runtime.head import HeadConfig  # noqa: E402
 from edgeplan.runtime.local import run_local  # noqa: E402
 from edgeplan.testbed import calibrate as host_speed  # noqa: E402
 from edgeplan.testbed import emulate, netns  # noqa: E402
+from tests.tiers import netns_tier
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "clusters" / "three-node-hetero.yaml"
 REQUESTS = 120
-
-
-def _root_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "netns tier needs root (network namespaces, tc, cgroups)"
-    for tool in ("ip", "tc"):
-        if shutil.which(tool) is None:
-            return f"netns tier needs `{tool}` (apt-get install iproute2)"
-    return None
 
 
 def _round(traced, model, spec, host_flops, cluster_path, tmp, tag):
@@ -65,7 +55,7 @@ def _round(traced, model, spec, host_flops, cluster_path, tmp, tag):
 
 
 @pytest.mark.netns
-@pytest.mark.skipif(_root_reason() is not None, reason=_root_reason() or "")
+@netns_tier
 @pytest.mark.parametrize("model", ["resnet32-cifar"])
 def test_emulated_run_calibrate_replan_run(model, tmp_path):
     spec = load_cluster(EXAMPLE)

@@ -7,8 +7,6 @@ per-stage compute time for every board of the plan. LeNet-5 in three stages, pla
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +20,7 @@ import torch
 
 from edgeplan.codegen.compile import compile_plan
 from edgeplan.graph.load import build, load_model
+from tests.tiers import netns_tier
 
 from ..codegen.codegen_helpers import make_plan
 
@@ -31,15 +30,6 @@ REQUESTS = 1000
 TOL = 1e-4
 
 
-def _root_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "netns tier needs root (network namespaces, tc, cgroups)"
-    for tool in ("ip", "tc"):
-        if shutil.which(tool) is None:
-            return f"netns tier needs `{tool}` (apt-get install iproute2)"
-    return None
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -47,7 +37,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.netns
-@pytest.mark.skipif(_root_reason() is not None, reason=_root_reason() or "")
+@netns_tier
 def test_serve_inside_emulate_answers_1000_tritonclient_requests_like_torch(tmp_path):
     import httpx
     import tritonclient.http as triton

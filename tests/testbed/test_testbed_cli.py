@@ -7,7 +7,7 @@ import sys
 from typer.testing import CliRunner
 
 from edgeplan.cli import app
-from tests.testbed.test_testbed_netns import netns_tier
+from tests.tiers import netns_tier
 
 CLUSTER = "examples/clusters/three-node-hetero.yaml"
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -12,6 +10,7 @@ import pytest
 
 from edgeplan.profiles.model import Cluster, ComputeUnit, Device, Link
 from edgeplan.testbed import emulate, netns
+from tests.tiers import netns_tier
 
 CLASSES = ("conv", "dwconv", "gemm", "norm", "pool", "elementwise", "reduce", "data")
 
@@ -49,16 +48,6 @@ def test_shape_respects_the_core_budget():
     assert s.dilation == pytest.approx(0.35)
 
 
-def _root_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "netns tier needs root (network namespaces, tc, cgroups)"
-    for tool in ("ip", "tc"):
-        if shutil.which(tool) is None:
-            return f"netns tier needs `{tool}` (apt-get install iproute2)"
-    return None
-
-
-netns_tier = pytest.mark.skipif(_root_reason() is not None, reason=_root_reason() or "")
 
 _SERVER = (
     "import socket,sys;s=socket.socket();s.bind(('0.0.0.0',9000));s.listen();c,_=s.accept();n=0\n"
