@@ -11,7 +11,8 @@
 - ``monitor`` (what each worker measures about itself and its board) and ``metrics`` (the head's
   status as Prometheus metrics, prometheus_client).
 - ``local`` (run an artifact folder: workers as local processes or on the deployed boards) and
-  ``report`` (measured vs predicted, for ``edgeplan run``).
+  ``report`` (measured vs predicted, for ``edgeplan run``); ``canonical`` (the deterministic JSON and
+  digest that plan.json, golden files and run reports share).
 
 This package is copied verbatim into each board's artifact folder as
 ``edgeplan_runtime/``, so it imports only the standard library and numpy at

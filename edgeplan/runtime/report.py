@@ -16,34 +16,16 @@ the mean module time and the Monitor's per-peer link throughput.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-
 import numpy as np
 
+from . import canonical
 from .head import RunResult
-
-FLOAT_DIGITS = 6  # as edgeplan/jsonio.py, whose digest of a plan this must equal
-
-
-def _round(value):
-    if isinstance(value, float):
-        if value == 0.0 or not math.isfinite(value):
-            return value
-        return float(f"{value:.{FLOAT_DIGITS}g}")
-    if isinstance(value, dict):
-        return {str(k): _round(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_round(v) for v in value]
-    return value
 
 
 def plan_digest(plan: dict) -> str:
-    """sha256 of plan.json as edgeplan writes it (jsonio.sha256_of; the runtime cannot import edgeplan),
+    """sha256 of plan.json as edgeplan writes it (canonical.py, which edgeplan.jsonio uses too),
     so ``edgeplan calibrate`` refuses a report of another plan."""
-    text = json.dumps(_round(plan), sort_keys=True, indent=2, allow_nan=False) + "\n"
-    return hashlib.sha256(text.encode()).hexdigest()
+    return canonical.sha256_of(plan)
 
 
 # The two window formulas of edgeplan/profiles/predict.py (loaded_latency_s, loaded_throughput), inlined
