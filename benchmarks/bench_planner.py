@@ -28,7 +28,7 @@ import argparse
 import time
 from pathlib import Path
 
-from edgeplan.planner import dp
+from edgeplan.planner import search
 from edgeplan.planner.api import final_choice
 from edgeplan.planner.baselines import baselines
 from edgeplan.planner.bound import lower_bound
@@ -70,7 +70,7 @@ def target(layers: int, devices: int, types: int) -> float | None:
 def measure(costs, obj: Objective, label: dict, with_ilp: bool = True) -> dict:
     """Solve, choose, compare with the baselines (and the ILP where it runs)."""
     t0, c0 = time.perf_counter(), time.process_time()
-    res = dp.solve(costs, obj)
+    res = search.solve(costs, obj)
     layout, ev = res.layout, res.evaluation
     if layout is not None:
         layout, ev, _ = final_choice(costs, obj, layout, ev, min_gain=0.0)
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-models", action="store_true", help="skip the zoo models (no torch tracing)")
     args = p.parse_args(argv)
     names = args.objective or ["throughput", "latency", "energy", "time"]
-    print("planner: dp.solve + final choice (min-gain 0), 2 units per synthetic board; inference batch 8 "
+    print("planner: search.solve + final choice (min-gain 0), 2 units per synthetic board; inference batch 8 "
           "(latency: 2 micro-batches; zoo latency: batch 1), training batch 32 as 4 micro-batches (1F1B)")
     print(HEAD)
     print("-" * len(HEAD), flush=True)

@@ -16,6 +16,7 @@ import numpy as np
 from edgeplan import jsonio
 from edgeplan.errors import PlanError
 from edgeplan.planner import dp as dp_mod
+from edgeplan.planner import search
 from edgeplan.planner.baselines import baselines as make_baselines
 from edgeplan.planner.costmodel import (
     Evaluation,
@@ -55,9 +56,9 @@ def check_min_gain(min_gain: float) -> None:
         raise PlanError(f"--min-gain {min_gain:g} is outside [0, 1): give a fraction, e.g. 0.05 for 5%")
 
 
-def _solve(costs: CostTable, obj: Objective, solver: str, ilp_time_limit: float, **kw) -> dp_mod.Result:
+def _solve(costs: CostTable, obj: Objective, solver: str, ilp_time_limit: float, **kw) -> search.Result:
     if solver == "dp":
-        return dp_mod.solve(costs, obj, **kw)
+        return search.solve(costs, obj, **kw)
     if solver == "ilp":
         from edgeplan.planner import ilp
 
@@ -132,7 +133,7 @@ def final_choice(costs: CostTable, obj: Objective, layout: Layout, ev: Evaluatio
     notes: list[str] = []
     best = cands[0]
     for c in cands[1:]:
-        if dp_mod.better(c[2], best[2], obj):
+        if search.better(c[2], best[2], obj):
             best = c
     if best is not cands[0]:
         a, b = ev.value(obj), best[2].value(obj)
@@ -146,7 +147,7 @@ def final_choice(costs: CostTable, obj: Objective, layout: Layout, ev: Evaluatio
     for c in order[1:]:
         if _complexity(c[1]) > _complexity(cur[1]) and _gain(c[2].value(obj), cur[2].value(obj)) >= min_gain:
             cur = c
-        elif _complexity(c[1]) == _complexity(cur[1]) and dp_mod.better(c[2], cur[2], obj):
+        elif _complexity(c[1]) == _complexity(cur[1]) and search.better(c[2], cur[2], obj):
             cur = c
     if cur is not best:
         boards, stages = _complexity(best[1])
@@ -223,12 +224,12 @@ def _meet_budgets(costs: CostTable, obj: Objective, first: Layout) -> tuple[Layo
         parts = []
         if obj.latency_budget_s is not None:
             what = "iteration time" if obj.training else "latency"
-            fastest = dp_mod.solve(costs, replace(free, objective="time" if obj.training else "latency")).evaluation
+            fastest = search.solve(costs, replace(free, objective="time" if obj.training else "latency")).evaluation
             value = (fastest.iter_s if obj.training else fastest.latency_s) if fastest else closest["latency"]
             parts.append(f"the {what} budget of {obj.latency_budget_s * 1e3:.4g} ms cannot be met: the best "
                          f"achievable {what} is {value * 1e3:.4g} ms")
         if obj.energy_budget_j is not None:
-            frugal = None if obj.training else dp_mod.solve(costs, replace(free, objective="energy")).evaluation
+            frugal = None if obj.training else search.solve(costs, replace(free, objective="energy")).evaluation
             value = frugal.energy_j if frugal else closest["energy"]
             parts.append(f"the energy budget of {obj.energy_budget_j * 1e3:.4g} mJ/sample cannot be met: the best "
                          f"achievable is {value * 1e3:.4g} mJ/sample")
@@ -239,7 +240,7 @@ def _meet_budgets(costs: CostTable, obj: Objective, first: Layout) -> tuple[Layo
 
 def diagnose(costs: CostTable, obj: Objective, solver: str = "dp") -> PlanError:
     """Explain why no plan fits: who runs out of memory by how much, and the nearest feasible requests."""
-    relaxed = dp_mod.solve(costs, obj, ignore_memory=True, work_budget=dp_mod.WORK_BUDGET / 4)
+    relaxed = search.solve(costs, obj, ignore_memory=True, work_budget=dp_mod.WORK_BUDGET / 4)
     if relaxed.layout is None:
         return PlanError("no plan exists: some layer is supported by no compute unit of any device "
                          "(check the boards' supported ops)")
@@ -288,7 +289,7 @@ def _with_batch(obj: Objective, b: int) -> Objective:
 def _try(costs, obj, values, make):
     for v in values:
         o = make(v)
-        if dp_mod.solve(costs, o, work_budget=dp_mod.WORK_BUDGET / 4).layout is not None:
+        if search.solve(costs, o, work_budget=dp_mod.WORK_BUDGET / 4).layout is not None:
             return o
     return None
 

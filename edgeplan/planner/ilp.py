@@ -19,8 +19,8 @@ import numpy as np
 
 from edgeplan.errors import PlanError
 from edgeplan.planner.costmodel import Prefix, StageSpec, allocate, allreduce, evaluate, head_index, transfer
-from edgeplan.planner.dp import Result
 from edgeplan.planner.objective import Objective
+from edgeplan.planner.search import Result
 from edgeplan.planner.types import device_types
 from edgeplan.profiles.cost import CostTable
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeplan.planner import dp
+from edgeplan.planner import dp, search
 from edgeplan.planner.api import plan_from_costs
 from edgeplan.planner.baselines import baselines
 from edgeplan.planner.objective import Objective
@@ -63,9 +63,9 @@ def test_guard_replaces_a_reduced_search_that_lost_to_a_baseline():
     """An instance where the reduced DP alone is worse than best-single-device: the plan is the baseline."""
     obj = OBJECTIVES["energy"]
     costs = random_costs(1000, 34, 55, 6, dag=True, units_per_device=1, ram_mb=(32, 2048))
-    res = dp.solve(costs, obj)
+    res = search.solve(costs, obj)
     single = next(b for b in baselines(costs, obj) if b[0] == "best-single-device")
-    assert not res.exact and dp.better(single[2], res.evaluation, obj)  # the DP alone loses
+    assert not res.exact and search.better(single[2], res.evaluation, obj)  # the DP alone loses
     plan = plan_from_costs(costs, obj, min_gain=0.0)
     assert any(n.startswith("baseline best-single-device used") for n in plan.notes), plan.notes
     assert plan.predicted.energy_j == pytest.approx(single[2].energy_j, rel=1e-5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeplan.planner import dp
+from edgeplan.planner import search
 from edgeplan.planner.bound import lower_bound
 from edgeplan.planner.objective import Objective
 from edgeplan.planner.synthetic import random_costs
@@ -34,7 +34,7 @@ def test_bound_holds_on_a_large_instance_and_the_plan_reports_the_gap():
 
     costs = random_costs(7, 120, 24, 5, dag=True, units_per_device=2, ram_mb=(512, 4096))
     obj = Objective(objective="throughput", batch=8)
-    res = dp.solve(costs, obj)
+    res = search.solve(costs, obj)
     lb = lower_bound(costs, obj)
     assert not res.exact and 0 < lb <= res.evaluation.value(obj)
     plan = plan_from_costs(costs, obj, min_gain=0.0, with_baselines=False)

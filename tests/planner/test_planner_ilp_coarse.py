@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeplan.planner import dp, ilp
+from edgeplan.planner import ilp, search
 from edgeplan.planner.objective import Objective
 from tests.planner.bruteforce import rel_close
 
@@ -36,7 +36,7 @@ def test_ilp_on_the_coarse_graph_equals_the_dp_on_the_same_cuts(costs, obj):
     got = ilp.solve(costs, obj)  # the default 60 s limit: a time-out would raise or leave exact False
     assert not got.exact and got.notes[0].startswith("ILP on a coarse graph")
     assert "time limit" not in " ".join(got.notes)
-    res = dp.solve(costs, obj, cuts=cuts, refine=False)
+    res = search.solve(costs, obj, cuts=cuts, refine=False)
     assert rel_close(got.evaluation.value(obj), res.evaluation.value(obj))
-    full = dp.solve(costs, obj)  # the DP on every boundary is at least as good
+    full = search.solve(costs, obj)  # the DP on every boundary is at least as good
     assert full.evaluation.value(obj) <= res.evaluation.value(obj) * (1 + 1e-12)

@@ -13,7 +13,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from edgeplan.planner import dp, ilp
+from edgeplan.planner import dp, ilp, search
 from edgeplan.planner.costmodel import Prefix, StageSpec, allocate, evaluate
 from edgeplan.planner.objective import Objective
 from edgeplan.planner.synthetic import random_costs
@@ -48,7 +48,7 @@ def test_dp_ilp_and_brute_force_agree_on_the_memory_aware_plan(objective):
     obj = Objective(objective=objective, batch=8)
     bf = brute_force(c, obj)
     old = brute_force(c, obj, memory_aware_shares=False)  # best plan when shares ignore memory
-    res = dp.solve(c, obj)
+    res = search.solve(c, obj)
     got = ilp.solve(c, obj)
     assert res.exact
     assert rel_close(res.evaluation.value(obj), bf[0].value(obj))
@@ -65,7 +65,7 @@ def test_training_shares_respect_the_1f1b_stash_per_depth():
     c = replace(c, ram_bytes=np.array([1e9, 4e3 + 2.5 * 3e5, 1e9]))  # dev1: caps that depend on the stash
     obj = Objective(mode="training", objective="time", batch=16, microbatches=2)
     assert dp.DPSolver(c, obj).nD == 2  # memory depends on the depth: the DP tracks it
-    res = dp.solve(c, obj)
+    res = search.solve(c, obj)
     bf = brute_force(c, obj)
     assert res.exact and rel_close(res.evaluation.value(obj), bf[0].value(obj))
     assert res.evaluation.feasible

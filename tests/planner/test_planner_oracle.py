@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeplan.planner import dp
+from edgeplan.planner import search
 from edgeplan.planner.objective import Objective
 from edgeplan.planner.synthetic import random_costs
 from tests.planner.bruteforce import rel_close
@@ -33,7 +33,7 @@ def test_dp_equals_the_independent_oracle(name):
         costs = random_costs(300 + seed, 5, 3, 2 + seed % 2, dag=True, units_per_device=1 + seed % 2, npu_gaps=True,
                              ram_mb=(2, 24), uniform_links=seed % 3 != 0)
         want = oracle(costs, obj)
-        res = dp.solve(costs, obj)
+        res = search.solve(costs, obj)
         assert res.exact
         got = None if res.evaluation is None else res.evaluation.value(obj)
         assert (want is None) == (got is None), (seed, want, got)
@@ -48,4 +48,4 @@ def test_the_memory_case_agrees_with_the_oracle(name):
     """Three boards, the fastest holds 2 of 8 samples (issue 13 item 3): the oracle tries every split."""
     costs = _fast_board_short_of_ram()
     obj = Objective(objective=name, batch=8)
-    assert rel_close(dp.solve(costs, obj).evaluation.value(obj), oracle(costs, obj))
+    assert rel_close(search.solve(costs, obj).evaluation.value(obj), oracle(costs, obj))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeplan.planner import dp
+from edgeplan.planner import dp, search
 from edgeplan.planner.objective import Objective
 from edgeplan.planner.refine import refine
 from edgeplan.planner.synthetic import random_costs
@@ -29,12 +29,12 @@ def test_refinement_recovers_what_the_reductions_lost(seed, obj):
     costs = _instance(seed)
     solver = dp.DPSolver(costs, obj, work_budget=30.0)
     assert not solver.exact and not solver.mixed  # the search was reduced (one board type per group)
-    raw = dp._optimise(solver, obj)
+    raw = search.optimise(solver, obj)
     best = brute_force(costs, obj)[0].value(obj)
     assert raw.evaluation.value(obj) > best * 1.03  # the reduced DP alone is clearly worse
     lay, ev, moves = refine(costs, obj, raw.layout)
     assert moves >= 1 and rel_close(ev.value(obj), best)
-    res = dp.solve(costs, obj, work_budget=30.0)  # the solver runs the refinement itself and says so
+    res = search.solve(costs, obj, work_budget=30.0)  # the solver runs the refinement itself and says so
     assert rel_close(res.evaluation.value(obj), best) and not res.exact
     assert any("refined on the full graph" in n for n in res.notes)
 
@@ -45,7 +45,7 @@ def test_refinement_never_makes_a_plan_worse():
                              uniform_links=seed % 2 == 0)
         for obj in (Objective(objective="throughput", batch=8), LAT, TRAIN):
             solver = dp.DPSolver(costs, obj, work_budget=200.0)
-            raw = dp._optimise(solver, obj)
+            raw = search.optimise(solver, obj)
             if raw.layout is None:
                 continue
             _, ev, _ = refine(costs, obj, raw.layout)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeplan.planner import dp, ilp
+from edgeplan.planner import dp, ilp, search
 from edgeplan.planner.api import plan_from_costs
 from edgeplan.planner.costmodel import evaluate
 from edgeplan.planner.objective import Objective
@@ -46,7 +46,7 @@ def test_dp_equals_brute_force(name, size):
     exact = 0
     for seed in range(2):
         costs = _instance(seed * 7 + d, d, kinds, n, uniform_links=seed == 0)
-        res = dp.solve(costs, obj)
+        res = search.solve(costs, obj)
         bf = brute_force(costs, obj)
         if not res.exact:
             continue
@@ -66,7 +66,7 @@ def test_dp_equals_ilp(name, d, n):
     obj = OBJECTIVES[name]
     costs = _instance(d * 11 + n, d, max(2, d - 2), n)
     assert ilp.applicable(costs, obj, 200000)
-    res = dp.solve(costs, obj)
+    res = search.solve(costs, obj)
     got = ilp.solve(costs, obj, cuts=np.arange(costs.n_layers + 1))  # every boundary: the full graph
     assert res.exact and got.exact
     assert _same(_value(res, obj), _value(got, obj)), (res.layout, got.layout)
@@ -99,7 +99,7 @@ def test_unused_devices_when_links_are_slow():
     costs = _instance(1, 3, 3, 8)
     costs.bandwidth[costs.bandwidth < float("inf")] = 1e3
     obj = Objective(objective="latency", batch=1)
-    res = dp.solve(costs, obj)
+    res = search.solve(costs, obj)
     assert len(res.layout) == 1 and len(res.layout[0].replicas) == 1
 
 
@@ -115,7 +115,7 @@ def test_non_uniform_links_are_exact_against_brute_force():
     obj = Objective(objective="throughput", batch=2)
     assert not dp.DPSolver(costs, obj).types.uniform
     bf = brute_force(costs, obj)
-    assert _same(_value(dp.solve(costs, obj), obj), bf[0].value(obj))
+    assert _same(_value(search.solve(costs, obj), obj), bf[0].value(obj))
 
 
 def test_ilp_time_out_is_reported_as_a_time_out_not_as_memory():
@@ -153,4 +153,4 @@ def test_ilp_refuses_links_whose_energy_differs():
     with pytest.raises(PlanError, match="energy per byte"):
         ilp.solve(costs, obj)
     bf = brute_force(costs, obj)  # the DP prices each link's energy itself
-    assert _same(_value(dp.solve(costs, obj), obj), bf[0].value(obj))
+    assert _same(_value(search.solve(costs, obj), obj), bf[0].value(obj))

@@ -1,0 +1,166 @@
+"""The objective search: which table-DP passes (``dp.DPSolver.run_pass``) answer each objective.
+
+throughput: the smallest bottleneck, then the smallest sum under it. latency and
+training time: the smallest sum, then branch and bound over candidate bottleneck
+values (sum + weight x bottleneck). energy: branch and bound over candidate
+thresholds, idle power weighted by each interval's low end. The result is exact
+whenever the DP needed no reduction; otherwise ``refine`` improves it on the full
+graph and ``notes`` says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgeplan.planner.costmodel import Evaluation, Layout, evaluate
+from edgeplan.planner.dp import WORK_BUDGET, DPSolver
+from edgeplan.planner.objective import Objective
+from edgeplan.profiles.cost import CostTable
+
+MAX_PASSES = 200
+HEURISTIC_PASSES = 6  # once reductions made the DP a heuristic, stop the threshold search early (refine follows)
+ENERGY_PASSES = 400
+
+
+@dataclass
+class Result:
+    layout: Layout | None
+    evaluation: Evaluation | None
+    exact: bool
+    notes: list[str] = field(default_factory=list)
+    passes: int = 0
+
+
+def solve(costs: CostTable, objective: Objective, *, work_budget: float = WORK_BUDGET,
+          ignore_memory: bool = False, cuts: np.ndarray | None = None, refine: bool = True) -> Result:
+    """Best layout for ``objective`` (budgets handled by ``api``); exact unless ``notes`` says otherwise.
+
+    ``cuts``: stage boundaries to search (a coarse graph; default every layer boundary, reduced when the
+    instance is large); ``refine=False`` keeps the DP's own optimum (to compare with the ILP on the same cuts).
+    """
+    dp = DPSolver(costs, objective, work_budget=work_budget, ignore_memory=ignore_memory, cuts=cuts)
+    res = optimise(dp, objective)
+    res.notes[:0] = dp.notes
+    res.exact = res.exact and dp.exact and not dp.coarse
+    if refine and not res.exact and res.layout is not None and not ignore_memory:
+        from edgeplan.planner.refine import refine as local_search
+
+        lay, ev, moves = local_search(costs, objective, res.layout, prefix=dp.pf)
+        if better(ev, res.evaluation, objective):
+            a, b = res.evaluation.value(objective), ev.value(objective)
+            res.notes.append(f"DP heuristic result refined on the full graph by {moves} local move(s) (cuts, "
+                             f"devices, units, merges): {(a - b) / a * 100:.2f}% better")
+            res.layout, res.evaluation = lay, ev
+    return res
+
+
+def better(ev: Evaluation, best: Evaluation | None, obj: Objective) -> bool:
+    """``ev`` scores strictly better than ``best`` (objective, then latency; relative tolerance 1e-12)."""
+    if best is None:
+        return True
+    a, b = ev.score(obj), best.score(obj)
+    tol = 1e-12 * max(abs(b[0]), 1e-300)
+    return a[0] < b[0] - tol or (abs(a[0] - b[0]) <= tol and a[1] < b[1] - 1e-12 * abs(b[1]))
+
+
+def _eval(dp: DPSolver, layout: Layout) -> Evaluation:
+    return evaluate(dp.costs, layout, dp.obj, prefix=dp.pf)
+
+
+def optimise(dp: DPSolver, obj: Objective, cp: float = 1.0, ce: float = 0.0) -> Result:
+    kind = obj.objective
+    M = obj.microbatches
+    notes: list[str] = []
+    best_l, best_e, passes, exact = None, None, 0, True
+
+    def consider(layout):
+        nonlocal best_l, best_e
+        ev = _eval(dp, layout)
+        if better(ev, best_e, obj):
+            best_l, best_e = layout, ev
+
+    if kind == "throughput":
+        got = dp.run_pass("max", bkey="p")
+        passes += 1
+        if got is not None:
+            got2 = dp.run_pass("sum", theta=got[0], bkey="p")
+            passes += 1
+            consider(got2[1] if got2 is not None else got[1])
+    elif kind in ("latency", "time"):
+        # objective = sum + w * max. The unconstrained pass gives the smallest sum (floor); then branch and
+        # bound over candidate bottleneck values: on an interval [c_a, c_b] no plan beats sum(c_b) + w c_a.
+        bkey = "q" if kind == "time" else "p"
+        w = 1.0 if kind == "time" else float(M - 1)
+        got = dp.run_pass("sum", bkey=bkey)
+        passes += 1
+        if got is not None:
+            consider(got[1])
+        if got is not None and w > 0:
+            floor = got[0]
+            lo = dp.run_pass("max", bkey=bkey)
+            passes += 1
+            cands = dp.candidates(bkey)
+            cands = cands[(cands >= lo[0] * (1 - 1e-12)) & (cands < _peak(dp, got[1], bkey) * (1 - 1e-12))]
+            stack = [(0, len(cands) - 1)] if len(cands) else []
+            while stack:
+                a, b = stack.pop()
+                best_v = best_e.value(obj) * (1 - 1e-12)
+                if floor + w * cands[a] >= best_v:
+                    continue
+                if passes >= (MAX_PASSES if dp.exact else HEURISTIC_PASSES):
+                    exact = False
+                    notes.append(f"DP heuristic: bottleneck search stopped after {passes} passes")
+                    break
+                got = dp.run_pass("sum", theta=float(cands[b]), bkey=bkey)
+                passes += 1
+                if got is None:
+                    continue
+                consider(got[1])
+                if got[0] + w * cands[a] >= best_e.value(obj) * (1 - 1e-12) or a == b:
+                    continue
+                b2 = int(np.searchsorted(cands, _peak(dp, got[1], bkey) * (1 - 1e-12))) - 1
+                if b2 < a:
+                    continue
+                mid = (a + b2) // 2
+                stack += [(mid + 1, b2), (a, mid)]
+    elif kind == "energy":
+        # m * E* = min over candidate thresholds theta of pass(theta) = min dyn + idle * theta over plans whose
+        # every p <= theta. Branch and bound over candidate intervals [a, b]: a pass feasible at b with idle
+        # weighted by a is a lower bound for the whole interval, and its plan is a real one.
+        lo = dp.run_pass("max", bkey="p")
+        passes += 1
+        if lo is not None:
+            cands = dp.candidates("p")
+            cands = cands[cands >= lo[0] * (1 - 1e-12)]
+            stack = [(0, len(cands) - 1)]
+            while stack:
+                a, b = stack.pop()
+                if passes >= (ENERGY_PASSES if dp.exact else HEURISTIC_PASSES):
+                    exact = False
+                    notes.append(f"DP heuristic: energy search stopped after {passes} passes")
+                    break
+                got = dp.run_pass("sum", cp=0.0, ce=1.0, theta=float(cands[b]), theta_idle=float(cands[a]))
+                passes += 1
+                if got is None:
+                    continue
+                consider(got[1])
+                if got[0] / dp.m >= best_e.energy_j * (1 - 1e-12) or a == b:
+                    continue
+                mid = (a + b) // 2
+                stack += [(mid + 1, b), (a, mid)]
+    return Result(layout=best_l, evaluation=best_e, exact=exact, notes=notes, passes=passes)
+
+
+def _peak(dp: DPSolver, layout: Layout, bkey: str) -> float:
+    ev = evaluate(dp.costs, layout, dp.obj, prefix=dp.pf)
+    M = dp.M
+    if bkey == "p":
+        return ev.period_s
+    res = [(M - 1) * ev.input_s]
+    for i, st in enumerate(ev.stages):
+        res.append((M - 1) * st.compute_s + st.allreduce_s)
+        f = 2 if (dp.train and i + 1 < len(ev.stages)) else 1
+        res.append((M - 1) * f * st.send_s)
+    return max(res)
