@@ -61,7 +61,8 @@ from edgeplan.errors import ProfileError
 from edgeplan.graph.model import LayerGraph
 from edgeplan.graph.ops import OP_CLASSES
 from edgeplan.profiles.cost import HOP_COPIES
-from edgeplan.profiles.load import BOARDS_DIR, load_cluster
+from edgeplan.profiles.load import load_cluster
+from edgeplan.profiles.merge import BOARDS_DIR
 from edgeplan.profiles.model import Cluster, ComputeUnit
 
 MIN_RUNS = 20  # calls a replica must have made for its median to be used

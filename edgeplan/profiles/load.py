@@ -13,14 +13,15 @@ bytes/s), Mbit/s (1e6 bits/s), ms, us, W, nJ per byte. A value may also be a
 string with an explicit unit of the same dimension, e.g. ``latency_ms: "200 us"``.
 
 Every error is a ProfileError naming the file, the field path (e.g.
-``devices[2].profile``), the bad value and what is allowed.
+``devices[2].profile``), the bad value and what is allowed. Reading, ``extends``
+and overrides (and where each value came from) are ``merge``'s; this module
+validates the merged documents and builds the frozen data.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,20 @@ import yaml
 
 from edgeplan.errors import ProfileError
 from edgeplan.graph import ops
+from edgeplan.profiles.merge import (
+    Doc,
+    Src,
+    builtin_index,
+    find,
+    fmt_path,
+    is_abstract,
+    merge,
+    read_yaml,
+    resolve,
+    shown_path,
+    valid_ids,
+)
 from edgeplan.profiles.model import Cluster, ComputeUnit, Device, Link, Measured, Profile, unit_figures
-
-BOARDS_DIR = Path(__file__).parent / "boards"
 
 UNIT_KINDS = ("cpu", "gpu", "npu")
 TARGETS = ("arm-cpu", "cuda", "mali", "npu", "x86")
@@ -62,155 +74,10 @@ _NETWORK_KEYS = ("default", "links")
 _LINK_KEYS = ("between", "bandwidth_mbps", "latency_ms", "energy_nj_per_byte")
 
 
-@dataclass(frozen=True)
-class _Src:
-    """Where a merged value came from: the file and the field prefix it sits under there."""
-
-    file: str
-    prefix: str = ""
-
-
-def _fmt_path(path: tuple) -> str:
-    out = ""
-    for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
-
-
-class _Doc:
-    """A merged mapping plus the origin of each value, so errors name the right file and field."""
-
-    def __init__(self, data: dict, origins: dict[tuple, _Src]):
-        self.data = data
-        self.origins = origins
-
-    def file_of(self, path: tuple) -> str | None:
-        """The file the value at ``path`` came from (None: not in any)."""
-        for n in range(len(path), -1, -1):
-            src = self.origins.get(path[:n])
-            if src is not None:
-                return src.file
-        return None
-
-    def where(self, path: tuple) -> str:
-        for n in range(len(path), -1, -1):
-            src = self.origins.get(path[:n])
-            if src is not None:
-                field = _fmt_path(path)
-                full = f"{src.prefix}.{field}" if src.prefix and field else (src.prefix or field)
-                return f"{src.file}: {full}" if full else src.file
-        return "<profile>"
-
-    def fail(self, path: tuple, msg: str) -> ProfileError:
-        return ProfileError(f"{self.where(path)}: {msg}")
-
-
-def _merge(base: dict, over: dict, origins: dict[tuple, _Src], src: _Src, path: tuple = ()) -> dict:
-    out = dict(base)
-    for key, value in over.items():
-        p = path + (key,)
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value, origins, src, p)
-        else:
-            for stale in [q for q in origins if q[: len(p)] == p]:
-                del origins[stale]
-            out[key] = value
-            origins[p] = src
-    return out
-
-
-def _read_yaml(path: Path, what: str) -> dict:
-    try:
-        text = path.read_text()
-    except FileNotFoundError as e:
-        raise ProfileError(f"{path}: no such {what} file") from e
-    except OSError as e:
-        raise ProfileError(f"{path}: cannot read {what} file ({e.strerror})") from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ProfileError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from e
-    if not isinstance(data, dict):
-        raise ProfileError(f"{path}: a {what} file must be a YAML mapping, got {type(data).__name__}")
-    return data
-
-
-def _builtin_index() -> dict[str, Path]:
-    index: dict[str, Path] = {}
-    for path in sorted(BOARDS_DIR.glob("*/*.yaml")):
-        if path.stem in index:
-            raise ProfileError(f"{path}: profile id {path.stem!r} is also defined by {index[path.stem]}; rename one")
-        index[path.stem] = path
-    return index
-
-
-def _display(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(BOARDS_DIR.resolve().parent))
-    except ValueError:
-        return str(path)
-
-
-def _find(ref: str, base_dir: Path | None, index: dict[str, Path]) -> Path | None:
-    if ref in index:
-        return index[ref]
-    if ref.endswith((".yaml", ".yml")) or "/" in ref:
-        p = Path(ref)
-        if not p.is_absolute() and base_dir is not None:
-            p = base_dir / p
-        return p if p.exists() else None
-    return None
-
-
-def _valid_ids(index: dict[str, Path]) -> str:
-    return ", ".join(sorted(i for i in index if not _is_abstract(index[i])))
-
-
-def _is_abstract(path: Path) -> bool:
-    try:
-        return bool(yaml.safe_load(path.read_text()).get("abstract", False))
-    except Exception:  # a broken file is reported when it is loaded, not while listing
-        return False
-
-
-def _resolve(path: Path, index: dict[str, Path], chain: tuple[str, ...] = ()) -> tuple[_Doc, str]:
-    """Read a profile file and the files it extends; returns the merged document and its id."""
-    pid = path.stem
-    display = _display(path)
-    key = str(path.resolve())
-    if key in chain:
-        names = [Path(c).stem for c in chain[chain.index(key):]] + [pid]
-        raise ProfileError(f"{display}: extends: cycle {' -> '.join(names)}; remove one `extends`")
-    data = _read_yaml(path, "profile")
-    src = _Src(display)
-    base_ref = data.get("extends")
-    if base_ref is None:
-        origins: dict[tuple, _Src] = {(): src}
-        merged = _merge({}, data, origins, src)
-    else:
-        if not isinstance(base_ref, str):
-            raise ProfileError(f"{display}: extends: {base_ref!r} is not a profile id or path")
-        base_path = _find(base_ref, path.parent, index)
-        if base_path is None:
-            raise ProfileError(
-                f"{display}: extends: unknown profile {base_ref!r}; valid ids: {', '.join(sorted(index))} "
-                "(or a path to a profile file)")
-        base, _ = _resolve(base_path, index, chain + (key,))
-        origins = dict(base.origins)
-        merged = _merge(base.data, data, origins, src)
-    origins[()] = src  # fields missing from the merged profile are reported against the most derived file
-    merged.pop("extends", None)
-    merged["abstract"] = bool(data.get("abstract", False))  # a base's abstract flag is not inherited
-    origins[("abstract",)] = src
-    return _Doc(merged, origins), pid
-
-
 # --- value checks -------------------------------------------------------------
 
 
-def _quantity(doc: _Doc, path: tuple, dim: str, unit: str, *, lo: float = 0.0, lo_open: bool = True,
+def _quantity(doc: Doc, path: tuple, dim: str, unit: str, *, lo: float = 0.0, lo_open: bool = True,
               hi: float | None = None) -> float:
     """A number in the field's ``unit`` (or a string with an explicit unit of ``dim``), as SI."""
     value = _get(doc, path)
@@ -239,7 +106,7 @@ def _quantity(doc: _Doc, path: tuple, dim: str, unit: str, *, lo: float = 0.0, l
 _MISSING = object()
 
 
-def _get(doc: _Doc, path: tuple, default: Any = _MISSING) -> Any:
+def _get(doc: Doc, path: tuple, default: Any = _MISSING) -> Any:
     node: Any = doc.data
     for p in path:
         if isinstance(node, dict) and p in node:
@@ -253,7 +120,7 @@ def _get(doc: _Doc, path: tuple, default: Any = _MISSING) -> Any:
     return node
 
 
-def _string(doc: _Doc, path: tuple, *, choices: tuple[str, ...] | None = None, pattern: re.Pattern | None = None,
+def _string(doc: Doc, path: tuple, *, choices: tuple[str, ...] | None = None, pattern: re.Pattern | None = None,
             default: Any = _MISSING) -> Any:
     value = _get(doc, path, default)
     if value is default and default is not _MISSING:
@@ -267,7 +134,7 @@ def _string(doc: _Doc, path: tuple, *, choices: tuple[str, ...] | None = None, p
     return value
 
 
-def _mapping(doc: _Doc, path: tuple, allowed: tuple[str, ...] | None = None, default: Any = _MISSING) -> dict:
+def _mapping(doc: Doc, path: tuple, allowed: tuple[str, ...] | None = None, default: Any = _MISSING) -> dict:
     value = _get(doc, path, default)
     if value is default and default is not _MISSING:
         return value
@@ -280,7 +147,7 @@ def _mapping(doc: _Doc, path: tuple, allowed: tuple[str, ...] | None = None, def
     return value
 
 
-def _bool(doc: _Doc, path: tuple, default: bool) -> bool:
+def _bool(doc: Doc, path: tuple, default: bool) -> bool:
     value = _get(doc, path, default)
     if not isinstance(value, bool):
         raise doc.fail(path, f"{value!r} is not true or false")
@@ -294,7 +161,7 @@ def _figure_path(p: tuple, figure: str) -> tuple:
     return p + tuple(figure.split("."))
 
 
-def _measured(doc: _Doc, p: tuple) -> tuple[Measured, ...]:
+def _measured(doc: Doc, p: tuple) -> tuple[Measured, ...]:
     """The unit's ``measured:`` provenance, ``{figure: {how, when, backend, from}}``.
 
     An entry counts only while the figure it describes still comes from the same file: a later
@@ -320,7 +187,7 @@ def _measured(doc: _Doc, p: tuple) -> tuple[Measured, ...]:
     return tuple(out)
 
 
-def _build_unit(doc: _Doc, name: str) -> ComputeUnit:
+def _build_unit(doc: Doc, name: str) -> ComputeUnit:
     p = ("units", name)
     _mapping(doc, p, _UNIT_KEYS)
     kind = _string(doc, p + ("kind",), choices=UNIT_KINDS)
@@ -370,7 +237,7 @@ def _build_unit(doc: _Doc, name: str) -> ComputeUnit:
     )
 
 
-def _build_profile(doc: _Doc, pid: str, source: str) -> Profile:
+def _build_profile(doc: Doc, pid: str, source: str) -> Profile:
     _mapping(doc, (), _BOARD_KEYS)
     ram = _quantity(doc, ("ram_mb",), "size", "MB")
     reserved = _quantity(doc, ("reserved_mb",), "size", "MB", lo_open=False, hi=ram / 2**20)
@@ -405,29 +272,29 @@ def _build_profile(doc: _Doc, pid: str, source: str) -> Profile:
     )
 
 
-def _load(ref: str, base_dir: Path | None, index: dict[str, Path]) -> tuple[_Doc, str, str]:
-    path = _find(ref, base_dir, index)
+def _load(ref: str, base_dir: Path | None, index: dict[str, Path]) -> tuple[Doc, str, str]:
+    path = find(ref, base_dir, index)
     if path is None:
-        raise ProfileError(f"unknown profile {ref!r}; valid ids: {_valid_ids(index)} (or a path to a profile file)")
-    doc, pid = _resolve(path, index)
-    return doc, pid, _display(path)
+        raise ProfileError(f"unknown profile {ref!r}; valid ids: {valid_ids(index)} (or a path to a profile file)")
+    doc, pid = resolve(path, index)
+    return doc, pid, shown_path(path)
 
 
 def load_profile(ref: str, base_dir: str | Path | None = None) -> Profile:
     """A validated board template by built-in id (``rpi4b-4gb``) or by file path."""
-    index = _builtin_index()
+    index = builtin_index()
     doc, pid, source = _load(ref, Path(base_dir) if base_dir is not None else Path.cwd(), index)
     if doc.data.get("abstract"):
         raise ProfileError(f"{source}: profile {pid!r} is a base for other profiles (abstract: true); "
-                           f"use one of: {_valid_ids(index)}")
+                           f"use one of: {valid_ids(index)}")
     return _build_profile(doc, pid, source)
 
 
 def list_profiles() -> tuple[tuple[str, Path, str], ...]:
     """Built-in (non-abstract) profiles: (id, file, board name), sorted by id."""
     out = []
-    for pid, path in sorted(_builtin_index().items()):
-        if _is_abstract(path):
+    for pid, path in sorted(builtin_index().items()):
+        if is_abstract(path):
             continue
         name = (yaml.safe_load(path.read_text()) or {}).get("name")
         if name is None:  # inherited from the base
@@ -439,23 +306,23 @@ def list_profiles() -> tuple[tuple[str, Path, str], ...]:
 # --- clusters -----------------------------------------------------------------
 
 
-def _device(doc: _Doc, i: int, base_dir: Path, index: dict[str, Path], file: str) -> Device:
+def _device(doc: Doc, i: int, base_dir: Path, index: dict[str, Path], file: str) -> Device:
     p = ("devices", i)
     _mapping(doc, p, _DEVICE_KEYS)
     name = _string(doc, p + ("name",), pattern=_NAME_RE)
     ref = _string(doc, p + ("profile",))
     address = _string(doc, p + ("address",))
-    path = _find(ref, base_dir, index)
+    path = find(ref, base_dir, index)
     if path is None:
-        raise doc.fail(p + ("profile",), f"unknown profile {ref!r}; valid ids: {_valid_ids(index)} "
+        raise doc.fail(p + ("profile",), f"unknown profile {ref!r}; valid ids: {valid_ids(index)} "
                                          "(or a path to a profile file, relative to the cluster file)")
-    pdoc, pid = _resolve(path, index)
+    pdoc, pid = resolve(path, index)
     if pdoc.data.get("abstract"):
         raise doc.fail(p + ("profile",), f"profile {ref!r} is a base for other profiles; "
-                                         f"use one of: {_valid_ids(index)}")
+                                         f"use one of: {valid_ids(index)}")
     overrides = _mapping(doc, p + ("overrides",), _OVERRIDE_KEYS, default=None)
     if overrides:
-        src = _Src(file, _fmt_path(p + ("overrides",)))
+        src = Src(file, fmt_path(p + ("overrides",)))
         units = dict(pdoc.data.get("units") or {})
         over = dict(overrides)
         if "units" in over:
@@ -471,13 +338,13 @@ def _device(doc: _Doc, i: int, base_dir: Path, index: dict[str, Path], file: str
             pdoc.data["units"] = units
             over["units"] = {k: v for k, v in o_units.items() if v is not None}
         origins = dict(pdoc.origins)
-        pdoc = _Doc(_merge(pdoc.data, over, origins, src), origins)
-    device = _build_profile(pdoc, pid, _display(path)).instantiate(name, address)
+        pdoc = Doc(merge(pdoc.data, over, origins, src), origins)
+    device = _build_profile(pdoc, pid, shown_path(path)).instantiate(name, address)
     user = _string(doc, p + ("user",), pattern=_USER_RE, default=None)
     return dataclasses.replace(device, user=user) if user is not None else device
 
 
-def _link(doc: _Doc, path: tuple, default_energy: float | None) -> tuple[float, float, float]:
+def _link(doc: Doc, path: tuple, default_energy: float | None) -> tuple[float, float, float]:
     bandwidth = _quantity(doc, path + ("bandwidth_mbps",), "bitrate", "Mbit/s")
     latency = _quantity(doc, path + ("latency_ms",), "time", "ms", lo_open=False)
     if _get(doc, path + ("energy_nj_per_byte",), None) is None:
@@ -489,14 +356,14 @@ def load_cluster(path: str | Path) -> Cluster:
     """Read and validate a cluster file; profiles by id or by path relative to the file."""
     path = Path(path)
     file = str(path)
-    data = _read_yaml(path, "cluster")
-    doc = _Doc(data, {(): _Src(file)})
+    data = read_yaml(path, "cluster")
+    doc = Doc(data, {(): Src(file)})
     _mapping(doc, (), _CLUSTER_KEYS)
     name = _string(doc, ("name",), pattern=_NAME_RE)
     devices_raw = _get(doc, ("devices",))
     if not isinstance(devices_raw, list) or not devices_raw:
         raise doc.fail(("devices",), f"expected a non-empty list of devices, got {devices_raw!r}")
-    index = _builtin_index()
+    index = builtin_index()
     devices: list[Device] = []
     seen: dict[str, int] = {}
     for i in range(len(devices_raw)):

@@ -10,7 +10,8 @@ import yaml
 
 from edgeplan.errors import ProfileError
 from edgeplan.graph.ops import OP_CLASSES
-from edgeplan.profiles.load import BOARDS_DIR, list_profiles, load_cluster, load_profile
+from edgeplan.profiles.load import list_profiles, load_cluster, load_profile
+from edgeplan.profiles.merge import BOARDS_DIR
 from edgeplan.profiles.model import Cluster
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "clusters"
