@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
@@ -34,11 +35,25 @@ app = typer.Typer(
     help="Plan, compile and run one PyTorch model across heterogeneous edge boards.",
 )
 
+# Parameters several commands share, declared once.
+CompiledArtifacts = Annotated[Path, typer.Argument(
+    help="Artifact folder from `edgeplan compile`.", exists=True, file_okay=False)]
+LocalWorkers = Annotated[bool, typer.Option("--local", help="Start every (device, stage) worker here, on 127.0.0.1.")]
+DeployedCluster = Annotated[Path | None, typer.Option(
+    "--cluster", exists=True, dir_okay=False,
+    help="Drive the workers deployed on the boards (its secret_env names the HMAC secret).")]
+AttemptTimeout = Annotated[float, typer.Option(
+    "--timeout", min=0.1, help="Seconds per request attempt before a re-send.")]
+DeadAfter = Annotated[float, typer.Option(
+    "--dead-after", min=0.1, help="Seconds without a heartbeat before a worker counts as dead.")]
+SecretEnv = Annotated[str | None, typer.Option(
+    "--secret-env", help="Environment variable holding the HMAC secret (default: the cluster's).")]
+
 
 @app.callback()
 def _root(
     ctx: typer.Context,
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
 ) -> None:
     ctx.obj = {"debug": debug}
 
@@ -51,10 +66,13 @@ def _root(
 
 @app.command()
 def inspect(
-    model: str = typer.Argument(..., help="Zoo name (e.g. resnet18), 'file.py:callable', or 'torchvision:<name>'."),
-    input_shape: str = typer.Option(None, "--input-shape", help="Batch-first shape, e.g. 1,3,224,224 "
-                                    "(default: the model's own, for zoo models)."),
-    json_out: Path = typer.Option(None, "--json", help="Also write the LayerGraph as JSON to this file."),
+    model: Annotated[str, typer.Argument(
+        help="Zoo name (e.g. resnet18), 'file.py:callable', or 'torchvision:<name>'.")],
+    input_shape: Annotated[str, typer.Option(
+        "--input-shape",
+        help="Batch-first shape, e.g. 1,3,224,224 "
+             "(default: the model's own, for zoo models).")] = None,
+    json_out: Annotated[Path, typer.Option("--json", help="Also write the LayerGraph as JSON to this file.")] = None,
 ) -> None:
     """Trace MODEL and print its layers: op, origin, output shape, FLOPs, params, bytes crossing each cut."""
     from edgeplan import jsonio
@@ -87,7 +105,7 @@ app.add_typer(cluster_app, name="cluster")
 
 @cluster_app.command("check")
 def cluster_check(
-    file: Path = typer.Argument(..., help="Cluster YAML, e.g. examples/clusters/three-node-hetero.yaml."),
+    file: Annotated[Path, typer.Argument(help="Cluster YAML, e.g. examples/clusters/three-node-hetero.yaml.")],
 ) -> None:
     """Validate FILE and print its devices and links (errors name the file and field)."""
     from edgeplan.profiles.load import load_cluster
@@ -98,11 +116,12 @@ def cluster_check(
 
 @app.command()
 def profile(
-    out: Path = typer.Option(..., "--out", dir_okay=False, help="Profile file to write (YAML)."),
-    extends: str = typer.Option(
-        "host", "--extends", help="Built-in profile this machine is (RAM, power and units come from it)."),
-    seconds: float = typer.Option(0.4, "--seconds", min=0.05, help="Timing per op class."),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="Threads to measure with (default: all)."),
+    out: Annotated[Path, typer.Option("--out", dir_okay=False, help="Profile file to write (YAML).")],
+    extends: Annotated[str, typer.Option(
+        "--extends", help="Built-in profile this machine is (RAM, power and units come from it).")] = "host",
+    seconds: Annotated[float, typer.Option("--seconds", min=0.05, help="Timing per op class.")] = 0.4,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", min=1, help="Threads to measure with (default: all).")] = None,
 ) -> None:
     """Measure this machine per op class and write it as a board profile (measured figures marked as such).
 
@@ -119,20 +138,25 @@ def profile(
 
 @app.command()
 def calibrate(
-    reports: list[Path] = typer.Argument(None, exists=True, dir_okay=False,
-                                         help="Run reports from `edgeplan run --report` (inference)."),
-    cluster: Path = typer.Option(..., "--cluster", exists=True, dir_okay=False,
-                                 help="The cluster file the plan(s) were made on."),
-    out: Path = typer.Option(..., "--out", dir_okay=False, help="Calibrated cluster file to write (YAML)."),
-    plan: list[Path] = typer.Option(
-        None, "--plan", exists=True,
-        help="plan.json or artifact folder each report ran (once for all, or once per report in order)."),
-    model: str | None = typer.Option(None, "--model", help="The planned model (default: the plan's model_ref)."),
-    backend: str | None = typer.Option(
-        None, "--backend", help="Backend recorded as the figures' provenance (default: from the artifact folder)."),
-    kit: list[Path] = typer.Option(
-        None, "--kit", exists=True, dir_okay=False,
-        help="A board's profiling-kit timings (<board>/profiling/timings.json after `sh profile.sh`)."),
+    reports: Annotated[list[Path], typer.Argument(
+        exists=True, dir_okay=False, help="Run reports from `edgeplan run --report` (inference).")] = None,
+    *,
+    cluster: Annotated[Path, typer.Option(
+        "--cluster", exists=True, dir_okay=False, help="The cluster file the plan(s) were made on.")],
+    out: Annotated[Path, typer.Option("--out", dir_okay=False, help="Calibrated cluster file to write (YAML).")],
+    plan: Annotated[list[Path], typer.Option(
+        "--plan",
+        exists=True,
+        help="plan.json or artifact folder each report ran (once for all, or once per report in order).")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="The planned model (default: the plan's model_ref).")] = None,
+    backend: Annotated[str | None, typer.Option(
+        "--backend", help="Backend recorded as the figures' provenance (default: from the artifact folder).")] = None,
+    kit: Annotated[list[Path], typer.Option(
+        "--kit",
+        exists=True,
+        dir_okay=False,
+        help="A board's profiling-kit timings (<board>/profiling/timings.json after `sh profile.sh`).")] = None,
 ) -> None:
     """Refit per-board, per-unit figures from run reports (and profiling-kit timings); write a calibrated cluster.
 
@@ -194,40 +218,50 @@ class PlanSolver(str, Enum):
 
 @app.command("plan")
 def plan_cmd(
-    model: str = typer.Argument(..., help="Zoo name (e.g. resnet18), 'file.py:callable', or 'torchvision:<name>'."),
-    cluster: Path = typer.Option(..., "--cluster", exists=True, dir_okay=False, help="Cluster YAML."),
-    mode: PlanMode = typer.Option(PlanMode.inference, "--mode", help="Plan for inference or training."),
-    objective: PlanObjective | None = typer.Option(
-        None, "--objective",
+    model: Annotated[str, typer.Argument(
+        help="Zoo name (e.g. resnet18), 'file.py:callable', or 'torchvision:<name>'.")],
+    cluster: Annotated[Path, typer.Option("--cluster", exists=True, dir_okay=False, help="Cluster YAML.")],
+    mode: Annotated[PlanMode, typer.Option("--mode", help="Plan for inference or training.")] = PlanMode.inference,
+    objective: Annotated[PlanObjective | None, typer.Option(
+        "--objective",
         help="inference: latency | throughput (default) | energy; training: time (per iteration, the default)."),
-    batch: int = typer.Option(1, "--batch", help="Samples per request (inference) or global batch (training)."),
-    microbatches: int = typer.Option(1, "--microbatches", help="Micro-batches the batch is cut into (divides it)."),
-    schedule: PlanSchedule = typer.Option(PlanSchedule.auto, "--schedule",
-                                          help="Training pipeline schedule (auto: 1f1b)."),
-    latency_budget: str = typer.Option(None, "--latency-budget", help="e.g. 50ms (training: per iteration)."),
-    energy_budget: str = typer.Option(None, "--energy-budget", help="Per sample, e.g. 30mJ."),
-    head: str = typer.Option(None, "--head", help="Device feeding inputs (default: the cluster's first)."),
-    optimizer_states: int = typer.Option(1, "--optimizer-states",
-                                         help="Training: parameter-sized optimizer buffers (1 SGD momentum, 2 Adam)."),
-    solver: PlanSolver = typer.Option(PlanSolver.dp, "--solver", help="dp (default, fast) or ilp (exact, small)."),
-    min_gain: float = typer.Option(0.05, "--min-gain",
-                                   help="A plan with more boards/stages must beat the best simpler one by this "
-                                        "fraction (0 <= x < 1), else the simpler one is used."),
-    ilp_time_limit: float = typer.Option(60.0, "--ilp-time-limit",
-                                         help="Seconds HiGHS may spend (--solver ilp, and the DP's ILP check)."),
-    input_shape: str = typer.Option(None, "--input-shape", help="Batch-first shape (default: the model's own)."),
-    out: Path = typer.Option(None, "--out", help="Write the plan JSON here."),
-    svg: Path = typer.Option(None, "--svg", help="Also draw the schedule and memory to this SVG."),
-    check: Path | None = typer.Option(
-        None, "--check", dir_okay=False,
-        help="Golden plan file: exit 1 with a readable diff when this plan differs from it."),
-    tolerance: float = typer.Option(0.02, "--tolerance", min=0.0, max=0.99,
-                                    help="--check: relative tolerance of predicted figures."),
-    variants: list[str] | None = typer.Option(
-        None, "--variants",
+    ] = None,
+    batch: Annotated[int, typer.Option(
+        "--batch", help="Samples per request (inference) or global batch (training).")] = 1,
+    microbatches: Annotated[int, typer.Option(
+        "--microbatches", help="Micro-batches the batch is cut into (divides it).")] = 1,
+    schedule: Annotated[PlanSchedule, typer.Option(
+        "--schedule", help="Training pipeline schedule (auto: 1f1b).")] = PlanSchedule.auto,
+    latency_budget: Annotated[str, typer.Option(
+        "--latency-budget", help="e.g. 50ms (training: per iteration).")] = None,
+    energy_budget: Annotated[str, typer.Option("--energy-budget", help="Per sample, e.g. 30mJ.")] = None,
+    head: Annotated[str, typer.Option("--head", help="Device feeding inputs (default: the cluster's first).")] = None,
+    optimizer_states: Annotated[int, typer.Option(
+        "--optimizer-states", help="Training: parameter-sized optimizer buffers (1 SGD momentum, 2 Adam).")] = 1,
+    solver: Annotated[PlanSolver, typer.Option(
+        "--solver", help="dp (default, fast) or ilp (exact, small).")] = PlanSolver.dp,
+    min_gain: Annotated[float, typer.Option(
+        "--min-gain",
+        help="A plan with more boards/stages must beat the best simpler one by this "
+             "fraction (0 <= x < 1), else the simpler one is used.")] = 0.05,
+    ilp_time_limit: Annotated[float, typer.Option(
+        "--ilp-time-limit", help="Seconds HiGHS may spend (--solver ilp, and the DP's ILP check).")] = 60.0,
+    input_shape: Annotated[str, typer.Option(
+        "--input-shape", help="Batch-first shape (default: the model's own).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Write the plan JSON here.")] = None,
+    svg: Annotated[Path, typer.Option("--svg", help="Also draw the schedule and memory to this SVG.")] = None,
+    check: Annotated[Path | None, typer.Option(
+        "--check",
+        dir_okay=False,
+        help="Golden plan file: exit 1 with a readable diff when this plan differs from it.")] = None,
+    tolerance: Annotated[float, typer.Option(
+        "--tolerance", min=0.0, max=0.99, help="--check: relative tolerance of predicted figures.")] = 0.02,
+    variants: Annotated[list[str] | None, typer.Option(
+        "--variants",
         help="Plan family: a grid axis of cluster conditions, repeatable, e.g. 'bandwidth=1,0.5,0.25', "
              "'slowdown:gpu-board=1,3', 'absent:cpu-board'; 'default': nominal, each board 3x slower, each link 4x "
              "slower, each board absent. --out is then a folder (family.json + one plan file per distinct layout)."),
+    ] = None,
 ) -> None:
     """Choose stages x replica groups for MODEL on CLUSTER and print the report (baselines side by side)."""
     from edgeplan import jsonio
@@ -306,10 +340,10 @@ def _plan_diff(old, new, tolerance: float, name: str) -> list[str]:
 
 @app.command("diff")
 def diff_cmd(
-    old: Path = typer.Argument(..., help="plan.json (or artifact folder), e.g. the golden one."),
-    new: Path = typer.Argument(..., help="plan.json (or artifact folder) to compare with it."),
-    tolerance: float = typer.Option(0.02, "--tolerance", min=0.0, max=0.99,
-                                    help="Relative tolerance of predicted figures."),
+    old: Annotated[Path, typer.Argument(help="plan.json (or artifact folder), e.g. the golden one.")],
+    new: Annotated[Path, typer.Argument(help="plan.json (or artifact folder) to compare with it.")],
+    tolerance: Annotated[float, typer.Option(
+        "--tolerance", min=0.0, max=0.99, help="Relative tolerance of predicted figures.")] = 0.02,
 ) -> None:
     """Readable differences between two plans (stages, devices, shares, predictions); exit 1 when they differ."""
     if _plan_diff(old, new, tolerance, str(new)):
@@ -318,8 +352,8 @@ def diff_cmd(
 
 @app.command("show")
 def show_cmd(
-    plan: Path = typer.Argument(..., help="plan.json from `edgeplan plan`."),
-    svg: Path = typer.Option(None, "--svg", help="Also draw the schedule and memory to this SVG."),
+    plan: Annotated[Path, typer.Argument(help="plan.json from `edgeplan plan`.")],
+    svg: Annotated[Path, typer.Option("--svg", help="Also draw the schedule and memory to this SVG.")] = None,
 ) -> None:
     """Print the report of a saved PLAN again (a plan family folder: its variant table)."""
     from edgeplan.planner.plan import load
@@ -350,23 +384,31 @@ class CompileBackend(str, Enum):
 
 @app.command("compile")
 def compile_cmd(
-    plan: Path = typer.Argument(..., help="plan.json from `edgeplan plan` (or a plan family folder from "
-                                          "`edgeplan plan --variants`).", exists=True),
-    model: str | None = typer.Option(
-        None, "--model", help="Override the model the plan recorded (zoo name, file.py:callable, torchvision:NAME)."),
-    out: Path = typer.Option(..., "--out", help="Artifact folder to create (one sub-folder per board)."),
-    cluster: Path | None = typer.Option(
-        None, "--cluster", exists=True, dir_okay=False,
+    plan: Annotated[Path, typer.Argument(
+        help="plan.json from `edgeplan plan` (or a plan family folder from "
+             "`edgeplan plan --variants`).",
+        exists=True)],
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Override the model the plan recorded (zoo name, file.py:callable, torchvision:NAME).")] = None,
+    *,
+    out: Annotated[Path, typer.Option("--out", help="Artifact folder to create (one sub-folder per board).")],
+    cluster: Annotated[Path | None, typer.Option(
+        "--cluster",
+        exists=True,
+        dir_okay=False,
         help="Override the cluster file the plan recorded (board addresses, target options); must be the same "
-             "cluster (sha256)."),
-    input_shape: str | None = typer.Option(None, "--input-shape", help="Override the plan's recorded input shape."),
-    backend: CompileBackend = typer.Option(CompileBackend.auto, "--backend", help="Module backend per stage."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing artifact folder."),
-    bind_any: bool = typer.Option(
-        False, "--bind-any", help="Workers listen on 0.0.0.0 instead of their board's address in the cluster file."),
-    profiling_kit: bool = typer.Option(
-        False, "--profiling-kit", help="Also write each ONNX Runtime board's profiling kit: `sh <board>/profile.sh` "
-                                       "there times it for `edgeplan calibrate --kit`."),
+             "cluster (sha256).")] = None,
+    input_shape: Annotated[str | None, typer.Option(
+        "--input-shape", help="Override the plan's recorded input shape.")] = None,
+    backend: Annotated[CompileBackend, typer.Option(
+        "--backend", help="Module backend per stage.")] = CompileBackend.auto,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing artifact folder.")] = False,
+    bind_any: Annotated[bool, typer.Option(
+        "--bind-any", help="Workers listen on 0.0.0.0 instead of their board's address in the cluster file.")] = False,
+    profiling_kit: Annotated[bool, typer.Option(
+        "--profiling-kit",
+        help="Also write each ONNX Runtime board's profiling kit: `sh <board>/profile.sh` "
+             "there times it for `edgeplan calibrate --kit`.")] = False,
 ) -> None:
     """Compile every stage of PLAN for its boards into OUT, with launchers and a manifest."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -415,7 +457,7 @@ def compile_cmd(
 
 @app.command()
 def verify(
-    artifacts: Path = typer.Argument(..., help="Artifact folder from `edgeplan compile`."),
+    artifacts: Annotated[Path, typer.Argument(help="Artifact folder from `edgeplan compile`.")],
 ) -> None:
     """Check every file of ARTIFACTS against its manifest.json: missing, extra or altered files."""
     from edgeplan.codegen.manifest import verify as verify_dir
@@ -439,10 +481,10 @@ app.add_typer(toolchain_app, name="toolchain")
 
 @toolchain_app.command("install")
 def toolchain_install(
-    name: Toolchain = typer.Argument(..., help="Toolchain to install."),
-    venv: Path | None = typer.Option(
-        None, "--venv", help="Where to create it (default ~/.cache/edgeplan/rknn-venv or $EDGEPLAN_RKNN_VENV)."),
-    force: bool = typer.Option(False, "--force", help="Re-run every install step even if it is installed."),
+    name: Annotated[Toolchain, typer.Argument(help="Toolchain to install.")],
+    venv: Annotated[Path | None, typer.Option(
+        "--venv", help="Where to create it (default ~/.cache/edgeplan/rknn-venv or $EDGEPLAN_RKNN_VENV).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Re-run every install step even if it is installed.")] = False,
 ) -> None:
     """Install a toolchain into its own venv (rknn: rknn-toolkit2 2.5.0, a few minutes and ~1.5 GB)."""
     from edgeplan.targets import rknn_env
@@ -452,7 +494,7 @@ def toolchain_install(
 
 
 @toolchain_app.command("status")
-def toolchain_status(name: Toolchain = typer.Argument(..., help="Toolchain to look for.")) -> None:
+def toolchain_status(name: Annotated[Toolchain, typer.Argument(help="Toolchain to look for.")]) -> None:
     """Say whether a toolchain is installed, and where."""
     from edgeplan.targets import rknn_env
 
@@ -468,28 +510,31 @@ def toolchain_status(name: Toolchain = typer.Argument(..., help="Toolchain to lo
 
 @app.command()
 def run(
-    artifacts: Path = typer.Argument(
-        ..., help="Artifact folder from `edgeplan compile`.", exists=True, file_okay=False),
-    local: bool = typer.Option(False, "--local", help="Start every (device, stage) worker here, on 127.0.0.1."),
-    cluster: Path | None = typer.Option(
-        None, "--cluster", exists=True, dir_okay=False,
-        help="Drive the workers deployed on the boards (its secret_env names the HMAC secret)."),
-    requests: int = typer.Option(200, "--requests", min=1, help="Seeded random requests to send."),
-    report: Path | None = typer.Option(None, "--report", help="Write the JSON report here."),
-    timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="Seconds per request attempt before a re-send."),
-    dead_after: float = typer.Option(
-        1.5, "--dead-after", min=0.1, help="Seconds without a heartbeat before a worker counts as dead."),
-    window: int = typer.Option(0, "--window", min=0, help="Requests in flight at once (0: twice the stages)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random requests."),
-    secret_env: str | None = typer.Option(
-        None, "--secret-env", help="Environment variable holding the HMAC secret (default: the cluster's)."),
-    check: bool = typer.Option(False, "--check", help="Also compare every output with the original PyTorch model "
-                                                      "(max abs error printed; exit 2 beyond --tolerance)."),
-    model: str | None = typer.Option(None, "--model", help="--check: the model (default: the one plan.json "
-                                                           "records)."),
-    tolerance: float = typer.Option(1e-4, "--tolerance", min=0.0, help="--check: largest allowed abs error."),
-    strict: bool = typer.Option(False, "--strict", help="Exit 3 when every request succeeded but workers failed "
-                                                        "on the way (default: exit 0 with a warning)."),
+    artifacts: CompiledArtifacts,
+    local: LocalWorkers = False,
+    cluster: DeployedCluster = None,
+    requests: Annotated[int, typer.Option("--requests", min=1, help="Seeded random requests to send.")] = 200,
+    report: Annotated[Path | None, typer.Option("--report", help="Write the JSON report here.")] = None,
+    timeout: AttemptTimeout = 30.0,
+    dead_after: DeadAfter = 1.5,
+    window: Annotated[int, typer.Option(
+        "--window", min=0, help="Requests in flight at once (0: twice the stages).")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random requests.")] = 0,
+    secret_env: SecretEnv = None,
+    check: Annotated[bool, typer.Option(
+        "--check",
+        help="Also compare every output with the original PyTorch model "
+             "(max abs error printed; exit 2 beyond --tolerance).")] = False,
+    model: Annotated[str | None, typer.Option(
+        "--model",
+        help="--check: the model (default: the one plan.json "
+             "records).")] = None,
+    tolerance: Annotated[float, typer.Option(
+        "--tolerance", min=0.0, help="--check: largest allowed abs error.")] = 1e-4,
+    strict: Annotated[bool, typer.Option(
+        "--strict",
+        help="Exit 3 when every request succeeded but workers failed "
+             "on the way (default: exit 0 with a warning).")] = False,
 ) -> None:
     """Run ARTIFACTS: p50/p99 latency and throughput, measured beside the plan's prediction."""
     from edgeplan import jsonio
@@ -568,15 +613,18 @@ def run(
 
 @app.command()
 def top(
-    url: str | None = typer.Option(None, "--url", help="Head's serving endpoint, e.g. http://127.0.0.1:8000."),
-    cluster: Path | None = typer.Option(
-        None, "--cluster", exists=True, dir_okay=False,
-        help="Cluster YAML: poll the head device's address at --port."),
-    head: str | None = typer.Option(
-        None, "--head", help="The plan's head device (with --cluster; default: the cluster's first, as in plan)."),
-    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Head's HTTP port (with --cluster)."),
-    interval: float = typer.Option(1.0, "--interval", min=0.1, help="Seconds between polls of /metrics."),
-    once: bool = typer.Option(False, "--once", help="Print one table and exit (scripts, tests)."),
+    url: Annotated[str | None, typer.Option(
+        "--url", help="Head's serving endpoint, e.g. http://127.0.0.1:8000.")] = None,
+    cluster: Annotated[Path | None, typer.Option(
+        "--cluster",
+        exists=True,
+        dir_okay=False,
+        help="Cluster YAML: poll the head device's address at --port.")] = None,
+    head: Annotated[str | None, typer.Option(
+        "--head", help="The plan's head device (with --cluster; default: the cluster's first, as in plan).")] = None,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Head's HTTP port (with --cluster).")] = 8000,
+    interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between polls of /metrics.")] = 1.0,
+    once: Annotated[bool, typer.Option("--once", help="Print one table and exit (scripts, tests).")] = False,
 ) -> None:
     """Live table from the head's /metrics: per board CPU, memory, link Mbit/s, per stage ms measured vs predicted."""
     from edgeplan import top as top_mod
@@ -602,27 +650,27 @@ def _pipeline_source(local: bool, cluster: Path | None, what: str):
 
 @app.command()
 def serve(
-    artifacts: Path = typer.Argument(
-        ..., help="Artifact folder from `edgeplan compile`.", exists=True, file_okay=False),
-    local: bool = typer.Option(False, "--local", help="Start every (device, stage) worker here, on 127.0.0.1."),
-    cluster: Path | None = typer.Option(
-        None, "--cluster", exists=True, dir_okay=False,
-        help="Drive the workers deployed on the boards (its secret_env names the HMAC secret)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
-    port: int = typer.Option(8000, "--port", min=0, max=65535, help="HTTP port (0: any free port)."),
-    name: str | None = typer.Option(None, "--name", help="Model name in the URLs (default: the plan's model, "
-                                                         "characters outside [A-Za-z0-9_.-] replaced by _)."),
-    max_delay_ms: float = typer.Option(2.0, "--max-delay-ms", min=0.0,
-                                       help="How long a partial plan batch waits for more samples while the "
-                                            "pipeline is busy (an idle one gets it at once)."),
-    max_request_bytes: int = typer.Option(64 << 20, "--max-request-bytes", min=1024,
-                                          help="Larger request bodies get 413."),
-    window: int = typer.Option(0, "--window", min=0, help="Plan batches in flight at once (0: twice the stages)."),
-    timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="Seconds per request attempt before a re-send."),
-    dead_after: float = typer.Option(
-        1.5, "--dead-after", min=0.1, help="Seconds without a heartbeat before a worker counts as dead."),
-    secret_env: str | None = typer.Option(
-        None, "--secret-env", help="Environment variable holding the HMAC secret (default: the cluster's)."),
+    artifacts: CompiledArtifacts,
+    local: LocalWorkers = False,
+    cluster: DeployedCluster = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="HTTP port (0: any free port).")] = 8000,
+    name: Annotated[str | None, typer.Option(
+        "--name",
+        help="Model name in the URLs (default: the plan's model, "
+             "characters outside [A-Za-z0-9_.-] replaced by _).")] = None,
+    max_delay_ms: Annotated[float, typer.Option(
+        "--max-delay-ms",
+        min=0.0,
+        help="How long a partial plan batch waits for more samples while the "
+             "pipeline is busy (an idle one gets it at once).")] = 2.0,
+    max_request_bytes: Annotated[int, typer.Option(
+        "--max-request-bytes", min=1024, help="Larger request bodies get 413.")] = 64 << 20,
+    window: Annotated[int, typer.Option(
+        "--window", min=0, help="Plan batches in flight at once (0: twice the stages).")] = 0,
+    timeout: AttemptTimeout = 30.0,
+    dead_after: DeadAfter = 1.5,
+    secret_env: SecretEnv = None,
 ) -> None:
     """Serve ARTIFACTS over the Open Inference Protocol (KServe v2 REST; tritonclient, curl) and /metrics.
 
@@ -663,17 +711,22 @@ def serve(
 
 @app.command()
 def infer(
-    artifacts: str = typer.Argument(..., help="Artifact folder from `edgeplan compile` (or use --url)."),
-    inputs: list[Path] = typer.Option(..., "--inputs", help="A .npy or .npz file, a folder of .npy files or "
-                                                            "images, or image files (repeatable)."),
-    outputs: Path = typer.Option(..., "--outputs", help="Where to write the outputs: .npy (one output) or .npz."),
-    local: bool = typer.Option(False, "--local", help="Start every worker here."),
-    cluster: Path | None = typer.Option(None, "--cluster", exists=True, dir_okay=False,
-                                        help="Use the workers deployed on the boards."),
-    url: bool = typer.Option(False, "--url", help="ARTIFACTS is the URL of an `edgeplan serve` endpoint."),
-    name: str | None = typer.Option(None, "--name", help="With --url: the model name (default: the server's one)."),
-    normalize: str = typer.Option("auto", "--normalize", help="Images: auto | imagenet | unit | raw "
-                                                              "(see `edgeplan.infer_files`)."),
+    artifacts: Annotated[str, typer.Argument(help="Artifact folder from `edgeplan compile` (or use --url).")],
+    inputs: Annotated[list[Path], typer.Option(
+        "--inputs",
+        help="A .npy or .npz file, a folder of .npy files or "
+             "images, or image files (repeatable).")],
+    outputs: Annotated[Path, typer.Option("--outputs", help="Where to write the outputs: .npy (one output) or .npz.")],
+    local: Annotated[bool, typer.Option("--local", help="Start every worker here.")] = False,
+    cluster: Annotated[Path | None, typer.Option(
+        "--cluster", exists=True, dir_okay=False, help="Use the workers deployed on the boards.")] = None,
+    url: Annotated[bool, typer.Option("--url", help="ARTIFACTS is the URL of an `edgeplan serve` endpoint.")] = False,
+    name: Annotated[str | None, typer.Option(
+        "--name", help="With --url: the model name (default: the server's one).")] = None,
+    normalize: Annotated[str, typer.Option(
+        "--normalize",
+        help="Images: auto | imagenet | unit | raw "
+             "(see `edgeplan.infer_files`).")] = "auto",
 ) -> None:
     """Run files through ARTIFACTS and save the outputs (rows in input order, sorted file names).
 
@@ -716,27 +769,33 @@ class TrainSchedule(str, Enum):
 
 @app.command()
 def train(
-    artifacts: Path = typer.Argument(..., help="Training artifacts from `edgeplan compile` of a --mode training plan.",
-                                     exists=True, file_okay=False),
-    epochs: int = typer.Option(1, min=1, help="Epochs to train (counting those a --resume skips)."),
-    dataset: str = typer.Option("synthetic", help="digits (scikit-learn 8x8, fitted to the model input), "
-                                                  "synthetic (CIFAR-shaped) or a folder with x.npy and y.npy."),
-    local: bool = typer.Option(False, "--local", help="Run every rank on this machine (127.0.0.1)."),
-    device: list[str] = typer.Option([], "--device", help="Run only this board's ranks (repeatable); what each "
-                                                           "board's start-training.sh does."),
-    sync: SyncMode | None = typer.Option(None, help="sync: all-reduce every iteration; local-sgd: periodic "
-                                                    "weight averaging (default: the mode chosen at compile)."),
-    sync_every: int = typer.Option(4, min=1, help="local-sgd: iterations between weight averages."),
-    schedule: TrainSchedule | None = typer.Option(None, help="Override the plan's pipeline schedule."),
-    lr: float = typer.Option(0.05, help="SGD learning rate."),
-    momentum: float = typer.Option(0.9, help="SGD momentum."),
-    weight_decay: float = typer.Option(0.0, help="SGD weight decay."),
-    seed: int = typer.Option(0, help="Seed of the data split and sample order."),
-    timeout: float = typer.Option(60.0, help="Seconds any rank waits for a peer before failing the run."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint all ranks hold."),
-    max_iters: int | None = typer.Option(None, min=1, help="Cap iterations per epoch (speed tests)."),
-    run_dir: Path | None = typer.Option(None, help="Checkpoints, metrics and the final state_dict "
-                                                   "(default ARTIFACTS/run)."),
+    artifacts: Annotated[Path, typer.Argument(
+        help="Training artifacts from `edgeplan compile` of a --mode training plan.", exists=True, file_okay=False)],
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs to train (counting those a --resume skips).")] = 1,
+    dataset: Annotated[str, typer.Option(
+        help="digits (scikit-learn 8x8, fitted to the model input), "
+             "synthetic (CIFAR-shaped) or a folder with x.npy and y.npy.")] = "synthetic",
+    local: Annotated[bool, typer.Option("--local", help="Run every rank on this machine (127.0.0.1).")] = False,
+    device: Annotated[list[str], typer.Option(
+        "--device",
+        help="Run only this board's ranks (repeatable); what each "
+             "board's start-training.sh does.")] = (),
+    sync: Annotated[SyncMode | None, typer.Option(
+        help="sync: all-reduce every iteration; local-sgd: periodic "
+             "weight averaging (default: the mode chosen at compile).")] = None,
+    sync_every: Annotated[int, typer.Option(min=1, help="local-sgd: iterations between weight averages.")] = 4,
+    schedule: Annotated[TrainSchedule | None, typer.Option(help="Override the plan's pipeline schedule.")] = None,
+    lr: Annotated[float, typer.Option(help="SGD learning rate.")] = 0.05,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+    weight_decay: Annotated[float, typer.Option(help="SGD weight decay.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the data split and sample order.")] = 0,
+    timeout: Annotated[float, typer.Option(help="Seconds any rank waits for a peer before failing the run.")] = 60.0,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue from the newest checkpoint all ranks hold.")] = False,
+    max_iters: Annotated[int | None, typer.Option(min=1, help="Cap iterations per epoch (speed tests).")] = None,
+    run_dir: Annotated[Path | None, typer.Option(
+        help="Checkpoints, metrics and the final state_dict "
+             "(default ARTIFACTS/run).")] = None,
 ) -> None:
     """Hybrid data + pipeline parallel training; prints loss, accuracy, time and energy per epoch.
 
@@ -759,19 +818,22 @@ def train(
 
 @app.command()
 def emulate(
-    cluster: Path = typer.Argument(..., help="Cluster YAML to emulate.", exists=True, dir_okay=False),
-    command: list[str] | None = typer.Argument(
-        None, help="Command to run inside (after --), e.g. edgeplan run art/ --requests 200."),
-    write_cluster: Path | None = typer.Option(
-        None, "--write-cluster", dir_okay=False,
-        help="Write the cluster as emulated here (boards = this CPU x quota, shaped links) to plan against."),
-    host_gflops: float | None = typer.Option(
-        None, help="This machine's single-core conv GFLOP/s (default: measured); use the same value for "
-                   "--write-cluster and the run so quotas match."),
-    trace: Path | None = typer.Option(
-        None, "--trace", exists=True, dir_okay=False,
+    cluster: Annotated[Path, typer.Argument(help="Cluster YAML to emulate.", exists=True, dir_okay=False)],
+    command: Annotated[list[str] | None, typer.Argument(
+        help="Command to run inside (after --), e.g. edgeplan run art/ --requests 200.")] = None,
+    write_cluster: Annotated[Path | None, typer.Option(
+        "--write-cluster",
+        dir_okay=False,
+        help="Write the cluster as emulated here (boards = this CPU x quota, shaped links) to plan against.")] = None,
+    host_gflops: Annotated[float | None, typer.Option(
+        help="This machine's single-core conv GFLOP/s (default: measured); use the same value for "
+             "--write-cluster and the run so quotas match.")] = None,
+    trace: Annotated[Path | None, typer.Option(
+        "--trace",
+        exists=True,
+        dir_okay=False,
         help="YAML list of timed events applied while COMMAND runs: link bandwidth, a board's CPU quota, a board "
-             "down (examples/traces/)."),
+             "down (examples/traces/).")] = None,
 ) -> None:
     """Run COMMAND against an emulated cluster on this machine (needs root).
 
@@ -811,22 +873,23 @@ def emulate(
 
 @app.command()
 def deploy(
-    artifacts: Path = typer.Argument(..., help="Artifact folder from `edgeplan compile`.", exists=True,
-                                     file_okay=False),
-    cluster: Path = typer.Option(..., "--cluster", help="Cluster YAML: each board's host[:port] and `user`.",
-                                 exists=True, dir_okay=False),
-    remote_dir: str = typer.Option("edgeplan", help="Folder on each board (relative to the SSH user's home)."),
-    ssh_user: str | None = typer.Option(
-        None, help="SSH user for devices whose cluster entry names none (there is no default, never root)."),
-    ssh_port: int = typer.Option(22, help="SSH port when the address names none."),
-    identity: Path | None = typer.Option(None, "--identity", "-i", help="Private key file."),
-    start: bool = typer.Option(True, help="Stop each board's old workers and start the new ones after verifying."),
-    known_hosts: Path | None = typer.Option(
-        None, "--known-hosts", dir_okay=False, help="known_hosts file (default ~/.ssh/known_hosts)."),
-    accept_new_host_keys: bool = typer.Option(
-        False, "--accept-new-host-keys",
+    artifacts: CompiledArtifacts,
+    cluster: Annotated[Path, typer.Option(
+        "--cluster", help="Cluster YAML: each board's host[:port] and `user`.", exists=True, dir_okay=False)],
+    remote_dir: Annotated[str, typer.Option(
+        help="Folder on each board (relative to the SSH user's home).")] = "edgeplan",
+    ssh_user: Annotated[str | None, typer.Option(
+        help="SSH user for devices whose cluster entry names none (there is no default, never root).")] = None,
+    ssh_port: Annotated[int, typer.Option(help="SSH port when the address names none.")] = 22,
+    identity: Annotated[Path | None, typer.Option("--identity", "-i", help="Private key file.")] = None,
+    start: Annotated[bool, typer.Option(
+        help="Stop each board's old workers and start the new ones after verifying.")] = True,
+    known_hosts: Annotated[Path | None, typer.Option(
+        "--known-hosts", dir_okay=False, help="known_hosts file (default ~/.ssh/known_hosts).")] = None,
+    accept_new_host_keys: Annotated[bool, typer.Option(
+        "--accept-new-host-keys",
         help="Record the host key of a board not in known_hosts (like ssh's accept-new); a changed key is "
-             "still refused."),
+             "still refused.")] = False,
 ) -> None:
     """Copy each board's folder over SSH (changed files only), verify sha256 there, stop the old workers, start it."""
     from edgeplan.deploy import ssh
