@@ -6,6 +6,7 @@ import re
 
 from edgeplan.errors import ModelError
 from edgeplan.graph.model import LayerGraph
+from edgeplan.tables import text_table
 
 
 def parse_input_shape(text: str, option: str = "--input-shape") -> tuple[int, ...]:
@@ -31,20 +32,14 @@ def fmt_bytes(n: int) -> str:
 def format_table(graph: LayerGraph) -> str:
     """One row per layer: what it is, where it came from, its cost, and what a cut after it carries."""
     header = ("#", "name", "op", "origin", "output", "MFLOPs", "params", "act", "cut after")
-    rows = [header]
+    rows = []
     for i, layer in enumerate(graph.layers):
         rows.append((
             str(i), layer.name, layer.op, layer.origin, "x".join(map(str, layer.output.shape)),
             f"{layer.flops_fwd / 1e6:.3f}", f"{layer.param_count:,}", fmt_bytes(layer.out_bytes),
             fmt_bytes(graph.cut_bytes[i + 1]),
         ))
-    widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
-    right = {0, 5, 6, 7, 8}
-    lines = [
-        "  ".join(cell.rjust(widths[c]) if c in right else cell.ljust(widths[c]) for c, cell in enumerate(r)).rstrip()
-        for r in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = text_table(header, rows, right={0, 5, 6, 7, 8})
     inputs = ", ".join(f"{t.name} {'x'.join(map(str, t.shape))} {t.dtype}" for t in graph.inputs)
     lines += [
         "",

@@ -4,19 +4,9 @@ from __future__ import annotations
 
 from edgeplan.planner.plan import Plan, Predicted
 from edgeplan.planner.textform import to_str
+from edgeplan.tables import text_table
 
 MB = float(1 << 20)
-
-
-def _table(rows: list[list[str]], right: set[int] = frozenset()) -> list[str]:
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    out = []
-    for k, r in enumerate(rows):
-        cells = [r[c].rjust(widths[c]) if c in right else r[c].ljust(widths[c]) for c in range(len(r))]
-        out.append("  ".join(cells).rstrip())
-        if k == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return out
 
 
 def _main_value(plan: Plan, p: Predicted) -> float:
@@ -67,7 +57,7 @@ def format_plan(plan: Plan) -> str:
                              f"{s.send_s * 1e3:.3f}", mem, f"{s.energy_j * 1e3:.3f}"])
             else:
                 rows.append(["", "", f"{r.device}:{r.unit} {r.samples} ({r.share:.3f})", "", "", mem, ""])
-    lines += _table(rows, right={3, 4, 6})
+    lines += text_table(rows[0], rows[1:], right={3, 4, 6})
     lines.append("")
     head = ["plan", "latency ms", "samples/s", "energy mJ/sample"] + (["iteration ms"] if train else [])
     rows = [head + ["speed-up"], ["chosen"] + _fig(plan.predicted, train) + ["1.00x"]]
@@ -76,7 +66,7 @@ def format_plan(plan: Plan) -> str:
             rows.append([b.name] + _fig(b.predicted, train) + [f"{speedup(plan, b.predicted):.2f}x"])
         else:
             rows.append([b.name] + ["-"] * (len(head) - 1) + [f"infeasible: {b.reason}"])
-    lines += _table(rows, right=set(range(1, len(head))))
+    lines += text_table(rows[0], rows[1:], right=set(range(1, len(head))))
     if plan.notes:
         lines.append("")
         lines += [f"note: {n}" for n in plan.notes]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from edgeplan.profiles.load import list_profiles, load_profile
 from edgeplan.profiles.model import Cluster, ComputeUnit, Link, unit_figures
+from edgeplan.tables import text_table
 
 MiB = 2**20
 
@@ -41,16 +42,16 @@ def _unit(u: ComputeUnit) -> str:
 
 
 def format_profiles() -> str:
-    """One line per built-in profile: id, usable RAM, units (target, peak and conv GFLOP/s), estimate flag, name."""
-    lines = []
+    """One row per built-in profile: id, usable RAM, estimate flag, name, units (target, peak and conv GFLOP/s)."""
+    rows = []
     for pid, _path, _summary in list_profiles():
         p = load_profile(pid)
         units = "; ".join(_unit(u) for u in p.units)
         measured = sum(len(u.measured) for u in p.units)
         flag = ("measured" if not p.estimate else
                 f"{measured}/{len(unit_figures()) * len(p.units)} measured" if measured else "estimate")
-        lines.append(f"{pid:<17} {p.ram_bytes / MiB:>6.0f} MB  {flag:<8}  {p.name}  [{units}]")
-    return "\n".join(lines) + "\n"
+        rows.append([pid, f"{p.ram_bytes / MiB:.0f} MB", flag, p.name, units])
+    return "\n".join(text_table(("profile", "usable RAM", "figures", "name", "units"), rows, right={1})) + "\n"
 
 
 def _link(link: Link) -> str:

@@ -16,7 +16,8 @@ def test_devices_lists_every_builtin_profile():
     r = runner.invoke(app, ["devices"])
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
-    assert len(lines) == 10
+    assert lines[0].split()[:3] == ["profile", "usable", "RAM"] and set(lines[1]) == {"─"}
+    assert len(lines) == 2 + 10  # header, rule, one row per profile
     nano = next(line for line in lines if line.startswith("jetson-nano "))
     assert "2996 MB" in nano and "estimate" in nano and "gpu:cuda 472 GFLOP/s peak" in nano
     assert "cpu:arm-cpu" in nano
