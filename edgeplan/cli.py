@@ -508,6 +508,21 @@ def toolchain_status(name: Annotated[Toolchain, typer.Argument(help="Toolchain t
 # --- runtime -----------------------------------------------------------------
 
 
+def _frame_secret(cluster: Path | None, secret_env: str | None) -> bytes | None:
+    """The HMAC secret frames are signed with: from --secret-env, else the cluster file's secret_env."""
+    from edgeplan.errors import ProfileError
+    from edgeplan.runtime import wire
+
+    if cluster is not None and secret_env is None:
+        from edgeplan.profiles.load import load_cluster
+
+        secret_env = load_cluster(cluster).secret_env
+    try:
+        return wire.secret_from_env(secret_env)
+    except ValueError as e:
+        raise ProfileError(f"{cluster or '--secret-env'}: {e}") from None
+
+
 @app.command()
 def run(
     artifacts: CompiledArtifacts,
@@ -538,9 +553,8 @@ def run(
 ) -> None:
     """Run ARTIFACTS: p50/p99 latency and throughput, measured beside the plan's prediction."""
     from edgeplan import jsonio
-    from edgeplan.errors import ArtifactError, ProfileError, RuntimeFault
+    from edgeplan.errors import ArtifactError, RuntimeFault
     from edgeplan.runtime import report as run_report
-    from edgeplan.runtime import wire
     from edgeplan.runtime.head import HeadConfig, PipelineError
     from edgeplan.runtime.local import ArtifactProblem, run_deployed, run_local
     from edgeplan.testbed.emulate import placement_from_env
@@ -553,14 +567,7 @@ def run(
         from edgeplan.hostcheck import check_runs_here
 
         check_runs_here(artifacts, "emulated" if testbed else "--local")
-    if cluster is not None and secret_env is None:
-        from edgeplan.profiles.load import load_cluster
-
-        secret_env = load_cluster(cluster).secret_env
-    try:
-        secret = wire.secret_from_env(secret_env)
-    except ValueError as e:
-        raise ProfileError(f"{cluster or '--secret-env'}: {e}") from None
+    secret = _frame_secret(cluster, secret_env)
     cfg = HeadConfig(request_timeout_s=timeout, dead_after_s=dead_after, window=window, secret=secret)
     inputs = None
     if check:  # the same seeded requests, kept to feed the reference model afterwards
@@ -676,22 +683,14 @@ def serve(
 
     Example: edgeplan serve art/ --local --port 8000; curl localhost:8000/v2/health/ready
     """
-    from edgeplan.errors import ArtifactError, ProfileError, RuntimeFault
-    from edgeplan.runtime import wire
+    from edgeplan.errors import ArtifactError, RuntimeFault
     from edgeplan.runtime.batcher import BatcherConfig
     from edgeplan.runtime.head import HeadConfig, PipelineError
     from edgeplan.runtime.local import ArtifactProblem
     from edgeplan.runtime.serve import Server, serve_forever
 
     testbed = _pipeline_source(local, cluster, "serve")
-    if cluster is not None and secret_env is None:
-        from edgeplan.profiles.load import load_cluster
-
-        secret_env = load_cluster(cluster).secret_env
-    try:
-        secret = wire.secret_from_env(secret_env)
-    except ValueError as e:
-        raise ProfileError(f"{cluster or '--secret-env'}: {e}") from None
+    secret = _frame_secret(cluster, secret_env)
     placement, head_host = testbed if testbed is not None else (None, "127.0.0.1")
     try:
         server = Server(artifacts, local=local or testbed is not None, host=host, port=port, name=name,
