@@ -733,6 +733,17 @@ def calibrate_files(reports: list[str | Path], plans: list[str | Path], cluster_
         raise CalibrationError(f"--plan given {len(plans)} times for {len(reports)} reports; give it once (all "
                                "reports ran one plan) or once per report, in the same order")
     runs, skipped, names, backends, graphs, used = [], [], [], set(), {}, []
+
+    def graph_of(plan: dict, digest: str, psrc: str):
+        """The plan's traced graph (once per plan), refused when it is not the graph that was planned."""
+        if digest not in graphs:
+            graph = load_graph(plan)
+            if plan.get("graph_sha256") and graph.digest() != plan["graph_sha256"]:
+                raise CalibrationError(f"{psrc}: the model traced now (graph sha256 {graph.digest()[:12]}) is not the "
+                                       f"one planned ({plan['graph_sha256'][:12]}); give the planned model (--model)")
+            graphs[digest] = graph
+        return graphs[digest]
+
     for i, rpath in enumerate(reports):
         rep = _read_json(Path(rpath), "run report")
         if plans:
@@ -748,15 +759,10 @@ def calibrate_files(reports: list[str | Path], plans: list[str | Path], cluster_
             raise CalibrationError(f"{psrc}: a {plan.get('mode')} plan; calibrate fits inference run reports")
         check_plan_cluster(plan, cluster, psrc, str(cluster_path))
         digest = plan_digest(plan)
-        if digest not in graphs:
-            graph = load_graph(plan)
-            if plan.get("graph_sha256") and graph.digest() != plan["graph_sha256"]:
-                raise CalibrationError(f"{psrc}: the model traced now (graph sha256 {graph.digest()[:12]}) is not the "
-                                       f"one planned ({plan['graph_sha256'][:12]}); give the planned model (--model)")
-            graphs[digest] = graph
+        graph = graph_of(plan, digest, psrc)
         obs, skip = observations(plan, rep, str(rpath))
-        runs.append((plan, graphs[digest], obs))
-        used.append((str(rpath), plan, rep, graphs[digest]))
+        runs.append((plan, graph, obs))
+        used.append((str(rpath), plan, rep, graph))
         skipped += skip
         names.append(f"{Path(rpath).name} (plan {digest[:12]})")
         if found:
@@ -774,13 +780,7 @@ def calibrate_files(reports: list[str | Path], plans: list[str | Path], cluster_
                                    "compiled from (--plan ART_DIR)")
         plan, _found, psrc = by_sha[want]
         check_plan_cluster(plan, cluster, psrc, str(cluster_path))
-        if want not in graphs:
-            graph = load_graph(plan)
-            if plan.get("graph_sha256") and graph.digest() != plan["graph_sha256"]:
-                raise CalibrationError(f"{psrc}: the model traced now (graph sha256 {graph.digest()[:12]}) is not the "
-                                       f"one planned ({plan['graph_sha256'][:12]}); give the planned model (--model)")
-            graphs[want] = graph
-        runs.append((plan, graphs[want], kit_observations(timings, str(kpath))))
+        runs.append((plan, graph_of(plan, want, psrc), kit_observations(timings, str(kpath))))
         names.append(f"{Path(kpath).name} (profiling kit of {timings.get('device')}, plan {want[:12]})")
         backends.add(str(timings.get("backend") or ""))
     backends.discard("")
