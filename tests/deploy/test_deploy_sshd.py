@@ -19,7 +19,7 @@ SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
 def _reason() -> str | None:
-    if not Path(SSHD).exists():
+    if not os.access(SSHD, os.X_OK):  # absent, or present but not runnable
         return "sshd tier needs OpenSSH's server (apt-get install openssh-server)"
     if shutil.which("ssh-keygen") is None:
         return "sshd tier needs ssh-keygen (apt-get install openssh-client)"
