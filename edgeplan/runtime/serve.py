@@ -11,8 +11,6 @@ Requests go HTTP -> :class:`~.batcher.Batcher` (packs samples into plan batches)
 here and in http.py, never by the stage worker.
 """
 
-from __future__ import annotations
-
 import argparse
 import os
 import signal
@@ -20,7 +18,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from typing import Callable, List, Optional
 
 from .batcher import Batcher, BatcherConfig
 from .head import HeadConfig, PipelineError
@@ -28,18 +26,29 @@ from .http import DEFAULT_MAX_REQUEST_BYTES, make_app, model_name
 from .local import ArtifactProblem, Placement, start_pipeline
 
 
+def _check_port(host: str, port: int) -> None:
+    """Bind and listen on ``(host, port)`` as uvicorn will, then let go (``socket.create_server`` is 3.8+)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1)
+    finally:
+        sock.close()
+
+
 class Server:
     """A pipeline + batcher + uvicorn (in a thread); ``url`` once started, ``close()`` stops all three."""
 
-    def __init__(self, artifacts: str | os.PathLike[str], *, local: bool, host: str = "127.0.0.1", port: int = 8000,
-                 name: str | None = None, head_config: HeadConfig | None = None,
+    def __init__(self, artifacts: "str | os.PathLike[str]", *, local: bool, host: str = "127.0.0.1",
+                 port: int = 8000, name: Optional[str] = None, head_config: Optional[HeadConfig] = None,
                  batcher_config: BatcherConfig = BatcherConfig(),
-                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, secret: bytes | None = None,
-                 placement: Placement | None = None, head_host: str = "127.0.0.1", log_dir: str | None = None,
-                 log: Callable[[str], None] | None = None):
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, secret: Optional[bytes] = None,
+                 placement: Optional[Placement] = None, head_host: str = "127.0.0.1",
+                 log_dir: Optional[str] = None, log: Optional[Callable[[str], None]] = None):
         if port:  # fail before any worker starts, not after
             try:
-                socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET).close()
+                _check_port(host, port)
             except OSError as e:
                 raise OSError(f"cannot listen on {host}:{port} ({os.strerror(e.errno) if e.errno else e})") from None
         self.pipeline = start_pipeline(artifacts, local=local, config=head_config, secret=secret,
@@ -79,7 +88,7 @@ class Server:
         self.batcher.close()
         self.pipeline.close()
 
-    def __enter__(self) -> Server:
+    def __enter__(self) -> "Server":
         return self
 
     def __exit__(self, *exc) -> None:
@@ -102,7 +111,7 @@ def serve_forever(server: Server, echo: Callable[[str], None] = print) -> None:
         server.close()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m edgeplan_runtime.serve", description=__doc__.splitlines()[0])
     p.add_argument("artifacts", help="artifact folder from `edgeplan compile` (plan.json, head.json, board folders)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
