@@ -771,9 +771,16 @@ def train(
     artifacts: Annotated[Path, typer.Argument(
         help="Training artifacts from `edgeplan compile` of a --mode training plan.", exists=True, file_okay=False)],
     epochs: Annotated[int, typer.Option(min=1, help="Epochs to train (counting those a --resume skips).")] = 1,
-    dataset: Annotated[str, typer.Option(
-        help="digits (scikit-learn 8x8, fitted to the model input), "
-             "synthetic (CIFAR-shaped) or a folder with x.npy and y.npy.")] = "synthetic",
+    dataset: Annotated[str | None, typer.Option(
+        help="digits (scikit-learn 8x8, fitted to the model input; the default when no --dataset-dir is "
+             "given) or synthetic (class prototypes + noise, for speed tests).")] = None,
+    dataset_dir: Annotated[Path | None, typer.Option(
+        "--dataset-dir", file_okay=False,
+        help="Folder with CIFAR-10 binary (data_batch_*.bin, test_batch.bin), MNIST IDX "
+             "(train-images-idx3-ubyte ..., .gz too) or x.npy/y.npy; format detected, fitted to the model "
+             "input.")] = None,
+    samples: Annotated[int | None, typer.Option(
+        min=1, help="Use a fixed seeded subset of this many samples of each split (quick runs).")] = None,
     local: Annotated[bool, typer.Option("--local", help="Run every rank on this machine (127.0.0.1).")] = False,
     device: Annotated[list[str], typer.Option(
         "--device",
@@ -803,7 +810,11 @@ def train(
     from edgeplan.training import launch
     from edgeplan.training.config import TrainConfig
 
-    cfg = TrainConfig(epochs=epochs, dataset=dataset, lr=lr, momentum=momentum, weight_decay=weight_decay,
+    if dataset is not None and dataset_dir is not None:
+        raise EdgeplanError("edgeplan train: give --dataset or --dataset-dir, not both")
+    dataset = str(dataset_dir) if dataset_dir is not None else dataset or "digits"
+    cfg = TrainConfig(epochs=epochs, dataset=dataset, samples=samples, lr=lr, momentum=momentum,
+                      weight_decay=weight_decay,
                       sync=sync.value if sync else None, sync_every=sync_every,
                       schedule=schedule.value if schedule else None,
                       seed=seed, timeout_s=timeout, resume=resume, max_iters=max_iters)

@@ -19,7 +19,7 @@ class TrainConfig:
     """What a training run does (the plan says where)."""
 
     epochs: int = 1
-    dataset: str = "synthetic"  # digits | synthetic | folder of .npy files
+    dataset: str = "synthetic"  # digits | synthetic | folder: CIFAR-10 binary, MNIST IDX or .npy (data.py)
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -31,6 +31,7 @@ class TrainConfig:
     resume: bool = False
     max_iters: int | None = None  # cap iterations per epoch (speed tests)
     evaluate: bool = True
+    samples: int | None = None  # fixed seeded subset of each data split (quick runs); None: all of it
 
     def check(self) -> TrainConfig:
         if self.sync not in SYNC_MODES:
@@ -40,6 +41,8 @@ class TrainConfig:
         for name in ("epochs", "sync_every"):
             if getattr(self, name) < 1:
                 raise EdgeplanError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.samples is not None and self.samples < 1:
+            raise EdgeplanError(f"--samples must be at least 1, got {self.samples}")
         if self.timeout_s <= 0 or self.lr <= 0:
             raise EdgeplanError("--timeout and --lr must be positive")
         return self

@@ -117,8 +117,13 @@ class Engine:
                                 "(images) — wrap the model so forward(x) builds the others")
         self._agree_on_initial_weights()
 
-        self.dataset = data.load_cached(self.job.data_cache) if self.job.data_cache else \
-            data.load(self.cfg.dataset, built.input_shape, self.cfg.seed)
+        self.watchdog.beat("loading the data set")
+        if self.job.data_cache:
+            self.dataset = data.load_cached(self.job.data_cache)
+        else:
+            self.dataset = data.load(self.cfg.dataset, built.input_shape, self.cfg.seed, self.cfg.samples)
+            if self.me.rank == 0:
+                print(f"data: {self.dataset.description}", flush=True)
         self.start_epoch = self._resume() if self.cfg.resume else 0
 
     def _agree_on_initial_weights(self) -> None:

@@ -192,7 +192,9 @@ def run(artifacts: str | os.PathLike[str], config: TrainConfig, *, local: bool =
     cache = None
     if local:  # load (and check) the data once here instead of once per rank
         shape = tuple(art.table["input_shape"][1:])
-        cache = str(data.save(data.load(config.dataset, shape, config.seed), run_path / "data.npz").resolve())
+        loaded = data.load(config.dataset, shape, config.seed, config.samples)
+        echo(f"data: {loaded.description}")
+        cache = str(data.save(loaded, run_path / "data.npz").resolve())
     job = Job(plan=art.plan.to_json(), model=art.table["model"],
               input_shape=tuple(art.table["input_shape"]),
               provider=art.table.get("provider"), config=config, master_addr=master_addr, master_port=port,
