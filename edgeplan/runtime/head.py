@@ -27,26 +27,28 @@ fed by an event queue, so retries and failures are decided in one place:
   and stage), exactly once: none is lost, none is answered twice.
 """
 
-from __future__ import annotations
-
 import bisect
+import concurrent.futures
 import queue
 import socket
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import net, wire
 from .spec import StageSpec
 
+# Python < 3.8 has no InvalidStateError: there, setting a cancelled future's result does not raise.
+InvalidStateError = getattr(concurrent.futures, "InvalidStateError", RuntimeError)
+
 # Request latency histogram buckets (seconds); the count is the +Inf bucket.
-LATENCY_BUCKETS_S: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+LATENCY_BUCKETS_S: Tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                                         10.0, 30.0, 60.0)
 
 
@@ -79,7 +81,7 @@ class WorkerRef:
     hi: int
 
     @property
-    def key(self) -> tuple[str, int]:
+    def key(self) -> Tuple[str, int]:
         return (self.device, self.stage)
 
     @property
@@ -95,7 +97,7 @@ class HeadConfig:
     connect_timeout_s: float = 10.0
     window: int = 0  # requests in flight at once; 0 = 2 x stages
     max_attempts: int = 3  # deadline-driven attempts per request (re-sends after a death do not count)
-    secret: bytes | None = None
+    secret: Optional[bytes] = None
     shutdown_workers: bool = False  # send BYE at the end (local runs)
     stats_interval_s: float = 1.0  # how often the head asks every worker for its STATS snapshot
     rejoin_interval_s: float = 0.5  # how often the head tries to reconnect a dead worker (it re-joins when healthy)
@@ -152,10 +154,10 @@ class _Inflight:
 
 class Head:
     def __init__(self, workers: Sequence[WorkerRef], n_stages: int, microbatch: int, microbatches: int,
-                 outputs: Sequence[tuple[str, tuple[int, ...], str]], listen_address: str,
-                 config: HeadConfig = HeadConfig(), log: Callable[[str], None] | None = None,
-                 advertise: str | None = None, inputs: Sequence[tuple[str, tuple[int, ...], str]] = (),
-                 model: str = "", plan_sha256: str = "", predicted_compute_s: Mapping[int, float] | None = None):
+                 outputs: Sequence[Tuple[str, Tuple[int, ...], str]], listen_address: str,
+                 config: HeadConfig = HeadConfig(), log: Optional[Callable[[str], None]] = None,
+                 advertise: Optional[str] = None, inputs: Sequence[Tuple[str, Tuple[int, ...], str]] = (),
+                 model: str = "", plan_sha256: str = "", predicted_compute_s: Optional[Mapping[int, float]] = None):
         self.advertise = advertise  # address workers connect to, when the head binds a wildcard
         self.workers = {w.key: w for w in workers}
         self.n_stages = n_stages
@@ -176,7 +178,7 @@ class Head:
         for s in range(n_stages):
             group = sorted((w for w in workers if w.stage == s), key=lambda w: w.lo)
             if not group or group[0].lo != 0 or group[-1].hi != microbatch or any(
-                    a.hi != b.lo for a, b in zip(group, group[1:], strict=False)):
+                    a.hi != b.lo for a, b in zip(group, group[1:])):
                 ranges = ", ".join(f"{w.device}[{w.lo},{w.hi})" for w in group) or "none"
                 raise PipelineError(f"stage {s}: replica ranges ({ranges}) do not tile [0, {microbatch}); "
                                     "the stage.json files come from different plans; re-run `edgeplan compile`")
@@ -184,31 +186,31 @@ class Head:
         self.max_frame = max(per_sample * microbatch + 64 * 1024, 1 << 20)
         self._events: queue.Queue = queue.Queue()
         # Control connection of each live worker: socket, send lock, the connection's wire.Session.
-        self._ctl: dict[tuple[str, int], tuple[socket.socket, threading.Lock, wire.Session | None]] = {}
-        self._data: dict[tuple[str, int], net.Sender] = {}  # stage-0 input senders
-        self._deaths: dict[tuple[str, int], int] = dict.fromkeys(self.workers, 0)
-        self._rejoin_after: dict[tuple[str, int], float] = {}
-        self._gen: dict[tuple[str, int], int] = dict.fromkeys(self.workers, 0)  # connection generation
+        self._ctl: Dict[Tuple[str, int], Tuple[socket.socket, threading.Lock, Optional[wire.Session]]] = {}
+        self._data: Dict[Tuple[str, int], net.Sender] = {}  # stage-0 input senders
+        self._deaths: Dict[Tuple[str, int], int] = dict.fromkeys(self.workers, 0)
+        self._rejoin_after: Dict[Tuple[str, int], float] = {}
+        self._gen: Dict[Tuple[str, int], int] = dict.fromkeys(self.workers, 0)  # connection generation
         self._stop = threading.Event()
         self._submit_lock = threading.Lock()
         self._started = self._closed = False
-        self._thread: threading.Thread | None = None
+        self._thread: Optional[threading.Thread] = None
         self.started_at = time.monotonic()
         # Loop-owned state; status() reads it without a lock (only assignments and appends happen).
         self._alive: set = set(self.workers)
         self._last_pong = dict.fromkeys(self.workers, self.started_at)
-        self._ranges: dict[int, list] = {}
+        self._ranges: Dict[int, list] = {}
         self._compute_ranges()
-        self._unready: dict[int, str] = {}  # stage -> why it has no live replica
+        self._unready: Dict[int, str] = {}  # stage -> why it has no live replica
         self._slow_warned: set = set()  # only replicas of their stage the watchdog flagged (logged once)
         self._epoch = 0
-        self._inflight: dict[int, _Inflight] = {}
+        self._inflight: Dict[int, _Inflight] = {}
         self._deferred: deque = deque()  # events that arrived while a re-route waited for ACKs
         self._resend_all = False
-        self._stats: dict[tuple[str, int], dict] = {}
+        self._stats: Dict[Tuple[str, int], dict] = {}
         self._stats_seq = 0
-        self._refresh: tuple | None = None  # (seq, waiting keys, threading.Event, box, deadline)
-        self._faults: list[Fault] = []
+        self._refresh: Optional[tuple] = None  # (seq, waiting keys, threading.Event, box, deadline)
+        self._faults: List[Fault] = []
         self._n_open = 0
         self._next_id = 0
         self.requests_total = self.completed_total = self.failed_total = 0
@@ -219,9 +221,10 @@ class Head:
         self._recent_lat: deque = deque(maxlen=64)
 
     @classmethod
-    def from_specs(cls, specs: Sequence[StageSpec], microbatches: int, listen_address: str | None = None,
-                   addresses: dict | None = None, config: HeadConfig = HeadConfig(), log=None,
-                   advertise: str | None = None, predicted_compute_s: Mapping[int, float] | None = None) -> Head:
+    def from_specs(cls, specs: Sequence[StageSpec], microbatches: int, listen_address: Optional[str] = None,
+                   addresses: Optional[dict] = None, config: HeadConfig = HeadConfig(), log=None,
+                   advertise: Optional[str] = None,
+                   predicted_compute_s: Optional[Mapping[int, float]] = None) -> "Head":
         """Build from every replica's stage.json; ``addresses`` overrides (device, stage) -> host:port."""
         if not specs:
             raise PipelineError("no stage.json files given")
@@ -261,7 +264,7 @@ class Head:
         self._thread.start()
         threading.Thread(target=self._reconnector, name="head-rejoin", daemon=True).start()
 
-    def submit(self, inputs: Sequence[np.ndarray], deadline_s: float | None = None) -> Future:
+    def submit(self, inputs: Sequence[np.ndarray], deadline_s: Optional[float] = None) -> Future:
         """Queue one request (one array per model input, ``batch`` samples each); never blocks.
 
         Raises ``Busy`` when ``window`` requests are in flight, ``ValueError`` when an input does not
@@ -294,7 +297,7 @@ class Head:
     def status(self) -> dict:
         """A JSON-able snapshot: counters, latency histogram, faults, and every worker's latest monitor data."""
         buckets, cum = [], 0
-        for le, c in zip(LATENCY_BUCKETS_S, list(self._lat_counts), strict=True):
+        for le, c in zip(LATENCY_BUCKETS_S, list(self._lat_counts)):
             cum += c
             buckets.append([le, cum])
         workers = {}
@@ -358,11 +361,11 @@ class Head:
             self._acceptor.join(timeout=2)
 
     @property
-    def faults(self) -> list[Fault]:
+    def faults(self) -> List[Fault]:
         """Every worker death seen since start, in order."""
         return list(self._faults)
 
-    def __enter__(self) -> Head:
+    def __enter__(self) -> "Head":
         self.start()
         return self
 
@@ -370,7 +373,7 @@ class Head:
         self.close()
 
     def run(self, inputs: Sequence[Sequence[np.ndarray]],
-            on_complete: Callable[[int], None] | None = None) -> RunResult:
+            on_complete: Optional[Callable[[int], None]] = None) -> RunResult:
         """Send every request of ``inputs`` (each a list of arrays with the full request batch), keeping
         the window full, and wait; ``on_complete(i)`` runs in this thread after request ``i`` is answered.
         Starts the head if needed and closes it at the end if it started it."""
@@ -380,7 +383,7 @@ class Head:
         if started_here:
             self.start()
         done: queue.Queue = queue.Queue()
-        t_sent: dict[int, float] = {}
+        t_sent: Dict[int, float] = {}
         t_first = t_last = None
         try:
             nxt = open_ = 0
@@ -429,14 +432,14 @@ class Head:
 
     # --- helpers of the API -----------------------------------------------------------------------
 
-    def _check_inputs(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def _check_inputs(self, inputs: Sequence[np.ndarray]) -> List[np.ndarray]:
         if not self.in_specs:  # built without the stage-0 inputs: trust the caller
             return [np.asarray(x) for x in inputs]
         if len(inputs) != len(self.in_specs):
             raise ValueError(f"model {self.model or '?'} takes {len(self.in_specs)} input(s) "
                              f"({', '.join(n for n, _, _ in self.in_specs)}), got {len(inputs)}")
         out = []
-        for x, (name, shape, dt) in zip(inputs, self.in_specs, strict=True):
+        for x, (name, shape, dt) in zip(inputs, self.in_specs):
             a = np.asarray(x)
             if a.shape != (self.batch, *shape):
                 raise ValueError(f"input {name}: shape {list(a.shape)}, the plan needs {[self.batch, *shape]} "
@@ -452,7 +455,7 @@ class Head:
         lat = sorted(self._recent_lat)
         return max(0.01, lat[len(lat) // 2] if lat else 0.1)
 
-    def _finish(self, r: _Inflight, outs: list | None = None, reason: str | None = None) -> None:
+    def _finish(self, r: _Inflight, outs: Optional[list] = None, reason: Optional[str] = None) -> None:
         """End request ``r``: exactly once, with outputs or a RequestFailed(reason)."""
         if self._inflight.get(r.rid) is r:
             del self._inflight[r.rid]
@@ -505,7 +508,7 @@ class Head:
             if sock is not None:
                 self._attach(w.key, sock, session)
 
-    def _attach(self, key, sock: socket.socket, session: wire.Session | None) -> None:
+    def _attach(self, key, sock: socket.socket, session: Optional[wire.Session]) -> None:
         """Use ``sock`` (authenticated as ``session``) as the control connection of worker ``key`` (a new
         generation)."""
         net.set_send_timeout(sock, self.cfg.dead_after_s)
@@ -544,7 +547,7 @@ class Head:
             self._accepted.discard(conn)
             conn.close()
 
-    def _control_reader(self, key, sock: socket.socket, gen: int, session: wire.Session | None) -> None:
+    def _control_reader(self, key, sock: socket.socket, gen: int, session: Optional[wire.Session]) -> None:
         try:
             recv = wire.Reader(sock, session, wire.MAX_META_BYTES).recv
             while not self._stop.is_set():
@@ -774,7 +777,7 @@ class Head:
             return
         if len(f.tensors) != len(self.out_specs) or any(
                 t.dtype != d or t.shape[1:] != s or t.shape[0] != f.hi - f.lo
-                for t, (_, s, d) in zip(f.tensors, self.out_specs, strict=False)):
+                for t, (_, s, d) in zip(f.tensors, self.out_specs)):
             self.log(f"request {f.request_id}: result tensors do not match the last stage's outputs; dropped")
             return
         pieces = r.pieces[f.microbatch]
@@ -794,7 +797,7 @@ class Head:
         """Each stage's live replicas and their sample ranges: a dead replica's samples go to the live
         replica before it (or, for the first, after it), so every range stays contiguous."""
         for s in range(self.n_stages):
-            out: list[list] = []
+            out: List[list] = []
             carry = None
             for w in sorted((w for w in self.workers.values() if w.stage == s), key=lambda w: w.lo):
                 if w.key in self._alive:
@@ -889,7 +892,7 @@ class Head:
                 if conn is not None:
                     self._events.put(("rejoin", key, conn))
 
-    def _probe(self, address: str) -> tuple[socket.socket, wire.Session | None] | None:
+    def _probe(self, address: str) -> Optional[Tuple[socket.socket, Optional[wire.Session]]]:
         """A control connection to ``address`` (and its Session) whose worker answered PING with a healthy
         PONG, or None."""
         try:
@@ -908,7 +911,7 @@ class Head:
         sock.close()
         return None
 
-    def _on_rejoin(self, key, conn: tuple[socket.socket, wire.Session | None]) -> None:
+    def _on_rejoin(self, key, conn: Tuple[socket.socket, Optional[wire.Session]]) -> None:
         """Give a re-joined worker its plan range back in a new routing epoch; in-flight requests are re-sent
         under it (answers of the old epoch are ignored), so none is lost or answered twice."""
         sock, session = conn

@@ -14,17 +14,16 @@ prefix that runs a process inside that board (the emulated testbed's network
 namespace + CPU cgroup) and the address to bind there.
 """
 
-from __future__ import annotations
-
+import collections.abc
 import os
 import selectors
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -42,7 +41,7 @@ class ArtifactProblem(Exception):
 class Artifacts:
     root: Path
     plan: dict
-    stages: tuple[tuple[Path, StageSpec], ...]  # (stage folder, spec) per (stage, replica), plan order
+    stages: Tuple[Tuple[Path, StageSpec], ...]  # (stage folder, spec) per (stage, replica), plan order
 
     @property
     def batch(self) -> int:
@@ -53,7 +52,7 @@ class Artifacts:
         return int(self.plan["microbatches"])
 
 
-def discover(root: str | os.PathLike[str]) -> Artifacts:
+def discover(root: "Union[str, os.PathLike]") -> Artifacts:
     """Read plan.json and the stage.json of every replica it names."""
     import json
 
@@ -90,7 +89,7 @@ def discover(root: str | os.PathLike[str]) -> Artifacts:
     return Artifacts(root, plan, tuple(stages))
 
 
-class RandomInputs(Sequence):
+class RandomInputs(collections.abc.Sequence):
     """Seeded random requests made on demand (a retry re-creates the same request)."""
 
     def __init__(self, spec: StageSpec, batch: int, n: int, seed: int = 0):
@@ -106,7 +105,7 @@ class RandomInputs(Sequence):
             raise IndexError(i)
         rng = np.random.default_rng([self.seed, i])
         out = []
-        for shape, dt in zip(self.shapes, self.dtypes, strict=True):
+        for shape, dt in zip(self.shapes, self.dtypes):
             if dt.kind == "f":
                 out.append(rng.standard_normal(shape).astype(dt))
             elif dt.kind == "b":
@@ -123,9 +122,9 @@ class LocalWorker:
     process: subprocess.Popen
     log_path: Path
     address: str = ""
-    argv: tuple[str, ...] = ()  # how it was started (``--listen`` last), for restart_worker
+    argv: Tuple[str, ...] = ()  # how it was started (``--listen`` last), for restart_worker
     env: dict = field(default_factory=dict)
-    cwd: Path | None = None
+    cwd: Optional[Path] = None
 
     def log_tail(self, n: int = 15) -> str:
         try:
@@ -134,7 +133,7 @@ class LocalWorker:
             return ""
 
 
-def _default_command(board: Path) -> tuple[list[str], dict]:
+def _default_command(board: Path) -> Tuple[List[str], dict]:
     """Run the board's copy of the runtime when there is one, else this package."""
     if (board / "edgeplan_runtime" / "worker.py").is_file():
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(board), os.environ.get("PYTHONPATH")]))}
@@ -142,7 +141,7 @@ def _default_command(board: Path) -> tuple[list[str], dict]:
     return [sys.executable, "-m", f"{__package__}.worker"], {}
 
 
-Placement = Mapping[str, tuple[Sequence[str], str]]  # device -> (argv prefix, host to bind)
+Placement = Mapping[str, Tuple[Sequence[str], str]]  # device -> (argv prefix, host to bind)
 
 
 def _spawn(w: LocalWorker, listen: str) -> None:
@@ -179,11 +178,11 @@ def _await_ready(workers: Sequence[LocalWorker], timeout_s: float, log_dir: Path
         sel.close()
 
 
-def start_workers(art: Artifacts, log_dir: Path, secret: bytes | None = None,
-                  command: Sequence[str] | None = None, start_timeout_s: float = 120.0,
-                  placement: Placement | None = None) -> list[LocalWorker]:
+def start_workers(art: Artifacts, log_dir: Path, secret: Optional[bytes] = None,
+                  command: Optional[Sequence[str]] = None, start_timeout_s: float = 120.0,
+                  placement: Optional[Placement] = None) -> List[LocalWorker]:
     """Start every worker (on 127.0.0.1:0, or per ``placement``) and wait for each one's READY line."""
-    workers: list[LocalWorker] = []
+    workers: List[LocalWorker] = []
     try:
         for stage_dir, spec in art.stages:
             cmd, extra_env = (list(command), {}) if command else _default_command(stage_dir.parent)
@@ -247,8 +246,8 @@ class Pipeline:
 
     artifacts: Artifacts
     head: Head
-    workers: list[LocalWorker]  # processes started here (empty when driving deployed boards)
-    log_dir: Path | None = None
+    workers: List[LocalWorker]  # processes started here (empty when driving deployed boards)
+    log_dir: Optional[Path] = None
 
     def __iter__(self):
         return iter((self.head, self.close))
@@ -262,12 +261,12 @@ class Pipeline:
         stop_workers(self.workers)
 
 
-def _predicted_compute_s(plan: dict) -> dict[int, float]:
+def _predicted_compute_s(plan: dict) -> Dict[int, float]:
     return {int(st["index"]): float(st["compute_s"]) for st in plan.get("stages", ())
             if st.get("compute_s") is not None}
 
 
-def _deployed_addresses(art: Artifacts) -> tuple[str, str, dict]:
+def _deployed_addresses(art: Artifacts) -> Tuple[str, str, dict]:
     """head.json's listen/advertised address and every worker's address as its neighbours know it."""
     import json
 
@@ -289,10 +288,10 @@ def _deployed_addresses(art: Artifacts) -> tuple[str, str, dict]:
     return listen_at, advertise, addresses
 
 
-def start_pipeline(artifacts: str | os.PathLike[str], *, local: bool, config: HeadConfig | None = None,
-                   secret: bytes | None = None, command: Sequence[str] | None = None,
-                   log_dir: str | os.PathLike[str] | None = None, log: Callable[[str], None] | None = None,
-                   placement: Placement | None = None, head_host: str = "127.0.0.1") -> Pipeline:
+def start_pipeline(artifacts: "Union[str, os.PathLike]", *, local: bool, config: Optional[HeadConfig] = None,
+                   secret: Optional[bytes] = None, command: Optional[Sequence[str]] = None,
+                   log_dir: "Union[str, os.PathLike, None]" = None, log: Optional[Callable[[str], None]] = None,
+                   placement: Optional[Placement] = None, head_host: str = "127.0.0.1") -> Pipeline:
     """A running Head (``start()`` done) over ``artifacts``: with ``local``, every worker is started here
     (127.0.0.1, or per ``placement``) and stopped by ``close()``; otherwise the head drives the workers
     deployed on the boards at the addresses compile wrote (head.json, stage.json peers)."""
@@ -327,13 +326,13 @@ def _random_inputs(art: Artifacts, requests: int, seed: int) -> RandomInputs:
     return RandomInputs(next(s for _, s in art.stages if s.stage == 0), art.batch, requests, seed)
 
 
-def run_local(artifacts: str | os.PathLike[str], requests: int = 200, *, seed: int = 0,
-              inputs: Sequence[Sequence[np.ndarray]] | None = None, config: HeadConfig | None = None,
-              secret: bytes | None = None, command: Sequence[str] | None = None,
-              log_dir: str | os.PathLike[str] | None = None,
-              on_complete: Callable[[int, list[LocalWorker]], None] | None = None,
-              log: Callable[[str], None] | None = None, placement: Placement | None = None,
-              head_host: str = "127.0.0.1") -> tuple[Artifacts, RunResult]:
+def run_local(artifacts: "Union[str, os.PathLike]", requests: int = 200, *, seed: int = 0,
+              inputs: Optional[Sequence[Sequence[np.ndarray]]] = None, config: Optional[HeadConfig] = None,
+              secret: Optional[bytes] = None, command: Optional[Sequence[str]] = None,
+              log_dir: "Union[str, os.PathLike, None]" = None,
+              on_complete: Optional[Callable[[int, List[LocalWorker]], None]] = None,
+              log: Optional[Callable[[str], None]] = None, placement: Optional[Placement] = None,
+              head_host: str = "127.0.0.1") -> Tuple[Artifacts, RunResult]:
     """Start all workers of ``artifacts`` locally, run ``requests`` seeded random requests, stop the workers."""
     p = start_pipeline(artifacts, local=True, config=config, secret=secret, command=command, log_dir=log_dir,
                        log=log, placement=placement, head_host=head_host)
@@ -349,10 +348,10 @@ def run_local(artifacts: str | os.PathLike[str], requests: int = 200, *, seed: i
     return p.artifacts, result
 
 
-def run_deployed(artifacts: str | os.PathLike[str], requests: int = 200, *, seed: int = 0,
-                 inputs: Sequence[Sequence[np.ndarray]] | None = None, config: HeadConfig | None = None,
-                 on_complete: Callable[[int], None] | None = None,
-                 log: Callable[[str], None] | None = None) -> tuple[Artifacts, RunResult]:
+def run_deployed(artifacts: "Union[str, os.PathLike]", requests: int = 200, *, seed: int = 0,
+                 inputs: Optional[Sequence[Sequence[np.ndarray]]] = None, config: Optional[HeadConfig] = None,
+                 on_complete: Optional[Callable[[int], None]] = None,
+                 log: Optional[Callable[[str], None]] = None) -> Tuple[Artifacts, RunResult]:
     """Drive workers already running on the boards, at the addresses compile wrote (head.json, stage.json peers)."""
     p = start_pipeline(artifacts, local=False, config=config, log=log)
     try:

@@ -11,8 +11,6 @@ ranges/addresses after a failure -> ACK), STATS (-> STATS), BYE. A bad frame clo
 Prints ``READY host:port`` on stdout once it serves; logs go to stderr.
 """
 
-from __future__ import annotations
-
 import argparse
 import hashlib
 import os
@@ -25,6 +23,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -42,7 +41,7 @@ class Route:
     epoch: int
     lo: int
     hi: int
-    downstream: tuple[tuple[str, int, str, int, int], ...]  # (device, stage, address, lo, hi)
+    downstream: Tuple[Tuple[str, int, str, int, int], ...]  # (device, stage, address, lo, hi)
 
 
 def _nbytes(shape, dtype) -> int:
@@ -52,7 +51,7 @@ def _nbytes(shape, dtype) -> int:
     return n
 
 
-def cpu_quota_cores(root: str = "/") -> float | None:
+def cpu_quota_cores(root: str = "/") -> Optional[float]:
     """Cores this process may use under its cgroup's CPU quota (the smallest on the way up to the
     hierarchy's root), or None when unlimited or unreadable.
 
@@ -138,7 +137,7 @@ class Worker:
     PONG when a module call runs far beyond its usual time, so the head re-routes around it.
     """
 
-    def __init__(self, spec: StageSpec, runner, listen_address: str | None = None, secret: bytes | None = None,
+    def __init__(self, spec: StageSpec, runner, listen_address: Optional[str] = None, secret: Optional[bytes] = None,
                  max_partials: int = 256, partial_timeout_s: float = 60.0, send_timeout_s: float = 5.0,
                  log=None, max_ready: int = 64, max_send_queue: int = 64, watchdog_factor: float = 10.0,
                  watchdog_floor_s: float = 1.0, watchdog_first_s: float = 60.0, monitor=None):
@@ -167,24 +166,24 @@ class Worker:
         self._in_want = [(np.dtype(t.dtype), tuple(t.shape[1:]), t) for t in spec.inputs]
         self._out_want = [(tuple(t.shape[1:]), t) for t in spec.outputs]
         self._lock = threading.Lock()
-        self._partials: dict[tuple[int, int, int], dict] = {}
+        self._partials: Dict[Tuple[int, int, int], dict] = {}
         self._ready: queue.Queue = queue.Queue(maxsize=max_ready)
         self._compute_lock = threading.Lock()  # one module call at a time, on whichever thread runs it
-        self._senders: dict[str, net.Sender] = {}
+        self._senders: Dict[str, net.Sender] = {}
         self._senders_lock = threading.Lock()
-        self._control: tuple[socket.socket, threading.Lock, wire.Session | None] | None = None
+        self._control: Optional[Tuple[socket.socket, threading.Lock, Optional[wire.Session]]] = None
         self._stop = threading.Event()
-        self._srv: socket.socket | None = None
+        self._srv: Optional[socket.socket] = None
         self.address = listen_address or spec.listen
         self.stats = {"frames_in": 0, "bytes_in": 0, "frames_out": 0, "bytes_out": 0, "runs": 0, "samples": 0,
                       "bad_frames": 0, "stale_frames": 0, "rejected_frames": 0, "errors": 0, "send_failures": 0,
                       "chunked_runs": 0, "overloaded": 0, "late_outputs": 0}
-        self._compute_s: list[float] = []
+        self._compute_s: List[float] = []
         self._recent_s: deque = deque(maxlen=64)  # the watchdog's running median
-        self._call_t0: float | None = None  # perf_counter() at the start of the module call in progress
+        self._call_t0: Optional[float] = None  # perf_counter() at the start of the module call in progress
         # CPU accounting for the run report (edgeplan calibrate): process CPU when the first module call
         # started (start-up: imports, loading), process CPU (all threads) inside module calls, the quota.
-        self._cpu_startup_s: float | None = None
+        self._cpu_startup_s: Optional[float] = None
         self._compute_cpu_s = 0.0
         self.cpu_quota_cores = cpu_quota_cores()
         self.monitor = monitor or Monitor(spec.device, spec.stage, spec.unit)
@@ -228,14 +227,14 @@ class Worker:
         finally:
             sock.close()
 
-    def _reply(self, sock, lock, session: wire.Session | None, frame: wire.Frame) -> None:
+    def _reply(self, sock, lock, session: Optional[wire.Session], frame: wire.Frame) -> None:
         try:
             with lock:
                 wire.send_frame(sock, frame, session)
         except OSError as e:
             self._log(f"cannot reply {frame.kind_name}: {e}")
 
-    def _handle(self, f: wire.Frame, sock, lock, session: wire.Session | None = None) -> None:
+    def _handle(self, f: wire.Frame, sock, lock, session: Optional[wire.Session] = None) -> None:
         if f.kind == wire.DATA:
             self._on_data(f)
         elif f.kind == wire.PING:
@@ -289,7 +288,7 @@ class Worker:
             return self.watchdog_first_s
         return max(self.watchdog_floor_s, self.watchdog_factor * recent[len(recent) // 2])
 
-    def unhealthy(self) -> str | None:
+    def unhealthy(self) -> Optional[str]:
         """Why this replica should not get requests now (a module call far over its usual time), or None."""
         t0 = self._call_t0
         if t0 is None:
@@ -351,7 +350,7 @@ class Worker:
                 return self._reject(f, f"samples outside this replica's range [{r.lo},{r.hi})")
             if len(f.tensors) != len(spec.inputs):
                 return self._reject(f, f"{len(f.tensors)} tensors, stage takes {len(spec.inputs)}")
-            for t, (dt, shape, want) in zip(f.tensors, self._in_want, strict=True):
+            for t, (dt, shape, want) in zip(f.tensors, self._in_want):
                 if t.dtype != dt or t.shape[1:] != shape or t.shape[0] != f.hi - f.lo:
                     return self._reject(f, f"{want.name}: got {t.dtype}{list(t.shape)}, want {want.dtype}"
                                            f"[{f.hi - f.lo}, {', '.join(map(str, want.shape[1:]))}]")
@@ -377,7 +376,7 @@ class Worker:
 
     # --- running and forwarding -------------------------------------------------------------------
 
-    def run_range(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    def run_range(self, inputs: List[np.ndarray]) -> List[np.ndarray]:
         """Run the module on any number of samples: chunks of its compiled batch, the last one zero-padded.
 
         Compiled modules take exactly ``hi - lo`` samples; after a sibling replica fails this replica
@@ -388,16 +387,16 @@ class Worker:
         if n == b:
             return self._run_checked(inputs, b)
         self.stats["chunked_runs"] += 1
-        outs: list[list[np.ndarray]] = []
+        outs: List[List[np.ndarray]] = []
         for start in range(0, n, b):
             chunk = [x[start:start + b] for x in inputs]
             k = chunk[0].shape[0]
             if k < b:
                 chunk = [np.concatenate([c, np.zeros((b - k, *c.shape[1:]), c.dtype)]) for c in chunk]
             outs.append([o[:k] for o in self._run_checked(chunk, b)])
-        return [np.concatenate(parts) for parts in zip(*outs, strict=True)]
+        return [np.concatenate(parts) for parts in zip(*outs)]
 
-    def _run_checked(self, inputs, b: int) -> list[np.ndarray]:
+    def _run_checked(self, inputs, b: int) -> List[np.ndarray]:
         c0 = time.process_time()
         if self._cpu_startup_s is None:
             self._cpu_startup_s = c0
@@ -412,7 +411,7 @@ class Worker:
         self.monitor.record_compute(dt, b)
         if len(outs) != len(self.spec.outputs):
             raise RuntimeError(f"module returned {len(outs)} outputs, stage.json lists {len(self.spec.outputs)}")
-        for o, (shape, want) in zip(outs, self._out_want, strict=True):
+        for o, (shape, want) in zip(outs, self._out_want):
             if o.shape[1:] != shape or o.shape[0] != b:
                 raise RuntimeError(f"output {want.name} has shape {list(o.shape)}, stage.json says {list(want.shape)}")
         return outs
@@ -532,7 +531,7 @@ class Worker:
         }
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m edgeplan_runtime.worker", description=__doc__.splitlines()[0])
     ap.add_argument("--stage", required=True, help="path to this stage's stage.json (or its folder)")
     ap.add_argument("--listen", help="host:port to bind instead of stage.json's `listen` (port 0: any free port)")
