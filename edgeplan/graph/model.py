@@ -123,6 +123,28 @@ class LayerGraph:
         needed.update(self.outputs)
         return tuple(name for name in produced if name in needed)
 
+    def branch_ranges(self) -> tuple[tuple[str, int, int], ...]:
+        """(input name, start, stop) per model input: the layers fed by that input alone, up to the first join.
+
+        Multi-input traces keep each branch contiguous, in input order, before the joined rest
+        (``order.branches_first``); a graph whose order does not (older traces) gets an error.
+        """
+        from edgeplan.graph.order import input_branches
+
+        names = [layer.name for layer in self.layers]
+        branch = input_branches(names, [t.name for t in self.inputs], {x.name: x.inputs for x in self.layers})
+        out, pos = [], 0
+        for t in self.inputs:
+            stop = pos
+            while stop < len(names) and branch.get(names[stop]) == t.name:
+                stop += 1
+            out.append((t.name, pos, stop))
+            pos = stop
+        if len(branch) != pos:
+            raise ValueError(f"LayerGraph {self.name!r}: the branches of its inputs are not contiguous at the "
+                             f"front of the layer order; re-trace the model with this edgeplan")
+        return tuple(out)
+
     def to_json(self) -> dict:
         return asdict(self)
 

@@ -79,3 +79,29 @@ def choose_order(fx_order, inputs, deps, nbytes, outputs) -> tuple[str, list[str
     if (sum(greedy_cuts), max(greedy_cuts)) < (sum(fx_cuts), max(fx_cuts)):
         return "greedy", greedy, greedy_cuts
     return "fx", fx_order, fx_cuts
+
+
+def input_branches(order: list[str], input_names: list[str], deps: dict[str, tuple[str, ...]]) -> dict[str, str]:
+    """Layer -> the model input whose branch it is in: every tensor it reads comes from that input alone.
+
+    A layer is in input ``x``'s branch when each of its inputs is ``x`` itself or a layer of
+    ``x``'s branch; the first layer reading two inputs (or a branch layer and a constant
+    layer) is the join, and it and everything after it belong to no branch.
+    """
+    inputs = set(input_names)
+    branch: dict[str, str] = {}
+    for name in order:
+        owners = {d if d in inputs else branch.get(d, "") for d in deps[name]}
+        if len(owners) == 1 and "" not in owners:
+            branch[name] = owners.pop()
+    return branch
+
+
+def branches_first(order: list[str], input_names: list[str], deps: dict[str, tuple[str, ...]]) -> list[str]:
+    """``order`` with each input's branch moved to the front, one contiguous run per input in input order.
+
+    Still topological: a branch layer reads only its own input and earlier layers of its branch.
+    """
+    branch = input_branches(order, input_names, deps)
+    runs = [[name for name in order if branch.get(name) == x] for x in input_names]
+    return [name for run in runs for name in run] + [name for name in order if name not in branch]

@@ -48,4 +48,9 @@ def format_table(graph: LayerGraph) -> str:
         f"{sum(layer.flops_fwd for layer in graph.layers) / 1e9:.3f} GFLOPs forward, "
         f"largest cut {fmt_bytes(max(graph.cut_bytes))}",
     ]
+    if len(graph.inputs) > 1:  # what `--pin inputK=DEVICE` (or the parameter name) pins
+        for k, (name, start, stop) in enumerate(graph.branch_ranges()):
+            where = f"layers {start}..{stop - 1} ({graph.layers[start].name}..{graph.layers[stop - 1].name})" \
+                if stop > start else "no layers of its own (read at the join)"
+            lines.append(f"input{k} = {name}: branch of {where}")
     return "\n".join(lines) + "\n"

@@ -31,7 +31,7 @@ from torch import nn
 from edgeplan.errors import ModelError
 from edgeplan.graph.model import Layer, LayerGraph, TensorSpec
 from edgeplan.graph.opkinds import NodeValue, ValueRecorder, flops_fwd, formula_macs, is_layer, needs_counter, op_kind
-from edgeplan.graph.order import choose_order
+from edgeplan.graph.order import branches_first, choose_order, cut_bytes
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _THIS_FILE = os.path.abspath(__file__)
@@ -207,28 +207,47 @@ def _check_shape(input_shape, name: str) -> tuple[int, ...]:
 
 def trace(module: nn.Module, input_shape: tuple[int, ...], name: str, *,
           expected_shape: tuple[int, ...] | None = None, leaf_modules: tuple[type, ...] = ()) -> Traced:
-    """Trace ``module`` (switched to eval mode) on a float32 input of ``input_shape``.
+def _input_shapes(input_shape, names: list[str], name: str) -> list[tuple[int, ...]]:
+    """One shape per model input: a flat shape serves every input, a tuple of shapes gives each its own."""
+    shape = tuple(input_shape)
+    if shape and all(isinstance(s, (tuple, list)) for s in shape):
+        if len(shape) != len(names):
+            raise ModelError(
+                f"model {name!r} takes {len(names)} inputs ({', '.join(names)}) but {len(shape)} input shapes "
+                f"were given; give one shape per input, or one shape for all"
+            )
+        shapes = [_check_shape(s, name) for s in shape]
+        if len({s[0] for s in shapes}) > 1:
+            raise ModelError(f"input shapes {shapes!r} of model {name!r} disagree on the batch (first) dimension; "
+                             f"give every input the same batch")
+        return shapes
+    return [_check_shape(shape, name)] * len(names)
+
+
+    """Trace ``module`` (switched to eval mode) on float32 inputs of ``input_shape``.
 
     ``expected_shape`` (e.g. the zoo default) is only used to make a shape error helpful;
     ``leaf_modules`` are module classes kept whole instead of traced through.
+    A model whose forward takes several tensors gets one LayerGraph input per tensor, named
+    by its forward() parameter (``--pin`` also accepts ``inputK`` for the K-th);
+    ``input_shape`` is then one shape for all of them or a tuple with one shape per input.
+    Their branches (the layers fed by one input only) come first in the layer order, one
+    contiguous range per input (``order.input_branches``).
     """
-    shape = _check_shape(input_shape, name)
     module.eval()
     gm = _symbolic_trace(module, name, tuple(leaf_modules))
 
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != 1:
-        raise ModelError(
-            f"model {name!r} takes {len(placeholders)} inputs ({', '.join(p.name for p in placeholders)}); "
-            f"edgeplan traces models with exactly one tensor input: wrap it in a module whose forward(x) "
-            f"builds the others"
-        )
+    if not placeholders:
+        raise ModelError(f"model {name!r} takes no tensor input; its forward() needs at least one argument")
+    shapes = _input_shapes(input_shape, [p.name for p in placeholders], name)
+    shape = shapes[0] if len(shapes) == 1 else tuple(shapes)
     gen = torch.Generator().manual_seed(0)
-    example = torch.randn(shape, generator=gen)
+    examples = [torch.randn(s, generator=gen) for s in shapes]
     probe = _Probe(gm)
     try:
         with torch.no_grad():
-            probe.run(example)
+            probe.run(*examples)
     except _NodeFailure as f:
         hint = f"; it expects {tuple(expected_shape)!r}" if expected_shape else ""
         first = str(f.error).splitlines()[0] if str(f.error) else type(f.error).__name__
@@ -282,6 +301,9 @@ def _build(gm: fx.GraphModule, name: str, values: dict[str, NodeValue], counted:
     order_name, order, cuts = choose_order([n.name for n in layer_nodes], inputs, deps, nbytes, tuple(outputs))
 
     # Each absorbed node goes to the first layer (in the chosen order) that reads it, transitively.
+    if len(inputs) > 1:  # each input's branch contiguous, in input order, before the joined rest
+        order = branches_first(order, [t.name for t in inputs], deps)
+        cuts = cut_bytes(order, inputs, deps, nbytes, tuple(outputs))
     pos = {layer: i for i, layer in enumerate(order)}
     owner: dict[str, str] = {}
     for n in reversed(nodes):
