@@ -205,8 +205,6 @@ def _check_shape(input_shape, name: str) -> tuple[int, ...]:
     return shape
 
 
-def trace(module: nn.Module, input_shape: tuple[int, ...], name: str, *,
-          expected_shape: tuple[int, ...] | None = None, leaf_modules: tuple[type, ...] = ()) -> Traced:
 def _input_shapes(input_shape, names: list[str], name: str) -> list[tuple[int, ...]]:
     """One shape per model input: a flat shape serves every input, a tuple of shapes gives each its own."""
     shape = tuple(input_shape)
@@ -224,15 +222,17 @@ def _input_shapes(input_shape, names: list[str], name: str) -> list[tuple[int, .
     return [_check_shape(shape, name)] * len(names)
 
 
+def trace(module: nn.Module, input_shape: tuple[int, ...], name: str, *,
+          expected_shape: tuple[int, ...] | None = None, leaf_modules: tuple[type, ...] = ()) -> Traced:
     """Trace ``module`` (switched to eval mode) on float32 inputs of ``input_shape``.
 
-    ``expected_shape`` (e.g. the zoo default) is only used to make a shape error helpful;
-    ``leaf_modules`` are module classes kept whole instead of traced through.
     A model whose forward takes several tensors gets one LayerGraph input per tensor, named
     by its forward() parameter (``--pin`` also accepts ``inputK`` for the K-th);
     ``input_shape`` is then one shape for all of them or a tuple with one shape per input.
     Their branches (the layers fed by one input only) come first in the layer order, one
     contiguous range per input (``order.input_branches``).
+    ``expected_shape`` (e.g. the zoo default) is only used to make a shape error helpful;
+    ``leaf_modules`` are module classes kept whole instead of traced through.
     """
     module.eval()
     gm = _symbolic_trace(module, name, tuple(leaf_modules))
@@ -299,11 +299,11 @@ def _build(gm: fx.GraphModule, name: str, values: dict[str, NodeValue], counted:
     specs = {n.name: _spec(n.name, values[n.name]) for n in layer_nodes}
     nbytes = {t.name: t.nbytes for t in inputs} | {k: s.nbytes for k, s in specs.items()}
     order_name, order, cuts = choose_order([n.name for n in layer_nodes], inputs, deps, nbytes, tuple(outputs))
-
-    # Each absorbed node goes to the first layer (in the chosen order) that reads it, transitively.
     if len(inputs) > 1:  # each input's branch contiguous, in input order, before the joined rest
         order = branches_first(order, [t.name for t in inputs], deps)
         cuts = cut_bytes(order, inputs, deps, nbytes, tuple(outputs))
+
+    # Each absorbed node goes to the first layer (in the chosen order) that reads it, transitively.
     pos = {layer: i for i, layer in enumerate(order)}
     owner: dict[str, str] = {}
     for n in reversed(nodes):
