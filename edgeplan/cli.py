@@ -88,6 +88,32 @@ def inspect(
         typer.echo(f"wrote {json_out}")
 
 
+@app.command()
+def fpl(
+    model: Annotated[str, typer.Argument(
+        help="Single-input model: zoo name (e.g. resnet18-cifar), 'file.py:callable', or 'torchvision:<name>'.")],
+    sources: Annotated[str, typer.Option(
+        "--sources", help="Comma-separated data sources (boards), one branch each, e.g. cam-a,cam-b,cam-c.")],
+    junction_before: Annotated[str, typer.Option(
+        "--junction-before", help="Layer name (as `edgeplan inspect` prints it) the junction sits before.")],
+    out: Annotated[Path, typer.Option("--out", dir_okay=False, help="Python file to write (build() in it).")],
+    input_shape: Annotated[str, typer.Option(
+        "--input-shape", help="Batch-first shape of one source's input (default: the model's own).")] = None,
+) -> None:
+    """Flexible parallel learning: MODEL -> one branch per source + junction layer + trunk, as a Python file.
+
+    Example: edgeplan fpl resnet18-cifar --sources cam-a,cam-b,cam-c --junction-before fc --out fpl_model.py
+    """
+    from edgeplan.fpl import build
+    from edgeplan.graph.report import parse_input_shape
+
+    shape = parse_input_shape(input_shape) if input_shape is not None else None
+    names = tuple(s.strip() for s in sources.split(",") if s.strip())
+    model_file = build.write(build.split(model, names, junction_before, shape), out)
+    typer.echo(f"wrote {model_file}: {len(names)} branches ({', '.join(names)}) before {junction_before}; "
+               f"plan it as {model_file}:build with --pin input<i>=<board>")
+
+
 # --- profiles ----------------------------------------------------------------
 
 
