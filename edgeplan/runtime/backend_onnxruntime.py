@@ -5,18 +5,17 @@ targets export them; threads default to the board's cores (ONNX Runtime's choice
 Denormals are flushed to zero, as on the compile machine when speeds were measured.
 """
 
-from __future__ import annotations
-
 import os
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 
+from .compat import zip_strict
 from .spec import StageSpec
 
 
-def load_model_file(path: Path, threads: int | None = None):
+def load_model_file(path: Path, threads: Optional[int] = None):
     """Open an ONNX stage and return a Runner: list of arrays in -> list of arrays out (stage order)."""
     import onnxruntime as ort
 
@@ -40,7 +39,7 @@ def load_model_file(path: Path, threads: int | None = None):
     def run(inputs: Sequence[np.ndarray]) -> list:
         if positions and max(positions) >= len(inputs):
             raise ValueError(f"{path}: got {len(inputs)} inputs, the model reads {in_names}")
-        feed = {n: np.ascontiguousarray(inputs[p]) for n, p in zip(in_names, positions, strict=True)}
+        feed = {n: np.ascontiguousarray(inputs[p]) for n, p in zip_strict(in_names, positions)}
         return list(sess.run(out_names, feed))
 
     return run

@@ -6,18 +6,17 @@ The IR holds fp16 weights and is compiled for the NPU here, at load time (set
 on a machine without an NPU); nothing falls back silently.
 """
 
-from __future__ import annotations
-
 import os
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 
+from .compat import zip_strict
 from .spec import StageSpec
 
 
-def load_model_file(path: Path, spec: StageSpec, device: str | None = None):
+def load_model_file(path: Path, spec: StageSpec, device: Optional[str] = None):
     """Compile the IR at ``path`` for ``device`` (default NPU) and return a Runner."""
     import openvino as ov
 
@@ -39,7 +38,7 @@ def load_model_file(path: Path, spec: StageSpec, device: str | None = None):
             raise ValueError(f"{path}: got {len(inputs)} inputs, the stage takes {len(spec.inputs)}")
         res = request.infer([np.ascontiguousarray(x, dtype=np.float32) for x in inputs])
         return [np.array(res[o]).reshape(t.shape).astype(t.dtype, copy=False)
-                for o, t in zip(compiled.outputs, outs, strict=True)]
+                for o, t in zip_strict(compiled.outputs, outs)]
 
     return run
 

@@ -6,14 +6,13 @@ and each input's layout: 4-D tensors travel NCHW, which must be said to the
 runtime because it assumes NHWC otherwise.
 """
 
-from __future__ import annotations
-
 import json
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
+from .compat import zip_strict
 from .spec import StageSpec
 
 META = "npu.json"
@@ -51,7 +50,7 @@ def load_model_file(path: Path, meta: dict, spec: StageSpec, lite_cls=None):
             raise RuntimeError(f"{path}: RKNNLite.inference failed (see the runtime log above)")
         if len(res) != len(outs):
             raise RuntimeError(f"{path}: the model returned {len(res)} outputs, stage.json lists {len(outs)}")
-        return [np.asarray(r).reshape(t.shape).astype(t.dtype, copy=False) for r, t in zip(res, outs, strict=True)]
+        return [np.asarray(r).reshape(t.shape).astype(t.dtype, copy=False) for r, t in zip_strict(res, outs)]
 
     run.release = lite.release  # type: ignore[attr-defined]
     return run

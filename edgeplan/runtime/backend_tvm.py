@@ -8,13 +8,11 @@ library's VM symbols resolve. Device per target: x86/arm-cpu -> CPU, cuda -> CUD
 mali -> OpenCL.
 """
 
-from __future__ import annotations
-
 import ctypes
 import importlib.util
 import os
-from collections.abc import Sequence
 from pathlib import Path
+from typing import List, Optional, Sequence, Set
 
 import numpy as np
 
@@ -25,10 +23,10 @@ _DEVICE = {"x86": 1, "arm-cpu": 1, "cuda": 2, "mali": 4}
 # TVM 0.27 builds each GPU runtime as its own library beside libtvm_runtime.so (build-tvm-runtime.sh copies both)
 _EXTRA_LIB = {"cuda": "libtvm_runtime_cuda.so", "mali": "libtvm_runtime_opencl.so"}
 _POOLED = 2  # VM allocator: pooled
-_loaded: set[str] = set()
+_loaded: Set[str] = set()
 
 
-def _runtime_dirs(stage_dir: Path | None) -> list[Path]:
+def _runtime_dirs(stage_dir: Optional[Path]) -> List[Path]:
     dirs = []
     if os.environ.get("EDGEPLAN_TVM_RUNTIME_DIR"):
         dirs.append(Path(os.environ["EDGEPLAN_TVM_RUNTIME_DIR"]))
@@ -40,7 +38,7 @@ def _runtime_dirs(stage_dir: Path | None) -> list[Path]:
     return dirs
 
 
-def _load_runtime(target: str, stage_dir: Path | None) -> None:
+def _load_runtime(target: str, stage_dir: Optional[Path]) -> None:
     """dlopen libtvm_runtime.so (and the CUDA runtime for cuda) globally, once per process.
 
     tvm_ffi is imported first: it loads libtvm_ffi.so, which libtvm_runtime.so needs and
@@ -82,7 +80,7 @@ def aligned(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def load_module_file(path: Path, target: str = "x86", threads: int | None = None):
+def load_module_file(path: Path, target: str = "x86", threads: Optional[int] = None):
     """Open a stage library and return a Runner: list of arrays in -> list of arrays out (stage order)."""
     path = Path(path)
     if target not in _DEVICE:

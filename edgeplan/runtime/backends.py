@@ -6,17 +6,15 @@ order) and returning its output arrays (in ``spec.outputs`` order). Backends are
 imported only when a stage needs them, so a board installs only its own.
 """
 
-from __future__ import annotations
-
 import importlib
-from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Callable, List, Sequence
 
 import numpy as np
 
 from .spec import StageSpec
 
-Runner = Callable[[Sequence[np.ndarray]], list]
+Runner = Callable[[Sequence[np.ndarray]], List]
 
 
 def load(stage_dir: Path, spec: StageSpec) -> Runner:

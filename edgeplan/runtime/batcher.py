@@ -13,17 +13,16 @@ bounded: once ``max_queued_samples`` wait, ``submit`` raises :class:`Busy` at on
 Runs on the head board: standard library and numpy only.
 """
 
-from __future__ import annotations
-
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Deque, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .compat import settle, zip_strict
 from .head import Busy, RequestFailed
 
 
@@ -55,7 +54,7 @@ class BatcherConfig:
     # How long a packed batch retries a Busy head before its requests get Busy (503). None: until their
     # deadline; the bounded queue already pushes back on new requests, and a slow pipeline (seconds per
     # request on small boards) frees a window slot only every latency / window seconds.
-    busy_wait_s: float | None = None
+    busy_wait_s: Optional[float] = None
 
 
 @dataclass
@@ -64,7 +63,7 @@ class _Request:
     inputs: list  # one array per model input, n samples each
     future: Future
     deadline: float
-    outputs: list | None = None  # allocated on the first answer
+    outputs: Optional[list] = None  # allocated on the first answer
     left: int = 0  # samples not answered yet
     failed: bool = False
 
@@ -83,7 +82,7 @@ class Batcher:
         self.input_specs = [(n, tuple(s), np.dtype(d)) for n, s, d in head.input_specs]
         self.output_specs = [(n, tuple(s), np.dtype(d)) for n, s, d in head.output_specs]
         self.max_queued = config.max_queued_samples or 4 * self.batch
-        self._queue: deque[list] = deque()  # [request, next sample to send]
+        self._queue: Deque[list] = deque()  # [request, next sample to send]
         self._queued = 0  # samples in _queue not yet sent
         self._cv = threading.Condition()
         self._closed = False
@@ -101,7 +100,7 @@ class Batcher:
             names = ", ".join(n for n, _, _ in self.input_specs)
             raise BadInput(f"got {len(inputs)} input tensor(s); the model takes {len(self.input_specs)} ({names})")
         n = None
-        for x, (name, shape, dtype) in zip(inputs, self.input_specs, strict=True):
+        for x, (name, shape, dtype) in zip_strict(inputs, self.input_specs):
             if x.dtype != dtype:
                 raise BadInput(f"input '{name}': dtype {x.dtype}, expected {dtype} (shape {_spec_shape(shape)})")
             if x.ndim != len(shape) + 1 or tuple(x.shape[1:]) != shape:
@@ -115,7 +114,7 @@ class Batcher:
             n = x.shape[0]
         return int(n)
 
-    def submit(self, inputs: Sequence[np.ndarray], timeout_s: float | None = None) -> Future:
+    def submit(self, inputs: Sequence[np.ndarray], timeout_s: Optional[float] = None) -> Future:
         """Queue one request (one array per input, any sample count); the future gives its outputs.
 
         Raises BadInput (wrong tensors) or Busy (queue full; ``retry_after_s`` says when to retry).
@@ -140,7 +139,7 @@ class Batcher:
             raise QueueFull(self._retry_after(queued))
         return fut
 
-    def infer(self, inputs: Sequence[np.ndarray], timeout_s: float | None = None) -> list[np.ndarray]:
+    def infer(self, inputs: Sequence[np.ndarray], timeout_s: Optional[float] = None) -> List[np.ndarray]:
         return self.submit(inputs, timeout_s).result()
 
     def close(self) -> None:
@@ -167,7 +166,7 @@ class Batcher:
 
     # --- the head side -------------------------------------------------------------------------------
 
-    def _take_batch(self) -> list[tuple[_Request, int, int]] | None:
+    def _take_batch(self) -> Optional[List[Tuple[_Request, int, int]]]:
         """Wait for samples, then up to max_delay_s for a full batch; returns (request, lo, hi) slices."""
         with self._cv:
             while not self._queue and not self._closed:
@@ -268,16 +267,13 @@ class Batcher:
                     continue
                 if req.outputs is None:
                     req.outputs = [np.empty((req.n, *shape), dtype) for _, shape, dtype in self.output_specs]
-                for y, o in zip(req.outputs, outs, strict=True):
+                for y, o in zip_strict(req.outputs, outs):
                     y[lo:hi] = o[at:at + hi - lo]
                 req.left -= hi - lo
                 done = req.left == 0
             at += hi - lo
             if done:
-                try:
-                    req.future.set_result(req.outputs)
-                except InvalidStateError:  # the caller cancelled (gave up waiting)
-                    pass
+                settle(req.future, req.outputs)  # not when the caller cancelled (gave up waiting)
 
     def _fail(self, req: _Request, exc: Exception) -> None:
         with self._cv:
@@ -285,7 +281,4 @@ class Batcher:
                 return
             req.failed = True
             self.stats["failed_total"] += 1
-        try:
-            req.future.set_exception(exc)
-        except InvalidStateError:  # cancelled meanwhile
-            pass
+        settle(req.future, exception=exc)  # not when cancelled meanwhile

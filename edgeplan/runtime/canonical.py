@@ -5,8 +5,6 @@ One definition for both sides: the host writes plan.json, golden files and diges
 edgeplan, stamps run reports with the same plan digest.
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 import math

@@ -23,3 +23,26 @@ def zip_strict(*iterables):
 def prod(values, start=1):
     """``math.prod`` (3.8): the product of ``values`` (``start`` when empty)."""
     return reduce(operator.mul, values, start)
+
+
+try:
+    from concurrent.futures import InvalidStateError  # novermin (guarded: the fallback below)
+except ImportError:  # Python < 3.8, where finishing a done future does not raise
+    class InvalidStateError(Exception):
+        """Stands in for ``concurrent.futures.InvalidStateError`` (3.8), which older Pythons never raise."""
+
+
+def settle(future, result=None, exception=None) -> bool:
+    """Finish ``future`` with ``result`` (or ``exception``) unless it is done already (its caller
+    cancelled it, giving up): False then. 3.8+ raises InvalidStateError there; 3.6/3.7 would
+    silently overwrite a cancelled future, so the check comes first."""
+    if future.done():
+        return False
+    try:
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)
+    except InvalidStateError:  # cancelled between the check and the set (3.8+)
+        return False
+    return True

@@ -14,14 +14,13 @@ so no request allocates much more; a full queue -> 503 with Retry-After.
 Imported only on the serving side: starlette is imported here, never by the worker.
 """
 
-from __future__ import annotations
-
 import asyncio
 import json
 import logging
 import math
 import re
 import zlib
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from starlette.applications import Starlette
@@ -30,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .batcher import BadInput, Batcher, Busy, RequestFailed
+from .compat import prod, zip_strict
 
 # KServe v2 datatypes <-> numpy
 DATATYPES = {"BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
@@ -55,12 +55,12 @@ def v2_datatype(dtype) -> str:
 
 
 class HTTPError(Exception):
-    def __init__(self, status: int, message: str, headers: dict | None = None):
+    def __init__(self, status: int, message: str, headers: Optional[dict] = None):
         super().__init__(message)
         self.status, self.message, self.headers = status, message, headers or {}
 
 
-def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+def _error(status: int, message: str, headers: Optional[dict] = None) -> JSONResponse:
     return JSONResponse({"error": message.replace("\n", " ")}, status, headers=headers)
 
 
@@ -173,7 +173,7 @@ class Endpoint:
     async def metrics(self, request: Request) -> Response:
         from . import metrics  # MON's module: prometheus_client is imported there, on the serving side
 
-        status = await asyncio.get_running_loop().run_in_executor(None, self.head.status)
+        status = await asyncio.get_event_loop().run_in_executor(None, self.head.status)  # the running loop (3.6)
         status = {**status, "serving": dict(self.batcher.stats)}
         text = metrics.exposition(status) + self.serving_metrics()
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -194,7 +194,7 @@ class Endpoint:
 
     # --- inference ------------------------------------------------------------------------------------
 
-    def parse(self, body: bytes, header_length: str | None) -> tuple[dict, list[np.ndarray]]:
+    def parse(self, body: bytes, header_length: Optional[str]) -> Tuple[dict, List[np.ndarray]]:
         """Decode a v2 request (JSON, or JSON header + binary tensors) into the model's input arrays."""
         if header_length is not None:
             try:
@@ -217,7 +217,7 @@ class Endpoint:
             raise HTTPError(400, f"request header is not JSON ({e})") from None
         if not isinstance(req, dict) or not isinstance(req.get("inputs"), list):
             raise HTTPError(400, "request JSON needs an 'inputs' list")
-        given: dict[str, np.ndarray] = {}
+        given: Dict[str, np.ndarray] = {}
         offset = 0
         for t in req["inputs"]:
             if not isinstance(t, dict) or not isinstance(t.get("name"), str):
@@ -237,7 +237,7 @@ class Endpoint:
             if (not isinstance(got, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in got)
                     or len(got) != len(shape) + 1 or tuple(got[1:]) != shape or got[0] < 1):
                 raise HTTPError(400, f"input '{name}': shape {got}, expected {expected} (batch first)")
-            count = math.prod(got)
+            count = prod(got)
             nbytes = count * dtype.itemsize
             params = t.get("parameters") or {}
             if "binary_data_size" in params:
@@ -271,7 +271,7 @@ class Endpoint:
                                  + ", ".join(f"'{n}' {_shape_text((-1, *s))}" for n, (s, _) in self.inputs.items()))
         return req, [given[n] for n in self.inputs]
 
-    def respond(self, req: dict, ys: list[np.ndarray]) -> Response:
+    def respond(self, req: dict, ys: List[np.ndarray]) -> Response:
         """Outputs as JSON, or binary (extension) when the request asked for it."""
         params = req.get("parameters") or {}
         binary_all = bool(params.get("binary_data_output", False))
@@ -287,7 +287,7 @@ class Endpoint:
                 if o["name"] not in self.outputs:
                     raise HTTPError(400, f"unknown output '{o['name']}'; the model has {names}")
                 chosen.append((o["name"], bool((o.get("parameters") or {}).get("binary_data", binary_all))))
-        by_name = dict(zip(names, ys, strict=True))
+        by_name = dict(zip_strict(names, ys))
         outs, blobs = [], []
         for n, binary in chosen:
             y = by_name[n]

@@ -10,9 +10,8 @@ This module lives in runtime/ beside the head but only the head/serving side cal
 prometheus_client is imported inside ``exposition()``, so boards never need it.
 """
 
-from __future__ import annotations
-
 import re
+from typing import Dict, List, Set, Tuple
 
 # The classic Prometheus text format that prometheus_client's generate_latest() writes; every
 # Prometheus version and `edgeplan top` read it.
@@ -21,7 +20,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _NAME_RE = re.compile(r"[^a-zA-Z0-9_]")
 
 
-def _buckets(hist: dict) -> list[tuple[str, float]]:
+def _buckets(hist: dict) -> List[Tuple[str, float]]:
     """A status/snapshot histogram ({"buckets": [[le, cumulative]], "sum", "count"}) as
     prometheus_client buckets, ending with +Inf = count (snapshots omit +Inf: JSON has no Infinity)."""
     from prometheus_client.utils import floatToGoString
@@ -37,9 +36,9 @@ def _buckets(hist: dict) -> list[tuple[str, float]]:
 def _families(status: dict) -> list:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-    fams: dict[str, object] = {}
+    fams: Dict[str, object] = {}
 
-    def fam(kind, name: str, doc: str, labels: tuple[str, ...] = ()):
+    def fam(kind, name: str, doc: str, labels: Tuple[str, ...] = ()):
         if name not in fams:
             cls = {"gauge": GaugeMetricFamily, "counter": CounterMetricFamily, "histogram": HistogramMetricFamily}[kind]
             fams[name] = cls(name, doc, labels=list(labels))
@@ -75,7 +74,7 @@ def _families(status: dict) -> list:
             [], float(len(status["faults"])))
 
     # -- workers --
-    boards_seen: set[str] = set()
+    boards_seen: Set[str] = set()
     for _key, w in sorted((status.get("workers") or {}).items()):
         board, stage = str(w["device"]), str(w["stage"])
         bs = [board, stage]

@@ -9,20 +9,20 @@ passively from the tensors the worker already sends. Standard library only (runs
 All file reads go through ``root`` so tests can point the monitor at a fake /proc and /sys tree.
 """
 
-from __future__ import annotations
-
 import bisect
 import glob
 import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from typing import Callable, Dict, List, Optional, Tuple
+
+from .compat import zip_strict
 
 # Stage call times from 0.1 ms (a tiny layer on an x86 host) to 10 s (a large stage on a Pi 3),
 # roughly 1-2.5-5 per decade. Snapshots list the finite buckets only (JSON has no Infinity): the +Inf
 # bucket is the histogram's ``count``.
-COMPUTE_BUCKETS_S: tuple[float, ...] = (
+COMPUTE_BUCKETS_S: Tuple[float, ...] = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
@@ -42,7 +42,7 @@ _NPU_CORE_RE = re.compile(r"Core\d+:\s*(\d+(?:\.\d+)?)\s*%")
 _NPU_ANY_RE = re.compile(r"(\d+(?:\.\d+)?)\s*%")
 
 
-def _read(path: str) -> str | None:
+def _read(path: str) -> Optional[str]:
     """The file's text, or None when it is absent or unreadable (optional sysfs/debugfs files)."""
     try:
         with open(path) as f:
@@ -51,7 +51,7 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _read_number(path: str) -> float | None:
+def _read_number(path: str) -> Optional[float]:
     text = _read(path)
     if text is None:
         return None
@@ -68,7 +68,7 @@ class _Link:
         self.sent_bytes = 0
         self.send_seconds = 0.0
         self.received_bytes = 0
-        self.throughput: float | None = None
+        self.throughput: Optional[float] = None
 
 
 class Monitor:
@@ -92,9 +92,9 @@ class Monitor:
         self._compute_sum = 0.0
         self._compute_count = 0
         self._samples = 0
-        self._links: dict[str, _Link] = {}
-        self._queues: dict[str, int] = {}
-        self._counters: dict[str, int] = {}
+        self._links: Dict[str, _Link] = {}
+        self._queues: Dict[str, int] = {}
+        self._counters: Dict[str, int] = {}
         try:
             self._clk_tck = float(os.sysconf("SC_CLK_TCK"))
             self._page_size = int(os.sysconf("SC_PAGE_SIZE"))
@@ -172,7 +172,7 @@ class Monitor:
 
         with self._lock:
             cumulative, acc = [], 0
-            for le, n in zip(COMPUTE_BUCKETS_S, self._bucket_counts[:-1], strict=True):  # +Inf is `count` (strict JSON)
+            for le, n in zip_strict(COMPUTE_BUCKETS_S, self._bucket_counts[:-1]):  # +Inf is `count` (strict JSON)
                 acc += n
                 cumulative.append([le, acc])
             compute = {"buckets": cumulative, "sum": self._compute_sum, "count": self._compute_count}
@@ -206,7 +206,7 @@ class Monitor:
     def _path(self, rel: str) -> str:
         return os.path.join(self._root, rel)
 
-    def _board_cpu_times(self) -> tuple[float, float] | None:
+    def _board_cpu_times(self) -> Optional[Tuple[float, float]]:
         """(busy, total) jiffies over all cores from /proc/stat's ``cpu`` line; guest time is already
         inside user/nice, so it is not added again; idle and iowait are not busy."""
         text = _read(self._path("proc/stat"))
@@ -246,13 +246,13 @@ class Monitor:
         except (ValueError, IndexError):
             return 0
 
-    def _board_memory(self) -> tuple[int, int]:
+    def _board_memory(self) -> Tuple[int, int]:
         """(total, used) bytes; used = MemTotal - MemAvailable (what applications could not get),
         or MemTotal - MemFree - Buffers - Cached on kernels before 3.14 (no MemAvailable)."""
         text = _read(self._path("proc/meminfo"))
         if text is None:
             return 0, 0
-        kb: dict[str, int] = {}
+        kb: Dict[str, int] = {}
         for line in text.splitlines():  # the fields needed are the first five; stop there (cheaper)
             key, _, value = line.partition(":")
             if key in _MEMINFO_KEYS:
@@ -269,7 +269,7 @@ class Monitor:
             avail = kb.get("MemFree", 0) + kb.get("Buffers", 0) + kb.get("Cached", 0)
         return total * 1024, max(0, total - avail) * 1024
 
-    def _find_power_rails(self) -> list[tuple[str, str, str | None]]:
+    def _find_power_rails(self) -> List[Tuple[str, str, Optional[str]]]:
         """INA3221 rails as (name, first file, second file or None).
 
         JetPack 4 (``ina3221x`` iio driver): ``in_power<N>_input`` in mW, named by ``rail_name_<N>``.
@@ -277,7 +277,7 @@ class Monitor:
         ``in<N>_label``; labelled channels with no current file (the shunt-voltage sum) are skipped.
         A rail name seen on two chips gets the chip's i2c address appended.
         """
-        rails: list[tuple[str, str, str | None]] = []
+        rails: List[Tuple[str, str, Optional[str]]] = []
         jp4 = self._path("sys/bus/i2c/drivers/ina3221x/*/iio:device*/in_power*_input")
         for power in sorted(glob.glob(jp4)):
             m = re.search(r"in_power(\d+)_input$", power)
@@ -302,8 +302,8 @@ class Monitor:
             out.append((name, a, b))
         return out
 
-    def _power_watts(self) -> dict[str, float]:
-        watts: dict[str, float] = {}
+    def _power_watts(self) -> Dict[str, float]:
+        watts: Dict[str, float] = {}
         for name, a, b in self._rails:
             first = _read_number(a)
             if first is None:
@@ -316,7 +316,7 @@ class Monitor:
                     watts[name] = first * amps / 1e6  # mV x mA
         return watts
 
-    def _npu_load(self) -> float | None:
+    def _npu_load(self) -> Optional[float]:
         """Mean load over the NPU cores from rknpu's debugfs file, 0..1 (``NPU load:  Core0: 12%,
         Core1:  0%, Core2:  0%,`` on RK3588; a single ``NPU load:  12%`` on one-core NPUs)."""
         text = _read(self._npu_path)

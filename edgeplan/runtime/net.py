@@ -6,15 +6,13 @@ and benchmarks/bench_runtime.py measures a bare pyzmq relay 1.1-1.6x slower than
 (4 KiB to 3 MB) in the same run; what item 5 wanted from it is here (scatter-gather sends without
 copies, bounded queues for backpressure, reconnects)."""
 
-from __future__ import annotations
-
 import select
 import socket
 import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from typing import Callable, Optional, Tuple
 
 from . import wire
 
@@ -28,7 +26,7 @@ def set_send_timeout(sock: socket.socket, seconds: float) -> None:
         pass
 
 
-def connect(address: str, timeout: float, send_timeout: float | None = None) -> socket.socket:
+def connect(address: str, timeout: float, send_timeout: Optional[float] = None) -> socket.socket:
     host, port = wire.parse_address(address)
     sock = socket.create_connection((host, port), timeout=timeout)
     sock.settimeout(None)
@@ -38,8 +36,8 @@ def connect(address: str, timeout: float, send_timeout: float | None = None) -> 
     return sock
 
 
-def open_connection(address: str, secret: bytes | None, timeout: float,
-                    send_timeout: float | None = None) -> tuple[socket.socket, wire.Session | None]:
+def open_connection(address: str, secret: Optional[bytes], timeout: float,
+                    send_timeout: Optional[float] = None) -> Tuple[socket.socket, Optional[wire.Session]]:
     """``connect`` plus the authentication handshake (none without a secret): the socket and its Session.
 
     OSError when the peer cannot be reached, FrameError when it refuses the handshake or fails it."""
@@ -62,7 +60,7 @@ def listen(address: str) -> socket.socket:
 
 
 def accept_loop(srv: socket.socket, stop: threading.Event, handle: Callable[[socket.socket, object], None],
-                send_timeout_s: float | None = None) -> None:
+                send_timeout_s: Optional[float] = None) -> None:
     """Accept connections until ``stop`` is set (checked twice a second) or ``srv`` closes; each
     connection (blocking, TCP_NODELAY, optional kernel send timeout) is handled on its own thread,
     which starts with ``wire.handshake(conn, secret, server=True)``."""
@@ -108,10 +106,10 @@ class Sender:
     restarted) before ``on_error(frame, message)`` is called.
     """
 
-    def __init__(self, address: str, *, secret: bytes | None, send_timeout_s: float, max_queue: int,
+    def __init__(self, address: str, *, secret: Optional[bytes], send_timeout_s: float, max_queue: int,
                  on_error: Callable[[wire.Frame, str], None],
                  is_stale: Callable[[wire.Frame], bool] = lambda f: False,
-                 on_sent: Callable[[wire.Frame, int, float], None] | None = None, name: str = "sender"):
+                 on_sent: Optional[Callable[[wire.Frame, int, float], None]] = None, name: str = "sender"):
         self.address = address
         self._secret = secret
         self._send_timeout_s = send_timeout_s
@@ -122,9 +120,9 @@ class Sender:
         self._q: deque = deque()  # (frame, unsent rest of its buffers or None, perf_counter at start, bytes)
         self._cv = threading.Condition()
         self._busy = False  # someone (a caller or the thread) is writing to the socket
-        self._sock: socket.socket | None = None
-        self._session: wire.Session | None = None  # the connection's keys and sequence numbers
-        self._watch: select.poll | None = None
+        self._sock: Optional[socket.socket] = None
+        self._session: Optional[wire.Session] = None  # the connection's keys and sequence numbers
+        self._watch: Optional[select.poll] = None
         self._closed = False
         threading.Thread(target=self._run, name=name, daemon=True).start()
 
@@ -198,7 +196,7 @@ class Sender:
                     self._cv.notify_all()
         self._drop_socket()
 
-    def _deliver(self, frame: wire.Frame, rest: list | None, t0: float, n: int) -> None:
+    def _deliver(self, frame: wire.Frame, rest: Optional[list], t0: float, n: int) -> None:
         if rest:  # a frame the caller started: finish it on the same socket (its start is on the wire)
             try:
                 wire.send_buffers(self._sock, rest)

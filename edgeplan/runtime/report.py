@@ -14,7 +14,7 @@ before the first module call, CPU inside module calls, the cgroup CPU quota,
 the mean module time and the Monitor's per-peer link throughput.
 """
 
-from __future__ import annotations
+from typing import Optional
 
 import numpy as np
 
@@ -44,11 +44,11 @@ def window_throughput(latency_s: float, throughput: float, samples_per_request: 
     return min(throughput, window * samples_per_request / latency_s)
 
 
-def _pct(values, q) -> float | None:
+def _pct(values, q) -> Optional[float]:
     return float(np.percentile(values, q)) if len(values) else None
 
 
-def _ratio(measured, predicted) -> float | None:
+def _ratio(measured, predicted) -> Optional[float]:
     if measured is None or not predicted:
         return None
     return measured / predicted

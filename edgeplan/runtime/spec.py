@@ -8,10 +8,9 @@ sample of its range. The head scatters inputs to stage 0 the same way and
 gathers outputs from the last stage in request order.
 """
 
-from __future__ import annotations
-
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Tuple
 
 SCHEMA_VERSION = 1
 
@@ -19,7 +18,7 @@ SCHEMA_VERSION = 1
 @dataclass(frozen=True)
 class Tensor:
     name: str
-    shape: tuple[int, ...]  # with this replica's batch dimension first
+    shape: Tuple[int, ...]  # with this replica's batch dimension first
     dtype: str
 
 
@@ -49,18 +48,18 @@ class StageSpec:
     microbatch: int  # samples in a full micro-batch
     lo: int  # this replica's sample range
     hi: int
-    inputs: tuple[Tensor, ...]  # what the module takes (cut tensors; batch = hi - lo)
-    outputs: tuple[Tensor, ...]  # what it returns
-    upstream: tuple[Peer, ...]  # replicas of the previous stage ("head" for stage 0)
-    downstream: tuple[Peer, ...]  # replicas of the next stage ("head" for the last stage)
-    files: tuple[tuple[str, str], ...] = ()  # (relative path, sha256) this stage needs
+    inputs: Tuple[Tensor, ...]  # what the module takes (cut tensors; batch = hi - lo)
+    outputs: Tuple[Tensor, ...]  # what it returns
+    upstream: Tuple[Peer, ...]  # replicas of the previous stage ("head" for stage 0)
+    downstream: Tuple[Peer, ...]  # replicas of the next stage ("head" for the last stage)
+    files: Tuple[Tuple[str, str], ...] = ()  # (relative path, sha256) this stage needs
     schema_version: int = field(default=SCHEMA_VERSION)
 
     def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict) -> StageSpec:
+    def from_json(cls, d: dict) -> "StageSpec":
         if d.get("schema_version") != SCHEMA_VERSION:
             raise ValueError(f"stage.json schema_version {d.get('schema_version')!r} != {SCHEMA_VERSION}")
         return cls(
@@ -73,6 +72,6 @@ class StageSpec:
         )
 
     @classmethod
-    def load(cls, path: str) -> StageSpec:
+    def load(cls, path: str) -> "StageSpec":
         with open(path) as f:
             return cls.from_json(json.load(f))

@@ -31,8 +31,6 @@ sender (the other direction's key), and a recorded session replayed as a whole f
 handshake costs one round trip per connection; per frame the cost is the MAC and 16 bytes.
 """
 
-from __future__ import annotations
-
 import hashlib
 import hmac
 import json
@@ -41,7 +39,7 @@ import socket
 import struct
 import sys
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -67,7 +65,7 @@ MAX_NDIM = 8
 MAX_META_BYTES = 1 << 20
 DEFAULT_MAX_FRAME = 256 << 20  # bytes of body; receivers usually pass a tighter, spec-derived limit
 
-DTYPES: dict[int, np.dtype] = {
+DTYPES: Dict[int, np.dtype] = {
     1: np.dtype("<f4"), 2: np.dtype("<f2"), 3: np.dtype("<f8"), 4: np.dtype("i1"), 5: np.dtype("u1"),
     6: np.dtype("<i2"), 7: np.dtype("<i4"), 8: np.dtype("<i8"), 9: np.dtype("?"),
 }
@@ -175,11 +173,11 @@ class Frame:
     hi: int = 0
     stage: int = 0
     attempt: int = 0
-    tensors: tuple[np.ndarray, ...] = ()
+    tensors: Tuple[np.ndarray, ...] = ()
     meta: dict = field(default_factory=dict)
 
     def __init__(self, kind: int, request_id: int = 0, microbatch: int = 0, epoch: int = 0, lo: int = 0,
-                 hi: int = 0, stage: int = 0, attempt: int = 0, tensors: tuple = (), meta: dict | None = None):
+                 hi: int = 0, stage: int = 0, attempt: int = 0, tensors: tuple = (), meta: Optional[dict] = None):
         # The generated frozen __init__ sets each field with object.__setattr__ (~2 us a frame, several
         # frames a hop); filling the dict at once is the same object, still frozen afterwards.
         self.__dict__.update(kind=kind, request_id=request_id, microbatch=microbatch, epoch=epoch, lo=lo, hi=hi,
@@ -201,7 +199,7 @@ def dtype_code(dt: np.dtype) -> int:
     return code
 
 
-def _session(auth) -> Session | None:
+def _session(auth) -> Optional[Session]:
     if auth is None or type(auth) is Session:
         return auth
     if isinstance(auth, bytes | bytearray | str):
@@ -210,7 +208,7 @@ def _session(auth) -> Session | None:
     raise TypeError(f"expected a wire.Session or None, got {type(auth).__name__}")
 
 
-def encode_parts(frame: Frame, session: Session | None = None) -> list:
+def encode_parts(frame: Frame, session: Optional[Session] = None) -> list:
     """The frame as a list of buffers (header, descriptors, tensor views, auth trailer) for ``sendmsg``.
 
     Tensors are not copied when already C-contiguous little-endian. With a ``session`` this takes
@@ -268,7 +266,7 @@ def encode_parts(frame: Frame, session: Session | None = None) -> list:
     return [header, *parts]
 
 
-def encode(frame: Frame, session: Session | None = None) -> bytes:
+def encode(frame: Frame, session: Optional[Session] = None) -> bytes:
     return b"".join(bytes(p) for p in encode_parts(frame, session))
 
 
@@ -288,7 +286,7 @@ class Header(NamedTuple):
     body_len: int
 
 
-def parse_header(raw: bytes, session: Session | None, max_frame: int) -> Header:
+def parse_header(raw: bytes, session: Optional[Session], max_frame: int) -> Header:
     """Validate the fixed header; raises FrameError before any body is read."""
     if len(raw) != HEADER.size:
         raise FrameError(f"short header: {len(raw)} of {HEADER.size} bytes")
@@ -326,7 +324,7 @@ _HEADER_MAKE = Header._make
 _frame = Frame
 
 
-def decode_body(h: Header, raw_header: bytes, body, session: Session | None, *, hello: bool = False,
+def decode_body(h: Header, raw_header: bytes, body, session: Optional[Session], *, hello: bool = False,
                 streamed=None) -> Frame:
     """Check the auth trailer, then build the frame; tensors are read-only views into ``body`` (no copy).
 
@@ -402,7 +400,7 @@ def _prod(shape) -> int:
     return p
 
 
-def decode(buf, session: Session | None = None, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
+def decode(buf, session: Optional[Session] = None, max_frame: int = DEFAULT_MAX_FRAME) -> Frame:
     """Decode one whole frame held in ``buf`` (bytes-like); raises FrameError on anything wrong."""
     session = _session(session)
     buf = memoryview(buf)
@@ -433,7 +431,7 @@ def _recv_exact(sock: socket.socket, n: int, *, at_boundary: bool = False) -> by
     return buf
 
 
-def recv_frame(sock: socket.socket, session: Session | None = None, max_frame: int = DEFAULT_MAX_FRAME, *,
+def recv_frame(sock: socket.socket, session: Optional[Session] = None, max_frame: int = DEFAULT_MAX_FRAME, *,
                _hello: bool = False) -> Frame:
     """Read one frame. ConnectionClosed at a clean EOF, FrameError on a bad frame, OSError on socket errors.
 
@@ -458,7 +456,7 @@ class Reader:
     next): fresh memory costs a page fault per 4 KiB, ~0.3 ms for 3 MB. One reader thread.
     """
 
-    def __init__(self, sock: socket.socket, session: Session | None = None, max_frame: int = DEFAULT_MAX_FRAME,
+    def __init__(self, sock: socket.socket, session: Optional[Session] = None, max_frame: int = DEFAULT_MAX_FRAME,
                  chunk: int = 32 << 10):
         self.sock = sock
         self.session = _session(session)
@@ -466,7 +464,7 @@ class Reader:
         self.chunk = chunk
         self._buf = memoryview(bytearray(0))
         self._start = self._end = 0  # unread bytes are _buf[_start:_end]
-        self._spare: np.ndarray | None = None  # the last large body's buffer
+        self._spare: Optional[np.ndarray] = None  # the last large body's buffer
 
     def _large(self, n: int) -> memoryview:
         """A buffer for an ``n``-byte body: the spare one when big enough and no tensor refers to it."""
@@ -530,7 +528,7 @@ class Reader:
         return decode_body(h, raw, self._buf[start:start + n], self.session)
 
 
-def send_frame(sock: socket.socket, frame: Frame, session: Session | None = None) -> int:
+def send_frame(sock: socket.socket, frame: Frame, session: Optional[Session] = None) -> int:
     """Send one frame with scatter-gather I/O (tensor bytes are not copied); returns bytes sent."""
     parts = buffers(frame, session)
     total = sum(p.nbytes for p in parts)
@@ -538,7 +536,7 @@ def send_frame(sock: socket.socket, frame: Frame, session: Session | None = None
     return total
 
 
-def buffers(frame: Frame, session: Session | None = None) -> list[memoryview]:
+def buffers(frame: Frame, session: Optional[Session] = None) -> List[memoryview]:
     """The frame's bytes as flat memoryviews, ready for ``send_buffers``."""
     return [p if isinstance(p, memoryview) else memoryview(p) for p in encode_parts(frame, session)]
 
@@ -546,7 +544,8 @@ def buffers(frame: Frame, session: Session | None = None) -> list[memoryview]:
 # --- handshake -------------------------------------------------------------------------------------
 
 
-def handshake(sock: socket.socket, secret: bytes | None, *, server: bool, timeout: float = 10.0) -> Session | None:
+def handshake(sock: socket.socket, secret: Optional[bytes], *, server: bool,
+              timeout: float = 10.0) -> Optional[Session]:
     """Authenticate a new connection; returns its Session (None without a secret: nothing is exchanged).
 
     The connecting side (``server=False``) sends HELLO {nonce_c, check_c}; the accepting side answers
@@ -631,7 +630,7 @@ def _handshake_server(sock: socket.socket, secret: bytes) -> Session:
     return session
 
 
-def send_buffers(sock: socket.socket, parts: list[memoryview], nowait: bool = False) -> list[memoryview]:
+def send_buffers(sock: socket.socket, parts: List[memoryview], nowait: bool = False) -> List[memoryview]:
     """Send ``parts`` in order with ``sendmsg``; returns what is left unsent (only with ``nowait``, when
     the socket buffer is full: the caller finishes it later, on the same socket, before anything else)."""
     flags = socket.MSG_DONTWAIT if nowait else 0
@@ -654,7 +653,7 @@ def send_buffers(sock: socket.socket, parts: list[memoryview], nowait: bool = Fa
     return parts
 
 
-def parse_address(addr: str) -> tuple[str, int]:
+def parse_address(addr: str) -> Tuple[str, int]:
     """``host:port`` (``[v6]:port`` too) -> (host, port); ValueError names the bad address."""
     host, sep, port = addr.rpartition(":")
     if not sep or not port.isdigit() or not host:
@@ -662,7 +661,7 @@ def parse_address(addr: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def secret_from_env(name: str | None) -> bytes | None:
+def secret_from_env(name: Optional[str]) -> Optional[bytes]:
     """The HMAC secret from environment variable ``name`` (None when no name is given)."""
     import os
 
