@@ -288,6 +288,15 @@ def plan_cmd(
              "'slowdown:gpu-board=1,3', 'absent:cpu-board'; 'default': nominal, each board 3x slower, each link 4x "
              "slower, each board absent. --out is then a folder (family.json + one plan file per distinct layout)."),
     ] = None,
+    pin: Annotated[list[str] | None, typer.Option(
+        "--pin",
+        help="NAME=DEVICE, repeatable: a model input (forward() parameter name or inputK; its data stays on "
+             "DEVICE with the layers only it feeds, planned as parallel branches) or a layer name / module path / "
+             "glob (the stage holding it runs on DEVICE alone).")] = None,
+    allow_raw_transfer: Annotated[list[str] | None, typer.Option(
+        "--allow-raw-transfer",
+        help="A pinned model input whose raw data may cross a link (repeatable); by default it never leaves its "
+             "board.")] = None,
 ) -> None:
     """Choose stages x replica groups for MODEL on CLUSTER and print the report (baselines side by side)."""
     from edgeplan import jsonio
@@ -315,13 +324,18 @@ def plan_cmd(
     clu = load_cluster(cluster)
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     traced = build(model, shape)
+    if (pin or allow_raw_transfer) and (variants or solver is not PlanSolver.dp):
+        from edgeplan.errors import PlanError
+
+        raise PlanError("--pin/--allow-raw-transfer plan with their own exact search: drop --variants and --solver")
     if variants or (out is not None and out.is_dir()):
         _plan_family(traced.graph, clu, obj, variants or [], out, solver.value, min_gain,
                      lambda p, c: record_sources(p, model_ref=model, input_shape=shape, cluster_path=str(cluster),
                                                  cluster=c))
         return
     plan = record_sources(make_plan(traced.graph, clu, obj, solver=solver.value, min_gain=min_gain,
-                                    ilp_time_limit=ilp_time_limit),
+                                    ilp_time_limit=ilp_time_limit, pins=tuple(pin or ()),
+                                    allow_raw=tuple(allow_raw_transfer or ())),
                           model_ref=model, input_shape=shape, cluster_path=str(cluster), cluster=clu)
     typer.echo(format_plan(plan), nl=False)
     if out is not None:

@@ -40,12 +40,21 @@ __all__ = ["Objective", "evaluate", "make_plan", "plan_from_costs", "layout_of",
 
 
 def make_plan(graph, cluster, objective: Objective, solver: str = "dp", min_gain: float = MIN_GAIN,
-              ilp_time_limit: float = 60.0) -> Plan:
-    """Plan ``graph`` (LayerGraph) on ``cluster`` (Cluster) for ``objective``."""
+              ilp_time_limit: float = 60.0, pins: tuple[str, ...] = (), allow_raw: tuple[str, ...] = ()) -> Plan:
+    """Plan ``graph`` (LayerGraph) on ``cluster`` (Cluster) for ``objective``.
+
+    ``pins`` (``--pin NAME=DEVICE`` texts) and ``allow_raw`` (``--allow-raw-transfer``) hand
+    the request to planner/branches, which obeys them and plans parallel input branches.
+    """
     from edgeplan.profiles.cost import build_cost_table
 
     check_min_gain(min_gain)
     costs = build_cost_table(graph, cluster)
+    if pins or allow_raw:
+        from edgeplan.planner.branches import plan_pinned
+
+        return plan_pinned(graph, costs, objective, pins, allow_raw, model=graph.name,
+                           graph_sha256=graph.digest(), cluster=cluster.name, cluster_sha256=cluster.digest())
     return plan_from_costs(costs, objective, solver=solver, model=graph.name, graph_sha256=graph.digest(),
                            cluster=cluster.name, cluster_sha256=cluster.digest(), min_gain=min_gain,
                            ilp_time_limit=ilp_time_limit)

@@ -26,6 +26,11 @@ class Replica:
     samples: int  # samples of each micro-batch this replica runs (share x micro-batch, integral)
     memory_bytes: int  # predicted peak use on this device
     capacity_bytes: int = 0  # usable memory of this device (0: unknown), for reports
+    # branch stages only (Stage.kind == "branches"): this replica's own layers [start, stop) and the
+    # model input its branch reads (its data lives on this device); samples = the whole micro-batch
+    start: int | None = None
+    stop: int | None = None
+    input: str = ""
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,24 @@ class Stage:
     send_s: float  # time to send its output to the next stage (0 for the last)
     energy_j: float  # energy per sample spent in this stage (compute + send)
     forward_s: float | None = None  # training: the forward part of compute_s (the rest is backward)
+    kind: str = "pipeline"  # "branches": replicas hold different input branches, run concurrently (planner/branches)
+
+
+@dataclass(frozen=True)
+class Pin:
+    """A placement constraint (``--pin NAME=DEVICE``) and the layers it pinned (planner/pins)."""
+
+    name: str  # as given: an input (parameter name or inputK) or a layer/module name pattern
+    kind: str  # "input" | "layers"
+    input: str  # the graph input name (kind "input"), else ""
+    device: str
+    layers: tuple[str, ...]
+
+
+# fields left out of plan.json while empty, so plans without pins or branches keep their old form
+_OPTIONAL = {"pins": (), "raw_transfer": ()}
+_OPTIONAL_STAGE = {"kind": "pipeline"}
+_OPTIONAL_REPLICA = {"start": None, "stop": None, "input": ""}
 
 
 @dataclass(frozen=True)
@@ -98,13 +121,27 @@ class Plan:
     input_shape: tuple[int, ...] | None = None
     cluster_path: str = ""
     target_options: tuple[UnitOptions, ...] = ()
+    pins: tuple[Pin, ...] = ()  # --pin constraints the plan obeys (planner/pins)
+    raw_transfer: tuple[str, ...] = ()  # model inputs whose raw data may cross a link (--allow-raw-transfer)
 
     @property
     def devices_used(self) -> tuple[str, ...]:
         return tuple(r.device for s in self.stages for r in s.replicas)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        for k, v in _OPTIONAL.items():
+            if d[k] == v or d[k] == list(v):
+                del d[k]
+        for st in (*d["stages"], *(s for b in d["baselines"] for s in b["stages"])):
+            for k, v in _OPTIONAL_STAGE.items():
+                if st[k] == v:
+                    del st[k]
+            for r in st["replicas"]:
+                for k, v in _OPTIONAL_REPLICA.items():
+                    if r[k] == v:
+                        del r[k]
+        return d
 
     @classmethod
     def from_json(cls, d: dict, source: str = "plan") -> Plan:
@@ -116,7 +153,11 @@ class Plan:
         try:
             return cls(
                 **{k: v for k, v in d.items()
-                   if k not in ("stages", "predicted", "baselines", "notes", "input_shape", "target_options")},
+                   if k not in ("stages", "predicted", "baselines", "notes", "input_shape", "target_options",
+                                "pins", "raw_transfer")},
+                pins=tuple(Pin(name=p["name"], kind=p["kind"], input=p["input"], device=p["device"],
+                               layers=tuple(p["layers"])) for p in d.get("pins", ())),
+                raw_transfer=tuple(d.get("raw_transfer", ())),
                 input_shape=tuple(d["input_shape"]) if d.get("input_shape") is not None else None,
                 target_options=tuple(
                     UnitOptions(device=u["device"], unit=u["unit"], options=tuple((k, v) for k, v in u["options"]))

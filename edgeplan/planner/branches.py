@@ -1,0 +1,600 @@
+"""Plans with placement constraints and parallel branches (flexible parallel learning, issue 16).
+
+A multi-input model whose inputs live on different boards (``--pin input0=cam-a``) runs as
+one *branch stage* (``Stage.kind == "branches"``) whose replicas hold DIFFERENT layers: each
+input's branch (``LayerGraph.branch_ranges``) on the board its data lives on, all running
+concurrently; the joined rest ``[J, n)`` (junction + trunk) is an ordinary pipeline of
+stages x replica groups after it. A model without pinned inputs gets no branch stage: the
+pipeline covers ``[0, n)`` and its input comes from the head (or the board its one input is
+pinned to). Layer pins (``--pin fc=trunk``) make a stage holding the layer run on that
+board alone; a pinned input's raw data may only be on its board (every stage whose input
+cut carries it runs there alone) unless ``--allow-raw-transfer`` names it.
+
+Pricing, per micro-batch of ``m`` samples (the terms of costmodel's docstring; a branch
+is priced like a stage of its own layers on its unit, with all ``m`` samples of its source):
+
+- branch ``b`` on unit ``u``: ``t_b = m (F_u[b) + HB_u (in_b + out_b)) + X_u[b) + H_u``
+  (0 for a branch without layers: its input goes straight to the junction); its input
+  link ``i_b`` (source board -> branch board, one-way; 0 when equal) and its send
+  ``s_b`` to the first trunk stage's group (doubled when training: gradients come back);
+- the junction waits for the slowest branch: ``C = max_b (i_b + w_d(b) + s_b)`` with
+  ``w_d`` the summed branch time of the branch's board (branches sharing a board run one
+  after the other);
+- resources ``x``: every branch board (its branches' time), every branch link, every
+  trunk stage and link as in costmodel, plus, for a board that runs work in several
+  places (a branch and a trunk stage), that board's summed time;
+- inference latency ``C + sum_trunk p + (M-1) max p``, throughput ``m / max p``;
+  training iteration ``C + sum_trunk p + max_x ((M-1) p_x + ar_x)``;
+- memory per board: the sum over its branch and stage replicas (a branch holds its
+  weights (+ grads, optimizer state) and the stashed activations of ``m`` samples);
+  energy as in costmodel.
+
+``solve`` enumerates every layout (branch units x trunk cuts x disjoint unit groups) and
+keeps the best feasible one: exact when all cuts are candidates, which holds whenever
+the trunk is short enough for the layout budget (the plan's notes say otherwise).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from edgeplan import jsonio
+from edgeplan.errors import PlanError
+from edgeplan.graph.model import LayerGraph
+from edgeplan.planner.costmodel import (
+    TRAINABLE_TARGETS,
+    Prefix,
+    ReplicaEval,
+    StageEval,
+    StageSpec,
+    allocate,
+    allreduce,
+    head_index,
+    stash_of,
+    transfer,
+)
+from edgeplan.planner.objective import Objective
+from edgeplan.planner.pins import input_devices, layer_devices, resolve_pins, resolve_raw
+from edgeplan.planner.plan import Pin, Plan, Predicted, Replica, Stage
+from edgeplan.profiles.cost import CostTable
+
+MB = float(1 << 20)
+MAX_LAYOUTS = 20000  # layouts the enumeration prices at most; fewer trunk cuts are tried above it
+MAX_TRUNK_DEVICES = 8  # boards the trunk may use (the fastest ones, pinned boards always) beyond this
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One model input's branch as the planner prices it (bytes per sample)."""
+
+    input: str
+    start: int
+    stop: int
+    in_bytes: float  # the input tensor
+    out_bytes: float  # what it sends to the junction: its tensors live at the junction cut (the raw input too)
+    source: int  # device index the input's data lives on (its pinned board, else the head)
+    device: int  # device index that runs its layers
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What the pinned planner needs beyond the CostTable (``problem_of`` builds it from a LayerGraph)."""
+
+    branches: tuple[Branch, ...]  # () : no branch stage
+    join: int  # first trunk layer (0 without branches)
+    source: int  # without branches: device index the model input comes from
+    layer_pins: tuple[tuple[int, int], ...]  # (layer index >= join, device index)
+    raw_cuts: tuple[tuple[int, int, str], ...]  # (cut k >= join, device, input): a stage starting at k runs there alone
+
+
+@dataclass(frozen=True)
+class Layout:
+    branch_units: tuple[int, ...]  # global unit index per branch, in Problem.branches order
+    stages: tuple[StageSpec, ...]  # trunk stages over [join, n)
+
+
+@dataclass(frozen=True)
+class BranchEval:
+    unit: int
+    device: int
+    time_s: float
+    forward_s: float
+    input_s: float  # source board -> branch board
+    send_s: float  # one-way to the first trunk stage
+    memory_bytes: float
+
+
+@dataclass(frozen=True)
+class PinnedEval:
+    branches: tuple[BranchEval, ...]
+    stages: tuple[StageEval, ...]
+    input_s: float
+    latency_s: float
+    period_s: float
+    throughput: float
+    energy_j: float
+    iter_s: float | None
+    overflows: tuple[tuple[int, float, float], ...]
+    unsupported: tuple[str, ...]
+    violations: tuple[str, ...]  # broken pins / raw-transfer rules
+    budget_misses: tuple[str, ...]
+
+    @property
+    def feasible(self) -> bool:
+        return not self.overflows and not self.unsupported and not self.violations
+
+    @property
+    def ok(self) -> bool:
+        return self.feasible and not self.budget_misses
+
+    def value(self, objective: Objective) -> float:
+        return {"latency": self.latency_s, "throughput": self.period_s, "energy": self.energy_j,
+                "time": self.iter_s if self.iter_s is not None else np.inf}[objective.objective]
+
+    def score(self, objective: Objective) -> tuple[float, float]:
+        return (self.value(objective), float(self.iter_s if objective.training else self.latency_s))
+
+
+# --- the problem from a LayerGraph and the pins --------------------------------------------------------
+
+
+def problem_of(graph: LayerGraph, costs: CostTable, objective: Objective, pins: Sequence[Pin],
+               raw: Sequence[str] = ()) -> Problem:
+    """Branches, pinned layers and raw-data cuts of ``graph`` under ``pins`` (device indices of ``costs``)."""
+    dev = {name: k for k, name in enumerate(costs.devices)}
+    head = head_index(costs, objective)
+    batch = max(1, graph.batch)
+    lp = {i: dev[d] for i, d in layer_devices(graph, pins).items()}
+    src = {x: dev[d] for x, d in input_devices(pins).items()}
+    pin_of = {layer: p for p in pins for layer in p.layers}
+    n = len(graph.layers)
+    branches: list[Branch] = []
+    join = 0
+    if len(graph.inputs) > 1 and src:
+        ranges = graph.branch_ranges()
+        join = ranges[-1][2]
+        if join >= n:
+            raise PlanError(f"--pin: the inputs of {graph.name!r} never join (no layer reads two of them), so "
+                            f"there is no junction to plan branches around; pin layers instead")
+        live = set(graph.live_at(join))
+        for name, start, stop in ranges:
+            devs = {lp[i] for i in range(start, stop) if i in lp}
+            where = src.get(name, head)
+            if len(devs) > 1 or (name in src and devs and devs != {where}):
+                names = sorted({f"--pin {pin_of[graph.layers[i].name].name}="
+                                f"{costs.devices[lp[i]]}" for i in range(start, stop) if i in lp})
+                raise PlanError(f"{' and '.join(names)} put branch {name!r} on different boards"
+                                + (f" than its input's pin ({costs.devices[where]})" if name in src else "")
+                                + "; a branch runs on one board: pin it to one")
+            device = devs.pop() if devs else where
+            out = sum(graph.layers[i].out_bytes for i in range(start, stop) if graph.layers[i].name in live)
+            spec = graph.inputs[[t.name for t in graph.inputs].index(name)]
+            if name in live:
+                out += spec.nbytes
+            branches.append(Branch(input=name, start=start, stop=stop, in_bytes=spec.nbytes / batch,
+                                   out_bytes=out / batch, source=where, device=device))
+        for b in branches:
+            if b.source != b.device and b.input in src and b.input not in raw:
+                raise PlanError(f"--pin: input {b.input!r} lives on {costs.devices[b.source]} but its branch is "
+                                f"pinned to {costs.devices[b.device]}; its raw data would cross a link: pin both to "
+                                f"one board or pass --allow-raw-transfer {b.input}")
+    source = head
+    if not branches and src:  # one pinned input (or several never read apart): its data comes from its board
+        firsts = {src[t.name] for t in graph.inputs if t.name in src}
+        if len(firsts) > 1:
+            raise PlanError("--pin: the model's inputs are pinned to different boards but its layers read them "
+                            "together from the first layer on; pin them to one board")
+        source = firsts.pop()
+    raw_cuts = []
+    for x, d in sorted(src.items()):
+        if x in raw:
+            continue
+        for k in range(join, n):
+            if x in graph.live_at(k):
+                raw_cuts.append((k, d, x))
+    return Problem(branches=tuple(branches), join=join, source=source,
+                   layer_pins=tuple(sorted((i, d) for i, d in lp.items() if i >= join)), raw_cuts=tuple(raw_cuts))
+
+
+# --- pricing --------------------------------------------------------------------------------------------
+
+
+class _Links:
+    """costmodel's transfer and allreduce, remembered (the search asks for the same pairs thousands of times)."""
+
+    def __init__(self, costs: CostTable):
+        self.costs = costs
+        self.memo: dict[tuple, tuple[float, float]] = {}
+
+    def transfer(self, src: tuple[int, ...], dst: tuple[int, ...], nbytes: float) -> tuple[float, float]:
+        key = ("t", src, dst, nbytes)
+        if key not in self.memo:
+            self.memo[key] = transfer(self.costs, src, dst, nbytes)
+        return self.memo[key]
+
+    def allreduce(self, group: tuple[int, ...], nbytes: float) -> tuple[float, float]:
+        key = ("a", group, nbytes)
+        if key not in self.memo:
+            self.memo[key] = allreduce(self.costs, group, nbytes)
+        return self.memo[key]
+
+
+def evaluate(costs: CostTable, problem: Problem, layout: Layout, objective: Objective,
+             prefix: Prefix | None = None, links: _Links | None = None) -> PinnedEval:
+    """Price ``layout`` (module docstring)."""
+    pf = prefix or Prefix(costs, objective)
+    links = links or _Links(costs)
+    m, M, train = objective.micro, objective.microbatches, objective.training
+    head = head_index(costs, objective)
+    n = costs.n_layers
+    stages = layout.stages
+    _check_cover(problem, stages, n, m, costs)
+    has_b = bool(problem.branches)
+    S = len(stages) + (1 if has_b else 0)
+    busy = np.asarray(costs.busy_power_w, dtype=np.float64)
+    idle = np.asarray(costs.idle_power_w, dtype=np.float64)
+    groups = [tuple(costs.units[u][0] for u, _ in st.replicas) for st in stages]
+    g0 = groups[0] if groups else (head,)
+    violations: list[str] = []
+    unsupported: list[str] = []
+    mem: dict[int, float] = {}
+    work: dict[int, list[float]] = {}  # per device: its replicas' times (branches and stages)
+    ar_of: dict[int, float] = {}
+    p_res: list[float] = []
+    q_res: list[float] = []
+    dyn_j = 0.0
+    bevals: list[BranchEval] = []
+    for b, u in zip(problem.branches, layout.branch_units, strict=True):
+        d = costs.units[u][0]
+        if d != b.device:
+            violations.append(f"branch {b.input!r} must run on {costs.devices[b.device]}, not {costs.devices[d]}")
+        if b.stop > b.start:
+            if pf.U[u, b.stop] - pf.U[u, b.start] > 0:
+                unsupported.append(f"{costs.devices[d]}:{costs.units[u][1]} cannot run branch {b.input!r}")
+            io = b.in_bytes + b.out_bytes
+            per_call = pf.per_call(u, b.start, b.stop)
+            t = m * (pf.F[u, b.stop] - pf.F[u, b.start] + pf.HB[u] * io) + per_call
+            fwd = t if not train else (m * (pf.Ffwd[u, b.stop] - pf.Ffwd[u, b.start] + pf.HB[u] / 2 * io)
+                                       + per_call / 2)
+            ws = b.in_bytes + float(pf.act[b.start:b.stop].max())
+            need = (pf.P[b.stop] - pf.P[b.start]) * pf.wfactor + m * (
+                stash_of(objective, S, 0) * (pf.A[b.stop] - pf.A[b.start]) + ws)
+        else:
+            t = fwd = need = 0.0
+        in_t, in_e = links.transfer((b.source,), (d,), m * b.in_bytes)
+        send_t, send_e = links.transfer((d,), g0, m * b.out_bytes)
+        link = 2 * send_t if train else send_t
+        p_res += [in_t, link]
+        q_res += [(M - 1) * in_t, (M - 1) * link]
+        dyn_j += in_e + send_e * (2 if train else 1) + max(busy[u] - idle[d], 0.0) * t
+        mem[d] = mem.get(d, 0.0) + need
+        work.setdefault(d, []).append(t)
+        bevals.append(BranchEval(unit=u, device=d, time_s=float(t), forward_s=float(fwd), input_s=float(in_t),
+                                 send_s=float(send_t), memory_bytes=float(need)))
+    crit = 0.0
+    for be in bevals:
+        crit = max(crit, be.input_s + sum(work[be.device]) + (2 if train else 1) * be.send_s)
+    chain = 0.0
+    in_t = 0.0
+    if not has_b:
+        in_t, in_e = links.transfer((problem.source,), g0, m * pf.cut[problem.join])
+        p_res.append(in_t)
+        q_res.append((M - 1) * in_t)
+        chain += in_t
+        dyn_j += in_e
+    pins = dict(problem.layer_pins)
+    raw_at = {}
+    for k, d, x in problem.raw_cuts:
+        raw_at.setdefault(k, []).append((d, x))
+    sevals: list[StageEval] = []
+    for s, st in enumerate(stages):
+        i, j = st.start, st.stop
+        stash = stash_of(objective, S, s + (1 if has_b else 0))
+        want = {pins[x] for x in range(i, j) if x in pins} | {d for d, _ in raw_at.get(i, ())}
+        if want and (len(want) > 1 or groups[s] != (next(iter(want)),)):
+            what = [f"layer {costs.layer_names[x]} pinned to {costs.devices[pins[x]]}"
+                    for x in range(i, j) if x in pins]
+            what += [f"raw input {x!r} of {costs.devices[d]}" for d, x in raw_at.get(i, ())]
+            violations.append(f"stage {costs.layer_names[i]}..{costs.layer_names[j - 1]} on "
+                              f"{'+'.join(costs.devices[g] for g in groups[s])} holds {', '.join(what)}")
+        reps = []
+        e_stage = 0.0
+        for u, k in st.replicas:
+            d = costs.units[u][0]
+            if pf.U[u, j] - pf.U[u, i] > 0:
+                unsupported.append(f"{costs.devices[d]}:{costs.units[u][1]} cannot run layers "
+                                   f"{costs.layer_names[i]}..{costs.layer_names[j - 1]}")
+            t = pf.time(u, i, j, k)
+            need = pf.memory(i, j, k, stash)
+            mem[d] = mem.get(d, 0.0) + need
+            work.setdefault(d, []).append(t)
+            e_stage += max(busy[u] - idle[d], 0.0) * t
+            reps.append(ReplicaEval(unit=u, device=d, samples=k, time_s=float(t), memory_bytes=float(need),
+                                    forward_s=float(pf.forward_time(u, i, j, k))))
+        slowest = max(reps, key=lambda r: r.time_s)
+        tau = slowest.time_s
+        if s + 1 < len(stages):
+            send_t, send_e = links.transfer(groups[s], groups[s + 1], m * pf.cut[j])
+        elif not train:
+            send_t, send_e = links.transfer(groups[s], (head,), m * pf.cut[j])
+        else:
+            send_t, send_e = 0.0, 0.0
+        ar_t, ar_e = links.allreduce(groups[s], pf.P[j] - pf.P[i]) if train else (0.0, 0.0)
+        for d in groups[s]:
+            ar_of[d] = ar_t
+        link = 2 * send_t if (train and s + 1 < len(stages)) else send_t
+        p_res += [tau, link]
+        q_res += [(M - 1) * tau + ar_t, (M - 1) * link]
+        chain += tau + link
+        e_stage += send_e * (2 if (train and s + 1 < len(stages)) else 1) + (ar_e / M if train else 0.0)
+        dyn_j += e_stage
+        sevals.append(StageEval(spec=st, replicas=tuple(reps), compute_s=float(tau), forward_s=slowest.forward_s,
+                                send_s=float(send_t), allreduce_s=float(ar_t), energy_j=float(e_stage / m)))
+    for d, ts in work.items():  # a board's own time, whether its work sits in one place or several
+        p_res.append(sum(ts))
+        q_res.append((M - 1) * sum(ts) + ar_of.get(d, 0.0))
+    period = max(p_res)
+    used = sorted(work)
+    idle_used = float(sum(idle[d] for d in used))
+    if train:
+        iter_s = crit + chain + max(q_res)
+        latency = crit + chain
+        throughput = objective.batch / iter_s if iter_s > 0 else np.inf
+        energy = (dyn_j * M + idle_used * iter_s) / objective.batch
+    else:
+        iter_s = None
+        latency = crit + chain + (M - 1) * period
+        throughput = m / period if period > 0 else np.inf
+        energy = (dyn_j + idle_used * period) / m
+    overflows = tuple((d, float(v), float(costs.ram_bytes[d])) for d, v in sorted(mem.items())
+                      if v > costs.ram_bytes[d])
+    misses = []
+    lat_key = iter_s if train else latency
+    if objective.latency_budget_s is not None and lat_key > objective.latency_budget_s * (1 + 1e-12):
+        misses.append("latency")
+    if objective.energy_budget_j is not None and energy > objective.energy_budget_j * (1 + 1e-12):
+        misses.append("energy")
+    return PinnedEval(branches=tuple(bevals), stages=tuple(sevals), input_s=float(in_t), latency_s=float(latency),
+                      period_s=float(period), throughput=float(throughput), energy_j=float(energy),
+                      iter_s=None if iter_s is None else float(iter_s), overflows=overflows,
+                      unsupported=tuple(unsupported), violations=tuple(violations), budget_misses=tuple(misses))
+
+
+def _check_cover(problem: Problem, stages: Sequence[StageSpec], n: int, m: int, costs: CostTable) -> None:
+    pos = problem.join
+    seen: set[int] = set()
+    if not stages:
+        raise PlanError("plan has no trunk stages")
+    for s, st in enumerate(stages):
+        if st.start != pos or st.stop <= st.start:
+            raise PlanError(f"trunk stage {s}: layers [{st.start}, {st.stop}) do not continue at layer {pos}")
+        pos = st.stop
+        for u, _ in st.replicas:
+            d = costs.units[u][0]
+            if d in seen:
+                raise PlanError(f"device {costs.devices[d]!r} is used by more than one trunk stage or replica")
+            seen.add(d)
+        if sum(k for _, k in st.replicas) != m or any(k < 1 for _, k in st.replicas):
+            raise PlanError(f"trunk stage {s}: replica samples must be >= 1 and sum to the micro-batch size {m}")
+    if pos != n:
+        raise PlanError(f"trunk stages cover layers up to {pos} but the model has {n} layers")
+
+
+# --- the exact search -----------------------------------------------------------------------------------
+
+
+def _units_of(costs: CostTable, objective: Objective, d: int) -> list[int]:
+    return [u for u, (dv, _, t) in enumerate(costs.units)
+            if dv == d and (not objective.training or t in TRAINABLE_TARGETS)]
+
+
+def _groups(costs: CostTable, objective: Objective, devices: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every non-empty set of devices, each with each of its usable units (tuples of unit indices)."""
+    per = {d: _units_of(costs, objective, d) for d in devices}
+    devs = [d for d in devices if per[d]]
+    out = []
+    for r in range(1, len(devs) + 1):
+        for combo in itertools.combinations(devs, r):
+            out += [tuple(us) for us in itertools.product(*(per[d] for d in combo))]
+    return out
+
+
+def _count(after: dict[int, list[int]], start: int, n: int, groups_by_mask: dict[int, int]) -> int:
+    """Layouts of the trunk from ``start`` (stop positions x disjoint groups), counted without pricing them."""
+    memo: dict[tuple[int, int], int] = {}
+
+    def go(pos: int, used: int) -> int:
+        if pos == n:
+            return 1
+        if (pos, used) not in memo:
+            memo[(pos, used)] = sum(cnt * go(stop, used | mask) for stop in after[pos]
+                                    for mask, cnt in groups_by_mask.items() if mask & used == 0)
+        return memo[(pos, used)]
+
+    return go(start, 0)
+
+
+def solve(costs: CostTable, problem: Problem, objective: Objective, *,
+          max_layouts: int = MAX_LAYOUTS) -> tuple[Layout | None, PinnedEval | None, list[str], bool]:
+    """Best feasible layout within the budgets (None if none), notes, and whether the search was exhaustive."""
+    pf = Prefix(costs, objective)
+    n, m = costs.n_layers, objective.micro
+    notes: list[str] = []
+    b_opts = []
+    for b in problem.branches:
+        us = [u for u in _units_of(costs, objective, b.device)
+              if b.stop == b.start or pf.U[u, b.stop] - pf.U[u, b.start] == 0] or _units_of(costs, objective, b.device)
+        if not us:
+            raise PlanError(f"--pin: {costs.devices[b.device]} has no unit that can "
+                            f"{'train' if objective.training else 'run'} the branch of input {b.input!r}")
+        b_opts.append(us)
+    devices = list(range(costs.n_devices))
+    if len(devices) > MAX_TRUNK_DEVICES:  # keep the pinned boards and the fastest others
+        must = {d for _, d in problem.layer_pins} | {d for _, d, _ in problem.raw_cuts}
+        speed = sorted(devices, key=lambda d: min((pf.F[u, n] - pf.F[u, problem.join]
+                                                   for u in _units_of(costs, objective, d)), default=np.inf))
+        keep = list(must) + [d for d in speed if d not in must]
+        devices = sorted(keep[:max(MAX_TRUNK_DEVICES, len(must))])
+        notes.append(f"pinned search: the trunk may use {len(devices)} of {costs.n_devices} boards (the pinned and "
+                     f"fastest ones)")
+    groups = _groups(costs, objective, devices)
+    masks = [sum({1 << costs.units[u][0] for u in g}) for g in groups]
+    by_mask: dict[int, int] = {}
+    for mask in masks:
+        by_mask[mask] = by_mask.get(mask, 0) + 1
+    interior = list(range(problem.join + 1, n))
+    forced = {k for k, _, _ in problem.raw_cuts if k > problem.join}
+    for i, _ in problem.layer_pins:  # a pinned layer's own boundaries
+        forced.update(x for x in (i, i + 1) if problem.join < x < n)
+    ranked = sorted((k for k in interior if k not in forced), key=lambda k: (pf.cut[k], k))
+    n_branch = math.prod(len(o) for o in b_opts) if b_opts else 1
+    keep = len(ranked)
+    while True:  # drop the dearest cuts until the layouts fit the budget
+        allowed = sorted(set(ranked[:keep]) | forced)
+        after = {p: [k for k in allowed if k > p] + [n] for p in [problem.join, *allowed]}
+        if keep == 0 or n_branch * _count(after, problem.join, n, by_mask) <= max_layouts:
+            break
+        keep -= 1
+    exact = len(allowed) == len(interior) and len(devices) == costs.n_devices
+    if not exact:
+        notes.append(f"pinned search over {len(allowed)} of {len(interior)} trunk cuts (the cheapest; "
+                     f"{max_layouts} layouts at most): optimal among those, not proven optimal overall")
+    best: tuple[Layout, PinnedEval] | None = None
+    stash_base = 1 if problem.branches else 0
+    n_stages_max = len(devices)
+
+    def trunks(pos: int, used: int, acc: list[tuple[int, int, tuple[int, ...]]]):
+        if pos == n:
+            yield list(acc)
+            return
+        if len(acc) >= n_stages_max:
+            return
+        for stop in after[pos]:
+            for g, mask in zip(groups, masks, strict=True):
+                if mask & used:
+                    continue
+                acc.append((pos, stop, g))
+                yield from trunks(stop, used | mask, acc)
+                acc.pop()
+
+    links = _Links(costs)
+    shares: dict[tuple, tuple[int, ...]] = {}
+    for bu in itertools.product(*b_opts) if b_opts else [()]:
+        for trunk in trunks(problem.join, 0, []):
+            S = len(trunk) + stash_base
+            specs = []
+            for s, (i, j, g) in enumerate(trunk):
+                key = (i, j, g, stash_of(objective, S, s + stash_base))
+                if key not in shares:
+                    shares[key] = allocate(pf, i, j, g, m, key[3]) if len(g) > 1 else (m,)
+                ks = shares[key]
+                if any(k < 1 for k in ks):
+                    break
+                specs.append(StageSpec(i, j, tuple(zip(g, ks, strict=True))))
+            else:
+                lay = Layout(branch_units=tuple(bu), stages=tuple(specs))
+                ev = evaluate(costs, problem, lay, objective, prefix=pf, links=links)
+                if ev.ok and (best is None or ev.score(objective) < best[1].score(objective)):
+                    best = (lay, ev)
+    if best is None:
+        return None, None, notes, exact
+    return best[0], best[1], notes, exact
+
+
+# --- the Plan -------------------------------------------------------------------------------------------
+
+
+def check_branch_memory(costs: CostTable, problem: Problem, objective: Objective, pins: Sequence[Pin]) -> None:
+    """Refuse a pinned board that cannot hold its branch (weights, optimizer state, stashed activations)."""
+    pf = Prefix(costs, objective)
+    S = 2
+    for b in problem.branches:
+        if b.stop == b.start:
+            continue
+        ws = b.in_bytes + float(pf.act[b.start:b.stop].max())
+        need = (pf.P[b.stop] - pf.P[b.start]) * pf.wfactor + objective.micro * (
+            stash_of(objective, S, 0) * (pf.A[b.stop] - pf.A[b.start]) + ws)
+        cap = float(costs.ram_bytes[b.device])
+        if need > cap:
+            fits = [costs.devices[d] for d in range(costs.n_devices) if costs.ram_bytes[d] >= need]
+            flag = next((f"--pin {p.name}={p.device}" for p in pins if p.input == b.input), "--pin")
+            raise PlanError(f"{flag}: {costs.devices[b.device]} has {cap / MB:.1f} MB but the branch of input "
+                            f"{b.input!r} needs {need / MB:.1f} MB; boards that hold it: "
+                            f"{', '.join(fits) if fits else 'none (lower --batch or raise --microbatches)'}")
+
+
+def plan_pinned(graph: LayerGraph, costs: CostTable, objective: Objective, pin_texts: Sequence[str],
+                raw_texts: Sequence[str] = (), *, model: str = "model", graph_sha256: str = "",
+                cluster: str = "cluster", cluster_sha256: str = "", max_layouts: int = MAX_LAYOUTS) -> Plan:
+    """The best plan obeying ``--pin`` (and ``--allow-raw-transfer``); PlanError naming the flag otherwise."""
+    head_index(costs, objective)
+    pins = resolve_pins(graph, costs.devices, pin_texts)
+    raw = resolve_raw(graph, raw_texts)
+    problem = problem_of(graph, costs, objective, pins, raw)
+    check_branch_memory(costs, problem, objective, pins)
+    layout, ev, notes, exact = solve(costs, problem, objective, max_layouts=max_layouts)
+    if layout is None:
+        free = replace(objective, latency_budget_s=None, energy_budget_j=None)
+        relaxed = solve(costs, problem, free, max_layouts=max_layouts)[0] is not None
+        if relaxed:
+            raise PlanError("no plan obeying the pins meets the budgets; raise --latency-budget/--energy-budget "
+                            "or drop a --pin")
+        raise PlanError("no plan obeys the pins within the boards' memory: every layout overflows a board or breaks "
+                        "a pin (raw data of a pinned input may not leave its board); drop a --pin, pass "
+                        "--allow-raw-transfer INPUT, lower --batch or add boards")
+    if problem.branches:
+        notes.append(f"parallel branches: {len(problem.branches)} inputs on their boards, joined at layer "
+                     f"{problem.join} ({costs.layer_names[problem.join]})")
+    notes.append("baselines omitted: they ignore --pin")
+    return plan_of_pinned(costs, problem, layout, objective, ev, pins=pins, raw=raw, model=model,
+                          graph_sha256=graph_sha256, cluster=cluster, cluster_sha256=cluster_sha256, notes=notes)
+
+
+def plan_of_pinned(costs: CostTable, problem: Problem, layout: Layout, objective: Objective, ev: PinnedEval, *,
+                   pins: Sequence[Pin], raw: Sequence[str], model: str, graph_sha256: str, cluster: str,
+                   cluster_sha256: str, notes: Sequence[str]) -> Plan:
+    m = objective.micro
+    out: list[Stage] = []
+    if problem.branches:
+        reps = []
+        for b, be in zip(problem.branches, ev.branches, strict=True):
+            reps.append(Replica(device=costs.devices[be.device], unit=costs.units[be.unit][1],
+                                target=costs.units[be.unit][2], share=1.0, samples=m,
+                                memory_bytes=int(math.ceil(be.memory_bytes)),
+                                capacity_bytes=int(costs.ram_bytes[be.device]), start=b.start, stop=b.stop,
+                                input=b.input))
+        e = sum(max(float(costs.busy_power_w[be.unit]) - float(costs.idle_power_w[be.device]), 0.0) * be.time_s
+                for be in ev.branches)
+        out.append(Stage(index=0, start=0, stop=problem.join, first_layer=costs.layer_names[0],
+                         last_layer=costs.layer_names[problem.join - 1], replicas=tuple(reps),
+                         compute_s=max(be.time_s for be in ev.branches), send_s=max(be.send_s for be in ev.branches),
+                         energy_j=e / m, forward_s=max(be.forward_s for be in ev.branches)
+                         if objective.training else None, kind="branches"))
+    for st in ev.stages:
+        reps = tuple(
+            Replica(device=costs.devices[r.device], unit=costs.units[r.unit][1], target=costs.units[r.unit][2],
+                    share=r.samples / m, samples=r.samples, memory_bytes=int(math.ceil(r.memory_bytes)),
+                    capacity_bytes=int(costs.ram_bytes[r.device]))
+            for r in st.replicas)
+        out.append(Stage(index=len(out), start=st.spec.start, stop=st.spec.stop,
+                         first_layer=costs.layer_names[st.spec.start],
+                         last_layer=costs.layer_names[st.spec.stop - 1], replicas=reps, compute_s=st.compute_s,
+                         send_s=st.send_s, energy_j=st.energy_j,
+                         forward_s=st.forward_s if objective.training else None))
+    head = costs.devices[head_index(costs, objective)]
+    plan = Plan(
+        model=model, graph_sha256=graph_sha256, cluster=cluster, cluster_sha256=cluster_sha256,
+        mode=objective.mode, objective=objective.objective, batch=objective.batch,
+        microbatches=objective.microbatches, schedule=objective.schedule, solver="pinned", head=head,
+        stages=tuple(out), predicted=Predicted(latency_s=ev.latency_s, throughput=ev.throughput, energy_j=ev.energy_j,
+                                               iter_s=ev.iter_s),
+        notes=tuple(notes), latency_budget_s=objective.latency_budget_s, energy_budget_j=objective.energy_budget_j,
+        optimizer_states=objective.optimizer_states, pins=tuple(pins), raw_transfer=tuple(raw),
+    )
+    return Plan.from_json(json.loads(jsonio.dumps(plan.to_json())))
