@@ -220,8 +220,20 @@ def plan_training(model: str, cluster_path: Path, *, batch: int, microbatches: i
 
 
 def layout_text(plan) -> str:
-    """Stages as `device*samples+device*samples | ...` (samples per micro-batch)."""
-    return " | ".join("+".join(f"{r.device}*{r.samples}" for r in s.replicas) for s in plan.stages)
+    """Stages as `device*samples+device*samples | ...` (samples per micro-batch), with each stage's
+    layer range when there is more than one stage."""
+    many = len(plan.stages) > 1
+    return " | ".join((f"[{s.start}:{s.stop}) " if many else "") + "+".join(f"{r.device}*{r.samples}"
+                                                                          for r in s.replicas)
+                      for s in plan.stages)
+
+
+def same_layout(a, b) -> bool:
+    """Whether two plans run the same stages on the same units with the same sample shares."""
+    def key(p):
+        return tuple((s.start, s.stop, tuple((r.device, r.unit, r.samples) for r in s.replicas)) for s in p.stages)
+
+    return key(a) == key(b) and a.batch == b.batch and a.microbatches == b.microbatches
 
 
 def edgeplan_cmd(*args: str) -> list[str]:
@@ -410,6 +422,27 @@ class Bed:
                 recv.wait()
 
 
+def run_configs(bed: Bed, plans: dict, data: Data, epochs: int, work: Path,
+                echo: Callable[[str], None] = echo_default) -> tuple[dict[str, Run], dict[str, str]]:
+    """Compile and train each configuration's plan on ``bed`` (in ``plans`` order).
+
+    A plan with the same layout as an earlier configuration's is not run again: that
+    run stands for both (returned in the second dict, config -> the earlier config).
+    """
+    runs: dict[str, Run] = {}
+    same_as: dict[str, str] = {}
+    for cfg, plan in plans.items():
+        earlier = next((k for k in runs if same_layout(plans[k], plan)), None)
+        if earlier is not None:
+            runs[cfg], same_as[cfg] = runs[earlier], earlier
+            echo(f"  {cfg}: same plan as {earlier} ({layout_text(plan)}), not run twice")
+            continue
+        echo(f"  {cfg}: {layout_text(plan)}")
+        art = compile_plan(plan, work / cfg, work / f"{cfg}-compile.log")
+        runs[cfg] = bed.train(art, data, epochs, work / cfg / "run")
+    return runs, same_as
+
+
 def emulation_unavailable() -> str | None:
     """Why `edgeplan emulate` cannot run here (None when it can)."""
     if os.geteuid() != 0:
@@ -515,3 +548,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# --- command line ------------------------------------------------------------------------------------------
+
+
+def parser(doc: str, name: str):
+    """The options every study takes: --quick, --out, --dataset, --local, --host-gflops."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog=f"python -m benchmarks.studies {name}", description=doc.splitlines()[0],
+                                 epilog="\n".join(doc.splitlines()[1:]),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small subsets and one epoch (minutes), as CI runs it")
+    ap.add_argument("--out", type=Path, default=None, help=f"output folder (default study-out/{name})")
+    ap.add_argument("--dataset", default="digits",
+                    help="what `edgeplan train --dataset` takes (default digits: scikit-learn's, fitted to the "
+                         "model input)")
+    ap.add_argument("--local", action="store_true",
+                    help="run the ranks as local processes instead of inside `edgeplan emulate` (no root needed; "
+                         "no shaped links, no dilation)")
+    ap.add_argument("--host-gflops", type=float, default=None,
+                    help="this machine's single-core conv GFLOP/s for the emulation's quotas (default: measured)")
+    return ap
+
+
+def out_dir(args, name: str) -> Path:
+    return args.out if args.out is not None else Path("study-out") / name
