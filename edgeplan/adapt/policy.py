@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 from edgeplan.adapt.estimate import Estimate
+from edgeplan.errors import PlanError
 from edgeplan.planner.costmodel import evaluate
 from edgeplan.planner.family import Condition, scale_costs
 
@@ -186,6 +187,10 @@ class Pricer:
         o = self.objective
         return _value(sh, ctx[0], ctx[1], o.objective, o.microbatches, o.micro, bound)
 
+    def devices_of(self, name: str) -> set[str]:
+        """The boards plan ``name`` runs on (a policy never picks one that uses an absent board)."""
+        return self._devices[name]
+
     def value_of(self, name: str, cond: Condition) -> float:
         """One plan's figure under ``cond`` (lower is better; inf: cannot run)."""
         if self._shapes is None:
@@ -251,3 +256,18 @@ def heuristic(pricer: Pricer, est: Estimate, current: str, last_change: int, *,
 def oracle(pricer: Pricer, cond: Condition) -> str:
     """The best plan under the true condition (benchmarks only: a runtime cannot know it)."""
     return pricer.best(cond)[0]
+
+
+def policy_for(name: str, folder=None):
+    """The decision function for ``--adapt NAME``, all with ``heuristic``'s signature
+    ``(pricer, estimate, current, last_change) -> Decision``: ``heuristic``, or ``rl`` (the table trained for the
+    family in ``folder`` by `edgeplan adapt-train`, refused if it was trained for another family)."""
+    if name == "heuristic":
+        return heuristic
+    if name == "rl":
+        from edgeplan.adapt import rl
+
+        if folder is None:
+            raise PlanError("--adapt rl: needs the family folder that holds rl-policy.json")
+        return rl.load(folder)
+    raise PlanError(f"--adapt {name!r}: not a policy (policies: heuristic, rl; or off)")

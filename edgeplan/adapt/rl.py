@@ -1,0 +1,270 @@
+"""The learned policy (issue 12 item 4, ``--adapt rl``): a contextual bandit over a family's plans.
+
+Context: the Estimator's committed condition, binned to powers of two (bandwidth scales 1, 1/2, 1/4, ...;
+slowdowns 1, 2, 4, ...; absent boards; links in one canonical form). Arms: the family's plans (never one
+that uses a board the estimate says is absent). Reward of an epoch: the samples per second the running plan
+serves under the *true* condition, over what the best nominal plan serves at nominal conditions. The table
+holds each (context, plan)'s mean reward: what running that plan is worth when the estimate reads so, which
+includes what the estimate gets wrong (its lag after a change; a board the running plan stopped using,
+whose recovery it cannot see).
+
+Training runs in ``simulate.Sim`` on seeded random traces (``simulate.random_trace``): each epoch the
+policy acts as at run time, except that with probability epsilon (decaying) it switches to a random plan;
+only the running plan's reward is observed (bandit feedback). The same seed gives the same table bit for
+bit (one numpy Generator drives traces, noise and exploration; floats are stored to 6 significant digits,
+and the trained ``Policy`` is the one its file holds).
+
+Run time is greedy with the heuristic's call signature and rules: leave the current plan only for a plan
+whose learned value is better by more than ``policy.margin()`` (the switch's cost over the horizon), and at
+most once per committed change of the estimate (no flapping). A context never seen in training takes the
+nearest trained context's row (L1 distance in log2 factors).
+
+The policy file (``rl-policy.json`` next to ``family.json``) records the family's digest; a file trained
+for another family is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeplan import jsonio
+from edgeplan.adapt.estimate import Estimate
+from edgeplan.adapt.policy import SWITCH_S, Decision, Pricer
+from edgeplan.errors import PlanError
+from edgeplan.planner.family import ALL, FAMILY_FILE, NOMINAL, Condition, parse_condition
+
+SCHEMA_VERSION = 1
+POLICY_FILE = "rl-policy.json"
+EPISODES = 300
+EPISODE_S = 120.0
+EPSILON = (0.3, 0.02)  # exploration, first and last episode (linear)
+ALPHA_MIN = 0.02  # learning-rate floor (1 / visits above it): a mean of the recent ~50 epochs at most
+ABSENT_DISTANCE = 3.0  # an absent-board mismatch counts like an 8x factor when finding the nearest state
+
+
+def family_digest(family) -> str:
+    """What ties a policy to its family: the family table's canonical digest (plans, conditions, cluster)."""
+    return jsonio.sha256_of(family.to_json())
+
+
+def _bin(x: float, lo: int, hi: int) -> float:
+    return float(2.0 ** min(max(round(math.log2(x)), lo), hi))
+
+
+def state_condition(cond: Condition) -> Condition:
+    """The estimate as the table sees it: factors rounded to powers of two (bandwidth 2^-4..2, slowdown
+    2^-1..2^3), links in one canonical form: each named pair's effective scale is binned, the all-links term
+    is the most common binned scale (ties: the lower) and pairs that differ from it keep a term."""
+    pairs = [p for p, _ in cond.bandwidth if p != (ALL, ALL)]
+    base = _bin(cond.bandwidth_scale("\0", "\1"), -4, 1)
+    eff = {p: _bin(cond.bandwidth_scale(*p), -4, 1) for p in pairs}
+    if eff:
+        vals = [base] + list(eff.values())
+        base = min(set(vals), key=lambda v: (-vals.count(v), v))
+    bw = [((ALL, ALL), base)] + [(p, e / base) for p, e in sorted(eff.items()) if e != base]
+    return Condition(bandwidth=tuple(bw), slowdown=tuple((d, _bin(f, -1, 3)) for d, f in cond.slowdown),
+                     absent=cond.absent)
+
+
+def _vector(cond: Condition) -> dict[str, float]:
+    v = {f"bw:{a}/{b}": math.log2(s) for (a, b), s in cond.bandwidth}
+    v.update({f"slow:{d}": math.log2(f) for d, f in cond.slowdown})
+    v.update({f"absent:{d}": ABSENT_DISTANCE for d in cond.absent})
+    return v
+
+
+def _distance(a: dict[str, float], b: dict[str, float]) -> float:
+    return sum(abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in a.keys() | b.keys())
+
+
+def _choose(values, counts, cur: int, ok, gain: float) -> int:
+    """The greedy arm: the best tried, runnable plan; the current one unless the best beats it by ``gain``
+    (relative). -1: none tried and runnable."""
+    best, bv = -1, -math.inf
+    for i, (v, n) in enumerate(zip(values, counts, strict=True)):
+        if n and ok[i] and v > bv:
+            best, bv = i, v
+    if best < 0 or best == cur:
+        return best
+    if cur >= 0 and ok[cur] and counts[cur] and bv <= values[cur] * (1.0 + gain):
+        return cur
+    return best
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A trained table; call it like ``heuristic``: ``policy(pricer, estimate, current, last_change)``."""
+
+    family_sha256: str
+    model: str
+    cluster: str
+    plans: tuple[str, ...]  # the arms, sorted
+    q: tuple[tuple[str, tuple[float, ...]], ...]  # context -> mean reward per plan, sorted by context
+    visits: tuple[tuple[str, tuple[int, ...]], ...]  # context -> epochs observed per plan
+    seed: int
+    episodes: int
+    episode_s: float
+    epoch_s: float
+    gain: float  # relative value gain a switch needs (policy.margin() at training)
+    schema_version: int = field(default=SCHEMA_VERSION)
+
+    def __post_init__(self):
+        counts = dict(self.visits)
+        rows = {c: (v, counts[c]) for c, v in self.q}
+        object.__setattr__(self, "_rows", rows)
+        object.__setattr__(self, "_vectors", {c: _vector(parse_condition(c)) for c in rows})
+        object.__setattr__(self, "_index", {p: i for i, p in enumerate(self.plans)})
+        object.__setattr__(self, "_near", {})
+
+    @property
+    def __name__(self) -> str:  # reports name a policy by its function's name
+        return "rl"
+
+    def to_json(self) -> dict:
+        return {"schema_version": self.schema_version, "kind": "edgeplan rl policy",
+                "family_sha256": self.family_sha256, "model": self.model, "cluster": self.cluster,
+                "plans": list(self.plans), "q": {k: list(v) for k, v in self.q},
+                "visits": {k: list(v) for k, v in self.visits}, "seed": self.seed, "episodes": self.episodes,
+                "episode_s": self.episode_s, "epoch_s": self.epoch_s, "gain": self.gain}
+
+    @classmethod
+    def from_json(cls, d: dict, source: str = "policy") -> Policy:
+        if d.get("schema_version") != SCHEMA_VERSION or d.get("kind") != "edgeplan rl policy":
+            raise PlanError(f"{source}: not an edgeplan rl policy of schema_version {SCHEMA_VERSION}; "
+                            "re-train it with `edgeplan adapt-train FAMILY_FOLDER`")
+        try:
+            n = len(d["plans"])
+            q = tuple((k, tuple(float(x) for x in v)) for k, v in sorted(d["q"].items()))
+            visits = tuple((k, tuple(int(x) for x in v)) for k, v in sorted(d["visits"].items()))
+            if [k for k, _ in q] != [k for k, _ in visits] or any(len(v) != n for _, v in q + visits):
+                raise ValueError(f"q and visits must have the same contexts and {n} values each")
+            return cls(family_sha256=d["family_sha256"], model=d["model"], cluster=d["cluster"],
+                       plans=tuple(d["plans"]), q=q, visits=visits, seed=int(d["seed"]), episodes=int(d["episodes"]),
+                       episode_s=float(d["episode_s"]), epoch_s=float(d["epoch_s"]), gain=float(d["gain"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise PlanError(f"{source}: not a valid rl policy file ({e}); re-train it with `edgeplan adapt-train`") \
+                from e
+
+    def row(self, cond: Condition) -> tuple[tuple[float, ...], tuple[int, ...], str]:
+        """(values, visits) for the binned ``cond`` and the trained context they come from (nearest if unseen)."""
+        c = str(state_condition(cond))
+        near = self._near.get(c)
+        if near is None:
+            if c in self._rows or not self._rows:
+                near = c
+            else:
+                v = _vector(parse_condition(c))
+                near = min(self._rows, key=lambda k: (_distance(v, self._vectors[k]), k))
+            self._near[c] = near
+        vals, counts = self._rows.get(near, ((0.0,) * len(self.plans), (0,) * len(self.plans)))
+        return vals, counts, near
+
+    def __call__(self, pricer: Pricer, est: Estimate, current: str, last_change: int) -> Decision:
+        cond = est.condition
+        cur = pricer.value_of(current, cond)
+        if est.change_id <= last_change and not math.isinf(cur):
+            return Decision(current, False, f"already switched for change {est.change_id}", cur, cur, est.change_id)
+        vals, counts, near = self.row(cond)
+        gone = set(cond.absent)
+        ok = [not (gone and gone & pricer.devices_of(p)) for p in self.plans]
+        a = _choose(vals, counts, self._index.get(current, -1), ok, self.gain)
+        state = state_condition(cond)
+        seen = "" if near == str(state) else f" (unseen: nearest trained {near})"
+        if a < 0 or self.plans[a] == current:
+            why = f"no trained plan can run under {state}" if a < 0 else f"the table keeps {current} under {state}"
+            return Decision(current, False, why + seen, cur, cur, est.change_id)
+        plan = self.plans[a]
+        return Decision(plan, True, f"the table picks {plan} under {state} (value {vals[a]:.3g})" + seen, cur,
+                        pricer.value_of(plan, cond), est.change_id)
+
+
+def train(world, family_sha256: str, *, seed: int = 0, episodes: int = EPISODES, episode_s: float = EPISODE_S,
+          epoch_s: float | None = None, switch_s: float = SWITCH_S, model: str = "", cluster: str = "",
+          progress=None) -> Policy:
+    """The bandit trained in the simulator (``world``: simulate.World) on ``episodes`` random traces."""
+    from edgeplan.adapt import simulate as sm
+    from edgeplan.adapt.policy import margin
+
+    epoch_s = sm.EPOCH_S if epoch_s is None else epoch_s
+    gain = margin()
+    rng = np.random.default_rng(seed)
+    plans = tuple(sorted(world.plans))
+    n_a = len(plans)
+    index = {p: i for i, p in enumerate(plans)}
+    norm = world.figures(world.static, NOMINAL).throughput
+    q: dict[str, list[float]] = {}
+    visits: dict[str, list[int]] = {}
+    runnable: dict[str, list[bool]] = {}
+
+    def ok_for(cond: Condition) -> list[bool]:
+        key = str(cond)
+        if key not in runnable:
+            gone = set(cond.absent)
+            runnable[key] = [not (gone & world.pricer.devices_of(p)) for p in plans]
+        return runnable[key]
+
+    for ep in range(episodes):
+        eps = EPSILON[0] + (EPSILON[1] - EPSILON[0]) * ep / max(episodes - 1, 1)
+        trace = sm.random_trace(world.cluster, rng, episode_s, world.head)
+        sim = sm.Sim(world, trace, seed=int(rng.integers(2 ** 31)), epoch_s=epoch_s, switch_s=switch_s,
+                     start=plans[int(rng.integers(n_a))])
+        acted = -1  # change_id of the last greedy switch (the run-time rule)
+        while not sim.done:
+            est = sim.estimate
+            c = str(state_condition(est.condition))
+            vals = q.setdefault(c, [0.0] * n_a)
+            cnt = visits.setdefault(c, [0] * n_a)
+            ok = ok_for(est.condition)
+            cur = index[sim.current]
+            a = cur
+            if rng.random() < eps:
+                choices = [i for i in range(n_a) if ok[i]]
+                a = choices[int(rng.integers(len(choices)))] if choices else cur
+            elif est.change_id > acted or not ok[cur]:
+                g = _choose(vals, cnt, cur, ok, gain)
+                if g >= 0 and g != cur:
+                    a, acted = g, est.change_id
+            step = sim.step(plans[a])
+            fig = world.figures(step.plan, sm.condition_at(trace, step.t_s + epoch_s / 2, world.cluster))
+            cnt[a] += 1
+            vals[a] += max(ALPHA_MIN, 1.0 / cnt[a]) * (fig.throughput / norm - vals[a])
+        if progress is not None:
+            progress(ep + 1, episodes)
+    pol = Policy(family_sha256=family_sha256, model=model, cluster=cluster, plans=plans,
+                 q=tuple((k, tuple(v)) for k, v in sorted(q.items())),
+                 visits=tuple((k, tuple(visits[k])) for k in sorted(q)), seed=seed, episodes=episodes,
+                 episode_s=episode_s, epoch_s=epoch_s, gain=gain)
+    import json
+
+    return Policy.from_json(json.loads(jsonio.dumps(pol.to_json())))  # what the caller holds is what the file holds
+
+
+def save(folder, policy: Policy) -> Path:
+    return jsonio.write(Path(folder) / POLICY_FILE, policy.to_json())
+
+
+def load(folder) -> Policy:
+    """The policy trained for the family in ``folder`` (a plan family or its compiled artifacts)."""
+    from edgeplan.planner.family import Family
+
+    folder = Path(folder)
+    path = folder / POLICY_FILE
+    if not path.is_file():
+        raise PlanError(f"{folder}: no {POLICY_FILE}; train one with `edgeplan adapt-train {folder} --model MODEL "
+                        "--cluster CLUSTER` (or use --adapt heuristic)")
+    pol = Policy.from_json(jsonio.read(path), source=str(path))
+    fam_path = folder / FAMILY_FILE
+    if not fam_path.is_file():
+        raise PlanError(f"{folder}: no {FAMILY_FILE} beside {POLICY_FILE}; an rl policy runs with its plan family")
+    fam = Family.from_json(jsonio.read(fam_path), source=str(fam_path))
+    digest = family_digest(fam)
+    if digest != pol.family_sha256:
+        raise PlanError(f"{path}: trained for another plan family (sha256 {pol.family_sha256[:12]}, {pol.model} on "
+                        f"{pol.cluster}), not {fam_path} (sha256 {digest[:12]}, {fam.model} on {fam.cluster}); "
+                        f"re-train with `edgeplan adapt-train {folder}`")
+    return pol
+
