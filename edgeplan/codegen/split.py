@@ -28,7 +28,7 @@ import torch
 import torch.fx
 
 from edgeplan.errors import CompileError, PlanError
-from edgeplan.graph.model import LayerGraph
+from edgeplan.graph.model import NO_BATCH_DIM, LayerGraph
 from edgeplan.planner.plan import Plan
 
 
@@ -154,64 +154,29 @@ def _stage_graph(
     return g
 
 
-class _ShapeRecorder(torch.fx.Interpreter):
-    def __init__(self, gm: torch.fx.GraphModule, wanted: set[str]):
-        super().__init__(gm)
-        self.wanted = wanted
-        self.shapes: dict[str, tuple[int, ...] | None] = {}
-
-    def run_node(self, n: torch.fx.Node) -> Any:
-        out = super().run_node(n)
-        if n.name in self.wanted:
-            self.shapes[n.name] = tuple(out.shape) if isinstance(out, torch.Tensor) else None
-        return out
-
-
 def _batch_dims(traced: Any, crossing: set[str]) -> dict[str, int]:
-    """Batch dimension of each cut tensor whose batch is not dim 0 (found by running batches 2 and 3).
+    """Batch dimension of each cut tensor whose batch is not dim 0, from the trace's record.
 
-    Only tensors whose traced shape does not start with the traced batch are checked, so
-    models whose cuts are all batch-first (CNNs) pay nothing.
+    ``LayerGraph.batch_dims`` (found by ``graph.batchdims`` when the model was traced) is the one
+    answer the planner also uses: it never offers a cut that crosses a tensor without one, so a
+    refusal here means a hand-edited plan or a graph from an older trace.
     """
     graph: LayerGraph = traced.graph
-    traced_shape = {layer.name: layer.output.shape for layer in graph.layers}
-    suspect = {n for n in crossing if n in traced_shape and traced_shape[n][:1] != (graph.batch,)}
-    if not suspect:
-        return {}
-    seen = {}
-    modes = {m: m.training for m in traced.gm.modules()}  # probe in eval mode: no BatchNorm stat updates
-    for b in (2, 3):
-        rec = _ShapeRecorder(traced.gm, suspect)
-        try:
-            traced.gm.eval()
-            with torch.no_grad():
-                rec.run(*random_inputs(graph, b).values())
-        except Exception as e:
-            raise CompileError(
-                f"model {graph.name!r} fails at batch {b} ({type(e).__name__}: {e}), so the batch dimension of "
-                f"the tensors crossing cuts ({', '.join(sorted(suspect))}) cannot be found; make the model "
-                "batch-size agnostic (use x.shape[0], not a constant)"
-            ) from e
-        finally:
-            for m, training in modes.items():
-                m.training = training
-        seen[b] = rec.shapes
-    dims = {}
+    recorded = dict(graph.batch_dims)
     origin = {layer.name: layer.origin for layer in graph.layers}
-    for name in sorted(suspect):
-        s2, s3 = seen[2].get(name), seen[3].get(name)
-        found = [] if s2 is None or s3 is None or len(s2) != len(s3) else [
-            d for d in range(len(s2))
-            if s2[d] == 2 and s3[d] == 3 and all(s2[i] == s3[i] for i in range(len(s2)) if i != d)
-        ]
-        if len(found) != 1:
+    dims = {}
+    for name in sorted(crossing):
+        dim = recorded.get(name, 0)
+        if dim == NO_BATCH_DIM:
+            shape = next(layer.output.shape for layer in graph.layers if layer.name == name)
             raise CompileError(
                 f"tensor {name!r} (from {origin[name]}) crosses a stage boundary but has no single batch "
-                f"dimension (shape {s2} at batch 2, {s3} at batch 3), so its samples cannot be sent to "
-                "replicas; re-plan with the cut elsewhere (`edgeplan plan`), e.g. after the layer that consumes it"
+                f"dimension (a tuple, a batch-independent tensor, or a model that does not run at other batch "
+                f"sizes; traced shape {shape}), so its samples cannot be sent to replicas; re-plan with the cut "
+                "elsewhere (`edgeplan plan` never cuts there), e.g. after the layer that consumes it"
             )
-        if found[0] != 0:
-            dims[name] = found[0]
+        if dim != 0:
+            dims[name] = dim
     return dims
 
 

@@ -16,6 +16,7 @@ from edgeplan import jsonio
 from edgeplan.graph.ops import op_class
 
 SCHEMA_VERSION = 1
+NO_BATCH_DIM = -1  # LayerGraph.batch_dims: the output has no single batch dimension, no cut may cross it
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,10 @@ class LayerGraph:
     layers: tuple[Layer, ...]
     cut_bytes: tuple[int, ...]  # len(layers) + 1 entries, see module docstring
     schema_version: int = field(default=SCHEMA_VERSION)
+    # layers whose output's batch is not dim 0: (name, dim), dim = NO_BATCH_DIM when the output has no single
+    # batch dimension (a tuple such as nn.MultiheadAttention's or torch.unbind's, a batch-independent tensor);
+    # found by the tracer (graph.batchdims), read by the planner (cut_allowed) and codegen (split)
+    batch_dims: tuple[tuple[str, int], ...] = ()
 
     @property
     def batch(self) -> int:
@@ -145,8 +150,32 @@ class LayerGraph:
                              f"front of the layer order; re-trace the model with this edgeplan")
         return tuple(out)
 
+    def cut_allowed(self) -> tuple[bool, ...]:
+        """Per cut ``k`` (0..n): whether codegen can split there, i.e. every tensor live at ``k`` has one
+        batch dimension (its samples can go to replicas). Cuts 0 and n (model inputs, outputs) always can."""
+        n = len(self.layers)
+        bad = {name for name, dim in self.batch_dims if dim == NO_BATCH_DIM}
+        ok = [True] * (n + 1)
+        if not bad:
+            return tuple(ok)
+        pos = {layer.name: i for i, layer in enumerate(self.layers)}
+        last = {name: pos[name] for name in bad}  # live at cuts produced + 1 .. last use
+        for i, layer in enumerate(self.layers):
+            for name in layer.inputs:
+                if name in last:
+                    last[name] = max(last[name], i)
+        for name in bad:
+            hi = n if name in self.outputs else last[name]
+            for k in range(pos[name] + 1, hi + 1):
+                ok[k] = False
+        ok[0] = ok[n] = True
+        return tuple(ok)
+
     def to_json(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if not self.batch_dims:  # graphs whose cuts are all batch-first keep the digest they always had
+            del d["batch_dims"]
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> LayerGraph:
@@ -161,6 +190,7 @@ class LayerGraph:
             layers=tuple(Layer.from_json(x) for x in d["layers"]),
             cut_bytes=tuple(d["cut_bytes"]),
             schema_version=d["schema_version"],
+            batch_dims=tuple((str(a), int(b)) for a, b in d.get("batch_dims", ())),
         )
 
     def digest(self) -> str:

@@ -19,6 +19,7 @@ come from ``order``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import torch.fx as fx
 from torch import nn
 
 from edgeplan.errors import ModelError
+from edgeplan.graph.batchdims import find_batch_dims
 from edgeplan.graph.model import Layer, LayerGraph, TensorSpec
 from edgeplan.graph.opkinds import NodeValue, ValueRecorder, flops_fwd, formula_macs, is_layer, needs_counter, op_kind
 from edgeplan.graph.order import branches_first, choose_order, cut_bytes
@@ -342,6 +344,9 @@ def _build(gm: fx.GraphModule, name: str, values: dict[str, NodeValue], counted:
     graph = LayerGraph(name=name, inputs=tuple(inputs), outputs=tuple(outputs), layers=tuple(layers),
                        cut_bytes=tuple(cuts))
     new_gm = _reordered(gm, placeholders, order, owner, by_name, output_node)
+    dims = find_batch_dims(new_gm, graph)  # which cuts codegen can split (planner and codegen read it)
+    if dims:
+        graph = dataclasses.replace(graph, batch_dims=dims)
     absorbed = tuple(sorted(owner.items()))
     return Traced(gm=new_gm, graph=graph, absorbed=absorbed, order=order_name)
 

@@ -68,8 +68,8 @@ def baselines(costs: CostTable, obj: Objective,
     out.append(_finish(NAMES[1], costs, obj, pf, lay, reason))
     # uniform split: one stage per device (cluster order), equal layer counts
     s = min(d, n)
-    bounds = [round(k * n / s) for k in range(s + 1)]
-    lay = _chain(costs, pf, bounds, list(range(s)), m)
+    bounds = _allowed([round(k * n / s) for k in range(s + 1)], pf.cut_ok)
+    lay = _chain(costs, pf, bounds, list(range(len(bounds) - 1)), m)
     out.append(_finish(NAMES[2], costs, obj, pf, None if isinstance(lay, str) else lay,
                        lay if isinstance(lay, str) else ""))
     # parameter-balanced split
@@ -81,10 +81,22 @@ def baselines(costs: CostTable, obj: Objective,
         b = min(max(b, bounds[-1] + 1), n - (s - k))
         bounds.append(b)
     bounds.append(n)
-    lay = _chain(costs, pf, bounds, list(range(s)), m)
+    bounds = _allowed(bounds, pf.cut_ok)
+    lay = _chain(costs, pf, bounds, list(range(len(bounds) - 1)), m)
     out.append(_finish(NAMES[3], costs, obj, pf, None if isinstance(lay, str) else lay,
                        lay if isinstance(lay, str) else ""))
     return out
+
+
+def _allowed(bounds: list[int], cut_ok: np.ndarray) -> list[int]:
+    """``bounds`` with each inner cut moved to the nearest cut codegen can split (duplicates dropped)."""
+    ok = np.nonzero(cut_ok)[0]
+    out = [bounds[0]]
+    for b in bounds[1:-1]:
+        c = int(ok[np.argmin(np.abs(ok - b) * 2 + (ok < b))])  # nearest; the later one on ties
+        if out[-1] < c < bounds[-1]:
+            out.append(c)
+    return out + [bounds[-1]]
 
 
 def _finish(name, costs, obj, pf, lay, reason):
@@ -93,6 +105,8 @@ def _finish(name, costs, obj, pf, lay, reason):
     ev = evaluate(costs, lay, obj, prefix=pf)
     if not ev.feasible:
         why = "; ".join(f"{costs.devices[dv]} needs {need / 2**20:.1f} MB of {cap / 2**20:.1f} MB"
-                        for dv, need, cap in ev.overflows[:3]) or "a unit cannot run its stage"
+                        for dv, need, cap in ev.overflows[:3]) or (
+            f"codegen cannot cut after layer {costs.layer_names[ev.bad_cuts[0] - 1]} (a tensor without one batch "
+            "dimension crosses it)" if ev.bad_cuts else "a unit cannot run its stage")
         return (name, lay, ev, why)
     return (name, lay, ev, "")

@@ -83,6 +83,9 @@ class Prefix:
         self.A = np.concatenate([[0.0], np.cumsum(np.asarray(costs.act_bytes, dtype=np.float64))])
         self.act = np.asarray(costs.act_bytes, dtype=np.float64)
         self.cut = np.asarray(costs.cut_bytes, dtype=np.float64)
+        # cuts codegen can split (a tuple or batch-less tensor crossing a cut cannot go to replicas)
+        self.cut_ok = (np.ones(len(self.cut), dtype=bool) if costs.cut_ok is None
+                       else np.asarray(costs.cut_ok, dtype=bool))
         self.unit_dev = np.array([u[0] for u in costs.units], dtype=np.int64)
         self.unit_ram = np.asarray(costs.ram_bytes, dtype=np.float64)[self.unit_dev]  # usable RAM per unit's device
         self.wfactor = 1.0 + (1.0 + objective.optimizer_states if objective.training else 0.0)
@@ -219,10 +222,11 @@ class Evaluation:
     overflows: tuple[tuple[int, float, float], ...]  # (device, need bytes, capacity) where memory overflows
     unsupported: tuple[tuple[int, int], ...]  # (stage index, unit) pairs that cannot run the stage
     budget_misses: tuple[str, ...]
+    bad_cuts: tuple[int, ...] = ()  # stage starts codegen cannot split (CostTable.cut_ok)
 
     @property
     def feasible(self) -> bool:
-        return not self.overflows and not self.unsupported
+        return not self.overflows and not self.unsupported and not self.bad_cuts
 
     @property
     def ok(self) -> bool:
@@ -299,6 +303,7 @@ def evaluate(costs: CostTable, layout: Layout, objective: Objective, prefix: Pre
     q_res = [(M - 1) * in_t]
     dyn_j = in_e  # joules per micro-batch (inference) excluding idle
     used = [d for g in groups for d in g]
+    bad_cuts = tuple(st.start for st in layout[1:] if not pf.cut_ok[st.start])
     for s, st in enumerate(layout):
         i, j = st.start, st.stop
         stash = stash_of(objective, S, s)
@@ -357,5 +362,5 @@ def evaluate(costs: CostTable, layout: Layout, objective: Objective, prefix: Pre
     return Evaluation(
         stages=tuple(stages), input_s=float(in_t), latency_s=float(latency), period_s=float(period),
         throughput=float(throughput), energy_j=float(energy), iter_s=None if iter_s is None else float(iter_s),
-        overflows=tuple(overflows), unsupported=tuple(unsupported), budget_misses=tuple(misses),
+        overflows=tuple(overflows), unsupported=tuple(unsupported), budget_misses=tuple(misses), bad_cuts=bad_cuts,
     )

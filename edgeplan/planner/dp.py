@@ -54,8 +54,10 @@ class DPSolver:
         T = len(self.types.members)
         self.bundle = [1] * T
         self.mixed = True
-        self.bnd = np.arange(n + 1) if cuts is None else np.array(sorted({0, n} | {int(c) for c in cuts}))
-        self.coarse = len(self.bnd) < n + 1  # given cuts: exact on the coarse graph only
+        bnd = np.arange(n + 1) if cuts is None else np.array(sorted({0, n} | {int(c) for c in cuts}))
+        self.bnd = bnd[self.pf.cut_ok[bnd]]  # only cuts codegen can split
+        self.n_cuts = int(self.pf.cut_ok.sum())  # boundaries of the fine graph (0 and n included)
+        self.coarse = len(self.bnd) < self.n_cuts  # given cuts: exact on the coarse graph only
         # bigger instances may spend more (targets: ~170 layers x 16 devices < 1 s, 1000 x 64 < 30 s)
         work_budget *= min(8.0, max(1.0, n * costs.n_devices / (170 * 16)))
         many = objective.objective in ("time", "energy") or (objective.objective == "latency" and self.M > 1)
@@ -91,10 +93,10 @@ class DPSolver:
             self.exact = False
 
     def _note_reductions(self) -> None:
-        n, T = self.costs.n_layers, len(self.types.members)
-        if len(self.bnd) < n + 1:
+        T = len(self.types.members)
+        if len(self.bnd) < self.n_cuts:
             self.notes.append(f"DP heuristic: stage boundaries limited to {len(self.bnd) - 2} candidate cuts "
-                              f"(cheapest cut_bytes plus evenly spaced) of {n - 1}")
+                              f"(cheapest cut_bytes plus evenly spaced) of {self.n_cuts - 2}")
         if not self.mixed:
             self.notes.append("DP heuristic: replica groups limited to one board type each")
         for t in range(T):
@@ -130,7 +132,7 @@ class DPSolver:
             "..." if len(self.types.members[t]) > 2 else "")
 
     def _cuts(self, k: int) -> np.ndarray:
-        return coarse_cuts(self.pf.cut, k)
+        return coarse_cuts(self.pf.cut, k, self.pf.cut_ok)
 
     def _setup(self) -> None:
         tp = self.types
@@ -535,16 +537,22 @@ class DPSolver:
         return np.unique(allv[np.isfinite(allv)])
 
 
-def coarse_cuts(cut_bytes: np.ndarray, k: int) -> np.ndarray:
+def coarse_cuts(cut_bytes: np.ndarray, k: int, cut_ok: np.ndarray | None = None) -> np.ndarray:
     """About ``k`` stage boundaries (plus 0 and n): half evenly spaced, the rest at the cheapest cuts.
 
     The coarse graph's blocks are runs of layers between these boundaries; a DP or ILP over them is
-    exact on the coarse graph.
+    exact on the coarse graph. Only cuts ``cut_ok`` allows are picked (evenly spaced ones move to the
+    nearest allowed cut).
     """
     n = len(cut_bytes) - 1
     inner = np.arange(1, n)
-    even = set(np.linspace(1, n - 1, num=max(2, k // 2)).round().astype(int).tolist()) if n > 1 else set()
-    cheap = [int(x) for x in inner[np.lexsort((inner, np.asarray(cut_bytes)[1:n]))]]
+    if cut_ok is not None:
+        inner = inner[np.asarray(cut_ok, dtype=bool)[1:n]]
+    even = set()
+    if len(inner):
+        for x in np.linspace(1, n - 1, num=max(2, k // 2)).round().astype(int).tolist():
+            even.add(int(inner[np.argmin(np.abs(inner - x))]))
+    cheap = [int(x) for x in inner[np.lexsort((inner, np.asarray(cut_bytes)[inner]))]]
     pick = set(even)
     for x in cheap:
         if len(pick) >= k - 1:

@@ -63,7 +63,7 @@ def applicable(costs: CostTable, obj: Objective, max_arcs: int, boundaries: int 
 
 
 def _arc_count(costs: CostTable, obj: Objective, boundaries: int | None = None) -> int:
-    k = (costs.n_layers + 1) if boundaries is None else boundaries
+    k = _n_cuts(costs) if boundaries is None else boundaries
     groups = sum(1 for _ in _groups(costs, head_index(costs, obj)))
     depth = obj.microbatches if (obj.training and obj.schedule == "1f1b") else 1
     return k * (k - 1) // 2 * groups * depth
@@ -79,7 +79,7 @@ def _arcs(costs: CostTable, obj: Objective, bounds: np.ndarray | None = None) ->
     busy = np.asarray(costs.busy_power_w, dtype=np.float64)
     arcs: list[_Arc] = []
     groups = list(_groups(costs, head))
-    B = [int(b) for b in (np.arange(n + 1) if bounds is None else bounds)]
+    B = [int(b) for b in (np.arange(n + 1) if bounds is None else bounds) if pf.cut_ok[int(b)]]
     for a, i in enumerate(B[:-1]):
         for j in B[a + 1:]:
             for devs, units in groups:
@@ -152,10 +152,16 @@ def coarse_bounds(costs: CostTable, obj: Objective) -> np.ndarray | None:
 
     if _arc_count(costs, obj) <= COARSE_ARCS:
         return None
-    k = costs.n_layers
+    k = _n_cuts(costs) - 1
     while k > 2 and _arc_count(costs, obj, k + 1) > COARSE_ARCS:
         k -= 1
-    return coarse_cuts(Prefix(costs, obj).cut, k)
+    pf = Prefix(costs, obj)
+    return coarse_cuts(pf.cut, k, pf.cut_ok)
+
+
+def _n_cuts(costs: CostTable) -> int:
+    """Layer boundaries a stage may start or end at (0 and n included; CostTable.cut_ok)."""
+    return costs.n_layers + 1 if costs.cut_ok is None else int(np.asarray(costs.cut_ok, dtype=bool).sum())
 
 
 def solve(costs: CostTable, obj: Objective, time_limit_s: float = TIME_LIMIT_S,
@@ -180,7 +186,7 @@ def solve(costs: CostTable, obj: Objective, time_limit_s: float = TIME_LIMIT_S,
         cuts = coarse_bounds(costs, obj)
     if cuts is not None:
         cuts = np.array(sorted({0, n} | {int(c) for c in cuts}))
-        if len(cuts) < n + 1:
+        if len(cuts) < _n_cuts(costs):
             coarse_note = [f"ILP on a coarse graph: {len(cuts) - 2} candidate cuts of {n - 1} (exact there, not on "
                            f"the full graph)"]
     arcs = _arcs(costs, obj, cuts)

@@ -71,7 +71,7 @@ class _Search:
             pos = set(range(max(lo, cur - CUT_WINDOW), min(hi, cur + CUT_WINDOW) + 1))
             if span > 0:
                 pos |= {lo + round(span * t / 8) for t in range(9)}
-            for p in sorted(pos - {cur}):
+            for p in sorted(x for x in pos - {cur} if self.pf.cut_ok[x]):  # only cuts codegen can split
                 new = list(stages)
                 new[s - 1] = (stages[s - 1][0], p, stages[s - 1][2])
                 new[s] = (p, stages[s][1], stages[s][2])

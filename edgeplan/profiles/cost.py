@@ -37,6 +37,9 @@ class CostTable:
     energy_per_byte_j: np.ndarray  # [d, d]
     hop_s: np.ndarray | None = None  # [u] runtime cost per stage call (receive, assemble, send); None: 0
     hop_byte_s: np.ndarray | None = None  # [u] runtime seconds per byte a stage call takes in or sends out
+    # [n + 1] bool: codegen can split after k layers (LayerGraph.cut_allowed: every live tensor has one batch
+    # dimension); None: every cut can
+    cut_ok: np.ndarray | None = None
 
     @property
     def n_layers(self) -> int:
@@ -78,6 +81,7 @@ def build_cost_table(graph: LayerGraph, cluster: Cluster) -> CostTable:
     """
     n = len(graph.layers)
     batch = max(1, graph.batch)
+    allowed = graph.cut_allowed()
     sizes = {t.name: t.nbytes for t in graph.inputs}
     sizes.update({layer.name: layer.out_bytes for layer in graph.layers})
     flops_f = np.array([layer.flops_fwd for layer in graph.layers], dtype=np.float64) / batch
@@ -133,4 +137,5 @@ def build_cost_table(graph: LayerGraph, cluster: Cluster) -> CostTable:
         bandwidth=bandwidth, latency_s=latency, energy_per_byte_j=energy,
         hop_s=np.array([unit.hop_overhead_s for _, _, unit in units], dtype=np.float64),
         hop_byte_s=np.array([HOP_COPIES / unit.mem_bandwidth for _, _, unit in units], dtype=np.float64),
+        cut_ok=None if all(allowed) else np.array(allowed, dtype=bool),
     )
