@@ -29,9 +29,12 @@ is priced like a stage of its own layers on its unit, with all ``m`` samples of 
   weights (+ grads, optimizer state) and the stashed activations of ``m`` samples);
   energy as in costmodel.
 
-``solve`` enumerates every layout (branch units x trunk cuts x disjoint unit groups) and
-keeps the best feasible one: exact when all cuts are candidates, which holds whenever
-the trunk is short enough for the layout budget (the plan's notes say otherwise).
+``solve`` enumerates every layout (branch units x trunk cuts x disjoint unit groups),
+pruned by a compute-only lower bound, and keeps the best feasible one: exact whenever
+every cut and board was a candidate and the walk finished (the plan's notes say
+otherwise). Samples inside a replica group are split by costmodel.allocate (min-max),
+as everywhere in the planner. tests/planner/test_planner_branches.py checks it against
+an exhaustive search with its own pricing.
 """
 
 from __future__ import annotations
@@ -65,7 +68,8 @@ from edgeplan.planner.plan import Pin, Plan, Predicted, Replica, Stage
 from edgeplan.profiles.cost import CostTable
 
 MB = float(1 << 20)
-MAX_LAYOUTS = 20000  # layouts the enumeration prices at most; fewer trunk cuts are tried above it
+MAX_LAYOUTS = 500000  # trunk layouts (before pruning) the search may face; fewer trunk cuts are tried above it
+MAX_VISITS = 200000  # partial layouts the pruned walk may visit before it stops (the plan's notes then say so)
 MAX_TRUNK_DEVICES = 8  # boards the trunk may use (the fastest ones, pinned boards always) beyond this
 
 
@@ -205,6 +209,18 @@ def problem_of(graph: LayerGraph, costs: CostTable, objective: Objective, pins: 
 # --- pricing --------------------------------------------------------------------------------------------
 
 
+def _branch_time(pf: Prefix, b: Branch, u: int, m: int) -> tuple[float, float]:
+    """(time, forward part) of one call of branch ``b`` on unit ``u`` with ``m`` samples (0 without layers)."""
+    if b.stop == b.start:
+        return 0.0, 0.0
+    io = b.in_bytes + b.out_bytes
+    per_call = pf.per_call(u, b.start, b.stop)
+    t = m * (pf.F[u, b.stop] - pf.F[u, b.start] + pf.HB[u] * io) + per_call
+    if not pf.training:
+        return float(t), float(t)
+    return float(t), float(m * (pf.Ffwd[u, b.stop] - pf.Ffwd[u, b.start] + pf.HB[u] / 2 * io) + per_call / 2)
+
+
 class _Links:
     """costmodel's transfer and allreduce, remembered (the search asks for the same pairs thousands of times)."""
 
@@ -257,11 +273,7 @@ def evaluate(costs: CostTable, problem: Problem, layout: Layout, objective: Obje
         if b.stop > b.start:
             if pf.U[u, b.stop] - pf.U[u, b.start] > 0:
                 unsupported.append(f"{costs.devices[d]}:{costs.units[u][1]} cannot run branch {b.input!r}")
-            io = b.in_bytes + b.out_bytes
-            per_call = pf.per_call(u, b.start, b.stop)
-            t = m * (pf.F[u, b.stop] - pf.F[u, b.start] + pf.HB[u] * io) + per_call
-            fwd = t if not train else (m * (pf.Ffwd[u, b.stop] - pf.Ffwd[u, b.start] + pf.HB[u] / 2 * io)
-                                       + per_call / 2)
+            t, fwd = _branch_time(pf, b, u, m)
             ws = b.in_bytes + float(pf.act[b.start:b.stop].max())
             need = (pf.P[b.stop] - pf.P[b.start]) * pf.wfactor + m * (
                 stash_of(objective, S, 0) * (pf.A[b.stop] - pf.A[b.start]) + ws)
@@ -463,45 +475,87 @@ def solve(costs: CostTable, problem: Problem, objective: Objective, *,
         keep -= 1
     exact = len(allowed) == len(interior) and len(devices) == costs.n_devices
     if not exact:
-        notes.append(f"pinned search over {len(allowed)} of {len(interior)} trunk cuts (the cheapest; "
-                     f"{max_layouts} layouts at most): optimal among those, not proven optimal overall")
-    best: tuple[Layout, PinnedEval] | None = None
+        notes.append(f"pinned search over {len(allowed)} of {len(interior)} trunk cuts (the cheapest) and "
+                     f"{len(devices)} of {costs.n_devices} boards: optimal among those, not proven optimal overall")
     stash_base = 1 if problem.branches else 0
     n_stages_max = len(devices)
+    links = _Links(costs)
+    shares: dict[tuple, tuple[int, ...]] = {}
+    lows: dict[tuple, float | None] = {}
+    # stash of a trunk stage is at least this whatever the final number of stages (for lower bounds)
+    stash_lb = 0 if not objective.training else (objective.microbatches if objective.schedule == "gpipe" else 1)
+    M = objective.microbatches
+    best: list = [None]  # (layout, evaluation)
 
-    def trunks(pos: int, used: int, acc: list[tuple[int, int, tuple[int, ...]]]):
+    def low(i: int, j: int, g: tuple[int, ...]) -> float | None:
+        """A lower bound on the stage's time (None: it cannot fit its boards' memory with any stash)."""
+        key = (i, j, g)
+        if key not in lows:
+            ks = allocate(pf, i, j, g, m, stash_lb) if len(g) > 1 else (m,)
+            fits = all(k >= 1 and pf.memory(i, j, k, stash_lb) <= costs.ram_bytes[costs.units[u][0]]
+                       for u, k in zip(g, ks, strict=True))
+            lows[key] = max(pf.time(u, i, j, k) for u, k in zip(g, ks, strict=True)) if fits else None
+        return lows[key]
+
+    def bound(crit0: float, total: float, top: float) -> float:
+        """Objective value no completion of a partial trunk can beat (compute only; links, memory ignored)."""
+        if objective.objective == "energy":
+            return 0.0
+        if objective.objective == "throughput":
+            return max(top, crit0)
+        return crit0 + total + (M - 1) * max(top, crit0)
+
+    def leaf(bu: tuple[int, ...], trunk: list[tuple[int, int, tuple[int, ...]]]) -> None:
+        S = len(trunk) + stash_base
+        specs = []
+        for s, (i, j, g) in enumerate(trunk):
+            key = (i, j, g, stash_of(objective, S, s + stash_base))
+            if key not in shares:
+                shares[key] = allocate(pf, i, j, g, m, key[3]) if len(g) > 1 else (m,)
+            ks = shares[key]
+            if any(k < 1 for k in ks):
+                return
+            specs.append(StageSpec(i, j, tuple(zip(g, ks, strict=True))))
+        lay = Layout(branch_units=bu, stages=tuple(specs))
+        ev = evaluate(costs, problem, lay, objective, prefix=pf, links=links)
+        if ev.ok and (best[0] is None or ev.score(objective) < best[0][1].score(objective)):
+            best[0] = (lay, ev)
+
+    visits = [0]
+
+    def walk(bu, crit0, pos, used, acc, total, top) -> None:
+        visits[0] += 1
+        if visits[0] > MAX_VISITS:
+            return
         if pos == n:
-            yield list(acc)
+            leaf(bu, acc)
             return
         if len(acc) >= n_stages_max:
             return
-        for stop in after[pos]:
+        for stop in reversed(after[pos]):  # the longest stage first: simple layouts give early bounds
             for g, mask in zip(groups, masks, strict=True):
                 if mask & used:
                     continue
+                t = low(pos, stop, g)
+                if t is None:
+                    continue
+                if best[0] is not None and bound(crit0, total + t, max(top, t)) > best[0][1].value(objective):
+                    continue
                 acc.append((pos, stop, g))
-                yield from trunks(stop, used | mask, acc)
+                walk(bu, crit0, stop, used | mask, acc, total + t, max(top, t))
                 acc.pop()
 
-    links = _Links(costs)
-    shares: dict[tuple, tuple[int, ...]] = {}
     for bu in itertools.product(*b_opts) if b_opts else [()]:
-        for trunk in trunks(problem.join, 0, []):
-            S = len(trunk) + stash_base
-            specs = []
-            for s, (i, j, g) in enumerate(trunk):
-                key = (i, j, g, stash_of(objective, S, s + stash_base))
-                if key not in shares:
-                    shares[key] = allocate(pf, i, j, g, m, key[3]) if len(g) > 1 else (m,)
-                ks = shares[key]
-                if any(k < 1 for k in ks):
-                    break
-                specs.append(StageSpec(i, j, tuple(zip(g, ks, strict=True))))
-            else:
-                lay = Layout(branch_units=tuple(bu), stages=tuple(specs))
-                ev = evaluate(costs, problem, lay, objective, prefix=pf, links=links)
-                if ev.ok and (best is None or ev.score(objective) < best[1].score(objective)):
-                    best = (lay, ev)
+        work: dict[int, float] = {}
+        for b, u in zip(problem.branches, bu, strict=True):
+            work[b.device] = work.get(b.device, 0.0) + _branch_time(pf, b, u, m)[0]
+        crit0 = max(work.values(), default=0.0)  # the busiest branch board: on the critical path, and a resource
+        walk(tuple(bu), crit0, problem.join, 0, [], 0.0, 0.0)
+    best = best[0]
+    if visits[0] > MAX_VISITS:
+        exact = False
+        notes.append(f"pinned search stopped after {MAX_VISITS} partial layouts: the best plan found, not proven "
+                     f"optimal")
     if best is None:
         return None, None, notes, exact
     return best[0], best[1], notes, exact
