@@ -128,6 +128,14 @@ class RunResult:
     resent: int = 0
     stats: dict = field(default_factory=dict)  # "device/stage" -> the worker's STATS snapshot
     window: int = 0  # requests the head kept in flight (0: unknown); the run report predicts under it
+    duplicated: int = 0  # answers beyond the first for one request (the exactly-once contract says 0)
+    switches: list = field(default_factory=list)  # FamilyHead: one dict per variant switch (see FamilyHead)
+    variants: dict = field(default_factory=dict)  # FamilyHead: variant -> requests it answered
+
+    @property
+    def lost(self) -> int:
+        """Requests that ended neither answered nor failed (the exactly-once contract says 0)."""
+        return sum(o is None for o in self.outputs) - len(self.failures)
 
     @property
     def ok(self) -> bool:
@@ -150,6 +158,7 @@ class _Inflight:
     timeouts: int = 0
     pieces: dict = field(default_factory=dict)  # micro-batch -> list of (lo, hi, tensors)
     have: dict = field(default_factory=dict)  # micro-batch -> samples received
+    ended: bool = False  # answered or failed (a second end is counted in duplicated_total, never delivered)
 
 
 class Head:
@@ -215,6 +224,7 @@ class Head:
         self._next_id = 0
         self.requests_total = self.completed_total = self.failed_total = 0
         self.resent_total = self.rejected_total = self.rejoined_total = self.stale_results_total = 0
+        self.duplicated_total = 0
         self._lat_counts = [0] * len(LATENCY_BUCKETS_S)
         self._lat_sum = 0.0
         self._lat_count = 0
@@ -290,6 +300,16 @@ class Head:
             self._events.put(("submit", None, _Inflight(rid, xs, fut, now, now + budget)))
         return fut
 
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    def status_line(self) -> str:
+        """Why the head is not ready, in one line ('ready' when it is)."""
+        if self.ready():
+            return "ready"
+        return "; ".join(self._unready.values()) or ("closed" if self._closed else "not started")
+
     def ready(self) -> bool:
         """Every stage has at least one live replica (and the head is running)."""
         return self._started and not self._closed and all(self._ranges.get(s) for s in range(self.n_stages))
@@ -312,6 +332,7 @@ class Head:
             "completed_total": self.completed_total, "failed_total": self.failed_total,
             "resent_total": self.resent_total, "rejected_total": self.rejected_total,
             "rejoined_total": self.rejoined_total, "stale_results_total": self.stale_results_total,
+            "duplicated_total": self.duplicated_total,
             "latency_seconds": {"buckets": buckets, "sum": self._lat_sum, "count": self._lat_count},
             "faults": [asdict(f) for f in list(self._faults)[-100:]],  # the latest (a flapping link adds up)
             "workers": workers,
@@ -377,49 +398,7 @@ class Head:
         """Send every request of ``inputs`` (each a list of arrays with the full request batch), keeping
         the window full, and wait; ``on_complete(i)`` runs in this thread after request ``i`` is answered.
         Starts the head if needed and closes it at the end if it started it."""
-        n = len(inputs)
-        res = RunResult(n, self.batch, [None] * n, [None] * n, window=self.window)
-        started_here = not self._started
-        if started_here:
-            self.start()
-        done: queue.Queue = queue.Queue()
-        t_sent: Dict[int, float] = {}
-        t_first = t_last = None
-        try:
-            nxt = open_ = 0
-            while nxt < n or open_:
-                while nxt < n and open_ < self.window:
-                    try:
-                        fut = self.submit(inputs[nxt])
-                    except Busy:  # another user of this head holds part of the window
-                        break
-                    t_sent[nxt] = time.monotonic()
-                    t_first = t_first or t_sent[nxt]
-                    fut.add_done_callback(lambda f, i=nxt: done.put((i, f, time.monotonic())))
-                    nxt += 1
-                    open_ += 1
-                try:
-                    i, fut, t_done = done.get(timeout=0.05 if not open_ else None)
-                except queue.Empty:
-                    continue
-                open_ -= 1
-                t_last = t_done
-                try:
-                    res.outputs[i] = fut.result()
-                except RequestFailed as e:
-                    res.failures[i] = e.reason
-                    continue
-                res.latencies_s[i] = t_done - t_sent[i]
-                if on_complete:
-                    on_complete(i)
-            res.wall_s = (t_last or 0.0) - (t_first or 0.0)
-            res.faults = list(self._faults)
-            res.resent = self.resent_total
-            res.stats = self.refresh_stats()
-        finally:
-            if started_here:
-                self.close()
-        return res
+        return run_requests(self, inputs, on_complete)
 
     def refresh_stats(self, timeout_s: float = 2.0) -> dict:
         """Ask every live worker for a fresh STATS snapshot now; returns "device/stageK" -> snapshot."""
@@ -459,6 +438,10 @@ class Head:
         """End request ``r``: exactly once, with outputs or a RequestFailed(reason)."""
         if self._inflight.get(r.rid) is r:
             del self._inflight[r.rid]
+        if r.ended:
+            self.duplicated_total += 1
+            return
+        r.ended = True
         with self._submit_lock:
             self._n_open -= 1
             if outs is not None:
@@ -929,3 +912,286 @@ class Head:
                  f"re-sending {len(self._inflight)} in-flight request(s)")
         self._reroute()
         self._resend_all = True
+
+
+class FamilyHead:
+    """A plan family behind Head's service API: one started Head per variant; new requests go to the active one.
+
+    Why one Head per variant, not one head re-routing a single set of workers: a variant is a whole
+    pipeline with its own stage count, replica ranges and failure handling, and runtime/local.py starts
+    every variant's workers with their modules loaded, so a switch sends nothing to the boards and starts
+    nothing. A request lives in one variant from submit to answer (it is never re-sent across layouts),
+    so each Head's exactly-once contract carries over unchanged.
+
+    ``switch(variant)`` is the family's routing epoch: requests submitted before it finish on the old
+    layout, later ones start on the new one. The window is shared by all variants (never more than
+    ``window`` requests in the pipeline), so new-layout requests start as old ones finish: with requests
+    waiting, the pause (decision -> first request sent on the new layout) is about one period of the old
+    plan, its slowest stage. Every switch is recorded in ``switches``: ``at_s`` (since start), ``from``,
+    ``to``, ``reason``, ``pause_s``, ``drain_s`` (until the old layout answered its last request),
+    ``p99_during_s`` / ``requests_during`` (requests answered from the decision until the old layout
+    drained and the new one answered its first) and ``old_stage_s`` (the old plan's slowest stage:
+    measured mean, else predicted).
+    """
+
+    def __init__(self, heads: Mapping[str, Head], initial: str, log: Optional[Callable[[str], None]] = None):
+        if initial not in heads:
+            raise PipelineError(f"initial variant {initial!r} is not in the family ({', '.join(sorted(heads))})")
+        self.heads = dict(heads)
+        self.active = initial
+        self.initial = initial
+        first = self.heads[initial]
+        for name, h in self.heads.items():
+            if (h.batch, h.input_specs, h.output_specs) != (first.batch, first.input_specs, first.output_specs):
+                raise PipelineError(f"variant {name}: batch {h.batch}, inputs {h.input_specs}, outputs "
+                                    f"{h.output_specs} differ from {initial}'s; the family folder mixes compiles, "
+                                    "re-run `edgeplan compile` on the family")
+        self.batch, self.microbatch, self.microbatches = first.batch, first.microbatch, first.microbatches
+        self.model, self.input_specs, self.output_specs = first.model, first.input_specs, first.output_specs
+        self.in_specs, self.out_specs = first.in_specs, first.out_specs
+        self.window = max(h.window for h in self.heads.values())
+        self.log = log or first.log
+        self._lock = threading.Lock()
+        self._open = dict.fromkeys(self.heads, 0)
+        self._open_epoch: Dict[int, int] = {}  # family epoch a request was submitted in -> requests still open
+        self._answered = dict.fromkeys(self.heads, 0)
+        self.epoch = 0
+        self.switches: List[dict] = []
+        self._pending: List[dict] = []  # switches still being measured (a later switch does not end one)
+        self.rejected = 0
+        self.started_at = time.monotonic()
+
+    # --- what callers read of a Head ----------------------------------------------------------------
+
+    @property
+    def plan_sha256(self) -> str:
+        return self.heads[self.active].plan_sha256
+
+    @property
+    def predicted_compute_s(self) -> dict:
+        return self.heads[self.active].predicted_compute_s
+
+    @property
+    def started(self) -> bool:
+        return any(h.started for h in self.heads.values())
+
+    @property
+    def faults(self) -> List[Fault]:
+        return [f for h in self.heads.values() for f in h.faults]
+
+    @property
+    def resent_total(self) -> int:
+        return sum(h.resent_total for h in self.heads.values())
+
+    @property
+    def duplicated_total(self) -> int:
+        return sum(h.duplicated_total for h in self.heads.values())
+
+    def answered_by_variant(self) -> dict:
+        with self._lock:
+            return dict(self._answered)
+
+    # --- the service API ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every variant's head (each connects to its workers); a failure closes those already started."""
+        self.started_at = time.monotonic()
+        try:
+            for h in self.heads.values():
+                h.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def ready(self) -> bool:
+        return self.heads[self.active].ready()
+
+    def submit(self, inputs: Sequence[np.ndarray], deadline_s: Optional[float] = None) -> Future:
+        """Head.submit on the active variant; ``Busy`` when ``window`` requests are in flight over all variants."""
+        with self._lock:
+            n_open = sum(self._open.values())
+            if n_open >= self.window:
+                self.rejected += 1
+                raise Busy(f"{n_open} requests in flight (window {self.window})",
+                           self.heads[self.active]._retry_hint())
+            name, epoch = self.active, self.epoch
+            fut = self.heads[name].submit(inputs, deadline_s)
+            t0 = time.monotonic()
+            self._open[name] += 1
+            self._open_epoch[epoch] = self._open_epoch.get(epoch, 0) + 1
+            for sw in self._pending:
+                if sw["epoch"] == epoch and sw["pause_s"] is None:
+                    sw["pause_s"] = round(t0 - sw["_t"], 6)
+        fut.add_done_callback(lambda f: self._ended(name, epoch, t0, f))
+        return fut
+
+    def switch(self, variant: str, reason: str = "") -> Optional[dict]:
+        """Send new requests to ``variant`` from now on (None when it is already active); returns the switch's
+        record, completed as it is measured. Refused (PipelineError) when that variant has a stage with no
+        live worker."""
+        if variant not in self.heads:
+            raise ValueError(f"unknown variant {variant!r}; the family has {', '.join(sorted(self.heads))}")
+        with self._lock:
+            old = self.active
+            if variant == old:
+                return None
+            if not self.heads[variant].ready():
+                raise PipelineError(f"cannot switch to {variant}: {self.heads[variant].status_line()}")
+            t = time.monotonic()
+            self.epoch += 1
+            drained = not any(self._open_epoch.values())
+            sw = {"epoch": self.epoch, "at_s": round(t - self.started_at, 3), "from": old, "to": variant,
+                  "reason": reason, "pause_s": None, "drain_s": 0.0 if drained else None,
+                  "p99_during_s": None, "requests_during": 0, "old_stage_s": self._slowest_stage_s(old),
+                  "_t": t, "_lat": [], "_first": None}
+            self.active = variant
+            self.switches.append(sw)
+            self._pending.append(sw)
+        self.log(f"switch {old} -> {variant} (family epoch {self.epoch}): {reason or 'requested'}")
+        return sw
+
+    def status(self) -> dict:
+        """The active variant's status() with counters and latencies summed over every variant, plus
+        ``variant``, ``variants``, ``family_epoch``, ``switches`` and ``family_workers`` (variant -> workers)."""
+        each = {name: h.status() for name, h in self.heads.items()}
+        st = dict(each[self.active])
+        for key in ("requests_total", "completed_total", "failed_total", "resent_total", "rejected_total",
+                    "rejoined_total", "stale_results_total", "duplicated_total"):
+            st[key] = sum(s.get(key, 0) for s in each.values())
+        st["rejected_total"] += self.rejected
+        buckets = [[le, sum(s["latency_seconds"]["buckets"][i][1] for s in each.values())]
+                   for i, (le, _) in enumerate(st["latency_seconds"]["buckets"])]
+        st["latency_seconds"] = {"buckets": buckets,
+                                 "sum": sum(s["latency_seconds"]["sum"] for s in each.values()),
+                                 "count": sum(s["latency_seconds"]["count"] for s in each.values())}
+        st["faults"] = [dict(f, variant=name) for name, s in each.items() for f in s["faults"]][-100:]
+        with self._lock:
+            st["inflight"] = sum(self._open.values())
+            st["switches"] = [self._public(sw) for sw in self.switches]
+        st.update(window=self.window, variant=self.active, variants=sorted(self.heads), family_epoch=self.epoch,
+                  family_workers={name: s["workers"] for name, s in each.items()})
+        return st
+
+    def refresh_stats(self, timeout_s: float = 2.0) -> dict:
+        """The initial variant's workers' fresh STATS (the run report compares them with its plan)."""
+        return self.heads[self.initial].refresh_stats(timeout_s)
+
+    def run(self, inputs: Sequence[Sequence[np.ndarray]],
+            on_complete: Optional[Callable[[int], None]] = None) -> RunResult:
+        """Head.run over the family; the result also carries ``switches`` and requests answered per variant."""
+        res = run_requests(self, inputs, on_complete)
+        with self._lock:
+            res.switches = [self._public(sw) for sw in self.switches]
+            res.variants = dict(self._answered)
+        return res
+
+    def close(self) -> None:
+        for h in self.heads.values():
+            h.close()
+        with self._lock:
+            for sw in list(self._pending):
+                self._finalize(sw)
+
+    def __enter__(self) -> "FamilyHead":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- measuring switches -------------------------------------------------------------------------
+
+    def _ended(self, name: str, epoch: int, t0: float, f: Future) -> None:
+        """A request ended: a switch has drained once every request submitted before it ended, and is
+        measured once it has drained and its own epoch answered a request."""
+        t = time.monotonic()
+        ok = not f.cancelled() and f.exception() is None
+        with self._lock:
+            self._open[name] -= 1
+            self._open_epoch[epoch] -= 1
+            if not self._open_epoch[epoch]:
+                del self._open_epoch[epoch]
+            if ok:
+                self._answered[name] += 1
+            for sw in list(self._pending):
+                if ok:
+                    sw["_lat"].append(t - t0)
+                if sw["drain_s"] is None and not any(e < sw["epoch"] for e in self._open_epoch):
+                    sw["drain_s"] = round(t - sw["_t"], 6)
+                if epoch == sw["epoch"] and ok and sw["_first"] is None:
+                    sw["_first"] = t
+                if sw["drain_s"] is not None and sw["_first"] is not None:
+                    self._finalize(sw)
+
+    def _finalize(self, sw: dict) -> None:
+        lat = sorted(sw["_lat"])
+        sw["requests_during"] = len(lat)
+        sw["p99_during_s"] = round(lat[min(len(lat) - 1, int(0.99 * len(lat)))], 6) if lat else None
+        if sw in self._pending:
+            self._pending.remove(sw)
+
+    def _slowest_stage_s(self, name: str) -> Optional[float]:
+        h = self.heads[name]
+        measured = [v.get("compute_mean_s") for v in list(h._stats.values())]
+        measured = [float(x) for x in measured if x is not None]
+        if measured:
+            return round(max(measured), 6)
+        return round(max(h.predicted_compute_s.values()), 6) if h.predicted_compute_s else None
+
+    @staticmethod
+    def _public(sw: dict) -> dict:
+        return {k: v for k, v in sw.items() if not k.startswith("_")}
+
+
+def run_requests(svc, inputs: Sequence[Sequence[np.ndarray]],
+                 on_complete: Optional[Callable[[int], None]] = None) -> RunResult:
+    """``svc.run``: a Head or a FamilyHead (the same service API), the window kept full; see Head.run."""
+    n = len(inputs)
+    res = RunResult(n, svc.batch, [None] * n, [None] * n, window=svc.window)
+    started_here = not svc.started
+    if started_here:
+        svc.start()
+    done: queue.Queue = queue.Queue()
+    t_sent: Dict[int, float] = {}
+    answered: set = set()
+    t_first = t_last = None
+    try:
+        nxt = open_ = 0
+        while nxt < n or open_:
+            while nxt < n and open_ < svc.window:
+                try:
+                    fut = svc.submit(inputs[nxt])
+                except Busy:  # another user of this head holds part of the window
+                    break
+                t_sent[nxt] = time.monotonic()
+                t_first = t_first or t_sent[nxt]
+                fut.add_done_callback(lambda f, i=nxt: done.put((i, f, time.monotonic())))
+                nxt += 1
+                open_ += 1
+            try:
+                i, fut, t_done = done.get(timeout=0.05 if not open_ else None)
+            except queue.Empty:
+                continue
+            if i in answered:
+                res.duplicated += 1
+                continue
+            answered.add(i)
+            open_ -= 1
+            t_last = t_done
+            try:
+                res.outputs[i] = fut.result()
+            except RequestFailed as e:
+                res.failures[i] = e.reason
+                continue
+            res.latencies_s[i] = t_done - t_sent[i]
+            if on_complete:
+                on_complete(i)
+        res.wall_s = (t_last or 0.0) - (t_first or 0.0)
+        res.faults = list(svc.faults)
+        res.resent = svc.resent_total
+        res.stats = svc.refresh_stats()
+        res.duplicated += svc.duplicated_total
+    finally:
+        if started_here:
+            svc.close()
+    return res

@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 
 import numpy as np
 
-from .head import Head, HeadConfig, PipelineError, RunResult
+from .head import FamilyHead, Head, HeadConfig, PipelineError, RunResult
 from .spec import StageSpec
 
 SECRET_ENV = "EDGEPLAN_LOCAL_SECRET"
@@ -37,11 +37,24 @@ class ArtifactProblem(Exception):
     """The artifact folder is missing a file the run needs (names it and the fix)."""
 
 
+FAMILY_SUMMARY = "compile-family.json"  # edgeplan/adapt/compile.py writes it at the root of a compiled plan family
+
+
 @dataclass(frozen=True)
 class Artifacts:
+    """One compiled plan, or (``variants`` not empty) a compiled plan family: then ``root``, ``plan`` and
+    ``stages`` are its initial variant's (the nominal condition's plan) and ``variants`` holds every
+    variant, the initial one first."""
+
     root: Path
     plan: dict
     stages: Tuple[Tuple[Path, StageSpec], ...]  # (stage folder, spec) per (stage, replica), plan order
+    variant: str = ""  # a family variant's name (plan-K); its slots' files are <module>/plan-K-stageS.json
+    variants: Tuple["Artifacts", ...] = ()
+
+    def spec_file(self, stage_dir: Path, spec: StageSpec) -> Path:
+        """The stage.json of one (stage, replica): a family's slots share their module's folder."""
+        return stage_dir / (f"{self.variant}-stage{spec.stage}.json" if self.variant else "stage.json")
 
     @property
     def batch(self) -> int:
@@ -57,6 +70,8 @@ def discover(root: "Union[str, os.PathLike]") -> Artifacts:
     import json
 
     root = Path(root).resolve()  # workers run with their board folder as cwd
+    if (root / FAMILY_SUMMARY).is_file() and not (root / "plan.json").is_file():
+        return _discover_family(root)
     plan_path = root / "plan.json"
     try:
         plan = json.loads(plan_path.read_text())
@@ -87,6 +102,35 @@ def discover(root: "Union[str, os.PathLike]") -> Artifacts:
         raise ArtifactProblem(f"{root}: stage.json micro-batch {m} x {plan['microbatches']} micro-batches != "
                               f"plan batch {plan['batch']}; the folder mixes two compiles; re-run `edgeplan compile`")
     return Artifacts(root, plan, tuple(stages))
+
+
+def _discover_family(root: Path) -> Artifacts:
+    """A compiled plan family (adapt/compile.py): every variant's plan and slots, the initial variant first."""
+    import json
+
+    path = root / FAMILY_SUMMARY
+    try:
+        summary = json.loads(path.read_text())
+        boards, names, initial = summary["boards"], list(summary["plans"]), summary["initial"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ArtifactProblem(f"{path}: not a compiled plan family ({e!r}); re-run `edgeplan compile` on the "
+                              "family folder with this edgeplan") from None
+    variants = []
+    for name in [initial] + [n for n in names if n != initial]:
+        vroot = root / name
+        try:
+            plan = json.loads((vroot / "plan.json").read_text())
+            stages = []
+            for st in plan["stages"]:
+                for r in st["replicas"]:
+                    slot = next(x for x in boards[r["device"]]["slots"][name] if x["stage"] == st["index"])
+                    spec_path = root / r["device"] / slot["spec"]
+                    stages.append((spec_path.parent, StageSpec.load(str(spec_path))))
+        except (OSError, ValueError, KeyError, TypeError, StopIteration) as e:
+            raise ArtifactProblem(f"{vroot}: variant {name} is incomplete ({e!r}); re-run `edgeplan compile` on "
+                                  "the family folder") from None
+        variants.append(Artifacts(vroot, plan, tuple(stages), variant=name))
+    return replace(variants[0], variants=tuple(variants))
 
 
 class RandomInputs(collections.abc.Sequence):
@@ -122,9 +166,11 @@ class LocalWorker:
     process: subprocess.Popen
     log_path: Path
     address: str = ""
-    argv: Tuple[str, ...] = ()  # how it was started (``--listen`` last), for restart_worker
+    argv: Tuple[str, ...] = ()  # how it was started (without ``--listen``), for restart_worker
     env: dict = field(default_factory=dict)
     cwd: Optional[Path] = None
+    slots: Tuple[Tuple[str, int], ...] = ()  # plan family: (variant, stage) of each slot it serves, --stage order
+    addresses: List[str] = field(default_factory=list)  # the address each slot bound, in that order
 
     def log_tail(self, n: int = 15) -> str:
         try:
@@ -144,11 +190,14 @@ def _default_command(board: Path) -> Tuple[List[str], dict]:
 Placement = Mapping[str, Tuple[Sequence[str], str]]  # device -> (argv prefix, host to bind)
 
 
-def _spawn(w: LocalWorker, listen: str) -> None:
-    """Start (or start again) worker ``w``'s process, binding ``listen``; its stderr appends to its log."""
+def _spawn(w: LocalWorker, listens: Sequence[str]) -> None:
+    """Start (or start again) worker ``w``'s process, its slots binding ``listens``; stderr appends to its log."""
+    argv = list(w.argv)
+    for listen in listens:
+        argv += ["--listen", listen]
+    w.addresses = []
     with open(w.log_path, "ab") as log:
-        w.process = subprocess.Popen([*w.argv, "--listen", listen], stdout=subprocess.PIPE, stderr=log, env=w.env,
-                                     cwd=w.cwd)
+        w.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, env=w.env, cwd=w.cwd)
 
 
 def _await_ready(workers: Sequence[LocalWorker], timeout_s: float, log_dir: Path) -> None:
@@ -168,7 +217,8 @@ def _await_ready(workers: Sequence[LocalWorker], timeout_s: float, log_dir: Path
                 w = key.data
                 line = w.process.stdout.readline().decode(errors="replace").strip()
                 if line.startswith("READY "):
-                    w.address = line.split(" ", 1)[1]
+                    w.addresses = line.split()[1:]  # one address per slot it serves
+                    w.address = w.addresses[0]
                     sel.unregister(key.fileobj)
                     waiting -= 1
                 elif not line and w.process.poll() is not None:
@@ -181,21 +231,34 @@ def _await_ready(workers: Sequence[LocalWorker], timeout_s: float, log_dir: Path
 def start_workers(art: Artifacts, log_dir: Path, secret: Optional[bytes] = None,
                   command: Optional[Sequence[str]] = None, start_timeout_s: float = 120.0,
                   placement: Optional[Placement] = None) -> List[LocalWorker]:
-    """Start every worker (on 127.0.0.1:0, or per ``placement``) and wait for each one's READY line."""
+    """Start every worker (on 127.0.0.1:0, or per ``placement``) and wait for each one's READY line.
+
+    A plan family (``art.variants``) starts one process per board and module, serving every (variant,
+    stage) slot that runs that module (see the worker's ``main``): all modules loaded before any request.
+    """
+    groups: Dict[Tuple[str, Path], list] = {}  # (device, stage folder) -> [(variant, spec)]
+    for v in art.variants or (art,):
+        for stage_dir, spec in v.stages:
+            groups.setdefault((spec.device, stage_dir), []).append((v, spec))
     workers: List[LocalWorker] = []
     try:
-        for stage_dir, spec in art.stages:
+        for (device, stage_dir), slots in groups.items():
             cmd, extra_env = (list(command), {}) if command else _default_command(stage_dir.parent)
             env = {**os.environ, **extra_env}
-            prefix, host = (placement or {}).get(spec.device, ((), "127.0.0.1"))
-            argv = [*prefix, *cmd, "--stage", str(stage_dir / "stage.json")]
+            prefix, host = (placement or {}).get(device, ((), "127.0.0.1"))
+            argv = [*prefix, *cmd]
+            for v, spec in slots:
+                argv += ["--stage", str(v.spec_file(stage_dir, spec))]
             if secret:
                 env[SECRET_ENV] = secret.decode()
                 argv += ["--secret-env", SECRET_ENV]
-            log_path = log_dir / f"{spec.device}-stage{spec.stage}.log"
+            first = slots[0][1]
+            name = f"{device}-{stage_dir.name}" if art.variants else f"{device}-stage{first.stage}"
+            log_path = log_dir / f"{name}.log"
             log_path.write_bytes(b"")
-            w = LocalWorker(spec.device, spec.stage, None, log_path, argv=tuple(argv), env=env, cwd=stage_dir.parent)
-            _spawn(w, f"{host}:0")
+            w = LocalWorker(device, first.stage, None, log_path, argv=tuple(argv), env=env, cwd=stage_dir.parent,
+                            slots=tuple((v.variant, spec.stage) for v, spec in slots) if art.variants else ())
+            _spawn(w, [f"{host}:0"] * len(slots))
             workers.append(w)
         _await_ready(workers, start_timeout_s, log_dir)
     except BaseException:
@@ -211,8 +274,8 @@ def restart_worker(w: LocalWorker, start_timeout_s: float = 60.0) -> None:
         raise PipelineError(f"worker {w.device}/stage{w.stage} is still running (pid {w.process.pid}); stop it first")
     if w.process.stdout:
         w.process.stdout.close()
-    address, w.address = w.address, ""
-    _spawn(w, address)
+    addresses, w.address = list(w.addresses) or [w.address], ""
+    _spawn(w, addresses)
     try:
         _await_ready([w], start_timeout_s, w.log_path.parent)
     except BaseException:
@@ -248,11 +311,14 @@ class Pipeline:
     head: Head
     workers: List[LocalWorker]  # processes started here (empty when driving deployed boards)
     log_dir: Optional[Path] = None
+    controller: object = None  # a plan family's switching controller (edgeplan.adapt.control): stopped first
 
     def __iter__(self):
         return iter((self.head, self.close))
 
     def close(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
         self.head.close()
         dead = {(f.device, f.stage) for f in self.head.faults}
         for w in self.workers:  # a worker the head gave up on may be hung: no grace period
@@ -299,6 +365,8 @@ def start_pipeline(artifacts: "Union[str, os.PathLike]", *, local: bool, config:
     cfg = config or HeadConfig()
     if secret:
         cfg = replace(cfg, secret=secret)
+    if art.variants:
+        return _start_family(art, local, cfg, command, log_dir, log, placement, head_host)
     predicted = _predicted_compute_s(art.plan)
     specs = [s for _, s in art.stages]
     if not local:
@@ -320,6 +388,41 @@ def start_pipeline(artifacts: "Union[str, os.PathLike]", *, local: bool, config:
         stop_workers(workers, grace_s=0.0)
         raise
     return Pipeline(art, head, workers, log_dir)
+
+
+def _start_family(art: Artifacts, local: bool, cfg: HeadConfig, command, log_dir, log, placement,
+                  head_host: str) -> Pipeline:
+    """start_pipeline for a compiled plan family: every variant's workers and head, behind one FamilyHead."""
+    workers: List[LocalWorker] = []
+    if local:
+        cfg = replace(cfg, shutdown_workers=True)
+        log_dir = Path(log_dir or tempfile.mkdtemp(prefix="edgeplan-run-"))
+        log_dir.mkdir(parents=True, exist_ok=True)
+        workers = start_workers(art, log_dir, cfg.secret, command, placement=placement)
+    heads = {}
+    try:
+        for v in art.variants:
+            specs = [s for _, s in v.stages]
+            if local:
+                addresses = {}
+                for w in workers:
+                    for (name, stage), a in zip(w.slots, w.addresses):
+                        if name == v.variant:
+                            addresses[(w.device, stage)] = a
+                heads[v.variant] = Head.from_specs(specs, v.microbatches, f"{head_host}:0", addresses, cfg, log,
+                                                   predicted_compute_s=_predicted_compute_s(v.plan))
+            else:
+                listen_at, advertise, addresses = _deployed_addresses(v)
+                heads[v.variant] = Head.from_specs(specs, v.microbatches, listen_at, addresses, cfg, log, advertise,
+                                                   predicted_compute_s=_predicted_compute_s(v.plan))
+        head = FamilyHead(heads, art.variant, log)
+        head.start()
+    except BaseException:
+        for h in heads.values():
+            h.close()
+        stop_workers(workers, grace_s=0.0)
+        raise
+    return Pipeline(art, head, workers, log_dir if local else None)
 
 
 def _random_inputs(art: Artifacts, requests: int, seed: int) -> RandomInputs:

@@ -8,7 +8,7 @@ each micro-batch's sample range from upstream pieces, runs the module and sends
 each downstream replica the intersection of ranges. Any connection may carry
 control frames: PING (-> PONG, flagged unhealthy by the compute watchdog), ROUTE (new
 ranges/addresses after a failure -> ACK), STATS (-> STATS), BYE. A bad frame closes only the connection it came on.
-Prints ``READY host:port`` on stdout once it serves; logs go to stderr.
+Prints ``READY host:port`` on stdout once it serves (one address per ``--stage``); logs go to stderr.
 """
 
 import argparse
@@ -532,46 +532,77 @@ class Worker:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Serve one stage, or every slot of a plan family that runs one module (``--stage`` repeated).
+
+    A family's board runs one such process per distinct module, not per (variant, stage) slot: the
+    module is loaded once and each slot is a Worker of its own (own port, range and routing epoch),
+    so the head routes and fails over per slot exactly as for one plan, a switch between variants
+    starts nothing, and the board holds each module once (what the planner's memory check counts).
+    """
     ap = argparse.ArgumentParser(prog="python -m edgeplan_runtime.worker", description=__doc__.splitlines()[0])
-    ap.add_argument("--stage", required=True, help="path to this stage's stage.json (or its folder)")
-    ap.add_argument("--listen", help="host:port to bind instead of stage.json's `listen` (port 0: any free port)")
+    ap.add_argument("--stage", required=True, action="append",
+                    help="path to this stage's stage.json (or its folder); repeated for the slots of a plan family "
+                         "that run the same module (each slot's plan-K-stageS.json in that module's folder)")
+    ap.add_argument("--listen", action="append",
+                    help="host:port to bind instead of stage.json's `listen` (port 0: any free port); once per --stage")
     ap.add_argument("--secret-env", help="environment variable holding the shared HMAC secret")
     ap.add_argument("--max-partials", type=int, default=256, help="incomplete micro-batches kept at most")
     ap.add_argument("--watchdog-floor", type=float, default=1.0,
                     help="seconds a module call may always run before the compute watchdog reports this replica "
                          "unhealthy (the limit is 10x the recent median when that is longer)")
     args = ap.parse_args(argv)
-    path = Path(args.stage)
-    stage_dir = path if path.is_dir() else path.parent
-    tag = f"[worker {stage_dir}]"
-    try:
-        spec = StageSpec.load(str(stage_dir / "stage.json"))
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        print(f"{tag} cannot read stage.json: {e}", file=sys.stderr)
+    listens = args.listen or [None] * len(args.stage)
+    if len(listens) != len(args.stage):
+        print(f"worker: {len(args.stage)} --stage but {len(listens)} --listen; give one --listen per --stage",
+              file=sys.stderr)
         return 2
     try:
-        verify_files(stage_dir, spec)
         secret = wire.secret_from_env(args.secret_env)
     except ValueError as e:
-        print(f"{tag} {e}", file=sys.stderr)
+        print(f"[worker] {e}", file=sys.stderr)
         return 3
-    try:
-        runner = backends.load(stage_dir, spec)
-    except Exception as e:
-        print(f"{tag} cannot load module {spec.module!r} with backend {spec.backend!r}: {e}", file=sys.stderr)
-        return 4
-    worker = Worker(spec, runner, args.listen, secret, max_partials=args.max_partials,
-                    watchdog_floor_s=args.watchdog_floor)
-    try:
-        address = worker.bind()
-    except (OSError, ValueError) as e:
-        print(f"{tag} cannot listen on {worker.address}: {e}", file=sys.stderr)
-        return 5
-    print(f"READY {address}", flush=True)
-    worker.serve_forever()
+    workers = []
+    runners = {}  # (module folder, module, files) -> the runner loaded once for every slot that runs it
+    for stage_arg, listen in zip(args.stage, listens):
+        path = Path(stage_arg)
+        stage_dir = path if path.is_dir() else path.parent
+        spec_file = stage_dir / "stage.json" if path.is_dir() else path
+        tag = f"[worker {spec_file}]"
+        try:
+            spec = StageSpec.load(str(spec_file))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"{tag} cannot read stage.json: {e}", file=sys.stderr)
+            return 2
+        key = (str(stage_dir.resolve()), spec.module, spec.backend, spec.files)
+        if key not in runners:
+            try:
+                verify_files(stage_dir, spec)
+            except ValueError as e:
+                print(f"{tag} {e}", file=sys.stderr)
+                return 3
+            try:
+                runners[key] = backends.load(stage_dir, spec)
+            except Exception as e:
+                print(f"{tag} cannot load module {spec.module!r} with backend {spec.backend!r}: {e}",
+                      file=sys.stderr)
+                return 4
+        worker = Worker(spec, runners[key], listen, secret, max_partials=args.max_partials,
+                        watchdog_floor_s=args.watchdog_floor)
+        try:
+            worker.bind()
+        except (OSError, ValueError) as e:
+            print(f"{tag} cannot listen on {worker.address}: {e}", file=sys.stderr)
+            return 5
+        workers.append(worker)
+    print("READY " + " ".join(w.address for w in workers), flush=True)  # one line: the slots' addresses in order
+    threads = [threading.Thread(target=w.serve_forever, name=f"serve-{w.name}", daemon=True) for w in workers[1:]]
+    for t in threads:
+        t.start()
+    workers[0].serve_forever()
+    for t in threads:  # every slot stops on its own head's BYE
+        t.join()
     sys.stdout.flush()
     os._exit(0)  # daemon threads may sit in blocking recv
-
 
 if __name__ == "__main__":
     sys.exit(main())

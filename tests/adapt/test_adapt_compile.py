@@ -45,30 +45,46 @@ def family(tmp_path_factory):
     return root
 
 
-def test_each_distinct_module_is_built_once_and_every_plan_folder_is_complete(family):
+def test_each_distinct_module_is_built_once_and_held_once_by_its_board(family):
     from edgeplan.cli import app
+    from edgeplan.planner.plan import Plan
 
     fam, plans = fm.load_family(family / "plans")
     jobs = sum(len(s.replicas) for p in plans.values() for s in p.stages)
-    distinct = {(s.start, s.stop, r.target, r.samples) for p in plans.values() for s in p.stages for r in s.replicas}
+    distinct = {(r.device, s.start, s.stop, r.target, r.samples) for p in plans.values() for s in p.stages
+                for r in s.replicas}
     assert len(distinct) < jobs  # the family shares modules (else this test shows nothing)
     out = family / "art"
     r = CliRunner().invoke(app, ["compile", str(family / "plans"), "--out", str(out), "--backend", "onnxruntime"])
     assert r.exit_code == 0, r.output
+    assert manifest.verify(out) == []
     summary = json.loads((out / "compile-family.json").read_text())
-    assert summary["modules_built"] == len(distinct) and summary["modules_copied"] == jobs - len(distinct)
+    built = {(s.start, s.stop, r.target, r.samples) for p in plans.values() for s in p.stages for r in s.replicas}
+    assert summary["modules_built"] == len(built)  # once per distinct module, whichever board runs it
     assert sorted(summary["plans"]) == sorted(n.removesuffix(".json") for n in plans)
+    assert summary["initial"] == fam.variants[0].plan.removesuffix(".json")
     assert (out / "family.json").read_text() == (family / "plans" / "family.json").read_text()
-    by_module: dict[tuple, set[str]] = {}
-    for name, p in plans.items():
-        folder = out / name.removesuffix(".json")
-        assert manifest.verify(folder) == [], name
-        assert load(str(folder / "plan.json")) == p
+    modules = [m for b in summary["boards"].values() for m in b["modules"]]
+    assert len(modules) == len(distinct)  # each board holds each module it may run once: no per-variant copies
+    for k, (name, p) in enumerate(plans.items()):
+        stem = name.removesuffix(".json")
+        assert Plan.from_json(json.loads((out / stem / "plan.json").read_text())) == p
+        head = json.loads((out / stem / "head.json").read_text())
+        assert head["listen"].endswith(f":{7700 + 100 * k}")  # each variant's head and workers: own ports
         for s in p.stages:
             for rep in s.replicas:
-                spec = json.loads((folder / rep.device / f"stage{s.index}" / "stage.json").read_text())
-                by_module.setdefault((s.start, s.stop, rep.samples), set()).update(h for _, h in spec["files"])
-    assert all(len(hashes) == 1 for hashes in by_module.values())  # a copy is the built module, byte for byte
+                slot = next(x for x in summary["boards"][rep.device]["slots"][stem] if x["stage"] == s.index)
+                spec = json.loads((out / rep.device / slot["spec"]).read_text())
+                assert (spec["stage"], spec["lo"], spec["hi"]) == (s.index, slot["lo"], slot["hi"])
+                assert int(spec["listen"].rsplit(":", 1)[1]) > 7700 + 100 * k
+                assert (out / rep.device / slot["spec"]).parent.joinpath(spec["module"]).is_file()
+    for device, board in summary["boards"].items():  # start.sh: one worker process per module, all its slots
+        text = (out / device / "start.sh").read_text()
+        workers = [line for line in text.splitlines() if "-m edgeplan_runtime.worker" in line]
+        assert len(workers) == len(board["modules"])
+        for mod, info in board["modules"].items():
+            line = next(w for w in workers if f"{mod}/" in w)
+            assert line.count("--stage ") == len(info["plans"])
 
 
 def test_an_existing_folder_needs_force(family):
