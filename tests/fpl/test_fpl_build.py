@@ -23,13 +23,13 @@ INPUT_SHAPE = (1, 1, 8, 8)
 class SmallCNN(nn.Module):
     def __init__(self):
         super().__init__()
-        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv = nn.Conv2d(1, 16, 3, padding=1)
         self.relu = nn.ReLU()
-        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.pool = nn.MaxPool2d(2)
         self.flatten = nn.Flatten()
-        self.fc1 = nn.Linear(32, 16)
+        self.fc1 = nn.Linear(256, 32)
         self.relu2 = nn.ReLU()
-        self.fc = nn.Linear(16, 2)
+        self.fc = nn.Linear(32, 2)
 
     def forward(self, x):
         return self.fc(self.relu2(self.fc1(self.flatten(self.pool(self.relu(self.conv(x)))))))

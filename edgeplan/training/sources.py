@@ -1,0 +1,360 @@
+"""Training across data sources (flexible parallel learning): each branch learns from its own board's data.
+
+An FPL model (``edgeplan fpl``) has one branch per source, a Junction and a trunk.
+Sources are *aligned views*: sample ``i`` of every source is the same event seen
+by a different board (camera, sensor), with the same label, so the branches'
+features for one sample can be joined. Raw inputs stay with their source: a
+branch reads only its own source's arrays; what leaves it is its feature tensor
+(and, backwards, the gradient for it), which is what ``SourceTrainer`` counts as
+bytes sent.
+
+Sources join and leave between epochs: at each epoch start a source takes part
+when its data folder is there and the run does not mark it away (``--absent
+SOURCE=EPOCHS``, for what-if runs). An absent branch is not run, the junction
+masks its weight (the others are renormalised) and its optimizer does not step;
+when it comes back it continues from its own newest checkpoint (the weights its
+board kept). Checkpoints are per branch (``epoch-NNNN/branch-<source>.pt``, what
+each source board holds) plus ``epoch-NNNN/trunk.pt`` (junction + trunk).
+
+``SourceTrainer`` runs every branch in this process, in the same order of
+samples, batches and updates as the distributed run of the same model; it is the
+single-process semantics the distributed run is checked against, and what the
+FPL study trains with.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeplan import jsonio
+from edgeplan.errors import ArtifactError, EdgeplanError
+from edgeplan.training import data
+from edgeplan.training.checkpoint import _atomic_save
+
+_EPOCHS = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+
+
+class SourceError(EdgeplanError):
+    """--data / --absent do not fit the model's sources, or the sources' data are not aligned."""
+
+
+def parse_data(values: Sequence[str], sources: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """``--data SOURCE=DIR`` values -> ((source, dir), ...) in the model's source order (missing: absent)."""
+    given: dict[str, str] = {}
+    for v in values:
+        name, sep, directory = v.partition("=")
+        if not sep or not name or not directory:
+            raise SourceError(f"--data {v!r}: give SOURCE=DIR (sources of this model: {', '.join(sources)})")
+        if name not in sources:
+            raise SourceError(f"--data {v!r}: {name!r} is not a source of this model; sources: {', '.join(sources)}")
+        if name in given:
+            raise SourceError(f"--data names source {name!r} twice; give one folder per source")
+        given[name] = directory
+    if not given:
+        raise SourceError(f"give --data SOURCE=DIR for at least one of the model's sources: {', '.join(sources)}")
+    return tuple((s, given[s]) for s in sources if s in given)
+
+
+def parse_absent(values: Sequence[str], sources: Sequence[str]) -> dict[str, frozenset[int]]:
+    """``--absent SOURCE=EPOCHS`` (1-based, e.g. ``2`` or ``2-3,5``) -> {source: 0-based epochs away}."""
+    out: dict[str, set[int]] = {}
+    for v in values:
+        name, sep, spec = v.partition("=")
+        if not sep or name not in sources or not _EPOCHS.match(spec.replace(" ", "")):
+            raise SourceError(f"--absent {v!r}: give SOURCE=EPOCHS with SOURCE one of {', '.join(sources)} and "
+                              "EPOCHS like 2 or 2-3,5 (1-based)")
+        for part in spec.replace(" ", "").split(","):
+            lo, _, hi = part.partition("-")
+            a, b = int(lo), int(hi or lo)
+            if a < 1 or b < a:
+                raise SourceError(f"--absent {v!r}: epochs start at 1 and ranges go upwards")
+            out.setdefault(name, set()).update(range(a - 1, b))
+    return {k: frozenset(v) for k, v in out.items()}
+
+
+def fpl_parts(model: nn.Module, spec: str = "the model") -> tuple[str, ...]:
+    """The sources of an ``edgeplan fpl`` model (checks it has branches, junction and trunk)."""
+    sources = getattr(model, "sources", None)
+    ok = sources is not None and all(hasattr(model, a) for a in ("branches", "junction", "trunk")) \
+        and len(model.branches) == len(sources) and hasattr(model.junction, "set_present")
+    if not ok:
+        raise SourceError(f"{spec} is not a flexible-parallel-learning model; make one with "
+                          "`edgeplan fpl MODEL --sources A,B,.. --junction-before LAYER --out fpl_model.py`")
+    return tuple(sources)
+
+
+def aligned(datasets: dict[str, data.Dataset], folders: dict[str, str]) -> None:
+    """Sources must be views of the same samples: same counts and labels in both splits."""
+    names = list(datasets)
+    ref = datasets[names[0]]
+    for name in names[1:]:
+        d = datasets[name]
+        for split in ("train", "test"):
+            ya, yb = getattr(ref, f"y_{split}"), getattr(d, f"y_{split}")
+            if len(ya) != len(yb) or not np.array_equal(ya, yb):
+                raise SourceError(
+                    f"--data {name}={folders[name]}: its {split} labels differ from those of {names[0]} "
+                    f"({folders[names[0]]}); the sources must be aligned views (sample i of every source is the "
+                    "same event with the same label)")
+
+
+def present_at(epoch: int, folders: dict[str, str], absent: dict[str, frozenset[int]],
+               sources: Sequence[str]) -> tuple[bool, ...]:
+    """Who takes part in ``epoch`` (0-based): data folder there and not marked away."""
+    return tuple(s in folders and Path(folders[s]).is_dir() and epoch not in absent.get(s, ()) for s in sources)
+
+
+def branch_file(ckpt_dir: Path, epoch: int, source: str) -> Path:
+    return Path(ckpt_dir) / f"epoch-{epoch:04d}" / f"branch-{source}.pt"
+
+
+def trunk_file(ckpt_dir: Path, epoch: int) -> Path:
+    return Path(ckpt_dir) / f"epoch-{epoch:04d}" / "trunk.pt"
+
+
+def newest(ckpt_dir: Path, upto: int | None, source: str | None) -> int | None:
+    """Newest epoch (<= ``upto`` when given) with a checkpoint of ``source``'s branch (None: of the trunk)."""
+    d = Path(ckpt_dir)
+    epochs = sorted((int(p.name[6:]) for p in d.iterdir() if re.fullmatch(r"epoch-\d{4,}", p.name)),
+                    reverse=True) if d.is_dir() else []
+    for e in epochs:
+        if upto is not None and e > upto:
+            continue
+        if (branch_file(d, e, source) if source is not None else trunk_file(d, e)).exists():
+            return e
+    return None
+
+
+def _load(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as e:
+        raise ArtifactError(f"{path}: cannot read checkpoint ({e}); delete that epoch folder") from e
+
+
+@dataclass(frozen=True)
+class SourceRun:
+    """What a training run across sources does (the model file says which sources exist)."""
+
+    epochs: int = 1
+    batch: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    seed: int = 0
+    samples: int | None = None  # fixed seeded subset per split
+    max_iters: int | None = None
+    resume: bool = False
+    absent: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (source, 0-based epochs away)
+
+
+@dataclass
+class _Counters:
+    loss_sum: float = 0.0
+    correct: int = 0
+    count: int = 0
+    sent: dict = field(default_factory=dict)  # source -> bytes (features out, gradients back)
+    busy: dict = field(default_factory=dict)  # part (source or "trunk") -> seconds
+
+
+class SourceTrainer:
+    """All branches in this process (see the module docstring); ``run`` returns one row per epoch."""
+
+    def __init__(self, model: nn.Module, datasets: dict[str, data.Dataset], folders: dict[str, str],
+                 run: SourceRun, run_dir: str | Path, spec: str = "the model"):
+        self.model, self.run_cfg = model.train(), run
+        self.sources = fpl_parts(model, spec)
+        self.datasets, self.folders = datasets, folders
+        if not datasets:
+            raise SourceError(f"no source has data; sources: {', '.join(self.sources)}")
+        aligned(datasets, folders)
+        ref = next(iter(datasets.values()))
+        self.input_shape = tuple(ref.x_train.shape[1:])
+        self.n_train = len(ref.y_train)
+        self.y_train, self.y_test = ref.y_train, ref.y_test
+        self.absent = {s: frozenset(e) for s, e in run.absent}
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+
+        def sgd(params):
+            return torch.optim.SGD(list(params), lr=run.lr, momentum=run.momentum, weight_decay=run.weight_decay)
+
+        self.branch_opt = [sgd(b.parameters()) for b in model.branches]
+        self.trunk_opt = sgd(list(model.junction.parameters()) + list(model.trunk.parameters()))
+        with torch.no_grad():
+            sample = torch.from_numpy(ref.x_train[:1])
+            self.feature_shape = tuple(model.branches[0].eval()(sample).shape[1:])
+            model.branches[0].train()
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def _save(self, epoch: int, present: tuple[bool, ...]) -> None:
+        for i, s in enumerate(self.sources):
+            if present[i]:  # an absent board writes nothing; its newest file stays the one it left with
+                _atomic_save({"epoch": epoch, "source": s, "state": self.model.branches[i].state_dict(),
+                              "optimizer": self.branch_opt[i].state_dict()}, branch_file(self.ckpt_dir, epoch, s))
+        _atomic_save({"epoch": epoch, "junction": self.model.junction.state_dict(),
+                      "trunk": self.model.trunk.state_dict(), "optimizer": self.trunk_opt.state_dict()},
+                     trunk_file(self.ckpt_dir, epoch))
+
+    def _restore_branch(self, i: int, upto: int) -> bool:
+        e = newest(self.ckpt_dir, upto, self.sources[i])
+        if e is None:
+            return False
+        state = _load(branch_file(self.ckpt_dir, e, self.sources[i]))
+        self.model.branches[i].load_state_dict(state["state"])
+        self.branch_opt[i].load_state_dict(state["optimizer"])
+        return True
+
+    def _resume(self) -> int:
+        e = newest(self.ckpt_dir, None, None)
+        if e is None:
+            return 0
+        state = _load(trunk_file(self.ckpt_dir, e))
+        self.model.junction.load_state_dict(state["junction"])
+        self.model.trunk.load_state_dict(state["trunk"])
+        self.trunk_opt.load_state_dict(state["optimizer"])
+        for i in range(len(self.sources)):
+            self._restore_branch(i, e)
+        return e + 1
+
+    # --- one epoch ----------------------------------------------------------------------------
+
+    def _time(self, ct: _Counters, part: str, t0: float) -> None:
+        ct.busy[part] = ct.busy.get(part, 0.0) + time.perf_counter() - t0
+
+    def _step(self, idx: np.ndarray, present: tuple[bool, ...], ct: _Counters) -> None:
+        """One batch: branches forward on their own sources, the trunk steps, gradients go back to the branches."""
+        y = torch.from_numpy(self.y_train[idx])
+        outs: dict[int, torch.Tensor] = {}
+        feats = []
+        for i, s in enumerate(self.sources):
+            if not present[i]:
+                feats.append(torch.zeros((len(idx), *self.feature_shape)))
+                continue
+            t0 = time.perf_counter()
+            outs[i] = self.model.branches[i](torch.from_numpy(self.datasets[s].x_train[idx]))
+            self._time(ct, s, t0)
+            feats.append(outs[i].detach().requires_grad_(True))  # what crosses the link to the trunk
+            ct.sent[s] = ct.sent.get(s, 0) + 2 * outs[i].numel() * outs[i].element_size()  # out + gradient back
+        t0 = time.perf_counter()
+        out = self.model.trunk(self.model.junction(*feats))
+        loss = F.cross_entropy(out, y)
+        self.trunk_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.trunk_opt.step()
+        self._time(ct, "trunk", t0)
+        for i, f_out in outs.items():  # each source board: backward of its branch from the gradient it got
+            t0 = time.perf_counter()
+            self.branch_opt[i].zero_grad(set_to_none=True)
+            f_out.backward(feats[i].grad)
+            self.branch_opt[i].step()
+            self._time(ct, self.sources[i], t0)
+        ct.loss_sum += float(loss.detach()) * len(idx)
+        ct.correct += int((out.detach().argmax(1) == y).sum())
+        ct.count += len(idx)
+
+    @torch.no_grad()
+    def evaluate(self, present: tuple[bool, ...], chunk: int = 256) -> float:
+        """Test accuracy with the sources that are present (each branch on its own source's test view)."""
+        self.model.eval()
+        self.model.junction.set_present(present)
+        correct, n = 0, len(self.y_test)
+        for a in range(0, n, chunk):
+            feats = [self.model.branches[i](torch.from_numpy(self.datasets[s].x_test[a:a + chunk])) if present[i]
+                     else torch.zeros((min(chunk, n - a), *self.feature_shape)) for i, s in enumerate(self.sources)]
+            out = self.model.trunk(self.model.junction(*feats))
+            correct += int((out.argmax(1) == torch.from_numpy(self.y_test[a:a + chunk])).sum())
+        self.model.train()
+        return correct / max(n, 1)
+
+    def run(self, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+        """Train ``epochs`` epochs (from the newest checkpoint with ``resume``); one row per epoch."""
+        cfg = self.run_cfg
+        iters = data.iterations(self.n_train, cfg.batch)
+        if cfg.max_iters:
+            iters = min(iters, cfg.max_iters)
+        start = self._resume() if cfg.resume else 0
+        metrics_path = self.run_dir / "metrics.json"
+        rows = [r for r in jsonio.read(metrics_path).get("epochs", []) if r["epoch"] <= start] \
+            if cfg.resume and metrics_path.exists() else []
+        before = present_at(start - 1, self.folders, self.absent, self.sources) if start else \
+            tuple(True for _ in self.sources)
+        for epoch in range(start, cfg.epochs):
+            present = present_at(epoch, self.folders, self.absent, self.sources)
+            if not any(present):
+                raise SourceError(f"epoch {epoch + 1}: no source has data (folders missing or all --absent); "
+                                  f"sources: {', '.join(self.sources)}")
+            for i, s in enumerate(self.sources):
+                if present[i] and s not in self.datasets:  # first time its folder is there: load it on its board
+                    self.datasets[s] = data.load(self.folders[s], self.input_shape, cfg.seed, cfg.samples)
+                    aligned(self.datasets, self.folders)
+                if present[i] and not before[i]:  # a board that comes back continues from what it kept
+                    self._restore_branch(i, epoch - 1)
+            self.model.junction.set_present(present)
+            order = data.epoch_order(self.n_train, cfg.seed, epoch)
+            ct = _Counters()
+            t_epoch = time.perf_counter()
+            for it in range(iters):
+                self._step(order[it * cfg.batch:(it + 1) * cfg.batch], present, ct)
+            epoch_s = time.perf_counter() - t_epoch
+            test = self.evaluate(present)
+            self._save(epoch, present)
+            mix = self.model.junction.mixture().detach()
+            row = {"epoch": epoch + 1, "present": [s for i, s in enumerate(self.sources) if present[i]],
+                   "loss": ct.loss_sum / max(ct.count, 1), "accuracy": ct.correct / max(ct.count, 1),
+                   "test_accuracy": test, "junction": {s: round(float(mix[i]), 6) for i, s in enumerate(self.sources)},
+                   "bytes_sent": dict(sorted(ct.sent.items())), "busy_s": dict(sorted(ct.busy.items())),
+                   "epoch_s": epoch_s, "iterations": iters}
+            rows.append(row)
+            jsonio.write(metrics_path, {"epochs": rows, "sources": list(self.sources)})
+            if on_epoch:
+                on_epoch(row)
+            before = present
+        return rows
+
+
+def format_epoch(row: dict) -> str:
+    mix = " ".join(f"{s}={w:.2f}" for s, w in row["junction"].items())
+    return (f"epoch {row['epoch']}: loss {row['loss']:.4f}  acc {row['accuracy'] * 100:.2f}%  "
+            f"test acc {row['test_accuracy'] * 100:.2f}%  sources {','.join(row['present'])}  junction {mix}  "
+            f"sent {sum(row['bytes_sent'].values()) / 1e6:.2f} MB  time {row['epoch_s']:.2f} s")
+
+
+def load_sources(folders: dict[str, str], input_shape: tuple[int, ...], seed: int = 0,
+                 samples: int | None = None) -> dict[str, data.Dataset]:
+    """Each source's data set from its own folder (any format ``data.load`` reads); missing folders skipped."""
+    out = {}
+    for s, d in folders.items():
+        if Path(d).is_dir():
+            out[s] = data.load(d, input_shape, seed, samples)
+    return out
+
+
+def train(model_spec: str, data_args: Sequence[str], run: SourceRun, run_dir: str | Path,
+          absent_args: Sequence[str] = (), echo=print) -> list[dict]:
+    """``model_spec`` (an ``edgeplan fpl`` file ``path.py:build``) trained on ``--data`` folders in this process."""
+    from edgeplan.graph.load import load_model
+
+    loaded = load_model(model_spec)
+    sources = fpl_parts(loaded.module, model_spec)
+    folders = dict(parse_data(data_args, sources))
+    absent = parse_absent(absent_args, sources)
+    shape = tuple(loaded.default_input_shape[1:]) if loaded.default_input_shape else None
+    if shape is None:
+        raise SourceError(f"{model_spec}: the model file sets no INPUT_SHAPE; regenerate it with `edgeplan fpl`")
+    datasets = load_sources(folders, shape, run.seed, run.samples)
+    import dataclasses
+
+    run = dataclasses.replace(run, absent=tuple((s, tuple(sorted(e))) for s, e in sorted(absent.items())))
+    trainer = SourceTrainer(loaded.module, datasets, folders, run, run_dir, model_spec)
+    return trainer.run(on_epoch=lambda row: echo(format_epoch(row)))
