@@ -495,6 +495,27 @@ def compile_cmd(
     typer.echo(f"wrote {path} ({', '.join(boards)}); check a copy with `edgeplan verify {path}`")
 
 
+@app.command("adapt-train")
+def adapt_train_cmd(
+    family: Annotated[Path, typer.Argument(
+        help="Plan family folder from `edgeplan plan --variants` (or its `edgeplan compile` output).",
+        exists=True, file_okay=False)],
+    model: Annotated[str | None, typer.Option("--model", help="Override the model the plans recorded.")] = None,
+    cluster: Annotated[Path | None, typer.Option(
+        "--cluster", exists=True, dir_okay=False, help="Override the cluster file the plans recorded (same sha256).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random traces, noise and exploration.")] = 0,
+    episodes: Annotated[int, typer.Option("--episodes", min=1, help="Simulated traces of 120 s to train on.")] = 300,
+) -> None:
+    """Train the `--adapt rl` policy for FAMILY in the simulator (seeded); writes FAMILY/rl-policy.json."""
+    from edgeplan.adapt import rl
+
+    pol = rl.train_folder(family, model=model, cluster_file=cluster, seed=seed, episodes=episodes)
+    path = rl.save(family, pol)
+    typer.echo(f"wrote {path}: {len(pol.q)} trained context(s) x {len(pol.plans)} plan(s), seed {seed}, "
+               f"{episodes} episode(s); serve with `--adapt rl`")
+
+
 @app.command()
 def verify(
     artifacts: Annotated[Path, typer.Argument(help="Artifact folder from `edgeplan compile`.")],

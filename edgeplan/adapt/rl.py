@@ -60,7 +60,7 @@ def state_condition(cond: Condition) -> Condition:
     2^-1..2^3), links in one canonical form: each named pair's effective scale is binned, the all-links term
     is the most common binned scale (ties: the lower) and pairs that differ from it keep a term."""
     pairs = [p for p, _ in cond.bandwidth if p != (ALL, ALL)]
-    base = _bin(cond.bandwidth_scale("\0", "\1"), -4, 1)
+    base = _bin(math.prod(s for p, s in cond.bandwidth if p == (ALL, ALL)), -4, 1)
     eff = {p: _bin(cond.bandwidth_scale(*p), -4, 1) for p in pairs}
     if eff:
         vals = [base] + list(eff.values())
@@ -75,10 +75,6 @@ def _vector(cond: Condition) -> dict[str, float]:
     v.update({f"slow:{d}": math.log2(f) for d, f in cond.slowdown})
     v.update({f"absent:{d}": ABSENT_DISTANCE for d in cond.absent})
     return v
-
-
-def _distance(a: dict[str, float], b: dict[str, float]) -> float:
-    return sum(abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in a.keys() | b.keys())
 
 
 def _choose(values, counts, cur: int, ok, gain: float) -> int:
@@ -118,7 +114,12 @@ class Policy:
         object.__setattr__(self, "_rows", rows)
         object.__setattr__(self, "_vectors", {c: _vector(parse_condition(c)) for c in rows})
         object.__setattr__(self, "_index", {p: i for i, p in enumerate(self.plans)})
-        object.__setattr__(self, "_near", {})
+        object.__setattr__(self, "_near", {})  # Condition -> row (see ``row``)
+        keys = sorted({k for vec in self._vectors.values() for k in vec})
+        names = sorted(self._vectors)
+        m = np.array([[self._vectors[n].get(k, 0.0) for k in keys] for n in names]).reshape(len(names), len(keys))
+        object.__setattr__(self, "_matrix", (keys, names, m))  # for the nearest-context search
+        object.__setattr__(self, "_all", [True] * len(self.plans))
 
     @property
     def __name__(self) -> str:  # reports name a policy by its function's name
@@ -149,37 +150,44 @@ class Policy:
             raise PlanError(f"{source}: not a valid rl policy file ({e}); re-train it with `edgeplan adapt-train`") \
                 from e
 
-    def row(self, cond: Condition) -> tuple[tuple[float, ...], tuple[int, ...], str]:
-        """(values, visits) for the binned ``cond`` and the trained context they come from (nearest if unseen)."""
-        c = str(state_condition(cond))
-        near = self._near.get(c)
-        if near is None:
-            if c in self._rows or not self._rows:
-                near = c
-            else:
-                v = _vector(parse_condition(c))
-                near = min(self._rows, key=lambda k: (_distance(v, self._vectors[k]), k))
-            self._near[c] = near
-        vals, counts = self._rows.get(near, ((0.0,) * len(self.plans), (0,) * len(self.plans)))
-        return vals, counts, near
+    def row(self, cond: Condition) -> tuple[tuple[float, ...], tuple[int, ...], str, str]:
+        """(values, visits, context, trained context) of ``cond``: its binned text and the trained context the
+        row comes from (the nearest when never seen). Cached per condition: a decision is a dict lookup."""
+        hit = self._near.get(cond)
+        if hit is None:
+            sc = state_condition(cond)
+            c = near = str(sc)
+            if c not in self._rows and self._rows:
+                near = self._nearest(_vector(sc))
+            vals, counts = self._rows.get(near, ((0.0,) * len(self.plans), (0,) * len(self.plans)))
+            hit = self._near[cond] = (vals, counts, c, near)
+        return hit
+
+    def _nearest(self, v: dict[str, float]) -> str:
+        """The trained context at the least L1 distance (ties: the first by text). A factor no trained context
+        names adds the same to every distance, so only the trained contexts' factors are compared."""
+        keys, names, m = self._matrix
+        q = np.array([v.get(k, 0.0) for k in keys])
+        return names[int(np.argmin(np.abs(m - q).sum(axis=1)))]
 
     def __call__(self, pricer: Pricer, est: Estimate, current: str, last_change: int) -> Decision:
         cond = est.condition
-        cur = pricer.value_of(current, cond)
-        if est.change_id <= last_change and not math.isinf(cur):
+        gone = cond.absent
+        runs = not (gone and set(gone) & pricer.devices_of(current))
+        if est.change_id <= last_change and runs:
+            cur = pricer.value_of(current, cond)
             return Decision(current, False, f"already switched for change {est.change_id}", cur, cur, est.change_id)
-        vals, counts, near = self.row(cond)
-        gone = set(cond.absent)
-        ok = [not (gone and gone & pricer.devices_of(p)) for p in self.plans]
+        vals, counts, state, near = self.row(cond)
+        ok = [not (gone and set(gone) & pricer.devices_of(p)) for p in self.plans] if gone else self._all
         a = _choose(vals, counts, self._index.get(current, -1), ok, self.gain)
-        state = state_condition(cond)
-        seen = "" if near == str(state) else f" (unseen: nearest trained {near})"
+        seen = "" if near == state else f" (unseen: nearest trained {near})"
         if a < 0 or self.plans[a] == current:
             why = f"no trained plan can run under {state}" if a < 0 else f"the table keeps {current} under {state}"
+            cur = pricer.value_of(current, cond)
             return Decision(current, False, why + seen, cur, cur, est.change_id)
         plan = self.plans[a]
-        return Decision(plan, True, f"the table picks {plan} under {state} (value {vals[a]:.3g})" + seen, cur,
-                        pricer.value_of(plan, cond), est.change_id)
+        return Decision(plan, True, f"the table picks {plan} under {state} (value {vals[a]:.3g})" + seen,
+                        pricer.value_of(current, cond), pricer.value_of(plan, cond), est.change_id)
 
 
 def train(world, family_sha256: str, *, seed: int = 0, episodes: int = EPISODES, episode_s: float = EPISODE_S,
@@ -241,6 +249,61 @@ def train(world, family_sha256: str, *, seed: int = 0, episodes: int = EPISODES,
     import json
 
     return Policy.from_json(json.loads(jsonio.dumps(pol.to_json())))  # what the caller holds is what the file holds
+
+
+def family_plans(folder) -> tuple:
+    """(Family, {plan file: Plan}) of a plan family folder (``plan-K.json``) or its compiled artifacts
+    (``plan-K/plan.json``)."""
+    from edgeplan.planner.family import Family, load_family
+    from edgeplan.planner.plan import load as load_plan
+
+    folder = Path(folder)
+    if all((folder / f).is_file() for f in _plan_files(folder)):
+        return load_family(folder)
+    fam = Family.from_json(jsonio.read(folder / FAMILY_FILE), source=str(folder / FAMILY_FILE))
+    plans = {}
+    for f, _ in fam.plans:
+        path = folder / Path(f).stem / "plan.json"
+        if not path.is_file():
+            raise PlanError(f"{folder}: neither {f} nor {Path(f).stem}/plan.json; give the family folder from "
+                            "`edgeplan plan --variants` or its `edgeplan compile` output")
+        plans[f] = load_plan(str(path))
+    return fam, plans
+
+
+def _plan_files(folder: Path) -> list[str]:
+    from edgeplan.planner.family import Family
+
+    path = folder / FAMILY_FILE
+    if not path.is_file():
+        raise PlanError(f"{folder}: no {FAMILY_FILE}; make a family with `edgeplan plan ... --variants ... "
+                        f"--out {folder}/`")
+    return [f for f, _ in Family.from_json(jsonio.read(path), source=str(path)).plans]
+
+
+def train_folder(folder, *, model: str | None = None, cluster_file=None, seed: int = 0, episodes: int = EPISODES,
+                 episode_s: float = EPISODE_S, progress=None) -> Policy:
+    """Train the policy for the family in ``folder``: the model and cluster default to what its plans recorded;
+    the cluster must be the family's (same sha256)."""
+    from edgeplan.adapt import simulate as sm
+    from edgeplan.graph.load import build
+    from edgeplan.profiles.load import load_cluster
+
+    fam, plans = family_plans(folder)
+    first = next(iter(plans.values()))
+    spec = model or first.model_ref
+    path = cluster_file or first.cluster_path
+    if not spec or not path:
+        raise PlanError(f"{folder}: its plans do not record the {'model' if not spec else 'cluster file'}; "
+                        "give --model and --cluster")
+    cluster = load_cluster(Path(path))
+    if cluster.digest() != fam.cluster_sha256:
+        raise PlanError(f"{path}: not the cluster the family in {folder} was planned for (sha256 "
+                        f"{cluster.digest()[:12]}, family {fam.cluster_sha256[:12]}); give that cluster file")
+    graph = build(spec, first.input_shape if not model else None).graph
+    world = sm.World.from_family(graph, cluster, plans)
+    return train(world, family_digest(fam), seed=seed, episodes=episodes, episode_s=episode_s, model=fam.model,
+                 cluster=fam.cluster, progress=progress)
 
 
 def save(folder, policy: Policy) -> Path:

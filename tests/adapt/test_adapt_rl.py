@@ -133,3 +133,23 @@ def test_policy_file_round_trip_and_refusals(setup, trained, tmp_path):
     jsonio.write(mine / rl.POLICY_FILE, bad)
     with pytest.raises(PlanError, match="not a valid rl policy file"):
         rl.load(mine)
+
+
+def test_adapt_train_command(setup, tmp_path):
+    graph, cluster, fam, plans, _ = setup
+    from typer.testing import CliRunner
+
+    from edgeplan.cli import app
+
+    folder = tmp_path / "plans"
+    fm.write_family(folder, fam, plans)
+    res = CliRunner().invoke(app, ["adapt-train", str(folder), "--model", "resnet18", "--cluster", str(CLUSTER),
+                                   "--episodes", "3", "--seed", "5"])
+    assert res.exit_code == 0, res.output
+    assert "rl-policy.json" in res.output
+    pol = rl.load(folder)
+    assert pol.seed == 5 and pol.episodes == 3 and pol.plans == tuple(sorted(plans))
+    other = ROOT / "examples" / "clusters" / "rpi4-jetson.yaml"
+    if other.is_file():
+        res = CliRunner().invoke(app, ["adapt-train", str(folder), "--model", "resnet18", "--cluster", str(other)])
+        assert res.exit_code != 0 and "not the cluster the family" in res.output

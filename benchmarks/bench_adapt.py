@@ -1,0 +1,142 @@
+"""Adaptive runtime: static vs heuristic vs rl vs oracle on the shipped traces (issue 12 item 6), simulated.
+
+Family: resnet18 on examples/clusters/three-node-hetero.yaml (throughput, batch 4, head npu-board), the
+default family (nominal, each board x3 slower, each link x4 slower, each board absent). Traces:
+examples/traces/*.yaml. Each policy runs each trace in ``edgeplan.adapt.simulate`` (the cost model is the
+truth; the Estimator reads noisy monitor statuses every 0.5 s epoch; a switch pauses service for
+``policy.SWITCH_S``):
+
+- static: the best nominal plan throughout;
+- heuristic: ``policy.heuristic`` (re-pricing with hysteresis, one switch per change);
+- rl: the contextual bandit of ``adapt.rl``, trained here first (seeded) on random traces;
+- oracle: the best plan under the true condition, switched the moment it changes (same pause).
+
+Table: throughput, p50/p99 request latency, energy per inference (model), switches, lost requests, and the
+time to recover after each change of the true condition (until an epoch serves within 10% of the best
+plan's throughput under it; "never": not before the next change). Plot: throughput over time per trace
+with switch markers and the trace's events (PNG + SVG in --out). Last line, for the alternating trace (the
+issue's target: heuristic >= 1.3x static): ``adapt: heuristic/static throughput X.XXx, rl/static Y.YYx,
+lost L, switches N`` (L: requests lost by heuristic and rl; N: the heuristic's switches).
+
+Run: ``python -m benchmarks.bench_adapt [--quick] [--seed S] [--episodes N] [--out DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "examples" / "clusters" / "three-node-hetero.yaml"
+TRACES = ROOT / "examples" / "traces"
+HEAD = "npu-board"
+POLICIES = ("static", "heuristic", "rl", "oracle")
+TARGET = "alternating"
+
+
+def _fmt_recover(xs) -> str:
+    return " ".join("never" if math.isinf(x) else f"{x:g}" for x in xs) or "-"
+
+
+def plot(runs: dict, out: Path) -> list[Path]:
+    """Throughput over time (per epoch), one panel per trace; switches as markers, trace events as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(runs), 1, figsize=(10, 3.2 * len(runs)), squeeze=False)
+    colors = {"static": "tab:gray", "heuristic": "tab:blue", "rl": "tab:orange", "oracle": "tab:green"}
+    for ax, (trace, by_policy) in zip(axes[:, 0], runs.items(), strict=True):
+        for name, run in by_policy.items():
+            dt = run.steps[1].t_s - run.steps[0].t_s
+            t = [s.t_s + dt / 2 for s in run.steps]
+            ax.plot(t, [s.served / dt for s in run.steps], label=name, color=colors.get(name),
+                    lw=2.4 if name == "heuristic" else 1.2, ls={"oracle": "--", "rl": "-."}.get(name, "-"))
+            sw = [(s.t_s, s.served / dt) for s in run.steps if s.switched]
+            if sw:
+                ax.scatter([x for x, _ in sw], [y for _, y in sw], marker="v", s=36, color=colors.get(name),
+                           zorder=3)
+        events: dict[float, list[str]] = {}
+        for at, what in next(iter(by_policy.values())).events:
+            events.setdefault(at, []).append(what)
+        for at, whats in events.items():
+            ax.axvline(at, color="k", lw=0.6, ls=":")
+            ax.annotate("; ".join(whats), (at, 0.02), xycoords=("data", "axes fraction"), fontsize=6.5, rotation=90,
+                        va="bottom", ha="right")
+        ax.set_title(f"{trace}: throughput per 0.5 s epoch (markers: switches; dotted: trace events)", fontsize=9)
+        ax.set_ylabel("samples/s")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[-1, 0].set_xlabel("time (s)")
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "bench_adapt.png", out / "bench_adapt.svg"]
+    for p in paths:
+        fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a short rl training (for tests): 20 episodes of 60 s")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the rl training and of the measurement noise")
+    ap.add_argument("--episodes", type=int, default=None, help="rl training episodes of 120 s (default 300)")
+    ap.add_argument("--out", type=Path, default=ROOT / "demo-out" / "bench_adapt", help="folder for the plot")
+    args = ap.parse_args(argv)
+
+    from edgeplan.adapt import rl
+    from edgeplan.adapt import simulate as sm
+    from edgeplan.adapt.policy import SWITCH_S, heuristic
+    from edgeplan.graph.load import build
+    from edgeplan.planner import family as fm
+    from edgeplan.planner.objective import Objective
+    from edgeplan.profiles.load import load_cluster
+    from edgeplan.testbed import trace as tr
+
+    graph = build("resnet18").graph
+    cluster = load_cluster(CLUSTER)
+    fam, plans = fm.make_family(graph, cluster, Objective(objective="throughput", batch=4, head=HEAD),
+                                fm.default_conditions(cluster, HEAD))
+    world = sm.World.from_family(graph, cluster, plans)
+    episodes = args.episodes or (20 if args.quick else rl.EPISODES)
+    episode_s = 60.0 if args.quick else rl.EPISODE_S
+    t0 = time.process_time()
+    policy = rl.train(world, rl.family_digest(fam), seed=args.seed, episodes=episodes, episode_s=episode_s)
+    train_s = time.process_time() - t0
+    print(f"family: {len(plans)} plans of resnet18 on {cluster.name} (throughput, batch 4); static = "
+          f"{world.static}; epoch {sm.EPOCH_S:g} s, switch pause {SWITCH_S:g} s, noise {sm.NOISE:g}")
+    print(f"rl: {episodes} episodes of {episode_s:g} s, seed {args.seed}: {len(policy.q)} contexts, "
+          f"trained in {train_s:.1f} s CPU")
+
+    runs: dict[str, dict] = {}
+    rows = []
+    for path in sorted(TRACES.glob("*.yaml")):
+        trace = tr.load(path, cluster)
+        name = path.stem
+        runs[name] = {}
+        for pol in POLICIES:
+            p = {"heuristic": heuristic, "rl": policy}.get(pol, pol)
+            run = sm.run(world, trace, p, name=pol, seed=args.seed)
+            runs[name][pol] = run
+            rows.append((name, sm.Summary.of(run)))
+    print(f"\n{'trace':<12}{'policy':<10}{'samples/s':>10}{'p50 ms':>8}{'p99 ms':>8}{'mJ/inf':>8}{'switches':>9}"
+          f"{'lost':>6}{'vs best':>8}  recover s (per change)")
+    for name, s in rows:
+        print(f"{name:<12}{s.policy:<10}{s.throughput:>10.2f}{s.p50_s * 1e3:>8.0f}{s.p99_s * 1e3:>8.0f}"
+              f"{s.energy_j * 1e3:>8.0f}{s.switches:>9}{s.lost:>6}{s.vs_best:>8.3f}  {_fmt_recover(s.recover_s)}")
+    for p in plot(runs, args.out):
+        print(f"wrote {p}")
+    target = TARGET if TARGET in runs else next(iter(runs))
+    got = {s.policy: s for name, s in rows if name == target}
+    st = got["static"].throughput
+    print(f"adapt: heuristic/static throughput {got['heuristic'].throughput / st:.2f}x, "
+          f"rl/static {got['rl'].throughput / st:.2f}x, lost {got['heuristic'].lost + got['rl'].lost}, "
+          f"switches {got['heuristic'].switches}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""benchmarks/bench_adapt.py --quick (issue 12 item 6): the table covers every shipped trace and policy, the plot
+is written, and the summary line's ratios are the table's own figures."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+
+def test_bench_adapt_quick(tmp_path, capsys):
+    pytest.importorskip("torch", reason="the benchmark's family traces a zoo model with torch")
+    pytest.importorskip("matplotlib", reason="the benchmark draws its timeline with matplotlib")
+    from benchmarks import bench_adapt
+
+    bench_adapt.main(["--quick", "--out", str(tmp_path)])
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = {}
+    for line in lines:
+        m = re.match(r"^(alternating|bw-drop|cpu-hog)\s+(static|heuristic|rl|oracle)\s+([\d.]+)\s+(\d+)\s+(\d+)\s+"
+                     r"(\d+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+(.+)$", line)
+        if m:
+            rows[(m[1], m[2])] = m
+    assert len(rows) == 12, lines  # 3 traces x 4 policies
+    for (trace, policy), m in rows.items():
+        changes = {"alternating": 5, "bw-drop": 2, "cpu-hog": 2}[trace]  # simultaneous events are one change
+        assert len(m[10].split()) == changes, (trace, policy, m[10])
+        assert int(m[5]) >= int(m[4])  # p99 >= p50
+    assert int(rows[("alternating", "static")][7]) == 0
+    last = re.fullmatch(r"adapt: heuristic/static throughput (\d+\.\d\d)x, rl/static (\d+\.\d\d)x, lost (\d+), "
+                        r"switches (\d+)", lines[-1])
+    assert last, lines[-1]
+    tput = {p: float(rows[("alternating", p)][3]) for p in ("static", "heuristic", "rl")}
+    assert float(last[1]) == pytest.approx(tput["heuristic"] / tput["static"], abs=0.006)
+    assert float(last[2]) == pytest.approx(tput["rl"] / tput["static"], abs=0.006)
+    assert int(last[4]) == int(rows[("alternating", "heuristic")][7])
+    assert int(last[3]) == int(rows[("alternating", "heuristic")][8]) + int(rows[("alternating", "rl")][8])
+    for name in ("bench_adapt.png", "bench_adapt.svg"):
+        assert (tmp_path / name).stat().st_size > 10_000
