@@ -851,6 +851,9 @@ def train(
         help="sync: all-reduce every iteration; local-sgd: periodic "
              "weight averaging (default: the mode chosen at compile).")] = None,
     sync_every: Annotated[int, typer.Option(min=1, help="local-sgd: iterations between weight averages.")] = 4,
+    sync_bn: Annotated[bool, typer.Option(
+        "--sync-bn", help="BatchNorm layers of a replicated stage normalise with the batch statistics of the "
+                          "whole replica group (all-reduced), as single-process training does.")] = False,
     schedule: Annotated[TrainSchedule | None, typer.Option(help="Override the plan's pipeline schedule.")] = None,
     lr: Annotated[float, typer.Option(help="SGD learning rate.")] = 0.05,
     momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
@@ -876,7 +879,7 @@ def train(
     dataset = str(dataset_dir) if dataset_dir is not None else dataset or "digits"
     cfg = TrainConfig(epochs=epochs, dataset=dataset, samples=samples, lr=lr, momentum=momentum,
                       weight_decay=weight_decay,
-                      sync=sync.value if sync else None, sync_every=sync_every,
+                      sync=sync.value if sync else None, sync_every=sync_every, sync_bn=sync_bn,
                       schedule=schedule.value if schedule else None,
                       seed=seed, timeout_s=timeout, resume=resume, max_iters=max_iters)
     result = launch.run(artifacts, cfg, local=local, devices=tuple(device), run_dir=run_dir, echo=typer.echo)

@@ -32,6 +32,7 @@ class TrainConfig:
     max_iters: int | None = None  # cap iterations per epoch (speed tests)
     evaluate: bool = True
     samples: int | None = None  # fixed seeded subset of each data split (quick runs); None: all of it
+    sync_bn: bool = False  # BatchNorm statistics all-reduced over each stage's replica group
 
     def check(self) -> TrainConfig:
         if self.sync not in SYNC_MODES:

@@ -15,10 +15,13 @@ Synchronisation modes: ``sync`` (all-reduce every iteration, the default) and
 replicas' weights are averaged, weighted by share, every ``sync_every``
 iterations and at every epoch end).
 
-BatchNorm: a replica normalises with the statistics of its own samples, so a
-model with BatchNorm in training mode does not match single-process training
-exactly (running statistics are averaged at epoch ends). The equivalence test
-uses a model without BatchNorm.
+BatchNorm: by default a replica normalises with the statistics of its own
+samples, so a model with BatchNorm in training mode does not match
+single-process training exactly (running statistics are averaged at epoch
+ends). With ``sync_bn`` (``--sync-bn``) every BatchNorm of a replicated stage
+all-reduces its batch statistics over the stage's replica group
+(``stages.sync_batchnorm``), which matches single-process training on the
+micro-batch (tests/training/test_syncbn.py).
 
 What the run is told comes from ``config`` (TrainConfig, Job); the epoch's numbers are
 summed and printed by ``metrics``; ``faults`` injects the test faults.
@@ -107,6 +110,11 @@ class Engine:
 
         built = stages.build(self.job.model, self.job.input_shape, self.plan, self.job.provider)
         self.module = built.stages[self.me.stage].to(self.device).train()
+        if self.cfg.sync_bn and len(self.group_members) > 1:
+            synced = stages.sync_batchnorm(self.module, self.group, self.me.label)
+            if synced and self.me.replica == 0:
+                print(f"stage {self.me.stage}: {synced} BatchNorm layer(s) share batch statistics across "
+                      f"{len(self.group_members)} replicas (--sync-bn)", flush=True)
         self.n_inputs = built.n_inputs[self.me.stage]
         self.keys = stages.key_map(self.module, built.full)
         self.params = [p for p in self.module.parameters() if p.requires_grad]

@@ -89,3 +89,85 @@ def build(spec: str, input_shape: tuple[int, ...] | None, plan: Plan, provider: 
         traced = build_traced(spec, input_shape)
     mods, n_in = stage_modules(traced, plan)
     return Built(traced.gm, mods, n_in, tuple(traced.graph.inputs[0].shape[1:]))
+
+
+def sync_batchnorm(module: nn.Module, group, label: str) -> int:
+    """Make every BatchNorm of ``module`` normalise with the statistics of its whole replica group.
+
+    In training mode each BatchNorm all-reduces (sum) the per-channel sum, sum
+    of squares and sample count of its input over ``group`` (float64), and
+    normalises with the group's mean and biased variance; the running
+    statistics take the unbiased variance over the group's samples, as
+    single-process BatchNorm does over the batch. The all-reduce is
+    autograd-aware (``_AllReduceSum``), so the backward all-reduces the
+    gradient of those sums and each replica gets exactly its share of the
+    single-process gradient. Every replica of the group must run the same
+    forwards in the same order (the schedule guarantees it). With several
+    micro-batches the statistics are those of one micro-batch of the global
+    batch (as in GPipe), not of the whole batch. The modules, parameters and
+    buffers stay the same objects (only ``forward`` is replaced), so state_dict
+    keys and checkpoints are unchanged. Returns how many layers were changed.
+    """
+    import types
+
+    count = 0
+    for name, bn in module.named_modules():
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            bn.forward = types.MethodType(_make_sync_forward(group, f"{label}: BatchNorm {name!r}"), bn)
+            count += 1
+    return count
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the group in forward; the gradient of a sum every replica uses is the sum of their gradients."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, group) -> torch.Tensor:
+        import torch.distributed as dist
+
+        ctx.group = group
+        out = t.clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        import torch.distributed as dist
+
+        grad = grad.clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+def _make_sync_forward(group, where: str):
+    from edgeplan.errors import RuntimeFault
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:  # evaluation: running statistics, nothing to share
+            return type(self).forward(self, x)
+        c = x.shape[1]
+        dims = [0, *range(2, x.dim())]
+        local = torch.cat([x.sum(dims, dtype=torch.float64), (x * x).sum(dims, dtype=torch.float64),
+                           torch.tensor([x.numel() / c], dtype=torch.float64, device=x.device)])
+        try:
+            total = _AllReduceSum.apply(local, group)
+        except RuntimeError as e:
+            raise RuntimeFault(f"{where}: could not all-reduce batch statistics with the replica group: "
+                               f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
+        n = total[-1]
+        mean = total[:c] / n
+        var = (total[c:2 * c] / n - mean * mean).clamp_min(0.0)
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                unbiased = var.detach() * (n.detach() / (n.detach() - 1).clamp_min(1.0))
+                self.running_mean.mul_(1 - m).add_(mean.detach().to(self.running_mean.dtype), alpha=m)
+                self.running_var.mul_(1 - m).add_(unbiased.to(self.running_var.dtype), alpha=m)
+        shape = (1, c) + (1,) * (x.dim() - 2)
+        y = (x - mean.to(x.dtype).view(shape)) * torch.rsqrt(var.to(x.dtype) + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+    return forward
