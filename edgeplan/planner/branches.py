@@ -95,6 +95,7 @@ class Problem:
     source: int  # without branches: device index the model input comes from
     layer_pins: tuple[tuple[int, int], ...]  # (layer index >= join, device index)
     raw_cuts: tuple[tuple[int, int, str], ...]  # (cut k >= join, device, input): a stage starting at k runs there alone
+    no_cuts: tuple[int, ...] = ()  # trunk cuts codegen cannot split (a live tensor without one batch dimension)
 
 
 @dataclass(frozen=True)
@@ -202,8 +203,10 @@ def problem_of(graph: LayerGraph, costs: CostTable, objective: Objective, pins: 
         for k in range(join, n):
             if x in graph.live_at(k):
                 raw_cuts.append((k, d, x))
+    allowed = graph.cut_allowed() if hasattr(graph, "cut_allowed") else (True,) * (n + 1)
     return Problem(branches=tuple(branches), join=join, source=source,
-                   layer_pins=tuple(sorted((i, d) for i, d in lp.items() if i >= join)), raw_cuts=tuple(raw_cuts))
+                   layer_pins=tuple(sorted((i, d) for i, d in lp.items() if i >= join)), raw_cuts=tuple(raw_cuts),
+                   no_cuts=tuple(k for k in range(join + 1, n) if not allowed[k]))
 
 
 # --- pricing --------------------------------------------------------------------------------------------
@@ -460,7 +463,7 @@ def solve(costs: CostTable, problem: Problem, objective: Objective, *,
     by_mask: dict[int, int] = {}
     for mask in masks:
         by_mask[mask] = by_mask.get(mask, 0) + 1
-    interior = list(range(problem.join + 1, n))
+    interior = [k for k in range(problem.join + 1, n) if k not in problem.no_cuts]
     forced = {k for k, _, _ in problem.raw_cuts if k > problem.join}
     for i, _ in problem.layer_pins:  # a pinned layer's own boundaries
         forced.update(x for x in (i, i + 1) if problem.join < x < n)

@@ -22,7 +22,6 @@ from edgeplan.planner.costmodel import StageSpec
 from edgeplan.planner.objective import Objective
 from edgeplan.planner.synthetic import random_costs
 
-
 # --- independent pricing --------------------------------------------------------------------------------
 
 
@@ -76,7 +75,7 @@ def brute_price(costs, prob, obj, bunits, stages):
     devs = [tuple(costs.units[u][0] for u, _ in reps) for _, _, reps in stages]
     dev_work, mem, ar_of = {}, {}, {}
     res, chain, dyn, crit = [], 0.0, 0.0, 0.0
-    for b, u in zip(prob.branches, bunits):
+    for b, u in zip(prob.branches, bunits, strict=True):
         d = costs.units[u][0]
         if d != b.device:
             return None
@@ -89,7 +88,7 @@ def brute_price(costs, prob, obj, bunits, stages):
         res += [(in_t, (M - 1) * in_t), (link, (M - 1) * link)]
         dyn += in_e + (2 if train else 1) * s_e + max(costs.busy_power_w[u] - costs.idle_power_w[d], 0.0) * t
         dev_work.setdefault(d, []).append(t)
-    for b, u in zip(prob.branches, bunits):
+    for b, u in zip(prob.branches, bunits, strict=True):
         d = costs.units[u][0]
         in_t, _ = _send(costs, (b.source,), (d,), m * b.in_bytes)
         s_t, _ = _send(costs, (d,), devs[0], m * b.out_bytes)
@@ -168,7 +167,7 @@ def brute_best(costs, prob, obj):
                 if len(used) != len(set(used)):
                     continue
                 for ks in itertools.product(*(list(_splits(obj.micro, len(g))) for g in gs)):
-                    stages = [(i, j, tuple(zip(g, k))) for (i, j), g, k in zip(spans, gs, ks)]
+                    stages = [(i, j, tuple(zip(g, k, strict=True))) for (i, j), g, k in zip(spans, gs, ks, strict=True)]
                     for bu in itertools.product(*b_opts):
                         v = brute_price(costs, prob, obj, bu, stages)
                         if v is not None and v < best:
