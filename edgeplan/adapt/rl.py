@@ -283,24 +283,37 @@ def _plan_files(folder: Path) -> list[str]:
 
 def train_folder(folder, *, model: str | None = None, cluster_file=None, seed: int = 0, episodes: int = EPISODES,
                  episode_s: float = EPISODE_S, progress=None) -> Policy:
-    """Train the policy for the family in ``folder``: the model and cluster default to what its plans recorded;
-    the cluster must be the family's (same sha256)."""
+    """Train the policy for the family in ``folder``. The LayerGraph and cluster: a compiled family's
+    ``graph.json`` and ``cluster.json`` (what its controller prices with), else the model and cluster file its
+    plans recorded (``model``/``cluster_file`` override both); the cluster must be the family's (same sha256)."""
     from edgeplan.adapt import simulate as sm
-    from edgeplan.graph.load import build
-    from edgeplan.profiles.load import load_cluster
 
+    folder = Path(folder)
     fam, plans = family_plans(folder)
     first = next(iter(plans.values()))
-    spec = model or first.model_ref
-    path = cluster_file or first.cluster_path
-    if not spec or not path:
-        raise PlanError(f"{folder}: its plans do not record the {'model' if not spec else 'cluster file'}; "
-                        "give --model and --cluster")
-    cluster = load_cluster(Path(path))
+    if model is None and cluster_file is None and (folder / "graph.json").is_file() \
+            and (folder / "cluster.json").is_file():
+        from edgeplan.graph.model import LayerGraph
+        from edgeplan.profiles.model import Cluster
+
+        graph = LayerGraph.from_json(jsonio.read(folder / "graph.json"))
+        cluster, path = Cluster.from_json(jsonio.read(folder / "cluster.json")), folder / "cluster.json"
+    else:
+        from edgeplan.graph.load import build
+        from edgeplan.profiles.load import load_cluster
+
+        spec = model or first.model_ref
+        path = cluster_file or first.cluster_path
+        if not spec or not path:
+            raise PlanError(f"{folder}: its plans do not record the {'model' if not spec else 'cluster file'}; "
+                            "give --model and --cluster")
+        cluster = load_cluster(Path(path))
+        graph = None
     if cluster.digest() != fam.cluster_sha256:
         raise PlanError(f"{path}: not the cluster the family in {folder} was planned for (sha256 "
                         f"{cluster.digest()[:12]}, family {fam.cluster_sha256[:12]}); give that cluster file")
-    graph = build(spec, first.input_shape if not model else None).graph
+    if graph is None:
+        graph = build(spec, first.input_shape if not model else None).graph
     world = sm.World.from_family(graph, cluster, plans)
     return train(world, family_digest(fam), seed=seed, episodes=episodes, episode_s=episode_s, model=fam.model,
                  cluster=fam.cluster, progress=progress)

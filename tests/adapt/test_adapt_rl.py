@@ -153,3 +153,19 @@ def test_adapt_train_command(setup, tmp_path):
     if other.is_file():
         res = CliRunner().invoke(app, ["adapt-train", str(folder), "--model", "resnet18", "--cluster", str(other)])
         assert res.exit_code != 0 and "not the cluster the family" in res.output
+
+
+def test_train_folder_reads_a_compiled_family(setup, tmp_path):
+    """A compiled family (art/: family.json, plan-K/plan.json, graph.json, cluster.json) trains without the model."""
+    graph, cluster, fam, plans, world = setup
+    art = tmp_path / "art"
+    jsonio.write(art / "family.json", fam.to_json())
+    for name, p in plans.items():
+        jsonio.write(art / Path(name).stem / "plan.json", p.to_json())
+    jsonio.write(art / "graph.json", graph.to_json())
+    jsonio.write(art / "cluster.json", cluster.to_json())
+    pol = rl.train_folder(art, seed=2, episodes=4, episode_s=30)
+    assert pol == rl.train(world, rl.family_digest(fam), seed=2, episodes=4, episode_s=30, model=fam.model,
+                           cluster=fam.cluster)
+    rl.save(art, pol)
+    assert policy_for("rl", art) == pol
