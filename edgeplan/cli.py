@@ -584,12 +584,40 @@ def _frame_secret(cluster: Path | None, secret_env: str | None) -> bytes | None:
         raise ProfileError(f"{cluster or '--secret-env'}: {e}") from None
 
 
+class AdaptPolicy(str, Enum):
+    off = "off"
+    heuristic = "heuristic"
+    rl = "rl"
+
+
+AdaptOption = Annotated[AdaptPolicy, typer.Option(
+    "--adapt",
+    help="A compiled plan family: switch variants live as measured conditions change (heuristic: re-price "
+         "every variant with the cost model, with hysteresis; rl: the policy `edgeplan adapt-train` wrote; "
+         "off: keep the nominal variant).")]
+
+
+def _adapt_hook(policy: AdaptPolicy, artifacts, box: dict):
+    """on_start for run/serve: attach the switching controller to a plan family's pipeline (None: --adapt off)."""
+    if policy == AdaptPolicy.off:
+        return None
+
+    def attach(pipeline) -> None:
+        from edgeplan.adapt.control import load_controller
+
+        root = pipeline.artifacts.root.parent if pipeline.artifacts.variants else Path(artifacts)
+        pipeline.controller = box["controller"] = load_controller(root, pipeline.head, policy.value).start()
+
+    return attach
+
+
 @app.command()
 def run(
     artifacts: CompiledArtifacts,
     local: LocalWorkers = False,
     cluster: DeployedCluster = None,
     requests: Annotated[int, typer.Option("--requests", min=1, help="Seeded random requests to send.")] = 200,
+    adapt: AdaptOption = AdaptPolicy.off,
     report: Annotated[Path | None, typer.Option("--report", help="Write the JSON report here.")] = None,
     timeout: AttemptTimeout = 30.0,
     dead_after: DeadAfter = 1.5,
@@ -638,21 +666,29 @@ def run(
         found = discover(artifacts)
         spec = model_spec(found.plan, model, str(found.root / "plan.json"))
         inputs = RandomInputs(next(s for _, s in found.stages if s.stage == 0), found.batch, requests, seed)
+    adapted: dict = {}
+    on_start = _adapt_hook(adapt, artifacts, adapted)
     try:
         if testbed is not None:
             placement, head_host = testbed
             art, result = run_local(artifacts, requests, seed=seed, config=cfg, secret=secret,
-                                    placement=placement, head_host=head_host, inputs=inputs)
+                                    placement=placement, head_host=head_host, inputs=inputs, on_start=on_start)
         elif local:
-            art, result = run_local(artifacts, requests, seed=seed, config=cfg, secret=secret, inputs=inputs)
+            art, result = run_local(artifacts, requests, seed=seed, config=cfg, secret=secret, inputs=inputs,
+                                    on_start=on_start)
         else:
-            art, result = run_deployed(artifacts, requests, seed=seed, config=cfg, inputs=inputs)
+            art, result = run_deployed(artifacts, requests, seed=seed, config=cfg, inputs=inputs, on_start=on_start)
     except ArtifactProblem as e:
         raise ArtifactError(str(e)) from None
     except PipelineError as e:
         raise RuntimeFault(str(e)) from None
     rep = run_report.build(art.plan, result, "emulated" if testbed else "local" if local else "cluster")
     typer.echo(run_report.format_table(rep), nl=False)
+    if art.variants:  # a plan family: its switches, and that no request was lost or answered twice
+        from edgeplan.adapt.control import adapt_report, format_adapt
+
+        rep["adapt"] = adapt_report(adapt.value, result, adapted.get("controller"))
+        typer.echo(format_adapt(rep["adapt"]))
     if report is not None:
         jsonio.write(report, rep)
         typer.echo(f"wrote {report}")
@@ -739,6 +775,7 @@ def serve(
     timeout: AttemptTimeout = 30.0,
     dead_after: DeadAfter = 1.5,
     secret_env: SecretEnv = None,
+    adapt: AdaptOption = AdaptPolicy.off,
 ) -> None:
     """Serve ARTIFACTS over the Open Inference Protocol (KServe v2 REST; tritonclient, curl) and /metrics.
 
@@ -759,7 +796,7 @@ def serve(
                                                secret=secret),
                         batcher_config=BatcherConfig(max_delay_s=max_delay_ms / 1e3),
                         max_request_bytes=max_request_bytes, secret=secret, placement=placement,
-                        head_host=head_host)
+                        head_host=head_host, on_start=_adapt_hook(adapt, artifacts, {}))
     except ArtifactProblem as e:
         raise ArtifactError(str(e)) from None
     except PipelineError as e:

@@ -34,6 +34,7 @@ from edgeplan.planner.family import FAMILY_FILE, load_family
 SUMMARY = "compile-family.json"
 GRAPH_FILE = "graph.json"
 CLUSTER_FILE = "cluster.json"
+POLICY_FILE = "rl-policy.json"  # adapt/rl.py's trained policy, when the family folder has one
 PORT_STRIDE = 100  # variant K's ports: the single plan's + 100 K (a plan has fewer than 100 replicas)
 
 
@@ -89,6 +90,8 @@ def compile_family(folder, out, *, model_spec: str | None = None, cluster=None, 
             boards = _merge(Path(scratch), tmp, plans, manifest.file_sha256(folder / FAMILY_FILE), fam.model,
                             nominal.secret_env if nominal is not None else None)
         shutil.copyfile(folder / FAMILY_FILE, tmp / FAMILY_FILE)
+        if (folder / POLICY_FILE).is_file():  # `--adapt rl` loads it from the compiled folder
+            shutil.copyfile(folder / POLICY_FILE, tmp / POLICY_FILE)
         jsonio.write(tmp / GRAPH_FILE, traced.graph.to_json())
         if nominal is not None:
             jsonio.write(tmp / CLUSTER_FILE, nominal.to_json())

@@ -131,6 +131,8 @@ class RunResult:
     duplicated: int = 0  # answers beyond the first for one request (the exactly-once contract says 0)
     switches: list = field(default_factory=list)  # FamilyHead: one dict per variant switch (see FamilyHead)
     variants: dict = field(default_factory=dict)  # FamilyHead: variant -> requests it answered
+    segments: list = field(default_factory=list)  # FamilyHead: throughput between switches (see FamilyHead.run)
+    done_at: list = field(default_factory=list)  # per request: time.monotonic() of its answer, or None
 
     @property
     def lost(self) -> int:
@@ -1079,10 +1081,21 @@ class FamilyHead:
     def run(self, inputs: Sequence[Sequence[np.ndarray]],
             on_complete: Optional[Callable[[int], None]] = None) -> RunResult:
         """Head.run over the family; the result also carries ``switches`` and requests answered per variant."""
+        t_start = time.monotonic()
         res = run_requests(self, inputs, on_complete)
         with self._lock:
             res.switches = [self._public(sw) for sw in self.switches]
             res.variants = dict(self._answered)
+            cuts = [(sw["_t"], sw["to"]) for sw in self.switches if sw["_t"] >= t_start]
+            before = [sw["to"] for sw in self.switches if sw["_t"] < t_start]
+        done = sorted(t for t in res.done_at if t is not None)
+        if done:  # throughput of each stretch between switches (answers of the old layout count where they land)
+            bounds = [(t_start, before[-1] if before else self.initial)] + cuts + [(max(done[-1], t_start), "")]
+            for (a, name), (b, _) in zip(bounds, bounds[1:]):
+                n = bisect.bisect_right(done, b) - bisect.bisect_right(done, a)
+                res.segments.append({"variant": name, "from_s": round(a - t_start, 3), "to_s": round(b - t_start, 3),
+                                     "requests": n,
+                                     "throughput": round(n * self.batch / (b - a), 3) if b > a else None})
         return res
 
     def close(self) -> None:
@@ -1147,7 +1160,7 @@ def run_requests(svc, inputs: Sequence[Sequence[np.ndarray]],
                  on_complete: Optional[Callable[[int], None]] = None) -> RunResult:
     """``svc.run``: a Head or a FamilyHead (the same service API), the window kept full; see Head.run."""
     n = len(inputs)
-    res = RunResult(n, svc.batch, [None] * n, [None] * n, window=svc.window)
+    res = RunResult(n, svc.batch, [None] * n, [None] * n, window=svc.window, done_at=[None] * n)
     started_here = not svc.started
     if started_here:
         svc.start()
@@ -1184,6 +1197,7 @@ def run_requests(svc, inputs: Sequence[Sequence[np.ndarray]],
                 res.failures[i] = e.reason
                 continue
             res.latencies_s[i] = t_done - t_sent[i]
+            res.done_at[i] = t_done
             if on_complete:
                 on_complete(i)
         res.wall_s = (t_last or 0.0) - (t_first or 0.0)

@@ -435,11 +435,17 @@ def run_local(artifacts: "Union[str, os.PathLike]", requests: int = 200, *, seed
               log_dir: "Union[str, os.PathLike, None]" = None,
               on_complete: Optional[Callable[[int, List[LocalWorker]], None]] = None,
               log: Optional[Callable[[str], None]] = None, placement: Optional[Placement] = None,
-              head_host: str = "127.0.0.1") -> Tuple[Artifacts, RunResult]:
-    """Start all workers of ``artifacts`` locally, run ``requests`` seeded random requests, stop the workers."""
+              head_host: str = "127.0.0.1",
+              on_start: Optional[Callable[[Pipeline], None]] = None) -> Tuple[Artifacts, RunResult]:
+    """Start all workers of ``artifacts`` locally, run ``requests`` seeded random requests, stop the workers.
+
+    ``on_start(pipeline)`` runs once the pipeline is up, before the first request (e.g. it attaches a plan
+    family's switching controller as ``pipeline.controller``, stopped first by ``close()``)."""
     p = start_pipeline(artifacts, local=True, config=config, secret=secret, command=command, log_dir=log_dir,
                        log=log, placement=placement, head_host=head_host)
     try:
+        if on_start is not None:
+            on_start(p)
         cb = (lambda i: on_complete(i, p.workers)) if on_complete else None
         result = p.head.run(inputs if inputs is not None else _random_inputs(p.artifacts, requests, seed), cb)
     finally:
@@ -454,10 +460,14 @@ def run_local(artifacts: "Union[str, os.PathLike]", requests: int = 200, *, seed
 def run_deployed(artifacts: "Union[str, os.PathLike]", requests: int = 200, *, seed: int = 0,
                  inputs: Optional[Sequence[Sequence[np.ndarray]]] = None, config: Optional[HeadConfig] = None,
                  on_complete: Optional[Callable[[int], None]] = None,
-                 log: Optional[Callable[[str], None]] = None) -> Tuple[Artifacts, RunResult]:
-    """Drive workers already running on the boards, at the addresses compile wrote (head.json, stage.json peers)."""
+                 log: Optional[Callable[[str], None]] = None,
+                 on_start: Optional[Callable[[Pipeline], None]] = None) -> Tuple[Artifacts, RunResult]:
+    """Drive workers already running on the boards, at the addresses compile wrote (head.json, stage.json peers);
+    ``on_start`` as for run_local."""
     p = start_pipeline(artifacts, local=False, config=config, log=log)
     try:
+        if on_start is not None:
+            on_start(p)
         result = p.head.run(inputs if inputs is not None else _random_inputs(p.artifacts, requests, seed),
                             on_complete)
     finally:

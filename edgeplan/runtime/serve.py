@@ -45,7 +45,10 @@ class Server:
                  batcher_config: BatcherConfig = BatcherConfig(),
                  max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES, secret: Optional[bytes] = None,
                  placement: Optional[Placement] = None, head_host: str = "127.0.0.1",
-                 log_dir: Optional[str] = None, log: Optional[Callable[[str], None]] = None):
+                 log_dir: Optional[str] = None, log: Optional[Callable[[str], None]] = None,
+                 on_start: Optional[Callable] = None):
+        """``on_start(pipeline)`` runs once the pipeline is up (`edgeplan serve --adapt` attaches a plan
+        family's switching controller there)."""
         if port:  # fail before any worker starts, not after
             try:
                 _check_port(host, port)
@@ -54,6 +57,8 @@ class Server:
         self.pipeline = start_pipeline(artifacts, local=local, config=head_config, secret=secret,
                                        placement=placement, head_host=head_host, log_dir=log_dir, log=log)
         try:
+            if on_start is not None:
+                on_start(self.pipeline)
             self.head = self.pipeline.head
             self.batcher = Batcher(self.head, batcher_config)
             self.name = model_name(name or self.pipeline.artifacts.plan.get("model") or self.head.model)

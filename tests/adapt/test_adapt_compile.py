@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 from edgeplan.codegen import manifest
 from edgeplan.errors import CompileError
 from edgeplan.planner import family as fm
-from edgeplan.planner.plan import load
 
 CLUSTER = """\
 name: three-hosts
@@ -45,8 +44,18 @@ def family(tmp_path_factory):
     return root
 
 
-def test_each_distinct_module_is_built_once_and_held_once_by_its_board(family):
+@pytest.fixture(scope="module")
+def compiled(family):
     from edgeplan.cli import app
+
+    out = family / "art"
+    r = CliRunner().invoke(app, ["compile", str(family / "plans"), "--out", str(out), "--backend", "onnxruntime",
+                                 "--cluster", str(family / "c.yaml")])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_each_distinct_module_is_built_once_and_held_once_by_its_board(family, compiled):
     from edgeplan.planner.plan import Plan
 
     fam, plans = fm.load_family(family / "plans")
@@ -54,9 +63,7 @@ def test_each_distinct_module_is_built_once_and_held_once_by_its_board(family):
     distinct = {(r.device, s.start, s.stop, r.target, r.samples) for p in plans.values() for s in p.stages
                 for r in s.replicas}
     assert len(distinct) < jobs  # the family shares modules (else this test shows nothing)
-    out = family / "art"
-    r = CliRunner().invoke(app, ["compile", str(family / "plans"), "--out", str(out), "--backend", "onnxruntime"])
-    assert r.exit_code == 0, r.output
+    out = compiled
     assert manifest.verify(out) == []
     summary = json.loads((out / "compile-family.json").read_text())
     built = {(s.start, s.stop, r.target, r.samples) for p in plans.values() for s in p.stages for r in s.replicas}
@@ -98,3 +105,53 @@ def test_an_existing_folder_needs_force(family):
     compile_family(family / "plans", out, backend="onnxruntime", force=True)
     assert not (out / "marker").exists() and (out / "compile-family.json").is_file()
     assert not [p for p in family.iterdir() if p.name.startswith(".art2.tmp-")]
+
+
+def test_the_compiled_family_switches_live_and_every_layout_answers_alike(compiled):
+    """Real ONNX modules: requests switched between every variant's layout get the nominal layout's answers."""
+    import threading
+
+    import numpy as np
+
+    from edgeplan.runtime.local import RandomInputs, start_pipeline
+
+    p = start_pipeline(compiled, local=True)
+    try:
+        head = p.head
+        xs = RandomInputs(next(s for _, s in p.artifacts.stages if s.stage == 0), head.batch, 90)
+        nominal = [head.submit(xs[i]).result(timeout=30)[0] for i in range(6)]
+        stop, names = threading.Event(), sorted(head.heads)
+
+        def flip():
+            k = 0
+            while not stop.wait(0.05):
+                k += 1
+                head.switch(names[k % len(names)], "test")
+
+        t = threading.Thread(target=flip)
+        t.start()
+        try:
+            res = head.run(xs)
+        finally:
+            stop.set()
+            t.join()
+        assert res.completed == 90 and res.lost == 0 and res.duplicated == 0 and not res.failures
+        assert sum(1 for v in res.variants.values() if v) >= 2, res.variants
+        for i in range(6):
+            np.testing.assert_allclose(res.outputs[i][0], nominal[i], rtol=1e-4, atol=1e-5)
+    finally:
+        p.close()
+
+
+def test_cli_run_with_adapt_records_the_switching_in_the_report(compiled, tmp_path):
+    from edgeplan.cli import app
+
+    report = tmp_path / "r.json"
+    r = CliRunner().invoke(app, ["run", str(compiled), "--local", "--requests", "40", "--adapt", "heuristic",
+                                 "--report", str(report)])
+    assert r.exit_code == 0, r.output
+    assert "adapt (heuristic):" in r.output and "lost 0, duplicated 0" in r.output
+    rep = json.loads(report.read_text())["adapt"]
+    assert rep["policy"] == "heuristic" and rep["lost"] == 0 and rep["duplicated"] == 0
+    assert sum(rep["answered_by_variant"].values()) == 40
+    assert rep["controller"]["policy"] == "heuristic"

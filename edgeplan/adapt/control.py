@@ -1,0 +1,198 @@
+"""The adaptation controller (issue 12, decisions at run time): a thread on the head that switches variants.
+
+Every ``epoch_s`` it reads ``FamilyHead.status()``, feeds every variant's workers' monitor snapshots to
+``adapt.estimate.Estimator`` (keys ``variant:device/stageK``, so a worker's counters are never compared
+with another variant's), asks the policy (``heuristic`` or the learned ``rl`` table, both
+``(pricer, estimate, current, last_change) -> Decision``) and calls ``FamilyHead.switch``. The first
+``calibrate_epochs`` epochs only measure: then the estimator takes the factors measured so far as
+nominal (``Estimator.calibrate``: the cost model's and the link probe's own error under the conditions
+the family was planned for), so a model that is 20% off does not read as a condition change.
+
+``load_controller(family_root, head, policy_name)`` builds it from a compiled family folder
+(``graph.json``, ``cluster.json``, ``family.json``, ``plan-K/plan.json``; rl: ``rl-policy.json``).
+The controller records every decision that switched (``switches``: time, from, to, reason, the estimated
+condition); the head measures each switch (pause, drain, p99 during it).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeplan.errors import PlanError
+
+EPOCH_S = 0.5  # how often the controller reads the head's status (the monitor's stats arrive every second)
+CALIBRATE_EPOCHS = 6  # epochs of measurement before the estimator takes the measured factors as nominal
+
+
+@dataclass(frozen=True)
+class Switch:
+    """One decision that switched: when (seconds since the controller started), from/to variant, why."""
+
+    at_s: float
+    frm: str
+    to: str
+    reason: str
+    condition: str
+    change_id: int
+    decide_s: float  # how long the policy took
+
+    def to_json(self) -> dict:
+        return {"at_s": self.at_s, "from": self.frm, "to": self.to, "reason": self.reason,
+                "condition": self.condition, "change_id": self.change_id, "decide_s": self.decide_s}
+
+
+def flat_status(status: dict) -> dict:
+    """A FamilyHead status as the Estimator reads it: every variant's workers, keyed ``variant:device/stageK``."""
+    fam = status.get("family_workers")
+    if fam is None:
+        return status
+    return {"workers": {f"{v}:{k}": w for v, ws in sorted(fam.items()) for k, w in ws.items()}}
+
+
+class Controller:
+    """Reads the head every ``epoch_s``, estimates conditions, asks ``policy``, switches (module docstring)."""
+
+    def __init__(self, head, pricer, estimator, policy, *, epoch_s: float = EPOCH_S,
+                 calibrate_epochs: int = CALIBRATE_EPOCHS, log=None, name: str = ""):
+        self.head, self.pricer, self.estimator, self.policy = head, pricer, estimator, policy
+        self.epoch_s, self.calibrate_epochs = epoch_s, calibrate_epochs
+        self.name = name or getattr(policy, "__name__", "policy")
+        self.log = log or head.log
+        self.switches: list[Switch] = []
+        self.last_change = -1
+        self.epochs = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._t0 = time.monotonic()
+
+    @staticmethod
+    def plan_file(variant: str) -> str:
+        return f"{variant}.json"
+
+    def step(self):
+        """One epoch: status -> estimate -> decision -> (maybe) switch; returns the Decision (None while
+        calibrating)."""
+        self.epochs += 1
+        est = self.estimator.update(flat_status(self.head.status()))
+        if self.epochs <= self.calibrate_epochs:
+            if self.epochs == self.calibrate_epochs:
+                self.estimator.calibrate()
+            return None
+        current = self.plan_file(self.head.active)
+        t0 = time.perf_counter()
+        d = self.policy(self.pricer, est, current, self.last_change)
+        decide_s = time.perf_counter() - t0
+        if d.switch and d.plan != current:
+            variant = Path(d.plan).stem
+            reason = f"{self.name}: {d.reason} (estimate: {est.condition})"
+            try:
+                self.head.switch(variant, reason)
+            except Exception as e:  # a variant that cannot run now: stay, say why once per change
+                msg = f"switch to {variant} refused: {e}"
+                if msg not in self.errors:
+                    self.errors.append(msg)
+                    self.log(msg)
+                self.last_change = d.change_id
+                return d
+            self.switches.append(Switch(round(time.monotonic() - self._t0, 3), current.removesuffix(".json"),
+                                        variant, d.reason, str(est.condition), d.change_id, round(decide_s, 6)))
+            self.last_change = d.change_id
+        return d
+
+    def start(self) -> Controller:
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._loop, name="adapt-controller", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.epoch_s):
+            try:
+                self.step()
+            except Exception as e:  # the pipeline keeps serving on its current variant
+                msg = f"adapt controller: epoch {self.epochs} failed: {e!r}"
+                if msg not in self.errors:
+                    self.errors.append(msg)
+                    self.log(msg)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def report(self) -> dict:
+        """What the run report records of the controller."""
+        return {"policy": self.name, "epoch_s": self.epoch_s, "epochs": self.epochs,
+                "decisions_switched": [s.to_json() for s in self.switches], "errors": list(self.errors),
+                "estimate": str(self.estimator.estimate().condition), "smoothed": self.estimator.smoothed()}
+
+
+def load_controller(family_root, head, policy_name: str, *, epoch_s: float = EPOCH_S,
+                    calibrate_epochs: int = CALIBRATE_EPOCHS, log=None) -> Controller:
+    """A Controller for ``head`` (a FamilyHead) over the compiled family in ``family_root``."""
+    from edgeplan import jsonio
+    from edgeplan.adapt.estimate import Estimator
+    from edgeplan.adapt.policy import Pricer, policy_for
+    from edgeplan.adapt.rl import family_plans
+    from edgeplan.graph.model import LayerGraph
+    from edgeplan.profiles.model import Cluster
+
+    root = Path(family_root)
+    if not hasattr(head, "switch"):
+        raise PlanError(f"--adapt {policy_name}: {root} is one compiled plan, not a plan family; compile a family "
+                        "(`edgeplan plan ... --variants ... --out plans/`, `edgeplan compile plans/ --out art/`)")
+    for f in ("graph.json", "cluster.json"):
+        if not (root / f).is_file():
+            raise PlanError(f"{root}/{f}: missing; the controller re-prices the variants with it: re-run "
+                            "`edgeplan compile` on the family with --cluster (and this edgeplan)")
+    graph = LayerGraph.from_json(jsonio.read(root / "graph.json"))
+    cluster = Cluster.from_json(jsonio.read(root / "cluster.json"))
+    _, plans = family_plans(root)
+    pricer = Pricer.from_family(graph, cluster, plans)
+    policy = policy_for(policy_name, root)
+    head_device = next(iter(plans.values())).head
+    est = Estimator(cluster, head=head_device)
+    return Controller(head, pricer, est, policy, epoch_s=epoch_s, calibrate_epochs=calibrate_epochs, log=log,
+                      name=policy_name)
+
+
+PAUSE_SLACK_S = 0.05  # issue 12's target: a switch pauses at most the old plan's slowest stage + 50 ms
+
+
+def adapt_report(policy: str, result, controller: Controller | None = None) -> dict:
+    """The run report's ``adapt`` section: every switch as the head measured it, lost/duplicated counts,
+    requests per variant, throughput between switches and the controller's own record."""
+    switches = list(result.switches)
+    pauses = [s["pause_s"] for s in switches if s.get("pause_s") is not None]
+    within = [s["pause_s"] <= s["old_stage_s"] + PAUSE_SLACK_S for s in switches
+              if s.get("pause_s") is not None and s.get("old_stage_s") is not None]
+    return {
+        "policy": policy, "switch_count": len(switches), "switches": switches,
+        "lost": result.lost, "duplicated": result.duplicated, "failed": len(result.failures),
+        "answered_by_variant": dict(result.variants), "segments": list(result.segments),
+        "pause_max_s": max(pauses) if pauses else None,
+        "pauses_within_target": sum(within), "pauses_measured": len(within),
+        "controller": controller.report() if controller is not None else None,
+    }
+
+
+def format_adapt(rep: dict) -> str:
+    """A few lines for `edgeplan run`: each switch with its pause against the target, then throughput per stretch."""
+    lines = [f"adapt ({rep['policy']}): {rep['switch_count']} switch(es), lost {rep['lost']}, "
+             f"duplicated {rep['duplicated']}, failed {rep['failed']}; answered per variant "
+             + ", ".join(f"{k} {v}" for k, v in sorted(rep["answered_by_variant"].items()))]
+    for s in rep["switches"]:
+        def ms(x):
+            return "-" if x is None else f"{x * 1e3:.0f} ms"
+        target = "" if s.get("old_stage_s") is None else f" (target <= {ms(s['old_stage_s'] + PAUSE_SLACK_S)})"
+        lines.append(f"  {s['at_s']:.1f}s {s['from']} -> {s['to']}: pause {ms(s.get('pause_s'))}{target}, drain "
+                     f"{ms(s.get('drain_s'))}, p99 during {ms(s.get('p99_during_s'))}; {s.get('reason') or ''}")
+    if rep["segments"]:
+        lines.append("  throughput: " + ", ".join(
+            f"{g['variant']} {g['throughput']:.1f}/s [{g['from_s']:.1f}-{g['to_s']:.1f}s]"
+            for g in rep["segments"] if g["throughput"] is not None))
+    return "\n".join(lines)

@@ -1,0 +1,132 @@
+"""The adaptation controller (edgeplan/adapt/control.py): calibrates, then switches at most once per
+committed condition change, through the real Estimator and heuristic policy over a real Pricer."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgeplan.adapt.control import Controller, adapt_report, flat_status, format_adapt
+from edgeplan.adapt.estimate import Estimator
+from edgeplan.adapt.policy import heuristic
+from edgeplan.runtime.head import PipelineError, RunResult
+
+
+class FakeHead:
+    """A FamilyHead's status() and switch() with worker monitors driven by the test (compute per call)."""
+
+    def __init__(self, variants, layout, predicted=0.01):
+        self.active, self.variants, self.layout, self.predicted = variants[0], variants, layout, predicted
+        self.calls = {v: {} for v in variants}  # variant -> (device, stage) -> (sum, count)
+        self.switched: list = []
+        self.refuse: set = set()
+        self.log = lambda msg: None
+
+    def work(self, seconds_per_call: dict, n: int = 10):
+        """The active variant runs ``n`` calls per stage at ``seconds_per_call[device]``."""
+        for dev, st in self.layout[self.active]:
+            s, c = self.calls[self.active].get((dev, st), (0.0, 0))
+            self.calls[self.active][(dev, st)] = (s + n * seconds_per_call[dev], c + n)
+
+    def status(self):
+        fam = {}
+        for v in self.variants:
+            fam[v] = {}
+            for d, st in self.layout[v]:
+                total, count = self.calls[v].get((d, st), (0.0, 0))
+                fam[v][f"{d}/stage{st}"] = {"device": d, "stage": st, "alive": True,
+                                            "predicted_compute_s": self.predicted,
+                                            "monitor": {"compute_seconds": {"sum": total, "count": count}}}
+        return {"variant": self.active, "family_workers": fam}
+
+    def switch(self, variant, reason=""):
+        if variant in self.refuse:
+            raise PipelineError(f"cannot switch to {variant}: stage 0 has no live replica")
+        self.switched.append((self.active, variant, reason))
+        self.active = variant
+        return {}
+
+
+@pytest.fixture(scope="module")
+def family_parts(tmp_path_factory):
+    """A real Pricer over the layouts lenet5 gets on three hosts (c 4x slower) with a or b slowed 4x."""
+    pytest.importorskip("torch", reason="traces lenet5")
+    from edgeplan.adapt.policy import Pricer
+    from edgeplan.graph.load import build
+    from edgeplan.planner.family import NOMINAL, Condition, make_family
+    from edgeplan.planner.objective import Objective
+    from edgeplan.profiles.load import load_cluster
+    from tests.adapt.test_adapt_compile import CLUSTER
+
+    path = tmp_path_factory.mktemp("ctl") / "c.yaml"
+    path.write_text(CLUSTER)
+    cluster = load_cluster(path)
+    graph = build("lenet5", None).graph
+    obj = Objective(objective="throughput", batch=8, microbatches=4)
+    fam, plans = make_family(graph, cluster, obj, (NOMINAL, Condition(slowdown=(("a", 4.0),)),
+                                                   Condition(slowdown=(("b", 4.0),))), min_gain=0.0)
+    pricer = Pricer.from_family(graph, cluster, plans)
+    layout = {n.removesuffix(".json"): [(r.device, s.index) for s in p.stages for r in s.replicas]
+              for n, p in plans.items()}
+    return cluster, pricer, layout, fam
+
+
+def test_flat_status_keys_every_variants_workers_apart():
+    st = {"family_workers": {"plan-1": {"a/stage0": {"x": 1}}, "plan-0": {"a/stage0": {"x": 2}}}}
+    assert flat_status(st) == {"workers": {"plan-0:a/stage0": {"x": 2}, "plan-1:a/stage0": {"x": 1}}}
+    assert flat_status({"workers": {"a/stage0": {}}}) == {"workers": {"a/stage0": {}}}
+
+
+def test_controller_calibrates_then_switches_once_per_change(family_parts):
+    cluster, pricer, layout, fam = family_parts
+    if len(layout) < 2:
+        pytest.skip("the planner found one layout for every condition here")
+    head = FakeHead(sorted(layout), layout)
+    c = Controller(head, pricer, Estimator(cluster, head="a"), heuristic, calibrate_epochs=3, name="heuristic")
+    speed = {"a": 0.013, "b": 0.013, "c": 0.013}  # 1.3x the prediction: the model's own error, calibrated away
+    for _ in range(8):
+        head.work(speed)
+        c.step()
+    assert head.switched == [] and c.epochs == 8
+    used = {d for d, _ in layout[head.active]}
+    slow = sorted(used)[0]
+    speed[slow] *= 4  # a 4x hog on a board the current layout uses
+    for _ in range(10):
+        head.work(speed)
+        c.step()
+    assert len(head.switched) == 1, head.switched  # one switch for one change, then steady
+    frm, to, reason = head.switched[0]
+    assert slow not in {d for d, _ in layout[to]} or len(layout[to]) > len(layout[frm])
+    assert f"slowdown:{slow}=4" in reason and c.switches[0].to == to and c.switches[0].decide_s < 0.05
+
+
+def test_a_refused_switch_is_logged_once_and_the_current_variant_keeps_serving(family_parts):
+    cluster, pricer, layout, fam = family_parts
+    if len(layout) < 2:
+        pytest.skip("the planner found one layout for every condition here")
+    head = FakeHead(sorted(layout), layout)
+    head.refuse = set(layout) - {head.active}
+    c = Controller(head, pricer, Estimator(cluster, head="a"), heuristic, calibrate_epochs=2)
+    speed = {"a": 0.01, "b": 0.01, "c": 0.01}
+    for _ in range(4):
+        head.work(speed)
+        c.step()
+    speed[next(d for d, _ in layout[head.active])] *= 4
+    for _ in range(8):
+        head.work(speed)
+        c.step()
+    assert head.switched == [] and len(c.errors) == 1 and "refused" in c.errors[0]
+    assert c.switches == []
+
+
+def test_the_adapt_report_compares_each_pause_with_its_target():
+    res = RunResult(3, 4, [[1], [2], None], [0.1, 0.1, None], failures={2: "x"}, variants={"plan-0": 1, "plan-1": 1},
+                    switches=[{"at_s": 1.0, "from": "plan-0", "to": "plan-1", "reason": "r", "pause_s": 0.02,
+                               "drain_s": 0.05, "p99_during_s": 0.1, "old_stage_s": 0.01},
+                              {"at_s": 2.0, "from": "plan-1", "to": "plan-0", "reason": "r", "pause_s": 0.2,
+                               "drain_s": 0.3, "p99_during_s": 0.4, "old_stage_s": 0.1}],
+                    segments=[{"variant": "plan-0", "from_s": 0.0, "to_s": 1.0, "requests": 1, "throughput": 4.0}])
+    rep = adapt_report("heuristic", res)
+    assert (rep["lost"], rep["failed"], rep["switch_count"]) == (0, 1, 2)
+    assert (rep["pauses_within_target"], rep["pauses_measured"], rep["pause_max_s"]) == (1, 2, 0.2)
+    text = format_adapt(rep)
+    assert "pause 20 ms (target <= 60 ms)" in text and "pause 200 ms (target <= 150 ms)" in text
