@@ -1,0 +1,430 @@
+"""Study 4 (issue 16): flexible parallel learning vs federated averaging vs distributed SGD vs split learning.
+
+Three source boards (cam-a, cam-b, cam-c of examples/clusters/fpl-five.yaml, Raspberry Pi 4)
+hold aligned views of the same samples: scikit-learn's digits, each source seeing only
+a band of rows (rows 0-2, 3-5, 5-7 of the 8x8 image: like three cameras on one scene;
+``edgeplan.fpl.views``), with the same labels. A trunk board (``trunk``, Jetson Nano)
+serves as FPL's trunk, split learning's server and the parameter server.
+
+  fpl@LAYER    `edgeplan fpl` branches (one per source, on its board) before LAYER, the junction
+               and the trunk on the trunk board; features out, gradients back each batch
+  split@LAYER  split learning: each client has its own copy of the layers before LAYER, the trunk
+               on the server; clients take turns batch by batch (one branch per client in turn)
+  fedavg       federated averaging: each board trains the whole model on its own view for an
+               epoch, the server averages the parameters (one round per epoch)
+  dsgd         distributed SGD: synchronous data parallel, each board's gradient on its own
+               view every step, averaged through the parameter server
+
+Per epoch: bytes sent (counted from the tensors each method sends: features, gradients,
+parameters, in both directions), compute time per board (measured here: every board's
+work runs in this process, one torch thread, timed per board), energy (modelled: the
+power the profiles add over idle while busy x that busy time, plus the links' energy per byte) and test
+accuracy (FPL: all sources joined, as deployed; the others: the mean over the three
+views, the model each board would run on its own camera). Runs in-process, not in
+`edgeplan emulate`: no shaped links, so transfer time is not part of it.
+
+    python -m benchmarks.studies.fpl [--quick] [--epochs N] [--junctions conv2,fc1,fc]
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.studies import common as c
+
+NAME = "fpl"
+CLUSTER = c.CLUSTERS / "fpl-five.yaml"
+SOURCES = ("cam-a", "cam-b", "cam-c")
+SERVER = "trunk"
+SMALL_CNN = '''"""The study's small CNN for 8x8 digits (conv 16, conv 32, pool, fc 64, fc 10)."""
+from torch import nn
+
+INPUT_SHAPE = (1, 1, 8, 8)
+
+
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(512, 64)
+        self.relu3 = nn.ReLU()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.pool(self.relu2(self.conv2(self.relu1(self.conv1(x)))))
+        return self.fc(self.relu3(self.fc1(self.flatten(x))))
+
+
+def build():
+    return SmallCNN()
+'''
+
+
+@dataclass(frozen=True)
+class Settings:
+    epochs: int = 10
+    batch: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    samples: int | None = None  # training samples per source (None: all 1438)
+    junctions: tuple[str, ...] = ("conv2", "fc1", "fc")
+    seed: int = 0
+
+
+QUICK = {"epochs": 2, "samples": 320, "junctions": ("fc1", "fc")}
+
+
+# --- what every method records ---------------------------------------------------------------------
+
+
+class Ledger:
+    """One epoch's counters: bytes each board sends, seconds each board computes."""
+
+    def __init__(self):
+        self.sent: dict[str, int] = {}
+        self.busy: dict[str, float] = {}
+
+    def send(self, board: str, *tensors) -> None:
+        self.sent[board] = self.sent.get(board, 0) + sum(t.numel() * t.element_size() for t in tensors)
+
+    def timed(self, board: str, fn, *args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self.busy[board] = self.busy.get(board, 0.0) + time.perf_counter() - t0
+        return out
+
+
+def _sgd(params, s: Settings):
+    import torch
+
+    return torch.optim.SGD(list(params), lr=s.lr, momentum=s.momentum)
+
+
+def _batches(n: int, s: Settings, epoch: int) -> list[np.ndarray]:
+    from edgeplan.training import data
+
+    order = data.epoch_order(n, s.seed, epoch)
+    return [order[i * s.batch:(i + 1) * s.batch] for i in range(n // s.batch)]
+
+
+def _accuracy(predict, views, idx=None) -> float:
+    """Mean test accuracy over the views of ``predict(i, x)`` (the model board ``i`` runs on its view)."""
+    import torch
+
+    accs = []
+    with torch.no_grad():
+        for i, v in enumerate(views):
+            out = predict(i, torch.from_numpy(v.x_test))
+            accs.append(float((out.argmax(1) == torch.from_numpy(v.y_test)).float().mean()))
+    return float(np.mean(accs))
+
+
+# --- the methods -----------------------------------------------------------------------------------
+
+
+def run_fpl(model_file: Path, views, s: Settings, work: Path) -> list[dict]:
+    """edgeplan's own trainer across sources (training/sources.py): its counted bytes and per-board busy time."""
+    from edgeplan.fpl import build
+    from edgeplan.training.sources import SourceRun, SourceTrainer
+
+    model = build.load_file(model_file)
+    datasets = dict(zip(SOURCES, views, strict=True))
+    work.mkdir(parents=True, exist_ok=True)
+    folders = {src: str(work) for src in SOURCES}  # the views are in memory: every source's "folder" is there
+    rows = SourceTrainer(model, datasets, folders, SourceRun(epochs=s.epochs, batch=s.batch, lr=s.lr,
+                                                             momentum=s.momentum, seed=s.seed), work).run()
+    out = []
+    for r in rows:
+        busy = {(SERVER if k == "trunk" else k): v for k, v in r["busy_s"].items()}
+        # the trunk sends the features' gradients back: half of each source's counted (out + back) bytes
+        sent = {k: v // 2 for k, v in r["bytes_sent"].items()}
+        sent[SERVER] = sum(v - v // 2 for v in r["bytes_sent"].values())
+        out.append({"epoch": r["epoch"], "test_accuracy": r["test_accuracy"], "sent": sent, "busy": busy,
+                    "junction": r["junction"]})
+    return out
+
+
+def run_split(model_file: Path, views, s: Settings) -> list[dict]:
+    """Each client its own branch, the server the trunk (no junction); clients take turns batch by batch."""
+    import torch
+    import torch.nn.functional as F
+
+    from edgeplan.fpl import build
+
+    model = build.load_file(model_file).train()
+    branches, trunk = list(model.branches), model.trunk
+    opts = [_sgd(b.parameters(), s) for b in branches]
+    t_opt = _sgd(trunk.parameters(), s)
+    n = len(views[0].y_train)
+    rows = []
+    for epoch in range(s.epochs):
+        led = Ledger()
+        for batch in _batches(n, s, epoch):
+            for i, src in enumerate(SOURCES):  # in turn: client i's batch through its branch and the trunk
+                x = torch.from_numpy(views[i].x_train[batch])
+                y = torch.from_numpy(views[i].y_train[batch])
+                feat = led.timed(src, branches[i], x)
+                led.send(src, feat)
+                f_in = feat.detach().requires_grad_(True)
+
+                def server_step(f_in=f_in, y=y):
+                    t_opt.zero_grad(set_to_none=True)
+                    F.cross_entropy(trunk(f_in), y).backward()
+                    t_opt.step()
+
+                led.timed(SERVER, server_step)
+                led.send(SERVER, f_in.grad)
+
+                def client_back(i=i, feat=feat, g=f_in.grad):
+                    opts[i].zero_grad(set_to_none=True)
+                    feat.backward(g)
+                    opts[i].step()
+
+                led.timed(src, client_back)
+        model.eval()
+        acc = _accuracy(lambda i, x: trunk(branches[i](x)), views)
+        model.train()
+        rows.append({"epoch": epoch + 1, "test_accuracy": acc, "sent": led.sent, "busy": led.busy})
+    return rows
+
+
+def _flat(module):
+    """All parameters as one vector: what a parameter exchange sends."""
+    import torch
+
+    return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+
+
+def run_fedavg(base_file: Path, views, s: Settings) -> list[dict]:
+    """Each board trains the whole model on its view for an epoch; the server averages the parameters."""
+    import torch
+    import torch.nn.functional as F
+
+    from edgeplan.graph.load import load_model
+
+    global_model = load_model(f"{base_file}:build").module.train()
+    n = len(views[0].y_train)
+    rows = []
+    for epoch in range(s.epochs):
+        led = Ledger()
+        locals_ = []
+        for i, src in enumerate(SOURCES):
+            local = copy.deepcopy(global_model)
+            led.send(SERVER, _flat(global_model))  # the server sends the global model down
+            opt = _sgd(local.parameters(), s)
+
+            def local_epoch(i=i, local=local, opt=opt, epoch=epoch):
+                for batch in _batches(n, s, epoch):
+                    x, y = torch.from_numpy(views[i].x_train[batch]), torch.from_numpy(views[i].y_train[batch])
+                    opt.zero_grad(set_to_none=True)
+                    F.cross_entropy(local(x), y).backward()
+                    opt.step()
+
+            led.timed(src, local_epoch)
+            led.send(src, _flat(local))  # and gets the local model back
+            locals_.append(local)
+
+        def average(locals_=locals_):
+            with torch.no_grad():
+                for name, p in global_model.named_parameters():
+                    p.copy_(torch.stack([dict(m.named_parameters())[name] for m in locals_]).mean(0))
+
+        led.timed(SERVER, average)
+        global_model.eval()
+        acc = _accuracy(lambda i, x: global_model(x), views)
+        global_model.train()
+        rows.append({"epoch": epoch + 1, "test_accuracy": acc, "sent": led.sent, "busy": led.busy})
+    return rows
+
+
+def run_dsgd(base_file: Path, views, s: Settings) -> list[dict]:
+    """Synchronous data parallel: every step each board's gradient goes to the server, the new weights come back."""
+    import torch
+    import torch.nn.functional as F
+
+    from edgeplan.graph.load import load_model
+
+    model = load_model(f"{base_file}:build").module.train()
+    params = list(model.parameters())
+    opt = _sgd(params, s)
+    n = len(views[0].y_train)
+    rows = []
+    for epoch in range(s.epochs):
+        led = Ledger()
+        for batch in _batches(n, s, epoch):
+            grads = []
+            for i, src in enumerate(SOURCES):
+                x, y = torch.from_numpy(views[i].x_train[batch]), torch.from_numpy(views[i].y_train[batch])
+
+                def grad(x=x, y=y):
+                    model.zero_grad(set_to_none=True)
+                    F.cross_entropy(model(x), y).backward()
+                    return torch.cat([p.grad.reshape(-1) for p in params])
+
+                grads.append(led.timed(src, grad))
+                led.send(src, grads[-1])
+
+            def step(grads=grads):
+                g = torch.stack(grads).mean(0)
+                off = 0
+                for p in params:
+                    p.grad = g[off:off + p.numel()].view_as(p).clone()
+                    off += p.numel()
+                opt.step()
+
+            led.timed(SERVER, step)
+            for _ in SOURCES:
+                led.send(SERVER, _flat(model))
+        model.eval()
+        acc = _accuracy(lambda i, x: model(x), views)
+        model.train()
+        rows.append({"epoch": epoch + 1, "test_accuracy": acc, "sent": led.sent, "busy": led.busy})
+    return rows
+
+
+# --- energy and the study --------------------------------------------------------------------------
+
+
+def _power() -> tuple[dict[str, float], float]:
+    """Power each board's CPU adds while busy (busy - idle W, the cluster's profiles) and link energy (J/byte)."""
+    from edgeplan.profiles.load import load_cluster
+
+    cluster = load_cluster(str(CLUSTER))
+    cpu = {d.name: next(u for u in d.units if u.kind == "cpu") for d in cluster.devices}
+    added = {d.name: cpu[d.name].busy_power_w - d.idle_power_w for d in cluster.devices}
+    return added, cluster.link(SOURCES[0], SERVER).energy_per_byte_j
+
+
+def _energy(row: dict, busy_w: dict[str, float], j_per_byte: float) -> float:
+    return sum(busy_w[b] * t for b, t in row["busy"].items()) + j_per_byte * sum(row["sent"].values())
+
+
+def run(s: Settings, out: Path, echo=c.echo_default) -> dict:
+    import torch
+
+    from edgeplan.fpl import build, views
+
+    torch.set_num_threads(1)  # each board's work timed alone, as on a board's core
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    base = work / "small_cnn.py"
+    base.write_text(SMALL_CNN)
+    data = views.digits_views(len(SOURCES), s.seed)
+    if s.samples:
+        data = [replace(v, x_train=v.x_train[:s.samples], y_train=v.y_train[:s.samples]) for v in data]
+    busy_w, j_per_byte = _power()
+    echo(f"data: {data[0].description.split(',')[0]} in {len(SOURCES)} row bands, {len(data[0].y_train)} "
+         f"training / {len(data[0].y_test)} test samples per source; {s.epochs} epochs, batch {s.batch}")
+    methods: dict[str, list[dict]] = {}
+    for layer in s.junctions:
+        fpl_file = build.write(build.split(f"{base}:build", SOURCES, layer), work / f"fpl_{layer}.py")
+        with c.timed(f"fpl@{layer}", echo):
+            methods[f"fpl@{layer}"] = run_fpl(fpl_file, data, s, work / f"run-{layer}")
+        with c.timed(f"split@{layer}", echo):
+            methods[f"split@{layer}"] = run_split(fpl_file, data, s)
+    with c.timed("fedavg", echo):
+        methods["fedavg"] = run_fedavg(base, data, s)
+    with c.timed("dsgd", echo):
+        methods["dsgd"] = run_dsgd(base, data, s)
+    for rows in methods.values():
+        for r in rows:
+            r["energy_j"] = _energy(r, busy_w, j_per_byte)
+    return {"study": NAME, "settings": {**s.__dict__, "junctions": list(s.junctions)},
+            "data": "scikit-learn digits, aligned row-band views per source (edgeplan.fpl.views)",
+            "labels": {"bytes": "counted (tensors each method sends)",
+                       "busy_s": "measured here, per board, 1 thread",
+                       "energy_j": "modelled: (busy - idle W of the profiles) x busy time + link J/byte x bytes",
+                       "accuracy": "fpl: all sources joined; others: mean over the three views"},
+            "power_w": busy_w, "methods": methods}
+
+
+def summary(rows: list[dict]) -> dict:
+    last = rows[-1]
+    per_epoch = {k: float(np.mean([sum(r[k].values()) for r in rows])) for k in ("sent", "busy")}
+    return {"accuracy": last["test_accuracy"], "best_accuracy": max(r["test_accuracy"] for r in rows),
+            "mb_per_epoch": per_epoch["sent"] / 1e6, "busy_s_per_epoch": per_epoch["busy"],
+            "max_board_busy_s": float(np.mean([max(r["busy"].values()) for r in rows])),
+            "energy_j_per_epoch": float(np.mean([r["energy_j"] for r in rows]))}
+
+
+def report(doc: dict, out: Path) -> tuple[list[str], dict]:
+    sums = {m: summary(rows) for m, rows in doc["methods"].items()}
+    header = ["method", "test acc", "best acc", "MB sent/epoch", "busy s/epoch (all boards)",
+              "slowest board s/epoch", "energy J/epoch"]
+    body = [[m, f"{v['accuracy'] * 100:.1f}%", f"{v['best_accuracy'] * 100:.1f}%", c.fmt(v["mb_per_epoch"]),
+             c.fmt(v["busy_s_per_epoch"]), c.fmt(v["max_board_busy_s"]), c.fmt(v["energy_j_per_epoch"])]
+            for m, v in sums.items()]
+    epochs = len(next(iter(doc["methods"].values())))
+    acc_rows = [[m] + [f"{r['test_accuracy'] * 100:.1f}" for r in rows] for m, rows in doc["methods"].items()]
+    lines = [f"FPL study: {doc['data']}; {doc['settings']['epochs']} epochs",
+             *c.table(header, body, right=range(1, 7)), "", "test accuracy (%) per epoch:",
+             *c.table(["method"] + [str(e + 1) for e in range(epochs)], acc_rows, right=range(1, epochs + 1)),
+             "", "bytes: " + doc["labels"]["bytes"] + "; busy: " + doc["labels"]["busy_s"] + "; energy: "
+             + doc["labels"]["energy_j"] + "; accuracy: " + doc["labels"]["accuracy"]]
+    for m, rows in doc["methods"].items():
+        if "junction" in rows[-1]:
+            lines.append(f"{m} junction weights after the last epoch: "
+                         + ", ".join(f"{k} {w:.2f}" for k, w in rows[-1]["junction"].items()))
+    doc["summary"] = sums
+    fig = _figure(doc)
+    return lines, c.write_outputs(out, NAME, doc, lines, fig)
+
+
+def _figure(doc: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for m, rows in doc["methods"].items():
+        axes[0].plot([r["epoch"] for r in rows], [r["test_accuracy"] * 100 for r in rows], marker="o", label=m)
+    axes[0].set_xlabel("epoch")
+    axes[0].set_ylabel("test accuracy (%)")
+    names = list(doc["summary"])
+    axes[1].bar(names, [doc["summary"][m]["mb_per_epoch"] for m in names])
+    axes[1].set_ylabel("MB sent per epoch (counted)")
+    axes[2].bar(names, [doc["summary"][m]["energy_j_per_epoch"] for m in names])
+    axes[2].set_ylabel("energy per epoch (J, modelled)")
+    for ax in axes[1:]:
+        ax.tick_params(axis="x", rotation=45)
+    axes[0].legend(fontsize=7)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle("FPL vs federated averaging vs distributed SGD vs split learning (3 sources, digits row bands)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = c.parser(__doc__, NAME)
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--samples", type=int, default=None, help="training samples per source")
+    ap.add_argument("--junctions", default=None, help="comma-separated layer names of the small CNN")
+    args = ap.parse_args(argv)
+    s = Settings(**QUICK) if args.quick else Settings()
+    s = replace(s, **{k: v for k, v in (("epochs", args.epochs), ("samples", args.samples)) if v is not None})
+    if args.junctions:
+        s = replace(s, junctions=tuple(args.junctions.split(",")))
+    out = c.out_dir(args, NAME)
+    doc = run(s, out)
+    lines, paths = report(doc, out)
+    print("\n".join(lines))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
