@@ -18,13 +18,21 @@ with switch markers and the trace's events (PNG + SVG in --out). Last line, for 
 issue's target: heuristic >= 1.3x static): ``adapt: heuristic/static throughput X.XXx, rl/static Y.YYx,
 lost L, switches N`` (L: requests lost by heuristic and rl; N: the heuristic's switches).
 
-Run: ``python -m benchmarks.bench_adapt [--quick] [--seed S] [--episodes N] [--out DIR]``.
+``--testbed`` (root) then runs static (``--adapt off``), heuristic and rl on the emulated cluster: the
+default family planned against the cluster as emulated here, compiled, rl-trained, and each trace replayed
+by `edgeplan emulate --trace` around `edgeplan run art/ --adapt P --report r.json`; its table comes from
+those reports (energy: each variant's predicted mJ weighted by the requests it answered), and its summary
+line is then the last one.
+
+Run: ``python -m benchmarks.bench_adapt [--quick] [--seed S] [--episodes N] [--out DIR] [--testbed
+[--traces bw-drop ...]]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -80,12 +88,92 @@ def plot(runs: dict, out: Path) -> list[Path]:
     return paths
 
 
+def _cli(*args, log: Path, timeout_s: float) -> None:
+    """Run one `edgeplan` command (this venv's), appending its output to ``log``; a failure names the command."""
+    import subprocess
+
+    argv = [str(Path(sys.executable).with_name("edgeplan")), *map(str, args)]
+    with open(log, "a") as f:
+        f.write(f"$ {' '.join(argv)}\n")
+        f.flush()
+        p = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, timeout=timeout_s, cwd=ROOT)
+    if p.returncode != 0:
+        raise SystemExit(f"bench_adapt --testbed: `{' '.join(argv[1:])}` exited {p.returncode}; see {log}")
+
+
+def testbed(args, traces: list[Path]) -> None:
+    """The same comparison on the emulated cluster (root): plan the default family against the cluster as
+    emulated here, compile it once, train rl on it, then per trace and policy
+    `edgeplan emulate CLUSTER --trace T -- edgeplan run art/ --adapt P --report r.json`. static is --adapt off
+    (the nominal variant); the oracle needs the true conditions, which only the simulator has."""
+    import math as _m
+
+    from edgeplan import jsonio
+    from edgeplan.planner.family import load_family
+    from edgeplan.profiles.load import load_cluster
+    from edgeplan.testbed.trace import load as load_trace
+
+    work = args.out / "testbed"
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "log.txt"
+    log.write_text("")
+    gf = ["--host-gflops", f"{args.host_gflops:g}"]
+    emu, plans, art = work / "emu.yaml", work / "plans", work / "art"
+    t0 = time.monotonic()
+    _cli("emulate", CLUSTER, "--write-cluster", emu, *gf, log=log, timeout_s=300)
+    _cli("plan", "resnet18", "--cluster", emu, "--objective", "throughput", "--batch", "4", "--head", HEAD,
+         "--variants", "default", "--out", plans, log=log, timeout_s=600)
+    _cli("compile", plans, "--out", art, "--force", log=log, timeout_s=1800)
+    _cli("adapt-train", art, "--seed", args.seed, "--episodes", args.episodes or 300, log=log, timeout_s=900)
+    fam, fplans = load_family(plans)
+    energy = {Path(n).stem: p.predicted.energy_j for n, p in fplans.items()}
+    nominal = fam.variants[0]
+    print(f"testbed: resnet18 default family planned on {emu} ({len(fplans)} plans), compiled and rl-trained in "
+          f"{time.monotonic() - t0:.0f} s; log {log}")
+    print(f"\n{'trace':<12}{'policy':<10}{'samples/s':>10}{'p50 ms':>8}{'p99 ms':>8}{'mJ/inf':>8}{'switches':>9}"
+          f"{'lost':>6}{'dup':>5}{'pause max ms':>13}  switches at (s, run clock)")
+    got: dict[tuple[str, str], dict] = {}
+    for path in traces:
+        trace = load_trace(path, load_cluster(CLUSTER))
+        dur = trace.duration_s or (max(ev.at_s for ev in trace.events) + 20)
+        requests = max(50, _m.ceil(nominal.throughput * dur * 1.2 / 4))  # batch 4 samples per request
+        for pol in ("off", "heuristic", "rl"):
+            rep_path = work / f"{path.stem}-{pol}.json"
+            _cli("emulate", CLUSTER, *gf, "--trace", path, "--", Path(sys.executable).with_name("edgeplan"),
+                 "run", art, "--adapt", pol, "--requests", requests, "--report", rep_path, log=log,
+                 timeout_s=max(600, 4 * dur))
+            rep = jsonio.read(rep_path)
+            ad = rep.get("adapt") or {}
+            answered = ad.get("answered_by_variant") or {}
+            n = sum(answered.values())
+            mj = sum(energy[v] * k for v, k in answered.items()) / n * 1e3 if n else _m.nan
+            pauses = [x["pause_s"] for x in ad.get("switches", []) if x.get("pause_s") is not None]
+            name = "static" if pol == "off" else pol
+            got[(path.stem, name)] = rep
+            print(f"{path.stem:<12}{name:<10}{rep['throughput']:>10.2f}{rep['latency_s']['p50'] * 1e3:>8.0f}"
+                  f"{rep['latency_s']['p99'] * 1e3:>8.0f}{mj:>8.0f}{ad.get('switch_count', 0):>9}"
+                  f"{ad.get('lost', 0):>6}{ad.get('duplicated', 0):>5}"
+                  f"{(max(pauses) * 1e3 if pauses else _m.nan):>13.0f}  "
+                  + (" ".join(f"{x['at_s']:.1f}" for x in ad.get("switches", [])) or "-"), flush=True)
+    target = TARGET if any(k[0] == TARGET for k in got) else next(iter(got))[0]
+    st = got[(target, "static")]["throughput"]
+    lost = sum((got[(target, p)].get("adapt") or {}).get("lost", 0) for p in ("heuristic", "rl"))
+    print(f"testbed, trace {target}:")
+    print(f"adapt: heuristic/static throughput {got[(target, 'heuristic')]['throughput'] / st:.2f}x, "
+          f"rl/static {got[(target, 'rl')]['throughput'] / st:.2f}x, lost {lost}, "
+          f"switches {(got[(target, 'heuristic')].get('adapt') or {}).get('switch_count', 0)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a short rl training (for tests): 20 episodes of 60 s")
     ap.add_argument("--seed", type=int, default=0, help="seed of the rl training and of the measurement noise")
     ap.add_argument("--episodes", type=int, default=None, help="rl training episodes of 120 s (default 300)")
     ap.add_argument("--out", type=Path, default=ROOT / "demo-out" / "bench_adapt", help="folder for the plot")
+    ap.add_argument("--testbed", action="store_true",
+                    help="also run heuristic, rl and static (--adapt off) in `edgeplan emulate --trace` (root)")
+    ap.add_argument("--traces", nargs="*", default=None, help="trace names for --testbed (default: all shipped)")
+    ap.add_argument("--host-gflops", type=float, default=100.0, help="--testbed: `edgeplan emulate --host-gflops`")
     args = ap.parse_args(argv)
 
     from edgeplan.adapt import rl
@@ -136,6 +224,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"adapt: heuristic/static throughput {got['heuristic'].throughput / st:.2f}x, "
           f"rl/static {got['rl'].throughput / st:.2f}x, lost {got['heuristic'].lost + got['rl'].lost}, "
           f"switches {got['heuristic'].switches}")
+    if args.testbed:
+        shipped = sorted(TRACES.glob("*.yaml"))
+        chosen = [p for p in shipped if args.traces is None or p.stem in args.traces]
+        testbed(args, chosen)
 
 
 if __name__ == "__main__":
