@@ -38,12 +38,26 @@ def short_error(err: BaseException) -> str:
 
 
 class Watchdog:
-    """Kills this process if no step completes within the timeout (a backstop behind gloo's own timeouts)."""
+    """Kills this process if no step completes within the timeout (a backstop behind gloo's own timeouts).
+
+    During local work (``local``: building the stage module, loading data) no
+    peer is involved, so the wall clock says nothing about a hung peer and a
+    slow board (a Pi 3B needs minutes to trace a model) must not trip it:
+    there progress is the process's own CPU time, which a board that computes
+    keeps consuming at whatever speed it has. Only a local phase that stops
+    using the CPU for the timeout (stuck I/O, a deadlock) expires. Each tick
+    with progress calls ``on_progress`` (the start-up heartbeat the other
+    ranks watch, see ``startup_barrier``).
+    """
 
     def __init__(self, me: RankInfo, timeout_s: float, on_expire):
         self.me, self.timeout_s, self.on_expire = me, timeout_s, on_expire
         self.last = time.monotonic()
         self.doing = "starting"
+        self.is_local = False
+        self.on_progress = None
+        self._clock = None  # CPU-time clock of the thread doing the local work
+        self._cpu = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="edgeplan-watchdog")
 
@@ -54,17 +68,91 @@ class Watchdog:
     def beat(self, doing: str) -> None:
         self.last = time.monotonic()
         self.doing = doing
+        self.is_local = False
+
+    def local(self, doing: str) -> None:
+        """Local compute from now until the next ``beat``: progress is the calling thread's CPU time.
+
+        That thread's own clock, not the process's: the watchdog thread and
+        gloo's threads use a little CPU of their own even when the work is stuck.
+        """
+        self.beat(doing)
+        self._clock = _thread_cpu_clock()
+        self._cpu = self._clock()
+        self.is_local = True
 
     def stop(self) -> None:
         self._stop.set()
 
+    def tick(self) -> str | None:
+        """One check (the thread calls it every second or so); the expiry message, or None."""
+        if self.is_local:
+            cpu = self._clock()
+            if cpu > self._cpu:
+                self._cpu, self.last = cpu, time.monotonic()
+                if self.on_progress is not None:
+                    self.on_progress(self.doing, cpu)
+        idle = time.monotonic() - self.last
+        if idle > self.timeout_s:
+            if self.is_local:
+                return (f"{self.me.label}: used no CPU for {idle:.0f} s while {self.doing}; stopping "
+                        "(the board is stuck, e.g. on a file system or out of memory)")
+            return (f"{self.me.label}: no progress for {idle:.0f} s while {self.doing}; "
+                    "stopping (a peer board is hung or unreachable)")
+        return None
+
     def _run(self) -> None:
         while not self._stop.wait(min(1.0, self.timeout_s / 4)):
-            idle = time.monotonic() - self.last
-            if idle > self.timeout_s:
-                self.on_expire(f"{self.me.label}: no progress for {idle:.0f} s while {self.doing}; "
-                               "stopping (a peer board is hung or unreachable)")
+            message = self.tick()
+            if message:
+                self.on_expire(message)
                 return
+
+
+def _thread_cpu_clock():
+    """A function returning the CPU seconds the calling thread has used (readable from any thread)."""
+    try:
+        clock = time.pthread_getcpuclockid(threading.get_ident())
+        return lambda: time.clock_gettime(clock)
+    except (AttributeError, OSError):  # not Linux/POSIX: the process's CPU time is the best there is
+        return time.process_time
+
+
+def startup_barrier(store, me: RankInfo, ranks: tuple[RankInfo, ...], timeout_s: float,
+                    watchdog: Watchdog | None, poll_s: float = 0.2) -> None:
+    """Wait until every rank has finished its start-up, however slow its board, failing only on a stuck one.
+
+    Each rank publishes a heartbeat in the TCP store while it builds (its
+    watchdog's ``on_progress``: CPU time it spent) and a ready mark when done.
+    A waiting rank fails only when a rank that is not ready has not advanced its
+    heartbeat for ``timeout_s`` (or never appeared within it), naming that board
+    and what it was doing, so a Pi that needs ten minutes to build its stage
+    module is waited for and a dead one is reported within the timeout.
+    """
+    store.set(f"startup/ready/{me.rank}", "1")
+    others = [r for r in ranks if r.rank != me.rank]
+    seen: dict[int, tuple[bytes | None, float]] = {r.rank: (None, time.monotonic()) for r in others}
+    while True:
+        waiting = [r for r in others if not store.check([f"startup/ready/{r.rank}"])]
+        if not waiting:
+            return
+        now = time.monotonic()
+        for r in waiting:
+            key = f"startup/beat/{r.rank}"
+            beat = store.get(key) if store.check([key]) else None
+            last_beat, since = seen[r.rank]
+            if beat != last_beat:
+                seen[r.rank] = (beat, now)
+            elif now - since > timeout_s:
+                doing = beat.decode().split("|", 1)[1] if beat else "not started (no heartbeat)"
+                raise RuntimeFault(f"{me.label}: {r.label} made no start-up progress for {now - since:.0f} s "
+                                   f"(last: {doing}); is the board up and not out of memory?")
+        if watchdog is not None:
+            slow = waiting[0]
+            beat = seen[slow.rank][0]
+            watchdog.beat(f"waiting for {slow.label} to finish start-up"
+                          + (f" ({beat.decode().split('|', 1)[1]})" if beat else ""))
+        time.sleep(poll_s)
 
 
 class Comm:

@@ -33,6 +33,7 @@ import datetime
 import math
 import os
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -46,7 +47,7 @@ from edgeplan import jsonio
 from edgeplan.errors import EdgeplanError, RuntimeFault
 from edgeplan.planner.plan import Plan
 from edgeplan.training import checkpoint, data, faults, metrics, routing
-from edgeplan.training.comm import Comm, Watchdog, short_error
+from edgeplan.training.comm import Comm, Watchdog, short_error, startup_barrier
 from edgeplan.training.config import Job
 from edgeplan.training.routing import RankInfo
 
@@ -86,35 +87,38 @@ class Engine:
         path.write_text(message + "\n")
 
     def setup(self) -> None:
+        """Join the store, do the local start-up work, wait for every rank's, then form the process group.
+
+        Building the stage module and loading the data are local and can take
+        minutes on a slow board, so they happen before any collective: the
+        watchdog counts CPU time there, and ``startup_barrier`` makes the
+        other ranks wait for as long as this one keeps progressing.
+        """
         self.watchdog = Watchdog(self.me, self.cfg.timeout_s + 10.0, self._expire).start()
         timeout = datetime.timedelta(seconds=self.cfg.timeout_s)
         _pick_gloo_interface(dict(self.job.addresses).get(self.me.device), self.job.local)
         self.watchdog.beat(f"joining the run at {self.job.master_addr}:{self.job.master_port}")
         try:
             store = dist.TCPStore(self.job.master_addr, self.job.master_port, len(self.ranks),
-                                  is_master=self.me.rank == 0, timeout=timeout)
-            dist.init_process_group("gloo", store=store, rank=self.me.rank, world_size=len(self.ranks),
-                                    timeout=timeout)
-            # every rank creates every stage group, in the same order (torch.distributed requires it)
-            self.groups = [dist.new_group([r.rank for r in routing.stage_ranks(self.ranks, s)], timeout=timeout)
-                           for s in range(self.S)]
+                                  is_master=self.me.rank == 0, timeout=timeout, wait_for_workers=False)
         except (RuntimeError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise RuntimeFault(f"{self.me.label}: could not join the training run at {self.job.master_addr}:"
-                               f"{self.job.master_port} within {self.cfg.timeout_s:.0f} s: {first}") from e
-        self.group = self.groups[self.me.stage]
-        self.comm = Comm(self.me, self.ranks, self.cfg.timeout_s, self.watchdog)
+            raise self._join_fault(e) from e
+        lock = threading.Lock()
 
-        self.watchdog.beat("building the stage module")
+        def publish(doing: str, cpu: float) -> None:
+            with lock:
+                try:
+                    store.set(f"startup/beat/{self.me.rank}", f"{cpu:.2f}|{doing}")
+                except RuntimeError:  # the master went away: the barrier or the join reports it
+                    pass
+
+        self.watchdog.on_progress = publish
+        self.watchdog.local("building the stage module")
         from edgeplan.training import stages
 
+        faults.slow_start(self.me.rank)
         built = stages.build(self.job.model, self.job.input_shape, self.plan, self.job.provider)
         self.module = built.stages[self.me.stage].to(self.device).train()
-        if self.cfg.sync_bn and len(self.group_members) > 1:
-            synced = stages.sync_batchnorm(self.module, self.group, self.me.label)
-            if synced and self.me.replica == 0:
-                print(f"stage {self.me.stage}: {synced} BatchNorm layer(s) share batch statistics across "
-                      f"{len(self.group_members)} replicas (--sync-bn)", flush=True)
         self.n_inputs = built.n_inputs[self.me.stage]
         self.keys = stages.key_map(self.module, built.full)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
@@ -123,16 +127,40 @@ class Engine:
         if self.me.stage == 0 and self.n_inputs != 1:
             raise EdgeplanError(f"{self.me.label}: the model takes {self.n_inputs} inputs; training feeds one "
                                 "(images) — wrap the model so forward(x) builds the others")
-        self._agree_on_initial_weights()
-
-        self.watchdog.beat("loading the data set")
+        self.watchdog.local("loading the data set")
         if self.job.data_cache:
             self.dataset = data.load_cached(self.job.data_cache)
         else:
             self.dataset = data.load(self.cfg.dataset, built.input_shape, self.cfg.seed, self.cfg.samples)
             if self.me.rank == 0:
                 print(f"data: {self.dataset.description}", flush=True)
+        with lock:
+            self.watchdog.on_progress = None
+        self.watchdog.beat("waiting for the other boards to finish start-up")
+        try:
+            startup_barrier(store, self.me, self.ranks, self.cfg.timeout_s, self.watchdog)
+            self.watchdog.beat(f"joining the process group at {self.job.master_addr}:{self.job.master_port}")
+            dist.init_process_group("gloo", store=store, rank=self.me.rank, world_size=len(self.ranks),
+                                    timeout=timeout)
+            # every rank creates every stage group, in the same order (torch.distributed requires it)
+            self.groups = [dist.new_group([r.rank for r in routing.stage_ranks(self.ranks, s)], timeout=timeout)
+                           for s in range(self.S)]
+        except (RuntimeError, ValueError) as e:
+            raise self._join_fault(e) from e
+        self.group = self.groups[self.me.stage]
+        self.comm = Comm(self.me, self.ranks, self.cfg.timeout_s, self.watchdog)
+        if self.cfg.sync_bn and len(self.group_members) > 1:
+            synced = stages.sync_batchnorm(self.module, self.group, self.me.label)
+            if synced and self.me.replica == 0:
+                print(f"stage {self.me.stage}: {synced} BatchNorm layer(s) share batch statistics across "
+                      f"{len(self.group_members)} replicas (--sync-bn)", flush=True)
+        self._agree_on_initial_weights()
         self.start_epoch = self._resume() if self.cfg.resume else 0
+
+    def _join_fault(self, e: BaseException) -> RuntimeFault:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return RuntimeFault(f"{self.me.label}: could not join the training run at {self.job.master_addr}:"
+                            f"{self.job.master_port} within {self.cfg.timeout_s:.0f} s: {first}")
 
     def _agree_on_initial_weights(self) -> None:
         """Replica 0's weights everywhere in the group (one broadcast), whatever each board's RNG did."""
