@@ -155,6 +155,7 @@ class Engine:
                 print(f"stage {self.me.stage}: {synced} BatchNorm layer(s) share batch statistics across "
                       f"{len(self.group_members)} replicas (--sync-bn)", flush=True)
         self._agree_on_initial_weights()
+        self.probe = metrics.ResourceProbe(self.me.device, self.me.stage, self.me.unit)
         self.start_epoch = self._resume() if self.cfg.resume else 0
 
     def _join_fault(self, e: BaseException) -> RuntimeFault:
@@ -394,6 +395,7 @@ class Engine:
         for epoch in range(self.start_epoch, self.cfg.epochs):
             order = data.epoch_order(n, self.cfg.seed, epoch)
             ep = metrics.EpochCounters()
+            self.probe.start()
             t_epoch = time.perf_counter()
             for it in range(iters):
                 if fault and fault.at(self.me.rank, epoch, it):
@@ -403,6 +405,7 @@ class Engine:
                 self._iteration(order, it, ep)
                 ep.iter_times.append(time.perf_counter() - t0)
             train_s = time.perf_counter() - t_epoch
+            ep.resources = self.probe.stop()
             self._average(params_only=False)  # local-sgd weights; BatchNorm running statistics
             test = self._evaluate() if self.cfg.evaluate else (0.0, 0, 0)
             optimizer_state = self.optimizer.state_dict()

@@ -7,9 +7,12 @@ measured beside the plan's prediction.
 
 from __future__ import annotations
 
+import resource
 from dataclasses import dataclass, field
 
 import numpy as np
+
+RESOURCE_COLUMNS = 4  # cpu seconds, peak resident bytes, network bytes received, sent (ResourceProbe.stop)
 
 
 @dataclass
@@ -21,12 +24,54 @@ class EpochCounters:
     count: int = 0
     busy_s: float = 0.0
     iter_times: list[float] = field(default_factory=list)
+    resources: list[float] = field(default_factory=lambda: [0.0] * RESOURCE_COLUMNS)  # ResourceProbe.stop()
 
     def row(self, test: tuple[float, int, int], train_s: float) -> list[float]:
         """The vector every rank contributes to the all-gather (columns as ``epoch_row`` reads them)."""
         steady = self.iter_times[1:] if len(self.iter_times) > 1 else self.iter_times
         return [self.loss_sum, self.correct, self.count, test[0], test[1], test[2], self.busy_s,
-                float(np.mean(steady)), train_s]
+                float(np.mean(steady)), train_s, *self.resources]
+
+
+def net_bytes(path: str = "/proc/net/dev") -> tuple[int, int]:
+    """(received, sent) bytes of every interface but loopback: in an emulated board's network
+    namespace, exactly that board's traffic."""
+    rx = tx = 0
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()[2:]
+    except OSError:
+        return 0, 0
+    for line in lines:
+        name, _, rest = line.partition(":")
+        fields = rest.split()
+        if name.strip() == "lo" or len(fields) < 9:
+            continue
+        rx, tx = rx + int(fields[0]), tx + int(fields[8])
+    return rx, tx
+
+
+class ResourceProbe:
+    """What a training rank used over an epoch: CPU seconds and resident memory (the serving
+    monitor's readings, runtime/monitor.py), and its board's network bytes (/proc/net/dev)."""
+
+    def __init__(self, device: str, stage: int, unit: str):
+        from edgeplan.runtime.monitor import Monitor
+
+        self.monitor = Monitor(device, stage, unit)
+        self._cpu0, self._net0 = 0.0, (0, 0)
+
+    def start(self) -> None:
+        self._cpu0 = self.monitor.snapshot()["process_cpu_seconds_total"]
+        self._net0 = net_bytes()
+
+    def stop(self) -> list[float]:
+        snap = self.monitor.snapshot()
+        rx, tx = net_bytes()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+        return [snap["process_cpu_seconds_total"] - self._cpu0,
+                float(max(peak, snap["process_resident_memory_bytes"])),
+                float(rx - self._net0[0]), float(tx - self._net0[1])]
 
 
 def epoch_row(t: np.ndarray, epoch: int, iters: int, batch: int, evaluate: bool, job, ranks, predicted) -> dict:
@@ -49,7 +94,26 @@ def epoch_row(t: np.ndarray, epoch: int, iters: int, batch: int, evaluate: bool,
         "dilation": d,
         "predicted_iter_s": predicted.iter_s,
         "energy_j": energy(t[:, 6], epoch_s, iters, batch, job, ranks, predicted),
+        "boards": boards(t, epoch_s, job, ranks),
     }
+
+
+def boards(t: np.ndarray, epoch_s: float, job, ranks) -> dict:
+    """Per board over the epoch's training: CPU seconds and utilisation (in cores of the machine the
+    ranks ran on), peak resident memory of its ranks, and network bytes (the board's interfaces;
+    measured only where each board has its own, i.e. on real boards or in the emulated testbed)."""
+    if t.shape[1] < 9 + RESOURCE_COLUMNS:
+        return {}
+    out = {}
+    for dev in sorted({r.device for r in ranks}):
+        rows = t[[r.rank for r in ranks if r.device == dev]]
+        cpu = float(rows[:, 9].sum())
+        out[dev] = {"cpu_s": cpu, "cpu_cores": cpu / epoch_s if epoch_s > 0 else 0.0,
+                    "peak_rss_bytes": int(rows[:, 10].sum()),
+                    # ranks of one board read the same interface counters: take one, not their sum
+                    "net_rx_bytes": None if job.local else int(rows[:, 11].max()),
+                    "net_tx_bytes": None if job.local else int(rows[:, 12].max())}
+    return out
 
 
 def energy(busy: np.ndarray, epoch_s: float, iters: int, batch: int, job, ranks, predicted) -> dict:

@@ -151,7 +151,29 @@ def test_train_dataset_dir_on_the_command_line(tmp_path):
     assert launch.load(art) and (art / "run" / "metrics.json").exists()
     from edgeplan import jsonio
 
-    assert jsonio.read(art / "run" / "metrics.json")["epochs"][0]["iterations"] == 3
+    row = jsonio.read(art / "run" / "metrics.json")["epochs"][0]
+    assert row["iterations"] == 3
+    # what each board used (the study of issue 15 reports it): CPU, memory; network only where boards
+    # have their own interfaces (not in a local run)
+    for dev in ("board0a", "board0b"):
+        b = row["boards"][dev]
+        assert b["cpu_s"] > 0 and 0 < b["cpu_cores"] < 4 and b["peak_rss_bytes"] > 50e6, b
+        assert b["net_rx_bytes"] is None and b["net_tx_bytes"] is None
     r = CliRunner().invoke(app, ["train", str(art), "--local", "--dataset-dir", str(tmp_path / "cifar"),
                                  "--dataset", "digits"])
     assert r.exit_code != 0 and "not both" in r.output
+
+
+def test_net_bytes_counts_every_interface_but_loopback(tmp_path):
+    from edgeplan.training.metrics import net_bytes
+
+    dev = tmp_path / "dev"
+    dev.write_text(
+        "Inter-|   Receive                                                |  Transmit\n"
+        " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls "
+        "carrier compressed\n"
+        "    lo: 1000      10    0    0    0     0          0         0     1000      10    0    0    0     0 0 0\n"
+        "  eth0: 5000      40    0    0    0     0          0         0     7000      50    0    0    0     0 0 0\n"
+        "veth-x:  300       3    0    0    0     0          0         0      200       2    0    0    0     0 0 0\n")
+    assert net_bytes(str(dev)) == (5300, 7200)
+    assert net_bytes(str(tmp_path / "absent")) == (0, 0)
