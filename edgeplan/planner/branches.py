@@ -69,6 +69,7 @@ from edgeplan.profiles.cost import CostTable
 
 MB = float(1 << 20)
 MAX_LAYOUTS = 500000  # trunk layouts (before pruning) the search may face; fewer trunk cuts are tried above it
+MAX_SPLITS = 64  # a replica group's sample splits searched one by one up to this many, else the min-max split
 MAX_VISITS = 200000  # partial layouts the pruned walk may visit before it stops (the plan's notes then say so)
 MAX_TRUNK_DEVICES = 8  # boards the trunk may use (the fastest ones, pinned boards always) beyond this
 
@@ -225,16 +226,30 @@ def _branch_time(pf: Prefix, b: Branch, u: int, m: int) -> tuple[float, float]:
 
 
 class _Links:
-    """costmodel's transfer and allreduce, remembered (the search asks for the same pairs thousands of times)."""
+    """costmodel's transfers and all-reduce, remembered (the search asks for the same pairs thousands of times).
+
+    A transfer goes between replica ends, (device, samples) in replica order, priced the way
+    costmodel prices its own stages: per sender -> receiver pair when costmodel has
+    ``pair_transfer``, else the whole micro-batch over the group's slowest link.
+    """
 
     def __init__(self, costs: CostTable):
         self.costs = costs
         self.memo: dict[tuple, tuple[float, float]] = {}
+        from edgeplan.planner import costmodel
 
-    def transfer(self, src: tuple[int, ...], dst: tuple[int, ...], nbytes: float) -> tuple[float, float]:
-        key = ("t", src, dst, nbytes)
+        self.pairwise = getattr(costmodel, "pair_transfer", None)
+
+    def transfer(self, src: tuple[tuple[int, int], ...], dst: tuple[tuple[int, int], ...],
+                 bytes_per_sample: float) -> tuple[float, float]:
+        key = ("t", src, dst, bytes_per_sample)
         if key not in self.memo:
-            self.memo[key] = transfer(self.costs, src, dst, nbytes)
+            if self.pairwise is not None:
+                self.memo[key] = self.pairwise(self.costs, src, dst, bytes_per_sample)
+            else:
+                m = sum(k for _, k in src)
+                self.memo[key] = transfer(self.costs, tuple(d for d, _ in src), tuple(d for d, _ in dst),
+                                          m * bytes_per_sample)
         return self.memo[key]
 
     def allreduce(self, group: tuple[int, ...], nbytes: float) -> tuple[float, float]:
@@ -259,7 +274,8 @@ def evaluate(costs: CostTable, problem: Problem, layout: Layout, objective: Obje
     busy = np.asarray(costs.busy_power_w, dtype=np.float64)
     idle = np.asarray(costs.idle_power_w, dtype=np.float64)
     groups = [tuple(costs.units[u][0] for u, _ in st.replicas) for st in stages]
-    g0 = groups[0] if groups else (head,)
+    ends = [tuple((costs.units[u][0], k) for u, k in st.replicas) for st in stages]  # (device, samples)
+    e0 = ends[0] if ends else ((head, m),)
     violations: list[str] = []
     unsupported: list[str] = []
     mem: dict[int, float] = {}
@@ -282,8 +298,8 @@ def evaluate(costs: CostTable, problem: Problem, layout: Layout, objective: Obje
                 stash_of(objective, S, 0) * (pf.A[b.stop] - pf.A[b.start]) + ws)
         else:
             t = fwd = need = 0.0
-        in_t, in_e = links.transfer((b.source,), (d,), m * b.in_bytes)
-        send_t, send_e = links.transfer((d,), g0, m * b.out_bytes)
+        in_t, in_e = links.transfer(((b.source, m),), ((d, m),), b.in_bytes)
+        send_t, send_e = links.transfer(((d, m),), e0, b.out_bytes)
         link = 2 * send_t if train else send_t
         p_res += [in_t, link]
         q_res += [(M - 1) * in_t, (M - 1) * link]
@@ -298,7 +314,7 @@ def evaluate(costs: CostTable, problem: Problem, layout: Layout, objective: Obje
     chain = 0.0
     in_t = 0.0
     if not has_b:
-        in_t, in_e = links.transfer((problem.source,), g0, m * pf.cut[problem.join])
+        in_t, in_e = links.transfer(((problem.source, m),), e0, pf.cut[problem.join])
         p_res.append(in_t)
         q_res.append((M - 1) * in_t)
         chain += in_t
@@ -335,9 +351,9 @@ def evaluate(costs: CostTable, problem: Problem, layout: Layout, objective: Obje
         slowest = max(reps, key=lambda r: r.time_s)
         tau = slowest.time_s
         if s + 1 < len(stages):
-            send_t, send_e = links.transfer(groups[s], groups[s + 1], m * pf.cut[j])
+            send_t, send_e = links.transfer(ends[s], ends[s + 1], pf.cut[j])
         elif not train:
-            send_t, send_e = links.transfer(groups[s], (head,), m * pf.cut[j])
+            send_t, send_e = links.transfer(ends[s], ((head, m),), pf.cut[j])
         else:
             send_t, send_e = 0.0, 0.0
         ar_t, ar_e = links.allreduce(groups[s], pf.P[j] - pf.P[i]) if train else (0.0, 0.0)
@@ -483,7 +499,8 @@ def solve(costs: CostTable, problem: Problem, objective: Objective, *,
     stash_base = 1 if problem.branches else 0
     n_stages_max = len(devices)
     links = _Links(costs)
-    shares: dict[tuple, tuple[int, ...]] = {}
+    shares: dict[tuple, list] = {}
+    approx = [False]  # some group's split was costmodel.allocate's, not searched
     lows: dict[tuple, float | None] = {}
     # stash of a trunk stage is at least this whatever the final number of stages (for lower bounds)
     stash_lb = 0 if not objective.training else (objective.microbatches if objective.schedule == "gpipe" else 1)
@@ -494,9 +511,9 @@ def solve(costs: CostTable, problem: Problem, objective: Objective, *,
         """A lower bound on the stage's time (None: it cannot fit its boards' memory with any stash)."""
         key = (i, j, g)
         if key not in lows:
-            ks = allocate(pf, i, j, g, m, stash_lb) if len(g) > 1 else (m,)
-            fits = all(k >= 1 and pf.memory(i, j, k, stash_lb) <= costs.ram_bytes[costs.units[u][0]]
-                       for u, k in zip(g, ks, strict=True))
+            caps = [min(pf.capacity(u, i, j, stash_lb), m) for u in g]
+            fits = min(caps) >= 1 and sum(caps) >= m  # some split holds every replica's samples
+            ks = allocate(pf, i, j, g, m, stash_lb) if len(g) > 1 else (m,)  # min-max within those caps
             lows[key] = max(pf.time(u, i, j, k) for u, k in zip(g, ks, strict=True)) if fits else None
         return lows[key]
 
@@ -508,36 +525,67 @@ def solve(costs: CostTable, problem: Problem, objective: Objective, *,
             return max(top, crit0)
         return crit0 + total + (M - 1) * max(top, crit0)
 
-    def leaf(bu: tuple[int, ...], trunk: list[tuple[int, int, tuple[int, ...]]]) -> None:
+    def splits(i: int, j: int, g: tuple[int, ...], stash: int) -> list[tuple[int, ...]]:
+        """Sample splits of a group worth pricing: all of them while few (transfers depend on the split), else
+        costmodel.allocate's min-max split."""
+        key = (i, j, g, stash)
+        if key not in shares:
+            if len(g) == 1:
+                shares[key] = [(m,)]
+            elif math.comb(m - 1, len(g) - 1) <= MAX_SPLITS:
+                shares[key] = [tuple(b - a for a, b in zip((0, *c), (*c, m), strict=True))
+                               for c in itertools.combinations(range(1, m), len(g) - 1)]
+            else:
+                ks = allocate(pf, i, j, g, m, stash)
+                shares[key] = [ks] if all(k >= 1 for k in ks) else []
+                approx[0] = True
+        return shares[key]
+
+    def priced(i: int, j: int, g: tuple[int, ...], stash: int) -> list[tuple[float, tuple[int, ...]]]:
+        """(stage compute time, split) of the splits whose replicas fit their boards alone, fastest first."""
+        key = ("p", i, j, g, stash)
+        if key not in shares:
+            out = []
+            for ks in splits(i, j, g, stash):
+                if all(pf.memory(i, j, k, stash) <= costs.ram_bytes[costs.units[u][0]]
+                       for u, k in zip(g, ks, strict=True)):
+                    out.append((max(pf.time(u, i, j, k) for u, k in zip(g, ks, strict=True)), ks))
+            shares[key] = sorted(out)
+        return shares[key]
+
+    def leaf(bu: tuple[int, ...], crit0: float, trunk: list[tuple[int, int, tuple[int, ...]]]) -> None:
         S = len(trunk) + stash_base
-        specs = []
-        for s, (i, j, g) in enumerate(trunk):
-            key = (i, j, g, stash_of(objective, S, s + stash_base))
-            if key not in shares:
-                shares[key] = allocate(pf, i, j, g, m, key[3]) if len(g) > 1 else (m,)
-            ks = shares[key]
-            if any(k < 1 for k in ks):
-                return
-            specs.append(StageSpec(i, j, tuple(zip(g, ks, strict=True))))
-        lay = Layout(branch_units=bu, stages=tuple(specs))
-        ev = evaluate(costs, problem, lay, objective, prefix=pf, links=links)
-        if ev.ok and (best[0] is None or ev.score(objective) < best[0][1].score(objective)):
-            best[0] = (lay, ev)
+        options = [priced(i, j, g, stash_of(objective, S, s + stash_base)) for s, (i, j, g) in enumerate(trunk)]
+        for combo in itertools.product(*options):
+            taus = [t for t, _ in combo]
+            if best[0] is not None and bound(crit0, sum(taus), max(taus)) > best[0][1].value(objective):
+                continue
+            specs = tuple(StageSpec(i, j, tuple(zip(g, ks, strict=True)))
+                          for (i, j, g), (_, ks) in zip(trunk, combo, strict=True))
+            lay = Layout(branch_units=bu, stages=specs)
+            ev = evaluate(costs, problem, lay, objective, prefix=pf, links=links)
+            if ev.ok and (best[0] is None or ev.score(objective) < best[0][1].score(objective)):
+                best[0] = (lay, ev)
 
     visits = [0]
+    need: dict[tuple[int, int], set[int]] = {}  # boards a stage must run on alone (pins, raw data)
 
     def walk(bu, crit0, pos, used, acc, total, top) -> None:
         visits[0] += 1
         if visits[0] > MAX_VISITS:
             return
         if pos == n:
-            leaf(bu, acc)
+            leaf(bu, crit0, acc)
             return
         if len(acc) >= n_stages_max:
             return
         for stop in reversed(after[pos]):  # the longest stage first: simple layouts give early bounds
+            want = need.get((pos, stop))
+            if want is None:
+                want = need[(pos, stop)] = ({d for x, d in problem.layer_pins if pos <= x < stop}
+                                            | {d for k, d, _ in problem.raw_cuts if k == pos})
             for g, mask in zip(groups, masks, strict=True):
-                if mask & used:
+                if mask & used or (want and (len(want) > 1 or mask != 1 << next(iter(want)) or len(g) != 1)):
                     continue
                 t = low(pos, stop, g)
                 if t is None:
@@ -555,6 +603,10 @@ def solve(costs: CostTable, problem: Problem, objective: Objective, *,
         crit0 = max(work.values(), default=0.0)  # the busiest branch board: on the critical path, and a resource
         walk(tuple(bu), crit0, problem.join, 0, [], 0.0, 0.0)
     best = best[0]
+    if approx[0]:
+        exact = False
+        notes.append(f"pinned search: groups with more than {MAX_SPLITS} ways to split a micro-batch use the "
+                     f"min-max split")
     if visits[0] > MAX_VISITS:
         exact = False
         notes.append(f"pinned search stopped after {MAX_VISITS} partial layouts: the best plan found, not proven "
@@ -598,7 +650,7 @@ def plan_pinned(graph: LayerGraph, costs: CostTable, objective: Objective, pin_t
     layout, ev, notes, exact = solve(costs, problem, objective, max_layouts=max_layouts)
     if layout is None:
         free = replace(objective, latency_budget_s=None, energy_budget_j=None)
-        relaxed = solve(costs, problem, free, max_layouts=max_layouts)[0] is not None
+        relaxed = free != objective and solve(costs, problem, free, max_layouts=max_layouts)[0] is not None
         if relaxed:
             raise PlanError("no plan obeying the pins meets the budgets; raise --latency-budget/--energy-budget "
                             "or drop a --pin")

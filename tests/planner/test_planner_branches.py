@@ -33,9 +33,25 @@ def _link(costs, src, dst):
             max(costs.energy_per_byte_j[a, b] for a, b in pairs))
 
 
-def _send(costs, src, dst, nbytes):
-    link = _link(costs, src, dst)
-    return (0.0, 0.0) if link is None else (nbytes / link[0] + link[1], nbytes * link[2])
+def _send(costs, src, dst, per_sample):
+    """Move a micro-batch between replica ends ((device, samples) in replica order), like costmodel does."""
+    if not hasattr(costmodel, "pair_transfer"):  # the whole micro-batch over the slowest pair link
+        link = _link(costs, [d for d, _ in src], [d for d, _ in dst])
+        nbytes = sum(k for _, k in src) * per_sample
+        return (0.0, 0.0) if link is None else (nbytes / link[0] + link[1], nbytes * link[2])
+    # per sample: its sender's and receiver's NICs each spend bytes / bw on it (replicas own ranges in order)
+    owner_a = [d for d, k in src for _ in range(k)]
+    owner_b = [d for d, k in dst for _ in range(k)]
+    busy, lat, energy = {}, 0.0, 0.0
+    for x, y in zip(owner_a, owner_b, strict=True):
+        if x == y:
+            continue
+        t = per_sample / costs.bandwidth[x, y]
+        busy[("out", x)] = busy.get(("out", x), 0.0) + t
+        busy[("in", y)] = busy.get(("in", y), 0.0) + t
+        lat = max(lat, costs.latency_s[x, y])
+        energy += per_sample * costs.energy_per_byte_j[x, y]
+    return (max(busy.values()) + lat, energy) if busy else (0.0, 0.0)
 
 
 def _allreduce(costs, group, nbytes):
@@ -73,6 +89,7 @@ def brute_price(costs, prob, obj, bunits, stages):
     head = 0
     S = len(stages) + (1 if prob.branches else 0)
     devs = [tuple(costs.units[u][0] for u, _ in reps) for _, _, reps in stages]
+    ends = [tuple((costs.units[u][0], k) for u, k in reps) for _, _, reps in stages]
     dev_work, mem, ar_of = {}, {}, {}
     res, chain, dyn, crit = [], 0.0, 0.0, 0.0
     for b, u in zip(prob.branches, bunits, strict=True):
@@ -82,19 +99,19 @@ def brute_price(costs, prob, obj, bunits, stages):
         t = _layers_time(costs, obj, u, b.start, b.stop, m, b.in_bytes + b.out_bytes) if b.stop > b.start else 0.0
         if b.stop > b.start:
             mem[d] = mem.get(d, 0.0) + _memory(costs, obj, b.start, b.stop, m, _stash(obj, S, 0), b.in_bytes)
-        in_t, in_e = _send(costs, (b.source,), (d,), m * b.in_bytes)
-        s_t, s_e = _send(costs, (d,), devs[0], m * b.out_bytes)
+        in_t, in_e = _send(costs, ((b.source, m),), ((d, m),), b.in_bytes)
+        s_t, s_e = _send(costs, ((d, m),), ends[0], b.out_bytes)
         link = (2 if train else 1) * s_t
         res += [(in_t, (M - 1) * in_t), (link, (M - 1) * link)]
         dyn += in_e + (2 if train else 1) * s_e + max(costs.busy_power_w[u] - costs.idle_power_w[d], 0.0) * t
         dev_work.setdefault(d, []).append(t)
     for b, u in zip(prob.branches, bunits, strict=True):
         d = costs.units[u][0]
-        in_t, _ = _send(costs, (b.source,), (d,), m * b.in_bytes)
-        s_t, _ = _send(costs, (d,), devs[0], m * b.out_bytes)
+        in_t, _ = _send(costs, ((b.source, m),), ((d, m),), b.in_bytes)
+        s_t, _ = _send(costs, ((d, m),), ends[0], b.out_bytes)
         crit = max(crit, in_t + sum(dev_work[d]) + (2 if train else 1) * s_t)
     if not prob.branches:
-        in_t, in_e = _send(costs, (prob.source,), devs[0], m * costs.cut_bytes[prob.join])
+        in_t, in_e = _send(costs, ((prob.source, m),), ends[0], costs.cut_bytes[prob.join])
         res.append((in_t, (M - 1) * in_t))
         chain += in_t
         dyn += in_e
@@ -114,9 +131,9 @@ def brute_price(costs, prob, obj, bunits, stages):
             dyn += max(costs.busy_power_w[u] - costs.idle_power_w[d], 0.0) * t
         last = s + 1 == len(stages)
         if not last:
-            st, se = _send(costs, devs[s], devs[s + 1], m * costs.cut_bytes[j])
+            st, se = _send(costs, ends[s], ends[s + 1], costs.cut_bytes[j])
         elif not train:
-            st, se = _send(costs, devs[s], (head,), m * costs.cut_bytes[j])
+            st, se = _send(costs, ends[s], ((head, m),), costs.cut_bytes[j])
         else:
             st, se = 0.0, 0.0
         art, are = _allreduce(costs, devs[s], sum(costs.param_bytes[i:j])) if train else (0.0, 0.0)
@@ -178,12 +195,12 @@ def brute_best(costs, prob, obj):
 # --- instances --------------------------------------------------------------------------------------------
 
 
-def _instance(seed: int, units: int = 1):
-    """3 branches of 1-2 layers on devices 1..3 (device 1's input from the head), a 3-layer trunk, 4 boards."""
+def _instance(seed: int, units: int = 1, trunk: int = 3):
+    """3 branches of 1-2 layers on boards 1, 2 and 0 (the head), a ``trunk``-layer trunk, 4 boards."""
     rng = np.random.default_rng(seed)
     sizes = [int(rng.integers(1, 3)) for _ in range(3)]
     join = sum(sizes)
-    costs = random_costs(seed, join + 3, 4, units_per_device=units, uniform_links=False, ram_mb=(2, 64))
+    costs = random_costs(seed, join + trunk, 4, units_per_device=units, uniform_links=False, ram_mb=(2, 64))
     bs, pos = [], 0
     for k, size in enumerate(sizes):
         dev = k + 1 if k < 2 else 0  # the third branch's input lives on the head and runs there
@@ -219,7 +236,7 @@ def test_search_matches_exhaustive_search(seed, obj):
 
 
 def test_search_matches_exhaustive_search_with_two_units_pins_and_raw_data():
-    costs, prob = _instance(5, units=2)
+    costs, prob = _instance(5, units=2, trunk=2)
     n = costs.n_layers
     # the last trunk layer pinned to board 2; input x0's raw data (board 1) is read by the first trunk layer
     prob = br.Problem(branches=prob.branches, join=prob.join, source=0, layer_pins=((n - 1, 2),),
