@@ -107,6 +107,40 @@ def split_stages(traced: Any, plan: Plan) -> tuple[StageGraph, ...]:
     return tuple(stages)
 
 
+def split_branches(traced: Any, plan: Plan) -> tuple[StageGraph, ...]:
+    """One StageGraph per replica of the plan's branch stage (stage 0, ``kind == "branches"``), in replica order.
+
+    Replica ``j`` runs its own layers ``[start, stop)`` on its own model input: its module takes
+    that input and returns the tensors of its branch that cross the junction cut (``live_at``
+    of the stage's stop, in that order; the raw input itself when the junction reads it).
+    ``split_stages``' module for the same stage runs all branches at once (one-process checks).
+    () when the plan has no branch stage.
+    """
+    if not plan.stages or plan.stages[0].kind != "branches":
+        return ()
+    gm: torch.fx.GraphModule = traced.gm
+    graph: LayerGraph = traced.graph
+    check_plan_fits(graph, plan)
+    st = plan.stages[0]
+    nodes = {node.name: node for node in gm.graph.nodes}
+    producers = {t.name for t in graph.inputs} | {layer.name for layer in graph.layers}
+    live = graph.live_at(st.stop)
+    batch_dims = _batch_dims(traced, set(live))
+    out = []
+    for j, r in enumerate(st.replicas):
+        if r.start is None or r.stop is None or not r.input or not st.start <= r.start <= r.stop <= st.stop:
+            raise PlanError(f"plan stage 0 replica {j} ({r.device}): a branch replica needs its input and a layer "
+                            f"range inside [{st.start}, {st.stop}); re-run `edgeplan plan` with --pin")
+        layers = [layer.name for layer in graph.layers[r.start:r.stop]]
+        outputs = tuple(name for name in live if name in set(layers) or name == r.input)
+        sub = _stage_graph(nodes, producers, (r.input,), layers, outputs, 0, batch_dims)
+        branch_gm = torch.fx.GraphModule(gm, sub, class_name=f"Branch{j}")
+        branch_gm.eval()
+        moved = tuple((name, batch_dims[name]) for name in dict.fromkeys((r.input, *outputs)) if name in batch_dims)
+        out.append(StageGraph(0, r.start, r.stop, (r.input,), outputs, branch_gm, moved))
+    return tuple(out)
+
+
 def _stage_graph(
     nodes: dict[str, torch.fx.Node],
     producers: set[str],
