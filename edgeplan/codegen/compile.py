@@ -55,9 +55,13 @@ HEAD = "head"
 LOCALHOST = "127.0.0.1"
 INSTALL_DIR = "/opt/edgeplan"  # where the systemd unit expects a board's folder
 RUNTIME_DIR = "edgeplan_runtime"
-BASE_REQUIREMENTS = ("python3 -m pip install 'numpy>=1.26,<3'",)
+# what edgeplan_runtime/ itself needs on every board (README.txt lists it first): numpy (any from 1.16, but not
+# 1.19.5, whose aarch64 wheel crashes on Jetsons; Python 3.6 resolves to 1.19.4) and, on Python 3.6, the
+# dataclasses backport (0.8 is the one for 3.6)
+BASE_REQUIREMENTS = ("python3 -m pip install 'numpy>=1.16,!=1.19.5,<3' 'dataclasses; python_version < \"3.7\"'",)
 BUILD_SCRIPT = "build-tvm-runtime.sh"  # per board whose GPU stages run on TVM (cuda, mali): builds libtvm_runtime
-BOARD_PYTHON = (3, 10)  # oldest Python edgeplan_runtime/ runs on (README.txt; targets warn when a board lacks it)
+BOARD_PYTHON = (3, 6)  # oldest Python the board files run on: JetPack 4.6's (README.txt; targets warn below it)
+RUNTIME_SRC = Path(__file__).resolve().parent.parent / "runtime"  # copied to every board as RUNTIME_DIR
 SEED = 0
 CALIBRATION_SAMPLES = 8  # seeded random model inputs run through earlier stages for int8 NPU stages
 
@@ -460,8 +464,7 @@ def _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages
         printed.extend(f"stage {st.index} on {r.device} ({r.target}): {note}" for note in compiled.printed)
 
     for device, bstages in board_stages.items():
-        if not any("numpy" in line for line in requirements[device]):  # the runtime itself needs numpy
-            requirements[device][:0] = BASE_REQUIREMENTS
+        requirements[device][:0] = BASE_REQUIREMENTS  # the runtime's own, before the stages' backends
         _write_board(tmp / device, device, plan, plan_sha, n, m, cluster is None, bstages, requirements[device],
                      secret_env=cluster.secret_env if cluster is not None else None,
                      board_notes=board_notes.get(device, []) + [f"WARNING: {w}" for w in board_warnings[device]],
@@ -530,14 +533,40 @@ def _options(cluster: Cluster | None, r, plan: Plan) -> dict[str, str]:
         ) from e
 
 
+@dataclass(frozen=True)
+class BoardPython:
+    """A Python file codegen puts into board folders, so it runs on ``BOARD_PYTHON``: where it lands
+    (relative to the board folder; ``stage*/`` for one per stage) and where its text comes from, a file
+    copied as it is or a template in codegen/templates rendered per stage (``template``)."""
+
+    dest: str
+    source: Path
+    template: bool = False
+
+
+def board_python() -> tuple[BoardPython, ...]:
+    """Every Python file a board folder can hold, from where codegen takes it: the runtime package
+    (``_write_board`` copies exactly these), the profiling kit's runner, and each target's per-stage
+    scripts (a target's ``board_python()``: (destination, template) pairs)."""
+    from edgeplan.codegen import profiling_kit
+    from edgeplan.codegen.render import TEMPLATES
+    from edgeplan.targets.registry import get_target, names
+
+    files = [BoardPython(f"{RUNTIME_DIR}/{p.name}", p) for p in sorted(RUNTIME_SRC.glob("*.py"))]
+    files.append(BoardPython(f"{profiling_kit.KIT_DIR}/{profiling_kit.RUNNER_AS}", profiling_kit.RUNNER))
+    for name in names():
+        for dest, template in getattr(get_target(name), "board_python", tuple)():
+            files.append(BoardPython(dest, TEMPLATES / template, template=True))
+    return tuple(files)
+
+
 def _write_board(board: Path, device, plan, plan_sha, n, m, local, bstages, requirements,
                  secret_env: str | None = None, board_notes: list[str] | None = None,
                  build: dict | None = None) -> None:
-    runtime_src = Path(__file__).resolve().parent.parent / "runtime"
-    dst = board / RUNTIME_DIR
-    dst.mkdir(parents=True)
-    for src in sorted(runtime_src.glob("*.py")):
-        shutil.copyfile(src, dst / src.name)
+    (board / RUNTIME_DIR).mkdir(parents=True)
+    for f in board_python():
+        if f.dest.startswith(f"{RUNTIME_DIR}/"):
+            shutil.copyfile(f.source, board / f.dest)
     context = {
         "device": device, "model": plan.model, "plan_sha256": plan_sha, "n_stages": n, "microbatch": m,
         "stages": bstages, "stage_list": ", ".join(str(s["index"]) for s in bstages),

@@ -12,9 +12,10 @@ encode, send over a local socket pair, receive and decode a frame of the kit's
 smallest size; the per-byte cost (from the largest size) is printed as a comment
 on stderr. Output is JSON (valid YAML): a profile that ``extends`` the board's.
 Throughput above the profile's peak is clamped to it, and stderr says so.
-"""
 
-from __future__ import annotations
+Runs on the board's Python, 3.6 and newer (JetPack 4.6), with numpy 1.16 or newer: annotations
+are strings, the random inputs come from ``np.random.RandomState``.
+"""
 
 import argparse
 import datetime
@@ -31,7 +32,7 @@ import numpy as np
 FAST_Q = 10  # percentile of the call times kept
 
 
-def _call_s(fn, seconds: float, min_calls: int = 20) -> tuple[float, int]:
+def _call_s(fn, seconds: float, min_calls: int = 20) -> "tuple[float, int]":
     for _ in range(3):
         fn()
     times, t_end = [], time.perf_counter() + seconds
@@ -42,7 +43,7 @@ def _call_s(fn, seconds: float, min_calls: int = 20) -> tuple[float, int]:
     return float(np.percentile(times, FAST_Q)), len(times)
 
 
-def _hop_s(wire, nbytes: int, seconds: float) -> tuple[float, int]:
+def _hop_s(wire, nbytes: int, seconds: float) -> "tuple[float, int]":
     """Median seconds to send one frame of ``nbytes`` through the runtime's wire format and receive it."""
     a, b = socket.socketpair()
     x = np.zeros(max(1, nbytes // 4), dtype=np.float32)
@@ -65,7 +66,7 @@ def _hop_s(wire, nbytes: int, seconds: float) -> tuple[float, int]:
         b.close()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: "list[str] | None" = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("kit", help="the kit folder (profiling/)")
     ap.add_argument("--seconds", type=float, default=0.3, help="timing per module")
@@ -79,11 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     threads = int(os.environ["EDGEPLAN_THREADS"]) if os.environ.get("EDGEPLAN_THREADS") else None
     when = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     src = f"profiling kit of {kit['device']} (plan {kit['plan_sha256'][:12]}, {kit['model']})"
-    rng = np.random.default_rng(0)
+    rng = np.random.RandomState(0)  # default_rng is numpy 1.17+
 
     def inputs_of(specs):
         return [rng.standard_normal(shape).astype(dtype) if dtype.startswith("float")
-                else rng.integers(0, 2, shape).astype(dtype) for shape, dtype in specs]
+                else rng.randint(0, 2, shape).astype(dtype) for shape, dtype in specs]
 
     tiny = load_model_file(kit_dir / kit["tiny"], threads)
     x = [np.zeros((1, 1), dtype=np.float32)]

@@ -25,6 +25,7 @@ from typing import Any
 from edgeplan import jsonio
 
 RUNNER = Path(__file__).with_name("kit_runner.py")
+RUNNER_AS = "run_kit.py"  # its name in the kit folder on the board
 KIT_DIR = "profiling"
 TINY = "tiny.onnx"
 WINDOWS = 8  # contiguous windows of the model timed whole, so `edgeplan calibrate --kit` can fit per op class
@@ -177,7 +178,7 @@ def write_kits(root: Path, plan, traced, cluster=None) -> list[str]:
                 "hop_bytes": [64, max(b["input_bytes"], 1 << 16)], "windows": windows,
                 "graph_sha256": plan.graph_sha256,
             })
-            shutil.copyfile(RUNNER, kit / "run_kit.py")
+            shutil.copyfile(RUNNER, kit / RUNNER_AS)
             (root / device / "profile.sh").write_text(
                 "#!/bin/sh\n# Time this board's profiling kit; prints a measured profile overlay (JSON = YAML).\n"
                 "# Usage: sh profile.sh > <board>-measured.yaml   (needs numpy + onnxruntime, as the stages)\n"

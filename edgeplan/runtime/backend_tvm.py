@@ -118,7 +118,7 @@ def load_module_file(path: Path, target: str = "x86", threads: Optional[int] = N
             h = alloc(t.shape, t.dtype, tvm_ffi.Device(1, 0), None)
             tvm_ffi.get_global_func("runtime.TVMTensorCopyFromTo")(t, h)
             t = h
-        return np.from_dlpack(t).copy()
+        return np.from_dlpack(t).copy()  # novermin: numpy 1.22+, as tvm_ffi needs Python 3.9+ anyway
 
     def run(inputs: Sequence[np.ndarray]) -> list:
         out = main(*[to_device(a) for a in inputs])

@@ -61,6 +61,11 @@ JETPACKS: dict[str, JetPack] = {j.version: j for j in (
     JetPack("6.1", "R36.4", "12.6", "10.3.0", "3.10", ("sm_87",)),
     JetPack("6.2", "R36.4.3", "12.6", "10.3.0", "3.10", ("sm_87",)),
 )}
+# JetPack 4.6's python3 is 3.6 with pip 9, which cannot take numpy's manylinux2014 aarch64 wheels (it would build
+# numpy from source); pip 21.3 is the last for 3.6. numpy then resolves to 1.19.4: 1.19.5's wheel crashes at import on
+# Jetsons (numpy issue 18131), which the runtime's install line excludes.
+PIP_36 = ("; python3 -m pip install --upgrade 'pip<22' first (its pip 9 cannot install numpy's aarch64 wheels), "
+          "then the install lines above give numpy 1.19.4 and the dataclasses backport")
 TVM_WHEEL_CUDA = "13"  # libtvm_runtime_cuda.so of the aarch64 apache-tvm 0.27 wheel links libcudart.so.13
 
 
@@ -84,8 +89,8 @@ class CudaTarget(GpuTarget):
     def runtime_requirements(self, backend: str) -> tuple[str, ...]:
         if backend == "tensorrt":
             return (
-                "JetPack's TensorRT with its Python bindings, and numpy, for JetPack's python3: sudo apt-get install "
-                "python3-libnvinfer python3-numpy (JetPack's SD card image has the bindings)",
+                "JetPack's TensorRT with its Python bindings for JetPack's own python3 (run the workers with it, "
+                "not a venv): sudo apt-get install python3-libnvinfer (JetPack's SD card image has them)",
                 "the first start builds each stage's TensorRT engine from stage.onnx (minutes on a Nano) and caches "
                 "it beside the stage; build ahead with: python3 -m edgeplan_runtime.trt_build stage*/",
             )
@@ -116,7 +121,8 @@ class CudaTarget(GpuTarget):
             same = [k for k, v in JETPACKS.items() if arch in v.archs and (v.tensorrt, v.python) == (j.tensorrt,
                                                                                                        j.python)]
             mark = "  <- the board profile's JetPack" if jp is not None and jp.version in same else ""
-            how = (f"TensorRT bindings for Python {j.python} only" if backend == "tensorrt"
+            how = (f"TensorRT bindings for Python {j.python} only" + (PIP_36 if j.python == "3.6" else "")
+                   if backend == "tensorrt"
                    else f"PyPI apache-tvm CUDA runtime does not load (needs CUDA {TVM_WHEEL_CUDA}); build it with "
                    "build-tvm-runtime.sh" + (" (not tried: TVM 0.27 is C++17, which CUDA 10.2 and Ubuntu 18.04's "
                                              "gcc 7 support only in part; prefer --backend tensorrt)"
@@ -140,9 +146,13 @@ class CudaTarget(GpuTarget):
         have = tuple(int(p) for p in jp.python.split("."))
         if have < python:
             need = ".".join(map(str, python))
+            arch = options.get(self.option, self.default)
+            ok = [j.version for j in JETPACKS.values()
+                  if arch in j.archs and tuple(int(p) for p in j.python.split(".")) >= python]
+            fix = f"JetPack {ok[0]} or newer" if ok else f"a JetPack with Python {need}"
             return (f"JetPack {jp.version}'s TensorRT {jp.tensorrt} Python bindings are for Python {jp.python}, but "
                     f"the stage worker (edgeplan_runtime/) needs Python {need} or newer: the worker cannot import "
-                    f"tensorrt there; use a JetPack with Python {need} (6.x, Orin only) or a CPU unit for now",)
+                    f"tensorrt there; flash {fix} for {arch}, or plan the stage onto a CPU unit",)
         return ()
 
     def compile_stage(self, module: Any, example_inputs: tuple, options: dict[str, str], out_dir: Path,

@@ -284,6 +284,11 @@ class NpuTarget:
     def supports(self, op_kinds: set[str]) -> set[str]:
         return set(op_kinds) - NPU_OPS
 
+    def board_python(self) -> tuple[tuple[str, str], ...]:
+        """The Python this target writes into stage folders, as (path in the board folder, template): it runs
+        on the board's Python (``codegen.compile.board_python`` lists it; a test checks it for Python 3.6)."""
+        return tuple((f"stage*/{LAUNCHER}", f"npu_run_{b}.py.j2") for b in self.backends)
+
     def runtime_requirements(self, backend: str) -> tuple[str, ...]:
         if backend == "rknn":
             return RKNN_REQUIREMENTS

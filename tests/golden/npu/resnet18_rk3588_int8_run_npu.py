@@ -40,7 +40,7 @@ def main() -> int:
     if ret != 0:
         print("RKNNLite.init_runtime failed: check the NPU driver and librknnrt.so (README.txt)", file=sys.stderr)
         return 1
-    rng = np.random.default_rng(0)
+    rng = np.random.RandomState(0)  # default_rng is numpy 1.17+; boards may have older
     xs = [rng.standard_normal(shape).astype(np.float32) for _, shape in INPUTS]
     fmt = ["nchw"] * len(xs)
     outs = lite.inference(inputs=xs, data_format=fmt)

@@ -41,7 +41,7 @@ def main() -> int:
     compiled = core.compile_model(core.read_model(str(MODEL)), args.device)
     print(f"compiled for {args.device} in {time.perf_counter() - t0:.1f} s")
     request = compiled.create_infer_request()
-    rng = np.random.default_rng(0)
+    rng = np.random.RandomState(0)  # default_rng is numpy 1.17+; boards may have older
     xs = [rng.standard_normal(shape).astype(np.float32) for _, shape in INPUTS]
     res = request.infer(xs)
     status = 0

@@ -7,6 +7,12 @@ cd "$(dirname "$0")"
 PYTHON="${EDGEPLAN_PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1
+# One line instead of a traceback per worker when this python cannot run edgeplan_runtime/ (README.txt: Install).
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 6))' 2>/dev/null ||
+   ! "$PYTHON" -c 'import dataclasses, numpy' 2>/dev/null; then
+    echo "start.sh: $PYTHON cannot run edgeplan_runtime/: it needs Python 3.6 or newer with numpy (and on 3.6 the dataclasses backport); see Install in README.txt, or set EDGEPLAN_PYTHON" >&2
+    exit 1
+fi
 pids=""
 stop() {
     for pid in $pids; do kill "$pid" 2>/dev/null || true; done
