@@ -202,7 +202,7 @@ def dtype_code(dt: np.dtype) -> int:
 def _session(auth) -> Optional[Session]:
     if auth is None or type(auth) is Session:
         return auth
-    if isinstance(auth, bytes | bytearray | str):
+    if isinstance(auth, (bytes, bytearray, str)):
         raise TypeError("frames are signed with the Session that wire.handshake() returns for the connection, "
                         "not with the secret itself")
     raise TypeError(f"expected a wire.Session or None, got {type(auth).__name__}")

@@ -95,6 +95,9 @@ def _beyond_vermin(path: Path) -> list[tuple[str, int, str]]:
             for arg in a.posonlyargs + a.args + a.kwonlyargs + [x for x in (a.vararg, a.kwarg) if x]:
                 union(arg.annotation, f"parameter {arg.arg!r} of {node.name}()")
             union(node.returns, f"the return annotation of {node.name}()")
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and len(node.args) == 2
+              and node.func.id in ("isinstance", "issubclass")):
+            union(node.args[1], f"{node.func.id}()'s classes")
         elif isinstance(node, ast.Attribute) and node.attr in NEWER_NUMPY:
             base = node.value
             if isinstance(base, ast.Attribute):
@@ -174,11 +177,12 @@ def test_the_check_names_file_line_and_feature(tmp_path):
         "rng = np.random.default_rng(0)\n"
         "ok = np.random.default_rng  # novermin: guarded\n"
         "def g(a, /):\n"
-        "    pass\n")
+        "    pass\n"
+        "ok = isinstance(rng, int | str)\n")
     problems = check([bad])
     text = "\n".join(problems)
     for line, what in ((3, "needs Python 3.10"), (3, "list[..]"), (4, "math.prod"), (4, "zip(strict)"),
-                       (6, "class variable"), (7, "default_rng needs numpy 1.17")):
+                       (6, "class variable"), (7, "default_rng needs numpy 1.17"), (11, "isinstance()")):
         assert any(p.startswith(f"{bad}:{line}: ") and what in p for p in problems), (line, what, text)
     assert not any(p.startswith(f"{bad}:8: ") for p in problems), text
     assert any(p.startswith(f"{bad}:9: ") for p in problems), text  # positional-only parameters: a syntax error
