@@ -597,6 +597,9 @@ AdaptOption = Annotated[AdaptPolicy, typer.Option(
          "off: keep the nominal variant).")]
 
 
+WARM_UP_REQUESTS = 3  # per variant, before the first request: every module's first calls, and its model error
+
+
 def _adapt_hook(policy: AdaptPolicy, artifacts, box: dict):
     """on_start for run/serve: attach the switching controller to a plan family's pipeline (None: --adapt off)."""
     if policy == AdaptPolicy.off:
@@ -606,7 +609,8 @@ def _adapt_hook(policy: AdaptPolicy, artifacts, box: dict):
         from edgeplan.adapt.control import load_controller
 
         root = pipeline.artifacts.root.parent if pipeline.artifacts.variants else Path(artifacts)
-        pipeline.controller = box["controller"] = load_controller(root, pipeline.head, policy.value).start()
+        ctl = box["controller"] = load_controller(root, pipeline.head, policy.value)
+        pipeline.controller = ctl.start(warm_up=WARM_UP_REQUESTS)
 
     return attach
 
@@ -903,6 +907,12 @@ def train(
     run_dir: Annotated[Path | None, typer.Option(
         help="Checkpoints, metrics and the final state_dict "
              "(default ARTIFACTS/run).")] = None,
+    data_dirs: Annotated[list[str], typer.Option(
+        "--data", help="SOURCE=DIR (repeatable): a source board's own data folder for its branch (plans of an "
+                       "`edgeplan fpl` model); a source without one, or whose folder is missing, sits out.")] = (),
+    absent: Annotated[list[str], typer.Option(
+        "--absent", help="SOURCE=EPOCHS (e.g. cam-b=2-3): that source's board is away in those epochs (1-based); "
+                         "its branch is skipped and its junction weight masked.")] = (),
 ) -> None:
     """Hybrid data + pipeline parallel training; prints loss, accuracy, time and energy per epoch.
 
@@ -919,6 +929,11 @@ def train(
                       sync=sync.value if sync else None, sync_every=sync_every, sync_bn=sync_bn,
                       schedule=schedule.value if schedule else None,
                       seed=seed, timeout_s=timeout, resume=resume, max_iters=max_iters)
+    if data_dirs or absent:
+        from edgeplan.training import sources
+
+        art = launch.load(artifacts)
+        cfg = sources.configure(art.table["model"], art.plan, cfg, list(data_dirs), list(absent))
     result = launch.run(artifacts, cfg, local=local, devices=tuple(device), run_dir=run_dir, echo=typer.echo)
     if result.state_dict:
         typer.echo(f"model state_dict (original module keys): {result.state_dict}")

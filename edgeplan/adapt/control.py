@@ -44,12 +44,22 @@ class Switch:
                 "condition": self.condition, "change_id": self.change_id, "decide_s": self.decide_s}
 
 
-def flat_status(status: dict) -> dict:
-    """A FamilyHead status as the Estimator reads it: every variant's workers, keyed ``variant:device/stageK``."""
+def flat_status(status: dict, scale: dict | None = None) -> dict:
+    """A FamilyHead status as the Estimator reads it: every variant's workers, keyed ``variant:device/stageK``;
+    ``scale`` (same keys) multiplies a worker's predicted compute time (its module's measured/predicted ratio
+    at warm-up, so every layout reads as slowdown 1 under the conditions it was warmed up in)."""
     fam = status.get("family_workers")
     if fam is None:
         return status
-    return {"workers": {f"{v}:{k}": w for v, ws in sorted(fam.items()) for k, w in ws.items()}}
+    scale = scale or {}
+    out = {}
+    for v, ws in sorted(fam.items()):
+        for k, w in ws.items():
+            key = f"{v}:{k}"
+            if key in scale and w.get("predicted_compute_s"):
+                w = dict(w, predicted_compute_s=w["predicted_compute_s"] * scale[key])
+            out[key] = w
+    return {"workers": out}
 
 
 class Controller:
@@ -62,6 +72,7 @@ class Controller:
         self.name = name or getattr(policy, "__name__", "policy")
         self.log = log or head.log
         self.switches: list[Switch] = []
+        self.scale: dict[str, float] = {}  # variant:device/stageK -> measured / predicted module time at warm-up
         self.last_change = -1
         self.epochs = 0
         self.errors: list[str] = []
@@ -77,7 +88,7 @@ class Controller:
         """One epoch: status -> estimate -> decision -> (maybe) switch; returns the Decision (None while
         calibrating)."""
         self.epochs += 1
-        est = self.estimator.update(flat_status(self.head.status()))
+        est = self.estimator.update(flat_status(self.head.status(), self.scale))
         if self.epochs <= self.calibrate_epochs:
             if self.epochs == self.calibrate_epochs:
                 self.estimator.calibrate()
@@ -103,7 +114,23 @@ class Controller:
             self.last_change = d.change_id
         return d
 
-    def start(self) -> Controller:
+    def warm_up(self, requests: int = 3) -> dict:
+        """Run a few requests through every variant (``FamilyHead.warm_up``) and keep each worker's
+        measured/predicted module time, so a switch alone (another layout, other modelling errors) never
+        reads as a change of conditions. Call it under the conditions the family was planned for."""
+        medians = self.head.warm_up(requests)
+        status = self.head.status().get("family_workers") or {}
+        for v, meds in medians.items():
+            for k, med in meds.items():
+                pred = (status.get(v, {}).get(k) or {}).get("predicted_compute_s")
+                if pred:
+                    self.scale[f"{v}:{k}"] = float(med) / float(pred)
+        return dict(self.scale)
+
+    def start(self, warm_up: int = 0) -> Controller:
+        """Start the epoch thread (after ``warm_up`` requests per variant, when > 0: blocks until done)."""
+        if warm_up > 0 and hasattr(self.head, "warm_up"):
+            self.warm_up(warm_up)
         self._t0 = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="adapt-controller", daemon=True)
         self._thread.start()
@@ -128,6 +155,7 @@ class Controller:
         """What the run report records of the controller."""
         return {"policy": self.name, "epoch_s": self.epoch_s, "epochs": self.epochs,
                 "decisions_switched": [s.to_json() for s in self.switches], "errors": list(self.errors),
+                "model_error_by_worker": {k: round(v, 4) for k, v in sorted(self.scale.items())},
                 "estimate": str(self.estimator.estimate().condition), "smoothed": self.estimator.smoothed()}
 
 

@@ -1052,6 +1052,24 @@ class FamilyHead:
         self.log(f"switch {old} -> {variant} (family epoch {self.epoch}): {reason or 'requested'}")
         return sw
 
+    def warm_up(self, requests: int = 3, timeout_s: float = 300.0) -> dict:
+        """Send ``requests`` zero requests through every variant at once (its first calls load caches), then
+        return each variant's workers' median module time: {variant: {"device/stageK": seconds}}. The
+        controller divides them by the plan's predictions (per worker: the model's own error). Not counted
+        as switches; the requests count in status() like any other."""
+        xs = [np.zeros((self.batch, *shape), dt) for _, shape, dt in self.in_specs]
+        for _ in range(requests):  # one request per variant at a time: every window has room
+            for f in [h.submit(xs) for h in self.heads.values()]:
+                try:
+                    f.result(timeout=timeout_s)
+                except Exception:  # a failed warm-up request leaves that worker without a median: no correction
+                    pass
+        out = {}
+        for name, h in self.heads.items():
+            stats = h.refresh_stats()
+            out[name] = {k: v["compute_p50_s"] for k, v in stats.items() if v.get("compute_p50_s")}
+        return out
+
     def status(self) -> dict:
         """The active variant's status() with counters and latencies summed over every variant, plus
         ``variant``, ``variants``, ``family_epoch``, ``switches`` and ``family_workers`` (variant -> workers)."""
