@@ -475,8 +475,10 @@ def compile_cmd(
 
             got = compile_family(plan, out, model_spec=model, cluster=cluster, backend=backend.value, force=force,
                                  progress=on_event, bind_any=bind_any, input_shape=shape)
-            typer.echo(f"wrote {out}: {len(got['plans'])} plan folder(s), {got['modules_built']} module(s) built, "
-                       f"{got['modules_copied']} copied; run one with `edgeplan run {out}/{got['plans'][0]} ...`")
+            mods = sum(len(b["modules"]) for b in got["boards"].values())
+            typer.echo(f"wrote {out}: {len(got['plans'])} variant(s), {got['modules_built']} module(s) built, "
+                       f"{mods} held by {len(got['boards'])} board(s) (each once); run it with "
+                       f"`edgeplan run {out} --adapt heuristic ...` (or serve; `edgeplan verify {out}`)")
             return
         path = compile_plan(plan, model, out, cluster=cluster, backend=backend.value, progress=on_event,
                             force=force, input_shape=shape, bind_any=bind_any, profiling_kit=profiling_kit)
