@@ -268,6 +268,9 @@ def compile_plan(
         write(plan, model_spec, out, input_shape=input_shape, cluster=cluster, force=force)
         emit(CompileEvent(f"{plan.mode} launchers", "done"))
         return out
+    if any(st.kind == "branches" for st in plan.stages):
+        raise CompileError(f"{plan.model}: inference artifacts of a plan with parallel branches (--pin on model "
+                           f"inputs) are not built yet; plan it with --mode training to train it, or pin layers only")
     head, slots = assign_slots(plan, cluster, bind_any)
 
     t0 = time.perf_counter()

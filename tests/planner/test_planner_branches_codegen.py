@@ -45,3 +45,14 @@ def test_a_plan_without_branches_has_no_branch_modules():
     plan = make_plan(traced.graph, load_cluster(FIVE), Objective(mode="inference", objective="latency", batch=2),
                      pins=("fc=trunk",))
     assert plan.stages[0].kind == "pipeline" and split_branches(traced, plan) == ()
+
+
+def test_inference_compile_of_a_branch_plan_is_refused_in_one_line(tmp_path):
+    from edgeplan.codegen.compile import compile_plan
+    from edgeplan.errors import CompileError
+
+    traced = trace(ThreeInput(), (2, 3, 8, 8), "three")
+    plan = make_plan(traced.graph, load_cluster(FIVE), Objective(mode="inference", objective="latency", batch=2),
+                     pins=("input0=cam-a", "input1=cam-b", "input2=cam-c"))
+    with pytest.raises(CompileError, match="parallel branches .* plan it with --mode training"):
+        compile_plan(plan, "three", tmp_path / "art", traced=traced)
