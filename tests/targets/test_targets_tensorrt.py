@@ -214,6 +214,41 @@ def test_worker_exits_nonzero_at_start_with_one_line_when_tensorrt_is_missing(st
     assert "READY" not in r.stdout
 
 
+_WORKER_WITH_FAKE_TENSORRT = """
+import runpy, sys
+from tests.targets import _fake_tensorrt as fake
+from edgeplan.runtime import backend_tensorrt
+sys.modules["tensorrt"] = fake.make(sys.argv[1], reject_op=sys.argv[2] or None)
+backend_tensorrt.CudaRuntime = lambda: fake.FakeCuda()
+sys.argv = ["worker", "--stage", sys.argv[3]]
+runpy.run_module("edgeplan.runtime.worker", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("case", ["rejected op", "engine of another TensorRT"])
+def test_worker_exits_nonzero_at_start_with_one_line_on_bad_tensorrt_input(stage, case):
+    """Issue 18 "Bad input" on the board: the stage worker (a fake TensorRT 8.2, JetPack 4.6's) stops before it
+    listens, with exit status 4 and one line naming the stage, the op or version, and the fix."""
+    stage_dir, cs, spec, inputs, ref = stage
+    reject = "Gemm" if case == "rejected op" else ""
+    if case == "engine of another TensorRT":
+        sha = trt_build.file_sha256(stage_dir / "stage.onnx")
+        bogus = stage_dir / trt_build.engine_name(sha, "8.2.1.8", "fp16", "53")
+        bogus.write_bytes(b"FAKETRT|8.0.1.6|fp16|" + (stage_dir / "stage.onnx").read_bytes())
+    r = subprocess.run([sys.executable, "-c", _WORKER_WITH_FAKE_TENSORRT, "8.2.1.8", reject, str(stage_dir)],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 4, r.stdout + r.stderr
+    err = [ln for ln in r.stderr.splitlines() if ln.strip()]  # a progress line ("building ..."), then the reason
+    lines = [ln for ln in err if "cannot load module" in ln]
+    assert len(lines) == 1 and lines[0] == err[-1] and "stage 1: " in lines[0], r.stderr
+    if reject:
+        assert "TensorRT 8.2.1.8 rejects ONNX node" in lines[0] and "(op Gemm)" in lines[0]
+        assert "--backend tvm" in lines[0]
+    else:
+        assert "is not an engine TensorRT 8.2.1.8 can load" in lines[0] and "delete it and start again" in lines[0]
+    assert "READY" not in r.stdout
+
+
 def _importable(name: str) -> bool:
     import importlib.util
 
