@@ -149,10 +149,11 @@ class CudaTarget(GpuTarget):
             arch = options.get(self.option, self.default)
             ok = [j.version for j in JETPACKS.values()
                   if arch in j.archs and tuple(int(p) for p in j.python.split(".")) >= python]
-            fix = f"JetPack {ok[0]} or newer" if ok else f"a JetPack with Python {need}"
+            fix = (f"flash JetPack {ok[0]} or newer for {arch}, or plan the stage onto a CPU unit" if ok
+                   else f"no JetPack for {arch} has Python {need}: plan the stage onto a CPU unit")
             return (f"JetPack {jp.version}'s TensorRT {jp.tensorrt} Python bindings are for Python {jp.python}, but "
                     f"the stage worker (edgeplan_runtime/) needs Python {need} or newer: the worker cannot import "
-                    f"tensorrt there; flash {fix} for {arch}, or plan the stage onto a CPU unit",)
+                    f"tensorrt there; {fix}",)
         return ()
 
     def compile_stage(self, module: Any, example_inputs: tuple, options: dict[str, str], out_dir: Path,
