@@ -22,14 +22,17 @@ class Junction(nn.Module):
     def __init__(self, k: int):
         super().__init__()
         self.weights = nn.Parameter(torch.zeros(k))
-        self.register_buffer("present", torch.ones(k))
+        # a frozen parameter, not a buffer, so torch.fx keeps the mask as an input of the traced graph
+        # (a buffer is folded into a constant) and training can change it between epochs
+        self.present = nn.Parameter(torch.ones(k), requires_grad=False)
 
     def set_present(self, present) -> None:
         """Which branches take part (a sequence of K bools); at least one must."""
         mask = torch.as_tensor([1.0 if p else 0.0 for p in present], dtype=self.present.dtype)
         if mask.numel() != self.present.numel() or float(mask.sum()) == 0.0:
             raise ValueError(f"junction: give one flag per branch ({self.present.numel()}), at least one true")
-        self.present.copy_(mask.to(self.present.device))
+        with torch.no_grad():
+            self.present.copy_(mask.to(self.present.device))
 
     def mixture(self) -> torch.Tensor:
         logits = self.weights.masked_fill(self.present == 0, float("-inf"))

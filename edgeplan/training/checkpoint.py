@@ -82,7 +82,7 @@ def assemble(ckpt_dir: Path, epoch: int, ranks: tuple[RankInfo, ...],
     """
     merged: dict[str, torch.Tensor] = {}
     for r in ranks:
-        if r.replica != 0:
+        if r.replica != 0 and not r.input:  # replicas of a branch stage hold different branches: all count
             continue
         merged.update(load(ckpt_dir, epoch, r)["state"])
     missing = sorted(set(reference) - set(merged))

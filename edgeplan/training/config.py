@@ -31,6 +31,10 @@ class TrainConfig:
     resume: bool = False
     max_iters: int | None = None  # cap iterations per epoch (speed tests)
     evaluate: bool = True
+    # training across sources (parallel input branches): (model input, source, data folder) per --data,
+    # and (source, 0-based epochs it is away) per --absent; see training/sources.py
+    sources: tuple[tuple[str, str, str], ...] = ()
+    absent: tuple[tuple[str, tuple[int, ...]], ...] = ()
     samples: int | None = None  # fixed seeded subset of each data split (quick runs); None: all of it
     sync_bn: bool = False  # BatchNorm statistics all-reduced over each stage's replica group
 

@@ -165,6 +165,9 @@ def run(artifacts: str | os.PathLike[str], config: TrainConfig, *, local: bool =
         config = dataclasses.replace(config, sync=art.table.get("sync", "sync"))
     config.check()
     ranks = routing.rank_table(art.plan, source=str(art.path / "plan.json"))
+    if art.plan.stages[0].kind == "branches" and not config.sources:
+        raise RuntimeFault(f"{art.path}: the plan trains parallel input branches, one per data source; give each "
+                           "source's folder with --data SOURCE=DIR")
     run_path = Path(run_dir) if run_dir else art.path / "run"
     run_path.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(run_path / "errors", ignore_errors=True)
@@ -190,7 +193,7 @@ def run(artifacts: str | os.PathLike[str], config: TrainConfig, *, local: bool =
         if testbed:
             master_addr = testbed["boards"][master["device"]]["address"]
     cache = None
-    if local:  # load (and check) the data once here instead of once per rank
+    if local and not config.sources:  # load (and check) the data once here instead of once per rank
         shape = tuple(art.table["input_shape"][1:])
         loaded = data.load(config.dataset, shape, config.seed, config.samples)
         echo(f"data: {loaded.description}")

@@ -38,6 +38,7 @@ class RankInfo:
     lo: int  # samples [lo, hi) of every micro-batch
     hi: int
     share: float  # hi - lo over the micro-batch size (exact, from the integral samples)
+    input: str = ""  # branch stage: the model input this rank's branch reads (its board's own data)
 
     @property
     def samples(self) -> int:
@@ -72,6 +73,14 @@ def rank_table(plan: Plan, source: str = "plan") -> tuple[RankInfo, ...]:
                 f"{expect_start}; stages must be contiguous and non-empty — re-run `edgeplan plan`"
             )
         expect_start = s.stop
+        if s.kind == "branches":  # parallel input branches: every replica runs its own branch on all m samples
+            if s.index != 0 or any(r.samples != m or not r.input for r in s.replicas):
+                raise PlanError(f"{source}: branch stage {s.index} must be stage 0 with every replica reading "
+                                f"its own input on all {m} samples of a micro-batch; re-run `edgeplan plan`")
+            for j, r in enumerate(s.replicas):
+                ranks.append(RankInfo(rank=len(ranks), device=r.device, stage=s.index, replica=j, unit=r.unit,
+                                      target=r.target, lo=0, hi=m, share=1.0, input=r.input))
+            continue
         total = sum(r.samples for r in s.replicas)
         if total != m or any(r.samples < 0 for r in s.replicas):
             raise PlanError(

@@ -358,3 +358,200 @@ def train(model_spec: str, data_args: Sequence[str], run: SourceRun, run_dir: st
     run = dataclasses.replace(run, absent=tuple((s, tuple(sorted(e))) for s, e in sorted(absent.items())))
     trainer = SourceTrainer(loaded.module, datasets, folders, run, run_dir, model_spec)
     return trainer.run(on_epoch=lambda row: echo(format_epoch(row)))
+
+
+# --- across boards: the ranks of a plan whose stage 0 holds the branches ---------------------------------
+
+
+def has_branches(plan) -> bool:
+    return bool(plan.stages) and plan.stages[0].kind == "branches"
+
+
+def configure(model_spec: str, plan, config, data_args: Sequence[str], absent_args: Sequence[str] = ()):
+    """``config`` with the branches' data folders (``--data``) and away epochs (``--absent``) resolved.
+
+    Input ``inputK`` of an ``edgeplan fpl`` model reads source ``sources[K]``; a plan without a
+    branch stage is refused (train it with --dataset), and so is a branch plan without --data.
+    """
+    import dataclasses
+
+    if not has_branches(plan):
+        if data_args or absent_args:
+            raise SourceError("--data/--absent feed the branches of a plan with parallel input branches; this plan "
+                              "has none (plan an `edgeplan fpl` model with --pin inputK=BOARD) — use --dataset")
+        return config
+    from edgeplan.graph.load import load_model
+
+    srcs = fpl_parts(load_model(model_spec).module, model_spec)
+    folders = dict(parse_data(data_args, srcs))
+    absent = parse_absent(absent_args, srcs)
+    rows = []
+    for r in plan.stages[0].replicas:
+        k = int(r.input[5:]) if r.input.startswith("input") and r.input[5:].isdigit() else -1
+        if not 0 <= k < len(srcs):
+            raise SourceError(f"branch input {r.input!r} of the plan is not one of the model's inputs "
+                              f"input0..input{len(srcs) - 1}; re-plan the `edgeplan fpl` model")
+        folder = folders.get(srcs[k], "")
+        rows.append((r.input, srcs[k], str(Path(folder).resolve()) if folder else ""))
+    return dataclasses.replace(config, sources=tuple(rows),
+                               absent=tuple((s, tuple(sorted(e))) for s, e in sorted(absent.items())))
+
+
+def engine_class(job):
+    """The engine a rank runs: ``SourceEngine`` for a plan with parallel input branches, else ``Engine``."""
+    from edgeplan.planner.plan import Plan
+    from edgeplan.training.engine import Engine
+
+    return _source_engine() if has_branches(Plan.from_json(job.plan)) else Engine
+
+
+def _source_engine():
+    from edgeplan.training.engine import Engine
+
+    class SourceEngine(Engine):
+        """A rank of a branch plan: stage 0 ranks each run one source's branch on that board's own data.
+
+        The first trunk stage gathers every present branch's features by name (zeros for an
+        absent one, whose junction weight is masked) and sends each branch its own gradients;
+        labels come once from a source board (only labels: inputs never leave their board).
+        At each epoch start the ranks agree on who is present (all-reduce of each branch's flag).
+        """
+
+        def __init__(self, job, rank):
+            super().__init__(job, rank)
+            self.branch = self.me.stage == 0
+            if self.branch:
+                self.group_members = (self.me,)  # different weights per branch: nothing to average
+            by_input = {inp: (src, folder) for inp, src, folder in self.cfg.sources}
+            self.branch_ranks = routing_stage(self.ranks, 0)
+            self.source_of = {r.rank: by_input.get(r.input, (r.input, ""))[0] for r in self.branch_ranks}
+            self.folder = by_input.get(self.me.input, ("", ""))[1] if self.branch else ""
+            self.absent = {s: frozenset(e) for s, e in self.cfg.absent}
+            self.present = tuple(True for _ in self.branch_ranks)
+
+        # --- set-up ---------------------------------------------------------------------------
+
+        def _stage_module(self, built):
+            from edgeplan.training import stages
+
+            graph = built.traced.graph
+            self.branch_out = stages.branch_modules(built.traced, self.plan)
+            self.trunk_inputs = graph.live_at(self.plan.stages[0].stop)
+            self.shapes = {layer.name: tuple(layer.output.shape[1:]) for layer in graph.layers}
+            if self.branch:
+                return self.branch_out[self.me.replica][0], 1
+            return super()._stage_module(built)
+
+        def _here(self, epoch: int) -> bool:
+            return bool(self.folder) and Path(self.folder).is_dir() and epoch not in self.absent.get(
+                self.source_of[self.me.rank], ())
+
+        def _own_data(self, built):
+            shape = tuple(built.input_shape)
+            self._shape = shape
+            if self.branch and self.folder and Path(self.folder).is_dir():
+                ds = data.load(self.folder, shape, self.cfg.seed, self.cfg.samples)
+                print(f"{self.source_of[self.me.rank]} ({self.me.device}): {ds.description}", flush=True)
+                return ds
+            return data.Dataset("labels", np.zeros((0, 0), np.float32), np.zeros(0, np.int64),
+                                np.zeros((0, 0), np.float32), np.zeros(0, np.int64), 0)
+
+        def _joined(self) -> None:
+            """Labels from the first source board that has data, to every rank (the trunk needs them)."""
+            import torch.distributed as dist
+
+            has = self.branch and len(self.dataset.y_train) > 0
+            src = torch.tensor([self.me.rank if has else len(self.ranks)], dtype=torch.int64)
+            self.comm.all_reduce(src, None, self.ranks, "finding a source board with data", op=dist.ReduceOp.MIN)
+            src = int(src.item())
+            if src == len(self.ranks):
+                raise SourceError(f"{self.me.label}: no source board has data; give --data SOURCE=DIR for at "
+                                  f"least one of {', '.join(self.source_of.values())}")
+            sizes = torch.tensor([len(self.dataset.y_train), len(self.dataset.y_test)], dtype=torch.int64)
+            self.comm.broadcast(sizes, src, None, self.ranks, "sharing the number of samples")
+            n_tr, n_te = (int(v) for v in sizes)
+            labels = torch.from_numpy(np.concatenate([self.dataset.y_train, self.dataset.y_test])) \
+                if self.me.rank == src else torch.zeros(n_tr + n_te, dtype=torch.int64)
+            self.comm.broadcast(labels, src, None, self.ranks, "sharing the labels")
+            y = labels.numpy()
+            if has and not np.array_equal(y, np.concatenate([self.dataset.y_train, self.dataset.y_test])):
+                raise SourceError(f"{self.me.label}: the labels in {self.folder} differ from those of "
+                                  f"{self.source_of[src]}; the sources must be aligned views of the same samples")
+            if not has:  # trunk ranks and sources without data: the labels, and sample counts for the order
+                self.dataset = data.Dataset("labels", np.zeros((n_tr, 0), np.float32), y[:n_tr].copy(),
+                                            np.zeros((n_te, 0), np.float32), y[n_tr:].copy(), 0)
+
+        def _begin_epoch(self, epoch: int) -> None:
+            """Agree on who is present; the junction's holder masks the absent; a joining source loads its data."""
+            import torch.distributed as dist
+
+            here = self.branch and self._here(epoch)
+            if here and self.dataset.x_train.shape[1:] == (0,):
+                self.dataset = data.load(self.folder, self._shape, self.cfg.seed, self.cfg.samples)
+            flags = torch.zeros(len(self.branch_ranks), dtype=torch.int64)
+            if here:
+                flags[self.me.replica] = 1
+            self.comm.all_reduce(flags, None, self.ranks, f"agreeing on the sources of epoch {epoch + 1}",
+                                 op=dist.ReduceOp.SUM)
+            self.present = tuple(bool(f) for f in flags.tolist())
+            if not any(self.present):
+                raise SourceError(f"epoch {epoch + 1}: no source board has data (folders missing or --absent); "
+                                  f"sources: {', '.join(self.source_of.values())}")
+            for name, buf in self.module.named_parameters():
+                if name.endswith("junction.present"):
+                    order = [int(r.input[5:]) for r in self.branch_ranks]
+                    mask = torch.zeros_like(buf)
+                    for j, k in enumerate(order):
+                        mask[k] = float(self.present[j])
+                    with torch.no_grad():
+                        buf.copy_(mask)
+                    away = [self.source_of[r.rank] for r, p in zip(self.branch_ranks, self.present, strict=True)
+                            if not p]
+                    print(f"epoch {epoch + 1}: sources "
+                          + ", ".join(self.source_of[r.rank] for r, p in zip(self.branch_ranks, self.present,
+                                                                             strict=True) if p)
+                          + (f" ({', '.join(away)} away: junction weight masked)" if away else ""), flush=True)
+
+        # --- the branch / trunk boundary -------------------------------------------------------------
+
+        @property
+        def _idle(self) -> bool:
+            return self.branch and not self.present[self.me.replica]
+
+        def _iteration(self, order, it, ep) -> None:
+            if not self._idle:  # an absent source's branch neither computes nor steps
+                super()._iteration(order, it, ep)
+
+        def _evaluate(self):
+            return (0.0, 0, 0) if self._idle else super()._evaluate()
+
+        def _gather(self, peers, kind: str, k: int, size: int):
+            if self.me.stage != 1 or kind == "B":
+                return super()._gather(peers, kind, k, size)
+            lo, hi = self._range(self.me, size)
+            if hi == lo:
+                return []
+            got: dict[str, torch.Tensor] = {}
+            for j, p in enumerate(self.branch_ranks):
+                names = self.branch_out[j][1]
+                if self.present[j]:
+                    got.update(zip(names, self.comm.recv(p, kind, k), strict=True))
+                else:
+                    got.update({n: torch.zeros((hi - lo, *self.shapes[n])) for n in names})
+            return [got[n].to(self.device) for n in self.trunk_inputs]
+
+        def _scatter(self, tensors, peers, kind: str, k: int, size: int) -> None:
+            if self.me.stage != 1 or kind != "B":
+                return super()._scatter(tensors, peers, kind, k, size)
+            by_name = dict(zip(self.trunk_inputs, tensors, strict=True))
+            for j, p in enumerate(self.branch_ranks):
+                if self.present[j]:
+                    self.comm.send([by_name[n] for n in self.branch_out[j][1]], p, kind, k)
+
+    return SourceEngine
+
+
+def routing_stage(ranks, stage: int):
+    from edgeplan.training import routing
+
+    return routing.stage_ranks(ranks, stage)

@@ -14,6 +14,7 @@ import importlib
 from dataclasses import dataclass
 
 import torch
+import torch.fx
 from torch import nn
 
 from edgeplan.errors import ModelError
@@ -74,6 +75,7 @@ class Built:
     stages: tuple[nn.Module, ...]  # one per plan stage, tuple in / tuple out
     n_inputs: tuple[int, ...]  # tensors each stage takes
     input_shape: tuple[int, ...]  # one sample's model input (no batch dimension)
+    traced: object = None  # the Traced the stages were cut from (graph + fx module), when built here
 
 
 def build(spec: str, input_shape: tuple[int, ...] | None, plan: Plan, provider: str | None = None) -> Built:
@@ -88,7 +90,31 @@ def build(spec: str, input_shape: tuple[int, ...] | None, plan: Plan, provider: 
         torch.manual_seed(0)
         traced = build_traced(spec, input_shape)
     mods, n_in = stage_modules(traced, plan)
-    return Built(traced.gm, mods, n_in, tuple(traced.graph.inputs[0].shape[1:]))
+    return Built(traced.gm, mods, n_in, tuple(traced.graph.inputs[0].shape[1:]), traced)
+
+
+def branch_modules(traced, plan: Plan) -> tuple[tuple[nn.Module, tuple[str, ...]], ...]:
+    """Per replica of a branch stage (plan stage 0, kind "branches"): its branch module and output names.
+
+    Replica j's module takes its model input and returns the tensors of its layers that cross
+    the junction cut (in ``live_at(stop)`` order); codegen's ``split_branches`` when it exists.
+    """
+    from edgeplan.codegen import split
+
+    st = plan.stages[0]
+    if getattr(split, "split_branches", None) is not None:
+        return tuple((b.gm.train(), tuple(b.outputs)) for b in split.split_branches(traced, plan))
+    graph = traced.graph
+    nodes = {n.name: n for n in traced.gm.graph.nodes}
+    producers = {t.name for t in graph.inputs} | {layer.name for layer in graph.layers}
+    live = graph.live_at(st.stop)
+    out = []
+    for r in st.replicas:
+        layers = [layer.name for layer in graph.layers[r.start:r.stop]]
+        outputs = tuple(name for name in live if name in layers or name == r.input)
+        sub = split._stage_graph(nodes, producers, (r.input,), layers, outputs, 0, {})
+        out.append((torch.fx.GraphModule(traced.gm, sub, class_name="Branch").train(), outputs))
+    return tuple(out)
 
 
 def sync_batchnorm(module: nn.Module, group, label: str) -> int:

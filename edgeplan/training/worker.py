@@ -22,12 +22,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from edgeplan.training.config import Job
-    from edgeplan.training.engine import Engine
+    from edgeplan.training.sources import engine_class
 
     # one compute thread per rank unless told otherwise: ranks share a board's cores (and the local machine's)
     torch.set_num_threads(int(os.environ.get("EDGEPLAN_TRAIN_THREADS", "1")))
     try:
-        Engine(Job.from_json(jsonio.read(argv[0])), int(argv[1])).run()
+        job = Job.from_json(jsonio.read(argv[0]))
+        engine_class(job)(job, int(argv[1])).run()
     except EdgeplanError as e:
         print(f"edgeplan: error: {e}", file=sys.stderr, flush=True)
         return 3
