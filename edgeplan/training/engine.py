@@ -118,8 +118,8 @@ class Engine:
 
         faults.slow_start(self.me.rank)
         built = stages.build(self.job.model, self.job.input_shape, self.plan, self.job.provider)
-        self.module = built.stages[self.me.stage].to(self.device).train()
-        self.n_inputs = built.n_inputs[self.me.stage]
+        module, self.n_inputs = self._stage_module(built)
+        self.module = module.to(self.device).train()
         self.keys = stages.key_map(self.module, built.full)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(self.params, lr=self.cfg.lr, momentum=self.cfg.momentum,
@@ -128,7 +128,10 @@ class Engine:
             raise EdgeplanError(f"{self.me.label}: the model takes {self.n_inputs} inputs; training feeds one "
                                 "(images) — wrap the model so forward(x) builds the others")
         self.watchdog.local("loading the data set")
-        if self.job.data_cache:
+        own = self._own_data(built)  # training across sources: a branch reads its own board's data
+        if own is not None:
+            self.dataset = own
+        elif self.job.data_cache:
             self.dataset = data.load_cached(self.job.data_cache)
         else:
             self.dataset = data.load(self.cfg.dataset, built.input_shape, self.cfg.seed, self.cfg.samples)
@@ -156,7 +159,24 @@ class Engine:
                       f"{len(self.group_members)} replicas (--sync-bn)", flush=True)
         self._agree_on_initial_weights()
         self.probe = metrics.ResourceProbe(self.me.device, self.me.stage, self.me.unit)
+        self._joined()
         self.start_epoch = self._resume() if self.cfg.resume else 0
+
+    # Hooks a subclass (training.sources.SourceEngine: parallel input branches) overrides.
+
+    def _stage_module(self, built) -> tuple[torch.nn.Module, int]:
+        """This rank's module and how many tensors it takes."""
+        return built.stages[self.me.stage], built.n_inputs[self.me.stage]
+
+    def _own_data(self, built) -> data.Dataset | None:
+        """A data set of this rank's own (None: the run's data set, the same on every rank)."""
+        return None
+
+    def _joined(self) -> None:
+        """Called once every rank is in the process group, before a resume."""
+
+    def _begin_epoch(self, epoch: int) -> None:
+        """Called on every rank at the start of each epoch."""
 
     def _join_fault(self, e: BaseException) -> RuntimeFault:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -393,6 +413,7 @@ class Engine:
         if self.me.rank == 0 and self.cfg.resume and metrics_path.exists():
             history = [e for e in jsonio.read(metrics_path).get("epochs", []) if e["epoch"] <= self.start_epoch]
         for epoch in range(self.start_epoch, self.cfg.epochs):
+            self._begin_epoch(epoch)
             order = data.epoch_order(n, self.cfg.seed, epoch)
             ep = metrics.EpochCounters()
             self.probe.start()
