@@ -1,0 +1,379 @@
+"""Study 2: data-parallel training on ten Raspberry Pi 3B at 100 Mbit/s, 1 to 10 boards, sync vs async.
+
+Cluster examples/clusters/ten-rpi3b.yaml. Models: LeNet as an MLP (LeNet-300-100,
+benchmarks/studies/lenet_mlp.py) and as a CNN (LeNet-5), and CIFAR ResNet-32/56/110;
+global batch 32/64/128; the first n boards (n = 1..10), the model replicated on each
+with the samples split by speed (the planner's data-parallel-all layout); synchronous
+(gradients all-reduced every iteration) vs asynchronous (local SGD: each board steps on
+its own samples, weights averaged every --sync-every iterations).
+
+Two parts:
+- modelled, for every case: the planner's predicted time per epoch and memory per board
+  (its cost and memory model, profiles/rpi3b), which configurations do not fit in the
+  Pi 3B's 1 GB (724 MB usable), and the board count edgeplan's planner would choose
+  (`edgeplan plan --mode training` on all ten boards, one micro-batch) with its layout;
+- measured, for the configurations chosen (--quick: a few minutes): `edgeplan compile` +
+  `edgeplan train` with every rank inside `edgeplan emulate` (one network namespace and
+  CPU quota per board, shaped links): time per epoch (scaled to the real boards by the
+  emulation's dilation), test accuracy, per-board CPU utilisation (of the board's
+  emulated capacity), peak memory and network bytes (the board's own interfaces).
+
+The research found shallow models slower as boards are added (synchronisation outweighs
+compute), ResNet-32 about 10x faster on ten boards, and ResNet-110 at batch 128 not
+fitting; the verdicts say whether each held here, and whether the measured best board
+count agrees with the planner's.
+
+    python -m benchmarks.studies.rpi_scaling [--quick] [--models ...] [--batches 32,64] [--boards 1,2,4]
+                                             [--syncs sync,local-sgd] [--dataset-dir DIR] [--no-train]
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from benchmarks.studies import common as c
+
+NAME = "rpi-scaling"
+CLUSTER = c.CLUSTERS / "ten-rpi3b.yaml"
+LENET_MLP = str(Path(__file__).with_name("lenet_mlp.py")) + ":build"
+MODELS = {"lenet-mlp": LENET_MLP, "lenet5": "lenet5", "resnet32": "resnet32-cifar", "resnet56": "resnet56-cifar",
+          "resnet110": "resnet110-cifar"}
+SHALLOW = ("lenet-mlp", "lenet5")
+SYNCS = ("sync", "local-sgd")
+CIFAR_TRAIN = 50_000  # samples per epoch the modelled epoch time is for (CIFAR-10's training set)
+
+
+@dataclass(frozen=True)
+class Settings:
+    models: tuple[str, ...] = tuple(MODELS)
+    batches: tuple[int, ...] = (32, 64, 128)
+    plan_boards: tuple[int, ...] = tuple(range(1, 11))  # modelled sweep
+    run_models: tuple[str, ...] = ("lenet-mlp", "lenet5", "resnet32")
+    run_batches: tuple[int, ...] = (32,)
+    run_boards: tuple[int, ...] = (1, 2, 4, 10)
+    syncs: tuple[str, ...] = SYNCS
+    sync_every: int = 4
+    dataset: str = "digits"
+    train_samples: int = 512
+    test_samples: int = 256
+    epochs: int = 1
+    train: bool = True
+    emulate: bool | None = None
+    host_gflops: float | None = None
+    quick: bool = False
+
+
+QUICK = {"models": ("lenet-mlp", "lenet5", "resnet32", "resnet110"), "batches": (32, 128),
+         "run_models": ("lenet-mlp", "lenet5"), "run_batches": (32,), "run_boards": (1, 4),
+         "train_samples": 128, "test_samples": 64}
+
+
+def _subset(n: int) -> list[str]:
+    return [f"pi{i}" for i in range(n)]
+
+
+def model_rows(model: str, s: Settings, work: Path) -> tuple[list[dict], list[dict]]:
+    """The modelled sweep of one model: a row per (batch, boards), and the planner's choice per batch."""
+    from edgeplan.graph.load import build
+    from edgeplan.planner.api import make_plan
+    from edgeplan.planner.baselines import baselines
+    from edgeplan.planner.objective import Objective
+    from edgeplan.profiles.cost import build_cost_table
+    from edgeplan.profiles.load import load_cluster
+
+    graph = build(MODELS[model]).graph
+    costs = {n: build_cost_table(graph, load_cluster(c.sub_cluster(CLUSTER, _subset(n), work / f"pi-{n}.yaml")))
+             for n in s.plan_boards}
+    rows, choices = [], []
+    for batch in s.batches:
+        obj = Objective(mode="training", objective="time", batch=batch, microbatches=1, schedule="1f1b")
+        iters = CIFAR_TRAIN // batch
+        for n in s.plan_boards:
+            name, lay, ev, why = next(b for b in baselines(costs[n], obj) if b[0] == "data-parallel-all")
+            mem = max(r.memory_bytes for st in ev.stages for r in st.replicas) if ev else None
+            ram = float(min(costs[n].ram_bytes))
+            rows.append({"model": model, "batch": batch, "boards": n, "fits": not why, "why_not": why or None,
+                         "memory_mb_per_board": None if mem is None else mem / 2**20, "usable_ram_mb": ram / 2**20,
+                         "predicted_iter_s": ev.iter_s if ev else None,
+                         "predicted_epoch_s": ev.iter_s * iters if ev and not why else None})
+        plan = make_plan(graph, load_cluster(CLUSTER), obj)
+        used = sorted({r.device for st in plan.stages for r in st.replicas})
+        fits = [r for r in rows if r["model"] == model and r["batch"] == batch and r["fits"]]
+        best_dp = min(fits, key=lambda r: r["predicted_iter_s"])["boards"] if fits else None
+        choices.append({"model": model, "batch": batch, "planner_boards": len(used), "planner_layout":
+                        c.layout_text(plan), "planner_iter_s": plan.predicted.iter_s,
+                        "planner_epoch_s": plan.predicted.iter_s * (CIFAR_TRAIN // batch),
+                        "best_data_parallel_boards": best_dp})
+    return rows, choices
+
+
+def measured_rows(bed: c.Bed, s: Settings, work: Path, echo) -> list[dict]:
+    """Compile and train each measured configuration on ``bed``; one row per (model, batch, boards, sync)."""
+    rows = []
+    for model in s.run_models:
+        spec = MODELS[model]
+        data = c.prepare_data(s.dataset, c.model_input_shape(spec), s.train_samples, s.test_samples,
+                              work / model / "data")
+        echo(f"{model}: {data.describe()}")
+        for batch in s.run_batches:
+            for n in s.run_boards:
+                sub = c.sub_cluster(CLUSTER, _subset(n), work / model / f"pi-{n}.yaml")
+                try:
+                    plan = c.plan_training(spec, sub, batch=batch, microbatches=1, choice="data-parallel-all")
+                except c.StudyError as e:
+                    rows.append({"model": model, "batch": batch, "boards": n, "sync": "-", "skipped": str(e)})
+                    echo(f"  {model} b{batch} x{n}: not run ({e})")
+                    continue
+                cfg = f"{model}-b{batch}-n{n}"
+                art = c.compile_plan(plan, work / cfg, work / f"{cfg}-compile.log")
+                for sync in (s.syncs if n > 1 else ("sync",)):  # one board: nothing to synchronise
+                    echo(f"  {cfg} {sync}: {c.layout_text(plan)}")
+                    run = bed.train(art, data, s.epochs, work / cfg / f"run-{sync}",
+                                    extra=("--sync", sync, "--sync-every", str(s.sync_every)))
+                    rows.append(_measured(model, batch, n, sync, plan, run, bed, data))
+    return rows
+
+
+def _measured(model, batch, n, sync, plan, run: c.Run, bed: c.Bed, data: c.Data) -> dict:
+    last = run.epochs[-1]
+    boards = last.get("boards", {})
+    quota = {}
+    if bed.emulate:
+        quota = {d: bed._bed.board(d).cpu_quota for d in boards}  # cores of this machine per emulated board
+    util = [b["cpu_cores"] / quota[d] if quota.get(d) else b["cpu_cores"] for d, b in boards.items()]
+    net = [(b["net_rx_bytes"] or 0) + (b["net_tx_bytes"] or 0) for b in boards.values()
+           if b["net_rx_bytes"] is not None]
+    return {"model": model, "batch": batch, "boards": n, "sync": sync, "layout": c.layout_text(plan),
+            "epoch_s_emulated": run.epoch_s, "epoch_s": run.real_epoch_s,
+            "samples_per_epoch": data.train, "iterations": last["iterations"],
+            "predicted_iter_s": run.predicted_iter_s, "iter_s": run.real_iter_s,
+            "test_accuracy": run.accuracy,
+            "cpu_utilisation_mean": sum(util) / len(util) if util else None,
+            "cpu_utilisation_of": "the board's emulated capacity" if quota else "one core of this machine",
+            "peak_rss_mb_max": max((b["peak_rss_bytes"] for b in boards.values()), default=0) / 2**20,
+            "net_bytes_per_board_mean": sum(net) / len(net) if net else None,
+            "per_board": boards, "log": run.log}
+
+
+def run(s: Settings, out: Path, echo=c.echo_default) -> dict:
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    modelled, choices = [], []
+    for model in s.models:
+        echo(f"planning {model} on 1..{max(s.plan_boards)} boards (cost and memory model)")
+        rows, ch = model_rows(model, s, work / "plans" / model)
+        modelled += rows
+        choices += ch
+    measured, notes, dilation, emulated = [], [], 1.0, False
+    if s.train and s.run_models:
+        with c.Bed(CLUSTER, s.host_gflops, s.emulate, echo) as bed:
+            measured = measured_rows(bed, s, work, echo)
+            notes, dilation, emulated = list(bed.notes), bed.dilation, bool(bed.emulate)
+    time_kind = c.SCALED if emulated else c.LOCAL
+    for ch in choices:
+        runs = [r for r in measured if r["model"] == ch["model"] and r["batch"] == ch["batch"] and "skipped" not in r
+                and r["sync"] == "sync"]
+        if runs:
+            best = min(runs, key=lambda r: r["epoch_s"])
+            ch["measured_best_boards"] = best["boards"]
+            ch["measured_boards_tried"] = sorted(r["boards"] for r in runs)
+            ch["agrees"] = best["boards"] == ch["planner_boards"]
+    return {
+        "study": NAME, "quick": s.quick, "cluster": str(CLUSTER.relative_to(c.ROOT)),
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.__dict__.items()
+                     if k not in ("emulate", "host_gflops")},
+        "emulated": emulated, "dilation": dilation, "notes": notes,
+        "labels": {"predicted_epoch_s": f"modelled (planner cost model, real Pi 3B, {CIFAR_TRAIN} samples)",
+                   "memory_mb_per_board": "modelled (planner memory model: weights, grads, optimizer, activations)",
+                   "epoch_s": time_kind, "epoch_s_emulated": c.MEASURED if emulated else c.LOCAL,
+                   "test_accuracy": c.MEASURED if emulated else c.LOCAL,
+                   "cpu_utilisation_mean": c.MEASURED if emulated else c.LOCAL,
+                   "peak_rss_mb_max": c.MEASURED if emulated else c.LOCAL,
+                   "net_bytes_per_board_mean": c.MEASURED if emulated else "not measured (local processes)"},
+        "modelled": modelled, "choices": choices, "measured": measured,
+        "verdicts": verdicts(modelled, measured, choices),
+    }
+
+
+def _speedup(rows: list[dict], key: str, n_hi: int) -> float | None:
+    lo = next((r for r in rows if r["boards"] == 1 and r.get(key)), None)
+    hi = next((r for r in rows if r["boards"] == n_hi and r.get(key)), None)
+    return lo[key] / hi[key] if lo and hi else None
+
+
+def verdicts(modelled: list[dict], measured: list[dict], choices: list[dict]) -> list[dict]:
+    """The research's three findings, each judged on the measured runs where they exist, else the model."""
+    out = []
+    sync_runs = [r for r in measured if r.get("sync") == "sync" and "skipped" not in r]
+    for model in [m for m in SHALLOW if any(r["model"] == m for r in modelled + sync_runs)]:
+        for batch in sorted({r["batch"] for r in sync_runs + modelled if r["model"] == model}):
+            meas = [r for r in sync_runs if r["model"] == model and r["batch"] == batch]
+            if len(meas) > 1:
+                top = max(r["boards"] for r in meas)
+                sp, src = _speedup(meas, "epoch_s", top), c.SCALED
+            else:
+                mod = [r for r in modelled if r["model"] == model and r["batch"] == batch]
+                if not mod:
+                    continue
+                top = max(r["boards"] for r in mod)
+                sp, src = _speedup(mod, "predicted_epoch_s", top), "modelled"
+            if sp is not None:
+                out.append({"finding": f"{model} (shallow) is slower with more boards", "batch": batch,
+                            "boards": top, "speedup": sp, "held": sp < 1.0, "from": src})
+    for batch in sorted({r["batch"] for r in modelled if r["model"] == "resnet32"}):
+        meas = [r for r in sync_runs if r["model"] == "resnet32" and r["batch"] == batch]
+        if any(r["boards"] == 10 for r in meas) and any(r["boards"] == 1 for r in meas):
+            sp, src = _speedup(meas, "epoch_s", 10), c.SCALED
+        else:
+            sp, src = _speedup([r for r in modelled if r["model"] == "resnet32" and r["batch"] == batch],
+                               "predicted_epoch_s", 10), "modelled"
+        if sp is not None:
+            out.append({"finding": "resnet32 is ~10x faster on ten boards (judged: at least 7x)", "batch": batch,
+                        "boards": 10, "speedup": sp, "held": sp >= 7.0, "from": src})
+    one = next((r for r in modelled if r["model"] == "resnet110" and r["batch"] == 128 and r["boards"] == 1), None)
+    if one is not None:
+        out.append({"finding": "resnet110 at batch 128 does not fit (one board)", "batch": 128, "boards": 1,
+                    "held": not one["fits"], "from": "modelled (planner memory model)",
+                    "detail": one["why_not"] or f"{one['memory_mb_per_board']:.0f} MB fits"})
+    for ch in choices:
+        if "agrees" in ch:
+            out.append({"finding": "planner's board count is the measured best", "model": ch["model"],
+                        "batch": ch["batch"], "planner": ch["planner_boards"], "measured": ch["measured_best_boards"],
+                        "tried": ch["measured_boards_tried"], "held": ch["agrees"], "from": "measured vs modelled"})
+    return out
+
+
+def report(doc: dict, out: Path) -> tuple[list[str], dict]:
+    lines = [f"study 2 ({NAME}): {doc['cluster']} (Raspberry Pi 3B, 724 MB usable of 1 GB, 94 Mbit/s)",
+             f"modelled: planner cost/memory model for the real boards, epoch = {CIFAR_TRAIN} samples, "
+             "data parallel over the first n boards, one micro-batch"]
+    models = list(dict.fromkeys(r["model"] for r in doc["modelled"]))
+    boards = sorted({r["boards"] for r in doc["modelled"]})
+    header = ["model", "batch"] + [f"n={n}" for n in boards] + ["planner's boards"]
+    body = []
+    for m in models:
+        for b in sorted({r["batch"] for r in doc["modelled"] if r["model"] == m}):
+            cells = []
+            for n in boards:
+                r = next(x for x in doc["modelled"] if x["model"] == m and x["batch"] == b and x["boards"] == n)
+                cells.append(c.fmt(r["predicted_epoch_s"]) if r["fits"] else
+                             f"no fit {r['memory_mb_per_board']:.0f}MB")
+            ch = next(x for x in doc["choices"] if x["model"] == m and x["batch"] == b)
+            body.append([m, str(b), *cells, str(ch["planner_boards"])])
+    lines.append("predicted seconds per epoch (\"no fit\": the planner's memory per board exceeds 724 MB):")
+    lines += c.table(header, body, right=range(1, len(header)))
+    if doc["measured"]:
+        kind = doc["labels"]["epoch_s"]
+        of = next((r["cpu_utilisation_of"] for r in doc["measured"] if "skipped" not in r), "-")
+        lines.append(f"measured ({kind}" + (f", dilation {doc['dilation']:.3g}" if doc["emulated"] else "")
+                     + f"; epoch = the study's subset; CPU utilisation of {of}):")
+        mh = ["model", "batch", "boards", "sync", "samples", "s/epoch", "speed-up", "iter ms pred/meas", "test acc %",
+              "CPU util %", "peak MB", "net MB/board"]
+        mb = []
+        for r in doc["measured"]:
+            if "skipped" in r:
+                mb.append([r["model"], str(r["batch"]), str(r["boards"]), "-", "-", "not run: " + r["skipped"][-60:],
+                           *["-"] * 6])
+                continue
+            base = next((x for x in doc["measured"] if x["model"] == r["model"] and x["batch"] == r["batch"]
+                         and x["boards"] == 1 and "skipped" not in x), None)
+            acc = "-" if r["test_accuracy"] is None else f"{100 * r['test_accuracy']:.1f}"
+            net = "-" if r["net_bytes_per_board_mean"] is None else c.fmt(r["net_bytes_per_board_mean"] / 2**20)
+            mb.append([r["model"], str(r["batch"]), str(r["boards"]), r["sync"], str(r["samples_per_epoch"]),
+                       c.fmt(r["epoch_s"]), f"{base['epoch_s'] / r['epoch_s']:.2f}x" if base else "-",
+                       f"{r['predicted_iter_s'] * 1e3:.0f}/{r['iter_s'] * 1e3:.0f}", acc,
+                       c.fmt(100 * r["cpu_utilisation_mean"]) if r["cpu_utilisation_mean"] is not None else "-",
+                       c.fmt(r["peak_rss_mb_max"]), net])
+        lines += c.table(mh, mb, right=range(4, len(mh)))
+    lines += [f"note: {n}" for n in doc["notes"]]
+    for v in doc["verdicts"]:
+        what = {k: v[k] for k in ("model", "batch", "boards", "planner", "measured", "tried") if k in v}
+        extra = f", speed-up {v['speedup']:.2f}x" if "speedup" in v else ""
+        extra += f", {v['detail']}" if "detail" in v else ""
+        lines.append(f"research finding '{v['finding']}' {what}: {'held' if v['held'] else 'did not hold'}"
+                     f"{extra} [{v['from']}]")
+    return lines, c.write_outputs(out, NAME, doc, lines, figure(doc))
+
+
+def figure(doc: dict):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 2 if doc["measured"] else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6.2 * panels, 4.4), squeeze=False)
+    ax = axes[0][0]
+    for m in dict.fromkeys(r["model"] for r in doc["modelled"]):
+        for b in sorted({r["batch"] for r in doc["modelled"] if r["model"] == m}):
+            pts = [(r["boards"], r["predicted_epoch_s"]) for r in doc["modelled"]
+                   if r["model"] == m and r["batch"] == b and r["fits"]]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=f"{m} b{b}")
+    ax.set_yscale("log")
+    ax.set_xlabel("boards")
+    ax.set_ylabel(f"s per epoch ({CIFAR_TRAIN} samples)")
+    ax.set_title("modelled (planner cost model, real Pi 3B)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    if doc["measured"]:
+        ax = axes[0][1]
+        runs = [r for r in doc["measured"] if "skipped" not in r]
+        for key in dict.fromkeys((r["model"], r["batch"], r["sync"]) for r in runs):
+            pts = sorted((r["boards"], r["epoch_s"]) for r in runs if (r["model"], r["batch"], r["sync"]) == key)
+            ax.plot(*zip(*pts, strict=True), marker="o", label=f"{key[0]} b{key[1]} {key[2]}",
+                    ls="-" if key[2] == "sync" else "--")
+        ax.set_xlabel("boards")
+        ax.set_ylabel("s per epoch of the subset")
+        ax.set_title(f"measured [{doc['labels']['epoch_s']}]", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle("Study 2: data-parallel training on ten Raspberry Pi 3B", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = c.parser(__doc__, NAME)
+    ap.add_argument("--models", default=None, help=f"modelled sweep, comma-separated of {', '.join(MODELS)}")
+    ap.add_argument("--batches", default=None, help="modelled sweep batches, e.g. 32,64,128")
+    ap.add_argument("--run-models", default=None, help="models trained in emulation")
+    ap.add_argument("--run-batches", default=None)
+    ap.add_argument("--boards", default=None, help="board counts trained in emulation, e.g. 1,2,4,10")
+    ap.add_argument("--syncs", default=None, help="sync,local-sgd")
+    ap.add_argument("--sync-every", type=int, default=None)
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--train-samples", type=int, default=None)
+    ap.add_argument("--test-samples", type=int, default=None)
+    ap.add_argument("--no-train", action="store_true", help="the modelled part only (no emulation)")
+    args = ap.parse_args(argv)
+    s = Settings(dataset=args.dataset, emulate=False if args.local else None, host_gflops=args.host_gflops,
+                 quick=args.quick, train=not args.no_train)
+    if args.quick:
+        s = replace(s, **QUICK)
+    given = {"models": args.models and tuple(args.models.split(",")), "batches": args.batches and _ints(args.batches),
+             "run_models": args.run_models and tuple(args.run_models.split(",")),
+             "run_batches": args.run_batches and _ints(args.run_batches),
+             "run_boards": args.boards and _ints(args.boards), "syncs": args.syncs and tuple(args.syncs.split(",")),
+             "sync_every": args.sync_every, "epochs": args.epochs, "train_samples": args.train_samples,
+             "test_samples": args.test_samples}
+    s = replace(s, **{k: v for k, v in given.items() if v})
+    unknown = [m for m in (*s.models, *s.run_models) if m not in MODELS]
+    if unknown or any(x not in SYNCS for x in s.syncs):
+        ap.error(f"models must be of {', '.join(MODELS)} (got {', '.join(unknown)}); syncs of {', '.join(SYNCS)}")
+    out = c.out_dir(args, NAME)
+    doc = run(s, out)
+    lines, paths = report(doc, out)
+    print("\n".join(lines))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

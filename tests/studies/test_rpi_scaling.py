@@ -1,0 +1,71 @@
+"""Study 2 (rpi_scaling): the modelled sweep (planner memory/time), a measured run as local processes, and
+(netns tier) a run inside the emulated ten-Pi cluster whose per-board network bytes are measured."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.studies import rpi_scaling as rs
+from benchmarks.studies import studies
+from edgeplan import jsonio
+from tests.tiers import netns_tier
+
+
+def test_listed_as_a_study():
+    assert studies()["rpi-scaling"] is rs
+
+
+def test_modelled_sweep_memory_and_planner_choice(tmp_path):
+    s = rs.Settings(models=("lenet-mlp", "resnet110"), batches=(128,), plan_boards=(1, 2, 10), train=False)
+    rows, choices = rs.model_rows("resnet110", s, tmp_path)
+    by_n = {r["boards"]: r for r in rows}
+    # ResNet-110 at batch 128 on one Pi 3B: the planner's memory model says it does not fit in 724 MB usable
+    assert not by_n[1]["fits"] and by_n[1]["memory_mb_per_board"] > by_n[1]["usable_ram_mb"] == pytest.approx(724, 1)
+    assert "pi0 needs" in by_n[1]["why_not"] and "MB of 724.0 MB" in by_n[1]["why_not"]
+    assert by_n[10]["fits"] and by_n[10]["predicted_epoch_s"] > 0
+    # each board holds 1/n of the samples: activations shrink, the weights do not
+    assert by_n[1]["memory_mb_per_board"] > by_n[2]["memory_mb_per_board"] > by_n[10]["memory_mb_per_board"]
+    (ch,) = choices
+    assert 1 <= ch["planner_boards"] <= 10 and ch["best_data_parallel_boards"] in (2, 10)
+    assert ch["planner_iter_s"] <= by_n[10]["predicted_iter_s"] * 1.001  # the planner is never worse than DP-all
+
+
+def test_measured_as_local_processes_report_and_files(tmp_path):
+    """LeNet-MLP on 2 'boards' (local processes here): measured rows, per-board figures, outputs."""
+    s = rs.Settings(models=("lenet-mlp",), batches=(32,), plan_boards=(1, 2), run_models=("lenet-mlp",),
+                    run_batches=(32,), run_boards=(2,), syncs=("sync",), train_samples=64, test_samples=32,
+                    emulate=False)
+    doc = rs.run(s, tmp_path, echo=lambda _line: None)
+    lines, paths = rs.report(doc, tmp_path)
+    assert [(r["boards"], r["sync"]) for r in doc["measured"]] == [(2, "sync")]
+    for r in doc["measured"]:
+        assert r["iterations"] == 2 and r["samples_per_epoch"] == 64 and r["epoch_s"] > 0
+        assert 0 <= r["test_accuracy"] <= 1 and r["peak_rss_mb_max"] > 50
+        assert set(r["per_board"]) == {f"pi{i}" for i in range(r["boards"])}
+        assert all(b["cpu_s"] > 0 for b in r["per_board"].values())
+        assert r["net_bytes_per_board_mean"] is None  # local processes share this machine's interfaces
+        # the epoch time in the row is the one the run wrote
+        run = jsonio.read(tmp_path / "work" / f"lenet-mlp-b32-n{r['boards']}" / f"run-{r['sync']}" / "metrics.json")
+        assert r["epoch_s_emulated"] == pytest.approx(run["epochs"][0]["epoch_s"])
+    assert jsonio.read(paths["json"])["measured"][0]["model"] == "lenet-mlp"
+    assert paths["png"].stat().st_size > 1000 and paths["svg"].read_text().lstrip().startswith("<?xml")
+    assert any(line.split()[:4] == ["lenet-mlp", "32", "2", "sync"] for line in lines), lines
+    assert any(line.startswith("research finding 'planner's board count is the measured best'") for line in lines)
+
+
+@netns_tier
+def test_emulated_boards_measure_their_network_bytes(tmp_path):
+    s = rs.Settings(models=("lenet5",), batches=(32,), plan_boards=(1, 2), run_models=("lenet5",), run_batches=(32,),
+                    run_boards=(1, 2), syncs=("sync", "local-sgd"), sync_every=1, train_samples=64, test_samples=32,
+                    quick=True)
+    doc = rs.run(s, tmp_path, echo=lambda _line: None)
+    assert doc["emulated"] and 0 < doc["dilation"] <= 1
+    one, two, local_sgd = doc["measured"]
+    assert local_sgd["sync"] == "local-sgd" and local_sgd["net_bytes_per_board_mean"] > 2 * 61_706 * 4
+    assert one["cpu_utilisation_of"] == "the board's emulated capacity"
+    # two boards all-reduce LeNet-5's 61,706 float32 gradients twice (2 iterations): each board sends and
+    # receives at least its half of the ring's traffic; one board sends nothing but its test line noise
+    grads = 61_706 * 4
+    assert two["net_bytes_per_board_mean"] > 2 * grads
+    assert one["net_bytes_per_board_mean"] < two["net_bytes_per_board_mean"] / 4
+    assert two["epoch_s"] == pytest.approx(two["epoch_s_emulated"] * doc["dilation"])
