@@ -16,10 +16,11 @@ serves as FPL's trunk, split learning's server and the parameter server.
                view every step, averaged through the parameter server
 
 Per epoch: bytes sent (counted from the tensors each method sends: features, gradients,
-parameters, in both directions), compute time per board (measured here: every board's
-work runs in this process, one torch thread, timed per board), energy (modelled: the
-power the profiles add over idle while busy x that busy time, plus the links' energy per byte) and test
-accuracy (FPL: all sources joined, as deployed; the others: the mean over the three
+parameters, in both directions), compute time per board (every board's work runs in this
+process on one torch thread; its CPU seconds are counted per board with time.thread_time,
+so other processes on this machine do not inflate them), energy (modelled: the power the
+profiles add over idle while busy x that busy time, plus the links' energy per byte) and
+test accuracy (FPL: all sources joined, as deployed; the others: the mean over the three
 views, the model each board would run on its own camera). Runs in-process, not in
 `edgeplan emulate`: no shaped links, so transfer time is not part of it.
 
@@ -99,9 +100,9 @@ class Ledger:
         self.sent[board] = self.sent.get(board, 0) + sum(t.numel() * t.element_size() for t in tensors)
 
     def timed(self, board: str, fn, *args):
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         out = fn(*args)
-        self.busy[board] = self.busy.get(board, 0.0) + time.perf_counter() - t0
+        self.busy[board] = self.busy.get(board, 0.0) + time.thread_time() - t0
         return out
 
 
@@ -343,7 +344,7 @@ def run(s: Settings, out: Path, echo=c.echo_default) -> dict:
     return {"study": NAME, "settings": {**s.__dict__, "junctions": list(s.junctions)},
             "data": "scikit-learn digits, aligned row-band views per source (edgeplan.fpl.views)",
             "labels": {"bytes": "counted (tensors each method sends)",
-                       "busy_s": "measured here, per board, 1 thread",
+                       "busy_s": "CPU seconds per board, measured here (1 torch thread, time.thread_time)",
                        "energy_j": "modelled: (busy - idle W of the profiles) x busy time + link J/byte x bytes",
                        "accuracy": "fpl: all sources joined; others: mean over the three views"},
             "power_w": busy_w, "methods": methods}
@@ -370,6 +371,13 @@ def report(doc: dict, out: Path) -> tuple[list[str], dict]:
     lines = [f"FPL study: {doc['data']}; {doc['settings']['epochs']} epochs",
              *c.table(header, body, right=range(1, 7)), "", "test accuracy (%) per epoch:",
              *c.table(["method"] + [str(e + 1) for e in range(epochs)], acc_rows, right=range(1, epochs + 1)),
+             "", "compute (CPU s/epoch) and bytes sent (MB/epoch) per board:",
+             *c.table(["method"] + [f"{b} s" for b in (*SOURCES, SERVER)] + [f"{b} MB" for b in (*SOURCES, SERVER)],
+                      [[m] + [c.fmt(float(np.mean([r["busy"].get(b, 0.0) for r in rows])))
+                              for b in (*SOURCES, SERVER)]
+                       + [c.fmt(float(np.mean([r["sent"].get(b, 0) for r in rows])) / 1e6)
+                          for b in (*SOURCES, SERVER)] for m, rows in doc["methods"].items()],
+                      right=range(1, 9)),
              "", "bytes: " + doc["labels"]["bytes"] + "; busy: " + doc["labels"]["busy_s"] + "; energy: "
              + doc["labels"]["energy_j"] + "; accuracy: " + doc["labels"]["accuracy"]]
     for m, rows in doc["methods"].items():

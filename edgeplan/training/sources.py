@@ -230,7 +230,8 @@ class SourceTrainer:
     # --- one epoch ----------------------------------------------------------------------------
 
     def _time(self, ct: _Counters, part: str, t0: float) -> None:
-        ct.busy[part] = ct.busy.get(part, 0.0) + time.perf_counter() - t0
+        """CPU seconds of this thread since ``t0``: a part's compute, not inflated by other processes here."""
+        ct.busy[part] = ct.busy.get(part, 0.0) + time.thread_time() - t0
 
     def _step(self, idx: np.ndarray, present: tuple[bool, ...], ct: _Counters) -> None:
         """One batch: branches forward on their own sources, the trunk steps, gradients go back to the branches."""
@@ -241,12 +242,12 @@ class SourceTrainer:
             if not present[i]:
                 feats.append(torch.zeros((len(idx), *self.feature_shape)))
                 continue
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             outs[i] = self.model.branches[i](torch.from_numpy(self.datasets[s].x_train[idx]))
             self._time(ct, s, t0)
             feats.append(outs[i].detach().requires_grad_(True))  # what crosses the link to the trunk
             ct.sent[s] = ct.sent.get(s, 0) + 2 * outs[i].numel() * outs[i].element_size()  # out + gradient back
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         out = self.model.trunk(self.model.junction(*feats))
         loss = F.cross_entropy(out, y)
         self.trunk_opt.zero_grad(set_to_none=True)
@@ -254,7 +255,7 @@ class SourceTrainer:
         self.trunk_opt.step()
         self._time(ct, "trunk", t0)
         for i, f_out in outs.items():  # each source board: backward of its branch from the gradient it got
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             self.branch_opt[i].zero_grad(set_to_none=True)
             f_out.backward(feats[i].grad)
             self.branch_opt[i].step()
