@@ -4,7 +4,8 @@ Every ``epoch_s`` it reads ``FamilyHead.status()``, feeds every variant's worker
 ``adapt.estimate.Estimator`` (keys ``variant:device/stageK``, so a worker's counters are never compared
 with another variant's), asks the policy (``heuristic`` or the learned ``rl`` table, both
 ``(pricer, estimate, current, last_change) -> Decision``) and calls ``FamilyHead.switch``. The first
-``calibrate_epochs`` epochs only measure: then the estimator takes the factors measured so far as
+first epochs (at least ``calibrate_epochs``, until every board of the active layout has reported) only
+measure: then the estimator takes the factors measured so far as
 nominal (``Estimator.calibrate``: the cost model's and the link probe's own error under the conditions
 the family was planned for), so a model that is 20% off does not read as a condition change.
 
@@ -75,6 +76,8 @@ class Controller:
         self.scale: dict[str, float] = {}  # variant:device/stageK -> measured / predicted module time at warm-up
         self.last_change = -1
         self.epochs = 0
+        self.calibrated = 0  # the epoch the estimator was calibrated in (0: not yet)
+        self.history: list[tuple[float, str, int]] = []  # (seconds, estimated condition, change id) per change
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -88,11 +91,20 @@ class Controller:
         """One epoch: status -> estimate -> decision -> (maybe) switch; returns the Decision (None while
         calibrating)."""
         self.epochs += 1
-        est = self.estimator.update(flat_status(self.head.status(), self.scale))
-        if self.epochs <= self.calibrate_epochs:
-            if self.epochs == self.calibrate_epochs:
+        status = self.head.status()
+        est = self.estimator.update(flat_status(status, self.scale))
+        if not self.calibrated:
+            # Calibrate once every board of the active layout has reported stage times (a slow first request
+            # must not leave a board's factor uncalibrated), or at the latest after 4x the epochs asked for.
+            used = {w["device"] for w in (status.get("family_workers") or {}).get(self.head.active, {}).values()}
+            seen = self.estimator.smoothed()
+            if self.epochs >= self.calibrate_epochs and (
+                    all(f"slowdown:{d}" in seen for d in used) or self.epochs >= 4 * self.calibrate_epochs):
                 self.estimator.calibrate()
+                self.calibrated = self.epochs
             return None
+        if est.change_id != (self.history[-1][2] if self.history else None):
+            self.history.append((round(time.monotonic() - self._t0, 3), str(est.condition), est.change_id))
         current = self.plan_file(self.head.active)
         t0 = time.perf_counter()
         d = self.policy(self.pricer, est, current, self.last_change)
@@ -156,6 +168,8 @@ class Controller:
         return {"policy": self.name, "epoch_s": self.epoch_s, "epochs": self.epochs,
                 "decisions_switched": [s.to_json() for s in self.switches], "errors": list(self.errors),
                 "model_error_by_worker": {k: round(v, 4) for k, v in sorted(self.scale.items())},
+                "calibrated_at_epoch": self.calibrated,
+                "estimates": [{"at_s": t, "condition": c, "change_id": i} for t, c, i in self.history],
                 "estimate": str(self.estimator.estimate().condition), "smoothed": self.estimator.smoothed()}
 
 
