@@ -70,7 +70,7 @@ from edgeplan.profiles.cost import CostTable
 MB = float(1 << 20)
 MAX_LAYOUTS = 500000  # trunk layouts (before pruning) the search may face; fewer trunk cuts are tried above it
 MAX_SPLITS = 64  # a replica group's sample splits searched one by one up to this many, else the min-max split
-MAX_VISITS = 200000  # partial layouts the pruned walk may visit before it stops (the plan's notes then say so)
+MAX_VISITS = 60000  # partial + priced layouts the walk may visit before it stops (the plan's notes then say so)
 MAX_TRUNK_DEVICES = 8  # boards the trunk may use (the fastest ones, pinned boards always) beyond this
 
 
@@ -557,6 +557,9 @@ def solve(costs: CostTable, problem: Problem, objective: Objective, *,
         S = len(trunk) + stash_base
         options = [priced(i, j, g, stash_of(objective, S, s + stash_base)) for s, (i, j, g) in enumerate(trunk)]
         for combo in itertools.product(*options):
+            visits[0] += 1
+            if visits[0] > MAX_VISITS:
+                return
             taus = [t for t, _ in combo]
             if best[0] is not None and bound(crit0, sum(taus), max(taus)) > best[0][1].value(objective):
                 continue
@@ -609,8 +612,7 @@ def solve(costs: CostTable, problem: Problem, objective: Objective, *,
                      f"min-max split")
     if visits[0] > MAX_VISITS:
         exact = False
-        notes.append(f"pinned search stopped after {MAX_VISITS} partial layouts: the best plan found, not proven "
-                     f"optimal")
+        notes.append(f"pinned search stopped after {MAX_VISITS} layouts: the best plan found, not proven optimal")
     if best is None:
         return None, None, notes, exact
     return best[0], best[1], notes, exact
