@@ -2,7 +2,9 @@
 
 ``resnet18 | 0-21@rk3588:gpu | 22-60@rpi4a:cpu*0.5+rpi4b:cpu*0.5``: the model,
 then per stage its inclusive layer range and its replicas ``device:unit`` with
-their sample share (omitted when the stage has one replica).
+their sample share (omitted when the stage has one replica). A branch stage
+(parallel input branches, planner/branches) prints each replica's own range
+joined by ``&`` (``0-3@cam-a:cpu&4-7@cam-b:cpu | 8-9@trunk:gpu``); it does not parse back.
 """
 
 from __future__ import annotations
@@ -33,7 +35,13 @@ def stage_str(start: int, stop: int, replicas) -> str:
 
 def to_str(plan) -> str:
     """Text form of a ``Plan``."""
-    stages = [stage_str(s.start, s.stop, [(r.device, r.unit, r.share) for r in s.replicas]) for s in plan.stages]
+    stages = [
+        "&".join(stage_str(r.start, r.stop, [(r.device, r.unit, 1.0)]) if r.stop > r.start
+                 else f"{r.input}@{r.device}:{r.unit}" for r in s.replicas)  # parallel branches; empty: input only
+        if getattr(s, "kind", "pipeline") == "branches" else
+        stage_str(s.start, s.stop, [(r.device, r.unit, r.share) for r in s.replicas])
+        for s in plan.stages
+    ]
     return " | ".join([plan.model, *stages])
 
 
@@ -44,6 +52,9 @@ def from_str(text: str) -> tuple[str, tuple[TextStage, ...]]:
         raise PlanError(f"plan text {text!r}: expected 'model | first-last@device:unit | ...'")
     stages = []
     for k, part in enumerate(parts[1:]):
+        if "&" in part:
+            raise PlanError(f"plan text stage {k} {part!r}: parallel branches ('&', planner/branches) have no "
+                            f"text form to re-price; plan them with `edgeplan plan --pin`")
         m = _STAGE.match(part)
         if not m:
             raise PlanError(f"plan text stage {k} {part!r}: expected 'first-last@device:unit[*share]+...'")
