@@ -1053,15 +1053,15 @@ class FamilyHead:
         return sw
 
     def warm_up(self, requests: int = 3, timeout_s: float = 300.0) -> dict:
-        """Send ``requests`` zero requests through every variant at once (its first calls load caches), then
-        return each variant's workers' median module time: {variant: {"device/stageK": seconds}}. The
-        controller divides them by the plan's predictions (per worker: the model's own error). Not counted
-        as switches; the requests count in status() like any other."""
+        """Send ``requests`` zero requests through every variant, one variant and one request at a time (the
+        first calls load caches; the median skips them), then return each variant's workers' median module
+        time: {variant: {"device/stageK": seconds}}. The controller divides them by the plan's predictions
+        (per worker: the model's own error). Not counted as switches; they count in status() like any other."""
         xs = [np.zeros((self.batch, *shape), dt) for _, shape, dt in self.in_specs]
-        for _ in range(requests):  # one request per variant at a time: every window has room
-            for f in [h.submit(xs) for h in self.heads.values()]:
+        for h in self.heads.values():  # one variant at a time, one request at a time: timed as when it runs alone
+            for _ in range(requests):
                 try:
-                    f.result(timeout=timeout_s)
+                    h.submit(xs).result(timeout=timeout_s)
                 except Exception:  # a failed warm-up request leaves that worker without a median: no correction
                     pass
         out = {}
