@@ -8,6 +8,7 @@ serves as FPL's trunk, split learning's server and the parameter server.
 
   fpl@LAYER    `edgeplan fpl` branches (one per source, on its board) before LAYER, the junction
                and the trunk on the trunk board; features out, gradients back each batch
+  fpl@LAYER-leave  the same with cam-b's board away for the middle third of the epochs (deepest LAYER)
   split@LAYER  split learning: each client has its own copy of the layers before LAYER, the trunk
                on the server; clients take turns batch by batch (one branch per client in turn)
   fedavg       federated averaging: each board trains the whole model on its own view for an
@@ -44,6 +45,7 @@ CLUSTER = c.CLUSTERS / "fpl-five.yaml"
 SOURCES = ("cam-a", "cam-b", "cam-c")
 SERVER = "trunk"
 SMALL_CNN = '''"""The study's small CNN for 8x8 digits (conv 16, conv 32, pool, fc 64, fc 10)."""
+import torch
 from torch import nn
 
 INPUT_SHAPE = (1, 1, 8, 8)
@@ -68,7 +70,10 @@ class SmallCNN(nn.Module):
 
 
 def build():
-    return SmallCNN()
+    """Seeded, so every method starts from the same weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return SmallCNN()
 '''
 
 
@@ -134,8 +139,11 @@ def _accuracy(predict, views, idx=None) -> float:
 # --- the methods -----------------------------------------------------------------------------------
 
 
-def run_fpl(model_file: Path, views, s: Settings, work: Path) -> list[dict]:
-    """edgeplan's own trainer across sources (training/sources.py): its counted bytes and per-board busy time."""
+def run_fpl(model_file: Path, views, s: Settings, work: Path, absent=()) -> list[dict]:
+    """edgeplan's own trainer across sources (training/sources.py): its counted bytes and per-board busy time.
+
+    ``absent``: (source, 0-based epochs) a source's board is away (its branch skipped, junction weight masked).
+    """
     from edgeplan.fpl import build
     from edgeplan.training.sources import SourceRun, SourceTrainer
 
@@ -143,8 +151,8 @@ def run_fpl(model_file: Path, views, s: Settings, work: Path) -> list[dict]:
     datasets = dict(zip(SOURCES, views, strict=True))
     work.mkdir(parents=True, exist_ok=True)
     folders = {src: str(work) for src in SOURCES}  # the views are in memory: every source's "folder" is there
-    rows = SourceTrainer(model, datasets, folders, SourceRun(epochs=s.epochs, batch=s.batch, lr=s.lr,
-                                                             momentum=s.momentum, seed=s.seed), work).run()
+    run = SourceRun(epochs=s.epochs, batch=s.batch, lr=s.lr, momentum=s.momentum, seed=s.seed, absent=tuple(absent))
+    rows = SourceTrainer(model, datasets, folders, run, work).run()
     out = []
     for r in rows:
         busy = {(SERVER if k == "trunk" else k): v for k, v in r["busy_s"].items()}
@@ -152,7 +160,7 @@ def run_fpl(model_file: Path, views, s: Settings, work: Path) -> list[dict]:
         sent = {k: v // 2 for k, v in r["bytes_sent"].items()}
         sent[SERVER] = sum(v - v // 2 for v in r["bytes_sent"].values())
         out.append({"epoch": r["epoch"], "test_accuracy": r["test_accuracy"], "sent": sent, "busy": busy,
-                    "junction": r["junction"]})
+                    "junction": r["junction"], "present": r["present"]})
     return out
 
 
@@ -334,6 +342,11 @@ def run(s: Settings, out: Path, echo=c.echo_default) -> dict:
             methods[f"fpl@{layer}"] = run_fpl(fpl_file, data, s, work / f"run-{layer}")
         with c.timed(f"split@{layer}", echo):
             methods[f"split@{layer}"] = run_split(fpl_file, data, s)
+        if layer == s.junctions[-1] and s.epochs >= 3:  # sources that leave: cam-b away for the middle third
+            away = tuple(range(s.epochs // 3, 2 * s.epochs // 3))
+            with c.timed(f"fpl@{layer} cam-b away", echo):
+                methods[f"fpl@{layer}-leave"] = run_fpl(fpl_file, data, s, work / f"run-{layer}-leave",
+                                                        absent=(("cam-b", away),))
     with c.timed("fedavg", echo):
         methods["fedavg"] = run_fedavg(base, data, s)
     with c.timed("dsgd", echo):
@@ -381,6 +394,10 @@ def report(doc: dict, out: Path) -> tuple[list[str], dict]:
              "", "bytes: " + doc["labels"]["bytes"] + "; busy: " + doc["labels"]["busy_s"] + "; energy: "
              + doc["labels"]["energy_j"] + "; accuracy: " + doc["labels"]["accuracy"]]
     for m, rows in doc["methods"].items():
+        if m.endswith("-leave"):
+            lines.append(f"{m}: cam-b away in epochs "
+                         + ", ".join(str(r["epoch"]) for r in rows if "cam-b" not in r["present"])
+                         + " (its branch skipped, its junction weight masked; accuracy with the sources present)")
         if "junction" in rows[-1]:
             lines.append(f"{m} junction weights after the last epoch: "
                          + ", ".join(f"{k} {w:.2f}" for k, w in rows[-1]["junction"].items()))
