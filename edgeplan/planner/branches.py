@@ -517,13 +517,21 @@ def solve(costs: CostTable, problem: Problem, objective: Objective, *,
             lows[key] = max(pf.time(u, i, j, k) for u, k in zip(g, ks, strict=True)) if fits else None
         return lows[key]
 
-    def bound(crit0: float, total: float, top: float) -> float:
-        """Objective value no completion of a partial trunk can beat (compute only; links, memory ignored)."""
+    idle_w = [float(x) for x in costs.idle_power_w]
+
+    def beaten(crit0: float, total: float, top: float, used: int = 0, dyn0: float = 0.0) -> bool:
+        """Whether no completion of a partial trunk can beat the best layout's score (value, then latency or
+        iteration time): compute-only lower bounds of both (links, memory and the trunk's busy power ignored;
+        energy: the branches' busy energy + the idle power of the boards used so far over the period)."""
+        if best[0] is None:
+            return False
+        chain = crit0 + total + (M - 1) * max(top, crit0)  # lower bound of latency / iteration time
         if objective.objective == "energy":
-            return 0.0
-        if objective.objective == "throughput":
-            return max(top, crit0)
-        return crit0 + total + (M - 1) * max(top, crit0)
+            idle = sum(w for d, w in enumerate(idle_w) if used >> d & 1)
+            value = (dyn0 + idle * max(top, crit0)) / m
+        else:
+            value = max(top, crit0) if objective.objective == "throughput" else chain
+        return (value, chain) > best[0][1].score(objective)
 
     def splits(i: int, j: int, g: tuple[int, ...], stash: int) -> list[tuple[int, ...]]:
         """Sample splits of a group worth pricing: all of them while few (transfers depend on the split), else
@@ -555,13 +563,14 @@ def solve(costs: CostTable, problem: Problem, objective: Objective, *,
 
     def leaf(bu: tuple[int, ...], crit0: float, trunk: list[tuple[int, int, tuple[int, ...]]]) -> None:
         S = len(trunk) + stash_base
+        ctx["used"] = ctx["bmask"] | sum({1 << costs.units[u][0] for _, _, g in trunk for u in g})
         options = [priced(i, j, g, stash_of(objective, S, s + stash_base)) for s, (i, j, g) in enumerate(trunk)]
         for combo in itertools.product(*options):
             visits[0] += 1
             if visits[0] > MAX_VISITS:
                 return
             taus = [t for t, _ in combo]
-            if best[0] is not None and bound(crit0, sum(taus), max(taus)) > best[0][1].value(objective):
+            if beaten(crit0, sum(taus), max(taus), ctx["used"], ctx["dyn0"]):
                 continue
             specs = tuple(StageSpec(i, j, tuple(zip(g, ks, strict=True)))
                           for (i, j, g), (_, ks) in zip(trunk, combo, strict=True))
@@ -571,6 +580,7 @@ def solve(costs: CostTable, problem: Problem, objective: Objective, *,
                 best[0] = (lay, ev)
 
     visits = [0]
+    ctx: dict[str, float | int] = {}  # per choice of branch units: their boards (mask) and busy energy
     need: dict[tuple[int, int], set[int]] = {}  # boards a stage must run on alone (pins, raw data)
 
     def walk(bu, crit0, pos, used, acc, total, top) -> None:
@@ -593,7 +603,7 @@ def solve(costs: CostTable, problem: Problem, objective: Objective, *,
                 t = low(pos, stop, g)
                 if t is None:
                     continue
-                if best[0] is not None and bound(crit0, total + t, max(top, t)) > best[0][1].value(objective):
+                if beaten(crit0, total + t, max(top, t), used | mask | ctx["bmask"], ctx["dyn0"]):
                     continue
                 acc.append((pos, stop, g))
                 walk(bu, crit0, stop, used | mask, acc, total + t, max(top, t))
@@ -604,6 +614,9 @@ def solve(costs: CostTable, problem: Problem, objective: Objective, *,
         for b, u in zip(problem.branches, bu, strict=True):
             work[b.device] = work.get(b.device, 0.0) + _branch_time(pf, b, u, m)[0]
         crit0 = max(work.values(), default=0.0)  # the busiest branch board: on the critical path, and a resource
+        ctx["bmask"] = sum({1 << costs.units[u][0] for u in bu})
+        ctx["dyn0"] = sum(max(float(costs.busy_power_w[u]) - idle_w[costs.units[u][0]], 0.0)
+                          * _branch_time(pf, b, u, m)[0] for b, u in zip(problem.branches, bu, strict=True))
         walk(tuple(bu), crit0, problem.join, 0, [], 0.0, 0.0)
     best = best[0]
     if approx[0]:

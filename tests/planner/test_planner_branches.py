@@ -152,6 +152,8 @@ def brute_price(costs, prob, obj, bunits, stages):
         return crit + chain + max(q for _, q in res)
     if obj.objective == "throughput":
         return period
+    if obj.objective == "energy":
+        return (dyn + sum(costs.idle_power_w[d] for d in dev_work) * period) / m
     return crit + chain + (M - 1) * period
 
 
@@ -215,6 +217,7 @@ OBJECTIVES = [
     Objective(mode="training", objective="time", batch=3, microbatches=1, schedule="gpipe"),
     Objective(mode="inference", objective="latency", batch=3, microbatches=1),
     Objective(mode="inference", objective="throughput", batch=4, microbatches=2),
+    Objective(mode="inference", objective="energy", batch=3, microbatches=1),
 ]
 
 
