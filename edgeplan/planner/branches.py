@@ -675,6 +675,11 @@ def plan_pinned(graph: LayerGraph, costs: CostTable, objective: Objective, pin_t
     if problem.branches:
         notes.append(f"parallel branches: {len(problem.branches)} inputs on their boards, joined at layer "
                      f"{problem.join} ({costs.layer_names[problem.join]})")
+        pinned = {p.input for p in pins if p.kind == "input"}
+        for b in problem.branches:
+            if b.input not in pinned:
+                notes.append(f"input {b.input!r} is not pinned: its data comes from the head "
+                             f"({costs.devices[b.source]}) and its branch runs on {costs.devices[b.device]}")
     notes.append("baselines omitted: they ignore --pin")
     return plan_of_pinned(costs, problem, layout, objective, ev, pins=pins, raw=raw, model=model,
                           graph_sha256=graph_sha256, cluster=cluster, cluster_sha256=cluster_sha256, notes=notes)

@@ -157,3 +157,18 @@ def test_cli_plan_with_pins_end_to_end(tmp_path):
     assert data["stages"][0]["kind"] == "branches" and len(data["pins"]) == 3
     bad = CliRunner().invoke(app, args[:-2] + ["--pin", "input0=nowhere"])
     assert bad.exit_code == 2 and "no device 'nowhere' in the cluster; valid devices: cam-a" in bad.output
+
+
+def test_unpinned_input_of_a_pinned_model_runs_its_branch_on_the_head(graph, cluster):
+    plan = make_plan(graph, cluster, TRAIN, pins=("input0=cam-b", "input1=cam-c"))
+    assert [r.device for r in plan.stages[0].replicas] == ["cam-b", "cam-c", "cam-a"]  # cam-a: the head
+    assert any("input 'cam_c' is not pinned: its data comes from the head (cam-a)" in n for n in plan.notes)
+
+
+def test_pinned_input_of_a_single_input_model_keeps_the_model_on_its_board(cluster):
+    single = trace(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)),
+                   (4, 3, 8, 8), "single").graph
+    plan = make_plan(single, cluster, Objective(mode="inference", objective="latency", batch=4),
+                     pins=("input0=cam-c",))
+    assert [[r.device for r in s.replicas] for s in plan.stages] == [["cam-c"]]  # no join: all its branch
+    assert plan.pins[0].layers == tuple(x.name for x in single.layers)
