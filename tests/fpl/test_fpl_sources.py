@@ -104,3 +104,15 @@ def test_bad_data_and_absent_flags_name_the_sources(tmp_path, fpl_file, folders)
                       tmp_path / "run")
     with pytest.raises(SourceError, match="not a flexible-parallel-learning model"):
         sources.train("lenet5", ["cam-a=/x"], SourceRun(), tmp_path / "run")
+
+
+def test_data_flags_on_a_plan_without_branches_are_refused():
+    from edgeplan.training.config import TrainConfig
+
+    from ..training.training_helpers import training_plan
+
+    plan = training_plan("lenet5", (), ((8,),), batch=8, microbatches=1)
+    cfg = TrainConfig()
+    assert sources.configure("lenet5", plan, cfg, [], []) is cfg
+    with pytest.raises(SourceError, match="has none .*--dataset"):
+        sources.configure("lenet5", plan, cfg, ["cam-a=/x"])
