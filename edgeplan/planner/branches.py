@@ -485,13 +485,17 @@ def solve(costs: CostTable, problem: Problem, objective: Objective, *,
         forced.update(x for x in (i, i + 1) if problem.join < x < n)
     ranked = sorted((k for k in interior if k not in forced), key=lambda k: (pf.cut[k], k))
     n_branch = math.prod(len(o) for o in b_opts) if b_opts else 1
-    keep = len(ranked)
-    while True:  # drop the dearest cuts until the layouts fit the budget
+    def layouts(keep: int) -> tuple[list[int], dict[int, list[int]], int]:
         allowed = sorted(set(ranked[:keep]) | forced)
         after = {p: [k for k in allowed if k > p] + [n] for p in [problem.join, *allowed]}
-        if keep == 0 or n_branch * _count(after, problem.join, n, by_mask) <= max_layouts:
-            break
-        keep -= 1
+        return allowed, after, n_branch * _count(after, problem.join, n, by_mask)
+
+    lo, hi = 0, len(ranked)  # keep the most cheap cuts whose layouts fit the budget (the count grows with them)
+    if layouts(hi)[2] > max_layouts:
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if layouts(mid)[2] <= max_layouts else (lo, mid - 1)
+    allowed, after, _ = layouts(hi)
     exact = len(allowed) == len(interior) and len(devices) == costs.n_devices
     if not exact:
         notes.append(f"pinned search over {len(allowed)} of {len(interior)} trunk cuts (the cheapest) and "
