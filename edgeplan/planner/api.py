@@ -346,7 +346,7 @@ def _stages(costs: CostTable, ev: Evaluation, m: int, training: bool = False) ->
         out.append(Stage(index=k, start=st.spec.start, stop=st.spec.stop,
                          first_layer=costs.layer_names[st.spec.start], last_layer=costs.layer_names[st.spec.stop - 1],
                          replicas=reps, compute_s=st.compute_s, send_s=st.send_s, energy_j=st.energy_j,
-                         forward_s=st.forward_s if training else None))
+                         forward_s=st.forward_s if training else None, module_s=st.module_s))
     return tuple(out)
 
 

@@ -10,12 +10,18 @@ reports) prices plans here, so they all agree. The model, per micro-batch of
   overhead, and ``H``/``HB`` the runtime's cost per stage call and per byte it
   copies in and out (all per-call terms paid twice when training). Stage time
   ``tau = max_r t_r``.
-- a transfer between device groups ``G -> H`` sends the whole micro-batch's
-  tensor over the slowest pair link: ``m * bytes / min bw + max latency``; zero
-  when both ends are the same single device. Conservative for wide groups,
-  exact for single-device stages. Training sends activations forward and
-  gradients back: ``2x`` per inter-stage link; the input link is one-way and
-  the loss stays on the last stage.
+- a transfer between replica groups ``G -> H`` is priced per sender ->
+  receiver pair, as the runtime routes it (``runtime/spec.py``): replicas own
+  contiguous sample ranges in replica order, and each sender sends each
+  receiver the samples their ranges share (``n_ab``). Every device's NIC moves
+  its own bytes, its flows at once: ``t = max over devices of sum over its
+  pairs n_ab * bytes / bw_ab`` (sending and receiving counted apart) ``+ the
+  largest latency of a pair that carries data``; energy ``sum n_ab * bytes *
+  epb_ab``; a device's samples to itself are free. So 8 senders to 2 receivers
+  cost 4 samples' time on each receiver's NIC, not 8 samples over one link;
+  single-device stages pay ``m * bytes / bw + latency`` as before. Training
+  sends activations forward and gradients back: ``2x`` per inter-stage link;
+  the input link is one-way and the loss stays on the last stage.
 - training all-reduce of a stage's gradients over its group (ring):
   ``2 (g-1)/g * params / min bw + 2 (g-1) * max latency``, once per iteration.
 - resources ``x`` = input link, stages, links (and, inference, the output link
@@ -107,6 +113,10 @@ class Prefix:
         """Seconds for one call of stage ``[i, j)`` on unit ``u`` with ``k`` samples."""
         return k * self.per_sample(u, i, j) + self.per_call(u, i, j)
 
+    def module_time(self, u: int, i: int, j: int, k: int) -> float:
+        """Seconds of the stage's module alone (``time`` without the runtime's per-call and copy costs)."""
+        return k * (self.F[u, j] - self.F[u, i]) + self.X[u, j] - self.X[u, i]
+
     def forward_time(self, u: int, i: int, j: int, k: int) -> float:
         """Seconds of the forward call alone (training: half the per-call and copy costs; inference: ``time``)."""
         if not self.training:
@@ -179,6 +189,48 @@ def transfer(costs: CostTable, src, dst, nbytes: float) -> tuple[float, float]:
     return nbytes / bw + lat, nbytes * epb
 
 
+def pair_samples(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """(sender index, receiver index, samples) for every pair whose sample ranges overlap.
+
+    ``src``/``dst``: samples per replica in replica order; replica ``r`` owns the contiguous range
+    after its predecessors' (``runtime/spec.py``), and a sender sends each receiver the intersection.
+    """
+    out = []
+    a = b = 0
+    a_lo = b_lo = 0
+    while a < len(src) and b < len(dst):
+        a_hi, b_hi = a_lo + src[a], b_lo + dst[b]
+        n = min(a_hi, b_hi) - max(a_lo, b_lo)
+        if n > 0:
+            out.append((a, b, n))
+        if a_hi <= b_hi:
+            a, a_lo = a + 1, a_hi
+        else:
+            b, b_lo = b + 1, b_hi
+    return out
+
+
+def pair_transfer(costs: CostTable, src: tuple[tuple[int, int], ...], dst: tuple[tuple[int, int], ...],
+                  bytes_per_sample: float) -> tuple[float, float]:
+    """(seconds, joules) to move a micro-batch from ``src`` to ``dst`` replicas ((device, samples) in replica
+    order), priced per sender -> receiver pair (module docstring)."""
+    load: dict[tuple[str, int], float] = {}
+    lat = energy = 0.0
+    for a, b, n in pair_samples(tuple(k for _, k in src), tuple(k for _, k in dst)):
+        x, y = src[a][0], dst[b][0]
+        if x == y:
+            continue
+        nbytes = n * bytes_per_sample
+        t = nbytes / float(costs.bandwidth[x, y])
+        load[("out", x)] = load.get(("out", x), 0.0) + t
+        load[("in", y)] = load.get(("in", y), 0.0) + t
+        lat = max(lat, float(costs.latency_s[x, y]))
+        energy += nbytes * float(costs.energy_per_byte_j[x, y])
+    if not load:
+        return 0.0, 0.0
+    return max(load.values()) + lat, energy
+
+
 def allreduce(costs: CostTable, group, nbytes: float) -> tuple[float, float]:
     """(seconds, joules) of a ring all-reduce of ``nbytes`` over ``group``."""
     g = len(group)
@@ -208,6 +260,7 @@ class StageEval:
     send_s: float  # one-way transfer of its output to the next stage (head for the last, inference)
     allreduce_s: float
     energy_j: float  # per sample: compute above idle + sends
+    module_s: float = 0.0  # the slowest replica's module alone (compute_s less the runtime's hop costs)
 
 
 @dataclass(frozen=True)
@@ -295,7 +348,9 @@ def evaluate(costs: CostTable, layout: Layout, objective: Objective, prefix: Pre
     busy = np.asarray(costs.busy_power_w, dtype=np.float64)
     idle = np.asarray(costs.idle_power_w, dtype=np.float64)
 
-    in_t, in_e = transfer(costs, (head,), groups[0], m * pf.cut[0])
+    ends = [tuple((costs.units[u][0], k) for u, k in st.replicas) for st in layout]  # (device, samples)
+    at_head = ((head, m),)
+    in_t, in_e = pair_transfer(costs, at_head, ends[0], pf.cut[0])
     stages: list[StageEval] = []
     overflows: list[tuple[int, float, float]] = []
     unsupported: list[tuple[int, int]] = []
@@ -324,9 +379,9 @@ def evaluate(costs: CostTable, layout: Layout, objective: Objective, prefix: Pre
         slowest = max(reps, key=lambda r: r.time_s)
         tau = slowest.time_s
         if s + 1 < S:
-            send_t, send_e = transfer(costs, groups[s], groups[s + 1], m * pf.cut[j])
+            send_t, send_e = pair_transfer(costs, ends[s], ends[s + 1], pf.cut[j])
         elif not train:
-            send_t, send_e = transfer(costs, groups[s], (head,), m * pf.cut[j])
+            send_t, send_e = pair_transfer(costs, ends[s], at_head, pf.cut[j])
         else:
             send_t, send_e = 0.0, 0.0
         ar_t, ar_e = allreduce(costs, groups[s], params) if train else (0.0, 0.0)
@@ -339,7 +394,8 @@ def evaluate(costs: CostTable, layout: Layout, objective: Objective, prefix: Pre
         dyn_j += e_stage
         stages.append(StageEval(spec=st, replicas=tuple(reps), compute_s=float(tau), forward_s=slowest.forward_s,
                                 send_s=float(send_t),
-                                allreduce_s=float(ar_t), energy_j=float(e_stage / m)))
+                                allreduce_s=float(ar_t), energy_j=float(e_stage / m),
+                                module_s=float(max(pf.module_time(r.unit, i, j, r.samples) for r in reps))))
     period = max(p_res)
     total = sum(p_res)
     idle_used = float(sum(idle[d] for d in used))

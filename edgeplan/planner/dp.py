@@ -105,9 +105,9 @@ class DPSolver:
                                   f"{self.bundle[t]}")
 
     def _build(self) -> None:
-        self._setup()
         self.cache: dict[int, dict] = {}
-        self.link_cache: dict[int, tuple] = {}
+        self._ko = None
+        self._setup()
         self._rows_cache = None
         self.ws = self._range_max()
 
@@ -160,16 +160,15 @@ class DPSolver:
             rv = np.nonzero(ok)[0]
             off = sum(b * s for b, s in zip(c.bundles, self.stride, strict=False))
             self.rows.append((rv, rv - off))
-        masks = sorted({c.mask for c in comps})
-        if tp.uniform:
-            self.cls = {mk: (0 if mk == 1 else 1) for mk in masks}
-        else:
-            self.cls = {mk: i for i, mk in enumerate(masks)}
-        self.nS = max(self.cls.values()) + 1 if self.cls else 1
-        rep = {}
-        for mk in masks:
-            rep.setdefault(self.cls[mk], mk)
-        self.rep_mask = [rep.get(c, 1) for c in range(self.nS)]
+        # link class of a stage = what the previous stage's send depends on: whether the stage is one device
+        # (it receives every sample) or wide, and (non-uniform links) its board types
+        keys = [(0 if tp.uniform else c.mask, sum(c.devs) == 1) for c in comps]
+        order = sorted(set(keys))
+        self.comp_cls = [order.index(k) for k in keys]
+        self.cls_mask = [mk for mk, _ in order] if not tp.uniform else [None] * len(order)
+        self.cls_wide = np.array([not single for _, single in order], dtype=bool)
+        self.nS = max(1, len(order))
+        self._link_tab = [self._link_terms(c) for c in comps]
 
     def _work(self) -> float:
         """Element operations of one pass, estimated before building anything (rows = (group, state) pairs)."""
@@ -192,29 +191,64 @@ class DPSolver:
     def _types_of(self, mask: int) -> list[int]:
         return [t for t in range(len(self.types.members)) if mask >> t & 1]
 
-    def _pair(self, src: list[int], dst: list[int]) -> tuple[float, float, float] | None:
-        tp = self.types
-        vals = [(a, b) for a in src for b in dst if np.isfinite(tp.bw[a, b])]
-        if not vals:
-            return None
-        return (min(tp.bw[a, b] for a, b in vals), max(tp.lat[a, b] for a, b in vals),
-                max(tp.epb[a, b] for a, b in vals))
+    def _link_terms(self, comp: _Comp) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(bandwidth, latency, energy/byte) per next class for a send from ``comp``.
 
-    def _link_interior(self, c1: int, c2: int) -> tuple[float, float, float]:
+        Exact for a one-device receiver when the network is uniform or ``comp`` is one board type;
+        otherwise the largest bandwidth and smallest latency and energy among the type pairs: a lower
+        bound, and ``prices_exactly`` tells which plans it priced exactly (costmodel: per-pair pricing).
+        """
         tp = self.types
-        if tp.uniform:  # classes only separate "head alone" from the rest; every pair has the same link
+        bw, lat, epb = np.full(self.nS, np.inf), np.zeros(self.nS), np.zeros(self.nS)
+        if tp.uniform:
             fin = np.argwhere(np.isfinite(tp.bw))
             if len(fin):
-                a, b = fin[0]
-                return tp.bw[a, b], tp.lat[a, b], tp.epb[a, b]
-        got = self._pair(self._types_of(self.rep_mask[c1]), self._types_of(self.rep_mask[c2]))
-        return got if got is not None else (np.inf, 0.0, 0.0)
+                x, y = fin[0]
+                bw[:], lat[:], epb[:] = tp.bw[x, y], tp.lat[x, y], tp.epb[x, y]
+            return bw, lat, epb
+        src = [t for t in range(len(tp.members)) if comp.devs[t]]
+        for c, mk in enumerate(self.cls_mask):
+            pairs = [(a, b) for a in src for b in self._types_of(mk) if np.isfinite(tp.bw[a, b])]
+            if pairs:
+                bw[c] = max(tp.bw[a, b] for a, b in pairs)
+                lat[c] = min(tp.lat[a, b] for a, b in pairs)
+                epb[c] = min(tp.epb[a, b] for a, b in pairs)
+        return bw, lat, epb
 
-    def _link_head(self, c: int, into: bool) -> tuple[float, float, float] | None:
-        others = [t for t in self._types_of(self.rep_mask[c]) if t != 0]
-        if not others:
-            return None
-        return self._pair([0], others) if into else self._pair(others, [0])
+    def _head_links(self, s: np.ndarray, vs: list[int], cut: float) -> tuple[np.ndarray, np.ndarray]:
+        """(seconds, joules) to or from the head of samples ``s`` [V, ...] per type: every non-head sample
+        crosses the head's NIC, so the head's load is the time; exact (costmodel.pair_transfer)."""
+        tp = self.types
+        t = np.zeros(s.shape[1:])
+        e = np.zeros(s.shape[1:])
+        lat = np.zeros(s.shape[1:])
+        for v, ty in enumerate(vs):
+            if ty == 0:
+                continue
+            t = t + s[v] * cut / tp.bw[0, ty]
+            e = e + s[v] * cut * tp.epb[0, ty]
+            lat = np.maximum(lat, np.where(s[v] > 0, tp.lat[0, ty], 0.0))
+        return t + lat, e
+
+    def prices_exactly(self, layout: Layout, kind: str = "sum") -> bool:
+        """Whether the DP's link figures for ``layout`` are the cost model's (see ``_link_terms``).
+
+        A send into a wide group adds its busiest sender's time to a sum (a lower bound); it is exact on
+        a uniform network when no receiver takes more samples than the busiest sender sends. As a
+        bottleneck key (``kind="max"``) it is exact on a uniform network: the receivers' side is a key
+        of the receiving stage.
+        """
+        tp, dev_type = self.types, {d: t for t, mem in enumerate(self.types.members) for d in mem}
+        if kind == "max" and tp.uniform:
+            return True
+        for st, nxt in zip(layout[:-1], layout[1:], strict=True):
+            src_types = {dev_type[self.costs.units[u][0]] for u, _ in st.replicas}
+            if len(nxt.replicas) == 1:
+                if not tp.uniform and len(src_types) > 1:
+                    return False
+            elif not tp.uniform or max(k for _, k in nxt.replicas) > max(k for _, k in st.replicas):
+                return False
+        return True
 
     # ----------------------------------------------------------------- stage tables
     def _range_max(self) -> np.ndarray:
@@ -297,6 +331,12 @@ class DPSolver:
             memok = np.all(mem <= ram, axis=0)
         return s, memok
 
+    def _kout_all(self) -> np.ndarray:
+        """[G, K+1, K+1, depth]: samples of each stage option's busiest device (theta-independent, built once)."""
+        if self._ko is None:
+            self._ko = np.stack([self._stage(gi)["kout"] for gi in range(len(self.comps))])
+        return self._ko
+
     def _stage(self, gi: int) -> dict:
         """Every stage [bnd[k], bnd[k2]) on composition ``gi`` at once: arrays [K+1, K+1, depth]."""
         hit = self.cache.get(gi)
@@ -313,11 +353,19 @@ class DPSolver:
         valid = np.zeros((K1, K1, nD), dtype=bool)
         memok = np.zeros((K1, K1, nD), dtype=bool)
         dyn = np.zeros((K1, K1, nD))
+        kout = np.zeros((K1, K1, nD))  # samples of the busiest device (what a send to a wide group waits for)
+        in_p, in_e = np.zeros((K1, nD)), np.zeros((K1, nD))  # head -> this stage starting at 0, by end
+        out_p, out_e = np.zeros((K1, nD)), np.zeros((K1, nD))  # this stage ending at n -> head, by start
+        cut = self.pf.cut
         for d in range(nD):
             s, ok = self._shares(base, None if self.ignore_memory else self._stash(d))
             valid[:, :, d] = base["valid"] & np.all(s >= c, axis=0)
             memok[:, :, d] = ok
             kmax = -(-s // c)
+            kout[:, :, d] = kmax.max(axis=0)
+            in_p[:, d], in_e[:, d] = self._head_links(s[:, 0, :], vs, cut[0])
+            if not self.train:
+                out_p[:, d], out_e[:, d] = self._head_links(s[:, :, K1 - 1], vs, cut[-1])
             tau[:, :, d] = np.where(tri, (kmax * F + X).max(axis=0), np.inf)
             for vi, u in enumerate(U):
                 dyn[:, :, d] += max(busy[u] - idle[vi], 0.0) * (s[vi] * F[vi] + C[vi] * X[vi])
@@ -332,33 +380,13 @@ class DPSolver:
             epb = max(tp.epb[a, b] for a, b in pairs)
             ar = 2.0 * (g - 1) / g * params / bw + 2.0 * (g - 1) * lat
             ar_e = 2.0 * (g - 1) * params * epb
-        out = {"tau": tau, "valid": valid, "memok": memok,
+        out = {"tau": tau, "valid": valid, "memok": memok, "kout": kout, "in_p": in_p, "in_e": in_e,
+               "out_p": out_p, "out_e": out_e,
                "dyn": np.where(tri[:, :, None], dyn + (ar_e / self.M)[:, :, None], 0.0),
                "ar": np.where(tri, ar, 0.0)[:, :, None],
                "idle": float(sum(ci * x for ci, x in zip(C, idle, strict=True)))}
         self.cache[gi] = out
         return out
-
-    def _links(self, cg: int):
-        """Interior link (p, e) [K+1, nS] by end boundary, and the terminal (p, e), from class ``cg``."""
-        hit = self.link_cache.get(cg)
-        if hit is not None:
-            return hit
-        m, cut = self.m, self.pf.cut[self.bnd]
-        f = 2.0 if self.train else 1.0
-        p = np.empty((len(cut), self.nS))
-        e = np.empty((len(cut), self.nS))
-        for c2 in range(self.nS):
-            bw, lat, epb = self._link_interior(cg, c2)
-            p[:, c2] = f * (m * cut / bw + lat)
-            e[:, c2] = f * m * cut * epb
-        pe = ee = 0.0
-        link = None if self.train else self._link_head(cg, into=False)
-        if link is not None:
-            bw, lat, epb = link
-            pe, ee = m * cut[-1] / bw + lat, m * cut[-1] * epb
-        self.link_cache[cg] = (p, e, pe, ee)
-        return self.link_cache[cg]
 
     # ----------------------------------------------------------------- passes
     def _rows_all(self):
@@ -367,7 +395,7 @@ class DPSolver:
             g = np.concatenate([np.full(len(rv), gi) for gi, (rv, _) in enumerate(self.rows)])
             rv = np.concatenate([rv for rv, _ in self.rows])
             rmg = np.concatenate([rmg for _, rmg in self.rows])
-            cg = np.array([self.cls[c.mask] for c in self.comps])[g]
+            cg = np.array(self.comp_cls, dtype=np.int64)[g]
             self._rows_cache = (g, rv, rmg, cg)
         return self._rows_cache
 
@@ -388,23 +416,39 @@ class DPSolver:
         is_sum = kind == "sum"
         K1 = K + 1
         A = np.empty((G, K1, K1, nD))  # stage cost by (start, end, its depth), inf where not allowed or not fitting
-        LC = np.empty((G, K1, nS))  # link cost by end boundary and next class
         END = np.empty((G, K1))  # cost of the stage running to the end (incl. the link to the head)
-        for gi, comp in enumerate(self.comps):
+        for gi in range(G):
             st = self._stage(gi)
-            pl, el, pe, ee = self._links(self.cls[comp.mask])
             tau = st["tau"]
             bs = _qkey(tau, st["ar"], M) if bkey == "q" else tau
             with np.errstate(invalid="ignore"):
                 a_s = cp * tau + ce * (st["dyn"] + st["idle"] * theta_idle) if is_sum else bs
             ok = st["valid"] & st["memok"] & (bs <= theta)
             A[gi] = np.where(ok, a_s, np.inf)
-            bl = (M - 1) * pl if bkey == "q" else pl
-            LC[gi] = np.where(bl <= theta, cp * pl + ce * el if is_sum else bl, np.inf)
+            # the input link (head -> the stage starting at 0) and the output link are priced with the stage:
+            # they depend on its shares (the head's own share does not travel)
+            pin, ein = st["in_p"], st["in_e"]
+            b_in = (M - 1) * pin if bkey == "q" else pin
+            A[gi][0] = np.where(b_in <= theta, A[gi][0] + cp * pin + ce * ein if is_sum else np.maximum(A[gi][0], b_in),
+                                np.inf)
+            if self.types.uniform and K > 1:
+                # what its busiest device receives across its start cut: a bottleneck key of the send into it,
+                # so with the senders' side (below) the max over keys is the link's time exactly
+                bw, lt = self._link_tab[gi][0][0], self._link_tab[gi][1][0]
+                rk = (2.0 if self.train else 1.0) * (st["kout"][1:] * self.pf.cut[self.bnd[1:]][:, None, None] / bw
+                                                     + lt)
+                brk = (M - 1) * rk if bkey == "q" else rk
+                A[gi][1:] = np.where(brk <= theta, A[gi][1:] if is_sum else np.maximum(A[gi][1:], brk), np.inf)
+            pe, ee = st["out_p"][:, 0], st["out_e"][:, 0]
             bl_end = (M - 1) * pe if bkey == "q" else pe
-            endc = (cp * pe + ce * ee if is_sum else bl_end) if bl_end <= theta else np.inf
+            endc = np.where(bl_end <= theta, cp * pe + ce * ee if is_sum else bl_end, np.inf)
             col = A[gi][:, K, 0]
             END[gi] = col + endc if is_sum else np.maximum(col, endc)
+        KO = self._kout_all()
+        BW, LT, EP = (np.array([tab[x] for tab in self._link_tab]) for x in range(3))  # [G, nS]
+        f = 2.0 if self.train else 1.0
+        cut_b = self.pf.cut[self.bnd]
+        wide = self.cls_wide[None, None, :, None]
         rg, rrv, rmg, rcg = self._rows_all()
         seg = np.searchsorted(rg, np.arange(G + 1))  # rows are grouped by composition
         chunks, start = [], 0
@@ -426,10 +470,18 @@ class DPSolver:
                                            np.full(okend.sum(), -1)], axis=1))
             if K - k >= 2:
                 a = A[:, k, k + 1:K][:, :, dmap]  # [G, L, nD] by the next stage's depth
+                # the send to the next stage: every sample into a one-device stage, the busiest sender's
+                # samples into a wide one (a lower bound there: prices_exactly)
+                kk = KO[:, k, k + 1:K][:, :, dmap]
+                ck = cut_b[k + 1:K][None, :, None, None]
+                nsamp = np.where(wide, kk[:, :, None, :], float(self.m))  # [G, L, nS, nD]
+                p4 = f * (nsamp * ck / BW[:, None, :, None] + LT[:, None, :, None])
+                b4 = (M - 1) * p4 if bkey == "q" else p4
                 if is_sum:
-                    c4 = a[:, :, None, :] + LC[:, k + 1:K][:, :, :, None]  # [G, L, nS, nD]
+                    e4 = f * self.m * ck * EP[:, None, :, None]
+                    c4 = a[:, :, None, :] + np.where(b4 <= theta, cp * p4 + ce * e4, np.inf)  # [G, L, nS, nD]
                 else:
-                    c4 = np.maximum(a[:, :, None, :], LC[:, k + 1:K][:, :, :, None])
+                    c4 = np.maximum(a[:, :, None, :], np.where(b4 <= theta, b4, np.inf))
                 live = np.isfinite(c4).reshape(G, -1).any(axis=1)
                 for c_lo, c_hi in chunks:  # compositions [c_lo, c_hi), rows [seg[c_lo], seg[c_hi])
                     if not live[c_lo:c_hi].any():
@@ -478,20 +530,9 @@ class DPSolver:
         full = R - 1
         best_v, best_at = np.inf, None
         for c in range(nS):
-            link = self._link_head(c, into=True)
-            if link is None:
-                p_in, e_in = 0.0, 0.0
-            else:
-                bw, lat, epb = link
-                p_in, e_in = self.m * self.pf.cut[0] / bw + lat, self.m * self.pf.cut[0] * epb
-            b_in = (M - 1) * p_in if bkey == "q" else p_in
-            if b_in > theta:
-                continue
             for d in range(nD):
-                v = val[full, 0, c, d]
-                tot = v + cp * p_in + ce * e_in if is_sum else max(v, b_in)
-                if tot < best_v:
-                    best_v, best_at = tot, (c, d)
+                if val[full, 0, c, d] < best_v:
+                    best_v, best_at = float(val[full, 0, c, d]), (c, d)
         if best_at is None or not np.isfinite(best_v):
             return None
         return best_v, self._rebuild(ch, best_at)
@@ -527,12 +568,16 @@ class DPSolver:
             st = self._stage(gi)
             b = _qkey(st["tau"], st["ar"], M) if bkey == "q" else st["tau"]
             vals.append(b[st["valid"]])
-        for cg in range(self.nS):
-            pl, _, pe, _ = self._links(cg)
-            vals += [np.ravel(pl[1:-1]) * f, np.array([pe * f])]
-            link = self._link_head(cg, into=True)
-            if link is not None:
-                vals.append(np.array([(self.m * self.pf.cut[0] / link[0] + link[1]) * f]))
+            vals += [np.ravel(st["in_p"]) * f, np.ravel(st["out_p"]) * f]
+        # sends between stages: (samples) x cut / bandwidth + latency for every class's link terms
+        fl = 2.0 if self.train else 1.0
+        cut = self.pf.cut[self.bnd[1:-1]]
+        ks = np.arange(1, self.m + 1, dtype=np.float64)
+        terms = {(float(bw[c]), float(lt[c]), bool(self.cls_wide[c]))
+                 for bw, lt, _ in self._link_tab for c in range(self.nS)}
+        for bw, lt, wide in sorted(terms):
+            nsamp = ks if wide else np.array([float(self.m)])
+            vals.append(np.ravel(fl * (nsamp[:, None] * cut[None, :] / bw + lt)) * f)
         allv = np.concatenate(vals) if vals else np.zeros(0)
         return np.unique(allv[np.isfinite(allv)])
 

@@ -5,9 +5,15 @@ nodes (boundary, depth); each arc is a stage ``[i, j)`` on one device subset
 with one unit per board kind, its samples split as the evaluator does. Binary
 ``y`` per arc, at most one arc per device, and continuous bottleneck variables:
 ``P >= p_a y_a`` (throughput/latency/energy) or ``Q >= q_a y_a`` (training).
-Energy's ``idle * P`` term is linearised with ``z_a >= P - U (1 - y_a)``. Link
-costs must not depend on the next group, so the ILP needs a uniform network
-(every pair of devices has the same link), which ``applicable`` checks.
+Energy's ``idle * P`` term is linearised with ``z_a >= P - U (1 - y_a)``.
+Transfers are priced per sender -> receiver pair (costmodel): on a uniform
+network the send across cut ``j`` takes ``max(busiest sender, busiest
+receiver) x bytes / bw + latency``, so one variable per cut, ``L_j >= out_a y_a``
+for the arc ending at ``j`` and ``L_j >= in_b y_b`` for the one starting there,
+is that time exactly (it is minimised, and ``P >= L_j``). The head's links are
+priced inside the first and last arcs. Non-uniform links would make ``L_j``
+depend on which devices meet, so the ILP needs a uniform network (every pair of
+devices has the same link), which ``applicable`` checks.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeplan.errors import PlanError
-from edgeplan.planner.costmodel import Prefix, StageSpec, allocate, allreduce, evaluate, head_index, transfer
+from edgeplan.planner.costmodel import Prefix, StageSpec, allocate, allreduce, evaluate, head_index, pair_transfer
 from edgeplan.planner.objective import Objective
 from edgeplan.planner.search import Result
 from edgeplan.planner.types import device_types
@@ -31,10 +37,12 @@ class _Arc:
     src: tuple[int, int]  # (boundary, depth index)
     dst: tuple[int, int]
     devices: tuple[int, ...]
-    a: float  # additive seconds (stage + links)
+    a: float  # additive seconds (stage + the head's links)
     p: float  # bottleneck key (inference: max per-micro-batch time; training: (M-1) p + ar)
     e: float  # joules per micro-batch (compute above idle + links)
     idle: float  # watts of the group's devices
+    out_s: float = 0.0  # send across its end cut (< n) as its busiest sender sees it: the L_j term
+    in_s: float = 0.0  # receive across its start cut (> 0) as its busiest receiver sees it
 
 
 def _groups(costs: CostTable, head: int):
@@ -106,17 +114,22 @@ def _arcs_at(costs, obj, pf, i, j, devs, units, d, stash, nD, idle_w, busy, head
     ar = ar_e = 0.0
     if train and len(devs) >= 2:
         ar, ar_e = allreduce(costs, devs, params)
-    # link out: to any other device (uniform network) or to the head at the end
+    # sends between stages (uniform network): the busiest of this group's NICs; L_j takes the max with the
+    # other side. The head's links: exact here (its own share does not travel).
+    reps = tuple((x, k) for x, k in zip(devs, ks, strict=True))
+    f = 2.0 if train else 1.0
+    peer = next((x for x in range(costs.n_devices) if x not in devs), None)
+    bw, lat, epb = ((float(costs.bandwidth[devs[0], peer]), float(costs.latency_s[devs[0], peer]),
+                     float(costs.energy_per_byte_j[devs[0], peer])) if peer is not None else (np.inf, 0.0, 0.0))
+    out_s = f * (max(ks) * pf.cut[j] / bw + lat) if j < n else 0.0
+    in_s = f * (max(ks) * pf.cut[i] / bw + lat) if i > 0 else 0.0
     if j < n:
-        peer = next((x for x in range(costs.n_devices) if x not in devs), None)
-        lt, le = transfer(costs, devs, (peer,), m * pf.cut[j]) if peer is not None else (np.inf, 0.0)
-        f = 2.0 if train else 1.0
-        lt, le = f * lt, f * le
+        lt, le = 0.0, f * m * pf.cut[j] * epb
     elif not train:
-        lt, le = transfer(costs, devs, (head,), m * pf.cut[j])
+        lt, le = pair_transfer(costs, reps, ((head, m),), pf.cut[j])
     else:
         lt = le = 0.0
-    lin, lie = transfer(costs, (head,), devs, m * pf.cut[0]) if i == 0 else (0.0, 0.0)
+    lin, lie = pair_transfer(costs, ((head, m),), reps, pf.cut[0]) if i == 0 else (0.0, 0.0)
     stage = StageSpec(i, j, tuple(zip(units, ks, strict=True)))
     p = max((M - 1) * tau + ar, (M - 1) * lt, (M - 1) * lin) if train else max(tau, lt, lin)
     if not np.isfinite(p):
@@ -130,7 +143,8 @@ def _arcs_at(costs, obj, pf, i, j, devs, units, d, stash, nD, idle_w, busy, head
     else:
         dsts = [(j, max(d - 1, 0))] if nD > 1 else [(j, 0)]
     return [_Arc(stage=stage, src=(i, d), dst=dst, devices=devs, a=tau + lt + lin, p=p,
-                 e=dyn + le + lie + ar_e / M, idle=float(sum(idle_w[x] for x in devs))) for dst in dsts]
+                 e=dyn + le + lie + ar_e / M, idle=float(sum(idle_w[x] for x in devs)), out_s=out_s, in_s=in_s)
+            for dst in dsts]
 
 
 TIME_LIMIT_S = 60.0
@@ -195,10 +209,13 @@ def solve(costs: CostTable, obj: Objective, time_limit_s: float = TIME_LIMIT_S,
     kind = obj.objective
     M = obj.microbatches
     nA = len(arcs)
-    U = max(a.p for a in arcs)
-    # columns: y (nA) | P | z (nA, energy only)
+    kf = (M - 1) if obj.training else 1  # a link's bottleneck key per second of it
+    U = max(max(a.p for a in arcs), kf * max(max(a.out_s, a.in_s) for a in arcs))
+    # columns: y (nA) | P | z (nA, energy only) | L (one per inner cut)
     energy = kind == "energy"
-    ncol = nA + 1 + (nA if energy else 0)
+    cuts_in = sorted({a.stage.stop for a in arcs if a.stage.stop < n} | {a.stage.start for a in arcs if a.stage.start})
+    Lcol = {j: nA + 1 + (nA if energy else 0) + x for x, j in enumerate(cuts_in)}
+    ncol = nA + 1 + (nA if energy else 0) + len(cuts_in)
     Pcol = nA
 
     def build(primary: bool, p_cap: float | None):
@@ -210,22 +227,27 @@ def solve(costs: CostTable, obj: Objective, time_limit_s: float = TIME_LIMIT_S,
         ub = np.ones(ncol)
         ub[Pcol] = U if p_cap is None else p_cap
         if energy:
-            ub[nA + 1:] = U
+            ub[nA + 1:nA + 1 + nA] = U
+        ub[list(Lcol.values())] = U
         cost = np.zeros(ncol)
+        lcols = list(Lcol.values())
         if kind == "throughput":
             if primary:
                 cost[Pcol] = 1.0
             else:
                 cost[:nA] = [a.a for a in arcs]
+                cost[lcols] = 1.0
         elif kind == "latency":
             cost[:nA] = [a.a for a in arcs]
+            cost[lcols] = 1.0
             cost[Pcol] = M - 1
         elif kind == "time":
             cost[:nA] = [a.a for a in arcs]
+            cost[lcols] = 1.0
             cost[Pcol] = 1.0
         else:
             cost[:nA] = [a.e for a in arcs]
-            cost[nA + 1:] = [a.idle for a in arcs]
+            cost[nA + 1:nA + 1 + nA] = [a.idle for a in arcs]
         h.addVars(ncol, lb, ub)
         h.changeColsCost(ncol, np.arange(ncol), cost)
         h.changeColsIntegrality(nA, np.arange(nA), np.array([highspy.HighsVarType.kInteger] * nA))
@@ -253,6 +275,12 @@ def solve(costs: CostTable, obj: Objective, time_limit_s: float = TIME_LIMIT_S,
             h.addRow(0.0, inf, 2, np.array([Pcol, k]), np.array([1.0, -a.p]))
             if energy:  # z_a >= P - U (1 - y_a)
                 h.addRow(-U, inf, 3, np.array([nA + 1 + k, Pcol, k]), np.array([1.0, -1.0, -U]))
+            if a.stage.stop < n:  # L_j >= what its senders need
+                h.addRow(0.0, inf, 2, np.array([Lcol[a.stage.stop], k]), np.array([1.0, -a.out_s]))
+            if a.stage.start > 0:  # L_i >= what its receivers need
+                h.addRow(0.0, inf, 2, np.array([Lcol[a.stage.start], k]), np.array([1.0, -a.in_s]))
+        for col in lcols:  # P >= key of every link
+            h.addRow(0.0, inf, 2, np.array([Pcol, col]), np.array([1.0, -float(kf)]))
         h.run()
         return h
 

@@ -48,6 +48,9 @@ class Stage:
     energy_j: float  # energy per sample spent in this stage (compute + send)
     forward_s: float | None = None  # training: the forward part of compute_s (the rest is backward)
     kind: str = "pipeline"  # "branches": replicas hold different input branches, run concurrently (planner/branches)
+    # the slowest replica's module alone (its layers' time, without the runtime's hop that compute_s includes):
+    # what a worker's compute timer measures, so run reports compare like with like (issue 14)
+    module_s: float | None = None
 
 
 @dataclass(frozen=True)

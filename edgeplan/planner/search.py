@@ -74,9 +74,12 @@ def optimise(dp: DPSolver, obj: Objective, cp: float = 1.0, ce: float = 0.0) -> 
     M = obj.microbatches
     notes: list[str] = []
     best_l, best_e, passes, exact = None, None, 0, True
+    loose = []  # plans whose sends into wide groups the DP priced below the cost model (dp.prices_exactly)
 
     def consider(layout):
         nonlocal best_l, best_e
+        if not dp.prices_exactly(layout):
+            loose.append(layout)
         ev = _eval(dp, layout)
         if better(ev, best_e, obj):
             best_l, best_e = layout, ev
@@ -87,7 +90,10 @@ def optimise(dp: DPSolver, obj: Objective, cp: float = 1.0, ce: float = 0.0) -> 
         if got is not None:
             got2 = dp.run_pass("sum", theta=got[0], bkey="p")
             passes += 1
-            consider(got2[1] if got2 is not None else got[1])
+            # the period is a max pass's: exact on a uniform network (tie-breaking latency may be a bound)
+            lay = got2[1] if got2 is not None else got[1]
+            loose += [x for x in (got[1], lay) if not dp.prices_exactly(x, "max")]
+            best_l, best_e = lay, _eval(dp, lay)
     elif kind in ("latency", "time"):
         # objective = sum + w * max. The unconstrained pass gives the smallest sum (floor); then branch and
         # bound over candidate bottleneck values: on an interval [c_a, c_b] no plan beats sum(c_b) + w c_a.
@@ -150,6 +156,10 @@ def optimise(dp: DPSolver, obj: Objective, cp: float = 1.0, ce: float = 0.0) -> 
                     continue
                 mid = (a + b) // 2
                 stack += [(mid + 1, b), (a, mid)]
+    if loose:
+        exact = False
+        notes.append("DP lower bound: a send into a wide replica group was priced by its busiest sender (the "
+                     "evaluator prices every sender -> receiver pair)")
     return Result(layout=best_l, evaluation=best_e, exact=exact, notes=notes, passes=passes)
 
 

@@ -7,8 +7,11 @@ prices each one from the raw CostTable arrays:
 
 - a replica's call: ``k * (sum fwd + hop_byte * (cut_in + cut_out)) + sum fixed + hop``; its memory:
   weights + ``k * (cut_in + max act)``, which must fit the device's RAM;
-- a transfer between groups: the whole micro-batch over the slowest pair link plus the largest
-  latency (the runtime's routing, as the cost model states it);
+- a transfer between groups: as the runtime routes it, each sender sends each receiver the samples
+  their contiguous ranges (in replica order) share, all flows at once; its time is the busiest NIC's
+  (sending and receiving apart) seconds of bytes plus the largest latency of a pair that carries data
+  (``nic_time``). ``simulate_flows`` checks that figure by a fluid event simulation of the flows
+  sharing the NICs fairly (tests/planner/test_planner_pairs.py);
 - time: the micro-batches are run through the chain of resources (input link, stages, links,
   output link) by an event simulation, each resource taking them in order, starting each one when
   both the resource and the micro-batch are free; latency is the last finish, the period is the
@@ -47,12 +50,78 @@ def _run(times: list[float], jobs: int) -> list[float]:
     return out
 
 
-def _link(costs: CostTable, src, dst) -> tuple[float, float, float] | None:
-    pairs = [(a, b) for a in src for b in dst if a != b]
-    if not pairs:
-        return None
-    return (min(costs.bandwidth[a, b] for a, b in pairs), max(costs.latency_s[a, b] for a, b in pairs),
-            max(costs.energy_per_byte_j[a, b] for a, b in pairs))
+def _flows(costs: CostTable, src, dst, bytes_per_sample: float) -> list[tuple[int, int, float]]:
+    """(sender device, receiver device, bytes) for every pair of overlapping sample ranges (not to itself)."""
+    out = []
+    lo_a = 0
+    for x, ka in src:
+        lo_b = 0
+        for y, kb in dst:
+            n = min(lo_a + ka, lo_b + kb) - max(lo_a, lo_b)
+            if n > 0 and x != y:
+                out.append((x, y, n * bytes_per_sample))
+            lo_b += kb
+        lo_a += ka
+    return out
+
+
+def nic_time(costs: CostTable, src, dst, bytes_per_sample: float) -> tuple[float, float]:
+    """(seconds, joules): the busiest NIC's seconds of bytes + the largest latency; energy per byte per pair."""
+    flows = _flows(costs, src, dst, bytes_per_sample)
+    if not flows:
+        return 0.0, 0.0
+    busy: dict[tuple, float] = {}
+    for x, y, b in flows:
+        for k in (("out", x), ("in", y)):
+            busy[k] = busy.get(k, 0.0) + b / float(costs.bandwidth[x, y])
+    lat = max(float(costs.latency_s[x, y]) for x, y, _ in flows)
+    return max(busy.values()) + lat, sum(b * float(costs.energy_per_byte_j[x, y]) for x, y, b in flows)
+
+
+def simulate_flows(costs: CostTable, src, dst, bytes_per_sample: float) -> tuple[float, float]:
+    """(seconds, joules) of a group-to-group transfer by event simulation of its flows.
+
+    ``src``/``dst``: (device, samples) per replica in replica order. Every flow runs at once; a flow
+    between x and y at a fraction f of the link's bandwidth uses f of x's sending NIC and of y's
+    receiving NIC; fractions are shared max-min fairly (progressive filling) and re-shared whenever a
+    flow ends. The transfer ends when its last flow does, plus the largest latency among its flows.
+    """
+    flows = _flows(costs, src, dst, bytes_per_sample)
+    if not flows:
+        return 0.0, 0.0
+    left = {i: b for i, (_, _, b) in enumerate(flows)}
+    bw = {i: float(costs.bandwidth[x, y]) for i, (x, y, _) in enumerate(flows)}
+    t = 0.0
+    while left:
+        share: dict[int, float] = {}
+        cap = {}
+        for i in left:
+            x, y, _ = flows[i]
+            cap[("out", x)] = 1.0
+            cap[("in", y)] = 1.0
+        active = set(left)
+        while active:  # progressive filling: raise all unfrozen fractions until a NIC is full
+            users: dict[tuple, list[int]] = {}
+            for i in active:
+                x, y, _ = flows[i]
+                users.setdefault(("out", x), []).append(i)
+                users.setdefault(("in", y), []).append(i)
+            nic = min(users, key=lambda k: (cap[k] / len(users[k]), k))
+            inc = cap[nic] / len(users[nic])
+            for i in active:
+                share[i] = share.get(i, 0.0) + inc
+            for k, us in users.items():
+                cap[k] -= inc * len(us)
+            active -= set(users[nic])
+        dt = min(left[i] / (share[i] * bw[i]) for i in left)
+        t += dt
+        for i in list(left):
+            left[i] -= share[i] * bw[i] * dt
+            if left[i] <= 1e-9 * flows[i][2]:
+                del left[i]
+    lat = max(float(costs.latency_s[x, y]) for x, y, _ in flows)
+    energy = sum(b * float(costs.energy_per_byte_j[x, y]) for x, y, b in flows)
+    return t + lat, energy
 
 
 def _kind(costs: CostTable, d: int, head: int):
@@ -108,12 +177,10 @@ def _price(costs, obj, bounds, groups, choice, shares, head, act, cut, par, hop,
     m, M = obj.micro, obj.microbatches
     S = len(groups)
     times, dyn = [], 0.0
-    link = _link(costs, (head,), groups[0])
-    if link is None:
-        times.append(0.0)
-    else:
-        times.append(m * cut[0] / link[0] + link[1])
-        dyn += m * cut[0] * link[2]
+    reps = [list(zip(groups[s], shares[s], strict=True)) for s in range(S)]
+    t, e = nic_time(costs, [(head, m)], reps[0], cut[0])
+    times.append(t)
+    dyn += e
     for s in range(S):
         i, j = bounds[s], bounds[s + 1]
         tau = 0.0
@@ -124,13 +191,9 @@ def _price(costs, obj, bounds, groups, choice, shares, head, act, cut, par, hop,
             tau = max(tau, t)
             dyn += max(float(costs.busy_power_w[u]) - float(costs.idle_power_w[d]), 0.0) * t
         times.append(tau)
-        nxt = groups[s + 1] if s + 1 < S else (head,)
-        link = _link(costs, groups[s], nxt)
-        if link is None:
-            times.append(0.0)
-        else:
-            times.append(m * cut[j] / link[0] + link[1])
-            dyn += m * cut[j] * link[2]
+        t, e = nic_time(costs, reps[s], reps[s + 1] if s + 1 < S else [(head, m)], cut[j])
+        times.append(t)
+        dyn += e
     latency = _run(times, M)[-1]
     long = _run(times, 40)
     period = (long[-1] - long[19]) / 20
