@@ -18,5 +18,7 @@ This package is copied verbatim into each board's artifact folder as
 ``edgeplan_runtime/``, so it imports only the standard library and numpy at
 module level (backends, prometheus_client and uvicorn lazily; starlette only in
 ``http``, which only the serving side imports) and only relative imports within
-itself. No torch for inference.
+itself. No torch for inference. It runs on Python 3.6 and newer (JetPack 4.6's python3; the
+``dataclasses`` backport there): typing forms or string annotations instead of ``X | None`` and
+``list[int]``, and ``compat`` for the few newer built-ins (``tests/targets/test_board_python.py``).
 """

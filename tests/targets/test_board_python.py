@@ -240,3 +240,22 @@ def test_start_sh_stops_with_one_line_when_its_python_cannot_run_the_runtime(art
     assert line.startswith(f"start.sh: {fake} cannot run edgeplan_runtime/: it needs Python "
                            f"{'.'.join(map(str, BOARD_PYTHON))} or newer with numpy") and "README.txt" in line
     assert not log.exists(), "no worker starts"
+
+
+def test_compat_stands_in_for_the_newer_builtins():
+    """runtime/compat.py behaves as zip(strict=True), math.prod and a set_result that spares cancelled futures."""
+    from concurrent.futures import Future
+
+    from edgeplan.runtime.compat import prod, settle, zip_strict
+
+    assert list(zip_strict([1, 2], "ab")) == [(1, "a"), (2, "b")] and list(zip_strict()) == []
+    for a, b in (([1], [1, 2]), ([1, 2], [1])):
+        with pytest.raises(ValueError, match="zip_strict: argument 1 is"):
+            list(zip_strict(a, b))
+    assert prod([2, 3, 4]) == 24 and prod([]) == 1
+    fut = Future()
+    assert settle(fut, "x") and fut.result() == "x"
+    assert not settle(fut, "y") and fut.result() == "x"  # done: left as it is
+    gone = Future()
+    gone.cancel()
+    assert not settle(gone, exception=RuntimeError("late")) and gone.cancelled()
