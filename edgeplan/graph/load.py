@@ -130,8 +130,15 @@ def _load_file(path: Path, attr: str) -> LoadedModel:
         raise ModelError(f"'{path}:{attr}' returned {type(built).__name__}, not an nn.Module; callables in the "
                          f"file: {listing}")
     shape = getattr(module, "INPUT_SHAPE", None)
-    default = tuple(int(d) for d in shape) if shape is not None else None
+    default = _shape_tuple(shape) if shape is not None else None
     return LoadedModel(built.eval(), f"{path.stem}:{attr}", default)
+
+
+def _shape_tuple(shape):
+    """INPUT_SHAPE as a tuple: of ints, or of int tuples (one shape per input of a multi-input model)."""
+    if all(isinstance(d, (tuple, list)) for d in shape):
+        return tuple(tuple(int(x) for x in d) for d in shape)
+    return tuple(int(d) for d in shape)
 
 
 def build(spec: str, input_shape: tuple[int, ...] | None = None) -> Traced:

@@ -9,8 +9,14 @@ from edgeplan.graph.model import LayerGraph
 from edgeplan.tables import text_table
 
 
-def parse_input_shape(text: str, option: str = "--input-shape") -> tuple[int, ...]:
-    """``"1,3,224,224"`` (or ``1x3x224x224``) -> ``(1, 3, 224, 224)``; a clear error otherwise."""
+def parse_input_shape(text: str, option: str = "--input-shape"):
+    """``"1,3,224,224"`` (or ``1x3x224x224``) -> ``(1, 3, 224, 224)``; a clear error otherwise.
+
+    A model with several inputs takes one shape for all, or one per input separated by ``;``
+    (``"1,3,32,32;1,6"`` -> ``((1, 3, 32, 32), (1, 6))``).
+    """
+    if ";" in text:
+        return tuple(parse_input_shape(part, option) for part in text.split(";"))
     parts = [p.strip() for p in re.split(r"[,x×]", text.strip().strip("()[]"))]
     if not parts or not all(p.isdigit() and int(p) > 0 for p in parts):
         raise ModelError(

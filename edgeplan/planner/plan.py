@@ -161,7 +161,7 @@ class Plan:
                 pins=tuple(Pin(name=p["name"], kind=p["kind"], input=p["input"], device=p["device"],
                                layers=tuple(p["layers"])) for p in d.get("pins", ())),
                 raw_transfer=tuple(d.get("raw_transfer", ())),
-                input_shape=tuple(d["input_shape"]) if d.get("input_shape") is not None else None,
+                input_shape=_shape(d["input_shape"]) if d.get("input_shape") is not None else None,
                 target_options=tuple(
                     UnitOptions(device=u["device"], unit=u["unit"], options=tuple((k, v) for k, v in u["options"]))
                     for u in d.get("target_options", ())
@@ -206,8 +206,13 @@ def record_sources(plan: Plan, *, model_ref: str, input_shape: tuple[int, ...] |
             (str(k), str(v)) for k, v in cluster.device(d).unit(u).target_options)))
         for d, u in used
     )
-    return replace(plan, model_ref=model_ref, input_shape=tuple(input_shape) if input_shape is not None else None,
+    return replace(plan, model_ref=model_ref, input_shape=_shape(input_shape) if input_shape is not None else None,
                    cluster_path=str(cluster_path), target_options=options)
+
+
+def _shape(shape) -> tuple:
+    """A recorded input shape as tuples: ints, or one int tuple per input of a multi-input model."""
+    return tuple(_shape(d) if isinstance(d, (list, tuple)) else d for d in shape)
 
 
 def _stage(s: dict) -> Stage:

@@ -98,3 +98,20 @@ def test_single_input_order_is_unchanged():
     g = trace(Net(), (1, 4), "net").graph
     assert [x.name for x in g.layers] == ["a", "b"]
     assert g.branch_ranges() == (("x", 0, 2),)
+
+
+def test_one_shape_per_input_from_the_flag_and_from_the_model_file(tmp_path):
+    from edgeplan.graph.load import build
+    from edgeplan.graph.report import parse_input_shape
+    from edgeplan.planner.plan import _shape
+
+    assert parse_input_shape("2,3,16,16;2,3,8,8;2x3x4x4") == ((2, 3, 16, 16), (2, 3, 8, 8), (2, 3, 4, 4))
+    with pytest.raises(ModelError, match="--input-shape '2,a' is not a shape"):
+        parse_input_shape("2,3,8,8;2,a")
+    f = tmp_path / "three.py"
+    f.write_text("from tests.graph.test_multi_input import ThreeInput\n"
+                 "INPUT_SHAPE = [(2, 3, 16, 16), (2, 3, 8, 8), (2, 3, 4, 4)]\n"
+                 "def build():\n    return ThreeInput()\n")
+    g = build(f"{f}:build").graph
+    assert [x.shape for x in g.inputs] == [(2, 3, 16, 16), (2, 3, 8, 8), (2, 3, 4, 4)]
+    assert _shape([[2, 3, 16, 16], [2, 3, 8, 8]]) == ((2, 3, 16, 16), (2, 3, 8, 8))  # plan.json read back
