@@ -24,7 +24,7 @@ fitting; the verdicts say whether each held here, and whether the measured best 
 count agrees with the planner's.
 
     python -m benchmarks.studies.rpi_scaling [--quick] [--models ...] [--batches 32,64] [--boards 1,2,4]
-                                             [--syncs sync,local-sgd] [--dataset-dir DIR] [--no-train]
+                                             [--syncs sync,local-sgd] [--dataset DIR] [--no-train]
 """
 
 from __future__ import annotations

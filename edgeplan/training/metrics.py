@@ -8,6 +8,7 @@ measured beside the plan's prediction.
 from __future__ import annotations
 
 import resource
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,8 +53,10 @@ def net_bytes(path: str = "/proc/net/dev") -> tuple[int, int]:
 
 
 class ResourceProbe:
-    """What a training rank used over an epoch: CPU seconds and resident memory (the serving
-    monitor's readings, runtime/monitor.py), and its board's network bytes (/proc/net/dev)."""
+    """What a training rank used over an epoch: CPU seconds (the process's CPU clock: the serving
+    monitor's /proc reading counts 10 ms ticks, too coarse for an emulated Pi's 0.04 cores over a
+    short epoch), resident memory (the serving monitor, runtime/monitor.py) and its board's network
+    bytes (/proc/net/dev)."""
 
     def __init__(self, device: str, stage: int, unit: str):
         from edgeplan.runtime.monitor import Monitor
@@ -62,14 +65,14 @@ class ResourceProbe:
         self._cpu0, self._net0 = 0.0, (0, 0)
 
     def start(self) -> None:
-        self._cpu0 = self.monitor.snapshot()["process_cpu_seconds_total"]
+        self._cpu0 = time.process_time()
         self._net0 = net_bytes()
 
     def stop(self) -> list[float]:
         snap = self.monitor.snapshot()
         rx, tx = net_bytes()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-        return [snap["process_cpu_seconds_total"] - self._cpu0,
+        return [time.process_time() - self._cpu0,
                 float(max(peak, snap["process_resident_memory_bytes"])),
                 float(rx - self._net0[0]), float(tx - self._net0[1])]
 
