@@ -64,8 +64,9 @@ JETPACKS: dict[str, JetPack] = {j.version: j for j in (
 # JetPack 4.6's python3 is 3.6 with pip 9, which cannot take numpy's manylinux2014 aarch64 wheels (it would build
 # numpy from source); pip 21.3 is the last for 3.6. numpy then resolves to 1.19.4: 1.19.5's wheel crashes at import on
 # Jetsons (numpy issue 18131), which the runtime's install line excludes.
-PIP_36 = ("; python3 -m pip install --upgrade 'pip<22' first (its pip 9 cannot install numpy's aarch64 wheels), "
-          "then the install lines above give numpy 1.19.4 and the dataclasses backport")
+PIP_36 = ("; before the Install lines above: sudo apt-get install python3-pip && python3 -m pip install --upgrade "
+          "'pip<22' (its pip 9 cannot install numpy's aarch64 wheels); they then give numpy 1.19.4 and the dataclasses "
+          "backport")
 TVM_WHEEL_CUDA = "13"  # libtvm_runtime_cuda.so of the aarch64 apache-tvm 0.27 wheel links libcudart.so.13
 
 

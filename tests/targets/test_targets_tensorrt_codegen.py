@@ -82,7 +82,8 @@ def test_nano_readme_names_jetpack_tensorrt_python_and_the_first_start(nano):
     assert f"{'.'.join(map(str, BOARD_PYTHON))} or newer; JetPack 4.6's 3.6 will do" in readme
     assert "apache-tvm" not in readme  # a TensorRT board installs no TVM
     # what stock JetPack 4.6 (Python 3.6, pip 9) needs: a newer pip, numpy that exists for 3.6, the dataclasses backport
-    assert "python3 -m pip install --upgrade 'pip<22' first" in readme
+    assert "before the Install lines above: sudo apt-get install python3-pip && python3 -m pip install --upgrade " \
+        "'pip<22'" in readme
     assert """python3 -m pip install 'numpy>=1.16,!=1.19.5,<3' 'dataclasses; python_version < "3.7"'""" in readme
     assert "WARNING" not in readme  # the worker runs on JetPack 4.6's python3, which has the TensorRT bindings
 
