@@ -155,3 +155,8 @@ def test_cli_writes_the_file(tmp_path, small_cnn):
     r = CliRunner().invoke(app, ["fpl", small_cnn, "--sources", "cam-a,cam-b", "--junction-before", "nope",
                                  "--out", str(out)])
     assert r.exit_code == 2 and "valid layer names" in r.output
+
+
+def test_generated_file_matches_golden(golden):
+    """The file a user reads and edits: changes to the template or the split show up as a diff to review."""
+    golden.check("fpl/lenet5_fc1.py.txt", build.render(build.split("lenet5", ("cam-a", "cam-b"), "fc1")))
