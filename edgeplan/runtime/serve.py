@@ -9,8 +9,8 @@ boards (the addresses compile wrote in head.json / stage.json) or, with
 Requests go HTTP -> :class:`~.batcher.Batcher` (packs samples into plan batches)
 -> Head (``submit``, bounded window) -> workers. starlette/uvicorn are imported only
 here and in http.py, never by the stage worker. The workers run on Python 3.6 (JetPack 4.6);
-serving needs the starlette and uvicorn this module is written against, whose releases need
-Python 3.8 or newer, so serve from the host or a board with a newer python3.
+serving needs a newer Python for the starlette and uvicorn it uses (uvicorn dropped 3.6 in
+0.17, and this module passes options added later), so serve from the host or a newer board.
 """
 
 import argparse
