@@ -11,9 +11,11 @@ network the send across cut ``j`` takes ``max(busiest sender, busiest
 receiver) x bytes / bw + latency``, so one variable per cut, ``L_j >= out_a y_a``
 for the arc ending at ``j`` and ``L_j >= in_b y_b`` for the one starting there,
 is that time exactly (it is minimised, and ``P >= L_j``). The head's links are
-priced inside the first and last arcs. Non-uniform links would make ``L_j``
-depend on which devices meet, so the ILP needs a uniform network (every pair of
-devices has the same link), which ``applicable`` checks.
+priced inside the first and last arcs. On non-uniform links the send depends on
+which devices meet: for every pair of arcs ``a`` ending and ``b`` starting at a
+node, ``L_j >= t_ab (y_a + y_b - 1)`` and (energy) ``E_j >= e_ab (y_a + y_b - 1)``
+with ``t_ab, e_ab`` the evaluator's per-pair figures (per-link bandwidth, latency
+and energy per byte); only small instances (``NONUNIFORM_ARCS``) are applicable.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class _Arc:
     idle: float  # watts of the group's devices
     out_s: float = 0.0  # send across its end cut (< n) as its busiest sender sees it: the L_j term
     in_s: float = 0.0  # receive across its start cut (> 0) as its busiest receiver sees it
+    reps: tuple[tuple[int, int], ...] = ()  # (device, samples) per replica (non-uniform links: pair rows)
 
 
 def _groups(costs: CostTable, head: int):
@@ -58,16 +61,23 @@ def _groups(costs: CostTable, head: int):
                 yield sub, tuple(tp.dev_units[x][sel[kind[x]]] for x in sub)
 
 
-def applicable(costs: CostTable, obj: Objective, max_arcs: int, boundaries: int | None = None) -> bool:
-    """Uniform network, <= 10 devices and at most ``max_arcs`` stage options (over ``boundaries`` cut
-    positions, 0 and n included; default every layer boundary)."""
+NONUNIFORM_ARCS = 3000  # non-uniform links: pair rows grow with the square of the stage options
+
+
+def uniform_links(costs: CostTable) -> bool:
+    """Every pair of distinct devices has the same bandwidth, latency and energy per byte."""
     off = ~np.eye(costs.n_devices, dtype=bool)
     bw, lat, epb = costs.bandwidth[off], costs.latency_s[off], costs.energy_per_byte_j[off]
-    if len(bw) and (np.ptp(bw) > 0 or np.ptp(lat) > 0 or np.ptp(epb) > 0):
-        return False  # an arc's link cost (time and energy) must not depend on the next group
+    return not (len(bw) and (np.ptp(bw) > 0 or np.ptp(lat) > 0 or np.ptp(epb) > 0))
+
+
+def applicable(costs: CostTable, obj: Objective, max_arcs: int, boundaries: int | None = None) -> bool:
+    """<= 10 devices and at most ``max_arcs`` stage options (over ``boundaries`` cut positions, 0 and n
+    included; default every layer boundary); non-uniform links: at most ``NONUNIFORM_ARCS``."""
     if costs.n_devices > 10:
         return False
-    return _arc_count(costs, obj, boundaries) <= max_arcs
+    limit = max_arcs if uniform_links(costs) else min(max_arcs, NONUNIFORM_ARCS)
+    return _arc_count(costs, obj, boundaries) <= limit
 
 
 def _arc_count(costs: CostTable, obj: Objective, boundaries: int | None = None) -> int:
@@ -121,10 +131,11 @@ def _arcs_at(costs, obj, pf, i, j, devs, units, d, stash, nD, idle_w, busy, head
     peer = next((x for x in range(costs.n_devices) if x not in devs), None)
     bw, lat, epb = ((float(costs.bandwidth[devs[0], peer]), float(costs.latency_s[devs[0], peer]),
                      float(costs.energy_per_byte_j[devs[0], peer])) if peer is not None else (np.inf, 0.0, 0.0))
-    out_s = f * (max(ks) * pf.cut[j] / bw + lat) if j < n else 0.0
-    in_s = f * (max(ks) * pf.cut[i] / bw + lat) if i > 0 else 0.0
-    if j < n:
-        lt, le = 0.0, f * m * pf.cut[j] * epb
+    uniform = uniform_links(costs)
+    out_s = f * (max(ks) * pf.cut[j] / bw + lat) if j < n and uniform else 0.0
+    in_s = f * (max(ks) * pf.cut[i] / bw + lat) if i > 0 and uniform else 0.0
+    if j < n:  # non-uniform: the send's energy is a pair row's
+        lt, le = 0.0, (f * m * pf.cut[j] * epb if uniform else 0.0)
     elif not train:
         lt, le = pair_transfer(costs, reps, ((head, m),), pf.cut[j])
     else:
@@ -143,8 +154,31 @@ def _arcs_at(costs, obj, pf, i, j, devs, units, d, stash, nD, idle_w, busy, head
     else:
         dsts = [(j, max(d - 1, 0))] if nD > 1 else [(j, 0)]
     return [_Arc(stage=stage, src=(i, d), dst=dst, devices=devs, a=tau + lt + lin, p=p,
-                 e=dyn + le + lie + ar_e / M, idle=float(sum(idle_w[x] for x in devs)), out_s=out_s, in_s=in_s)
+                 e=dyn + le + lie + ar_e / M, idle=float(sum(idle_w[x] for x in devs)), out_s=out_s, in_s=in_s,
+                 reps=reps)
             for dst in dsts]
+
+
+def _pair_rows(costs: CostTable, obj: Objective, arcs: list[_Arc]) -> list[tuple[int, int, int, float, float]]:
+    """(cut, arc ending there, arc starting there, seconds, joules) of the send between every two arcs that
+    can follow each other (same node, no shared device), priced as the evaluator does."""
+    pf = Prefix(costs, obj)
+    f = 2.0 if obj.training else 1.0
+    ends: dict[tuple[int, int], list[int]] = {}
+    for k, a in enumerate(arcs):
+        if a.stage.stop < costs.n_layers:
+            ends.setdefault(a.dst, []).append(k)
+    rows = []
+    for kb, b in enumerate(arcs):
+        if b.stage.start == 0:
+            continue
+        for ka in ends.get(b.src, ()):
+            a = arcs[ka]
+            if set(a.devices) & set(b.devices):
+                continue
+            t, e = pair_transfer(costs, a.reps, b.reps, pf.cut[b.stage.start])
+            rows.append((b.stage.start, ka, kb, f * t, f * e))
+    return rows
 
 
 TIME_LIMIT_S = 60.0
@@ -160,14 +194,15 @@ def check_time_limit(time_limit_s: float) -> None:
         raise PlanError(f"--ilp-time-limit {time_limit_s:g}: give a positive number of seconds, e.g. 60")
 
 
-def coarse_bounds(costs: CostTable, obj: Objective) -> np.ndarray | None:
-    """The coarse graph's boundaries the ILP uses when every layer boundary is too many, else None."""
+def coarse_bounds(costs: CostTable, obj: Objective, limit: int = COARSE_ARCS) -> np.ndarray | None:
+    """The coarse graph's boundaries the ILP uses when every layer boundary gives more than ``limit`` stage
+    options, else None."""
     from edgeplan.planner.dp import coarse_cuts
 
-    if _arc_count(costs, obj) <= COARSE_ARCS:
+    if _arc_count(costs, obj) <= limit:
         return None
     k = _n_cuts(costs) - 1
-    while k > 2 and _arc_count(costs, obj, k + 1) > COARSE_ARCS:
+    while k > 2 and _arc_count(costs, obj, k + 1) > limit:
         k -= 1
     pf = Prefix(costs, obj)
     return coarse_cuts(pf.cut, k, pf.cut_ok)
@@ -191,13 +226,14 @@ def solve(costs: CostTable, obj: Objective, time_limit_s: float = TIME_LIMIT_S,
     import highspy
 
     check_time_limit(time_limit_s)
-    if not applicable(costs, obj, max_arcs=1 << 62):
-        raise PlanError("--solver ilp needs a uniform network (one bandwidth, latency and energy per byte for every "
-                        "pair) and a small instance (<= 10 devices); use the default --solver dp")
+    if costs.n_devices > 10:
+        raise PlanError(f"--solver ilp needs a small instance (<= 10 devices, this cluster has {costs.n_devices}); "
+                        "use the default --solver dp")
+    uniform = uniform_links(costs)
     n = costs.n_layers
     coarse_note = []
     if cuts is None:
-        cuts = coarse_bounds(costs, obj)
+        cuts = coarse_bounds(costs, obj, COARSE_ARCS if uniform else NONUNIFORM_ARCS)
     if cuts is not None:
         cuts = np.array(sorted({0, n} | {int(c) for c in cuts}))
         if len(cuts) < _n_cuts(costs):
@@ -215,8 +251,11 @@ def solve(costs: CostTable, obj: Objective, time_limit_s: float = TIME_LIMIT_S,
     energy = kind == "energy"
     cuts_in = sorted({a.stage.stop for a in arcs if a.stage.stop < n} | {a.stage.start for a in arcs if a.stage.start})
     Lcol = {j: nA + 1 + (nA if energy else 0) + x for x, j in enumerate(cuts_in)}
-    ncol = nA + 1 + (nA if energy else 0) + len(cuts_in)
+    Ecol = {j: nA + 1 + (nA if energy else 0) + len(cuts_in) + x for x, j in enumerate(cuts_in)} \
+        if energy and not uniform else {}
+    ncol = nA + 1 + (nA if energy else 0) + len(cuts_in) + len(Ecol)
     Pcol = nA
+    pair_rows = [] if uniform else _pair_rows(costs, obj, arcs)
 
     def build(primary: bool, p_cap: float | None):
         h = highspy.Highs()
@@ -229,6 +268,7 @@ def solve(costs: CostTable, obj: Objective, time_limit_s: float = TIME_LIMIT_S,
         if energy:
             ub[nA + 1:nA + 1 + nA] = U
         ub[list(Lcol.values())] = U
+        ub[list(Ecol.values())] = np.inf
         cost = np.zeros(ncol)
         lcols = list(Lcol.values())
         if kind == "throughput":
@@ -248,6 +288,7 @@ def solve(costs: CostTable, obj: Objective, time_limit_s: float = TIME_LIMIT_S,
         else:
             cost[:nA] = [a.e for a in arcs]
             cost[nA + 1:nA + 1 + nA] = [a.idle for a in arcs]
+            cost[list(Ecol.values())] = 1.0
         h.addVars(ncol, lb, ub)
         h.changeColsCost(ncol, np.arange(ncol), cost)
         h.changeColsIntegrality(nA, np.arange(nA), np.array([highspy.HighsVarType.kInteger] * nA))
@@ -281,6 +322,10 @@ def solve(costs: CostTable, obj: Objective, time_limit_s: float = TIME_LIMIT_S,
                 h.addRow(0.0, inf, 2, np.array([Lcol[a.stage.start], k]), np.array([1.0, -a.in_s]))
         for col in lcols:  # P >= key of every link
             h.addRow(0.0, inf, 2, np.array([Pcol, col]), np.array([1.0, -float(kf)]))
+        for j, ka, kb, t, e in pair_rows:  # L_j >= t_ab (y_a + y_b - 1); E_j likewise
+            h.addRow(-t, inf, 3, np.array([Lcol[j], ka, kb]), np.array([1.0, -t, -t]))
+            if Ecol and e > 0:
+                h.addRow(-e, inf, 3, np.array([Ecol[j], ka, kb]), np.array([1.0, -e, -e]))
         h.run()
         return h
 

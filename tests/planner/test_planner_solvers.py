@@ -141,16 +141,14 @@ def test_ilp_time_limit_must_be_positive(bad):
         plan_from_costs(random_costs(0, 4, 2, 2), Objective(), solver="ilp", ilp_time_limit=bad)
 
 
-def test_ilp_refuses_links_whose_energy_differs():
-    """Per-link energy: an arc's link energy would depend on the next group, which the ILP cannot price."""
-    from edgeplan.errors import PlanError
-
+def test_ilp_prices_per_link_energy():
+    """Links whose energy per byte differs: the ILP prices each send by the pair of groups it joins (pair
+    rows) and agrees with the brute force and the DP."""
     costs = random_costs(3, 5, 4, 2)
     obj = Objective(objective="energy", batch=4)
-    assert ilp.applicable(costs, obj, 200000)
     costs.energy_per_byte_j[1, 2] = costs.energy_per_byte_j[2, 1] = 4 * costs.energy_per_byte_j[0, 1]
-    assert not ilp.applicable(costs, obj, 200000)
-    with pytest.raises(PlanError, match="energy per byte"):
-        ilp.solve(costs, obj)
-    bf = brute_force(costs, obj)  # the DP prices each link's energy itself
+    assert ilp.applicable(costs, obj, 200000)
+    bf = brute_force(costs, obj)
+    got = ilp.solve(costs, obj)
+    assert got.exact and _same(_value(got, obj), bf[0].value(obj))
     assert _same(_value(search.solve(costs, obj), obj), bf[0].value(obj))
