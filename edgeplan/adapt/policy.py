@@ -55,33 +55,37 @@ class Decision:
 class _Shape:
     """One inference plan's resources at nominal conditions, in the evaluator's terms (see costmodel), by
     device and pair index: per stage its replicas' (device, seconds per micro-batch, joules above idle), per
-    transfer its bytes, max latency and the (pair index a*n+b, bandwidth) pairs it may use; the parts no
-    condition scales are constants."""
+    transfer its max latency and its flows (sender, receiver, pair index a*n+b, bytes, bandwidth), priced
+    per pair as the evaluator does (costmodel.pair_transfer: the busiest NIC); the parts no condition
+    scales are constants."""
 
     compute: tuple[tuple[tuple[int, float, float], ...], ...]
-    sends: tuple[tuple[float, float, tuple[tuple[int, float], ...]], ...]
+    sends: tuple[tuple[float, tuple[tuple[int, int, int, float, float], ...]], ...]
     send_j: float  # joules per micro-batch spent on links (bytes x energy/byte: no condition changes it)
     idle_w: float  # idle power of the used boards
     devices: frozenset  # names
 
 
 def _shape(costs, layout, objective) -> _Shape:
-    from edgeplan.planner.costmodel import Prefix, head_index
+    from edgeplan.planner.costmodel import Prefix, head_index, pair_samples
 
     pf = Prefix(costs, objective)
     m, head, n = objective.micro, head_index(costs, objective), len(costs.devices)
-    groups = [tuple(costs.units[u][0] for u, _ in st.replicas) for st in layout]
+    ends = [tuple((costs.units[u][0], k) for u, k in st.replicas) for st in layout]
+    groups = [tuple(d for d, _ in e) for e in ends]
 
     sends, send_j = [], 0.0
-    for src, dst, j in [((head,), groups[0], 0)] + [
-            (groups[s], groups[s + 1] if s + 1 < len(layout) else (head,), st.stop) for s, st in enumerate(layout)]:
-        ab = [(a, b) for a in src for b in dst if a != b]
-        if not ab:
-            continue
-        nbytes = m * float(pf.cut[j])
-        send_j += nbytes * max(float(costs.energy_per_byte_j[a, b]) for a, b in ab)
-        sends.append((nbytes, max(float(costs.latency_s[a, b]) for a, b in ab),
-                      tuple((a * n + b, float(costs.bandwidth[a, b])) for a, b in ab)))
+    for src, dst, j in [(((head, m),), ends[0], 0)] + [
+            (ends[s], ends[s + 1] if s + 1 < len(layout) else ((head, m),), st.stop) for s, st in enumerate(layout)]:
+        flows = []
+        for x, y, k in pair_samples(tuple(k for _, k in src), tuple(k for _, k in dst)):
+            a, b = src[x][0], dst[y][0]
+            if a != b:
+                nbytes = k * float(pf.cut[j])
+                send_j += nbytes * float(costs.energy_per_byte_j[a, b])
+                flows.append((a, b, a * n + b, nbytes, float(costs.bandwidth[a, b])))
+        if flows:
+            sends.append((max(float(costs.latency_s[a, b]) for a, b, _, _, _ in flows), tuple(flows)))
     compute = []
     for st in layout:
         reps = []
@@ -118,12 +122,17 @@ def _value(sh: _Shape, slow: list[float], scale: list[float], kind: str, microba
                 return period
         if lat and total + (microbatches - 1) * period > bound:
             return total + (microbatches - 1) * period
-    for nbytes, la, pairs in sh.sends:
-        if len(pairs) == 1:
-            k, b = pairs[0]
+    for la, flows in sh.sends:
+        if len(flows) == 1:
+            _, _, k, nbytes, b = flows[0]
             x = nbytes / (b * scale[k]) + la
-        else:
-            x = nbytes / min(b * scale[k] for k, b in pairs) + la
+        else:  # the busiest NIC: a device's sends and its receives apart
+            load: dict[int, float] = {}
+            for a, b_, k, nbytes, b in flows:
+                t = nbytes / (b * scale[k])
+                load[a] = load.get(a, 0.0) + t
+                load[-1 - b_] = load.get(-1 - b_, 0.0) + t
+            x = max(load.values()) + la
         total += x
         if x > period:
             period = x
