@@ -26,6 +26,7 @@ from edgeplan.errors import PlanError
 
 EPOCH_S = 0.5  # how often the controller reads the head's status (the monitor's stats arrive every second)
 CALIBRATE_EPOCHS = 6  # epochs of measurement before the estimator takes the measured factors as nominal
+LATE_LINK_EPOCHS = 3  # epochs a link factor first measured after calibration is watched before it is calibrated
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,8 @@ class Controller:
         self.last_change = -1
         self.epochs = 0
         self.calibrated = 0  # the epoch the estimator was calibrated in (0: not yet)
+        self._known: set = set()  # factors calibrated
+        self._late: dict[str, int] = {}  # link factor first measured after calibration -> epochs seen
         self.history: list[tuple[float, str, int]] = []  # (seconds, estimated condition, change id) per change
         self.errors: list[str] = []
         self._stop = threading.Event()
@@ -102,7 +105,17 @@ class Controller:
                     all(f"slowdown:{d}" in seen for d in used) or self.epochs >= 4 * self.calibrate_epochs):
                 self.estimator.calibrate()
                 self.calibrated = self.epochs
+                self._known = set(seen)
             return None
+        # A link first measured after calibration (the probe's bias on that pair is unknown until then): its
+        # first few epochs are taken as its nominal. Slowdowns need no such step (warm-up measured every worker).
+        for key in self.estimator.smoothed():
+            if key not in self._known and key.startswith("link:"):
+                self._late[key] = self._late.get(key, 0) + 1
+                if self._late[key] >= LATE_LINK_EPOCHS:
+                    self.estimator.calibrate(keys={key})
+                    self._known.add(key)
+                    est = self.estimator.estimate()
         if est.change_id != (self.history[-1][2] if self.history else None):
             self.history.append((round(time.monotonic() - self._t0, 3), str(est.condition), est.change_id))
         current = self.plan_file(self.head.active)

@@ -123,13 +123,17 @@ class Estimator:
             self._estimate = self._build()
         return self._estimate
 
-    def calibrate(self) -> None:
-        """Take the current smoothed factors as nominal (call after a warm-up under known conditions)."""
-        for key, s in self._smooth.items():
+    def calibrate(self, keys=None) -> None:
+        """Take the current smoothed factors as nominal (call after a warm-up under known conditions);
+        ``keys``: only those (a factor first measured later, e.g. a link only another layout uses)."""
+        for key, s in list(self._smooth.items()):
+            if keys is not None and key not in keys:
+                continue
             self.reference[key] = self.reference.get(key, 1.0) * math.exp(s)
-        self._smooth = {k: 0.0 for k in self._smooth}
-        self._committed = {k: 0.0 for k in self._committed}
-        self._recent.clear()
+            self._smooth[key] = 0.0
+            if key in self._committed:
+                self._committed[key] = 0.0
+            self._recent.pop(key, None)
         self._estimate = self._build()
 
     def estimate(self) -> Estimate:

@@ -29,13 +29,15 @@ class FakeHead:
 
     def status(self):
         fam = {}
+        links = getattr(self, "links", {})
         for v in self.variants:
             fam[v] = {}
             for d, st in self.layout[v]:
                 total, count = self.calls[v].get((d, st), (0.0, 0))
                 fam[v][f"{d}/stage{st}"] = {"device": d, "stage": st, "alive": True,
                                             "predicted_compute_s": self.predicted,
-                                            "monitor": {"compute_seconds": {"sum": total, "count": count}}}
+                                            "monitor": {"compute_seconds": {"sum": total, "count": count},
+                                                        "links": links.get(d, {})}}
         return {"variant": self.active, "family_workers": fam}
 
     def switch(self, variant, reason=""):
@@ -130,3 +132,24 @@ def test_the_adapt_report_compares_each_pause_with_its_target():
     assert (rep["pauses_within_target"], rep["pauses_measured"], rep["pause_max_s"]) == (1, 2, 0.2)
     text = format_adapt(rep)
     assert "pause 20 ms (target <= 60 ms)" in text and "pause 200 ms (target <= 150 ms)" in text
+
+
+def test_a_link_first_measured_after_calibration_is_calibrated_not_read_as_a_change(family_parts):
+    cluster, pricer, layout, fam = family_parts
+    head = FakeHead(sorted(layout), layout)
+    c = Controller(head, pricer, Estimator(cluster, head="a"), heuristic, calibrate_epochs=2)
+    speed = {"a": 0.01, "b": 0.01, "c": 0.01}
+    for _ in range(3):
+        head.work(speed)
+        c.step()
+    assert c.calibrated
+    dev = layout[head.active][0][0]
+    other = next(d for d in ("a", "b", "c") if d != dev)
+    # the link probe reads 4x the cluster file's bandwidth on a pair no earlier epoch measured
+    head.links = {dev: {f"{other}/stage0": {"throughput_bytes_per_second": 4 * cluster.link(dev, other).bandwidth}}}
+    for _ in range(8):
+        head.work(speed)
+        c.step()
+    key = f"link:{'/'.join(sorted((dev, other)))}"
+    assert c.estimator.smoothed()[key] == pytest.approx(1.0, rel=0.05)
+    assert str(c.estimator.estimate().condition) == "nominal" and head.switched == []
