@@ -91,10 +91,11 @@ def _measured_epoch_s(out, model: str, config: str) -> float:
 @pytest.mark.netns
 @netns_tier
 def test_study1_quick_path_in_emulation(tmp_path):
-    s = hybrid.Settings(models=("lenet5",), train_samples=256, test_samples=32, epochs=1, quick=True)
+    s = hybrid.Settings(models=("lenet5",), train_samples=256, test_samples=32, epochs=1, quick=True,
+                        configs=("centralized-cloud", "edgeplan"))
     doc = hybrid.run(s, tmp_path, echo=lambda _line: None)
     lines, paths = hybrid.report(doc, tmp_path)
-    assert doc["emulated"] and [r["config"] for r in doc["rows"]] == list(hybrid.CONFIGS)
+    assert doc["emulated"] and [r["config"] for r in doc["rows"]] == ["centralized-cloud", "edgeplan"]
     _check_outputs(doc, paths, lines, "speedup_vs_centralized", "centralized-cloud")
     central = doc["rows"][0]
     assert central["upload_bytes"] == 256 * 1025 and central["upload_s_emulated"] > 0  # 1x32x32 + label byte
@@ -107,12 +108,17 @@ def test_study1_quick_path_in_emulation(tmp_path):
 @pytest.mark.netns
 @netns_tier
 def test_study3_quick_path_in_emulation(tmp_path):
-    s = three_tier.Settings(models=("lenet5",), train_samples=256, test_samples=32, epochs=1, quick=True)
+    # device-only is left out: its rank starts on a 0.04-core quota (torch import alone takes a minute)
+    s = three_tier.Settings(models=("lenet5",), train_samples=256, test_samples=32, epochs=1, quick=True,
+                            configs=("cloud-only", "edgeplan"))
     doc = three_tier.run(s, tmp_path, echo=lambda _line: None)
     lines, paths = three_tier.report(doc, tmp_path)
-    assert [r["config"] for r in doc["rows"]] == list(three_tier.CONFIGS)
+    assert [r["config"] for r in doc["rows"]] == ["cloud-only", "edgeplan"]
     _check_outputs(doc, paths, lines, "speedup_vs_cloud", "cloud-only")
-    cloud, device = doc["rows"][0], doc["rows"][1]
-    assert device["upload_bytes"] == 0 and device["upload_s"] == 0.0
+    cloud, mine = doc["rows"]
+    assert cloud["upload_bytes"] == 256 * 1025
     assert cloud["upload_s_emulated"] >= (cloud["upload_bytes"] - BURST) / (20e6 / 8 * doc["dilation"])
-    assert device["epoch_s_emulated"] == _measured_epoch_s(tmp_path, "lenet5", "device-only")
+    assert mine["epoch_s_emulated"] == _measured_epoch_s(tmp_path, "lenet5", mine["same_run_as"] or "edgeplan")
+    plan = three_tier.plans("lenet5", tmp_path, s)["edgeplan"]
+    lenet_data = c.Data(tmp_path, "digits", 256, 32, (1, 32, 32))
+    assert mine["upload_bytes"] == sum(three_tier.uploads(plan, lenet_data).values())
