@@ -524,17 +524,21 @@ def solve(costs: CostTable, problem: Problem, objective: Objective, *,
     idle_w = [float(x) for x in costs.idle_power_w]
 
     def beaten(crit0: float, total: float, top: float, used: int = 0, dyn0: float = 0.0) -> bool:
-        """Whether no completion of a partial trunk can beat the best layout's score (value, then latency or
-        iteration time): compute-only lower bounds of both (links, memory and the trunk's busy power ignored;
-        energy: the branches' busy energy + the idle power of the boards used so far over the period)."""
+        """Whether no completion of a partial trunk can meet the budgets or beat the best layout's score (value,
+        then latency or iteration time): compute-only lower bounds (links, memory and the trunk's busy power
+        ignored; energy: the branches' busy energy + the idle power of the boards used so far over the period)."""
+        chain = crit0 + total + (M - 1) * max(top, crit0)  # lower bound of latency / iteration time
+        energy = 0.0
+        if not objective.training:
+            idle = sum(w for d, w in enumerate(idle_w) if used >> d & 1)
+            energy = (dyn0 + idle * max(top, crit0)) / m
+        if objective.latency_budget_s is not None and chain > objective.latency_budget_s * (1 + 1e-12):
+            return True
+        if objective.energy_budget_j is not None and energy > objective.energy_budget_j * (1 + 1e-12):
+            return True
         if best[0] is None:
             return False
-        chain = crit0 + total + (M - 1) * max(top, crit0)  # lower bound of latency / iteration time
-        if objective.objective == "energy":
-            idle = sum(w for d, w in enumerate(idle_w) if used >> d & 1)
-            value = (dyn0 + idle * max(top, crit0)) / m
-        else:
-            value = max(top, crit0) if objective.objective == "throughput" else chain
+        value = {"energy": energy, "throughput": max(top, crit0)}.get(objective.objective, chain)
         return (value, chain) > best[0][1].score(objective)
 
     def splits(i: int, j: int, g: tuple[int, ...], stash: int) -> list[tuple[int, ...]]:
@@ -669,10 +673,13 @@ def plan_pinned(graph: LayerGraph, costs: CostTable, objective: Objective, pin_t
     layout, ev, notes, exact = solve(costs, problem, objective, max_layouts=max_layouts)
     if layout is None:
         free = replace(objective, latency_budget_s=None, energy_budget_j=None)
-        relaxed = free != objective and solve(costs, problem, free, max_layouts=max_layouts)[0] is not None
-        if relaxed:
-            raise PlanError("no plan obeying the pins meets the budgets; raise --latency-budget/--energy-budget "
-                            "or drop a --pin")
+        relaxed = solve(costs, problem, free, max_layouts=max_layouts)[1] if free != objective else None
+        if relaxed is not None:
+            what = "iteration time" if objective.training else "latency"
+            got = relaxed.iter_s if objective.training else relaxed.latency_s
+            raise PlanError(f"no plan obeying the pins meets the budgets (the best for {objective.objective} has "
+                            f"{what} {got * 1e3:.4g} ms and {relaxed.energy_j * 1e3:.4g} mJ/sample); raise "
+                            f"--latency-budget/--energy-budget or drop a --pin")
         raise PlanError("no plan obeys the pins within the boards' memory: every layout overflows a board or breaks "
                         "a pin (raw data of a pinned input may not leave its board); drop a --pin, pass "
                         "--allow-raw-transfer INPUT, lower --batch or add boards")

@@ -172,3 +172,12 @@ def test_pinned_input_of_a_single_input_model_keeps_the_model_on_its_board(clust
                      pins=("input0=cam-c",))
     assert [[r.device for r in s.replicas] for s in plan.stages] == [["cam-c"]]  # no join: all its branch
     assert plan.pins[0].layers == tuple(x.name for x in single.layers)
+
+
+def test_budget_no_pinned_plan_meets_says_what_the_best_one_reaches(graph, cluster):
+    tight = Objective(mode="inference", objective="latency", batch=8, latency_budget_s=1e-6)
+    with pytest.raises(PlanError, match=r"meets the budgets \(the best for latency has latency [0-9.]+ ms and "):
+        make_plan(graph, cluster, tight, pins=CAMS)
+    loose = make_plan(graph, cluster, Objective(mode="inference", objective="energy", batch=8, latency_budget_s=1.0),
+                      pins=CAMS)
+    assert loose.predicted.latency_s <= 1.0 and loose.latency_budget_s == 1.0
