@@ -148,13 +148,16 @@ def brute_price(costs, prob, obj, bunits, stages):
     if any(v > costs.ram_bytes[d] for d, v in mem.items()):
         return None
     period = max(p for p, _ in res)
+    idle = sum(costs.idle_power_w[d] for d in dev_work)
     if train:
-        return crit + chain + max(q for _, q in res)
-    if obj.objective == "throughput":
-        return period
-    if obj.objective == "energy":
-        return (dyn + sum(costs.idle_power_w[d] for d in dev_work) * period) / m
-    return crit + chain + (M - 1) * period
+        it = crit + chain + max(q for _, q in res)
+        latency, energy = it, (dyn * M + idle * it) / obj.batch
+    else:
+        latency, energy = crit + chain + (M - 1) * period, (dyn + idle * period) / m
+    if (obj.latency_budget_s is not None and latency > obj.latency_budget_s) or \
+            (obj.energy_budget_j is not None and energy > obj.energy_budget_j):
+        return None
+    return {"throughput": period, "energy": energy}.get(obj.objective, latency)
 
 
 def _splits(m, g):
@@ -252,6 +255,28 @@ def test_search_matches_exhaustive_search_with_two_units_pins_and_raw_data():
         assert lay.stages[0].replicas == ((lay.stages[0].replicas[0][0], obj.micro),)
         assert costs.units[lay.stages[0].replicas[0][0]][0] == 1  # raw x0 stays on its board
         assert [costs.units[u][0] for u, _ in lay.stages[-1].replicas] == [2]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_search_matches_exhaustive_search_within_budgets(seed):
+    costs, prob = _instance(seed)
+    free = Objective(mode="inference", objective="energy", batch=3)
+    fastest = br.solve(costs, prob, Objective(mode="inference", objective="latency", batch=3))[1].latency_s
+    frugal = br.solve(costs, prob, free)[1]
+    budget = (fastest + frugal.latency_s) / 2  # between the fastest plan and the most frugal one
+    obj = Objective(mode="inference", objective="energy", batch=3, latency_budget_s=budget)
+    lay, ev, _, exact = br.solve(costs, prob, obj)
+    want = brute_best(costs, prob, obj)
+    assert exact and lay is not None and ev.latency_s <= budget
+    assert ev.value(obj) == pytest.approx(want, rel=1e-9)
+    quick = br.solve(costs, prob, Objective(mode="training", objective="time", batch=4, microbatches=2))[1]
+    train = Objective(mode="training", objective="time", batch=4, microbatches=2,
+                      energy_budget_j=quick.energy_j * 0.98)  # the fastest plan is over it: another one, or none
+    lay, ev, _, _ = br.solve(costs, prob, train)
+    want = brute_best(costs, prob, train)
+    assert (lay is None) == (not math.isfinite(want))
+    if lay is not None:
+        assert ev.value(train) == pytest.approx(want, rel=1e-9) and ev.energy_j <= train.energy_budget_j
 
 
 def test_junction_waits_for_the_slowest_branch():
