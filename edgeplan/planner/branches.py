@@ -460,10 +460,16 @@ def solve(costs: CostTable, problem: Problem, objective: Objective, *,
     b_opts = []
     for b in problem.branches:
         us = [u for u in _units_of(costs, objective, b.device)
-              if b.stop == b.start or pf.U[u, b.stop] - pf.U[u, b.start] == 0] or _units_of(costs, objective, b.device)
+              if b.stop == b.start or pf.U[u, b.stop] - pf.U[u, b.start] == 0]
         if not us:
-            raise PlanError(f"--pin: {costs.devices[b.device]} has no unit that can "
-                            f"{'train' if objective.training else 'run'} the branch of input {b.input!r}")
+            units = [costs.units[u] for u in range(len(costs.units)) if costs.units[u][0] == b.device]
+            missing = next((costs.layer_names[x] for x in range(b.start, b.stop)
+                            if not any(costs.supported[u, x] for u in range(len(costs.units))
+                                       if costs.units[u][0] == b.device)), None)
+            why = f"none of its units runs layer {missing!r}" if missing else \
+                f"its units ({', '.join(f'{n}/{t}' for _, n, t in units)}) cannot train (training uses CPU and CUDA)"
+            raise PlanError(f"--pin: {costs.devices[b.device]} cannot {'train' if objective.training else 'run'} "
+                            f"the branch of input {b.input!r}: {why}; pin the input to another board")
         b_opts.append(us)
     devices = list(range(costs.n_devices))
     if len(devices) > MAX_TRUNK_DEVICES:  # keep the pinned boards and the fastest others

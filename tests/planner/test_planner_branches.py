@@ -336,3 +336,12 @@ def test_layout_that_breaks_a_pin_is_refused_by_the_evaluator():
     with pytest.raises(PlanError, match="do not continue"):
         br.evaluate(costs, prob, br.Layout(branch_units=(1, 2, 0), stages=(StageSpec(0, 1, ((3, obj.micro),)),)),
                     obj)
+
+
+def test_pinned_board_that_cannot_run_its_branch_is_named():
+    costs, prob = _instance(0)
+    sup = np.array(costs.supported)
+    sup[1, prob.branches[0].start] = False  # board dev1 (one unit) misses the first layer of x0's branch
+    with pytest.raises(PlanError, match="--pin: dev1 cannot train the branch of input 'x0': none of its units runs "
+                                        "layer 'l0'; pin the input to another board"):
+        br.solve(_with(costs, supported=sup), prob, OBJECTIVES[0])
