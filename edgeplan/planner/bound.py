@@ -1,9 +1,15 @@
 """A lower bound on any plan's objective, for instances too large for the ILP.
 
 Relaxation: every board may run any part of any layer for any fraction of the
-micro-batch (no stages, no memory limits, no links, no per-call costs), on its
-fastest unit for that layer. The smallest time ``P*`` in which the boards,
-working in parallel, finish ``m`` samples of every layer is an LP (HiGHS):
+micro-batch (no stages, no memory limits, no links), on its fastest unit for
+that layer. A per-call cost ``X`` (a layer's overhead and weight reads, the
+runtime's hop ``H`` per stage call) is paid by every replica that runs the
+layer at all, so running ``x`` of ``m`` samples costs at least ``x X / m`` (the
+LP relaxation of "paid once if x > 0"); every sample goes through a first stage
+call (``H``, copying its input in: ``HB cut_0``) and has its output copied out
+(``HB cut_n``): two more "layers" every sample needs.
+The smallest time ``P*`` in which the boards, working in parallel, finish ``m``
+samples of every layer is an LP (HiGHS):
 
     min P   s.t.   sum_d x[d, l] = m  (every layer),   sum_l t[d, l] x[d, l] <= P  (every board),   x >= 0
 
@@ -17,20 +23,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeplan.planner.costmodel import TRAINABLE_TARGETS
+from edgeplan.planner.costmodel import TRAINABLE_TARGETS, Prefix
 from edgeplan.planner.objective import Objective
 from edgeplan.profiles.cost import CostTable
 
 
 def _per_board(costs: CostTable, obj: Objective) -> tuple[np.ndarray, np.ndarray]:
-    """[D, n] seconds per sample of each layer on each board's fastest unit, and the energy above idle."""
+    """[D, n + 2] seconds per sample of each layer (and the runtime's copy in and copy out) on each board's
+    fastest unit, and the energy above idle (module docstring)."""
     sup = np.asarray(costs.supported, dtype=bool)
     if obj.training:
         sup = sup & np.array([t in TRAINABLE_TARGETS for _, _, t in costs.units], dtype=bool)[:, None]
-    per = np.where(sup, costs.fwd_s, np.inf)
-    if obj.training:
-        per = per + np.where(sup, costs.bwd_s, np.inf)
-    D, n = costs.n_devices, costs.n_layers
+    pf = Prefix(costs, obj)
+    m = float(obj.micro)
+    layer = np.diff(pf.F, axis=1) + np.diff(pf.X, axis=1) / m  # fwd (+bwd) + its share of the per-call cost
+    # the first stage's call (its hop and copying the input in) and the last one's copying the output out
+    copies = np.stack([pf.HB * pf.cut[0] + pf.H / m, pf.HB * pf.cut[-1]], axis=1)
+    per = np.concatenate([np.where(sup, layer, np.inf), copies], axis=1)
+    D, n = costs.n_devices, costs.n_layers + 2
     t = np.full((D, n), np.inf)
     e = np.full((D, n), np.inf)
     busy = np.asarray(costs.busy_power_w, dtype=np.float64)
