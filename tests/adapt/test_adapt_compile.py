@@ -155,3 +155,24 @@ def test_cli_run_with_adapt_records_the_switching_in_the_report(compiled, tmp_pa
     assert rep["policy"] == "heuristic" and rep["lost"] == 0 and rep["duplicated"] == 0
     assert sum(rep["answered_by_variant"].values()) == 40
     assert rep["controller"]["policy"] == "heuristic"
+
+
+def test_serve_with_adapt_runs_the_controller_behind_the_http_endpoint(compiled):
+    import httpx
+    import numpy as np
+
+    from edgeplan.cli import AdaptPolicy, _adapt_hook
+    from edgeplan.runtime.serve import Server
+
+    box: dict = {}
+    with Server(compiled, local=True, port=0, on_start=_adapt_hook(AdaptPolicy.heuristic, compiled, box)) as s:
+        ctl = box["controller"]
+        assert s.pipeline.controller is ctl and ctl.scale  # warmed up: a measured/predicted ratio per worker
+        assert {k.split(":")[0] for k in ctl.scale} == set(s.head.heads)
+        x = np.zeros((3, 1, 32, 32), np.float32)
+        body = {"inputs": [{"name": s.head.input_specs[0][0], "shape": list(x.shape), "datatype": "FP32",
+                            "data": x.ravel().tolist()}]}
+        r = httpx.post(f"{s.url}/v2/models/{s.name}/infer", json=body, timeout=60)
+        assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [3, 10]
+        assert s.head.status()["variant"] == s.head.active
+    assert ctl._stop.is_set()  # closing the server stopped the controller
