@@ -26,6 +26,7 @@ from edgeplan.errors import PlanError
 
 EPOCH_S = 0.5  # how often the controller reads the head's status (the monitor's stats arrive every second)
 CALIBRATE_EPOCHS = 6  # epochs of measurement before the estimator takes the measured factors as nominal
+MIN_DWELL_S = 2.0  # no switch sooner than this after the previous one, nor before its old layout drained
 LATE_LINK_EPOCHS = 3  # epochs a link factor first measured after calibration is watched before it is calibrated
 
 
@@ -68,9 +69,13 @@ class Controller:
     """Reads the head every ``epoch_s``, estimates conditions, asks ``policy``, switches (module docstring)."""
 
     def __init__(self, head, pricer, estimator, policy, *, epoch_s: float = EPOCH_S,
-                 calibrate_epochs: int = CALIBRATE_EPOCHS, log=None, name: str = ""):
+                 calibrate_epochs: int = CALIBRATE_EPOCHS, log=None, name: str = "", min_dwell_s: float = MIN_DWELL_S,
+                 clock=time.monotonic):
         self.head, self.pricer, self.estimator, self.policy = head, pricer, estimator, policy
         self.epoch_s, self.calibrate_epochs = epoch_s, calibrate_epochs
+        self.min_dwell_s, self.clock = min_dwell_s, clock
+        self._last_switch_t = -float("inf")
+        self.held = 0  # epochs in which a decision waited for the previous switch to drain / the dwell time
         self.name = name or getattr(policy, "__name__", "policy")
         self.log = log or head.log
         self.switches: list[Switch] = []
@@ -118,6 +123,12 @@ class Controller:
                     est = self.estimator.estimate()
         if est.change_id != (self.history[-1][2] if self.history else None):
             self.history.append((round(time.monotonic() - self._t0, 3), str(est.condition), est.change_id))
+        # A switch is not re-decided while its old layout drains or within min_dwell_s of it: the estimate
+        # of a layout that just started is noisy, and switching again mid-drain only stacks pauses.
+        last = (status.get("switches") or [{}])[-1]
+        if self.clock() - self._last_switch_t < self.min_dwell_s or (last and last.get("drain_s") is None):
+            self.held += 1
+            return None
         current = self.plan_file(self.head.active)
         t0 = time.perf_counter()
         d = self.policy(self.pricer, est, current, self.last_change)
@@ -136,6 +147,7 @@ class Controller:
                 return d
             self.switches.append(Switch(round(time.monotonic() - self._t0, 3), current.removesuffix(".json"),
                                         variant, d.reason, str(est.condition), d.change_id, round(decide_s, 6)))
+            self._last_switch_t = self.clock()
             self.last_change = d.change_id
         return d
 
@@ -181,7 +193,7 @@ class Controller:
         return {"policy": self.name, "epoch_s": self.epoch_s, "epochs": self.epochs,
                 "decisions_switched": [s.to_json() for s in self.switches], "errors": list(self.errors),
                 "model_error_by_worker": {k: round(v, 4) for k, v in sorted(self.scale.items())},
-                "calibrated_at_epoch": self.calibrated,
+                "calibrated_at_epoch": self.calibrated, "held_epochs": self.held, "min_dwell_s": self.min_dwell_s,
                 "estimates": [{"at_s": t, "condition": c, "change_id": i} for t, c, i in self.history],
                 "estimate": str(self.estimator.estimate().condition), "smoothed": self.estimator.smoothed()}
 

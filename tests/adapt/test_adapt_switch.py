@@ -153,3 +153,42 @@ def test_a_link_first_measured_after_calibration_is_calibrated_not_read_as_a_cha
     key = f"link:{'/'.join(sorted((dev, other)))}"
     assert c.estimator.smoothed()[key] == pytest.approx(1.0, rel=0.05)
     assert str(c.estimator.estimate().condition) == "nominal" and head.switched == []
+
+
+def test_no_switch_while_the_last_one_drains_or_within_the_dwell_time(family_parts):
+    from edgeplan.adapt.policy import Decision
+
+    cluster, pricer, layout, fam = family_parts
+    names = sorted(layout)
+    now = [0.0]
+    drained = [True]
+
+    class Head(FakeHead):
+        def status(self):
+            st = super().status()
+            st["switches"] = [{"drain_s": 0.1 if drained[0] else None}] if self.switched else []
+            return st
+
+    def always_the_other(pricer, est, current, last_change):  # a policy that would flap every epoch
+        other = next(n for n in names if f"{n}.json" != current)
+        return Decision(f"{other}.json", True, "flip", 1.0, 0.5, last_change + 1)
+
+    head = Head(names, layout)
+    c = Controller(head, pricer, Estimator(cluster, head="a"), always_the_other, calibrate_epochs=1,
+                   min_dwell_s=2.0, clock=lambda: now[0])
+    while not c.calibrated:
+        head.work({"a": 0.01, "b": 0.01, "c": 0.01})
+        c.step()
+    c.step()
+    assert len(head.switched) == 1
+    for t in (0.5, 1.0, 1.9):
+        now[0] = t
+        c.step()
+    assert len(head.switched) == 1 and c.held == 3
+    drained[0] = False  # the dwell has passed, but the old layout still has requests in flight
+    now[0] = 5.0
+    c.step()
+    assert len(head.switched) == 1
+    drained[0] = True
+    c.step()
+    assert len(head.switched) == 2
