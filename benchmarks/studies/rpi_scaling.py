@@ -55,6 +55,7 @@ class Settings:
     run_boards: tuple[int, ...] = (1, 2, 4, 10)
     syncs: tuple[str, ...] = SYNCS
     sync_every: int = 4
+    sync_bn: bool = False  # ResNets: BatchNorm statistics over all boards' samples (edgeplan train --sync-bn)
     dataset: str = "digits"
     train_samples: int = 512
     test_samples: int = 256
@@ -130,8 +131,8 @@ def measured_rows(bed: c.Bed, s: Settings, work: Path, echo) -> list[dict]:
                 art = c.compile_plan(plan, work / cfg, work / f"{cfg}-compile.log")
                 for sync in (s.syncs if n > 1 else ("sync",)):  # one board: nothing to synchronise
                     echo(f"  {cfg} {sync}: {c.layout_text(plan)}")
-                    run = bed.train(art, data, s.epochs, work / cfg / f"run-{sync}",
-                                    extra=("--sync", sync, "--sync-every", str(s.sync_every)))
+                    extra = ("--sync", sync, "--sync-every", str(s.sync_every)) + (("--sync-bn",) if s.sync_bn else ())
+                    run = bed.train(art, data, s.epochs, work / cfg / f"run-{sync}", extra=extra)
                     rows.append(_measured(model, batch, n, sync, plan, run, bed, data))
     return rows
 
@@ -351,10 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--train-samples", type=int, default=None)
     ap.add_argument("--test-samples", type=int, default=None)
+    ap.add_argument("--sync-bn", action="store_true",
+                    help="train with `edgeplan train --sync-bn` (ResNets: BatchNorm over every board's samples)")
     ap.add_argument("--no-train", action="store_true", help="the modelled part only (no emulation)")
     args = ap.parse_args(argv)
     s = Settings(dataset=args.dataset, emulate=False if args.local else None, host_gflops=args.host_gflops,
-                 quick=args.quick, train=not args.no_train)
+                 quick=args.quick, train=not args.no_train, sync_bn=args.sync_bn)
     if args.quick:
         s = replace(s, **QUICK)
     given = {"models": args.models and tuple(args.models.split(",")), "batches": args.batches and _ints(args.batches),
