@@ -22,15 +22,19 @@ process on one torch thread; its CPU seconds are counted per board with time.thr
 so other processes on this machine do not inflate them), energy (modelled: the power the
 profiles add over idle while busy x that busy time, plus the links' energy per byte) and
 test accuracy (FPL: all sources joined, as deployed; the others: the mean over the three
-views, the model each board would run on its own camera). Runs in-process, not in
-`edgeplan emulate`: no shaped links, so transfer time is not part of it.
+views, the model each board would run on its own camera). The comparison runs in-process,
+not in `edgeplan emulate`: no shaped links, so transfer time is not part of it. With
+--emulate (root) FPL at the deepest junction also runs through the real pipeline on the
+emulated boards (`edgeplan plan --pin`, `compile`, `train --data`), and the bytes each
+board's network interface sent are printed beside the counted ones.
 
-    python -m benchmarks.studies.fpl [--quick] [--epochs N] [--junctions conv2,fc1,fc]
+    python -m benchmarks.studies.fpl [--quick] [--epochs N] [--junctions conv2,fc1,fc] [--emulate]
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -86,6 +90,10 @@ class Settings:
     samples: int | None = None  # training samples per source (None: all 1438)
     junctions: tuple[str, ...] = ("conv2", "fc1", "fc")
     seed: int = 0
+    emulate: bool = False  # also run fpl@<deepest junction> on the emulated boards (root)
+    emulate_epochs: int = 2
+    emulate_samples: int = 256
+    host_gflops: float | None = None
 
 
 QUICK = {"epochs": 2, "samples": 320, "junctions": ("fc1", "fc")}
@@ -302,6 +310,57 @@ def run_dsgd(base_file: Path, views, s: Settings) -> list[dict]:
     return rows
 
 
+def run_emulated(fpl_file: Path, views_, s: Settings, work: Path, epochs: int, samples: int,
+                 host_gflops: float | None, echo=c.echo_default) -> dict:
+    """fpl@LAYER through the real pipeline on the emulated fpl-five boards: plan (pins), compile, train --data.
+
+    Returns the runtime's per-board network bytes per epoch (each emulated board's interface counters)
+    over the epoch's training (the probe stops before evaluation) beside what the in-process trainer
+    counts for the same samples (features out, gradients back); the difference is the wire's overhead
+    (message headers, TCP/IP) and the few collectives (metrics, presence).
+    """
+    from edgeplan import jsonio
+    from edgeplan.fpl import views
+
+    folders = views.write(views_, [work / "data" / src for src in SOURCES])  # the full views: --samples subsets
+    pins = [a for i, src in enumerate(SOURCES) for a in ("--pin", f"input{i}={src}")]
+    plan = work / "plan.json"
+    c._check_call(c.edgeplan_cmd("plan", f"{fpl_file.resolve()}:build", "--cluster", str(CLUSTER), "--mode",
+                                 "training", "--objective", "time", *pins, "--batch", str(s.batch),
+                                 "--microbatches", "1", "--out", str(plan.resolve())), work / "plan.log", "plan")
+    art = work / "art"
+    c._check_call(c.edgeplan_cmd("compile", str(plan.resolve()), "--out", str(art.resolve()), "--force"),
+                  work / "compile.log", "compile")
+    run_dir = (work / "run").resolve()
+    data_args = [a for src, d in zip(SOURCES, folders, strict=True) for a in ("--data", f"{src}={d.resolve()}")]
+    argv = c.edgeplan_cmd("train", str(art.resolve()), "--epochs", str(epochs), "--samples", str(samples),
+                          "--lr", str(s.lr), "--timeout", str(c.TRAIN_TIMEOUT_S), "--run-dir", str(run_dir),
+                          *data_args)
+    with c.Bed(CLUSTER, host_gflops, emulate=True, echo=echo) as bed:
+        env = {**os.environ, "EDGEPLAN_TESTBED": str(bed._state)}
+        c._check_call(argv, work / "train.log", "emulated FPL training", env=env)
+        dilation = bed.dilation
+    rows = jsonio.read(run_dir / "metrics.json")["epochs"]
+    layout = jsonio.read(plan)["stages"]
+    trunk_boards = sorted({r["device"] for st in layout[1:] for r in st["replicas"]})
+    feature = int(np.prod(_feature_shape(fpl_file))) * 4
+    samples = min(samples, len(views_[0].y_train))
+    iters = samples // s.batch
+    counted = {src: iters * s.batch * feature for src in SOURCES}  # features out, per source board
+    counted["trunk"] = len(SOURCES) * iters * s.batch * feature  # their gradients back
+    measured = {b: float(np.mean([r["boards"][b]["net_tx_bytes"] for r in rows])) for b in rows[0]["boards"]}
+    return {"epochs": epochs, "samples": samples, "dilation": dilation, "trunk_boards": trunk_boards,
+            "measured_tx_bytes_per_epoch": measured, "counted_training_bytes_per_epoch": counted,
+            "test_accuracy": [r["test_accuracy"] for r in rows],
+            "epoch_s": [r["epoch_s"] for r in rows]}
+
+
+def _feature_shape(fpl_file: Path) -> tuple[int, ...]:
+    text = fpl_file.read_text()
+    line = next(x for x in text.splitlines() if x.startswith("FEATURE_SHAPE = "))
+    return tuple(int(v) for v in line.split("=", 1)[1].split("#")[0].strip(" []").split(","))[1:]
+
+
 # --- energy and the study --------------------------------------------------------------------------
 
 
@@ -329,7 +388,7 @@ def run(s: Settings, out: Path, echo=c.echo_default) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     base = work / "small_cnn.py"
     base.write_text(SMALL_CNN)
-    data = views.digits_views(len(SOURCES), s.seed)
+    data = full = views.digits_views(len(SOURCES), s.seed)
     if s.samples:
         data = [replace(v, x_train=v.x_train[:s.samples], y_train=v.y_train[:s.samples]) for v in data]
     busy_w, j_per_byte = _power()
@@ -354,13 +413,21 @@ def run(s: Settings, out: Path, echo=c.echo_default) -> dict:
     for rows in methods.values():
         for r in rows:
             r["energy_j"] = _energy(r, busy_w, j_per_byte)
+    emulated = None
+    if s.emulate:
+        layer = s.junctions[-1]
+        echo(f"fpl@{layer} on the emulated boards (edgeplan plan --pin, compile, train --data inside emulate) ...")
+        with c.timed(f"emulated fpl@{layer}", echo):
+            emulated = run_emulated(work / f"fpl_{layer}.py", full, s, work / "emulated", s.emulate_epochs,
+                                    s.emulate_samples, s.host_gflops, echo)
+            emulated["junction"] = layer
     return {"study": NAME, "settings": {**s.__dict__, "junctions": list(s.junctions)},
             "data": "scikit-learn digits, aligned row-band views per source (edgeplan.fpl.views)",
             "labels": {"bytes": "counted (tensors each method sends)",
                        "busy_s": "CPU seconds per board, measured here (1 torch thread, time.thread_time)",
                        "energy_j": "modelled: (busy - idle W of the profiles) x busy time + link J/byte x bytes",
                        "accuracy": "fpl: all sources joined; others: mean over the three views"},
-            "power_w": busy_w, "methods": methods}
+            "power_w": busy_w, "methods": methods, "emulated": emulated}
 
 
 def summary(rows: list[dict]) -> dict:
@@ -393,6 +460,21 @@ def report(doc: dict, out: Path) -> tuple[list[str], dict]:
                       right=range(1, 9)),
              "", "bytes: " + doc["labels"]["bytes"] + "; busy: " + doc["labels"]["busy_s"] + "; energy: "
              + doc["labels"]["energy_j"] + "; accuracy: " + doc["labels"]["accuracy"]]
+    em = doc.get("emulated")
+    if em:
+        boards = [*SOURCES, *em["trunk_boards"]]
+        counted = {**em["counted_training_bytes_per_epoch"], em["trunk_boards"][0]: em[
+            "counted_training_bytes_per_epoch"]["trunk"]}
+        lines += ["", f"fpl@{em['junction']} on the emulated boards ({em['samples']} samples, {em['epochs']} epochs, "
+                      f"dilation {em['dilation']:.3g}): bytes sent per epoch of training, the boards' network "
+                      "interfaces vs the tensors counted in-process",
+                  *c.table(["board", "measured tx MB", "counted MB", "measured / counted"],
+                           [[b, c.fmt(em["measured_tx_bytes_per_epoch"].get(b, 0.0) / 1e6),
+                             c.fmt(counted[b] / 1e6) if b in counted else "-",
+                             c.fmt(em["measured_tx_bytes_per_epoch"].get(b, 0.0) / counted[b])
+                             if counted.get(b) else "-"] for b in boards],
+                           right=(1, 2, 3)),
+                  "test accuracy per epoch there: " + ", ".join(f"{a * 100:.1f}%" for a in em["test_accuracy"])]
     for m, rows in doc["methods"].items():
         if m.endswith("-leave"):
             lines.append(f"{m}: cam-b away in epochs "
@@ -438,11 +520,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--samples", type=int, default=None, help="training samples per source")
     ap.add_argument("--junctions", default=None, help="comma-separated layer names of the small CNN")
+    ap.add_argument("--emulate", action="store_true",
+                    help="also train fpl@<deepest junction> on the emulated boards (root) and report the bytes "
+                         "their network interfaces sent")
     args = ap.parse_args(argv)
     s = Settings(**QUICK) if args.quick else Settings()
     s = replace(s, **{k: v for k, v in (("epochs", args.epochs), ("samples", args.samples)) if v is not None})
     if args.junctions:
         s = replace(s, junctions=tuple(args.junctions.split(",")))
+    if args.emulate:
+        s = replace(s, emulate=True, host_gflops=args.host_gflops)
     out = c.out_dir(args, NAME)
     doc = run(s, out)
     lines, paths = report(doc, out)
