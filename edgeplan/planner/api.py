@@ -179,7 +179,7 @@ def _ilp_gap(costs: CostTable, obj: Objective, ev: Evaluation, time_limit_s: flo
         if lb is None or lb <= 0:
             return ["ILP bound not computed (instance too large for the ILP; use --solver ilp on a smaller one)"]
         a = ev.value(obj)
-        return [f"lower bound {_fmt_value(obj, lb)} (relaxation: no memory, links or per-call costs; the ILP does "
+        return [f"lower bound {_fmt_value(obj, lb)} (relaxation: no stages, memory or links; the ILP does "
                 f"not run at this size); this plan {_fmt_value(obj, a)} (gap {(a - lb) / lb * 100:.1f}%)"]
     relaxed = obj.latency_budget_s is not None or obj.energy_budget_j is not None
     try:
