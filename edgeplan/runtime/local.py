@@ -147,15 +147,15 @@ class RandomInputs(collections.abc.Sequence):
     def __getitem__(self, i):
         if not 0 <= i < self.n:
             raise IndexError(i)
-        rng = np.random.default_rng([self.seed, i])
+        rng = np.random.RandomState([self.seed, i])  # not default_rng: numpy 1.17+, and boards may have 1.16
         out = []
         for shape, dt in zip(self.shapes, self.dtypes):
             if dt.kind == "f":
                 out.append(rng.standard_normal(shape).astype(dt))
             elif dt.kind == "b":
-                out.append(rng.integers(0, 2, shape).astype(dt))
+                out.append(rng.randint(0, 2, shape).astype(dt))
             else:
-                out.append(rng.integers(0, 10, shape).astype(dt))
+                out.append(rng.randint(0, 10, shape).astype(dt))
         return out
 
 

@@ -118,10 +118,7 @@ def check(paths: list[Path], names: dict[str, str] | None = None) -> list[str]:
 
 # Known problems in files another helper owns, each with where it is and the fix; strict, so the entry must go
 # as soon as the file is fixed (the test then XPASSes and fails).
-KNOWN = {
-    "edgeplan/runtime/local.py": "local.py:150 seeds RandomInputs with numpy.default_rng (numpy 1.17+): "
-                                 "np.random.RandomState([seed, i]) with randint() runs on older numpy",
-}
+KNOWN: dict[str, str] = {}
 BOARD_FILES = board_python()
 
 
