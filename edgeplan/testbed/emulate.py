@@ -17,6 +17,7 @@ COMMAND sees ``EDGEPLAN_TESTBED``: the path of a JSON file describing the boards
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -112,7 +113,8 @@ def testbed(cluster: Cluster, host_core_flops: float | None = None, echo=print):
         bed = netns.build([(b.device, b.cores, b.bandwidth) for b in plan_shape.boards], pair,
                           plan_shape.head_bandwidth)
         try:
-            yield bed, plan_shape
+            with netns.head_slot(bed):
+                yield bed, plan_shape
         finally:
             netns.teardown(bed)
     finally:
@@ -157,8 +159,9 @@ def emulated_cluster_doc(cluster: Cluster, plan_shape: Shape, host: HostSpeed) -
 
     Each board is this machine's CPU at its quota: per-class throughput and
     memory bandwidth x cores, per-layer and per-stage-call (runtime) overheads /
-    cores; RAM and power stay the board's own. Links carry the dilated bandwidths. Plan against this to compare
-    predictions with what runs inside `edgeplan emulate`.
+    cores; the peak is the whole cores its threads burst on until the quota is spent (what
+    `edgeplan calibrate` clamps a fit to); RAM and power stay the board's own. Links carry the dilated
+    bandwidths. Plan against this to compare predictions with what runs inside `edgeplan emulate`.
     """
     from edgeplan.profiles.load import load_profile
 
@@ -168,6 +171,10 @@ def emulated_cluster_doc(cluster: Cluster, plan_shape: Shape, host: HostSpeed) -
         dev = cluster.device(b.device)
         busy = max(u.busy_power_w for u in dev.units)
         thr = {c: round(host.of(c) * b.cores / 1e9, 4) for c, _ in host.flops}
+        # a call runs on its threads at full core speed until the quota is spent: the peak is those cores
+        # (the launch prefix's thread count), not the quota's average that ``thr`` holds
+        burst = max(1, math.ceil(b.cores - 1e-6))
+        peak = round(max(host.of(c) for c, _ in host.flops) * burst / 1e9, 4)
         devices.append({
             "name": dev.name,
             "profile": "host",
@@ -177,7 +184,7 @@ def emulated_cluster_doc(cluster: Cluster, plan_shape: Shape, host: HostSpeed) -
                 "reserved_mb": 0,
                 "idle_power_w": dev.idle_power_w,
                 "units": {"cpu": {
-                    "peak_gflops": max(thr.values()),
+                    "peak_gflops": max(peak, max(thr.values())),
                     "throughput_gflops": thr,
                     "mem_bandwidth_gbs": round(host.mem_bandwidth * b.cores / 1e9, 4),
                     "layer_overhead_us": round(HOST_LAYER_OVERHEAD_US / b.cores, 2),

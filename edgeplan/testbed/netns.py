@@ -7,7 +7,12 @@ too so the head (this machine) can reach every board. Links are shaped with
 bandwidth and one class per per-pair override (matched by destination
 address); the bridge-side legs cap what a board can receive. CPU time of each
 board's processes is limited by a cgroup CPU quota (v1 ``cpu`` controller or
-v2 ``cpu.max``).
+v2 ``cpu.max``). A quota only caps: on a machine other tenants load, a board
+would get a fraction of it, and a run would measure the tenants, not the plan.
+So the testbed's cgroup asks for the highest CPU weight (v1 ``cpu.shares``, v2
+``cpu.weight``): each board gets its quota first, and the head, moved into the
+testbed's own ``head`` cgroup while it runs (``head_slot``), gets the rest
+before other tenants do.
 
 Latency is not emulated: this kernel has no ``netem``; the difference is the
 links' latency (sub-millisecond on the example clusters), reported as omitted.
@@ -18,6 +23,7 @@ carry a per-run tag, and ``cleanup_stale()`` removes leftovers of killed runs.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import secrets
@@ -37,6 +43,9 @@ CGROUP_V2 = Path("/sys/fs/cgroup")
 PERIOD_US = 20_000  # short CFS period: throttling in small slices, like a slower CPU
 MIN_QUOTA_US = 1_000  # the kernel refuses smaller CFS quotas
 MAX_PERIOD_US = 1_000_000
+MAX_SHARES_V1 = 262_144  # cpu.shares upper limit (a root task weighs 1024)
+MAX_WEIGHT_V2 = 10_000  # cpu.weight upper limit (default 100)
+HEAD_SHARE_CORES = 1.0  # the head's weight among the testbed's boards, in cores (it has no quota)
 
 
 class EmulationError(EdgeplanError):
@@ -127,6 +136,7 @@ def _cgroup_create(root: Path, name: str, cores: float) -> Path:
     path = root / name
     path.mkdir(parents=True, exist_ok=True)
     period, quota = quota_us(cores)
+    _reserve(path, cores)
     if (path / "cpu.cfs_quota_us").exists():  # cgroup v1
         (path / "cpu.cfs_period_us").write_text(str(period))
         (path / "cpu.cfs_quota_us").write_text(str(quota))
@@ -137,9 +147,23 @@ def _cgroup_create(root: Path, name: str, cores: float) -> Path:
     return path
 
 
+def _reserve(path: Path, cores: float | None) -> None:
+    """Weight ``path`` against its siblings: the highest weight for the testbed's root (its boards and head
+    come before other tenants' processes), else in proportion to ``cores`` (boards within the testbed)."""
+    if (path / "cpu.shares").exists():
+        value = MAX_SHARES_V1 if cores is None else max(2, int(1024 * cores))
+        (path / "cpu.shares").write_text(str(value))
+    elif (path / "cpu.weight").exists():
+        value = MAX_WEIGHT_V2 if cores is None else max(1, min(MAX_WEIGHT_V2, int(100 * cores)))
+        (path / "cpu.weight").write_text(str(value))
+
+
 def _cgroup_root(tag: str) -> Path:
     if CGROUP_V1.is_dir() and (CGROUP_V1 / "cpu.cfs_quota_us").exists():
-        return CGROUP_V1 / f"{PREFIX}-{tag}"
+        root = CGROUP_V1 / f"{PREFIX}-{tag}"
+        root.mkdir(exist_ok=True)
+        _reserve(root, None)
+        return root
     if (CGROUP_V2 / "cgroup.controllers").exists():
         controllers = (CGROUP_V2 / "cgroup.controllers").read_text().split()
         if "cpu" not in controllers:
@@ -150,6 +174,7 @@ def _cgroup_root(tag: str) -> Path:
         root = CGROUP_V2 / f"{PREFIX}-{tag}"
         root.mkdir(exist_ok=True)
         (root / "cgroup.subtree_control").write_text("+cpu")
+        _reserve(root, None)
         return root
     raise EmulationError("no cgroup cpu controller at /sys/fs/cgroup/cpu (v1) or /sys/fs/cgroup (v2)")
 
@@ -239,6 +264,40 @@ def build(boards: list[tuple[str, float, float]], overrides: dict[tuple[str, str
     except BaseException:
         _teardown(tag, created_ns, cg_root)
         raise
+
+
+def _own_cgroup(root: Path) -> Path:
+    """The cpu cgroup this process is in now (v1: the ``cpu`` controller's line, v2: the unified one)."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, rel = line.split(":", 2)
+        if (root == CGROUP_V1 and "cpu" in controllers.split(",")) or (root == CGROUP_V2 and controllers == ""):
+            return root / rel.lstrip("/")
+    return root
+
+
+@contextlib.contextmanager
+def head_slot(bed: Testbed):
+    """Run this process (the head, and whatever it starts on the host) in the testbed's ``head`` cgroup: the
+    testbed's weight, no quota, so other tenants do not starve the head the boards wait on (module docstring);
+    it is moved back where it was on exit."""
+    root = Path(bed.cgroup_root)
+    base = CGROUP_V1 if root.parent == CGROUP_V1 else CGROUP_V2
+    home = _own_cgroup(base)
+    head = root / "head"
+    try:
+        head.mkdir(exist_ok=True)
+        _reserve(head, HEAD_SHARE_CORES)
+        (head / "cgroup.procs").write_text(str(os.getpid()))
+    except OSError:  # no weight for the head: it still runs, as any other process here
+        yield
+        return
+    try:
+        yield
+    finally:
+        try:
+            (home / "cgroup.procs").write_text(str(os.getpid()))
+        except OSError:
+            (base / "cgroup.procs").write_text(str(os.getpid()))
 
 
 def _teardown(tag: str, namespaces: list[str], cg_root: Path) -> None:

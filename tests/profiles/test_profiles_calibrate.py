@@ -253,3 +253,23 @@ def test_link_bandwidth_comes_from_the_monitors_passive_send_throughput(tmp_path
     assert (lf.a, lf.b, lf.sends) == ("a", "b", 2) and lf.after == pytest.approx(40e6)  # median of 30 and 50 MB/s
     assert new.link("a", "b").bandwidth == pytest.approx(40e6) and new.link("a", "b").latency_s == pytest.approx(1e-4)
     assert "link a <-> b: 1000 -> 320 Mbit/s (median of 2" in cal.format_fit(result)
+
+
+def test_emulated_board_peak_is_the_cores_its_threads_burst_on_not_the_quota_average():
+    """A board under a 0.3-core quota runs each call at a full core's speed until its quota is spent, so the
+    emulated cluster's peak (the clamp `calibrate` applies) is one core, while its throughput is 0.3 cores;
+    a 1.5-core board runs 2 threads (netns launch prefix) and bursts on 2 cores."""
+    from pathlib import Path
+
+    from edgeplan.testbed import emulate
+    from edgeplan.testbed.calibrate import HostSpeed
+
+    spec = load_cluster(Path(__file__).resolve().parents[2] / "examples" / "clusters" / "three-node-hetero.yaml")
+    host = HostSpeed((("conv", 20e9), ("gemm", 30e9), ("dwconv", 5e9)), 10e9)
+    boards = tuple(emulate.BoardShape(d.name, 1.0, cores, 1e6)
+                   for d, cores in zip(spec.devices, (0.3, 1.5, 1.0), strict=False))
+    doc = emulate.emulated_cluster_doc(spec, emulate.Shape(0.5, 20e9, boards, (), 1e6), host)
+    for dev, b in zip(doc["devices"], boards, strict=False):
+        cpu = dev["overrides"]["units"]["cpu"]
+        assert cpu["throughput_gflops"]["gemm"] == pytest.approx(30 * b.cores)
+        assert cpu["peak_gflops"] == pytest.approx(30 * {0.3: 1, 1.5: 2, 1.0: 1}[b.cores])
