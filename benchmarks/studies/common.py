@@ -423,8 +423,10 @@ class Bed:
 
 
 def run_configs(bed: Bed, plans: dict, data: Data, epochs: int, work: Path,
-                echo: Callable[[str], None] = echo_default) -> tuple[dict[str, Run], dict[str, str]]:
-    """Compile and train each configuration's plan on ``bed`` (in ``plans`` order).
+                echo: Callable[[str], None] = echo_default,
+                extra: Sequence[str] = ()) -> tuple[dict[str, Run], dict[str, str]]:
+    """Compile and train each configuration's plan on ``bed`` (in ``plans`` order); ``extra``: more
+    `edgeplan train` options for every run (e.g. --sync-bn).
 
     A plan with the same layout as an earlier configuration's is not run again: that
     run stands for both (returned in the second dict, config -> the earlier config).
@@ -439,7 +441,7 @@ def run_configs(bed: Bed, plans: dict, data: Data, epochs: int, work: Path,
             continue
         echo(f"  {cfg}: {layout_text(plan)}")
         art = compile_plan(plan, work / cfg, work / f"{cfg}-compile.log")
-        runs[cfg] = bed.train(art, data, epochs, work / cfg / "run")
+        runs[cfg] = bed.train(art, data, epochs, work / cfg / "run", extra=extra)
     return runs, same_as
 
 

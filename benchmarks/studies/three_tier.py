@@ -50,6 +50,7 @@ class Settings:
     emulate: bool | None = None
     host_gflops: float | None = None
     quick: bool = False
+    sync_bn: bool = False  # `edgeplan train --sync-bn`: BatchNorm statistics over each replica group
     configs: tuple[str, ...] = CONFIGS  # a subset (with cloud-only and edgeplan) for fast tests
 
 
@@ -88,7 +89,8 @@ def run(s: Settings, out: Path, echo=c.echo_default) -> dict:
                                   mwork / "data")
             echo(f"{model}: {data.describe()}")
             ps = plans(model, mwork, s)
-            runs, same_as = c.run_configs(bed, ps, data, s.epochs, mwork, echo)
+            runs, same_as = c.run_configs(bed, ps, data, s.epochs, mwork, echo,
+                                           extra=("--sync-bn",) if s.sync_bn else ())
             timed: dict = {}  # (destination, bytes) -> (emulated s, real s): one timing per distinct transfer
             for cfg in ps:
                 r = runs[cfg]
@@ -148,7 +150,7 @@ def run(s: Settings, out: Path, echo=c.echo_default) -> dict:
         "study": NAME, "quick": s.quick, "cluster": str(CLUSTER.relative_to(c.ROOT)),
         "settings": {"models": list(s.models), "dataset": s.dataset, "train_samples": s.train_samples,
                      "test_samples": s.test_samples, "epochs": s.epochs, "batch": s.batch,
-                     "microbatches": s.microbatches},
+                     "microbatches": s.microbatches, "sync_bn": s.sync_bn},
         "data": data.to_json() | {"description": data.describe()},
         "emulated": emulated, "dilation": dilation, "notes": notes, "labels": labels, "rows": rows,
         "research_speedup": RESEARCH_SPEEDUP, "verdicts": verdicts,
@@ -169,7 +171,8 @@ def report(doc: dict, out: Path) -> tuple[list[str], dict]:
                      c.fmt(r["total_energy_j"]), acc, f"{r['predicted_iter_s'] * 1e3:.0f}/{r['iter_s'] * 1e3:.0f}"])
     kind = doc["labels"]["epoch_s"]
     lines = [f"study 3 ({NAME}): {doc['cluster']}, {doc['data']['description']}, {e} epoch(s), batch {s['batch']} "
-             f"as {s['microbatches']} micro-batches",
+             f"as {s['microbatches']} micro-batches, BatchNorm statistics "
+             f"{'synchronised over replicas (--sync-bn)' if s.get('sync_bn') else 'per replica'}",
              f"times: {kind}" + (f", dilation {doc['dilation']:.3g}" if doc["emulated"] else "")
              + f"; energy: {c.MODELLED}; accuracy: measured; speed-up = cloud-only s / row s (incl. upload)"]
     lines += c.table(header, body, right=range(3, 11))
@@ -198,9 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--train-samples", type=int, default=None)
     ap.add_argument("--test-samples", type=int, default=None)
+    ap.add_argument("--sync-bn", action="store_true",
+                    help="BatchNorm statistics all-reduced over each replica group (`edgeplan train --sync-bn`)")
     args = ap.parse_args(argv)
     s = Settings(models=tuple(args.models.split(",")), dataset=args.dataset,
-                 emulate=False if args.local else None, host_gflops=args.host_gflops, quick=args.quick)
+                 emulate=False if args.local else None, host_gflops=args.host_gflops, quick=args.quick,
+                 sync_bn=args.sync_bn)
     if args.quick:
         s = replace(s, **QUICK)
     s = replace(s, **{k: v for k, v in (("epochs", args.epochs), ("train_samples", args.train_samples),
