@@ -208,12 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--train-samples", type=int, default=None)
     ap.add_argument("--test-samples", type=int, default=None)
+    ap.add_argument("--configs", default=",".join(CONFIGS),
+                    help="comma-separated configurations to run (at least centralized-cloud and edgeplan)")
     ap.add_argument("--sync-bn", action="store_true",
                     help="BatchNorm statistics all-reduced over each replica group (`edgeplan train --sync-bn`)")
     args = ap.parse_args(argv)
     s = Settings(models=tuple(args.models.split(",")), dataset=args.dataset,
                  emulate=False if args.local else None, host_gflops=args.host_gflops, quick=args.quick,
-                 sync_bn=args.sync_bn)
+                 sync_bn=args.sync_bn, configs=tuple(args.configs.split(",")))
     if args.quick:
         s = replace(s, **QUICK)
     s = replace(s, **{k: v for k, v in (("epochs", args.epochs), ("train_samples", args.train_samples),
