@@ -47,12 +47,9 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "clusters"
 
 
 class Emulated:
-    """An example cluster emulated here (netns tier, root): boards in namespaces under CPU quotas.
-
-    Two adjustments this benchmark makes until the emulator and the run report carry them (the netns test
-    does the same): a quota'd board's peak is a whole core (it runs at full speed until its quota is spent),
-    and each report replica gets its board's ``cpu_quota_cores`` so CPU seconds count as board seconds.
-    """
+    """An example cluster emulated here (netns tier, root): boards in namespaces under CPU quotas, with the
+    testbed's CPU weight so other tenants of this machine do not take a board's quota (testbed/netns.py);
+    each worker reports its quota (``cpu_quota_cores``), so calibrate counts CPU seconds as board seconds."""
 
     def __init__(self, name: str, host):
         from edgeplan.profiles.load import load_cluster
@@ -66,13 +63,7 @@ class Emulated:
     def write(self, path: Path) -> Path:
         from edgeplan.testbed import emulate
 
-        emulate.write_emulated_cluster(path, self.spec, self.shape, self.host)
-        doc = yaml.safe_load(path.read_text())
-        for dev in doc["devices"]:
-            cpu = dev["overrides"]["units"]["cpu"]
-            cpu["peak_gflops"] = round(cpu["peak_gflops"] / min(self.cores[dev["name"]], 1.0), 4)
-        path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        return path
+        return emulate.write_emulated_cluster(path, self.spec, self.shape, self.host)
 
     def run(self, art, requests, config, log_dir):
         from edgeplan.runtime.local import run_local
@@ -90,7 +81,7 @@ def _round(traced, model, cluster_path, tmp, tag, requests, emulated=None):
     from edgeplan.planner.api import make_plan
     from edgeplan.planner.objective import Objective
     from edgeplan.planner.plan import record_sources
-    from edgeplan.profiles.calibrate import predicted_module_s
+    from edgeplan.profiles.calibrate import board_module_s, predicted_module_s
     from edgeplan.profiles.load import load_cluster
     from edgeplan.profiles.predict import paired
     from edgeplan.runtime import report
@@ -109,16 +100,13 @@ def _round(traced, model, cluster_path, tmp, tag, requests, emulated=None):
     if not res.ok:
         raise RuntimeError(f"{model} round {tag}: {len(res.failures)} requests failed")
     rep = report.build(loaded.plan, res)
-    if emulated is not None:
-        for st in rep["stages"]:
-            for r in st["replicas"]:
-                r["cpu_quota_cores"] = emulated.cores[r["device"]]
     jsonio.write(tmp / f"report-{tag}.json", rep)
     pj = plan.to_json()
     stages = []
     for st, got in zip(pj["stages"], rep["stages"], strict=True):
         devs = "+".join(r["device"] for r in st["replicas"])
-        stages.append((st["index"], devs, got["measured_compute_s"], predicted_module_s(traced.graph, cluster, st)))
+        measured = max(board_module_s(r) for r in got["replicas"])  # the quantity module_s predicts
+        stages.append((st["index"], devs, measured, predicted_module_s(traced.graph, cluster, st)))
     pair = paired(rep)
     return art, plan, stages, pair
 
@@ -149,6 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
                          "examples/clusters, default three-node-hetero,rpi4-jetson) instead of local processes")
     ap.add_argument("--threads", default="1", help="compute threads per worker (EDGEPLAN_THREADS): 1 keeps the "
                                                    "boards from fighting over this machine's cores")
+    ap.add_argument("--keep", default=None, help="write the reports, plans and cluster files under this folder "
+                                                 "(default: a temporary folder, removed)")
     args = ap.parse_args(argv)
     import os
 
@@ -163,11 +153,14 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgeplan-bench-truth-") as tmpdir:
+        if args.keep:
+            tmpdir = args.keep
+            Path(tmpdir).mkdir(parents=True, exist_ok=True)
         for model in args.models.split(","):
             traced = build(model)
             for cname in args.clusters.split(","):
                 tmp = Path(tmpdir) / f"{model}-{cname}"
-                tmp.mkdir()
+                tmp.mkdir(exist_ok=True)
                 path = tmp / "cluster.yaml"
                 emulated = Emulated(cname, host) if args.emulate else None
                 if emulated is not None:

@@ -7,11 +7,11 @@ rests on the emulator's micro-benchmark figures, the second on figures fitted fr
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 pytest.importorskip("onnxruntime")
 
@@ -48,8 +48,10 @@ def _round(traced, model, spec, host_flops, cluster_path, tmp, tag):
     rep = report.build(loaded.plan, res)
     jsonio.write(tmp / f"report-{tag}.json", rep)
     pj = plan.to_json()
-    errs = [abs(cal.predicted_module_s(traced.graph, cluster, st) - got["measured_compute_s"])
-            / got["measured_compute_s"] for st, got in zip(pj["stages"], rep["stages"], strict=True)]
+    errs = []
+    for st, got in zip(pj["stages"], rep["stages"], strict=True):
+        measured = max(cal.board_module_s(r) for r in got["replicas"])  # board seconds per call, as predicted
+        errs.append(abs(cal.predicted_module_s(traced.graph, cluster, st) - measured) / measured)
     measured, predicted = predict.paired(rep)["throughput_loaded"]
     return art, errs, abs(predicted - measured) / measured, plan
 
@@ -62,23 +64,12 @@ def test_emulated_run_calibrate_replan_run(model, tmp_path):
     host = host_speed.measure(0.3)  # this machine per core, so quotas and figures match what runs
     shape = emulate.shape(spec, host.of("conv"))
     emulated = emulate.write_emulated_cluster(tmp_path / "emulated.yaml", spec, shape, host)
-    # a board under a CPU quota runs a call at a full core's speed until its quota is spent: its peak is a
-    # whole core, not the quota's average (which the emulator writes as peak_gflops)
-    doc = yaml.safe_load(emulated.read_text())
-    for dev, board in zip(doc["devices"], shape.boards, strict=True):
-        cpu = dev["overrides"]["units"]["cpu"]
-        cpu["peak_gflops"] = round(cpu["peak_gflops"] / min(board.cores, 1.0), 4)
-    emulated.write_text(yaml.safe_dump(doc, sort_keys=False))
     traced = build(model)
     art0, errs0, thr0, plan0 = _round(traced, model, spec, host.of("conv"), emulated, tmp_path, "0")
-    # the run report does not carry each worker's CPU quota yet: add the testbed's, so CPU seconds count
-    # as board seconds (calibrate reads `cpu_quota_cores` per replica)
-    rep0 = jsonio.read(tmp_path / "report-0.json")
+    rep0 = jsonio.read(tmp_path / "report-0.json")  # each worker reports its board's CPU quota itself
     cores = {b.device: b.cores for b in shape.boards}
-    for st in rep0["stages"]:
-        for r in st["replicas"]:
-            r["cpu_quota_cores"] = cores[r["device"]]
-    jsonio.write(tmp_path / "report-0.json", rep0)
+    assert {r["device"]: r["cpu_quota_cores"] for st in rep0["stages"] for r in st["replicas"]} == pytest.approx(
+        {r["device"]: cores[r["device"]] for st in rep0["stages"] for r in st["replicas"]}, rel=0.01)
     cal.calibrate_files([tmp_path / "report-0.json"], [art0], emulated, tmp_path / "calibrated.yaml",
                         lambda p: traced.graph)
     _, errs1, thr1, plan1 = _round(traced, model, spec, host.of("conv"), tmp_path / "calibrated.yaml", tmp_path, "1")
@@ -91,3 +82,25 @@ def test_emulated_run_calibrate_replan_run(model, tmp_path):
     # is not a guaranteed core, and the same run's throughput moves by 2x (seen after calibration: 2%..88%);
     # the issue's 10% / 5% targets are measured by benchmarks/bench_truth.py --emulate
     assert np.mean(errs1) < np.mean(errs0)
+
+
+@pytest.mark.netns
+@netns_tier
+def test_testbed_reserves_its_quotas_and_the_head_against_other_tenants():
+    """A quota only caps: on a machine other tenants load, a 1-core board got ~25% of its quota and a run
+    measured the tenants (seen: npu-board 20 ms per call for 5 ms of CPU). The testbed's cgroup weighs the
+    most a cgroup can, the boards weigh in proportion to their quotas, and the head runs in the testbed's
+    `head` cgroup while it is up, back where it was afterwards."""
+    spec = load_cluster(EXAMPLE)
+    cpu_line = next(line for line in open("/proc/self/cgroup").read().splitlines()
+                    if "cpu" in line.split(":")[1].split(",") or line.split(":")[1] == "")
+    with emulate.testbed(spec, host_core_flops=1e10, echo=lambda *_: None) as (bed, shape):
+        root = Path(bed.cgroup_root)
+        shares = root / "cpu.shares" if (root / "cpu.shares").exists() else root / "cpu.weight"
+        assert int(shares.read_text()) == (netns.MAX_SHARES_V1 if shares.name == "cpu.shares" else netns.MAX_WEIGHT_V2)
+        for b in bed.boards:
+            got = int((Path(b.cgroup) / shares.name).read_text())
+            assert got == (max(2, int(1024 * b.cpu_quota)) if shares.name == "cpu.shares"
+                           else max(1, int(100 * b.cpu_quota)))
+        assert str(os.getpid()) in (root / "head" / "cgroup.procs").read_text().split()
+    assert cpu_line in open("/proc/self/cgroup").read().splitlines()
