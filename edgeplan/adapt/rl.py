@@ -114,7 +114,7 @@ class Policy:
         object.__setattr__(self, "_rows", rows)
         object.__setattr__(self, "_vectors", {c: _vector(parse_condition(c)) for c in rows})
         object.__setattr__(self, "_index", {p: i for i, p in enumerate(self.plans)})
-        object.__setattr__(self, "_near", {})  # Condition -> row (see ``row``)
+        object.__setattr__(self, "_near", {})  # Condition or context text -> row (see ``row``)
         keys = sorted({k for vec in self._vectors.values() for k in vec})
         names = sorted(self._vectors)
         m = np.array([[self._vectors[n].get(k, 0.0) for k in keys] for n in names]).reshape(len(names), len(keys))
@@ -156,11 +156,15 @@ class Policy:
         hit = self._near.get(cond)
         if hit is None:
             sc = state_condition(cond)
-            c = near = str(sc)
-            if c not in self._rows and self._rows:
-                near = self._nearest(_vector(sc))
-            vals, counts = self._rows.get(near, ((0.0,) * len(self.plans), (0,) * len(self.plans)))
-            hit = self._near[cond] = (vals, counts, c, near)
+            c = str(sc)
+            hit = self._near.get(c)  # another estimate in the same context
+            if hit is None:
+                near = c
+                if c not in self._rows and self._rows:
+                    near = self._nearest(_vector(sc))
+                vals, counts = self._rows.get(near, ((0.0,) * len(self.plans), (0,) * len(self.plans)))
+                hit = self._near[c] = (vals, counts, c, near)
+            self._near[cond] = hit
         return hit
 
     def _nearest(self, v: dict[str, float]) -> str:
