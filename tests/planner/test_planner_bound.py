@@ -39,4 +39,4 @@ def test_bound_holds_on_a_large_instance_and_the_plan_reports_the_gap():
     assert not res.exact and 0 < lb <= res.evaluation.value(obj)
     plan = plan_from_costs(costs, obj, min_gain=0.0, with_baselines=False)
     note = next(n for n in plan.notes if n.startswith("lower bound"))
-    assert "gap" in note and "no memory, links or per-call costs" in note
+    assert "gap" in note and "no stages, memory or links" in note
