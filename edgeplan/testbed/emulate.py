@@ -89,8 +89,9 @@ def state_json(bed: netns.Testbed, plan_shape: Shape) -> dict:
 
 
 @contextlib.contextmanager
-def testbed(cluster: Cluster, host_core_flops: float | None = None, echo=print):
-    """Build the emulated cluster; yields (Testbed, Shape); always tears it down.
+def testbed(cluster: Cluster, host_core_flops: float | None = None, echo=print, max_board_cores: float = 1.0):
+    """Build the emulated cluster; yields (Testbed, Shape); always tears it down. ``max_board_cores``: the
+    fastest board's quota (lower: a slower emulation that leaves more of this machine to the head).
 
     SIGTERM is turned into KeyboardInterrupt while it is up, so `kill` cleans up too.
     """
@@ -98,7 +99,7 @@ def testbed(cluster: Cluster, host_core_flops: float | None = None, echo=print):
     stale = netns.cleanup_stale()
     if stale:
         echo(f"removed leftovers of an earlier emulation: {', '.join(stale)}")
-    plan_shape = shape(cluster, host_core_flops or calibrate.conv_flops())
+    plan_shape = shape(cluster, host_core_flops or calibrate.conv_flops(), max_board_cores=max_board_cores)
     echo(f"emulating {cluster.name}: dilation {plan_shape.dilation:.3g} "
          f"(the emulated cluster runs {1 / plan_shape.dilation:.3g}x slower than the real one)")
     for b in plan_shape.boards:
