@@ -479,6 +479,8 @@ def compile_cmd(
             typer.echo(f"wrote {out}: {len(got['plans'])} variant(s), {got['modules_built']} module(s) built, "
                        f"{mods} held by {len(got['boards'])} board(s) (each once); run it with "
                        f"`edgeplan run {out} --adapt heuristic ...` (or serve; `edgeplan verify {out}`)")
+            for warning in got.get("warnings", []):  # a module the board's profile says cannot run there
+                typer.echo(f"warning: {warning}", err=True)
             return
         path = compile_plan(plan, model, out, cluster=cluster, backend=backend.value, progress=on_event,
                             force=force, input_shape=shape, bind_any=bind_any, profiling_kit=profiling_kit)

@@ -36,12 +36,21 @@ def elf_arch(path: Path) -> str | None:
     return ELF_MACHINES.get(machine, f"ELF machine {machine}")
 
 
+def stage_files(root: Path) -> list[Path]:
+    """Every module's stage.json under ``root``: ``<board>/stageS/`` of one compiled plan, and
+    ``<board>/<module>/`` of a compiled plan family (its folder names: adapt/compile.py's MODULE_GLOB)."""
+    from edgeplan.adapt.compile import MODULE_GLOB
+
+    return sorted({p for pattern in ("stage*", MODULE_GLOB) for p in root.glob(f"*/{pattern}/stage.json")})
+
+
 def foreign_stages(root: str | os.PathLike[str], arch: str | None = None) -> list[dict]:
-    """Stages of artifact folder ``root`` that cannot run on an ``arch`` machine (default: this one)."""
+    """Stages of artifact folder ``root`` (one plan or a plan family) that cannot run on an ``arch`` machine
+    (default: this one); a family's module is named by its folder (``module``), which all its slots share."""
     arch = arch or host_arch()
     root = Path(root)
     found = []
-    for stage_json in sorted(root.glob("*/stage*/stage.json")):
+    for stage_json in stage_files(root):
         try:
             spec = json.loads(stage_json.read_text())
         except (OSError, ValueError):
@@ -54,7 +63,7 @@ def foreign_stages(root: str | os.PathLike[str], arch: str | None = None) -> lis
             why = "an RKNN model runs only on the board's Rockchip NPU (RKNNLite)"
         if why:
             found.append({"device": spec.get("device", stage_json.parent.parent.name),
-                          "stage": spec.get("stage"), "target": spec.get("target"),
+                          "stage": spec.get("stage"), "module": stage_json.parent.name, "target": spec.get("target"),
                           "backend": spec.get("backend"), "why": why})
     return found
 
@@ -65,11 +74,8 @@ def check_runs_here(root: str | os.PathLike[str], how: str = "--local", arch: st
     bad = foreign_stages(root, arch)
     if not bad:
         return
-    try:  # name the plan's own cluster file in the commands when it recorded one
-        cluster = json.loads((Path(root) / "plan.json").read_text()).get("cluster_path") or "CLUSTER"
-    except (OSError, ValueError, AttributeError):
-        cluster = "CLUSTER"
-    boards = "; ".join(f"board {b['device']} stage {b['stage']} (target {b['target']}, backend {b['backend']}): "
+    cluster = _cluster_path(Path(root))
+    boards = "; ".join(f"board {b['device']} {_where(b)} (target {b['target']}, backend {b['backend']}): "
                        f"{b['why']}" for b in bad)
     raise ArtifactError(
         f"edgeplan run {how}: {root} was compiled for the boards, and this machine is {arch}: {boards}. "
@@ -80,3 +86,21 @@ def check_runs_here(root: str | os.PathLike[str], how: str = "--local", arch: st
         f"(3) deploy to the boards: `edgeplan deploy {root} --cluster {cluster}`, then "
         f"`edgeplan run {root} --cluster {cluster}`"
     )
+
+
+def _where(bad: dict) -> str:
+    """``stage S`` in one plan's folder; ``module M`` in a family's, where one module serves several stages."""
+    return f"stage {bad['stage']}" if bad["module"].startswith("stage") else f"module {bad['module']}"
+
+
+def _cluster_path(root: Path) -> str:
+    """The cluster file the plan (a family: its initial variant) was made with, for the commands; else CLUSTER."""
+    from edgeplan.adapt.compile import SUMMARY
+
+    try:
+        plan = root / "plan.json"
+        if not plan.is_file():  # a compiled family (adapt/compile.py): its initial variant's plan
+            plan = root / str(json.loads((root / SUMMARY).read_text())["initial"]) / "plan.json"
+        return json.loads(plan.read_text()).get("cluster_path") or "CLUSTER"
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return "CLUSTER"

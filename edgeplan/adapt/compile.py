@@ -38,6 +38,14 @@ POLICY_FILE = "rl-policy.json"  # adapt/rl.py's trained policy, when the family 
 PORT_STRIDE = 100  # variant K's ports: the single plan's + 100 K (a plan has fewer than 100 replicas)
 
 
+def module_dir(unit: str, start, stop, samples) -> str:
+    """A module's folder in its board folder (``-2``, ``-3``... appended for the same layers with other options)."""
+    return f"{unit}-layers{start}-{stop}-b{samples}"
+
+
+MODULE_GLOB = module_dir("*", "*", "*", "*")  # every module folder of a board (hostcheck.foreign_stages reads it)
+
+
 def shift_port(address: str, offset: int) -> str:
     """``host:port`` (or ``[v6]:port``) with the port moved by ``offset``."""
     host, _, port = address.rpartition(":")
@@ -87,8 +95,8 @@ def compile_family(folder, out, *, model_spec: str | None = None, cluster=None, 
             for name in plans:
                 compile_plan(folder / name, model_spec, Path(scratch) / Path(name).stem, cluster, backend, on_event,
                              traced=traced, bind_any=bind_any, input_shape=input_shape, module_cache=cache)
-            boards = _merge(Path(scratch), tmp, plans, manifest.file_sha256(folder / FAMILY_FILE), fam.model,
-                            nominal.secret_env if nominal is not None else None)
+            boards, warnings = _merge(Path(scratch), tmp, plans, manifest.file_sha256(folder / FAMILY_FILE),
+                                      fam.model, nominal)
         shutil.copyfile(folder / FAMILY_FILE, tmp / FAMILY_FILE)
         if (folder / POLICY_FILE).is_file():  # `--adapt rl` loads it from the compiled folder
             shutil.copyfile(folder / POLICY_FILE, tmp / POLICY_FILE)
@@ -99,6 +107,7 @@ def compile_family(folder, out, *, model_spec: str | None = None, cluster=None, 
             "schema_version": 2, "model": fam.model, "plans": [Path(n).stem for n in plans],
             "initial": Path(fam.variants[0].plan).stem, "port_stride": PORT_STRIDE,
             "modules_built": len(built), "modules_copied": len(reused), "boards": boards,
+            "warnings": warnings,  # a module the board's profile says cannot run there (`edgeplan compile` prints)
         }
         jsonio.write(tmp / SUMMARY, summary)
         (tmp / "README.txt").write_text(
@@ -113,14 +122,14 @@ def compile_family(folder, out, *, model_spec: str | None = None, cluster=None, 
     return summary
 
 
-def _merge(scratch: Path, tmp: Path, plans: dict, family_sha: str, model: str, secret_env: str | None) -> dict:
-    """Fold the complete per-variant folders in ``scratch`` into one folder per board (module docstring)."""
-    from edgeplan.codegen.compile import BOARD_PYTHON, HEAD_PORT, INSTALL_DIR, RUNTIME_DIR, _version
-    from edgeplan.codegen.render import render
+def _merge(scratch: Path, tmp: Path, plans: dict, family_sha: str, model: str, nominal) -> tuple[dict, list[str]]:
+    """Fold the complete per-variant folders in ``scratch`` into one folder per board (module docstring);
+    returns the boards' summary and the compile warnings about the modules they hold."""
+    from edgeplan.codegen.compile import RUNTIME_DIR
 
     boards: dict[str, dict] = {}
     by_content: dict[tuple, str] = {}  # (board, files and digests) -> module folder name
-    board_src: dict[str, Path] = {}  # the first variant folder of each board: its runtime copy, README, service
+    board_src: dict[str, Path] = {}  # the first variant folder of each board: its runtime copy
     context: dict[str, dict] = {}
     for k, (name, plan) in enumerate(plans.items()):
         stem, src = Path(name).stem, scratch / Path(name).stem
@@ -142,7 +151,7 @@ def _merge(scratch: Path, tmp: Path, plans: dict, family_sha: str, model: str, s
                 board_src.setdefault(r.device, src / r.device)
                 mod = by_content.get(key)
                 if mod is None:
-                    mod = base = f"{r.unit}-layers{st.start}-{st.stop}-b{r.samples}"
+                    mod = base = module_dir(r.unit, st.start, st.stop, r.samples)
                     n = 2
                     while mod in board["modules"]:  # same layers, other options or backend
                         mod, n = f"{base}-{n}", n + 1
@@ -152,34 +161,72 @@ def _merge(scratch: Path, tmp: Path, plans: dict, family_sha: str, model: str, s
                     board["modules"][mod] = {"layers": [st.start, st.stop], "unit": r.unit, "samples": r.samples,
                                              "backend": spec["backend"], "files": [f for f, _ in spec["files"]],
                                              "plans": []}
+                    context.setdefault(r.device, {"modules": {}, "trt": [], "runs": {}})["runs"][mod] = (
+                        r, plan, spec["target"], spec["backend"], (st.start, st.stop))
                 board["modules"][mod]["plans"].append(stem)
                 slot = f"{mod}/{stem}-stage{st.index}.json"
                 jsonio.write(tmp / r.device / slot, spec)
                 board["slots"].setdefault(stem, []).append({"stage": st.index, "spec": slot, "lo": spec["lo"],
                                                             "hi": spec["hi"]})
-                ctx = context.setdefault(r.device, {"modules": {}, "trt": []})
+                ctx = context[r.device]
                 ctx["modules"].setdefault(mod, []).append(
                     (slot, f"# {stem} stage {st.index} of {len(plan.stages)}: layers [{st.start}, {st.stop}), samples "
                            f"[{spec['lo']}, {spec['hi']}) of each micro-batch, listens on {spec['listen']}"))
                 if spec["backend"] == "tensorrt" and mod not in ctx["trt"]:
                     ctx["trt"].append(mod)
+    warnings: list[str] = []
     for device, ctx in context.items():
-        src = board_src[device]
-        for item in src.iterdir():
-            if item.name == RUNTIME_DIR:
-                shutil.copytree(item, tmp / device / RUNTIME_DIR)
-            elif item.is_file() and item.name != "start.sh":
-                shutil.copyfile(item, tmp / device / item.name)
-        entries = [{"spec_path": slots[0][0], "spec_paths": [p for p, _ in slots],
-                    "comment": "\n".join([f"# module {mod}, loaded once for its {len(slots)} slot(s):"]
-                                         + [c for _, c in slots])}
-                   for mod, slots in ctx["modules"].items()]
-        (tmp / device / "start.sh").write_text(render(
-            "start.sh.j2", edgeplan_version=_version("edgeplan"), device=device, model=model, plan_sha256=family_sha,
-            n_stages=0, stages=entries, stage_list="", install_dir=f"{INSTALL_DIR}/{device}", requirements=[],
-            head_port=HEAD_PORT, local_addresses=False, secret_env=secret_env,
-            python=".".join(map(str, BOARD_PYTHON)), board_notes=[], build=None, microbatch=0,
-            trt_stages=" ".join(ctx["trt"])))
-        (tmp / device / "start.sh").chmod(0o755)
-    return {d: {"modules": b["modules"], "slots": b["slots"]} for d, b in sorted(boards.items())}
+        shutil.copytree(board_src[device] / RUNTIME_DIR, tmp / device / RUNTIME_DIR)  # the same in every variant
+        _write_family_board(tmp / device, device, model, family_sha, ctx, nominal, warnings, list(plans))
+    return {d: {"modules": b["modules"], "slots": b["slots"]} for d, b in sorted(boards.items())}, warnings
 
+
+def _write_family_board(board: Path, device: str, model: str, family_sha: str, ctx: dict, nominal,
+                        warnings: list[str], plans: list[str]) -> None:
+    """start.sh, the service, README.txt (and build-tvm-runtime.sh) of one board, from EVERY module it may run:
+    one variant's board folder knows only that variant's modules, so another variant's backend (its install
+    lines, JetPack notes, runtime build, warnings) would be missing."""
+    from edgeplan.codegen.compile import (
+        BASE_REQUIREMENTS,
+        BOARD_PYTHON,
+        BUILD_SCRIPT,
+        HEAD_PORT,
+        INSTALL_DIR,
+        _board_runtime,
+        _options,
+        _version,
+        board_options,
+    )
+    from edgeplan.codegen.render import render
+    from edgeplan.targets.registry import get_target
+
+    requirements, notes, builds, board_warnings = list(BASE_REQUIREMENTS), [], {}, []
+    modules = []
+    for mod, (r, plan, target_name, backend, (start, stop)) in ctx["runs"].items():
+        target = get_target(target_name)
+        requirements += [line for line in target.runtime_requirements(backend) if line not in requirements]
+        _board_runtime(target, backend, {**board_options(nominal, plan, device), **_options(nominal, r, plan)},
+                       f"{device}/{mod}", notes, builds, device, warnings, board_warnings)
+        slots = [c.split(":")[0].lstrip("# ") for _, c in ctx["modules"][mod]]  # "plan-K stage S of N"
+        modules.append({"folder": mod, "start": start, "stop": stop, "unit": r.unit, "target": target_name,
+                        "backend": backend, "slots": ", ".join(slots)})
+    context = {
+        "edgeplan_version": _version("edgeplan"), "device": device, "model": model, "plan_sha256": family_sha,
+        "n_stages": 0, "microbatch": 0, "stage_list": " ".join(ctx["runs"]), "install_dir": f"{INSTALL_DIR}/{device}",
+        "requirements": requirements, "head_port": HEAD_PORT, "local_addresses": nominal is None,
+        "secret_env": nominal.secret_env if nominal is not None else None, "python": ".".join(map(str, BOARD_PYTHON)),
+        "board_notes": notes + [f"WARNING: {w}" for w in board_warnings], "build": builds.get(device),
+        "trt_stages": " ".join(ctx["trt"]), "port_stride": PORT_STRIDE,
+        "family": f"{len(plans)} variant(s): {', '.join(Path(n).stem for n in plans)}",
+    }
+    entries = [{"spec_path": slots[0][0], "spec_paths": [p for p, _ in slots],
+                "comment": "\n".join([f"# module {mod}, loaded once for its {len(slots)} slot(s):"]
+                                     + [c for _, c in slots])}
+               for mod, slots in ctx["modules"].items()]
+    (board / "start.sh").write_text(render("start.sh.j2", **{**context, "stages": entries}))
+    (board / "start.sh").chmod(0o755)
+    (board / "edgeplan-stage.service").write_text(render("edgeplan-stage.service.j2", **context))
+    (board / "README.txt").write_text(render("README.txt.j2", **{**context, "stages": modules}))
+    if context["build"] is not None:
+        (board / BUILD_SCRIPT).write_text(render("build-tvm-runtime.sh.j2", **{**context, **context["build"]}))
+        (board / BUILD_SCRIPT).chmod(0o755)

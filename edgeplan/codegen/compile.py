@@ -457,7 +457,8 @@ def _write_all(tmp, out, plan, model_spec, cluster, backend, head, slots, stages
         for line in get_target(r.target).runtime_requirements(compiled.backend):
             if line not in reqs:
                 reqs.append(line)
-        _board_runtime(get_target(r.target), compiled.backend, options, f"{r.device}/stage{st.index}",
+        _board_runtime(get_target(r.target), compiled.backend, {**board_options(cluster, plan, r.device), **options},
+                       f"{r.device}/stage{st.index}",
                        board_notes.setdefault(r.device, []), builds, r.device, warnings,
                        board_warnings.setdefault(r.device, []))
         report_jobs.append({
@@ -516,6 +517,25 @@ def _board_runtime(target, backend: str, options: dict[str, str], where: str, no
                                "re-plan onto one GPU target")
         version = _version("apache-tvm")
         builds[device] = {"build": build, "tvm_version": version, "tvm_tag": version.split(".post")[0]}
+
+
+# target_options one unit records for the whole board: the OS image (its python3) and the GPU that limits which
+# OS images the board takes (a Jetson's JetPack and arch)
+BOARD_OPTIONS = ("jetpack", "arch")
+
+
+def board_options(cluster: Cluster | None, plan: Plan, device: str) -> dict[str, str]:
+    """The board-wide target_options (BOARD_OPTIONS) any unit of ``device`` records, e.g. the GPU unit's JetPack:
+    every target on the board checks its stages against them (a CPU stage's onnxruntime needs the OS's python3).
+    From the cluster file, else from the units the plan recorded."""
+    if cluster is not None:
+        try:
+            units = [dict(u.target_options) for u in cluster.device(device).units]
+        except KeyError:
+            units = []
+    else:
+        units = [dict(u.options) for u in plan.target_options if u.device == device]
+    return {k: o[k] for o in units for k in BOARD_OPTIONS if k in o}
 
 
 def _batched(name: str, t: Any, m: int) -> dict:
@@ -578,6 +598,7 @@ def _write_board(board: Path, device, plan, plan_sha, n, m, local, bstages, requ
         "secret_env": secret_env,  # the cluster's: workers authenticate frames with the secret it names
         "python": ".".join(map(str, BOARD_PYTHON)), "board_notes": board_notes or [], "build": build,
         "trt_stages": " ".join(f"stage{s['index']}" for s in bstages if s["backend"] == "tensorrt"),
+        "family": None,  # adapt/compile.py renders a plan family's board README with its variants here
     }
     (board / "start.sh").write_text(render("start.sh.j2", **context))
     (board / "start.sh").chmod(0o755)

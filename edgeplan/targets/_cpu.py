@@ -23,6 +23,8 @@ from . import _onnx, _tune, _tvm
 from .base import CompiledStage
 
 MEASURE_THREADS = 2  # the threads both backends get when timed; boards use all their cores
+ORT_PIP = "onnxruntime>=1.20,<2"  # the board's ONNX Runtime (README.txt's install line)
+ORT_MIN_PYTHON = (3, 10)  # onnxruntime 1.20's wheels (aarch64 and x86_64) are cp310 and newer; 3.8 stops at 1.19.2
 
 
 def measure_ms(runner, inputs: list, warmup: int = 2, repeat: int = 5, budget_s: float = 20.0) -> float:
@@ -67,8 +69,31 @@ class CpuTarget:
                 "(or: pip install 'apache-tvm>=0.27,<0.28')",
             )
         if backend == "onnxruntime":
-            return ("pip install numpy 'onnxruntime>=1.20,<2'",)
+            return (f"pip install numpy '{ORT_PIP}'",)
         raise CompileError(f"target {self.name}: unknown backend {backend!r}; valid: {', '.join(self.backends)}")
+
+    def runtime_warnings(self, backend: str, options: dict[str, str], python: tuple[int, int]) -> tuple[str, ...]:
+        """Why an ONNX Runtime stage will not start on the board's OS (empty: it can, or the profile names none).
+
+        The OS is the board's ``jetpack`` (board-wide: codegen passes the GPU unit's, codegen.compile.board_options);
+        its python3 is what the worker runs on, and onnxruntime has no wheel for a Python older than ORT_MIN_PYTHON.
+        """
+        from .cuda import JETPACKS
+
+        jp = JETPACKS.get(options.get("jetpack", ""))
+        if backend != "onnxruntime" or jp is None:
+            return ()
+        if tuple(int(p) for p in jp.python.split(".")) >= ORT_MIN_PYTHON:
+            return ()
+        need = ".".join(map(str, ORT_MIN_PYTHON))
+        arch = options.get("arch")  # the board's GPU (board-wide, like jetpack): which JetPacks it takes
+        newer = next((j for j in JETPACKS.values() if tuple(int(p) for p in j.python.split(".")) >= ORT_MIN_PYTHON
+                      and (arch is None or arch in j.archs)), None)
+        flash = (f", or flash JetPack {newer.version}+ ({'/'.join(newer.archs)} boards)" if newer
+                 else f" (no JetPack for {arch} has Python {need})")
+        return (f"JetPack {jp.version}'s python3 is {jp.python}, and {ORT_PIP} needs Python {need}+ (no wheel for "
+                f"{jp.python}): the worker cannot import onnxruntime; put the stage on the board's GPU (target cuda, "
+                f"TensorRT) or on another board{flash}",)
 
     # -- compile -------------------------------------------------------------------------------------
 
