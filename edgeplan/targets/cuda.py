@@ -93,7 +93,8 @@ class CudaTarget(GpuTarget):
                 "JetPack's TensorRT with its Python bindings for JetPack's own python3 (run the workers with it, "
                 "not a venv): sudo apt-get install python3-libnvinfer (JetPack's SD card image has them)",
                 "the first start builds each stage's TensorRT engine from stage.onnx (minutes on a Nano) and caches "
-                "it beside the stage; build ahead with: python3 -m edgeplan_runtime.trt_build stage*/",
+                "it beside the stage (start.sh does this before any worker); build ahead with: python3 -m "
+                "edgeplan_runtime.trt_build FOLDER... (the TensorRT stage folders listed above)",
             )
         if backend == "tvm":
             return (

@@ -86,6 +86,7 @@ def test_board_readme_is_the_union_of_the_modules_it_may_run(family):
         assert f"  {mod}/  layers [{m['layers'][0]}, {m['layers'][1]})" in readme
     assert "plan-0 stage 0 of 2" in readme and "plan-1 stage 0 of 2" in readme
     assert "sudo apt-get install python3-libnvinfer" in readme  # plan-0's TensorRT
+    assert "trt_build FOLDER... (the TensorRT stage folders listed above)" in readme  # module folders, not stage*/
     assert "pip install numpy 'onnxruntime>=1.20,<2'" in readme  # plan-1's ONNX Runtime
     assert "JetPack 4.6.1-4.6.6 (L4T R32.7): CUDA 10.2, TensorRT 8.2.1" in readme  # the GPU's per-JetPack notes
     assert readme.index("numpy>=1.16") < readme.index("python3-libnvinfer")  # the runtime's own line first
