@@ -180,7 +180,9 @@ def run(s: Settings, out: Path, echo=c.echo_default) -> dict:
             best = min(runs, key=lambda r: r["epoch_s"])
             ch["measured_best_boards"] = best["boards"]
             ch["measured_boards_tried"] = sorted(r["boards"] for r in runs)
-            ch["agrees"] = best["boards"] == ch["planner_boards"]
+            # judged only when the planner's board count was among those run
+            ch["agrees"] = best["boards"] == ch["planner_boards"] if ch["planner_boards"] in \
+                ch["measured_boards_tried"] else None
     return {
         "study": NAME, "quick": s.quick, "cluster": str(CLUSTER.relative_to(c.ROOT)),
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.__dict__.items()
@@ -293,8 +295,9 @@ def report(doc: dict, out: Path) -> tuple[list[str], dict]:
         what = {k: v[k] for k in ("model", "batch", "boards", "planner", "measured", "tried") if k in v}
         extra = f", speed-up {v['speedup']:.2f}x" if "speedup" in v else ""
         extra += f", {v['detail']}" if "detail" in v else ""
-        lines.append(f"research finding '{v['finding']}' {what}: {'held' if v['held'] else 'did not hold'}"
-                     f"{extra} [{v['from']}]")
+        verdict = "not judged (the planner's board count was not run)" if v["held"] is None else \
+            "held" if v["held"] else "did not hold"
+        lines.append(f"research finding '{v['finding']}' {what}: {verdict}{extra} [{v['from']}]")
     return lines, c.write_outputs(out, NAME, doc, lines, figure(doc))
 
 
