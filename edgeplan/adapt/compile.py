@@ -169,8 +169,10 @@ def _merge(scratch: Path, tmp: Path, plans: dict, family_sha: str, model: str, n
                 board["slots"].setdefault(stem, []).append({"stage": st.index, "spec": slot, "lo": spec["lo"],
                                                             "hi": spec["hi"]})
                 ctx = context[r.device]
+                label = f"{stem} stage {st.index} of {len(plan.stages)}"
+                ctx.setdefault("labels", {}).setdefault(mod, []).append(label)  # README.txt's slot list
                 ctx["modules"].setdefault(mod, []).append(
-                    (slot, f"# {stem} stage {st.index} of {len(plan.stages)}: layers [{st.start}, {st.stop}), samples "
+                    (slot, f"# {label}: layers [{st.start}, {st.stop}), samples "
                            f"[{spec['lo']}, {spec['hi']}) of each micro-batch, listens on {spec['listen']}"))
                 if spec["backend"] == "tensorrt" and mod not in ctx["trt"]:
                     ctx["trt"].append(mod)
@@ -207,9 +209,8 @@ def _write_family_board(board: Path, device: str, model: str, family_sha: str, c
         requirements += [line for line in target.runtime_requirements(backend) if line not in requirements]
         _board_runtime(target, backend, {**board_options(nominal, plan, device), **_options(nominal, r, plan)},
                        f"{device}/{mod}", notes, builds, device, warnings, board_warnings)
-        slots = [c.split(":")[0].lstrip("# ") for _, c in ctx["modules"][mod]]  # "plan-K stage S of N"
         modules.append({"folder": mod, "start": start, "stop": stop, "unit": r.unit, "target": target_name,
-                        "backend": backend, "slots": ", ".join(slots)})
+                        "backend": backend, "slots": ", ".join(ctx["labels"][mod])})
     context = {
         "edgeplan_version": _version("edgeplan"), "device": device, "model": model, "plan_sha256": family_sha,
         "n_stages": 0, "microbatch": 0, "stage_list": " ".join(ctx["runs"]), "install_dir": f"{INSTALL_DIR}/{device}",
