@@ -277,8 +277,10 @@ class Engine:
             ep.count += len(y)
             stash[k] = (ins, loss_sum / self.B)
             ep.busy_s += time.perf_counter() - t0
+            ep.forward_s += time.perf_counter() - t0
         else:
             ep.busy_s += time.perf_counter() - t0
+            ep.forward_s += time.perf_counter() - t0
             stash[k] = (ins, out)
             self._scatter(list(out), self.down, "F", k, self.m)
 
@@ -301,6 +303,8 @@ class Engine:
             if pairs:
                 torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
         ep.busy_s += time.perf_counter() - t0
+        ep.backward_s += time.perf_counter() - t0
+        ep.microbatches += 1
         if self.me.stage > 0:
             gin = [t.grad if t.grad is not None else torch.zeros_like(t)
                    for t in ins if t.dtype.is_floating_point]
@@ -321,6 +325,7 @@ class Engine:
         if self.cfg.sync == "sync":
             if len(self.group_members) > 1:
                 self._all_reduce_grads()
+                ep.allreduce_s += time.perf_counter() - t0
             self.optimizer.step()
         else:
             own = (hi - lo) * self.M
@@ -333,6 +338,7 @@ class Engine:
                 self._average(params_only=True)
         self.optimizer.zero_grad(set_to_none=False)
         ep.busy_s += time.perf_counter() - t0
+        ep.step_s += time.perf_counter() - t0
 
     def _all_reduce_grads(self) -> None:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
@@ -455,7 +461,7 @@ class Engine:
             raise RuntimeFault(f"{self.me.label}: lost contact with the other ranks while gathering the "
                                f"metrics of epoch {epoch + 1}: {short_error(e)}") from e
         return metrics.epoch_row(torch.stack(rows).numpy(), epoch, iters, self.B, self.cfg.evaluate, self.job,
-                                 self.ranks, self.plan.predicted)
+                                 self.ranks, self.plan.predicted, stages=self.plan.stages)
 
 
 def _pick_gloo_interface(address: str | None, local: bool) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 RESOURCE_COLUMNS = 4  # cpu seconds, peak resident bytes, network bytes received, sent (ResourceProbe.stop)
+PHASE_COLUMNS = 5  # forward, backward, optimizer step (with all-reduce), all-reduce seconds; micro-batches
 
 
 @dataclass
@@ -26,12 +27,19 @@ class EpochCounters:
     busy_s: float = 0.0
     iter_times: list[float] = field(default_factory=list)
     resources: list[float] = field(default_factory=lambda: [0.0] * RESOURCE_COLUMNS)  # ResourceProbe.stop()
+    # compute only (waits for peers excluded): each figure the plan predicts per stage (issue 14 item 5)
+    forward_s: float = 0.0
+    backward_s: float = 0.0
+    step_s: float = 0.0  # optimizer step, gradient all-reduce included
+    allreduce_s: float = 0.0
+    microbatches: int = 0  # backward passes run (each a forward too)
 
     def row(self, test: tuple[float, int, int], train_s: float) -> list[float]:
         """The vector every rank contributes to the all-gather (columns as ``epoch_row`` reads them)."""
         steady = self.iter_times[1:] if len(self.iter_times) > 1 else self.iter_times
         return [self.loss_sum, self.correct, self.count, test[0], test[1], test[2], self.busy_s,
-                float(np.mean(steady)), train_s, *self.resources]
+                float(np.mean(steady)), train_s, *self.resources,
+                self.forward_s, self.backward_s, self.step_s, self.allreduce_s, float(self.microbatches)]
 
 
 def net_bytes(path: str = "/proc/net/dev") -> tuple[int, int]:
@@ -77,8 +85,10 @@ class ResourceProbe:
                 float(rx - self._net0[0]), float(tx - self._net0[1])]
 
 
-def epoch_row(t: np.ndarray, epoch: int, iters: int, batch: int, evaluate: bool, job, ranks, predicted) -> dict:
-    """The epoch's row from the gathered counters ``t`` (one ``EpochCounters.row`` per rank)."""
+def epoch_row(t: np.ndarray, epoch: int, iters: int, batch: int, evaluate: bool, job, ranks, predicted,
+              stages=()) -> dict:
+    """The epoch's row from the gathered counters ``t`` (one ``EpochCounters.row`` per rank); ``stages``:
+    the plan's, whose per-micro-batch predictions stand beside the measured figures (``stage_figures``)."""
     count, test_count = max(t[:, 2].sum(), 1), max(t[:, 5].sum(), 1)
     epoch_s = float(t[:, 8].max())
     iter_s = float(t[:, 7].max())
@@ -98,7 +108,33 @@ def epoch_row(t: np.ndarray, epoch: int, iters: int, batch: int, evaluate: bool,
         "predicted_iter_s": predicted.iter_s,
         "energy_j": energy(t[:, 6], epoch_s, iters, batch, job, ranks, predicted),
         "boards": boards(t, epoch_s, job, ranks),
+        "stages": stage_figures(t, iters, job, ranks, stages),
     }
+
+
+def stage_figures(t: np.ndarray, iters: int, job, ranks, stages) -> list[dict]:
+    """Per plan stage, each measured figure beside the plan's prediction of the same quantity, in board
+    seconds (measured x the testbed's dilation): forward and backward of one micro-batch on the stage's
+    slowest replica (the plan's ``forward_s`` and ``compute_s - forward_s``), and per iteration the
+    optimizer step and the gradient all-reduce (measured only: the plan does not write them per stage)."""
+    col = 9 + RESOURCE_COLUMNS
+    if t.shape[1] < col + PHASE_COLUMNS:
+        return []
+    d = job.dilation
+    out = []
+    for st in stages:
+        rows = t[[r.rank for r in ranks if r.stage == st.index]]
+        if not len(rows):
+            continue
+        mb = np.maximum(rows[:, col + 4], 1.0)
+        fwd, bwd = float((rows[:, col] / mb).max()) * d, float((rows[:, col + 1] / mb).max()) * d
+        ar = float(rows[:, col + 3].max()) / max(iters, 1) * d
+        step = float((rows[:, col + 2] - rows[:, col + 3]).max()) / max(iters, 1) * d
+        p_fwd = st.forward_s
+        out.append({"stage": st.index, "forward_s": [fwd, p_fwd],
+                    "backward_s": [bwd, None if p_fwd is None else st.compute_s - p_fwd],
+                    "optimizer_s": [step, None], "allreduce_s": [ar, None]})
+    return out
 
 
 def boards(t: np.ndarray, epoch_s: float, job, ranks) -> dict:
@@ -140,7 +176,14 @@ def format_epoch(row: dict) -> str:
     test = f"  test acc {row['test_accuracy'] * 100:.2f}%" if row.get("test_accuracy") is not None else ""
     board = f" (boards {row['board_iter_s'] * 1e3:.1f} ms at dilation {row['dilation']:.3g})" \
         if row.get("dilation", 1.0) != 1.0 else ""
+    def ms(pair) -> str:
+        got, want = pair
+        return f"{got * 1e3:.2f}" + (f"/{want * 1e3:.2f}" if want is not None else "/-")
+
+    stages = "".join(f"\n  stage {s['stage']} (board ms, measured/predicted): forward {ms(s['forward_s'])}  "
+                     f"backward {ms(s['backward_s'])} per micro-batch; optimizer {ms(s['optimizer_s'])}  "
+                     f"all-reduce {ms(s['allreduce_s'])} per iteration" for s in row.get("stages") or ())
     return (f"epoch {row['epoch']}: loss {row['loss']:.4f}  acc {row['accuracy'] * 100:.2f}%{test}  "
             f"time {row['epoch_s']:.2f} s  {row['samples_per_s']:.1f} samples/s  "
             f"iter measured {row['measured_iter_s'] * 1e3:.1f} ms{board} vs predicted {pred_s}  "
-            f"energy {row['energy_j']['joules']:.3g} J")
+            f"energy {row['energy_j']['joules']:.3g} J{stages}")
