@@ -223,8 +223,12 @@ def _flat(module):
     return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
 
 
-def run_fedavg(base_file: Path, views, s: Settings) -> list[dict]:
-    """Each board trains the whole model on its view for an epoch; the server averages the parameters."""
+def run_fedavg(base_file: Path, views, s: Settings, keep: dict | None = None) -> list[dict]:
+    """Each board trains the whole model on its view for an epoch; the server averages the parameters.
+
+    A board keeps its optimizer (momentum) between rounds and starts each round from the averaged
+    weights, as the runtime's ``--sync local-sgd`` does (so the emulated run trains the same).
+    """
     import torch
     import torch.nn.functional as F
 
@@ -232,14 +236,16 @@ def run_fedavg(base_file: Path, views, s: Settings) -> list[dict]:
 
     global_model = load_model(f"{base_file}:build").module.train()
     n = len(views[0].y_train)
+    boards = [copy.deepcopy(global_model) for _ in SOURCES]
+    opts = [_sgd(b.parameters(), s) for b in boards]
     rows = []
     for epoch in range(s.epochs):
         led = Ledger()
         locals_ = []
         for i, src in enumerate(SOURCES):
-            local = copy.deepcopy(global_model)
+            local, opt = boards[i], opts[i]
+            local.load_state_dict(global_model.state_dict())
             led.send(SERVER, _flat(global_model))  # the server sends the global model down
-            opt = _sgd(local.parameters(), s)
 
             def local_epoch(i=i, local=local, opt=opt, epoch=epoch):
                 for batch in _batches(n, s, epoch):
@@ -262,10 +268,12 @@ def run_fedavg(base_file: Path, views, s: Settings) -> list[dict]:
         acc = _accuracy(lambda i, x: global_model(x), views)
         global_model.train()
         rows.append({"epoch": epoch + 1, "test_accuracy": acc, "sent": led.sent, "busy": led.busy})
+    if keep is not None:  # the trained model, for the runtime's check against it
+        keep["model"] = global_model
     return rows
 
 
-def run_dsgd(base_file: Path, views, s: Settings) -> list[dict]:
+def run_dsgd(base_file: Path, views, s: Settings, keep: dict | None = None) -> list[dict]:
     """Synchronous data parallel: every step each board's gradient goes to the server, the new weights come back."""
     import torch
     import torch.nn.functional as F
@@ -307,6 +315,8 @@ def run_dsgd(base_file: Path, views, s: Settings) -> list[dict]:
         acc = _accuracy(lambda i, x: model(x), views)
         model.train()
         rows.append({"epoch": epoch + 1, "test_accuracy": acc, "sent": led.sent, "busy": led.busy})
+    if keep is not None:  # the trained model, for the runtime's check against it
+        keep["model"] = model
     return rows
 
 
@@ -353,6 +363,88 @@ def run_emulated(fpl_file: Path, views_, s: Settings, work: Path, epochs: int, s
             "measured_tx_bytes_per_epoch": measured, "counted_training_bytes_per_epoch": counted,
             "test_accuracy": [r["test_accuracy"] for r in rows],
             "epoch_s": [r["epoch_s"] for r in rows]}
+
+
+RUNTIME_METHODS = {"dsgd": "sync", "fedavg": "local-sgd"}
+
+
+def _dp_plan(base_file: Path, boards: tuple[str, ...], per_board: int, work: Path):
+    """One stage, one replica per source board, ``per_board`` samples each: the data-parallel layout priced by
+    the planner's cost model (its prediction recorded), compiled like any plan (no search: the layout is given)."""
+    from edgeplan.graph.load import build
+    from edgeplan.planner.api import layout_from_text, plan_of
+    from edgeplan.planner.objective import Objective
+    from edgeplan.planner.plan import record_sources
+    from edgeplan.profiles.cost import build_cost_table
+    from edgeplan.profiles.load import load_cluster
+
+    cluster = load_cluster(str(CLUSTER))
+    spec = f"{base_file.resolve()}:build"
+    graph = build(spec).graph
+    obj = Objective(mode="training", objective="time", batch=per_board * len(boards), microbatches=1,
+                    schedule="1f1b")
+    costs = build_cost_table(graph, cluster)
+    share = 1.0 / len(boards)
+    text = f"{graph.name} | 0-{len(graph.layers) - 1}@" + "+".join(f"{b}:cpu*{share:.9f}" for b in boards)
+    plan = plan_of(costs, layout_from_text(costs, text, obj), obj, model=graph.name, graph_sha256=graph.digest(),
+                   cluster=cluster.name, cluster_sha256=cluster.digest(), with_baselines=False,
+                   notes=("data parallel over the source boards, one view each (FPL study)",))
+    return record_sources(plan, model_ref=spec, input_shape=None, cluster_path=str(CLUSTER), cluster=cluster)
+
+
+def run_runtime(method: str, base_file: Path, views_, s: Settings, work: Path, epochs: int, samples: int,
+                bed) -> dict:
+    """``method`` (dsgd / fedavg) through the real runtime: `edgeplan compile` of a data-parallel plan over the three
+    source boards, `edgeplan train --data BOARD=DIR` (each replica reads its own board's view; every step all take
+    the same sample indices, so it is the in-process method's semantics), inside ``bed`` (emulated or local).
+
+    dsgd: ``--sync sync`` (gradients all-reduced every step); fedavg: ``--sync local-sgd`` with no average inside
+    the epoch (each board trains on its view for an epoch; weights averaged at the epoch end: one round).
+    The runtime all-reduces over gloo's ring, not through a parameter server, so its modelled bytes per board
+    are 2 (k-1)/k x the parameters per exchange.
+    """
+    from edgeplan import jsonio
+    from edgeplan.fpl import views
+
+    n = min(samples, len(views_[0].y_train))
+    sub = [replace(v, x_train=v.x_train[:n], y_train=v.y_train[:n]) for v in views_]
+    folders = views.write(sub, [work / "data" / src for src in SOURCES])
+    plan = _dp_plan(base_file, SOURCES, s.batch, work)
+    art = c.compile_plan(plan, work, work / "compile.log")
+    iters = n // s.batch
+    sync = ["--sync", RUNTIME_METHODS[method]] + (["--sync-every", str(iters + 1)] if method == "fedavg" else [])
+    run_dir = (work / "run").resolve()
+    argv = c.edgeplan_cmd("train", str(art.resolve()), "--epochs", str(epochs), "--lr", str(s.lr),
+                          "--momentum", str(s.momentum), "--seed", str(s.seed), "--timeout", str(c.TRAIN_TIMEOUT_S),
+                          "--run-dir", str(run_dir), *sync,
+                          *[a for src, d in zip(SOURCES, folders, strict=True)
+                            for a in ("--data", f"{src}={d.resolve()}")])
+    env = dict(os.environ)
+    if bed.emulate:
+        env["EDGEPLAN_TESTBED"] = str(bed._state)
+    else:
+        argv.append("--local")
+        env.pop("EDGEPLAN_TESTBED", None)
+    c._check_call(argv, work / "train.log", f"{method} through the runtime", env=env)
+    rows = jsonio.read(run_dir / "metrics.json")["epochs"]
+    k, params = len(SOURCES), sum(int(np.prod(p.shape)) for p in _base_params(base_file))
+    exchanges = iters if method == "dsgd" else 1
+    ring = 2 * (k - 1) / k * params * 4 * exchanges
+    measured = {b: float(np.mean([r["boards"][b].get("net_tx_bytes", 0.0) for r in rows])) for b in SOURCES} \
+        if bed.emulate else None
+    return {"method": method, "sync": RUNTIME_METHODS[method], "epochs": epochs, "samples": n, "iters": iters,
+            "emulated": bool(bed.emulate), "dilation": bed.dilation if bed.emulate else 1.0,
+            "plan_text": c.layout_text(plan), "predicted_iter_s": plan.predicted.iter_s,
+            "measured_tx_bytes_per_epoch": measured,
+            "modelled_ring_bytes_per_epoch": {b: ring for b in SOURCES},
+            "test_accuracy": [r["test_accuracy"] for r in rows], "epoch_s": [r["epoch_s"] for r in rows],
+            "board_iter_s": [r["board_iter_s"] for r in rows]}
+
+
+def _base_params(base_file: Path):
+    from edgeplan.graph.load import load_model
+
+    return list(load_model(f"{base_file}:build").module.parameters())
 
 
 def _feature_shape(fpl_file: Path) -> tuple[int, ...]:

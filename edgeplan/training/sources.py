@@ -377,10 +377,7 @@ def configure(model_spec: str, plan, config, data_args: Sequence[str], absent_ar
     import dataclasses
 
     if not has_branches(plan):
-        if data_args or absent_args:
-            raise SourceError("--data/--absent feed the branches of a plan with parallel input branches; this plan "
-                              "has none (plan an `edgeplan fpl` model with --pin inputK=BOARD) — use --dataset")
-        return config
+        return _configure_replicas(plan, config, data_args, absent_args)
     from edgeplan.graph.load import load_model
 
     srcs = fpl_parts(load_model(model_spec).module, model_spec)
@@ -398,12 +395,95 @@ def configure(model_spec: str, plan, config, data_args: Sequence[str], absent_ar
                                absent=tuple((s, tuple(sorted(e))) for s, e in sorted(absent.items())))
 
 
+def _configure_replicas(plan, config, data_args: Sequence[str], absent_args: Sequence[str]):
+    """Data parallel over source boards (distributed SGD / federated averaging across sources, issue 16).
+
+    ``--data BOARD=DIR`` per replica of a one-stage plan: each replica reads its own board's view, all
+    replicas take the SAME sample indices every step (aligned views: sample i is one event seen by each
+    board), so a step averages the boards' mean gradients (sync) or their weights (local-sgd).
+    """
+    import dataclasses
+
+    if absent_args:
+        raise SourceError("--absent applies to plans with parallel input branches (an `edgeplan fpl` model planned "
+                          "with --pin inputK=BOARD); drop it for a data-parallel plan")
+    if not data_args:
+        return config
+    boards = [r.device for r in plan.stages[0].replicas]
+    if len(plan.stages) != 1 or plan.microbatches != 1:
+        raise SourceError(f"--data BOARD=DIR on a plan without input branches needs a one-stage data-parallel plan "
+                          f"with --microbatches 1 (this one: {len(plan.stages)} stages, {plan.microbatches} "
+                          "micro-batches); re-plan, or use --dataset")
+    if len(set(boards)) != len(boards):
+        raise SourceError(f"--data BOARD=DIR: the plan has several replicas on one board ({', '.join(boards)}); "
+                          "a board's view feeds one replica — re-plan with one replica per board")
+    folders = dict(parse_data(data_args, boards))
+    missing = [b for b in boards if b not in folders]
+    if missing:
+        raise SourceError(f"--data: every replica needs its board's folder; missing {', '.join(missing)} "
+                          f"(replicas: {', '.join(boards)})")
+    rows = tuple(("", b, str(Path(folders[b]).resolve())) for b in boards)
+    return dataclasses.replace(config, sources=rows)
+
+
 def engine_class(job):
-    """The engine a rank runs: ``SourceEngine`` for a plan with parallel input branches, else ``Engine``."""
+    """The engine a rank runs: ``SourceEngine`` for a plan with parallel input branches, ``ReplicaDataEngine``
+    for a data-parallel plan given a folder per replica (``--data BOARD=DIR``), else ``Engine``."""
     from edgeplan.planner.plan import Plan
     from edgeplan.training.engine import Engine
 
-    return _source_engine() if has_branches(Plan.from_json(job.plan)) else Engine
+    if has_branches(Plan.from_json(job.plan)):
+        return _source_engine()
+    return _replica_data_engine() if job.config.sources else Engine
+
+
+def _replica_data_engine():
+    from edgeplan.training.engine import Engine
+
+    class ReplicaDataEngine(Engine):
+        """A replica of a one-stage data-parallel plan that trains on its own board's view.
+
+        Each replica runs its own ``samples`` per step on the same sample indices as the others
+        (its view of them), so the run is the in-process distributed SGD of the FPL study:
+        the sum all-reduce of per-replica mean gradients is divided by the group size.
+        Evaluation: every replica scores the whole test split on its own view (mean over views).
+        """
+
+        def __init__(self, job, rank):
+            super().__init__(job, rank)
+            self.folder = {b: f for _, b, f in self.cfg.sources}[self.me.device]
+            self.B = self.m = self.me.hi - self.me.lo  # this replica's own samples per step
+
+        def _range(self, r, size: int) -> tuple[int, int]:
+            return 0, min(self.m, size)
+
+        def _own_data(self, built):
+            ds = data.load(self.folder, tuple(built.input_shape), self.cfg.seed, self.cfg.samples)
+            print(f"{self.me.device}: {ds.description}", flush=True)
+            return ds
+
+        def _joined(self) -> None:
+            """Every view must hold the same samples (same count, same labels), or the steps would differ."""
+            import torch.distributed as dist
+
+            y = np.concatenate([self.dataset.y_train, self.dataset.y_test]).astype(np.int64)
+            mine = torch.tensor([len(self.dataset.y_train), len(y), int(np.sum(y * np.arange(1, len(y) + 1)))],
+                                dtype=torch.int64)
+            lo, hi = mine.clone(), mine.clone()
+            self.comm.all_reduce(lo, None, self.ranks, "checking the views are aligned", op=dist.ReduceOp.MIN)
+            self.comm.all_reduce(hi, None, self.ranks, "checking the views are aligned", op=dist.ReduceOp.MAX)
+            if not torch.equal(lo, hi):
+                raise SourceError(f"{self.me.label}: the views in the --data folders are not aligned (sample counts "
+                                  f"or labels differ; {self.folder}: {int(mine[0])} training samples); give every "
+                                  "board a view of the same samples")
+
+        def _all_reduce_grads(self) -> None:
+            super()._all_reduce_grads()
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.div_(len(self.group_members))
+
+    return ReplicaDataEngine
 
 
 def _source_engine():
