@@ -103,7 +103,9 @@ def _round(traced, model, cluster_path, tmp, tag, requests, emulated=None):
     plan = record_sources(make_plan(traced.graph, cluster, Objective(batch=4), min_gain=0.0), model_ref=model,
                           input_shape=None, cluster_path=str(cluster_path), cluster=cluster)
     art = compile_plan(plan, model, tmp / f"art-{tag}", cluster=cluster, backend="onnxruntime", traced=traced)
-    config = HeadConfig(request_timeout_s=120)
+    # a board emulated at a few hundredths of a core can spend more than the default 1.5 s without answering
+    # a heartbeat while a call runs; this is not a fault test
+    config = HeadConfig(request_timeout_s=120, dead_after_s=30.0)
     if emulated is None:
         loaded, res = run_local(art, requests, config=config, log_dir=tmp / f"logs-{tag}")
     else:
