@@ -913,7 +913,9 @@ def train(
              "(default ARTIFACTS/run).")] = None,
     data_dirs: Annotated[list[str], typer.Option(
         "--data", help="SOURCE=DIR (repeatable): a source board's own data folder for its branch (plans of an "
-                       "`edgeplan fpl` model); a source without one, or whose folder is missing, sits out.")] = (),
+                       "`edgeplan fpl` model); a source without one, or whose folder is missing, sits out. On a "
+                       "one-stage data-parallel plan, BOARD=DIR for every replica: each trains on its own board's "
+                       "aligned view, all on the same sample indices.")] = (),
     absent: Annotated[list[str], typer.Option(
         "--absent", help="SOURCE=EPOCHS (e.g. cam-b=2-3): that source's board is away in those epochs (1-based); "
                          "its branch is skipped and its junction weight masked.")] = (),
