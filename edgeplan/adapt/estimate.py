@@ -20,6 +20,15 @@ all lie beyond ``threshold`` (a ratio) of the committed value on the same side a
 other within it; the committed value is their mean (rounded to 2 significant digits, so the
 condition's text is stable). Every commit bumps ``change_id``; the policies switch at most once per
 change. An EWMA of each factor is kept for reports.
+
+A factor is *measured* in an update only when its counters moved (stage calls; a link's ``sent_bytes_total``):
+a layout the head no longer runs keeps reporting its last figures, which say nothing about now. A committed
+factor off nominal that goes unmeasured (the plan moved off that board or link, often *because* it was slow)
+would otherwise stay slow forever and the policy would never come back. So after ``stale`` unmeasured updates
+it expires to nominal (a change: the policy may return to the plan that uses it, which measures it again with
+real requests). If it then re-commits within ``threshold`` of the value it expired from (still slow), its
+next expiry waits twice as long (up to ``max_backoff`` x), so a slowdown that persists costs O(log t)
+switches; once measured nominal, the wait goes back to ``stale``.
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ ALPHA = 0.3  # weight of the newest update in the smoothed log-factor
 THRESHOLD = 1.3  # a factor must move by more than this ratio (either way) to count as a change
 CONFIRM = 3  # ... for this many consecutive updates
 PAIR_OUTLIER = 1.3  # a pair whose scale differs from the all-links median by more than this gets its own term
+STALE = 10  # updates (5 s at 0.5 s epochs) a committed off-nominal factor may go unmeasured before it expires
+MAX_BACKOFF = 64  # the expiry wait doubles per confirmation that the factor is still off, up to this x STALE
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,9 @@ class Estimate:
 
     condition: Condition
     change_id: int
+    # factors at nominal only because they expired unmeasured (``slowdown:DEV``, ``link:A/B``), not because
+    # they were measured so: the rl table tells such a context from a measured one
+    expired: tuple[str, ...] = ()
 
 
 def _q(x: float) -> float:
@@ -57,8 +71,16 @@ class Estimator:
     """Stateful smoothing over successive statuses; ``update`` returns the current Estimate."""
 
     def __init__(self, cluster, *, alpha: float = ALPHA, threshold: float = THRESHOLD, confirm: int = CONFIRM,
-                 head: str | None = None):
+                 head: str | None = None, stale: int = STALE, max_backoff: int = MAX_BACKOFF):
         self.cluster = cluster
+        self.stale, self.max_backoff = stale, max_backoff
+        self.updates = 0
+        self._seen: dict[str, int] = {}  # key -> update it was last measured in
+        self._wait: dict[str, int] = {}  # key -> updates unmeasured before it expires (STALE x back-off)
+        self._expired: dict[str, float] = {}  # key -> committed log factor it expired from (not re-measured yet)
+        self._sent: dict[tuple[str, str], float] = {}  # (worker key, peer) -> sent_bytes_total last seen
+        self.expiries = 0
+        self._held = 0  # updates a ready commit has waited for a factor still moving
         self.head = head or cluster.devices[0].name
         self.alpha, self.threshold, self.confirm = alpha, threshold, confirm
         self.reference: dict[str, float] = {}
@@ -89,6 +111,12 @@ class Estimator:
                 acc[1] += (n - pn) * float(pred)
             for peer, ln in (mon.get("links") or {}).items():
                 thr = ln.get("throughput_bytes_per_second")
+                sent = ln.get("sent_bytes_total")
+                if sent is not None:  # measured only if it sent since the last status
+                    grew = float(sent) > self._sent.get((key, peer), 0.0)
+                    self._sent[(key, peer)] = float(sent)
+                    if not grew:
+                        continue
                 dst = _peer_device(peer)
                 dst = self.head if dst == "head" else dst
                 if not thr or dst == dev:
@@ -104,24 +132,64 @@ class Estimator:
         raw, absent = self._raw(status)
         changed = absent != self._absent
         self._absent = absent
+        self.updates += 1
+        lim = math.log(self.threshold)
+        rebuild = False
+        ready, moving = {}, False
         for key, v in raw.items():
+            self._seen[key] = self.updates
             x = math.log(v / self.reference.get(key, 1.0))
             old = self._smooth.get(key)
             self._smooth[key] = x if old is None else (1 - self.alpha) * old + self.alpha * x
-            c = self._committed.setdefault(key, 0.0)
+            if key not in self._committed:  # first measured: what the estimate already assumes for it is no change
+                self._committed[key] = self._assumed(key)
+            c = self._committed[key]
             recent = self._recent.setdefault(key, [])
             recent.append(x)
             del recent[:-self.confirm]
-            lim = math.log(self.threshold)
             if (len(recent) == self.confirm and max(recent) - min(recent) < lim
                     and (min(recent) - c > lim or c - max(recent) > lim)):
-                self._committed[key] = math.log(_q(math.exp(sum(recent) / len(recent))))
-                recent.clear()
+                ready[key] = math.log(_q(math.exp(sum(recent) / len(recent))))
+            elif abs(x - c) > lim:
+                moving = True  # off its committed value but not steady yet (e.g. a link EWMA still converging)
+            elif key in self._expired and len(recent) == self.confirm and max(abs(r) for r in recent) < lim:
+                del self._expired[key]  # measured nominal again: back to the short wait
+                self._wait.pop(key, None)
+                rebuild = True
+        # Factors that change together commit together (one change, one switch): a steady factor waits while
+        # another is still moving, for at most ``confirm`` updates.
+        if ready and moving and self._held < self.confirm:
+            self._held += 1
+            ready = {}
+        if ready:
+            self._held = 0
+            changed = True
+            for key, new in ready.items():
+                self._committed[key] = new
+                self._recent[key].clear()
+                was = self._expired.pop(key, None)
+                if was is not None and abs(new - was) < lim:  # still off after expiring: wait longer next time
+                    self._wait[key] = min(self._wait.get(key, self.stale) * 2, self.stale * self.max_backoff)
+        for key, c in self._committed.items():
+            if abs(c) > 1e-9 and self.updates - self._seen.get(key, self.updates) >= self._wait.get(key, self.stale):
+                self._expired[key] = c
+                self._committed[key] = 0.0
+                self._recent.pop(key, None)
+                self.expiries += 1
                 changed = True
         if changed:
             self.change_id += 1
+        if changed or rebuild:
             self._estimate = self._build()
         return self._estimate
+
+    def _assumed(self, key: str) -> float:
+        """The committed log factor of a factor never measured: a link follows the estimate's all-links term
+        (as the policies price it), a board is nominal."""
+        if not key.startswith("link:"):
+            return 0.0
+        a, b = key.split(":", 1)[1].split("/")
+        return math.log(self._estimate.condition.bandwidth_scale(a, b))
 
     def calibrate(self, keys=None) -> None:
         """Take the current smoothed factors as nominal (call after a warm-up under known conditions);
@@ -147,8 +215,10 @@ class Estimator:
     def _build(self) -> Estimate:
         slow = tuple((k.split(":", 1)[1], _q(math.exp(v))) for k, v in sorted(self._committed.items())
                      if k.startswith("slowdown:"))
+        # pairs unmeasured past their expiry wait follow the all-links term (like pairs never measured)
         pairs = {tuple(k.split(":", 1)[1].split("/")): math.exp(v) for k, v in self._committed.items()
-                 if k.startswith("link:")}
+                 if k.startswith("link:")
+                 and self.updates - self._seen.get(k, self.updates) < self._wait.get(k, self.stale)}
         bw: list = []
         if pairs:  # an all-links term when most pairs agree (unmeasured pairs follow it), else pair terms only
             med = statistics.median(pairs.values())
@@ -159,4 +229,4 @@ class Estimator:
                 if max(s / base, base / s) > PAIR_OUTLIER:
                     bw.append((p, _q(s / base)))
         cond = Condition(bandwidth=tuple(bw), slowdown=slow, absent=self._absent)
-        return Estimate(cond, self.change_id)
+        return Estimate(cond, self.change_id, tuple(sorted(self._expired)))

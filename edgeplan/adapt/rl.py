@@ -70,6 +70,24 @@ def state_condition(cond: Condition) -> Condition:
                      absent=cond.absent)
 
 
+UNMEASURED = " unmeasured:"
+
+
+def context(est: Estimate) -> str:
+    """The table's context of an estimate: its binned condition, plus the factors that read nominal only because
+    they expired unmeasured (``Estimate.expired``: the truth may still be off there, so the values learned
+    for such a context are what probing that board or link is worth)."""
+    c = str(state_condition(est.condition))
+    return f"{c}{UNMEASURED}{','.join(est.expired)}" if est.expired else c
+
+
+def _text_vector(text: str) -> dict[str, float]:
+    cond, _, expired = text.partition(UNMEASURED)
+    v = _vector(parse_condition(cond))
+    v.update({f"unmeasured:{k}": 1.0 for k in expired.split(",") if k})
+    return v
+
+
 def _vector(cond: Condition) -> dict[str, float]:
     v = {f"bw:{a}/{b}": math.log2(s) for (a, b), s in cond.bandwidth}
     v.update({f"slow:{d}": math.log2(f) for d, f in cond.slowdown})
@@ -112,7 +130,7 @@ class Policy:
         counts = dict(self.visits)
         rows = {c: (v, counts[c]) for c, v in self.q}
         object.__setattr__(self, "_rows", rows)
-        object.__setattr__(self, "_vectors", {c: _vector(parse_condition(c)) for c in rows})
+        object.__setattr__(self, "_vectors", {c: _text_vector(c) for c in rows})
         object.__setattr__(self, "_index", {p: i for i, p in enumerate(self.plans)})
         object.__setattr__(self, "_near", {})  # Condition or context text -> row (see ``row``)
         keys = sorted({k for vec in self._vectors.values() for k in vec})
@@ -150,21 +168,21 @@ class Policy:
             raise PlanError(f"{source}: not a valid rl policy file ({e}); re-train it with `edgeplan adapt-train`") \
                 from e
 
-    def row(self, cond: Condition) -> tuple[tuple[float, ...], tuple[int, ...], str, str]:
+    def row(self, est: Estimate) -> tuple[tuple[float, ...], tuple[int, ...], str, str]:
         """(values, visits, context, trained context) of ``cond``: its binned text and the trained context the
         row comes from (the nearest when never seen). Cached per condition: a decision is a dict lookup."""
-        hit = self._near.get(cond)
+        key = (est.condition, est.expired)
+        hit = self._near.get(key)
         if hit is None:
-            sc = state_condition(cond)
-            c = str(sc)
+            c = context(est)
             hit = self._near.get(c)  # another estimate in the same context
             if hit is None:
                 near = c
                 if c not in self._rows and self._rows:
-                    near = self._nearest(_vector(sc))
+                    near = self._nearest(_text_vector(c))
                 vals, counts = self._rows.get(near, ((0.0,) * len(self.plans), (0,) * len(self.plans)))
                 hit = self._near[c] = (vals, counts, c, near)
-            self._near[cond] = hit
+            self._near[key] = hit
         return hit
 
     def _nearest(self, v: dict[str, float]) -> str:
@@ -181,7 +199,7 @@ class Policy:
         if est.change_id <= last_change and runs:
             cur = pricer.value_of(current, cond)
             return Decision(current, False, f"already switched for change {est.change_id}", cur, cur, est.change_id)
-        vals, counts, state, near = self.row(cond)
+        vals, counts, state, near = self.row(est)
         ok = [not (gone and set(gone) & pricer.devices_of(p)) for p in self.plans] if gone else self._all
         a = _choose(vals, counts, self._index.get(current, -1), ok, self.gain)
         seen = "" if near == state else f" (unseen: nearest trained {near})"
@@ -227,7 +245,7 @@ def train(world, family_sha256: str, *, seed: int = 0, episodes: int = EPISODES,
         acted = -1  # change_id of the last greedy switch (the run-time rule)
         while not sim.done:
             est = sim.estimate
-            c = str(state_condition(est.condition))
+            c = context(est)
             vals = q.setdefault(c, [0.0] * n_a)
             cnt = visits.setdefault(c, [0] * n_a)
             ok = ok_for(est.condition)

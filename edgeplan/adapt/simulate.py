@@ -115,6 +115,7 @@ class World:
         self.static = pricer.best(NOMINAL)[0]  # the best nominal plan
         self._cache: dict[tuple[str, str], Figures] = {}
         self._best: dict[str, str] = {}
+        self.devices = sorted({r.device for p in plans.values() for s in p.stages for r in s.replicas})
 
     @classmethod
     def from_family(cls, graph, cluster, plans: dict) -> World:
@@ -179,6 +180,7 @@ class Sim:
         self._blocked = 0.0  # switch pause still to serve
         self._acc: dict[str, list[float]] = {}  # worker -> [compute seconds, calls]
         self._link: dict[tuple[str, str], float] = {}  # (worker, peer) -> monitor EWMA bytes/s
+        self._sent: dict[tuple[str, str], float] = {}  # (worker, peer) -> bytes sent so far (monitor counter)
         self._prev_cond = condition_at(trace, 0.0, world.cluster)
 
     @property
@@ -239,10 +241,18 @@ class Sim:
                         math.exp(rng.normal(0, noise))
                     old = self._link.get((key, peer), true)
                     self._link[(key, peer)] = val = true + (old - true) * self._keep ** max(n, 1)
-                    links[peer] = {"throughput_bytes_per_second": val}
+                    # bytes: calls x the stage's nominal send (what the monitor counts; only its growth is read)
+                    sent = self._sent[(key, peer)] = self._sent.get((key, peer), 0.0) + n * max(
+                        s.send_s, 1e-6) * w.cluster.link(r.device, dst).bandwidth
+                    links[peer] = {"throughput_bytes_per_second": val, "sent_bytes_total": sent}
                 workers[key] = {"device": r.device, "stage": s.index, "alive": alive,
                                 "predicted_compute_s": s.compute_s,
                                 "monitor": {"compute_seconds": {"sum": acc[0], "count": acc[1]}, "links": links}}
+        # The head knows every board's liveness whichever plan runs (FamilyHead.status() lists every variant's
+        # workers): a board the running plan does not use still reads as down while it is down.
+        for dev in w.devices:
+            if not any(x["device"] == dev for x in workers.values()):
+                workers[f"{dev}/idle"] = {"device": dev, "stage": -1, "alive": dev not in cond.absent, "monitor": {}}
         self.estimator.update({"workers": workers})
 
 

@@ -1,0 +1,140 @@
+"""The Estimator's bookkeeping of what is measured (issue 12): a factor the running plan stopped measuring expires
+to nominal with exponential back-off, a figure whose counters did not move is no measurement, factors that change
+together commit as one change, and a newly measured link that follows the estimate is no change. Statuses are
+synthesised in the head's status() format (no torch)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from edgeplan.adapt.estimate import STALE, Estimator
+from edgeplan.profiles.load import load_cluster
+
+CLUSTER = Path(__file__).resolve().parents[2] / "examples" / "clusters" / "three-node-hetero.yaml"
+
+
+class Boards:
+    """Cumulative monitor counters of workers; ``status(...)`` advances the ones named by ``run``."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.comp: dict[str, list[float]] = {}
+        self.sent: dict[tuple[str, str], float] = {}
+        self.thr: dict[tuple[str, str], float] = {}
+
+    def status(self, slow: dict[str, float], links: dict[tuple[str, str], float], run=("gpu-board",)) -> dict:
+        workers = {}
+        for k, dev in enumerate(("gpu-board", "cpu-board")):
+            key = f"{dev}/stage{k}"
+            c = self.comp.setdefault(key, [0.0, 0])
+            mon_links = {}
+            if dev in run:
+                c[0] += 10 * 0.01 * slow.get(dev, 1.0)
+                c[1] += 10
+            for (a, b), scale in links.items():
+                if a != dev:
+                    continue
+                if dev in run:
+                    self.sent[(a, b)] = self.sent.get((a, b), 0.0) + 1e6
+                    self.thr[(a, b)] = self.cluster.link(a, b).bandwidth * scale
+                if (a, b) in self.thr:  # the monitor keeps reporting its last figure when nothing is sent
+                    mon_links[f"{b}/stage9"] = {"throughput_bytes_per_second": self.thr[(a, b)],
+                                                "sent_bytes_total": self.sent[(a, b)]}
+            workers[key] = {"device": dev, "stage": k, "alive": True, "predicted_compute_s": 0.01,
+                            "monitor": {"compute_seconds": {"sum": c[0], "count": c[1]}, "links": mon_links}}
+        return {"workers": workers}
+
+
+@pytest.fixture()
+def cluster():
+    return load_cluster(CLUSTER)
+
+
+def test_an_unmeasured_slow_board_expires_with_back_off(cluster):
+    est, b = Estimator(cluster, head="npu-board"), Boards(cluster)
+    for _ in range(3):
+        e = est.update(b.status({"gpu-board": 3.0}, {}))
+    assert dict(e.condition.slowdown)["gpu-board"] == pytest.approx(3.0)
+    waits = []
+    for _ in range(4):  # the plan leaves gpu-board; each expiry is a probe that finds it still slow
+        before, n = e.change_id, 0
+        while dict(e.condition.slowdown).get("gpu-board", 1.0) != 1.0:
+            e = est.update(b.status({}, {}, run=("cpu-board",)))
+            n += 1
+        assert e.change_id == before + 1 and e.expired == ("slowdown:gpu-board",)
+        waits.append(n)
+        for _ in range(3):  # the probe: requests through gpu-board, still 3x slow
+            e = est.update(b.status({"gpu-board": 3.0}, {}))
+        assert dict(e.condition.slowdown)["gpu-board"] == pytest.approx(3.0) and e.expired == ()
+    assert waits == [STALE, 2 * STALE, 4 * STALE, 8 * STALE]
+    # measured nominal after an expiry: the wait goes back to STALE
+    while dict(e.condition.slowdown).get("gpu-board", 1.0) != 1.0:
+        e = est.update(b.status({}, {}, run=("cpu-board",)))
+    for _ in range(3):
+        e = est.update(b.status({}, {}))
+    assert e.expired == ()
+    for _ in range(3):
+        e = est.update(b.status({"gpu-board": 3.0}, {}))
+    n = 0
+    while dict(e.condition.slowdown).get("gpu-board", 1.0) != 1.0 and n < 10 * STALE:
+        e = est.update(b.status({}, {}, run=("cpu-board",)))
+        n += 1
+    assert n == STALE
+
+
+def test_a_persisting_hidden_slowdown_costs_logarithmically_many_probes(cluster):
+    """Probe whenever the estimate says the board is back (what a policy preferring that board does): the
+    number of probes over a long run grows like log(t), not t / STALE (until the wait reaches its cap)."""
+    est, b = Estimator(cluster, head="npu-board", max_backoff=1024), Boards(cluster)
+    updates = 4000
+    for _ in range(3):
+        e = est.update(b.status({"gpu-board": 3.0}, {}))
+    k = 3
+    while k < updates:
+        back = dict(e.condition.slowdown).get("gpu-board", 1.0) == 1.0
+        e = est.update(b.status({"gpu-board": 3.0}, {}, run=("gpu-board",) if back else ("cpu-board",)))
+        k += 1
+    assert est.expiries <= math.ceil(math.log2(updates / STALE)) + 1, est.expiries
+
+
+def test_a_figure_whose_counters_did_not_move_is_no_measurement(cluster):
+    est, b = Estimator(cluster, head="npu-board"), Boards(cluster)
+    link = ("gpu-board", "cpu-board")
+    for _ in range(3):
+        e = est.update(b.status({}, {link: 1.0}))
+    b.thr[link] = cluster.link(*link).bandwidth * 0.25  # a stale last figure, nothing sent since
+    for _ in range(10):
+        e = est.update(b.status({}, {link: 0.25}, run=("cpu-board",)))
+    assert e.change_id == 0 and e.condition.bandwidth_scale(*link) == 1.0
+    for _ in range(3):  # sending again: measured
+        e = est.update(b.status({}, {link: 0.25}))
+    assert e.condition.bandwidth_scale(*link) == pytest.approx(0.25)
+
+
+def test_factors_that_change_together_commit_as_one_change(cluster):
+    """A board slows at once while the link's EWMA converges over a few updates: one committed change."""
+    est, b = Estimator(cluster, head="npu-board"), Boards(cluster)
+    link = ("gpu-board", "cpu-board")
+    for _ in range(3):
+        e = est.update(b.status({}, {link: 1.0}))
+    ids = set()
+    for scale in (0.6, 0.4, 0.3, 0.27, 0.25, 0.25, 0.25, 0.25):
+        e = est.update(b.status({"gpu-board": 3.0}, {link: scale}))
+        ids.add(e.change_id)
+    assert e.change_id == 1, ids
+    assert dict(e.condition.slowdown)["gpu-board"] == pytest.approx(3.0)
+    assert e.condition.bandwidth_scale(*link) < 0.35
+
+
+def test_a_newly_measured_link_that_follows_the_estimate_is_no_change(cluster):
+    est, b = Estimator(cluster, head="npu-board"), Boards(cluster)
+    first, second = ("gpu-board", "cpu-board"), ("cpu-board", "npu-board")
+    for _ in range(4):
+        e = est.update(b.status({}, {first: 0.25}))
+    assert e.change_id == 1 and e.condition.bandwidth_scale(*second) == pytest.approx(0.25)
+    for _ in range(6):  # the next layout sends over a pair never measured, as slow as the estimate says
+        e = est.update(b.status({}, {first: 0.25, second: 0.25}, run=("gpu-board", "cpu-board")))
+    assert e.change_id == 1
