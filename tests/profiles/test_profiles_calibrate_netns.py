@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 pytest.importorskip("onnxruntime")
 
@@ -33,6 +34,8 @@ from tests.tiers import netns_tier
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "clusters" / "three-node-hetero.yaml"
 REQUESTS = 120
+SLOW = 3.0  # the datasheet error the first plan rests on (every board's compute and memory 3x slow)
+BOARD_CORES = 0.5  # the fastest board's quota: boards, head and other tenants do not fight over 2 cores
 
 
 def _round(traced, model, spec, host_flops, cluster_path, tmp, tag):
@@ -40,7 +43,8 @@ def _round(traced, model, spec, host_flops, cluster_path, tmp, tag):
     plan = record_sources(make_plan(traced.graph, cluster, Objective(batch=4), min_gain=0.0), model_ref=model,
                           input_shape=None, cluster_path=str(cluster_path), cluster=cluster)
     art = compile_plan(plan, model, tmp / f"art-{tag}", cluster=cluster, backend="onnxruntime", traced=traced)
-    with emulate.testbed(spec, host_core_flops=host_flops, echo=lambda *_: None) as (bed, _):
+    with emulate.testbed(spec, host_core_flops=host_flops, echo=lambda *_: None,
+                         max_board_cores=BOARD_CORES) as (bed, _):
         placement = {b.device: (b.launch_prefix(), b.address) for b in bed.boards}
         loaded, res = run_local(art, REQUESTS, config=HeadConfig(request_timeout_s=120), log_dir=tmp / f"logs-{tag}",
                                 placement=placement, head_host=bed.host_address)
@@ -62,8 +66,17 @@ def _round(traced, model, spec, host_flops, cluster_path, tmp, tag):
 def test_emulated_run_calibrate_replan_run(model, tmp_path):
     spec = load_cluster(EXAMPLE)
     host = host_speed.measure(0.3)  # this machine per core, so quotas and figures match what runs
-    shape = emulate.shape(spec, host.of("conv"))
+    shape = emulate.shape(spec, host.of("conv"), max_board_cores=BOARD_CORES)
     emulated = emulate.write_emulated_cluster(tmp_path / "emulated.yaml", spec, shape, host)
+    # the emulated cluster's figures are this machine's micro-benchmarks x quota, already within ~10-25% of
+    # what runs (bench_truth "before"), which run-to-run noise on shared cores can hide; a datasheet error of
+    # 3x slow compute on every board cannot be hidden, and calibration must remove it
+    doc = yaml.safe_load(emulated.read_text())
+    for dev in doc["devices"]:
+        cpu = dev["overrides"]["units"]["cpu"]
+        cpu["throughput_gflops"] = {c: round(v / SLOW, 4) for c, v in cpu["throughput_gflops"].items()}
+        cpu["mem_bandwidth_gbs"] = round(cpu["mem_bandwidth_gbs"] / SLOW, 4)
+    emulated.write_text(yaml.safe_dump(doc, sort_keys=False))
     traced = build(model)
     art0, errs0, thr0, plan0 = _round(traced, model, spec, host.of("conv"), emulated, tmp_path, "0")
     rep0 = jsonio.read(tmp_path / "report-0.json")  # each worker reports its board's CPU quota itself
@@ -77,11 +90,14 @@ def test_emulated_run_calibrate_replan_run(model, tmp_path):
           f"({[f'{e:.0%}' for e in errs0]} -> {[f'{e:.0%}' for e in errs1]}); throughput error under the window "
           f"{thr0:.0%} -> {thr1:.0%}")
     assert netns.leftovers() == []
-    # calibration must bring the per-stage predictions closer to what runs (seen: 120-540% -> 1-67%). The
-    # end-to-end throughput error is printed, not asserted: with other tenants on this machine a board's quota
-    # is not a guaranteed core, and the same run's throughput moves by 2x (seen after calibration: 2%..88%);
-    # the 10% / 5% targets are measured by benchmarks/bench_truth.py --emulate
-    assert np.mean(errs1) < np.mean(errs0)
+    # Margins: per stage the 3x error (~200%) must at least halve (seen 9-17% after on the bench's six model x
+    # cluster pairs, stages the boards did not run in the first round included); end to end the throughput
+    # error must drop (seen 29% -> 10% here) and stay under 35%: more than twice the worst seen after one
+    # round on the bench (0.5-15%), because the testbed's CPU weight reserves each board's quota but 2 cores shared with
+    # other emulations still move a run's throughput by ~10%. The 10% / 5% targets are measured by
+    # benchmarks/bench_truth.py --emulate.
+    assert np.mean(errs1) < 0.5 * np.mean(errs0)
+    assert thr1 < thr0 and thr1 < 0.35
 
 
 @pytest.mark.netns
