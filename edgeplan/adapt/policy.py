@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from edgeplan.adapt.estimate import Estimate
 from edgeplan.errors import PlanError
 from edgeplan.planner.costmodel import evaluate
-from edgeplan.planner.family import Condition, scale_costs
+from edgeplan.planner.family import ALL, Condition, scale_costs
 
 MIN_MARGIN = 0.05  # the planner's own --min-gain default: smaller differences are within the model's error
 SWITCH_S = 0.5  # assumed service lost per switch (drain + first micro-batch of the new plan)
@@ -185,8 +185,14 @@ class Pricer:
 
     def _context(self, cond: Condition):
         names = self.costs.devices
-        slow = [cond.slowdown_of(d) for d in names]
-        scale = [cond.bandwidth_scale(a, b) for a in names for b in names] if cond.bandwidth else self._ones
+        sd = dict(cond.slowdown)
+        slow = [sd.get(d, 1.0) for d in names]
+        if not cond.bandwidth:
+            scale = self._ones
+        elif len(cond.bandwidth) == 1 and cond.bandwidth[0][0] == (ALL, ALL):  # one factor on every link
+            scale = [cond.bandwidth[0][1]] * len(self._ones)
+        else:
+            scale = [cond.bandwidth_scale(a, b) for a in names for b in names]
         return slow, scale, set(cond.absent)
 
     def _one(self, name: str, ctx, bound: float = math.inf) -> float:
@@ -205,6 +211,14 @@ class Pricer:
         if self._shapes is None:
             return self.price_exact(cond).of(name)
         return self._one(name, self._context(cond))
+
+    def values_of(self, cond: Condition, names) -> list[float]:
+        """Several plans' figures under one ``cond`` (the condition's scales are built once)."""
+        if self._shapes is None:
+            prices = self.price_exact(cond)
+            return [prices.of(n) for n in names]
+        ctx = self._context(cond)
+        return [self._one(n, ctx) for n in names]
 
     def best(self, cond: Condition, first: str | None = None) -> tuple[str, float]:
         """The best plan under ``cond`` and its figure (ties: the first name), pricing ``first`` first and

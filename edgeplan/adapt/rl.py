@@ -44,6 +44,8 @@ EPISODE_S = 120.0
 EPSILON = (0.3, 0.02)  # exploration, first and last episode (linear)
 ALPHA_MIN = 0.02  # learning-rate floor (1 / visits above it): a mean of the recent ~50 epochs at most
 ABSENT_DISTANCE = 3.0  # an absent-board mismatch counts like an 8x factor when finding the nearest state
+GRID_LIMIT = 20000  # at load, the nearest trained context of every pair-free context is precomputed up to this many
+BW_BINS, SLOW_BINS = (-4, 1), (-1, 3)  # log2 ranges of state_condition's bins
 
 
 def family_digest(family) -> str:
@@ -53,6 +55,20 @@ def family_digest(family) -> str:
 
 def _bin(x: float, lo: int, hi: int) -> float:
     return float(2.0 ** min(max(round(math.log2(x)), lo), hi))
+
+
+def _grid_key(cond: Condition, expired: tuple[str, ...]):
+    """The binned context of a condition with no pair term and no expired factor, as a tuple (cheaper than its
+    text); None otherwise."""
+    if expired:
+        return None
+    base = 1.0
+    for p, s in cond.bandwidth:
+        if p != (ALL, ALL):
+            return None
+        base = s
+    return (_bin(base, *BW_BINS), tuple(x for x in ((d, _bin(f, *SLOW_BINS)) for d, f in cond.slowdown) if x[1] != 1.0),
+            cond.absent)
 
 
 def state_condition(cond: Condition) -> Condition:
@@ -138,6 +154,41 @@ class Policy:
         m = np.array([[self._vectors[n].get(k, 0.0) for k in keys] for n in names]).reshape(len(names), len(keys))
         object.__setattr__(self, "_matrix", (keys, names, m))  # for the nearest-context search
         object.__setattr__(self, "_all", [True] * len(self.plans))
+        keys_ix = {k: i for i, k in enumerate(keys)}
+        object.__setattr__(self, "_keys_ix", keys_ix)
+        object.__setattr__(self, "_d0", np.abs(m).sum(axis=1))  # distance of every trained context to nominal
+        object.__setattr__(self, "_cols", {})  # (key, value) -> |value - m[:, key]| - |m[:, key]|
+        object.__setattr__(self, "_grid", self._precompute())
+
+    def _precompute(self) -> dict:
+        """Grid key -> the row of every context with no pair term (all-links bin x each named board's slowdown bin
+        x each set of absent boards) -> the row of its nearest trained context, so that the first decision in a
+        context the table never saw is a lookup. Empty if the grid would exceed ``GRID_LIMIT``."""
+        import itertools
+
+        devs = sorted({k.split(":", 1)[1] for vec in self._vectors.values() for k in vec
+                       if k.startswith(("slow:", "absent:"))})
+        nb, ns = BW_BINS[1] - BW_BINS[0] + 1, SLOW_BINS[1] - SLOW_BINS[0] + 1
+        if not self._rows or nb * ns ** len(devs) * 2 ** len(devs) > GRID_LIMIT:
+            return {}
+        keys, names, m = self._matrix
+        grid, vecs = [], []
+        for b in range(BW_BINS[0], BW_BINS[1] + 1):
+            for sl in itertools.product(range(SLOW_BINS[0], SLOW_BINS[1] + 1), repeat=len(devs)):
+                for mask in range(2 ** len(devs)):
+                    cond = Condition(bandwidth=(((ALL, ALL), 2.0 ** b),),
+                                     slowdown=tuple((d, 2.0 ** e) for d, e in zip(devs, sl, strict=True)),
+                                     absent=tuple(d for i, d in enumerate(devs) if mask >> i & 1))
+                    grid.append((_grid_key(cond, ()), str(cond)))  # binned already: its text is its context
+                    v = _vector(cond)
+                    vecs.append([v.get(k, 0.0) for k in keys])
+        g = np.array(vecs)
+        out, empty = {}, ((0.0,) * len(self.plans), (0,) * len(self.plans))
+        for lo in range(0, len(grid), 256):  # chunks bound the broadcast's memory
+            near = np.argmin(np.abs(g[lo:lo + 256, None, :] - m[None, :, :]).sum(axis=2), axis=1)
+            for (key, text), i in zip(grid[lo:lo + 256], near, strict=True):
+                out[key] = (text, names[int(i)])
+        return {k: (*self._rows.get(n, empty), c, n) for k, (c, n) in out.items()}
 
     @property
     def __name__(self) -> str:  # reports name a policy by its function's name
@@ -174,12 +225,18 @@ class Policy:
         key = (est.condition, est.expired)
         hit = self._near.get(key)
         if hit is None:
+            g = self._grid.get(_grid_key(est.condition, est.expired)) if self._grid else None
+            if g is not None:  # precomputed at load: no search
+                hit = self._near[key] = g
+                return hit
             c = context(est)
             hit = self._near.get(c)  # another estimate in the same context
             if hit is None:
                 near = c
                 if c not in self._rows and self._rows:
-                    near = self._nearest(_text_vector(c))
+                    v = _vector(state_condition(est.condition))
+                    v.update({f"unmeasured:{k}": 1.0 for k in est.expired})
+                    near = self._nearest(v)
                 vals, counts = self._rows.get(near, ((0.0,) * len(self.plans), (0,) * len(self.plans)))
                 hit = self._near[c] = (vals, counts, c, near)
             self._near[key] = hit
@@ -189,8 +246,16 @@ class Policy:
         """The trained context at the least L1 distance (ties: the first by text). A factor no trained context
         names adds the same to every distance, so only the trained contexts' factors are compared."""
         keys, names, m = self._matrix
-        q = np.array([v.get(k, 0.0) for k in keys])
-        return names[int(np.argmin(np.abs(m - q).sum(axis=1)))]
+        d = self._d0  # distance to nominal, corrected per factor the query names (few): no full matrix pass
+        for k, x in v.items():
+            i = self._keys_ix.get(k)
+            if i is None or x == 0.0:
+                continue
+            col = self._cols.get((i, x))
+            if col is None:
+                col = self._cols[(i, x)] = np.abs(x - m[:, i]) - np.abs(m[:, i])
+            d = d + col
+        return names[int(np.argmin(d))]
 
     def __call__(self, pricer: Pricer, est: Estimate, current: str, last_change: int) -> Decision:
         cond = est.condition
@@ -208,8 +273,9 @@ class Policy:
             cur = pricer.value_of(current, cond)
             return Decision(current, False, why + seen, cur, cur, est.change_id)
         plan = self.plans[a]
+        cur, new = pricer.values_of(cond, (current, plan))
         return Decision(plan, True, f"the table picks {plan} under {state} (value {vals[a]:.3g})" + seen,
-                        pricer.value_of(current, cond), pricer.value_of(plan, cond), est.change_id)
+                        cur, new, est.change_id)
 
 
 def train(world, family_sha256: str, *, seed: int = 0, episodes: int = EPISODES, episode_s: float = EPISODE_S,

@@ -1,0 +1,52 @@
+"""rl's precomputed nearest contexts (issue 12: a decision <= 1 ms on a Pi): the row looked up in the grid built at
+load is the row the nearest-context search finds, for any pair-free condition, and an estimate with expired factors
+(not in the grid) still gets a trained row."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeplan.adapt import rl
+from edgeplan.adapt import simulate as sm
+from edgeplan.adapt.estimate import Estimate
+from edgeplan.planner import family as fm
+from edgeplan.planner.objective import Objective
+
+CLUSTER = Path(__file__).resolve().parents[2] / "examples" / "clusters" / "three-node-hetero.yaml"
+
+
+@pytest.fixture(scope="module")
+def table():
+    pytest.importorskip("torch", reason="plan families trace a zoo model with torch")
+    from edgeplan.graph.load import build
+    from edgeplan.profiles.load import load_cluster
+
+    graph = build("resnet18").graph
+    cluster = load_cluster(CLUSTER)
+    fam, plans = fm.make_family(graph, cluster, Objective(objective="throughput", batch=4),
+                                fm.default_conditions(cluster, "npu-board"))
+    return rl.train(sm.World.from_family(graph, cluster, plans), rl.family_digest(fam), episodes=20, episode_s=60)
+
+
+def test_the_grid_gives_the_searched_nearest_context(table):
+    assert table._grid  # three boards: 6 x 5^3 x 2^3 contexts, within GRID_LIMIT
+    rng = np.random.default_rng(5)
+    devs = ["cpu-board", "gpu-board", "npu-board"]
+    for _ in range(300):
+        cond = fm.Condition(bandwidth=(((fm.ALL, fm.ALL), float(2 ** rng.uniform(-5, 2))),),
+                            slowdown=tuple((d, float(2 ** rng.uniform(-1.5, 3.5))) for d in devs if rng.random() < 0.6),
+                            absent=tuple(d for d in devs[:2] if rng.random() < 0.2))
+        vals, counts, ctx, near = table.row(Estimate(cond, 1))
+        assert ctx == rl.context(Estimate(cond, 1))
+        searched = ctx if ctx in table._rows else table._nearest(rl._vector(rl.state_condition(cond)))
+        assert near == searched, (str(cond), near, searched)
+        assert (vals, counts) == table._rows[near]
+
+
+def test_an_estimate_with_expired_factors_is_searched(table):
+    est = Estimate(fm.parse_condition("bandwidth=0.5"), 3, ("slowdown:gpu-board",))
+    vals, counts, ctx, near = table.row(est)
+    assert ctx.endswith(" unmeasured:slowdown:gpu-board") and near in table._rows
