@@ -53,9 +53,10 @@ class Estimate:
 
     condition: Condition
     change_id: int
-    # factors at nominal only because they expired unmeasured (``slowdown:DEV``, ``link:A/B``), not because
-    # they were measured so: the rl table tells such a context from a measured one
+    # factors at nominal only because they expired unmeasured (``slowdown:DEV``, ``link:A/B``) and not measured
+    # since: the rl table keeps such contexts apart from measured ones
     expired: tuple[str, ...] = ()
+    probe: tuple[str, ...] = ()  # the factors this very change expired (rl decides a probe by pricing)
 
 
 def _q(x: float) -> float:
@@ -81,6 +82,7 @@ class Estimator:
         self._sent: dict[tuple[str, str], float] = {}  # (worker key, peer) -> sent_bytes_total last seen
         self.expiries = 0
         self._held = 0  # updates a ready commit has waited for a factor still moving
+        self._just: tuple[str, ...] = ()  # factors the latest change expired
         self.head = head or cluster.devices[0].name
         self.alpha, self.threshold, self.confirm = alpha, threshold, confirm
         self.reference: dict[str, float] = {}
@@ -135,7 +137,7 @@ class Estimator:
         self.updates += 1
         lim = math.log(self.threshold)
         rebuild = False
-        ready, moving = {}, False
+        ready, moving, just = {}, False, []
         for key, v in raw.items():
             self._seen[key] = self.updates
             x = math.log(v / self.reference.get(key, 1.0))
@@ -173,12 +175,14 @@ class Estimator:
         for key, c in self._committed.items():
             if abs(c) > 1e-9 and self.updates - self._seen.get(key, self.updates) >= self._wait.get(key, self.stale):
                 self._expired[key] = c
+                just.append(key)
                 self._committed[key] = 0.0
                 self._recent.pop(key, None)
                 self.expiries += 1
                 changed = True
         if changed:
             self.change_id += 1
+            self._just = tuple(sorted(just))
         if changed or rebuild:
             self._estimate = self._build()
         return self._estimate
@@ -229,4 +233,4 @@ class Estimator:
                 if max(s / base, base / s) > PAIR_OUTLIER:
                     bw.append((p, _q(s / base)))
         cond = Condition(bandwidth=tuple(bw), slowdown=slow, absent=self._absent)
-        return Estimate(cond, self.change_id, tuple(sorted(self._expired)))
+        return Estimate(cond, self.change_id, tuple(sorted(self._expired)), self._just)

@@ -17,7 +17,10 @@ and the trained ``Policy`` is the one its file holds).
 Run time is greedy with the heuristic's call signature and rules: leave the current plan only for a plan
 whose learned value is better by more than ``policy.margin()`` (the switch's cost over the horizon), and at
 most once per committed change of the estimate (no flapping). A context never seen in training takes the
-nearest trained context's row (L1 distance in log2 factors).
+nearest trained context's row (L1 distance in log2 factors; precomputed at load for every context without a
+pair term, so such a first decision is a lookup). A factor that expired unmeasured (``Estimate.expired``) keeps
+its context apart from measured ones, and the change that expires it (a probe: should the runtime go back and
+re-measure?) is decided by pricing, as the heuristic does, in training as at run time.
 
 The policy file (``rl-policy.json`` next to ``family.json``) records the family's digest; a file trained
 for another family is refused.
@@ -123,6 +126,18 @@ def _choose(values, counts, cur: int, ok, gain: float) -> int:
     if cur >= 0 and ok[cur] and counts[cur] and bv <= values[cur] * (1.0 + gain):
         return cur
     return best
+
+
+def _probe(pricer: Pricer, est: Estimate, current: str, last_change: int) -> Decision:
+    """A change that expired factors unmeasured (``Estimate.probe``) is decided by pricing, as the
+    heuristic does: whether to go back and re-measure a board or link is worth what the cost model says it
+    gains if it has recovered; a myopic table learns only that probing often finds it still slow, and would
+    never come back."""
+    from edgeplan.adapt.policy import heuristic
+
+    d = heuristic(pricer, est, current, last_change)
+    return Decision(d.plan, d.switch, f"probe ({', '.join(est.probe)} unmeasured): {d.reason}", d.current_value,
+                    d.best_value, d.change_id)
 
 
 @dataclass(frozen=True)
@@ -264,6 +279,8 @@ class Policy:
         if est.change_id <= last_change and runs:
             cur = pricer.value_of(current, cond)
             return Decision(current, False, f"already switched for change {est.change_id}", cur, cur, est.change_id)
+        if est.probe:
+            return _probe(pricer, est, current, last_change)
         vals, counts, state, near = self.row(est)
         ok = [not (gone and set(gone) & pricer.devices_of(p)) for p in self.plans] if gone else self._all
         a = _choose(vals, counts, self._index.get(current, -1), ok, self.gain)
@@ -320,6 +337,10 @@ def train(world, family_sha256: str, *, seed: int = 0, episodes: int = EPISODES,
             if rng.random() < eps:
                 choices = [i for i in range(n_a) if ok[i]]
                 a = choices[int(rng.integers(len(choices)))] if choices else cur
+            elif est.probe and (est.change_id > acted or not ok[cur]):  # as at run time: priced, not learned
+                d = _probe(world.pricer, est, plans[cur], acted)
+                if d.switch:
+                    a, acted = index[d.plan], est.change_id
             elif est.change_id > acted or not ok[cur]:
                 g = _choose(vals, cnt, cur, ok, gain)
                 if g >= 0 and g != cur:

@@ -28,10 +28,12 @@ def table():
     cluster = load_cluster(CLUSTER)
     fam, plans = fm.make_family(graph, cluster, Objective(objective="throughput", batch=4),
                                 fm.default_conditions(cluster, "npu-board"))
-    return rl.train(sm.World.from_family(graph, cluster, plans), rl.family_digest(fam), episodes=20, episode_s=60)
+    world = sm.World.from_family(graph, cluster, plans)
+    return rl.train(world, rl.family_digest(fam), episodes=20, episode_s=60), world.pricer
 
 
 def test_the_grid_gives_the_searched_nearest_context(table):
+    table, _ = table
     assert table._grid  # three boards: 6 x 5^3 x 2^3 contexts, within GRID_LIMIT
     rng = np.random.default_rng(5)
     devs = ["cpu-board", "gpu-board", "npu-board"]
@@ -47,6 +49,19 @@ def test_the_grid_gives_the_searched_nearest_context(table):
 
 
 def test_an_estimate_with_expired_factors_is_searched(table):
+    table, _ = table
     est = Estimate(fm.parse_condition("bandwidth=0.5"), 3, ("slowdown:gpu-board",))
     vals, counts, ctx, near = table.row(est)
     assert ctx.endswith(" unmeasured:slowdown:gpu-board") and near in table._rows
+
+
+def test_a_probe_is_decided_by_pricing(table):
+    """The change that expires a factor unmeasured is priced (the table cannot know whether going back pays)."""
+    from edgeplan.adapt.policy import heuristic
+
+    table, pricer = table
+    for text in ("nominal", "bandwidth=0.25", "slowdown:cpu-board=3"):
+        est = Estimate(fm.parse_condition(text), 4, ("slowdown:gpu-board",), ("slowdown:gpu-board",))
+        for current in ("plan-5.json", "plan-6.json"):
+            d, h = table(pricer, est, current, 3), heuristic(pricer, est, current, 3)
+            assert (d.plan, d.switch) == (h.plan, h.switch) and d.reason.startswith("probe (slowdown:gpu-board")
