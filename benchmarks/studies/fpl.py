@@ -23,10 +23,20 @@ so other processes on this machine do not inflate them), energy (modelled: the p
 profiles add over idle while busy x that busy time, plus the links' energy per byte) and
 test accuracy (FPL: all sources joined, as deployed; the others: the mean over the three
 views, the model each board would run on its own camera). The comparison runs in-process,
-not in `edgeplan emulate`: no shaped links, so transfer time is not part of it. With
---emulate (root) FPL at the deepest junction also runs through the real pipeline on the
-emulated boards (`edgeplan plan --pin`, `compile`, `train --data`), and the bytes each
-board's network interface sent are printed beside the counted ones.
+not in `edgeplan emulate`: no shaped links, so transfer time is not part of it.
+
+With --emulate (root) four runs also go through the real runtime on the emulated boards
+(`edgeplan plan` / `compile` / `train --data` inside `edgeplan emulate`): fpl@<deepest junction>
+with its trunk on one board and with the trunk split over two (the junction pinned to
+``trunk``, the last layer to ``trunk-2``), and dsgd and fedavg as a one-stage data-parallel
+plan over the three source boards, each replica reading its own board's view (`--data
+BOARD=DIR`, training/sources.ReplicaDataEngine; same sample indices on every board per step,
+so they train exactly as the in-process methods: tests/fpl/test_fpl_study_runtime.py) with
+`--sync sync` and `--sync local-sgd` (weights averaged once per epoch). For each run the bytes
+every board's network interface sent (measured-in-emulation) are printed beside the bytes
+counted from the plan's cuts (FPL) or modelled for gloo's ring all-reduce (2 (k-1)/k x the
+parameters per exchange; the in-process dsgd/fedavg count a parameter server instead), and
+the epoch time measured (x dilation) beside the plan's prediction (modelled).
 
     python -m benchmarks.studies.fpl [--quick] [--epochs N] [--junctions conv2,fc1,fc] [--emulate]
 """
@@ -93,6 +103,7 @@ class Settings:
     emulate: bool = False  # also run fpl@<deepest junction> on the emulated boards (root)
     emulate_epochs: int = 2
     emulate_samples: int = 256
+    emulate_runs: tuple[str, ...] = ("fpl", "fpl-2trunk", "dsgd", "fedavg")  # which runs --emulate makes
     host_gflops: float | None = None
 
 
@@ -320,49 +331,81 @@ def run_dsgd(base_file: Path, views, s: Settings, keep: dict | None = None) -> l
     return rows
 
 
-def run_emulated(fpl_file: Path, views_, s: Settings, work: Path, epochs: int, samples: int,
-                 host_gflops: float | None, echo=c.echo_default) -> dict:
-    """fpl@LAYER through the real pipeline on the emulated fpl-five boards: plan (pins), compile, train --data.
+def run_emulated(fpl_file: Path, views_, s: Settings, work: Path, epochs: int, samples: int, bed,
+                 extra_pins: tuple[str, ...] = ()) -> dict:
+    """fpl@LAYER through the real pipeline on the boards of ``bed``: plan (pins), compile, train --data.
 
-    Returns the runtime's per-board network bytes per epoch (each emulated board's interface counters)
-    over the epoch's training (the probe stops before evaluation) beside what the in-process trainer
-    counts for the same samples (features out, gradients back); the difference is the wire's overhead
-    (message headers, TCP/IP) and the few collectives (metrics, presence).
+    ``extra_pins``: more ``--pin LAYER=BOARD`` (e.g. the junction on ``trunk`` and the last layer on
+    ``trunk-2``: the trunk split over two boards). Returns the runtime's per-board network bytes per
+    epoch (each emulated board's interface counters) over the epoch's training (the probe stops
+    before evaluation) beside the bytes counted from the plan's cuts for the same samples (features
+    out, gradients back, and between trunk stages); the difference is the wire's overhead (message
+    headers, TCP/IP) and the few collectives (metrics, presence).
     """
     from edgeplan import jsonio
     from edgeplan.fpl import views
+    from edgeplan.graph.load import build
+    from edgeplan.planner.plan import load as load_plan
 
     folders = views.write(views_, [work / "data" / src for src in SOURCES])  # the full views: --samples subsets
     pins = [a for i, src in enumerate(SOURCES) for a in ("--pin", f"input{i}={src}")]
-    plan = work / "plan.json"
+    pins += [a for p in extra_pins for a in ("--pin", p)]
+    plan_file = work / "plan.json"
     c._check_call(c.edgeplan_cmd("plan", f"{fpl_file.resolve()}:build", "--cluster", str(CLUSTER), "--mode",
                                  "training", "--objective", "time", *pins, "--batch", str(s.batch),
-                                 "--microbatches", "1", "--out", str(plan.resolve())), work / "plan.log", "plan")
+                                 "--microbatches", "1", "--out", str(plan_file.resolve())), work / "plan.log", "plan")
     art = work / "art"
-    c._check_call(c.edgeplan_cmd("compile", str(plan.resolve()), "--out", str(art.resolve()), "--force"),
+    c._check_call(c.edgeplan_cmd("compile", str(plan_file.resolve()), "--out", str(art.resolve()), "--force"),
                   work / "compile.log", "compile")
     run_dir = (work / "run").resolve()
     data_args = [a for src, d in zip(SOURCES, folders, strict=True) for a in ("--data", f"{src}={d.resolve()}")]
     argv = c.edgeplan_cmd("train", str(art.resolve()), "--epochs", str(epochs), "--samples", str(samples),
                           "--lr", str(s.lr), "--timeout", str(c.TRAIN_TIMEOUT_S), "--run-dir", str(run_dir),
                           *data_args)
-    with c.Bed(CLUSTER, host_gflops, emulate=True, echo=echo) as bed:
-        env = {**os.environ, "EDGEPLAN_TESTBED": str(bed._state)}
-        c._check_call(argv, work / "train.log", "emulated FPL training", env=env)
-        dilation = bed.dilation
+    env = dict(os.environ)
+    if bed.emulate:
+        env["EDGEPLAN_TESTBED"] = str(bed._state)
+    else:
+        argv.append("--local")
+        env.pop("EDGEPLAN_TESTBED", None)
+    c._check_call(argv, work / "train.log", "FPL training through the runtime", env=env)
     rows = jsonio.read(run_dir / "metrics.json")["epochs"]
-    layout = jsonio.read(plan)["stages"]
-    trunk_boards = sorted({r["device"] for st in layout[1:] for r in st["replicas"]})
-    feature = int(np.prod(_feature_shape(fpl_file))) * 4
+    plan = load_plan(str(plan_file))
+    trunk_boards = [st.replicas[0].device for st in plan.stages[1:]]
+    graph = build(f"{fpl_file.resolve()}:build").graph
+    size = {x.name: int(np.prod(x.output.shape[1:])) * 4 for x in graph.layers}
     samples = min(samples, len(views_[0].y_train))
-    iters = samples // s.batch
-    counted = {src: iters * s.batch * feature for src in SOURCES}  # features out, per source board
-    counted["trunk"] = len(SOURCES) * iters * s.batch * feature  # their gradients back
-    measured = {b: float(np.mean([r["boards"][b]["net_tx_bytes"] for r in rows])) for b in rows[0]["boards"]}
-    return {"epochs": epochs, "samples": samples, "dilation": dilation, "trunk_boards": trunk_boards,
+    per_epoch = samples // s.batch * s.batch
+    counted = {src: per_epoch * sum(size[n] for n in out) for src, (_, out) in zip(
+        SOURCES, _branch_outputs(fpl_file, plan), strict=True)}  # features out, per source board
+    for k, st in enumerate(plan.stages[1:], start=1):
+        back = sum(size[n] for n in graph.live_at(st.start))  # the gradients of what it received
+        fwd = sum(size[n] for n in graph.live_at(st.stop)) if k < len(plan.stages) - 1 else 0
+        counted[st.replicas[0].device] = per_epoch * (back + fwd)
+    measured = {b: float(np.mean([r["boards"][b]["net_tx_bytes"] for r in rows])) for b in rows[0]["boards"]} \
+        if bed.emulate else None
+    return {"epochs": epochs, "samples": samples, "dilation": bed.dilation if bed.emulate else 1.0,
+            "emulated": bool(bed.emulate), "trunk_boards": trunk_boards, "plan_text": c.layout_text(plan),
+            "predicted_iter_s": plan.predicted.iter_s, "iters": samples // s.batch,
             "measured_tx_bytes_per_epoch": measured, "counted_training_bytes_per_epoch": counted,
             "test_accuracy": [r["test_accuracy"] for r in rows],
-            "epoch_s": [r["epoch_s"] for r in rows]}
+            "epoch_s": [r["epoch_s"] for r in rows], "board_iter_s": [r["board_iter_s"] for r in rows]}
+
+
+def _two_trunk_pins(fpl_file: Path) -> tuple[str, ...]:
+    """The junction's last layer on ``trunk``, the model's last layer on ``trunk-2``: a trunk of two stages."""
+    from edgeplan.graph.load import build
+
+    names = [x.name for x in build(f"{fpl_file.resolve()}:build").graph.layers]
+    first = next(i for i, n in enumerate(names) if n.startswith("trunk_"))
+    return (f"{names[first - 1]}={SERVER}", f"{names[-1]}=trunk-2")
+
+
+def _branch_outputs(fpl_file: Path, plan):
+    from edgeplan.codegen.split import split_branches
+    from edgeplan.graph.load import build
+
+    return [(b.inputs, b.outputs) for b in split_branches(build(f"{fpl_file.resolve()}:build"), plan)]
 
 
 RUNTIME_METHODS = {"dsgd": "sync", "fedavg": "local-sgd"}
@@ -398,8 +441,8 @@ def run_runtime(method: str, base_file: Path, views_, s: Settings, work: Path, e
     source boards, `edgeplan train --data BOARD=DIR` (each replica reads its own board's view; every step all take
     the same sample indices, so it is the in-process method's semantics), inside ``bed`` (emulated or local).
 
-    dsgd: ``--sync sync`` (gradients all-reduced every step); fedavg: ``--sync local-sgd`` with no average inside
-    the epoch (each board trains on its view for an epoch; weights averaged at the epoch end: one round).
+    dsgd: ``--sync sync`` (gradients all-reduced every step); fedavg: ``--sync local-sgd --sync-every ITERS``
+    (each board trains on its view for an epoch; weights averaged after its last step: one round).
     The runtime all-reduces over gloo's ring, not through a parameter server, so its modelled bytes per board
     are 2 (k-1)/k x the parameters per exchange.
     """
@@ -412,7 +455,9 @@ def run_runtime(method: str, base_file: Path, views_, s: Settings, work: Path, e
     plan = _dp_plan(base_file, SOURCES, s.batch, work)
     art = c.compile_plan(plan, work, work / "compile.log")
     iters = n // s.batch
-    sync = ["--sync", RUNTIME_METHODS[method]] + (["--sync-every", str(iters + 1)] if method == "fedavg" else [])
+    # fedavg: the round in the epoch's last step, inside the window of the boards' interface counters (they stop
+    # before the epoch-end average, which then repeats it on equal weights: a no-op up to rounding)
+    sync = ["--sync", RUNTIME_METHODS[method]] + (["--sync-every", str(iters)] if method == "fedavg" else [])
     run_dir = (work / "run").resolve()
     argv = c.edgeplan_cmd("train", str(art.resolve()), "--epochs", str(epochs), "--lr", str(s.lr),
                           "--momentum", str(s.momentum), "--seed", str(s.seed), "--timeout", str(c.TRAIN_TIMEOUT_S),
@@ -505,21 +550,35 @@ def run(s: Settings, out: Path, echo=c.echo_default) -> dict:
     for rows in methods.values():
         for r in rows:
             r["energy_j"] = _energy(r, busy_w, j_per_byte)
-    emulated = None
+    emulated, runtime = None, {}
     if s.emulate:
         layer = s.junctions[-1]
-        echo(f"fpl@{layer} on the emulated boards (edgeplan plan --pin, compile, train --data inside emulate) ...")
-        with c.timed(f"emulated fpl@{layer}", echo):
-            emulated = run_emulated(work / f"fpl_{layer}.py", full, s, work / "emulated", s.emulate_epochs,
-                                    s.emulate_samples, s.host_gflops, echo)
-            emulated["junction"] = layer
+        fpl_file = work / f"fpl_{layer}.py"
+        echo(f"on the emulated boards: fpl@{layer} (trunk on one board, then on two), dsgd and fedavg through "
+             "edgeplan plan / compile / train --data inside emulate ...")
+        with c.Bed(CLUSTER, s.host_gflops, emulate=True, echo=echo) as bed:
+            if "fpl" in s.emulate_runs:
+                with c.timed(f"emulated fpl@{layer}", echo):
+                    emulated = run_emulated(fpl_file, full, s, work / "emulated", s.emulate_epochs,
+                                            s.emulate_samples, bed)
+                    emulated["junction"] = layer
+                    runtime[f"fpl@{layer}"] = emulated
+            if "fpl-2trunk" in s.emulate_runs:
+                with c.timed(f"emulated fpl@{layer}, trunk on two boards", echo):
+                    two = run_emulated(fpl_file, full, s, work / "emulated-2trunk", s.emulate_epochs,
+                                       s.emulate_samples, bed, extra_pins=_two_trunk_pins(fpl_file))
+                    runtime[f"fpl@{layer} 2 trunk boards"] = {**two, "junction": layer}
+            for method in (m for m in RUNTIME_METHODS if m in s.emulate_runs):
+                with c.timed(f"emulated {method}", echo):
+                    runtime[method] = run_runtime(method, base, full, s, work / f"emulated-{method}",
+                                                  s.emulate_epochs, s.emulate_samples, bed)
     return {"study": NAME, "settings": {**s.__dict__, "junctions": list(s.junctions)},
             "data": "scikit-learn digits, aligned row-band views per source (edgeplan.fpl.views)",
             "labels": {"bytes": "counted (tensors each method sends)",
                        "busy_s": "CPU seconds per board, measured here (1 torch thread, time.thread_time)",
                        "energy_j": "modelled: (busy - idle W of the profiles) x busy time + link J/byte x bytes",
                        "accuracy": "fpl: all sources joined; others: mean over the three views"},
-            "power_w": busy_w, "methods": methods, "emulated": emulated}
+            "power_w": busy_w, "methods": methods, "emulated": emulated, "runtime": runtime}
 
 
 def summary(rows: list[dict]) -> dict:
@@ -552,21 +611,7 @@ def report(doc: dict, out: Path) -> tuple[list[str], dict]:
                       right=range(1, 9)),
              "", "bytes: " + doc["labels"]["bytes"] + "; busy: " + doc["labels"]["busy_s"] + "; energy: "
              + doc["labels"]["energy_j"] + "; accuracy: " + doc["labels"]["accuracy"]]
-    em = doc.get("emulated")
-    if em:
-        boards = [*SOURCES, *em["trunk_boards"]]
-        counted = {**em["counted_training_bytes_per_epoch"], em["trunk_boards"][0]: em[
-            "counted_training_bytes_per_epoch"]["trunk"]}
-        lines += ["", f"fpl@{em['junction']} on the emulated boards ({em['samples']} samples, {em['epochs']} epochs, "
-                      f"dilation {em['dilation']:.3g}): bytes sent per epoch of training, the boards' network "
-                      "interfaces vs the tensors counted in-process",
-                  *c.table(["board", "measured tx MB", "counted MB", "measured / counted"],
-                           [[b, c.fmt(em["measured_tx_bytes_per_epoch"].get(b, 0.0) / 1e6),
-                             c.fmt(counted[b] / 1e6) if b in counted else "-",
-                             c.fmt(em["measured_tx_bytes_per_epoch"].get(b, 0.0) / counted[b])
-                             if counted.get(b) else "-"] for b in boards],
-                           right=(1, 2, 3)),
-                  "test accuracy per epoch there: " + ", ".join(f"{a * 100:.1f}%" for a in em["test_accuracy"])]
+    lines += _runtime_lines(doc.get("runtime") or {})
     for m, rows in doc["methods"].items():
         if m.endswith("-leave"):
             lines.append(f"{m}: cam-b away in epochs "
@@ -578,6 +623,40 @@ def report(doc: dict, out: Path) -> tuple[list[str], dict]:
     doc["summary"] = sums
     fig = _figure(doc)
     return lines, c.write_outputs(out, NAME, doc, lines, fig)
+
+
+def _runtime_lines(runs: dict) -> list[str]:
+    """The runs through the real runtime: per board, bytes its interface sent (measured-in-emulation) beside the
+    bytes expected (counted from the plan's cuts for FPL; modelled for gloo's ring all-reduce for dsgd/fedavg),
+    and per run the epoch time measured (x dilation: the boards' time) beside the plan's prediction."""
+    if not runs:
+        return []
+    body, times = [], []
+    for name, r in runs.items():
+        expected = r.get("counted_training_bytes_per_epoch") or r["modelled_ring_bytes_per_epoch"]
+        label = "counted" if "counted_training_bytes_per_epoch" in r else "modelled (ring)"
+        measured = r["measured_tx_bytes_per_epoch"] or {}
+        for b in expected:
+            got = measured.get(b)
+            body.append([name, b, c.fmt(got / 1e6) if got is not None else "-", c.fmt(expected[b] / 1e6), label,
+                         c.fmt(got / expected[b]) if got is not None and expected[b] else "-"])
+        d = r["dilation"]
+        times.append([name, r.get("plan_text", ""), f"{r['samples']} x {r['epochs']}",
+                      c.fmt(float(np.mean(r["epoch_s"]))), c.fmt(float(np.mean(r["epoch_s"])) * d),
+                      c.fmt(r["predicted_iter_s"] * r["iters"]),
+                      ", ".join(f"{a * 100:.1f}" for a in r["test_accuracy"])])
+    first = next(iter(runs.values()))
+    where = (f"the emulated fpl-five boards (dilation {first['dilation']:.3g})" if first["emulated"]
+             else "local processes (not emulated)")
+    return ["", f"through the real runtime (edgeplan plan / compile / train --data) on {where}: bytes sent per epoch "
+                "of training (measured-in-emulation: each board's network interface; the probe stops before "
+                "evaluation) vs expected",
+            *c.table(["run", "board", "measured tx MB", "expected MB", "expected is", "measured / expected"], body,
+                     right=(2, 3, 5)),
+            "", "time per epoch there (measured-in-emulation; boards' s = host s x dilation) vs the plan's prediction "
+                "(modelled: predicted iteration x iterations), test accuracy (%) per epoch:",
+            *c.table(["run", "plan", "samples x epochs", "host s/epoch", "boards' s/epoch", "predicted s/epoch",
+                      "test acc"], times, right=(3, 4, 5))]
 
 
 def _figure(doc: dict):
@@ -613,8 +692,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=None, help="training samples per source")
     ap.add_argument("--junctions", default=None, help="comma-separated layer names of the small CNN")
     ap.add_argument("--emulate", action="store_true",
-                    help="also train fpl@<deepest junction> on the emulated boards (root) and report the bytes "
-                         "their network interfaces sent")
+                    help="also train fpl@<deepest junction> (trunk on one board and on two), dsgd and fedavg "
+                         "through the runtime on the emulated boards (root); report the bytes their network "
+                         "interfaces sent and the epoch times")
+    ap.add_argument("--emulate-runs", default=None,
+                    help="with --emulate: comma-separated subset of fpl,fpl-2trunk,dsgd,fedavg (default: all)")
     args = ap.parse_args(argv)
     s = Settings(**QUICK) if args.quick else Settings()
     s = replace(s, **{k: v for k, v in (("epochs", args.epochs), ("samples", args.samples)) if v is not None})
@@ -622,6 +704,12 @@ def main(argv: list[str] | None = None) -> int:
         s = replace(s, junctions=tuple(args.junctions.split(",")))
     if args.emulate:
         s = replace(s, emulate=True, host_gflops=args.host_gflops)
+    if args.emulate_runs:
+        runs = tuple(args.emulate_runs.split(","))
+        bad = [r for r in runs if r not in Settings.emulate_runs]
+        if bad:
+            ap.error(f"--emulate-runs {','.join(bad)}: not a run; choose from {','.join(Settings.emulate_runs)}")
+        s = replace(s, emulate_runs=runs)
     out = c.out_dir(args, NAME)
     doc = run(s, out)
     lines, paths = report(doc, out)

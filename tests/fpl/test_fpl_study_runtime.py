@@ -41,7 +41,8 @@ def test_runtime_trains_like_the_in_process_method(setup, method):
     s = fpl.Settings(epochs=2, batch=32, lr=0.1, samples=96)
     sync = fpl.RUNTIME_METHODS[method]
     art = launch.prepare(plan, plan.model_ref, work / f"art-{method}", sync=sync)
-    cfg = TrainConfig(epochs=2, lr=s.lr, momentum=s.momentum, sync=sync, sync_every=4, timeout_s=120.0)
+    # fedavg: one round per epoch, after its 3rd (last) step
+    cfg = TrainConfig(epochs=2, lr=s.lr, momentum=s.momentum, sync=sync, sync_every=3, timeout_s=120.0)
     cfg = sources.configure(plan.model_ref, plan, cfg, data_args)
     assert [b for _, b, _ in cfg.sources] == list(fpl.SOURCES)
     result = launch.run(art, cfg, local=True, echo=lambda _line: None)
