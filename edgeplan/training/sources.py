@@ -417,6 +417,10 @@ def _configure_replicas(plan, config, data_args: Sequence[str], absent_args: Seq
     if len(set(boards)) != len(boards):
         raise SourceError(f"--data BOARD=DIR: the plan has several replicas on one board ({', '.join(boards)}); "
                           "a board's view feeds one replica — re-plan with one replica per board")
+    for v in data_args:
+        if v.partition("=")[0] not in boards:
+            raise SourceError(f"--data {v!r}: give BOARD=DIR for each replica board of this data-parallel plan "
+                              f"({', '.join(boards)}), or train it on one data set with --dataset")
     folders = dict(parse_data(data_args, boards))
     missing = [b for b in boards if b not in folders]
     if missing:

@@ -106,7 +106,7 @@ def test_bad_data_and_absent_flags_name_the_sources(tmp_path, fpl_file, folders)
         sources.train("lenet5", ["cam-a=/x"], SourceRun(), tmp_path / "run")
 
 
-def test_data_flags_on_a_plan_without_branches_are_refused():
+def test_data_flags_on_a_plan_without_branches_name_its_replica_boards():
     from edgeplan.training.config import TrainConfig
 
     from ..training.training_helpers import training_plan
@@ -114,5 +114,11 @@ def test_data_flags_on_a_plan_without_branches_are_refused():
     plan = training_plan("lenet5", (), ((8,),), batch=8, microbatches=1)
     cfg = TrainConfig()
     assert sources.configure("lenet5", plan, cfg, [], []) is cfg
-    with pytest.raises(SourceError, match="has none .*--dataset"):
+    board = plan.stages[0].replicas[0].device
+    with pytest.raises(SourceError, match=f"replica board of this data-parallel plan \\({board}\\).*--dataset"):
         sources.configure("lenet5", plan, cfg, ["cam-a=/x"])
+    with pytest.raises(SourceError, match="--absent applies to plans with parallel input branches"):
+        sources.configure("lenet5", plan, cfg, [f"{board}=/x"], ["cam-a=1"])
+    # a folder per replica board: the replica reads its own view (tests/fpl/test_fpl_study_runtime.py trains it)
+    got = sources.configure("lenet5", plan, cfg, [f"{board}=/x"])
+    assert got.sources == (("", board, "/x"),)

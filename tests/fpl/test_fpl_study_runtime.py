@@ -66,4 +66,4 @@ def test_data_folders_must_match_the_replicas(setup, tmp_path):
     r = CliRunner().invoke(app, ["train", str(art), "--local", "--data", data_args[0]])
     assert r.exit_code != 0 and "missing cam-b, cam-c" in r.output, r.output
     r = CliRunner().invoke(app, ["train", str(art), "--local", "--data", "trunk=/x"])
-    assert r.exit_code != 0 and "'trunk' is not a source of this model" in r.output, r.output
+    assert r.exit_code != 0 and "replica board of this data-parallel plan (cam-a, cam-b, cam-c)" in r.output, r.output
