@@ -199,9 +199,9 @@ class Policy:
                     vecs.append([v.get(k, 0.0) for k in keys])
         g = np.array(vecs)
         out, empty = {}, ((0.0,) * len(self.plans), (0,) * len(self.plans))
-        for lo in range(0, len(grid), 256):  # chunks bound the broadcast's memory
-            near = np.argmin(np.abs(g[lo:lo + 256, None, :] - m[None, :, :]).sum(axis=2), axis=1)
-            for (key, text), i in zip(grid[lo:lo + 256], near, strict=True):
+        for lo in range(0, len(grid), 32):  # chunks bound the broadcast's memory (and its cache footprint)
+            near = np.argmin(np.abs(g[lo:lo + 32, None, :] - m[None, :, :]).sum(axis=2), axis=1)
+            for (key, text), i in zip(grid[lo:lo + 32], near, strict=True):
                 out[key] = (text, names[int(i)])
         return {k: (*self._rows.get(n, empty), c, n) for k, (c, n) in out.items()}
 
