@@ -577,3 +577,28 @@ def parser(doc: str, name: str):
 
 def out_dir(args, name: str) -> Path:
     return args.out if args.out is not None else Path("study-out") / name
+
+
+def training_options(ap, configs: Sequence[str], required: str) -> None:
+    """The options of the studies that compare training configurations (hybrid, three-tier)."""
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--train-samples", type=int, default=None)
+    ap.add_argument("--test-samples", type=int, default=None)
+    ap.add_argument("--configs", default=",".join(configs),
+                    help=f"comma-separated configurations to run (at least {required})")
+    ap.add_argument("--sync-bn", action="store_true",
+                    help="BatchNorm statistics all-reduced over each replica group (`edgeplan train --sync-bn`)")
+
+
+def overrides(args, *names: str) -> dict:
+    """The numeric options the user gave (None means 'the mode's default'), keyed by Settings field."""
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
+def finish(args, name: str, run: Callable, report: Callable, settings) -> int:
+    """Run a study with its settings, print its table and say which files it wrote."""
+    out = out_dir(args, name)
+    lines, paths = report(run(settings, out), out)
+    print("\n".join(lines))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0

@@ -373,12 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in (*s.models, *s.run_models) if m not in MODELS]
     if unknown or any(x not in SYNCS for x in s.syncs):
         ap.error(f"models must be of {', '.join(MODELS)} (got {', '.join(unknown)}); syncs of {', '.join(SYNCS)}")
-    out = c.out_dir(args, NAME)
-    doc = run(s, out)
-    lines, paths = report(doc, out)
-    print("\n".join(lines))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    return c.finish(args, NAME, run, report, s)
 
 
 if __name__ == "__main__":

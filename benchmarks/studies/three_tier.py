@@ -198,27 +198,15 @@ def report(doc: dict, out: Path) -> tuple[list[str], dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = c.parser(__doc__, NAME)
     ap.add_argument("--models", default=",".join(Settings.models), help="comma-separated zoo names")
-    ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--train-samples", type=int, default=None)
-    ap.add_argument("--test-samples", type=int, default=None)
-    ap.add_argument("--configs", default=",".join(CONFIGS),
-                    help="comma-separated configurations to run (at least cloud-only and edgeplan)")
-    ap.add_argument("--sync-bn", action="store_true",
-                    help="BatchNorm statistics all-reduced over each replica group (`edgeplan train --sync-bn`)")
+    c.training_options(ap, CONFIGS, "cloud-only and edgeplan")
     args = ap.parse_args(argv)
     s = Settings(models=tuple(args.models.split(",")), dataset=args.dataset,
                  emulate=False if args.local else None, host_gflops=args.host_gflops, quick=args.quick,
                  sync_bn=args.sync_bn, configs=tuple(args.configs.split(",")))
     if args.quick:
         s = replace(s, **QUICK)
-    s = replace(s, **{k: v for k, v in (("epochs", args.epochs), ("train_samples", args.train_samples),
-                                        ("test_samples", args.test_samples)) if v is not None})
-    out = c.out_dir(args, FILE)
-    doc = run(s, out)
-    lines, paths = report(doc, out)
-    print("\n".join(lines))
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    s = replace(s, **c.overrides(args, "epochs", "train_samples", "test_samples"))
+    return c.finish(args, FILE, run, report, s)
 
 
 if __name__ == "__main__":
