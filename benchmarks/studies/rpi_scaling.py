@@ -169,7 +169,10 @@ def run(s: Settings, out: Path, echo=c.echo_default) -> dict:
         choices += ch
     measured, notes, dilation, emulated = [], [], 1.0, False
     if s.train and s.run_models:
-        with c.Bed(CLUSTER, s.host_gflops, s.emulate, echo) as bed:
+        # emulate only the boards the measured runs use: fewer namespaces, and each board's CPU share is
+        # not cut to make room for boards that never train
+        used = c.sub_cluster(CLUSTER, _subset(max(s.run_boards)), work / "emulated.yaml")
+        with c.Bed(used, s.host_gflops, s.emulate, echo) as bed:
             measured = measured_rows(bed, s, work, echo)
             notes, dilation, emulated = list(bed.notes), bed.dilation, bool(bed.emulate)
     time_kind = c.SCALED if emulated else c.LOCAL
