@@ -522,6 +522,13 @@ def bar_panels(panels: Sequence[tuple[str, str, dict[str, dict[str, float | None
     return fig
 
 
+def per_model(rows: Sequence[dict], key: str, scale: float = 1.0) -> dict[str, dict[str, float | None]]:
+    """One bar panel's data: per model, each configuration's ``key`` (x ``scale``; None where it has none)."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    return {m: {r["config"]: (None if r[key] is None else r[key] * scale) for r in rows if r["model"] == m}
+            for m in models}
+
+
 def write_outputs(out_dir: Path, name: str, doc: dict, lines: Sequence[str], fig) -> dict[str, Path]:
     """NAME.json, NAME.txt, NAME.png, NAME.svg in ``out_dir``; returns their paths by suffix."""
     from edgeplan import jsonio

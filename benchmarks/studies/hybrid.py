@@ -188,11 +188,8 @@ def report(doc: dict, out: Path) -> tuple[list[str], dict]:
                      f"{'held' if v['held'] else 'did not hold'} (fastest {v['fastest']}, most frugal "
                      f"{v['most_frugal']}, accuracy {v['accuracy_at_least_equal']}; edgeplan's plan is "
                      f"{v['edgeplan_is']})")
-    models = list(dict.fromkeys(r["model"] for r in doc["rows"]))
-
     def panel(key, scale=1.0):
-        return {m: {r["config"]: (None if r[key] is None else r[key] * scale)
-                    for r in doc["rows"] if r["model"] == m} for m in models}
+        return c.per_model(doc["rows"], key, scale)
 
     fig = c.bar_panels([
         (f"time for {e} epoch(s) incl. upload\n[{kind}]", "s", panel("total_s")),

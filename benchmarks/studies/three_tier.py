@@ -181,11 +181,8 @@ def report(doc: dict, out: Path) -> tuple[list[str], dict]:
         lines.append(f"research finding (up to {RESEARCH_SPEEDUP}x over cloud-based training) for {v['model']}: "
                      f"edgeplan {v['edgeplan_speedup_vs_cloud']:.2f}x over cloud-only, on "
                      f"{', '.join(v['edgeplan_tiers'])} (edgeplan's plan is {v['edgeplan_is']})")
-    models = list(dict.fromkeys(r["model"] for r in doc["rows"]))
-
     def panel(key, scale=1.0):
-        return {m: {r["config"]: (None if r[key] is None else r[key] * scale)
-                    for r in doc["rows"] if r["model"] == m} for m in models}
+        return c.per_model(doc["rows"], key, scale)
 
     fig = c.bar_panels([
         (f"time for {e} epoch(s) incl. upload\n[{kind}]", "s", panel("total_s")),
