@@ -181,14 +181,18 @@ def test_changed_host_key_is_refused_even_with_accept_new(sshd, tmp_path):
 
 
 def _pids_in(folder: Path) -> set[int]:
-    """Live (non-zombie) start.sh / worker processes whose working directory is ``folder``."""
+    """Live (non-zombie) start.sh / worker processes whose working directory is ``folder``.
+
+    Matches whole argv elements, so a short-lived ``sh -c "cd ... && ./start.sh ..."`` of a deploy's
+    ssh session (whose one argument merely contains start.sh) is not counted as a worker."""
     out = set()
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
             continue
         try:
-            cmd = (p / "cmdline").read_bytes()
-            if b"start.sh" not in cmd and b"edgeplan_runtime" not in cmd:
+            argv = (p / "cmdline").read_bytes().split(b"\0")
+            if not any(a.endswith(b"/start.sh") or a == b"start.sh" or a == b"edgeplan_runtime.worker"
+                       for a in argv):
                 continue
             if os.path.realpath(os.readlink(p / "cwd")) == str(folder.resolve()):
                 if (p / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
@@ -231,7 +235,9 @@ def test_redeploy_stops_the_old_workers_before_starting_new_ones(sshd, tmp_path)
     folder = home / "pi"
     assert first.started and first.stopped == ()
     assert _wait_for(lambda: len(_pids_in(folder)) == 2), "start.sh and its worker did not come up"
+    time.sleep(0.3)  # the set must be settled, not caught mid-fork
     old = _pids_in(folder)
+    assert len(old) == 2, old
     stray = subprocess.Popen(["python3", "-c", "import time; time.sleep(300)", "edgeplan_runtime.worker"],
                              cwd=folder)  # a worker started by hand in the same folder
     try:
