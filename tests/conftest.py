@@ -44,3 +44,30 @@ class Golden:
 @pytest.fixture
 def golden(request) -> Golden:
     return Golden(request.config.getoption("--update-golden"))
+
+
+@pytest.fixture
+def numpy_family(tmp_path):
+    """(folder, weights): the numpy_test-backend plan family of tests/families.py (variants plan-0..2 over a, b, c)."""
+    from tests.families import make_family
+
+    root = tmp_path / "fam"
+    return root, make_family(root)
+
+
+@pytest.fixture(scope="session")
+def lenet5_family(tmp_path_factory):
+    """Folder with c.yaml (tests/families.THREE_HOSTS) and plans/ (the lenet5 family `edgeplan plan` writes for
+    nominal, a slowed 4x and b slowed 4x), planned once per session; tests copy it before writing into it."""
+    pytest.importorskip("torch", reason="traces lenet5")
+    from typer.testing import CliRunner
+
+    from edgeplan.cli import app
+    from tests.families import LENET5_FAMILY_ARGS, THREE_HOSTS
+
+    root = tmp_path_factory.mktemp("lenet5-family")
+    (root / "c.yaml").write_text(THREE_HOSTS)
+    r = CliRunner().invoke(app, ["plan", *LENET5_FAMILY_ARGS, "--cluster", str(root / "c.yaml"),
+                                 "--out", str(root / "plans")])
+    assert r.exit_code == 0, r.output
+    return root

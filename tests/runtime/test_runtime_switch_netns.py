@@ -14,8 +14,8 @@ from edgeplan.runtime.head import FamilyHead, HeadConfig
 from edgeplan.runtime.local import start_pipeline
 from edgeplan.testbed import emulate
 from edgeplan.testbed import trace as tr
+from tests.families import VARIANTS, make_family, x_batch
 from tests.runtime.fake_artifacts import WORKER, reference
-from tests.runtime.test_runtime_switch import VARIANTS, _x, make_family
 from tests.tiers import netns_tier
 
 
@@ -42,7 +42,7 @@ def test_switching_inside_the_emulated_cluster_under_a_bandwidth_drop_loses_noth
             assert isinstance(head, FamilyHead)
             ap = tr.Applier(tr.schedule(tr.parse([{"at_s": 1.0, "link": "all", "scale": 0.25}], "t.yaml", clu),
                                         bed, shape, clu), echo=lambda *_: None).start()
-            xs = [[_x(head.batch, i)] for i in range(200)]
+            xs = [[x_batch(head.batch, i)] for i in range(200)]
             stop, order = threading.Event(), ["plan-1", "plan-2", "plan-0"]
 
             def flip():
