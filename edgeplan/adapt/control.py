@@ -27,7 +27,6 @@ from edgeplan.errors import PlanError
 EPOCH_S = 0.5  # how often the controller reads the head's status (the monitor's stats arrive every second)
 CALIBRATE_EPOCHS = 6  # epochs of measurement before the estimator takes the measured factors as nominal
 MIN_DWELL_S = 2.0  # no switch sooner than this after the previous one, nor before its old layout drained
-LATE_LINK_EPOCHS = 3  # epochs a link factor first measured after calibration is watched before it is calibrated
 
 
 @dataclass(frozen=True)
@@ -83,8 +82,6 @@ class Controller:
         self.last_change = -1
         self.epochs = 0
         self.calibrated = 0  # the epoch the estimator was calibrated in (0: not yet)
-        self._known: set = set()  # factors calibrated
-        self._late: dict[str, int] = {}  # link factor first measured after calibration -> epochs seen
         self.history: list[tuple[float, str, int]] = []  # (seconds, estimated condition, change id) per change
         self.errors: list[str] = []
         self._stop = threading.Event()
@@ -110,17 +107,10 @@ class Controller:
                     all(f"slowdown:{d}" in seen for d in used) or self.epochs >= 4 * self.calibrate_epochs):
                 self.estimator.calibrate()
                 self.calibrated = self.epochs
-                self._known = set(seen)
             return None
-        # A link first measured after calibration (the probe's bias on that pair is unknown until then): its
-        # first few epochs are taken as its nominal. Slowdowns need no such step (warm-up measured every worker).
-        for key in self.estimator.smoothed():
-            if key not in self._known and key.startswith("link:"):
-                self._late[key] = self._late.get(key, 0) + 1
-                if self._late[key] >= LATE_LINK_EPOCHS:
-                    self.estimator.calibrate(keys={key})
-                    self._known.add(key)
-                    est = self.estimator.estimate()
+        # A link first measured after calibration is the Estimator's business: it compares it with the
+        # cluster file's bandwidth (through the probe's bias on the calibrated links), so a link that is
+        # already degraded when first seen is acted on.
         if est.change_id != (self.history[-1][2] if self.history else None):
             self.history.append((round(time.monotonic() - self._t0, 3), str(est.condition), est.change_id))
         # A switch is not re-decided while its old layout drains or within min_dwell_s of it: the estimate

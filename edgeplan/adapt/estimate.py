@@ -15,7 +15,14 @@ boards the current plan does not use, are assumed to follow it), plus a term per
 
 Raw factors are divided by a *reference* (their value under nominal conditions: the model's and the
 throughput probe's own error; 1 when not calibrated, ``calibrate()`` takes the current smoothed
-values) and worked on in log space. A change is *committed* only when ``confirm`` consecutive factors
+values) and worked on in log space. A link first measured *after* calibration (one only another layout
+uses) has no reading under nominal conditions to take: it is compared with the cluster file's bandwidth
+(the nominal the plan was made for) through the probe's bias on the links calibrated (their median
+reference), so a link already degraded when first seen reads as degraded. If the median of its first
+``confirm`` readings is above that, it becomes its reference: a probe that over-reads a pair (sends that
+return once in the socket buffer) is bias, never "faster than nominal".
+
+A change is *committed* only when ``confirm`` consecutive factors
 all lie beyond ``threshold`` (a ratio) of the committed value on the same side and agree with each
 other within it; the committed value is their mean (rounded to 2 significant digits, so the
 condition's text is stable). Every commit bumps ``change_id``; the policies switch at most once per
@@ -93,6 +100,9 @@ class Estimator:
         self._absent: tuple[str, ...] = ()
         self.change_id = 0
         self._estimate = Estimate(Condition(), 0)
+        self.calibrated = False
+        self._late: dict[str, int] = {}  # link first measured after calibration -> its readings so far (to confirm)
+        self._first: dict[str, list[float]] = {}  # ... and those readings while they are fewer than ``confirm``
 
     def _raw(self, status: dict) -> tuple[dict[str, float], tuple[str, ...]]:
         busy: dict[str, list[float]] = {}
@@ -140,6 +150,8 @@ class Estimator:
         ready, moving, just = {}, False, []
         for key, v in raw.items():
             self._seen[key] = self.updates
+            if self.calibrated and (key not in self.reference or self._late.get(key, self.confirm) < self.confirm):
+                self._late_reference(key, v)
             x = math.log(v / self.reference.get(key, 1.0))
             old = self._smooth.get(key)
             self._smooth[key] = x if old is None else (1 - self.alpha) * old + self.alpha * x
@@ -187,6 +199,31 @@ class Estimator:
             self._estimate = self._build()
         return self._estimate
 
+    def _late_reference(self, key: str, raw: float) -> None:
+        """A factor first measured after calibration. A link's reference is the probe's bias on the links
+        calibrated (their median; 1 if none): its readings are compared with the cluster file's bandwidth at
+        once. After ``confirm`` readings, if their median is above that, it becomes the reference (the probe
+        over-reads this pair: bias, not a faster link); the median, not the max, as a first send into an empty
+        socket buffer reads far too fast. A board's reference is 1 (the controller's warm-up scales every module)."""
+        if not key.startswith("link:"):
+            self.reference[key] = 1.0
+            return
+        n = self._late.get(key)
+        if n is None:
+            biases = [r for k, r in self.reference.items() if k.startswith("link:") and k not in self._late]
+            self.reference[key] = statistics.median(biases) if biases else 1.0
+            n = 0
+        self._late[key] = n + 1
+        first = self._first.setdefault(key, [])
+        first.append(raw)
+        if n + 1 == self.confirm:
+            del self._first[key]
+            med = statistics.median(first)
+            if med > self.reference[key]:
+                self.reference[key] = med
+                self._smooth.pop(key, None)
+                self._recent.pop(key, None)
+
     def _assumed(self, key: str) -> float:
         """The committed log factor of a factor never measured: a link follows the estimate's all-links term
         (as the policies price it), a board is nominal."""
@@ -197,7 +234,10 @@ class Estimator:
 
     def calibrate(self, keys=None) -> None:
         """Take the current smoothed factors as nominal (call after a warm-up under known conditions);
-        ``keys``: only those (a factor first measured later, e.g. a link only another layout uses)."""
+        ``keys``: only those. Factors first measured after a full calibration get a reference of their own
+        (``_late_reference``: a link is compared with the cluster file's bandwidth, not its first readings)."""
+        if keys is None:
+            self.calibrated = True
         for key, s in list(self._smooth.items()):
             if keys is not None and key not in keys:
                 continue

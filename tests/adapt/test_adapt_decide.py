@@ -222,3 +222,26 @@ def test_the_estimator_reads_real_monitor_snapshots(setup):
     assert ("gpu-board", "cpu-board") in sends  # plan-0: gpu-board -> cpu-board -> npu-board (the head)
     assert e.condition.bandwidth_scale("gpu-board", "cpu-board") == pytest.approx(0.25, rel=0.05)
     assert e.condition.bandwidth_scale("cpu-board", "npu-board") == pytest.approx(1.0, rel=0.05)
+
+
+@pytest.mark.parametrize("scale, switches", [(0.25, True), (1.0, False), (4.0, False)])
+def test_a_link_first_measured_after_calibration_is_compared_with_the_cluster_file(setup, scale, switches):
+    """plan-0 calibrates the probe (it reads 0.8 of the file's bandwidth); plan-3 then runs and measures its
+    gpu-board -> npu-board link for the first time: at 1/4 of the file's bandwidth it reads as degraded and the
+    heuristic leaves plan-3; at nominal it is no change; a probe that over-reads that pair 4x is bias, not a
+    faster link."""
+    cluster, fam, plans, pricer = setup
+    est = Estimator(cluster, head="npu-board")
+    run(est, Boards(cluster, plans["plan-0.json"], probe=0.8), fm.NOMINAL, 5)
+    est.calibrate()
+    assert [s.replicas[0].device for s in plans["plan-3.json"].stages][:2] == ["gpu-board", "npu-board"]
+    late = Boards(cluster, plans["plan-3.json"], probe=0.8)
+    true = fm.parse_condition(f"bandwidth:gpu-board/npu-board={scale:g}")  # what that pair's probe reads
+    e = run(est, late, true, 3, noise=0.02)
+    if switches:
+        assert str(e.condition) == "bandwidth:gpu-board/npu-board=0.25" and e.change_id == 1
+    else:
+        e = run(est, late, true, 6, noise=0.02)
+        assert str(e.condition) == "nominal" and e.change_id == 0
+    d = heuristic(pricer, e, "plan-3.json", -1)
+    assert d.switch == switches and (d.plan == "plan-0.json") == switches
