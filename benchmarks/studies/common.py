@@ -176,6 +176,19 @@ def training_view(path: Path, out: Path) -> Path:
     return _write_yaml(out, doc, f"# {path.name} without units that cannot train (written by a study)\n")
 
 
+def equal_view(path: Path, out: Path) -> Path:
+    """``path`` with every device given the first device's profile and overrides (names, addresses kept)."""
+    doc = _read_yaml(path)
+    first = doc["devices"][0]
+    for d in doc["devices"]:
+        d["profile"] = first["profile"]
+        d.pop("overrides", None)
+        if first.get("overrides"):
+            d["overrides"] = first["overrides"]
+    doc["name"] = f"{doc['name']}-equal"
+    return _write_yaml(out, doc, f"# {path.name} with every board as {first['name']} (written by a study)\n")
+
+
 def device_names(path: Path) -> list[str]:
     return [d["name"] for d in _read_yaml(path)["devices"]]
 
@@ -330,12 +343,16 @@ class Bed:
 
     Use as a context manager; several trainings and transfers may run in one bed
     (they share its dilation). ``emulate=None`` picks emulation when it can run.
+    ``equal_boards``: every emulated board gets the first board's speed (one CPU quota), for runs whose
+    checks do not depend on the boards' relative speeds (bytes on the wire): a 0.03-core camera next to a
+    one-core trunk takes minutes to start torch; measured times are then not the real boards'.
     """
 
     cluster: Path
     host_gflops: float | None = None
     emulate: bool | None = None
     echo: Callable[[str], None] = echo_default
+    equal_boards: bool = False
     dilation: float = 1.0
     notes: list[str] = field(default_factory=list)
     _state: Path | None = None
@@ -356,6 +373,8 @@ class Bed:
         try:
             tmp = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="edgeplan-study-bed-")))
             view = training_view(self.cluster, tmp / "training-view.yaml")
+            if self.equal_boards:
+                view = equal_view(view, view)
             flops = (self.host_gflops or host_gflops()) * 1e9
             bed, shape = self._stack.enter_context(emulate.testbed(load_cluster(view), flops, echo=self.echo))
             self._bed, self.dilation = bed, shape.dilation
@@ -520,6 +539,27 @@ def bar_panels(panels: Sequence[tuple[str, str, dict[str, dict[str, float | None
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def row_cells(r: dict) -> tuple[str, str]:
+    """A training study row's layout cell (naming the row whose run it shares) and test-accuracy cell (%)."""
+    layout = r["layout"] + (f" (= {r['same_run_as']})" if r["same_run_as"] else "")
+    return layout, "-" if r["test_accuracy"] is None else f"{100 * r['test_accuracy']:.1f}"
+
+
+def report_lines(number: int, name: str, doc: dict, speedup: str, header: Sequence[str],
+                 body: Sequence[Sequence[str]], finding: str, verdicts: Sequence[tuple[str, str]]) -> list[str]:
+    """A training study's printed report: what ran, how each figure was obtained (``speedup``: what the
+    speed-up divides), the table, the notes and, per (model, verdict), whether the research ``finding`` held."""
+    s, kind = doc["settings"], doc["labels"]["epoch_s"]
+    lines = [f"study {number} ({name}): {doc['cluster']}, {doc['data']['description']}, {s['epochs']} epoch(s), "
+             f"batch {s['batch']} as {s['microbatches']} micro-batches, BatchNorm statistics "
+             f"{'synchronised over replicas (--sync-bn)' if s.get('sync_bn') else 'per replica'}",
+             f"times: {kind}" + (f", dilation {doc['dilation']:.3g}" if doc["emulated"] else "")
+             + f"; energy: {MODELLED}; accuracy: measured; speed-up = {speedup} s / row s (incl. upload)"]
+    lines += table(header, body, right=range(3, len(header)))
+    lines += [f"note: {n}" for n in doc["notes"]]
+    return lines + [f"research finding ({finding}) for {model}: {v}" for model, v in verdicts]
 
 
 def per_model(rows: Sequence[dict], key: str, scale: float = 1.0) -> dict[str, dict[str, float | None]]:

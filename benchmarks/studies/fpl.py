@@ -105,6 +105,7 @@ class Settings:
     emulate_samples: int = 256
     emulate_runs: tuple[str, ...] = ("fpl", "fpl-2trunk", "dsgd", "fedavg")  # which runs --emulate makes
     host_gflops: float | None = None
+    emulate_equal_boards: bool = False  # every emulated board at cam-a's speed (bytes only; times not the boards')
 
 
 QUICK = {"epochs": 2, "samples": 320, "junctions": ("fc1", "fc")}
@@ -220,11 +221,17 @@ def run_split(model_file: Path, views, s: Settings) -> list[dict]:
                     opts[i].step()
 
                 led.timed(src, client_back)
-        model.eval()
-        acc = _accuracy(lambda i, x: trunk(branches[i](x)), views)
-        model.train()
-        rows.append({"epoch": epoch + 1, "test_accuracy": acc, "sent": led.sent, "busy": led.busy})
+        rows.append(_epoch_row(epoch, model, lambda i, x: trunk(branches[i](x)), views, led))
     return rows
+
+
+def _epoch_row(epoch: int, model, predict, views, led: Ledger) -> dict:
+    """One epoch's row of an in-process method: test accuracy of ``predict`` (source index, x) with ``model`` in
+    eval mode (back to training after), the ledger's bytes and busy seconds."""
+    model.eval()
+    acc = _accuracy(predict, views)
+    model.train()
+    return {"epoch": epoch + 1, "test_accuracy": acc, "sent": led.sent, "busy": led.busy}
 
 
 def _flat(module):
@@ -275,10 +282,7 @@ def run_fedavg(base_file: Path, views, s: Settings, keep: dict | None = None) ->
                     p.copy_(torch.stack([dict(m.named_parameters())[name] for m in locals_]).mean(0))
 
         led.timed(SERVER, average)
-        global_model.eval()
-        acc = _accuracy(lambda i, x: global_model(x), views)
-        global_model.train()
-        rows.append({"epoch": epoch + 1, "test_accuracy": acc, "sent": led.sent, "busy": led.busy})
+        rows.append(_epoch_row(epoch, global_model, lambda i, x: global_model(x), views, led))
     if keep is not None:  # the trained model, for the runtime's check against it
         keep["model"] = global_model
     return rows
@@ -322,10 +326,7 @@ def run_dsgd(base_file: Path, views, s: Settings, keep: dict | None = None) -> l
             led.timed(SERVER, step)
             for _ in SOURCES:
                 led.send(SERVER, _flat(model))
-        model.eval()
-        acc = _accuracy(lambda i, x: model(x), views)
-        model.train()
-        rows.append({"epoch": epoch + 1, "test_accuracy": acc, "sent": led.sent, "busy": led.busy})
+        rows.append(_epoch_row(epoch, model, lambda i, x: model(x), views, led))
     if keep is not None:  # the trained model, for the runtime's check against it
         keep["model"] = model
     return rows
@@ -556,7 +557,7 @@ def run(s: Settings, out: Path, echo=c.echo_default) -> dict:
         fpl_file = work / f"fpl_{layer}.py"
         echo(f"on the emulated boards: fpl@{layer} (trunk on one board, then on two), dsgd and fedavg through "
              "edgeplan plan / compile / train --data inside emulate ...")
-        with c.Bed(CLUSTER, s.host_gflops, emulate=True, echo=echo) as bed:
+        with c.Bed(CLUSTER, s.host_gflops, emulate=True, echo=echo, equal_boards=s.emulate_equal_boards) as bed:
             if "fpl" in s.emulate_runs:
                 with c.timed(f"emulated fpl@{layer}", echo):
                     emulated = run_emulated(fpl_file, full, s, work / "emulated", s.emulate_epochs,
@@ -572,6 +573,8 @@ def run(s: Settings, out: Path, echo=c.echo_default) -> dict:
                 with c.timed(f"emulated {method}", echo):
                     runtime[method] = run_runtime(method, base, full, s, work / f"emulated-{method}",
                                                   s.emulate_epochs, s.emulate_samples, bed)
+        for r in runtime.values():
+            r["equal_boards"] = s.emulate_equal_boards
     return {"study": NAME, "settings": {**s.__dict__, "junctions": list(s.junctions)},
             "data": "scikit-learn digits, aligned row-band views per source (edgeplan.fpl.views)",
             "labels": {"bytes": "counted (tensors each method sends)",
@@ -646,8 +649,9 @@ def _runtime_lines(runs: dict) -> list[str]:
                       c.fmt(r["predicted_iter_s"] * r["iters"]),
                       ", ".join(f"{a * 100:.1f}" for a in r["test_accuracy"])])
     first = next(iter(runs.values()))
-    where = (f"the emulated fpl-five boards (dilation {first['dilation']:.3g})" if first["emulated"]
-             else "local processes (not emulated)")
+    where = (f"the emulated fpl-five boards (dilation {first['dilation']:.3g}"
+             + ("; every board at cam-a's speed, so times are not the boards'" if first.get("equal_boards") else "")
+             + ")" if first["emulated"] else "local processes (not emulated)")
     return ["", f"through the real runtime (edgeplan plan / compile / train --data) on {where}: bytes sent per epoch "
                 "of training (measured-in-emulation: each board's network interface; the probe stops before "
                 "evaluation) vs expected",

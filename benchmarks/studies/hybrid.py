@@ -169,25 +169,18 @@ def report(doc: dict, out: Path) -> tuple[list[str], dict]:
               f"s for {e} ep.", "speed-up", "J/epoch", f"J for {e} ep.", "test acc %", "iter ms pred/meas"]
     body = []
     for r in doc["rows"]:
-        acc = "-" if r["test_accuracy"] is None else f"{100 * r['test_accuracy']:.1f}"
-        layout = r["layout"] + (f" (= {r['same_run_as']})" if r["same_run_as"] else "")
+        layout, acc = c.row_cells(r)
         body.append([r["model"], r["config"], layout, c.fmt(r["upload_s"]), c.fmt(r["epoch_s"]),
                      c.fmt(r["total_s"]), f"{r['speedup_vs_centralized']:.2f}x", c.fmt(r["energy_j_per_epoch"]),
                      c.fmt(r["total_energy_j"]), acc,
                      f"{r['predicted_iter_s'] * 1e3:.0f}/{r['iter_s'] * 1e3:.0f}"])
     kind = doc["labels"]["epoch_s"]
-    lines = [f"study 1 ({NAME}): {doc['cluster']}, {doc['data']['description']}, {e} epoch(s), batch {s['batch']} "
-             f"as {s['microbatches']} micro-batches, BatchNorm statistics "
-             f"{'synchronised over replicas (--sync-bn)' if s.get('sync_bn') else 'per replica'}",
-             f"times: {kind}" + (f", dilation {doc['dilation']:.3g}" if doc["emulated"] else "")
-             + f"; energy: {c.MODELLED}; accuracy: measured; speed-up = centralized s / row s (incl. upload)"]
-    lines += c.table(header, body, right=range(3, 11))
-    lines += [f"note: {n}" for n in doc["notes"]]
-    for v in doc["verdicts"]:
-        lines.append(f"research finding (hybrid fastest, most frugal, accuracy at least equal) for {v['model']}: "
-                     f"{'held' if v['held'] else 'did not hold'} (fastest {v['fastest']}, most frugal "
+    lines = c.report_lines(1, NAME, doc, "centralized", header, body,
+                           "hybrid fastest, most frugal, accuracy at least equal", [
+        (v["model"], f"{'held' if v['held'] else 'did not hold'} (fastest {v['fastest']}, most frugal "
                      f"{v['most_frugal']}, accuracy {v['accuracy_at_least_equal']}; edgeplan's plan is "
-                     f"{v['edgeplan_is']})")
+                     f"{v['edgeplan_is']})") for v in doc["verdicts"]])
+
     def panel(key, scale=1.0):
         return c.per_model(doc["rows"], key, scale)
 

@@ -164,23 +164,17 @@ def report(doc: dict, out: Path) -> tuple[list[str], dict]:
               f"s for {e} ep.", "speed-up vs cloud", f"J for {e} ep.", "test acc %", "iter ms pred/meas"]
     body = []
     for r in doc["rows"]:
-        acc = "-" if r["test_accuracy"] is None else f"{100 * r['test_accuracy']:.1f}"
-        layout = r["layout"] + (f" (= {r['same_run_as']})" if r["same_run_as"] else "")
+        layout, acc = c.row_cells(r)
         body.append([r["model"], r["config"], layout, c.fmt(r["upload_bytes"] / 1e6), c.fmt(r["upload_s"]),
                      c.fmt(r["epoch_s"]), c.fmt(r["total_s"]), f"{r['speedup_vs_cloud']:.2f}x",
                      c.fmt(r["total_energy_j"]), acc, f"{r['predicted_iter_s'] * 1e3:.0f}/{r['iter_s'] * 1e3:.0f}"])
     kind = doc["labels"]["epoch_s"]
-    lines = [f"study 3 ({NAME}): {doc['cluster']}, {doc['data']['description']}, {e} epoch(s), batch {s['batch']} "
-             f"as {s['microbatches']} micro-batches, BatchNorm statistics "
-             f"{'synchronised over replicas (--sync-bn)' if s.get('sync_bn') else 'per replica'}",
-             f"times: {kind}" + (f", dilation {doc['dilation']:.3g}" if doc["emulated"] else "")
-             + f"; energy: {c.MODELLED}; accuracy: measured; speed-up = cloud-only s / row s (incl. upload)"]
-    lines += c.table(header, body, right=range(3, 11))
-    lines += [f"note: {n}" for n in doc["notes"]]
-    for v in doc["verdicts"]:
-        lines.append(f"research finding (up to {RESEARCH_SPEEDUP}x over cloud-based training) for {v['model']}: "
-                     f"edgeplan {v['edgeplan_speedup_vs_cloud']:.2f}x over cloud-only, on "
+    lines = c.report_lines(3, NAME, doc, "cloud-only", header, body,
+                           f"up to {RESEARCH_SPEEDUP}x over cloud-based training", [
+        (v["model"], f"edgeplan {v['edgeplan_speedup_vs_cloud']:.2f}x over cloud-only, on "
                      f"{', '.join(v['edgeplan_tiers'])} (edgeplan's plan is {v['edgeplan_is']})")
+        for v in doc["verdicts"]])
+
     def panel(key, scale=1.0):
         return c.per_model(doc["rows"], key, scale)
 

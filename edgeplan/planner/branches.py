@@ -52,6 +52,7 @@ from edgeplan.errors import PlanError
 from edgeplan.graph.model import LayerGraph
 from edgeplan.planner.costmodel import (
     TRAINABLE_TARGETS,
+    Evaluation,
     Prefix,
     ReplicaEval,
     StageEval,
@@ -117,34 +118,16 @@ class BranchEval:
 
 
 @dataclass(frozen=True)
-class PinnedEval:
-    branches: tuple[BranchEval, ...]
-    stages: tuple[StageEval, ...]
-    input_s: float
-    latency_s: float
-    period_s: float
-    throughput: float
-    energy_j: float
-    iter_s: float | None
-    overflows: tuple[tuple[int, float, float], ...]
-    unsupported: tuple[str, ...]
-    violations: tuple[str, ...]  # broken pins / raw-transfer rules
-    budget_misses: tuple[str, ...]
+class PinnedEval(Evaluation):
+    """An Evaluation (its ok / value / score) of a pinned layout: also each branch's board and the pins or
+    raw-transfer rules it breaks; ``unsupported`` names what cannot run (text, not stage/unit pairs)."""
+
+    branches: tuple[BranchEval, ...] = ()
+    violations: tuple[str, ...] = ()  # broken pins / raw-transfer rules
 
     @property
     def feasible(self) -> bool:
-        return not self.overflows and not self.unsupported and not self.violations
-
-    @property
-    def ok(self) -> bool:
-        return self.feasible and not self.budget_misses
-
-    def value(self, objective: Objective) -> float:
-        return {"latency": self.latency_s, "throughput": self.period_s, "energy": self.energy_j,
-                "time": self.iter_s if self.iter_s is not None else np.inf}[objective.objective]
-
-    def score(self, objective: Objective) -> tuple[float, float]:
-        return (self.value(objective), float(self.iter_s if objective.training else self.latency_s))
+        return super().feasible and not self.violations
 
 
 # --- the problem from a LayerGraph and the pins --------------------------------------------------------
