@@ -282,16 +282,25 @@ def board_module_s(replica: dict) -> float | None:
 
     The mean wall time per call, except under a CPU quota (``cpu_quota_cores``, the emulated testbed's):
     a short call runs at full core speed on what is left of the quota, so its wall time is the burst
-    speed; back to back, calls cost their CPU / quota (a 0.3-core board: 1 ms of CPU every 3.3 ms). Then
-    the figure is the larger of the two (CPU / quota below the wall time: the module's threads ran in
-    parallel within the quota). None when the replica has no module time.
+    speed; back to back, calls cost their CPU / quota (a 0.3-core board: 1 ms of CPU every 3.3 ms).
+
+    - A quota of at most one core binds every call, whatever its threads: the figure is CPU / quota. A
+      mean wall time above it is time the call waited on the board's other work (the runtime's receive
+      and send threads spending the same quota and holding the GIL), which the hop term prices already
+      (seen: vit-tiny on a 0.15-core board, wall 29.4 ms, CPU / quota 27.0 ms, hop 3.7 ms: taking the
+      wall priced each call 2.4 ms above the board's 30.6 ms of CPU / quota per call).
+    - Above one core the figure is the larger of the two: a call with fewer threads than the quota's
+      cores cannot use all of it, so CPU / quota falls below its wall time, which stays.
+
+    None when the replica has no module time.
     """
     t = replica.get("measured_mean_compute_s") or replica.get("measured_compute_s")
     if t is None:
         return None
     quota, cpu, runs = replica.get("cpu_quota_cores"), replica.get("compute_cpu_s"), replica.get("runs")
     if quota and cpu is not None and runs:
-        return max(float(t), float(cpu) / float(quota) / int(runs))
+        per_call = float(cpu) / float(quota) / int(runs)
+        return per_call if float(quota) <= 1.0 else max(float(t), per_call)
     return float(t)
 
 
@@ -752,6 +761,13 @@ def calibrate_files(reports: list[str | Path], plans: list[str | Path], cluster_
     plan's model (the caller's: it needs torch); its digest must be the plan's ``graph_sha256``. Kit timings
     name the plan they were built for (its sha256): it must be among ``plans``.
     """
+    from edgeplan.profiles import calibrate_train  # training reports have their own fit (issue 14 item 5)
+
+    if reports and any(calibrate_train.is_train_report(r) for r in reports):
+        if kits or not all(calibrate_train.is_train_report(r) for r in reports):
+            raise CalibrationError("give training reports (`edgeplan train --report`) alone: not with inference run "
+                                   "reports or --kit timings")
+        return calibrate_train.calibrate_files(reports, plans, cluster_path, out_path, load_graph, when=when)
     cluster_path = Path(cluster_path)
     cluster = load_cluster(cluster_path)
     if not reports and not kits:

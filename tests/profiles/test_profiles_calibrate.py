@@ -303,3 +303,22 @@ def test_module_time_under_a_quota_is_cpu_over_quota_when_calls_run_back_to_back
     # a multi-threaded call under a 4-core quota: CPU / quota is below the wall time, which stays
     assert cal.board_module_s({**r, "cpu_quota_cores": 4.0}) == pytest.approx(0.001)
     assert cal.board_module_s({"runs": 3}) is None
+
+
+def test_module_time_under_a_quota_of_one_core_or_less_leaves_out_waits_on_the_hop(tmp_path):
+    """vit-tiny stage 0 on a 0.15-core board (bench_truth --emulate): 100 calls, mean wall 29.4 ms, module
+    CPU 0.404 s (27.0 ms per call at the quota) and 0.459 s of CPU past start-up (30.6 ms per call). The
+    board's seconds per call, what bounds the stage, are its whole CPU / quota: taking the wall for the
+    module counted 2.4 ms of waiting on the hop's own CPU twice (33.0 ms per call)."""
+    graph = synthetic_graph()
+    cluster = load_cluster(cluster_file(tmp_path))
+    plan, rep = plan_and_report(graph, cluster, [12], lambda s: "ab"[s], [0.0259, 0.0259], runs=100)
+    r = rep["stages"][0]["replicas"][0]
+    r.update(measured_mean_compute_s=0.02936, compute_cpu_s=0.4043, cpu_quota_cores=0.15, cpu_s=0.459 + 1.0,
+             cpu_startup_s=1.0)
+    o = cal.observations(plan, rep, "r.json")[0][0]
+    assert o.module_s == pytest.approx(0.4043 / 0.15 / 100)
+    assert o.module_s + o.hop_s == pytest.approx(0.459 / 0.15 / 100) == pytest.approx(o.cpu_per_call_s)
+    # one core exactly still binds a one-thread call; above it the wall time of a call can be the larger
+    assert cal.board_module_s({**r, "cpu_quota_cores": 1.0}) == pytest.approx(0.004043)
+    assert cal.board_module_s({**r, "cpu_quota_cores": 2.0}) == pytest.approx(0.02936)
