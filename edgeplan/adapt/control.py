@@ -26,6 +26,7 @@ from edgeplan.errors import PlanError
 
 EPOCH_S = 0.5  # how often the controller reads the head's status (the monitor's stats arrive every second)
 CALIBRATE_EPOCHS = 6  # epochs of measurement before the estimator takes the measured factors as nominal
+STATS_PER_EPOCH = 0.5  # the head polls the workers' STATS every this many epochs (fresh counters in each one)
 MIN_DWELL_S = 2.0  # no switch sooner than this after the previous one, nor before its old layout drained
 
 
@@ -158,6 +159,8 @@ class Controller:
         """Start the epoch thread (after ``warm_up`` requests per variant, when > 0: blocks until done)."""
         if warm_up > 0 and hasattr(self.head, "warm_up"):
             self.warm_up(warm_up)
+        if hasattr(self.head, "set_stats_interval"):  # fresh counters in every epoch's status (two polls each)
+            self.head.set_stats_interval(self.epoch_s * STATS_PER_EPOCH)
         self._t0 = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="adapt-controller", daemon=True)
         self._thread.start()

@@ -6,8 +6,10 @@ Input: what the head's ``status()`` holds per worker: ``{"device", "stage", "ali
 
 - per board, slowdown = measured seconds per stage call / predicted seconds per call (from the
   ``compute_seconds`` histogram's sum and count; summed over the board's stages);
-- per link a -> b, bandwidth scale = measured send throughput (the monitor's own EWMA of timed
-  sends, ``links[peer].throughput_bytes_per_second``) / the cluster file's bandwidth;
+- per link a -> b, bandwidth scale = measured send throughput / the cluster file's bandwidth: the
+  throughput of the timed sends since the previous status (deltas of ``links[peer].timed_bytes_total``
+  and ``timed_seconds_total``: a step change shows in full in the first status after it), else the
+  monitor's own EWMA of timed sends (``throughput_bytes_per_second``, which lags a step by ~10 sends);
 - a board whose workers are all not alive is absent.
 
 Link factors become an all-links scale when most measured pairs agree (pairs not measured, e.g. of
@@ -24,7 +26,8 @@ return once in the socket buffer) is bias, never "faster than nominal".
 
 A change is *committed* only when ``confirm`` consecutive factors
 all lie beyond ``threshold`` (a ratio) of the committed value on the same side and agree with each
-other within it; the committed value is their mean (rounded to 2 significant digits, so the
+other within it (``confirm_big`` of them when they all lie beyond ``big``: a 4x drop or a 3x hog is acted
+on one status sooner); the committed value is their mean (rounded to 2 significant digits, so the
 condition's text is stable). Every commit bumps ``change_id``; the policies switch at most once per
 change. An EWMA of each factor is kept for reports.
 
@@ -49,6 +52,8 @@ from edgeplan.planner.family import ALL, Condition
 ALPHA = 0.3  # weight of the newest update in the smoothed log-factor
 THRESHOLD = 1.3  # a factor must move by more than this ratio (either way) to count as a change
 CONFIRM = 3  # ... for this many consecutive updates
+BIG = 2.0  # a factor beyond this ratio of its committed value (a 4x bandwidth drop, a 3x CPU hog) ...
+CONFIRM_BIG = 2  # ... commits after this many consecutive agreeing updates (noise does not move 2x twice alike)
 PAIR_OUTLIER = 1.3  # a pair whose scale differs from the all-links median by more than this gets its own term
 STALE = 10  # updates (5 s at 0.5 s epochs) a committed off-nominal factor may go unmeasured before it expires
 MAX_BACKOFF = 64  # the expiry wait doubles per confirmation that the factor is still off, up to this x STALE
@@ -79,14 +84,17 @@ class Estimator:
     """Stateful smoothing over successive statuses; ``update`` returns the current Estimate."""
 
     def __init__(self, cluster, *, alpha: float = ALPHA, threshold: float = THRESHOLD, confirm: int = CONFIRM,
-                 head: str | None = None, stale: int = STALE, max_backoff: int = MAX_BACKOFF):
+                 head: str | None = None, stale: int = STALE, max_backoff: int = MAX_BACKOFF, big: float = BIG,
+                 confirm_big: int = CONFIRM_BIG):
         self.cluster = cluster
+        self.big, self.confirm_big = big, min(confirm_big, confirm)
         self.stale, self.max_backoff = stale, max_backoff
         self.updates = 0
         self._seen: dict[str, int] = {}  # key -> update it was last measured in
         self._wait: dict[str, int] = {}  # key -> updates unmeasured before it expires (STALE x back-off)
         self._expired: dict[str, float] = {}  # key -> committed log factor it expired from (not re-measured yet)
         self._sent: dict[tuple[str, str], float] = {}  # (worker key, peer) -> sent_bytes_total last seen
+        self._timed: dict[tuple[str, str], tuple[float, float]] = {}  # ... -> (timed bytes, timed seconds) last seen
         self.expiries = 0
         self._held = 0  # updates a ready commit has waited for a factor still moving
         self._just: tuple[str, ...] = ()  # factors the latest change expired
@@ -124,7 +132,14 @@ class Estimator:
             for peer, ln in (mon.get("links") or {}).items():
                 thr = ln.get("throughput_bytes_per_second")
                 sent = ln.get("sent_bytes_total")
-                if sent is not None:  # measured only if it sent since the last status
+                tb, ts = ln.get("timed_bytes_total"), ln.get("timed_seconds_total")
+                if tb is not None and ts is not None:  # this interval's timed sends: no EWMA lag
+                    pb, pt = self._timed.get((key, peer), (0.0, 0.0))
+                    self._timed[(key, peer)] = (float(tb), float(ts))
+                    thr = (float(tb) - pb) / (float(ts) - pt) if float(tb) > pb and float(ts) > pt else None
+                    if thr is None:
+                        continue
+                elif sent is not None:  # measured only if it sent since the last status
                     grew = float(sent) > self._sent.get((key, peer), 0.0)
                     self._sent[(key, peer)] = float(sent)
                     if not grew:
@@ -145,7 +160,7 @@ class Estimator:
         changed = absent != self._absent
         self._absent = absent
         self.updates += 1
-        lim = math.log(self.threshold)
+        lim, big = math.log(self.threshold), math.log(self.big)
         rebuild = False
         ready, moving, just = {}, False, []
         for key, v in raw.items():
@@ -161,9 +176,15 @@ class Estimator:
             recent = self._recent.setdefault(key, [])
             recent.append(x)
             del recent[:-self.confirm]
+            fast = recent[-self.confirm_big:]
+            if key in self._first and x > c:  # a late link over-reading while its bias settles: not a change
+                continue
             if (len(recent) == self.confirm and max(recent) - min(recent) < lim
                     and (min(recent) - c > lim or c - max(recent) > lim)):
                 ready[key] = math.log(_q(math.exp(sum(recent) / len(recent))))
+            elif (len(fast) == self.confirm_big and max(fast) - min(fast) < lim
+                  and (min(fast) - c > big or c - max(fast) > big)):  # a large step: commit sooner
+                ready[key] = math.log(_q(math.exp(sum(fast) / len(fast))))
             elif abs(x - c) > lim:
                 moving = True  # off its committed value but not steady yet (e.g. a link EWMA still converging)
             elif key in self._expired and len(recent) == self.confirm and max(abs(r) for r in recent) < lim:

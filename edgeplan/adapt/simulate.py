@@ -12,8 +12,9 @@ Each epoch of ``epoch_s`` seconds:
    requests in flight on it when the board goes down are lost (Little's law: throughput x latency);
 3. the running plan's workers report what they measured, in the head's ``status()`` format: stage times =
    prediction x the true slowdown, timed sends = nominal bandwidth x the true scale, each with log-normal
-   noise; the send throughput follows the monitor's own EWMA (``THROUGHPUT_ALPHA`` per send), so a link
-   change shows with the lag it has at run time. Only boards and links the running plan uses are measured.
+   noise; links report the monitor's timed-send counters (their delta is the epoch's throughput) and its
+   EWMA (``THROUGHPUT_ALPHA`` per send; ``timed=False`` reports only that, as a monitor before the counters
+   did, so a link change shows with the EWMA's lag). Only boards and links the running plan uses are measured.
 
 ``Trace`` objects come from ``edgeplan.testbed.trace`` (the shipped YAML files) or ``random_trace`` (seeded,
 for training). ``run`` returns every epoch's figures; ``Summary`` reduces them to what the benchmark prints.
@@ -165,7 +166,8 @@ class Sim:
     """One run: ``decide`` with the latest ``estimate``, then ``step(plan)`` advances one epoch."""
 
     def __init__(self, world: World, trace, *, seed: int = 0, epoch_s: float = EPOCH_S, noise: float = NOISE,
-                 switch_s: float = SWITCH_S, start: str | None = None, duration_s: float | None = None):
+                 switch_s: float = SWITCH_S, start: str | None = None, duration_s: float | None = None,
+                 timed: bool = True):
         from edgeplan.runtime.monitor import THROUGHPUT_ALPHA
 
         self.world, self.trace, self.epoch_s, self.noise, self.switch_s = world, trace, epoch_s, noise, switch_s
@@ -181,6 +183,8 @@ class Sim:
         self._acc: dict[str, list[float]] = {}  # worker -> [compute seconds, calls]
         self._link: dict[tuple[str, str], float] = {}  # (worker, peer) -> monitor EWMA bytes/s
         self._sent: dict[tuple[str, str], float] = {}  # (worker, peer) -> bytes sent so far (monitor counter)
+        self._timed: dict[tuple[str, str], tuple[float, float]] = {}  # ... -> timed bytes, seconds (monitor)
+        self.timed = timed
         self._prev_cond = condition_at(trace, 0.0, world.cluster)
 
     @property
@@ -242,9 +246,13 @@ class Sim:
                     old = self._link.get((key, peer), true)
                     self._link[(key, peer)] = val = true + (old - true) * self._keep ** max(n, 1)
                     # bytes: calls x the stage's nominal send (what the monitor counts; only its growth is read)
-                    sent = self._sent[(key, peer)] = self._sent.get((key, peer), 0.0) + n * max(
-                        s.send_s, 1e-6) * w.cluster.link(r.device, dst).bandwidth
+                    nbytes = n * max(s.send_s, 1e-6) * w.cluster.link(r.device, dst).bandwidth
+                    sent = self._sent[(key, peer)] = self._sent.get((key, peer), 0.0) + nbytes
+                    tb, ts = self._timed.get((key, peer), (0.0, 0.0))
+                    tb, ts = self._timed[(key, peer)] = (tb + nbytes, ts + nbytes / true)
                     links[peer] = {"throughput_bytes_per_second": val, "sent_bytes_total": sent}
+                    if self.timed:
+                        links[peer].update(timed_bytes_total=tb, timed_seconds_total=ts)
                 workers[key] = {"device": r.device, "stage": s.index, "alive": alive,
                                 "predicted_compute_s": s.compute_s,
                                 "monitor": {"compute_seconds": {"sum": acc[0], "count": acc[1]}, "links": links}}

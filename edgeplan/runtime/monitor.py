@@ -62,13 +62,18 @@ def _read_number(path: str) -> Optional[float]:
 
 
 class _Link:
-    __slots__ = ("sent_bytes", "send_seconds", "received_bytes", "throughput")
+    __slots__ = ("sent_bytes", "send_seconds", "received_bytes", "throughput", "timed_bytes", "timed_seconds")
 
     def __init__(self) -> None:
         self.sent_bytes = 0
         self.send_seconds = 0.0
         self.received_bytes = 0
         self.throughput: Optional[float] = None
+        # bytes and seconds of the timed sends only: a reader's delta between two snapshots is the throughput
+        # of exactly that interval (the EWMA above lags a step change by ~10 sends; the adapt estimator
+        # reads the deltas)
+        self.timed_bytes = 0
+        self.timed_seconds = 0.0
 
 
 class Monitor:
@@ -129,6 +134,8 @@ class Monitor:
             link.send_seconds += seconds
             if nbytes >= MIN_TIMED_SEND_BYTES and seconds >= MIN_TIMED_SEND_S:
                 rate = nbytes / seconds
+                link.timed_bytes += nbytes
+                link.timed_seconds += seconds
                 link.throughput = rate if link.throughput is None else (
                     THROUGHPUT_ALPHA * rate + (1.0 - THROUGHPUT_ALPHA) * link.throughput)
 
@@ -179,7 +186,8 @@ class Monitor:
             samples = self._samples
             links = {peer: {"sent_bytes_total": ln.sent_bytes, "send_seconds_total": ln.send_seconds,
                             "received_bytes_total": ln.received_bytes,
-                            "throughput_bytes_per_second": ln.throughput}
+                            "throughput_bytes_per_second": ln.throughput,
+                            "timed_bytes_total": ln.timed_bytes, "timed_seconds_total": ln.timed_seconds}
                      for peer, ln in self._links.items()}
             queues = dict(self._queues)
             counters = dict(self._counters)

@@ -138,3 +138,33 @@ def test_a_newly_measured_link_that_follows_the_estimate_is_no_change(cluster):
     for _ in range(6):  # the next layout sends over a pair never measured, as slow as the estimate says
         e = est.update(b.status({}, {first: 0.25, second: 0.25}, run=("gpu-board", "cpu-board")))
     assert e.change_id == 1
+
+
+def test_a_link_step_shows_in_full_in_the_first_status_and_a_large_one_commits_after_two(cluster):
+    """The throughput of the timed sends since the previous status (monitor counters), not the monitor's
+    EWMA (here still reading nominal, as it lags a step by ~10 sends); a 4x step commits after 2 statuses,
+    a 1.6x step after 3."""
+    bw = cluster.link("gpu-board", "cpu-board").bandwidth
+    tb = ts = 0.0
+
+    def status(scale):
+        nonlocal tb, ts
+        tb, ts = tb + 1e6, ts + 1e6 / (bw * scale)
+        link = {"throughput_bytes_per_second": 0.9 * bw, "sent_bytes_total": tb, "timed_bytes_total": tb,
+                "timed_seconds_total": ts}
+        return {"workers": {"gpu-board/stage0": {"device": "gpu-board", "stage": 0, "alive": True,
+                                                 "monitor": {"links": {"cpu-board/stage1": link}}}}}
+
+    est = Estimator(cluster, head="npu-board")
+    for _ in range(4):
+        est.update(status(1.0))
+    est.calibrate()
+    assert str(est.update(status(0.25)).condition) == "nominal"
+    assert est.smoothed()["link:cpu-board/gpu-board"] == pytest.approx(0.25 ** 0.3)  # the first EWMA step
+    e = est.update(status(0.25))
+    assert str(e.condition) == "bandwidth=0.25" and e.change_id == 1
+    for _ in range(2):
+        e = est.update(status(0.4))
+        assert e.change_id == 1
+    e = est.update(status(0.4))
+    assert str(e.condition) == "bandwidth=0.4" and e.change_id == 2

@@ -192,3 +192,20 @@ def test_no_switch_while_the_last_one_drains_or_within_the_dwell_time(family_par
     drained[0] = True
     c.step()
     assert len(head.switched) == 2
+
+
+def test_the_controller_has_the_head_poll_stats_twice_an_epoch():
+    """A change shows only in fresh worker counters: at the head's 1 s default every other 0.5 s epoch saw none."""
+    from types import SimpleNamespace
+
+    from edgeplan.runtime.head import FamilyHead, HeadConfig
+
+    heads = {v: SimpleNamespace(batch=4, input_specs=(), output_specs=(), microbatch=4, microbatches=1, model="m",
+                                in_specs=(), out_specs=(), window=2, log=print, cfg=HeadConfig())
+             for v in ("plan-0", "plan-1")}
+    fam = FamilyHead(heads, "plan-0")
+    c = Controller(fam, None, None, heuristic, epoch_s=0.5)
+    c.start()
+    c.stop()
+    assert {h.cfg.stats_interval_s for h in heads.values()} == {0.25}
+    assert HeadConfig().stats_interval_s == 1.0

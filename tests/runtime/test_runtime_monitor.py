@@ -149,8 +149,11 @@ def test_link_throughput_is_a_smoothed_rate_of_large_sends_only(tree: Path):
     m.record_recv("head", 4096)
     links = m.snapshot()["links"]
     assert links["head"] == {"sent_bytes_total": 0, "send_seconds_total": 0.0, "received_bytes_total": 4096,
-                             "throughput_bytes_per_second": None}
+                             "throughput_bytes_per_second": None, "timed_bytes_total": 0, "timed_seconds_total": 0.0}
     assert links["pi-b/stage1"]["send_seconds_total"] == pytest.approx(0.5 + 0.00001 + 0.1 + 0.05 * 61)
+    # only the timed sends: their delta between two snapshots is that interval's throughput, without the EWMA's lag
+    assert links["pi-b/stage1"]["timed_bytes_total"] == 62 * 10**6
+    assert links["pi-b/stage1"]["timed_seconds_total"] == pytest.approx(0.1 + 0.05 * 61)
 
 
 def test_queues_and_counters(tree: Path):
