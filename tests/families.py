@@ -10,12 +10,10 @@ one definition, so the runtime's and the adaptation's tests switch between the s
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
 from edgeplan import jsonio
-from edgeplan.runtime.spec import Peer, StageSpec, Tensor
+from tests.runtime.fake_artifacts import peer_slots, random_weights, stage_spec
 
 THREE_HOSTS = """\
 name: three-hosts
@@ -53,20 +51,10 @@ def x_batch(batch: int, i: int, dims=DIMS) -> np.ndarray:
 
 def make_family(root, variants=VARIANTS, dims=DIMS, microbatches: int = 2, delay: float = 0.002, seed: int = 0):
     """A compiled-family folder as adapt/compile.py writes it, for the numpy_test backend; returns the weights."""
-    rng = np.random.default_rng(seed)
-    weights = [(rng.standard_normal((dims[k], dims[k + 1])) / np.sqrt(dims[k])).astype(np.float32)
-               for k in range(len(dims) - 1)]
+    weights = random_weights(dims, len(dims) - 1, seed)
     boards: dict = {}
     for name, groups in variants.items():
-        m = sum(n for _, n in groups[0])
-        slots = []
-        for k, g in enumerate(groups):
-            lo, row = 0, []
-            for dev, n in g:
-                row.append(Peer(dev, k, "127.0.0.1:1", lo, lo + n))
-                lo += n
-            slots.append(row)
-        head = (Peer("head", -1, "127.0.0.1:2", 0, m),)
+        m, slots = peer_slots(groups)
         stages = []
         for k, row in enumerate(slots):
             for p in row:
@@ -78,17 +66,7 @@ def make_family(root, variants=VARIANTS, dims=DIMS, microbatches: int = 2, delay
                     np.savez(d / "stage.npz", w=weights[k], delay=np.float64(delay))
                     board["modules"][mod] = {"plans": []}
                 board["modules"][mod]["plans"].append(name)
-                sha = hashlib.sha256((d / "stage.npz").read_bytes()).hexdigest()
-                b = p.hi - p.lo
-                spec = StageSpec(
-                    model="toy", plan_sha256=name * 8, stage=k, n_stages=len(groups), device=p.device, unit="cpu",
-                    target="x86", backend="numpy_test", module="stage.npz", listen="127.0.0.1:0", microbatch=m,
-                    lo=p.lo, hi=p.hi, inputs=(Tensor(f"in{k}", (b, dims[k]), "float32"),),
-                    outputs=(Tensor(f"out{k}", (b, dims[k + 1]), "float32"),),
-                    upstream=head if k == 0 else tuple(slots[k - 1]),
-                    downstream=head if k == len(groups) - 1 else tuple(slots[k + 1]),
-                    files=(("stage.npz", sha),))
-                jsonio.write(d / f"{name}-stage{k}.json", spec.to_json())
+                jsonio.write(d / f"{name}-stage{k}.json", stage_spec(d, p, slots, dims, name * 8).to_json())
                 board["slots"].setdefault(name, []).append({"stage": k, "spec": f"{mod}/{name}-stage{k}.json",
                                                             "lo": p.lo, "hi": p.hi})
             stages.append({"index": k, "start": k, "stop": k + 1, "compute_s": 0.003,

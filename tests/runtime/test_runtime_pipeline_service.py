@@ -79,10 +79,10 @@ def test_full_window_raises_busy_at_once_and_bad_inputs_name_the_input(tmp_path)
         with pytest.raises(ValueError, match="takes 1 input"):
             head.submit([_x(2, 0), _x(2, 1)])
         a, b = head.submit([_x(2, 0)]), head.submit([_x(2, 1)])
-        t0 = time.monotonic()
         with pytest.raises(Busy) as e:
             head.submit([_x(2, 2)])
-        assert time.monotonic() - t0 < 0.1 and e.value.retry_after_s > 0
+        # raised while both requests still ran (each takes the worker's 0.3 s): it did not wait for a slot
+        assert not (a.done() or b.done()) and e.value.retry_after_s > 0
         assert head.status()["rejected_total"] == 1 and head.status()["inflight"] == 2
         wait([a, b], timeout=10)
         assert a.result().__len__() == 1 and b.result()[0].shape == (2, 3)
@@ -100,7 +100,7 @@ def test_request_fails_at_its_deadline_naming_the_stage_it_waits_on(tmp_path):
         with pytest.raises(RequestFailed) as e:
             f.result(timeout=5)
         took = time.monotonic() - t0
-        assert 0.45 < took < 1.0, took
+        assert 0.45 < took < 1.8, took  # at the deadline, not after the 2 s stage (margin for a loaded machine)
         assert "deadline of 0.5s" in e.value.reason and "board c stage 1" in e.value.reason
         assert p.head.status()["failed_total"] == 1
     finally:

@@ -45,7 +45,7 @@ def test_idle_pipeline_gets_a_partial_batch_at_once_padded_with_zeros():
         x = _x(1, 0)
         t0 = time.monotonic()
         np.testing.assert_array_equal(b.infer([x], timeout_s=5)[0], 2 * x + 1)
-        assert time.monotonic() - t0 < 1.0
+        assert time.monotonic() - t0 < 2.5  # not max_delay_s (5 s); margin for a loaded machine
         (sent,) = head.submitted[0]
         np.testing.assert_array_equal(sent[0], x[0])
         assert not sent[1:].any()
