@@ -165,7 +165,8 @@ def profile(
 @app.command()
 def calibrate(
     reports: Annotated[list[Path], typer.Argument(
-        exists=True, dir_okay=False, help="Run reports from `edgeplan run --report` (inference).")] = None,
+        exists=True, dir_okay=False,
+        help="Run reports from `edgeplan run --report` (inference) or `edgeplan train --report` (training).")] = None,
     *,
     cluster: Annotated[Path, typer.Option(
         "--cluster", exists=True, dir_okay=False, help="The cluster file the plan(s) were made on.")],
@@ -211,6 +212,12 @@ def calibrate(
 
     result, _ = cal_mod.calibrate_files(list(reports or ()), list(plan or ()), cluster, out, graph_of,
                                         backend=backend, kits=list(kit or ()))
+    from edgeplan.profiles import calibrate_train
+
+    if isinstance(result, calibrate_train.TrainCalibration):  # training reports (`edgeplan train --report`)
+        typer.echo(calibrate_train.format_fit(result), nl=False)
+        typer.echo(f"wrote {out}; plan on it with `edgeplan plan ... --mode training --cluster {out}`")
+        return
     typer.echo(cal_mod.format_fit(result), nl=False)
     typer.echo(cal_mod.format_end_to_end(cal_mod.end_to_end(result, reprice)), nl=False)
     typer.echo(f"wrote {out}; plan on it with `edgeplan plan ... --cluster {out}`")
@@ -919,6 +926,10 @@ def train(
     absent: Annotated[list[str], typer.Option(
         "--absent", help="SOURCE=EPOCHS (e.g. cam-b=2-3): that source's board is away in those epochs (1-based); "
                          "its branch is skipped and its junction weight masked.")] = (),
+    report: Annotated[Path | None, typer.Option(
+        "--report", dir_okay=False,
+        help="Write the last epoch's figures per stage replica, measured beside the plan's predictions, as "
+             "JSON (what `edgeplan calibrate` fits training figures from).")] = None,
 ) -> None:
     """Hybrid data + pipeline parallel training; prints loss, accuracy, time and energy per epoch.
 
@@ -941,6 +952,15 @@ def train(
         art = launch.load(artifacts)
         cfg = sources.configure(art.table["model"], art.plan, cfg, list(data_dirs), list(absent))
     result = launch.run(artifacts, cfg, local=local, devices=tuple(device), run_dir=run_dir, echo=typer.echo)
+    if result.epochs and result.epochs[-1].get("figures"):
+        from edgeplan.training.metrics import format_figures
+
+        typer.echo(format_figures(result.epochs[-1]), nl=False)
+    if report is not None:
+        from edgeplan import jsonio
+
+        jsonio.write(report, launch.report(launch.load(artifacts), result, cfg))
+        typer.echo(f"wrote {report}; fit the cluster with `edgeplan calibrate {report} --cluster CLUSTER --out OUT`")
     if result.state_dict:
         typer.echo(f"model state_dict (original module keys): {result.state_dict}")
 

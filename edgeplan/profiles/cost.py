@@ -17,6 +17,19 @@ from edgeplan.profiles.model import Cluster
 
 
 @dataclass(frozen=True, eq=False)
+class TrainingCosts:
+    """The units' fitted training figures (profiles.model.TrainingFigures) as arrays; priced by the planner's
+    cost model only for training plans (None in a CostTable when no unit has any)."""
+
+    fwd_scale: np.ndarray  # [u] x a layer's forward seconds and per-layer overhead
+    bwd_scale: np.ndarray  # [u] x its backward seconds and per-layer overhead (measured backward/forward)
+    call_s: np.ndarray  # [u] per stage call beyond the module; NaN: the unit's hop cost
+    opt_byte_s: np.ndarray  # [u] optimizer step seconds per parameter byte
+    p2p: np.ndarray  # [d, 2] per transfer, per byte: torch.distributed beyond the link (max over the units)
+    allreduce: np.ndarray  # [d, 2] per ring step, per byte reduced
+
+
+@dataclass(frozen=True, eq=False)
 class CostTable:
     layer_names: tuple[str, ...]  # n layers, topological order of the LayerGraph
     layer_ops: tuple[str, ...]  # op kind per layer
@@ -40,6 +53,7 @@ class CostTable:
     # [n + 1] bool: codegen can split after k layers (LayerGraph.cut_allowed: every live tensor has one batch
     # dimension); None: every cut can
     cut_ok: np.ndarray | None = None
+    training: TrainingCosts | None = None  # fitted training figures (calibrate_train); None: none
 
     @property
     def n_layers(self) -> int:
@@ -138,4 +152,24 @@ def build_cost_table(graph: LayerGraph, cluster: Cluster) -> CostTable:
         hop_s=np.array([unit.hop_overhead_s for _, _, unit in units], dtype=np.float64),
         hop_byte_s=np.array([HOP_COPIES / unit.mem_bandwidth for _, _, unit in units], dtype=np.float64),
         cut_ok=None if all(allowed) else np.array(allowed, dtype=bool),
+        training=_training_costs(cluster, [unit for _, _, unit in units], [di for di, _, _ in units]),
     )
+
+
+def _training_costs(cluster: Cluster, units: list, unit_device: list[int]) -> TrainingCosts | None:
+    figs = [u.training for u in units]
+    if all(f is None for f in figs):
+        return None
+    from edgeplan.profiles.model import TrainingFigures
+
+    figs = [f or TrainingFigures() for f in figs]
+    d = len(cluster.devices)
+    p2p, ar = np.zeros((d, 2)), np.zeros((d, 2))
+    for f, di in zip(figs, unit_device, strict=True):
+        p2p[di] = np.maximum(p2p[di], (f.p2p_call_s, f.p2p_s_per_byte))
+        ar[di] = np.maximum(ar[di], (f.allreduce_call_s, f.allreduce_s_per_byte))
+    return TrainingCosts(
+        fwd_scale=np.array([f.forward_factor for f in figs], dtype=np.float64),
+        bwd_scale=np.array([f.backward_factor for f in figs], dtype=np.float64),
+        call_s=np.array([np.nan if f.call_s is None else f.call_s for f in figs], dtype=np.float64),
+        opt_byte_s=np.array([f.optimizer_s_per_byte for f in figs], dtype=np.float64), p2p=p2p, allreduce=ar)

@@ -42,7 +42,16 @@ from edgeplan.profiles.merge import (
     shown_path,
     valid_ids,
 )
-from edgeplan.profiles.model import Cluster, ComputeUnit, Device, Link, Measured, Profile, unit_figures
+from edgeplan.profiles.model import (
+    Cluster,
+    ComputeUnit,
+    Device,
+    Link,
+    Measured,
+    Profile,
+    TrainingFigures,
+    unit_figures,
+)
 
 UNIT_KINDS = ("cpu", "gpu", "npu")
 TARGETS = ("arm-cpu", "cuda", "mali", "npu", "x86")
@@ -63,8 +72,17 @@ _UNITS: dict[str, dict[str, float]] = {
 _BOARD_KEYS = ("name", "vendor", "extends", "abstract", "estimate", "ram_mb", "reserved_mb", "idle_power_w", "units")
 _UNIT_KEYS = (
     "kind", "target", "target_options", "peak_gflops", "throughput_gflops", "mem_bandwidth_gbs",
-    "busy_power_w", "layer_overhead_us", "supported_ops", "hop_overhead_us", "measured",
+    "busy_power_w", "layer_overhead_us", "supported_ops", "hop_overhead_us", "measured", "training",
 )
+# a unit's training-only figures (TrainingFigures; written by `edgeplan calibrate TRAIN-REPORT`): YAML name ->
+# (field, SI factor, whether a factor (> 0) rather than a time (>= 0))
+_TRAINING_KEYS = {
+    "forward_factor": ("forward_factor", 1.0, True), "backward_factor": ("backward_factor", 1.0, True),
+    "call_us": ("call_s", 1e-6, False), "optimizer_ns_per_byte": ("optimizer_s_per_byte", 1e-9, False),
+    "p2p_call_us": ("p2p_call_s", 1e-6, False), "p2p_ns_per_byte": ("p2p_s_per_byte", 1e-9, False),
+    "allreduce_call_us": ("allreduce_call_s", 1e-6, False),
+    "allreduce_ns_per_byte": ("allreduce_s_per_byte", 1e-9, False),
+}
 _MEASURED_KEYS = ("how", "when", "backend", "from")
 _OVERRIDE_KEYS = ("ram_mb", "reserved_mb", "idle_power_w", "estimate", "units")
 _CLUSTER_KEYS = ("name", "description", "devices", "network", "secret_env")
@@ -234,7 +252,28 @@ def _build_unit(doc: Doc, name: str) -> ComputeUnit:
         target_options=tuple(sorted(options.items())),
         peak_flops=peak,
         measured=_measured(doc, p),
+        training=_training(doc, p),
     )
+
+
+def _training(doc: Doc, p: tuple) -> TrainingFigures | None:
+    """The unit's optional ``training:`` block (TrainingFigures), each figure checked for range."""
+    table = _mapping(doc, p + ("training",), tuple(_TRAINING_KEYS) + ("from",), default=None)
+    if not table:
+        return None
+    out = {}
+    for key, (name, scale, factor) in _TRAINING_KEYS.items():
+        value = table.get(key)
+        if value is None:
+            continue
+        bad = isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or (
+            value <= 0 if factor else value < 0) or value == float("inf")
+        if bad:
+            raise doc.fail(p + ("training", key), f"{value!r} is out of range; allowed: a number "
+                                                  f"{'> 0' if factor else '>= 0'}")
+        out[name] = float(value) * scale
+    source = table.get("from", "")
+    return TrainingFigures(**out, source=str(source) if source is not None else "")
 
 
 def _build_profile(doc: Doc, pid: str, source: str) -> Profile:

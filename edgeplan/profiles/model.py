@@ -40,6 +40,24 @@ class Measured:
 
 
 @dataclass(frozen=True)
+class TrainingFigures:
+    """A unit's training-only figures, fitted from `edgeplan train --report` runs
+    (profiles/calibrate_train.py): torch trains eagerly, unlike the compiled inference modules the other
+    figures describe, so these scale or replace them only where the cost model prices a training plan.
+    The neutral values (the defaults) leave a plan priced as without them."""
+
+    forward_factor: float = 1.0  # x the cost model's forward seconds of a layer
+    backward_factor: float = 1.0  # x its backward seconds (2x forward FLOPs for weighted layers, else 1x)
+    call_s: float | None = None  # per stage call (forward or backward) beyond the module; None: hop_overhead_s
+    optimizer_s_per_byte: float = 0.0  # optimizer step, per parameter byte of the stage
+    p2p_call_s: float = 0.0  # torch.distributed send/recv beyond the link, per transfer
+    p2p_s_per_byte: float = 0.0  # ... and per byte
+    allreduce_call_s: float = 0.0  # gradient all-reduce beyond the link, per ring step (2 (g - 1) of them)
+    allreduce_s_per_byte: float = 0.0  # ... and per byte reduced
+    source: str = ""  # provenance: how, when and from which reports (not part of the cluster digest)
+
+
+@dataclass(frozen=True)
 class ComputeUnit:
     """One processor of a board (CPU cluster, GPU, NPU) and how fast it is.
 
@@ -66,6 +84,7 @@ class ComputeUnit:
     peak_flops: float = 0.0  # datasheet peak FLOP/s (0: unknown)
     hop_overhead_s: float = 0.0  # runtime CPU cost per micro-batch a stage handles (receive, assemble, send)
     measured: tuple[Measured, ...] = ()  # provenance of the figures that were measured (the rest: estimates)
+    training: TrainingFigures | None = None  # training-only figures (None: none fitted)
 
     def estimated_figures(self) -> tuple[str, ...]:
         """The unit's figures (YAML names) that no measurement backs."""
@@ -91,6 +110,7 @@ class ComputeUnit:
             peak_flops=float(d.get("peak_flops", 0.0)),
             hop_overhead_s=float(d.get("hop_overhead_s", 0.0)),
             measured=tuple(Measured(**m) for m in d.get("measured", ())),
+            training=TrainingFigures(**d["training"]) if d.get("training") else None,
         )
 
 
@@ -165,6 +185,8 @@ class Cluster:
             for u in dev["units"]:
                 if not u["measured"]:
                     del u["measured"]
+                if u["training"] is None:
+                    del u["training"]
         return d
 
     @classmethod
@@ -185,6 +207,8 @@ class Cluster:
             dev.pop("user", None)
             for u in dev["units"]:
                 u.pop("measured", None)
+                if u.get("training"):
+                    u["training"].pop("source", None)
         return jsonio.sha256_of(d)
 
 

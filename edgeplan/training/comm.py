@@ -161,6 +161,12 @@ class Comm:
         self.timeout = datetime.timedelta(seconds=timeout_s)
         self.watchdog = watchdog
         self.pending: list[tuple[object, torch.Tensor, RankInfo]] = []  # isend works and the buffers they hold
+        # point-to-point receives (issue 14 item 5): seconds blocked in them (waits for peers included), and
+        # the transfer alone: from each header's arrival to its payload's, with the payload bytes
+        self.recv_wait_s = 0.0
+        self.transfer_s = 0.0
+        self.transfer_bytes = 0
+        self.transfers = 0
 
     def _fault(self, peer: RankInfo | None, doing: str, err: BaseException) -> RuntimeFault:
         first = short_error(err)
@@ -205,7 +211,9 @@ class Comm:
                 work = dist.irecv(head, peer.rank, tag=tag(kind, microbatch, i, 0))
             except RuntimeError as e:
                 raise self._fault(peer, doing, e) from e
+            t0 = time.perf_counter()
             self._wait(work, peer, doing)
+            t1 = time.perf_counter()
             n, idx, code, ndim = (int(v) for v in head[:4])
             if idx != i:
                 raise RuntimeFault(f"{self.me.label}: message {idx} from {peer.label} arrived out of order "
@@ -216,6 +224,11 @@ class Comm:
             except RuntimeError as e:
                 raise self._fault(peer, doing, e) from e
             self._wait(work, peer, doing)
+            t2 = time.perf_counter()
+            self.recv_wait_s += t2 - t0
+            self.transfer_s += t2 - t1
+            self.transfer_bytes += t.numel() * t.element_size()
+            self.transfers += 1
             out.append(t)
             i += 1
         return out

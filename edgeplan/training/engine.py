@@ -262,7 +262,14 @@ class Engine:
         """Non-leaf copies of received leaves, so a stage that starts with an in-place op (ReLU) may run."""
         return [t.clone() if t.requires_grad else t for t in ins]
 
+    def _call_overhead(self, c0: float, w0: float, f0: float, ep: metrics.EpochCounters) -> None:
+        """A stage call's seconds beyond its module: wall time since ``c0`` less the receives' waits since
+        ``w0`` and the module time added since ``f0`` (the sum of forward and backward seconds)."""
+        ep.call_s += (time.perf_counter() - c0 - (self.comm.recv_wait_s - w0)
+                      - (ep.forward_s + ep.backward_s - f0))
+
     def _forward(self, k: int, idx: np.ndarray, stash: dict, ep: metrics.EpochCounters) -> None:
+        c0, w0, f0 = time.perf_counter(), self.comm.recv_wait_s, ep.forward_s + ep.backward_s
         lo, hi = self._range(self.me, self.m)
         ins = self._inputs(self.dataset.x_train[idx] if self.me.stage == 0 else None, "F", k, self.m)
         if hi == lo:
@@ -283,8 +290,10 @@ class Engine:
             ep.forward_s += time.perf_counter() - t0
             stash[k] = (ins, out)
             self._scatter(list(out), self.down, "F", k, self.m)
+        self._call_overhead(c0, w0, f0, ep)
 
     def _backward(self, k: int, stash: dict, ep: metrics.EpochCounters) -> None:
+        c0, w0, f0 = time.perf_counter(), self.comm.recv_wait_s, ep.forward_s + ep.backward_s
         lo, hi = self._range(self.me, self.m)
         if hi == lo:
             return
@@ -309,6 +318,7 @@ class Engine:
             gin = [t.grad if t.grad is not None else torch.zeros_like(t)
                    for t in ins if t.dtype.is_floating_point]
             self._scatter(gin, self.up, "B", k, self.m)
+        self._call_overhead(c0, w0, f0, ep)
 
     def _iteration(self, order: np.ndarray, it: int, ep: metrics.EpochCounters) -> None:
         stash: dict = {}
@@ -424,6 +434,7 @@ class Engine:
             ep = metrics.EpochCounters()
             self.probe.start()
             t_epoch = time.perf_counter()
+            p2p0 = (self.comm.transfer_s, self.comm.transfer_bytes, self.comm.transfers)
             for it in range(iters):
                 if fault and fault.at(self.me.rank, epoch, it):
                     fault.fire(self.watchdog)
@@ -432,6 +443,8 @@ class Engine:
                 self._iteration(order, it, ep)
                 ep.iter_times.append(time.perf_counter() - t0)
             train_s = time.perf_counter() - t_epoch
+            ep.p2p = [self.comm.transfer_s - p2p0[0], float(self.comm.transfer_bytes - p2p0[1]),
+                      float(self.comm.transfers - p2p0[2])]  # before the evaluation's receives
             ep.resources = self.probe.stop()
             self._average(params_only=False)  # local-sgd weights; BatchNorm running statistics
             test = self._evaluate() if self.cfg.evaluate else (0.0, 0, 0)

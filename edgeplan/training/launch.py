@@ -76,6 +76,7 @@ def prepare(plan: Plan, model_spec: str, out_dir: str | os.PathLike[str], *,
             addresses[dev] = d.address
             power.append([dev, d.idle_power_w, unit.busy_power_w])
     master = ranks[0].device
+    predicted = _predictions(plan, model_spec, input_shape, cluster, provider)
     table = {
         "schema_version": SCHEMA_VERSION,
         "model": model_spec,
@@ -86,6 +87,7 @@ def prepare(plan: Plan, model_spec: str, out_dir: str | os.PathLike[str], *,
         "power": power,
         "plan_sha256": plan.digest(),
         "sync": sync,
+        "predicted": predicted,
         "ranks": [{"rank": r.rank, "device": r.device, "stage": r.stage, "replica": r.replica, "unit": r.unit,
                    "target": r.target, "lo": r.lo, "hi": r.hi} for r in ranks],
     }
@@ -106,6 +108,20 @@ def prepare(plan: Plan, model_spec: str, out_dir: str | os.PathLike[str], *,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _predictions(plan: Plan, model_spec: str, input_shape, cluster, provider) -> dict | None:
+    """The cost model's figures per stage replica (metrics.predict) when the cluster the plan was made on is
+    given; None without it, for a provider-built model, or when the model traced now is not the planned one."""
+    if cluster is None or provider or not plan.graph_sha256 or cluster.digest() != plan.cluster_sha256:
+        return None
+    from edgeplan.graph.load import build
+    from edgeplan.training import metrics
+
+    graph = build(model_spec, tuple(input_shape) if input_shape else None).graph
+    if graph.digest() != plan.graph_sha256:
+        return None
+    return metrics.predict(plan, graph, cluster)
 
 
 @dataclass(frozen=True)
@@ -233,7 +249,29 @@ def run(artifacts: str | os.PathLike[str], config: TrainConfig, *, local: bool =
     state_path = None
     if len(mine) == len(ranks) and metrics["epochs"]:
         state_path = assemble(art, run_path, config.epochs - 1)
-    return TrainResult(tuple(metrics["epochs"]), run_path, state_path)
+    from edgeplan.training.metrics import with_predictions
+
+    rows = tuple(with_predictions(row, art.table.get("predicted")) for row in metrics["epochs"])
+    return TrainResult(rows, run_path, state_path)
+
+
+REPORT_KIND = "edgeplan-train-report"
+
+
+def report(art: Artifacts, result: TrainResult, config: TrainConfig) -> dict:
+    """The run's report (``edgeplan train --report``): the last epoch's figures per stage replica, measured
+    beside the plan's predictions, with the plan and the hashes `edgeplan calibrate` checks."""
+    if not result.epochs:
+        raise RuntimeFault(f"{art.path}: the run finished no epoch; nothing to report")
+    row = result.epochs[-1]
+    return {"kind": REPORT_KIND, "schema_version": 1, "model": art.plan.model, "plan_sha256": art.plan.digest(),
+            "cluster_sha256": art.plan.cluster_sha256, "plan": art.plan.to_json(),
+            "predicted_cluster_sha256": (art.table.get("predicted") or {}).get("cluster_sha256"),
+            "iterations": row["iterations"], "microbatches": art.plan.microbatches, "batch": art.plan.batch,
+            "schedule": config.schedule or art.plan.schedule, "sync": config.sync or art.table.get("sync"),
+            "dilation": row["dilation"], "measured_iter_s": row["board_iter_s"],
+            "predicted_iter_s": row.get("predicted_iter_s_cluster") or row["predicted_iter_s"],
+            "stages": row.get("figures") or [], "epochs": list(result.epochs)}
 
 
 def _pump(stream, echo) -> None:

@@ -7,6 +7,7 @@ measured beside the plan's prediction.
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 import time
 from dataclasses import dataclass, field
@@ -14,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 RESOURCE_COLUMNS = 4  # cpu seconds, peak resident bytes, network bytes received, sent (ResourceProbe.stop)
-PHASE_COLUMNS = 5  # forward, backward, optimizer step (with all-reduce), all-reduce seconds; micro-batches
+PHASE_COLUMNS = 9  # forward, backward, optimizer step (with all-reduce), all-reduce seconds; micro-batches;
+# stage-call overhead seconds; point-to-point transfer seconds, bytes, transfers received
 
 
 @dataclass
@@ -33,13 +35,16 @@ class EpochCounters:
     step_s: float = 0.0  # optimizer step, gradient all-reduce included
     allreduce_s: float = 0.0
     microbatches: int = 0  # backward passes run (each a forward too)
+    call_s: float = 0.0  # stage calls' seconds beyond the module (slicing, sends, clones), waits excluded
+    p2p: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # Comm transfer seconds, bytes, count
 
     def row(self, test: tuple[float, int, int], train_s: float) -> list[float]:
         """The vector every rank contributes to the all-gather (columns as ``epoch_row`` reads them)."""
         steady = self.iter_times[1:] if len(self.iter_times) > 1 else self.iter_times
         return [self.loss_sum, self.correct, self.count, test[0], test[1], test[2], self.busy_s,
                 float(np.mean(steady)), train_s, *self.resources,
-                self.forward_s, self.backward_s, self.step_s, self.allreduce_s, float(self.microbatches)]
+                self.forward_s, self.backward_s, self.step_s, self.allreduce_s, float(self.microbatches),
+                self.call_s, *self.p2p]
 
 
 def net_bytes(path: str = "/proc/net/dev") -> tuple[int, int]:
@@ -109,6 +114,8 @@ def epoch_row(t: np.ndarray, epoch: int, iters: int, batch: int, evaluate: bool,
         "energy_j": energy(t[:, 6], epoch_s, iters, batch, job, ranks, predicted),
         "boards": boards(t, epoch_s, job, ranks),
         "stages": stage_figures(t, iters, job, ranks, stages),
+        # per stage and replica, measured; launch.run adds the predictions training.json carries
+        "figures": replica_figures(t, iters, job, ranks, None),
     }
 
 
@@ -187,3 +194,172 @@ def format_epoch(row: dict) -> str:
             f"time {row['epoch_s']:.2f} s  {row['samples_per_s']:.1f} samples/s  "
             f"iter measured {row['measured_iter_s'] * 1e3:.1f} ms{board} vs predicted {pred_s}  "
             f"energy {row['energy_j']['joules']:.3g} J{stages}")
+
+
+# --- predictions of the measured figures (issue 14 item 5) ------------------------------------------------
+
+
+def predict(plan, graph, cluster) -> dict:
+    """What the cost model predicts for each figure a training run measures, per stage replica (board seconds):
+    forward and backward module time and the stage calls' overhead per micro-batch, point-to-point receive
+    time per micro-batch (activations from upstream, gradients from downstream: link + torch.distributed's
+    fitted overhead), and per iteration the optimizer step and the gradient all-reduce (bytes, group).
+
+    ``plan``: a Plan of mode training; ``graph`` its LayerGraph; ``cluster`` the cluster it was planned on
+    (fitted training figures included: profiles.model.TrainingFigures). Pure numpy (planner and profiles).
+    """
+    from edgeplan.planner.api import evaluate, layout_of
+    from edgeplan.planner.costmodel import Prefix, allreduce, pair_samples
+    from edgeplan.planner.objective import Objective
+    from edgeplan.profiles.cost import build_cost_table
+
+    costs = build_cost_table(graph, cluster)
+    obj = Objective(mode="training", objective=plan.objective, batch=plan.batch, microbatches=plan.microbatches,
+                    schedule=plan.schedule, head=plan.head, optimizer_states=plan.optimizer_states)
+    layout = layout_of(costs, plan)
+    ev = evaluate(costs, layout, obj)
+    pf = Prefix(costs, obj)
+    tc = costs.training
+    ends = [tuple((costs.units[u][0], k) for u, k in st.replicas) for st in layout]
+
+    batch = max(1, graph.batch)
+    flops_f = np.array([la.flops_fwd for la in graph.layers], dtype=np.float64) / batch
+    flops_b = np.array([la.flops_bwd for la in graph.layers], dtype=np.float64) / batch
+    peak = [cluster.devices[d].unit(name).peak_flops or np.inf for d, name, _ in costs.units]
+
+    def receives(s: int, r: int, cut: float, peers: int, link_only: bool = False) -> float:
+        """Seconds replica ``r`` of stage ``s`` spends receiving one micro-batch's tensors from stage ``peers``."""
+        src, dst = ends[peers], ends[s]
+        t = 0.0
+        for a, b, n in pair_samples(tuple(k for _, k in src), tuple(k for _, k in dst)):
+            x, y = src[a][0], dst[b][0]
+            if b != r or x == y:
+                continue
+            nbytes = n * cut
+            t += nbytes / float(costs.bandwidth[x, y]) + float(costs.latency_s[x, y])
+            if tc is not None and not link_only:
+                call, per_byte = np.maximum(tc.p2p[x], tc.p2p[y])
+                t += float(call + per_byte * nbytes)
+        return t
+
+    stages = []
+    for s, (st, se) in enumerate(zip(layout, ev.stages, strict=True)):
+        i, j = st.start, st.stop
+        params = float(pf.P[j] - pf.P[i])
+        reps = []
+        for r, (u, k) in enumerate(st.replicas):
+            fs = 1.0 if tc is None else float(tc.fwd_scale[u])
+            bs = 1.0 if tc is None else float(tc.bwd_scale[u])
+            fixed = float(costs.fixed_s[u, i:j].sum())
+            p2p, link = ((receives(s, r, float(pf.cut[i]), s - 1, lo) if s > 0 else 0.0) + (
+                receives(s, r, float(pf.cut[j]), s + 1, lo) if s + 1 < len(layout) else 0.0) for lo in (False, True))
+            reps.append({
+                "device": costs.devices[costs.units[u][0]], "unit": costs.units[u][1], "samples": k,
+                "forward_s": fs * (k * float(costs.fwd_s[u, i:j].sum()) + fixed),
+                "backward_s": bs * (k * float(costs.bwd_s[u, i:j].sum()) + fixed),
+                "call_s": float(pf.H[u] + pf.HB[u] * k * (pf.cut[i] + pf.cut[j])),
+                "optimizer_s": params * (0.0 if tc is None else float(tc.opt_byte_s[u])),
+                "p2p_s": p2p, "p2p_link_s": link,
+                "forward_peak_s": k * float(flops_f[i:j].sum()) / peak[u],
+                "backward_peak_s": k * float(flops_b[i:j].sum()) / peak[u],
+            })
+        group = tuple(costs.units[u][0] for u, _ in st.replicas)
+        link_ar = allreduce(dataclasses.replace(costs, training=None), group, params)[0]
+        stages.append({"stage": s, "param_bytes": params, "allreduce_s": se.allreduce_s, "allreduce_link_s": link_ar,
+                       "allreduce_bytes": params if len(st.replicas) > 1 else 0.0,
+                       "group": [r["device"] for r in reps], "replicas": reps})
+    return {"iter_s": ev.iter_s, "cluster_sha256": cluster.digest(), "stages": stages}
+
+
+def _pair(measured: float | None, predicted: float | None) -> list:
+    return [measured, predicted]
+
+
+def replica_figures(t: np.ndarray, iters: int, job, ranks, predicted: dict | None) -> list[dict]:
+    """Per plan stage and replica, each measured figure (board seconds: measured x the testbed's dilation)
+    beside the prediction of the same quantity (``predict``; None where the artifacts carry none).
+
+    Per micro-batch: forward, backward, the stage calls' overhead, point-to-point receive (transfer time from
+    each header's arrival to its payload's, with bytes); per iteration: the optimizer step and the gradient
+    all-reduce. The stage's all-reduce is the group's fastest replica's: the others also wait there for the
+    last replica to finish its backward passes."""
+    col = 9 + RESOURCE_COLUMNS
+    if t.shape[1] < col + PHASE_COLUMNS:
+        return []
+    d, it = job.dilation, max(iters, 1)
+    pred = {s["stage"]: s for s in (predicted or {}).get("stages", ())}
+    out = []
+    for s in sorted({r.stage for r in ranks}):
+        group = [r for r in ranks if r.stage == s]
+        ps = pred.get(s)
+        reps = []
+        for r in group:
+            row = t[r.rank]
+            mb = max(row[col + 4], 1.0)
+            pr = ps["replicas"][r.replica] if ps and r.replica < len(ps["replicas"]) else {}
+            reps.append({
+                "rank": r.rank, "device": r.device, "unit": r.unit, "samples": r.hi - r.lo,
+                "microbatches": int(row[col + 4]),
+                "forward_s": _pair(row[col] / mb * d, pr.get("forward_s")),
+                "backward_s": _pair(row[col + 1] / mb * d, pr.get("backward_s")),
+                "call_s": _pair(row[col + 5] / mb * d, pr.get("call_s")),
+                "optimizer_s": _pair((row[col + 2] - row[col + 3]) / it * d, pr.get("optimizer_s")),
+                "allreduce_s": _pair(row[col + 3] / it * d, ps.get("allreduce_s") if ps else None),
+                "p2p_s": _pair(row[col + 6] / mb * d, pr.get("p2p_s")),
+                "p2p_bytes": row[col + 7] / mb, "p2p_transfers": row[col + 8] / mb,
+            })
+        out.append({"stage": s, "group": [r.device for r in group],
+                    "param_bytes": ps.get("param_bytes") if ps else None,
+                    "allreduce_bytes": ps.get("allreduce_bytes") if ps else None,
+                    "allreduce_s": _pair(min(x["allreduce_s"][0] for x in reps), ps.get("allreduce_s") if ps
+                                         else None),
+                    "replicas": reps})
+    return out
+
+
+def with_predictions(row: dict, predicted: dict | None) -> dict:
+    """An epoch row whose ``figures`` carry the predictions (``predict``) beside the measurements."""
+    if not predicted or not row.get("figures"):
+        return row
+    pred = {s["stage"]: s for s in predicted["stages"]}
+    figures = []
+    for st in row["figures"]:
+        ps = pred.get(st["stage"])
+        if ps is None:
+            figures.append(st)
+            continue
+        reps = []
+        for r in st["replicas"]:
+            pr = next((x for x in ps["replicas"] if x["device"] == r["device"] and x["unit"] == r["unit"]), {})
+            reps.append({**r, **{k: [r[k][0], pr.get(k)] for k in REPLICA_FIGURES}})
+        figures.append({**st, "param_bytes": ps["param_bytes"], "allreduce_bytes": ps["allreduce_bytes"],
+                        "allreduce_s": [st["allreduce_s"][0], ps["allreduce_s"]], "replicas": reps})
+    return {**row, "figures": figures, "predicted_iter_s_cluster": predicted.get("iter_s")}
+
+
+REPLICA_FIGURES = ("forward_s", "backward_s", "call_s", "optimizer_s", "p2p_s")
+
+
+def format_figures(row: dict) -> str:
+    """The table `edgeplan train` prints at the end: per stage replica, measured/predicted ms and the error."""
+    def cell(pair) -> str:
+        got, want = pair
+        err = f" {100 * (want - got) / got:+.0f}%" if want is not None and got else ""
+        return f"{got * 1e3:.2f}/" + ("-" if want is None else f"{want * 1e3:.2f}") + err
+
+    lines = [f"{'stage':<6}{'board:unit':<14}{'k':>3}  " + "  ".join(
+        f"{h:<22}" for h in ("forward", "backward", "call overhead", "p2p receive", "optimizer", "all-reduce"))]
+    for st in row.get("figures") or ():
+        for r in st["replicas"]:
+            lines.append(f"{st['stage']:<6}{r['device'] + ':' + r['unit']:<14}{r['samples']:>3}  " + "  ".join(
+                f"{cell(r[k]):<22}" for k in ("forward_s", "backward_s", "call_s", "p2p_s", "optimizer_s"))
+                + f"  {cell(st['allreduce_s']):<22}")
+        if st.get("allreduce_bytes"):
+            lines.append(f"      all-reduce of {st['allreduce_bytes'] / 1e6:.3g} MB over {', '.join(st['group'])} "
+                         "(the group's fastest replica; the others also wait for the slowest)")
+    pred = row.get("predicted_iter_s_cluster") or row.get("predicted_iter_s")
+    it = row["board_iter_s"]
+    lines.append(f"iteration: measured {it * 1e3:.1f} ms, predicted " + (
+        f"{pred * 1e3:.1f} ms ({100 * (pred - it) / it:+.0f}%)" if pred else "-"))
+    return ("measured/predicted board ms (forward, backward, call overhead, p2p receive per micro-batch; "
+            "optimizer, all-reduce per iteration):\n" + "\n".join(lines) + "\n")

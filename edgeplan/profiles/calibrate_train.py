@@ -1,0 +1,444 @@
+"""Refit a cluster's training figures from `edgeplan train --report` runs: ``edgeplan calibrate TRAIN-REPORT``.
+
+A training report gives, per stage replica, board seconds (measured x the
+testbed's dilation) of: forward and backward module time, the stage calls'
+overhead and the point-to-point receive time (with bytes and transfers) per
+micro-batch, and per iteration the optimizer step and the gradient all-reduce
+(bytes, group). The cost model prices the same quantities
+(``training.metrics.predict``) from a unit's figures and its
+``TrainingFigures`` (profiles/model.py); the fit finds, per board and unit:
+
+- ``forward_factor`` / ``backward_factor``: the median over replicas of
+  measured / predicted module time, times the current factor. The backward
+  factor is fitted on its own, so the backward/forward ratio is the measured
+  one, not the cost model's 2x-forward-FLOPs assumption. A factor that would
+  run a stage's FLOPs faster than the unit's peak is clamped to the peak and
+  says so;
+- ``call_s``: the median stage-call overhead (half of forward + backward
+  calls' seconds beyond the module), replacing the inference runtime's hop cost;
+- ``optimizer_s_per_byte``: the median optimizer step per parameter byte.
+
+and, over every board of the reports (they share torch.distributed and the
+network), torch.distributed's overhead beyond the link model:
+
+- all-reduce: ``measured - ring(bytes/bw, latency) = 2 (g-1) a + bytes b``;
+- point-to-point: ``measured - sum(bytes/bw + latency) = transfers a + bytes b``;
+
+by bounded least squares (``a, b >= 0``) when the observations have at least
+two distinct sizes per call, else the per-call term alone (``b = 0``, said in a
+note). Fitted figures go to every device of the same profile (the datasheet
+error is the board model's).
+
+Refused, with one line that says which: a report that is not a training report,
+a plan that is not the report's (plan sha256), a cluster that is not the plan's
+(cluster sha256), too few micro-batches or iterations to fit.
+Pure numpy: the graph comes in as a LayerGraph, traced by the caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from edgeplan import jsonio
+from edgeplan.graph.model import LayerGraph
+from edgeplan.profiles.calibrate import (
+    MAX_FACTOR,
+    MAX_HOP_S,
+    Calibration,
+    CalibrationError,
+    bounded_lstsq,
+    calibrated_doc,
+    plan_digest,
+)
+from edgeplan.profiles.load import load_cluster
+from edgeplan.profiles.model import Cluster, TrainingFigures
+
+REPORT_KIND = "edgeplan-train-report"  # training/launch.py REPORT_KIND
+MIN_MICROBATCHES = 20  # micro-batches a replica must have run for its forward/backward medians to be used
+MIN_ITERATIONS = 5  # iterations a report must have for its per-iteration figures (optimizer, all-reduce)
+MODULE_FIGURES = ("forward_s", "backward_s", "call_s", "optimizer_s", "p2p_s")
+
+
+def is_train_report(path: str | Path) -> bool:
+    """Whether ``path`` is an `edgeplan train --report` file (what the calibrate entry point dispatches on)."""
+    try:
+        return jsonio.read(path).get("kind") == REPORT_KIND
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+@dataclass(frozen=True)
+class TrainObservation:
+    """One stage replica of one training report, measured (board seconds) and predicted before the fit."""
+
+    source: str
+    stage: int
+    device: str
+    unit: str
+    samples: int
+    microbatches: int
+    measured: tuple[tuple[str, float], ...]  # MODULE_FIGURES -> seconds
+    predicted: tuple[tuple[str, float], ...]  # the same, on the cluster as given
+    peak: tuple[tuple[str, float], ...]  # forward_s/backward_s at the unit's peak FLOP/s (a fit's floor)
+    param_bytes: float
+    p2p_bytes: float  # received per micro-batch
+    p2p_transfers: float  # received per micro-batch
+    p2p_link_s: float  # the link model's part of the predicted p2p seconds
+
+
+@dataclass(frozen=True)
+class AllreduceObservation:
+    source: str
+    stage: int
+    group: tuple[str, ...]
+    nbytes: float
+    measured_s: float
+    link_s: float  # the ring over the links alone
+
+
+@dataclass(frozen=True)
+class TrainUnitFit:
+    device: str
+    unit: str
+    replicas: int  # observations used (0: same profile as a fitted board, not run)
+    before: TrainingFigures
+    after: TrainingFigures
+    notes: tuple[str, ...] = ()
+    inferred_from: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainCalibration:
+    fits: tuple[TrainUnitFit, ...]
+    observations: tuple[TrainObservation, ...]
+    allreduces: tuple[AllreduceObservation, ...]
+    after: tuple[dict, ...]  # per report: predict() on the calibrated cluster
+    reports: tuple[dict, ...]
+    cluster: Cluster
+    notes: tuple[str, ...] = ()
+
+    def mape(self, which: str, figures: tuple[str, ...] = ("forward_s", "backward_s")) -> float:
+        """Mean absolute percentage error over replicas of ``figures``, ``before`` or ``after`` the fit."""
+        errs = []
+        for o in self.observations:
+            pred = dict(o.predicted) if which == "before" else _after_of(self, o)
+            for f in figures:
+                m = dict(o.measured)[f]
+                if m > 0:
+                    errs.append(abs(pred[f] - m) / m)
+        return 100.0 * float(np.mean(errs)) if errs else float("nan")
+
+    def iteration_errors(self) -> list[tuple[str, float, float, float]]:
+        """(report, measured, predicted before, after) iteration seconds per report."""
+        return [(r["source"], r["measured_iter_s"], r["before_iter_s"], a["iter_s"])
+                for r, a in zip(self.reports, self.after, strict=True)]
+
+
+def _after_of(cal: TrainCalibration, o: TrainObservation) -> dict:
+    for r, a in zip(cal.reports, cal.after, strict=True):
+        if r["source"] == o.source:
+            st = a["stages"][o.stage]
+            rep = next(x for x in st["replicas"] if x["device"] == o.device and x["unit"] == o.unit)
+            return {**{f: rep[f] for f in MODULE_FIGURES if f in rep}}
+    raise KeyError(o.source)
+
+
+# --- reading reports ---------------------------------------------------------------------------
+
+
+def _read(path: Path) -> dict:
+    try:
+        rep = jsonio.read(path)
+    except FileNotFoundError:
+        raise CalibrationError(f"{path}: no such training report") from None
+    except ValueError as e:
+        raise CalibrationError(f"{path}: training report is not JSON ({e})") from None
+    if not isinstance(rep, dict) or rep.get("kind") != REPORT_KIND:
+        kind = rep.get("kind") if isinstance(rep, dict) else None
+        raise CalibrationError(f"{path}: not a training report (kind {kind!r}); write one with "
+                               f"`edgeplan train ART --report {path.name}`")
+    return rep
+
+
+def _check(rep: dict, plan: dict, cluster: Cluster, source: str, cluster_source: str) -> None:
+    if rep.get("plan_sha256") != plan_digest(plan):
+        raise CalibrationError(f"{source}: report is a run of plan sha256 {str(rep.get('plan_sha256'))[:12]}, not of "
+                               f"the given plan ({plan_digest(plan)[:12]}); give the plan that was run (--plan)")
+    want, have = plan.get("cluster_sha256", ""), cluster.digest()
+    if want != have:
+        raise CalibrationError(f"{source}: plan was made on cluster sha256 {want[:12]}, but {cluster_source} is "
+                               f"{have[:12]}; give the cluster file the plan was made with (--cluster)")
+    if int(rep.get("iterations") or 0) < MIN_ITERATIONS:
+        raise CalibrationError(f"{source}: {rep.get('iterations')} iteration(s) measured, fewer than {MIN_ITERATIONS}; "
+                               f"train longer (--max-iters {4 * MIN_ITERATIONS} or more)")
+
+
+def observations(rep: dict, predicted: dict, source: str) -> tuple[list[TrainObservation],
+                                                                   list[AllreduceObservation], list[str]]:
+    """The report's usable replicas and all-reduces, and one line per replica left out."""
+    pred = {s["stage"]: s for s in predicted["stages"]}
+    obs, ars, skipped = [], [], []
+    for st in rep.get("stages") or ():
+        ps = pred.get(st.get("stage"))
+        if ps is None:
+            raise CalibrationError(f"{source}: stage {st.get('stage')} is not in the plan; give the plan that was run")
+        for r in st["replicas"]:
+            pr = next((x for x in ps["replicas"] if x["device"] == r["device"] and x["unit"] == r["unit"]), None)
+            if pr is None:
+                raise CalibrationError(f"{source}: stage {st['stage']} ran on {r['device']}:{r['unit']}, which the "
+                                       "plan does not use there; give the plan that was run")
+            where = f"{source}: stage {st['stage']} on {r['device']}:{r['unit']}"
+            if r["microbatches"] < MIN_MICROBATCHES:
+                skipped.append(f"{where}: {r['microbatches']} micro-batch(es), fewer than {MIN_MICROBATCHES}; not used "
+                               "(train more iterations)")
+                continue
+            obs.append(TrainObservation(
+                source=source, stage=int(st["stage"]), device=r["device"], unit=r["unit"], samples=int(r["samples"]),
+                microbatches=int(r["microbatches"]),
+                measured=tuple((f, float(r[f][0])) for f in MODULE_FIGURES),
+                predicted=tuple((f, float(pr[f])) for f in MODULE_FIGURES),
+                peak=(("forward_s", float(pr["forward_peak_s"])), ("backward_s", float(pr["backward_peak_s"]))),
+                param_bytes=float(ps["param_bytes"]), p2p_bytes=float(r["p2p_bytes"]),
+                p2p_transfers=float(r["p2p_transfers"]), p2p_link_s=float(pr["p2p_link_s"])))
+        if len(st["replicas"]) > 1 and ps["allreduce_bytes"]:
+            ars.append(AllreduceObservation(source, int(st["stage"]), tuple(st["group"]), float(ps["allreduce_bytes"]),
+                                            float(st["allreduce_s"][0]), float(ps["allreduce_link_s"])))
+    return obs, ars, skipped
+
+
+# --- the fit ---------------------------------------------------------------------------------
+
+
+def _overhead(calls: np.ndarray, nbytes: np.ndarray, resid: np.ndarray, measured: np.ndarray, what: str
+              ) -> tuple[float, float, str]:
+    """(per call, per byte) >= 0 with ``calls a + nbytes b ~ resid``, errors relative to ``measured``; a note
+    when the byte counts do not separate the two."""
+    if len(np.unique(np.round(nbytes / np.maximum(calls, 1e-12)))) >= 2:  # bytes per call differ: they separate
+        w = 1.0 / np.maximum(measured, 1e-9)
+        a = np.stack([calls * w, nbytes * w], axis=1)
+        x, _ = bounded_lstsq(a, resid * w, np.zeros(2), np.array([MAX_HOP_S, 1e-3]))
+        return float(x[0]), float(x[1]), ""
+    per_call = float(np.clip(np.median(resid / np.maximum(calls, 1e-12)), 0.0, MAX_HOP_S))
+    return per_call, 0.0, (f"{what}: one size per call ({nbytes[0] / max(calls[0], 1e-12):.0f} B) in the reports: a "
+                           "per-call cost only (run a plan with other cuts, shares or stage sizes to separate the "
+                           "per-byte cost)")
+
+
+def fit(cluster: Cluster, obs: list[TrainObservation], ars: list[AllreduceObservation],
+        skipped: list[str] = ()) -> tuple[tuple[TrainUnitFit, ...], Cluster, tuple[str, ...]]:
+    """Fit every (board, unit) the observations cover, and the boards' torch.distributed overheads."""
+    if not obs:
+        raise CalibrationError("no stage replica in the training report(s) ran enough micro-batches to fit ("
+                               + "; ".join(skipped) + f"); train at least {MIN_MICROBATCHES} micro-batches")
+    notes: list[str] = list(skipped)
+    by_unit: dict[tuple[str, str], list[TrainObservation]] = {}
+    for o in obs:
+        by_unit.setdefault((o.device, o.unit), []).append(o)
+    # torch.distributed's overheads: shared by every board of the reports
+    p2p = [o for o in obs if o.p2p_transfers > 0]
+    p2p_fit = (0.0, 0.0)
+    if p2p:
+        m = np.array([dict(o.measured)["p2p_s"] for o in p2p])
+        a, b, note = _overhead(np.array([o.p2p_transfers for o in p2p]), np.array([o.p2p_bytes for o in p2p]),
+                               m - np.array([o.p2p_link_s for o in p2p]), m, "point-to-point")
+        p2p_fit = (a, b)
+        notes += [note] if note else []
+    ar_fit = (0.0, 0.0)
+    if ars:
+        m = np.array([x.measured_s for x in ars])
+        steps = np.array([2.0 * (len(x.group) - 1) for x in ars])
+        a, b, note = _overhead(steps, np.array([x.nbytes for x in ars]), m - np.array([x.link_s for x in ars]), m,
+                               "all-reduce")
+        ar_fit = (a, b)
+        notes += [note] if note else []
+    fits = []
+    devices = {d.name: d for d in cluster.devices}
+    for (dev, uname), items in sorted(by_unit.items()):
+        if dev not in devices:
+            raise CalibrationError(f"training report ran on board {dev!r}, which cluster {cluster.name!r} "
+                                   "does not have")
+        before = devices[dev].unit(uname).training or TrainingFigures()
+        where = f"{dev}:{uname}"
+        unit_notes = []
+        factors = {}
+        for f, old in (("forward_s", before.forward_factor), ("backward_s", before.backward_factor)):
+            ratios = np.array([dict(o.measured)[f] / dict(o.predicted)[f] for o in items if dict(o.predicted)[f] > 0])
+            floor = max(dict(o.peak)[f] / dict(o.predicted)[f] for o in items if dict(o.predicted)[f] > 0)
+            r = float(np.median(ratios))
+            if r < floor:
+                unit_notes.append(f"{where}: the fit would run the {f[:-2]} pass faster than the unit's peak FLOP/s; "
+                                  "clamped to the peak")
+                r = floor
+            factors[f] = float(np.clip(old * r, 1.0 / MAX_FACTOR, MAX_FACTOR))
+        call = float(np.clip(np.median([dict(o.measured)["call_s"] / 2.0 for o in items]), 0.0, MAX_HOP_S))
+        opt = [dict(o.measured)["optimizer_s"] / o.param_bytes for o in items if o.param_bytes > 0]
+        after = TrainingFigures(
+            forward_factor=factors["forward_s"], backward_factor=factors["backward_s"], call_s=call,
+            optimizer_s_per_byte=max(float(np.median(opt)), 0.0) if opt else before.optimizer_s_per_byte,
+            p2p_call_s=p2p_fit[0] if p2p else before.p2p_call_s, p2p_s_per_byte=p2p_fit[1] if p2p else
+            before.p2p_s_per_byte, allreduce_call_s=ar_fit[0] if ars else before.allreduce_call_s,
+            allreduce_s_per_byte=ar_fit[1] if ars else before.allreduce_s_per_byte)
+        fits.append(TrainUnitFit(dev, uname, len(items), before, after, tuple(unit_notes)))
+    done = {(f.device, f.unit) for f in fits}
+    for d in cluster.devices:  # boards of a fitted board's profile and figures take its fit, as estimates
+        for u in d.units:
+            if (d.name, u.name) in done:
+                continue
+            peers = [f for f in fits if f.inferred_from is None and f.unit == u.name
+                     and cluster.device(f.device).profile == d.profile and cluster.device(f.device).unit(u.name) == u]
+            if peers:
+                best = max(peers, key=lambda f: (f.replicas, f.device))
+                fits.append(TrainUnitFit(d.name, u.name, 0, u.training or TrainingFigures(), best.after,
+                                         (f"{d.name}:{u.name}: not in the report(s); takes {best.device}:{u.name}'s "
+                                          f"fitted training figures (same profile {d.profile!r})",), best.device))
+    fitted = {(f.device, f.unit): f.after for f in fits}
+    new = dataclasses.replace(cluster, devices=tuple(
+        dataclasses.replace(d, units=tuple(dataclasses.replace(u, training=fitted.get((d.name, u.name), u.training))
+                                           for u in d.units)) for d in cluster.devices))
+    return tuple(fits), new, tuple(notes)
+
+
+# --- writing the calibrated cluster --------------------------------------------------------------
+
+
+def _figures_yaml(f: TrainingFigures, source: str) -> dict:
+    def num(x: float) -> float:
+        return float(f"{x:.6g}")
+
+    return {"forward_factor": num(f.forward_factor), "backward_factor": num(f.backward_factor),
+            "call_us": num((f.call_s or 0.0) * 1e6), "optimizer_ns_per_byte": num(f.optimizer_s_per_byte * 1e9),
+            "p2p_call_us": num(f.p2p_call_s * 1e6), "p2p_ns_per_byte": num(f.p2p_s_per_byte * 1e9),
+            "allreduce_call_us": num(f.allreduce_call_s * 1e6),
+            "allreduce_ns_per_byte": num(f.allreduce_s_per_byte * 1e9), "from": source}
+
+
+def write_calibrated(cluster_path: Path, cluster: Cluster, fits: tuple[TrainUnitFit, ...], out_path: Path,
+                     sources: str, when: str | None) -> Cluster:
+    """The cluster file with each fitted unit's ``training:`` block as a device override; loaded back."""
+    doc = calibrated_doc(cluster_path, Calibration((), (), (), cluster), out_path, sources=sources, backend="torch",
+                         when=when)
+    stamp = when or datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+    for dev in doc["devices"]:
+        for f in fits:
+            if f.device != dev["name"]:
+                continue
+            over = dev.get("overrides") or {}
+            dev["overrides"] = over
+            units = over.setdefault("units", {}) or {}
+            over["units"] = units
+            how = (f"edgeplan calibrate: medians over {f.replicas} replica(s) of {sources} ({stamp})"
+                   if f.inferred_from is None else f"as {f.inferred_from} (same profile, not run): {sources}")
+            units[f.unit] = {**(units.get(f.unit) or {}), "training": _figures_yaml(f.after, how)}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    tmp.write_text(f"# Written by `edgeplan calibrate` from training report(s) {sources}: fitted training figures are "
+                   f"device overrides (units.<unit>.training); everything else is as in {cluster_path}.\n"
+                   + yaml.safe_dump(doc, sort_keys=False))
+    tmp.replace(out_path)
+    return load_cluster(out_path)
+
+
+def _default_predict(plan: dict, graph: LayerGraph, cluster: Cluster) -> dict:
+    """The cost model's prices of a training run's figures (training/metrics.predict: planner + profiles,
+    pure numpy; imported here because profiles/ comes before the planner)."""
+    from edgeplan.planner.plan import Plan
+    from edgeplan.training.metrics import predict
+
+    return predict(Plan.from_json(plan), graph, cluster)
+
+
+def calibrate_files(reports: list[str | Path], plans: list[str | Path], cluster_path: str | Path,
+                    out_path: str | Path, load_graph, *, when: str | None = None, predict=None
+                    ) -> tuple[TrainCalibration, Cluster]:
+    """Fit ``cluster_path``'s training figures from training ``reports`` and write the calibrated cluster.
+
+    Each report embeds its plan; ``plans`` (optional, one for all or one per report) must be that plan.
+    ``load_graph(plan) -> LayerGraph`` traces the plan's model; ``predict(plan, graph, cluster)`` prices the
+    run's figures (default: training.metrics.predict).
+    """
+    predict = predict or _default_predict
+    cluster_path, out_path = Path(cluster_path), Path(out_path)
+    cluster = load_cluster(cluster_path)
+    if plans and len(plans) not in (1, len(reports)):
+        raise CalibrationError(f"--plan given {len(plans)} times for {len(reports)} reports; give it once or once "
+                               "per report, in the same order")
+    runs, obs, ars, skipped, names = [], [], [], [], []
+    for i, rpath in enumerate(reports):
+        source = str(rpath)
+        rep = _read(Path(rpath))
+        plan = rep.get("plan")
+        if plans:
+            from edgeplan.profiles.calibrate import read_plan
+
+            plan, _ = read_plan(plans[0] if len(plans) == 1 else plans[i])
+        if not isinstance(plan, dict) or plan.get("mode") != "training":
+            raise CalibrationError(f"{source}: the report's plan is not a training plan; give the plan it ran (--plan)")
+        _check(rep, plan, cluster, source, str(cluster_path))
+        graph = load_graph(plan)
+        if plan.get("graph_sha256") and graph.digest() != plan["graph_sha256"]:
+            raise CalibrationError(f"{source}: the model traced now (graph sha256 {graph.digest()[:12]}) is not "
+                                   f"the one planned ({plan['graph_sha256'][:12]}); give the planned model (--model)")
+        before = predict(plan, graph, cluster)
+        o, a, s = observations(rep, before, source)
+        obs += o
+        ars += a
+        skipped += s
+        runs.append((source, plan, graph, rep, before))
+        names.append(f"{Path(rpath).name} (plan {plan_digest(plan)[:12]})")
+    fits, _fitted, notes = fit(cluster, obs, ars, skipped)
+    new = write_calibrated(cluster_path, cluster, fits, out_path, ", ".join(names), when)
+    after = tuple(predict(plan, graph, new) for _, plan, graph, _, _ in runs)
+    summary = tuple({"source": src, "measured_iter_s": float(rep["measured_iter_s"]),
+                     "before_iter_s": before["iter_s"]} for src, _, _, rep, before in runs)
+    return TrainCalibration(fits, tuple(obs), tuple(ars), after, summary, new, notes), new
+
+
+# --- the printed fit ---------------------------------------------------------------------------
+
+
+def _err(pred: float, meas: float) -> str:
+    return f"{100.0 * (pred - meas) / meas:+.0f}%" if meas else "-"
+
+
+def format_fit(cal: TrainCalibration) -> str:
+    """Per unit: training figures before -> after; per replica and figure: measured vs predicted before/after;
+    per report: the iteration time."""
+    lines = []
+    for f in cal.fits:
+        b, a = f.before, f.after
+        lines.append(f"{f.device}:{f.unit}: " + (f"as {f.inferred_from}:{f.unit} (same profile, not run)"
+                                                  if f.inferred_from else f"training fit over {f.replicas} replica(s)"))
+        if f.inferred_from is None:
+            lines.append(f"  forward x{b.forward_factor:.3g} -> x{a.forward_factor:.3g}   backward "
+                         f"x{b.backward_factor:.3g} -> x{a.backward_factor:.3g}   stage call "
+                         f"{'hop' if b.call_s is None else f'{b.call_s * 1e3:.3g} ms'} -> "
+                         f"{(a.call_s or 0) * 1e3:.3g} ms"
+                         f"   optimizer {b.optimizer_s_per_byte * 1e9:.3g} -> {a.optimizer_s_per_byte * 1e9:.3g} ns/B")
+            lines.append(f"  p2p {a.p2p_call_s * 1e3:.3g} ms + {a.p2p_s_per_byte * 1e9:.3g} ns/B per transfer;  "
+                         f"all-reduce {a.allreduce_call_s * 1e3:.3g} ms per ring step + "
+                         f"{a.allreduce_s_per_byte * 1e9:.3g} ns/B (beyond the links)")
+        lines.extend(f"  {n}" for n in f.notes)
+    lines += ["", f"{'report':<20}{'stage':>6}  {'board:unit':<14}{'figure':<13}{'measured ms':>12}{'before':>10}"
+                  f"{'err':>7}{'after':>10}{'err':>7}"]
+    for o in cal.observations:
+        after = _after_of(cal, o)
+        for f in MODULE_FIGURES:
+            m, p0, p1 = dict(o.measured)[f], dict(o.predicted)[f], after[f]
+            lines.append(f"{Path(o.source).name[:19]:<20}{o.stage:>6}  {o.device + ':' + o.unit:<14}{f[:-2]:<13}"
+                         f"{m * 1e3:>12.3f}{p0 * 1e3:>10.3f}{_err(p0, m):>7}{p1 * 1e3:>10.3f}{_err(p1, m):>7}")
+    for x in cal.allreduces:
+        lines.append(f"{Path(x.source).name[:19]:<20}{x.stage:>6}  all-reduce of {x.nbytes / 1e6:.3g} MB over "
+                     f"{len(x.group)} board(s): measured {x.measured_s * 1e3:.2f} ms, links alone "
+                     f"{x.link_s * 1e3:.2f} ms")
+    lines.append(f"per-stage forward/backward MAPE: {cal.mape('before'):.1f}% before, {cal.mape('after'):.1f}% after")
+    for src, m, b, a in cal.iteration_errors():
+        lines.append(f"{Path(src).name}: iteration measured {m * 1e3:.1f} ms, predicted {b * 1e3:.1f} ms "
+                     f"({_err(b, m)}) before, {a * 1e3:.1f} ms ({_err(a, m)}) after")
+    lines.extend(cal.notes)
+    return "\n".join(lines) + "\n"
