@@ -17,6 +17,7 @@ from edgeplan import jsonio
 from edgeplan.errors import PlanError
 from edgeplan.planner import dp as dp_mod
 from edgeplan.planner import search
+from edgeplan.planner import units as units_mod
 from edgeplan.planner.baselines import baselines as make_baselines
 from edgeplan.planner.costmodel import (
     Evaluation,
@@ -40,8 +41,11 @@ __all__ = ["Objective", "evaluate", "make_plan", "plan_from_costs", "layout_of",
 
 
 def make_plan(graph, cluster, objective: Objective, solver: str = "dp", min_gain: float = MIN_GAIN,
-              ilp_time_limit: float = 60.0, pins: tuple[str, ...] = (), allow_raw: tuple[str, ...] = ()) -> Plan:
+              ilp_time_limit: float = 60.0, pins: tuple[str, ...] = (), allow_raw: tuple[str, ...] = (),
+              multi_unit: bool = True) -> Plan:
     """Plan ``graph`` (LayerGraph) on ``cluster`` (Cluster) for ``objective``.
+
+    ``multi_unit``: after the solver, try idle units of the plan's boards (``planner/units.py``).
 
     ``pins`` (``--pin NAME=DEVICE`` texts) and ``allow_raw`` (``--allow-raw-transfer``) hand
     the request to planner/branches, which obeys them and plans parallel input branches.
@@ -57,7 +61,7 @@ def make_plan(graph, cluster, objective: Objective, solver: str = "dp", min_gain
                            graph_sha256=graph.digest(), cluster=cluster.name, cluster_sha256=cluster.digest())
     return plan_from_costs(costs, objective, solver=solver, model=graph.name, graph_sha256=graph.digest(),
                            cluster=cluster.name, cluster_sha256=cluster.digest(), min_gain=min_gain,
-                           ilp_time_limit=ilp_time_limit)
+                           ilp_time_limit=ilp_time_limit, multi_unit=multi_unit)
 
 
 def check_min_gain(min_gain: float) -> None:
@@ -78,11 +82,14 @@ def _solve(costs: CostTable, obj: Objective, solver: str, ilp_time_limit: float,
 def plan_from_costs(costs: CostTable, objective: Objective, *, solver: str = "dp", model: str = "model",
                     graph_sha256: str = "", cluster: str = "cluster", cluster_sha256: str = "",
                     work_budget: float = dp_mod.WORK_BUDGET, with_baselines: bool = True,
-                    min_gain: float = MIN_GAIN, ilp_time_limit: float = 60.0) -> Plan:
+                    min_gain: float = MIN_GAIN, ilp_time_limit: float = 60.0, multi_unit: bool = False) -> Plan:
     """Best plan for ``objective`` on ``costs``; raises PlanError with alternatives when none fits.
 
     ``min_gain``: a plan with more boards or stages than a simpler candidate must
     be at least this much better (fraction, 0 <= min_gain < 1), else the simpler wins.
+    ``multi_unit``: then let stages share a board on its idle units (``units.improve``, a local
+    search under the same ``min_gain``); off here so the solvers' results stay comparable,
+    on in ``make_plan``.
     """
     check_min_gain(min_gain)
     from edgeplan.planner.ilp import check_time_limit
@@ -106,6 +113,9 @@ def plan_from_costs(costs: CostTable, objective: Objective, *, solver: str = "dp
         exact = False
     layout, ev, more = final_choice(costs, objective, layout, ev, min_gain=min_gain)
     notes += more
+    if multi_unit:  # the solvers search one unit per device; this local step puts idle units of used boards to work
+        layout, ev, moves = units_mod.improve(costs, objective, layout, ev, min_gain=min_gain)
+        notes += [mv.text(costs) for mv in moves]
     if solver == "dp" and not exact:
         notes += _ilp_gap(costs, objective, ev, ilp_time_limit)
     return plan_of(costs, layout, objective, ev, solver=solver, model=model, graph_sha256=graph_sha256,

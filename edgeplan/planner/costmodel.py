@@ -35,6 +35,12 @@ reports) prices plans here, so they all agree. The model, per micro-batch of
   1F1B, 0 for inference) + ``k_r * (cut_bytes[i] + max act)`` of workspace.
   Sample shares respect it: ``allocate`` gives no replica more samples than
   its device holds.
+- several units of one board (``planner/units.py``): stages may sit on
+  different units of one device (never two on one unit). Their memory adds up
+  against the board's RAM; a board hosting several stages gets a NIC resource
+  (all its bytes out, all its bytes in, per micro-batch); a hand-over between
+  two of its units is a copy through memory at the units' bandwidths (free
+  between two CPU units); the board's idle power is counted once.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeplan.errors import PlanError
+from edgeplan.planner import units as _units  # module import: units.py imports this module back
 from edgeplan.planner.objective import Objective
 from edgeplan.profiles.cost import CostTable
 
@@ -74,17 +81,15 @@ class Prefix:
         sup = np.asarray(costs.supported, dtype=bool)
         if objective.training:  # torch trains on CPUs and CUDA GPUs only: NPU and Mali units run no layer
             sup = sup & np.array([t in TRAINABLE_TARGETS for _, _, t in costs.units], dtype=bool)[:, None]
-        tc = costs.training if objective.training else None  # fitted training figures (profiles/calibrate_train)
-        fs, bs = (1.0, 1.0) if tc is None else (tc.fwd_scale[:, None], tc.bwd_scale[:, None])
-        per = np.where(sup, costs.fwd_s * fs, 0.0)
+        per = np.where(sup, costs.fwd_s, 0.0)
         if objective.training:
-            per = per + np.where(sup, costs.bwd_s * bs, 0.0)
-        fixed = np.where(sup, costs.fixed_s, 0.0) * ((fs + bs) if objective.training else 1.0)
+            per = per + np.where(sup, costs.bwd_s, 0.0)
+        fixed = np.where(sup, costs.fixed_s, 0.0) * (2.0 if objective.training else 1.0)
         z = np.zeros((per.shape[0], 1))
         self.F = np.concatenate([z, np.cumsum(per, axis=1)], axis=1)
         self.training = objective.training
         # forward only (training): the schedule simulator runs forward and backward as separate actions
-        self.Ffwd = np.concatenate([z, np.cumsum(np.where(sup, costs.fwd_s * fs, 0.0), axis=1)], axis=1)
+        self.Ffwd = np.concatenate([z, np.cumsum(np.where(sup, costs.fwd_s, 0.0), axis=1)], axis=1)
         self.X = np.concatenate([z, np.cumsum(fixed, axis=1)], axis=1)
         self.U = np.concatenate([z.astype(np.int64), np.cumsum(~sup, axis=1)], axis=1)
         self.P = np.concatenate([[0.0], np.cumsum(np.asarray(costs.param_bytes, dtype=np.float64))])
@@ -102,10 +107,6 @@ class Prefix:
         self.H = calls * (np.zeros(n_units) if costs.hop_s is None else np.asarray(costs.hop_s, dtype=np.float64))
         self.HB = calls * (np.zeros(n_units) if costs.hop_byte_s is None
                            else np.asarray(costs.hop_byte_s, dtype=np.float64))
-        if tc is not None:  # a fitted training call cost replaces the inference runtime's hop and copies
-            fitted = ~np.isnan(tc.call_s)
-            self.H = np.where(fitted, calls * np.nan_to_num(tc.call_s), self.H)
-            self.HB = np.where(fitted, 0.0, self.HB)
 
     def per_sample(self, u: int, i: int, j: int) -> float:
         """Seconds per sample of stage ``[i, j)`` on unit ``u``: its layers + the runtime copying its cuts."""
@@ -220,11 +221,23 @@ def pair_transfer(costs: CostTable, src: tuple[tuple[int, int], ...], dst: tuple
                   bytes_per_sample: float) -> tuple[float, float]:
     """(seconds, joules) to move a micro-batch from ``src`` to ``dst`` replicas ((device, samples) in replica
     order), priced per sender -> receiver pair (module docstring)."""
+    t, e, _ = pair_loads(costs, src, dst, bytes_per_sample)
+    return t, e
+
+
+def pair_loads(costs: CostTable, src, dst, bytes_per_sample: float) -> tuple[float, float, dict]:
+    """``pair_transfer`` plus each NIC's seconds (``("out"|"in", device)``). Replicas given as
+    (device, samples, unit) also price a hand-over between two units of one device
+    (``units.handover_s_per_byte``, on the board's memory: key ``("copy", device)``)."""
     load: dict[tuple[str, int], float] = {}
     lat = energy = 0.0
-    for a, b, n in pair_samples(tuple(k for _, k in src), tuple(k for _, k in dst)):
+    for a, b, n in pair_samples(tuple(r[1] for r in src), tuple(r[1] for r in dst)):
         x, y = src[a][0], dst[b][0]
         if x == y:
+            if len(src[a]) > 2 and len(dst[b]) > 2 and src[a][2] != dst[b][2]:
+                c = n * bytes_per_sample * _units.handover_s_per_byte(costs, src[a][2], dst[b][2])
+                if c > 0:
+                    load[("copy", x)] = load.get(("copy", x), 0.0) + c
             continue
         nbytes = n * bytes_per_sample
         t = nbytes / float(costs.bandwidth[x, y])
@@ -233,8 +246,8 @@ def pair_transfer(costs: CostTable, src: tuple[tuple[int, int], ...], dst: tuple
         lat = max(lat, float(costs.latency_s[x, y]))
         energy += nbytes * float(costs.energy_per_byte_j[x, y])
     if not load:
-        return 0.0, 0.0
-    return max(load.values()) + lat, energy
+        return 0.0, 0.0, load
+    return max(load.values()) + lat, energy, load
 
 
 def allreduce(costs: CostTable, group, nbytes: float) -> tuple[float, float]:
@@ -244,33 +257,7 @@ def allreduce(costs: CostTable, group, nbytes: float) -> tuple[float, float]:
     if g < 2 or link is None:
         return 0.0, 0.0
     bw, lat, epb = link
-    t = 2.0 * (g - 1) / g * nbytes / bw + 2.0 * (g - 1) * lat
-    if costs.training is not None:  # torch.distributed's own cost per ring step and per byte (fitted)
-        call, per_byte = costs.training.allreduce[list(group)].max(axis=0)
-        t += 2.0 * (g - 1) * call + nbytes * per_byte
-    return t, 2.0 * (g - 1) * nbytes * epb
-
-
-def optimizer_step(costs: CostTable, units, nbytes: float) -> float:
-    """Seconds of a training stage's optimizer step over ``nbytes`` of parameters (slowest of ``units``;
-    0 without fitted training figures)."""
-    if costs.training is None:
-        return 0.0
-    return float(nbytes * costs.training.opt_byte_s[list(units)].max())
-
-
-def p2p_overhead(costs: CostTable, src, dst, bytes_per_sample: float) -> float:
-    """torch.distributed's own seconds for one training transfer between replica groups ((device, samples,
-    ...) in replica order) beyond the link: per transfer + per byte of the largest pair (fitted; else 0)."""
-    if costs.training is None:
-        return 0.0
-    worst = 0.0
-    for a, b, n in pair_samples(tuple(r[1] for r in src), tuple(r[1] for r in dst)):
-        x, y = src[a][0], dst[b][0]
-        if x != y:
-            call, per_byte = np.maximum(costs.training.p2p[x], costs.training.p2p[y])
-            worst = max(worst, float(call + per_byte * n * bytes_per_sample))
-    return worst
+    return 2.0 * (g - 1) / g * nbytes / bw + 2.0 * (g - 1) * lat, 2.0 * (g - 1) * nbytes * epb
 
 
 @dataclass(frozen=True)
@@ -293,7 +280,6 @@ class StageEval:
     allreduce_s: float
     energy_j: float  # per sample: compute above idle + sends
     module_s: float = 0.0  # the slowest replica's module alone (compute_s less the runtime's hop costs)
-    optimizer_s: float = 0.0  # training: the optimizer step per iteration (fitted training figures; else 0)
 
 
 @dataclass(frozen=True)
@@ -332,7 +318,8 @@ class Evaluation:
 
 
 def check_layout(costs: CostTable, layout: Layout, objective: Objective) -> None:
-    """Structural checks (contiguous cover, devices used once, samples sum to the micro-batch)."""
+    """Structural checks (contiguous cover, units used once, a device once per replica group, samples sum
+    to the micro-batch). Stages may share a device on different units (``planner/units.py``)."""
     n = costs.n_layers
     if not layout:
         raise PlanError("plan has no stages")
@@ -345,10 +332,16 @@ def check_layout(costs: CostTable, layout: Layout, objective: Objective) -> None
         devs = [costs.units[u][0] for u, _ in st.replicas]
         if not devs:
             raise PlanError(f"stage {s} has no replicas")
-        for d in devs:
-            if d in seen:
-                raise PlanError(f"device {costs.devices[d]!r} is used by more than one stage or replica")
-            seen.add(d)
+        if len(set(devs)) < len(devs):
+            d = next(d for d in devs if devs.count(d) > 1)
+            raise PlanError(f"stage {s}: device {costs.devices[d]!r} appears twice in one replica group; "
+                            "give the stage one unit per device")
+        for u, _ in st.replicas:
+            if u in seen:
+                d, name, _ = costs.units[u]
+                raise PlanError(f"unit {costs.devices[d]}:{name} is used by more than one stage; a unit runs "
+                                "one stage (put the other stage on another unit or device)")
+            seen.add(u)
         total = sum(k for _, k in st.replicas)
         if total != objective.micro or any(k < 1 for _, k in st.replicas):
             raise PlanError(
@@ -381,16 +374,17 @@ def evaluate(costs: CostTable, layout: Layout, objective: Objective, prefix: Pre
     busy = np.asarray(costs.busy_power_w, dtype=np.float64)
     idle = np.asarray(costs.idle_power_w, dtype=np.float64)
 
-    ends = [tuple((costs.units[u][0], k) for u, k in st.replicas) for st in layout]  # (device, samples)
+    ends = [tuple((costs.units[u][0], k, u) for u, k in st.replicas) for st in layout]  # (device, samples, unit)
     at_head = ((head, m),)
-    in_t, in_e = pair_transfer(costs, at_head, ends[0], pf.cut[0])
+    in_t, in_e, in_load = pair_loads(costs, at_head, ends[0], pf.cut[0])
+    nic_parts = [(in_load, 1.0)]  # every transfer's NIC seconds, x its runs per micro-batch (units.nic_loads)
     stages: list[StageEval] = []
     overflows: list[tuple[int, float, float]] = []
     unsupported: list[tuple[int, int]] = []
     p_res = [in_t]  # per-micro-batch time of every resource
     q_res = [(M - 1) * in_t]
     dyn_j = in_e  # joules per micro-batch (inference) excluding idle
-    used = [d for g in groups for d in g]
+    used = sorted({d for g in groups for d in g})  # a board with several busy units idles once
     bad_cuts = tuple(st.start for st in layout[1:] if not pf.cut_ok[st.start])
     for s, st in enumerate(layout):
         i, j = st.start, st.stop
@@ -404,35 +398,38 @@ def evaluate(costs: CostTable, layout: Layout, objective: Objective, prefix: Pre
                 unsupported.append((s, u))
             t = pf.time(u, i, j, k)
             mem = pf.memory(i, j, k, stash)
-            if mem > costs.ram_bytes[d]:
-                overflows.append((d, float(mem), float(costs.ram_bytes[d])))
             e_stage += max(busy[u] - idle[d], 0.0) * t
             reps.append(ReplicaEval(unit=u, device=d, samples=k, time_s=float(t), memory_bytes=float(mem),
                                     forward_s=float(pf.forward_time(u, i, j, k))))
         slowest = max(reps, key=lambda r: r.time_s)
         tau = slowest.time_s
+        send_load: dict = {}
         if s + 1 < S:
-            send_t, send_e = pair_transfer(costs, ends[s], ends[s + 1], pf.cut[j])
+            send_t, send_e, send_load = pair_loads(costs, ends[s], ends[s + 1], pf.cut[j])
         elif not train:
-            send_t, send_e = pair_transfer(costs, ends[s], at_head, pf.cut[j])
+            send_t, send_e, send_load = pair_loads(costs, ends[s], at_head, pf.cut[j])
         else:
             send_t, send_e = 0.0, 0.0
+        nic_parts.append((send_load, 2.0 if (train and s + 1 < S) else 1.0))
         ar_t, ar_e = allreduce(costs, groups[s], params) if train else (0.0, 0.0)
-        opt_t = optimizer_step(costs, [u for u, _ in st.replicas], params) if train else 0.0
-        if train and s + 1 < S:
-            send_t += p2p_overhead(costs, ends[s], ends[s + 1], pf.cut[j])
         link_p = 2 * send_t if (train and s + 1 < S) else send_t
         p_res += [tau, link_p]
-        q_res += [(M - 1) * tau + ar_t + opt_t, (M - 1) * link_p]
+        q_res += [(M - 1) * tau + ar_t, (M - 1) * link_p]
         e_stage += send_e * (2 if (train and s + 1 < S) else 1)
         if train:
             e_stage += ar_e / M
         dyn_j += e_stage
         stages.append(StageEval(spec=st, replicas=tuple(reps), compute_s=float(tau), forward_s=slowest.forward_s,
                                 send_s=float(send_t),
-                                allreduce_s=float(ar_t), energy_j=float(e_stage / m), optimizer_s=float(opt_t),
+                                allreduce_s=float(ar_t), energy_j=float(e_stage / m),
                                 module_s=float(max(pf.module_time(r.unit, i, j, r.samples) for r in reps))))
-    period = max(p_res)
+    for d, need in sorted(_units.device_memory(costs, (r for st in stages for r in st.replicas)).items()):
+        if need > costs.ram_bytes[d]:
+            overflows.append((d, float(need), float(costs.ram_bytes[d])))
+    shared = _units.multi_stage_devices(costs, layout)
+    nic_p = _units.nic_loads(nic_parts, shared) if shared else []
+    period = max(p_res + nic_p)  # a shared NIC bounds the period; its transfers' latencies are already in the sum
+    q_res += [(M - 1) * p for p in nic_p]
     total = sum(p_res)
     idle_used = float(sum(idle[d] for d in used))
     if train:
