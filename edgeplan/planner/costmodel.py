@@ -81,15 +81,17 @@ class Prefix:
         sup = np.asarray(costs.supported, dtype=bool)
         if objective.training:  # torch trains on CPUs and CUDA GPUs only: NPU and Mali units run no layer
             sup = sup & np.array([t in TRAINABLE_TARGETS for _, _, t in costs.units], dtype=bool)[:, None]
-        per = np.where(sup, costs.fwd_s, 0.0)
+        tc = costs.training if objective.training else None  # fitted training figures (profiles/calibrate_train)
+        fs, bs = (1.0, 1.0) if tc is None else (tc.fwd_scale[:, None], tc.bwd_scale[:, None])
+        per = np.where(sup, costs.fwd_s * fs, 0.0)
         if objective.training:
-            per = per + np.where(sup, costs.bwd_s, 0.0)
-        fixed = np.where(sup, costs.fixed_s, 0.0) * (2.0 if objective.training else 1.0)
+            per = per + np.where(sup, costs.bwd_s * bs, 0.0)
+        fixed = np.where(sup, costs.fixed_s, 0.0) * ((fs + bs) if objective.training else 1.0)
         z = np.zeros((per.shape[0], 1))
         self.F = np.concatenate([z, np.cumsum(per, axis=1)], axis=1)
         self.training = objective.training
         # forward only (training): the schedule simulator runs forward and backward as separate actions
-        self.Ffwd = np.concatenate([z, np.cumsum(np.where(sup, costs.fwd_s, 0.0), axis=1)], axis=1)
+        self.Ffwd = np.concatenate([z, np.cumsum(np.where(sup, costs.fwd_s * fs, 0.0), axis=1)], axis=1)
         self.X = np.concatenate([z, np.cumsum(fixed, axis=1)], axis=1)
         self.U = np.concatenate([z.astype(np.int64), np.cumsum(~sup, axis=1)], axis=1)
         self.P = np.concatenate([[0.0], np.cumsum(np.asarray(costs.param_bytes, dtype=np.float64))])
@@ -107,6 +109,10 @@ class Prefix:
         self.H = calls * (np.zeros(n_units) if costs.hop_s is None else np.asarray(costs.hop_s, dtype=np.float64))
         self.HB = calls * (np.zeros(n_units) if costs.hop_byte_s is None
                            else np.asarray(costs.hop_byte_s, dtype=np.float64))
+        if tc is not None:  # a fitted training call cost replaces the inference runtime's hop and copies
+            fitted = ~np.isnan(tc.call_s)
+            self.H = np.where(fitted, calls * np.nan_to_num(tc.call_s), self.H)
+            self.HB = np.where(fitted, 0.0, self.HB)
 
     def per_sample(self, u: int, i: int, j: int) -> float:
         """Seconds per sample of stage ``[i, j)`` on unit ``u``: its layers + the runtime copying its cuts."""
@@ -257,7 +263,33 @@ def allreduce(costs: CostTable, group, nbytes: float) -> tuple[float, float]:
     if g < 2 or link is None:
         return 0.0, 0.0
     bw, lat, epb = link
-    return 2.0 * (g - 1) / g * nbytes / bw + 2.0 * (g - 1) * lat, 2.0 * (g - 1) * nbytes * epb
+    t = 2.0 * (g - 1) / g * nbytes / bw + 2.0 * (g - 1) * lat
+    if costs.training is not None:  # torch.distributed's own cost per ring step and per byte (fitted)
+        call, per_byte = costs.training.allreduce[list(group)].max(axis=0)
+        t += 2.0 * (g - 1) * call + nbytes * per_byte
+    return t, 2.0 * (g - 1) * nbytes * epb
+
+
+def optimizer_step(costs: CostTable, units, nbytes: float) -> float:
+    """Seconds of a training stage's optimizer step over ``nbytes`` of parameters (slowest of ``units``;
+    0 without fitted training figures)."""
+    if costs.training is None:
+        return 0.0
+    return float(nbytes * costs.training.opt_byte_s[list(units)].max())
+
+
+def p2p_overhead(costs: CostTable, src, dst, bytes_per_sample: float) -> float:
+    """torch.distributed's own seconds for one training transfer between replica groups ((device, samples,
+    ...) in replica order) beyond the link: per transfer + per byte of the largest pair (fitted; else 0)."""
+    if costs.training is None:
+        return 0.0
+    worst = 0.0
+    for a, b, n in pair_samples(tuple(r[1] for r in src), tuple(r[1] for r in dst)):
+        x, y = src[a][0], dst[b][0]
+        if x != y:
+            call, per_byte = np.maximum(costs.training.p2p[x], costs.training.p2p[y])
+            worst = max(worst, float(call + per_byte * n * bytes_per_sample))
+    return worst
 
 
 @dataclass(frozen=True)
@@ -280,6 +312,7 @@ class StageEval:
     allreduce_s: float
     energy_j: float  # per sample: compute above idle + sends
     module_s: float = 0.0  # the slowest replica's module alone (compute_s less the runtime's hop costs)
+    optimizer_s: float = 0.0  # training: the optimizer step per iteration (fitted training figures; else 0)
 
 
 @dataclass(frozen=True)
@@ -412,16 +445,19 @@ def evaluate(costs: CostTable, layout: Layout, objective: Objective, prefix: Pre
             send_t, send_e = 0.0, 0.0
         nic_parts.append((send_load, 2.0 if (train and s + 1 < S) else 1.0))
         ar_t, ar_e = allreduce(costs, groups[s], params) if train else (0.0, 0.0)
+        opt_t = optimizer_step(costs, [u for u, _ in st.replicas], params) if train else 0.0
+        if train and s + 1 < S:
+            send_t += p2p_overhead(costs, ends[s], ends[s + 1], pf.cut[j])
         link_p = 2 * send_t if (train and s + 1 < S) else send_t
         p_res += [tau, link_p]
-        q_res += [(M - 1) * tau + ar_t, (M - 1) * link_p]
+        q_res += [(M - 1) * tau + ar_t + opt_t, (M - 1) * link_p]
         e_stage += send_e * (2 if (train and s + 1 < S) else 1)
         if train:
             e_stage += ar_e / M
         dyn_j += e_stage
         stages.append(StageEval(spec=st, replicas=tuple(reps), compute_s=float(tau), forward_s=slowest.forward_s,
                                 send_s=float(send_t),
-                                allreduce_s=float(ar_t), energy_j=float(e_stage / m),
+                                allreduce_s=float(ar_t), energy_j=float(e_stage / m), optimizer_s=float(opt_t),
                                 module_s=float(max(pf.module_time(r.unit, i, j, r.samples) for r in reps))))
     for d, need in sorted(_units.device_memory(costs, (r for st in stages for r in st.replicas)).items()):
         if need > costs.ram_bytes[d]:
