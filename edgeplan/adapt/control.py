@@ -161,10 +161,25 @@ class Controller:
             self.warm_up(warm_up)
         if hasattr(self.head, "set_stats_interval"):  # fresh counters in every epoch's status (two polls each)
             self.head.set_stats_interval(self.epoch_s * STATS_PER_EPOCH)
+        self.warm_policy()
         self._t0 = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="adapt-controller", daemon=True)
         self._thread.start()
         return self
+
+    def warm_policy(self) -> None:
+        """One decision under nominal conditions, discarded, before serving: the very first call of a freshly
+        loaded policy runs cold code paths (~5x a later one in bench_adapt_decision's ``rl 1st``), and it
+        should not be the one that answers the first change."""
+        from edgeplan.adapt.estimate import Estimate
+        from edgeplan.planner.family import NOMINAL
+
+        if self.pricer is None:
+            return
+        try:
+            self.policy(self.pricer, Estimate(NOMINAL, 0), self.plan_file(self.head.active), -1)
+        except Exception as e:  # the real decisions will report it
+            self.log(f"adapt controller: warming the policy failed: {e!r}")
 
     def _loop(self) -> None:
         while not self._stop.wait(self.epoch_s):

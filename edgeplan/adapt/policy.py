@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from edgeplan.adapt.estimate import Estimate
 from edgeplan.errors import PlanError
 from edgeplan.planner.costmodel import evaluate
@@ -148,6 +150,62 @@ def _value(sh: _Shape, slow: list[float], scale: list[float], kind: str, microba
     return (dyn + sh.idle_w * period) / micro  # energy
 
 
+class _Terms:
+    """Every inference plan's figure as numpy arrays, so one condition prices all plans in a few array
+    operations (a decision re-prices every plan). Each plan is a list of *groups* (a stage: the max of its
+    replicas; a transfer: the max of its NIC loads plus its latency), each group the max of *terms* linear in
+    ``x`` = (per-device slowdown, per-pair 1/bandwidth scale): ``T = A @ x + c``. Period = max of the plan's
+    groups, total = their sum; energy's dynamic part is ``E @ slowdown + send_j`` (see ``_value``)."""
+
+    def __init__(self, shapes: dict, n: int):
+        rows, consts, gstarts, pstarts, energy = [], [], [], [], []
+        for sh in shapes.values():
+            pstarts.append(len(gstarts))
+            for reps in sh.compute:
+                gstarts.append(len(rows))
+                for d, t, _ in reps:
+                    r = np.zeros(n + n * n)
+                    r[d] = t
+                    rows.append(r)
+                    consts.append(0.0)
+            for la, flows in sh.sends:
+                gstarts.append(len(rows))
+                load: dict[int, np.ndarray] = {}
+                for a, b_, k, nbytes, b in flows:  # the busiest NIC: a device's sends and its receives apart
+                    for end in ((a,) if len(flows) == 1 else (a, -1 - b_)):
+                        r = load.setdefault(end, np.zeros(n + n * n))
+                        r[n + k] += nbytes / b
+                for r in load.values():
+                    rows.append(r)
+                    consts.append(la)
+            e = np.zeros(n)
+            for reps in sh.compute:
+                for d, _, j in reps:
+                    e[d] += j
+            energy.append(e)
+        self.n = n
+        self.a, self.c = np.array(rows), np.array(consts)
+        self.gstarts, self.pstarts = np.array(gstarts), np.array(pstarts)
+        self.energy = np.array(energy)
+        self.send_j = np.array([sh.send_j for sh in shapes.values()])
+        self.idle_w = np.array([sh.idle_w for sh in shapes.values()])
+
+        self.ac = np.hstack((self.a, self.c[:, None]))  # x gets a trailing 1: one matmul adds the constants
+
+    def values(self, x: np.ndarray, kind: str, microbatches: int, micro: int) -> np.ndarray:
+        """``x``: slowdowns, 1/scales, then 1."""
+        g = np.maximum.reduceat(self.ac @ x, self.gstarts)
+        period = np.maximum.reduceat(g, self.pstarts)
+        if kind == "throughput":
+            return period
+        if kind == "latency":
+            return np.add.reduceat(g, self.pstarts) + (microbatches - 1) * period
+        return (self.energy @ x[:self.n] + self.send_j + self.idle_w * period) / micro
+
+
+CACHE = 4096  # conditions whose prices a Pricer keeps (estimates are rounded to 2 digits: conditions recur)
+
+
 class Pricer:
     """Every plan's layout on the nominal CostTable, re-priced per condition.
 
@@ -166,7 +224,16 @@ class Pricer:
         self._feasible = {name: evaluate(costs, lay, objective).feasible for name, lay in self.layouts.items()}
         nominal = {name: evaluate(costs, lay, objective).value(objective) for name, lay in self.layouts.items()}
         self._order = sorted(self.layouts, key=lambda n: (nominal[n], n))  # likely best first: tighter bounds
-
+        self.names = tuple(self.layouts)  # the order of ``vector``
+        self._ix = {name: i for i, name in enumerate(self.names)}
+        n = len(costs.devices)
+        self._dix = {d: i for i, d in enumerate(costs.devices)}
+        self._terms = None if self._shapes is None else _Terms(self._shapes, n)
+        self._infeasible = np.array([not self._feasible[name] for name in self.names])
+        self._any_infeasible = bool(self._infeasible.any())
+        self._uses = np.array([[d in self._devices[name] for d in costs.devices] for name in self.names]).reshape(
+            len(self.names), n)
+        self._cache: dict = {}  # Condition -> vector
     @classmethod
     def from_family(cls, graph, cluster, plans: dict) -> Pricer:
         """From a loaded family (``load_family``'s plans) and the LayerGraph + nominal cluster it was made for."""
@@ -176,6 +243,34 @@ class Pricer:
         costs = build_cost_table(graph, cluster)
         first = next(iter(plans.values()))
         return cls(costs, objective_of(first), {n: layout_of(costs, p) for n, p in plans.items()})
+
+    def vector(self, cond: Condition) -> np.ndarray:
+        """Every plan's figure under ``cond`` in ``names`` order (inf: cannot run), cached per condition: the
+        estimate changes rarely and its conditions recur. Inference plans only (``_Terms``); read-only."""
+        v = self._cache.get(cond)
+        if v is None:
+            slow, scale, absent = self._context(cond)
+            o = self.objective
+            if scale is self._ones:
+                inv = scale
+            elif len(cond.bandwidth) == 1 and cond.bandwidth[0][0] == (ALL, ALL):
+                inv = [1.0 / scale[0]] * len(scale)
+            else:
+                inv = [1.0 / x for x in scale]
+            v = self._terms.values(np.array(slow + inv + [1.0]), o.objective, o.microbatches, o.micro)
+            if self._any_infeasible:
+                v[self._infeasible] = math.inf
+            if absent:
+                v[self._uses[:, [self._dix[d] for d in absent if d in self._dix]].any(axis=1)] = math.inf
+            v.flags.writeable = False
+            if len(self._cache) >= CACHE:
+                self._cache.clear()
+            self._cache[cond] = v
+        return v
+
+    def clear_cache(self) -> None:
+        """Forget every condition priced (benchmarks time a decision under a condition never seen)."""
+        self._cache.clear()
 
     def price(self, cond: Condition) -> Prices:
         if self._shapes is None:
@@ -225,6 +320,10 @@ class Pricer:
         stopping each other plan as soon as it is known to be worse (branch and bound)."""
         if self._shapes is None:
             return self.price_exact(cond).best()
+        if first is None and self._terms is not None:
+            v = self.vector(cond)
+            i = int(v.argmin())  # ties: the first name (``names`` is sorted)
+            return self.names[i], float(v[i])
         ctx = self._context(cond)
         order = self._order if first is None else [first] + [n for n in self._order if n != first]
         best_n, best_v = None, math.inf
@@ -260,10 +359,20 @@ def heuristic(pricer: Pricer, est: Estimate, current: str, last_change: int, *,
     for the same change, so noise that the estimator let through cannot make the runtime flap.
     """
     cond = est.condition
-    cur = pricer.value_of(current, cond)
-    if est.change_id <= last_change and not math.isinf(cur):  # nothing new to act on: no re-pricing
-        return Decision(current, False, f"already switched for change {est.change_id}", cur, cur, est.change_id)
-    best, bv = pricer.best(cond, first=current)
+    if getattr(pricer, "_terms", None) is not None:  # every plan at once, cached per condition
+        v = pricer.vector(cond)
+        cur = float(v[pricer._ix[current]])
+        if est.change_id <= last_change and not math.isinf(cur):
+            return Decision(current, False, f"already switched for change {est.change_id}", cur, cur, est.change_id)
+        i = int(v.argmin())
+        best, bv = pricer.names[i], float(v[i])
+        if bv == cur:
+            best = current
+    else:
+        cur = pricer.value_of(current, cond)
+        if est.change_id <= last_change and not math.isinf(cur):  # nothing new to act on: no re-pricing
+            return Decision(current, False, f"already switched for change {est.change_id}", cur, cur, est.change_id)
+        best, bv = pricer.best(cond, first=current)
     g = margin() if min_gain is None else min_gain
     if math.isinf(cur) and not math.isinf(bv):
         return Decision(best, best != current, f"{current} cannot run under {cond}", cur, bv, est.change_id)

@@ -37,8 +37,11 @@ def setup():
             c = fm.parse_condition(text)
             fast, exact = pricer.price(c).values, pricer.price_exact(c).values
             assert [n for n, _ in fast] == [n for n, _ in exact]
-            for (_, a), (_, b) in zip(fast, exact, strict=True):
+            vec = pricer.vector(c)  # every plan at once (numpy), as the heuristic prices them
+            assert list(pricer.names) == [n for n, _ in exact]
+            for (_, a), (_, b), v in zip(fast, exact, vec, strict=True):
                 assert a == pytest.approx(b, rel=1e-9) or (math.isinf(a) and math.isinf(b)), (obj, text)
+                assert v == pytest.approx(b, rel=1e-9) or (math.isinf(v) and math.isinf(b)), (obj, text)
         rng = np.random.default_rng(1)  # branch and bound finds the same best plan as pricing every plan
         for k in range(60):
             names = [d.name for d in cluster.devices]
@@ -50,6 +53,10 @@ def setup():
             ev = min(v for _, v in exact.values)
             assert (math.isinf(ev) and math.isinf(bv)) or (bv == pytest.approx(ev, rel=1e-9)
                                                            and exact.of(best) == pytest.approx(ev, rel=1e-9)), c
+            vbest, vv = pricer.best(c)  # the vectorised pricing, cached per condition
+            assert (math.isinf(ev) and math.isinf(vv)) or (vv == pytest.approx(ev, rel=1e-9)
+                                                           and exact.of(vbest) == pytest.approx(ev, rel=1e-9)), c
+            assert pricer.best(c) == (vbest, vv)
     fam, plans = keep
     return cluster, fam, plans, Pricer.from_family(graph, cluster, plans)
 
