@@ -106,6 +106,21 @@ def _cli(*args, log: Path, timeout_s: float) -> None:
         raise SystemExit(f"bench_adapt --testbed: `{' '.join(argv[1:])}` exited {p.returncode}; see {log}")
 
 
+def switch_delays(changes: list[float], controller: dict) -> list[float | None]:
+    """Per change of the trace (its event times, s), seconds until the controller's first switch after it and
+    before the next change (None: none), on the trace's clock: a switch's ``at_s`` counts from the controller's
+    start, ``started_process_age_s`` is when that was since the run command (and so the trace) started."""
+    age = controller.get("started_process_age_s")
+    if age is None:
+        return [None] * len(changes)
+    at = sorted(float(x["at_s"]) + age for x in controller.get("decisions_switched", []))
+    out = []
+    for k, t in enumerate(changes):
+        end = changes[k + 1] if k + 1 < len(changes) else math.inf
+        out.append(next((round(x - t, 2) for x in at if t <= x < end), None))
+    return out
+
+
 def testbed(args, traces: list[Path]) -> None:
     """The same comparison on the emulated cluster (root): plan a family (``TESTBED_VARIANTS``) against the
     cluster as emulated here, compile it once (ONNX Runtime stages), train rl on it, then per trace and policy
@@ -140,7 +155,7 @@ def testbed(args, traces: list[Path]) -> None:
     print(f"testbed: resnet18 family ({' x '.join(TESTBED_VARIANTS)}) planned on {emu} ({len(fplans)} plans), "
           f"compiled and rl-trained in {time.monotonic() - t0:.0f} s; log {log}")
     print(f"\n{'trace':<12}{'policy':<10}{'samples/s':>10}{'p50 ms':>8}{'p99 ms':>8}{'mJ/inf':>8}{'switches':>9}"
-          f"{'lost':>6}{'dup':>5}{'pause max ms':>13}  switches at (s, run clock)")
+          f"{'lost':>6}{'dup':>5}{'pause max ms':>13}  switch s after each change (trace clock; -: none)")
     got: dict[tuple[str, str], dict] = {}
     for path in traces:
         trace = load_trace(path, load_cluster(CLUSTER))
@@ -163,7 +178,8 @@ def testbed(args, traces: list[Path]) -> None:
                   f"{rep['latency_s']['p99'] * 1e3:>8.0f}{mj:>8.0f}{ad.get('switch_count', 0):>9}"
                   f"{ad.get('lost', 0):>6}{ad.get('duplicated', 0):>5}"
                   f"{(max(pauses) * 1e3 if pauses else _m.nan):>13.0f}  "
-                  + (" ".join(f"{x['at_s']:.1f}" for x in ad.get("switches", [])) or "-"), flush=True)
+                  + " ".join("-" if d is None else f"{d:g}" for d in switch_delays(
+                      sorted({ev.at_s for ev in trace.events}), ad.get("controller") or {})), flush=True)
     target = TARGET if any(k[0] == TARGET for k in got) else next(iter(got))[0]
     st = got[(target, "static")]["throughput"]
     lost = sum((got[(target, p)].get("adapt") or {}).get("lost", 0) for p in ("heuristic", "rl"))

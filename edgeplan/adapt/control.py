@@ -65,6 +65,21 @@ def flat_status(status: dict, scale: dict | None = None) -> dict:
     return {"workers": out}
 
 
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux /proc; None elsewhere): `edgeplan emulate --trace` times its
+    events from the command's start, so ``at_s + started_process_age_s`` is a switch's time on the trace's clock."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = float(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        import os
+
+        return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 3)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class Controller:
     """Reads the head every ``epoch_s``, estimates conditions, asks ``policy``, switches (module docstring)."""
 
@@ -88,6 +103,7 @@ class Controller:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._t0 = time.monotonic()
+        self.started_process_age_s: float | None = None  # this process's age when the clock of at_s started
 
     @staticmethod
     def plan_file(variant: str) -> str:
@@ -163,6 +179,7 @@ class Controller:
             self.head.set_stats_interval(self.epoch_s * STATS_PER_EPOCH)
         self.warm_policy()
         self._t0 = time.monotonic()
+        self.started_process_age_s = process_age_s()
         self._thread = threading.Thread(target=self._loop, name="adapt-controller", daemon=True)
         self._thread.start()
         return self
@@ -202,6 +219,7 @@ class Controller:
                 "decisions_switched": [s.to_json() for s in self.switches], "errors": list(self.errors),
                 "model_error_by_worker": {k: round(v, 4) for k, v in sorted(self.scale.items())},
                 "calibrated_at_epoch": self.calibrated, "held_epochs": self.held, "min_dwell_s": self.min_dwell_s,
+                "started_process_age_s": self.started_process_age_s,
                 "estimates": [{"at_s": t, "condition": c, "change_id": i} for t, c, i in self.history],
                 "estimate": str(self.estimator.estimate().condition), "smoothed": self.estimator.smoothed()}
 

@@ -27,6 +27,8 @@ def test_bench_adapt_quick(tmp_path, capsys):
         assert len(m[10].split()) == changes, (trace, policy, m[10])
         assert int(m[5]) >= int(m[4])  # p99 >= p50
     assert int(rows[("alternating", "static")][7]) == 0
+    for trace in ("alternating", "bw-drop", "cpu-hog"):  # issue 12's target: recovered within 3 s of each change
+        assert all(x != "never" and float(x) <= 3.0 for x in rows[(trace, "heuristic")][10].split()), trace
     last = re.fullmatch(r"adapt: heuristic/static throughput (\d+\.\d\d)x, rl/static (\d+\.\d\d)x, lost (\d+), "
                         r"switches (\d+)", lines[-1])
     assert last, lines[-1]
@@ -37,3 +39,12 @@ def test_bench_adapt_quick(tmp_path, capsys):
     assert int(last[3]) == int(rows[("alternating", "heuristic")][8]) + int(rows[("alternating", "rl")][8])
     for name in ("bench_adapt.png", "bench_adapt.svg"):
         assert (tmp_path / name).stat().st_size > 10_000
+
+
+def test_switch_delays_put_the_controllers_switches_on_the_traces_clock():
+    from benchmarks.bench_adapt import switch_delays
+
+    ctl = {"started_process_age_s": 12.5, "decisions_switched": [{"at_s": 9.0}, {"at_s": 30.1}, {"at_s": 31.0}]}
+    # switches at 21.5, 42.6 and 43.5 on the trace's clock; changes at 20, 40, 60
+    assert switch_delays([20.0, 40.0, 60.0], ctl) == [1.5, 2.6, None]
+    assert switch_delays([20.0], {"decisions_switched": [{"at_s": 1.0}]}) == [None]
