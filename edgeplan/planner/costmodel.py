@@ -86,7 +86,10 @@ class Prefix:
         per = np.where(sup, costs.fwd_s * fs, 0.0)
         if objective.training:
             per = per + np.where(sup, costs.bwd_s * bs, 0.0)
-        fixed = np.where(sup, costs.fixed_s, 0.0) * ((fs + bs) if objective.training else 1.0)
+        if tc is None:
+            fixed = np.where(sup, costs.fixed_s, 0.0) * (2.0 if objective.training else 1.0)
+        else:
+            fixed = np.where(sup, sum(tc.fixed(costs.fixed_s)), 0.0)
         z = np.zeros((per.shape[0], 1))
         self.F = np.concatenate([z, np.cumsum(per, axis=1)], axis=1)
         self.training = objective.training
@@ -275,7 +278,8 @@ def optimizer_step(costs: CostTable, units, nbytes: float) -> float:
     0 without fitted training figures)."""
     if costs.training is None:
         return 0.0
-    return float(nbytes * costs.training.opt_byte_s[list(units)].max())
+    units = list(units)
+    return float((costs.training.opt_call_s[units] + nbytes * costs.training.opt_byte_s[units]).max())
 
 
 def p2p_overhead(costs: CostTable, src, dst, bytes_per_sample: float) -> float:

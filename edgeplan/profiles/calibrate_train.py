@@ -8,15 +8,21 @@ micro-batch, and per iteration the optimizer step and the gradient all-reduce
 (``training.metrics.predict``) from a unit's figures and its
 ``TrainingFigures`` (profiles/model.py); the fit finds, per board and unit:
 
-- ``forward_factor`` / ``backward_factor``: the median over replicas of
-  measured / predicted module time, times the current factor. The backward
-  factor is fitted on its own, so the backward/forward ratio is the measured
-  one, not the cost model's 2x-forward-FLOPs assumption. A factor that would
-  run a stage's FLOPs faster than the unit's peak is clamped to the peak and
-  says so;
+- ``forward_factor`` + ``forward_layer_s`` and ``backward_factor`` +
+  ``backward_layer_s``: ``measured = factor x (per-sample time + weight reads)
+  + layers x per-layer seconds`` by least squares on relative errors where the
+  replicas separate the two (their samples or layer mixes differ), else one
+  factor (the median of measured / predicted). The backward pass is fitted on
+  its own, so the backward/forward ratio is the measured one, not the cost
+  model's 2x-forward-FLOPs assumption. A factor that would run a stage's FLOPs
+  faster than the unit's peak is clamped to the peak and says so;
 - ``call_s``: the median stage-call overhead (half of forward + backward
   calls' seconds beyond the module), replacing the inference runtime's hop cost;
-- ``optimizer_s_per_byte``: the median optimizer step per parameter byte.
+- ``optimizer_call_s`` + ``optimizer_s_per_byte``: the optimizer step per step and per parameter byte
+  (least squares where the stages' sizes differ, else per byte alone).
+
+Boards of one profile with the same figures are fitted together (the stage a
+replica runs, not its board, makes e.g. its call overhead differ).
 
 and, over every board of the reports (they share torch.distributed and the
 network), torch.distributed's overhead beyond the link model:
@@ -50,8 +56,10 @@ from edgeplan.graph.model import LayerGraph
 from edgeplan.profiles.calibrate import (
     MAX_FACTOR,
     MAX_HOP_S,
+    MAX_OVERHEAD_S,
     Calibration,
     CalibrationError,
+    _separates,
     bounded_lstsq,
     calibrated_doc,
     plan_digest,
@@ -86,6 +94,7 @@ class TrainObservation:
     measured: tuple[tuple[str, float], ...]  # MODULE_FIGURES -> seconds
     predicted: tuple[tuple[str, float], ...]  # the same, on the cluster as given
     peak: tuple[tuple[str, float], ...]  # forward_s/backward_s at the unit's peak FLOP/s (a fit's floor)
+    terms: tuple[tuple[str, float, int], ...]  # per pass: seconds at factor 1 without layer overheads, layers
     param_bytes: float
     p2p_bytes: float  # received per micro-batch
     p2p_transfers: float  # received per micro-batch
@@ -204,6 +213,8 @@ def observations(rep: dict, predicted: dict, source: str) -> tuple[list[TrainObs
                 measured=tuple((f, float(r[f][0])) for f in MODULE_FIGURES),
                 predicted=tuple((f, float(pr[f])) for f in MODULE_FIGURES),
                 peak=(("forward_s", float(pr["forward_peak_s"])), ("backward_s", float(pr["backward_peak_s"]))),
+                terms=tuple((f, float(pr[f"{f[:-2]}_terms"][0]), int(pr[f"{f[:-2]}_terms"][1]))
+                            for f in ("forward_s", "backward_s")),
                 param_bytes=float(ps["param_bytes"]), p2p_bytes=float(r["p2p_bytes"]),
                 p2p_transfers=float(r["p2p_transfers"]), p2p_link_s=float(pr["p2p_link_s"])))
         if len(st["replicas"]) > 1 and ps["allreduce_bytes"]:
@@ -232,14 +243,11 @@ def _overhead(calls: np.ndarray, nbytes: np.ndarray, resid: np.ndarray, measured
 
 def fit(cluster: Cluster, obs: list[TrainObservation], ars: list[AllreduceObservation],
         skipped: list[str] = ()) -> tuple[tuple[TrainUnitFit, ...], Cluster, tuple[str, ...]]:
-    """Fit every (board, unit) the observations cover, and the boards' torch.distributed overheads."""
+    """Fit every board model and unit the observations cover, and the boards' torch.distributed overheads."""
     if not obs:
         raise CalibrationError("no stage replica in the training report(s) ran enough micro-batches to fit ("
                                + "; ".join(skipped) + f"); train at least {MIN_MICROBATCHES} micro-batches")
     notes: list[str] = list(skipped)
-    by_unit: dict[tuple[str, str], list[TrainObservation]] = {}
-    for o in obs:
-        by_unit.setdefault((o.device, o.unit), []).append(o)
     # torch.distributed's overheads: shared by every board of the reports
     p2p = [o for o in obs if o.p2p_transfers > 0]
     p2p_fit = (0.0, 0.0)
@@ -257,51 +265,91 @@ def fit(cluster: Cluster, obs: list[TrainObservation], ars: list[AllreduceObserv
                                "all-reduce")
         ar_fit = (a, b)
         notes += [note] if note else []
-    fits = []
     devices = {d.name: d for d in cluster.devices}
-    for (dev, uname), items in sorted(by_unit.items()):
-        if dev not in devices:
-            raise CalibrationError(f"training report ran on board {dev!r}, which cluster {cluster.name!r} "
-                                   "does not have")
-        before = devices[dev].unit(uname).training or TrainingFigures()
-        where = f"{dev}:{uname}"
+    missing = sorted({o.device for o in obs} - set(devices))
+    if missing:
+        raise CalibrationError(f"training report ran on board(s) {', '.join(missing)}, which cluster {cluster.name!r} "
+                               "does not have")
+    # one fit per board model: boards of one profile with the same figures pool their replicas (a stage's role,
+    # not its board, makes its call overhead differ; the datasheet error is the board model's)
+    groups: dict[tuple, list[TrainObservation]] = {}
+    for o in obs:
+        d = devices[o.device]
+        groups.setdefault((d.profile, o.unit, d.unit(o.unit)), []).append(o)
+    fits = []
+    for (profile, uname, unit), items in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        before = unit.training or TrainingFigures()
+        ran = sorted({o.device for o in items})
+        where = f"{'/'.join(ran)}:{uname}"
         unit_notes = []
-        factors = {}
-        for f, old in (("forward_s", before.forward_factor), ("backward_s", before.backward_factor)):
-            ratios = np.array([dict(o.measured)[f] / dict(o.predicted)[f] for o in items if dict(o.predicted)[f] > 0])
-            floor = max(dict(o.peak)[f] / dict(o.predicted)[f] for o in items if dict(o.predicted)[f] > 0)
-            r = float(np.median(ratios))
-            if r < floor:
+        factors, layer = {}, {}
+        for f, old, old_layer in (("forward_s", before.forward_factor, before.forward_layer_s),
+                                  ("backward_s", before.backward_factor, before.backward_layer_s)):
+            factors[f], layer[f], clamped = _pass(items, f, old, old_layer)
+            if clamped:
                 unit_notes.append(f"{where}: the fit would run the {f[:-2]} pass faster than the unit's peak FLOP/s; "
                                   "clamped to the peak")
-                r = floor
-            factors[f] = float(np.clip(old * r, 1.0 / MAX_FACTOR, MAX_FACTOR))
         call = float(np.clip(np.median([dict(o.measured)["call_s"] / 2.0 for o in items]), 0.0, MAX_HOP_S))
-        opt = [dict(o.measured)["optimizer_s"] / o.param_bytes for o in items if o.param_bytes > 0]
+        opt_call, opt_byte = _optimizer(items, before)
         after = TrainingFigures(
-            forward_factor=factors["forward_s"], backward_factor=factors["backward_s"], call_s=call,
-            optimizer_s_per_byte=max(float(np.median(opt)), 0.0) if opt else before.optimizer_s_per_byte,
+            forward_factor=factors["forward_s"], backward_factor=factors["backward_s"],
+            forward_layer_s=layer["forward_s"], backward_layer_s=layer["backward_s"], call_s=call,
+            optimizer_s_per_byte=opt_byte, optimizer_call_s=opt_call,
             p2p_call_s=p2p_fit[0] if p2p else before.p2p_call_s, p2p_s_per_byte=p2p_fit[1] if p2p else
             before.p2p_s_per_byte, allreduce_call_s=ar_fit[0] if ars else before.allreduce_call_s,
             allreduce_s_per_byte=ar_fit[1] if ars else before.allreduce_s_per_byte)
-        fits.append(TrainUnitFit(dev, uname, len(items), before, after, tuple(unit_notes)))
-    done = {(f.device, f.unit) for f in fits}
-    for d in cluster.devices:  # boards of a fitted board's profile and figures take its fit, as estimates
-        for u in d.units:
-            if (d.name, u.name) in done:
+        for d in cluster.devices:
+            if d.profile != profile or uname not in {u.name for u in d.units} or d.unit(uname) != unit:
                 continue
-            peers = [f for f in fits if f.inferred_from is None and f.unit == u.name
-                     and cluster.device(f.device).profile == d.profile and cluster.device(f.device).unit(u.name) == u]
-            if peers:
-                best = max(peers, key=lambda f: (f.replicas, f.device))
-                fits.append(TrainUnitFit(d.name, u.name, 0, u.training or TrainingFigures(), best.after,
-                                         (f"{d.name}:{u.name}: not in the report(s); takes {best.device}:{u.name}'s "
-                                          f"fitted training figures (same profile {d.profile!r})",), best.device))
+            n = sum(o.device == d.name for o in items)
+            note = () if n else (f"{d.name}:{uname}: not in the report(s); takes the fit of {where} (same profile "
+                                 f"{profile!r})",)
+            fits.append(TrainUnitFit(d.name, uname, n, before, after, tuple(unit_notes) + note,
+                                     None if n else ran[0]))
     fitted = {(f.device, f.unit): f.after for f in fits}
     new = dataclasses.replace(cluster, devices=tuple(
         dataclasses.replace(d, units=tuple(dataclasses.replace(u, training=fitted.get((d.name, u.name), u.training))
                                            for u in d.units)) for d in cluster.devices))
     return tuple(fits), new, tuple(notes)
+
+
+def _pass(items: list[TrainObservation], f: str, old: float, old_layer: float | None
+          ) -> tuple[float, float | None, bool]:
+    """(factor, per-layer seconds, clamped) of one pass (``forward_s`` | ``backward_s``): ``measured = factor x
+    (per-sample time + weight reads) + layers x per-layer`` by least squares on relative errors where the
+    replicas separate the two (samples or layer mixes differ), else one factor on the whole prediction. The
+    factor never makes a stage's FLOPs run faster than the unit's peak (clamped, and said)."""
+    t = np.array([dict(o.measured)[f] for o in items])
+    cols = np.array([[a, n] for o in items for g, a, n in o.terms if g == f], dtype=np.float64)
+    floor = max(float(max(dict(o.peak)[f] / a for o in items for g, a, _ in o.terms if g == f and a > 0)),
+                1.0 / MAX_FACTOR)
+    w = 1.0 / np.maximum(t, 1e-12)
+    a = cols * w[:, None]
+    if _separates(a):
+        x, _ = bounded_lstsq(a, t * w, np.array([floor, 0.0]), np.array([MAX_FACTOR, MAX_OVERHEAD_S]))
+        unclamped = np.linalg.lstsq(a, t * w, rcond=None)[0][0]
+        return float(x[0]), float(x[1]), bool(unclamped < floor)
+    pred = np.array([dict(o.predicted)[f] for o in items])
+    r = float(np.median(t / np.maximum(pred, 1e-12)))
+    low = max(float(max(dict(o.peak)[f] / p for o, p in zip(items, pred, strict=True) if p > 0)), 1.0 / MAX_FACTOR)
+    clamped = r < low
+    r = max(r, low)
+    return (float(np.clip(old * r, 1.0 / MAX_FACTOR, MAX_FACTOR)),
+            None if old_layer is None else float(min(old_layer * r, MAX_OVERHEAD_S)), clamped)
+
+
+def _optimizer(items: list[TrainObservation], before: TrainingFigures) -> tuple[float, float]:
+    """(per step, per parameter byte) of the optimizer step: both where the stages' sizes differ, else the
+    per-byte cost alone."""
+    obs = [(o.param_bytes, dict(o.measured)["optimizer_s"]) for o in items if o.param_bytes > 0]
+    if not obs:
+        return before.optimizer_call_s, before.optimizer_s_per_byte
+    nbytes, t = np.array(obs).T
+    if len(np.unique(np.round(nbytes))) >= 2:
+        w = 1.0 / np.maximum(t, 1e-9)
+        x, _ = bounded_lstsq(np.stack([w, nbytes * w], axis=1), t * w, np.zeros(2), np.array([MAX_HOP_S, 1e-3]))
+        return float(x[0]), float(x[1])
+    return 0.0, max(float(np.median(t / nbytes)), 0.0)
 
 
 # --- writing the calibrated cluster --------------------------------------------------------------
@@ -311,8 +359,11 @@ def _figures_yaml(f: TrainingFigures, source: str) -> dict:
     def num(x: float) -> float:
         return float(f"{x:.6g}")
 
-    return {"forward_factor": num(f.forward_factor), "backward_factor": num(f.backward_factor),
+    layers = {k: num(v * 1e6) for k, v in (("forward_layer_us", f.forward_layer_s),
+                                           ("backward_layer_us", f.backward_layer_s)) if v is not None}
+    return {"forward_factor": num(f.forward_factor), "backward_factor": num(f.backward_factor), **layers,
             "call_us": num((f.call_s or 0.0) * 1e6), "optimizer_ns_per_byte": num(f.optimizer_s_per_byte * 1e9),
+            "optimizer_call_us": num(f.optimizer_call_s * 1e6),
             "p2p_call_us": num(f.p2p_call_s * 1e6), "p2p_ns_per_byte": num(f.p2p_s_per_byte * 1e9),
             "allreduce_call_us": num(f.allreduce_call_s * 1e6),
             "allreduce_ns_per_byte": num(f.allreduce_s_per_byte * 1e9), "from": source}
@@ -415,11 +466,15 @@ def format_fit(cal: TrainCalibration) -> str:
         lines.append(f"{f.device}:{f.unit}: " + (f"as {f.inferred_from}:{f.unit} (same profile, not run)"
                                                   if f.inferred_from else f"training fit over {f.replicas} replica(s)"))
         if f.inferred_from is None:
-            lines.append(f"  forward x{b.forward_factor:.3g} -> x{a.forward_factor:.3g}   backward "
-                         f"x{b.backward_factor:.3g} -> x{a.backward_factor:.3g}   stage call "
+            def per_layer(x: float | None) -> str:
+                return "" if x is None else f" + {x * 1e6:.3g} us/layer"
+
+            lines.append(f"  forward x{b.forward_factor:.3g} -> x{a.forward_factor:.3g}{per_layer(a.forward_layer_s)}"
+                         f"   backward x{b.backward_factor:.3g} -> x{a.backward_factor:.3g}"
+                         f"{per_layer(a.backward_layer_s)}   stage call "
                          f"{'hop' if b.call_s is None else f'{b.call_s * 1e3:.3g} ms'} -> "
                          f"{(a.call_s or 0) * 1e3:.3g} ms"
-                         f"   optimizer {b.optimizer_s_per_byte * 1e9:.3g} -> {a.optimizer_s_per_byte * 1e9:.3g} ns/B")
+                         f"   optimizer {a.optimizer_call_s * 1e3:.3g} ms + {a.optimizer_s_per_byte * 1e9:.3g} ns/B")
             lines.append(f"  p2p {a.p2p_call_s * 1e3:.3g} ms + {a.p2p_s_per_byte * 1e9:.3g} ns/B per transfer;  "
                          f"all-reduce {a.allreduce_call_s * 1e3:.3g} ms per ring step + "
                          f"{a.allreduce_s_per_byte * 1e9:.3g} ns/B (beyond the links)")

@@ -23,10 +23,24 @@ class TrainingCosts:
 
     fwd_scale: np.ndarray  # [u] x a layer's forward seconds and per-layer overhead
     bwd_scale: np.ndarray  # [u] x its backward seconds and per-layer overhead (measured backward/forward)
+    layer_s: np.ndarray  # [u, 2] per layer of a forward, a backward pass; NaN: layer_overhead x the factor
+    layer_overhead_s: np.ndarray  # [u] the unit's layer_overhead_s (in CostTable.fixed_s; a fitted layer_s replaces it)
     call_s: np.ndarray  # [u] per stage call beyond the module; NaN: the unit's hop cost
     opt_byte_s: np.ndarray  # [u] optimizer step seconds per parameter byte
+    opt_call_s: np.ndarray  # [u] ... and per step
     p2p: np.ndarray  # [d, 2] per transfer, per byte: torch.distributed beyond the link (max over the units)
     allreduce: np.ndarray  # [d, 2] per ring step, per byte reduced
+
+    def fixed(self, fixed_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[u, n] per-call seconds of each layer's forward and backward pass: the weight reads of ``fixed_s``
+        scaled by each pass's factor, plus the fitted per-layer time (else the layer overhead, scaled)."""
+        lo = self.layer_overhead_s[:, None]
+        reads = fixed_s - lo
+        out = []
+        for k, scale in enumerate((self.fwd_scale[:, None], self.bwd_scale[:, None])):
+            fitted = self.layer_s[:, k][:, None]
+            out.append(reads * scale + np.where(np.isnan(fitted), lo * scale, fitted))
+        return out[0], out[1]
 
 
 @dataclass(frozen=True, eq=False)
@@ -171,5 +185,9 @@ def _training_costs(cluster: Cluster, units: list, unit_device: list[int]) -> Tr
     return TrainingCosts(
         fwd_scale=np.array([f.forward_factor for f in figs], dtype=np.float64),
         bwd_scale=np.array([f.backward_factor for f in figs], dtype=np.float64),
+        layer_s=np.array([[np.nan if x is None else x for x in (f.forward_layer_s, f.backward_layer_s)] for f in figs],
+                         dtype=np.float64).reshape(len(figs), 2),
+        layer_overhead_s=np.array([u.layer_overhead_s for u in units], dtype=np.float64),
         call_s=np.array([np.nan if f.call_s is None else f.call_s for f in figs], dtype=np.float64),
-        opt_byte_s=np.array([f.optimizer_s_per_byte for f in figs], dtype=np.float64), p2p=p2p, allreduce=ar)
+        opt_byte_s=np.array([f.optimizer_s_per_byte for f in figs], dtype=np.float64),
+        opt_call_s=np.array([f.optimizer_call_s for f in figs], dtype=np.float64), p2p=p2p, allreduce=ar)

@@ -46,10 +46,14 @@ class TrainingFigures:
     figures describe, so these scale or replace them only where the cost model prices a training plan.
     The neutral values (the defaults) leave a plan priced as without them."""
 
-    forward_factor: float = 1.0  # x the cost model's forward seconds of a layer
+    forward_factor: float = 1.0  # x the cost model's forward seconds of a layer (and its weight reads)
     backward_factor: float = 1.0  # x its backward seconds (2x forward FLOPs for weighted layers, else 1x)
+    # per layer of a forward / backward pass, replacing the unit's layer_overhead_s there (None: not fitted)
+    forward_layer_s: float | None = None
+    backward_layer_s: float | None = None
     call_s: float | None = None  # per stage call (forward or backward) beyond the module; None: hop_overhead_s
     optimizer_s_per_byte: float = 0.0  # optimizer step, per parameter byte of the stage
+    optimizer_call_s: float = 0.0  # ... and per step, whatever the bytes
     p2p_call_s: float = 0.0  # torch.distributed send/recv beyond the link, per transfer
     p2p_s_per_byte: float = 0.0  # ... and per byte
     allreduce_call_s: float = 0.0  # gradient all-reduce beyond the link, per ring step (2 (g - 1) of them)

@@ -1,0 +1,113 @@
+"""Issue 14 item 5, training (netns tier): train, calibrate from that run, re-plan, train again.
+
+LeNet-5 on three Pi 3B of examples/clusters/ten-rpi3b.yaml, each board a network namespace with a CPU quota
+and 94 Mbit/s shaped links. One layout throughout (stage 0 on pi0, stage 1 on pi1 + pi2 with 6 and 2 of each
+micro-batch's 8 samples), so every figure occurs (point-to-point both ways, a gradient all-reduce) and the two
+rounds compare the same quantities: the first is priced on the rpi3b datasheet profile, the second on the
+training figures fitted from the first run (`edgeplan calibrate TRAIN-REPORT`).
+
+The emulated boards run on a notional host 2x a Pi 3B (each board gets half a core instead of the ~0.04 this
+machine's real speed would give, which makes start-up take minutes): they are faster than a real Pi 3B by this
+machine's real/notional speed, which is exactly the kind of datasheet error calibration must remove.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip("torch")
+
+from edgeplan import jsonio  # noqa: E402
+from edgeplan.graph.load import build  # noqa: E402
+from edgeplan.planner.api import evaluate, layout_from_text, make_plan, plan_of  # noqa: E402
+from edgeplan.planner.objective import Objective  # noqa: E402
+from edgeplan.planner.plan import record_sources  # noqa: E402
+from edgeplan.profiles import calibrate_train as ct  # noqa: E402
+from edgeplan.profiles.cost import build_cost_table  # noqa: E402
+from edgeplan.profiles.load import load_cluster  # noqa: E402
+from edgeplan.testbed import emulate, netns  # noqa: E402
+from edgeplan.training import launch  # noqa: E402
+from edgeplan.training.config import TrainConfig  # noqa: E402
+from tests.tiers import netns_tier  # noqa: E402
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "clusters" / "ten-rpi3b.yaml"
+LAYOUT = "lenet5 | 0-5@pi0:cpu | 6-11@pi1:cpu*0.75+pi2:cpu*0.25"
+OBJ = Objective(mode="training", objective="time", batch=32, microbatches=4, schedule="1f1b")
+ITERS = 12  # 48 micro-batches per replica (the fit needs 20) and 12 all-reduces
+BOARD_CORES = 0.5
+
+
+def _plan(graph, cluster_path: Path):
+    cluster = load_cluster(cluster_path)
+    costs = build_cost_table(graph, cluster)
+    lay = layout_from_text(costs, LAYOUT, OBJ)
+    plan = plan_of(costs, lay, OBJ, evaluate(costs, lay, OBJ), model=graph.name, graph_sha256=graph.digest(),
+                   cluster=cluster.name, cluster_sha256=cluster.digest())
+    return record_sources(plan, model_ref="lenet5", input_shape=None, cluster_path=str(cluster_path),
+                          cluster=cluster), cluster
+
+
+def _train(plan, cluster, tmp: Path, tag: str) -> tuple[dict, Path]:
+    art = launch.prepare(plan, "lenet5", tmp / f"art-{tag}", cluster=cluster)
+    cfg = TrainConfig(epochs=1, dataset="synthetic", samples=ITERS * OBJ.batch, max_iters=ITERS, evaluate=False,
+                      timeout_s=120)
+    result = launch.run(art, cfg, local=False, run_dir=tmp / f"run-{tag}", echo=lambda *_: None)
+    rep = launch.report(launch.load(art), result, cfg)
+    return rep, jsonio.write(tmp / f"train-report-{tag}.json", rep)
+
+
+def _errors(rep: dict) -> tuple[float, float]:
+    """(mean relative error of forward and backward per stage replica, relative error of the iteration time)."""
+    errs = [abs(r[f][1] - r[f][0]) / r[f][0] for st in rep["stages"] for r in st["replicas"]
+            for f in ("forward_s", "backward_s")]
+    return float(np.mean(errs)), abs(rep["predicted_iter_s"] - rep["measured_iter_s"]) / rep["measured_iter_s"]
+
+
+@pytest.mark.netns
+@netns_tier
+def test_emulated_train_calibrate_replan_train(tmp_path, monkeypatch):
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["devices"], doc["name"] = doc["devices"][:3], "three-rpi3b"
+    cluster_path = tmp_path / "three-rpi3b.yaml"
+    cluster_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    spec = load_cluster(cluster_path)
+    graph = build("lenet5").graph
+    pi = emulate.board_speed(spec, "pi0")
+    with emulate.testbed(spec, host_core_flops=pi / BOARD_CORES, echo=lambda *_: None,
+                         max_board_cores=BOARD_CORES) as (bed, shape):
+        monkeypatch.setenv(launch.TESTBED_ENV, str(jsonio.write(tmp_path / "testbed.json",
+                                                                emulate.state_json(bed, shape))))
+        plan0, cluster0 = _plan(graph, cluster_path)
+        rep0, path0 = _train(plan0, cluster0, tmp_path, "0")
+        result, calibrated = ct.calibrate_files([path0], [], cluster_path, tmp_path / "calibrated.yaml",
+                                                lambda p: graph)
+        # re-plan on the calibrated cluster: the planner prices it with the fitted figures; the same layout runs
+        replanned = make_plan(graph, calibrated, OBJ)
+        assert replanned.predicted.iter_s > 0
+        plan1, cluster1 = _plan(graph, tmp_path / "calibrated.yaml")
+        assert plan1.cluster_sha256 != plan0.cluster_sha256  # the same layout, priced on the fitted figures
+        rep1, _ = _train(plan1, cluster1, tmp_path, "1")
+    assert netns.leftovers() == []
+    stage0, iter0 = _errors(rep0)
+    stage1, iter1 = _errors(rep1)
+    print(f"forward/backward error per stage replica {stage0:.0%} -> {stage1:.0%}; iteration "
+          f"{rep0['measured_iter_s'] * 1e3:.1f} ms measured vs {rep0['predicted_iter_s'] * 1e3:.1f} predicted "
+          f"({iter0:.0%}) -> {rep1['measured_iter_s'] * 1e3:.1f} vs {rep1['predicted_iter_s'] * 1e3:.1f} ({iter1:.0%})")
+    print(ct.format_fit(result))
+    # Margins, from repeated runs of this test on this 2-core machine shared with other test runs: the forward/
+    # backward error fell from 114-140% to 7-11%, the iteration time error from 204-272% to 16-29% (five runs).
+    # What is left of the latter is the cost model's iteration formula, not the fitted figures: it lets a stage's
+    # all-reduce overlap the bottleneck stage's micro-batches (T = sum p + max_x((M-1) p_x + ar_x)), while in a 1F1B
+    # run stage 1 all-reduces only after its last backward, which waits for stage 0's last forward. The margin is
+    # the worst seen plus twice the run-to-run spread (+-6 points): a loaded CI machine moves the measured
+    # iteration, never the fitted per-stage figures by much.
+    assert stage1 < 0.5 * stage0 and iter1 < 0.5 * iter0
+    assert stage1 < 0.25, f"forward/backward error after calibration {stage1:.0%} (margin 25%)"
+    assert iter1 < MARGIN, f"iteration time error after calibration {iter1:.0%} (margin {MARGIN:.0%})"
+
+
+MARGIN = 0.40
