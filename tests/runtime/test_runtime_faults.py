@@ -156,7 +156,9 @@ def test_kill_9_of_a_replica_fails_over_without_loss(tmp_path):
         # unread bytes), or an upstream replica's failed send.
         assert st["faults"][0]["reason"].startswith(("connection closed", "connection lost", "unreachable from board"))
         assert st["ready"] and not st["workers"]["c/stage1"]["alive"]
-        assert _detection_s(p, killed[0]) < 0.5
+        # seen from the connection (the reason above), not from missed heartbeats (dead after 1.5 s): under a
+        # second even when a loaded machine delays the head's threads (was < 0.5 s)
+        assert _detection_s(p, killed[0]) < 1.0
     finally:
         p.close()
 
