@@ -12,35 +12,15 @@ from edgeplan.codegen import manifest
 from edgeplan.errors import CompileError
 from edgeplan.planner import family as fm
 
-CLUSTER = """\
-name: three-hosts
-devices:
-  - {name: a, profile: host, address: 127.0.0.1}
-  - {name: b, profile: host, address: 127.0.0.1}
-  - name: c
-    profile: host
-    address: 127.0.0.1
-    overrides:
-      units:
-        cpu:
-          throughput_gflops: {conv: 4, dwconv: 1, gemm: 4, norm: 1, pool: 1, elementwise: 1, reduce: 1, data: 1}
-network:
-  default: {bandwidth_mbps: 1000, latency_ms: 0.1}
-"""
-
 
 @pytest.fixture(scope="module")
-def family(tmp_path_factory):
-    pytest.importorskip("torch", reason="traces lenet5")
-    pytest.importorskip("onnxruntime", reason="compiles x86 stages with ONNX Runtime")
-    from edgeplan.cli import app
+def family(lenet5_family, tmp_path_factory):
+    """The session's lenet5 family (tests/conftest.py: c.yaml, plans/), copied: these tests write into it."""
+    import shutil
 
-    root = tmp_path_factory.mktemp("fam")
-    (root / "c.yaml").write_text(CLUSTER)
-    r = CliRunner().invoke(app, ["plan", "lenet5", "--cluster", str(root / "c.yaml"), "--batch", "8",
-                                 "--microbatches", "4", "--min-gain", "0", "--variants", "slowdown:b=1,4",
-                                 "--variants", "slowdown:a=1,4", "--out", str(root / "plans")])
-    assert r.exit_code == 0, r.output
+    pytest.importorskip("onnxruntime", reason="compiles x86 stages with ONNX Runtime")
+    root = tmp_path_factory.mktemp("fam") / "fam"
+    shutil.copytree(lenet5_family, root)
     return root
 
 

@@ -19,19 +19,14 @@ CLUSTER = ROOT / "examples" / "clusters" / "three-node-hetero.yaml"
 
 
 @pytest.fixture(scope="module")
-def setup():
-    pytest.importorskip("torch", reason="plan families trace a zoo model with torch")
-    from edgeplan.graph.load import build
-    from edgeplan.profiles.load import load_cluster
-
-    graph = build("resnet18").graph
-    cluster = load_cluster(CLUSTER)
-    for obj in (Objective(objective="throughput", batch=4), Objective(objective="latency", batch=4, microbatches=2),
-                Objective(objective="energy", batch=4)):
-        fam, plans = fm.make_family(graph, cluster, obj, fm.default_conditions(cluster, "npu-board"))
-        if obj.objective == "throughput":
-            keep = (fam, plans)
-        pricer = Pricer.from_family(graph, cluster, plans)
+def setup(resnet18_family):
+    graph, cluster = resnet18_family.graph, resnet18_family.cluster
+    for obj in (None, Objective(objective="latency", batch=4, microbatches=2), Objective(objective="energy", batch=4)):
+        if obj is None:  # throughput: the session's family (tests/adapt/conftest.py)
+            fam, plans, pricer = resnet18_family.family, resnet18_family.plans, resnet18_family.pricer
+        else:
+            fam, plans = fm.make_family(graph, cluster, obj, fm.default_conditions(cluster, "npu-board"))
+            pricer = Pricer.from_family(graph, cluster, plans)
         for text in ("nominal", "bandwidth=0.3+slowdown:gpu-board=2", "bandwidth:gpu-board/cpu-board=0.1",
                      "absent:cpu-board+slowdown:npu-board=1.7"):  # the fast re-pricing is the evaluator's figure
             c = fm.parse_condition(text)
@@ -57,8 +52,7 @@ def setup():
             assert (math.isinf(ev) and math.isinf(vv)) or (vv == pytest.approx(ev, rel=1e-9)
                                                            and exact.of(vbest) == pytest.approx(ev, rel=1e-9)), c
             assert pricer.best(c) == (vbest, vv)
-    fam, plans = keep
-    return cluster, fam, plans, Pricer.from_family(graph, cluster, plans)
+    return cluster, resnet18_family.family, resnet18_family.plans, resnet18_family.pricer
 
 
 class Boards:

@@ -13,23 +13,14 @@ from edgeplan.adapt import simulate as sm
 from edgeplan.adapt.estimate import STALE
 from edgeplan.adapt.policy import heuristic
 from edgeplan.planner import family as fm
-from edgeplan.planner.objective import Objective
 from edgeplan.testbed.trace import parse
 
 CLUSTER = Path(__file__).resolve().parents[2] / "examples" / "clusters" / "three-node-hetero.yaml"
 
 
 @pytest.fixture(scope="module")
-def world():
-    pytest.importorskip("torch", reason="plan families trace a zoo model with torch")
-    from edgeplan.graph.load import build
-    from edgeplan.profiles.load import load_cluster
-
-    graph = build("resnet18").graph
-    cluster = load_cluster(CLUSTER)
-    _, plans = fm.make_family(graph, cluster, Objective(objective="throughput", batch=4, head="npu-board"),
-                              fm.default_conditions(cluster, "npu-board"))
-    return sm.World.from_family(graph, cluster, plans)
+def world(resnet18_family):
+    return resnet18_family.world()
 
 
 def test_a_down_board_the_plan_does_not_use_stays_down(world):

@@ -23,17 +23,9 @@ CLUSTER = ROOT / "examples" / "clusters" / "three-node-hetero.yaml"
 
 
 @pytest.fixture(scope="module")
-def setup():
-    pytest.importorskip("torch", reason="plan families trace a zoo model with torch")
-    from edgeplan.graph.load import build
-    from edgeplan.profiles.load import load_cluster
-
-    graph = build("resnet18").graph
-    cluster = load_cluster(CLUSTER)
-    fam, plans = fm.make_family(graph, cluster, Objective(objective="throughput", batch=4),
-                                fm.default_conditions(cluster, "npu-board"))
-    world = sm.World.from_family(graph, cluster, plans)
-    return graph, cluster, fam, plans, world
+def setup(resnet18_family):
+    f = resnet18_family
+    return f.graph, f.cluster, f.family, f.plans, f.world()
 
 
 @pytest.fixture(scope="module")

@@ -10,26 +10,16 @@ import numpy as np
 import pytest
 
 from edgeplan.adapt import rl
-from edgeplan.adapt import simulate as sm
 from edgeplan.adapt.estimate import Estimate
 from edgeplan.planner import family as fm
-from edgeplan.planner.objective import Objective
 
 CLUSTER = Path(__file__).resolve().parents[2] / "examples" / "clusters" / "three-node-hetero.yaml"
 
 
 @pytest.fixture(scope="module")
-def table():
-    pytest.importorskip("torch", reason="plan families trace a zoo model with torch")
-    from edgeplan.graph.load import build
-    from edgeplan.profiles.load import load_cluster
-
-    graph = build("resnet18").graph
-    cluster = load_cluster(CLUSTER)
-    fam, plans = fm.make_family(graph, cluster, Objective(objective="throughput", batch=4),
-                                fm.default_conditions(cluster, "npu-board"))
-    world = sm.World.from_family(graph, cluster, plans)
-    return rl.train(world, rl.family_digest(fam), episodes=20, episode_s=60), world.pricer
+def table(resnet18_family):
+    world = resnet18_family.world()
+    return rl.train(world, rl.family_digest(resnet18_family.family), episodes=20, episode_s=60), world.pricer
 
 
 def test_the_grid_gives_the_searched_nearest_context(table):

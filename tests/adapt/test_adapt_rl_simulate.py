@@ -13,7 +13,6 @@ import pytest
 from edgeplan.adapt import simulate as sm
 from edgeplan.adapt.policy import heuristic
 from edgeplan.planner import family as fm
-from edgeplan.planner.objective import Objective
 from edgeplan.testbed.trace import parse
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,16 +20,8 @@ CLUSTER = ROOT / "examples" / "clusters" / "three-node-hetero.yaml"
 
 
 @pytest.fixture(scope="module")
-def world():
-    pytest.importorskip("torch", reason="plan families trace a zoo model with torch")
-    from edgeplan.graph.load import build
-    from edgeplan.profiles.load import load_cluster
-
-    graph = build("resnet18").graph
-    cluster = load_cluster(CLUSTER)
-    _, plans = fm.make_family(graph, cluster, Objective(objective="throughput", batch=4),
-                              fm.default_conditions(cluster, "npu-board"))
-    return sm.World.from_family(graph, cluster, plans)
+def world(resnet18_family):
+    return resnet18_family.world()
 
 
 def test_condition_at_follows_the_trace_semantics():

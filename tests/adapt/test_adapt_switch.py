@@ -49,23 +49,17 @@ class FakeHead:
 
 
 @pytest.fixture(scope="module")
-def family_parts(tmp_path_factory):
-    """A real Pricer over the layouts lenet5 gets on three hosts (c 4x slower) with a or b slowed 4x."""
-    pytest.importorskip("torch", reason="traces lenet5")
+def family_parts(lenet5_family):
+    """A real Pricer over the layouts lenet5 gets on three hosts (c 4x slower) with a or b slowed 4x (the
+    session's family, tests/conftest.py)."""
     from edgeplan.adapt.policy import Pricer
     from edgeplan.graph.load import build
-    from edgeplan.planner.family import NOMINAL, Condition, make_family
-    from edgeplan.planner.objective import Objective
+    from edgeplan.planner.family import load_family
     from edgeplan.profiles.load import load_cluster
-    from tests.adapt.test_adapt_compile import CLUSTER
 
-    path = tmp_path_factory.mktemp("ctl") / "c.yaml"
-    path.write_text(CLUSTER)
-    cluster = load_cluster(path)
+    cluster = load_cluster(lenet5_family / "c.yaml")
     graph = build("lenet5", None).graph
-    obj = Objective(objective="throughput", batch=8, microbatches=4)
-    fam, plans = make_family(graph, cluster, obj, (NOMINAL, Condition(slowdown=(("a", 4.0),)),
-                                                   Condition(slowdown=(("b", 4.0),))), min_gain=0.0)
+    fam, plans = load_family(lenet5_family / "plans")
     pricer = Pricer.from_family(graph, cluster, plans)
     layout = {n.removesuffix(".json"): [(r.device, s.index) for s in p.stages for r in s.replicas]
               for n, p in plans.items()}
