@@ -63,10 +63,11 @@ def test_split_is_faithful_to_the_original_model(tmp_path, spec, junction):
     """With one branch present and the original weights, the FPL model computes the original model."""
     path = build.write(build.split(spec, ("cam-a", "cam-b", "cam-c"), junction), tmp_path / "fpl_model.py")
     model = build.load_file(path)
-    original = load_model(spec).module
+    loaded = load_model(spec)
+    original = loaded.module
     _copy_original_weights(model, original, branch=1)
     model.junction.set_present([False, True, False])
-    shape = (2, *load_model(spec).default_input_shape[1:])
+    shape = (2, *loaded.default_input_shape[1:])
     x = torch.randn(shape)
     noise = [torch.randn(shape) for _ in range(3)]
     with torch.no_grad():
