@@ -279,6 +279,10 @@ def plan_cmd(
              "fraction (0 <= x < 1), else the simpler one is used.")] = 0.05,
     ilp_time_limit: Annotated[float, typer.Option(
         "--ilp-time-limit", help="Seconds HiGHS may spend (--solver ilp, and the DP's ILP check).")] = 60.0,
+    one_unit_per_board: Annotated[bool, typer.Option(
+        "--one-unit-per-board",
+        help="Never run two stages on one board (by default idle units of the plan's boards, e.g. an RK3588's "
+             "NPU beside its GPU, take a stage when that gains --min-gain).")] = False,
     input_shape: Annotated[str, typer.Option(
         "--input-shape", help="Batch-first shape (default: the model's own).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Write the plan JSON here.")] = None,
@@ -342,7 +346,7 @@ def plan_cmd(
         return
     plan = record_sources(make_plan(traced.graph, clu, obj, solver=solver.value, min_gain=min_gain,
                                     ilp_time_limit=ilp_time_limit, pins=tuple(pin or ()),
-                                    allow_raw=tuple(allow_raw_transfer or ())),
+                                    allow_raw=tuple(allow_raw_transfer or ()), multi_unit=not one_unit_per_board),
                           model_ref=model, input_shape=shape, cluster_path=str(cluster), cluster=clu)
     typer.echo(format_plan(plan), nl=False)
     if out is not None:

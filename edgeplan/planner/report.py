@@ -29,6 +29,25 @@ def _fig(p: Predicted, training: bool) -> list[str]:
     return cols
 
 
+def shared_boards(plan: Plan) -> list[str]:
+    """One line per board running several stages on different units (planner/units.py): they share its RAM
+    and NIC, so the per-replica memory above adds up against one capacity."""
+    on: dict[str, list] = {}
+    for s in plan.stages:
+        for r in s.replicas:
+            on.setdefault(r.device, []).append((s.index, r))
+    out = []
+    for dev, items in on.items():
+        if len({i for i, _ in items}) < 2:
+            continue
+        used = sum(r.memory_bytes for _, r in items)
+        cap = items[0][1].capacity_bytes
+        what = ", ".join(f"stage {i} on {r.unit}" for i, r in items)
+        room = f"{used / MB:.1f} of {cap / MB:.1f} MB" if cap else f"{used / MB:.1f} MB"
+        out.append(f"board {dev}: {what} at once, sharing its RAM ({room}) and its NIC")
+    return out
+
+
 def format_plan(plan: Plan) -> str:
     train = plan.mode == "training"
     lines = [
@@ -58,6 +77,7 @@ def format_plan(plan: Plan) -> str:
             else:
                 rows.append(["", "", f"{r.device}:{r.unit} {r.samples} ({r.share:.3f})", "", "", mem, ""])
     lines += text_table(rows[0], rows[1:], right={3, 4, 6})
+    lines += shared_boards(plan)
     lines.append("")
     head = ["plan", "latency ms", "samples/s", "energy mJ/sample"] + (["iteration ms"] if train else [])
     rows = [head + ["speed-up"], ["chosen"] + _fig(plan.predicted, train) + ["1.00x"]]

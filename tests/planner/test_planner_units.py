@@ -18,6 +18,7 @@ from edgeplan.planner import units
 from edgeplan.planner.api import plan_from_costs
 from edgeplan.planner.costmodel import StageSpec, evaluate
 from edgeplan.planner.objective import Objective
+from edgeplan.planner.report import format_plan
 from edgeplan.profiles.cost import CostTable
 
 MB = float(1 << 20)
@@ -195,6 +196,10 @@ def test_local_search_puts_an_idle_unit_of_a_used_board_to_work():
     assert len(plan.stages) == 2 and {s.replicas[0].unit for s in plan.stages} == {"cpu", "npu"}
     assert any(n.startswith("multi-unit: stage ") and "beside stage" in n for n in plan.notes)
     assert plan.predicted.throughput == pytest.approx(ev.throughput, rel=1e-6)
+    report = format_plan(plan)
+    used = sum(r.memory_bytes for s in plan.stages for r in s.replicas)
+    assert f"sharing its RAM ({used / MB:.1f} of {solo.ram_bytes[0] / MB:.1f} MB) and its NIC" in report
+    assert format_plan(plan_from_costs(solo, obj)).count("sharing its RAM") == 0
     # a bar the gain cannot reach keeps the single-unit plan
     single = plan_from_costs(solo, obj, min_gain=0.9, multi_unit=True)
     assert len(plan_from_costs(solo, obj).stages) == 1  # off by default below make_plan
