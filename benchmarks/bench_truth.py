@@ -9,8 +9,8 @@ Targets: per-stage MAPE <= 10% and end-to-end throughput within 5% after one cal
 
     python benchmarks/bench_truth.py [--models resnet32-cifar,mobilenet_v2-cifar,vit-tiny] [--requests 100]
                                      [--clusters two-host,skewed-hosts] [--threads 1]
-    python benchmarks/bench_truth.py --emulate [--board-cores 0.5] [--keep DIR]   # as root: three-node-hetero
-                                                                                  # and rpi4-jetson, emulated
+    python benchmarks/bench_truth.py --emulate [--board-cores 0.5] [--repeat] [--keep DIR]   # as root:
+                                                               # three-node-hetero and rpi4-jetson, emulated
 
 Clusters: ``two-host`` (two boards with the host profile) and ``skewed-hosts`` (three boards whose
 profiles claim one is 3x slower and one pays 2 ms per call; all run on this machine, so the profiles
@@ -23,6 +23,12 @@ model is then exact per stage and wrong end to end. The end-to-end target is mea
 each board is a namespace with a CPU quota (the fastest at --board-cores, default 0.5, so boards, head
 and this machine's other tenants do not fight over 2 cores) under the testbed's CPU weight. Per stage,
 the measured figure is board seconds per call (calibrate.board_module_s: CPU / quota under a quota).
+
+Each stage line also gives the hop (the board's seconds per call beyond the module) and the whole call
+(CPU / quota) beside the plan's ``compute_s``, its predicted link time, and the measured period per
+micro-batch beside the slowest stage's call, so a miss reads as compute, hop, link or queueing.
+``--repeat`` runs the calibrated plan once more, unchanged: the last two columns are how far two runs of
+one plan differ here (the noise floor the after-calibration errors are read against).
 """
 
 from __future__ import annotations
@@ -86,23 +92,41 @@ class Emulated:
                              head_host=bed.host_address)
 
 
-def _round(traced, model, cluster_path, tmp, tag, requests, emulated=None):
-    from edgeplan import jsonio
+def _board_call_s(replica: dict) -> float | None:
+    """Board seconds one call of a replica holds, module and hop together: its CPU past start-up per call,
+    over the CPU quota (None without a quota or CPU figure). Back to back, what bounds the stage."""
+    q, cpu, runs = replica.get("cpu_quota_cores"), replica.get("cpu_s"), replica.get("runs")
+    if not q or cpu is None or not runs:
+        return None
+    return (float(cpu) - float(replica.get("cpu_startup_s") or 0.0)) / float(q) / int(runs)
+
+
+def _round(traced, model, cluster_path, tmp, tag, requests, emulated=None, art=None):
+    """Plan on ``cluster_path``, compile, run and measure (``art``: run that compiled plan again instead)."""
     from edgeplan.codegen.compile import compile_plan
     from edgeplan.planner.api import make_plan
     from edgeplan.planner.objective import Objective
-    from edgeplan.planner.plan import record_sources
-    from edgeplan.profiles.calibrate import board_module_s, predicted_module_s
+    from edgeplan.planner.plan import load, record_sources
     from edgeplan.profiles.load import load_cluster
+
+    cluster = load_cluster(cluster_path)
+    if art is None:
+        plan = record_sources(make_plan(traced.graph, cluster, Objective(batch=4), min_gain=0.0), model_ref=model,
+                              input_shape=None, cluster_path=str(cluster_path), cluster=cluster)
+        art = compile_plan(plan, model, tmp / f"art-{tag}", cluster=cluster, backend="onnxruntime", traced=traced)
+    else:
+        plan = load(str(Path(art) / "plan.json"))
+    return (art, plan, *_measure(traced, model, cluster, plan, art, tmp, tag, requests, emulated))
+
+
+def _measure(traced, model, cluster, plan, art, tmp, tag, requests, emulated):
+    from edgeplan import jsonio
+    from edgeplan.profiles.calibrate import board_module_s, predicted_module_s
     from edgeplan.profiles.predict import paired
     from edgeplan.runtime import report
     from edgeplan.runtime.head import HeadConfig
     from edgeplan.runtime.local import run_local
 
-    cluster = load_cluster(cluster_path)
-    plan = record_sources(make_plan(traced.graph, cluster, Objective(batch=4), min_gain=0.0), model_ref=model,
-                          input_shape=None, cluster_path=str(cluster_path), cluster=cluster)
-    art = compile_plan(plan, model, tmp / f"art-{tag}", cluster=cluster, backend="onnxruntime", traced=traced)
     # a board emulated at a few hundredths of a core can spend more than the default 1.5 s without answering
     # a heartbeat while a call runs; this is not a fault test
     config = HeadConfig(request_timeout_s=120, dead_after_s=30.0)
@@ -119,19 +143,30 @@ def _round(traced, model, cluster_path, tmp, tag, requests, emulated=None):
     for st, got in zip(pj["stages"], rep["stages"], strict=True):
         devs = "+".join(r["device"] for r in st["replicas"])
         measured = max(board_module_s(r) for r in got["replicas"])  # the quantity module_s predicts
-        stages.append((st["index"], devs, measured, predicted_module_s(traced.graph, cluster, st)))
+        calls = [_board_call_s(r) for r in got["replicas"]]
+        call = max(calls) if all(c is not None for c in calls) else None  # what compute_s predicts
+        stages.append((st["index"], devs, measured, predicted_module_s(traced.graph, cluster, st), call,
+                       st["compute_s"], st["send_s"]))
     pair = paired(rep)
-    return art, plan, stages, pair
+    return stages, pair
 
 
 def _print_round(label, plan, stages, pair):
     layout = " | ".join(f"{s.start}-{s.stop - 1}@" + "+".join(r.device for r in s.replicas) for s in plan.stages)
     print(f"  {label}: {layout}")
-    for idx, devs, meas, pred in stages:
+    for idx, devs, meas, pred, call, call_pred, send in stages:
+        hop = "" if call is None else (f"; hop {(call - meas) * 1e3:6.3f} vs {(call_pred - pred) * 1e3:6.3f}; per call "
+                                       f"{call * 1e3:7.3f} vs {call_pred * 1e3:7.3f} ({_err(call_pred, call):+.0%})")
         print(f"    stage {idx} {devs:<12} module ms measured {meas * 1e3:8.3f}  predicted {pred * 1e3:8.3f} "
-              f"({_err(pred, meas):+.0%})")
+              f"({_err(pred, meas):+.0%}){hop}; link {send * 1e3:.3f} predicted")
     tm, tp = pair["throughput_loaded"]
     lm, lp = pair["latency_p50_loaded_s"]
+    m = plan.batch // max(1, plan.microbatches)
+    periods = [(c, f"stage {i}") for i, *_, c, _, _ in stages if c is not None]
+    if periods and tm:
+        slow, which = max(periods)
+        print(f"    measured: period {m / tm * 1e3:.3f} ms per micro-batch; the slowest stage ({which}) holds its "
+              f"board {slow * 1e3:.3f} ms per call")
     print(f"    end to end (window {pair['window'][0]:.0f}): throughput measured {tm:7.1f}  predicted {tp:7.1f} "
           f"({_err(tp, tm):+.0%}) samples/s; p50 measured {lm * 1e3:6.1f}  predicted {lp * 1e3:6.1f} ms "
           f"({_err(lp, lm):+.0%}); unloaded prediction {pair['latency_unloaded_s'][1] * 1e3:.1f} ms")
@@ -153,6 +188,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--board-cores", type=float, default=0.5,
                     help="--emulate: the fastest board's CPU quota in cores of this machine (the rest is dilated to "
                          "match); below one core the boards, the head and other tenants do not fight over cores")
+    ap.add_argument("--repeat", action="store_true",
+                    help="run the calibrated plan a second time, unchanged: how far two runs of one plan differ on "
+                         "this machine (the noise floor the after-calibration errors are read against)")
     ap.add_argument("--keep", default=None, help="write the reports, plans and cluster files under this folder "
                                                  "(default: a temporary folder, removed)")
     args = ap.parse_args(argv)
@@ -189,19 +227,29 @@ def main(argv: list[str] | None = None) -> dict:
                 _print_round("before (datasheet profiles)", plan0, st0, pair0)
                 calibrate_files([tmp / "report-0.json"], [art0], path, tmp / "calibrated.yaml",
                                 lambda p, g=traced.graph: g)
-                _, plan1, st1, pair1 = _round(traced, model, tmp / "calibrated.yaml", tmp, "1", args.requests,
-                                              emulated)
+                art1, plan1, st1, pair1 = _round(traced, model, tmp / "calibrated.yaml", tmp, "1", args.requests,
+                                                 emulated)
                 _print_round("after one calibration round", plan1, st1, pair1)
-                mape = [100 * float(np.mean([abs(_err(p, m)) for _, _, m, p in st])) for st in (st0, st1)]
+                mape = [100 * float(np.mean([abs(_err(p, m)) for _, _, m, p, *_ in st])) for st in (st0, st1)]
                 thr = [100 * abs(_err(pr["throughput_loaded"][1], pr["throughput_loaded"][0])) for pr in (pair0, pair1)]
                 lat = [100 * abs(_err(pr["latency_p50_loaded_s"][1], pr["latency_p50_loaded_s"][0]))
                        for pr in (pair0, pair1)]
-                rows.append((model, cname, mape, thr, lat))
-    print(f"\n{'model':<20}{'cluster':<14}{'stage MAPE %':>22}{'throughput err %':>22}{'p50 err %':>20}")
-    print(f"{'':<34}{'before -> after':>22}{'before -> after':>22}{'before -> after':>20}")
-    for model, cname, mape, thr, lat in rows:
+                noise = None
+                if args.repeat:  # the same compiled plan again: measured vs measured
+                    *_, st2, pair2 = _round(traced, model, tmp / "calibrated.yaml", tmp, "2", args.requests, emulated,
+                                            art=art1)
+                    _print_round("the calibrated plan run again", plan1, st2, pair2)
+                    noise = (100 * float(np.mean([abs(_err(a[2], b[2])) for a, b in zip(st2, st1, strict=True)])),
+                             100 * abs(_err(pair2["throughput_loaded"][0], pair1["throughput_loaded"][0])))
+                rows.append((model, cname, mape, thr, lat, noise))
+    rep = any(r[5] for r in rows)
+    print(f"\n{'model':<20}{'cluster':<14}{'stage MAPE %':>22}{'throughput err %':>22}{'p50 err %':>20}"
+          + (f"{'rerun vs run %':>22}" if rep else ""))
+    print(f"{'':<34}{'before -> after':>22}{'before -> after':>22}{'before -> after':>20}"
+          + (f"{'stage   throughput':>22}" if rep else ""))
+    for model, cname, mape, thr, lat, noise in rows:
         print(f"{model:<20}{cname:<14}{mape[0]:>11.1f} -> {mape[1]:>6.1f}{thr[0]:>13.1f} -> {thr[1]:>5.1f}"
-              f"{lat[0]:>11.1f} -> {lat[1]:>5.1f}")
+              f"{lat[0]:>11.1f} -> {lat[1]:>5.1f}" + (f"{noise[0]:>12.1f}{noise[1]:>10.1f}" if noise else ""))
     after_mape = [r[2][1] for r in rows]
     after_thr = [r[3][1] for r in rows]
     print(f"targets: per-stage MAPE <= 10% (after: {min(after_mape):.1f}..{max(after_mape):.1f}%), throughput "
