@@ -480,13 +480,13 @@ def format_fit(cal: TrainCalibration) -> str:
                          f"{a.allreduce_s_per_byte * 1e9:.3g} ns/B (beyond the links)")
         lines.extend(f"  {n}" for n in f.notes)
     lines += ["", f"{'report':<20}{'stage':>6}  {'board:unit':<14}{'figure':<13}{'measured ms':>12}{'before':>10}"
-                  f"{'err':>7}{'after':>10}{'err':>7}"]
+                  f"{'err':>8}{'after':>10}{'err':>8}"]
     for o in cal.observations:
         after = _after_of(cal, o)
         for f in MODULE_FIGURES:
             m, p0, p1 = dict(o.measured)[f], dict(o.predicted)[f], after[f]
             lines.append(f"{Path(o.source).name[:19]:<20}{o.stage:>6}  {o.device + ':' + o.unit:<14}{f[:-2]:<13}"
-                         f"{m * 1e3:>12.3f}{p0 * 1e3:>10.3f}{_err(p0, m):>7}{p1 * 1e3:>10.3f}{_err(p1, m):>7}")
+                         f"{m * 1e3:>12.3f}{p0 * 1e3:>10.3f}{_err(p0, m):>8}{p1 * 1e3:>10.3f}{_err(p1, m):>8}")
     for x in cal.allreduces:
         lines.append(f"{Path(x.source).name[:19]:<20}{x.stage:>6}  all-reduce of {x.nbytes / 1e6:.3g} MB over "
                      f"{len(x.group)} board(s): measured {x.measured_s * 1e3:.2f} ms, links alone "
