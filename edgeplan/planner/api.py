@@ -116,7 +116,7 @@ def plan_from_costs(costs: CostTable, objective: Objective, *, solver: str = "dp
     if multi_unit:  # the solvers search one unit per device; this local step puts idle units of used boards to work
         layout, ev, moves = units_mod.improve(costs, objective, layout, ev, min_gain=min_gain)
         notes += [mv.text(costs) for mv in moves]
-    if solver == "dp" and not exact:
+    if solver == "dp" and (not exact or res.coarse):  # exact on a coarse graph: the gap on the full one
         notes += _ilp_gap(costs, objective, ev, ilp_time_limit)
     return plan_of(costs, layout, objective, ev, solver=solver, model=model, graph_sha256=graph_sha256,
                    cluster=cluster, cluster_sha256=cluster_sha256, notes=notes, with_baselines=with_baselines)

@@ -27,7 +27,9 @@ from edgeplan.planner.types import DeviceTypes, device_types
 from edgeplan.profiles.cost import CostTable
 
 WORK_BUDGET = 6e7  # element-operations per pass before reductions kick in
-CHUNK_ROWS = 256
+CHUNK_ROWS = 2048
+MIN_BLOCKS = 6  # a coarse graph of fewer blocks than this is too coarse: the search is reduced instead
+COARSE_WORK = 3e8  # element-operations of all passes on a coarse graph (about a second here, ResNet-50 x 16)
 
 
 @dataclass(frozen=True)
@@ -59,26 +61,121 @@ class DPSolver:
         self.n_cuts = int(self.pf.cut_ok.sum())  # boundaries of the fine graph (0 and n included)
         self.coarse = len(self.bnd) < self.n_cuts  # given cuts: exact on the coarse graph only
         # bigger instances may spend more (targets: ~170 layers x 16 devices < 1 s, 1000 x 64 < 30 s)
-        work_budget *= min(8.0, max(1.0, n * costs.n_devices / (170 * 16)))
+        scale = min(8.0, max(1.0, n * costs.n_devices / (170 * 16)))
+        work_budget *= scale
+        # the coarse graph's budget is for all passes together, so the block count follows the objective's
+        # search (throughput: 2 passes; latency and training time: a branch and bound over bottlenecks)
+        self.coarse_budget = COARSE_WORK * scale * (work_budget / (WORK_BUDGET * scale)) / _passes(objective)
         many = objective.objective in ("time", "energy") or (objective.objective == "latency" and self.M > 1)
         if n * costs.n_devices >= 2000:  # large: coarser passes (the refinement fixes cuts and groups after)
             work_budget /= 12 if many else 3
         self.work_budget = work_budget
         depth = self.nD
         self.nD = 1  # 1F1B depth only matters when memory depends on it; checked below
+        self.unit_opts = self._undominated_units()
+        self._counts: dict[tuple, tuple[float, float]] = {}
+        self.cap = self.m  # a group of more devices than samples leaves one without a sample: never valid
+        fine = self.bnd
+        self.budget = self.work_budget  # what _reduce holds the search to (_coarsen: the coarse budget)
+        self._coarsen()
         self._reduce()
         self._build()
         if depth > 1 and not ignore_memory and not self._depth_free(depth):
             self.nD = depth
-            if self._work() > self.work_budget:
+            if self._work() > self.budget:  # depth states make it bigger: coarsen (or reduce) again
+                self.bnd, self.mixed, self.bundle, self.exact = fine, True, [1] * T, True
+                self.budget = self.work_budget
+                self._coarsen()
                 self._reduce()
-            self._build()
+                self._build()
+            else:
+                self._build(keep=True)
+        self.coarse = len(self.bnd) < self.n_cuts
         self._note_reductions()
+
+    def _undominated_units(self) -> list[list[int]]:
+        """Per type, the local units a group may run on: a unit that another unit of the same board matches
+        or beats on every layer it runs (support, seconds per sample and per call, the runtime's hop and
+        copies, and energy above idle when energy is priced) is left out, as is a unit that runs no layer
+        (training: NPU, Mali).
+
+        Same memory (the board's), never slower, never costlier: a plan on the left-out unit is matched
+        by the same plan on the other one with the same shares. The DP re-splits samples by speed, so a
+        faster unit may take more samples and a wide group's send be priced higher; that interplay is
+        what this rule gives up (noted), for a DP a third the size on boards with a CPU, GPU and NPU.
+        """
+        pf, tp = self.pf, self.types
+        busy = np.asarray(self.costs.busy_power_w, dtype=np.float64)
+        if self.obj.objective != "energy" and self.obj.energy_budget_j is None:
+            busy = np.zeros_like(busy)  # energy is no part of what the passes price
+        out, self.dropped_units = [], []
+        for t in range(len(tp.members)):
+            idle = float(self.costs.idle_power_w[tp.members[t][0]])
+            st = []
+            for x in range(tp.n_units(t)):
+                u = tp.unit(t, x)
+                w = max(float(busy[u]) - idle, 0.0)
+                f = np.asarray(self.costs.fwd_s[u], dtype=np.float64)  # Prefix's rows, before the sums' rounding
+                if self.train:
+                    f = f + np.asarray(self.costs.bwd_s[u], dtype=np.float64)
+                per = np.concatenate([f, np.asarray(self.costs.fixed_s[u], dtype=np.float64)])
+                st.append((np.diff(pf.U[u]) == 0, per, np.array([pf.HB[u], pf.H[u]]), w))
+            keep = []
+            for a, (sa, pa, ha, wa) in enumerate(st):
+                on = np.concatenate([sa, sa])
+                beaten = not sa.any()
+                for b, (sb, pb, hb, wb) in enumerate(st):
+                    if beaten:
+                        break
+                    if b == a or not sb[sa].all():
+                        continue
+                    le = (np.all(pb[on] <= pa[on]) and np.all(hb <= ha) and np.all(wb * pb[on] <= wa * pa[on])
+                          and np.all(wb * hb <= wa * ha))
+                    same = (np.array_equal(pb[on], pa[on]) and np.array_equal(hb, ha) and wb == wa
+                            and sb.sum() == sa.sum())
+                    beaten = le and (not same or b < a)
+                if beaten:
+                    self.dropped_units.append(tp.unit(t, a))
+                else:
+                    keep.append(a)
+            out.append(keep)
+        return out
+
+    def _coarsen(self) -> None:
+        """Shrink the graph, not the search: when the whole search does not fit the work budget, the
+        largest number of blocks (runs of layers between cheap cuts, ``block_cuts``) that lets the DP keep
+        every group composition (mixed board types, no bundles) replaces the layer boundaries. The DP is
+        then exact on the coarse graph (``coarse``), and ``search.solve`` refines the cuts on the fine one.
+        When even ``MIN_BLOCKS`` blocks do not fit, the graph stays and ``_reduce`` cuts the search.
+        """
+        K = len(self.bnd) - 1
+        budget = self.coarse_budget
+        if self._work(K) <= self.work_budget:
+            return
+        if self._work(K) <= budget:  # the whole search fits as it is
+            self.budget = budget
+            return
+        if K <= MIN_BLOCKS or self._work(MIN_BLOCKS) > budget:
+            return
+        self.budget = budget
+        lo, hi = MIN_BLOCKS, K - 1  # work grows with the blocks: the largest that fits
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self._work(mid) <= budget:
+                lo = mid
+            else:
+                hi = mid - 1
+        self.bnd = self._blocks(lo)
+
+    def _blocks(self, k: int) -> np.ndarray:
+        pf = self.pf
+        work = np.median(np.diff(pf.F, axis=1), axis=0) if pf.F.shape[0] else None
+        return block_cuts(pf.cut, k, pf.cut_ok, work)
 
     def _reduce(self) -> None:
         T = len(self.types.members)
         counts = self.types.counts
-        while self._work() > self.work_budget:
+        while self._work() > self.budget:
             if len(self.bnd) > 129:
                 self.bnd = self._cuts(128)
             elif self.mixed and T > 1:
@@ -94,7 +191,15 @@ class DPSolver:
 
     def _note_reductions(self) -> None:
         T = len(self.types.members)
-        if len(self.bnd) < self.n_cuts:
+        if self.dropped_units:
+            names = ", ".join(f"{self.costs.devices[self.costs.units[u][0]]}:{self.costs.units[u][1]}"
+                              for u in self.dropped_units)
+            self.notes.append(f"DP: units matched or beaten on every layer by another unit of their board left out "
+                              f"of replica groups: {names}")
+        if self.coarse and self.exact:
+            self.notes.append(f"DP exact on a coarse graph of {len(self.bnd) - 1} blocks (runs of layers between "
+                              f"cheap cuts) of {self.n_cuts - 1} layers; cuts then refined on the full graph")
+        elif len(self.bnd) < self.n_cuts:
             self.notes.append(f"DP heuristic: stage boundaries limited to {len(self.bnd) - 2} candidate cuts "
                               f"(cheapest cut_bytes plus evenly spaced) of {self.n_cuts - 2}")
         if not self.mixed:
@@ -104,9 +209,13 @@ class DPSolver:
                 self.notes.append(f"DP heuristic: boards of type {self._type_name(t)} allocated in bundles of "
                                   f"{self.bundle[t]}")
 
-    def _build(self) -> None:
+    def _build(self, keep: bool = False) -> None:
+        """Stage tables from scratch; ``keep``: same boundaries and compositions, only the depth changed."""
         self.cache: dict[int, dict] = {}
-        self._ko = None
+        if not keep:
+            self._bases: dict[int, dict] = {}
+            self._shr: dict[tuple, tuple] = {}
+        self._ko = self._stk = None
         self._setup()
         self._rows_cache = None
         self.ws = self._range_max()
@@ -119,8 +228,8 @@ class DPSolver:
         """
         for gi in range(len(self.comps)):
             base = self._base(gi)
-            s1, ok1 = self._shares(base, 1)
-            sd, okd = self._shares(base, depth)
+            s1, ok1 = self._shares_of(gi, 1)
+            sd, okd = self._shares_of(gi, depth)
             live = base["valid"]
             if np.any(live & ((ok1 != okd) | np.any(s1 != sd, axis=0))):
                 return False
@@ -146,8 +255,10 @@ class DPSolver:
         for n in itertools.product(*[range(c + 1) for c in self.nb]):
             if sum(n) == 0 or (not self.mixed and sum(1 for x in n if x) > 1):
                 continue
+            if sum(x * b for x, b in zip(n, self.bundle, strict=True)) > self.cap:
+                continue
             present = [t for t in range(T) if n[t]]
-            for units in itertools.product(*[range(tp.n_units(t)) for t in present]):
+            for units in itertools.product(*[self.unit_opts[t] for t in present]):
                 u = [-1] * T
                 for t, lu in zip(present, units, strict=False):
                     u[t] = lu
@@ -170,21 +281,33 @@ class DPSolver:
         self.nS = max(1, len(order))
         self._link_tab = [self._link_terms(c) for c in comps]
 
-    def _work(self) -> float:
-        """Element operations of one pass, estimated before building anything (rows = (group, state) pairs)."""
+    def _work(self, K: int | None = None) -> float:
+        """Element operations of one pass on ``K`` blocks (default: the current boundaries), estimated
+        before building anything (rows = (group, state) pairs)."""
         tp = self.types
         T = len(tp.members)
         nb = [len(tp.members[t]) // self.bundle[t] for t in range(T)]
-        U = [tp.n_units(t) for t in range(T)]
+        U = [len(self.unit_opts[t]) for t in range(T)]
         R = float(np.prod(np.array(nb, dtype=np.float64) + 1))
-        if self.mixed:
+        key = (self.mixed, tuple(self.bundle))
+        if self.mixed and R <= 20000 and key in self._counts:
+            rows, G = self._counts[key]
+        elif self.mixed and R <= 20000:  # exact count, groups of at most ``cap`` devices
+            rows = G = 0.0
+            for n in itertools.product(*[range(c + 1) for c in nb]):
+                if 0 < sum(x * b for x, b in zip(n, self.bundle, strict=True)) <= self.cap:
+                    g = float(np.prod([U[t] for t in range(T) if n[t]]))
+                    G += g
+                    rows += g * float(np.prod([b - x + 1 for b, x in zip(nb, n, strict=True)]))
+            self._counts[key] = (rows, G)
+        elif self.mixed:
             rows = float(np.prod([(b + 1) + u * b * (b + 1) / 2 for b, u in zip(nb, U, strict=True)])) - R
             G = float(np.prod([1 + u * b for b, u in zip(nb, U, strict=True)])) - 1
         else:
             rows = sum(u * b * (b + 1) / 2 * R / (b + 1) for b, u in zip(nb, U, strict=True))
             G = float(sum(u * b for b, u in zip(nb, U, strict=True)))
         nS = 2 if tp.uniform else min(2 ** T, G + 1)
-        K = len(self.bnd) - 1
+        K = len(self.bnd) - 1 if K is None else K
         return K * K / 2 * rows * nS * self.nD + G * K * K * (4 + (self.m * T if self.mixed else 0))
 
     # ----------------------------------------------------------------- links
@@ -270,6 +393,12 @@ class DPSolver:
 
     def _base(self, gi: int) -> dict:
         """Per-sample and per-call seconds of composition ``gi`` for every boundary pair: arrays [V, K+1, K+1]."""
+        if gi in self._bases:
+            return self._bases[gi]
+        self._bases[gi] = self._base_of(gi)
+        return self._bases[gi]
+
+    def _base_of(self, gi: int) -> dict:
         pf, tp, comp = self.pf, self.types, self.comps[gi]
         B = self.bnd
         K1 = len(B)
@@ -290,46 +419,82 @@ class DPSolver:
         return {"vs": vs, "F": np.array(F), "X": np.array(X), "C": C, "U": U, "tri": tri, "valid": valid,
                 "params": params, "actsum": actsum}
 
-    def _shares(self, base: dict, stash: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """Samples per type (allocate's greedy, per device within memory; ``None``: no memory) and memok."""
+    def _shares_of(self, gi: int, stash: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """``_shares`` of composition ``gi``, once per stash depth (the 1F1B depth check and the stage
+        tables ask for the same ones)."""
+        key = (gi, stash)
+        if key not in self._shr:  # with the others of its number of types, in batches of ~4M elements
+            V = sum(1 for x in self.comps[gi].devs if x)
+            peers = [g for g in range(len(self.comps)) if sum(1 for x in self.comps[g].devs if x) == V
+                     and (g, stash) not in self._shr and g >= gi]
+            peers = peers[:max(1, int(4e6 // (V * len(self.bnd) ** 2)))]
+            for g, got in zip(peers, self._shares([self._base(g) for g in peers], stash), strict=True):
+                self._shr[(g, stash)] = got
+        return self._shr[key]
+
+    def _shares(self, bases: list[dict], stash: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Samples per type (allocate's greedy, per device within memory; ``None``: no memory) and memok,
+        for compositions with the same number of board types at once (arrays [B, V, K+1, K+1])."""
         pf, tp, m = self.pf, self.types, self.m
-        vs, F, X, C = base["vs"], base["F"], base["X"], base["C"]
+        nv = len(bases[0]["vs"])
         K1 = len(self.bnd)
-        c = np.array(C)[:, None, None]
-        ram = np.array([float(self.costs.ram_bytes[tp.members[t][0]]) for t in vs])[:, None, None]
-        per = (0 if stash is None else stash) * base["actsum"] + self.ws
-        room = ram - base["params"][None] * pf.wfactor
+        iu, ju = np.triu_indices(K1, 1)  # only stages [bnd[k], bnd[k2]) with k < k2 exist: arrays [B, V, P]
+        F = np.stack([b["F"][:, iu, ju] for b in bases])
+        X = np.stack([b["X"][:, iu, ju] for b in bases])
+        c = np.array([b["C"] for b in bases])[:, :, None]
+        ram = np.array([[float(self.costs.ram_bytes[tp.members[t][0]]) for t in b["vs"]] for b in bases])
+        ram = ram[:, :, None]
+        params = np.stack([b["params"][iu, ju] for b in bases])[:, None]
+        per = ((0 if stash is None else stash) * np.stack([b["actsum"][iu, ju] for b in bases])
+               + self.ws[iu, ju])[:, None]
+        room = ram - params * pf.wfactor
         with np.errstate(divide="ignore", invalid="ignore"):
             cap = np.where(per > 0, np.floor(room / np.where(per > 0, per, 1.0)), np.where(room >= 0, np.inf, -1.0))
         if stash is None:
             cap = np.full_like(cap, np.inf)
-        if len(vs) == 1:
-            s = np.full((1, K1, K1), m, dtype=np.int64)
+        if nv == 1:
+            s = np.full(F.shape, m, dtype=np.int64)
         else:
-            s = np.zeros((len(vs), K1, K1), dtype=np.int64)
+            s = np.zeros(F.shape, dtype=np.int64)
             big = np.iinfo(np.int64).max
-            nv = len(vs)
             for _ in range(m):
                 load = s // c  # the least-loaded device of each type
                 cost = (load + 1) * F + X
                 capped = np.where(load + 1 <= cap, cost, np.inf)
-                full = np.isinf(capped.min(axis=0))  # no device has room: the rest go regardless (overflow)
-                cost = np.where(full[None], cost, capped)
-                cand = cost == cost.min(axis=0)
+                full = np.isinf(capped.min(axis=1))  # no device has room: the rest go regardless (overflow)
+                cost = np.where(full[:, None], cost, capped)
+                cand = cost == cost.min(axis=1)[:, None]
                 lm = np.where(cand, load, big)
-                cand &= lm == lm.min(axis=0)
-                first = np.full(cand.shape[1:], nv)
-                for v in range(nv - 1, -1, -1):
-                    first = np.where(cand[v], v, first)
-                for v in range(nv):
-                    s[v] += first == v
+                cand &= lm == lm.min(axis=1)[:, None]
+                first = np.argmax(cand, axis=1)  # the first type on ties
+                s += first[:, None] == np.arange(nv)[None, :, None]
         kmax = -(-s // c)
         if stash is None:
-            memok = np.ones((K1, K1), dtype=bool)
+            ok = np.ones((len(bases), len(iu)), dtype=bool)
         else:
-            mem = base["params"][None] * pf.wfactor + kmax * per[None]
-            memok = np.all(mem <= ram, axis=0)
-        return s, memok
+            ok = np.all(params * pf.wfactor + kmax * per <= ram, axis=1)
+        out = []
+        for b in range(len(bases)):  # back to [V, K+1, K+1] (0 samples and not fitting where k >= k2)
+            sb = np.zeros((nv, K1, K1), dtype=np.int64)
+            sb[:, iu, ju] = s[b]
+            mb = np.zeros((K1, K1), dtype=bool)
+            mb[iu, ju] = ok[b]
+            out.append((sb, mb))
+        return out
+
+    def _stacked(self) -> dict:
+        """The stage tables of every composition stacked (built once): what ``run_pass`` prices at once."""
+        if getattr(self, "_stk", None) is None:
+            G = len(self.comps)
+            tabs = [self._stage(gi) for gi in range(G)]
+            stk = {x: np.stack([t[x] for t in tabs]) for x in ("tau", "dyn", "ar", "in_p", "in_e", "out_p",
+                                                                 "out_e", "kout")}
+            stk["ok"] = np.stack([t["valid"] & t["memok"] for t in tabs])
+            stk["idle"] = np.array([t["idle"] for t in tabs], dtype=np.float64)
+            stk["bw0"] = np.array([tab[0][0] for tab in self._link_tab], dtype=np.float64)
+            stk["lt0"] = np.array([tab[1][0] for tab in self._link_tab], dtype=np.float64)
+            self._stk = stk
+        return self._stk
 
     def _kout_all(self) -> np.ndarray:
         """[G, K+1, K+1, depth]: samples of each stage option's busiest device (theta-independent, built once)."""
@@ -358,7 +523,7 @@ class DPSolver:
         out_p, out_e = np.zeros((K1, nD)), np.zeros((K1, nD))  # this stage ending at n -> head, by start
         cut = self.pf.cut
         for d in range(nD):
-            s, ok = self._shares(base, None if self.ignore_memory else self._stash(d))
+            s, ok = self._shares_of(gi, None if self.ignore_memory else self._stash(d))
             valid[:, :, d] = base["valid"] & np.all(s >= c, axis=0)
             memok[:, :, d] = ok
             kmax = -(-s // c)
@@ -417,45 +582,37 @@ class DPSolver:
         K1 = K + 1
         A = np.empty((G, K1, K1, nD))  # stage cost by (start, end, its depth), inf where not allowed or not fitting
         END = np.empty((G, K1))  # cost of the stage running to the end (incl. the link to the head)
-        for gi in range(G):
-            st = self._stage(gi)
-            tau = st["tau"]
-            bs = _qkey(tau, st["ar"], M) if bkey == "q" else tau
-            with np.errstate(invalid="ignore"):
-                a_s = cp * tau + ce * (st["dyn"] + st["idle"] * theta_idle) if is_sum else bs
-            ok = st["valid"] & st["memok"] & (bs <= theta)
-            A[gi] = np.where(ok, a_s, np.inf)
-            # the input link (head -> the stage starting at 0) and the output link are priced with the stage:
-            # they depend on its shares (the head's own share does not travel)
-            pin, ein = st["in_p"], st["in_e"]
-            b_in = (M - 1) * pin if bkey == "q" else pin
-            A[gi][0] = np.where(b_in <= theta, A[gi][0] + cp * pin + ce * ein if is_sum else np.maximum(A[gi][0], b_in),
-                                np.inf)
-            if self.types.uniform and K > 1:
-                # what its busiest device receives across its start cut: a bottleneck key of the send into it,
-                # so with the senders' side (below) the max over keys is the link's time exactly
-                bw, lt = self._link_tab[gi][0][0], self._link_tab[gi][1][0]
-                rk = (2.0 if self.train else 1.0) * (st["kout"][1:] * self.pf.cut[self.bnd[1:]][:, None, None] / bw
-                                                     + lt)
-                brk = (M - 1) * rk if bkey == "q" else rk
-                A[gi][1:] = np.where(brk <= theta, A[gi][1:] if is_sum else np.maximum(A[gi][1:], brk), np.inf)
-            pe, ee = st["out_p"][:, 0], st["out_e"][:, 0]
-            bl_end = (M - 1) * pe if bkey == "q" else pe
-            endc = np.where(bl_end <= theta, cp * pe + ce * ee if is_sum else bl_end, np.inf)
-            col = A[gi][:, K, 0]
-            END[gi] = col + endc if is_sum else np.maximum(col, endc)
-        KO = self._kout_all()
+        st = self._stacked()  # every composition's stage table, arrays [G, ...]
+        tau = st["tau"]
+        bs = _qkey(tau, st["ar"], M) if bkey == "q" else tau
+        with np.errstate(invalid="ignore"):
+            a_s = cp * tau + ce * (st["dyn"] + st["idle"][:, None, None, None] * theta_idle) if is_sum else bs
+        A = np.where(st["ok"] & (bs <= theta), a_s, np.inf)  # [G, K1, K1, nD]
+        # the input link (head -> the stage starting at 0) and the output link are priced with the stage:
+        # they depend on its shares (the head's own share does not travel)
+        pin, ein = st["in_p"], st["in_e"]
+        b_in = (M - 1) * pin if bkey == "q" else pin
+        A[:, 0] = np.where(b_in <= theta, A[:, 0] + cp * pin + ce * ein if is_sum else np.maximum(A[:, 0], b_in),
+                           np.inf)
+        if self.types.uniform and K > 1:
+            # what its busiest device receives across its start cut: a bottleneck key of the send into it,
+            # so with the senders' side (below) the max over keys is the link's time exactly
+            bw, lt = st["bw0"][:, None, None, None], st["lt0"][:, None, None, None]
+            rk = (2.0 if self.train else 1.0) * (st["kout"][:, 1:] * self.pf.cut[self.bnd[1:]][None, :, None, None]
+                                                 / bw + lt)
+            brk = (M - 1) * rk if bkey == "q" else rk
+            A[:, 1:] = np.where(brk <= theta, A[:, 1:] if is_sum else np.maximum(A[:, 1:], brk), np.inf)
+        pe, ee = st["out_p"][:, :, 0], st["out_e"][:, :, 0]
+        bl_end = (M - 1) * pe if bkey == "q" else pe
+        endc = np.where(bl_end <= theta, cp * pe + ce * ee if is_sum else bl_end, np.inf)
+        col = A[:, :, K, 0]
+        END = col + endc if is_sum else np.maximum(col, endc)  # [G, K1]: the stage running to the end
+        KO = st["kout"]
         BW, LT, EP = (np.array([tab[x] for tab in self._link_tab]) for x in range(3))  # [G, nS]
         f = 2.0 if self.train else 1.0
         cut_b = self.pf.cut[self.bnd]
         wide = self.cls_wide[None, None, :, None]
         rg, rrv, rmg, rcg = self._rows_all()
-        seg = np.searchsorted(rg, np.arange(G + 1))  # rows are grouped by composition
-        chunks, start = [], 0
-        for gi in range(G):  # batch small compositions together: fewer, larger array operations
-            if seg[gi + 1] - seg[start] >= CHUNK_ROWS or gi == G - 1:
-                chunks.append((start, gi + 1))
-                start = gi + 1
         target = rrv * nS + rcg
         for k in range(K - 1, -1, -1):
             cand_v, cand_t, cand_d, cand_pos, cand_info = [], [], [], [], []
@@ -482,13 +639,13 @@ class DPSolver:
                     c4 = a[:, :, None, :] + np.where(b4 <= theta, cp * p4 + ce * e4, np.inf)  # [G, L, nS, nD]
                 else:
                     c4 = np.maximum(a[:, :, None, :], np.where(b4 <= theta, b4, np.inf))
-                live = np.isfinite(c4).reshape(G, -1).any(axis=1)
-                for c_lo, c_hi in chunks:  # compositions [c_lo, c_hi), rows [seg[c_lo], seg[c_hi])
-                    if not live[c_lo:c_hi].any():
-                        continue
-                    lo_, hi_ = seg[c_lo], seg[c_hi]
-                    nxt = val[rmg[lo_:hi_], k + 1:K]  # [rows, L, nS, nD]
-                    cc = c4[c_lo] if c_hi - c_lo == 1 else c4[rg[lo_:hi_]]
+                # only the rows of compositions with a stage that fits here and now (most do not: a device
+                # left without a sample, memory, theta), in chunks of about CHUNK_ROWS
+                live = np.nonzero(np.isfinite(c4).reshape(G, -1).any(axis=1)[rg])[0]
+                for lo_ in range(0, len(live), CHUNK_ROWS):
+                    rows_ = live[lo_:lo_ + CHUNK_ROWS]
+                    nxt = val[rmg[rows_], k + 1:K]  # [rows, L, nS, nD]
+                    cc = c4[rg[rows_]]
                     tot = nxt + cc if is_sum else np.maximum(nxt, cc)
                     # lexicographic argmin over (end, next class): first over classes, then over ends
                     s_min = tot[:, :, 0, :]
@@ -504,7 +661,7 @@ class DPSolver:
                         fin = np.isfinite(best[:, d2])
                         if not fin.any():
                             continue
-                        r_ = lo_ + np.nonzero(fin)[0]
+                        r_ = rows_[fin]
                         a_ = arg[fin, d2]
                         cand_v.append(best[fin, d2])
                         cand_t.append(target[r_])
@@ -580,6 +737,53 @@ class DPSolver:
             vals.append(np.ravel(fl * (nsamp[:, None] * cut[None, :] / bw + lt)) * f)
         allv = np.concatenate(vals) if vals else np.zeros(0)
         return np.unique(allv[np.isfinite(allv)])
+
+
+def block_cuts(cut_bytes: np.ndarray, k: int, cut_ok: np.ndarray | None = None,
+               work: np.ndarray | None = None) -> np.ndarray:
+    """Boundaries (0 and n included) of a coarse graph of about ``k`` blocks, at cheap cuts.
+
+    Cheap cuts are those no neighbouring cut undercuts in bytes (``cut_bytes`` local minima: the ends
+    of residual blocks and other modules, where only one tensor is live). One block boundary is placed
+    near each of ``k - 1`` evenly spaced quantiles of ``work`` (seconds per layer; default: one per
+    layer) at the nearest cheap cut, then the cheapest cheap cuts fill up to ``k - 1``. Only cuts
+    ``cut_ok`` allows are picked.
+    """
+    c = np.asarray(cut_bytes, dtype=np.float64)
+    n = len(c) - 1
+    inner = np.arange(1, n)
+    if cut_ok is not None:
+        inner = inner[np.asarray(cut_ok, dtype=bool)[1:n]]
+    if k - 1 >= len(inner):
+        return np.array(sorted({0, n} | {int(x) for x in inner}))
+    cheap = inner[(c[inner] <= c[inner - 1]) & (c[inner] <= c[inner + 1])]
+    if len(cheap) < k - 1:  # too few minima: the cheapest other cuts join them
+        rest = np.setdiff1d(inner, cheap)
+        cheap = np.sort(np.concatenate([cheap, rest[np.lexsort((rest, c[rest]))][:k - 1 - len(cheap)]]))
+    w = np.ones(n) if work is None else np.maximum(np.asarray(work, dtype=np.float64), 0.0)
+    cum = np.concatenate([[0.0], np.cumsum(w)])
+    pick: set[int] = set()
+    for q in np.arange(1, k) / k * cum[-1]:
+        free = np.array([x for x in cheap if int(x) not in pick])
+        if not len(free):
+            break
+        pick.add(int(free[np.argmin(np.abs(cum[free] - q))]))
+    for x in cheap[np.lexsort((cheap, c[cheap]))]:
+        if len(pick) >= k - 1:
+            break
+        pick.add(int(x))
+    return np.array(sorted({0, n} | pick))
+
+
+def _passes(obj: Objective) -> int:
+    """About how many DP passes ``search.optimise`` runs for ``obj`` (measured on ResNet-50 x 16 boards)."""
+    if obj.objective == "throughput":
+        return 2
+    if obj.objective == "energy":
+        return 30
+    if obj.objective == "latency":
+        return 1 if obj.microbatches == 1 else 12
+    return 16
 
 
 def coarse_cuts(cut_bytes: np.ndarray, k: int, cut_ok: np.ndarray | None = None) -> np.ndarray:

@@ -3,9 +3,14 @@
 throughput: the smallest bottleneck, then the smallest sum under it. latency and
 training time: the smallest sum, then branch and bound over candidate bottleneck
 values (sum + weight x bottleneck). energy: branch and bound over candidate
-thresholds, idle power weighted by each interval's low end. The result is exact
-whenever the DP needed no reduction; otherwise ``refine`` improves it on the full
-graph and ``notes`` says so.
+thresholds, idle power weighted by each interval's low end.
+
+``Result.exact`` means exact on the graph the DP ran on: the full one, or a coarse
+one of ``blocks`` blocks (``dp.block_cuts``: runs of layers between cheap cuts,
+chosen when the full search would not fit its budget; ``Result.coarse``). A
+coarse or otherwise reduced result is then refined on the full graph
+(``refine``); ``notes`` says which. How far the plan can be from the fine graph's
+optimum is what the lower bound (``bound.lower_bound``) says.
 """
 
 from __future__ import annotations
@@ -31,6 +36,13 @@ class Result:
     exact: bool
     notes: list[str] = field(default_factory=list)
     passes: int = 0
+    blocks: int | None = None  # a coarse graph's blocks the DP ran on (None: the full graph)
+    layers: int | None = None  # the full graph's layers, beside ``blocks``
+
+    @property
+    def coarse(self) -> bool:
+        """``exact`` holds on a coarse graph of ``blocks`` blocks only, not on the full graph."""
+        return self.blocks is not None
 
 
 def solve(costs: CostTable, objective: Objective, *, work_budget: float = WORK_BUDGET,
@@ -43,14 +55,17 @@ def solve(costs: CostTable, objective: Objective, *, work_budget: float = WORK_B
     dp = DPSolver(costs, objective, work_budget=work_budget, ignore_memory=ignore_memory, cuts=cuts)
     res = optimise(dp, objective)
     res.notes[:0] = dp.notes
-    res.exact = res.exact and dp.exact and not dp.coarse
-    if refine and not res.exact and res.layout is not None and not ignore_memory:
+    res.exact = res.exact and dp.exact  # on the coarse graph when dp.coarse
+    if dp.coarse:
+        res.blocks, res.layers = len(dp.bnd) - 1, costs.n_layers
+    if refine and (not res.exact or dp.coarse) and res.layout is not None and not ignore_memory:
         from edgeplan.planner.refine import refine as local_search
 
         lay, ev, moves = local_search(costs, objective, res.layout, prefix=dp.pf)
         if better(ev, res.evaluation, objective):
             a, b = res.evaluation.value(objective), ev.value(objective)
-            res.notes.append(f"DP heuristic result refined on the full graph by {moves} local move(s) (cuts, "
+            what = "coarse-graph optimum" if res.exact else "heuristic result"
+            res.notes.append(f"DP {what} refined on the full graph by {moves} local move(s) (cuts, "
                              f"devices, units, merges): {(a - b) / a * 100:.2f}% better")
             res.layout, res.evaluation = lay, ev
     return res
