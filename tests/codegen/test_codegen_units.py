@@ -69,6 +69,7 @@ def test_two_units_of_one_board_get_one_worker_each_and_match_torch(tmp_path):
     start = (board / "start.sh").read_text()
     assert start.count("-m edgeplan_runtime.worker") == 2
     assert "--stage stage0/stage.json" in start and "--stage stage1/stage.json" in start
+    assert "# stage 0 of 2 on unit gpu (x86)" in start and "# stage 1 of 2 on unit cpu (x86)" in start
     specs = [json.loads((board / f"stage{i}" / "stage.json").read_text()) for i in range(2)]
     assert [(s["device"], s["unit"]) for s in specs] == [("gpu-board", "gpu"), ("gpu-board", "cpu")]
     assert specs[0]["listen"] != specs[1]["listen"]  # two workers, two ports on one board
