@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "demo-out" / "bench_adapt", help="folder for the plot")
     ap.add_argument("--testbed", action="store_true",
                     help="also run heuristic, rl and static (--adapt off) in `edgeplan emulate --trace` (root)")
-    ap.add_argument("--traces", nargs="*", default=None, help="trace names for --testbed (default: all shipped)")
+    ap.add_argument("--traces", nargs="*", default=None,
+                    help="trace names for --testbed, run in this order (default: all shipped)")
     ap.add_argument("--host-gflops", type=float, default=100.0, help="--testbed: `edgeplan emulate --host-gflops`")
     args = ap.parse_args(argv)
 
@@ -262,8 +263,11 @@ def main(argv: list[str] | None = None) -> None:
           f"rl/static {got['rl'].throughput / st:.2f}x, lost {got['heuristic'].lost + got['rl'].lost}, "
           f"switches {got['heuristic'].switches}")
     if args.testbed:
-        shipped = sorted(TRACES.glob("*.yaml"))
-        chosen = [p for p in shipped if args.traces is None or p.stem in args.traces]
+        shipped = {p.stem: p for p in sorted(TRACES.glob("*.yaml"))}
+        unknown = sorted(set(args.traces or ()) - set(shipped))
+        if unknown:
+            raise SystemExit(f"bench_adapt --traces: {', '.join(unknown)} not in {TRACES} ({', '.join(shipped)})")
+        chosen = [shipped[t] for t in args.traces] if args.traces else list(shipped.values())  # in the order given
         testbed(args, chosen)
 
 
