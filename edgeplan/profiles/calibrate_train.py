@@ -383,7 +383,7 @@ def write_calibrated(cluster_path: Path, cluster: Cluster, fits: tuple[TrainUnit
             dev["overrides"] = over
             units = over.setdefault("units", {}) or {}
             over["units"] = units
-            how = (f"edgeplan calibrate: medians over {f.replicas} replica(s) of {sources} ({stamp})"
+            how = (f"edgeplan calibrate: fit over {f.replicas} replica(s) of {sources} at {stamp}"
                    if f.inferred_from is None else f"as {f.inferred_from} (same profile, not run): {sources}")
             units[f.unit] = {**(units.get(f.unit) or {}), "training": _figures_yaml(f.after, how)}
     out_path.parent.mkdir(parents=True, exist_ok=True)

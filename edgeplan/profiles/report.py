@@ -10,7 +10,14 @@ MiB = 2**20
 
 
 def figures_basis(u: ComputeUnit) -> str:
-    """Which of a unit's figures are measured (how, when, from what) and which are estimates."""
+    """Which of a unit's figures are measured (how, when, from what) and which are estimates; and whether
+    training figures were fitted (they price training plans only)."""
+    train = f"; training figures fitted ({u.training.source})" if u.training and u.training.source else (
+        "; training figures set" if u.training else "")
+    return _inference_basis(u) + train
+
+
+def _inference_basis(u: ComputeUnit) -> str:
     total = len(unit_figures())
     if not u.measured:
         return f"all {total} figures estimates"

@@ -25,6 +25,7 @@ from edgeplan.profiles.calibrate import CalibrationError
 from edgeplan.profiles.cost import build_cost_table
 from edgeplan.profiles.load import load_cluster
 from edgeplan.profiles.model import TrainingFigures
+from edgeplan.profiles.report import figures_basis
 from edgeplan.training import launch, metrics
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "clusters" / "ten-rpi3b.yaml"
@@ -113,6 +114,9 @@ def test_fit_recovers_known_training_figures_and_the_planner_prices_them(tmp_pat
     doc = yaml.safe_load((tmp_path / "cal.yaml").read_text())
     assert doc["devices"][0]["overrides"]["units"]["cpu"]["training"]["backward_factor"] == pytest.approx(4.0, rel=1e-4)
     assert load_cluster(tmp_path / "cal.yaml").device("pi1").unit("cpu").training.call_s == pytest.approx(0.003)
+    # reports say which figures a plan rests on: the fitted training figures, with where they came from
+    assert "training figures fitted (edgeplan calibrate: fit over 1 replica(s) of train-report.json" in \
+        figures_basis(new.device("pi0").unit("cpu"))
     truth_iter = metrics.predict(plan, graph, _truth(cluster))["iter_s"]
     assert metrics.predict(plan, graph, new)["iter_s"] == pytest.approx(truth_iter, rel=1e-3)
     assert abs(plan.predicted.iter_s - truth_iter) > 0.1 * truth_iter  # the datasheet figures were off before
