@@ -138,9 +138,12 @@ def testbed(args, traces: list[Path]) -> None:
     log = work / "log.txt"
     log.write_text("")
     gf = ["--host-gflops", f"{args.host_gflops:g}"]
-    emu, plans, art = work / "emu.yaml", work / "plans", work / "art"
+    emu, plans, art = work / f"emu-{args.host_gflops:g}.yaml", work / "plans", work / "art"
     t0 = time.monotonic()
-    _cli("emulate", CLUSTER, "--write-cluster", emu, *gf, log=log, timeout_s=300)
+    if emu.is_file():  # measured op-class speeds vary run to run: a new file would re-plan and recompile
+        print(f"testbed: reusing {emu} (delete it to re-measure this machine)")
+    else:
+        _cli("emulate", CLUSTER, "--write-cluster", emu, *gf, log=log, timeout_s=300)
     _cli("plan", "resnet18", "--cluster", emu, "--objective", "throughput", "--batch", "4", "--head", HEAD,
          *[x for v in TESTBED_VARIANTS for x in ("--variants", v)], "--out", plans, log=log, timeout_s=600)
     if (art / "compile-family.json").is_file() and (art / "family.json").is_file() \
