@@ -204,3 +204,27 @@ def test_local_search_puts_an_idle_unit_of_a_used_board_to_work():
     single = plan_from_costs(solo, obj, min_gain=0.9, multi_unit=True)
     assert len(plan_from_costs(solo, obj).stages) == 1  # off by default below make_plan
     assert len(single.stages) == 1 and not any(n.startswith("multi-unit") for n in single.notes)
+
+
+def test_golden_multi_unit_plan_on_one_rk3588(golden):
+    """ResNet-18 on one RK3588 (examples/clusters/rk3588-solo.yaml): the NPU and the Mali GPU run a stage each,
+    predicted 19% more samples/s than the NPU alone; plan.json holds two stages on one device."""
+    pytest.importorskip("torch", reason="traces a zoo model with torch")
+    from pathlib import Path
+
+    from edgeplan import jsonio
+    from edgeplan.graph.load import build
+    from edgeplan.planner.api import make_plan
+    from edgeplan.planner.plan import Plan
+    from edgeplan.profiles.load import load_cluster
+
+    root = Path(__file__).resolve().parents[2]
+    graph = build("resnet18").graph
+    cluster = load_cluster(root / "examples" / "clusters" / "rk3588-solo.yaml")
+    obj = Objective(objective="throughput", batch=8)
+    plan = make_plan(graph, cluster, obj)
+    golden.check("plans/resnet18--rk3588-solo--throughput.json", jsonio.dumps(plan.to_json()))
+    assert Plan.from_json(plan.to_json()) == plan
+    assert [(s.replicas[0].device, s.replicas[0].unit) for s in plan.stages] == [("rock5b", "gpu"), ("rock5b", "npu")]
+    one = make_plan(graph, cluster, obj, multi_unit=False)
+    assert len(one.stages) == 1 and plan.predicted.throughput > one.predicted.throughput * 1.05
