@@ -43,6 +43,7 @@ relay (~25 us per frame at 4 KiB) is Python work per frame and one thread wake-u
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import socket
 import statistics
 import struct
@@ -74,86 +75,188 @@ def _recv_exact(sock, buf) -> None:
         got += k
 
 
+def _hop_process(target, *args) -> tuple:
+    """Run ``target(ready, *args)`` in a child process and return it with the address it reports through
+    ``ready``. The hops of the relay and worker rows (and the raw row's receiver) run in their own
+    process, as a stage worker does on a board: in one process they would compete with the endpoints
+    for the GIL, which a deployment never does."""
+    ctx = multiprocessing.get_context("fork")
+    here, there = ctx.Pipe()
+    proc = ctx.Process(target=_child, args=(there, target, args), daemon=True)
+    proc.start()
+    if not here.poll(30):
+        proc.kill()
+        raise RuntimeError(f"{target.__name__} did not start within 30 s")
+    return proc, here.recv()
+
+
+def _child(pipe, target, args) -> None:
+    target(pipe.send, *args)
+
+
+def _stop(proc) -> None:
+    proc.terminate()
+    proc.join(5)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+
+
+def _raw_echo(ready, n: int, iters: int) -> None:
+    srv = socket.create_server(("127.0.0.1", 0))
+    ready(srv.getsockname())
+    conn, _ = srv.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = bytearray(n)
+    for _ in range(iters):
+        _recv_exact(conn, buf)
+        conn.sendall(b"k")
+
+
 def bench_raw(payload: np.ndarray, iters: int) -> list[float]:
-    srv, cli, conn = _pair()
-    n = payload.nbytes
-
-    def echo():
-        hdr, buf = bytearray(8), bytearray(n)
-        for _ in range(iters):
-            _recv_exact(conn, hdr)
-            _recv_exact(conn, buf)
-            conn.sendall(b"k")
-
-    t = threading.Thread(target=echo, daemon=True)
-    t.start()
+    """One transfer of the frame's bytes (one ``sendmsg``) to a process that ``recv_into``s them into a
+    preallocated buffer and answers 1 byte."""
+    header, rest = _frame_parts(payload)
+    parts = [memoryview(header), *rest]
+    proc, address = _hop_process(_raw_echo, len(header) + sum(p.nbytes for p in rest), iters)
+    cli = socket.create_connection(address)
+    cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     times = []
-    data = memoryview(payload).cast("B")
+    ack = bytearray(1)
     for _ in range(iters):
         t0 = time.perf_counter()
-        cli.sendall(struct.pack("<Q", n))
-        cli.sendall(data)
-        _recv_exact(cli, bytearray(1))
+        _send_all(cli, parts)
+        _recv_exact(cli, ack)
         times.append(time.perf_counter() - t0)
-    t.join()
-    for s in (cli, conn, srv):
-        s.close()
+    cli.close()
+    _stop(proc)
     return times
+
+
+def _frame_parts(payload: np.ndarray) -> tuple:
+    """One DATA frame's wire bytes, encoded once: a writable header (the request id is patched in per
+    send) and the buffers ``sendmsg`` sends after it (descriptors, the payload's own memory)."""
+    parts = wire.encode_parts(wire.Frame(wire.DATA, request_id=0, lo=0, hi=payload.shape[0], tensors=(payload,)))
+    return bytearray(parts[0]), [memoryview(p).cast("B") for p in parts[1:]]
+
+
+def _send_all(sock, parts: list) -> None:
+    """``sendmsg`` until every byte of ``parts`` is out (one system call when the socket takes it all)."""
+    total = sum(p.nbytes for p in parts)
+    sent = sock.sendmsg(parts)
+    if sent < total:
+        sock.sendall(b"".join(bytes(p) for p in parts)[sent:])
+
+
+class _Endpoints:
+    """The sender and receiver the relay and worker rows share: the sender sends the frame's bytes with
+    one ``sendmsg`` (request id patched into the header), the receiver (``back``, where the hop sends
+    to) ``recv_into``s the whole frame the hop forwards into a preallocated buffer. Neither end encodes,
+    decodes or checks anything per frame, so the two rows differ only by what sits in the middle."""
+
+    def __init__(self, payload: np.ndarray):
+        self.back = socket.create_server(("127.0.0.1", 0))
+        self.back_address = f"127.0.0.1:{self.back.getsockname()[1]}"
+        header, rest = _frame_parts(payload)
+        self._header, self._parts = header, [memoryview(header), *rest]
+        self._buf = bytearray(len(header) + sum(p.nbytes for p in rest))
+        self._rid = 0
+        self.cli: socket.socket | None = None
+        self.conn: socket.socket | None = None
+
+    def connect(self, hop_address: tuple) -> None:
+        self.cli = socket.create_connection(hop_address)
+        self.cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def send(self) -> None:
+        self._rid += 1
+        struct.pack_into("<Q", self._header, 8, self._rid)
+        _send_all(self.cli, self._parts)
+
+    def accept(self) -> None:
+        self.conn, _ = self.back.accept()
+        self.conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def receive(self) -> None:
+        _recv_exact(self.conn, self._buf)
+
+    def timed(self, iters: int) -> list[float]:
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            self.send()
+            self.receive()
+            times.append(time.perf_counter() - t0)
+        return times
+
+    def close(self) -> None:
+        for s in (self.cli, self.conn, self.back):
+            if s is not None:
+                s.close()
+
+
+def _relay(ready, back_address: str, n: int, iters: int) -> None:
+    """The tightest store-and-forward relay Python allows: ``recv_into`` one preallocated buffer as the
+    bytes arrive (the frame's length from its header), then one ``sendall``; nothing allocated, copied
+    or checked per frame."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    ready(listener.getsockname())
+    relay_in, _ = listener.accept()
+    relay_out = socket.create_connection(wire.parse_address(back_address))
+    for s in (relay_in, relay_out):
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    n_header = wire.HEADER.size
+    buf = bytearray(n + 4096)
+    view, recv_into, sendall = memoryview(buf), relay_in.recv_into, relay_out.sendall
+    for _ in range(iters):
+        got, total = 0, n_header
+        while got < total:
+            k = recv_into(view[got:])
+            if not k:
+                raise ConnectionError("closed")
+            got += k
+            if total == n_header and got >= n_header:
+                total += struct.unpack_from("<I", buf, n_header - 4)[0]
+        sendall(view[:total])
 
 
 def bench_relay(payload: np.ndarray, iters: int) -> list[float]:
-    """Sender -> raw relay thread -> the sender's own listener (two transfers, nothing else)."""
-    back = socket.create_server(("127.0.0.1", 0))
-    srv, cli, relay_in = _pair()
-    relay_out = socket.create_connection(back.getsockname())
-    conn, _ = back.accept()
-    for s in (relay_out, conn):
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    n = payload.nbytes
-
-    def relay():
-        hdr, buf = bytearray(8), bytearray(n)
-        for _ in range(iters):
-            _recv_exact(relay_in, hdr)
-            _recv_exact(relay_in, buf)
-            relay_out.sendall(hdr)
-            relay_out.sendall(buf)
-
-    t = threading.Thread(target=relay, daemon=True)
-    t.start()
-    times = []
-    data = memoryview(payload).cast("B")
-    hdr, buf = bytearray(8), bytearray(n)
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        cli.sendall(struct.pack("<Q", n))
-        cli.sendall(data)
-        _recv_exact(conn, hdr)
-        _recv_exact(conn, buf)
-        times.append(time.perf_counter() - t0)
-    t.join()
-    for s in (cli, relay_in, relay_out, conn, srv, back):
-        s.close()
+    """Sender -> raw relay process -> the sender's own listener: the worker row's bytes and endpoints,
+    with the plain relay (``_relay``) in the middle: two transfers and nothing else."""
+    ends = _Endpoints(payload)
+    proc, address = _hop_process(_relay, ends.back_address, len(ends._buf), iters)
+    ends.connect(address)
+    ends.accept()
+    times = ends.timed(iters)
+    ends.close()
+    _stop(proc)
     return times
 
 
+def _zmq_relay(ready, back_port: int, iters: int) -> None:
+    import zmq
+
+    ctx = zmq.Context()
+    r_in, r_out = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+    ready(r_in.bind_to_random_port("tcp://127.0.0.1"))
+    r_out.connect(f"tcp://127.0.0.1:{back_port}")
+    for _ in range(iters + 1):
+        r_out.send_multipart(r_in.recv_multipart(copy=False), copy=False)
+    for sock in (r_in, r_out):
+        sock.close(linger=1000)
+    ctx.term()
+
+
 def bench_zmq_relay(payload: np.ndarray, iters: int) -> list[float]:
-    """The relay row on ZeroMQ (pyzmq PUSH -> relay thread PULL/PUSH -> PULL): a 40-byte header part and
+    """The relay row on ZeroMQ (pyzmq PUSH -> relay process PULL/PUSH -> PULL): a 40-byte header part and
     the tensor as a second, zero-copy part (copied below 64 KiB, where pyzmq is faster that way), i.e.
     the transport issue 11 item 5 proposes, with no framing or checks of ours on top."""
     import zmq
 
     ctx = zmq.Context()
-    a_out, r_in, r_out, a_in = (ctx.socket(k) for k in (zmq.PUSH, zmq.PULL, zmq.PUSH, zmq.PULL))
-    a_out.connect(f"tcp://127.0.0.1:{r_in.bind_to_random_port('tcp://127.0.0.1')}")
-    r_out.connect(f"tcp://127.0.0.1:{a_in.bind_to_random_port('tcp://127.0.0.1')}")
-
-    def relay():
-        for _ in range(iters + 1):
-            r_out.send_multipart(r_in.recv_multipart(copy=False), copy=False)
-
-    t = threading.Thread(target=relay, daemon=True)
-    t.start()
+    a_out, a_in = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    proc, port = _hop_process(_zmq_relay, a_in.bind_to_random_port("tcp://127.0.0.1"), iters)
+    a_out.connect(f"tcp://127.0.0.1:{port}")
     header, copy = bytes(wire.HEADER.size), payload.nbytes < 65536
     a_out.send_multipart([header, payload], copy=copy)  # connections are up before timing
     a_in.recv_multipart(copy=False)
@@ -164,10 +267,10 @@ def bench_zmq_relay(payload: np.ndarray, iters: int) -> list[float]:
         parts = a_in.recv_multipart(copy=False)
         np.frombuffer(parts[1].buffer, np.float32)
         times.append(time.perf_counter() - t0)
-    t.join()
-    for sock in (a_out, r_in, r_out, a_in):
+    for sock in (a_out, a_in):
         sock.close(linger=0)
     ctx.term()
+    _stop(proc)
     return times
 
 
@@ -202,37 +305,85 @@ def bench_frame(payload: np.ndarray, iters: int, secret: bytes | None) -> list[f
     return times
 
 
-def bench_worker(payload: np.ndarray, iters: int) -> list[float]:
-    """Sender -> identity worker -> receiver (the sender's own listener): one full runtime hop plus a frame."""
-    back = socket.create_server(("127.0.0.1", 0))
-    back_addr = f"127.0.0.1:{back.getsockname()[1]}"
-    shape = tuple(payload.shape)
+def _identity_worker(ready, shape: tuple, back_address: str, secret: bytes | None = None) -> None:
+    """A stage worker whose module returns its input, sending to ``back_address`` as the last stage
+    (in its own process: see ``_hop_process``)."""
     spec = StageSpec(model="bench", plan_sha256="0", stage=0, n_stages=1, device="w", unit="cpu", target="x86",
                      backend="identity", module="-", listen="127.0.0.1:0", microbatch=shape[0], lo=0, hi=shape[0],
                      inputs=(Tensor("x", shape, "float32"),), outputs=(Tensor("y", shape, "float32"),),
-                     upstream=(Peer("head", -1, back_addr, 0, shape[0]),),
-                     downstream=(Peer("head", -1, back_addr, 0, shape[0]),))
-    worker = Worker(spec, lambda xs: list(xs), log=lambda msg: None)
-    addr = worker.bind()
-    threading.Thread(target=worker.serve_forever, daemon=True).start()
-    cli = socket.create_connection(wire.parse_address(addr))
+                     upstream=(Peer("head", -1, back_address, 0, shape[0]),),
+                     downstream=(Peer("head", -1, back_address, 0, shape[0]),))
+    worker = Worker(spec, lambda xs: list(xs), secret=secret, log=lambda msg: None)
+    ready(wire.parse_address(worker.bind()))
+    worker.serve_forever()
+
+
+def bench_worker(payload: np.ndarray, iters: int) -> list[float]:
+    """Sender -> identity stage worker -> the sender's own listener, between the relay row's endpoints:
+    one full runtime hop (the frame is received, checked, assembled, run and forwarded)."""
+    ends = _Endpoints(payload)
+    proc, address = _hop_process(_identity_worker, tuple(payload.shape), ends.back_address)
+    ends.connect(address)
+    ends.send()  # the worker connects back on its first output
+    ends.accept()
+    ends.receive()
+    times = ends.timed(iters)
+    ends.close()
+    _stop(proc)
+    return times
+
+
+def bench_worker_hmac(payload: np.ndarray, iters: int) -> list[float]:
+    """The worker row with a shared secret: both connections authenticated (handshakes not timed), so
+    the hop MACs the frame twice (checks it in, signs it out); the endpoints sign and check with
+    ``wire``, two more MACs per round trip (the ``+hmac`` row's cost)."""
+    secret = b"bench secret"
+    back = socket.create_server(("127.0.0.1", 0))
+    shape = tuple(payload.shape)
+    proc, address = _hop_process(_identity_worker, shape, f"127.0.0.1:{back.getsockname()[1]}", secret)
+    cli = socket.create_connection(address)
     cli.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    frame = wire.Frame(wire.DATA, request_id=0, lo=0, hi=shape[0], tensors=(payload,))
-    wire.send_frame(cli, frame)  # the worker connects back on its first output
+    out_session = wire.handshake(cli, secret, server=False)
+    wire.send_frame(cli, wire.Frame(wire.DATA, request_id=0, lo=0, hi=shape[0], tensors=(payload,)), out_session)
     conn, _ = back.accept()
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    recv = wire.Reader(conn, None, payload.nbytes + 4096).recv
+    recv = wire.Reader(conn, wire.handshake(conn, secret, server=True), payload.nbytes + 4096).recv
     recv()
     times = []
     for i in range(iters):
         t0 = time.perf_counter()
-        wire.send_frame(cli, wire.Frame(wire.DATA, request_id=i + 1, lo=0, hi=shape[0], tensors=(payload,)))
+        wire.send_frame(cli, wire.Frame(wire.DATA, request_id=i + 1, lo=0, hi=shape[0], tensors=(payload,)),
+                        out_session)
         recv()
         times.append(time.perf_counter() - t0)
-    worker.stop()
     for s in (cli, conn, back):
         s.close()
+    _stop(proc)
     return times
+
+
+TARGETS = ((262144, 1.2), (0, 2.0))  # issue 11 item 5: hop <= 1.2x at >= 256 KiB, <= 2x below (4 KiB)
+
+
+def _target(nbytes: int) -> float:
+    return next(limit for at_least, limit in TARGETS if nbytes >= at_least)
+
+
+def hmac_cost_us(nbytes: int, repeat: int = 20) -> float:
+    """Microseconds of one HMAC-SHA256 over ``nbytes`` (what signing or checking a frame costs)."""
+    import hashlib
+    import hmac
+
+    data = np.zeros(nbytes, np.uint8)
+    base = hmac.new(b"k" * 32, digestmod=hashlib.sha256)
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        m = base.copy()
+        m.update(data)
+        m.digest()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e6
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -245,42 +396,55 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=1, help="runs per measurement; the smallest median is kept")
     ap.add_argument("--zmq", action=argparse.BooleanOptionalAction, default=True,
                     help="also time the relay on ZeroMQ (pyzmq), for the transport decision")
+    ap.add_argument("--hmac", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time frames and the worker hop with a shared secret (authenticated)")
     args = ap.parse_args(argv)
     print(f"per-hop round trip on loopback, median of {args.iters} after {args.warmup} untimed, best of {args.repeat} "
-          "(microseconds); "
-          "ratio = runtime / raw socket")
-    print(f"{'bytes':>10}{'raw':>10}{'frame':>10}{'ratio':>8}{'+hmac':>10}{'ratio':>8}{'relay':>10}"
-          + (f"{'zmq':>10}{'z/relay':>8}" if args.zmq else "")
-          + f"{'worker':>10}{'w/raw':>8}{'w/relay':>8}{'raw GB/s':>10}")
-    names = ("raw", "frame", "hmac", "relay", *(("zmq",) if args.zmq else ()), "worker")
-    verdict = []
+          "(microseconds); w/relay = worker hop / raw relay (the same bytes, the same endpoints), w/raw = worker "
+          "hop / one raw transfer")
+    print(f"{'bytes':>10}{'raw':>9}{'frame':>9}" + (f"{'+hmac':>9}" if args.hmac else "") + f"{'relay':>9}"
+          + (f"{'zmq':>9}{'z/relay':>8}" if args.zmq else "")
+          + f"{'worker':>9}{'w/raw':>7}{'w/relay':>8}" + (f"{'w+hmac':>9}{'/relay':>7}{'mac':>8}" if args.hmac else ""))
+    names = ("raw", "frame", *(("hmac",) if args.hmac else ()), "relay", *(("zmq",) if args.zmq else ()), "worker",
+             *(("whmac",) if args.hmac else ()))
+    benches = {"raw": (bench_raw,), "frame": (bench_frame, None), "hmac": (bench_frame, b"secret"),
+               "relay": (bench_relay,), "zmq": (bench_zmq_relay,), "worker": (bench_worker,),
+               "whmac": (bench_worker_hmac,)}
+    verdict, results = [], []
     for size in (int(s) for s in args.sizes.split(",")):
         payload = np.random.default_rng(0).standard_normal((1, max(1, size // 4))).astype(np.float32)
         runs: dict[str, list[float]] = {k: [] for k in names}
-        for _ in range(max(1, args.repeat)):
-            def median(bench, *extra, payload=payload):
-                return statistics.median(bench(payload, args.warmup + args.iters, *extra)[args.warmup:])
-
-            runs["raw"].append(median(bench_raw))
-            runs["frame"].append(median(bench_frame, None))
-            runs["hmac"].append(median(bench_frame, b"secret"))
-            runs["relay"].append(median(bench_relay))
-            if args.zmq:
-                runs["zmq"].append(median(bench_zmq_relay))
-            runs["worker"].append(median(bench_worker))
-        best = {k: min(v) for k, v in runs.items()}
-        raw, fr, hm, rl, wk = (best[k] for k in ("raw", "frame", "hmac", "relay", "worker"))
-        zmq_cols = f"{best['zmq'] * 1e6:>10.1f}{best['zmq'] / rl:>7.2f}x" if args.zmq else ""
-        print(f"{payload.nbytes:>10}{raw * 1e6:>10.1f}{fr * 1e6:>10.1f}{fr / raw:>7.2f}x{hm * 1e6:>10.1f}"
-              f"{hm / raw:>7.2f}x{rl * 1e6:>10.1f}{zmq_cols}{wk * 1e6:>10.1f}{wk / raw:>7.2f}x{wk / rl:>7.2f}x"
-              f"{payload.nbytes / raw / 1e9:>10.2f}")
+        for _ in range(max(1, args.repeat)):  # interleaved: a burst of load disturbs every row alike
+            for k in names:
+                bench, *extra = benches[k]
+                runs[k].append(statistics.median(bench(payload, args.warmup + args.iters, *extra)[args.warmup:]))
+        best = {k: min(v) * 1e6 for k, v in runs.items()}
+        raw, rl, wk = best["raw"], best["relay"], best["worker"]
+        line = f"{payload.nbytes:>10}{raw:>9.1f}{best['frame']:>9.1f}"
+        if args.hmac:
+            line += f"{best['hmac']:>9.1f}"
+        line += f"{rl:>9.1f}"
         if args.zmq:
+            line += f"{best['zmq']:>9.1f}{best['zmq'] / rl:>7.2f}x"
             verdict.append((payload.nbytes, best["zmq"] / rl))
+        line += f"{wk:>9.1f}{wk / raw:>6.2f}x{wk / rl:>7.2f}x"
+        if args.hmac:
+            line += f"{best['whmac']:>9.1f}{best['whmac'] / rl:>6.2f}x{hmac_cost_us(payload.nbytes):>8.1f}"
+        print(line)
+        results.append((payload.nbytes, wk / raw, wk / rl))
+    if args.hmac:
+        print("mac = one HMAC-SHA256 over the payload (us); an authenticated hop computes two (check in, sign out), "
+              "and w+hmac's endpoints two more")
     if verdict:
         slower = [f"{n} B ({r:.2f}x)" for n, r in verdict if r > 1.0]
         print("transport decision (issue 11 item 5: move to ZeroMQ unless its hop is slower): the ZeroMQ relay is "
               + (f"slower than the socket relay at {', '.join(slower)}: stay on sockets" if slower
                  else "no slower than the socket relay at any size: ZeroMQ qualifies"))
+    for nbytes, w_raw, w_relay in results:
+        limit = _target(nbytes)
+        print(f"target (issue 11 item 5) at {nbytes} B: worker hop <= {limit:g}x -> against the raw relay "
+              f"{w_relay:.2f}x {'MET' if w_relay <= limit else 'NOT MET'}; against one raw transfer {w_raw:.2f}x "
+              f"{'MET' if w_raw <= limit else 'NOT MET'}")
 
 
 if __name__ == "__main__":

@@ -118,7 +118,8 @@ class Sender:
         self._is_stale = is_stale
         self._on_sent = on_sent
         self._q: deque = deque()  # (frame, unsent rest of its buffers or None, perf_counter at start, bytes)
-        self._cv = threading.Condition()
+        self._lock = threading.Lock()  # taken directly where no wait or notify follows (cheaper than the Condition)
+        self._cv = threading.Condition(self._lock)
         self._busy = False  # someone (a caller or the thread) is writing to the socket
         self._sock: Optional[socket.socket] = None
         self._session: Optional[wire.Session] = None  # the connection's keys and sequence numbers
@@ -132,7 +133,7 @@ class Sender:
 
     def put(self, frame: wire.Frame) -> bool:
         """Send or queue ``frame``; False (nothing sent or queued) when the queue is full or the sender closed."""
-        with self._cv:
+        with self._lock:
             if self._closed or len(self._q) >= self.max_queue:
                 return False
             if self._q or self._busy or self._sock is None:
@@ -143,14 +144,13 @@ class Sender:
             sock, watch, session = self._sock, self._watch, self._session
         rest, t0, n = None, time.perf_counter(), 0
         try:
-            if not peer_closed(watch):
-                parts = wire.buffers(frame, session)
-                n = sum(p.nbytes for p in parts)
-                rest = wire.send_buffers(sock, parts, nowait=True)
+            if not watch.poll(0):  # peer_closed
+                parts, n = wire.encode_buffers(frame, session)
+                rest = wire.send_buffers(sock, parts, nowait=True, total=n)
                 if not rest:
                     if self._on_sent is not None:
                         self._on_sent(frame, n, time.perf_counter() - t0)
-                    with self._cv:
+                    with self._lock:
                         self._busy = False
                         if self._q:  # frames queued meanwhile; else the thread sleeps on (a wake-up costs ~10 us)
                             self._cv.notify_all()

@@ -223,29 +223,29 @@ def encode_parts(frame: Frame, session: Optional[Session] = None) -> list:
             raise FrameError("DATA frames carry tensors, not meta")
         if len(frame.tensors) > MAX_TENSORS:
             raise FrameError(f"{len(frame.tensors)} tensors > {MAX_TENSORS}")
-        desc = bytearray()
+        desc = b""
         arrays = []
         for t in frame.tensors:
             a = t if type(t) is np.ndarray else np.asarray(t)
             if a.dtype.byteorder == ">":
                 a = a.astype(a.dtype.newbyteorder("<"))
-            code = _CODES.get(a.dtype)
-            if code is None:
-                code = dtype_code(a.dtype)  # raises, naming the allowed dtypes
-            if a.ndim > MAX_NDIM:
-                raise FrameError(f"tensor has {a.ndim} dims > {MAX_NDIM}")
             if not a.flags.c_contiguous:
                 a = np.ascontiguousarray(a)
-            desc += _DESC.pack(code, a.ndim)
-            desc += _DIMS[a.ndim].pack(*a.shape)
+            d = _DESC_CACHE.get((a.dtype, a.shape))
+            if d is None:
+                d = _descriptor(a)
+            desc += d
             arrays.append(a)
-        desc += b"\0" * (-len(desc) % 8)
+        desc += _ZEROS[-len(desc) % 8]
         parts.append(desc)
+        body_len = len(desc)
         for a in arrays:
             nbytes = a.nbytes
             parts.append(memoryview(a).cast("B") if nbytes else b"")
+            body_len += nbytes
             if nbytes % 8:
-                parts.append(b"\0" * (-nbytes % 8))
+                parts.append(_ZEROS[-nbytes % 8])
+                body_len += -nbytes % 8
         count = len(arrays)
     else:
         if frame.tensors:
@@ -254,8 +254,8 @@ def encode_parts(frame: Frame, session: Optional[Session] = None) -> list:
         if len(blob) > MAX_META_BYTES:
             raise FrameError(f"meta of {len(blob)} bytes > {MAX_META_BYTES}")
         parts.append(blob)
+        body_len = len(blob)
         count = 0
-    body_len = sum(len(p) if not isinstance(p, memoryview) else p.nbytes for p in parts)
     flags = F_HMAC if session is not None else 0
     if session is not None:
         body_len += TRAILER_BYTES
@@ -264,6 +264,33 @@ def encode_parts(frame: Frame, session: Optional[Session] = None) -> list:
     if session is not None:
         parts.append(session.seal(header, parts))
     return [header, *parts]
+
+
+def encode_buffers(frame: Frame, session: Optional[Session] = None) -> Tuple[List[memoryview], int]:
+    """``encode_parts`` as flat memoryviews ready for ``send_buffers``, and their total length."""
+    parts = [p if type(p) is memoryview else memoryview(p) for p in encode_parts(frame, session)]
+    total = 0
+    for p in parts:
+        total += p.nbytes
+    return parts, total
+
+
+_ZEROS = [b"\0" * k for k in range(8)]
+_DESC_CACHE: Dict[tuple, bytes] = {}  # (dtype, shape) -> its descriptor: a stage sends the same few shapes
+
+
+def _descriptor(a: np.ndarray) -> bytes:
+    """``a``'s tensor descriptor (dtype code, rank, dims); FrameError when it cannot travel."""
+    code = _CODES.get(a.dtype)
+    if code is None:
+        code = dtype_code(a.dtype)  # raises, naming the allowed dtypes
+    if a.ndim > MAX_NDIM:
+        raise FrameError(f"tensor has {a.ndim} dims > {MAX_NDIM}")
+    d = _DESC.pack(code, a.ndim) + _DIMS[a.ndim].pack(*a.shape)
+    if len(_DESC_CACHE) >= 1024:
+        _DESC_CACHE.clear()
+    _DESC_CACHE[(a.dtype, a.shape)] = d
+    return d
 
 
 def encode(frame: Frame, session: Optional[Session] = None) -> bytes:
@@ -325,10 +352,13 @@ _frame = Frame
 
 
 def decode_body(h: Header, raw_header: bytes, body, session: Optional[Session], *, hello: bool = False,
-                streamed=None) -> Frame:
-    """Check the auth trailer, then build the frame; tensors are read-only views into ``body`` (no copy).
+                streamed=None, cache: Optional[list] = None) -> Frame:
+    """Check the auth trailer, then build the frame; tensors are views into ``body`` (no copy).
 
-    HELLO frames belong to the handshake (``hello=True``) and are refused anywhere else."""
+    HELLO frames belong to the handshake (``hello=True``) and are refused anywhere else. ``cache``: a
+    list the caller keeps per connection; the last DATA frame's checked tensor layout is kept in it
+    and reused while the descriptors' bytes and the body's length stay the same (a stage's frames
+    rarely change shape), which saves parsing them again."""
     body = memoryview(body)
     if len(body) != h.body_len:
         raise FrameError(f"body has {len(body)} bytes, header says {h.body_len}")
@@ -353,10 +383,27 @@ def decode_body(h: Header, raw_header: bytes, body, session: Optional[Session], 
             if not isinstance(meta, dict):
                 raise FrameError("meta must be a JSON object")
         return _frame(h.kind, h.request_id, h.microbatch, h.epoch, h.lo, h.hi, h.stage, h.attempt, (), meta)
-    # Descriptors first: all sizes are known and checked before any tensor is made.
+    n = len(payload)
+    if cache and cache[0] == n and cache[1] == h.count and payload[:len(cache[2])] == cache[2]:
+        layout = cache[3]  # the same descriptors as the last frame on this connection: already checked
+    else:
+        layout, desc_end = _layout(payload, h.count)
+        if cache is not None:
+            cache[:] = [n, h.count, bytes(payload[:desc_end]), layout]
+    return _frame(h.kind, h.request_id, h.microbatch, h.epoch, h.lo, h.hi, h.stage, h.attempt,
+                  tuple([_ndarray(shape, dt, payload, off) for dt, shape, off in layout]), {})
+
+
+_ndarray = np.ndarray  # a view of (shape, dtype, buffer, offset): no copy, half the time of frombuffer + reshape
+
+
+def _layout(payload, count: int) -> Tuple[tuple, int]:
+    """The tensors a DATA body of ``count`` descriptors holds, as (dtype, shape, offset) per tensor, and
+    where the descriptors end; FrameError unless every size adds up to exactly the body's length.
+    Descriptors first: all sizes are known and checked before any tensor is made."""
     off, specs = 0, []
     n = len(payload)
-    for _ in range(h.count):
+    for _ in range(count):
         if off + 2 > n:
             raise FrameError("truncated tensor descriptor")
         code, ndim = payload[off], payload[off + 1]
@@ -370,23 +417,21 @@ def decode_body(h: Header, raw_header: bytes, body, session: Optional[Session], 
             raise FrameError("truncated tensor shape")
         shape = _DIMS[ndim].unpack_from(payload, off)
         off += 4 * ndim
-        count = 1
+        size = 1
         for d in shape:
-            count *= d
-        specs.append((dt, shape, count, dt.itemsize * count))
+            size *= d
+        specs.append((dt, shape, dt.itemsize * size))
     off += -off % 8
-    need = off
-    for *_, nbytes in specs:
+    desc_end = need = off
+    layout = []
+    for dt, shape, nbytes in specs:
+        layout.append((dt, shape, need))
         need += nbytes + (-nbytes % 8)
         if need > n:
             raise FrameError(f"tensors need more than the {n} bytes the frame holds")
     if need != n:
         raise FrameError(f"frame has {n - need} stray bytes after its tensors")
-    tensors = []
-    for dt, shape, count, nbytes in specs:
-        tensors.append(np.frombuffer(payload, dtype=dt, count=count, offset=off).reshape(shape))
-        off += nbytes + (-nbytes % 8)
-    return _frame(h.kind, h.request_id, h.microbatch, h.epoch, h.lo, h.hi, h.stage, h.attempt, tuple(tensors), {})
+    return tuple(layout), desc_end
 
 
 _DIMS = [struct.Struct(f"<{k}I") for k in range(MAX_NDIM + 1)]  # tensor shape descriptors by rank
@@ -453,7 +498,9 @@ class Reader:
     written again while anything refers to it (a new one is allocated when it is used up), so they
     stay valid. A body larger than ``chunk`` gets a buffer of its own; the last one is reused once
     nothing refers to it any more (the usual case on a worker that ran the frame before reading the
-    next): fresh memory costs a page fault per 4 KiB, ~0.3 ms for 3 MB. One reader thread.
+    next): fresh memory costs a page fault per 4 KiB, ~0.3 ms for 3 MB. While it is free, the next frame
+    is read straight into it, header and body where they land, as a plain relay reads (without a secret:
+    an authenticated body is hashed as it arrives instead). One reader thread.
     """
 
     def __init__(self, sock: socket.socket, session: Optional[Session] = None, max_frame: int = DEFAULT_MAX_FRAME,
@@ -465,14 +512,18 @@ class Reader:
         self._buf = memoryview(bytearray(0))
         self._start = self._end = 0  # unread bytes are _buf[_start:_end]
         self._spare: Optional[np.ndarray] = None  # the last large body's buffer
+        self._spare_frame = 0  # bytes of the last frame read into it (header and body)
+        self._layout: list = []  # the last DATA frame's checked tensor layout (see decode_body)
 
     def _large(self, n: int) -> memoryview:
         """A buffer for an ``n``-byte body: the spare one when big enough and no tensor refers to it."""
         spare = self._spare
         if spare is not None and spare.nbytes >= n and sys.getrefcount(spare) == 3:  # here, the attribute, the call
             return memoryview(spare)[:n]
-        self._spare = np.empty(n, np.uint8)  # not zeroed (a 3 MB memset is ~0.2 ms): all of it is received
-        return memoryview(self._spare)
+        # Not zeroed (a 3 MB memset is ~0.2 ms): all of it is received. Room for a header too: the next frame
+        # is read into it whole (see recv).
+        self._spare = np.empty(n + HEADER.size, np.uint8)
+        return memoryview(self._spare)[:n]
 
     def _fill(self, need: int, at_boundary: bool = False) -> None:
         """Read until ``need`` unread bytes are buffered (in a new buffer when the current one is too small)."""
@@ -492,6 +543,15 @@ class Reader:
 
     def recv(self) -> Frame:
         """The next frame. ConnectionClosed at a clean EOF, FrameError on a bad frame, OSError on socket errors."""
+        direct = False
+        if self._end == self._start and self._spare is not None and self.session is None:
+            # Nothing buffered and the last frame was large: read the next one straight into the spare buffer
+            # (header and body where they land, no copy), as far as the last frame's size, so that the
+            # next frame of a stream of equal frames is not read into it too.
+            spare = self._spare
+            if sys.getrefcount(spare) == 3:  # here, the attribute, the call: no tensor refers to it any more
+                self._buf, self._start, self._end, direct = memoryview(spare)[:self._spare_frame], 0, 0, True
+            spare = None
         if self._end - self._start < HEADER.size:
             self._fill(HEADER.size, at_boundary=True)
         start = self._start
@@ -501,7 +561,7 @@ class Reader:
         self._start = start
         n = h.body_len
         if self._end - start < n:
-            if n <= self.chunk:
+            if n <= self.chunk or (direct and start + n <= len(self._buf)):  # it fits where it is
                 self._fill(n)
                 start = self._start
             else:  # a large body gets a buffer of its own: what arrived of it so far, then the rest
@@ -523,22 +583,32 @@ class Reader:
                     got += k
                 if mac is not None and hashed < end:
                     mac.update(body[hashed:end])
-                return decode_body(h, raw, body, self.session, streamed=mac)
+                self._spare_frame = HEADER.size + n
+                return decode_body(h, raw, body, self.session, streamed=mac, cache=self._layout)
         self._start = start + n
-        return decode_body(h, raw, self._buf[start:start + n], self.session)
+        body = self._buf[start:start + n]
+        if direct:  # never read into the spare again while this frame's tensors may refer to it
+            self._detach()
+        return decode_body(h, raw, body, self.session, cache=self._layout)
+
+    def _detach(self) -> None:
+        """Stop reading into the spare buffer: what arrived past the frame moves to a buffer of its own."""
+        have = self._end - self._start
+        new = memoryview(np.empty(max(self.chunk, have), np.uint8) if have else bytearray(0))
+        new[:have] = self._buf[self._start:self._end]
+        self._buf, self._start, self._end = new, 0, have
 
 
 def send_frame(sock: socket.socket, frame: Frame, session: Optional[Session] = None) -> int:
     """Send one frame with scatter-gather I/O (tensor bytes are not copied); returns bytes sent."""
-    parts = buffers(frame, session)
-    total = sum(p.nbytes for p in parts)
-    send_buffers(sock, parts)
+    parts, total = encode_buffers(frame, session)
+    send_buffers(sock, parts, total=total)
     return total
 
 
 def buffers(frame: Frame, session: Optional[Session] = None) -> List[memoryview]:
     """The frame's bytes as flat memoryviews, ready for ``send_buffers``."""
-    return [p if isinstance(p, memoryview) else memoryview(p) for p in encode_parts(frame, session)]
+    return encode_buffers(frame, session)[0]
 
 
 # --- handshake -------------------------------------------------------------------------------------
@@ -630,10 +700,23 @@ def _handshake_server(sock: socket.socket, secret: bytes) -> Session:
     return session
 
 
-def send_buffers(sock: socket.socket, parts: List[memoryview], nowait: bool = False) -> List[memoryview]:
+def send_buffers(sock: socket.socket, parts: List[memoryview], nowait: bool = False,
+                 total: Optional[int] = None) -> List[memoryview]:
     """Send ``parts`` in order with ``sendmsg``; returns what is left unsent (only with ``nowait``, when
-    the socket buffer is full: the caller finishes it later, on the same socket, before anything else)."""
+    the socket buffer is full: the caller finishes it later, on the same socket, before anything else).
+    ``total``: their length when the caller knows it (one ``sendmsg`` that takes it all then returns at once)."""
     flags = socket.MSG_DONTWAIT if nowait else 0
+    sent = 0
+    if total is not None and len(parts) <= 512:
+        try:
+            sent = sock.sendmsg(parts, (), flags)
+        except BlockingIOError:
+            if nowait:
+                return parts
+            raise
+        if sent == total:
+            return []
+    parts = _drop_sent(parts, sent)
     while parts:
         try:
             sent = sock.sendmsg(parts[:512], (), flags)
@@ -641,15 +724,21 @@ def send_buffers(sock: socket.socket, parts: List[memoryview], nowait: bool = Fa
             if nowait:
                 return parts
             raise
-        while sent and parts:
-            if sent >= parts[0].nbytes:
-                sent -= parts[0].nbytes
-                parts.pop(0)
-            else:
-                parts[0] = parts[0][sent:]
-                sent = 0
-        while parts and parts[0].nbytes == 0:
+        parts = _drop_sent(parts, sent)
+    return parts
+
+
+def _drop_sent(parts: List[memoryview], sent: int) -> List[memoryview]:
+    """``parts`` without their first ``sent`` bytes (and without empty parts at the front)."""
+    while sent and parts:
+        if sent >= parts[0].nbytes:
+            sent -= parts[0].nbytes
             parts.pop(0)
+        else:
+            parts[0] = parts[0][sent:]
+            sent = 0
+    while parts and parts[0].nbytes == 0:
+        parts.pop(0)
     return parts
 
 

@@ -32,6 +32,8 @@ from .monitor import Monitor
 from .spec import StageSpec
 
 META_SLACK = 1 << 20  # control frames (JSON) up to 1 MiB
+_perf_counter = time.perf_counter
+_process_time = time.process_time
 
 
 @dataclass(frozen=True)
@@ -165,12 +167,14 @@ class Worker:
         # What every input/output must look like past the batch dimension (checked on every frame).
         self._in_want = [(np.dtype(t.dtype), tuple(t.shape[1:]), t) for t in spec.inputs]
         self._out_want = [(tuple(t.shape[1:]), t) for t in spec.outputs]
+        self._upstream = "head" if spec.stage == 0 else f"stage{spec.stage - 1}"  # the monitor's link name
         self._lock = threading.Lock()
         self._partials: Dict[Tuple[int, int, int], dict] = {}
         self._ready: queue.Queue = queue.Queue(maxsize=max_ready)
         self._compute_lock = threading.Lock()  # one module call at a time, on whichever thread runs it
         self._senders: Dict[str, net.Sender] = {}
         self._senders_lock = threading.Lock()
+        self._send_depth: Dict[str, int] = {}  # the send-queue depth last reported to the monitor, per peer
         self._control: Optional[Tuple[socket.socket, threading.Lock, Optional[wire.Session]]] = None
         self._stop = threading.Event()
         self._srv: Optional[socket.socket] = None
@@ -318,7 +322,7 @@ class Worker:
         if item is None:
             return
         # An idle module runs the micro-batch right here (no thread hand-off on the hop); a busy one queues it.
-        if self._ready.empty() and self._compute_lock.acquire(blocking=False):
+        if not self._ready.queue and self._compute_lock.acquire(blocking=False):  # .queue: no lock to peek
             try:
                 self._process(item)
             finally:
@@ -333,16 +337,19 @@ class Worker:
 
     def _assemble(self, f: wire.Frame):
         """Add ``f``'s samples to its micro-batch; the micro-batch once complete, else None."""
-        nbytes = sum(t.nbytes for t in f.tensors)
-        self.stats["frames_in"] += 1
-        self.stats["bytes_in"] += nbytes
+        nbytes = 0
+        for t in f.tensors:
+            nbytes += t.nbytes
+        stats = self.stats
+        stats["frames_in"] += 1
+        stats["bytes_in"] += nbytes
         spec = self.spec
-        upstream = "head" if f.stage == 0 else f"stage{f.stage - 1}"
-        self.monitor.record_recv(upstream, nbytes)
+        self.monitor.record_recv(self._upstream if f.stage == spec.stage else
+                                 "head" if f.stage == 0 else f"stage{f.stage - 1}", nbytes)
         with self._lock:
             r = self.route
             if f.epoch != r.epoch:
-                self.stats["stale_frames"] += 1
+                stats["stale_frames"] += 1
                 return
             if f.stage != spec.stage:
                 return self._reject(f, f"addressed to stage {f.stage}, this is stage {spec.stage}")
@@ -350,10 +357,12 @@ class Worker:
                 return self._reject(f, f"samples outside this replica's range [{r.lo},{r.hi})")
             if len(f.tensors) != len(spec.inputs):
                 return self._reject(f, f"{len(f.tensors)} tensors, stage takes {len(spec.inputs)}")
+            n = f.hi - f.lo
             for t, (dt, shape, want) in zip(f.tensors, self._in_want):
-                if t.dtype != dt or t.shape[1:] != shape or t.shape[0] != f.hi - f.lo:
-                    return self._reject(f, f"{want.name}: got {t.dtype}{list(t.shape)}, want {want.dtype}"
-                                           f"[{f.hi - f.lo}, {', '.join(map(str, want.shape[1:]))}]")
+                tshape = t.shape
+                if t.dtype != dt or tshape[0] != n or tshape[1:] != shape:
+                    return self._reject(f, f"{want.name}: got {t.dtype}{list(tshape)}, want {want.dtype}"
+                                           f"[{n}, {', '.join(map(str, want.shape[1:]))}]")
             key = (f.request_id, f.microbatch, f.attempt)
             p = self._partials.get(key)
             if p is None and f.lo == r.lo and f.hi == r.hi:  # the whole range in one frame: nothing to hold
@@ -397,22 +406,24 @@ class Worker:
         return [np.concatenate(parts) for parts in zip(*outs)]
 
     def _run_checked(self, inputs, b: int) -> List[np.ndarray]:
-        c0 = time.process_time()
+        c0 = _process_time()
         if self._cpu_startup_s is None:
             self._cpu_startup_s = c0
-        t0 = self._call_t0 = time.perf_counter()
+        inputs = [x if x.flags.c_contiguous else np.ascontiguousarray(x) for x in inputs]
+        t0 = self._call_t0 = _perf_counter()
         try:
-            outs = [np.asarray(o) for o in self.runner([np.ascontiguousarray(x) for x in inputs])]
+            outs = [o if type(o) is np.ndarray else np.asarray(o) for o in self.runner(inputs)]
         finally:
             self._call_t0 = None
-            self._compute_cpu_s += time.process_time() - c0
-        dt = time.perf_counter() - t0
+            self._compute_cpu_s += _process_time() - c0
+        dt = _perf_counter() - t0
         self._recent_s.append(dt)
         self.monitor.record_compute(dt, b)
-        if len(outs) != len(self.spec.outputs):
+        if len(outs) != len(self._out_want):
             raise RuntimeError(f"module returned {len(outs)} outputs, stage.json lists {len(self.spec.outputs)}")
         for o, (shape, want) in zip(outs, self._out_want):
-            if o.shape[1:] != shape or o.shape[0] != b:
+            oshape = o.shape
+            if oshape[0] != b or oshape[1:] != shape:
                 raise RuntimeError(f"output {want.name} has shape {list(o.shape)}, stage.json says {list(want.shape)}")
         return outs
 
@@ -441,7 +452,7 @@ class Worker:
             inputs = list(pieces[0][2])
         else:
             inputs = [np.concatenate([p[2][i] for p in pieces]) for i in range(len(self.spec.inputs))]
-        t0 = time.perf_counter()
+        t0 = _perf_counter()
         try:
             outputs = self.run_range(inputs)
         except Exception as e:  # a module failure fails this request, not the worker
@@ -450,22 +461,23 @@ class Worker:
             self._log(f"request {rid} mb {mb}: module failed: {e!r}")
             self._report_error(rid, mb, f"module failed: {e!r}", r.epoch)
             return
-        self._compute_s.append(time.perf_counter() - t0)
-        if len(self._compute_s) > 20000:
-            del self._compute_s[:10000]
-        self.stats["runs"] += 1
-        self.stats["samples"] += r.hi - r.lo
+        compute_s = self._compute_s
+        compute_s.append(_perf_counter() - t0)
+        if len(compute_s) > 20000:
+            del compute_s[:10000]
+        stats = self.stats
+        stats["runs"] += 1
+        stats["samples"] += r.hi - r.lo
         if self.route.epoch != r.epoch:  # a late output (the watchdog or a failure re-routed): never sent
-            self.stats["late_outputs"] += 1
+            stats["late_outputs"] += 1
             return
         for device, stage, address, plo, phi in r.downstream:
             lo, hi = max(r.lo, plo), min(r.hi, phi)
             if lo >= hi:  # that replica takes none of these samples (an earlier or a later one does)
                 continue
-            frame = wire.Frame(wire.DATA, request_id=rid, microbatch=mb, epoch=r.epoch, lo=lo, hi=hi,
-                               stage=stage, attempt=attempt,
-                               tensors=tuple(o[lo - r.lo:hi - r.lo] for o in outputs))
-            self._send(address, frame, f"{device}/stage{stage}" if device != "head" else "head")
+            tensors = tuple(outputs) if lo == r.lo and hi == r.hi else tuple(o[lo - r.lo:hi - r.lo] for o in outputs)
+            self._send(address, wire.Frame(wire.DATA, rid, mb, r.epoch, lo, hi, stage, attempt, tensors),
+                       "head" if device == "head" else f"{device}/stage{stage}")
 
     def _sweep(self) -> None:
         now = time.monotonic()
@@ -476,6 +488,9 @@ class Worker:
                 self._log(f"request {key[0]} mb {key[1]}: incomplete after {self.partial_timeout_s:.0f}s, dropped")
 
     def _sender(self, address: str, who: str) -> net.Sender:
+        s = self._senders.get(address)  # senders are only ever added: no lock needed to find one
+        if s is not None:
+            return s
         with self._senders_lock:
             s = self._senders.get(address)
             if s is None:
@@ -502,7 +517,10 @@ class Worker:
         if not s.put(frame):
             self._overloaded(frame.request_id, frame.microbatch, frame.epoch,
                              f"{s.max_queue} frames already wait for the link to {who}")
-        self.monitor.set_queue(f"send:{who}", s.depth)
+        depth = s.depth
+        if self._send_depth.get(who) != depth:  # the gauge changes rarely: skip the monitor's lock when it did not
+            self._send_depth[who] = depth
+            self.monitor.set_queue(f"send:{who}", depth)
 
     def _report_error(self, rid: int, mb: int, message: str, epoch: int, peer: str = "",
                       overloaded: bool = False) -> None:
