@@ -31,6 +31,11 @@ on one status sooner); the committed value is their mean (rounded to 2 significa
 condition's text is stable). Every commit bumps ``change_id``; the policies switch at most once per
 change. An EWMA of each factor is kept for reports.
 
+A link reading is confounded with its boards' CPU: a send is timed from start to last byte, so a starved
+sender or receiver makes the link read slow. While a board reads slower than ``threshold``, a link of it
+that reads degraded by no more than that slowdown (x ``threshold``) is not taken as a link measurement
+(``_confounded``); a link far slower than the board still is.
+
 A factor is *measured* in an update only when its counters moved (stage calls; a link's ``sent_bytes_total``):
 a layout the head no longer runs keeps reporting its last figures, which say nothing about now. A committed
 factor off nominal that goes unmeasured (the plan moved off that board or link, often *because* it was slow)
@@ -163,6 +168,8 @@ class Estimator:
         lim, big = math.log(self.threshold), math.log(self.big)
         rebuild = False
         ready, moving, just = {}, False, []
+        for key in self._confounded(raw, lim):
+            del raw[key]
         for key, v in raw.items():
             self._seen[key] = self.updates
             if self.calibrated and (key not in self.reference or self._late.get(key, self.confirm) < self.confirm):
@@ -219,6 +226,29 @@ class Estimator:
         if changed or rebuild:
             self._estimate = self._build()
         return self._estimate
+
+    def _confounded(self, raw: dict[str, float], lim: float) -> list[str]:
+        """Link readings a slow board at either end explains: a send is timed from its start to its last byte,
+        so a CPU-starved sender (its send thread waits for CPU) or receiver (it drains its socket late) makes the
+        link read slow too. While a board reads slower than ``threshold``, a link of it that reads degraded by no
+        more than that slowdown (x threshold) is no link measurement (a link far slower than the board is)."""
+        if not self.calibrated:
+            return []
+        slow: dict[str, float] = {}
+        for key in list(self._committed) + list(raw):
+            if key.startswith("slowdown:"):
+                d = key.split(":", 1)[1]
+                x = math.log(raw[key] / self.reference.get(key, 1.0)) if key in raw else self._committed[key]
+                slow[d] = x
+        out = []
+        for key, v in raw.items():
+            if not key.startswith("link:") or key not in self.reference:
+                continue
+            s = max(slow.get(d, 0.0) for d in key.split(":", 1)[1].split("/"))
+            x = math.log(v / self.reference[key])
+            if s > lim and -(s + lim) <= x < -lim:
+                out.append(key)
+        return out
 
     def _late_reference(self, key: str, raw: float) -> None:
         """A factor first measured after calibration. A link's reference is the probe's bias on the links

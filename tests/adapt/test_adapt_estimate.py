@@ -168,3 +168,18 @@ def test_a_link_step_shows_in_full_in_the_first_status_and_a_large_one_commits_a
         assert e.change_id == 1
     e = est.update(status(0.4))
     assert str(e.condition) == "bandwidth=0.4" and e.change_id == 2
+
+
+@pytest.mark.parametrize("link, expect", [(1 / 2.5, "slowdown:gpu-board=3"),
+                                          (1 / 10, "bandwidth=0.1+slowdown:gpu-board=3")])
+def test_a_link_that_reads_slow_only_as_much_as_its_hogged_board_is_not_a_bandwidth_drop(cluster, link, expect):
+    """A 3x CPU hog on gpu-board starves its send thread: its link to cpu-board reads 2.5x slower although the
+    link is nominal; that is the board's slowdown, not a bandwidth drop. A link 10x slower is still a drop."""
+    est, b = Estimator(cluster, head="npu-board"), Boards(cluster)
+    nominal = {("gpu-board", "cpu-board"): 1.0}
+    for _ in range(3):
+        est.update(b.status({}, nominal))
+    est.calibrate()
+    for _ in range(4):
+        e = est.update(b.status({"gpu-board": 3.0}, {("gpu-board", "cpu-board"): link}))
+    assert str(e.condition) == expect and e.change_id == 1
