@@ -96,9 +96,11 @@ def _layer_bytes(graph) -> float:
                      for layer in graph.layers))
 
 
-def measure(seconds_per_class: float = 0.4, classes: tuple[str, ...] = OP_CLASSES, threads: int = 1) -> HostSpeed:
+def measure(seconds_per_class: float = 0.4, classes: tuple[str, ...] = OP_CLASSES, threads: int = 1,
+            bandwidth: bool = True) -> HostSpeed:
     """Time each op class's micro-benchmark; returns FLOP/s (bytes/s for `data`) on ``threads`` threads
-    (1: per core, what the emulator scales by; all cores: a whole-machine profile).
+    (1: per core, what the emulator scales by; all cores: a whole-machine profile). ``bandwidth=False``
+    skips the memory bandwidth (NaN) for callers that only need FLOP/s.
 
     The memory bandwidth is what ONNX Runtime reaches on the memory-bound benchmarks (batchnorm, add +
     relu on a 0.8 MB activation): the bytes the cost model counts for them over their best time, the
@@ -113,10 +115,10 @@ def measure(seconds_per_class: float = 0.4, classes: tuple[str, ...] = OP_CLASSE
 
     torch.manual_seed(0)
     flops: dict[str, float] = {}
-    bandwidth = 0.0
+    best_bw = 0.0
     with tempfile.TemporaryDirectory(prefix="edgeplan-calibrate-") as tmp:
         for op_class, (module, shape) in _benchmarks().items():
-            if op_class not in classes and op_class not in MEMORY_BOUND:
+            if op_class not in classes and (op_class not in MEMORY_BOUND or not bandwidth):
                 continue
             graph = trace(module.eval(), shape, op_class).graph
             work = sum(layer.flops_fwd for layer in graph.layers if layer.op_class == op_class)
@@ -128,14 +130,14 @@ def measure(seconds_per_class: float = 0.4, classes: tuple[str, ...] = OP_CLASSE
                                 else min(seconds_per_class, 0.2), threads)
             if op_class in classes:
                 flops[op_class] = max(work, 1) / seconds
-            if op_class in MEMORY_BOUND:
-                bandwidth = max(bandwidth, _layer_bytes(graph) / seconds)
-    return HostSpeed(tuple(sorted(flops.items())), bandwidth)
+            if op_class in MEMORY_BOUND and bandwidth:
+                best_bw = max(best_bw, _layer_bytes(graph) / seconds)
+    return HostSpeed(tuple(sorted(flops.items())), best_bw if bandwidth else float("nan"))
 
 
 def conv_flops(seconds: float = 0.5) -> float:
     """Per-core dense-conv FLOP/s: what the emulator sizes CPU quotas by."""
-    return measure(seconds, ("conv",)).of("conv")
+    return measure(seconds, ("conv",), bandwidth=False).of("conv")
 
 
 def measured_profile_doc(base: str, speed: HostSpeed, threads: int, when: str | None = None) -> dict:
