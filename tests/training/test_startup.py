@@ -9,6 +9,7 @@ heartbeat advances.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -63,8 +64,9 @@ def test_local_work_that_stops_using_the_cpu_expires_naming_it():
     t.start()
     messages = _ticks_until(wd, done)
     t.join()
-    assert messages and messages[0].startswith("board 'pi1' (stage 0, replica 1, rank 1): used no CPU for 1 s "
-                                               "while building the stage module"), messages
+    # "for 1 s" on an idle machine; a loaded one may tick late, and the seconds it then reports are not the point
+    assert messages and re.match(r"board 'pi1' \(stage 0, replica 1, rank 1\): used no CPU for \d+ s "
+                                 "while building the stage module", messages[0]), messages
 
 
 def test_wall_clock_watch_still_applies_outside_local_work():
@@ -82,7 +84,7 @@ def test_wall_clock_watch_still_applies_outside_local_work():
     t.start()
     messages = _ticks_until(wd, done)
     t.join()
-    assert messages and "no progress for 1 s while receiving F0" in messages[0]
+    assert messages and re.search(r"no progress for \d+ s while receiving F0", messages[0]), messages
 
 
 @pytest.fixture(scope="module")
