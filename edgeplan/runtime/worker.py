@@ -183,6 +183,7 @@ class Worker:
                       "bad_frames": 0, "stale_frames": 0, "rejected_frames": 0, "errors": 0, "send_failures": 0,
                       "chunked_runs": 0, "overloaded": 0, "late_outputs": 0}
         self._compute_s: List[float] = []
+        self._unrecorded: List[Tuple[float, int]] = []  # module calls not yet recorded in the monitor
         self._recent_s: deque = deque(maxlen=64)  # the watchdog's running median
         self._call_t0: Optional[float] = None  # perf_counter() at the start of the module call in progress
         # CPU accounting for the run report (edgeplan calibrate): process CPU when the first module call
@@ -320,6 +321,7 @@ class Worker:
     def _on_data(self, f: wire.Frame) -> None:
         item = self._assemble(f)
         if item is None:
+            self._record_recv(f)
             return
         # An idle module runs the micro-batch right here (no thread hand-off on the hop); a busy one queues it.
         if not self._ready.queue and self._compute_lock.acquire(blocking=False):  # .queue: no lock to peek
@@ -327,13 +329,22 @@ class Worker:
                 self._process(item)
             finally:
                 self._compute_lock.release()
+                self._record_recv(f)  # the monitor's lock after the outputs left: off the hop's critical path
             return
+        self._record_recv(f)
         try:
             self._ready.put_nowait(item)
         except queue.Full:
             self._overloaded(f.request_id, f.microbatch, f.epoch,
                              f"{self._ready.maxsize} micro-batches already wait for the module")
         self.monitor.set_queue("ready", self._ready.qsize())
+
+    def _record_recv(self, f: wire.Frame) -> None:
+        nbytes = 0
+        for t in f.tensors:
+            nbytes += t.nbytes
+        self.monitor.record_recv(self._upstream if f.stage == self.spec.stage else
+                                 "head" if f.stage == 0 else f"stage{f.stage - 1}", nbytes)
 
     def _assemble(self, f: wire.Frame):
         """Add ``f``'s samples to its micro-batch; the micro-batch once complete, else None."""
@@ -344,8 +355,6 @@ class Worker:
         stats["frames_in"] += 1
         stats["bytes_in"] += nbytes
         spec = self.spec
-        self.monitor.record_recv(self._upstream if f.stage == spec.stage else
-                                 "head" if f.stage == 0 else f"stage{f.stage - 1}", nbytes)
         with self._lock:
             r = self.route
             if f.epoch != r.epoch:
@@ -418,7 +427,7 @@ class Worker:
             self._compute_cpu_s += _process_time() - c0
         dt = _perf_counter() - t0
         self._recent_s.append(dt)
-        self.monitor.record_compute(dt, b)
+        self._unrecorded.append((dt, b))  # into the monitor once the outputs left (see _process)
         if len(outs) != len(self._out_want):
             raise RuntimeError(f"module returned {len(outs)} outputs, stage.json lists {len(self.spec.outputs)}")
         for o, (shape, want) in zip(outs, self._out_want):
@@ -443,7 +452,17 @@ class Worker:
                 self._process(item)
 
     def _process(self, item) -> None:
-        """Run one complete micro-batch and forward its outputs (or report why not)."""
+        """Run one complete micro-batch and forward its outputs (or report why not); then record the module
+        calls in the monitor (its lock is taken after the outputs left, off the hop's critical path)."""
+        try:
+            self._run_and_forward(item)
+        finally:
+            if self._unrecorded:
+                for dt, b in self._unrecorded:
+                    self.monitor.record_compute(dt, b)
+                self._unrecorded.clear()
+
+    def _run_and_forward(self, item) -> None:
         (rid, mb, attempt), r, pieces = item
         if self.route.epoch != r.epoch:  # re-routed while it waited: the head re-sends it
             self.stats["stale_frames"] += 1
