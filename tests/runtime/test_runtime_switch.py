@@ -28,7 +28,9 @@ def test_a_family_folder_is_discovered_with_every_variant_and_its_slots(numpy_fa
 
 def test_switching_back_and_forth_under_load_loses_and_duplicates_nothing(numpy_family):
     root, weights = numpy_family
-    p = start_pipeline(root, local=True, command=WORKER, config=HeadConfig(window=6))
+    # dead after 5 s without heartbeats (default 1.5 s): seven worker processes and the head on a loaded 2-core
+    # machine once all missed 1.5 s of heartbeats, and this test is about switching, not fault detection
+    p = start_pipeline(root, local=True, command=WORKER, config=HeadConfig(window=6, dead_after_s=5.0))
     try:
         head = p.head
         assert isinstance(head, FamilyHead) and head.active == "plan-0"
