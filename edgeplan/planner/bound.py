@@ -13,10 +13,18 @@ samples of every layer is an LP (HiGHS):
 
     min P   s.t.   sum_d x[d, l] = m  (every layer),   sum_l t[d, l] x[d, l] <= P  (every board),   x >= 0
 
-Every plan's slowest resource takes at least ``P*`` per micro-batch, so:
-throughput period >= P*; latency (M micro-batches) >= M P* (``sum p + (M-1) max p >= M max p``);
-training iteration >= M P* with forward + backward times; energy per sample >= the cheapest
-above-idle energy of every layer + the least idle power x P* / m.
+Every plan's slowest resource takes at least ``P*`` per micro-batch.
+
+A second relaxation bounds the path a micro-batch takes: its stages run one after
+another, and a stage's group has at most ``m`` replicas (each needs a sample), so
+a stage takes at least, for each of its layers, ``m / sum(1 / t)`` over the ``m``
+boards fastest at that layer (``max_r k_r t_r >= sum_r k_r / sum_r 1 / t_r``, and
+splitting per layer can only beat one split for the whole stage). Summed over the
+layers (and the two copies) this is ``S``; its largest term ``B`` (one layer) also
+bounds every stage. With ``P = max(P*, B)``:
+throughput period >= P; latency (M micro-batches) >= S + (M-1) P (``sum p + (M-1) max p``);
+training iteration >= S + (M-1) P with forward + backward times (``sum p + max (M-1) p``);
+energy per sample >= the cheapest above-idle energy of every layer + the least idle power x P / m.
 """
 
 from __future__ import annotations
@@ -87,15 +95,33 @@ def period_bound(costs: CostTable, obj: Objective) -> float | None:
     return float(h.getInfo().objective_function_value) * (1 - 1e-9)  # solver tolerance: stay below
 
 
+def path_bound(costs: CostTable, obj: Objective) -> tuple[float, float] | None:
+    """(``S``, ``B``): a micro-batch's path through its stages and the slowest single layer, each with the
+    ``m`` fastest boards splitting it (module docstring); None when some layer runs nowhere."""
+    t, _ = _per_board(costs, obj)
+    if not np.isfinite(t).any(axis=0).all():
+        return None
+    m = int(obj.micro)
+    fast = np.sort(t, axis=0)[:m]  # the m fastest boards per layer (inf where fewer run it)
+    with np.errstate(divide="ignore"):
+        speed = np.where(np.isfinite(fast), 1.0 / fast, 0.0).sum(axis=0)
+    per = np.where(speed > 0, m / np.where(speed > 0, speed, 1.0), 0.0)
+    per = np.where(np.isinf(speed), 0.0, per)
+    return float(per.sum()) * (1 - 1e-9), float(per.max()) * (1 - 1e-9)
+
+
 def lower_bound(costs: CostTable, obj: Objective) -> float | None:
     """A value no plan's ``Evaluation.value(obj)`` can go below (see the module docstring)."""
     p = period_bound(costs, obj)
-    if p is None:
+    path = path_bound(costs, obj)
+    if p is None or path is None:
         return None
+    s, b = path
+    p = max(p, b)
     M = obj.microbatches
     if obj.objective == "throughput":
         return p
     if obj.objective in ("latency", "time"):
-        return M * p
+        return s + (M - 1) * p
     _, e = _per_board(costs, obj)
     return float(e.min(axis=0).sum()) + float(np.min(costs.idle_power_w)) * p / obj.micro

@@ -94,50 +94,14 @@ class DPSolver:
         self._note_reductions()
 
     def _undominated_units(self) -> list[list[int]]:
-        """Per type, the local units a group may run on: a unit that another unit of the same board matches
-        or beats on every layer it runs (support, seconds per sample and per call, the runtime's hop and
-        copies, and energy above idle when energy is priced) is left out, as is a unit that runs no layer
-        (training: NPU, Mali).
-
-        Same memory (the board's), never slower, never costlier: a plan on the left-out unit is matched
-        by the same plan on the other one with the same shares. The DP re-splits samples by speed, so a
-        faster unit may take more samples and a wide group's send be priced higher; that interplay is
-        what this rule gives up (noted), for a DP a third the size on boards with a CPU, GPU and NPU.
-        """
-        pf, tp = self.pf, self.types
-        busy = np.asarray(self.costs.busy_power_w, dtype=np.float64)
-        if self.obj.objective != "energy" and self.obj.energy_budget_j is None:
-            busy = np.zeros_like(busy)  # energy is no part of what the passes price
+        """Per type, the local units a group may run on: every unit that runs at least one layer (training:
+        NPU and Mali units run none). Units slower on every layer are not dropped here: a slower unit
+        takes fewer samples, which can lighten a link (e.g. keep more samples on the head), so only
+        whole stage tables tell (``_dominated``)."""
+        tp = self.types
         out, self.dropped_units = [], []
         for t in range(len(tp.members)):
-            idle = float(self.costs.idle_power_w[tp.members[t][0]])
-            st = []
-            for x in range(tp.n_units(t)):
-                u = tp.unit(t, x)
-                w = max(float(busy[u]) - idle, 0.0)
-                f = np.asarray(self.costs.fwd_s[u], dtype=np.float64)  # Prefix's rows, before the sums' rounding
-                if self.train:
-                    f = f + np.asarray(self.costs.bwd_s[u], dtype=np.float64)
-                per = np.concatenate([f, np.asarray(self.costs.fixed_s[u], dtype=np.float64)])
-                st.append((np.diff(pf.U[u]) == 0, per, np.array([pf.HB[u], pf.H[u]]), w))
-            keep = []
-            for a, (sa, pa, ha, wa) in enumerate(st):
-                on = np.concatenate([sa, sa])
-                beaten = not sa.any()
-                for b, (sb, pb, hb, wb) in enumerate(st):
-                    if beaten:
-                        break
-                    if b == a or not sb[sa].all():
-                        continue
-                    le = (np.all(pb[on] <= pa[on]) and np.all(hb <= ha) and np.all(wb * pb[on] <= wa * pa[on])
-                          and np.all(wb * hb <= wa * ha))
-                    same = (np.array_equal(pb[on], pa[on]) and np.array_equal(hb, ha) and wb == wa
-                            and sb.sum() == sa.sum())
-                    beaten = le and (not same or b < a)
-                if beaten:
-                    self.dropped_units.append(tp.unit(t, a))
-                else:
-                    keep.append(a)
+            keep = [x for x in range(tp.n_units(t)) if (np.diff(self.pf.U[tp.unit(t, x)]) == 0).any()]
             out.append(keep)
         return out
 
@@ -493,8 +457,50 @@ class DPSolver:
             stk["idle"] = np.array([t["idle"] for t in tabs], dtype=np.float64)
             stk["bw0"] = np.array([tab[0][0] for tab in self._link_tab], dtype=np.float64)
             stk["lt0"] = np.array([tab[1][0] for tab in self._link_tab], dtype=np.float64)
+            stk["alive"] = self._dominated(stk)
             self._stk = stk
         return self._stk
+
+    def _dominated(self, stk: dict) -> np.ndarray:
+        """[G] False for a composition another one with the same devices (one type on another unit) beats in
+        every stage option: fits wherever it fits, and no larger stage time, busiest-device samples
+        (sends into and out of it), head-link time and energy, energy above idle when energy is priced.
+        Every pass prices a composition by these alone (its devices fix its link class and all-reduce), so
+        leaving the beaten one out is exact; of two equal ones the first stays.
+        """
+        G = len(self.comps)
+        alive = np.ones(G, dtype=bool)
+        energy = self.obj.objective == "energy" or self.obj.energy_budget_j is not None
+        index = {(c.devs, c.units): gi for gi, c in enumerate(self.comps)}
+        ok = stk["ok"]
+        keys = [stk["tau"], stk["kout"]]
+        if energy:
+            keys.append(stk["dyn"])
+        heads = [stk["in_p"], stk["out_p"]] + ([stk["in_e"], stk["out_e"]] if energy else [])
+        for gi, c in enumerate(self.comps):
+            for t, x in enumerate(c.units):
+                for y in self.unit_opts[t]:
+                    if x < 0 or y == x:
+                        continue
+                    other = index.get((c.devs, c.units[:t] + (y,) + c.units[t + 1:]))
+                    if other is None or not alive[other]:
+                        continue
+                    okb = ok[gi]
+                    if not ok[other][okb].all():
+                        continue
+                    le = all(np.all(k[other][okb] <= k[gi][okb]) for k in keys)
+                    le = le and all(np.all(h[other] <= h[gi]) for h in heads)
+                    if not le:
+                        continue
+                    same = (np.array_equal(ok[other], okb) and all(np.array_equal(k[other][okb], k[gi][okb])
+                                                                   for k in keys)
+                            and all(np.array_equal(h[other], h[gi]) for h in heads))
+                    if not same or other < gi:
+                        alive[gi] = False
+                        break
+                if not alive[gi]:
+                    break
+        return alive
 
     def _kout_all(self) -> np.ndarray:
         """[G, K+1, K+1, depth]: samples of each stage option's busiest device (theta-independent, built once)."""
@@ -587,7 +593,7 @@ class DPSolver:
         bs = _qkey(tau, st["ar"], M) if bkey == "q" else tau
         with np.errstate(invalid="ignore"):
             a_s = cp * tau + ce * (st["dyn"] + st["idle"][:, None, None, None] * theta_idle) if is_sum else bs
-        A = np.where(st["ok"] & (bs <= theta), a_s, np.inf)  # [G, K1, K1, nD]
+        A = np.where(st["ok"] & (bs <= theta) & st["alive"][:, None, None, None], a_s, np.inf)  # [G, K1, K1, nD]
         # the input link (head -> the stage starting at 0) and the output link are priced with the stage:
         # they depend on its shares (the head's own share does not travel)
         pin, ein = st["in_p"], st["in_e"]
@@ -783,7 +789,7 @@ def _passes(obj: Objective) -> int:
         return 30
     if obj.objective == "latency":
         return 1 if obj.microbatches == 1 else 12
-    return 16
+    return 10
 
 
 def coarse_cuts(cut_bytes: np.ndarray, k: int, cut_ok: np.ndarray | None = None) -> np.ndarray:

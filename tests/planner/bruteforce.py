@@ -20,19 +20,20 @@ def _hw(costs: CostTable, d: int) -> tuple:
                    0.0 if costs.hop_byte_s is None else float(costs.hop_byte_s[u])) for u in us))
 
 
-def brute_force(costs: CostTable, obj: Objective, memory_aware_shares: bool = True):
+def brute_force(costs: CostTable, obj: Objective, memory_aware_shares: bool = True, allowed=None):
     """Best (evaluation, layout) over all stage cuts x ordered disjoint device groups x unit choices.
 
     ``memory_aware_shares=False`` splits samples ignoring memory (the planner before issue 13), to show
-    what memory-aware shares gain."""
+    what memory-aware shares gain. ``allowed``: the stage boundaries to try (a coarse graph; default all)."""
     n, d = costs.n_layers, costs.n_devices
     pf = Prefix(costs, obj)
     dev_units = [[u for u, x in enumerate(costs.units) if x[0] == k] for k in range(d)]
     hw = [_hw(costs, k) for k in range(d)]
     head = 0 if obj.head is None else costs.devices.index(obj.head)
     best = None
+    inner = range(1, n) if allowed is None else sorted({int(b) for b in allowed} - {0, n})
     for S in range(1, min(d, n) + 1):
-        for cuts in itertools.combinations(range(1, n), S - 1):
+        for cuts in itertools.combinations(inner, S - 1):
             bounds = (0, *cuts, n)
             for labels in itertools.product(range(-1, S), repeat=d):
                 groups = [[k for k in range(d) if labels[k] == s] for s in range(S)]

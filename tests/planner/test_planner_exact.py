@@ -1,0 +1,89 @@
+"""Exact on a coarse graph (issue 13 item 2): the DP shrinks the graph, not the search.
+
+When the full search does not fit its budget, the DP runs on blocks of layers
+between cheap cuts with every group composition (mixed board types, no
+bundles), so its result equals brute force over the same block boundaries; the
+refinement then moves cuts on the full graph. ``exact`` means exact on the
+coarse graph, whose size the result records.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeplan.planner import dp, search
+from edgeplan.planner.objective import Objective
+from edgeplan.planner.synthetic import random_costs
+from tests.planner.bruteforce import brute_force, rel_close
+
+OBJS = {
+    "throughput": Objective(objective="throughput", batch=8),
+    "latency": Objective(objective="latency", batch=8, microbatches=2),
+    "time": Objective(mode="training", objective="time", batch=8, microbatches=2),
+}
+
+
+def _kinds(costs, layout) -> list[int]:
+    """Board kinds (hardware rows) per stage."""
+    return [len({np.asarray(costs.fwd_s[u]).tobytes() for u, _ in st.replicas}) for st in layout]
+
+
+def _budget_for(costs, obj, blocks: int) -> float:
+    """A work budget whose coarse share fits ``blocks`` blocks and no more (the full graph does not fit)."""
+    probe = dp.DPSolver(costs, obj)
+    assert probe.exact and not probe.coarse
+    wb = probe._work(blocks) * dp._passes(obj) * dp.WORK_BUDGET / dp.COARSE_WORK * (1 + 1e-9)
+    assert probe._work(blocks + 1) * dp._passes(obj) * dp.WORK_BUDGET / dp.COARSE_WORK > wb
+    return wb
+
+
+@pytest.mark.parametrize("seed,name", [(0, "throughput"), (1, "time"), (3, "latency"), (4, "throughput")])
+def test_coarse_dp_equals_brute_force_on_the_coarse_graph(seed, name, monkeypatch):
+    monkeypatch.setattr(dp, "MIN_BLOCKS", 3)  # a 14-layer graph: 4 blocks keep the brute force small
+    obj = OBJS[name]
+    costs = random_costs(seed, 14, 4, 3, dag=True, units_per_device=2, ram_mb=(64, 1024))
+    wb = _budget_for(costs, obj, 4)
+    solver = dp.DPSolver(costs, obj, work_budget=wb)
+    assert solver.coarse and solver.exact and solver.mixed and set(solver.bundle) == {1}
+    assert len(solver.bnd) == 5
+    raw = search.solve(costs, obj, work_budget=wb, refine=False)
+    assert raw.exact and raw.coarse and (raw.blocks, raw.layers) == (4, 14)
+    assert any("exact on a coarse graph of 4 blocks" in n for n in raw.notes)
+    bf = brute_force(costs, obj, allowed=solver.bnd)
+    assert rel_close(raw.evaluation.value(obj), bf[0].value(obj)), (raw.layout, bf[1])
+    # the refinement on the full graph keeps or improves the coarse optimum, never past the full optimum
+    done = search.solve(costs, obj, work_budget=wb)
+    full = search.solve(costs, obj)  # the whole search fits the default budget: exact on the full graph
+    assert full.exact and not full.coarse
+    assert full.evaluation.value(obj) * (1 - 1e-9) <= done.evaluation.value(obj)
+    assert done.evaluation.value(obj) <= raw.evaluation.value(obj) * (1 + 1e-12)
+
+
+def test_a_mixed_type_group_wins_on_the_coarse_graph():
+    """Seed 4: the coarse optimum puts two board kinds in one replica group; one kind per group is worse."""
+    obj = OBJS["throughput"]
+    costs = random_costs(4, 14, 4, 3, dag=True, units_per_device=2, ram_mb=(64, 1024))
+    cuts = dp.block_cuts(dp.DPSolver(costs, obj).pf.cut, 4)
+    res = search.solve(costs, obj, cuts=cuts, refine=False)
+    bf = brute_force(costs, obj, allowed=cuts)
+    assert rel_close(res.evaluation.value(obj), bf[0].value(obj))
+    assert max(_kinds(costs, res.layout)) >= 2  # a group mixes board kinds
+    single = dp.DPSolver(costs, obj, cuts=cuts)
+    single.mixed = False
+    single._build()
+    one_kind = search.optimise(single, obj)
+    assert one_kind.evaluation.value(obj) > res.evaluation.value(obj) * 1.01
+
+
+def test_block_cuts_sit_at_cut_minima_spread_by_work():
+    # a residual-block-like profile: cheap cuts (one live tensor) every 5 layers, dearer ones inside
+    cut = np.array([4.0 if k % 5 == 0 else 9.0 + (k % 5) for k in range(31)])
+    work = np.ones(30)
+    work[:10] = 5.0  # the first ten layers are slow: more block boundaries there
+    got = dp.block_cuts(cut, 4, work=work)
+    assert got[0] == 0 and got[-1] == 30 and len(got) == 5
+    assert all(int(x) % 5 == 0 for x in got)
+    assert got[1] <= 10  # a quarter of the work ends within the slow layers
+    every = dp.block_cuts(cut, 40)
+    assert list(every) == list(range(31))  # more blocks than cuts: every boundary
