@@ -9,7 +9,9 @@ One run prints, for every case x objective (throughput, latency, energy, trainin
 - ``vs ILP``: plan / ILP optimum where the ILP runs (small instances, uniform links; ``t/o``: not proven
   within 20 s), else ``-``; ``vs LB``: plan / the relaxation lower bound (edgeplan.planner.bound: no
   memory, links or per-call costs), on every case: an upper bound on how far from optimal the plan is;
-- ``exact``: whether the DP needed no reductions.
+- ``exact``: whether the DP's result is optimal on the graph it ran on: ``yes`` on the full graph,
+  ``yes/18b`` on a coarse graph of 18 blocks (then refined on the full graph; ``vs LB`` says how far
+  from the full graph's optimum it can be), ``no`` when the search itself was reduced.
 
 Cases: seeded random clusters (2-64 boards, 1-8 board types, some with non-uniform links) on synthetic
 DAG-shaped graphs of 20-1,000 layers (edgeplan.planner.synthetic), then zoo models traced with torch
@@ -78,7 +80,7 @@ def measure(costs, obj: Objective, label: dict, with_ilp: bool = True) -> dict:
     base = [b[2] for b in baselines(costs, obj) if b[2] is not None and b[2].ok]
     best_base = min((b.value(obj) for b in base), default=None)
     row = dict(label, objective=obj.objective, seconds=dt, cpu=cpu, exact=res.exact, vs_base=None, dp_base=None,
-               vs_lb=None, vs_relax=None)
+               vs_lb=None, vs_relax=None, blocks=res.blocks)
     if ev is not None and best_base is not None:
         row["vs_base"] = best_base / ev.value(obj)
         row["dp_base"] = best_base / evaluate(costs, res.layout, obj).value(obj)
@@ -103,7 +105,7 @@ def measure(costs, obj: Objective, label: dict, with_ilp: bool = True) -> dict:
 
 
 HEAD = (f"{'case':<42} {'objective':<10} {'seconds':>8} {'cpu s':>6} {'vs base':>7} {'dp/base':>7} {'vs ILP':>6} "
-        f"{'vs LB':>6} {'exact':>5}  target")
+        f"{'vs LB':>6} {'exact':>8}  target")
 
 
 def show(r: dict) -> None:
@@ -114,8 +116,14 @@ def show(r: dict) -> None:
     if r["target"] is not None:
         tgt = f"<= {r['target']:g} s {'ok' if r['seconds'] <= r['target'] else 'MISSED'}"
     print(f"{r['case']:<42} {r['objective']:<10} {r['seconds']:>8.3f} {r['cpu']:>6.2f} {f(r['vs_base']):>7} "
-          f"{f(r['dp_base']):>7} {f(r['vs_lb']):>6} {f(r['vs_relax']):>6} {('yes' if r['exact'] else 'no'):>5}  "
+          f"{f(r['dp_base']):>7} {f(r['vs_lb']):>6} {f(r['vs_relax']):>6} {_exact(r):>8}  "
           f"{tgt}", flush=True)
+
+
+def _exact(r: dict) -> str:
+    if not r["exact"]:
+        return "no"
+    return "yes" if r.get("blocks") is None else f"yes/{r['blocks']}b"
 
 
 def synthetic_rows(cases, objectives, on_row=show) -> list[dict]:
