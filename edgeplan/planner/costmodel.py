@@ -282,6 +282,19 @@ def optimizer_step(costs: CostTable, units, nbytes: float) -> float:
     return float((costs.training.opt_call_s[units] + nbytes * costs.training.opt_byte_s[units]).max())
 
 
+def exchange_peers(ends, s: int, r: int) -> list[tuple[int, int]]:
+    """(stage, replica) of the neighbour stages' replicas that replica ``r`` of stage ``s`` exchanges tensors with
+    in a training step (activations and gradients; ``ends``: (device, samples, ...) per replica per stage)."""
+    out = []
+    if s > 0:
+        out += [(s - 1, a) for a, b, _ in pair_samples(tuple(x[1] for x in ends[s - 1]), tuple(x[1] for x in ends[s]))
+                if b == r]
+    if s + 1 < len(ends):
+        out += [(s + 1, b) for a, b, _ in pair_samples(tuple(x[1] for x in ends[s]), tuple(x[1] for x in ends[s + 1]))
+                if a == r]
+    return out
+
+
 def p2p_overhead(costs: CostTable, src, dst, bytes_per_sample: float) -> float:
     """torch.distributed's own seconds for one training transfer between replica groups ((device, samples,
     ...) in replica order) beyond the link: per transfer + per byte of the largest pair (fitted; else 0)."""
@@ -434,6 +447,8 @@ def evaluate(costs: CostTable, layout: Layout, objective: Objective, prefix: Pre
             if pf.U[u, j] - pf.U[u, i] > 0:
                 unsupported.append((s, u))
             t = pf.time(u, i, j, k)
+            if train and costs.training is not None:  # fitted: per neighbour replica it exchanges tensors with
+                t += costs.training.call_peer_s[u] * len(exchange_peers(ends, s, len(reps)))
             mem = pf.memory(i, j, k, stash)
             e_stage += max(busy[u] - idle[d], 0.0) * t
             reps.append(ReplicaEval(unit=u, device=d, samples=k, time_s=float(t), memory_bytes=float(mem),

@@ -16,8 +16,10 @@ micro-batch, and per iteration the optimizer step and the gradient all-reduce
   its own, so the backward/forward ratio is the measured one, not the cost
   model's 2x-forward-FLOPs assumption. A factor that would run a stage's FLOPs
   faster than the unit's peak is clamped to the peak and says so;
-- ``call_s``: the median stage-call overhead (half of forward + backward
-  calls' seconds beyond the module), replacing the inference runtime's hop cost;
+- ``call_s`` + ``call_peer_s``: the stage calls' overhead beyond the module
+  (slicing, sends, gathers), ``per micro-batch = 2 call + neighbour replicas x
+  per-peer`` (least squares where the neighbour counts differ, else the
+  per-call cost alone), replacing the inference runtime's hop cost;
 - ``optimizer_call_s`` + ``optimizer_s_per_byte``: the optimizer step per step and per parameter byte
   (least squares where the stages' sizes differ, else per byte alone).
 
@@ -99,6 +101,7 @@ class TrainObservation:
     p2p_bytes: float  # received per micro-batch
     p2p_transfers: float  # received per micro-batch
     p2p_link_s: float  # the link model's part of the predicted p2p seconds
+    peers: int = 0  # neighbour replicas it exchanges tensors with
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,8 @@ def observations(rep: dict, predicted: dict, source: str) -> tuple[list[TrainObs
                 terms=tuple((f, float(pr[f"{f[:-2]}_terms"][0]), int(pr[f"{f[:-2]}_terms"][1]))
                             for f in ("forward_s", "backward_s")),
                 param_bytes=float(ps["param_bytes"]), p2p_bytes=float(r["p2p_bytes"]),
-                p2p_transfers=float(r["p2p_transfers"]), p2p_link_s=float(pr["p2p_link_s"])))
+                p2p_transfers=float(r["p2p_transfers"]), p2p_link_s=float(pr["p2p_link_s"]),
+                peers=int(pr.get("peers", 0))))
         if len(st["replicas"]) > 1 and ps["allreduce_bytes"]:
             ars.append(AllreduceObservation(source, int(st["stage"]), tuple(st["group"]), float(ps["allreduce_bytes"]),
                                             float(st["allreduce_s"][0]), float(ps["allreduce_link_s"])))
@@ -289,11 +293,12 @@ def fit(cluster: Cluster, obs: list[TrainObservation], ars: list[AllreduceObserv
             if clamped:
                 unit_notes.append(f"{where}: the fit would run the {f[:-2]} pass faster than the unit's peak FLOP/s; "
                                   "clamped to the peak")
-        call = float(np.clip(np.median([dict(o.measured)["call_s"] / 2.0 for o in items]), 0.0, MAX_HOP_S))
+        call, call_peer = _call(items, before)
         opt_call, opt_byte = _optimizer(items, before)
         after = TrainingFigures(
             forward_factor=factors["forward_s"], backward_factor=factors["backward_s"],
             forward_layer_s=layer["forward_s"], backward_layer_s=layer["backward_s"], call_s=call,
+            call_peer_s=call_peer,
             optimizer_s_per_byte=opt_byte, optimizer_call_s=opt_call,
             p2p_call_s=p2p_fit[0] if p2p else before.p2p_call_s, p2p_s_per_byte=p2p_fit[1] if p2p else
             before.p2p_s_per_byte, allreduce_call_s=ar_fit[0] if ars else before.allreduce_call_s,
@@ -338,6 +343,20 @@ def _pass(items: list[TrainObservation], f: str, old: float, old_layer: float | 
             None if old_layer is None else float(min(old_layer * r, MAX_OVERHEAD_S)), clamped)
 
 
+def _call(items: list[TrainObservation], before: TrainingFigures) -> tuple[float, float]:
+    """(per stage call, per neighbour replica per micro-batch) of the calls' overhead: ``measured per micro-batch
+    = 2 call + peers x per-peer`` by least squares where the replicas' neighbour counts differ, else the
+    per-call cost alone (the per-peer cost kept)."""
+    t = np.array([dict(o.measured)["call_s"] for o in items])
+    n = np.array([o.peers for o in items], dtype=np.float64)
+    if len(np.unique(n)) >= 2:
+        w = 1.0 / np.maximum(t, 1e-9)
+        x, _ = bounded_lstsq(np.stack([2.0 * w, n * w], axis=1), t * w, np.zeros(2), np.array([MAX_HOP_S] * 2))
+        return float(x[0]), float(x[1])
+    per_call = float(np.median((t - n * before.call_peer_s) / 2.0))
+    return float(np.clip(per_call, 0.0, MAX_HOP_S)), before.call_peer_s
+
+
 def _optimizer(items: list[TrainObservation], before: TrainingFigures) -> tuple[float, float]:
     """(per step, per parameter byte) of the optimizer step: both where the stages' sizes differ, else the
     per-byte cost alone."""
@@ -362,7 +381,8 @@ def _figures_yaml(f: TrainingFigures, source: str) -> dict:
     layers = {k: num(v * 1e6) for k, v in (("forward_layer_us", f.forward_layer_s),
                                            ("backward_layer_us", f.backward_layer_s)) if v is not None}
     return {"forward_factor": num(f.forward_factor), "backward_factor": num(f.backward_factor), **layers,
-            "call_us": num((f.call_s or 0.0) * 1e6), "optimizer_ns_per_byte": num(f.optimizer_s_per_byte * 1e9),
+            "call_us": num((f.call_s or 0.0) * 1e6), "call_peer_us": num(f.call_peer_s * 1e6),
+            "optimizer_ns_per_byte": num(f.optimizer_s_per_byte * 1e9),
             "optimizer_call_us": num(f.optimizer_call_s * 1e6),
             "p2p_call_us": num(f.p2p_call_s * 1e6), "p2p_ns_per_byte": num(f.p2p_s_per_byte * 1e9),
             "allreduce_call_us": num(f.allreduce_call_s * 1e6),
@@ -473,7 +493,7 @@ def format_fit(cal: TrainCalibration) -> str:
                          f"   backward x{b.backward_factor:.3g} -> x{a.backward_factor:.3g}"
                          f"{per_layer(a.backward_layer_s)}   stage call "
                          f"{'hop' if b.call_s is None else f'{b.call_s * 1e3:.3g} ms'} -> "
-                         f"{(a.call_s or 0) * 1e3:.3g} ms"
+                         f"{(a.call_s or 0) * 1e3:.3g} ms + {a.call_peer_s * 1e3:.3g} ms/peer"
                          f"   optimizer {a.optimizer_call_s * 1e3:.3g} ms + {a.optimizer_s_per_byte * 1e9:.3g} ns/B")
             lines.append(f"  p2p {a.p2p_call_s * 1e3:.3g} ms + {a.p2p_s_per_byte * 1e9:.3g} ns/B per transfer;  "
                          f"all-reduce {a.allreduce_call_s * 1e3:.3g} ms per ring step + "

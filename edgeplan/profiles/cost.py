@@ -26,6 +26,7 @@ class TrainingCosts:
     layer_s: np.ndarray  # [u, 2] per layer of a forward, a backward pass; NaN: layer_overhead x the factor
     layer_overhead_s: np.ndarray  # [u] the unit's layer_overhead_s (in CostTable.fixed_s; a fitted layer_s replaces it)
     call_s: np.ndarray  # [u] per stage call beyond the module; NaN: the unit's hop cost
+    call_peer_s: np.ndarray  # [u] per micro-batch and neighbour replica it exchanges tensors with
     opt_byte_s: np.ndarray  # [u] optimizer step seconds per parameter byte
     opt_call_s: np.ndarray  # [u] ... and per step
     p2p: np.ndarray  # [d, 2] per transfer, per byte: torch.distributed beyond the link (max over the units)
@@ -189,5 +190,6 @@ def _training_costs(cluster: Cluster, units: list, unit_device: list[int]) -> Tr
                          dtype=np.float64).reshape(len(figs), 2),
         layer_overhead_s=np.array([u.layer_overhead_s for u in units], dtype=np.float64),
         call_s=np.array([np.nan if f.call_s is None else f.call_s for f in figs], dtype=np.float64),
+        call_peer_s=np.array([f.call_peer_s for f in figs], dtype=np.float64),
         opt_byte_s=np.array([f.optimizer_s_per_byte for f in figs], dtype=np.float64),
         opt_call_s=np.array([f.optimizer_call_s for f in figs], dtype=np.float64), p2p=p2p, allreduce=ar)

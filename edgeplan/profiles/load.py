@@ -79,7 +79,8 @@ _UNIT_KEYS = (
 _TRAINING_KEYS = {
     "forward_factor": ("forward_factor", 1.0, True), "backward_factor": ("backward_factor", 1.0, True),
     "forward_layer_us": ("forward_layer_s", 1e-6, False), "backward_layer_us": ("backward_layer_s", 1e-6, False),
-    "call_us": ("call_s", 1e-6, False), "optimizer_ns_per_byte": ("optimizer_s_per_byte", 1e-9, False),
+    "call_us": ("call_s", 1e-6, False),
+    "call_peer_us": ("call_peer_s", 1e-6, False), "optimizer_ns_per_byte": ("optimizer_s_per_byte", 1e-9, False),
     "optimizer_call_us": ("optimizer_call_s", 1e-6, False),
     "p2p_call_us": ("p2p_call_s", 1e-6, False), "p2p_ns_per_byte": ("p2p_s_per_byte", 1e-9, False),
     "allreduce_call_us": ("allreduce_call_s", 1e-6, False),

@@ -52,6 +52,7 @@ class TrainingFigures:
     forward_layer_s: float | None = None
     backward_layer_s: float | None = None
     call_s: float | None = None  # per stage call (forward or backward) beyond the module; None: hop_overhead_s
+    call_peer_s: float = 0.0  # ... plus, per micro-batch, per replica of a neighbour stage it exchanges tensors with
     optimizer_s_per_byte: float = 0.0  # optimizer step, per parameter byte of the stage
     optimizer_call_s: float = 0.0  # ... and per step, whatever the bytes
     p2p_call_s: float = 0.0  # torch.distributed send/recv beyond the link, per transfer

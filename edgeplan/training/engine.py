@@ -262,19 +262,26 @@ class Engine:
         """Non-leaf copies of received leaves, so a stage that starts with an in-place op (ReLU) may run."""
         return [t.clone() if t.requires_grad else t for t in ins]
 
-    def _call_overhead(self, c0: float, w0: float, f0: float, ep: metrics.EpochCounters) -> None:
+    def _call_overhead(self, c0: float, w0: float, f0: float, u0: float, g0: float,
+                       ep: metrics.EpochCounters) -> None:
         """A stage call's seconds beyond its module: wall time since ``c0`` less the receives' waits since
-        ``w0`` and the module time added since ``f0`` (the sum of forward and backward seconds)."""
+        ``w0`` and the module time added since ``f0`` (the sum of forward and backward seconds); and its CPU
+        seconds beyond the module's (this thread's since ``u0``, less the module CPU added since ``g0``)."""
         ep.call_s += (time.perf_counter() - c0 - (self.comm.recv_wait_s - w0)
                       - (ep.forward_s + ep.backward_s - f0))
+        ep.call_cpu_s += time.thread_time() - u0 - (ep.forward_cpu_s + ep.backward_cpu_s - g0)
+
+    def _marks(self, ep: metrics.EpochCounters) -> tuple[float, float, float, float, float]:
+        return (time.perf_counter(), self.comm.recv_wait_s, ep.forward_s + ep.backward_s, time.thread_time(),
+                ep.forward_cpu_s + ep.backward_cpu_s)
 
     def _forward(self, k: int, idx: np.ndarray, stash: dict, ep: metrics.EpochCounters) -> None:
-        c0, w0, f0 = time.perf_counter(), self.comm.recv_wait_s, ep.forward_s + ep.backward_s
+        marks = self._marks(ep)
         lo, hi = self._range(self.me, self.m)
         ins = self._inputs(self.dataset.x_train[idx] if self.me.stage == 0 else None, "F", k, self.m)
         if hi == lo:
             return
-        t0 = time.perf_counter()
+        t0, u0 = time.perf_counter(), time.thread_time()
         out = _as_tuple(self.module(*self._run_inputs(ins)))
         if self.last:
             y = torch.from_numpy(self.dataset.y_train[idx]).to(self.device)
@@ -285,21 +292,23 @@ class Engine:
             stash[k] = (ins, loss_sum / self.B)
             ep.busy_s += time.perf_counter() - t0
             ep.forward_s += time.perf_counter() - t0
+            ep.forward_cpu_s += time.thread_time() - u0
         else:
             ep.busy_s += time.perf_counter() - t0
             ep.forward_s += time.perf_counter() - t0
+            ep.forward_cpu_s += time.thread_time() - u0
             stash[k] = (ins, out)
             self._scatter(list(out), self.down, "F", k, self.m)
-        self._call_overhead(c0, w0, f0, ep)
+        self._call_overhead(*marks, ep)
 
     def _backward(self, k: int, stash: dict, ep: metrics.EpochCounters) -> None:
-        c0, w0, f0 = time.perf_counter(), self.comm.recv_wait_s, ep.forward_s + ep.backward_s
+        marks = self._marks(ep)
         lo, hi = self._range(self.me, self.m)
         if hi == lo:
             return
         ins, out = stash.pop(k)
         if self.last:
-            t0 = time.perf_counter()
+            t0, u0 = time.perf_counter(), time.thread_time()
             out.backward()
         else:
             grads = self._gather(self.down, "B", k, self.m)
@@ -308,17 +317,18 @@ class Engine:
                 raise RuntimeFault(f"{self.me.label}: got {len(grads)} gradients for {len(floats)} outputs "
                                    f"of micro-batch {k}; the stages disagree on the cut (recompile)")
             pairs = [(o, g) for o, g in zip(floats, grads, strict=True) if o.requires_grad]
-            t0 = time.perf_counter()
+            t0, u0 = time.perf_counter(), time.thread_time()
             if pairs:
                 torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
         ep.busy_s += time.perf_counter() - t0
         ep.backward_s += time.perf_counter() - t0
+        ep.backward_cpu_s += time.thread_time() - u0
         ep.microbatches += 1
         if self.me.stage > 0:
             gin = [t.grad if t.grad is not None else torch.zeros_like(t)
                    for t in ins if t.dtype.is_floating_point]
             self._scatter(gin, self.up, "B", k, self.m)
-        self._call_overhead(c0, w0, f0, ep)
+        self._call_overhead(*marks, ep)
 
     def _iteration(self, order: np.ndarray, it: int, ep: metrics.EpochCounters) -> None:
         stash: dict = {}

@@ -249,9 +249,12 @@ def run(artifacts: str | os.PathLike[str], config: TrainConfig, *, local: bool =
     state_path = None
     if len(mine) == len(ranks) and metrics["epochs"]:
         state_path = assemble(art, run_path, config.epochs - 1)
-    from edgeplan.training.metrics import with_predictions
+    from edgeplan.training.metrics import board_seconds, with_predictions
 
-    rows = tuple(with_predictions(row, art.table.get("predicted")) for row in metrics["epochs"])
+    cores = {dev: float(b["cores"]) for dev, b in testbed["boards"].items()} if testbed else {}
+    dilation = float(testbed["dilation"]) if testbed else 1.0
+    rows = tuple(with_predictions(board_seconds(row, cores, dilation), art.table.get("predicted"))
+                 for row in metrics["epochs"])
     return TrainResult(rows, run_path, state_path)
 
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 RESOURCE_COLUMNS = 4  # cpu seconds, peak resident bytes, network bytes received, sent (ResourceProbe.stop)
-PHASE_COLUMNS = 9  # forward, backward, optimizer step (with all-reduce), all-reduce seconds; micro-batches;
-# stage-call overhead seconds; point-to-point transfer seconds, bytes, transfers received
+PHASE_COLUMNS = 12  # forward, backward, optimizer step (with all-reduce), all-reduce seconds; micro-batches;
+# stage-call overhead seconds; point-to-point transfer seconds, bytes, transfers received; CPU seconds of the
+# forward and backward modules and of the calls' overhead (the rank's compute thread)
 
 
 @dataclass
@@ -37,6 +38,9 @@ class EpochCounters:
     microbatches: int = 0  # backward passes run (each a forward too)
     call_s: float = 0.0  # stage calls' seconds beyond the module (slicing, sends, clones), waits excluded
     p2p: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # Comm transfer seconds, bytes, count
+    forward_cpu_s: float = 0.0  # CPU seconds (the compute thread's: torch runs one thread per rank)
+    backward_cpu_s: float = 0.0
+    call_cpu_s: float = 0.0
 
     def row(self, test: tuple[float, int, int], train_s: float) -> list[float]:
         """The vector every rank contributes to the all-gather (columns as ``epoch_row`` reads them)."""
@@ -44,7 +48,7 @@ class EpochCounters:
         return [self.loss_sum, self.correct, self.count, test[0], test[1], test[2], self.busy_s,
                 float(np.mean(steady)), train_s, *self.resources,
                 self.forward_s, self.backward_s, self.step_s, self.allreduce_s, float(self.microbatches),
-                self.call_s, *self.p2p]
+                self.call_s, *self.p2p, self.forward_cpu_s, self.backward_cpu_s, self.call_cpu_s]
 
 
 def net_bytes(path: str = "/proc/net/dev") -> tuple[int, int]:
@@ -209,7 +213,7 @@ def predict(plan, graph, cluster) -> dict:
     (fitted training figures included: profiles.model.TrainingFigures). Pure numpy (planner and profiles).
     """
     from edgeplan.planner.api import evaluate, layout_of
-    from edgeplan.planner.costmodel import Prefix, allreduce, pair_samples
+    from edgeplan.planner.costmodel import Prefix, allreduce, exchange_peers, pair_samples
     from edgeplan.planner.objective import Objective
     from edgeplan.profiles.cost import build_cost_table
 
@@ -262,7 +266,9 @@ def predict(plan, graph, cluster) -> dict:
                 # the fit's columns at factor 1 and no per-layer time: per-sample time + weight reads, layers
                 "forward_terms": [k * float(costs.fwd_s[u, i:j].sum()) + reads, j - i],
                 "backward_terms": [k * float(costs.bwd_s[u, i:j].sum()) + reads, j - i],
-                "call_s": float(pf.H[u] + pf.HB[u] * k * (pf.cut[i] + pf.cut[j])),
+                "call_s": float(pf.H[u] + pf.HB[u] * k * (pf.cut[i] + pf.cut[j]))
+                + (0.0 if tc is None else float(tc.call_peer_s[u]) * len(exchange_peers(ends, s, r))),
+                "peers": len(exchange_peers(ends, s, r)),
                 "optimizer_s": 0.0 if tc is None else float(tc.opt_call_s[u] + params * tc.opt_byte_s[u]),
                 "p2p_s": p2p, "p2p_link_s": link,
                 "forward_peak_s": k * float(flops_f[i:j].sum()) / peak[u],
@@ -312,6 +318,9 @@ def replica_figures(t: np.ndarray, iters: int, job, ranks, predicted: dict | Non
                 "allreduce_s": _pair(row[col + 3] / it * d, ps.get("allreduce_s") if ps else None),
                 "p2p_s": _pair(row[col + 6] / mb * d, pr.get("p2p_s")),
                 "p2p_bytes": row[col + 7] / mb, "p2p_transfers": row[col + 8] / mb,
+                # the compute thread's CPU seconds per micro-batch (board_seconds turns them into board time)
+                "cpu_s": {"forward_s": row[col + 9] / mb, "backward_s": row[col + 10] / mb,
+                          "call_s": row[col + 11] / mb},
             })
         out.append({"stage": s, "group": [r.device for r in group],
                     "param_bytes": ps.get("param_bytes") if ps else None,
@@ -368,3 +377,28 @@ def format_figures(row: dict) -> str:
         f"{pred * 1e3:.1f} ms ({100 * (pred - it) / it:+.0f}%)" if pred else "-"))
     return ("measured/predicted board ms (forward, backward, call overhead, p2p receive per micro-batch; "
             "optimizer, all-reduce per iteration):\n" + "\n".join(lines) + "\n")
+
+
+CPU_FIGURES = ("forward_s", "backward_s", "call_s")
+
+
+def board_seconds(row: dict, cores: dict[str, float], dilation: float) -> dict:
+    """An epoch row whose compute figures (forward, backward, call overhead) are each board's CPU seconds /
+    its CPU quota x dilation, where the board runs under a quota of at most one core (the emulated testbed):
+    a quota only caps, so on a machine other tenants load a rank waits for the CPU and its wall time measures
+    them; back to back, a call costs the board its CPU / quota (profiles/calibrate.board_module_s does the
+    same for inference). The wall-time figure stays as ``<figure>_wall``."""
+    if not row.get("figures") or not cores:
+        return row
+    figures = []
+    for st in row["figures"]:
+        reps = []
+        for r in st["replicas"]:
+            quota = cores.get(r["device"])
+            if not quota or quota > 1.0 or "cpu_s" not in r:
+                reps.append(r)
+                continue
+            reps.append({**r, **{f"{f}_wall": r[f] for f in CPU_FIGURES},
+                         **{f: [r["cpu_s"][f] / quota * dilation, r[f][1]] for f in CPU_FIGURES}})
+        figures.append({**st, "replicas": reps})
+    return {**row, "figures": figures}

@@ -30,8 +30,8 @@ from edgeplan.training import launch, metrics
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "clusters" / "ten-rpi3b.yaml"
 TRUE = TrainingFigures(forward_factor=2.5, backward_factor=4.0, forward_layer_s=80e-6, backward_layer_s=150e-6,
-                       call_s=0.003, optimizer_s_per_byte=20e-9, optimizer_call_s=0.0005, p2p_call_s=0.0004,
-                       p2p_s_per_byte=30e-9, allreduce_call_s=0.0015)
+                       call_s=0.003, call_peer_s=0.0007, optimizer_s_per_byte=20e-9, optimizer_call_s=0.0005,
+                       p2p_call_s=0.0004, p2p_s_per_byte=30e-9, allreduce_call_s=0.0015)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +104,7 @@ def test_fit_recovers_known_training_figures_and_the_planner_prices_them(tmp_pat
         assert got.backward_layer_s == pytest.approx(TRUE.backward_layer_s, rel=1e-2)
         assert got.optimizer_call_s == pytest.approx(TRUE.optimizer_call_s, rel=1e-2)
         assert got.call_s == pytest.approx(TRUE.call_s, rel=1e-3)
+        assert got.call_peer_s == pytest.approx(TRUE.call_peer_s, rel=1e-3)
         assert got.optimizer_s_per_byte == pytest.approx(TRUE.optimizer_s_per_byte, rel=1e-3)
         assert got.p2p_call_s == pytest.approx(TRUE.p2p_call_s, rel=1e-2)
         assert got.p2p_s_per_byte == pytest.approx(TRUE.p2p_s_per_byte, rel=1e-2)

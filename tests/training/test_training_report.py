@@ -52,6 +52,16 @@ def test_replica_figures_are_board_seconds_per_microbatch_and_iteration_beside_t
     # the stage's all-reduce: the fastest replica's (the slower also waited for the last backward)
     assert s1["allreduce_s"][0] == pytest.approx(0.20 / iters * 2) and s1["group"] == ["pi1", "pi2"]
 
+    # under a CPU quota (the emulated testbed) a compute figure is the board's CPU / quota x dilation: a quota
+    # only caps, so a rank that waited for a loaded machine's CPU does not count the wait
+    t2 = t.copy()
+    t2[0, -3:] = [0.1, 0.2, 0.02]  # forward, backward, call CPU seconds over the epoch
+    cpu = metrics.board_seconds({"figures": metrics.replica_figures(t2, iters, _Job(), RANKS, None)},
+                                {"pi0": 0.5, "pi1": 0.5}, 2.0)["figures"][0]["replicas"][0]
+    assert cpu["forward_s"][0] == pytest.approx(0.1 / mb / 0.5 * 2) and cpu["call_s"][0] == pytest.approx(
+        0.02 / mb / 0.5 * 2)
+    assert cpu["forward_s_wall"][0] == pytest.approx(0.4 / mb * 2)
+
     predicted = {"iter_s": 0.05, "cluster_sha256": "c" * 64, "stages": [
         {"stage": 0, "param_bytes": 10288.0, "allreduce_s": 0.0, "allreduce_link_s": 0.0, "allreduce_bytes": 0.0,
          "group": ["pi0"], "replicas": [{"device": "pi0", "unit": "cpu", "forward_s": 0.03, "backward_s": 0.05,
