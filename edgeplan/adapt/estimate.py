@@ -116,6 +116,10 @@ class Estimator:
         self.calibrated = False
         self._late: dict[str, int] = {}  # link first measured after calibration -> its readings so far (to confirm)
         self._first: dict[str, list[float]] = {}  # ... and those readings while they are fewer than ``confirm``
+        self._wlast: dict[str, int] = {}  # worker key -> the update its stage counters last moved in
+        self._wdone: set = set()  # workers whose model error is settled (running at calibration, or since)
+        self._wfirst: dict[str, list[float]] = {}  # worker key -> its first measured/predicted ratios (settling)
+        self._wref: dict[str, float] = {}  # worker key -> its reference (model error beyond the warm-up's)
 
     def _raw(self, status: dict) -> tuple[dict[str, float], tuple[str, ...]]:
         busy: dict[str, list[float]] = {}
@@ -131,8 +135,11 @@ class Estimator:
             self._prev[key] = (s, n)
             pred = w.get("predicted_compute_s")
             if n > pn and pred:
+                self._wlast[key] = self.updates
+                if self._settling(key, dev, (s - ps) / ((n - pn) * float(pred))):
+                    continue
                 acc = busy.setdefault(dev, [0.0, 0.0])
-                acc[0] += s - ps
+                acc[0] += (s - ps) / self._wref.get(key, 1.0)
                 acc[1] += (n - pn) * float(pred)
             for peer, ln in (mon.get("links") or {}).items():
                 thr = ln.get("throughput_bytes_per_second")
@@ -227,6 +234,31 @@ class Estimator:
             self._estimate = self._build()
         return self._estimate
 
+    def _settling(self, key: str, dev: str, q: float) -> bool:
+        """A worker that first runs after calibration (its layout was not running then: a switch started it)
+        while another worker of its board measured that board within the last ``confirm`` updates: its own
+        model error (measured/predicted at the controller's warm-up, from 3 requests) would read as a change of
+        the board, and a switch alone must not read as one. Its first ``confirm`` readings are left out (True);
+        then its reference is set so that their median reads as the board's committed slowdown. A board no
+        other worker measured recently keeps the warm-up's figure (nothing says what it should read)."""
+        if not self.calibrated or key in self._wdone:
+            return False
+        dk = f"slowdown:{dev}"
+        first = self._wfirst.get(key)
+        if first is None:
+            if self._seen.get(dk, -(10 ** 9)) < self.updates - self.confirm:
+                self._wdone.add(key)
+                return False
+            first = self._wfirst[key] = []
+        first.append(q)
+        if len(first) < self.confirm:
+            return True
+        del self._wfirst[key]
+        self._wdone.add(key)
+        self._wref[key] = statistics.median(first) / (self.reference.get(dk, 1.0) * math.exp(
+            self._committed.get(dk, 0.0)))
+        return False
+
     def _confounded(self, raw: dict[str, float], lim: float) -> list[str]:
         """Link readings a slow board at either end explains: a send is timed from its start to its last byte,
         so a CPU-starved sender (its send thread waits for CPU) or receiver (it drains its socket late) makes the
@@ -289,6 +321,8 @@ class Estimator:
         (``_late_reference``: a link is compared with the cluster file's bandwidth, not its first readings)."""
         if keys is None:
             self.calibrated = True
+            # the workers running now are the ones calibrated; others settle when they first run (``_settling``)
+            self._wdone = {k for k, u in self._wlast.items() if u >= self.updates - self.confirm}
         for key, s in list(self._smooth.items()):
             if keys is not None and key not in keys:
                 continue

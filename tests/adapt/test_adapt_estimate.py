@@ -183,3 +183,33 @@ def test_a_link_that_reads_slow_only_as_much_as_its_hogged_board_is_not_a_bandwi
     for _ in range(4):
         e = est.update(b.status({"gpu-board": 3.0}, {("gpu-board", "cpu-board"): link}))
     assert str(e.condition) == expect and e.change_id == 1
+
+
+def test_a_switch_alone_does_not_read_as_a_change_of_the_board(cluster):
+    """Two layouts' workers on gpu-board; layout B's module reads 2x its prediction (a model error the 3-request
+    warm-up missed). After a switch from A to B the board's slowdown stays nominal; a real 3x hog while B runs
+    is still read."""
+    est = Estimator(cluster, head="npu-board")
+    acc: dict[str, list[float]] = {}
+
+    def status(active: str, slow: float = 1.0) -> dict:
+        workers = {}
+        for v, err in (("A", 1.0), ("B", 2.0)):
+            c = acc.setdefault(v, [0.0, 0])
+            if v == active:
+                c[0] += 10 * 0.01 * err * slow
+                c[1] += 10
+            workers[f"{v}:gpu-board/stage0"] = {"device": "gpu-board", "stage": 0, "alive": True,
+                                                "predicted_compute_s": 0.01,
+                                                "monitor": {"compute_seconds": {"sum": c[0], "count": c[1]}}}
+        return {"workers": workers}
+
+    for _ in range(4):
+        est.update(status("A"))
+    est.calibrate()
+    for _ in range(8):
+        e = est.update(status("B"))
+    assert str(e.condition) == "nominal" and e.change_id == 0
+    for _ in range(3):
+        e = est.update(status("B", slow=3.0))
+    assert str(e.condition) == "slowdown:gpu-board=3" and e.change_id == 1
