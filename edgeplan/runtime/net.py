@@ -2,8 +2,8 @@
 handshake), listen, accept, send timeouts, and per-peer sender threads with bounded queues.
 
 Plain TCP sockets, not ZeroMQ: issue 11 item 5 asked to move onto ZeroMQ unless its hop is slower,
-and benchmarks/bench_runtime.py measures a bare pyzmq relay 1.1-1.6x slower than the socket relay
-(4 KiB to 3 MB) in the same run; what item 5 wanted from it is here (scatter-gather sends without
+and benchmarks/bench_runtime.py measures a bare pyzmq relay 2-3x slower than the socket relay
+at 4 KiB and 256 KiB (1.4x at 3 MB) in the same run; what item 5 wanted from it is here (scatter-gather sends without
 copies, bounded queues for backpressure, reconnects)."""
 
 import select

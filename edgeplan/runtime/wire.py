@@ -214,7 +214,8 @@ def encode_parts(frame: Frame, session: Optional[Session] = None) -> list:
     Tensors are not copied when already C-contiguous little-endian. With a ``session`` this takes
     the connection's next sequence number: send the frames in the order they were encoded.
     """
-    session = _session(session)
+    if session is not None:
+        session = _session(session)
     if frame.kind not in KIND_NAMES:
         raise FrameError(f"unknown frame kind {frame.kind}")
     parts: list = []
@@ -359,7 +360,8 @@ def decode_body(h: Header, raw_header: bytes, body, session: Optional[Session], 
     list the caller keeps per connection; the last DATA frame's checked tensor layout is kept in it
     and reused while the descriptors' bytes and the body's length stay the same (a stage's frames
     rarely change shape), which saves parsing them again."""
-    body = memoryview(body)
+    if type(body) is not memoryview:
+        body = memoryview(body)
     if len(body) != h.body_len:
         raise FrameError(f"body has {len(body)} bytes, header says {h.body_len}")
     if h.kind == HELLO and not hello:
