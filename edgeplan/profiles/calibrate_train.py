@@ -276,13 +276,17 @@ def fit(cluster: Cluster, obs: list[TrainObservation], ars: list[AllreduceObserv
                                "does not have")
     # one fit per board model: boards of one profile with the same figures pool their replicas (a stage's role,
     # not its board, makes its call overhead differ; the datasheet error is the board model's)
+    def figures(u):  # a unit's figures, less where its training figures came from
+        return dataclasses.replace(u, training=u.training and dataclasses.replace(u.training, source=""),
+                                   measured=())
+
     groups: dict[tuple, list[TrainObservation]] = {}
     for o in obs:
         d = devices[o.device]
-        groups.setdefault((d.profile, o.unit, d.unit(o.unit)), []).append(o)
+        groups.setdefault((d.profile, o.unit, figures(d.unit(o.unit))), []).append(o)
     fits = []
     for (profile, uname, unit), items in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        before = unit.training or TrainingFigures()
+        before = devices[items[0].device].unit(uname).training or TrainingFigures()
         ran = sorted({o.device for o in items})
         where = f"{'/'.join(ran)}:{uname}"
         unit_notes = []
@@ -304,7 +308,7 @@ def fit(cluster: Cluster, obs: list[TrainObservation], ars: list[AllreduceObserv
             before.p2p_s_per_byte, allreduce_call_s=ar_fit[0] if ars else before.allreduce_call_s,
             allreduce_s_per_byte=ar_fit[1] if ars else before.allreduce_s_per_byte)
         for d in cluster.devices:
-            if d.profile != profile or uname not in {u.name for u in d.units} or d.unit(uname) != unit:
+            if d.profile != profile or uname not in {u.name for u in d.units} or figures(d.unit(uname)) != unit:
                 continue
             n = sum(o.device == d.name for o in items)
             note = () if n else (f"{d.name}:{uname}: not in the report(s); takes the fit of {where} (same profile "
