@@ -65,7 +65,8 @@ class DPSolver:
         work_budget *= scale
         # the coarse graph's budget is for all passes together, so the block count follows the objective's
         # search (throughput: 2 passes; latency and training time: a branch and bound over bottlenecks)
-        self.coarse_budget = COARSE_WORK * scale * (work_budget / (WORK_BUDGET * scale)) / _passes(objective)
+        # (not more for bigger instances: their time goes to the refinement, and the 1000 x 64 target holds)
+        self.coarse_budget = COARSE_WORK * (work_budget / (WORK_BUDGET * scale)) / _passes(objective)
         many = objective.objective in ("time", "energy") or (objective.objective == "latency" and self.M > 1)
         if n * costs.n_devices >= 2000:  # large: coarser passes (the refinement fixes cuts and groups after)
             work_budget /= 12 if many else 3
