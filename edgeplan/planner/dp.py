@@ -9,9 +9,14 @@ the stage; every option's cost is an array over all ends, from prefix sums.
 
 Passes: ``sum`` minimises an additive cost with every resource's bottleneck key
 at most ``theta``; ``max`` minimises the bottleneck. Objectives combine them
-(``search.solve``) so that the result is exact whenever no reduction was needed;
-on large instances the candidate cuts, group shapes and device bundles are
-reduced to stay fast, and ``notes`` says so.
+(``search.solve``) so that the result is exact whenever no reduction was needed.
+When the whole search does not fit its budget, the graph shrinks first: blocks
+of layers between cheap cuts (``block_cuts``), as many as fit one budget for all
+of the objective's passes, with every group composition kept (mixed board types,
+no bundles); the result is then exact on that coarse graph (``coarse``). Only
+when even ``MIN_BLOCKS`` blocks do not fit (and for energy, whose threshold
+search runs ~30 passes) are the candidate cuts, group shapes and device bundles
+reduced instead, and ``notes`` says so.
 """
 
 from __future__ import annotations
@@ -787,7 +792,7 @@ def _passes(obj: Objective) -> int:
     if obj.objective == "throughput":
         return 2
     if obj.objective == "energy":
-        return 30
+        return 10 ** 9  # 25-35 passes: a coarse graph that small is too coarse; energy keeps the reduced search
     if obj.objective == "latency":
         return 1 if obj.microbatches == 1 else 12
     return 10
