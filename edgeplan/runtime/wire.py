@@ -268,7 +268,24 @@ def encode_parts(frame: Frame, session: Optional[Session] = None) -> list:
 
 
 def encode_buffers(frame: Frame, session: Optional[Session] = None) -> Tuple[List[memoryview], int]:
-    """``encode_parts`` as flat memoryviews ready for ``send_buffers``, and their total length."""
+    """``encode_parts`` as flat memoryviews ready for ``send_buffers``, and their total length.
+
+    A stage's usual output (one tensor, C-contiguous, of a shape sent before, no secret) takes a short
+    path: its padded descriptor was checked and kept the first time (``_descriptor``)."""
+    if session is None and frame.kind == DATA and len(frame.tensors) == 1 and not frame.meta:
+        a = frame.tensors[0]
+        if type(a) is np.ndarray and a.flags.c_contiguous and a.dtype.byteorder != ">":
+            desc = _DESC1_CACHE.get((a.dtype, a.shape))
+            nbytes = a.nbytes
+            if desc is not None and nbytes:
+                body_len = len(desc) + nbytes + (-nbytes % 8)
+                parts = [memoryview(HEADER.pack(MAGIC, VERSION, DATA, 0, frame.attempt & 0xFF, frame.request_id,
+                                                frame.microbatch, frame.epoch, frame.lo, frame.hi, frame.stage, 1,
+                                                body_len)),
+                         memoryview(desc), memoryview(a).cast("B")]
+                if nbytes % 8:
+                    parts.append(memoryview(_ZEROS[-nbytes % 8]))
+                return parts, HEADER.size + body_len
     parts = [p if type(p) is memoryview else memoryview(p) for p in encode_parts(frame, session)]
     total = 0
     for p in parts:
@@ -278,6 +295,7 @@ def encode_buffers(frame: Frame, session: Optional[Session] = None) -> Tuple[Lis
 
 _ZEROS = [b"\0" * k for k in range(8)]
 _DESC_CACHE: Dict[tuple, bytes] = {}  # (dtype, shape) -> its descriptor: a stage sends the same few shapes
+_DESC1_CACHE: Dict[tuple, bytes] = {}  # the same, zero-padded to 8 bytes (see encode_buffers)
 
 
 def _descriptor(a: np.ndarray) -> bytes:
@@ -290,7 +308,9 @@ def _descriptor(a: np.ndarray) -> bytes:
     d = _DESC.pack(code, a.ndim) + _DIMS[a.ndim].pack(*a.shape)
     if len(_DESC_CACHE) >= 1024:
         _DESC_CACHE.clear()
+        _DESC1_CACHE.clear()
     _DESC_CACHE[(a.dtype, a.shape)] = d
+    _DESC1_CACHE[(a.dtype, a.shape)] = d + _ZEROS[-len(d) % 8]  # the whole descriptor block of a one-tensor frame
     return d
 
 

@@ -428,3 +428,22 @@ def test_reader_reads_into_the_spare_buffer_without_corrupting_frames_of_changin
     finally:
         a.close()
         b.close()
+
+
+def test_encode_buffers_short_path_sends_the_same_bytes_as_encode():
+    """A one-tensor frame of a shape sent before takes encode_buffers' short path: same bytes, decodable."""
+    frames = [wire.Frame(wire.DATA, request_id=7, microbatch=3, epoch=2, lo=1, hi=2, stage=4, attempt=300,
+                         tensors=(t,))
+              for t in (np.arange(6, dtype=np.float32).reshape(1, 2, 3), np.arange(5, dtype=np.uint8).reshape(1, 5),
+                        np.zeros((1, 0), np.float32), np.arange(3, dtype=">i4").reshape(1, 3),
+                        np.arange(8, dtype=np.float64).reshape(2, 4)[:1, ::2])]
+    for f in frames:
+        for _ in range(2):  # the second time its descriptor is known
+            parts, total = wire.encode_buffers(f)
+            raw = b"".join(bytes(p) for p in parts)
+            assert len(raw) == total
+            assert raw == wire.encode(f)
+            back = wire.decode(raw)
+            assert (back.request_id, back.microbatch, back.epoch, back.lo, back.hi, back.stage, back.attempt) == \
+                (7, 3, 2, 1, 2, 4, 300 & 0xFF)
+            np.testing.assert_array_equal(back.tensors[0], f.tensors[0])
