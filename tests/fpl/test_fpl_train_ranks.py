@@ -67,3 +67,23 @@ def test_ranks_train_like_the_single_process_semantics_with_a_source_away(tmp_pa
     SourceTrainer(always, sources.load_sources(folders, (1, 8, 8), 0, 96), folders,
                   SourceRun(epochs=3, batch=32, lr=0.1, samples=96), tmp_path / "always").run()
     assert not torch.allclose(got["branches.1.conv.weight"], always.state_dict()["branches.1.conv.weight"], atol=1e-4)
+
+
+def test_cli_compiles_a_planned_fpl_training_plan_for_its_boards(tmp_path):
+    """`edgeplan compile` of a pinned FPL training plan (stage 0: one branch per source board, each with the whole
+    micro-batch) on the cluster it was planned on: the artifacts the emulated study runs train from."""
+    from edgeplan.codegen import manifest
+
+    cnn = tmp_path / "small_cnn.py"
+    cnn.write_text(SMALL_CNN)
+    model = build.write(build.split(f"{cnn}:build", ("cam-a", "cam-b"), "fc1"), tmp_path / "fpl_model.py")
+    r = CliRunner().invoke(app, ["plan", f"{model}:build", "--cluster", CLUSTER, "--mode", "training", "--objective",
+                                 "time", "--pin", "input0=cam-a", "--pin", "input1=cam-b", "--batch", "32",
+                                 "--microbatches", "1", "--out", str(tmp_path / "plan.json")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["compile", str(tmp_path / "plan.json"), "--out", str(tmp_path / "art")])
+    assert r.exit_code == 0, r.output
+    art = launch.load(tmp_path / "art")
+    assert art.plan.stages[0].kind == "branches"
+    assert [rep.device for rep in art.plan.stages[0].replicas] == ["cam-a", "cam-b"]
+    assert manifest.verify(tmp_path / "art") == []
