@@ -41,9 +41,14 @@ Measured here (2 cores shared with other work; `--emulate --repeat`, 100 request
     vit-tiny            three-node-hetero   6.2 -> 4.5      3.7 -> 0.0         0.6 ->  3.6     0.8   2.9
     vit-tiny            rpi4-jetson         1.0 -> 1.2      4.0 -> 1.1         6.0 ->  4.1     0.2   0.0
 
-An earlier run of the same code: after 0.3-8.3% stage MAPE, 0.3-6.6% throughput (mobilenet_v2 on
-three-node-hetero 6.6%: its re-plan sent 3.5x the bytes into gpu-board, whose hop then cost 4.1 ms per
-call against 2.8 ms predicted). What is left, seen in these runs:
+Read the after columns against the rerun columns: they move with this machine's load. An earlier run
+of the same code: after 0.3-8.3% stage MAPE, 0.3-6.6% throughput (mobilenet_v2 on three-node-hetero 6.6%:
+its re-plan sent 3.5x the bytes into gpu-board, whose hop then cost 4.1 ms per call against 2.8 ms
+predicted). Two later runs at load average 10-16 (other tenants): after 0.4-13.3% / 7.9-25.5% with reruns
+of one plan 5.5-23.9% apart in throughput (noise, not model); and one whose host benchmark read conv 7x
+slow on the wall clock (now timed in CPU time), so the first plans spread over boards at 0.025 cores and
+one stage each gave a poor base for extrapolation (after 0.5-20.9% / 3.6-31.9%). What is left, seen in
+these runs:
 
 - per-byte hop cost: fitted over the runs' replicas, the runtime spends ~0.31 ms + 0.40-0.47 ns per byte
   of CPU per call (socket, network stack, copies); the model prices 2 copies at memory bandwidth
