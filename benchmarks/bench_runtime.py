@@ -28,30 +28,33 @@ With ``--repeat K`` every measurement is taken K times, interleaved, and the sma
 kept: on a shared machine other processes only ever add time, so this is the least disturbed run.
 
 Measured (``python -m benchmarks.bench_runtime --iters 200 --repeat 5``, 2 cores shared with seven
-other sessions, load 12-22; microseconds), the runtime before and after the hop work of this note in
-the same bench, one run each::
+other sessions, load 9-15; microseconds), the runtime before and after the hop work of this note in
+the same bench, one run each, back to back::
 
     before   bytes   raw  frame  +hmac  relay   zmq z/relay  worker  w/raw w/relay  w+hmac /relay    mac
-              4096  17.3   33.4   49.8   21.7  66.3   3.05x    52.1  3.02x   2.40x    91.0  4.19x    3.5
-            262144  49.8   79.4  465.6   83.4 173.1   2.08x   135.3  2.72x   1.62x  1388.6 16.65x  144.4
-    after     4096  17.2   28.7   44.0   21.7  65.6   3.02x    44.8  2.61x   2.07x    77.0  3.55x    4.4
-            262144  50.0   70.1  435.5   83.1 183.3   2.21x   123.5  2.47x   1.49x  3217.4 38.71x  144.5
+              4096  17.1   33.4   51.4   22.0  66.8   3.03x    54.1  3.16x   2.45x   101.2  4.59x    3.5
+            262144  50.8   77.4  515.9   83.5 174.2   2.09x   137.9  2.72x   1.65x  3461.6 41.47x  144.4
+    after     4096  17.0   28.0   44.3   21.8  65.8   3.02x    41.9  2.47x   1.92x    73.0  3.35x    3.5
+            262144  47.8   66.2  399.9   78.9 166.4   2.11x   105.5  2.21x   1.34x   824.3 10.45x  144.4
 
-(The 3 MB rows of both runs are left out: under that load one transfer read 2.8-4.0 ms against 0.68 ms
-on the quiet machine 40 minutes earlier, so their ratios measure the other sessions. On the quiet machine,
-in an earlier version of this bench with the hops in threads, the worker hop was 1.17x the relay at 3 MB.)
+(The 3 MB rows of both runs are left out: under that load one transfer read 0.9-3.5 ms against 0.68 ms
+on the quiet machine an hour earlier and the relay read slower than the worker, so their ratios measure
+the other sessions. On the quiet machine, in an earlier version of this bench with the hops in threads,
+the worker hop was 1.17x the relay at 3 MB.)
 
-Targets: **not met** at 4 KiB (2.07x the relay, target 2x; 2.6x one transfer) nor at 256 KiB (1.49x the
-relay, target 1.2x); at 3 MB it was met on the quiet machine (1.17x), not re-measured quietly. What
-the worker adds to the relay is Python work per frame on the hop's critical path, ~20 us at 4 KiB
-(per-frame medians of sections timed inside the worker process: receive + header check ~2 us, decode ~3 us, checks and
+Targets: **met at 4 KiB** against the relay (1.92x, target 2x; 2.5x one transfer), **not met at 256 KiB**
+(1.34x the relay, target 1.2x; 2.2x one transfer); at 3 MB met on the quiet machine (1.17x), not
+re-measured quietly. What the worker adds to the relay (~20 us at 4 KiB, ~27 us at 256 KiB here, from
+~32 and ~54 before) is Python work per frame on the hop's critical path (per-frame medians of sections
+timed inside the worker process at 4 KiB: receive + header check ~2 us, decode ~3 us, checks and
 assembly ~3 us, module call bookkeeping ~5 us of which two process-CPU clock reads for the run report
-~1.2 us, encode ~4 us, send-side bookkeeping ~2-4 us, the peer-gone poll ~1 us), and ~35 us at 256 KiB:
-the same code runs slower after 2 x 256 KiB of copies have pushed it out of the caches (the worker's
-on-CPU time per frame grows by as much, /proc schedstat). The relay has none of it; no thread hand-off,
-wake-up, copy or allocation is left on the hop (the frame is read straight into a reused buffer and sent
-from it with one ``sendmsg``). With a secret the MAC dominates: one HMAC-SHA256 costs 144 us per 256 KiB
-and 1.76 ms per 3 MB (~1.8 GB/s), four per round trip; that is the price of authentication, not of the hop.
+~1.2 us, encode ~4 us before its short path, send-side bookkeeping ~2-4 us, the peer-gone poll ~1 us);
+at 256 KiB the same code runs slower after 2 x 256 KiB of copies have pushed it out of the caches (the
+worker's on-CPU time per frame grows by as much, /proc schedstat). The relay has none of it; no thread
+hand-off, wake-up, copy or allocation is left on the hop (the frame is read straight into a reused
+buffer and sent from it with one ``sendmsg``). With a secret the MAC dominates: one HMAC-SHA256 costs
+144 us per 256 KiB and 1.77 ms per 3 MB (~1.8 GB/s), four per round trip; that is the price of
+authentication, not of the hop.
 
 Transport decision: **sockets stay**: the ZeroMQ relay alone (no framing or checks of ours) is 2-3x slower
 than the socket relay at 4 KiB and 256 KiB (1.4x at 3 MB on the quiet machine), so by item 5's own
