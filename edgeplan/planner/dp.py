@@ -105,7 +105,7 @@ class DPSolver:
         takes fewer samples, which can lighten a link (e.g. keep more samples on the head), so only
         whole stage tables tell (``_dominated``)."""
         tp = self.types
-        out, self.dropped_units = [], []
+        out = []
         for t in range(len(tp.members)):
             keep = [x for x in range(tp.n_units(t)) if (np.diff(self.pf.U[tp.unit(t, x)]) == 0).any()]
             out.append(keep)
@@ -161,14 +161,9 @@ class DPSolver:
 
     def _note_reductions(self) -> None:
         T = len(self.types.members)
-        if self.dropped_units:
-            names = ", ".join(f"{self.costs.devices[self.costs.units[u][0]]}:{self.costs.units[u][1]}"
-                              for u in self.dropped_units)
-            self.notes.append(f"DP: units matched or beaten on every layer by another unit of their board left out "
-                              f"of replica groups: {names}")
         if self.coarse and self.exact:
             self.notes.append(f"DP exact on a coarse graph of {len(self.bnd) - 1} blocks (runs of layers between "
-                              f"cheap cuts) of {self.n_cuts - 1} layers; cuts then refined on the full graph")
+                              f"cheap cuts; the full graph has {self.n_cuts - 1}); cuts then refined on the full graph")
         elif len(self.bnd) < self.n_cuts:
             self.notes.append(f"DP heuristic: stage boundaries limited to {len(self.bnd) - 2} candidate cuts "
                               f"(cheapest cut_bytes plus evenly spaced) of {self.n_cuts - 2}")
