@@ -125,6 +125,16 @@ def test_schedule_dry_run_has_the_right_rates_quotas_and_link_state(tmp_path):
     assert _rates(acts[4:], "ep-t0-2") == {"1:20": 32_000_000}
 
 
+def _wait(cond, timeout: float = 10.0) -> bool:
+    """Poll ``cond`` until it holds: the applier's thread may start late on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def test_applier_runs_actions_in_order_at_their_times_and_stops():
     seen = []
     acts = (tr.Action(0.0, "first", (("x", "1"),)), tr.Action(0.15, "second", (("x", "2"),)),
@@ -132,7 +142,8 @@ def test_applier_runs_actions_in_order_at_their_times_and_stops():
     ap = tr.Applier(acts, echo=lambda *_: None, run=lambda argv: seen.append((time.monotonic(), argv)) or None)
     t0 = time.monotonic()
     ap.start()
-    time.sleep(0.5)
+    assert _wait(lambda: len(ap.applied) >= 2), "the 0.15 s action was not applied within 10 s"
+    time.sleep(0.1)  # the 30 s action must still be pending when the applier stops
     ap.stop()
     assert [argv for _, argv in seen] == [("x", "1"), ("x", "2")]
     assert seen[1][0] - t0 >= 0.15
@@ -143,7 +154,7 @@ def test_a_failing_command_is_reported_and_the_run_goes_on():
     lines = []
     acts = (tr.Action(0.0, "bad", (("x",),)), tr.Action(0.0, "good", (("y",),)))
     ap = tr.Applier(acts, echo=lines.append, run=lambda argv: "boom" if argv == ("x",) else None).start()
-    time.sleep(0.2)
+    assert _wait(lambda: len(ap.applied) >= 2), "the actions were not applied within 10 s"
     ap.stop()
     assert ap.errors == ["x: boom"] and [a.what for _, a in ap.applied] == ["bad", "good"]
     assert any("failed: boom" in s for s in lines)
