@@ -112,8 +112,12 @@ def prepare(plan: Plan, model_spec: str, out_dir: str | os.PathLike[str], *,
 
 def _predictions(plan: Plan, model_spec: str, input_shape, cluster, provider) -> dict | None:
     """The cost model's figures per stage replica (metrics.predict) when the cluster the plan was made on is
-    given; None without it, for a provider-built model, or when the model traced now is not the planned one."""
+    given; None without it, for a provider-built model, when the model traced now is not the planned one, or
+    for a plan with branch stages (their replicas hold different input branches, priced by planner/branches, not
+    by the per-replica predictor)."""
     if cluster is None or provider or not plan.graph_sha256 or cluster.digest() != plan.cluster_sha256:
+        return None
+    if any(st.kind == "branches" for st in plan.stages):
         return None
     from edgeplan.graph.load import build
     from edgeplan.training import metrics
