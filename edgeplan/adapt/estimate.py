@@ -6,9 +6,14 @@ Input: what the head's ``status()`` holds per worker: ``{"device", "stage", "ali
 
 - per board, slowdown = measured seconds per stage call / predicted seconds per call (from the
   ``compute_seconds`` histogram's sum and count; summed over the board's stages);
-- per link a -> b, bandwidth scale = measured send throughput / the cluster file's bandwidth: the
-  throughput of the timed sends since the previous status (deltas of ``links[peer].timed_bytes_total``
-  and ``timed_seconds_total``: a step change shows in full in the first status after it), else the
+- per link a -> b, bandwidth scale = measured throughput / the cluster file's bandwidth. Where the
+  receiving worker reports it, the throughput of the large frames that arrived from the peer since the
+  previous status (deltas of ``links[peer].rx_timed_bytes_total`` / ``rx_timed_seconds_total``, timed by
+  wire.Reader): the only side that sees the link, as a send returns once its bytes are in the socket
+  buffer (on the testbed the sender read ~1.2x nominal during a 4x drop). A link once read at its receiver
+  is read only there (the two sides' biases differ; mixing them would read as changes). Else the sender's:
+  the throughput of the timed sends since the previous status (deltas of ``timed_bytes_total`` and
+  ``timed_seconds_total``: a step change shows in full in the first status after it), else the
   monitor's own EWMA of timed sends (``throughput_bytes_per_second``, which lags a step by ~10 sends);
 - a board whose workers are all not alive is absent.
 
@@ -100,6 +105,8 @@ class Estimator:
         self._expired: dict[str, float] = {}  # key -> committed log factor it expired from (not re-measured yet)
         self._sent: dict[tuple[str, str], float] = {}  # (worker key, peer) -> sent_bytes_total last seen
         self._timed: dict[tuple[str, str], tuple[float, float]] = {}  # ... -> (timed bytes, timed seconds) last seen
+        self._rx: dict[tuple[str, str], tuple[float, float]] = {}  # ... -> (rx timed bytes, rx timed seconds) last seen
+        self._rx_keys: set = set()  # links read at their receiver at least once: read only there from then on
         self.expiries = 0
         self._held = 0  # updates a ready commit has waited for a factor still moving
         self._just: tuple[str, ...] = ()  # factors the latest change expired
@@ -125,6 +132,7 @@ class Estimator:
         busy: dict[str, list[float]] = {}
         alive: dict[str, bool] = {}
         links: dict[str, float] = {}
+        rx: dict[str, float] = {}  # the same, as receivers measured them
         for key, w in status.get("workers", {}).items():
             dev = w["device"]
             alive[dev] = alive.get(dev, False) or bool(w.get("alive", True))
@@ -142,6 +150,15 @@ class Estimator:
                 acc[0] += (s - ps) / self._wref.get(key, 1.0)
                 acc[1] += (n - pn) * float(pred)
             for peer, ln in (mon.get("links") or {}).items():
+                rb, rs = ln.get("rx_timed_bytes_total"), ln.get("rx_timed_seconds_total")
+                if rb is not None and rs is not None:  # frames that arrived from ``peer``: the link src -> dev
+                    pb, pt = self._rx.get((key, peer), (0.0, 0.0))
+                    self._rx[(key, peer)] = (float(rb), float(rs))
+                    src = _peer_device(peer)
+                    src = self.head if src == "head" else src
+                    if float(rb) > pb and float(rs) > pt and src != dev:
+                        rx[f"link:{'/'.join(sorted((dev, src)))}"] = (
+                            (float(rb) - pb) / (float(rs) - pt) / self.cluster.link(src, dev).bandwidth)
                 thr = ln.get("throughput_bytes_per_second")
                 sent = ln.get("sent_bytes_total")
                 tb, ts = ln.get("timed_bytes_total"), ln.get("timed_seconds_total")
@@ -163,7 +180,9 @@ class Estimator:
                 nominal = self.cluster.link(dev, dst).bandwidth
                 links[f"link:{'/'.join(sorted((dev, dst)))}"] = float(thr) / nominal
         raw = {f"slowdown:{d}": a / p for d, (a, p) in busy.items() if p > 0 and a > 0}
-        raw.update(links)
+        self._rx_keys.update(rx)
+        raw.update((k, v) for k, v in links.items() if k not in self._rx_keys)
+        raw.update(rx)
         absent = tuple(sorted(d for d, ok in alive.items() if not ok and d != self.head))
         return raw, absent
 

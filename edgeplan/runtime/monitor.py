@@ -4,7 +4,8 @@ The worker calls ``record_*``/``set_queue``/``count`` on its request path (a loc
 additions each) and the head asks for ``snapshot()`` about once a second; the snapshot reads a
 handful of small /proc files and, where present, the board's power rails (Jetson INA3221) and NPU
 load (RK3588 rknpu debugfs). Nothing here sends traffic of its own: link throughput is measured
-passively from the tensors the worker already sends. Standard library only (runs on the boards).
+passively from the tensors the worker already sends (sender side) and receives (``record_recv_timed``).
+Standard library only (runs on the boards).
 
 All file reads go through ``root`` so tests can point the monitor at a fake /proc and /sys tree.
 """
@@ -62,7 +63,8 @@ def _read_number(path: str) -> Optional[float]:
 
 
 class _Link:
-    __slots__ = ("sent_bytes", "send_seconds", "received_bytes", "throughput", "timed_bytes", "timed_seconds")
+    __slots__ = ("sent_bytes", "send_seconds", "received_bytes", "throughput", "timed_bytes", "timed_seconds",
+                 "rx_timed_bytes", "rx_timed_seconds")
 
     def __init__(self) -> None:
         self.sent_bytes = 0
@@ -74,6 +76,10 @@ class _Link:
         # reads the deltas)
         self.timed_bytes = 0
         self.timed_seconds = 0.0
+        # bytes and seconds of large frames as they arrived FROM this peer (wire.Reader.timed): the link as the
+        # receiver sees it, which a send that returns once in the socket buffer cannot (the estimator prefers it)
+        self.rx_timed_bytes = 0
+        self.rx_timed_seconds = 0.0
 
 
 class Monitor:
@@ -146,6 +152,18 @@ class Monitor:
                 link = self._links[peer] = _Link()
             link.received_bytes += nbytes
 
+    def record_recv_timed(self, peer: str, nbytes: int, seconds: float) -> None:
+        """``nbytes`` of a frame from ``peer`` (``device/stageK`` or ``head``, as in record_send) arrived in
+        ``seconds`` (wire.Reader.timed): the receive-side link figure (``rx_timed_*_total``)."""
+        if seconds <= 0.0:
+            return
+        with self._lock:
+            link = self._links.get(peer)
+            if link is None:
+                link = self._links[peer] = _Link()
+            link.rx_timed_bytes += nbytes
+            link.rx_timed_seconds += seconds
+
     def set_queue(self, name: str, depth: int) -> None:
         with self._lock:
             self._queues[name] = int(depth)
@@ -187,7 +205,8 @@ class Monitor:
             links = {peer: {"sent_bytes_total": ln.sent_bytes, "send_seconds_total": ln.send_seconds,
                             "received_bytes_total": ln.received_bytes,
                             "throughput_bytes_per_second": ln.throughput,
-                            "timed_bytes_total": ln.timed_bytes, "timed_seconds_total": ln.timed_seconds}
+                            "timed_bytes_total": ln.timed_bytes, "timed_seconds_total": ln.timed_seconds,
+                            "rx_timed_bytes_total": ln.rx_timed_bytes, "rx_timed_seconds_total": ln.rx_timed_seconds}
                      for peer, ln in self._links.items()}
             queues = dict(self._queues)
             counters = dict(self._counters)

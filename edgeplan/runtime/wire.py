@@ -38,6 +38,7 @@ import os
 import socket
 import struct
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
@@ -64,6 +65,9 @@ MAX_TENSORS = 64
 MAX_NDIM = 8
 MAX_META_BYTES = 1 << 20
 DEFAULT_MAX_FRAME = 256 << 20  # bytes of body; receivers usually pass a tighter, spec-derived limit
+# A Reader times the arrival of bodies at least this large (``Reader.timed``): smaller ones arrive in one
+# or two segments, and their time is the clock's and the call's, not the link's.
+MIN_TIMED_RECV_BYTES = 64 << 10
 
 DTYPES: Dict[int, np.dtype] = {
     1: np.dtype("<f4"), 2: np.dtype("<f2"), 3: np.dtype("<f8"), 4: np.dtype("i1"), 5: np.dtype("u1"),
@@ -523,6 +527,14 @@ class Reader:
     next): fresh memory costs a page fault per 4 KiB, ~0.3 ms for 3 MB. While it is free, the next frame
     is read straight into it, header and body where they land, as a plain relay reads (without a secret:
     an authenticated body is hashed as it arrives instead). One reader thread.
+
+    ``timed``: (bytes, seconds) of the frame ``recv`` just returned, or None: how fast its body arrived,
+    the link's throughput as the receiver sees it (a send returns once its bytes are in the socket buffer,
+    so the sender cannot see it). Only bodies of at least ``MIN_TIMED_RECV_BYTES`` that were still
+    arriving after a recv had taken everything the kernel held are timed, from that recv to the last
+    byte: bytes that had already arrived (the reader came late) say nothing about the link. The time
+    also holds any wait for a sender slow to produce (a CPU-starved sender trickles its bytes).
+    Two ``perf_counter`` reads per timed frame.
     """
 
     def __init__(self, sock: socket.socket, session: Optional[Session] = None, max_frame: int = DEFAULT_MAX_FRAME,
@@ -536,6 +548,7 @@ class Reader:
         self._spare: Optional[np.ndarray] = None  # the last large body's buffer
         self._spare_frame = 0  # bytes of the last frame read into it (header and body)
         self._layout: list = []  # the last DATA frame's checked tensor layout (see decode_body)
+        self.timed: Optional[Tuple[int, float]] = None
 
     def _large(self, n: int) -> memoryview:
         """A buffer for an ``n``-byte body: the spare one when big enough and no tensor refers to it."""
@@ -566,6 +579,7 @@ class Reader:
     def recv(self) -> Frame:
         """The next frame. ConnectionClosed at a clean EOF, FrameError on a bad frame, OSError on socket errors."""
         direct = False
+        self.timed = None
         if self._end == self._start and self._spare is not None and self.session is None:
             # Nothing buffered and the last frame was large: read the next one straight into the spare buffer
             # (header and body where they land, no copy), as far as the last frame's size, so that the
@@ -584,7 +598,13 @@ class Reader:
         n = h.body_len
         if self._end - start < n:
             if n <= self.chunk or (direct and start + n <= len(self._buf)):  # it fits where it is
-                self._fill(n)
+                if n >= MIN_TIMED_RECV_BYTES:  # direct: the header's recv took all the kernel held (up to n)
+                    rest = n - (self._end - start)
+                    t0 = time.perf_counter()
+                    self._fill(n)
+                    self.timed = (rest, time.perf_counter() - t0)
+                else:
+                    self._fill(n)
                 start = self._start
             else:  # a large body gets a buffer of its own: what arrived of it so far, then the rest
                 have = self._end - start
@@ -595,6 +615,7 @@ class Reader:
                 # An authenticated body is hashed while the rest of it arrives (hashlib releases the GIL).
                 mac = self.session.begin(raw) if h.flags & F_HMAC else None
                 end, hashed, got = n - TRAILER_BYTES, 0, have
+                first, t0 = -1, 0.0  # bytes received when the kernel's backlog was taken (see ``timed``)
                 while got < n:
                     if mac is not None and hashed < min(got, end):
                         mac.update(body[hashed:min(got, end)])
@@ -603,6 +624,10 @@ class Reader:
                     if k == 0:
                         raise FrameError(f"connection closed mid-frame ({got} of {n} bytes)")
                     got += k
+                    if first < 0:
+                        first, t0 = got, time.perf_counter()
+                if first >= 0 and got > first and n >= MIN_TIMED_RECV_BYTES:
+                    self.timed = (got - first, time.perf_counter() - t0)
                 if mac is not None and hashed < end:
                     mac.update(body[hashed:end])
                 self._spare_frame = HEADER.size + n

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
+import time
 import tracemalloc
 
 import numpy as np
@@ -447,3 +449,45 @@ def test_encode_buffers_short_path_sends_the_same_bytes_as_encode():
             assert (back.request_id, back.microbatch, back.epoch, back.lo, back.hi, back.stage, back.attempt) == \
                 (7, 3, 2, 1, 2, 4, 300 & 0xFF)
             np.testing.assert_array_equal(back.tensors[0], f.tensors[0])
+
+
+def test_reader_times_large_frames_at_the_rate_they_arrive():
+    """The receive-side link figure (issue 12): a sender thread trickles 512 KiB frames through a socketpair in
+    16 KiB chunks with sleeps; the Reader's (bytes, seconds) of each frame give the rate the sender itself
+    measured (bytes after its first chunk over the time from its first chunk to its last), both on the first
+    frame (a buffer of its own) and the next ones (read straight into the spare buffer). Small frames are not
+    timed."""
+    a, b = socket.socketpair()
+    frame = wire.Frame(wire.DATA, stage=1, tensors=(np.arange(128 << 10, dtype=np.float32),))  # 512 KiB
+    data, chunk, frames = wire.encode(frame), 16 << 10, 4
+    sent: list[tuple[int, float]] = []  # per frame: bytes after the first chunk, seconds first chunk -> last
+
+    def trickle():
+        for _ in range(frames):
+            t0 = None
+            for i in range(0, len(data), chunk):
+                a.sendall(data[i:i + chunk])
+                t0 = t0 or time.perf_counter()
+                time.sleep(0.002)
+            sent.append((len(data) - chunk, time.perf_counter() - 0.002 - t0))
+        a.sendall(wire.encode(wire.Frame(wire.DATA, stage=1, tensors=(np.zeros(100, np.float32),))))
+
+    t = threading.Thread(target=trickle)
+    t.start()
+    try:
+        reader = wire.Reader(b)
+        timed = []
+        for _ in range(frames):
+            f = reader.recv()
+            assert f.tensors[0].nbytes == 512 << 10
+            timed.append(reader.timed)
+            del f  # the spare buffer is free again: the next frame is read straight into it
+        assert reader.recv().tensors[0].size == 100 and reader.timed is None  # small: not timed
+    finally:
+        t.join()
+        a.close()
+        b.close()
+    assert all(x is not None for x in timed), timed
+    got = sum(n for n, _ in timed) / sum(s for _, s in timed)
+    want = sum(n for n, _ in sent) / sum(s for _, s in sent)
+    assert got == pytest.approx(want, rel=0.3), (got, want)
