@@ -168,6 +168,9 @@ class Worker:
         self._in_want = [(np.dtype(t.dtype), tuple(t.shape[1:]), t) for t in spec.inputs]
         self._out_want = [(tuple(t.shape[1:]), t) for t in spec.outputs]
         self._upstream = "head" if spec.stage == 0 else f"stage{spec.stage - 1}"  # the monitor's link name
+        # the upstream replicas' sample ranges (device, lo, hi): which one sent a frame, for the receive-side link
+        # figure (a sender sends only samples of its own range); the head's ROUTE replaces them
+        self._up_ranges: Tuple[Tuple[str, int, int], ...] = tuple((p.device, p.lo, p.hi) for p in spec.upstream)
         self._lock = threading.Lock()
         self._partials: Dict[Tuple[int, int, int], dict] = {}
         self._ready: queue.Queue = queue.Queue(maxsize=max_ready)
@@ -218,9 +221,13 @@ class Worker:
         lock = threading.Lock()
         try:
             session = wire.handshake(sock, self.secret, server=True, timeout=max(self.send_timeout_s, 1.0))
-            recv = wire.Reader(sock, session, self.max_frame).recv
+            reader = wire.Reader(sock, session, self.max_frame)
+            recv = reader.recv
             while not self._stop.is_set():
-                self._handle(recv(), sock, lock, session)
+                f = recv()
+                if reader.timed is not None and f.kind == wire.DATA:
+                    self._record_recv_timed(f, *reader.timed)
+                self._handle(f, sock, lock, session)
         except wire.ConnectionClosed:
             pass
         except wire.FrameError as e:
@@ -270,6 +277,9 @@ class Worker:
         for device, _addr, rlo, rhi in stages[str(self.spec.stage)]:
             if device == self.spec.device:
                 lo, hi = int(rlo), int(rhi)
+        prev = str(self.spec.stage - 1)
+        if prev in stages:
+            self._up_ranges = tuple((str(d), int(a_lo), int(a_hi)) for d, _a, a_lo, a_hi in stages[prev])
         nxt = self.spec.stage + 1
         if nxt < self.spec.n_stages:
             down = tuple((str(d), nxt, str(a), int(a_lo), int(a_hi)) for d, a, a_lo, a_hi in stages[str(nxt)])
@@ -345,6 +355,19 @@ class Worker:
             nbytes += t.nbytes
         self.monitor.record_recv(self._upstream if f.stage == self.spec.stage else
                                  "head" if f.stage == 0 else f"stage{f.stage - 1}", nbytes)
+
+    def _record_recv_timed(self, f: wire.Frame, nbytes: int, seconds: float) -> None:
+        """How fast a large frame arrived (wire.Reader.timed), under the sending replica's name as in
+        record_send (``device/stageK``, ``head``): the estimator's link figure as the receiver sees it."""
+        if f.stage != self.spec.stage:
+            return  # not this stage's input: no upstream link it measures
+        who = "head" if self.spec.stage == 0 else None
+        for device, lo, hi in () if who else self._up_ranges:
+            if lo <= f.lo and f.hi <= hi:
+                who = "head" if device == "head" else f"{device}/stage{self.spec.stage - 1}"
+                break
+        if who is not None:  # a sender no range names (a route in flight) is not guessed
+            self.monitor.record_recv_timed(who, nbytes, seconds)
 
     def _assemble(self, f: wire.Frame):
         """Add ``f``'s samples to its micro-batch; the micro-batch once complete, else None."""
