@@ -28,7 +28,8 @@ calls than unknowns):
 A unit's factor may not make any op class faster than the unit's peak FLOP/s:
 such a fit is clamped to the peak and says so. The hop cost is the median over
 calls of (CPU per call - module time per call - per-byte copies). A replica's
-optional ``compute_cpu_s`` (CPU spent inside module calls, all threads) replaces
+optional ``compute_cpu_s`` (CPU spent inside module calls: the calling thread's
+when the module runs on it, ``compute_cpu_clock: thread``, else all threads') replaces
 the module's wall time there (a multi-threaded module uses more CPU than wall
 time); its optional ``cpu_startup_s`` (worker CPU before its first call) is left out and
 its optional ``cpu_quota_cores`` (a CPU quota, e.g. the emulated testbed's)
@@ -263,7 +264,7 @@ def observations(plan: dict, report: dict, source: str) -> tuple[list[Observatio
             if cpu is not None:  # board time per call: CPU past start-up, on the cores the board may use
                 quota = float(r.get("cpu_quota_cores") or 1.0)
                 cpu = (float(cpu) - float(r.get("cpu_startup_s") or 0.0)) / quota
-                module_cpu = r.get("compute_cpu_s")  # CPU inside module calls (all its threads), when reported
+                module_cpu = r.get("compute_cpu_s")  # CPU of the module calls (worker.module_cpu_clock), when reported
                 hop = ((cpu - float(module_cpu) / quota) / runs if module_cpu is not None
                        else cpu / runs - module_s)
             out.append(Observation(

@@ -42,6 +42,9 @@ def load_model_file(path: Path, threads: Optional[int] = None):
         feed = {n: np.ascontiguousarray(inputs[p]) for n, p in zip_strict(in_names, positions)}
         return list(sess.run(out_names, feed))
 
+    # one intra-op thread: ONNX Runtime makes no pool and runs every op on the caller's thread, so the
+    # worker charges the call on that thread's CPU clock (worker.module_cpu_clock)
+    run.calling_thread = threads is not None and int(threads) == 1
     return run
 
 

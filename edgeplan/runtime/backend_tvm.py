@@ -80,6 +80,21 @@ def aligned(a: np.ndarray) -> np.ndarray:
     return out
 
 
+def _pool_threads(threads: Optional[int]) -> int:
+    """TVM's CPU pool size: ``threads`` when given, else TVM_NUM_THREADS or OMP_NUM_THREADS as TVM reads
+    them (0: TVM's own choice, the cores)."""
+    if threads:
+        return int(threads)
+    for name in ("TVM_NUM_THREADS", "OMP_NUM_THREADS"):
+        try:
+            n = int(os.environ.get(name) or 0)
+        except ValueError:
+            continue
+        if n > 0:
+            return n
+    return 0
+
+
 def load_module_file(path: Path, target: str = "x86", threads: Optional[int] = None):
     """Open a stage library and return a Runner: list of arrays in -> list of arrays out (stage order)."""
     path = Path(path)
@@ -126,6 +141,9 @@ def load_module_file(path: Path, target: str = "x86", threads: Optional[int] = N
             return [to_host(t) for t in out]
         return [to_host(out)]
 
+    # one worker thread on the CPU: TVM's pool runs the tasks on the calling thread (worker 0 is the caller),
+    # so the worker charges the call on that thread's CPU clock (worker.module_cpu_clock)
+    run.calling_thread = dev_type == 1 and _pool_threads(threads) == 1
     return run
 
 

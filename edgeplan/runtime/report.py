@@ -79,7 +79,8 @@ def build(plan: dict, result: RunResult, mode: str = "local") -> dict:
                 "bytes_in": s.get("bytes_in"), "bytes_out": s.get("bytes_out"),
                 "rejected_frames": s.get("rejected_frames"), "bad_frames": s.get("bad_frames"),
                 "measured_mean_compute_s": s.get("compute_mean_s"), "cpu_startup_s": s.get("cpu_startup_s"),
-                "compute_cpu_s": s.get("compute_cpu_s"), "cpu_quota_cores": s.get("cpu_quota_cores"),
+                "compute_cpu_s": s.get("compute_cpu_s"), "compute_cpu_clock": s.get("compute_cpu_clock"),
+                "cpu_quota_cores": s.get("cpu_quota_cores"),
                 "links": (s.get("monitor") or {}).get("links"),
                 "alive": not any(f.device == r["device"] and f.stage == st["index"] for f in result.faults),
             })

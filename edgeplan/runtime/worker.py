@@ -23,7 +23,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -34,6 +34,35 @@ from .spec import StageSpec
 META_SLACK = 1 << 20  # control frames (JSON) up to 1 MiB
 _perf_counter = time.perf_counter
 _process_time = time.process_time
+
+
+def _thread_cpu_clock() -> Optional[Callable[[], float]]:
+    """The calling thread's CPU clock (``clock_gettime(CLOCK_THREAD_CPUTIME_ID)``: Linux, Python 3.3+; 3.6
+    has no ``time.thread_time``), or None where the platform lacks it."""
+    clock = getattr(time, "clock_gettime", None)
+    cid = getattr(time, "CLOCK_THREAD_CPUTIME_ID", None)
+    if clock is None or cid is None:
+        return None
+    try:
+        clock(cid)
+    except OSError:
+        return None
+    return lambda: clock(cid)
+
+
+def module_cpu_clock(runner) -> Tuple[Callable[[], float], str]:
+    """(clock, "thread" | "process"): the CPU clock a module call is charged on.
+
+    The calling thread's when the backend runs the module on it (the runner's ``calling_thread``: ONNX
+    Runtime or TVM on the CPU with one intra-op thread), so the receive and send threads' CPU during the
+    call (a slow link's send loop) is left to the hop, not counted as module time; process CPU otherwise,
+    since a module's own pool threads must count.
+    """
+    if getattr(runner, "calling_thread", False):
+        clock = _thread_cpu_clock()
+        if clock is not None:
+            return clock, "thread"
+    return _process_time, "process"
 
 
 @dataclass(frozen=True)
@@ -190,9 +219,11 @@ class Worker:
         self._recent_s: deque = deque(maxlen=64)  # the watchdog's running median
         self._call_t0: Optional[float] = None  # perf_counter() at the start of the module call in progress
         # CPU accounting for the run report (edgeplan calibrate): process CPU when the first module call
-        # started (start-up: imports, loading), process CPU (all threads) inside module calls, the quota.
+        # started (start-up: imports, loading), CPU inside module calls on module_cpu_clock (the calling
+        # thread's for a module run on it, else all threads'), the quota.
         self._cpu_startup_s: Optional[float] = None
         self._compute_cpu_s = 0.0
+        self._cpu_clock, self.cpu_clock = module_cpu_clock(runner)
         self.cpu_quota_cores = cpu_quota_cores()
         self.monitor = monitor or Monitor(spec.device, spec.stage, spec.unit)
 
@@ -438,16 +469,16 @@ class Worker:
         return [np.concatenate(parts) for parts in zip(*outs)]
 
     def _run_checked(self, inputs, b: int) -> List[np.ndarray]:
-        c0 = _process_time()
         if self._cpu_startup_s is None:
-            self._cpu_startup_s = c0
+            self._cpu_startup_s = _process_time()
+        c0 = self._cpu_clock()
         inputs = [x if x.flags.c_contiguous else np.ascontiguousarray(x) for x in inputs]
         t0 = self._call_t0 = _perf_counter()
         try:
             outs = [o if type(o) is np.ndarray else np.asarray(o) for o in self.runner(inputs)]
         finally:
             self._call_t0 = None
-            self._compute_cpu_s += _process_time() - c0
+            self._compute_cpu_s += self._cpu_clock() - c0
         dt = _perf_counter() - t0
         self._recent_s.append(dt)
         self._unrecorded.append((dt, b))  # into the monitor once the outputs left (see _process)
@@ -586,6 +617,7 @@ class Worker:
             "compute_mean_s": float(times.mean()) if times.size else None,
             "cpu_s": ru.ru_utime + ru.ru_stime, "max_rss_bytes": ru.ru_maxrss * 1024,
             "cpu_startup_s": self._cpu_startup_s, "compute_cpu_s": self._compute_cpu_s,
+            "compute_cpu_clock": self.cpu_clock,
             "cpu_quota_cores": self.cpu_quota_cores,
             "monitor": self.monitor.snapshot(),
         }
