@@ -104,9 +104,5 @@ def _finish(name, costs, obj, pf, lay, reason):
         return (name, None, None, reason)
     ev = evaluate(costs, lay, obj, prefix=pf)
     if not ev.feasible:
-        why = "; ".join(f"{costs.devices[dv]} needs {need / 2**20:.1f} MB of {cap / 2**20:.1f} MB"
-                        for dv, need, cap in ev.overflows[:3]) or (
-            f"codegen cannot cut after layer {costs.layer_names[ev.bad_cuts[0] - 1]} (a tensor without one batch "
-            "dimension crosses it)" if ev.bad_cuts else "a unit cannot run its stage")
-        return (name, lay, ev, why)
+        return (name, lay, ev, ev.why_infeasible(costs))
     return (name, lay, ev, "")

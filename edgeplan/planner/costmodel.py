@@ -345,10 +345,28 @@ class Evaluation:
     unsupported: tuple[tuple[int, int], ...]  # (stage index, unit) pairs that cannot run the stage
     budget_misses: tuple[str, ...]
     bad_cuts: tuple[int, ...] = ()  # stage starts codegen cannot split (CostTable.cut_ok)
+    empty: tuple[tuple[int, int], ...] = ()  # (stage index, unit) of replicas given 0 samples: not a layout to run
 
     @property
     def feasible(self) -> bool:
-        return not self.overflows and not self.unsupported and not self.bad_cuts
+        return not self.overflows and not self.unsupported and not self.bad_cuts and not self.empty
+
+    def why_infeasible(self, costs: CostTable) -> str:
+        """One line naming the first reason this layout cannot run ('' when feasible)."""
+        if self.empty:
+            s, u = self.empty[0]
+            return (f"stage {s}: replica {costs.devices[costs.units[u][0]]}:{costs.units[u][1]} gets 0 samples of "
+                    "the micro-batch (drop it from the group or raise the micro-batch size)")
+        if self.overflows:
+            return "; ".join(f"{costs.devices[dv]} needs {need / 2**20:.1f} MB of {cap / 2**20:.1f} MB"
+                             for dv, need, cap in self.overflows[:3])
+        if self.bad_cuts:
+            return (f"codegen cannot cut after layer {costs.layer_names[self.bad_cuts[0] - 1]} (a tensor without "
+                    "one batch dimension crosses it)")
+        if self.unsupported:
+            s, u = self.unsupported[0]
+            return f"stage {s}: unit {costs.devices[costs.units[u][0]]}:{costs.units[u][1]} cannot run its layers"
+        return ""
 
     @property
     def ok(self) -> bool:
@@ -369,7 +387,9 @@ class Evaluation:
 
 def check_layout(costs: CostTable, layout: Layout, objective: Objective) -> None:
     """Structural checks (contiguous cover, units used once, a device once per replica group, samples sum
-    to the micro-batch). Stages may share a device on different units (``planner/units.py``)."""
+    to the micro-batch). Stages may share a device on different units (``planner/units.py``). A replica
+    with 0 samples passes: ``evaluate`` reports it infeasible (``Evaluation.empty``), so a search that
+    meets one skips it instead of failing."""
     n = costs.n_layers
     if not layout:
         raise PlanError("plan has no stages")
@@ -393,9 +413,9 @@ def check_layout(costs: CostTable, layout: Layout, objective: Objective) -> None
                                 "one stage (put the other stage on another unit or device)")
             seen.add(u)
         total = sum(k for _, k in st.replicas)
-        if total != objective.micro or any(k < 1 for _, k in st.replicas):
+        if total != objective.micro or any(k < 0 for _, k in st.replicas):
             raise PlanError(
-                f"stage {s}: replica samples {[k for _, k in st.replicas]} must be >= 1 and sum to the "
+                f"stage {s}: replica samples {[k for _, k in st.replicas]} must be >= 0 and sum to the "
                 f"micro-batch size {objective.micro}"
             )
     if pos != n:
@@ -436,6 +456,7 @@ def evaluate(costs: CostTable, layout: Layout, objective: Objective, prefix: Pre
     dyn_j = in_e  # joules per micro-batch (inference) excluding idle
     used = sorted({d for g in groups for d in g})  # a board with several busy units idles once
     bad_cuts = tuple(st.start for st in layout[1:] if not pf.cut_ok[st.start])
+    empty = tuple((s, u) for s, st in enumerate(layout) for u, k in st.replicas if k == 0)
     for s, st in enumerate(layout):
         i, j = st.start, st.stop
         stash = stash_of(objective, S, s)
@@ -507,4 +528,5 @@ def evaluate(costs: CostTable, layout: Layout, objective: Objective, prefix: Pre
         stages=tuple(stages), input_s=float(in_t), latency_s=float(latency), period_s=float(period),
         throughput=float(throughput), energy_j=float(energy), iter_s=None if iter_s is None else float(iter_s),
         overflows=tuple(overflows), unsupported=tuple(unsupported), budget_misses=tuple(misses), bad_cuts=bad_cuts,
+        empty=empty,
     )

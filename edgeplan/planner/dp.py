@@ -51,7 +51,7 @@ class DPSolver:
         self.costs, self.obj = costs, objective
         self.pf = Prefix(costs, objective)
         self.head = head_index(costs, objective)
-        self.types: DeviceTypes = device_types(costs, self.head)
+        self.types: DeviceTypes = device_types(costs, self.head, objective.training)
         self.ignore_memory = ignore_memory
         self.m, self.M, self.train = objective.micro, objective.microbatches, objective.training
         self.nD = self.M if (self.train and objective.schedule == "1f1b") else 1
@@ -717,10 +717,23 @@ class DPSolver:
                     units.append(tp.dev_units[dev][comp.units[t]])
             i, j = int(self.bnd[k]), int(self.bnd[k2])
             samples = allocate(self.pf, i, j, tuple(units), self.m, None if self.ignore_memory else self._stash(d))
-            stages.append(StageSpec(start=i, stop=j, replicas=tuple(zip(units, samples, strict=False))))
+            if min(samples) < 1:  # the type's split and the members' differ: the smaller group is the layout
+                self._note_dropped(i, j, [u for u, k in zip(units, samples, strict=True) if k < 1])
+            stages.append(StageSpec(start=i, stop=j, replicas=tuple((u, k) for u, k in zip(units, samples,
+                                                                                          strict=False) if k > 0)))
             r -= sum(b * s for b, s in zip(comp.bundles, self.stride, strict=False))
             k, c, d = k2, c2, d2
         return tuple(stages)
+
+    def _note_dropped(self, i: int, j: int, units: list[int]) -> None:
+        """A rebuilt group left members without samples (their type's priced split is not theirs): they are
+        dropped, and the DP's optimum no longer holds exactly."""
+        self.exact = False
+        names = ", ".join(f"{self.costs.devices[self.costs.units[u][0]]}:{self.costs.units[u][1]}" for u in units)
+        note = (f"DP heuristic: layers {self.costs.layer_names[i]}..{self.costs.layer_names[j - 1]} left {names} "
+                "without samples; dropped from the group")
+        if note not in self.notes:
+            self.notes.append(note)
 
     # ----------------------------------------------------------------- thresholds
     def candidates(self, bkey: str) -> np.ndarray:

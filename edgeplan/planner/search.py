@@ -96,6 +96,8 @@ def optimise(dp: DPSolver, obj: Objective, cp: float = 1.0, ce: float = 0.0) -> 
         if not dp.prices_exactly(layout):
             loose.append(layout)
         ev = _eval(dp, layout)
+        if ev.empty:  # a replica without samples is no layout (dp._rebuild drops such members; kept as a guard)
+            return
         if better(ev, best_e, obj):
             best_l, best_e = layout, ev
 

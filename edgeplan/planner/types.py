@@ -3,7 +3,11 @@
 Two devices share a type when their hardware rows are identical (every unit's
 costs, support, power; RAM; idle power) and their links are too: after
 refinement, the link between any two devices depends only on the two types
-(and, for two devices of one type, on that type). The head device is always a
+(and, for two devices of one type, on that type). For a training plan the units'
+fitted training figures (``CostTable.training``: per-call cost, scales, optimizer,
+torch.distributed overheads) are part of the row: two boards of one profile
+calibrated apart are two types, else the DP would price both as the first and
+split samples the evaluator gives to neither. The head device is always a
 type of its own (type 0), since it is the only one that sends inputs. When
 links break that symmetry in a way refinement cannot fix, the offending types
 are split into single devices (exact, just a bigger state).
@@ -43,7 +47,19 @@ def _unit_value(arr, u: int) -> float:
     return 0.0 if arr is None else float(arr[u])
 
 
-def _hw_key(costs: CostTable, dev_units: list[list[int]], d: int) -> tuple:
+def _training_rows(costs: CostTable, dev_units: list[list[int]], d: int) -> tuple:
+    """Device ``d``'s fitted training figures (every per-unit and per-device array of ``TrainingCosts``)."""
+    tc = costs.training
+    per_unit = tuple(tuple(np.asarray(getattr(tc, f)[u]).tobytes() for f in _TRAINING_UNIT_FIELDS)
+                     for u in dev_units[d])
+    return per_unit, np.asarray(tc.p2p[d]).tobytes(), np.asarray(tc.allreduce[d]).tobytes()
+
+
+_TRAINING_UNIT_FIELDS = ("fwd_scale", "bwd_scale", "layer_s", "layer_overhead_s", "call_s", "call_peer_s",
+                         "opt_byte_s", "opt_call_s")
+
+
+def _hw_key(costs: CostTable, dev_units: list[list[int]], d: int, training: bool = False) -> tuple:
     rows = []
     for u in dev_units[d]:
         rows.append((
@@ -52,14 +68,16 @@ def _hw_key(costs: CostTable, dev_units: list[list[int]], d: int) -> tuple:
             np.asarray(costs.fixed_s[u]).tobytes(), np.asarray(costs.supported[u]).tobytes(),
             _unit_value(costs.hop_s, u), _unit_value(costs.hop_byte_s, u),
         ))
-    return (float(costs.ram_bytes[d]), float(costs.idle_power_w[d]), tuple(rows))
+    fitted = _training_rows(costs, dev_units, d) if training and costs.training is not None else None
+    return (float(costs.ram_bytes[d]), float(costs.idle_power_w[d]), tuple(rows), fitted)
 
 
 def _link(costs: CostTable, a: int, b: int) -> tuple[float, float, float]:
     return (float(costs.bandwidth[a, b]), float(costs.latency_s[a, b]), float(costs.energy_per_byte_j[a, b]))
 
 
-def device_types(costs: CostTable, head: int) -> DeviceTypes:
+def device_types(costs: CostTable, head: int, training: bool = False) -> DeviceTypes:
+    """Types of ``costs``' devices; ``training``: fitted training figures tell boards apart too."""
     d = costs.n_devices
     dev_units: list[list[int]] = [[] for _ in range(d)]
     for u, (di, _, _) in enumerate(costs.units):
@@ -67,7 +85,7 @@ def device_types(costs: CostTable, head: int) -> DeviceTypes:
     keys: dict[tuple, int] = {}
     label = [0] * d
     for x in range(d):
-        key = ("head",) if x == head else _hw_key(costs, dev_units, x)
+        key = ("head",) if x == head else _hw_key(costs, dev_units, x, training)
         label[x] = keys.setdefault(key, len(keys))
     while True:  # refine by the set of links to each class
         sig = {}
