@@ -11,7 +11,9 @@ Input: what the head's ``status()`` holds per worker: ``{"device", "stage", "ali
   previous status (deltas of ``links[peer].rx_timed_bytes_total`` / ``rx_timed_seconds_total``, timed by
   wire.Reader): the only side that sees the link, as a send returns once its bytes are in the socket
   buffer (on the testbed the sender read ~1.2x nominal during a 4x drop). A link once read at its receiver
-  is read only there (the two sides' biases differ; mixing them would read as changes). Else the sender's:
+  is read only there (the two sides' biases differ; mixing them would read as changes); an interval in
+  which its large frames all arrived whole before the receiver asked (``rx_whole_bytes_total`` moved, no
+  timed frame) reads nominal: the link outran the receiver (how a recovery shows). Else the sender's:
   the throughput of the timed sends since the previous status (deltas of ``timed_bytes_total`` and
   ``timed_seconds_total``: a step change shows in full in the first status after it), else the
   monitor's own EWMA of timed sends (``throughput_bytes_per_second``, which lags a step by ~10 sends);
@@ -106,6 +108,7 @@ class Estimator:
         self._sent: dict[tuple[str, str], float] = {}  # (worker key, peer) -> sent_bytes_total last seen
         self._timed: dict[tuple[str, str], tuple[float, float]] = {}  # ... -> (timed bytes, timed seconds) last seen
         self._rx: dict[tuple[str, str], tuple[float, float]] = {}  # ... -> (rx timed bytes, rx timed seconds) last seen
+        self._whole: dict[tuple[str, str], float] = {}  # ... -> rx_whole_bytes_total last seen
         self._rx_keys: set = set()  # links read at their receiver at least once: read only there from then on
         self.expiries = 0
         self._held = 0  # updates a ready commit has waited for a factor still moving
@@ -133,6 +136,7 @@ class Estimator:
         alive: dict[str, bool] = {}
         links: dict[str, float] = {}
         rx: dict[str, float] = {}  # the same, as receivers measured them
+        whole: set = set()  # links whose large frames arrived whole at their receiver (the link kept up)
         for key, w in status.get("workers", {}).items():
             dev = w["device"]
             alive[dev] = alive.get(dev, False) or bool(w.get("alive", True))
@@ -156,6 +160,10 @@ class Estimator:
                     self._rx[(key, peer)] = (float(rb), float(rs))
                     src = _peer_device(peer)
                     src = self.head if src == "head" else src
+                    wb = float(ln.get("rx_whole_bytes_total") or 0.0)
+                    if wb > self._whole.get((key, peer), 0.0) and src != dev:
+                        whole.add(f"link:{'/'.join(sorted((dev, src)))}")
+                    self._whole[(key, peer)] = wb
                     if float(rb) > pb and float(rs) > pt and src != dev:
                         rx[f"link:{'/'.join(sorted((dev, src)))}"] = (
                             (float(rb) - pb) / (float(rs) - pt) / self.cluster.link(src, dev).bandwidth)
@@ -182,6 +190,8 @@ class Estimator:
         raw = {f"slowdown:{d}": a / p for d, (a, p) in busy.items() if p > 0 and a > 0}
         self._rx_keys.update(rx)
         raw.update((k, v) for k, v in links.items() if k not in self._rx_keys)
+        if self.calibrated:  # frames that came whole: the link kept up, nominal (its reference)
+            raw.update((k, self.reference[k]) for k in whole if k in self._rx_keys and k in self.reference)
         raw.update(rx)
         absent = tuple(sorted(d for d, ok in alive.items() if not ok and d != self.head))
         return raw, absent

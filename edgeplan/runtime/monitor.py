@@ -64,7 +64,7 @@ def _read_number(path: str) -> Optional[float]:
 
 class _Link:
     __slots__ = ("sent_bytes", "send_seconds", "received_bytes", "throughput", "timed_bytes", "timed_seconds",
-                 "rx_timed_bytes", "rx_timed_seconds")
+                 "rx_timed_bytes", "rx_timed_seconds", "rx_whole_bytes")
 
     def __init__(self) -> None:
         self.sent_bytes = 0
@@ -80,6 +80,7 @@ class _Link:
         # receiver sees it, which a send that returns once in the socket buffer cannot (the estimator prefers it)
         self.rx_timed_bytes = 0
         self.rx_timed_seconds = 0.0
+        self.rx_whole_bytes = 0  # ... of large frames that had arrived whole before the reader asked (no rate)
 
 
 class Monitor:
@@ -154,15 +155,17 @@ class Monitor:
 
     def record_recv_timed(self, peer: str, nbytes: int, seconds: float) -> None:
         """``nbytes`` of a frame from ``peer`` (``device/stageK`` or ``head``, as in record_send) arrived in
-        ``seconds`` (wire.Reader.timed): the receive-side link figure (``rx_timed_*_total``)."""
-        if seconds <= 0.0:
-            return
+        ``seconds`` (wire.Reader.timed): the receive-side link figure (``rx_timed_*_total``). ``seconds`` 0:
+        the frame had arrived whole before the reader asked (``rx_whole_bytes_total``: the link kept up)."""
         with self._lock:
             link = self._links.get(peer)
             if link is None:
                 link = self._links[peer] = _Link()
-            link.rx_timed_bytes += nbytes
-            link.rx_timed_seconds += seconds
+            if seconds > 0.0:
+                link.rx_timed_bytes += nbytes
+                link.rx_timed_seconds += seconds
+            else:
+                link.rx_whole_bytes += nbytes
 
     def set_queue(self, name: str, depth: int) -> None:
         with self._lock:
@@ -206,7 +209,8 @@ class Monitor:
                             "received_bytes_total": ln.received_bytes,
                             "throughput_bytes_per_second": ln.throughput,
                             "timed_bytes_total": ln.timed_bytes, "timed_seconds_total": ln.timed_seconds,
-                            "rx_timed_bytes_total": ln.rx_timed_bytes, "rx_timed_seconds_total": ln.rx_timed_seconds}
+                            "rx_timed_bytes_total": ln.rx_timed_bytes, "rx_timed_seconds_total": ln.rx_timed_seconds,
+                            "rx_whole_bytes_total": ln.rx_whole_bytes}
                      for peer, ln in self._links.items()}
             queues = dict(self._queues)
             counters = dict(self._counters)

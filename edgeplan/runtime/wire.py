@@ -534,7 +534,8 @@ class Reader:
     arriving after a recv had taken everything the kernel held are timed, from that recv to the last
     byte: bytes that had already arrived (the reader came late) say nothing about the link. The time
     also holds any wait for a sender slow to produce (a CPU-starved sender trickles its bytes).
-    Two ``perf_counter`` reads per timed frame.
+    Two ``perf_counter`` reads per timed frame. A large body that had arrived whole before the reader
+    asked for it gives (bytes, 0.0): the link outran the reader (no rate, but no link drop either).
     """
 
     def __init__(self, sock: socket.socket, session: Optional[Session] = None, max_frame: int = DEFAULT_MAX_FRAME,
@@ -626,12 +627,14 @@ class Reader:
                     got += k
                     if first < 0:
                         first, t0 = got, time.perf_counter()
-                if first >= 0 and got > first and n >= MIN_TIMED_RECV_BYTES:
-                    self.timed = (got - first, time.perf_counter() - t0)
+                if n >= MIN_TIMED_RECV_BYTES:
+                    self.timed = (got - first, time.perf_counter() - t0) if got > first >= 0 else (n, 0.0)
                 if mac is not None and hashed < end:
                     mac.update(body[hashed:end])
                 self._spare_frame = HEADER.size + n
                 return decode_body(h, raw, body, self.session, streamed=mac, cache=self._layout)
+        elif n >= MIN_TIMED_RECV_BYTES:
+            self.timed = (n, 0.0)  # it had all arrived: the link outran the reader
         self._start = start + n
         body = self._buf[start:start + n]
         if direct:  # never read into the spare again while this frame's tensors may refer to it

@@ -215,22 +215,28 @@ def test_a_switch_alone_does_not_read_as_a_change_of_the_board(cluster):
     assert str(e.condition) == "slowdown:gpu-board=3" and e.change_id == 1
 
 
-def test_a_drop_the_receiver_sees_is_read_while_the_sender_reads_nominal(cluster):
+@pytest.mark.parametrize("recovery", ["timed", "whole"])
+def test_a_drop_the_receiver_sees_is_read_while_the_sender_reads_nominal(cluster, recovery):
     """On the testbed a send returns once its bytes are in the socket buffer: during a 4x drop the sender's timed
     sends still read ~1.2x nominal, while the receiver (wire.Reader) sees the frames arrive 4x slower. The
-    estimator reads the link at its receiver and commits the drop; then recovery."""
+    estimator reads the link at its receiver and commits the drop; then recovery, read from frames timed at the
+    nominal rate or from frames that all arrived whole before the receiver asked (the link outran it)."""
     bw = cluster.link("gpu-board", "cpu-board").bandwidth
-    tot = {"tb": 0.0, "ts": 0.0, "rb": 0.0, "rs": 0.0}
+    tot = {"tb": 0.0, "ts": 0.0, "rb": 0.0, "rs": 0.0, "wb": 0.0}
 
-    def status(scale):
+    def status(scale, whole=False):
         tot["tb"] += 1e6
         tot["ts"] += 1e6 / (1.2 * bw)  # the sender: nominal whatever the link does
-        tot["rb"] += 1e6
-        tot["rs"] += 1e6 / (bw * scale)
+        if whole:
+            tot["wb"] += 1e6
+        else:
+            tot["rb"] += 1e6
+            tot["rs"] += 1e6 / (bw * scale)
         send = {"sent_bytes_total": tot["tb"], "timed_bytes_total": tot["tb"], "timed_seconds_total": tot["ts"],
                 "rx_timed_bytes_total": 0, "rx_timed_seconds_total": 0.0}
         recv = {"sent_bytes_total": 0, "timed_bytes_total": 0, "timed_seconds_total": 0.0,
-                "rx_timed_bytes_total": tot["rb"], "rx_timed_seconds_total": tot["rs"]}
+                "rx_timed_bytes_total": tot["rb"], "rx_timed_seconds_total": tot["rs"],
+                "rx_whole_bytes_total": tot["wb"]}
         return {"workers": {
             "gpu-board/stage0": {"device": "gpu-board", "stage": 0, "monitor": {"links": {"cpu-board/stage1": send}}},
             "cpu-board/stage1": {"device": "cpu-board", "stage": 1, "monitor": {"links": {"gpu-board/stage0": recv}}},
@@ -244,7 +250,7 @@ def test_a_drop_the_receiver_sees_is_read_while_the_sender_reads_nominal(cluster
     changes = [est.update(status(0.9 / 4)) for _ in range(2)]
     assert str(changes[-1].condition) == "bandwidth=0.25", [str(e.condition) for e in changes]
     for _ in range(2):
-        e = est.update(status(0.9))
+        e = est.update(status(0.9, whole=recovery == "whole"))
     assert str(e.condition) == "nominal" and e.change_id == 2
 
 

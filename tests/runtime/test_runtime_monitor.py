@@ -150,7 +150,7 @@ def test_link_throughput_is_a_smoothed_rate_of_large_sends_only(tree: Path):
     links = m.snapshot()["links"]
     assert links["head"] == {"sent_bytes_total": 0, "send_seconds_total": 0.0, "received_bytes_total": 4096,
                              "throughput_bytes_per_second": None, "timed_bytes_total": 0, "timed_seconds_total": 0.0,
-                             "rx_timed_bytes_total": 0, "rx_timed_seconds_total": 0.0}
+                             "rx_timed_bytes_total": 0, "rx_timed_seconds_total": 0.0, "rx_whole_bytes_total": 0}
     assert links["pi-b/stage1"]["send_seconds_total"] == pytest.approx(0.5 + 0.00001 + 0.1 + 0.05 * 61)
     # only the timed sends: their delta between two snapshots is that interval's throughput, without the EWMA's lag
     assert links["pi-b/stage1"]["timed_bytes_total"] == 62 * 10**6
@@ -241,11 +241,12 @@ def test_receive_side_link_figures_add_up_per_sending_peer(tree: Path):
     m = Monitor("cpu-board", 1, root=str(tree))
     m.record_recv_timed("gpu-board/stage0", 1 << 20, 0.5)
     m.record_recv_timed("gpu-board/stage0", 1 << 20, 1.5)
-    m.record_recv_timed("gpu-board/stage0", 1 << 20, 0.0)  # no time: not a measurement
+    m.record_recv_timed("gpu-board/stage0", 1 << 20, 0.0)  # it had arrived whole: bytes only
     m.record_send("head", 1 << 20, 0.25)
     links = json.loads(json.dumps(m.snapshot()))["links"]
     up = links["gpu-board/stage0"]
     assert (up["rx_timed_bytes_total"], up["rx_timed_seconds_total"]) == (2 << 20, 2.0)
+    assert up["rx_whole_bytes_total"] == 1 << 20
     assert up["timed_bytes_total"] == 0 and up["sent_bytes_total"] == 0
     assert links["head"]["rx_timed_bytes_total"] == 0 and links["head"]["timed_bytes_total"] == 1 << 20
 
@@ -266,6 +267,7 @@ def test_worker_names_the_sending_replica_of_a_timed_frame(tree: Path):
     Worker._record_recv_timed(w, wire.Frame(wire.DATA, lo=0, hi=2, stage=2), 1000, 0.001)  # not its input
     links = m.snapshot()["links"]
     assert {p: ln["rx_timed_bytes_total"] for p, ln in links.items()} == {"a/stage0": 1000, "b/stage0": 1000}
+    assert m.snapshot()["links"]["a/stage0"]["rx_whole_bytes_total"] == 0
     m0 = Monitor("a", 0, root=str(tree))
     w0 = SimpleNamespace(spec=SimpleNamespace(stage=0), _up_ranges=(), monitor=m0)
     Worker._record_recv_timed(w0, wire.Frame(wire.DATA, lo=0, hi=4, stage=0), 1000, 0.001)

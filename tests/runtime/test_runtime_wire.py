@@ -491,3 +491,20 @@ def test_reader_times_large_frames_at_the_rate_they_arrive():
     got = sum(n for n, _ in timed) / sum(s for _, s in timed)
     want = sum(n for n, _ in sent) / sum(s for _, s in sent)
     assert got == pytest.approx(want, rel=0.3), (got, want)
+
+
+def test_reader_reports_a_large_frame_that_arrived_whole_without_a_rate():
+    """A frame all in the socket before the reader asks says nothing about the link's rate, only that the link
+    outran the reader: (bytes, 0.0)."""
+    a, b = socket.socketpair()
+    try:
+        frame = wire.Frame(wire.DATA, stage=1, tensors=(np.ones(24 << 10, np.float32),))  # 96 KiB
+        n = len(wire.encode(frame)) - wire.HEADER.size
+        wire.send_frame(a, frame)
+        time.sleep(0.05)
+        reader = wire.Reader(b)
+        assert reader.recv().tensors[0].nbytes == 96 << 10
+        assert reader.timed == (n, 0.0)
+    finally:
+        a.close()
+        b.close()
