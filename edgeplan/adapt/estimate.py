@@ -11,9 +11,14 @@ Input: what the head's ``status()`` holds per worker: ``{"device", "stage", "ali
   previous status (deltas of ``links[peer].rx_timed_bytes_total`` / ``rx_timed_seconds_total``, timed by
   wire.Reader): the only side that sees the link, as a send returns once its bytes are in the socket
   buffer (on the testbed the sender read ~1.2x nominal during a 4x drop). A link once read at its receiver
-  is read only there (the two sides' biases differ; mixing them would read as changes); an interval in
-  which its large frames all arrived whole before the receiver asked (``rx_whole_bytes_total`` moved, no
-  timed frame) reads nominal: the link outran the receiver (how a recovery shows). Else the sender's:
+  is read only there (the two sides' biases differ; mixing them would read as changes); ``WHOLE_STREAK``
+  consecutive intervals in which its large frames all arrived whole before the receiver asked
+  (``rx_whole_bytes_total`` moved, no timed frame) read nominal: the link outran the receiver (how a
+  recovery shows; a single such interval during a drop is a receiver that came late, and reading it as
+  nominal made the testbed's estimate flap). A receiver's reading
+  is capped at the link's reference (the cluster file's bandwidth before calibration): frames that left a
+  shaper's burst allowance or a queue arrive faster than the link carries (the testbed read one pair at
+  3.6x nominal), and a link is never taken for faster than nominal. Else the sender's:
   the throughput of the timed sends since the previous status (deltas of ``timed_bytes_total`` and
   ``timed_seconds_total``: a step change shows in full in the first status after it), else the
   monitor's own EWMA of timed sends (``throughput_bytes_per_second``, which lags a step by ~10 sends);
@@ -69,6 +74,7 @@ CONFIRM_BIG = 2  # ... commits after this many consecutive agreeing updates (noi
 PAIR_OUTLIER = 1.3  # a pair whose scale differs from the all-links median by more than this gets its own term
 STALE = 10  # updates (5 s at 0.5 s epochs) a committed off-nominal factor may go unmeasured before it expires
 MAX_BACKOFF = 64  # the expiry wait doubles per confirmation that the factor is still off, up to this x STALE
+WHOLE_STREAK = 4  # statuses in a row (2 s) of frames only arriving whole before a receiver-read link reads nominal
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,7 @@ class Estimator:
         self._timed: dict[tuple[str, str], tuple[float, float]] = {}  # ... -> (timed bytes, timed seconds) last seen
         self._rx: dict[tuple[str, str], tuple[float, float]] = {}  # ... -> (rx timed bytes, rx timed seconds) last seen
         self._whole: dict[tuple[str, str], float] = {}  # ... -> rx_whole_bytes_total last seen
+        self._streak: dict[str, int] = {}  # link -> consecutive statuses its frames only arrived whole
         self._rx_keys: set = set()  # links read at their receiver at least once: read only there from then on
         self.expiries = 0
         self._held = 0  # updates a ready commit has waited for a factor still moving
@@ -165,8 +172,9 @@ class Estimator:
                         whole.add(f"link:{'/'.join(sorted((dev, src)))}")
                     self._whole[(key, peer)] = wb
                     if float(rb) > pb and float(rs) > pt and src != dev:
-                        rx[f"link:{'/'.join(sorted((dev, src)))}"] = (
-                            (float(rb) - pb) / (float(rs) - pt) / self.cluster.link(src, dev).bandwidth)
+                        lk = f"link:{'/'.join(sorted((dev, src)))}"
+                        rx[lk] = min(self.reference.get(lk, 1.0),
+                                     (float(rb) - pb) / (float(rs) - pt) / self.cluster.link(src, dev).bandwidth)
                 thr = ln.get("throughput_bytes_per_second")
                 sent = ln.get("sent_bytes_total")
                 tb, ts = ln.get("timed_bytes_total"), ln.get("timed_seconds_total")
@@ -190,8 +198,11 @@ class Estimator:
         raw = {f"slowdown:{d}": a / p for d, (a, p) in busy.items() if p > 0 and a > 0}
         self._rx_keys.update(rx)
         raw.update((k, v) for k, v in links.items() if k not in self._rx_keys)
-        if self.calibrated:  # frames that came whole: the link kept up, nominal (its reference)
-            raw.update((k, self.reference[k]) for k in whole if k in self._rx_keys and k in self.reference)
+        for k in self._rx_keys:
+            self._streak[k] = self._streak.get(k, 0) + 1 if k in whole and k not in rx else 0
+        if self.calibrated:  # frames that kept coming whole: the link keeps up, nominal (its reference)
+            raw.update((k, self.reference[k]) for k in whole
+                       if self._streak.get(k, 0) >= WHOLE_STREAK and k in self.reference)
         raw.update(rx)
         absent = tuple(sorted(d for d, ok in alive.items() if not ok and d != self.head))
         return raw, absent

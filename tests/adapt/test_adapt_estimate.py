@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeplan.adapt.estimate import STALE, Estimator
+from edgeplan.adapt.estimate import STALE, WHOLE_STREAK, Estimator
 from edgeplan.profiles.load import load_cluster
 
 CLUSTER = Path(__file__).resolve().parents[2] / "examples" / "clusters" / "three-node-hetero.yaml"
@@ -249,8 +249,15 @@ def test_a_drop_the_receiver_sees_is_read_while_the_sender_reads_nominal(cluster
     assert str(est.update(status(0.9)).condition) == "nominal"
     changes = [est.update(status(0.9 / 4)) for _ in range(2)]
     assert str(changes[-1].condition) == "bandwidth=0.25", [str(e.condition) for e in changes]
-    for _ in range(2):
-        e = est.update(status(0.9, whole=recovery == "whole"))
+    if recovery == "whole":  # one interval of frames that came whole is a receiver that came late: no change
+        e = est.update(status(0.9, whole=True))
+        e = est.update(status(0.9 / 4))
+        assert str(e.condition) == "bandwidth=0.25" and e.change_id == 1
+        for _ in range(WHOLE_STREAK + 1):  # frames keep arriving whole: the link keeps up
+            e = est.update(status(0.9, whole=True))
+    else:
+        for _ in range(2):
+            e = est.update(status(0.9))
     assert str(e.condition) == "nominal" and e.change_id == 2
 
 
@@ -271,4 +278,30 @@ def test_without_receiver_figures_the_sender_still_reads_the_link(cluster):
         est.update(status(1.0))
     est.calibrate()
     e = [est.update(status(0.25)) for _ in range(2)][-1]
+    assert str(e.condition) == "bandwidth=0.25"
+
+
+def test_a_receiver_reading_above_nominal_is_capped_not_a_faster_link(cluster):
+    """Frames that left a shaper's burst allowance arrive faster than the link carries (the testbed read a pair at
+    3.6x nominal): a receiver's reading is capped at the link's reference, so no 'faster than nominal' is
+    committed, while a drop below it still is."""
+    bw = cluster.link("gpu-board", "cpu-board").bandwidth
+    tot = [0.0, 0.0]
+
+    def status(scale):
+        tot[0] += 1e6
+        tot[1] += 1e6 / (bw * scale)
+        recv = {"rx_timed_bytes_total": tot[0], "rx_timed_seconds_total": tot[1], "rx_whole_bytes_total": 0}
+        return {"workers": {"cpu-board/stage1": {"device": "cpu-board", "stage": 1,
+                                                 "monitor": {"links": {"gpu-board/stage0": recv}}}}}
+
+    est = Estimator(cluster, head="npu-board")
+    for _ in range(3):
+        est.update(status(0.9))
+    est.calibrate()
+    for _ in range(4):
+        e = est.update(status(3.6))
+    assert str(e.condition) == "nominal" and e.change_id == 0
+    for _ in range(2):
+        e = est.update(status(0.9 / 4))
     assert str(e.condition) == "bandwidth=0.25"
