@@ -8,7 +8,7 @@ Input: what the head's ``status()`` holds per worker: ``{"device", "stage", "ali
   ``compute_seconds`` histogram's sum and count; summed over the board's stages);
 - per link a -> b, bandwidth scale = measured throughput / the cluster file's bandwidth. Where the
   receiving worker reports it, the throughput of the large frames that arrived from the peer since the
-  previous status (deltas of ``links[peer].rx_timed_bytes_total`` / ``rx_timed_seconds_total``, timed by
+  previous status (deltas of ``rx_links[peer].rx_timed_bytes_total`` / ``rx_timed_seconds_total``, timed by
   wire.Reader): the only side that sees the link, as a send returns once its bytes are in the socket
   buffer (on the testbed the sender read ~1.2x nominal during a 4x drop). A link once read at its receiver
   is read only there (the two sides' biases differ; mixing them would read as changes); ``WHOLE_STREAK``
@@ -160,9 +160,9 @@ class Estimator:
                 acc = busy.setdefault(dev, [0.0, 0.0])
                 acc[0] += (s - ps) / self._wref.get(key, 1.0)
                 acc[1] += (n - pn) * float(pred)
-            for peer, ln in (mon.get("links") or {}).items():
+            for peer, ln in (mon.get("rx_links") or {}).items():  # frames that arrived from ``peer``: src -> dev
                 rb, rs = ln.get("rx_timed_bytes_total"), ln.get("rx_timed_seconds_total")
-                if rb is not None and rs is not None:  # frames that arrived from ``peer``: the link src -> dev
+                if rb is not None and rs is not None:
                     pb, pt = self._rx.get((key, peer), (0.0, 0.0))
                     self._rx[(key, peer)] = (float(rb), float(rs))
                     src = _peer_device(peer)
@@ -175,6 +175,7 @@ class Estimator:
                         lk = f"link:{'/'.join(sorted((dev, src)))}"
                         rx[lk] = min(self.reference.get(lk, 1.0),
                                      (float(rb) - pb) / (float(rs) - pt) / self.cluster.link(src, dev).bandwidth)
+            for peer, ln in (mon.get("links") or {}).items():
                 thr = ln.get("throughput_bytes_per_second")
                 sent = ln.get("sent_bytes_total")
                 tb, ts = ln.get("timed_bytes_total"), ln.get("timed_seconds_total")

@@ -63,8 +63,7 @@ def _read_number(path: str) -> Optional[float]:
 
 
 class _Link:
-    __slots__ = ("sent_bytes", "send_seconds", "received_bytes", "throughput", "timed_bytes", "timed_seconds",
-                 "rx_timed_bytes", "rx_timed_seconds", "rx_whole_bytes")
+    __slots__ = ("sent_bytes", "send_seconds", "received_bytes", "throughput", "timed_bytes", "timed_seconds")
 
     def __init__(self) -> None:
         self.sent_bytes = 0
@@ -76,11 +75,6 @@ class _Link:
         # reads the deltas)
         self.timed_bytes = 0
         self.timed_seconds = 0.0
-        # bytes and seconds of large frames as they arrived FROM this peer (wire.Reader.timed): the link as the
-        # receiver sees it, which a send that returns once in the socket buffer cannot (the estimator prefers it)
-        self.rx_timed_bytes = 0
-        self.rx_timed_seconds = 0.0
-        self.rx_whole_bytes = 0  # ... of large frames that had arrived whole before the reader asked (no rate)
 
 
 class Monitor:
@@ -105,6 +99,11 @@ class Monitor:
         self._compute_count = 0
         self._samples = 0
         self._links: Dict[str, _Link] = {}
+        # per sending peer: [bytes, seconds] of large frames timed as they arrived (wire.Reader.timed: the link as
+        # the receiver sees it, which a send that returns once in the socket buffer cannot), and bytes of large
+        # frames that had arrived whole before the reader asked (no rate: the link kept up). Apart from ``links``
+        # (whose entries are this worker's sends to and receipts from a peer, as `top` and /metrics list them).
+        self._rx: Dict[str, List[float]] = {}
         self._queues: Dict[str, int] = {}
         self._counters: Dict[str, int] = {}
         try:
@@ -158,14 +157,14 @@ class Monitor:
         ``seconds`` (wire.Reader.timed): the receive-side link figure (``rx_timed_*_total``). ``seconds`` 0:
         the frame had arrived whole before the reader asked (``rx_whole_bytes_total``: the link kept up)."""
         with self._lock:
-            link = self._links.get(peer)
-            if link is None:
-                link = self._links[peer] = _Link()
+            rx = self._rx.get(peer)
+            if rx is None:
+                rx = self._rx[peer] = [0, 0.0, 0]
             if seconds > 0.0:
-                link.rx_timed_bytes += nbytes
-                link.rx_timed_seconds += seconds
+                rx[0] += nbytes
+                rx[1] += seconds
             else:
-                link.rx_whole_bytes += nbytes
+                rx[2] += nbytes
 
     def set_queue(self, name: str, depth: int) -> None:
         with self._lock:
@@ -208,10 +207,10 @@ class Monitor:
             links = {peer: {"sent_bytes_total": ln.sent_bytes, "send_seconds_total": ln.send_seconds,
                             "received_bytes_total": ln.received_bytes,
                             "throughput_bytes_per_second": ln.throughput,
-                            "timed_bytes_total": ln.timed_bytes, "timed_seconds_total": ln.timed_seconds,
-                            "rx_timed_bytes_total": ln.rx_timed_bytes, "rx_timed_seconds_total": ln.rx_timed_seconds,
-                            "rx_whole_bytes_total": ln.rx_whole_bytes}
+                            "timed_bytes_total": ln.timed_bytes, "timed_seconds_total": ln.timed_seconds}
                      for peer, ln in self._links.items()}
+            rx_links = {peer: {"rx_timed_bytes_total": b, "rx_timed_seconds_total": s, "rx_whole_bytes_total": w}
+                        for peer, (b, s, w) in self._rx.items()}
             queues = dict(self._queues)
             counters = dict(self._counters)
 
@@ -227,7 +226,7 @@ class Monitor:
             "board_memory_total_bytes": mem_total,
             "compute_seconds": compute,
             "samples_total": samples,
-            "links": links, "queues": queues, "counters": counters,
+            "links": links, "rx_links": rx_links, "queues": queues, "counters": counters,
             "power_watts": self._power_watts(),
             "npu_load_ratio": self._npu_load(),
         }

@@ -232,14 +232,13 @@ def test_a_drop_the_receiver_sees_is_read_while_the_sender_reads_nominal(cluster
         else:
             tot["rb"] += 1e6
             tot["rs"] += 1e6 / (bw * scale)
-        send = {"sent_bytes_total": tot["tb"], "timed_bytes_total": tot["tb"], "timed_seconds_total": tot["ts"],
-                "rx_timed_bytes_total": 0, "rx_timed_seconds_total": 0.0}
-        recv = {"sent_bytes_total": 0, "timed_bytes_total": 0, "timed_seconds_total": 0.0,
-                "rx_timed_bytes_total": tot["rb"], "rx_timed_seconds_total": tot["rs"],
+        send = {"sent_bytes_total": tot["tb"], "timed_bytes_total": tot["tb"], "timed_seconds_total": tot["ts"]}
+        recv = {"rx_timed_bytes_total": tot["rb"], "rx_timed_seconds_total": tot["rs"],
                 "rx_whole_bytes_total": tot["wb"]}
         return {"workers": {
             "gpu-board/stage0": {"device": "gpu-board", "stage": 0, "monitor": {"links": {"cpu-board/stage1": send}}},
-            "cpu-board/stage1": {"device": "cpu-board", "stage": 1, "monitor": {"links": {"gpu-board/stage0": recv}}},
+            "cpu-board/stage1": {"device": "cpu-board", "stage": 1,
+                                 "monitor": {"links": {}, "rx_links": {"gpu-board/stage0": recv}}},
         }}
 
     est = Estimator(cluster, head="npu-board")
@@ -293,7 +292,7 @@ def test_a_receiver_reading_above_nominal_is_capped_not_a_faster_link(cluster):
         tot[1] += 1e6 / (bw * scale)
         recv = {"rx_timed_bytes_total": tot[0], "rx_timed_seconds_total": tot[1], "rx_whole_bytes_total": 0}
         return {"workers": {"cpu-board/stage1": {"device": "cpu-board", "stage": 1,
-                                                 "monitor": {"links": {"gpu-board/stage0": recv}}}}}
+                                                 "monitor": {"rx_links": {"gpu-board/stage0": recv}}}}}
 
     est = Estimator(cluster, head="npu-board")
     for _ in range(3):

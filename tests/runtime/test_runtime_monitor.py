@@ -149,8 +149,7 @@ def test_link_throughput_is_a_smoothed_rate_of_large_sends_only(tree: Path):
     m.record_recv("head", 4096)
     links = m.snapshot()["links"]
     assert links["head"] == {"sent_bytes_total": 0, "send_seconds_total": 0.0, "received_bytes_total": 4096,
-                             "throughput_bytes_per_second": None, "timed_bytes_total": 0, "timed_seconds_total": 0.0,
-                             "rx_timed_bytes_total": 0, "rx_timed_seconds_total": 0.0, "rx_whole_bytes_total": 0}
+                             "throughput_bytes_per_second": None, "timed_bytes_total": 0, "timed_seconds_total": 0.0}
     assert links["pi-b/stage1"]["send_seconds_total"] == pytest.approx(0.5 + 0.00001 + 0.1 + 0.05 * 61)
     # only the timed sends: their delta between two snapshots is that interval's throughput, without the EWMA's lag
     assert links["pi-b/stage1"]["timed_bytes_total"] == 62 * 10**6
@@ -237,18 +236,18 @@ def test_rk3588_npu_load(tree: Path):
 
 
 def test_receive_side_link_figures_add_up_per_sending_peer(tree: Path):
-    """record_recv_timed (wire.Reader.timed) keeps its own totals, apart from the sender-side timed sends."""
+    """record_recv_timed (wire.Reader.timed) keeps its own totals under ``rx_links``, apart from ``links`` (this
+    worker's sends and receipts, which `top` and /metrics list as from this worker to the peer)."""
     m = Monitor("cpu-board", 1, root=str(tree))
     m.record_recv_timed("gpu-board/stage0", 1 << 20, 0.5)
     m.record_recv_timed("gpu-board/stage0", 1 << 20, 1.5)
     m.record_recv_timed("gpu-board/stage0", 1 << 20, 0.0)  # it had arrived whole: bytes only
     m.record_send("head", 1 << 20, 0.25)
-    links = json.loads(json.dumps(m.snapshot()))["links"]
-    up = links["gpu-board/stage0"]
-    assert (up["rx_timed_bytes_total"], up["rx_timed_seconds_total"]) == (2 << 20, 2.0)
-    assert up["rx_whole_bytes_total"] == 1 << 20
-    assert up["timed_bytes_total"] == 0 and up["sent_bytes_total"] == 0
-    assert links["head"]["rx_timed_bytes_total"] == 0 and links["head"]["timed_bytes_total"] == 1 << 20
+    snap = json.loads(json.dumps(m.snapshot()))
+    up = snap["rx_links"]["gpu-board/stage0"]
+    assert up == {"rx_timed_bytes_total": 2 << 20, "rx_timed_seconds_total": 2.0, "rx_whole_bytes_total": 1 << 20}
+    assert set(snap["links"]) == {"head"} and set(snap["rx_links"]) == {"gpu-board/stage0"}
+    assert snap["links"]["head"]["timed_bytes_total"] == 1 << 20
 
 
 def test_worker_names_the_sending_replica_of_a_timed_frame(tree: Path):
@@ -265,10 +264,10 @@ def test_worker_names_the_sending_replica_of_a_timed_frame(tree: Path):
     for lo, hi in ((0, 2), (2, 3), (1, 3)):
         Worker._record_recv_timed(w, wire.Frame(wire.DATA, lo=lo, hi=hi, stage=1), 1000, 0.001)
     Worker._record_recv_timed(w, wire.Frame(wire.DATA, lo=0, hi=2, stage=2), 1000, 0.001)  # not its input
-    links = m.snapshot()["links"]
+    links = m.snapshot()["rx_links"]
     assert {p: ln["rx_timed_bytes_total"] for p, ln in links.items()} == {"a/stage0": 1000, "b/stage0": 1000}
-    assert m.snapshot()["links"]["a/stage0"]["rx_whole_bytes_total"] == 0
+    assert links["a/stage0"]["rx_whole_bytes_total"] == 0
     m0 = Monitor("a", 0, root=str(tree))
     w0 = SimpleNamespace(spec=SimpleNamespace(stage=0), _up_ranges=(), monitor=m0)
     Worker._record_recv_timed(w0, wire.Frame(wire.DATA, lo=0, hi=4, stage=0), 1000, 0.001)
-    assert m0.snapshot()["links"]["head"]["rx_timed_bytes_total"] == 1000
+    assert m0.snapshot()["rx_links"]["head"]["rx_timed_bytes_total"] == 1000
