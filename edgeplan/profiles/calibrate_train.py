@@ -61,6 +61,7 @@ from edgeplan.profiles.calibrate import (
     MAX_OVERHEAD_S,
     Calibration,
     CalibrationError,
+    _read_json,
     _separates,
     bounded_lstsq,
     calibrated_doc,
@@ -165,15 +166,9 @@ def _after_of(cal: TrainCalibration, o: TrainObservation) -> dict:
 
 
 def _read(path: Path) -> dict:
-    try:
-        rep = jsonio.read(path)
-    except FileNotFoundError:
-        raise CalibrationError(f"{path}: no such training report") from None
-    except ValueError as e:
-        raise CalibrationError(f"{path}: training report is not JSON ({e})") from None
-    if not isinstance(rep, dict) or rep.get("kind") != REPORT_KIND:
-        kind = rep.get("kind") if isinstance(rep, dict) else None
-        raise CalibrationError(f"{path}: not a training report (kind {kind!r}); write one with "
+    rep = _read_json(path, "training report")
+    if rep.get("kind") != REPORT_KIND:
+        raise CalibrationError(f"{path}: not a training report (kind {rep.get('kind')!r}); write one with "
                                f"`edgeplan train ART --report {path.name}`")
     return rep
 
