@@ -196,7 +196,8 @@ def apply(cluster, cond: Condition):
     def slow(unit, f):
         return replace(unit, throughput=tuple((c, v / f) for c, v in unit.throughput),
                        mem_bandwidth=unit.mem_bandwidth / f, layer_overhead_s=unit.layer_overhead_s * f,
-                       hop_overhead_s=unit.hop_overhead_s * f)
+                       hop_overhead_s=unit.hop_overhead_s * f,
+                       hop_byte_s=None if unit.hop_byte_s is None else unit.hop_byte_s * f)  # None: bw / f
 
     devices = tuple(
         replace(d, units=tuple(slow(u, cond.slowdown_of(d.name)) for u in d.units)) if cond.slowdown_of(d.name) != 1

@@ -82,6 +82,12 @@ class CostTable:
 HOP_COPIES = 2  # bytes copied per stage call: socket -> assembled input, output -> socket
 
 
+def hop_byte_s(unit) -> float:
+    """The runtime's seconds per byte a stage call of ``unit`` receives or sends: the profile's
+    ``hop_byte_ns`` when set, else ``HOP_COPIES`` copies at its memory bandwidth."""
+    return unit.hop_byte_s if unit.hop_byte_s is not None else HOP_COPIES / unit.mem_bandwidth
+
+
 def build_cost_table(graph: LayerGraph, cluster: Cluster) -> CostTable:
     """Price every layer of ``graph`` on every compute unit of ``cluster``, per sample.
 
@@ -100,10 +106,13 @@ def build_cost_table(graph: LayerGraph, cluster: Cluster) -> CostTable:
       once per call whatever the micro-batch size, so their read time is a
       per-call cost, not a per-sample one. A training step pays it once for the
       forward and once for the backward call (reading W, writing dW).
-    - ``hop_s[u] = hop_overhead_s`` and ``hop_byte_s[u] = HOP_COPIES / bw``: the
-      runtime's cost of one stage call on top of its layers (the worker receives
-      and assembles its inputs and sends its outputs, copying each byte
-      ``HOP_COPIES`` times); paid per micro-batch, per stage, per replica.
+    - ``hop_s[u] = hop_overhead_s`` and ``hop_byte_s[u]``: the runtime's cost of
+      one stage call on top of its layers (the worker receives and assembles its
+      inputs and sends its outputs), per call and per byte in or out; paid per
+      micro-batch, per stage, per replica. The per-byte figure is the unit's
+      ``hop_byte_ns`` (measured by the profiling kit or `edgeplan calibrate`: the
+      socket path costs ~12x two copies on the host) or, when the profile has
+      none, ``HOP_COPIES / bw`` (each byte copied ``HOP_COPIES`` times).
     - a layer the unit cannot run (``supported`` False, e.g. layernorm on an
       RK3566 NPU) gets ``inf`` in all three, so any stage containing it is
       infeasible on that unit even if a caller forgets to check ``supported``.
@@ -165,7 +174,7 @@ def build_cost_table(graph: LayerGraph, cluster: Cluster) -> CostTable:
         busy_power_w=np.array([unit.busy_power_w for _, _, unit in units], dtype=np.float64),
         bandwidth=bandwidth, latency_s=latency, energy_per_byte_j=energy,
         hop_s=np.array([unit.hop_overhead_s for _, _, unit in units], dtype=np.float64),
-        hop_byte_s=np.array([HOP_COPIES / unit.mem_bandwidth for _, _, unit in units], dtype=np.float64),
+        hop_byte_s=np.array([hop_byte_s(unit) for _, _, unit in units], dtype=np.float64),
         cut_ok=None if all(allowed) else np.array(allowed, dtype=bool),
         training=_training_costs(cluster, [unit for _, _, unit in units], [di for di, _, _ in units]),
     )

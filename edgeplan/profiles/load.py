@@ -72,7 +72,7 @@ _UNITS: dict[str, dict[str, float]] = {
 _BOARD_KEYS = ("name", "vendor", "extends", "abstract", "estimate", "ram_mb", "reserved_mb", "idle_power_w", "units")
 _UNIT_KEYS = (
     "kind", "target", "target_options", "peak_gflops", "throughput_gflops", "mem_bandwidth_gbs",
-    "busy_power_w", "layer_overhead_us", "supported_ops", "hop_overhead_us", "measured", "training",
+    "busy_power_w", "layer_overhead_us", "supported_ops", "hop_overhead_us", "hop_byte_ns", "measured", "training",
 )
 # a unit's training-only figures (TrainingFigures; written by `edgeplan calibrate TRAIN-REPORT`): YAML name ->
 # (field, SI factor, whether a factor (> 0) rather than a time (>= 0))
@@ -87,6 +87,7 @@ _TRAINING_KEYS = {
     "allreduce_ns_per_byte": ("allreduce_s_per_byte", 1e-9, False),
 }
 _MEASURED_KEYS = ("how", "when", "backend", "from")
+HOP_BYTE_MAX_NS = 1000.0  # 1 us per byte (1 MB/s of runtime CPU): slower than any board's socket path
 _OVERRIDE_KEYS = ("ram_mb", "reserved_mb", "idle_power_w", "estimate", "units")
 _CLUSTER_KEYS = ("name", "description", "devices", "network", "secret_env")
 _DEVICE_KEYS = ("name", "profile", "address", "overrides", "user")
@@ -251,6 +252,9 @@ def _build_unit(doc: Doc, name: str) -> ComputeUnit:
         layer_overhead_s=_quantity(doc, p + ("layer_overhead_us",), "time", "us", lo_open=False),
         hop_overhead_s=(_quantity(doc, p + ("hop_overhead_us",), "time", "us", lo_open=False)
                         if _get(doc, p + ("hop_overhead_us",), None) is not None else 0.0),
+        # the runtime's seconds per byte a stage call receives or sends; unset: memory copies (profiles/cost.py)
+        hop_byte_s=(_quantity(doc, p + ("hop_byte_ns",), "time", "ns", lo_open=False, hi=HOP_BYTE_MAX_NS)
+                    if _get(doc, p + ("hop_byte_ns",), None) is not None else None),
         supported_ops=supported,
         target_options=tuple(sorted(options.items())),
         peak_flops=peak,

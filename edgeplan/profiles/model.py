@@ -18,7 +18,7 @@ def unit_figures() -> tuple[str, ...]:
     """Every per-unit figure the cost model prices with, as the profile YAML names it (the figures a
     profile can mark as measured)."""
     return tuple(f"throughput_gflops.{c}" for c in OP_CLASSES) + (
-        "mem_bandwidth_gbs", "layer_overhead_us", "hop_overhead_us", "busy_power_w")
+        "mem_bandwidth_gbs", "layer_overhead_us", "hop_overhead_us", "hop_byte_ns", "busy_power_w")
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,9 @@ class ComputeUnit:
     target_options: tuple[tuple[str, str], ...] = ()  # e.g. (("mcpu", "cortex-a72"),)
     peak_flops: float = 0.0  # datasheet peak FLOP/s (0: unknown)
     hop_overhead_s: float = 0.0  # runtime CPU cost per micro-batch a stage handles (receive, assemble, send)
+    # ... and per byte it receives or sends (socket, network stack, copies); None: HOP_COPIES memory copies
+    # (profiles/cost.py), the estimate when nothing measured it
+    hop_byte_s: float | None = None
     measured: tuple[Measured, ...] = ()  # provenance of the figures that were measured (the rest: estimates)
     training: TrainingFigures | None = None  # training-only figures (None: none fitted)
 
@@ -114,6 +117,7 @@ class ComputeUnit:
             target_options=tuple((str(k), str(v)) for k, v in d.get("target_options", ())),
             peak_flops=float(d.get("peak_flops", 0.0)),
             hop_overhead_s=float(d.get("hop_overhead_s", 0.0)),
+            hop_byte_s=None if d.get("hop_byte_s") is None else float(d["hop_byte_s"]),
             measured=tuple(Measured(**m) for m in d.get("measured", ())),
             training=TrainingFigures(**d["training"]) if d.get("training") else None,
         )
@@ -181,8 +185,8 @@ class Cluster:
         return self.default_link
 
     def to_json(self) -> dict:
-        """asdict, less the deploy-only ``user`` when unset and empty ``measured`` provenance (so older
-        files and digests are unchanged)."""
+        """asdict, less the deploy-only ``user`` when unset, empty ``measured`` provenance and an unset
+        ``hop_byte_s`` (so older files and digests are unchanged)."""
         d = asdict(self)
         for dev in d["devices"]:
             if dev["user"] is None:
@@ -192,6 +196,8 @@ class Cluster:
                     del u["measured"]
                 if u["training"] is None:
                     del u["training"]
+                if u["hop_byte_s"] is None:
+                    del u["hop_byte_s"]
         return d
 
     @classmethod

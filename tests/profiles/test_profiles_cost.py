@@ -162,3 +162,31 @@ def test_runtime_hop_cost_per_unit():
     t = build_cost_table(graph, Cluster("c", (host,), Link("*", "*", 1e8, 0.0)))
     assert t.hop_s.tolist() == pytest.approx([850e-6])
     assert t.hop_byte_s.tolist() == pytest.approx([HOP_COPIES / 15e9])
+
+
+def test_measured_hop_byte_ns_replaces_the_copies_and_round_trips(tmp_path):
+    """A unit's ``hop_byte_ns`` (the runtime's seconds per byte in or out, measured) prices the per-byte hop
+    instead of 2 copies at memory bandwidth; it survives the cluster's JSON round trip, counts in the digest,
+    and a unit without it keeps the copies and the old JSON / digest (plans made before stay valid)."""
+    from edgeplan.errors import ProfileError
+    from edgeplan.graph.model import Layer, LayerGraph, TensorSpec
+    from edgeplan.profiles.cost import HOP_COPIES
+    from edgeplan.profiles.model import Cluster
+
+    body = ("name: c\ndevices:\n  - {name: a, profile: host, address: 127.0.0.1%s}\n"
+            "  - {name: b, profile: host, address: 127.0.0.1}\n"
+            "network: {default: {bandwidth_mbps: 100, latency_ms: 1}}\n")
+    (tmp_path / "plain.yaml").write_text(body % "")
+    (tmp_path / "c.yaml").write_text(body % ", overrides: {units: {cpu: {hop_byte_ns: 0.45}}}")
+    plain, c = load_cluster(tmp_path / "plain.yaml"), load_cluster(tmp_path / "c.yaml")
+    assert c.device("a").unit("cpu").hop_byte_s == pytest.approx(0.45e-9)
+    assert c.device("b").unit("cpu").hop_byte_s is None
+    assert "hop_byte_s" not in plain.to_json()["devices"][0]["units"][0]  # older files and digests unchanged
+    assert Cluster.from_json(c.to_json()) == c and c.digest() != plain.digest()
+    x = TensorSpec("x", (1, 4))
+    layer = Layer("fc", "linear", "fc", ("x",), TensorSpec("fc", (1, 4)), 32, 64, 16, 20, 80)
+    t = build_cost_table(LayerGraph("tiny", (x,), ("fc",), (layer,), (16, 16)), c)
+    assert t.hop_byte_s.tolist() == pytest.approx([0.45e-9, HOP_COPIES / 15e9])
+    (tmp_path / "bad.yaml").write_text(body % ", overrides: {units: {cpu: {hop_byte_ns: -1}}}")
+    with pytest.raises(ProfileError, match=r"hop_byte_ns.*out of range"):
+        load_cluster(tmp_path / "bad.yaml")

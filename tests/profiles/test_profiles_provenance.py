@@ -20,8 +20,8 @@ def _write(path, text):
 
 def test_builtin_profiles_are_estimates_and_say_so():
     u = load_profile("host").units[0]
-    assert u.measured == () and len(u.estimated_figures()) == 12
-    assert figures_basis(u) == "all 12 figures estimates"
+    assert u.measured == () and len(u.estimated_figures()) == 13
+    assert figures_basis(u) == "all 13 figures estimates"
 
 
 def test_measured_figures_load_and_a_later_override_makes_a_figure_an_estimate_again(tmp_path):
@@ -48,10 +48,10 @@ def test_measured_figures_load_and_a_later_override_makes_a_figure_an_estimate_a
     a, b = c.device("a").unit("cpu"), c.device("b").unit("cpu")
     assert {m.field for m in a.measured} == {"throughput_gflops.conv", "throughput_gflops.gemm"}
     assert {m.field for m in b.measured} == {"throughput_gflops.gemm"}  # conv now comes from c.yaml: an estimate
-    assert c.device("a").estimate and "2/12 figures measured: throughput of conv, gemm measured 2026-01-01T00:00:00Z " \
+    assert c.device("a").estimate and "2/13 figures measured: throughput of conv, gemm measured 2026-01-01T00:00:00Z " \
                                       "on onnxruntime (r.json)" in figures_basis(a)
-    assert "a:cpu: 2/12" in plan_basis(c, (("a", "cpu"), ("b", "cpu")))
-    assert "1/12 figures measured: throughput of gemm measured" in format_cluster(c)
+    assert "a:cpu: 2/13" in plan_basis(c, (("a", "cpu"), ("b", "cpu")))
+    assert "1/13 figures measured: throughput of gemm measured" in format_cluster(c)
 
 
 def test_provenance_does_not_change_the_cluster_digest(tmp_path):

@@ -16,7 +16,8 @@ def test_measured_profile_loads_and_serves_a_cluster(tmp_path):
     measured, base = load_profile(str(out)), load_profile("host")
     # only throughput and memory bandwidth are measured here: still an estimate, and it says which figures
     assert measured.estimate is True and base.estimate is True
-    assert set(measured.units[0].estimated_figures()) == {"layer_overhead_us", "hop_overhead_us", "busy_power_w"}
+    assert set(measured.units[0].estimated_figures()) == {"layer_overhead_us", "hop_overhead_us", "hop_byte_ns",
+                                                          "busy_power_w"}
     assert {m.backend for m in measured.units[0].measured} == {"onnxruntime"}
     assert measured.ram_bytes == base.ram_bytes and measured.idle_power_w == base.idle_power_w  # from the base
     cpu = measured.units[0]
