@@ -7,7 +7,7 @@ worker's CPU seconds and bytes in/out. The cost model prices the same call as (p
 
     module_s = sum over the stage's layers of  k * max(flops / thr[class], bytes / bw)
                                              + layer_overhead + param_bytes / bw
-    hop_s    = hop_overhead + HOP_COPIES / bw * bytes copied in and out
+    hop_s    = hop_overhead + hop_byte * bytes received and sent (cost.hop_byte_s: hop_byte_ns, else 2 copies)
 
 With ``k`` the replica's samples. Splitting each layer's term by what bounds it
 gives, per call ``i``, columns that are linear in the unknowns:
@@ -26,8 +26,14 @@ calls than unknowns):
 - ``factor``: one factor for the whole module time (overhead scaled with it).
 
 A unit's factor may not make any op class faster than the unit's peak FLOP/s:
-such a fit is clamped to the peak and says so. The hop cost is the median over
-calls of (CPU per call - module time per call - per-byte copies). A replica's
+such a fit is clamped to the peak and says so. The hop cost (board seconds per call
+beyond the module: CPU per call - module time per call) is fitted per unit as
+``hop_overhead + hop_byte x bytes per call`` by least squares over its replicas when
+their bytes per call differ enough (``MIN_HOP_POINTS`` replicas, the largest
+``MIN_BYTE_SPREAD`` x the smallest: several plans or models), each within
+``[0, MAX_HOP_S]`` / ``[0, MAX_HOP_BYTE_S]`` (a clamp says so); otherwise only the
+per-call part, as the median of (hop - the unit's per-byte figure x bytes), and a
+note says why. A replica's
 optional ``compute_cpu_s`` (CPU spent inside module calls: the calling thread's
 when the module runs on it, ``compute_cpu_clock: thread``, else all threads') replaces
 the module's wall time there (a multi-threaded module uses more CPU than wall
@@ -64,7 +70,7 @@ from edgeplan import jsonio
 from edgeplan.errors import ProfileError
 from edgeplan.graph.model import LayerGraph
 from edgeplan.graph.ops import OP_CLASSES
-from edgeplan.profiles.cost import HOP_COPIES
+from edgeplan.profiles.cost import hop_byte_s
 from edgeplan.profiles.load import load_cluster
 from edgeplan.profiles.merge import BOARDS_DIR
 from edgeplan.profiles.model import Cluster, ComputeUnit
@@ -75,6 +81,9 @@ MAX_FACTOR = 1000.0  # a unit may be fitted at most this much slower than its pr
 MIN_BW_FACTOR = 0.1  # ... and its memory at most 10x faster than the profile's bandwidth
 MAX_OVERHEAD_S = 0.05  # per-layer overhead bound
 MAX_HOP_S = 0.5  # per-call runtime cost bound
+MAX_HOP_BYTE_S = 1e-6  # per-byte runtime cost bound (1 MB/s of runtime CPU: slower than any board's socket path)
+MIN_HOP_POINTS = 3  # replicas a per-byte hop fit needs (more than its two unknowns)
+MIN_BYTE_SPREAD = 1.5  # ... whose largest bytes per call is at least this times the smallest
 COND_LIMIT = 1e6  # a design whose (weighted) columns are worse conditioned than this does not separate them
 
 
@@ -127,6 +136,7 @@ class UnitFit:
     notes: tuple[str, ...] = ()  # clamps, unfitted parts
     hop_fitted: bool = False  # the reports had CPU time and bytes per call
     inferred_from: str | None = None  # not run: figures taken from this fitted board of the same profile
+    hop_byte_fitted: bool = False  # ... with bytes per call that differed enough to fit the per-byte part too
 
 
 @dataclass(frozen=True)
@@ -476,12 +486,34 @@ def _fit_one_factor(comp: np.ndarray, mem: np.ndarray, nl: np.ndarray, t: np.nda
     return f, solve(f)[1]
 
 
-def _fit_hop(unit: ComputeUnit, obs: list[Observation]) -> float | None:
-    vals = [o.hop_s - HOP_COPIES / unit.mem_bandwidth * o.bytes_per_call
-            for o in obs if o.hop_s is not None and o.bytes_per_call is not None]
-    if not vals:
-        return None
-    return float(min(max(np.median(vals), 0.0), MAX_HOP_S))
+def fit_hop(unit: ComputeUnit, obs: list[Observation], where: str
+            ) -> tuple[float | None, float | None, list[str]]:
+    """(per-call seconds, per-byte seconds or None when not fitted, notes) of the runtime's hop on one unit
+    (module docstring); (None, None, []) when no replica has CPU time and bytes per call."""
+    pts = [(o.bytes_per_call, o.hop_s) for o in obs if o.hop_s is not None and o.bytes_per_call is not None]
+    if not pts:
+        return None, None, []
+    nbytes, hop = (np.array(v, dtype=np.float64) for v in zip(*pts, strict=True))
+    if len(pts) >= MIN_HOP_POINTS and nbytes.max() >= MIN_BYTE_SPREAD * max(float(nbytes.min()), 1.0):
+        mb = nbytes / 1e6  # columns of like size for the solver: seconds per call, per MB
+        x, active = bounded_lstsq(np.stack([np.ones_like(mb), mb], axis=1), hop, np.zeros(2),
+                                  np.array([MAX_HOP_S, MAX_HOP_BYTE_S * 1e6]))
+        per_call, per_byte = float(x[0]), float(x[1]) / 1e6
+        notes = []
+        if active[1]:
+            free = np.polyfit(nbytes, hop, 1)[0]
+            notes.append(f"{where}: the per-byte hop fit reads {free * 1e9:.3g} ns/B, outside [0, "
+                         f"{MAX_HOP_BYTE_S * 1e9:g}]; clamped to {per_byte * 1e9:g} (noisy CPU figures: run more "
+                         "requests)")
+        if active[0]:
+            notes.append(f"{where}: the per-call hop fit is outside [0, {MAX_HOP_S * 1e3:g} ms]; clamped to "
+                         f"{per_call * 1e3:g} ms")
+        return per_call, per_byte, notes
+    per_byte = hop_byte_s(unit)
+    note = (f"{where}: per-byte hop not fitted ({len(pts)} replica(s), {nbytes.min():.4g}-{nbytes.max():.4g} bytes "
+            f"per call; it needs {MIN_HOP_POINTS}+ whose largest is {MIN_BYTE_SPREAD:g}x the smallest: calibrate "
+            f"from runs of several plans or models); per call fitted at {per_byte * 1e9:.3g} ns/B kept")
+    return float(min(max(np.median(hop - per_byte * nbytes), 0.0), MAX_HOP_S)), None, [note]
 
 
 def _hop_measured(o: Observation) -> float | None:
@@ -491,7 +523,7 @@ def _hop_measured(o: Observation) -> float | None:
 def _hop_pred(unit: ComputeUnit, o: Observation) -> float | None:
     if o.bytes_per_call is None:
         return None
-    return unit.hop_overhead_s + HOP_COPIES / unit.mem_bandwidth * o.bytes_per_call
+    return unit.hop_overhead_s + hop_byte_s(unit) * o.bytes_per_call
 
 
 def fit(cluster: Cluster, runs: list[tuple[dict, LayerGraph, list[Observation]]], skipped: list[str] = ()
@@ -514,12 +546,16 @@ def fit(cluster: Cluster, runs: list[tuple[dict, LayerGraph, list[Observation]]]
         where = f"{dev}:{uname}"
         obs = [o for o, _ in items]
         after, design, notes = _fit_multi(before, items, where)
-        hop = _fit_hop(after, obs)
+        hop, per_byte, hop_notes = fit_hop(after, obs, where)
+        notes += hop_notes
         if hop is None:
             notes.append(f"{where}: the report(s) have no CPU time or bytes per call; hop_overhead_us kept")
         else:
             after = dataclasses.replace(after, hop_overhead_s=hop)
-        fits.append(UnitFit(dev, uname, design, len(obs), before, after, tuple(notes), hop is not None))
+        if per_byte is not None:
+            after = dataclasses.replace(after, hop_byte_s=per_byte)
+        fits.append(UnitFit(dev, uname, design, len(obs), before, after, tuple(notes), hop is not None,
+                            hop_byte_fitted=per_byte is not None))
         for o, la in items:
             rows.append(StageRow(
                 o, la.module_s(before, o.start, o.stop, o.samples), la.module_s(after, o.start, o.stop, o.samples),
@@ -551,7 +587,7 @@ def _same_profile_peers(cluster: Cluster, fits: list[UnitFit]) -> list[UnitFit]:
                 out.append(UnitFit(d.name, u.name, best.design, 0, u, best.after,
                                    (f"{d.name}:{u.name}: not in the report(s); takes {best.device}:{u.name}'s fitted "
                                     f"figures (same profile {d.profile!r} and figures), still estimates",),
-                                   best.hop_fitted, best.device))
+                                   best.hop_fitted, best.device, best.hop_byte_fitted))
     return out
 
 
@@ -598,14 +634,21 @@ def _unit_overrides(fit_: UnitFit, stamp: dict) -> dict:
     if fit_.hop_fitted:
         body["hop_overhead_us"] = float(f"{u.hop_overhead_s * 1e6:.6g}")
         figures.append("hop_overhead_us")
+    if fit_.hop_byte_fitted:
+        body["hop_byte_ns"] = float(f"{u.hop_byte_s * 1e9:.6g}")
+        figures.append("hop_byte_ns")
     if fit_.inferred_from is not None:  # taken from a same-profile board: estimates, no `measured` provenance
         return body
     how = {f: dict(stamp, how=f"edgeplan calibrate: {fit_.design} least squares over {fit_.calls} stage call "
                               f"median(s)") for f in figures}
     if "hop_overhead_us" in how:
-        how["hop_overhead_us"]["how"] = (f"edgeplan calibrate: median over {fit_.calls} replica(s) of worker CPU per "
-                                         "call - module time - per-byte copies (start-up CPU included unless the "
-                                         "report gives it)")
+        how["hop_overhead_us"]["how"] = (
+            f"edgeplan calibrate: least squares over {fit_.calls} replica(s) of worker CPU per call - module time "
+            "= per call + per byte x bytes in and out" if fit_.hop_byte_fitted else
+            f"edgeplan calibrate: median over {fit_.calls} replica(s) of worker CPU per call - module time - "
+            "per-byte cost (start-up CPU included unless the report gives it)")
+    if "hop_byte_ns" in how:
+        how["hop_byte_ns"]["how"] = how["hop_overhead_us"]["how"]
     body["measured"] = how
     return body
 
@@ -689,6 +732,8 @@ def format_fit(cal: Calibration) -> str:
         lines.append(f"  {'memory':<12} {b.mem_bandwidth / 1e9:9.3g} -> {a.mem_bandwidth / 1e9:9.3g} GB/s")
         lines.append(f"  {'per layer':<12} {b.layer_overhead_s * 1e6:9.3g} -> {a.layer_overhead_s * 1e6:9.3g} us")
         lines.append(f"  {'per call':<12} {b.hop_overhead_s * 1e6:9.3g} -> {a.hop_overhead_s * 1e6:9.3g} us (hop)")
+        lines.append(f"  {'per byte':<12} {hop_byte_s(b) * 1e9:9.3g} -> {hop_byte_s(a) * 1e9:9.3g} ns (hop"
+                     f"{'' if f.hop_byte_fitted else ', not fitted'})")
         lines.extend(f"  {n}" for n in f.notes)
     for lf in cal.links:
         lines.append(f"link {lf.a} <-> {lf.b}: {lf.before * 8 / 1e6:.4g} -> {lf.after * 8 / 1e6:.4g} Mbit/s "
