@@ -47,6 +47,7 @@ EPISODE_S = 120.0
 EPSILON = (0.3, 0.02)  # exploration, first and last episode (linear)
 ALPHA_MIN = 0.02  # learning-rate floor (1 / visits above it): a mean of the recent ~50 epochs at most
 ABSENT_DISTANCE = 3.0  # an absent-board mismatch counts like an 8x factor when finding the nearest state
+HYSTERESIS = 0.25  # log2 units past a bin's edge a factor must move before its context leaves the bin (see Sticky)
 GRID_LIMIT = 20000  # at load, the nearest trained context of every pair-free context is precomputed up to this many
 BW_BINS, SLOW_BINS = (-4, 1), (-1, 3)  # log2 ranges of state_condition's bins
 
@@ -60,9 +61,10 @@ def _bin(x: float, lo: int, hi: int) -> float:
     return float(2.0 ** min(max(round(math.log2(x)), lo), hi))
 
 
-def _grid_key(cond: Condition, expired: tuple[str, ...]):
+def _grid_key(cond: Condition, expired: tuple[str, ...], devices=None):
     """The binned context of a condition with no pair term and no expired factor, as a tuple (cheaper than its
-    text); None otherwise."""
+    text); None otherwise. ``devices``: keep only these boards' terms (a board no trained context names adds the
+    same to every distance of the nearest-context search, so dropping it keeps the same nearest context)."""
     if expired:
         return None
     base = 1.0
@@ -70,8 +72,52 @@ def _grid_key(cond: Condition, expired: tuple[str, ...]):
         if p != (ALL, ALL):
             return None
         base = s
-    return (_bin(base, *BW_BINS), tuple(x for x in ((d, _bin(f, *SLOW_BINS)) for d, f in cond.slowdown) if x[1] != 1.0),
-            cond.absent)
+    slow = ((d, _bin(f, *SLOW_BINS)) for d, f in cond.slowdown if devices is None or d in devices)
+    return (_bin(base, *BW_BINS), tuple(x for x in slow if x[1] != 1.0),
+            cond.absent if devices is None else tuple(d for d in cond.absent if d in devices))
+
+
+class Sticky:
+    """Bins with hysteresis (a Schmitt trigger per factor), so that the context does not oscillate between two
+    bins. A factor's reading can depend on the plan that measures it (on the testbed, a board under a CPU quota
+    reads 2.7x slow while it runs a long stage and 1.3x while it runs a short one that fits in the quota period):
+    with plain rounding the table flips plan-0 -> plan-1 -> plan-0 on every such reading. Here a factor leaves
+    the bin it was last put in only when it moves ``HYSTERESIS`` (log2) past the bin's edge: 1.3 stays in the 2x
+    bin, 1.1 or nominal leaves it. One per run (training: per episode); ``apply`` is idempotent for a repeated
+    condition."""
+
+    def __init__(self, hysteresis: float = HYSTERESIS):
+        self.reach = 0.5 + hysteresis
+        self.bins: dict = {}  # factor key -> log2 of the bin it was last put in
+
+    def _one(self, key, x: float) -> float:
+        lx = math.log2(x)
+        prev = self.bins.get(key)
+        if prev is None or abs(lx - prev) >= self.reach:
+            prev = self.bins[key] = round(lx)
+        return 2.0 ** prev
+
+    def apply(self, cond: Condition) -> Condition:
+        """``cond`` with every factor replaced by its sticky bin (factors absent from it read nominal: they
+        leave their bins, since nominal is a whole bin or more away from any other bin)."""
+        if not cond.bandwidth and not cond.slowdown:
+            self.bins.clear()
+            return cond
+        keys = set()
+        bw = []
+        for p, s in cond.bandwidth:
+            keys.add(("bw", p))
+            bw.append((p, self._one(("bw", p), s)))
+        sl = []
+        for d, f in cond.slowdown:
+            keys.add(("slow", d))
+            sl.append((d, self._one(("slow", d), f)))
+        for k in [k for k in self.bins if k not in keys]:
+            del self.bins[k]
+        return Condition(bandwidth=tuple(bw), slowdown=tuple(sl), absent=cond.absent)
+
+    def estimate(self, est: Estimate) -> Estimate:
+        return Estimate(self.apply(est.condition), est.change_id, est.expired, est.probe)
 
 
 def state_condition(cond: Condition) -> Condition:
@@ -173,7 +219,10 @@ class Policy:
         object.__setattr__(self, "_keys_ix", keys_ix)
         object.__setattr__(self, "_d0", np.abs(m).sum(axis=1))  # distance of every trained context to nominal
         object.__setattr__(self, "_cols", {})  # (key, value) -> |value - m[:, key]| - |m[:, key]|
+        object.__setattr__(self, "_grid_devs", frozenset())
         object.__setattr__(self, "_grid", self._precompute())
+        object.__setattr__(self, "_sticky", Sticky())  # run-time bins (see Sticky); reset by a new run
+        object.__setattr__(self, "_seen_change", -1)
 
     def _precompute(self) -> dict:
         """Grid key -> the row of every context with no pair term (all-links bin x each named board's slowdown bin
@@ -186,6 +235,7 @@ class Policy:
         nb, ns = BW_BINS[1] - BW_BINS[0] + 1, SLOW_BINS[1] - SLOW_BINS[0] + 1
         if not self._rows or nb * ns ** len(devs) * 2 ** len(devs) > GRID_LIMIT:
             return {}
+        object.__setattr__(self, "_grid_devs", frozenset(devs))
         keys, names, m = self._matrix
         grid, vecs = [], []
         for b in range(BW_BINS[0], BW_BINS[1] + 1):
@@ -240,7 +290,7 @@ class Policy:
         key = (est.condition, est.expired)
         hit = self._near.get(key)
         if hit is None:
-            g = self._grid.get(_grid_key(est.condition, est.expired)) if self._grid else None
+            g = self._grid.get(_grid_key(est.condition, est.expired, self._grid_devs)) if self._grid else None
             if g is not None:  # precomputed at load: no search
                 hit = self._near[key] = g
                 return hit
@@ -272,7 +322,15 @@ class Policy:
             d = d + col
         return names[int(np.argmin(d))]
 
+    def reset(self) -> None:
+        """Forget the run-time bins (a new run; also done when the estimate's change count goes back)."""
+        self._sticky.bins.clear()
+        object.__setattr__(self, "_seen_change", -1)
+
     def __call__(self, pricer: Pricer, est: Estimate, current: str, last_change: int) -> Decision:
+        if est.change_id < self._seen_change:  # another run's estimator: its bins are not this run's
+            self.reset()
+        object.__setattr__(self, "_seen_change", est.change_id)
         cond = est.condition
         gone = cond.absent
         runs = not (gone and set(gone) & pricer.devices_of(current))
@@ -281,7 +339,7 @@ class Policy:
             return Decision(current, False, f"already switched for change {est.change_id}", cur, cur, est.change_id)
         if est.probe:
             return _probe(pricer, est, current, last_change)
-        vals, counts, state, near = self.row(est)
+        vals, counts, state, near = self.row(self._sticky.estimate(est))
         ok = [not (gone and set(gone) & pricer.devices_of(p)) for p in self.plans] if gone else self._all
         a = _choose(vals, counts, self._index.get(current, -1), ok, self.gain)
         seen = "" if near == state else f" (unseen: nearest trained {near})"
@@ -326,9 +384,10 @@ def train(world, family_sha256: str, *, seed: int = 0, episodes: int = EPISODES,
         sim = sm.Sim(world, trace, seed=int(rng.integers(2 ** 31)), epoch_s=epoch_s, switch_s=switch_s,
                      start=plans[int(rng.integers(n_a))])
         acted = -1  # change_id of the last greedy switch (the run-time rule)
+        sticky = Sticky()  # the run-time bins, so the table learns the contexts it will be asked about
         while not sim.done:
             est = sim.estimate
-            c = context(est)
+            c = context(sticky.estimate(est))
             vals = q.setdefault(c, [0.0] * n_a)
             cnt = visits.setdefault(c, [0] * n_a)
             ok = ok_for(est.condition)

@@ -161,3 +161,32 @@ def test_train_folder_reads_a_compiled_family(setup, tmp_path):
                            cluster=fam.cluster)
     rl.save(art, pol)
     assert policy_for("rl", art) == pol
+
+
+def test_a_plan_dependent_reading_does_not_flap(setup, trained):
+    """The testbed's CPU quota reads 2.7x slow on the plan that gives the board a long stage and 1.3x on the one
+    that gives it a short stage: the context's bins have hysteresis (rl.Sticky), so the table leaves the nominal
+    plan once and stays until the board reads nominal again."""
+    _, _, _, _, world = setup
+    pol = rl.Policy.from_json(trained.to_json())
+    hog, mild = fm.parse_condition("slowdown:gpu-board=2.7"), fm.parse_condition("slowdown:gpu-board=1.3")
+    d1 = pol(world.pricer, Estimate(hog, 1), world.static, -1)
+    assert d1.switch and d1.plan != world.static, d1  # the hog moves it off the nominal plan
+    d2 = pol(world.pricer, Estimate(mild, 2), d1.plan, d1.change_id)
+    assert not d2.switch, d2  # 1.3 stays in the 2x bin: no way back on a milder reading of the same hog
+    assert d2.reason.endswith("under slowdown:gpu-board=2"), d2.reason
+    fresh = rl.Policy.from_json(trained.to_json())  # without the history, 1.3 rounds to nominal
+    assert "under nominal" in fresh(world.pricer, Estimate(mild, 2), d1.plan, -1).reason
+    d3 = pol(world.pricer, Estimate(fm.parse_condition("slowdown:gpu-board=1.05"), 3), d1.plan, d1.change_id)
+    assert d3.switch and "under nominal" in d3.reason, d3  # the hog ends: the table's nominal choice, once
+
+
+def test_sticky_bins():
+    s = rl.Sticky()
+    c = fm.parse_condition
+    assert s.apply(c("slowdown:gpu-board=2.7")) == c("slowdown:gpu-board=2")
+    assert s.apply(c("slowdown:gpu-board=1.3+bandwidth=0.3")) == c("slowdown:gpu-board=2+bandwidth=0.25")
+    assert s.apply(c("slowdown:gpu-board=1.3+bandwidth=0.3")) == c("slowdown:gpu-board=2+bandwidth=0.25")  # idempotent
+    assert s.apply(c("slowdown:gpu-board=1.1+bandwidth=0.4")) == c("bandwidth=0.25")  # 1.1 leaves the 2x bin
+    assert s.apply(c("bandwidth=0.7")) == c("bandwidth=0.5")
+    assert s.apply(c("nominal")) == c("nominal") and not s.bins
