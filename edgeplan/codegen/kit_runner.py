@@ -9,8 +9,11 @@ module's time is the fixed cost of a call (``layer_overhead_us``); an op class's
 throughput is its layer's FLOPs / (time - that fixed cost). The
 runtime's own cost of a stage call (``hop_overhead_us``) is the time to
 encode, send over a local socket pair, receive and decode a frame of the kit's
-smallest size; the per-byte cost (from the largest size) is printed as a comment
-on stderr. Output is JSON (valid YAML): a profile that ``extends`` the board's.
+smallest size; its cost per byte (``hop_byte_ns``) is the slope up to a frame of
+at least ``HOP_LARGE`` bytes, halved: a stage call receives its inputs and sends
+its outputs, and the cost model charges ``hop_byte_ns`` on each byte in and each
+byte out, while one timed frame pays both ends of every byte. Output is JSON
+(valid YAML): a profile that ``extends`` the board's.
 Throughput above the profile's peak is clamped to it, and stderr says so.
 
 Runs on the board's Python, 3.6 and newer (JetPack 4.6), with numpy 1.16 or newer: annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 FAST_Q = 10  # percentile of the call times kept
+HOP_LARGE = 1 << 20  # the per-byte hop is timed up to a frame of at least this size (below it, per-call noise rules)
 
 
 def _call_s(fn, seconds: float, min_calls: int = 20) -> "tuple[float, int]":
@@ -64,6 +68,15 @@ def _hop_s(wire, nbytes: int, seconds: float) -> "tuple[float, int]":
     finally:
         a.close()
         b.close()
+
+
+def hop_figures(wire, small: int, large: int, seconds: float) -> "tuple[float, float, int, int]":
+    """(seconds per frame of ``small`` bytes, seconds per byte a stage call receives or sends, frames timed, the
+    large size used): frames through the runtime's wire format, sent and received (module docstring)."""
+    large = max(large, HOP_LARGE)
+    hop_small, n_hop = _hop_s(wire, small, seconds)
+    hop_large, _ = _hop_s(wire, large, seconds)
+    return hop_small, max(hop_large - hop_small, 0.0) / max(large - small, 1) / 2, n_hop, large
 
 
 def main(argv: "list[str] | None" = None) -> int:
@@ -124,19 +137,22 @@ def main(argv: "list[str] | None" = None) -> int:
         print(f"# {len(timings)} model windows timed: {out} (fit them with `edgeplan calibrate --kit`)",
               file=sys.stderr)
     small, large = kit["hop_bytes"]
-    hop_small, n_hop = _hop_s(wire, small, args.seconds)
-    hop_large, _ = _hop_s(wire, large, args.seconds)
-    per_byte = max(hop_large - hop_small, 0.0) / max(large - small, 1)
-    print(f"# runtime hop: {hop_small * 1e6:.1f} us per frame + {per_byte * 1e9:.3f} ns per byte "
-          f"({large} bytes: {hop_large * 1e6:.1f} us)", file=sys.stderr)
+    hop_small, per_byte, n_hop, large = hop_figures(wire, small, large, args.seconds)
+    print(f"# runtime hop: {hop_small * 1e6:.1f} us per frame + {per_byte * 1e9:.3f} ns per byte in or out "
+          f"(timed up to {large} bytes)", file=sys.stderr)
     measured["layer_overhead_us"] = {
         "how": f"profiling kit: 10th percentile of {n_tiny} calls of a one-element module",
         "when": when, "backend": kit["backend"], "from": src}
     measured["hop_overhead_us"] = {
         "how": f"profiling kit: 10th percentile of {n_hop} wire frames of {small} bytes sent and received over a "
                "local socket pair", "when": when, "backend": "edgeplan_runtime.wire", "from": src}
+    measured["hop_byte_ns"] = {
+        "how": f"profiling kit: slope of the 10th-percentile wire frame time from {small} to {large} bytes over a "
+               "local socket pair, halved (a frame pays both ends of each byte; a call one end of each byte in "
+               "or out)", "when": when, "backend": "edgeplan_runtime.wire", "from": src}
     unit = {"throughput_gflops": thr, "layer_overhead_us": round(fixed_s * 1e6, 3),
-            "hop_overhead_us": round(hop_small * 1e6, 3), "measured": measured}
+            "hop_overhead_us": round(hop_small * 1e6, 3), "hop_byte_ns": round(per_byte * 1e9, 4),
+            "measured": measured}
     doc = {"name": f"{kit['device']} measured by its profiling kit", "extends": kit["profile"],
            "units": {kit["unit"]: unit}}
     if not kit["profile"]:

@@ -66,7 +66,9 @@ def test_kit_measures_a_profile_that_predicts_the_compiled_stages(tmp_path):
         overlays[dev] = doc
     measured = load_cluster(_write_cluster(tmp_path, path))
     kit_unit = measured.device("h1").unit("cpu")
-    assert {"throughput_gflops.conv", "layer_overhead_us", "hop_overhead_us"} <= {m.field for m in kit_unit.measured}
+    assert {"throughput_gflops.conv", "layer_overhead_us", "hop_overhead_us", "hop_byte_ns"} <= {
+        m.field for m in kit_unit.measured}
+    assert kit_unit.hop_byte_s == pytest.approx(overlays["h1"]["units"]["cpu"]["hop_byte_ns"] * 1e-9)
     assert all(m.backend in ("onnxruntime", "edgeplan_runtime.wire") for m in kit_unit.measured)
     assert measured.device("h1").estimate  # power, memory and classes the model lacks are not measured
     errs_kit, errs_sheet, stage_s = [], [], []
