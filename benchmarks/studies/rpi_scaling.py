@@ -23,13 +23,26 @@ compute), ResNet-32 about 10x faster on ten boards, and ResNet-110 at batch 128 
 fitting; the verdicts say whether each held here, and whether the measured best board
 count agrees with the planner's.
 
+The full mode (no --quick, no --run-models/--run-batches/--boards/--syncs) trains the grid
+``full_grid``: MLP, LeNet-5 and ResNet-32 on 1, 2, 4 and 10 boards, ResNet-56 and ResNet-110 on
+1 and 10, all at batch 32 and synchronous; the shallow two also asynchronous (local-sgd) on 4 and
+10; then each (model, batch)'s planner board count where the grid lacks it; ResNet-110 at batch
+64/128 and ResNet-56 at 128 on one board are the fit check (not run when the planner's memory
+model says they do not fit). 128 training + 32 test samples per epoch, one epoch. Every measured
+row is saved to OUT/work/measured-rows.json as it ends and the report files are rewritten, so
+a run cut short keeps what it measured, and running the same command again measures only the
+rows still missing (--fresh starts over).
+
     python -m benchmarks.studies.rpi_scaling [--quick] [--models ...] [--batches 32,64] [--boards 1,2,4]
-                                             [--syncs sync,local-sgd] [--dataset DIR] [--no-train]
+                                             [--syncs sync,local-sgd] [--dataset DIR] [--no-train] [--fresh]
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -64,15 +77,104 @@ class Settings:
     emulate: bool | None = None
     host_gflops: float | None = None
     quick: bool = False
+    full_grid: bool = False  # measure full_grid() instead of run_models x run_batches x run_boards x syncs
+    resume: bool = True  # keep rows of OUT/work/measured-rows.json measured with the same settings
 
+
+Case = tuple[str, int, int, str]  # (model, batch, boards, sync) of one measured run
 
 QUICK = {"models": ("lenet-mlp", "lenet5", "resnet32", "resnet110"), "batches": (32, 128),
          "run_models": ("lenet-mlp", "lenet5"), "run_batches": (32,), "run_boards": (1, 4),
          "train_samples": 128, "test_samples": 64}
+FULL = {"full_grid": True, "train_samples": 128, "test_samples": 32}  # the grid of full_grid(), ~1 h here
 
 
 def _subset(n: int) -> list[str]:
     return [f"pi{i}" for i in range(n)]
+
+
+def full_grid(choices: list[dict]) -> list[Case]:
+    """The full mode's measured runs, most telling first (a run cut short loses the tail): sized to finish
+    in about an hour on a 2-core machine, where one emulated run costs 1.5-5 min (a Pi 3B is 0.04 of a core
+    here, so most of a run is torch starting up on each board)."""
+    grid: list[Case] = []
+    for model in ("lenet-mlp", "lenet5"):
+        grid += [(model, 32, n, "sync") for n in (1, 2, 4, 10)] + [(model, 32, n, "local-sgd") for n in (4, 10)]
+    grid += [("resnet32", 32, n, "sync") for n in (1, 2, 4, 10)]
+    grid += [(m, 32, n, "sync") for m in ("resnet56", "resnet110") for n in (1, 10)]
+    grid += [("resnet110", 64, 1, "sync"), ("resnet110", 128, 1, "sync"), ("resnet56", 128, 1, "sync")]
+    return grid + _planner_cases(grid, choices)
+
+
+def _planner_cases(grid: list[Case], choices: list[dict]) -> list[Case]:
+    """Each measured (model, batch)'s run on the planner's own board count, where the grid lacks it, so
+    whether the planner's choice is the measured best can be judged."""
+    have = {(m, b, n) for m, b, n, sync in grid if sync == "sync"}
+    extra = []
+    for m, b in dict.fromkeys((m, b) for m, b, _n, _s in grid):
+        ch = next((x for x in choices if x["model"] == m and x["batch"] == b), None)
+        if ch and (m, b, ch["planner_boards"]) not in have and \
+                any(r == (m, b) for r in ((x[0], x[1]) for x in grid if x[2] > 1)):
+            extra.append((m, b, ch["planner_boards"], "sync"))
+    return extra
+
+
+def cases(s: Settings, choices: list[dict]) -> list[Case]:
+    """The measured runs of ``s``: the full grid, or run_models x run_batches x run_boards x syncs (one board
+    runs sync only: nothing to synchronise)."""
+    if s.full_grid:
+        return full_grid(choices)
+    return [(m, b, n, sync) for m in s.run_models for b in s.run_batches for n in s.run_boards
+            for sync in (s.syncs if n > 1 else ("sync",))]
+
+
+def _signature(s: Settings) -> dict:
+    """What a measured row depends on besides its case: rows saved under another signature are measured again."""
+    return {"dataset": s.dataset, "train_samples": s.train_samples, "test_samples": s.test_samples,
+            "epochs": s.epochs, "sync_every": s.sync_every, "sync_bn": s.sync_bn, "emulate": s.emulate,
+            "host_gflops": s.host_gflops, "cluster_sha256": hashlib.sha256(CLUSTER.read_bytes()).hexdigest()}
+
+
+def _case(r: dict) -> Case:
+    return (r["model"], r["batch"], r["boards"], r["sync"] if "skipped" not in r else "sync")
+
+
+class Progress:
+    """OUT/work/measured-rows.json: the rows measured so far, rewritten after each one (resumable)."""
+
+    def __init__(self, path: Path, s: Settings, echo):
+        self.path, self.sig = path, _signature(s)
+        self.rows: dict[Case, dict] = {}
+        self.bed = {"notes": [], "dilation": 1.0, "emulated": False}  # the testbed the rows were measured on
+        if s.resume and path.exists():
+            saved = json.loads(path.read_text())
+            if saved.get("signature") == self.sig:
+                self.rows = {_case(r): r for r in saved["rows"]}
+                self.bed = saved["bed"]
+                echo(f"resuming: {len(self.rows)} row(s) already measured in {path} (--fresh to measure again)")
+            else:
+                echo(f"{path}: measured with other settings ({saved.get('signature')}); measuring again")
+
+    def add(self, row: dict) -> None:
+        self.rows[_case(row)] = row
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"signature": self.sig, "bed": self.bed, "rows": list(self.rows.values())},
+                                  indent=1))
+        tmp.replace(self.path)
+
+
+def cached_model_rows(model: str, s: Settings, work: Path) -> tuple[list[dict], list[dict]]:
+    """``model_rows``, kept in WORK/modelled.json (the ResNets' sweep takes minutes on a Pi-sized core)."""
+    key = {"model": model, "batches": list(s.batches), "plan_boards": list(s.plan_boards),
+           "cluster_sha256": hashlib.sha256(CLUSTER.read_bytes()).hexdigest()}
+    cache = work / "modelled.json"
+    if s.resume and cache.exists():
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key:
+            return saved["rows"], saved["choices"]
+    rows, choices = model_rows(model, s, work)
+    cache.write_text(json.dumps({"key": key, "rows": rows, "choices": choices}))
+    return rows, choices
 
 
 def model_rows(model: str, s: Settings, work: Path) -> tuple[list[dict], list[dict]]:
@@ -110,30 +212,48 @@ def model_rows(model: str, s: Settings, work: Path) -> tuple[list[dict], list[di
     return rows, choices
 
 
-def measured_rows(bed: c.Bed, s: Settings, work: Path, echo) -> list[dict]:
-    """Compile and train each measured configuration on ``bed``; one row per (model, batch, boards, sync)."""
-    rows = []
-    for model in s.run_models:
+def measured_rows(bed: c.Bed, s: Settings, work: Path, echo, todo: list[Case] | None = None,
+                  progress: Progress | None = None, modelled: list[dict] = (), checkpoint=None) -> list[dict]:
+    """Compile and train each case of ``todo`` (default: ``cases(s, [])``) on ``bed``; one row per case.
+
+    ``progress`` gets each row as it ends and ``checkpoint()`` is called after it (the report files), so a run
+    cut short keeps its rows; a configuration not feasible on its boards (memory) is a row with ``skipped``."""
+    todo = cases(s, []) if todo is None else todo
+    rows, data, arts, t0 = [], {}, {}, time.monotonic()
+    for k, (model, batch, n, sync) in enumerate(todo, 1):
         spec = MODELS[model]
-        data = c.prepare_data(s.dataset, c.model_input_shape(spec), s.train_samples, s.test_samples,
-                              work / model / "data")
-        echo(f"{model}: {data.describe()}")
-        for batch in s.run_batches:
-            for n in s.run_boards:
-                sub = c.sub_cluster(CLUSTER, _subset(n), work / model / f"pi-{n}.yaml")
-                try:
-                    plan = c.plan_training(spec, sub, batch=batch, microbatches=1, choice="data-parallel-all")
-                except c.StudyError as e:
-                    rows.append({"model": model, "batch": batch, "boards": n, "sync": "-", "skipped": str(e)})
-                    echo(f"  {model} b{batch} x{n}: not run ({e})")
-                    continue
-                cfg = f"{model}-b{batch}-n{n}"
-                art = c.compile_plan(plan, work / cfg, work / f"{cfg}-compile.log")
-                for sync in (s.syncs if n > 1 else ("sync",)):  # one board: nothing to synchronise
-                    echo(f"  {cfg} {sync}: {c.layout_text(plan)}")
-                    extra = ("--sync", sync, "--sync-every", str(s.sync_every)) + (("--sync-bn",) if s.sync_bn else ())
-                    run = bed.train(art, data, s.epochs, work / cfg / f"run-{sync}", extra=extra)
-                    rows.append(_measured(model, batch, n, sync, plan, run, bed, data))
+        if model not in data:
+            data[model] = c.prepare_data(s.dataset, c.model_input_shape(spec), s.train_samples, s.test_samples,
+                                         work / model / "data")
+            echo(f"{model}: {data[model].describe()}")
+        cfg = f"{model}-b{batch}-n{n}"
+        eta = "" if k == 1 else f", ~{(time.monotonic() - t0) / (k - 1) * (len(todo) - k + 1) / 60:.0f} min left"
+        echo(f"[{k}/{len(todo)}] {cfg} {sync} ({(time.monotonic() - t0) / 60:.1f} min in{eta})")
+        if cfg not in arts:
+            sub = c.sub_cluster(CLUSTER, _subset(n), work / model / f"pi-{n}.yaml")
+            try:
+                plan = c.plan_training(spec, sub, batch=batch, microbatches=1, choice="data-parallel-all")
+                arts[cfg] = (plan, c.compile_plan(plan, work / cfg, work / f"{cfg}-compile.log"))
+            except c.StudyError as e:
+                arts[cfg] = (None, str(e))
+        plan, art = arts[cfg]
+        if plan is None:
+            row = {"model": model, "batch": batch, "boards": n, "sync": "-", "skipped": art}
+            echo(f"  {model} b{batch} x{n}: not run ({art})")
+        else:
+            echo(f"  {cfg} {sync}: {c.layout_text(plan)}")
+            extra = ("--sync", sync, "--sync-every", str(s.sync_every)) + (("--sync-bn",) if s.sync_bn else ())
+            run = bed.train(art, data[model], s.epochs, work / cfg / f"run-{sync}", extra=extra)
+            row = _measured(model, batch, n, sync, plan, run, bed, data[model])
+            echo(f"  {cfg} {sync}: {c.fmt(row['epoch_s'])} s/epoch, test acc {row['test_accuracy']}, peak "
+                 f"{row['peak_rss_mb_max']:.0f} MB")
+        mod = next((x for x in modelled if (x["model"], x["batch"], x["boards"]) == (model, batch, n)), None)
+        row["modelled_memory_mb"] = mod["memory_mb_per_board"] if mod else None
+        rows.append(row)
+        if progress is not None:
+            progress.add(row)
+        if checkpoint is not None:
+            checkpoint()
     return rows
 
 
@@ -147,7 +267,7 @@ def _measured(model, batch, n, sync, plan, run: c.Run, bed: c.Bed, data: c.Data)
     net = [(b["net_rx_bytes"] or 0) + (b["net_tx_bytes"] or 0) for b in boards.values()
            if b["net_rx_bytes"] is not None]
     return {"model": model, "batch": batch, "boards": n, "sync": sync, "layout": c.layout_text(plan),
-            "epoch_s_emulated": run.epoch_s, "epoch_s": run.real_epoch_s,
+            "dilation": run.dilation, "epoch_s_emulated": run.epoch_s, "epoch_s": run.real_epoch_s,
             "samples_per_epoch": data.train, "iterations": last["iterations"],
             "predicted_iter_s": run.predicted_iter_s, "iter_s": run.real_iter_s,
             "test_accuracy": run.accuracy,
@@ -158,23 +278,44 @@ def _measured(model, batch, n, sync, plan, run: c.Run, bed: c.Bed, data: c.Data)
             "per_board": boards, "log": run.log}
 
 
-def run(s: Settings, out: Path, echo=c.echo_default) -> dict:
+def run(s: Settings, out: Path, echo=c.echo_default, checkpoint: bool = False) -> dict:
+    """The modelled sweep, then the measured cases not yet in OUT/work/measured-rows.json; ``checkpoint``:
+    rewrite the report files after each measured row."""
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     modelled, choices = [], []
     for model in s.models:
         echo(f"planning {model} on 1..{max(s.plan_boards)} boards (cost and memory model)")
-        rows, ch = model_rows(model, s, work / "plans" / model)
+        rows, ch = cached_model_rows(model, s, work / "plans" / model)
         modelled += rows
         choices += ch
-    measured, notes, dilation, emulated = [], [], 1.0, False
-    if s.train and s.run_models:
+    progress = Progress(work / "measured-rows.json", s, echo)
+    todo = cases(s, choices) if s.train else []
+    state = progress.bed  # the same emulation settings give the same dilation in a resumed run
+
+    def doc() -> dict:
+        measured = [progress.rows[k] for k in todo if k in progress.rows]
+        return _doc(s, modelled, choices, measured, state["notes"], state["dilation"], state["emulated"])
+
+    def write() -> None:
+        report(doc(), out)
+
+    left = [k for k in todo if k not in progress.rows]
+    if left:
+        echo(f"measuring {len(left)} of {len(todo)} run(s): " + ", ".join(f"{m} b{b} x{n} {y}"
+                                                                      for m, b, n, y in left))
         # emulate only the boards the measured runs use: fewer namespaces, and each board's CPU share is
         # not cut to make room for boards that never train
-        used = c.sub_cluster(CLUSTER, _subset(max(s.run_boards)), work / "emulated.yaml")
+        used = c.sub_cluster(CLUSTER, _subset(max(n for _m, _b, n, _y in todo)), work / "emulated.yaml")
         with c.Bed(used, s.host_gflops, s.emulate, echo) as bed:
-            measured = measured_rows(bed, s, work, echo)
-            notes, dilation, emulated = list(bed.notes), bed.dilation, bool(bed.emulate)
+            state.update(notes=list(bed.notes), dilation=bed.dilation, emulated=bool(bed.emulate))
+            measured_rows(bed, s, work, echo, left, progress, modelled, write if checkpoint else None)
+    return doc()
+
+
+def _doc(s: Settings, modelled: list[dict], choices: list[dict], measured: list[dict], notes: list[str],
+         dilation: float, emulated: bool) -> dict:
+    choices = [dict(ch) for ch in choices]
     time_kind = c.SCALED if emulated else c.LOCAL
     for ch in choices:
         runs = [r for r in measured if r["model"] == ch["model"] and r["batch"] == ch["batch"] and "skipped" not in r
@@ -276,7 +417,7 @@ def report(doc: dict, out: Path) -> tuple[list[str], dict]:
         lines.append(f"measured ({kind}" + (f", dilation {doc['dilation']:.3g}" if doc["emulated"] else "")
                      + f"; epoch = the study's subset; CPU utilisation of {of}):")
         mh = ["model", "batch", "boards", "sync", "samples", "s/epoch", "speed-up", "iter ms pred/meas", "test acc %",
-              "CPU util %", "peak MB", "net MB/board"]
+              "CPU util %", "MB model/peak", "net MB/board"]
         mb = []
         for r in doc["measured"]:
             if "skipped" in r:
@@ -291,8 +432,9 @@ def report(doc: dict, out: Path) -> tuple[list[str], dict]:
                        c.fmt(r["epoch_s"]), f"{base['epoch_s'] / r['epoch_s']:.2f}x" if base else "-",
                        f"{r['predicted_iter_s'] * 1e3:.0f}/{r['iter_s'] * 1e3:.0f}", acc,
                        c.fmt(100 * r["cpu_utilisation_mean"]) if r["cpu_utilisation_mean"] is not None else "-",
-                       c.fmt(r["peak_rss_mb_max"]), net])
+                       _mem_cell(r), net])
         lines += c.table(mh, mb, right=range(4, len(mh)))
+        lines += _sync_lines(doc["measured"], doc["settings"]["sync_every"])
     lines += [f"note: {n}" for n in doc["notes"]]
     for v in doc["verdicts"]:
         what = {k: v[k] for k in ("model", "batch", "boards", "planner", "measured", "tried") if k in v}
@@ -302,6 +444,31 @@ def report(doc: dict, out: Path) -> tuple[list[str], dict]:
             "held" if v["held"] else "did not hold"
         lines.append(f"research finding '{v['finding']}' {what}: {verdict}{extra} [{v['from']}]")
     return lines, c.write_outputs(out, NAME, doc, lines, figure(doc))
+
+
+def _mem_cell(r: dict) -> str:
+    """Modelled memory per board (planner) / measured peak resident memory of the board's ranks, MB."""
+    mod = r.get("modelled_memory_mb")
+    return f"{'-' if mod is None else f'{mod:.0f}'}/{r['peak_rss_mb_max']:.0f}"
+
+
+def _sync_lines(measured: list[dict], every: int) -> list[str]:
+    """Asynchronous (local-sgd) vs synchronous on the same boards: time, network bytes, accuracy."""
+    out = []
+    for r in measured:
+        if r.get("sync") != "local-sgd":
+            continue
+        s = next((x for x in measured if x.get("sync") == "sync" and
+                  (x["model"], x["batch"], x["boards"]) == (r["model"], r["batch"], r["boards"])), None)
+        if s is None:
+            continue
+        net = "" if not s["net_bytes_per_board_mean"] or r["net_bytes_per_board_mean"] is None else \
+            f", network bytes {r['net_bytes_per_board_mean'] / s['net_bytes_per_board_mean']:.2f}x"
+        acc = "" if s["test_accuracy"] is None or r["test_accuracy"] is None else \
+            f", test acc {100 * r['test_accuracy']:.1f}% vs {100 * s['test_accuracy']:.1f}%"
+        out.append(f"local-sgd (weights averaged every {every} iterations) vs sync, {r['model']} b{r['batch']} on "
+                   f"{r['boards']} boards: {s['epoch_s'] / r['epoch_s']:.2f}x the speed{net}{acc}")
+    return out
 
 
 def figure(doc: dict):
@@ -361,11 +528,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sync-bn", action="store_true",
                     help="train with `edgeplan train --sync-bn` (ResNets: BatchNorm over every board's samples)")
     ap.add_argument("--no-train", action="store_true", help="the modelled part only (no emulation)")
+    ap.add_argument("--fresh", action="store_true",
+                    help="measure every run again (default: keep the rows OUT/work/measured-rows.json holds)")
     args = ap.parse_args(argv)
     s = Settings(dataset=args.dataset, emulate=False if args.local else None, host_gflops=args.host_gflops,
-                 quick=args.quick, train=not args.no_train, sync_bn=args.sync_bn)
+                 quick=args.quick, train=not args.no_train, sync_bn=args.sync_bn, resume=not args.fresh)
     if args.quick:
         s = replace(s, **QUICK)
+    elif not (args.run_models or args.run_batches or args.boards or args.syncs):
+        s = replace(s, **FULL)
     given = {"models": args.models and tuple(args.models.split(",")), "batches": args.batches and _ints(args.batches),
              "run_models": args.run_models and tuple(args.run_models.split(",")),
              "run_batches": args.run_batches and _ints(args.run_batches),
@@ -376,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in (*s.models, *s.run_models) if m not in MODELS]
     if unknown or any(x not in SYNCS for x in s.syncs):
         ap.error(f"models must be of {', '.join(MODELS)} (got {', '.join(unknown)}); syncs of {', '.join(SYNCS)}")
-    return c.finish(args, NAME, run, report, s)
+    return c.finish(args, NAME, lambda s_, out: run(s_, out, checkpoint=True), report, s)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from benchmarks.studies import rpi_scaling as rs
@@ -53,6 +55,29 @@ def test_measured_as_local_processes_report_and_files(tmp_path):
     assert paths["png"].stat().st_size > 1000 and paths["svg"].read_text().lstrip().startswith("<?xml")
     assert any(line.split()[:4] == ["lenet-mlp", "32", "2", "sync"] for line in lines), lines
     assert any(line.startswith("research finding 'planner's board count is the measured best'") for line in lines)
+    # the same settings again: the row is read back from measured-rows.json, nothing is trained twice
+    metrics = tmp_path / "work" / "lenet-mlp-b32-n2" / "run-sync" / "metrics.json"
+    before, said = metrics.stat().st_mtime_ns, []
+    again = rs.run(s, tmp_path, echo=said.append)
+    assert metrics.stat().st_mtime_ns == before and again["measured"] == doc["measured"]
+    assert any(line.startswith("resuming: 1 row(s) already measured") for line in said), said
+    # other settings (more samples per epoch) do not reuse it
+    fresh = rs.Progress(tmp_path / "work" / "measured-rows.json", replace(s, train_samples=96), said.append)
+    assert fresh.rows == {} and "measuring again" in said[-1]
+
+
+def test_full_grid_adds_the_planners_board_count_and_the_fit_check():
+    choices = [{"model": m, "batch": 32, "planner_boards": n} for m, n in
+               (("lenet-mlp", 1), ("lenet5", 1), ("resnet32", 8), ("resnet56", 10), ("resnet110", 8))]
+    grid = rs.full_grid(choices)
+    assert len(grid) == len(set(grid))
+    # the planner's count is run where the grid lacks it (8), not where it has it (1, 10)
+    assert grid[-2:] == [("resnet32", 32, 8, "sync"), ("resnet110", 32, 8, "sync")]
+    assert ("resnet110", 128, 1, "sync") in grid and ("resnet110", 128, 8, "sync") not in grid
+    assert {(m, n) for m, _b, n, y in grid if y == "local-sgd"} == {(m, n) for m in rs.SHALLOW for n in (4, 10)}
+    s = rs.Settings(run_models=("lenet5",), run_batches=(32,), run_boards=(1, 4), syncs=rs.SYNCS)
+    assert rs.cases(s, choices) == [("lenet5", 32, 1, "sync"), ("lenet5", 32, 4, "sync"),
+                                    ("lenet5", 32, 4, "local-sgd")]
 
 
 @netns_tier
