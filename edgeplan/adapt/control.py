@@ -49,8 +49,10 @@ class Switch:
 
 def flat_status(status: dict, scale: dict | None = None) -> dict:
     """A FamilyHead status as the Estimator reads it: every variant's workers, keyed ``variant:device/stageK``;
-    ``scale`` (same keys) multiplies a worker's predicted compute time (its module's measured/predicted ratio
-    at warm-up, so every layout reads as slowdown 1 under the conditions it was warmed up in)."""
+    the head's own receive-side link figures (``family_rx_links``) as a worker entry ``variant:head`` of
+    device ``head`` that only has ``rx_links``; ``scale`` (same keys) multiplies a worker's predicted compute
+    time (its module's measured/predicted ratio at warm-up, so every layout reads as slowdown 1 under the
+    conditions it was warmed up in)."""
     fam = status.get("family_workers")
     if fam is None:
         return status
@@ -62,6 +64,9 @@ def flat_status(status: dict, scale: dict | None = None) -> dict:
             if key in scale and w.get("predicted_compute_s"):
                 w = dict(w, predicted_compute_s=w["predicted_compute_s"] * scale[key])
             out[key] = w
+    for v, rx in sorted((status.get("family_rx_links") or {}).items()):  # the head's own receive-side figures
+        if rx:
+            out[f"{v}:head"] = {"device": "head", "alive": True, "monitor": {"rx_links": rx}}
     return {"workers": out}
 
 

@@ -145,7 +145,7 @@ class Estimator:
         rx: dict[str, float] = {}  # the same, as receivers measured them
         whole: set = set()  # links whose large frames arrived whole at their receiver (the link kept up)
         for key, w in status.get("workers", {}).items():
-            dev = w["device"]
+            dev = self.head if w["device"] == "head" else w["device"]  # the head's own receive side (flat_status)
             alive[dev] = alive.get(dev, False) or bool(w.get("alive", True))
             mon = w.get("monitor") or {}
             comp = mon.get("compute_seconds") or {}

@@ -231,6 +231,11 @@ class Head:
         self._lat_sum = 0.0
         self._lat_count = 0
         self._recent_lat: deque = deque(maxlen=64)
+        # Results that arrived through wire.Reader.timed, per sending replica (``device/stageK``): the head's own
+        # receive-side link figures, in a worker monitor's rx_links format (the estimator reads links INTO the
+        # head here, not at their sender, whose send returns once its bytes are in the socket buffer).
+        self._rx: Dict[str, list] = {}
+        self._rx_lock = threading.Lock()
 
     @classmethod
     def from_specs(cls, specs: Sequence[StageSpec], microbatches: int, listen_address: Optional[str] = None,
@@ -337,7 +342,7 @@ class Head:
             "duplicated_total": self.duplicated_total,
             "latency_seconds": {"buckets": buckets, "sum": self._lat_sum, "count": self._lat_count},
             "faults": [asdict(f) for f in list(self._faults)[-100:]],  # the latest (a flapping link adds up)
-            "workers": workers,
+            "workers": workers, "rx_links": self.rx_links(),
         }
 
     def close(self) -> None:
@@ -519,10 +524,13 @@ class Head:
         self._accepted.add(conn)
         try:
             session = wire.handshake(conn, self.cfg.secret, server=True, timeout=max(self.cfg.send_timeout_s, 1.0))
-            recv = wire.Reader(conn, session, self.max_frame).recv
+            reader = wire.Reader(conn, session, self.max_frame)
+            recv = reader.recv
             while not self._stop.is_set():
                 f = recv()
                 if f.kind == wire.DATA:
+                    if reader.timed is not None:
+                        self._record_rx(f, *reader.timed)
                     self._events.put(("result", None, f))
         except wire.FrameError as e:
             self.log(f"closing result connection from {peer[0]}:{peer[1]}: {e}")
@@ -531,6 +539,36 @@ class Head:
         finally:
             self._accepted.discard(conn)
             conn.close()
+
+    def _record_rx(self, f: wire.Frame, nbytes: int, seconds: float) -> None:
+        """A timed result frame (wire.Reader.timed) under the last-stage replica whose sample range holds it, as a
+        worker files its input (Worker._record_recv_timed); ``seconds`` 0: it had arrived whole (the link kept
+        up). A frame no range holds (a route in flight) is not guessed."""
+        if f.stage != self.n_stages:
+            return
+        who = None
+        for key, lo, hi in self._ranges.get(self.n_stages - 1, ()):
+            if lo <= f.lo and f.hi <= hi:
+                w = self.workers.get(key)
+                who = None if w is None else f"{w.device}/stage{w.stage}"
+                break
+        if who is None:
+            return
+        with self._rx_lock:
+            rx = self._rx.get(who)
+            if rx is None:
+                rx = self._rx[who] = [0, 0.0, 0]
+            if seconds > 0.0:
+                rx[0] += nbytes
+                rx[1] += seconds
+            else:
+                rx[2] += nbytes
+
+    def rx_links(self) -> dict:
+        """The head's receive-side link figures per sending replica (a monitor snapshot's ``rx_links`` format)."""
+        with self._rx_lock:
+            return {peer: {"rx_timed_bytes_total": b, "rx_timed_seconds_total": t, "rx_whole_bytes_total": w}
+                    for peer, (b, t, w) in self._rx.items()}
 
     def _control_reader(self, key, sock: socket.socket, gen: int, session: Optional[wire.Session]) -> None:
         try:
@@ -1089,7 +1127,8 @@ class FamilyHead:
             st["inflight"] = sum(self._open.values())
             st["switches"] = [self._public(sw) for sw in self.switches]
         st.update(window=self.window, variant=self.active, variants=sorted(self.heads), family_epoch=self.epoch,
-                  family_workers={name: s["workers"] for name, s in each.items()})
+                  family_workers={name: s["workers"] for name, s in each.items()},
+                  family_rx_links={name: s.get("rx_links") or {} for name, s in each.items()})
         return st
 
     def set_stats_interval(self, seconds: float) -> None:

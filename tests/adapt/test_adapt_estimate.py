@@ -6,6 +6,7 @@ synthesised in the head's status() format (no torch)."""
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 
 import pytest
@@ -304,3 +305,39 @@ def test_a_receiver_reading_above_nominal_is_capped_not_a_faster_link(cluster):
     for _ in range(2):
         e = est.update(status(0.9 / 4))
     assert str(e.condition) == "bandwidth=0.25"
+
+
+def test_the_heads_own_receive_side_reads_the_link_into_the_head(cluster):
+    """Results the head's Reader timed (Head._record_rx, filed under the last-stage replica whose range holds
+    them) reach the estimator through flat_status as the head's rx_links: the link INTO the head is read where it
+    arrives, not at its sender (whose sends keep reading nominal during a drop)."""
+    from types import SimpleNamespace
+
+    from edgeplan.adapt.control import flat_status
+    from edgeplan.runtime import wire
+    from edgeplan.runtime.head import Head
+
+    h = SimpleNamespace(n_stages=2, _ranges={1: [(("10.0.0.3", 1), 0, 4)]}, _rx={}, _rx_lock=threading.Lock(),
+                        workers={("10.0.0.3", 1): SimpleNamespace(device="cpu-board", stage=1)})
+    bw = cluster.link("cpu-board", "npu-board").bandwidth
+    sent = [0.0, 0.0]
+
+    def status(scale):
+        Head._record_rx(h, wire.Frame(wire.DATA, lo=0, hi=4, stage=2), 1 << 20, (1 << 20) / (bw * scale))
+        Head._record_rx(h, wire.Frame(wire.DATA, lo=0, hi=4, stage=1), 1 << 20, 1.0)  # not a result: ignored
+        sent[0] += 1 << 20
+        sent[1] += (1 << 20) / bw  # the sender's figure stays nominal
+        send = {"sent_bytes_total": sent[0], "timed_bytes_total": sent[0], "timed_seconds_total": sent[1]}
+        w = {"device": "cpu-board", "stage": 1, "alive": True, "monitor": {"links": {"head": send}}}
+        return flat_status({"family_workers": {"plan-0": {"cpu-board/stage1": w}},
+                            "family_rx_links": {"plan-0": Head.rx_links(h)}})
+
+    assert set(Head.rx_links(h)) == set()
+    est = Estimator(cluster, head="npu-board")
+    for _ in range(3):
+        est.update(status(0.9))
+    assert Head.rx_links(h)["cpu-board/stage1"]["rx_timed_bytes_total"] == 3 << 20
+    est.calibrate()
+    for _ in range(2):
+        e = est.update(status(0.9 / 4))
+    assert str(e.condition) == "bandwidth=0.25", str(e.condition)  # the only link measured: read as all links
