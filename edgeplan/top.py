@@ -92,6 +92,8 @@ class View:
     boards: dict[str, Board] = field(default_factory=dict)
     stages: dict[tuple[str, str], Stage] = field(default_factory=dict)
     links: dict[tuple[str, str, str], dict[str, float]] = field(default_factory=dict)
+    # receive side, (receiver board, its stage, sending peer) -> rx_timed_bytes / rx_timed_seconds / rx_whole_bytes
+    rx_links: dict[tuple[str, str, str], dict[str, float]] = field(default_factory=dict)
 
 
 def _hist(samples, base: str) -> Hist:
@@ -167,6 +169,9 @@ def parse(text: str, at: float | None = None) -> View:
                 stage(lab).samples_total = val
             elif name == "edgeplan_queue_depth":
                 stage(lab).queues[lab["queue"]] = val
+            elif name.startswith("edgeplan_link_rx_"):
+                key = (lab["board"], lab["stage"], lab["peer"])
+                v.rx_links.setdefault(key, {})[name[len("edgeplan_link_"):]] = val
             elif name.startswith("edgeplan_link_"):
                 key = (lab["board"], lab["stage"], lab["peer"])
                 v.links.setdefault(key, {})[name[len("edgeplan_link_"):]] = val
@@ -289,7 +294,19 @@ def render(v: View, prev: View | None = None):
         tput = d.get("throughput_bytes_per_second")
         links.add_row(f"{b}/stage{st}", peer, _fmt(tput, ".1f", 8 / 1e6),
                       _fmt(d.get("sent_bytes"), ".1f", 1e-6), _fmt(d.get("received_bytes"), ".1f", 1e-6))
-    return Group(head, boards, stages, links)
+    if not v.rx_links:
+        return Group(head, boards, stages, links)
+    rx = Table(title="links (receive side: bytes / arrival time of large frames; since the last poll when live)",
+               title_justify="left")
+    for col in ("from", "to", "Mbit/s", "timed MB", "whole MB"):
+        rx.add_column(col, justify="left" if col in ("from", "to") else "right")
+    for (b, st, peer), d in sorted(v.rx_links.items()):
+        old = prev.rx_links.get((b, st, peer), {}) if prev else {}
+        nb = d.get("rx_timed_bytes", 0.0) - old.get("rx_timed_bytes", 0.0)
+        ns = d.get("rx_timed_seconds", 0.0) - old.get("rx_timed_seconds", 0.0)
+        rx.add_row(peer, "head" if b == "head" else f"{b}/stage{st}", _fmt(nb / ns if ns > 0 else None, ".1f", 8 / 1e6),
+                   _fmt(d.get("rx_timed_bytes"), ".1f", 1e-6), _fmt(d.get("rx_whole_bytes"), ".1f", 1e-6))
+    return Group(head, boards, stages, links, rx)
 
 
 def run(url: str, interval_s: float = 1.0, once: bool = False, console=None) -> None:

@@ -20,6 +20,24 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _NAME_RE = re.compile(r"[^a-zA-Z0-9_]")
 
 
+def _rx_links(fam, receiver: List[str], rx) -> None:
+    """Receive-side link figures (a snapshot's or the head's ``rx_links``: frames of >= 64 KiB timed as they
+    arrived, wire.Reader.timed) per sending peer; ``board``/``stage`` name the receiver (the head: ``head``),
+    ``peer`` the sender. The link's throughput as it arrives is rate(timed bytes) / rate(timed seconds)."""
+    lab = ("board", "stage", "peer")
+    for peer, ln in sorted((rx or {}).items()):
+        v = receiver + [str(peer)]
+        fam("counter", "edgeplan_link_rx_timed_bytes_total",
+            "Bytes of large frames from the peer timed from their arrival to their last byte.", lab).add_metric(
+            v, float(ln.get("rx_timed_bytes_total", 0)))
+        fam("counter", "edgeplan_link_rx_timed_seconds_total",
+            "Time those frames took to arrive (receive side).", lab).add_metric(
+            v, float(ln.get("rx_timed_seconds_total", 0.0)))
+        fam("counter", "edgeplan_link_rx_whole_bytes_total",
+            "Bytes of large frames from the peer that had arrived whole before the receiver asked (the link "
+            "kept up).", lab).add_metric(v, float(ln.get("rx_whole_bytes_total", 0)))
+
+
 def _buckets(hist: dict) -> List[Tuple[str, float]]:
     """A status/snapshot histogram ({"buckets": [[le, cumulative]], "sum", "count"}) as
     prometheus_client buckets, ending with +Inf = count (snapshots omit +Inf: JSON has no Infinity)."""
@@ -73,6 +91,8 @@ def _families(status: dict) -> list:
         fam("gauge", "edgeplan_faults", "Worker faults the head currently knows of.").add_metric(
             [], float(len(status["faults"])))
 
+    _rx_links(fam, ["head", "head"], status.get("rx_links"))  # results as the head received them
+
     # -- workers --
     boards_seen: Set[str] = set()
     for _key, w in sorted((status.get("workers") or {}).items()):
@@ -113,6 +133,7 @@ def _families(status: dict) -> list:
                 fam("gauge", "edgeplan_link_throughput_bytes_per_second",
                     "Passive link throughput to the peer: smoothed bytes / send time of large sends.", lab) \
                     .add_metric(bsp, float(ln["throughput_bytes_per_second"]))
+        _rx_links(fam, bs, m.get("rx_links"))
         for queue, depth in sorted((m.get("queues") or {}).items()):
             fam("gauge", "edgeplan_queue_depth", "Items waiting in a worker queue.", ("board", "stage", "queue")) \
                 .add_metric(bs + [str(queue)], float(depth))
