@@ -217,7 +217,8 @@ def measured_rows(bed: c.Bed, s: Settings, work: Path, echo, todo: list[Case] | 
     """Compile and train each case of ``todo`` (default: ``cases(s, [])``) on ``bed``; one row per case.
 
     ``progress`` gets each row as it ends and ``checkpoint()`` is called after it (the report files), so a run
-    cut short keeps its rows; a configuration not feasible on its boards (memory) is a row with ``skipped``."""
+    cut short keeps its rows; a configuration not feasible on its boards (memory) is a row with ``skipped``; a
+    training that fails is said and left out (the next run of the same command retries it)."""
     todo = cases(s, []) if todo is None else todo
     rows, data, arts, t0 = [], {}, {}, time.monotonic()
     for k, (model, batch, n, sync) in enumerate(todo, 1):
@@ -233,9 +234,14 @@ def measured_rows(bed: c.Bed, s: Settings, work: Path, echo, todo: list[Case] | 
             sub = c.sub_cluster(CLUSTER, _subset(n), work / model / f"pi-{n}.yaml")
             try:
                 plan = c.plan_training(spec, sub, batch=batch, microbatches=1, choice="data-parallel-all")
-                arts[cfg] = (plan, c.compile_plan(plan, work / cfg, work / f"{cfg}-compile.log"))
-            except c.StudyError as e:
+            except c.StudyError as e:  # not feasible on n boards (memory): a result, saved
                 arts[cfg] = (None, str(e))
+            else:
+                try:
+                    arts[cfg] = (plan, c.compile_plan(plan, work / cfg, work / f"{cfg}-compile.log"))
+                except c.StudyError as e:
+                    echo(f"  {cfg}: compile FAILED, left out of the report ({e})")
+                    continue
         plan, art = arts[cfg]
         if plan is None:
             row = {"model": model, "batch": batch, "boards": n, "sync": "-", "skipped": art}
@@ -243,7 +249,11 @@ def measured_rows(bed: c.Bed, s: Settings, work: Path, echo, todo: list[Case] | 
         else:
             echo(f"  {cfg} {sync}: {c.layout_text(plan)}")
             extra = ("--sync", sync, "--sync-every", str(s.sync_every)) + (("--sync-bn",) if s.sync_bn else ())
-            run = bed.train(art, data[model], s.epochs, work / cfg / f"run-{sync}", extra=extra)
+            try:
+                run = bed.train(art, data[model], s.epochs, work / cfg / f"run-{sync}", extra=extra)
+            except c.StudyError as e:  # not saved: the same command again retries it
+                echo(f"  {cfg} {sync}: FAILED, left out of the report ({e})")
+                continue
             row = _measured(model, batch, n, sync, plan, run, bed, data[model])
             echo(f"  {cfg} {sync}: {c.fmt(row['epoch_s'])} s/epoch, test acc {row['test_accuracy']}, peak "
                  f"{row['peak_rss_mb_max']:.0f} MB")

@@ -99,3 +99,18 @@ def test_emulated_boards_measure_their_network_bytes(tmp_path):
     assert two["net_bytes_per_board_mean"] > 2 * grads
     assert one["net_bytes_per_board_mean"] < two["net_bytes_per_board_mean"] / 4
     assert two["epoch_s"] == pytest.approx(two["epoch_s_emulated"] * doc["dilation"])
+
+
+def test_a_failed_training_is_left_out_and_not_saved(tmp_path):
+    """A run that fails (a board died, a timeout) is said and not saved, so the same command retries it."""
+    class Failing:
+        def train(self, art, data, epochs, run_dir, extra=()):
+            raise rs.c.StudyError(f"training {art} failed (exit 1); log {run_dir}.log")
+
+    s = rs.Settings(run_models=("lenet-mlp",), run_batches=(32,), run_boards=(1,), syncs=("sync",),
+                    train_samples=32, test_samples=8)
+    said = []
+    progress = rs.Progress(tmp_path / "rows.json", s, said.append)
+    assert rs.measured_rows(Failing(), s, tmp_path, said.append, progress=progress) == []
+    assert progress.rows == {} and not (tmp_path / "rows.json").exists()
+    assert any("lenet-mlp-b32-n1 sync: FAILED, left out of the report (training" in line for line in said), said
