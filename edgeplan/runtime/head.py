@@ -961,7 +961,13 @@ class FamilyHead:
     pipeline with its own stage count, replica ranges and failure handling, and runtime/local.py starts
     every variant's workers with their modules loaded, so a switch sends nothing to the boards and starts
     nothing. A request lives in one variant from submit to answer (it is never re-sent across layouts),
-    so each Head's exactly-once contract carries over unchanged.
+    so each Head's exactly-once contract carries over unchanged. One Head holding per-variant routes was
+    weighed and is not simpler: everything a Head keys on its route (stage count, which frames are results,
+    each stage's replica ranges and their dead/re-join re-routing, output specs and frame limit, the epoch
+    that stale answers are checked against, drain accounting) would have to be keyed by variant as well;
+    that is the state of N Heads inside one object, with the old layout's drain entangled with the new one's
+    routing. What N Heads cost is one loop thread and a few sockets each; the worker processes, which hold the
+    memory, are already one per board and module, shared by every variant (runtime/local.py).
 
     ``switch(variant)`` is the family's routing epoch: requests submitted before it finish on the old
     layout, later ones start on the new one. The window is shared by all variants (never more than
