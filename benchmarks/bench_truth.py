@@ -99,7 +99,7 @@ class Emulated:
     testbed's CPU weight so other tenants of this machine do not take a board's quota (testbed/netns.py);
     each worker reports its quota (``cpu_quota_cores``), so calibrate counts CPU seconds as board seconds."""
 
-    def __init__(self, name: str, host, max_board_cores: float):
+    def __init__(self, name: str, host, max_board_cores: float, hop_byte: str = "host"):
         from edgeplan.profiles.load import load_cluster
         from edgeplan.testbed import emulate
 
@@ -108,11 +108,20 @@ class Emulated:
         self.max_board_cores = max_board_cores
         self.shape = emulate.shape(self.spec, host.of("conv"), max_board_cores=max_board_cores)
         self.cores = {b.device: b.cores for b in self.shape.boards}
+        self.hop_byte = hop_byte
 
     def write(self, path: Path) -> Path:
+        """The cluster as emulated; ``hop_byte="copies"`` leaves out the runtime's per-byte figure, so boards
+        are priced at 2 copies per byte (the cost model before hop_byte_ns: the comparison it was added for)."""
         from edgeplan.testbed import emulate
 
-        return emulate.write_emulated_cluster(path, self.spec, self.shape, self.host)
+        emulate.write_emulated_cluster(path, self.spec, self.shape, self.host)
+        if self.hop_byte == "copies":
+            doc = yaml.safe_load(path.read_text())
+            for d in doc["devices"]:
+                d["overrides"]["units"]["cpu"].pop("hop_byte_ns", None)
+            path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
 
     def run(self, art, requests, config, log_dir):
         from edgeplan.runtime.local import run_local
@@ -134,7 +143,7 @@ def _board_call_s(replica: dict) -> float | None:
     return (float(cpu) - float(replica.get("cpu_startup_s") or 0.0)) / float(q) / int(runs)
 
 
-def _round(traced, model, cluster_path, tmp, tag, requests, emulated=None, art=None):
+def _round(traced, model, cluster_path, tmp, tag, requests, emulated=None, art=None, batch=4):
     """Plan on ``cluster_path``, compile, run and measure (``art``: run that compiled plan again instead)."""
     from edgeplan.codegen.compile import compile_plan
     from edgeplan.planner.api import make_plan
@@ -144,7 +153,7 @@ def _round(traced, model, cluster_path, tmp, tag, requests, emulated=None, art=N
 
     cluster = load_cluster(cluster_path)
     if art is None:
-        plan = record_sources(make_plan(traced.graph, cluster, Objective(batch=4), min_gain=0.0), model_ref=model,
+        plan = record_sources(make_plan(traced.graph, cluster, Objective(batch=batch), min_gain=0.0), model_ref=model,
                               input_shape=None, cluster_path=str(cluster_path), cluster=cluster)
         art = compile_plan(plan, model, tmp / f"art-{tag}", cluster=cluster, backend="onnxruntime", traced=traced)
     else:
@@ -224,6 +233,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeat", action="store_true",
                     help="run the calibrated plan a second time, unchanged: how far two runs of one plan differ on "
                          "this machine (the noise floor the after-calibration errors are read against)")
+    ap.add_argument("--batch", type=int, default=4,
+                    help="samples per request the plans are made for (wider tensors per call: more of each call is "
+                         "the runtime's per-byte hop)")
+    ap.add_argument("--hop-byte", choices=("host", "copies"), default="host",
+                    help="--emulate: price the runtime's per-byte hop at this machine's measured figure / cores "
+                         "(emulate --write-cluster), or at 2 memory copies (profiles without hop_byte_ns)")
     ap.add_argument("--keep", default=None, help="write the reports, plans and cluster files under this folder "
                                                  "(default: a temporary folder, removed)")
     args = ap.parse_args(argv)
@@ -249,21 +264,25 @@ def main(argv: list[str] | None = None) -> dict:
                 tmp = Path(tmpdir) / f"{model}-{cname}"
                 tmp.mkdir(exist_ok=True)
                 path = tmp / "cluster.yaml"
-                emulated = Emulated(cname, host, args.board_cores) if args.emulate else None
+                emulated = Emulated(cname, host, args.board_cores, args.hop_byte) if args.emulate else None
                 if emulated is not None:
                     emulated.write(path)
                 else:
                     path.write_text(yaml.safe_dump({"name": cname, "devices": CLUSTERS[cname], "network": {
                         "default": {"bandwidth_mbps": 1000, "latency_ms": 0.1}}}))
                 print(f"{model} on {cname}{' (emulated)' if emulated else ''}")
-                art0, plan0, st0, pair0 = _round(traced, model, path, tmp, "0", args.requests, emulated)
+                art0, plan0, st0, pair0 = _round(traced, model, path, tmp, "0", args.requests, emulated,
+                                                 batch=args.batch)
                 _print_round("before (datasheet profiles)", plan0, st0, pair0)
                 calibrate_files([tmp / "report-0.json"], [art0], path, tmp / "calibrated.yaml",
                                 lambda p, g=traced.graph: g)
                 art1, plan1, st1, pair1 = _round(traced, model, tmp / "calibrated.yaml", tmp, "1", args.requests,
-                                                 emulated)
+                                                 emulated, batch=args.batch)
                 _print_round("after one calibration round", plan1, st1, pair1)
                 mape = [100 * float(np.mean([abs(_err(p, m)) for _, _, m, p, *_ in st])) for st in (st0, st1)]
+                # the whole call (module + hop: what the runtime's per-byte cost adds to) vs the plan's compute_s
+                call = [100 * float(np.mean([abs(_err(cp, c)) for *_, c, cp, _ in st if c is not None] or [np.nan]))
+                        for st in (st0, st1)]
                 thr = [100 * abs(_err(pr["throughput_loaded"][1], pr["throughput_loaded"][0])) for pr in (pair0, pair1)]
                 lat = [100 * abs(_err(pr["latency_p50_loaded_s"][1], pr["latency_p50_loaded_s"][0]))
                        for pr in (pair0, pair1)]
@@ -274,15 +293,17 @@ def main(argv: list[str] | None = None) -> dict:
                     _print_round("the calibrated plan run again", plan1, st2, pair2)
                     noise = (100 * float(np.mean([abs(_err(a[2], b[2])) for a, b in zip(st2, st1, strict=True)])),
                              100 * abs(_err(pair2["throughput_loaded"][0], pair1["throughput_loaded"][0])))
-                rows.append((model, cname, mape, thr, lat, noise))
+                rows.append((model, cname, mape, thr, lat, noise, call))
     rep = any(r[5] for r in rows)
-    print(f"\n{'model':<20}{'cluster':<14}{'stage MAPE %':>22}{'throughput err %':>22}{'p50 err %':>20}"
-          + (f"{'rerun vs run %':>22}" if rep else ""))
-    print(f"{'':<34}{'before -> after':>22}{'before -> after':>22}{'before -> after':>20}"
+    print(f"per-byte hop priced at: {args.hop_byte if args.emulate else 'the profiles'}; batch {args.batch}")
+    print(f"\n{'model':<20}{'cluster':<14}{'stage MAPE %':>22}{'call MAPE %':>20}{'throughput err %':>22}"
+          f"{'p50 err %':>20}" + (f"{'rerun vs run %':>22}" if rep else ""))
+    print(f"{'':<34}{'before -> after':>22}{'before -> after':>20}{'before -> after':>22}{'before -> after':>20}"
           + (f"{'stage   throughput':>22}" if rep else ""))
-    for model, cname, mape, thr, lat, noise in rows:
-        print(f"{model:<20}{cname:<14}{mape[0]:>11.1f} -> {mape[1]:>6.1f}{thr[0]:>13.1f} -> {thr[1]:>5.1f}"
-              f"{lat[0]:>11.1f} -> {lat[1]:>5.1f}" + (f"{noise[0]:>12.1f}{noise[1]:>10.1f}" if noise else ""))
+    for model, cname, mape, thr, lat, noise, call in rows:
+        print(f"{model:<20}{cname:<14}{mape[0]:>11.1f} -> {mape[1]:>6.1f}{call[0]:>9.1f} -> {call[1]:>6.1f}"
+              f"{thr[0]:>13.1f} -> {thr[1]:>5.1f}{lat[0]:>11.1f} -> {lat[1]:>5.1f}"
+              + (f"{noise[0]:>12.1f}{noise[1]:>10.1f}" if noise else ""))
     after_mape = [r[2][1] for r in rows]
     after_thr = [r[3][1] for r in rows]
     print(f"targets: per-stage MAPE <= 10% (after: {min(after_mape):.1f}..{max(after_mape):.1f}%), throughput "
