@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgeplan.errors import PlanError
@@ -28,6 +28,12 @@ EPOCH_S = 0.5  # how often the controller reads the head's status (the monitor's
 CALIBRATE_EPOCHS = 6  # epochs of measurement before the estimator takes the measured factors as nominal
 STATS_PER_EPOCH = 0.5  # the head polls the workers' STATS every this many epochs (fresh counters in each one)
 MIN_DWELL_S = 2.0  # no switch sooner than this after the previous one, nor before its old layout drained
+# A switch back to the plan the previous switch left, sooner than this after it, is not made (the change that
+# asked for it counts as answered). What a board or link reads depends on the plan measuring it (a short stage
+# under a CPU quota reads 1.3x where a long one read 2.7x; a loaded host drifts a board 0.9x <-> 1.4x), so a
+# return this soon is a reading of the new layout, not a new condition (the testbed's heuristic went
+# plan-0 -> plan-2 -> plan-0 -> plan-2 within 6 s of a recovery). The shipped traces change every 20 s.
+RETURN_HOLD_S = 8.0
 
 
 @dataclass(frozen=True)
@@ -90,10 +96,11 @@ class Controller:
 
     def __init__(self, head, pricer, estimator, policy, *, epoch_s: float = EPOCH_S,
                  calibrate_epochs: int = CALIBRATE_EPOCHS, log=None, name: str = "", min_dwell_s: float = MIN_DWELL_S,
-                 clock=time.monotonic):
+                 return_hold_s: float = RETURN_HOLD_S, clock=time.monotonic):
         self.head, self.pricer, self.estimator, self.policy = head, pricer, estimator, policy
         self.epoch_s, self.calibrate_epochs = epoch_s, calibrate_epochs
-        self.min_dwell_s, self.clock = min_dwell_s, clock
+        self.min_dwell_s, self.return_hold_s, self.clock = min_dwell_s, return_hold_s, clock
+        self.held_returns: list[dict] = []  # switches back not made (RETURN_HOLD_S)
         self._last_switch_t = -float("inf")
         self.held = 0  # epochs in which a decision waited for the previous switch to drain / the dwell time
         self.name = name or getattr(policy, "__name__", "policy")
@@ -145,6 +152,16 @@ class Controller:
         t0 = time.perf_counter()
         d = self.policy(self.pricer, est, current, self.last_change)
         decide_s = time.perf_counter() - t0
+        back = self.switches[-1].frm if self.switches else None
+        if d.switch and d.plan != current and back is not None and d.plan == self.plan_file(back) \
+                and self.clock() - self._last_switch_t < self.return_hold_s and d.current_value != float("inf"):
+            self.held_returns.append({"at_s": round(time.monotonic() - self._t0, 3), "to": back,
+                                      "condition": str(est.condition), "change_id": d.change_id})
+            self.log(f"{self.name}: not back to {back} {self.clock() - self._last_switch_t:.1f} s after leaving it "
+                     f"(hold {self.return_hold_s:g} s): {d.reason} (estimate: {est.condition})")
+            self.last_change = d.change_id
+            return replace(d, plan=current, switch=False, reason=f"held (back within {self.return_hold_s:g} s): "
+                           + d.reason)
         if d.switch and d.plan != current:
             variant = Path(d.plan).stem
             reason = f"{self.name}: {d.reason} (estimate: {est.condition})"
@@ -224,6 +241,7 @@ class Controller:
                 "decisions_switched": [s.to_json() for s in self.switches], "errors": list(self.errors),
                 "model_error_by_worker": {k: round(v, 4) for k, v in sorted(self.scale.items())},
                 "calibrated_at_epoch": self.calibrated, "held_epochs": self.held, "min_dwell_s": self.min_dwell_s,
+                "return_hold_s": self.return_hold_s, "held_returns": list(self.held_returns),
                 "started_process_age_s": self.started_process_age_s,
                 "estimates": [{"at_s": t, "condition": c, "change_id": i} for t, c, i in self.history],
                 "estimate": str(self.estimator.estimate().condition), "smoothed": self.estimator.smoothed()}
