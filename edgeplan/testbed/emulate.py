@@ -33,6 +33,11 @@ from edgeplan.testbed.calibrate import HostSpeed
 ENV_VAR = "EDGEPLAN_TESTBED"
 HEAD_RESERVE_CORES = 0.25  # left free for the head and the OS
 HOST_LAYER_OVERHEAD_US = 5.0  # per-layer dispatch cost on one core here (profiles/boards/x86/host.yaml)
+# the runtime's CPU per byte a stage call receives or sends, on one core here (issue 14): `edgeplan calibrate`
+# over local runs of a model of wide tensors and little compute at batch 1 / 4 / 16 (two boards, 1.6-6.3 MB per
+# call) fitted 0.19-0.25 ns/B + 0.77-0.86 ms per call (host.yaml: 850 us); the profiling kit's wire frames read
+# 0.37. The emulated boards' memory bandwidth (ONNX Runtime's, ~60 GB/s x cores) prices 2 copies at ~0.03
+HOST_HOP_BYTE_NS = 0.22
 
 
 @dataclass(frozen=True)
@@ -160,7 +165,8 @@ def emulated_cluster_doc(cluster: Cluster, plan_shape: Shape, host: HostSpeed) -
 
     Each board is this machine's CPU at its quota: per-class throughput and
     memory bandwidth x cores, per-layer and per-stage-call (runtime) overheads /
-    cores; the peak is the whole cores its threads burst on until the quota is spent (what
+    cores, and the runtime's per-byte cost (``HOST_HOP_BYTE_NS``) / cores like its per-call one;
+    the peak is the whole cores its threads burst on until the quota is spent (what
     `edgeplan calibrate` clamps a fit to); RAM and power stay the board's own. Links carry the dilated
     bandwidths. Plan against this to compare predictions with what runs inside `edgeplan emulate`.
     """
@@ -190,6 +196,7 @@ def emulated_cluster_doc(cluster: Cluster, plan_shape: Shape, host: HostSpeed) -
                     "mem_bandwidth_gbs": round(host.mem_bandwidth * b.cores / 1e9, 4),
                     "layer_overhead_us": round(HOST_LAYER_OVERHEAD_US / b.cores, 2),
                     "hop_overhead_us": round(host_hop_us / b.cores, 1),
+                    "hop_byte_ns": round(HOST_HOP_BYTE_NS / b.cores, 4),
                     "busy_power_w": busy,
                 }},
             },

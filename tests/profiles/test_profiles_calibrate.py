@@ -291,6 +291,9 @@ def test_emulated_board_peak_is_the_cores_its_threads_burst_on_not_the_quota_ave
         cpu = dev["overrides"]["units"]["cpu"]
         assert cpu["throughput_gflops"]["gemm"] == pytest.approx(30 * b.cores)
         assert cpu["peak_gflops"] == pytest.approx(30 * {0.3: 1, 1.5: 2, 1.0: 1}[b.cores])
+        # the runtime's per-call and per-byte costs: the host's, on the board's share of a core
+        assert cpu["hop_byte_ns"] == pytest.approx(emulate.HOST_HOP_BYTE_NS / b.cores, rel=1e-3)
+        assert cpu["hop_overhead_us"] == pytest.approx(850 / b.cores, rel=1e-3)
 
 
 def test_module_time_under_a_quota_is_cpu_over_quota_when_calls_run_back_to_back():
