@@ -190,3 +190,23 @@ def test_measured_hop_byte_ns_replaces_the_copies_and_round_trips(tmp_path):
     (tmp_path / "bad.yaml").write_text(body % ", overrides: {units: {cpu: {hop_byte_ns: -1}}}")
     with pytest.raises(ProfileError, match=r"hop_byte_ns.*out of range"):
         load_cluster(tmp_path / "bad.yaml")
+
+
+def test_a_slowed_board_prices_its_measured_per_byte_hop_slower_in_families_as_in_the_cost_table(tmp_path):
+    """planner/family.apply (a condition's cluster, planned by the family) and scale_costs (the adaptive
+    policies' re-pricing) agree on a board whose per-byte hop was measured: both scale it by the slowdown."""
+    from edgeplan.graph.model import Layer, LayerGraph, TensorSpec
+    from edgeplan.planner import family
+
+    (tmp_path / "c.yaml").write_text(
+        "name: c\ndevices:\n  - {name: a, profile: host, address: 127.0.0.1, "
+        "overrides: {units: {cpu: {hop_byte_ns: 0.45}}}}\n  - {name: b, profile: host, address: 127.0.0.1}\n"
+        "network: {default: {bandwidth_mbps: 100, latency_ms: 1}}\n")
+    c = load_cluster(tmp_path / "c.yaml")
+    x = TensorSpec("x", (1, 4))
+    layer = Layer("fc", "linear", "fc", ("x",), TensorSpec("fc", (1, 4)), 32, 64, 16, 20, 80)
+    graph = LayerGraph("tiny", (x,), ("fc",), (layer,), (16, 16))
+    cond = family.parse_condition("slowdown:a=3+slowdown:b=2")
+    direct = build_cost_table(graph, family.apply(c, cond)).hop_byte_s
+    assert direct.tolist() == pytest.approx(family.scale_costs(build_cost_table(graph, c), cond).hop_byte_s.tolist())
+    assert direct[0] == pytest.approx(3 * 0.45e-9)
