@@ -31,9 +31,11 @@ MIN_DWELL_S = 2.0  # no switch sooner than this after the previous one, nor befo
 # A switch back to the plan the previous switch left, sooner than this after it, is not made (the change that
 # asked for it counts as answered). What a board or link reads depends on the plan measuring it (a short stage
 # under a CPU quota reads 1.3x where a long one read 2.7x; a loaded host drifts a board 0.9x <-> 1.4x), so a
-# return this soon is a reading of the new layout, not a new condition (the testbed's heuristic went
-# plan-0 -> plan-2 -> plan-0 -> plan-2 within 6 s of a recovery). The shipped traces change every 20 s.
-RETURN_HOLD_S = 8.0
+# return this soon is more likely a reading of the new layout than a new condition (on the testbed at load 7,
+# with bandwidth steady, the heuristic went plan-0 -> plan-2 -> plan-0 ... every 2-11 s). The price: after a
+# disturbance shorter than this, the runtime stays on the plan for it until the next committed change. The
+# shipped traces change every 20 s.
+RETURN_HOLD_S = 12.0
 
 
 @dataclass(frozen=True)

@@ -184,7 +184,7 @@ def test_no_switch_while_the_last_one_drains_or_within_the_dwell_time(family_par
     assert len(head.switched) == 1 and not d.switch and d.plan == f"{head.active}.json"
     assert [h["to"] for h in c.held_returns] == [head.switched[0][0]] and c.report()["held_returns"]
     drained[0] = False  # the return hold has passed too, but the old layout still has requests in flight
-    now[0] = 9.0
+    now[0] = 13.0
     c.step()
     assert len(head.switched) == 1
     drained[0] = True
