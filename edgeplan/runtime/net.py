@@ -109,8 +109,10 @@ class Sender:
     def __init__(self, address: str, *, secret: Optional[bytes], send_timeout_s: float, max_queue: int,
                  on_error: Callable[[wire.Frame, str], None],
                  is_stale: Callable[[wire.Frame], bool] = lambda f: False,
-                 on_sent: Optional[Callable[[wire.Frame, int, float], None]] = None, name: str = "sender"):
+                 on_sent: Optional[Callable[[wire.Frame, int, float], None]] = None, name: str = "sender",
+                 peer: str = ""):
         self.address = address
+        self.peer = peer or address  # who is at the other end, for messages and gauges
         self._secret = secret
         self._send_timeout_s = send_timeout_s
         self.max_queue = max_queue

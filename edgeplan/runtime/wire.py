@@ -283,12 +283,12 @@ def encode_buffers(frame: Frame, session: Optional[Session] = None) -> Tuple[Lis
             nbytes = a.nbytes
             if desc is not None and nbytes:
                 body_len = len(desc) + nbytes + (-nbytes % 8)
-                parts = [memoryview(HEADER.pack(MAGIC, VERSION, DATA, 0, frame.attempt & 0xFF, frame.request_id,
-                                                frame.microbatch, frame.epoch, frame.lo, frame.hi, frame.stage, 1,
-                                                body_len)),
-                         memoryview(desc), memoryview(a).cast("B")]
+                parts = [memoryview(_PACK_HEADER(MAGIC, VERSION, DATA, 0, frame.attempt & 0xFF, frame.request_id,
+                                                 frame.microbatch, frame.epoch, frame.lo, frame.hi, frame.stage, 1,
+                                                 body_len)),
+                         desc, memoryview(a).cast("B")]
                 if nbytes % 8:
-                    parts.append(memoryview(_ZEROS[-nbytes % 8]))
+                    parts.append(_ZERO_VIEWS[-nbytes % 8])
                 return parts, HEADER.size + body_len
     parts = [p if type(p) is memoryview else memoryview(p) for p in encode_parts(frame, session)]
     total = 0
@@ -298,8 +298,10 @@ def encode_buffers(frame: Frame, session: Optional[Session] = None) -> Tuple[Lis
 
 
 _ZEROS = [b"\0" * k for k in range(8)]
+_ZERO_VIEWS = [memoryview(z) for z in _ZEROS]
+_PACK_HEADER = HEADER.pack
 _DESC_CACHE: Dict[tuple, bytes] = {}  # (dtype, shape) -> its descriptor: a stage sends the same few shapes
-_DESC1_CACHE: Dict[tuple, bytes] = {}  # the same, zero-padded to 8 bytes (see encode_buffers)
+_DESC1_CACHE: Dict[tuple, memoryview] = {}  # the same, zero-padded to 8 bytes, as a view (see encode_buffers)
 
 
 def _descriptor(a: np.ndarray) -> bytes:
@@ -314,7 +316,7 @@ def _descriptor(a: np.ndarray) -> bytes:
         _DESC_CACHE.clear()
         _DESC1_CACHE.clear()
     _DESC_CACHE[(a.dtype, a.shape)] = d
-    _DESC1_CACHE[(a.dtype, a.shape)] = d + _ZEROS[-len(d) % 8]  # the whole descriptor block of a one-tensor frame
+    _DESC1_CACHE[(a.dtype, a.shape)] = memoryview(d + _ZEROS[-len(d) % 8])  # a one-tensor frame's descriptor block
     return d
 
 
@@ -342,7 +344,11 @@ def parse_header(raw: bytes, session: Optional[Session], max_frame: int) -> Head
     """Validate the fixed header; raises FrameError before any body is read."""
     if len(raw) != HEADER.size:
         raise FrameError(f"short header: {len(raw)} of {HEADER.size} bytes")
-    magic, version, kind, flags, attempt, rid, mb, epoch, lo, hi, stage, count, body_len = HEADER.unpack(raw)
+    fields = _UNPACK_HEADER(raw)
+    magic, version, kind, flags, attempt, rid, mb, epoch, lo, hi, stage, count, body_len = fields
+    if (kind == DATA and not flags and session is None and magic == MAGIC and version == VERSION
+            and count <= MAX_TENSORS and body_len <= max_frame and lo <= hi):
+        return _HEADER_MAKE(fields[2:])  # an unsigned DATA frame within limits (the hop's usual frame): all checked
     if magic != MAGIC:
         raise FrameError(f"bad magic {magic!r} (not an edgeplan peer?)")
     if version != VERSION:
@@ -373,6 +379,7 @@ def parse_header(raw: bytes, session: Optional[Session], max_frame: int) -> Head
 
 
 _HEADER_MAKE = Header._make
+_UNPACK_HEADER = HEADER.unpack
 _frame = Frame
 
 
@@ -388,6 +395,8 @@ def decode_body(h: Header, raw_header: bytes, body, session: Optional[Session], 
         body = memoryview(body)
     if len(body) != h.body_len:
         raise FrameError(f"body has {len(body)} bytes, header says {h.body_len}")
+    if h.kind == DATA and not h.flags:  # unsigned tensors (parse_header checked the flags against the session)
+        return _decode_tensors(h, body, cache)
     if h.kind == HELLO and not hello:
         if session is None:
             raise FrameError("the peer asks for an authenticated connection (HELLO) but this peer has no secret "
@@ -409,6 +418,11 @@ def decode_body(h: Header, raw_header: bytes, body, session: Optional[Session], 
             if not isinstance(meta, dict):
                 raise FrameError("meta must be a JSON object")
         return _frame(h.kind, h.request_id, h.microbatch, h.epoch, h.lo, h.hi, h.stage, h.attempt, (), meta)
+    return _decode_tensors(h, payload, cache)
+
+
+def _decode_tensors(h: Header, payload: memoryview, cache: Optional[list]) -> Frame:
+    """The DATA frame whose (checked) tensor bytes are ``payload``; see decode_body for ``cache``."""
     n = len(payload)
     if cache and cache[0] == n and cache[1] == h.count and payload[:len(cache[2])] == cache[2]:
         layout = cache[3]  # the same descriptors as the last frame on this connection: already checked
@@ -416,8 +430,12 @@ def decode_body(h: Header, raw_header: bytes, body, session: Optional[Session], 
         layout, desc_end = _layout(payload, h.count)
         if cache is not None:
             cache[:] = [n, h.count, bytes(payload[:desc_end]), layout]
-    return _frame(h.kind, h.request_id, h.microbatch, h.epoch, h.lo, h.hi, h.stage, h.attempt,
-                  tuple([_ndarray(shape, dt, payload, off) for dt, shape, off in layout]), {})
+    if len(layout) == 1:
+        dt, shape, off = layout[0]
+        tensors = (_ndarray(shape, dt, payload, off),)
+    else:
+        tensors = tuple([_ndarray(shape, dt, payload, off) for dt, shape, off in layout])
+    return _frame(DATA, h.request_id, h.microbatch, h.epoch, h.lo, h.hi, h.stage, h.attempt, tensors, {})
 
 
 _ndarray = np.ndarray  # a view of (shape, dtype, buffer, offset): no copy, half the time of frombuffer + reshape
@@ -522,11 +540,13 @@ class Reader:
     of the next) usually arrives in one call; what lies past a frame is kept for the next one. Frames
     are checked exactly as by ``recv_frame``, and their tensors are views into a buffer that is never
     written again while anything refers to it (a new one is allocated when it is used up), so they
-    stay valid. A body larger than ``chunk`` gets a buffer of its own; the last one is reused once
-    nothing refers to it any more (the usual case on a worker that ran the frame before reading the
-    next): fresh memory costs a page fault per 4 KiB, ~0.3 ms for 3 MB. While it is free, the next frame
-    is read straight into it, header and body where they land, as a plain relay reads (without a secret:
-    an authenticated body is hashed as it arrives instead). One reader thread.
+    stay valid. A body larger than ``chunk`` gets a buffer of its own; the last two are kept and one is
+    reused once nothing refers to it any more (a worker that ran the frame before reading the next; a
+    caller that still holds the last frame while it reads the next one finds the other free): fresh
+    memory costs a page fault per 4 KiB, ~0.3 ms for 3 MB, and a buffer in use stays in the caches.
+    While one is free, the next frame is read straight into it, header and body where they land, as a
+    plain relay reads (without a secret: an authenticated body is hashed as it arrives instead). One
+    reader thread.
 
     ``timed``: (bytes, seconds) of the frame ``recv`` just returned, or None: how fast its body arrived,
     the link's throughput as the receiver sees it (a send returns once its bytes are in the socket buffer,
@@ -544,22 +564,33 @@ class Reader:
         self.session = _session(session)
         self.max_frame = max_frame
         self.chunk = chunk
-        self._buf = memoryview(bytearray(0))
+        self._buf = _EMPTY
         self._start = self._end = 0  # unread bytes are _buf[_start:_end]
-        self._spare: Optional[np.ndarray] = None  # the last large body's buffer
-        self._spare_frame = 0  # bytes of the last frame read into it (header and body)
+        self._spares: List[np.ndarray] = []  # the last two large bodies' buffers, the one used last first
+        self._spare_frame = 0  # bytes of the last frame read into one (header and body)
         self._layout: list = []  # the last DATA frame's checked tensor layout (see decode_body)
         self.timed: Optional[Tuple[int, float]] = None
 
+    def _free_spare(self, n: int) -> Optional[np.ndarray]:
+        """A kept buffer of at least ``n`` bytes that no tensor refers to any more (now the first kept), or None."""
+        spares = self._spares
+        for i in range(len(spares)):
+            spare = spares[i]
+            if spare.nbytes >= n and _getrefcount(spare) == 3:  # the list, ``spare``, the call: nothing else
+                if i:
+                    spares[0], spares[i] = spare, spares[0]
+                return spare
+        return None
+
     def _large(self, n: int) -> memoryview:
-        """A buffer for an ``n``-byte body: the spare one when big enough and no tensor refers to it."""
-        spare = self._spare
-        if spare is not None and spare.nbytes >= n and sys.getrefcount(spare) == 3:  # here, the attribute, the call
-            return memoryview(spare)[:n]
-        # Not zeroed (a 3 MB memset is ~0.2 ms): all of it is received. Room for a header too: the next frame
-        # is read into it whole (see recv).
-        self._spare = np.empty(n + HEADER.size, np.uint8)
-        return memoryview(self._spare)[:n]
+        """A buffer for an ``n``-byte body: a kept one when big enough and no tensor refers to it."""
+        spare = self._free_spare(n)
+        if spare is None:
+            # Not zeroed (a 3 MB memset is ~0.2 ms): all of it is received. Room for a header too: the next frame
+            # is read into it whole (see recv). The older of the two kept is let go (its tensors keep it alive).
+            spare = np.empty(n + HEADER.size, np.uint8)
+            self._spares = [spare] + self._spares[:1]
+        return memoryview(spare)[:n]
 
     def _fill(self, need: int, at_boundary: bool = False) -> None:
         """Read until ``need`` unread bytes are buffered (in a new buffer when the current one is too small)."""
@@ -581,14 +612,14 @@ class Reader:
         """The next frame. ConnectionClosed at a clean EOF, FrameError on a bad frame, OSError on socket errors."""
         direct = False
         self.timed = None
-        if self._end == self._start and self._spare is not None and self.session is None:
-            # Nothing buffered and the last frame was large: read the next one straight into the spare buffer
+        if self._end == self._start and self._spares and self.session is None:
+            # Nothing buffered and the last frame was large: read the next one straight into a free spare buffer
             # (header and body where they land, no copy), as far as the last frame's size, so that the
             # next frame of a stream of equal frames is not read into it too.
-            spare = self._spare
-            if sys.getrefcount(spare) == 3:  # here, the attribute, the call: no tensor refers to it any more
+            spare = self._free_spare(self._spare_frame)
+            if spare is not None:
                 self._buf, self._start, self._end, direct = memoryview(spare)[:self._spare_frame], 0, 0, True
-            spare = None
+                spare = None
         if self._end - self._start < HEADER.size:
             self._fill(HEADER.size, at_boundary=True)
         start = self._start
@@ -612,7 +643,7 @@ class Reader:
                 body = self._large(n)
                 body[:have] = self._buf[start:self._end]
                 self._start = self._end = 0
-                self._buf = memoryview(bytearray(0))
+                self._buf = _EMPTY
                 # An authenticated body is hashed while the rest of it arrives (hashlib releases the GIL).
                 mac = self.session.begin(raw) if h.flags & F_HMAC else None
                 end, hashed, got = n - TRAILER_BYTES, 0, have
@@ -644,9 +675,16 @@ class Reader:
     def _detach(self) -> None:
         """Stop reading into the spare buffer: what arrived past the frame moves to a buffer of its own."""
         have = self._end - self._start
-        new = memoryview(np.empty(max(self.chunk, have), np.uint8) if have else bytearray(0))
-        new[:have] = self._buf[self._start:self._end]
+        if have:
+            new = memoryview(np.empty(max(self.chunk, have), np.uint8))
+            new[:have] = self._buf[self._start:self._end]
+        else:
+            new = _EMPTY
         self._buf, self._start, self._end = new, 0, have
+
+
+_EMPTY = memoryview(bytearray(0))  # no bytes: never written, shared by every Reader
+_getrefcount = sys.getrefcount
 
 
 def send_frame(sock: socket.socket, frame: Frame, session: Optional[Session] = None) -> int:

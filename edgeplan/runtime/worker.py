@@ -206,7 +206,7 @@ class Worker:
         self._compute_lock = threading.Lock()  # one module call at a time, on whichever thread runs it
         self._senders: Dict[str, net.Sender] = {}
         self._senders_lock = threading.Lock()
-        self._send_depth: Dict[str, int] = {}  # the send-queue depth last reported to the monitor, per peer
+        self._send_depth: Dict[str, int] = {}  # the send-queue depth last reported to the monitor, per peer address
         self._control: Optional[Tuple[socket.socket, threading.Lock, Optional[wire.Session]]] = None
         self._stop = threading.Event()
         self._srv: Optional[socket.socket] = None
@@ -253,12 +253,17 @@ class Worker:
         try:
             session = wire.handshake(sock, self.secret, server=True, timeout=max(self.send_timeout_s, 1.0))
             reader = wire.Reader(sock, session, self.max_frame)
-            recv = reader.recv
-            while not self._stop.is_set():
+            recv, stopped, on_data, data = reader.recv, self._stop.is_set, self._on_data, wire.DATA
+            while not stopped():
                 f = recv()
-                if reader.timed is not None and f.kind == wire.DATA:
-                    self._record_recv_timed(f, *reader.timed)
-                self._handle(f, sock, lock, session)
+                if f.kind == data:
+                    timed = reader.timed
+                    on_data(f)
+                    if timed is not None:  # after the outputs left: off the hop's critical path
+                        self._record_recv_timed(f, *timed)
+                else:
+                    self._handle(f, sock, lock, session)
+                f = None  # the next frame is read into this one's buffer only once nothing refers to it
         except wire.ConnectionClosed:
             pass
         except wire.FrameError as e:
@@ -360,30 +365,36 @@ class Worker:
         self._report_error(rid, mb, f"overloaded: {why}", epoch, overloaded=True)
 
     def _on_data(self, f: wire.Frame) -> None:
-        item = self._assemble(f)
-        if item is None:
-            self._record_recv(f)
-            return
-        # An idle module runs the micro-batch right here (no thread hand-off on the hop); a busy one queues it.
-        if not self._ready.queue and self._compute_lock.acquire(blocking=False):  # .queue: no lock to peek
-            try:
-                self._process(item)
-            finally:
-                self._compute_lock.release()
-                self._record_recv(f)  # the monitor's lock after the outputs left: off the hop's critical path
-            return
-        self._record_recv(f)
+        """One DATA frame: assembled, and run and forwarded at once when it completes a micro-batch and the
+        module is idle; its counters are updated afterwards (off the hop's critical path)."""
         try:
-            self._ready.put_nowait(item)
-        except queue.Full:
-            self._overloaded(f.request_id, f.microbatch, f.epoch,
-                             f"{self._ready.maxsize} micro-batches already wait for the module")
-        self.monitor.set_queue("ready", self._ready.qsize())
+            item = self._assemble(f)
+            if item is None:
+                return
+            # An idle module runs the micro-batch right here (no thread hand-off on the hop); a busy one queues it.
+            if not self._ready.queue and self._compute_lock.acquire(blocking=False):  # .queue: no lock to peek
+                try:
+                    self._process(item)
+                finally:
+                    self._compute_lock.release()
+                return
+            try:
+                self._ready.put_nowait(item)
+            except queue.Full:
+                self._overloaded(f.request_id, f.microbatch, f.epoch,
+                                 f"{self._ready.maxsize} micro-batches already wait for the module")
+            self.monitor.set_queue("ready", self._ready.qsize())
+        finally:
+            self._record_recv(f)
 
     def _record_recv(self, f: wire.Frame) -> None:
+        """A received DATA frame in the counters and the monitor (its tensor bytes summed once)."""
         nbytes = 0
         for t in f.tensors:
             nbytes += t.nbytes
+        stats = self.stats
+        stats["frames_in"] += 1
+        stats["bytes_in"] += nbytes
         self.monitor.record_recv(self._upstream if f.stage == self.spec.stage else
                                  "head" if f.stage == 0 else f"stage{f.stage - 1}", nbytes)
 
@@ -402,12 +413,7 @@ class Worker:
 
     def _assemble(self, f: wire.Frame):
         """Add ``f``'s samples to its micro-batch; the micro-batch once complete, else None."""
-        nbytes = 0
-        for t in f.tensors:
-            nbytes += t.nbytes
         stats = self.stats
-        stats["frames_in"] += 1
-        stats["bytes_in"] += nbytes
         spec = self.spec
         with self._lock:
             r = self.route
@@ -534,23 +540,27 @@ class Worker:
             self._log(f"request {rid} mb {mb}: module failed: {e!r}")
             self._report_error(rid, mb, f"module failed: {e!r}", r.epoch)
             return
+        dt = _perf_counter() - t0
+        late = self.route.epoch != r.epoch  # a late output (the watchdog or a failure re-routed): never sent
+        if not late:
+            for device, stage, address, plo, phi in r.downstream:
+                lo, hi = max(r.lo, plo), min(r.hi, phi)
+                if lo >= hi:  # that replica takes none of these samples (an earlier or a later one does)
+                    continue
+                tensors = (tuple(outputs) if lo == r.lo and hi == r.hi else
+                           tuple(o[lo - r.lo:hi - r.lo] for o in outputs))
+                self._send(address, wire.Frame(wire.DATA, rid, mb, r.epoch, lo, hi, stage, attempt, tensors),
+                           device, stage)
+        # Counted once the outputs left (off the hop's critical path).
         compute_s = self._compute_s
-        compute_s.append(_perf_counter() - t0)
+        compute_s.append(dt)
         if len(compute_s) > 20000:
             del compute_s[:10000]
         stats = self.stats
         stats["runs"] += 1
         stats["samples"] += r.hi - r.lo
-        if self.route.epoch != r.epoch:  # a late output (the watchdog or a failure re-routed): never sent
+        if late:
             stats["late_outputs"] += 1
-            return
-        for device, stage, address, plo, phi in r.downstream:
-            lo, hi = max(r.lo, plo), min(r.hi, phi)
-            if lo >= hi:  # that replica takes none of these samples (an earlier or a later one does)
-                continue
-            tensors = tuple(outputs) if lo == r.lo and hi == r.hi else tuple(o[lo - r.lo:hi - r.lo] for o in outputs)
-            self._send(address, wire.Frame(wire.DATA, rid, mb, r.epoch, lo, hi, stage, attempt, tensors),
-                       "head" if device == "head" else f"{device}/stage{stage}")
 
     def _sweep(self) -> None:
         now = time.monotonic()
@@ -582,18 +592,21 @@ class Worker:
                 s = self._senders[address] = net.Sender(
                     address, secret=self.secret, send_timeout_s=self.send_timeout_s, max_queue=self.max_send_queue,
                     on_error=failed, on_sent=sent, is_stale=lambda f: f.epoch != self.route.epoch,
-                    name=f"send-{who}")
+                    name=f"send-{who}", peer=who)
             return s
 
-    def _send(self, address: str, frame: wire.Frame, who: str) -> None:
-        s = self._sender(address, who)
+    def _send(self, address: str, frame: wire.Frame, device: str, stage: int) -> None:
+        """Send ``frame`` to the replica ``device``/``stage`` at ``address`` (the head: device "head")."""
+        s = self._senders.get(address)  # senders are only ever added: no lock needed to find one
+        if s is None:
+            s = self._sender(address, "head" if device == "head" else f"{device}/stage{stage}")
         if not s.put(frame):
             self._overloaded(frame.request_id, frame.microbatch, frame.epoch,
-                             f"{s.max_queue} frames already wait for the link to {who}")
+                             f"{s.max_queue} frames already wait for the link to {s.peer}")
         depth = s.depth
-        if self._send_depth.get(who) != depth:  # the gauge changes rarely: skip the monitor's lock when it did not
-            self._send_depth[who] = depth
-            self.monitor.set_queue(f"send:{who}", depth)
+        if self._send_depth.get(address) != depth:  # the gauge changes rarely: skip the monitor's lock when it did not
+            self._send_depth[address] = depth
+            self.monitor.set_queue(f"send:{s.peer}", depth)
 
     def _report_error(self, rid: int, mb: int, message: str, epoch: int, peer: str = "",
                       overloaded: bool = False) -> None:

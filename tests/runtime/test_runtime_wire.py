@@ -212,6 +212,32 @@ def test_reader_reuses_a_large_body_buffer_only_when_no_tensor_refers_to_it():
         b.close()
 
 
+def test_reader_alternates_two_buffers_for_a_caller_that_holds_the_last_frame_while_it_reads_the_next():
+    """``f = recv()`` in a loop holds the last frame during the next recv: the Reader then reads into the other
+    kept buffer instead of allocating one per frame (each costs page faults), and no held frame is overwritten."""
+    big = [np.full((1, 50_000), i, np.float32) for i in range(8)]
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    try:
+        for i, t in enumerate(big):
+            a.sendall(wire.encode(wire.Frame(wire.DATA, request_id=i, lo=0, hi=1, tensors=(t,))))
+        reader = wire.Reader(b, chunk=16 << 10)
+        f, addresses, kept = reader.recv(), [], set()
+        for i in range(1, len(big)):
+            g = reader.recv()  # the last frame (f) is held meanwhile
+            np.testing.assert_array_equal(f.tensors[0], big[i - 1])  # not overwritten by the next frame
+            np.testing.assert_array_equal(g.tensors[0], big[i])
+            addresses.append(g.tensors[0].ctypes.data)
+            kept.update(id(x) for x in reader._spares)  # the kept buffers stay alive: ids name them
+            f = g
+        assert len(kept) == 2  # two buffers in all: none allocated per frame
+        assert len(set(addresses[1:])) == 2  # from the third frame on: read into the two in turn
+    finally:
+        a.close()
+        b.close()
+
+
 @pytest.mark.parametrize("flip", [None, "payload", "sequence"])
 def test_reader_checks_the_mac_of_a_large_body_hashed_while_it_arrives(flip):
     """Bodies over the chunk size are hashed piece by piece as they arrive: same verdicts as a whole-body check."""
