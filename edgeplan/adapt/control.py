@@ -285,6 +285,8 @@ def adapt_report(policy: str, result, controller: Controller | None = None) -> d
     """The run report's ``adapt`` section: every switch as the head measured it, lost/duplicated counts,
     requests per variant, throughput between switches and the controller's own record."""
     switches = list(result.switches)
+    age = process_age_s()  # answers on this process's clock: `edgeplan emulate --trace` starts with the process
+    off = None if age is None else age - time.monotonic()
     pauses = [s["pause_s"] for s in switches if s.get("pause_s") is not None]
     within = [s["pause_s"] <= s["old_stage_s"] + PAUSE_SLACK_S for s in switches
               if s.get("pause_s") is not None and s.get("old_stage_s") is not None]
@@ -295,6 +297,9 @@ def adapt_report(policy: str, result, controller: Controller | None = None) -> d
         "pause_max_s": max(pauses) if pauses else None,
         "pauses_within_target": sum(within), "pauses_measured": len(within),
         "controller": controller.report() if controller is not None else None,
+        # when each answered request was answered, seconds since this process started (the trace's clock)
+        "answered_at_process_s": None if off is None else sorted(
+            round(t + off, 3) for t in (getattr(result, "done_at", None) or []) if t is not None),
     }
 
 

@@ -3,6 +3,7 @@ is written, and the summary line's ratios are the table's own figures."""
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -53,3 +54,13 @@ def test_switch_delays_put_the_controllers_switches_on_the_traces_clock():
     # switches at 21.5, 42.6 and 43.5 on the trace's clock; changes at 20, 40, 60
     assert switch_delays([20.0, 40.0, 60.0], ctl) == [1.5, 2.6, None]
     assert switch_delays([20.0], {"decisions_switched": [{"at_s": 1.0}]}) == [None]
+
+
+def test_window_throughput_counts_only_while_the_trace_ran():
+    from benchmarks.bench_adapt import window_throughput
+
+    ad = {"answered_at_process_s": [5.0, 11.0, 12.0, 13.0, 20.0, 59.0, 61.0, 90.0]}
+    assert window_throughput(ad, 4, 10.0, 60.0) == pytest.approx(5 * 4 / 50)  # 11, 12, 13, 20, 59 in (10, 60]
+    assert window_throughput({"answered_at_process_s": [12.0, 14.0, 20.0]}, 4, 10.0, 60.0) == pytest.approx(
+        2 * 4 / 8)  # ended before the trace: up to its last answer
+    assert math.isnan(window_throughput({}, 4, 10.0, 60.0))
