@@ -218,7 +218,7 @@ def _meet_budgets(costs: CostTable, obj: Objective, first: Layout) -> tuple[Layo
     """Search trade-offs (Lagrangian weights x bottleneck thresholds) for a plan within the budgets."""
     solver = dp_mod.DPSolver(costs, obj)
     pf = solver.pf
-    bkey = "q" if obj.objective == "time" else "p"
+    bkey = "p"  # training: the per-micro-batch bottleneck too (costmodel: T = sum p + (M-1) max p + max tail)
     cands = solver.candidates(bkey)
     thetas = [np.inf] + [float(cands[x]) for x in np.unique(np.linspace(0, len(cands) - 1, 12).round().astype(int))]
     weights = [(1.0, 0.0), (0.0, 1.0)]

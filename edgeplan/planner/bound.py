@@ -23,7 +23,8 @@ splitting per layer can only beat one split for the whole stage). Summed over th
 layers (and the two copies) this is ``S``; its largest term ``B`` (one layer) also
 bounds every stage. With ``P = max(P*, B)``:
 throughput period >= P; latency (M micro-batches) >= S + (M-1) P (``sum p + (M-1) max p``);
-training iteration >= S + (M-1) P with forward + backward times (``sum p + max (M-1) p``);
+training iteration >= S + (M-1) P + the smallest optimizer step any unit makes (``sum p + (M-1) max p +
+max tail``: every plan has a stage, and its tail is at least its optimizer step; 0 without fitted figures);
 energy per sample >= the cheapest above-idle energy of every layer + the least idle power x P / m.
 """
 
@@ -121,7 +122,10 @@ def lower_bound(costs: CostTable, obj: Objective) -> float | None:
     M = obj.microbatches
     if obj.objective == "throughput":
         return p
-    if obj.objective in ("latency", "time"):
+    if obj.objective == "latency":
         return s + (M - 1) * p
+    if obj.objective == "time":
+        tc = costs.training
+        return s + (M - 1) * p + (0.0 if tc is None else float(np.min(tc.opt_call_s)) * (1 - 1e-9))
     _, e = _per_board(costs, obj)
     return float(e.min(axis=0).sum()) + float(np.min(costs.idle_power_w)) * p / obj.micro

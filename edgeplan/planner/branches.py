@@ -24,7 +24,8 @@ is priced like a stage of its own layers on its unit, with all ``m`` samples of 
   trunk stage and link as in costmodel, plus, for a board that runs work in several
   places (a branch and a trunk stage), that board's summed time;
 - inference latency ``C + sum_trunk p + (M-1) max p``, throughput ``m / max p``;
-  training iteration ``C + sum_trunk p + max_x ((M-1) p_x + ar_x)``;
+  training iteration ``C + sum_trunk p + (M-1) max p + max ar`` (costmodel: a stage
+  all-reduces after its last backward);
 - memory per board: the sum over its branch and stage replicas (a branch holds its
   weights (+ grads, optimizer state) and the stashed activations of ``m`` samples);
   energy as in costmodel.
@@ -265,7 +266,6 @@ def evaluate(costs: CostTable, problem: Problem, layout: Layout, objective: Obje
     work: dict[int, list[float]] = {}  # per device: its replicas' times (branches and stages)
     ar_of: dict[int, float] = {}
     p_res: list[float] = []
-    q_res: list[float] = []
     dyn_j = 0.0
     bevals: list[BranchEval] = []
     for b, u in zip(problem.branches, layout.branch_units, strict=True):
@@ -285,7 +285,6 @@ def evaluate(costs: CostTable, problem: Problem, layout: Layout, objective: Obje
         send_t, send_e = links.transfer(((d, m),), e0, b.out_bytes)
         link = 2 * send_t if train else send_t
         p_res += [in_t, link]
-        q_res += [(M - 1) * in_t, (M - 1) * link]
         dyn_j += in_e + send_e * (2 if train else 1) + max(busy[u] - idle[d], 0.0) * t
         mem[d] = mem.get(d, 0.0) + need
         work.setdefault(d, []).append(t)
@@ -299,7 +298,6 @@ def evaluate(costs: CostTable, problem: Problem, layout: Layout, objective: Obje
     if not has_b:
         in_t, in_e = links.transfer(((problem.source, m),), e0, pf.cut[problem.join])
         p_res.append(in_t)
-        q_res.append((M - 1) * in_t)
         chain += in_t
         dyn_j += in_e
     pins = dict(problem.layer_pins)
@@ -344,20 +342,18 @@ def evaluate(costs: CostTable, problem: Problem, layout: Layout, objective: Obje
             ar_of[d] = ar_t
         link = 2 * send_t if (train and s + 1 < len(stages)) else send_t
         p_res += [tau, link]
-        q_res += [(M - 1) * tau + ar_t, (M - 1) * link]
         chain += tau + link
         e_stage += send_e * (2 if (train and s + 1 < len(stages)) else 1) + (ar_e / M if train else 0.0)
         dyn_j += e_stage
         sevals.append(StageEval(spec=st, replicas=tuple(reps), compute_s=float(tau), forward_s=slowest.forward_s,
                                 send_s=float(send_t), allreduce_s=float(ar_t), energy_j=float(e_stage / m)))
-    for d, ts in work.items():  # a board's own time, whether its work sits in one place or several
+    for ts in work.values():  # a board's own time, whether its work sits in one place or several
         p_res.append(sum(ts))
-        q_res.append((M - 1) * sum(ts) + ar_of.get(d, 0.0))
     period = max(p_res)
     used = sorted(work)
     idle_used = float(sum(idle[d] for d in used))
     if train:
-        iter_s = crit + chain + max(q_res)
+        iter_s = crit + chain + (M - 1) * period + max(ar_of.values(), default=0.0)
         latency = crit + chain
         throughput = objective.batch / iter_s if iter_s > 0 else np.inf
         energy = (dyn_j * M + idle_used * iter_s) / objective.batch

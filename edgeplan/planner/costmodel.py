@@ -21,13 +21,26 @@ reports) prices plans here, so they all agree. The model, per micro-batch of
   cost 4 samples' time on each receiver's NIC, not 8 samples over one link;
   single-device stages pay ``m * bytes / bw + latency`` as before. Training
   sends activations forward and gradients back: ``2x`` per inter-stage link;
-  the input link is one-way and the loss stays on the last stage.
+  the loss stays on the last stage, and there is no input link: every rank of
+  the first stage reads its samples from its own copy of the data set
+  (``training/engine.py``).
 - training all-reduce of a stage's gradients over its group (ring):
   ``2 (g-1)/g * params / min bw + 2 (g-1) * max latency``, once per iteration.
 - resources ``x`` = input link, stages, links (and, inference, the output link
   to the head) with per-micro-batch time ``p_x``:
   inference latency ``L = sum p + (M-1) max p``; throughput ``m / max p``;
-  training iteration ``T = sum p + max_x ((M-1) p_x + ar_x)``.
+  training iteration ``T = sum p + (M-1) max p + max_s (ar_s + opt_s)``: the
+  runtime (``training/engine.py``) runs a stage's all-reduce and optimizer step
+  only after its last backward (no overlap with its own micro-batches), then
+  starts the next iteration. The all-reduce of a stage ``s > 0`` may hide
+  behind the ``sum_{s'<s} p`` its upstream still needs before the next forward
+  reaches it; that slack depends on the stages before ``s`` (not one key a DP
+  over suffixes can carry), so it is not subtracted: the figure is an upper
+  bound of that model by at most that slack. 1F1B keeps ``S - s`` micro-batches
+  in flight at stage ``s``, so its steady period is also at least the round
+  trip from ``s`` to the last stage and back over ``S - s``; that term is not
+  priced either (``schedule.simulate`` models it; the README says by how much it
+  misses on measured runs).
 - energy per sample: replicas' ``(busy - idle)^+ * t_r`` + ``idle * period`` of
   every used device + link bytes x energy/byte, divided by the samples.
 - memory per replica: ``params * (1 + training * (1 + optimizer_states))`` +
@@ -446,13 +459,14 @@ def evaluate(costs: CostTable, layout: Layout, objective: Objective, prefix: Pre
 
     ends = [tuple((costs.units[u][0], k, u) for u, k in st.replicas) for st in layout]  # (device, samples, unit)
     at_head = ((head, m),)
-    in_t, in_e, in_load = pair_loads(costs, at_head, ends[0], pf.cut[0])
+    # training: stage 0 reads its samples on its own boards (no transfer from the head)
+    in_t, in_e, in_load = (0.0, 0.0, {}) if train else pair_loads(costs, at_head, ends[0], pf.cut[0])
     nic_parts = [(in_load, 1.0)]  # every transfer's NIC seconds, x its runs per micro-batch (units.nic_loads)
     stages: list[StageEval] = []
     overflows: list[tuple[int, float, float]] = []
     unsupported: list[tuple[int, int]] = []
     p_res = [in_t]  # per-micro-batch time of every resource
-    q_res = [(M - 1) * in_t]
+    tails = [0.0]  # training: per stage, its all-reduce + optimizer step after its last backward
     dyn_j = in_e  # joules per micro-batch (inference) excluding idle
     used = sorted({d for g in groups for d in g})  # a board with several busy units idles once
     bad_cuts = tuple(st.start for st in layout[1:] if not pf.cut_ok[st.start])
@@ -490,7 +504,7 @@ def evaluate(costs: CostTable, layout: Layout, objective: Objective, prefix: Pre
             send_t += p2p_overhead(costs, ends[s], ends[s + 1], pf.cut[j])
         link_p = 2 * send_t if (train and s + 1 < S) else send_t
         p_res += [tau, link_p]
-        q_res += [(M - 1) * tau + ar_t + opt_t, (M - 1) * link_p]
+        tails.append(ar_t + opt_t)
         e_stage += send_e * (2 if (train and s + 1 < S) else 1)
         if train:
             e_stage += ar_e / M
@@ -505,11 +519,10 @@ def evaluate(costs: CostTable, layout: Layout, objective: Objective, prefix: Pre
     shared = _units.multi_stage_devices(costs, layout)
     nic_p = _units.nic_loads(nic_parts, shared) if shared else []
     period = max(p_res + nic_p)  # a shared NIC bounds the period; its transfers' latencies are already in the sum
-    q_res += [(M - 1) * p for p in nic_p]
     total = sum(p_res)
     idle_used = float(sum(idle[d] for d in used))
     if train:
-        iter_s = total + max(q_res)
+        iter_s = total + (M - 1) * period + max(tails)
         latency = total
         throughput = objective.batch / iter_s if iter_s > 0 else np.inf
         energy = (dyn_j * M + idle_used * iter_s) / objective.batch

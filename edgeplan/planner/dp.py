@@ -535,8 +535,8 @@ class DPSolver:
             memok[:, :, d] = ok
             kmax = -(-s // c)
             kout[:, :, d] = kmax.max(axis=0)
-            in_p[:, d], in_e[:, d] = self._head_links(s[:, 0, :], vs, cut[0])
-            if not self.train:
+            if not self.train:  # training: no head links (costmodel: stage 0 reads its own samples)
+                in_p[:, d], in_e[:, d] = self._head_links(s[:, 0, :], vs, cut[0])
                 out_p[:, d], out_e[:, d] = self._head_links(s[:, :, K1 - 1], vs, cut[-1])
             tau[:, :, d] = np.where(tri, (kmax * F + X).max(axis=0), np.inf)
             for vi, u in enumerate(U):
@@ -552,10 +552,16 @@ class DPSolver:
             epb = max(tp.epb[a, b] for a, b in pairs)
             ar = 2.0 * (g - 1) / g * params / bw + 2.0 * (g - 1) * lat
             ar_e = 2.0 * (g - 1) * params * epb
+            if self.costs.training is not None:  # costmodel.allreduce: torch.distributed's fitted cost
+                call, per_byte = self.costs.training.allreduce[[tp.members[t][0] for t in vs]].max(axis=0)
+                ar = ar + 2.0 * (g - 1) * call + params * per_byte
+        if self.train and self.costs.training is not None:  # the optimizer step follows it (the slowest unit)
+            tc = self.costs.training
+            ar = ar + np.max([tc.opt_call_s[u] + params * tc.opt_byte_s[u] for u in U], axis=0)
         out = {"tau": tau, "valid": valid, "memok": memok, "kout": kout, "in_p": in_p, "in_e": in_e,
                "out_p": out_p, "out_e": out_e,
                "dyn": np.where(tri[:, :, None], dyn + (ar_e / self.M)[:, :, None], 0.0),
-               "ar": np.where(tri, ar, 0.0)[:, :, None],
+               "ar": np.where(tri, ar, 0.0)[:, :, None],  # training: all-reduce + optimizer step (the tail)
                "idle": float(sum(ci * x for ci, x in zip(C, idle, strict=True)))}
         self.cache[gi] = out
         return out
@@ -572,15 +578,16 @@ class DPSolver:
         return self._rows_cache
 
     def run_pass(self, kind: str, theta: float = np.inf, cp: float = 1.0, ce: float = 0.0,
-                 theta_idle: float = 0.0, bkey: str = "p"):
+                 theta_idle: float = 0.0, bkey: str = "p", theta_a: float = np.inf):
         """One DP pass; returns (value, layout) or None when nothing is feasible.
 
         For each start boundary, every (composition, remaining devices) row is
         priced against every (end, next class, next depth) at once; the best per
-        target state wins, earlier compositions first on ties (deterministic).
+        target state wins, earlier compositions first on ties (deterministic). ``theta_a`` (training):
+        only stages whose tail (all-reduce + optimizer step) is at most it.
         """
         K = len(self.bnd) - 1
-        R, nS, nD, M = self.R, self.nS, self.nD, self.M
+        R, nS, nD = self.R, self.nS, self.nD
         G = len(self.comps)
         val = np.full((R, K + 1, nS, nD), np.inf)
         ch = np.full((R, K + 1, nS, nD, 4), -1, dtype=np.int64)
@@ -591,14 +598,15 @@ class DPSolver:
         END = np.empty((G, K1))  # cost of the stage running to the end (incl. the link to the head)
         st = self._stacked()  # every composition's stage table, arrays [G, ...]
         tau = st["tau"]
-        bs = _qkey(tau, st["ar"], M) if bkey == "q" else tau
+        bs = tau
         with np.errstate(invalid="ignore"):
             a_s = cp * tau + ce * (st["dyn"] + st["idle"][:, None, None, None] * theta_idle) if is_sum else bs
-        A = np.where(st["ok"] & (bs <= theta) & st["alive"][:, None, None, None], a_s, np.inf)  # [G, K1, K1, nD]
+        A = np.where(st["ok"] & (bs <= theta) & (st["ar"] <= theta_a) & st["alive"][:, None, None, None], a_s,
+                     np.inf)  # [G, K1, K1, nD]
         # the input link (head -> the stage starting at 0) and the output link are priced with the stage:
         # they depend on its shares (the head's own share does not travel)
         pin, ein = st["in_p"], st["in_e"]
-        b_in = (M - 1) * pin if bkey == "q" else pin
+        b_in = pin
         A[:, 0] = np.where(b_in <= theta, A[:, 0] + cp * pin + ce * ein if is_sum else np.maximum(A[:, 0], b_in),
                            np.inf)
         if self.types.uniform and K > 1:
@@ -607,10 +615,10 @@ class DPSolver:
             bw, lt = st["bw0"][:, None, None, None], st["lt0"][:, None, None, None]
             rk = (2.0 if self.train else 1.0) * (st["kout"][:, 1:] * self.pf.cut[self.bnd[1:]][None, :, None, None]
                                                  / bw + lt)
-            brk = (M - 1) * rk if bkey == "q" else rk
+            brk = rk
             A[:, 1:] = np.where(brk <= theta, A[:, 1:] if is_sum else np.maximum(A[:, 1:], brk), np.inf)
         pe, ee = st["out_p"][:, :, 0], st["out_e"][:, :, 0]
-        bl_end = (M - 1) * pe if bkey == "q" else pe
+        bl_end = pe
         endc = np.where(bl_end <= theta, cp * pe + ce * ee if is_sum else bl_end, np.inf)
         col = A[:, :, K, 0]
         END = col + endc if is_sum else np.maximum(col, endc)  # [G, K1]: the stage running to the end
@@ -640,7 +648,7 @@ class DPSolver:
                 ck = cut_b[k + 1:K][None, :, None, None]
                 nsamp = np.where(wide, kk[:, :, None, :], float(self.m))  # [G, L, nS, nD]
                 p4 = f * (nsamp * ck / BW[:, None, :, None] + LT[:, None, :, None])
-                b4 = (M - 1) * p4 if bkey == "q" else p4
+                b4 = p4
                 if is_sum:
                     e4 = f * self.m * ck * EP[:, None, :, None]
                     c4 = a[:, :, None, :] + np.where(b4 <= theta, cp * p4 + ce * e4, np.inf)  # [G, L, nS, nD]
@@ -737,15 +745,14 @@ class DPSolver:
 
     # ----------------------------------------------------------------- thresholds
     def candidates(self, bkey: str) -> np.ndarray:
-        """Every value a resource's bottleneck key can take (stages, links, head links)."""
-        M = self.M
-        f = (M - 1) if bkey == "q" else 1
+        """Every value a resource's bottleneck key can take (stages, links, head links; training: per
+        micro-batch, as inference)."""
         vals = []
         for gi in range(len(self.comps)):
             st = self._stage(gi)
-            b = _qkey(st["tau"], st["ar"], M) if bkey == "q" else st["tau"]
+            b = st["tau"]
             vals.append(b[st["valid"]])
-            vals += [np.ravel(st["in_p"]) * f, np.ravel(st["out_p"]) * f]
+            vals += [np.ravel(st["in_p"]), np.ravel(st["out_p"])]
         # sends between stages: (samples) x cut / bandwidth + latency for every class's link terms
         fl = 2.0 if self.train else 1.0
         cut = self.pf.cut[self.bnd[1:-1]]
@@ -754,8 +761,17 @@ class DPSolver:
                  for bw, lt, _ in self._link_tab for c in range(self.nS)}
         for bw, lt, wide in sorted(terms):
             nsamp = ks if wide else np.array([float(self.m)])
-            vals.append(np.ravel(fl * (nsamp[:, None] * cut[None, :] / bw + lt)) * f)
+            vals.append(np.ravel(fl * (nsamp[:, None] * cut[None, :] / bw + lt)))
         allv = np.concatenate(vals) if vals else np.zeros(0)
+        return np.unique(allv[np.isfinite(allv)])
+
+    def tail_candidates(self) -> np.ndarray:
+        """Every value a training stage's tail (all-reduce + optimizer step, after its last backward) can take."""
+        vals = [np.zeros(1)]
+        for gi in range(len(self.comps)):
+            st = self._stage(gi)
+            vals.append(np.broadcast_to(st["ar"], st["valid"].shape)[st["valid"]])
+        allv = np.concatenate(vals)
         return np.unique(allv[np.isfinite(allv)])
 
 
@@ -828,8 +844,3 @@ def coarse_cuts(cut_bytes: np.ndarray, k: int, cut_ok: np.ndarray | None = None)
             break
         pick.add(x)
     return np.array(sorted({0, n} | pick))
-
-
-def _qkey(tau: np.ndarray, ar: np.ndarray, M: int) -> np.ndarray:
-    """Training bottleneck key ``(M-1) tau + ar`` (inf where the stage is impossible)."""
-    return np.where(np.isfinite(tau), (M - 1) * np.where(np.isfinite(tau), tau, 0.0) + ar, np.inf)

@@ -4,7 +4,8 @@ A plan is a path of stage options ("arcs") from layer boundary 0 to n through
 nodes (boundary, depth); each arc is a stage ``[i, j)`` on one device subset
 with one unit per board kind, its samples split as the evaluator does. Binary
 ``y`` per arc, at most one arc per device, and continuous bottleneck variables:
-``P >= p_a y_a`` (throughput/latency/energy) or ``Q >= q_a y_a`` (training).
+``P >= p_a y_a`` (every objective) and, training, ``A >= tail_a y_a`` (a stage's all-reduce + optimizer
+step, after its last backward): training time is ``sum + (M-1) P + A`` (``costmodel``).
 Energy's ``idle * P`` term is linearised with ``z_a >= P - U (1 - y_a)``.
 Transfers are priced per sender -> receiver pair (costmodel): on a uniform
 network the send across cut ``j`` takes ``max(busiest sender, busiest
@@ -26,7 +27,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeplan.errors import PlanError
-from edgeplan.planner.costmodel import Prefix, StageSpec, allocate, allreduce, evaluate, head_index, pair_transfer
+from edgeplan.planner.costmodel import (
+    Prefix,
+    StageSpec,
+    allocate,
+    allreduce,
+    evaluate,
+    head_index,
+    optimizer_step,
+    pair_transfer,
+)
 from edgeplan.planner.objective import Objective
 from edgeplan.planner.search import Result
 from edgeplan.planner.types import device_types
@@ -40,12 +50,13 @@ class _Arc:
     dst: tuple[int, int]
     devices: tuple[int, ...]
     a: float  # additive seconds (stage + the head's links)
-    p: float  # bottleneck key (inference: max per-micro-batch time; training: (M-1) p + ar)
+    p: float  # bottleneck key: max per-micro-batch time of the stage and the head's links
     e: float  # joules per micro-batch (compute above idle + links)
     idle: float  # watts of the group's devices
     out_s: float = 0.0  # send across its end cut (< n) as its busiest sender sees it: the L_j term
     in_s: float = 0.0  # receive across its start cut (> 0) as its busiest receiver sees it
     reps: tuple[tuple[int, int], ...] = ()  # (device, samples) per replica (non-uniform links: pair rows)
+    tail: float = 0.0  # training: all-reduce + optimizer step, once per iteration after the last backward
 
 
 def _groups(costs: CostTable, head: int):
@@ -140,9 +151,10 @@ def _arcs_at(costs, obj, pf, i, j, devs, units, d, stash, nD, idle_w, busy, head
         lt, le = pair_transfer(costs, reps, ((head, m),), pf.cut[j])
     else:
         lt = le = 0.0
-    lin, lie = pair_transfer(costs, ((head, m),), reps, pf.cut[0]) if i == 0 else (0.0, 0.0)
+    lin, lie = pair_transfer(costs, ((head, m),), reps, pf.cut[0]) if i == 0 and not train else (0.0, 0.0)
     stage = StageSpec(i, j, tuple(zip(units, ks, strict=True)))
-    p = max((M - 1) * tau + ar, (M - 1) * lt, (M - 1) * lin) if train else max(tau, lt, lin)
+    p = max(tau, lt, lin)
+    tail = ar + optimizer_step(costs, units, params) if train else 0.0
     if not np.isfinite(p):
         return []
     if j == n:
@@ -155,7 +167,7 @@ def _arcs_at(costs, obj, pf, i, j, devs, units, d, stash, nD, idle_w, busy, head
         dsts = [(j, max(d - 1, 0))] if nD > 1 else [(j, 0)]
     return [_Arc(stage=stage, src=(i, d), dst=dst, devices=devs, a=tau + lt + lin, p=p,
                  e=dyn + le + lie + ar_e / M, idle=float(sum(idle_w[x] for x in devs)), out_s=out_s, in_s=in_s,
-                 reps=reps)
+                 reps=reps, tail=tail)
             for dst in dsts]
 
 
@@ -245,16 +257,17 @@ def solve(costs: CostTable, obj: Objective, time_limit_s: float = TIME_LIMIT_S,
     kind = obj.objective
     M = obj.microbatches
     nA = len(arcs)
-    kf = (M - 1) if obj.training else 1  # a link's bottleneck key per second of it
-    U = max(max(a.p for a in arcs), kf * max(max(a.out_s, a.in_s) for a in arcs))
+    U = max(max(a.p for a in arcs), max(max(a.out_s, a.in_s) for a in arcs))
     # columns: y (nA) | P | z (nA, energy only) | L (one per inner cut)
     energy = kind == "energy"
     cuts_in = sorted({a.stage.stop for a in arcs if a.stage.stop < n} | {a.stage.start for a in arcs if a.stage.start})
     Lcol = {j: nA + 1 + (nA if energy else 0) + x for x, j in enumerate(cuts_in)}
     Ecol = {j: nA + 1 + (nA if energy else 0) + len(cuts_in) + x for x, j in enumerate(cuts_in)} \
         if energy and not uniform else {}
-    ncol = nA + 1 + (nA if energy else 0) + len(cuts_in) + len(Ecol)
+    train_time = kind == "time"
+    ncol = nA + 1 + (nA if energy else 0) + len(cuts_in) + len(Ecol) + (1 if train_time else 0)
     Pcol = nA
+    Acol = ncol - 1  # training time: the largest tail
     pair_rows = [] if uniform else _pair_rows(costs, obj, arcs)
 
     def build(primary: bool, p_cap: float | None):
@@ -269,6 +282,8 @@ def solve(costs: CostTable, obj: Objective, time_limit_s: float = TIME_LIMIT_S,
             ub[nA + 1:nA + 1 + nA] = U
         ub[list(Lcol.values())] = U
         ub[list(Ecol.values())] = np.inf
+        if train_time:
+            ub[Acol] = np.inf
         cost = np.zeros(ncol)
         lcols = list(Lcol.values())
         if kind == "throughput":
@@ -284,7 +299,8 @@ def solve(costs: CostTable, obj: Objective, time_limit_s: float = TIME_LIMIT_S,
         elif kind == "time":
             cost[:nA] = [a.a for a in arcs]
             cost[lcols] = 1.0
-            cost[Pcol] = 1.0
+            cost[Pcol] = M - 1
+            cost[Acol] = 1.0
         else:
             cost[:nA] = [a.e for a in arcs]
             cost[nA + 1:nA + 1 + nA] = [a.idle for a in arcs]
@@ -314,6 +330,8 @@ def solve(costs: CostTable, obj: Objective, time_limit_s: float = TIME_LIMIT_S,
                 h.addRow(-inf, 1.0, len(idx), np.array(idx), np.ones(len(idx)))
         for k, a in enumerate(arcs):  # P >= p_a y_a
             h.addRow(0.0, inf, 2, np.array([Pcol, k]), np.array([1.0, -a.p]))
+            if train_time and a.tail > 0:  # A >= tail_a y_a
+                h.addRow(0.0, inf, 2, np.array([Acol, k]), np.array([1.0, -a.tail]))
             if energy:  # z_a >= P - U (1 - y_a)
                 h.addRow(-U, inf, 3, np.array([nA + 1 + k, Pcol, k]), np.array([1.0, -1.0, -U]))
             if a.stage.stop < n:  # L_j >= what its senders need
@@ -321,7 +339,7 @@ def solve(costs: CostTable, obj: Objective, time_limit_s: float = TIME_LIMIT_S,
             if a.stage.start > 0:  # L_i >= what its receivers need
                 h.addRow(0.0, inf, 2, np.array([Lcol[a.stage.start], k]), np.array([1.0, -a.in_s]))
         for col in lcols:  # P >= key of every link
-            h.addRow(0.0, inf, 2, np.array([Pcol, col]), np.array([1.0, -float(kf)]))
+            h.addRow(0.0, inf, 2, np.array([Pcol, col]), np.array([1.0, -1.0]))
         for j, ka, kb, t, e in pair_rows:  # L_j >= t_ab (y_a + y_b - 1); E_j likewise
             h.addRow(-t, inf, 3, np.array([Lcol[j], ka, kb]), np.array([1.0, -t, -t]))
             if Ecol and e > 0:

@@ -59,9 +59,46 @@ def simulate(fwd: list[float], bwd: list[float], link: list[float], microbatches
     """Run the schedule; ``link[s]`` delays stage s's output to s+1 (and its gradient back)."""
     S = len(fwd)
     seqs = orders(S, microbatches, schedule)
+    acts, free = _run(seqs, fwd, bwd, link, [0.0] * S, schedule, microbatches)
+    ends = [free[s] + (tail[s] if tail else 0.0) for s in range(S)]
+    makespan = max(ends) if ends else 0.0
+    peaks = []
+    for s in range(S):
+        live = peak = 0
+        for kind, _ in seqs[s]:
+            live += 1 if kind == "F" else -1
+            peak = max(peak, live)
+        peaks.append(peak if schedule != "none" else 0)
+    busy = [sum(a.end - a.start for a in acts if a.stage == s) / makespan if makespan > 0 else 0.0 for s in range(S)]
+    return Simulation(actions=tuple(sorted(acts, key=lambda a: (a.start, a.stage))), makespan=makespan,
+                      peak_inflight=tuple(peaks), busy_fraction=tuple(busy))
+
+
+def iteration(fwd: list[float], bwd: list[float], link: list[float], microbatches: int, schedule: str,
+              tail: list[float], iterations: int = 6) -> float:
+    """Steady-state seconds per training iteration as the runtime runs them (``training/engine.py``): each
+    stage runs its actions, then its ``tail`` (gradient all-reduce + optimizer step) after its last
+    backward, then starts the next iteration; nothing else waits (no barrier), so a stage's tail may hide
+    behind the time its next forward takes to arrive. Measured between the last two of ``iterations``
+    back-to-back iterations at stage 0."""
+    S = len(fwd)
+    seqs = orders(S, microbatches, schedule)
+    free = [0.0] * S
+    starts = []
+    for _ in range(max(iterations, 2)):
+        starts.append(free[0])
+        _, free = _run(seqs, fwd, bwd, link, free, schedule, microbatches)
+        free = [free[s] + tail[s] for s in range(S)]
+    starts.append(free[0])
+    return starts[-1] - starts[-2]
+
+
+def _run(seqs, fwd, bwd, link, free: list[float], schedule: str, microbatches: int):
+    """One pass of every stage's action order from ``free`` (each stage's ready time): (actions, ready times)."""
+    S = len(fwd)
     done: dict[tuple[int, str, int], float] = {}
     pos = [0] * S
-    free = [0.0] * S
+    free = list(free)
     acts: list[Action] = []
     remaining = sum(len(q) for q in seqs)
     while remaining:
@@ -90,18 +127,7 @@ def simulate(fwd: list[float], bwd: list[float], link: list[float], microbatches
                 progressed = True
         if not progressed:
             raise PlanError(f"schedule {schedule!r} deadlocks with {S} stages and {microbatches} micro-batches")
-    ends = [free[s] + (tail[s] if tail else 0.0) for s in range(S)]
-    makespan = max(ends) if ends else 0.0
-    peaks = []
-    for s in range(S):
-        live = peak = 0
-        for kind, _ in seqs[s]:
-            live += 1 if kind == "F" else -1
-            peak = max(peak, live)
-        peaks.append(peak if schedule != "none" else 0)
-    busy = [sum(a.end - a.start for a in acts if a.stage == s) / makespan if makespan > 0 else 0.0 for s in range(S)]
-    return Simulation(actions=tuple(sorted(acts, key=lambda a: (a.start, a.stage))), makespan=makespan,
-                      peak_inflight=tuple(peaks), busy_fraction=tuple(busy))
+    return acts, free
 
 
 def format_order(stages: int, microbatches: int, schedule: str) -> str:

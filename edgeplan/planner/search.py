@@ -1,9 +1,11 @@
 """The objective search: which table-DP passes (``dp.DPSolver.run_pass``) answer each objective.
 
-throughput: the smallest bottleneck, then the smallest sum under it. latency and
-training time: the smallest sum, then branch and bound over candidate bottleneck
-values (sum + weight x bottleneck). energy: branch and bound over candidate
-thresholds, idle power weighted by each interval's low end.
+throughput: the smallest bottleneck, then the smallest sum under it. latency: the
+smallest sum, then branch and bound over candidate bottleneck values (sum +
+weight x bottleneck). training time: the same over boxes of two thresholds, the
+bottleneck and the largest stage tail (all-reduce + optimizer step; ``_time_search``).
+energy: branch and bound over candidate thresholds, idle power weighted by each
+interval's low end.
 
 ``Result.exact`` means exact on the graph the DP ran on: the full one, or a coarse
 one of ``blocks`` blocks (``dp.block_cuts``: runs of layers between cheap cuts,
@@ -15,6 +17,7 @@ optimum is what the lower bound (``bound.lower_bound``) says.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -111,11 +114,13 @@ def optimise(dp: DPSolver, obj: Objective, cp: float = 1.0, ce: float = 0.0) -> 
             lay = got2[1] if got2 is not None else got[1]
             loose += [x for x in (got[1], lay) if not dp.prices_exactly(x, "max")]
             best_l, best_e = lay, _eval(dp, lay)
-    elif kind in ("latency", "time"):
+    elif kind == "time":
+        passes, exact = _time_search(dp, obj, consider, lambda: best_e, notes)
+    elif kind == "latency":
         # objective = sum + w * max. The unconstrained pass gives the smallest sum (floor); then branch and
         # bound over candidate bottleneck values: on an interval [c_a, c_b] no plan beats sum(c_b) + w c_a.
-        bkey = "q" if kind == "time" else "p"
-        w = 1.0 if kind == "time" else float(M - 1)
+        bkey = "p"
+        w = float(M - 1)
         got = dp.run_pass("sum", bkey=bkey)
         passes += 1
         if got is not None:
@@ -181,13 +186,81 @@ def optimise(dp: DPSolver, obj: Objective, cp: float = 1.0, ce: float = 0.0) -> 
 
 
 def _peak(dp: DPSolver, layout: Layout, bkey: str) -> float:
-    ev = evaluate(dp.costs, layout, dp.obj, prefix=dp.pf)
-    M = dp.M
-    if bkey == "p":
-        return ev.period_s
-    res = [(M - 1) * ev.input_s]
-    for i, st in enumerate(ev.stages):
-        res.append((M - 1) * st.compute_s + st.allreduce_s)
-        f = 2 if (dp.train and i + 1 < len(ev.stages)) else 1
-        res.append((M - 1) * f * st.send_s)
-    return max(res)
+    return evaluate(dp.costs, layout, dp.obj, prefix=dp.pf).period_s
+
+
+def _time_search(dp: DPSolver, obj: Objective, consider, best, notes: list[str]) -> tuple[int, bool]:
+    """Training time ``T = sum p + w max p + max tail`` (``w = M - 1``; tail: a stage's all-reduce + optimizer
+    step, ``costmodel``): two bottlenecks, so branch and bound over boxes of candidate thresholds
+    ``[p_a, p_b] x [t_a, t_b]`` (indices into the sorted candidates). A ``sum`` pass with every stage
+    option within ``(p_b, t_b)`` gives the box's smallest sum ``s``; no plan in the box beats
+    ``s + w p_a + t_a``. The plan found, with peaks ``(P, A)``, is no worse than any plan of the box
+    with ``p >= P`` and ``tail >= A`` (their sum is at least ``s``), so what is left of the box is
+    ``p < P`` and (``p >= P``, ``tail < A``), each halved where its bound is loosest (the side whose
+    thresholds span more seconds of the objective); a part inherits ``s``
+    as a lower bound of its sums, and parts are searched lowest bound first. Returns (passes, exact)."""
+    w = float(dp.M - 1)
+    got = dp.run_pass("sum")
+    passes, exact = 1, True
+    if got is None:
+        return passes, exact
+    consider(got[1])
+    floor = got[0]
+    if w > 0:
+        lo = dp.run_pass("max")
+        passes += 1
+        cp = dp.candidates("p")
+        cp = cp[cp >= lo[0] * (1 - 1e-12)]
+    else:  # one micro-batch: the bottleneck does not count; one unbounded "candidate"
+        cp = np.array([np.inf])
+    ct = dp.tail_candidates()
+
+    def low(i: int) -> float:
+        return w * cp[i] if w > 0 else 0.0
+
+    def peaks(layout) -> tuple[float, float]:
+        ev = evaluate(dp.costs, layout, dp.obj, prefix=dp.pf)
+        return ev.period_s, max(st.allreduce_s + st.optimizer_s for st in ev.stages)
+
+    def rest(a: int, b: int, c: int, d: int, layout, s: float) -> list[tuple[float, int, int, int, int, float]]:
+        P, A = peaks(layout)
+        b2 = min(b, int(np.searchsorted(cp, P * (1 - 1e-12))) - 1) if w > 0 else a - 1  # last index p < P
+        d2 = min(d, int(np.searchsorted(ct, A * (1 - 1e-12))) - 1)  # last index tail < A
+        out = []
+        if b2 >= a:
+            out.append((a, b2, c, d))
+        if d2 >= c and max(a, b2 + 1) <= b:
+            out.append((max(a, b2 + 1), b, c, d2))
+        halves = []
+        for a_, b_, c_, d_ in out:
+            if b_ > a_ and (d_ == c_ or low(b_) - low(a_) >= ct[d_] - ct[c_]):
+                m_ = (a_ + b_) // 2
+                halves += [(m_ + 1, b_, c_, d_), (a_, m_, c_, d_)]
+            elif d_ > c_:
+                m_ = (c_ + d_) // 2
+                halves += [(a_, b_, m_ + 1, d_), (a_, b_, c_, m_)]
+            else:
+                halves.append((a_, b_, c_, d_))
+        return [(s + low(a_) + ct[c_], a_, b_, c_, d_, s) for a_, b_, c_, d_ in halves]
+
+    heap = rest(0, len(cp) - 1, 0, len(ct) - 1, got[1], floor) if len(ct) else []
+    heapq.heapify(heap)
+    while heap:
+        bound, a, b, c, d, _ = heapq.heappop(heap)
+        best_v = best().value(obj) * (1 - 1e-12)
+        if bound >= best_v:
+            break  # lowest bound first: no box left can beat the best plan
+        if passes >= (MAX_PASSES if dp.exact else HEURISTIC_PASSES):
+            exact = False
+            notes.append(f"DP heuristic: bottleneck search stopped after {passes} passes")
+            break
+        got = dp.run_pass("sum", theta=float(cp[b]), theta_a=float(ct[d]))
+        passes += 1
+        if got is None:
+            continue
+        consider(got[1])
+        if got[0] + low(a) + ct[c] >= best().value(obj) * (1 - 1e-12) or (a == b and c == d):
+            continue
+        for box in rest(a, b, c, d, got[1], got[0]):
+            heapq.heappush(heap, box)
+    return passes, exact
