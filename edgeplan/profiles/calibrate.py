@@ -694,12 +694,18 @@ def write_calibrated(cluster_path: str | Path, calibration: Calibration, out_pat
                      backend: str, when: str | None = None) -> Cluster:
     """Write the calibrated cluster file and return it as loaded back (so what was written is what plans)."""
     doc = calibrated_doc(cluster_path, calibration, out_path, sources=sources, backend=backend, when=when)
+    return _write_doc(doc, out_path, f"# Written by `edgeplan calibrate` from {sources}: fitted figures are device "
+                      "overrides with\n# their provenance under `measured`; everything else is as in "
+                      f"{cluster_path}.\n")
+
+
+def _write_doc(doc: dict, out_path: str | Path, header: str) -> Cluster:
+    """Write a cluster ``doc`` under ``header`` (comment lines) atomically (a hidden .tmp beside it, then
+    replace: a reader never sees half a file) and return it as loaded back (what was written is what plans)."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp")
-    tmp.write_text(f"# Written by `edgeplan calibrate` from {sources}: fitted figures are device overrides with\n"
-                   "# their provenance under `measured`; everything else is as in " f"{cluster_path}.\n"
-                   + yaml.safe_dump(doc, sort_keys=False))
+    tmp.write_text(header + yaml.safe_dump(doc, sort_keys=False))
     tmp.replace(out_path)
     return load_cluster(out_path)
 

@@ -51,7 +51,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from edgeplan import jsonio
 from edgeplan.graph.model import LayerGraph
@@ -63,6 +62,7 @@ from edgeplan.profiles.calibrate import (
     CalibrationError,
     _read_json,
     _separates,
+    _write_doc,
     bounded_lstsq,
     calibrated_doc,
     plan_digest,
@@ -405,13 +405,9 @@ def write_calibrated(cluster_path: Path, cluster: Cluster, fits: tuple[TrainUnit
             how = (f"edgeplan calibrate: fit over {f.replicas} replica(s) of {sources} at {stamp}"
                    if f.inferred_from is None else f"as {f.inferred_from} (same profile, not run): {sources}")
             units[f.unit] = {**(units.get(f.unit) or {}), "training": _figures_yaml(f.after, how)}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    tmp.write_text(f"# Written by `edgeplan calibrate` from training report(s) {sources}: fitted training figures are "
-                   f"device overrides (units.<unit>.training); everything else is as in {cluster_path}.\n"
-                   + yaml.safe_dump(doc, sort_keys=False))
-    tmp.replace(out_path)
-    return load_cluster(out_path)
+    return _write_doc(doc, out_path, f"# Written by `edgeplan calibrate` from training report(s) {sources}: fitted "
+                      "training figures are device overrides (units.<unit>.training); everything else is as in "
+                      f"{cluster_path}.\n")
 
 
 def _default_predict(plan: dict, graph: LayerGraph, cluster: Cluster) -> dict:

@@ -120,7 +120,9 @@ def test_fit_recovers_known_training_figures_and_the_planner_prices_them(tmp_pat
         figures_basis(new.device("pi0").unit("cpu"))
     truth_iter = metrics.predict(plan, graph, _truth(cluster))["iter_s"]
     assert metrics.predict(plan, graph, new)["iter_s"] == pytest.approx(truth_iter, rel=1e-3)
-    assert abs(plan.predicted.iter_s - truth_iter) > 0.1 * truth_iter  # the datasheet figures were off before
+    # the datasheet figures were off before (per stage: the iteration's terms can happen to cancel out)
+    sheet, truth = (metrics.predict(plan, graph, c)["stages"][0]["replicas"][0] for c in (cluster, _truth(cluster)))
+    assert abs(sheet["backward_s"] - truth["backward_s"]) > 0.1 * truth["backward_s"]
     assert result.mape("before") > 50 and result.mape("after") < 0.5
     # the inference figures are untouched: an inference plan prices the same on both clusters
     before_cost, after_cost = build_cost_table(graph, cluster), build_cost_table(graph, new)
