@@ -87,6 +87,11 @@ CLUSTERS = {
 }
 
 
+def _short(model: str) -> str:
+    """A zoo name as it is; ``path/file.py:callable`` as ``file:callable`` (table rows, folder names)."""
+    return Path(model).name.replace(".py:", ":") if ":" in model else model
+
+
 def _err(pred, meas) -> float:
     return (pred - meas) / meas
 
@@ -261,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
         for model in args.models.split(","):
             traced = build(model)
             for cname in args.clusters.split(","):
-                tmp = Path(tmpdir) / f"{model}-{cname}"
+                tmp = Path(tmpdir) / f"{_short(model)}-{cname}"  # a file:callable model names a path
                 tmp.mkdir(exist_ok=True)
                 path = tmp / "cluster.yaml"
                 emulated = Emulated(cname, host, args.board_cores, args.hop_byte) if args.emulate else None
@@ -293,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
                     _print_round("the calibrated plan run again", plan1, st2, pair2)
                     noise = (100 * float(np.mean([abs(_err(a[2], b[2])) for a, b in zip(st2, st1, strict=True)])),
                              100 * abs(_err(pair2["throughput_loaded"][0], pair1["throughput_loaded"][0])))
-                rows.append((model, cname, mape, thr, lat, noise, call))
+                rows.append((_short(model), cname, mape, thr, lat, noise, call))
     rep = any(r[5] for r in rows)
     print(f"per-byte hop priced at: {args.hop_byte if args.emulate else 'the profiles'}; batch {args.batch}")
     print(f"\n{'model':<20}{'cluster':<14}{'stage MAPE %':>22}{'call MAPE %':>20}{'throughput err %':>22}"
