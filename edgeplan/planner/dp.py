@@ -179,6 +179,7 @@ class DPSolver:
         self.cache: dict[int, dict] = {}
         if not keep:
             self._bases: dict[int, dict] = {}
+            self._unit_tab: dict = {}
             self._shr: dict[tuple, tuple] = {}
         self._ko = self._stk = None
         self._setup()
@@ -231,11 +232,14 @@ class DPSolver:
                                    bundles=tuple(n), mask=sum(1 << t for t in present)))
         self.comps = comps
         self.rows = []
+        by_devs: dict[tuple, tuple] = {}  # compositions of the same devices (other units) share their rows
         for c in comps:
-            ok = np.all(grid >= np.array(c.bundles), axis=1)
-            rv = np.nonzero(ok)[0]
-            off = sum(b * s for b, s in zip(c.bundles, self.stride, strict=False))
-            self.rows.append((rv, rv - off))
+            if c.bundles not in by_devs:
+                ok = np.all(grid >= np.array(c.bundles), axis=1)
+                rv = np.nonzero(ok)[0]
+                off = sum(b * s for b, s in zip(c.bundles, self.stride, strict=False))
+                by_devs[c.bundles] = (rv, rv - off)
+            self.rows.append(by_devs[c.bundles])
         # link class of a stage = what the previous stage's send depends on: whether the stage is one device
         # (it receives every sample) or wide, and (non-uniform links) its board types
         keys = [(0 if tp.uniform else c.mask, sum(c.devs) == 1) for c in comps]
@@ -245,6 +249,7 @@ class DPSolver:
         self.cls_wide = np.array([not single for _, single in order], dtype=bool)
         self.nS = max(1, len(order))
         self._link_tab = [self._link_terms(c) for c in comps]
+        self._subs = None
 
     def _work(self, K: int | None = None) -> float:
         """Element operations of one pass on ``K`` blocks (default: the current boundaries), estimated
@@ -374,15 +379,28 @@ class DPSolver:
         for t in vs:
             u = tp.unit(t, comp.units[t])
             U.append(u)
-            # = Prefix.per_sample / per_call for every boundary pair at once
-            F.append(pf.F[u, B][None, :] - pf.F[u, B][:, None] + pf.HB[u] * (pf.cut[B][None, :] + pf.cut[B][:, None]))
-            X.append(pf.X[u, B][None, :] - pf.X[u, B][:, None] + pf.H[u])
+            fu, xu, vu = self._unit_tables(u)
+            F.append(fu)
+            X.append(xu)
             C.append(comp.devs[t])
-            valid &= (pf.U[u, B][None, :] - pf.U[u, B][:, None]) == 0
-        params = pf.P[B][None, :] - pf.P[B][:, None]
-        actsum = pf.A[B][None, :] - pf.A[B][:, None]
+            valid &= vu
+        if "params" not in self._unit_tab:
+            self._unit_tab["params"] = pf.P[B][None, :] - pf.P[B][:, None]
+            self._unit_tab["actsum"] = pf.A[B][None, :] - pf.A[B][:, None]
         return {"vs": vs, "F": np.array(F), "X": np.array(X), "C": C, "U": U, "tri": tri, "valid": valid,
-                "params": params, "actsum": actsum}
+                "params": self._unit_tab["params"], "actsum": self._unit_tab["actsum"]}
+
+    def _unit_tables(self, u: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Unit ``u``'s per-sample and per-call seconds and whether it runs every layer, for every boundary
+        pair [K+1, K+1] (= Prefix.per_sample / per_call): built once per unit, shared by its compositions."""
+        hit = self._unit_tab.get(u)
+        if hit is None:
+            pf, B = self.pf, self.bnd
+            hit = (pf.F[u, B][None, :] - pf.F[u, B][:, None] + pf.HB[u] * (pf.cut[B][None, :] + pf.cut[B][:, None]),
+                   pf.X[u, B][None, :] - pf.X[u, B][:, None] + pf.H[u],
+                   (pf.U[u, B][None, :] - pf.U[u, B][:, None]) == 0)
+            self._unit_tab[u] = hit
+        return hit
 
     def _shares_of(self, gi: int, stash: int | None) -> tuple[np.ndarray, np.ndarray]:
         """``_shares`` of composition ``gi``, once per stash depth (the 1F1B depth check and the stage
@@ -478,29 +496,31 @@ class DPSolver:
         if energy:
             keys.append(stk["dyn"])
         heads = [stk["in_p"], stk["out_p"]] + ([stk["in_e"], stk["out_e"]] if energy else [])
-        for gi, c in enumerate(self.comps):
-            for t, x in enumerate(c.units):
-                for y in self.unit_opts[t]:
-                    if x < 0 or y == x:
-                        continue
-                    other = index.get((c.devs, c.units[:t] + (y,) + c.units[t + 1:]))
-                    if other is None or not alive[other]:
-                        continue
-                    okb = ok[gi]
-                    if not ok[other][okb].all():
-                        continue
-                    le = all(np.all(k[other][okb] <= k[gi][okb]) for k in keys)
-                    le = le and all(np.all(h[other] <= h[gi]) for h in heads)
-                    if not le:
-                        continue
-                    same = (np.array_equal(ok[other], okb) and all(np.array_equal(k[other][okb], k[gi][okb])
-                                                                   for k in keys)
-                            and all(np.array_equal(h[other], h[gi]) for h in heads))
-                    if not same or other < gi:
-                        alive[gi] = False
-                        break
-                if not alive[gi]:
-                    break
+        pairs = [(gi, other) for gi, c in enumerate(self.comps) for t, x in enumerate(c.units)
+                 for y in self.unit_opts[t] if x >= 0 and y != x
+                 for other in [index.get((c.devs, c.units[:t] + (y,) + c.units[t + 1:]))] if other is not None]
+        # the comparisons of every pair at once (in batches), then the pairs in order: a composition beaten
+        # by one still alive goes (as one by one: the first beater in order decides)
+        fits, le, same = (np.zeros(len(pairs), dtype=bool) for _ in range(3))
+        step = max(1, int(2e6 // max(1, ok[0].size)))
+        for lo in range(0, len(pairs), step):
+            g, o = (np.array(x, dtype=np.int64) for x in zip(*pairs[lo:lo + step], strict=True))
+            okb, oko = ok[g], ok[o]
+            fits[lo:lo + step] = np.all(oko | ~okb, axis=(1, 2, 3))
+            le_, same_ = np.ones(len(g), dtype=bool), np.all(oko == okb, axis=(1, 2, 3))
+            for k in keys:
+                le_ &= np.all(np.where(okb, k[o] <= k[g], True), axis=(1, 2, 3))
+                same_ &= np.all(np.where(okb, k[o] == k[g], True), axis=(1, 2, 3))
+            for h in heads:
+                ax = tuple(range(1, h.ndim))
+                le_ &= np.all(h[o] <= h[g], axis=ax)
+                same_ &= np.all(h[o] == h[g], axis=ax)
+            le[lo:lo + step], same[lo:lo + step] = le_, same_
+        for p, (gi, other) in enumerate(pairs):
+            if not alive[gi] or not alive[other] or not fits[p] or not le[p]:
+                continue
+            if not same[p] or other < gi:
+                alive[gi] = False
         return alive
 
     def _kout_all(self) -> np.ndarray:
@@ -535,9 +555,10 @@ class DPSolver:
             memok[:, :, d] = ok
             kmax = -(-s // c)
             kout[:, :, d] = kmax.max(axis=0)
-            if not self.train:  # training: no head links (costmodel: stage 0 reads its own samples)
-                in_p[:, d], in_e[:, d] = self._head_links(s[:, 0, :], vs, cut[0])
-                out_p[:, d], out_e[:, d] = self._head_links(s[:, :, K1 - 1], vs, cut[-1])
+            if not self.train:  # both head links in one call: rows [in, out] (training: none, see costmodel)
+                hp, he = self._head_links(np.stack([s[:, 0, :], s[:, :, K1 - 1]], axis=1), vs,
+                                          np.array([[cut[0]], [cut[-1]]]))
+                in_p[:, d], in_e[:, d], out_p[:, d], out_e[:, d] = hp[0], he[0], hp[1], he[1]
             tau[:, :, d] = np.where(tri, (kmax * F + X).max(axis=0), np.inf)
             for vi, u in enumerate(U):
                 dyn[:, :, d] += max(busy[u] - idle[vi], 0.0) * (s[vi] * F[vi] + C[vi] * X[vi])
@@ -576,6 +597,56 @@ class DPSolver:
             cg = np.array(self.comp_cls, dtype=np.int64)[g]
             self._rows_cache = (g, rv, rmg, cg)
         return self._rows_cache
+
+    def _subsets(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per link class of wide groups: its compositions (ascending devices), where their device counts
+        change, and their cells in the remaining-devices grid (what ``_beaten`` needs, built once)."""
+        if getattr(self, "_subs", None) is None:
+            cell = np.array([sum(b * s for b, s in zip(c.bundles, self.stride, strict=True)) for c in self.comps],
+                            dtype=np.int64)
+            cls = np.array(self.comp_cls, dtype=np.int64)
+            self._subs = []
+            self._bund = np.array([c.bundles for c in self.comps], dtype=np.int64)
+            for cl in np.nonzero(self.cls_wide)[0]:
+                members = np.nonzero(cls == cl)[0]  # ascending index = ascending devices (lexicographic)
+                if len(members) < 2:
+                    continue
+                starts = np.concatenate([[0], np.nonzero(np.diff(cell[members]))[0] + 1])
+                self._subs.append((members, starts, cell[members]))
+            # worth it only when the grid is small beside the rows the DP walks (else: nothing to prune)
+            if len(self._subs) * self.R * (len(self.nb) + 2) * 4 > len(self._rows_all()[0]):
+                self._subs = []
+        return self._subs
+
+    def _beaten(self, c: np.ndarray) -> np.ndarray:
+        """``c`` [G, ...] (a cost per composition) with inf where a composition of a strict subset of the
+        devices (same link class, so the stage before pays the same send) costs no more: exact, since
+        the DP's value can only fall with more devices left (every state means "at most"), and on a tie
+        the subset, an earlier composition, wins anyway (``run_pass``'s order). Changed in place."""
+        subs = self._subsets()
+        if not subs:
+            return c
+        G, T = len(self.comps), len(self.nb)
+        flat = c.reshape(G, -1)
+        shape = tuple(n + 1 for n in self.nb) + (flat.shape[1],)
+        bund = self._bund
+        for members, starts, cells in subs:
+            x = flat[members]
+            fin = np.isfinite(x).any(axis=1)
+            if not fin.any():
+                continue
+            grid = np.full((self.R, flat.shape[1]), np.inf)
+            grid[cells[starts]] = np.minimum.reduceat(x, starts, axis=0)
+            pm = grid.reshape(shape)
+            for ax in range(T):  # the cheapest over every cell at most this one
+                pm = np.minimum.accumulate(pm, axis=ax)
+            pm = pm.reshape(self.R, -1)
+            sub = np.full(x.shape, np.inf)
+            for t in range(T):  # a strict subset is at most one device of some type fewer
+                has = bund[members, t] >= 1
+                sub[has] = np.minimum(sub[has], pm[cells[has] - self.stride[t]])
+            flat[members] = np.where(fin[:, None] & (x >= sub), np.inf, x)
+        return c
 
     def run_pass(self, kind: str, theta: float = np.inf, cp: float = 1.0, ce: float = 0.0,
                  theta_idle: float = 0.0, bkey: str = "p", theta_a: float = np.inf):
@@ -622,6 +693,7 @@ class DPSolver:
         endc = np.where(bl_end <= theta, cp * pe + ce * ee if is_sum else bl_end, np.inf)
         col = A[:, :, K, 0]
         END = col + endc if is_sum else np.maximum(col, endc)  # [G, K1]: the stage running to the end
+        END = self._beaten(END)
         KO = st["kout"]
         BW, LT, EP = (np.array([tab[x] for tab in self._link_tab]) for x in range(3))  # [G, nS]
         f = 2.0 if self.train else 1.0
@@ -654,8 +726,9 @@ class DPSolver:
                     c4 = a[:, :, None, :] + np.where(b4 <= theta, cp * p4 + ce * e4, np.inf)  # [G, L, nS, nD]
                 else:
                     c4 = np.maximum(a[:, :, None, :], np.where(b4 <= theta, b4, np.inf))
+                c4 = self._beaten(c4)
                 # only the rows of compositions with a stage that fits here and now (most do not: a device
-                # left without a sample, memory, theta), in chunks of about CHUNK_ROWS
+                # left without a sample, memory, theta, a subset no dearer), in chunks of about CHUNK_ROWS
                 live = np.nonzero(np.isfinite(c4).reshape(G, -1).any(axis=1)[rg])[0]
                 for lo_ in range(0, len(live), CHUNK_ROWS):
                     rows_ = live[lo_:lo_ + CHUNK_ROWS]
@@ -699,6 +772,7 @@ class DPSolver:
             r_, c_ = st_ // nS, st_ % nS
             val[r_, k, c_, d_] = v[win]
             ch[r_, k, c_, d_] = info[win]
+        self._last = (val, ch)  # every start state's optimum (state_values / layout_from)
         full = R - 1
         best_v, best_at = np.inf, None
         for c in range(nS):
@@ -709,10 +783,30 @@ class DPSolver:
             return None
         return best_v, self._rebuild(ch, best_at)
 
-    def _rebuild(self, ch: np.ndarray, at: tuple[int, int]) -> Layout:
+    def state_values(self) -> np.ndarray:
+        """[R] the last pass's optimum from every start state (at most so many devices of each type left):
+        one pass answers every device budget at once (``search``'s energy bound weights idle power by it)."""
+        val = self._last[0]
+        return val[:, 0].reshape(self.R, -1).min(axis=1)
+
+    def state_idle(self) -> np.ndarray:
+        """[R] idle power of every device a start state may use (the most a plan from it idles)."""
+        idle = np.array([float(self.costs.idle_power_w[m[0]]) for m in self.types.members])
+        return (self.grid * np.array(self.bundle)[None, :]) @ idle
+
+    def layout_from(self, r: int) -> Layout | None:
+        """The last pass's optimal layout from start state ``r`` (first class and depth on ties)."""
+        val, ch = self._last
+        v = val[r, 0].reshape(-1)
+        if not np.isfinite(v).any():
+            return None
+        i = int(np.argmin(v))
+        return self._rebuild(ch, (i // self.nD, i % self.nD), r)
+
+    def _rebuild(self, ch: np.ndarray, at: tuple[int, int], r0: int | None = None) -> Layout:
         tp = self.types
         pools = [list(mb) for mb in tp.members]
-        k, r, (c, d) = 0, self.R - 1, at
+        k, r, (c, d) = 0, self.R - 1 if r0 is None else r0, at
         K = len(self.bnd) - 1
         stages = []
         while k < K:

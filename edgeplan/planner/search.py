@@ -157,24 +157,40 @@ def optimise(dp: DPSolver, obj: Objective, cp: float = 1.0, ce: float = 0.0) -> 
         # m * E* = min over candidate thresholds theta of pass(theta) = min dyn + idle * theta over plans whose
         # every p <= theta. Branch and bound over candidate intervals [a, b]: a pass feasible at b with idle
         # weighted by a is a lower bound for the whole interval, and its plan is a real one.
+        # One pass per threshold b, without idle power, answers every interval [a, b]: its optimum from each
+        # start state r (at most so many devices left) plus idle(r) * c_a is that bound (dp.state_values).
         lo = dp.run_pass("max", bkey="p")
         passes += 1
         if lo is not None:
+            first = _eval(dp, lo[1])  # the fastest plan: a first incumbent (only a bound's foil: not checked
+            if not first.empty:  # for exact pricing, since the search does not stop at it)
+                best_l, best_e = lo[1], first
             cands = dp.candidates("p")
             cands = cands[cands >= lo[0] * (1 - 1e-12)]
+            idle = dp.state_idle()
+            at: dict[int, tuple | None] = {}
             stack = [(0, len(cands) - 1)]
             while stack:
                 a, b = stack.pop()
-                if passes >= (ENERGY_PASSES if dp.exact else HEURISTIC_PASSES):
-                    exact = False
-                    notes.append(f"DP heuristic: energy search stopped after {passes} passes")
-                    break
-                got = dp.run_pass("sum", cp=0.0, ce=1.0, theta=float(cands[b]), theta_idle=float(cands[a]))
-                passes += 1
-                if got is None:
+                if b not in at:
+                    if passes >= (ENERGY_PASSES if dp.exact else HEURISTIC_PASSES):
+                        exact = False
+                        notes.append(f"DP heuristic: energy search stopped after {passes} passes")
+                        break
+                    got = dp.run_pass("sum", cp=0.0, ce=1.0, theta=float(cands[b]))
+                    passes += 1
+                    at[b] = None if got is None else (dp.state_values(), dp._last)
+                if at[b] is None:
                     continue
-                consider(got[1])
-                if got[0] / dp.m >= best_e.energy_j * (1 - 1e-12) or a == b:
+                vals, dp._last = at[b]
+                bound = vals + idle * float(cands[a])
+                r = int(np.argmin(bound))
+                if not np.isfinite(bound[r]) or bound[r] / dp.m >= best_e.energy_j * (1 - 1e-12):
+                    continue
+                lay = dp.layout_from(r)
+                if lay is not None:
+                    consider(lay)
+                if bound[r] / dp.m >= best_e.energy_j * (1 - 1e-12) or a == b:
                     continue
                 mid = (a + b) // 2
                 stack += [(mid + 1, b), (a, mid)]
