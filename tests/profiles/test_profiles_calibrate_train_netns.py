@@ -1,10 +1,12 @@
-"""Issue 14 item 5, training (netns tier): train, calibrate from that run, re-plan, train again.
+"""Issue 14 item 5, training (netns tier): train, calibrate from those runs, re-plan, train again.
 
 LeNet-5 on three Pi 3B of examples/clusters/ten-rpi3b.yaml, each board a network namespace with a CPU quota
-and 94 Mbit/s shaped links. One layout throughout (stage 0 on pi0, stage 1 on pi1 + pi2 with 6 and 2 of each
-micro-batch's 8 samples), so every figure occurs (point-to-point both ways, a gradient all-reduce) and the two
-rounds compare the same quantities: the first is priced on the rpi3b datasheet profile, the second on the
-training figures fitted from the first run (`edgeplan calibrate TRAIN-REPORT`).
+and 94 Mbit/s shaped links. The first round runs two layouts on the rpi3b datasheet profile: stage 0 on pi0,
+stage 1 on pi1 + pi2 with 6 and 2 of each micro-batch's 8 samples (every figure occurs: point-to-point both
+ways, a gradient all-reduce), and the whole model on pi0 (the same layers at other sample counts and stage
+sizes, so per-sample and per-layer costs separate). `edgeplan calibrate` fits both reports; the second round
+runs the first layout again (the same quantities, now priced on the fitted figures) and a layout no
+calibration run had (stage 0 on pi0, stage 1 on pi1), priced by the planner's iteration formula.
 
 The emulated boards run on a notional host 2x a Pi 3B (each board gets half a core instead of the ~0.04 this
 machine's real speed would give, which makes start-up take minutes): they are faster than a real Pi 3B by this
@@ -36,15 +38,17 @@ from tests.tiers import netns_tier  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "clusters" / "ten-rpi3b.yaml"
 LAYOUT = "lenet5 | 0-5@pi0:cpu | 6-11@pi1:cpu*0.75+pi2:cpu*0.25"
+ONE_BOARD = "lenet5 | 0-11@pi0:cpu"
+UNSEEN = "lenet5 | 0-5@pi0:cpu | 6-11@pi1:cpu"
 OBJ = Objective(mode="training", objective="time", batch=32, microbatches=4, schedule="1f1b")
 ITERS = 12  # 48 micro-batches per replica (the fit needs 20) and 12 all-reduces
 BOARD_CORES = 0.5
 
 
-def _plan(graph, cluster_path: Path):
+def _plan(graph, cluster_path: Path, text: str = LAYOUT):
     cluster = load_cluster(cluster_path)
     costs = build_cost_table(graph, cluster)
-    lay = layout_from_text(costs, LAYOUT, OBJ)
+    lay = layout_from_text(costs, text, OBJ)
     plan = plan_of(costs, lay, OBJ, evaluate(costs, lay, OBJ), model=graph.name, graph_sha256=graph.digest(),
                    cluster=cluster.name, cluster_sha256=cluster.digest())
     return record_sources(plan, model_ref="lenet5", input_shape=None, cluster_path=str(cluster_path),
@@ -83,7 +87,8 @@ def test_emulated_train_calibrate_replan_train(tmp_path, monkeypatch):
                                                                 emulate.state_json(bed, shape))))
         plan0, cluster0 = _plan(graph, cluster_path)
         rep0, path0 = _train(plan0, cluster0, tmp_path, "0")
-        result, calibrated = ct.calibrate_files([path0], [], cluster_path, tmp_path / "calibrated.yaml",
+        _, path_one = _train(*_plan(graph, cluster_path, ONE_BOARD), tmp_path, "one")
+        result, calibrated = ct.calibrate_files([path0, path_one], [], cluster_path, tmp_path / "calibrated.yaml",
                                                 lambda p: graph)
         # re-plan on the calibrated cluster: the planner prices it with the fitted figures; the same layout runs
         replanned = make_plan(graph, calibrated, OBJ)
@@ -91,12 +96,16 @@ def test_emulated_train_calibrate_replan_train(tmp_path, monkeypatch):
         plan1, cluster1 = _plan(graph, tmp_path / "calibrated.yaml")
         assert plan1.cluster_sha256 != plan0.cluster_sha256  # the same layout, priced on the fitted figures
         rep1, _ = _train(plan1, cluster1, tmp_path, "1")
+        rep_new, _ = _train(*_plan(graph, tmp_path / "calibrated.yaml", UNSEEN), tmp_path, "unseen")
     assert netns.leftovers() == []
     stage0, iter0 = _errors(rep0)
     stage1, iter1 = _errors(rep1)
     print(f"forward/backward error per stage replica {stage0:.0%} -> {stage1:.0%}; iteration "
           f"{rep0['measured_iter_s'] * 1e3:.1f} ms measured vs {rep0['predicted_iter_s'] * 1e3:.1f} predicted "
           f"({iter0:.0%}) -> {rep1['measured_iter_s'] * 1e3:.1f} vs {rep1['predicted_iter_s'] * 1e3:.1f} ({iter1:.0%})")
+    unseen = (rep_new["predicted_iter_s"] - rep_new["measured_iter_s"]) / rep_new["measured_iter_s"]
+    print(f"unseen layout {UNSEEN}: {rep_new['measured_iter_s'] * 1e3:.1f} ms measured vs "
+          f"{rep_new['predicted_iter_s'] * 1e3:.1f} predicted ({unseen:+.0%})")
     print(ct.format_fit(result))
     # Margins, from four runs of this test on this 2-core machine shared with six other sessions' test runs
     # (load average 13-20): the forward/backward error fell from 38-45% to 2-4% (17% in the most loaded run), the
@@ -108,7 +117,14 @@ def test_emulated_train_calibrate_replan_train(tmp_path, monkeypatch):
     assert stage1 < stage0 and iter1 < iter0
     assert stage1 < STAGE_MARGIN, f"forward/backward error after calibration {stage1:.0%} (margin {STAGE_MARGIN:.0%})"
     assert iter1 < MARGIN, f"iteration time error after calibration {iter1:.0%} (margin {MARGIN:.0%})"
+    # The unseen layout, priced by T = sum p + (M-1) max p + max tail on the fitted figures: -6% (hand-run flow)
+    # and -16% (this test) at load 3-5 on this machine (the old formula, overlapping the all-reduce, read -8% on
+    # the first). One board's calibration alone extrapolated other layouts 20-80% off (per-layer and per-sample
+    # costs do not separate on one layout), hence two calibration runs. Margin: the seen layout's worst
+    # loaded-run error (38%) x 1.2; the seen layout's 55% stays (this run: 20%; not enough loaded runs to cut it).
+    assert abs(unseen) < UNSEEN_MARGIN, f"unseen layout: iteration error {unseen:+.0%} (margin {UNSEEN_MARGIN:.0%})"
 
 
 MARGIN = 0.55
 STAGE_MARGIN = 0.35
+UNSEEN_MARGIN = 0.45
