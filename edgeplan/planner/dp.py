@@ -98,6 +98,13 @@ class DPSolver:
                 self._build(keep=True)
         self.coarse = len(self.bnd) < self.n_cuts
         self._note_reductions()
+        # fitted per-peer call and point-to-point costs (edgeplan calibrate): the evaluator prices them (they
+        # depend on the neighbour stages' shares), the passes do not; search.solve then refines, not exact
+        tc = costs.training
+        self.unpriced = bool(self.train and tc is not None and (np.any(tc.call_peer_s) or np.any(tc.p2p)))
+        if self.unpriced:
+            self.notes.append("DP heuristic: fitted per-peer call and point-to-point costs (edgeplan calibrate) are "
+                              "priced by the evaluator, not by the DP's passes; the plan is refined")
 
     def _undominated_units(self) -> list[list[int]]:
         """Per type, the local units a group may run on: every unit that runs at least one layer (training:

@@ -58,7 +58,7 @@ def solve(costs: CostTable, objective: Objective, *, work_budget: float = WORK_B
     dp = DPSolver(costs, objective, work_budget=work_budget, ignore_memory=ignore_memory, cuts=cuts)
     res = optimise(dp, objective)
     res.notes[:0] = dp.notes
-    res.exact = res.exact and dp.exact  # on the coarse graph when dp.coarse
+    res.exact = res.exact and dp.exact and not dp.unpriced  # on the coarse graph when dp.coarse
     if dp.coarse:
         res.blocks, res.layers = len(dp.bnd) - 1, costs.n_layers
     if refine and (not res.exact or dp.coarse) and res.layout is not None and not ignore_memory:

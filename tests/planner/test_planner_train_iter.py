@@ -95,3 +95,19 @@ def test_formula_bounds_the_simulated_iteration(name, seed):
     slack = sum(s.compute_s + 2 * s.send_s for s in ev.stages[:-1])
     assert sim <= ev.iter_s * (1 + 1e-9)
     assert ev.iter_s - sim <= slack + max(tail) + 1e-12
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fitted_peer_costs_the_dp_does_not_price_make_it_say_so(seed):
+    """Fitted per-peer call and point-to-point costs depend on the neighbour stages' shares: the evaluator
+    prices them, the DP's passes do not, so the result is not claimed exact (and is refined): here costs
+    that make every pipeline dearer than one stage, and the refined plan is brute force's."""
+    obj = OBJS["1f1b-m4"]
+    costs = random_costs(seed, 4, 3, 2)
+    tc = _fitted(costs, seed)
+    costs = replace(costs, training=replace(tc, call_peer_s=np.full(len(costs.units), 0.05),
+                                            p2p=np.tile([0.02, 1e-7], (costs.n_devices, 1))))
+    res = search.solve(costs, obj)
+    best = brute_force(costs, obj)
+    assert not res.exact and any("per-peer call and point-to-point" in n for n in res.notes)
+    assert len(best[1]) == 1 and rel_close(res.evaluation.iter_s, best[0].iter_s), (res.layout, best[1])
