@@ -90,12 +90,16 @@ class Sticky:
         self.reach = 0.5 + hysteresis
         self.bins: dict = {}  # factor key -> log2 of the bin it was last put in
 
-    def _one(self, key, x: float) -> float:
+    def _exp(self, key, x: float) -> int:
+        """The exponent of the bin ``x`` is put in (log2, unclamped)."""
         lx = math.log2(x)
         prev = self.bins.get(key)
         if prev is None or abs(lx - prev) >= self.reach:
             prev = self.bins[key] = round(lx)
-        return 2.0 ** prev
+        return prev
+
+    def _one(self, key, x: float) -> float:
+        return 2.0 ** self._exp(key, x)
 
     def apply(self, cond: Condition) -> Condition:
         """``cond`` with every factor replaced by its sticky bin (factors absent from it read nominal: they
@@ -118,6 +122,32 @@ class Sticky:
 
     def estimate(self, est: Estimate) -> Estimate:
         return Estimate(self.apply(est.condition), est.change_id, est.expired, est.probe)
+
+    def grid_key(self, cond: Condition, devices) -> tuple | None:
+        """``_grid_key(self.apply(cond), (), devices)`` without building a Condition (the bins move the same); None,
+        bins untouched, for a condition with a pair term (``apply`` handles it)."""
+        for p, _ in cond.bandwidth:
+            if p != (ALL, ALL):
+                return None
+        absent = tuple(d for d in cond.absent if d in devices)
+        if not cond.bandwidth and not cond.slowdown:
+            self.bins.clear()
+            return (1.0, (), absent)
+        base, slow = 1.0, []
+        (blo, bhi), (slo, shi) = BW_BINS, SLOW_BINS
+        for p, x in cond.bandwidth:
+            base = 2.0 ** min(max(self._exp(("bw", p), x), blo), bhi)
+        for d, f in cond.slowdown:
+            e = self._exp(("slow", d), f)
+            if d in devices:
+                e = min(max(e, slo), shi)
+                if e:
+                    slow.append((d, 2.0 ** e))
+        if len(self.bins) > len(cond.bandwidth) + len(cond.slowdown):  # factors gone from cond leave their bins
+            keys = {("bw", p) for p, _ in cond.bandwidth} | {("slow", d) for d, _ in cond.slowdown}
+            for k in [k for k in self.bins if k not in keys]:
+                del self.bins[k]
+        return (base, tuple(slow), absent)
 
 
 def state_condition(cond: Condition) -> Condition:
@@ -334,23 +364,26 @@ class Policy:
         cond = est.condition
         gone = cond.absent
         runs = not (gone and set(gone) & pricer.devices_of(current))
+        # the table decides without the cost model: a Decision's figures are nan (inf: the current plan cannot run)
+        cur = math.nan if runs else math.inf
         if est.change_id <= last_change and runs:
-            cur = pricer.value_of(current, cond)
             return Decision(current, False, f"already switched for change {est.change_id}", cur, cur, est.change_id)
         if est.probe:
             return _probe(pricer, est, current, last_change)
-        vals, counts, state, near = self.row(self._sticky.estimate(est))
+        hit = None
+        if self._grid and not est.expired:
+            key = self._sticky.grid_key(cond, self._grid_devs)
+            hit = None if key is None else self._grid.get(key)
+        vals, counts, state, near = hit or self.row(self._sticky.estimate(est))
         ok = [not (gone and set(gone) & pricer.devices_of(p)) for p in self.plans] if gone else self._all
         a = _choose(vals, counts, self._index.get(current, -1), ok, self.gain)
         seen = "" if near == state else f" (unseen: nearest trained {near})"
         if a < 0 or self.plans[a] == current:
             why = f"no trained plan can run under {state}" if a < 0 else f"the table keeps {current} under {state}"
-            cur = pricer.value_of(current, cond)
             return Decision(current, False, why + seen, cur, cur, est.change_id)
         plan = self.plans[a]
-        cur, new = pricer.values_of(cond, (current, plan))
         return Decision(plan, True, f"the table picks {plan} under {state} (value {vals[a]:.3g})" + seen,
-                        cur, new, est.change_id)
+                        cur, math.nan, est.change_id)
 
 
 def train(world, family_sha256: str, *, seed: int = 0, episodes: int = EPISODES, episode_s: float = EPISODE_S,

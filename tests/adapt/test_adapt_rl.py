@@ -190,3 +190,19 @@ def test_sticky_bins():
     assert s.apply(c("slowdown:gpu-board=1.1+bandwidth=0.4")) == c("bandwidth=0.25")  # 1.1 leaves the 2x bin
     assert s.apply(c("bandwidth=0.7")) == c("bandwidth=0.5")
     assert s.apply(c("nominal")) == c("nominal") and not s.bins
+
+
+def test_sticky_grid_key_is_the_key_of_the_sticky_condition():
+    """rl's fast path (Sticky.grid_key, no Condition built) moves the bins as apply does and gives the same key."""
+    rng = np.random.default_rng(5)
+    a, b = rl.Sticky(), rl.Sticky()
+    devices = {"gpu-board", "cpu-board"}
+    for _ in range(300):
+        terms = [f"bandwidth={rng.choice([1, 0.9, 0.3, 0.26, 0.12, 1.9]):g}"]
+        terms += [f"slowdown:{d}={rng.choice([1, 1.3, 2.7, 0.6, 9, 1.1]):g}" for d in ("gpu-board", "npu-board")
+                  if rng.random() < 0.7]
+        terms += ["absent:cpu-board"] if rng.random() < 0.1 else []
+        cond = fm.parse_condition("+".join(terms))
+        assert a.grid_key(cond, devices) == rl._grid_key(b.apply(cond), (), devices), cond
+        assert a.bins == b.bins
+    assert a.grid_key(fm.parse_condition("bandwidth:gpu-board/cpu-board=0.5"), devices) is None
