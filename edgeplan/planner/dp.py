@@ -46,6 +46,8 @@ class _Comp:
 
 
 class DPSolver:
+    peaks = False  # run_pass also tracks each state's bottleneck key along its path (state_peaks)
+
     def __init__(self, costs: CostTable, objective: Objective, *, work_budget: float = WORK_BUDGET,
                  ignore_memory: bool = False, cuts: np.ndarray | None = None):
         self.costs, self.obj = costs, objective
@@ -257,6 +259,8 @@ class DPSolver:
         self.nS = max(1, len(order))
         self._link_tab = [self._link_terms(c) for c in comps]
         self._subs = None
+        self._cell = np.array([sum(b * s for b, s in zip(c.bundles, self.stride, strict=True)) for c in comps],
+                              dtype=np.int64)  # a composition's devices as a step in the remaining-devices grid
 
     def _work(self, K: int | None = None) -> float:
         """Element operations of one pass on ``K`` blocks (default: the current boundaries), estimated
@@ -704,6 +708,15 @@ class DPSolver:
         KO = st["kout"]
         BW, LT, EP = (np.array([tab[x] for tab in self._link_tab]) for x in range(3))  # [G, nS]
         f = 2.0 if self.train else 1.0
+        pk = None
+        if self.peaks:  # every key a stage option is held to (as a max pass sees it), by (start, end, depth)
+            with np.errstate(invalid="ignore"):
+                kA = np.where(np.isfinite(A), bs, np.inf)
+            kA[:, 0] = np.maximum(kA[:, 0], b_in)
+            if self.types.uniform and K > 1:
+                kA[:, 1:] = np.maximum(kA[:, 1:], brk)
+            kEND = np.maximum(kA[:, :, K, 0], bl_end)
+            pk = np.full((R, K + 1, nS, nD), np.inf)
         cut_b = self.pf.cut[self.bnd]
         wide = self.cls_wide[None, None, :, None]
         rg, rrv, rmg, rcg = self._rows_all()
@@ -779,7 +792,18 @@ class DPSolver:
             r_, c_ = st_ // nS, st_ % nS
             val[r_, k, c_, d_] = v[win]
             ch[r_, k, c_, d_] = info[win]
-        self._last = (val, ch)  # every start state's optimum (state_values / layout_from)
+            if pk is not None:  # the winner's keys: its stage, its send (run_pass's p4) and the path after it
+                g_, k2_, c2_, d2_ = info[win].T
+                end = k2_ == K
+                own = np.where(end, kEND[g_, k], kA[g_, k, k2_, d_])
+                mid = ~end
+                if mid.any():
+                    gm, km, cm = g_[mid], k2_[mid], c2_[mid]
+                    ns = np.where(self.cls_wide[cm], KO[gm, k, km, d_[mid]], float(self.m))
+                    send = f * (ns * cut_b[km] / BW[gm, cm] + LT[gm, cm])
+                    own[mid] = np.maximum(own[mid], np.maximum(send, pk[r_[mid] - self._cell[gm], km, cm, d2_[mid]]))
+                pk[r_, k, c_, d_] = own
+        self._last = (val, ch, pk)  # every start state's optimum (state_values / layout_from / state_peaks)
         full = R - 1
         best_v, best_at = np.inf, None
         for c in range(nS):
@@ -796,6 +820,13 @@ class DPSolver:
         val = self._last[0]
         return val[:, 0].reshape(self.R, -1).min(axis=1)
 
+    def state_peaks(self) -> np.ndarray:
+        """[R] the bottleneck key (largest stage, send or head-link time) of the last pass's optimum from every
+        start state (``peaks`` set before the pass; ``layout_from``'s tie-break)."""
+        val, _, pk = self._last
+        v = val[:, 0].reshape(self.R, -1)
+        return pk[:, 0].reshape(self.R, -1)[np.arange(self.R), np.argmin(v, axis=1)]
+
     def state_idle(self) -> np.ndarray:
         """[R] idle power of every device a start state may use (the most a plan from it idles)."""
         idle = np.array([float(self.costs.idle_power_w[m[0]]) for m in self.types.members])
@@ -803,7 +834,7 @@ class DPSolver:
 
     def layout_from(self, r: int) -> Layout | None:
         """The last pass's optimal layout from start state ``r`` (first class and depth on ties)."""
-        val, ch = self._last
+        val, ch = self._last[:2]
         v = val[r, 0].reshape(-1)
         if not np.isfinite(v).any():
             return None
@@ -917,9 +948,9 @@ def _passes(obj: Objective) -> int:
     if obj.objective == "throughput":
         return 2
     if obj.objective == "energy":
-        return 10 ** 9  # 25-35 passes: a coarse graph that small is too coarse; energy keeps the reduced search
+        return 6  # 13-16 passes, cheap ones (an energy pass's stage options mostly lose to a subset: _beaten)
     if obj.objective == "latency":
-        return 1 if obj.microbatches == 1 else 10 ** 9  # as energy: the bottleneck search's passes
+        return 1 if obj.microbatches == 1 else 4  # the bottleneck search: 3-5 passes
     return 10
 
 

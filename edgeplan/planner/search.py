@@ -159,6 +159,8 @@ def optimise(dp: DPSolver, obj: Objective, cp: float = 1.0, ce: float = 0.0) -> 
         # weighted by a is a lower bound for the whole interval, and its plan is a real one.
         # One pass per threshold b, without idle power, answers every interval [a, b]: its optimum from each
         # start state r (at most so many devices left) plus idle(r) * c_a is that bound (dp.state_values).
+        # And a state whose optimum at b has bottleneck P is done on [P, c_b]: no threshold there beats
+        # its plan (same devices, same sum, idle x P at least); only thresholds below P remain for it.
         lo = dp.run_pass("max", bkey="p")
         passes += 1
         if lo is not None:
@@ -170,6 +172,7 @@ def optimise(dp: DPSolver, obj: Objective, cp: float = 1.0, ce: float = 0.0) -> 
             idle = dp.state_idle()
             at: dict[int, tuple | None] = {}
             stack = [(0, len(cands) - 1)]
+            dp.peaks = True
             while stack:
                 a, b = stack.pop()
                 if b not in at:
@@ -179,21 +182,32 @@ def optimise(dp: DPSolver, obj: Objective, cp: float = 1.0, ce: float = 0.0) -> 
                         break
                     got = dp.run_pass("sum", cp=0.0, ce=1.0, theta=float(cands[b]))
                     passes += 1
-                    at[b] = None if got is None else (dp.state_values(), dp._last)
+                    at[b] = None if got is None else (dp.state_values(), dp.state_peaks(), dp._last)
                 if at[b] is None:
                     continue
-                vals, dp._last = at[b]
-                bound = vals + idle * float(cands[a])
-                r = int(np.argmin(bound))
-                if not np.isfinite(bound[r]) or bound[r] / dp.m >= best_e.energy_j * (1 - 1e-12):
+                vals, peaks, dp._last = at[b]
+                with np.errstate(invalid="ignore"):
+                    live = vals + idle * float(cands[a]) < best_e.energy_j * dp.m * (1 - 1e-12)
+                if not live.any():
                     continue
+                with np.errstate(invalid="ignore"):  # each live state's plan, as the DP prices it
+                    top = np.where(live, vals + idle * peaks, np.inf)
+                r = int(np.argmin(top))
                 lay = dp.layout_from(r)
                 if lay is not None:
+                    seen = len(loose)
                     consider(lay)
-                if bound[r] / dp.m >= best_e.energy_j * (1 - 1e-12) or a == b:
+                    if len(loose) > seen and _eval(dp, lay).energy_j * dp.m <= top[r] * (1 + 1e-12):
+                        loose.pop()  # the evaluator prices it no higher than the DP: what it closes stays closed
+                live &= vals + idle * float(cands[a]) < best_e.energy_j * dp.m * (1 - 1e-12)
+                if not live.any() or a == b:
                     continue
-                mid = (a + b) // 2
-                stack += [(mid + 1, b), (a, mid)]
+                b2 = min(b, int(np.searchsorted(cands, peaks[live].max() * (1 - 1e-12))) - 1)  # last below a peak
+                if b2 < a:
+                    continue
+                mid = (a + b2) // 2
+                stack += [(mid + 1, b2), (a, mid)]
+            dp.peaks = False
     if loose:
         exact = False
         notes.append("DP lower bound: a send into a wide replica group was priced by its busiest sender (the "
