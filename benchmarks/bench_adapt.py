@@ -141,6 +141,26 @@ def switch_delays(changes: list[float], controller: dict) -> list[float | None]:
     return out
 
 
+def sim_predicted(plans: dict, cluster_file: Path, traces: list[Path]) -> None:
+    """What the simulator predicts for the testbed's own family on the emulated cluster (cost model = truth):
+    static, heuristic and oracle samples/s per trace, to read the testbed's table against."""
+    from edgeplan.adapt import simulate as sm
+    from edgeplan.adapt.policy import heuristic
+    from edgeplan.graph.load import build
+    from edgeplan.profiles.load import load_cluster
+    from edgeplan.testbed.trace import load as load_trace
+
+    cluster = load_cluster(cluster_file)
+    world = sm.World.from_family(build("resnet18").graph, cluster, plans)
+    out = []
+    for path in traces:
+        got = {p: sm.Summary.of(sm.run(world, load_trace(path, cluster), {"heuristic": heuristic}.get(p, p), name=p))
+               .throughput for p in ("static", "heuristic", "oracle")}
+        out.append(f"{path.stem} static {got['static']:.2f} heuristic {got['heuristic']:.2f} oracle "
+                   f"{got['oracle']:.2f} (oracle/static {got['oracle'] / got['static']:.2f}x)")
+    print("simulator on this family and emulated cluster, samples/s: " + "; ".join(out))
+
+
 def testbed(args, traces: list[Path]) -> None:
     """The same comparison on the emulated cluster (root): plan a family (``TESTBED_VARIANTS``) against the
     cluster as emulated here, compile it once (ONNX Runtime stages), train rl on it, then per trace and policy
@@ -177,6 +197,7 @@ def testbed(args, traces: list[Path]) -> None:
     nominal = fam.variants[0]
     print(f"testbed: resnet18 family ({' x '.join(TESTBED_VARIANTS)}) planned on {emu} ({len(fplans)} plans), "
           f"compiled and rl-trained in {time.monotonic() - t0:.0f} s; log {log}")
+    sim_predicted(fplans, emu, traces)
     print(f"samples/s: while the trace ran (from {WINDOW_LEAD_S:g} s before its first event to its end); "
           "run /s: the whole run")
     print(f"\n{'trace':<12}{'policy':<10}{'samples/s':>10}{'run /s':>8}{'p50 ms':>8}{'p99 ms':>8}{'mJ/inf':>8}"
