@@ -50,10 +50,31 @@ slow on the wall clock (now timed in CPU time), so the first plans spread over b
 one stage each gave a poor base for extrapolation (after 0.5-20.9% / 3.6-31.9%). What is left, seen in
 these runs:
 
-- per-byte hop cost: fitted over the runs' replicas, the runtime spends ~0.31 ms + 0.40-0.47 ns per byte
-  of CPU per call (socket, network stack, copies); the model prices 2 copies at memory bandwidth
-  (0.033 ns/B here), and one observation per board fits only the fixed part. A re-plan that moves a cut
-  to a wider tensor underprices that board's hop.
+- per-byte hop cost: the runtime spends CPU per byte a call receives or sends (socket, network stack,
+  copies), once priced as 2 copies at memory bandwidth (0.034 ns/B on an emulated 1-core board). Now a
+  per-unit figure, ``hop_byte_ns``: `emulate --write-cluster` gives each board the host's 0.22 ns/B / its
+  cores (fitted by `edgeplan calibrate` over local runs at 1.6-6.3 MB per call), the profiling kit times it,
+  and `edgeplan calibrate` fits it where a unit's replicas differ in bytes per call (reports of several
+  plans or models at once; from one run only the per-call part, with a note). What a board spends per byte
+  also depends on how the bytes arrive: the reader wakes per piece that arrived, so behind a shaped link it
+  pays per TCP segment (bench_recv_trickle.py: 0.2 ns/B for a frame read whole, 7 ns/B in 1448 B pieces).
+  The large-activation case (``--models benchmarks/wide_stem.py:model --batch 2``: 1.5 MiB into each call)
+  measured 3-6 ns/B of CPU on 0.5-core boards fed over the testbed's shaped head link, 15-25x the host's
+  figure; its calibrated per-call hop absorbs that for the plan it ran. Side by side (``--hop-byte
+  copies`` vs ``host``, 60 requests each, load 4.2-5.1):
+
+      wide_stem (batch 2)  cluster            hop ms, before calibration      call MAPE %     throughput err %
+                                              predicted copies / host, meas.  before -> after before -> after
+      --hop-byte copies    three-node-hetero   1.81 /  -   vs 13.6             89.0 -> 10.0   1092 -> 35.9
+      --hop-byte copies    rpi4-jetson         1.81 /  -   vs 17.8             90.1 ->  4.3   1580 -> 66.2
+      --hop-byte host      three-node-hetero    -   / 2.39 vs 11.8             86.4 ->  4.5   1098 -> 47.7
+      --hop-byte host      rpi4-jetson          -   / 2.39 vs 17.4             86.9 ->  6.6   1357 -> 93.4
+
+  Before calibration both are dominated by ONNX Runtime's 1x1 convolutions on 8 channels (27-30 ms
+  measured, 2.9 ms priced); after, the call is within 4-10% either way (one run per board fits the per-call
+  part only). The throughput left +36..93% optimistic is not the hop: the measured period (57 / 77 ms)
+  follows the testbed's head link, 1.5 MiB per micro-batch at 268 / 179 Mbit/s (47 / 70 ms), above the
+  board's call (39-50 ms); the plan prices no link there, its head being on the board itself.
 - module / hop split: the worker counts process CPU during a module call (time.process_time), so its
   send thread's CPU on a slow shaped link lands in the module (vit-tiny, gpu-board at 0.15 cores: one
   qkv layer "cost" 1.1 ms of CPU there and 0.3 ms on the next board); the sum per call is right.
@@ -62,6 +83,10 @@ these runs:
   (vit-tiny, in runs whose host measurement made the planner use cpu-board) ran at a period 10-18% above
   its slowest stage's call, throughput 16-28% below the prediction: queueing the plan's bottleneck
   model does not describe (letting the quota carry over a period, cpu.cfs_burst_us, did not close it).
+  Not stranded quota: the 1 ms quota is below the kernel's 5 ms bandwidth slice, but two threads handing
+  work across both CPUs still got 98-100% of it (bench_quota_share.py, at 0.025 and 0.15 cores). Left to
+  look at: a window too small for a board that serves a period's calls in one burst, and per-segment
+  receive CPU (above) on the slow board's own links.
 """
 
 from __future__ import annotations
