@@ -34,6 +34,7 @@ from edgeplan.profiles.cost import CostTable
 WORK_BUDGET = 6e7  # element-operations per pass before reductions kick in
 CHUNK_ROWS = 2048
 MIN_BLOCKS = 6  # a coarse graph of fewer blocks than this is too coarse: the search is reduced instead
+PRUNE_GRID_SHARE = 4  # _beaten runs when its grid work x this is below the rows a pass walks
 COARSE_WORK = 1.5e8  # element-operations of all passes on a coarse graph (about a CPU second, ResNet-50 x 16)
 
 
@@ -625,7 +626,7 @@ class DPSolver:
                 starts = np.concatenate([[0], np.nonzero(np.diff(cell[members]))[0] + 1])
                 self._subs.append((members, starts, cell[members]))
             # worth it only when the grid is small beside the rows the DP walks (else: nothing to prune)
-            if len(self._subs) * self.R * (len(self.nb) + 2) * 4 > len(self._rows_all()[0]):
+            if len(self._subs) * self.R * (len(self.nb) + 2) * PRUNE_GRID_SHARE > len(self._rows_all()[0]):
                 self._subs = []
         return self._subs
 

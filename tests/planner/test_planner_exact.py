@@ -21,6 +21,8 @@ OBJS = {
     "throughput": Objective(objective="throughput", batch=8),
     "latency": Objective(objective="latency", batch=8),  # one micro-batch (over several: the reduced search)
     "time": Objective(mode="training", objective="time", batch=8, microbatches=2),
+    "energy": Objective(objective="energy", batch=8),
+    "latency2": Objective(objective="latency", batch=8, microbatches=2),  # the bottleneck search's passes
 }
 
 
@@ -38,7 +40,9 @@ def _budget_for(costs, obj, blocks: int) -> float:
     return wb
 
 
-@pytest.mark.parametrize("seed,name", [(0, "throughput"), (1, "time"), (3, "latency"), (4, "throughput")])
+@pytest.mark.parametrize("seed,name", [(0, "throughput"), (1, "time"), (3, "latency"), (4, "throughput"),
+                                       (0, "energy"), (2, "energy"), (5, "energy"), (1, "latency2"),
+                                       (6, "latency2")])
 def test_coarse_dp_equals_brute_force_on_the_coarse_graph(seed, name, monkeypatch):
     monkeypatch.setattr(dp, "MIN_BLOCKS", 3)  # a 14-layer graph: 4 blocks keep the brute force small
     obj = OBJS[name]
@@ -118,3 +122,48 @@ def test_resnet50_on_sixteen_boards_keeps_and_picks_mixed_groups():
     single.mixed = False
     single._build()
     assert search.optimise(single, obj).evaluation.value(obj) >= res.evaluation.value(obj) * (1 - 1e-12)
+
+
+def _seeded(seed: int):
+    return random_costs(seed, 16, 6, 2, dag=True, units_per_device=2, ram_mb=(64, 2048), uniform_links=seed % 2 == 0)
+
+
+@pytest.mark.parametrize("name", ["throughput", "energy", "latency2", "time"])
+def test_dropping_options_a_subset_beats_changes_no_result(name, monkeypatch):
+    """``DPSolver._beaten`` (a stage option no cheaper than one on a strict subset of its devices) leaves every
+    pass's value and layout as they were: the same search without it gives the same plans."""
+    monkeypatch.setattr(dp, "PRUNE_GRID_SHARE", 0)  # small cases: prune even where it does not pay
+    obj = OBJS[name]
+    seeds = range(2 if name == "time" else 4)  # training passes are the slow ones
+    got = []
+    for seed in seeds:
+        costs = _seeded(seed)
+        solver = dp.DPSolver(costs, obj)
+        assert solver._subsets()  # the pruning runs on these cases (else the test shows nothing)
+        got.append(search.optimise(solver, obj))
+    monkeypatch.setattr(dp.DPSolver, "_beaten", lambda self, c: c)
+    for seed in seeds:
+        plain = search.optimise(dp.DPSolver(_seeded(seed), obj), obj)
+        assert plain.layout == got[seed].layout and plain.exact == got[seed].exact
+        assert plain.evaluation.value(obj) == got[seed].evaluation.value(obj)
+
+
+def test_state_peaks_are_the_plans_bottleneck():
+    """What the energy search closes intervals with: each start state's optimum's largest key, as the DP
+    tracks it along the path, equals the evaluator's period of that plan (uniform links: exact keys)."""
+    from edgeplan.planner.costmodel import evaluate
+
+    obj = OBJS["energy"]
+    costs = _seeded(0)
+    solver = dp.DPSolver(costs, obj)
+    solver.peaks = True
+    checked = 0
+    for theta in (np.inf, solver.run_pass("max")[0] * 1.5):
+        assert solver.run_pass("sum", cp=0.0, ce=1.0, theta=theta) is not None
+        vals, peaks = solver.state_values(), solver.state_peaks()
+        for r in np.nonzero(np.isfinite(vals))[0]:
+            ev = evaluate(costs, solver.layout_from(int(r)), obj)
+            assert ev.period_s == pytest.approx(peaks[r], rel=1e-12)
+            assert ev.period_s <= theta
+            checked += 1
+    assert checked >= 10, checked
