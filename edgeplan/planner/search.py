@@ -226,7 +226,8 @@ def _time_search(dp: DPSolver, obj: Objective, consider, best, notes: list[str])
     option within ``(p_b, t_b)`` gives the box's smallest sum ``s``; no plan in the box beats
     ``s + w p_a + t_a``. The plan found, with peaks ``(P, A)``, is no worse than any plan of the box
     with ``p >= P`` and ``tail >= A`` (their sum is at least ``s``), so what is left of the box is
-    ``p < P`` and (``p >= P``, ``tail < A``), each halved where its bound is loosest (the side whose
+    ``p < P`` and (``p >= P``, ``tail < A``), or ``tail < A`` and (``tail >= A``, ``p < P``) when the
+    tail spans more seconds of the objective than the bottleneck, each halved where its bound is loosest (the side whose
     thresholds span more seconds of the objective); a part inherits ``s``
     as a lower bound of its sums, and parts are searched lowest bound first. Returns (passes, exact)."""
     w = float(dp.M - 1)
@@ -257,10 +258,16 @@ def _time_search(dp: DPSolver, obj: Objective, consider, best, notes: list[str])
         b2 = min(b, int(np.searchsorted(cp, P * (1 - 1e-12))) - 1) if w > 0 else a - 1  # last index p < P
         d2 = min(d, int(np.searchsorted(ct, A * (1 - 1e-12))) - 1)  # last index tail < A
         out = []
-        if b2 >= a:
-            out.append((a, b2, c, d))
-        if d2 >= c and max(a, b2 + 1) <= b:
-            out.append((max(a, b2 + 1), b, c, d2))
+        if A - ct[c] > (w * (P - cp[a]) if w > 0 else 0.0):  # the tail spans more: cut the box along it
+            if d2 >= c:
+                out.append((a, b, c, d2))
+            if b2 >= a and max(c, d2 + 1) <= d:
+                out.append((a, b2, max(c, d2 + 1), d))
+        else:
+            if b2 >= a:
+                out.append((a, b2, c, d))
+            if d2 >= c and max(a, b2 + 1) <= b:
+                out.append((max(a, b2 + 1), b, c, d2))
         halves = []
         for a_, b_, c_, d_ in out:
             if b_ > a_ and (d_ == c_ or low(b_) - low(a_) >= ct[d_] - ct[c_]):
