@@ -227,9 +227,9 @@ def _time_search(dp: DPSolver, obj: Objective, consider, best, notes: list[str])
     ``s + w p_a + t_a``. The plan found, with peaks ``(P, A)``, is no worse than any plan of the box
     with ``p >= P`` and ``tail >= A`` (their sum is at least ``s``), so what is left of the box is
     ``p < P`` and (``p >= P``, ``tail < A``), or ``tail < A`` and (``tail >= A``, ``p < P``) when the
-    tail spans more seconds of the objective than the bottleneck, each halved where its bound is loosest (the side whose
-    thresholds span more seconds of the objective); a part inherits ``s``
-    as a lower bound of its sums, and parts are searched lowest bound first. Returns (passes, exact)."""
+    tail spans more seconds of the objective than the bottleneck; each part is halved where its bound is
+    loosest (the side whose thresholds span more seconds of the objective), inherits ``s`` as a lower
+    bound of its sums, and parts are searched lowest bound first. Returns (passes, exact)."""
     w = float(dp.M - 1)
     got = dp.run_pass("sum")
     passes, exact = 1, True
