@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from edgeplan.profiles.cost import hop_byte_s
 from edgeplan.profiles.load import list_profiles, load_profile
 from edgeplan.profiles.model import Cluster, ComputeUnit, Link, unit_figures
 from edgeplan.tables import text_table
@@ -77,7 +78,8 @@ def format_cluster(cluster: Cluster) -> str:
                      f"idle {d.idle_power_w:g} W{flag}")
         for u in d.units:
             lines.append(f"  {'':<{width}}    {_unit(u)} GFLOP/s, {u.mem_bandwidth / 1e9:g} GB/s, "
-                         f"board {u.busy_power_w:g} W when busy")
+                         f"board {u.busy_power_w:g} W when busy, runtime {u.hop_overhead_s * 1e6:.4g} us + "
+                         f"{hop_byte_s(u) * 1e9:.3g} ns/B per stage call")
             lines.append(f"  {'':<{width}}      {figures_basis(u)}")
     lines.append(f"  network default: {_link(cluster.default_link)}")
     for link in cluster.links:
