@@ -111,3 +111,17 @@ def test_fitted_peer_costs_the_dp_does_not_price_make_it_say_so(seed):
     best = brute_force(costs, obj)
     assert not res.exact and any("per-peer call and point-to-point" in n for n in res.notes)
     assert len(best[1]) == 1 and rel_close(res.evaluation.iter_s, best[0].iter_s), (res.layout, best[1])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 4])
+@pytest.mark.parametrize("name", sorted(OBJS))
+def test_non_uniform_links_dp_and_ilp_find_brute_forces_iteration(name, seed):
+    """Per-link bandwidths (the ILP's pair rows; the DP may note a wide send priced as a lower bound, so its
+    exact flag is not asserted): both reach brute force's iteration time."""
+    obj = OBJS[name]
+    costs = random_costs(seed, 4, 3, 2, uniform_links=False)
+    costs = replace(costs, training=_fitted(costs, seed))
+    best = brute_force(costs, obj)
+    res, got = search.solve(costs, obj), ilp.solve(costs, obj)
+    assert rel_close(res.evaluation.iter_s, best[0].iter_s), (res.evaluation.iter_s, best[0].iter_s)
+    assert got.exact and rel_close(got.evaluation.iter_s, best[0].iter_s, 1e-6)
