@@ -949,7 +949,7 @@ def _passes(obj: Objective) -> int:
     if obj.objective == "throughput":
         return 2
     if obj.objective == "energy":
-        return 6  # 13-16 passes, cheap ones (an energy pass's stage options mostly lose to a subset: _beaten)
+        return 9  # 8-18 passes, cheap ones (an energy pass's stage options mostly lose to a subset: _beaten)
     if obj.objective == "latency":
         return 1 if obj.microbatches == 1 else 4  # the bottleneck search: 3-5 passes
     return 10
