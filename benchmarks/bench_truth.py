@@ -69,10 +69,14 @@ these runs:
       --hop-byte copies    rpi4-jetson         1.81 /  -   vs 17.8             90.1 ->  4.3   1580 -> 66.2
       --hop-byte host      three-node-hetero    -   / 2.39 vs 11.8             86.4 ->  4.5   1098 -> 47.7
       --hop-byte host      rpi4-jetson          -   / 2.39 vs 17.4             86.9 ->  6.6   1357 -> 93.4
+      resnet32-cifar (batch 8), three-node-hetero, the control (~0.1 MB per call; load 1.3-3.5):
+      --hop-byte copies    stage 1 gpu-board   5.70 /  -   vs 4.12              4.3 ->  4.6    0.6 ->  9.3
+      --hop-byte host      stage 1 gpu-board    -   / 5.86 vs 4.02              7.6 ->  2.9    5.3 ->  7.6
 
   Before calibration both are dominated by ONNX Runtime's 1x1 convolutions on 8 channels (27-30 ms
   measured, 2.9 ms priced); after, the call is within 4-10% either way (one run per board fits the per-call
-  part only). The throughput left +36..93% optimistic is not the hop: the measured period (57 / 77 ms)
+  part only); on resnet32-cifar the two pricings differ by 0.1-0.2 ms per call, within the runs' noise.
+  The throughput left +36..93% optimistic is not the hop: the measured period (57 / 77 ms)
   follows the testbed's head link, 1.5 MiB per micro-batch at 268 / 179 Mbit/s (47 / 70 ms), above the
   board's call (39-50 ms); the plan prices no link there, its head being on the board itself.
 - module / hop split: the worker counts process CPU during a module call (time.process_time), so its
