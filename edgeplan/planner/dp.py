@@ -784,9 +784,7 @@ class DPSolver:
             t = np.concatenate(cand_t) * nD + np.concatenate(cand_d)
             pos = np.concatenate(cand_pos)
             info = np.concatenate(cand_info)
-            order = np.lexsort((pos, v, t))
-            _, first = np.unique(t[order], return_index=True)
-            win = order[first]
+            win = _first_min(t, v, pos, R * nS * nD)
             tt = t[win]
             d_ = tt % nD
             st_ = tt // nD
@@ -906,6 +904,20 @@ class DPSolver:
             vals.append(np.broadcast_to(st["ar"], st["valid"].shape)[st["valid"]])
         allv = np.concatenate(vals)
         return np.unique(allv[np.isfinite(allv)])
+
+
+def _first_min(t: np.ndarray, v: np.ndarray, pos: np.ndarray, n: int) -> np.ndarray:
+    """Per target in ``t`` (< ``n``, ascending): the candidate of least ``v``, then least ``pos``, then first
+    in order (what a lexicographic sort picks, without sorting)."""
+    best = np.full(n, np.inf)
+    np.minimum.at(best, t, v)
+    m = v == best[t]
+    bp = np.full(n, np.iinfo(np.int64).max)
+    np.minimum.at(bp, t[m], pos[m])
+    idx = np.nonzero(m & (pos == bp[t]))[0]
+    first = np.full(n, len(t))
+    np.minimum.at(first, t[idx], idx)
+    return first[first < len(t)]
 
 
 def block_cuts(cut_bytes: np.ndarray, k: int, cut_ok: np.ndarray | None = None,
