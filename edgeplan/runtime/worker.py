@@ -477,8 +477,8 @@ class Worker:
     def _run_checked(self, inputs, b: int) -> List[np.ndarray]:
         if self._cpu_startup_s is None:
             self._cpu_startup_s = _process_time()
-        c0 = self._cpu_clock()
         inputs = [x if x.flags.c_contiguous else np.ascontiguousarray(x) for x in inputs]
+        c0 = self._cpu_clock()
         t0 = self._call_t0 = _perf_counter()
         try:
             outs = [o if type(o) is np.ndarray else np.asarray(o) for o in self.runner(inputs)]
@@ -533,7 +533,8 @@ class Worker:
             inputs = [np.concatenate([p[2][i] for p in pieces]) for i in range(len(self.spec.inputs))]
         t0 = _perf_counter()
         try:
-            outputs = self.run_range(inputs)
+            b = self.spec.hi - self.spec.lo
+            outputs = self._run_checked(inputs, b) if inputs[0].shape[0] == b else self.run_range(inputs)
         except Exception as e:  # a module failure fails this request, not the worker
             self.stats["errors"] += 1
             self.monitor.count("module_errors")
