@@ -187,6 +187,7 @@ class DPSolver:
     def _build(self, keep: bool = False) -> None:
         """Stage tables from scratch; ``keep``: same boundaries and compositions, only the depth changed."""
         self.cache: dict[int, dict] = {}
+        self._pre: dict[int, tuple] = {}
         if not keep:
             self._bases: dict[int, dict] = {}
             self._unit_tab: dict = {}
@@ -481,6 +482,7 @@ class DPSolver:
         """The stage tables of every composition stacked (built once): what ``run_pass`` prices at once."""
         if getattr(self, "_stk", None) is None:
             G = len(self.comps)
+            self._prestage_all()
             tabs = [self._stage(gi) for gi in range(G)]
             stk = {x: np.stack([t[x] for t in tabs]) for x in ("tau", "dyn", "ar", "in_p", "in_e", "out_p",
                                                                  "out_e", "kout")}
@@ -541,6 +543,63 @@ class DPSolver:
             self._ko = np.stack([self._stage(gi)["kout"] for gi in range(len(self.comps))])
         return self._ko
 
+    def _prestage_all(self) -> None:
+        """``_prestage`` for every composition not yet tabled, by number of board types, in batches."""
+        groups: dict[int, list[int]] = {}
+        for gi, comp in enumerate(self.comps):
+            if gi not in self.cache and gi not in self._pre:
+                groups.setdefault(sum(1 for x in comp.devs if x), []).append(gi)
+        for V, gis in sorted(groups.items()):
+            step = max(1, int(4e6 // (V * len(self.bnd) ** 2 * max(1, self.nD))))
+            for lo in range(0, len(gis), step):
+                self._prestage(gis[lo:lo + step])
+
+    def _prestage(self, gis: list[int]) -> None:
+        """``_stage``'s per-depth figures (shares, fit, stage time, busiest device, head links, energy above
+        idle) of compositions with the same number of board types at once: arrays [B, V, K+1, K+1], the
+        same operations in the same order as one at a time (so the same numbers, bit for bit)."""
+        tp, K1, nD = self.types, len(self.bnd), self.nD
+        bases = [self._base(g) for g in gis]
+        B, V = len(gis), len(bases[0]["vs"])
+        F = np.stack([b["F"] for b in bases])
+        X = np.stack([b["X"] for b in bases])
+        c = np.array([b["C"] for b in bases], dtype=np.int64)[:, :, None, None]
+        vs = np.array([b["vs"] for b in bases], dtype=np.int64)
+        U = np.array([b["U"] for b in bases], dtype=np.int64)
+        tri, bvalid = bases[0]["tri"], np.stack([b["valid"] for b in bases])
+        idle_t = np.array([float(self.costs.idle_power_w[m[0]]) for m in tp.members])
+        pw = np.maximum(np.asarray(self.costs.busy_power_w, dtype=np.float64)[U] - idle_t[vs], 0.0)  # [B, V]
+        nothead, bw0, epb0, lat0 = vs != 0, tp.bw[0][vs], tp.epb[0][vs], tp.lat[0][vs]
+        tau = np.full((B, K1, K1, nD), np.inf)
+        valid = np.zeros((B, K1, K1, nD), dtype=bool)
+        memok = np.zeros((B, K1, K1, nD), dtype=bool)
+        dyn, kout = np.zeros((B, K1, K1, nD)), np.zeros((B, K1, K1, nD))
+        heads = [np.zeros((B, K1, nD)) for _ in range(4)]  # in_p, in_e, out_p, out_e
+        cut = self.pf.cut
+        for d in range(nD):
+            got = [self._shares_of(g, None if self.ignore_memory else self._stash(d)) for g in gis]
+            s, ok = np.stack([x[0] for x in got]), np.stack([x[1] for x in got])
+            valid[..., d] = bvalid & np.all(s >= c, axis=1)
+            memok[..., d] = ok
+            kmax = -(-s // c)
+            kout[..., d] = kmax.max(axis=1)
+            sides = [] if self.train else [(s[:, :, 0, :], cut[0]), (s[:, :, :, K1 - 1], cut[-1])]  # training: none
+            for h, (sv, cu) in enumerate(sides):  # _head_links: every non-head sample crosses the head's NIC
+                t, e, lat = np.zeros((B, K1)), np.zeros((B, K1)), np.zeros((B, K1))
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    for v in range(V):
+                        m = nothead[:, v][:, None]
+                        t = t + np.where(m, sv[:, v] * cu / bw0[:, v][:, None], 0.0)
+                        e = e + np.where(m, sv[:, v] * cu * epb0[:, v][:, None], 0.0)
+                        lat = np.maximum(lat, np.where(m & (sv[:, v] > 0), lat0[:, v][:, None], 0.0))
+                heads[2 * h][..., d], heads[2 * h + 1][..., d] = t + lat, e
+            tau[..., d] = np.where(tri, (kmax * F + X).max(axis=1), np.inf)
+            for v in range(V):
+                dyn[..., d] += pw[:, v][:, None, None] * (s[:, v] * F[:, v] + c[:, v] * X[:, v])
+        for i, g in enumerate(gis):
+            self._pre[g] = (tau[i], valid[i], memok[i], dyn[i], kout[i], heads[0][i], heads[1][i], heads[2][i],
+                            heads[3][i])
+
     def _stage(self, gi: int) -> dict:
         """Every stage [bnd[k], bnd[k2]) on composition ``gi`` at once: arrays [K+1, K+1, depth]."""
         hit = self.cache.get(gi)
@@ -561,7 +620,10 @@ class DPSolver:
         in_p, in_e = np.zeros((K1, nD)), np.zeros((K1, nD))  # head -> this stage starting at 0, by end
         out_p, out_e = np.zeros((K1, nD)), np.zeros((K1, nD))  # this stage ending at n -> head, by start
         cut = self.pf.cut
-        for d in range(nD):
+        pre = self._pre.pop(gi, None)  # built with others (_prestage): the same figures
+        if pre is not None:
+            tau, valid, memok, dyn, kout, in_p, in_e, out_p, out_e = pre
+        for d in range(nD if pre is None else 0):
             s, ok = self._shares_of(gi, None if self.ignore_memory else self._stash(d))
             valid[:, :, d] = base["valid"] & np.all(s >= c, axis=0)
             memok[:, :, d] = ok
