@@ -14,6 +14,9 @@ worker rows and the raw row's receiver run in their own process, as a stage work
           transfers as a worker hop with no work at all: the fair "raw socket moving the same bytes";
 * zmq:    the relay on ZeroMQ (pyzmq PUSH/PULL, header and tensor as two parts, zero-copy from 64 KiB), the
           transport issue 11 item 5 proposes; ``z/relay`` compares it with the socket relay (``--no-zmq``: left out);
+* wire:   the runtime's transport alone between the relay row's endpoints: ``wire.Reader`` receives and
+          checks each frame, a ``net.Sender`` sends it on, no worker in between (``--no-wire``: left out);
+          ``x/relay`` compares it with the relay: the floor a full hop stands on;
 * worker: a real stage worker (identity module) between the relay row's endpoints: the frame is received,
           checked, assembled, run and forwarded, i.e. one full pipeline hop. ``w/relay`` compares it with the
           relay (the runtime's own overhead), ``w/raw`` with one transfer;
@@ -27,38 +30,60 @@ Run: ``python -m benchmarks.bench_runtime [--sizes 4096,262144,3211264] [--iters
 With ``--repeat K`` every measurement is taken K times, interleaved, and the smallest median is
 kept: on a shared machine other processes only ever add time, so this is the least disturbed run.
 
-Measured (``python -m benchmarks.bench_runtime --iters 200 --repeat 5``, 2 cores shared with seven
-other sessions, load 9-15; microseconds), the runtime before and after the hop work of this note in
-the same bench, one run each, back to back::
+Measured (``python -m benchmarks.bench_runtime --iters 200 --repeat 5``, 2 cores shared with six other
+sessions; microseconds), the runtime before and after this note's hop work, one run each::
 
-    before   bytes   raw  frame  +hmac  relay   zmq z/relay  worker  w/raw w/relay  w+hmac /relay    mac
-              4096  17.1   33.4   51.4   22.0  66.8   3.03x    54.1  3.16x   2.45x   101.2  4.59x    3.5
-            262144  50.8   77.4  515.9   83.5 174.2   2.09x   137.9  2.72x   1.65x  3461.6 41.47x  144.4
-    after     4096  17.0   28.0   44.3   21.8  65.8   3.02x    41.9  2.47x   1.92x    73.0  3.35x    3.5
-            262144  47.8   66.2  399.9   78.9 166.4   2.11x   105.5  2.21x   1.34x   824.3 10.45x  144.4
+    before (load 0.18 -> 1.52)
+         bytes   raw  frame  +hmac  relay    zmq z/relay worker  w/raw w/relay  w+hmac /relay    mac
+          4096  17.1   27.9   43.3   21.7   65.0   2.99x   42.2  2.48x   1.94x    72.5  3.34x    3.5
+        262144  50.3   68.8  429.9   81.8  171.9   2.10x  122.8  2.44x   1.50x   822.7 10.06x  144.5
+       3211264 489.3  698.0 4433.0 1408.2 1496.7   1.06x 1283.2  2.62x   0.91x  9051.6  6.43x 1760.4
+    after (load 3.22 -> 4.49; ``wire``: the transport alone, a row added by this note)
+         bytes   raw  frame  +hmac  relay    zmq z/relay   wire x/relay worker  w/raw w/relay  w+hmac /relay    mac
+          4096  17.1   27.5   43.5   21.9   66.6   3.05x   31.2   1.43x   40.2  2.35x   1.84x    71.3  3.26x    3.5
+        262144  50.0   63.5  396.7   82.4  174.4   2.12x   97.0   1.18x  113.5  2.27x   1.38x   886.1 10.75x  144.4
+       3211264 421.1  448.4 5086.1 1710.1 1430.8   0.84x 1391.0   0.81x 1356.9  3.22x   0.79x  9382.5  5.49x 1756.7
 
-(The 3 MB rows of both runs are left out: under that load one transfer read 0.9-3.5 ms against 0.68 ms
-on the quiet machine an hour earlier and the relay read slower than the worker, so their ratios measure
-the other sessions. On the quiet machine, in an earlier version of this bench with the hops in threads,
-the worker hop was 1.17x the relay at 3 MB.)
+Targets: **met at 4 KiB** (1.84x the relay, target 2x), **not met at 256 KiB** (1.38x, target 1.2x; 1.50x
+before). What changed: the worker's connection loop held the last frame while it read the next one, so
+``wire.Reader`` never found its large-body buffer free: every 256 KiB frame got a fresh buffer (page
+faults) plus a 32 KiB chunk copied into it. Now the frame is dropped before the next read, the Reader keeps
+two buffers (a caller that holds the last frame reads into the other), a frame's tensor bytes are summed
+once, its counters and the receive-side link figure are recorded after its outputs left, and unsigned
+DATA frames take short paths through parse, decode and encode. No payload byte is copied on the hop:
+``recv_into`` a reused buffer sized from the header, tensors as views of it, ``sendmsg`` of header,
+descriptor and tensor views.
 
-Targets: **met at 4 KiB** against the relay (1.92x, target 2x; 2.5x one transfer), **not met at 256 KiB**
-(1.34x the relay, target 1.2x; 2.2x one transfer); at 3 MB met on the quiet machine (1.17x), not
-re-measured quietly. What the worker adds to the relay (~20 us at 4 KiB, ~27 us at 256 KiB here, from
-~32 and ~54 before) is Python work per frame on the hop's critical path (per-frame medians of sections
-timed inside the worker process at 4 KiB: receive + header check ~2 us, decode ~3 us, checks and
-assembly ~3 us, module call bookkeeping ~5 us of which two process-CPU clock reads for the run report
-~1.2 us, encode ~4 us before its short path, send-side bookkeeping ~2-4 us, the peer-gone poll ~1 us);
-at 256 KiB the same code runs slower after 2 x 256 KiB of copies have pushed it out of the caches (the
-worker's on-CPU time per frame grows by as much, /proc schedstat). The relay has none of it; no thread
-hand-off, wake-up, copy or allocation is left on the hop (the frame is read straight into a reused
-buffer and sent from it with one ``sendmsg``). With a secret the MAC dominates: one HMAC-SHA256 costs
-144 us per 256 KiB and 1.77 ms per 3 MB (~1.8 GB/s), four per round trip; that is the price of
-authentication, not of the hop.
+What is left at 256 KiB (113.5 - 82.4 = ~31 us a round trip): the transport alone (``wire``, 1.18x) adds
+~15 us over the relay: per frame ~3 us of Python in ``Reader.recv`` (header unpack and checks, choosing the
+buffer, the arrival timing, the layout check and the tensor view), ~2 us for the frame object and its
+encoding, the peer-gone ``poll`` (one system call, ~0.5-1.5 us; it is what stops a frame from being lost on
+a restarted peer's dead connection) and the Sender's locking. The worker adds ~16 us more: assembly and
+checks (~1-2 us CPU), the module call's bookkeeping (~3 us, of which two CPU-clock system calls ~2 us: the
+run report's ``compute_cpu_s`` that ``edgeplan calibrate`` splits module from hop time with), forwarding
+(~1 us) and, after the send, the counters and four monitor records (~2.5 us). Python work counts about
+twice at 256 KiB: it runs with the caches full of the frame and, on a loaded 2-core machine, mostly
+serialised with the endpoints (each socket wake-up puts the woken thread behind the waker), which is why
+~8 us of CPU show as ~16 us a round trip (per-thread CPU from /proc/PID/task/*/schedstat). Even the bare
+transport sits at 1.18x, so 1.2x would need the worker's own work per frame to be nearly free; in this
+Python runtime it is not.
+
+Socket options and syscalls are the same for both: every socket has TCP_NODELAY and the kernel's
+auto-tuned buffers (the worker also sets SO_SNDTIMEO, a timeout only); per frame the relay makes one
+``recv_into`` per arriving chunk and one send, the worker the same plus the ``poll`` and the two clock
+reads (counted with ``perf stat -e syscalls:*``: 1.0 recv, 1.0 send per 256 KiB frame for both; a 3 MB
+frame ~1.1 recv for both, one send that the socket buffer takes whole, so no hand-off to the sender
+thread). At 3 MB the rows measure the machine, not the hop: the same relay read 0.94-1.78 ms over five
+repeats of one run under this load, and the best-of-5 lands on different luck per row, so the relay can
+read slower than the hops that do its work and more (0.79-0.91x in the runs of this and the last note).
+
+With a secret the MAC dominates: one HMAC-SHA256 costs 144 us per 256 KiB and 1.76 ms per 3 MB
+(~1.8 GB/s), four per round trip; that is the price of authentication, not of the hop (10.7x the
+relay at 256 KiB, 3.3x at 4 KiB; not a target).
 
 Transport decision: **sockets stay**: the ZeroMQ relay alone (no framing or checks of ours) is 2-3x slower
-than the socket relay at 4 KiB and 256 KiB (1.4x at 3 MB on the quiet machine), so by item 5's own
-rule the stage-to-stage and head transport is not moved onto ZeroMQ.
+than the socket relay at 4 KiB and 256 KiB, so by item 5's own rule the stage-to-stage and head transport
+is not moved onto ZeroMQ.
 """
 
 from __future__ import annotations
@@ -338,11 +363,14 @@ def _wire_hop(ready, back_address: str, max_frame: int) -> None:
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sender = net.Sender(back_address, secret=None, send_timeout_s=5.0, max_queue=64, on_error=lambda f, m: None)
     recv, put, frame_type = wire.Reader(conn, None, max_frame).recv, sender.put, wire.Frame
-    while True:
-        f = recv()
-        put(frame_type(wire.DATA, f.request_id, f.microbatch, f.epoch, f.lo, f.hi, f.stage + 1, f.attempt,
-                       f.tensors))
-        f = None  # the Reader reuses the buffer once nothing refers to it (as the worker does)
+    try:
+        while True:
+            f = recv()
+            put(frame_type(wire.DATA, f.request_id, f.microbatch, f.epoch, f.lo, f.hi, f.stage + 1, f.attempt,
+                           f.tensors))
+            f = None  # the Reader reuses the buffer once nothing refers to it (as the worker does)
+    except (wire.ConnectionClosed, OSError):  # the endpoints closed: the run is over
+        sender.close()
 
 
 def bench_wire(payload: np.ndarray, iters: int) -> list[float]:
