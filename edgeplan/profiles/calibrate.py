@@ -33,7 +33,9 @@ their bytes per call differ enough (``MIN_HOP_POINTS`` replicas, the largest
 ``MIN_BYTE_SPREAD`` x the smallest: several plans or models), each within
 ``[0, MAX_HOP_S]`` / ``[0, MAX_HOP_BYTE_S]`` (a clamp says so); otherwise only the
 per-call part, as the median of (hop - the unit's per-byte figure x bytes), and a
-note says why. A replica's
+note says why, unless the unit's twins (boards of the same profile and figures: one
+run gives each a different cut) separate it together: their slope, its own per call.
+A replica's
 optional ``compute_cpu_s`` (CPU spent inside module calls: the calling thread's
 when the module runs on it, ``compute_cpu_clock: thread``, else all threads') replaces
 the module's wall time there (a multi-threaded module uses more CPU than wall
@@ -137,6 +139,7 @@ class UnitFit:
     hop_fitted: bool = False  # the reports had CPU time and bytes per call
     inferred_from: str | None = None  # not run: figures taken from this fitted board of the same profile
     hop_byte_fitted: bool = False  # ... with bytes per call that differed enough to fit the per-byte part too
+    hop_byte_pooled: str = ""  # the per-byte part came from the replicas of these boards together (same profile)
 
 
 @dataclass(frozen=True)
@@ -539,6 +542,7 @@ def fit(cluster: Cluster, runs: list[tuple[dict, LayerGraph, list[Observation]]]
                                + f"); run at least {MIN_RUNS} requests")
     fits, rows = [], []
     devices = {d.name: d for d in cluster.devices}
+    pooled = _pooled_hop_byte(cluster, by_unit)
     for (dev, uname), items in sorted(by_unit.items()):
         if dev not in devices:
             raise CalibrationError(f"report ran on board {dev!r}, which cluster {cluster.name!r} does not have")
@@ -547,6 +551,14 @@ def fit(cluster: Cluster, runs: list[tuple[dict, LayerGraph, list[Observation]]]
         obs = [o for o, _ in items]
         after, design, notes = _fit_multi(before, items, where)
         hop, per_byte, hop_notes = fit_hop(after, obs, where)
+        pool = pooled.get((dev, uname)) if per_byte is None and hop is not None else None
+        if pool is not None:  # this board's bytes did not vary, its twins' did: their slope, its own per call
+            per_byte, boards = pool
+            pts = [(o.hop_s - per_byte * o.bytes_per_call) for o in obs
+                   if o.hop_s is not None and o.bytes_per_call is not None]
+            hop = float(min(max(np.median(pts), 0.0), MAX_HOP_S))
+            hop_notes = [f"{where}: per-byte hop fitted over the replicas of {boards} (same profile and figures): "
+                         f"{per_byte * 1e9:.3g} ns/B; per call from this board's own"]
         notes += hop_notes
         if hop is None:
             notes.append(f"{where}: the report(s) have no CPU time or bytes per call; hop_overhead_us kept")
@@ -555,7 +567,7 @@ def fit(cluster: Cluster, runs: list[tuple[dict, LayerGraph, list[Observation]]]
         if per_byte is not None:
             after = dataclasses.replace(after, hop_byte_s=per_byte)
         fits.append(UnitFit(dev, uname, design, len(obs), before, after, tuple(notes), hop is not None,
-                            hop_byte_fitted=per_byte is not None))
+                            hop_byte_fitted=per_byte is not None, hop_byte_pooled=pool[1] if pool else ""))
         for o, la in items:
             rows.append(StageRow(
                 o, la.module_s(before, o.start, o.stop, o.samples), la.module_s(after, o.start, o.stop, o.samples),
@@ -569,6 +581,31 @@ def fit(cluster: Cluster, runs: list[tuple[dict, LayerGraph, list[Observation]]]
     rows.sort(key=lambda r: (r.obs.source, r.obs.stage, r.obs.device))
     return Calibration(tuple(fits), tuple(rows), tuple(skipped), dataclasses.replace(cluster,
                                                                                       devices=tuple(new_devices)))
+
+
+def _pooled_hop_byte(cluster: Cluster, by_unit: dict) -> dict[tuple[str, str], tuple[float, str]]:
+    """(board, unit) -> (per-byte hop, the boards pooled) for units whose own replicas do not separate the
+    per-byte part but whose twins' replicas (boards of the same profile with the same figures) do together:
+    one run over several identical boards gives each a different cut, so bytes per call differ among them."""
+    devices = {d.name: d for d in cluster.devices}
+    groups: dict[tuple, list[tuple[str, str]]] = {}
+    for dev, uname in by_unit:
+        if dev in devices:
+            groups.setdefault((devices[dev].profile, devices[dev].unit(uname)), []).append((dev, uname))
+    out = {}
+    for (_profile, unit), members in groups.items():
+        if len(members) < 2:
+            continue
+        obs = [o for m in members for o, _ in by_unit[m]]
+        _, per_byte, _ = fit_hop(unit, obs, "")
+        if per_byte is None:
+            continue
+        names = ", ".join(d for d, _ in sorted(members))
+        for m in members:
+            own = [o for o, _ in by_unit[m]]
+            if fit_hop(unit, own, "")[1] is None:
+                out[m] = (per_byte, names)
+    return out
 
 
 def _same_profile_peers(cluster: Cluster, fits: list[UnitFit]) -> list[UnitFit]:
@@ -644,11 +681,13 @@ def _unit_overrides(fit_: UnitFit, stamp: dict) -> dict:
     if "hop_overhead_us" in how:
         how["hop_overhead_us"]["how"] = (
             f"edgeplan calibrate: least squares over {fit_.calls} replica(s) of worker CPU per call - module time "
-            "= per call + per byte x bytes in and out" if fit_.hop_byte_fitted else
+            "= per call + per byte x bytes in and out" if fit_.hop_byte_fitted and not fit_.hop_byte_pooled else
             f"edgeplan calibrate: median over {fit_.calls} replica(s) of worker CPU per call - module time - "
             "per-byte cost (start-up CPU included unless the report gives it)")
     if "hop_byte_ns" in how:
-        how["hop_byte_ns"]["how"] = how["hop_overhead_us"]["how"]
+        how["hop_byte_ns"]["how"] = how["hop_overhead_us"]["how"] if not fit_.hop_byte_pooled else (
+            f"edgeplan calibrate: least squares over the replicas of boards {fit_.hop_byte_pooled} (same profile and "
+            "figures) of worker CPU per call - module time = per call + per byte x bytes in and out")
     body["measured"] = how
     return body
 

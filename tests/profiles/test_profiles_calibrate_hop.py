@@ -53,7 +53,9 @@ def test_per_call_and_per_byte_are_recovered_from_replicas_with_different_bytes(
 def test_bytes_that_do_not_vary_fit_the_per_call_part_only_and_say_why(tmp_path):
     graph = synthetic_graph()
     cluster = load_cluster(cluster_file(tmp_path))
-    for sizes in ([131_072, 524_288], [131_072, 140_000, 150_000]):  # too few points; too little spread
+    # one run: a replica per board, two boards of one profile pooled are still too few points; three runs of
+    # bytes too alike (their six replicas pooled, too)
+    for sizes in ([131_072], [131_072, 140_000, 150_000]):
         result = cal.fit(cluster, _runs(graph, cluster, sizes))
         for f in result.fits:
             assert f.hop_fitted and not f.hop_byte_fitted and f.after.hop_byte_s is None
@@ -95,3 +97,29 @@ def test_the_fitted_per_byte_hop_is_written_with_its_provenance_and_prices_the_n
     from edgeplan.profiles.cost import build_cost_table
 
     assert build_cost_table(graph, new).hop_byte_s.tolist() == pytest.approx([PER_BYTE] * 2, rel=1e-4)
+
+
+def test_one_run_over_identical_boards_fits_the_per_byte_part_from_their_replicas_together(tmp_path):
+    """Three boards of one profile, one run, one replica each on stages whose cuts carry different bytes: no
+    board separates per call from per byte alone, the three together do (the same board model)."""
+    graph = synthetic_graph()
+    path = cluster_file(tmp_path, ("a", "b", "c"))
+    cluster = load_cluster(path)
+    plan, rep = plan_and_report(graph, cluster, [8, 16], lambda s: "abc"[s], [0.004] * 3, runs=100)
+    for st, nbytes in zip(rep["stages"], (16_384, 262_144, 1_048_576), strict=True):
+        h = PER_CALL + PER_BYTE * 2 * nbytes
+        st["replicas"][0].update(cpu_s=100 * (0.004 + h), compute_cpu_s=100 * 0.004,
+                                 bytes_in=100 * nbytes, bytes_out=100 * nbytes)
+    result = cal.fit(cluster, [(plan, graph, cal.observations(plan, rep, "r.json")[0])])
+    assert len(result.fits) == 3
+    for f in result.fits:
+        assert f.hop_byte_fitted and f.hop_byte_pooled == "a, b, c"
+        assert f.after.hop_byte_s == pytest.approx(PER_BYTE, rel=1e-3)
+        assert f.after.hop_overhead_s == pytest.approx(PER_CALL, rel=1e-3)
+        assert any("per-byte hop fitted over the replicas of a, b, c" in n for n in f.notes)
+    new = cal.write_calibrated(path, result, tmp_path / "cal.yaml", sources="r.json", backend="onnxruntime")
+    (m,) = [m for m in new.device("b").unit("cpu").measured if m.field == "hop_byte_ns"]
+    assert "boards a, b, c (same profile and figures)" in m.how
+    # boards of another profile (or other figures) are not pooled: one replica each keeps the per-call fit only
+    other = cal.fit(cluster, [(plan, graph, cal.observations(plan, rep, "r.json")[0][:1])])
+    assert not other.fits[0].hop_byte_fitted
