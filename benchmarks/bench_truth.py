@@ -55,7 +55,8 @@ these runs:
   per-unit figure, ``hop_byte_ns``: `emulate --write-cluster` gives each board the host's 0.22 ns/B / its
   cores (fitted by `edgeplan calibrate` over local runs at 1.6-6.3 MB per call), the profiling kit times it,
   and `edgeplan calibrate` fits it where a unit's replicas differ in bytes per call (reports of several
-  plans or models at once; from one run only the per-call part, with a note). What a board spends per byte
+  plans or models at once, or one run over identical boards; else only the per-call part, with a note).
+  What a board spends per byte
   also depends on how the bytes arrive: the reader wakes per piece that arrived, so behind a shaped link it
   pays per TCP segment (bench_recv_trickle.py: 0.2 ns/B for a frame read whole, 7 ns/B in 1448 B pieces).
   The large-activation case (``--models benchmarks/wide_stem.py:model --batch 2``: 1.5 MiB into each call)
