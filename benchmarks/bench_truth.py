@@ -77,6 +77,12 @@ these runs:
   Before calibration both are dominated by ONNX Runtime's 1x1 convolutions on 8 channels (27-30 ms
   measured, 2.9 ms priced); after, the call is within 4-10% either way (one run per board fits the per-call
   part only); on resnet32-cifar the two pricings differ by 0.1-0.2 ms per call, within the runs' noise.
+  Where bytes per call differ across identical boards, one run fits the per-byte part (ten-rpi3b,
+  resnet32-cifar, batch 8, load 3.8-4.1): the datasheet plan's stage on pi4 alone takes 655 KB per call and
+  its hop measured 37-50 ms against 25-29 ms priced (copies / host figure), the boards on 123-295 KB within
+  -25..+20%; the ten boards' replicas fitted 33-47 ns/B of board time (1.2-1.6 ns/B of CPU at 0.035
+  cores, 5-7x the host's loopback figure: shaped links again), and after one round throughput came within
+  +10.5% (--hop-byte copies) and +3.3% (host) from +37% / +73% (two runs of one plan differ this much here).
   The throughput left +36..93% optimistic is not the hop: the measured period (57 / 77 ms)
   follows the testbed's head link, 1.5 MiB per micro-batch at 268 / 179 Mbit/s (47 / 70 ms), above the
   board's call (39-50 ms); the plan prices no link there, its head being on the board itself.
