@@ -1025,7 +1025,7 @@ def _passes(obj: Objective) -> int:
     if obj.objective == "energy":
         return 9  # 8-18 passes, cheap ones (an energy pass's stage options mostly lose to a subset: _beaten)
     if obj.objective == "latency":
-        return 1 if obj.microbatches == 1 else 4  # the bottleneck search: 3-5 passes
+        return 1 if obj.microbatches == 1 else 8  # the bottleneck search: 3-5 passes, at most search.COARSE_PASSES
     return 10
 
 

@@ -30,6 +30,7 @@ from edgeplan.profiles.cost import CostTable
 MAX_PASSES = 200
 HEURISTIC_PASSES = 6  # once reductions made the DP a heuristic, stop the threshold search early (refine follows)
 ENERGY_PASSES = 400
+COARSE_PASSES = 12  # latency's bottleneck search on a coarse graph: 3-5 passes on ResNet-50 x 16, 51 on a synthetic
 
 
 @dataclass
@@ -81,6 +82,14 @@ def better(ev: Evaluation, best: Evaluation | None, obj: Objective) -> bool:
     a, b = ev.score(obj), best.score(obj)
     tol = 1e-12 * max(abs(b[0]), 1e-300)
     return a[0] < b[0] - tol or (abs(a[0] - b[0]) <= tol and a[1] < b[1] - 1e-12 * abs(b[1]))
+
+
+def _limit(dp: DPSolver) -> int:
+    """Passes the latency bottleneck search may run: the coarse graph's blocks were sized for a few (its
+    time target), so past ``COARSE_PASSES`` it stops there too and says so (``exact`` False, refined)."""
+    if not dp.exact:
+        return HEURISTIC_PASSES
+    return COARSE_PASSES if dp.coarse else MAX_PASSES
 
 
 def _eval(dp: DPSolver, layout: Layout) -> Evaluation:
@@ -137,7 +146,7 @@ def optimise(dp: DPSolver, obj: Objective, cp: float = 1.0, ce: float = 0.0) -> 
                 best_v = best_e.value(obj) * (1 - 1e-12)
                 if floor + w * cands[a] >= best_v:
                     continue
-                if passes >= (MAX_PASSES if dp.exact else HEURISTIC_PASSES):
+                if passes >= _limit(dp):
                     exact = False
                     notes.append(f"DP heuristic: bottleneck search stopped after {passes} passes")
                     break
