@@ -185,7 +185,8 @@ def optimise(dp: DPSolver, obj: Objective, cp: float = 1.0, ce: float = 0.0) -> 
             while stack:
                 a, b = stack.pop()
                 if b not in at:
-                    if passes >= (ENERGY_PASSES if dp.exact else HEURISTIC_PASSES):
+                    if passes >= (HEURISTIC_PASSES if not dp.exact else 2 * COARSE_PASSES if dp.coarse
+                                  else ENERGY_PASSES):  # coarse: 6-18 passes measured
                         exact = False
                         notes.append(f"DP heuristic: energy search stopped after {passes} passes")
                         break
