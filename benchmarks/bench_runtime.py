@@ -75,8 +75,8 @@ reads (counted with ``perf stat -e syscalls:*``: 1.0 recv, 1.0 send per 256 KiB 
 frame ~1.1 recv for both, one send that the socket buffer takes whole, so no hand-off to the sender
 thread). At 3 MB the rows measure the machine, not the hop: under this load this relay read 1.37-1.78 ms
 over three repeats (variants of it 0.94-1.79 ms: buffer from numpy, non-blocking send first; none
-consistently faster), and the best of a few lands on different luck per row, so the relay can read slower
-than the hops that do its work and more (0.79-0.91x in the runs of this and the last note).
+consistently faster), and the best of a few lands on different luck per row: the worker read 0.79x the
+relay in the run above and 1.14x in the next one (load 1.4 -> 6.4), 0.81-0.91x in the last note's runs.
 
 With a secret the MAC dominates: one HMAC-SHA256 costs 144 us per 256 KiB and 1.76 ms per 3 MB
 (~1.8 GB/s), four per round trip; that is the price of authentication, not of the hop (10.7x the
