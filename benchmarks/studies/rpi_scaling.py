@@ -445,6 +445,8 @@ def report(doc: dict, out: Path) -> tuple[list[str], dict]:
                        _mem_cell(r), net])
         lines += c.table(mh, mb, right=range(4, len(mh)))
         lines += _sync_lines(doc["measured"], doc["settings"]["sync_every"])
+        usable = next((r["usable_ram_mb"] for r in doc["modelled"]), None)
+        lines += _memory_lines(doc["measured"], usable)
     lines += [f"note: {n}" for n in doc["notes"]]
     for v in doc["verdicts"]:
         what = {k: v[k] for k in ("model", "batch", "boards", "planner", "measured", "tried") if k in v}
@@ -460,6 +462,18 @@ def _mem_cell(r: dict) -> str:
     """Modelled memory per board (planner) / measured peak resident memory of the board's ranks, MB."""
     mod = r.get("modelled_memory_mb")
     return f"{'-' if mod is None else f'{mod:.0f}'}/{r['peak_rss_mb_max']:.0f}"
+
+
+def _memory_lines(measured: list[dict], usable_mb: float | None) -> list[str]:
+    """Runs the planner's memory model lets fit whose measured peak exceeds the board's usable memory: the
+    model counts tensors, a rank also holds its framework (~300 MB of torch here)."""
+    if usable_mb is None:
+        return []
+    return [f"memory: {r['model']} b{r['batch']} on {r['boards']} board(s) peaked at {r['peak_rss_mb_max']:.0f} MB "
+            f"measured, over the {usable_mb:.0f} MB usable, although modelled at {r['modelled_memory_mb']:.0f} MB "
+            "(the memory model leaves out the framework the rank runs on)"
+            for r in measured if "skipped" not in r and r.get("modelled_memory_mb") is not None
+            and r["modelled_memory_mb"] <= usable_mb < r["peak_rss_mb_max"]]
 
 
 def _sync_lines(measured: list[dict], every: int) -> list[str]:

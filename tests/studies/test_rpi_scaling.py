@@ -114,3 +114,13 @@ def test_a_failed_training_is_left_out_and_not_saved(tmp_path):
     assert rs.measured_rows(Failing(), s, tmp_path, said.append, progress=progress) == []
     assert progress.rows == {} and not (tmp_path / "rows.json").exists()
     assert any("lenet-mlp-b32-n1 sync: FAILED, left out of the report (training" in line for line in said), said
+
+
+def test_a_measured_peak_beyond_usable_memory_is_reported():
+    """The full run's ResNet-110 at batch 32 on one board: modelled 471 MB, measured 798 MB of 724 usable."""
+    rows = [{"model": "resnet110", "batch": 32, "boards": 1, "peak_rss_mb_max": 798.0, "modelled_memory_mb": 471.0},
+            {"model": "resnet110", "batch": 32, "boards": 10, "peak_rss_mb_max": 391.0, "modelled_memory_mb": 76.0},
+            {"model": "resnet110", "batch": 128, "boards": 1, "skipped": "does not fit", "modelled_memory_mb": 1826.0}]
+    (line,) = rs._memory_lines(rows, 724.0)
+    assert line.startswith("memory: resnet110 b32 on 1 board(s) peaked at 798 MB measured, over the 724 MB usable")
+    assert rs._memory_lines(rows, None) == []
