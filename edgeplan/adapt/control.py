@@ -36,6 +36,19 @@ MIN_DWELL_S = 2.0  # no switch sooner than this after the previous one, nor befo
 # disturbance shorter than this, the runtime stays on the plan for it until the next committed change. The
 # shipped traces change every 20 s.
 RETURN_HOLD_S = 12.0
+RETURN_MOVED = 2.0  # ... unless a factor moved this much (or a board came or went) since that switch: a real change
+
+
+def moved(a, b) -> float:
+    """The largest ratio between two conditions' like terms (a missing term is 1; inf: a board came or went)."""
+    if set(a.absent) != set(b.absent):
+        return float("inf")
+    r = 1.0
+    for x, y in ((dict(a.slowdown), dict(b.slowdown)), (dict(a.bandwidth), dict(b.bandwidth))):
+        for k in set(x) | set(y):
+            u, v = x.get(k, 1.0), y.get(k, 1.0)
+            r = max(r, u / v, v / u)
+    return r
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,7 @@ class Controller:
         self.epoch_s, self.calibrate_epochs = epoch_s, calibrate_epochs
         self.min_dwell_s, self.return_hold_s, self.clock = min_dwell_s, return_hold_s, clock
         self.held_returns: list[dict] = []  # switches back not made (RETURN_HOLD_S)
+        self._switch_cond = None  # the estimate the last switch answered
         self._last_switch_t = -float("inf")
         self.held = 0  # epochs in which a decision waited for the previous switch to drain / the dwell time
         self.name = name or getattr(policy, "__name__", "policy")
@@ -156,7 +170,8 @@ class Controller:
         decide_s = time.perf_counter() - t0
         back = self.switches[-1].frm if self.switches else None
         if d.switch and d.plan != current and back is not None and d.plan == self.plan_file(back) \
-                and self.clock() - self._last_switch_t < self.return_hold_s and d.current_value != float("inf"):
+                and self.clock() - self._last_switch_t < self.return_hold_s and d.current_value != float("inf") \
+                and moved(est.condition, self._switch_cond) < RETURN_MOVED:
             self.held_returns.append({"at_s": round(time.monotonic() - self._t0, 3), "to": back,
                                       "condition": str(est.condition), "change_id": d.change_id})
             self.log(f"{self.name}: not back to {back} {self.clock() - self._last_switch_t:.1f} s after leaving it "
@@ -179,6 +194,7 @@ class Controller:
             self.switches.append(Switch(round(time.monotonic() - self._t0, 3), current.removesuffix(".json"),
                                         variant, d.reason, str(est.condition), d.change_id, round(decide_s, 6)))
             self._last_switch_t = self.clock()
+            self._switch_cond = est.condition
             self.last_change = d.change_id
         return d
 

@@ -207,3 +207,49 @@ def test_the_controller_has_the_head_poll_stats_twice_an_epoch():
     c.stop()
     assert {h.cfg.stats_interval_s for h in heads.values()} == {0.25}
     assert HeadConfig().stats_interval_s == 1.0
+
+
+def test_a_return_soon_after_a_switch_is_held_unless_a_factor_moved_2x(family_parts):
+    """Drifting readings (1.4x, 0.7x) do not take the runtime back to the plan it just left; a recovery from a 4x
+    bandwidth drop does, however soon (on the testbed a drift-driven switch 10 s before the recovery held it)."""
+    from edgeplan.adapt.control import moved
+    from edgeplan.adapt.estimate import Estimate
+    from edgeplan.adapt.policy import Decision
+    from edgeplan.planner.family import parse_condition
+
+    cluster, pricer, layout, fam = family_parts
+    names = sorted(layout)
+    now = [0.0]
+
+    class Est:  # the estimate the test scripts, one change per step
+        def __init__(self):
+            self.cond, self.change = parse_condition("nominal"), 0
+
+        def update(self, status):
+            return Estimate(self.cond, self.change)
+
+        def smoothed(self):
+            return {}
+
+        def calibrate(self):
+            pass
+
+    def other(pricer, est, current, last_change):
+        if est.change_id <= last_change:
+            return Decision(current, False, "answered", 1.0, 1.0, est.change_id)
+        plan = next(f"{n}.json" for n in names if f"{n}.json" != current)
+        return Decision(plan, True, "the other", 1.0, 0.5, est.change_id)
+
+    est = Est()
+    head = FakeHead(names, layout)
+    c = Controller(head, pricer, est, other, calibrate_epochs=1, min_dwell_s=0.0, clock=lambda: now[0])
+    while not c.calibrated:
+        c.step()
+    for t, cond, switched in ((1.0, "bandwidth=0.25", 1), (3.0, "bandwidth=0.25+slowdown:gpu-board=1.4", 1),
+                              (5.0, "bandwidth=0.25+slowdown:gpu-board=0.7", 1), (7.0, "slowdown:gpu-board=0.7", 2)):
+        now[0], est.cond, est.change = t, parse_condition(cond), est.change + 1
+        c.step()
+        assert len(head.switched) == switched, (t, cond, head.switched)
+    assert len(c.held_returns) == 2
+    assert moved(parse_condition("bandwidth=0.25"), parse_condition("nominal")) == 4.0
+    assert moved(parse_condition("absent:c"), parse_condition("nominal")) == float("inf")
