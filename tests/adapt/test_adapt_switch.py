@@ -209,10 +209,11 @@ def test_the_controller_has_the_head_poll_stats_twice_an_epoch():
     assert HeadConfig().stats_interval_s == 1.0
 
 
-def test_a_return_soon_after_a_switch_is_held_unless_a_factor_moved_2x(family_parts):
-    """Drifting readings (1.4x, 0.7x) do not take the runtime back to the plan it just left; a recovery from a 4x
-    bandwidth drop does, however soon (on the testbed a drift-driven switch 10 s before the recovery held it)."""
-    from edgeplan.adapt.control import moved
+def test_a_return_soon_after_a_switch_is_held_unless_a_link_moved_2x_or_it_probes(family_parts):
+    """A board's readings (3x, 0.7x: they depend on the plan measuring it) do not take the runtime back to the plan
+    it just left; a recovery from a 4x bandwidth drop does, however soon (on the testbed a drift-driven switch 10 s
+    before the recovery held it), and so does a probe of an expired factor."""
+    from edgeplan.adapt.control import links_moved
     from edgeplan.adapt.estimate import Estimate
     from edgeplan.adapt.policy import Decision
     from edgeplan.planner.family import parse_condition
@@ -223,10 +224,10 @@ def test_a_return_soon_after_a_switch_is_held_unless_a_factor_moved_2x(family_pa
 
     class Est:  # the estimate the test scripts, one change per step
         def __init__(self):
-            self.cond, self.change = parse_condition("nominal"), 0
+            self.cond, self.change, self.probe = parse_condition("nominal"), 0, ()
 
         def update(self, status):
-            return Estimate(self.cond, self.change)
+            return Estimate(self.cond, self.change, self.probe, self.probe)
 
         def smoothed(self):
             return {}
@@ -245,11 +246,14 @@ def test_a_return_soon_after_a_switch_is_held_unless_a_factor_moved_2x(family_pa
     c = Controller(head, pricer, est, other, calibrate_epochs=1, min_dwell_s=0.0, clock=lambda: now[0])
     while not c.calibrated:
         c.step()
-    for t, cond, switched in ((1.0, "bandwidth=0.25", 1), (3.0, "bandwidth=0.25+slowdown:gpu-board=1.4", 1),
-                              (5.0, "bandwidth=0.25+slowdown:gpu-board=0.7", 1), (7.0, "slowdown:gpu-board=0.7", 2)):
+    for t, cond, switched in ((1.0, "bandwidth=0.25", 1), (3.0, "bandwidth=0.25+slowdown:gpu-board=3", 1),
+                              (5.0, "bandwidth=0.25+slowdown:gpu-board=0.7", 1), (7.0, "slowdown:gpu-board=0.7", 2),
+                              (8.0, "nominal", 3)):
         now[0], est.cond, est.change = t, parse_condition(cond), est.change + 1
+        est.probe = ("slowdown:gpu-board",) if t == 8.0 else ()
         c.step()
         assert len(head.switched) == switched, (t, cond, head.switched)
     assert len(c.held_returns) == 2
-    assert moved(parse_condition("bandwidth=0.25"), parse_condition("nominal")) == 4.0
-    assert moved(parse_condition("absent:c"), parse_condition("nominal")) == float("inf")
+    assert links_moved(parse_condition("bandwidth=0.25"), parse_condition("nominal")) == 4.0
+    assert links_moved(parse_condition("slowdown:a=4"), parse_condition("nominal")) == 1.0
+    assert links_moved(parse_condition("absent:c"), parse_condition("nominal")) == float("inf")
