@@ -376,10 +376,16 @@ def _wire_hop(ready, back_address: str, max_frame: int) -> None:
 
 def bench_wire(payload: np.ndarray, iters: int) -> list[float]:
     """Sender -> ``_wire_hop`` (Reader + Sender, no worker) -> the sender's own listener."""
+    return _time_through(payload, iters, _wire_hop, lambda back: (back, payload.nbytes + 4096))
+
+
+def _time_through(payload: np.ndarray, iters: int, target, args_to) -> list[float]:
+    """Round trips between the relay row's endpoints through a hop process running ``target(ready,
+    *args_to(back_address))`` that connects back on its first output (the wire and worker rows)."""
     ends = _Endpoints(payload)
-    proc, address = _hop_process(_wire_hop, ends.back_address, payload.nbytes + 4096)
+    proc, address = _hop_process(target, *args_to(ends.back_address))
     ends.connect(address)
-    ends.send()  # the Sender connects on its first frame
+    ends.send()  # the hop connects back on its first frame
     ends.accept()
     ends.receive()
     times = ends.timed(iters)
@@ -404,16 +410,7 @@ def _identity_worker(ready, shape: tuple, back_address: str, secret: bytes | Non
 def bench_worker(payload: np.ndarray, iters: int) -> list[float]:
     """Sender -> identity stage worker -> the sender's own listener, between the relay row's endpoints:
     one full runtime hop (the frame is received, checked, assembled, run and forwarded)."""
-    ends = _Endpoints(payload)
-    proc, address = _hop_process(_identity_worker, tuple(payload.shape), ends.back_address)
-    ends.connect(address)
-    ends.send()  # the worker connects back on its first output
-    ends.accept()
-    ends.receive()
-    times = ends.timed(iters)
-    ends.close()
-    _stop(proc)
-    return times
+    return _time_through(payload, iters, _identity_worker, lambda back: (tuple(payload.shape), back))
 
 
 def bench_worker_hmac(payload: np.ndarray, iters: int) -> list[float]:

@@ -42,6 +42,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from . import net, wire
+from .monitor import RxLinks
 from .spec import StageSpec
 
 # Python < 3.8 has no InvalidStateError: there, setting a cancelled future's result does not raise.
@@ -234,8 +235,7 @@ class Head:
         # Results that arrived through wire.Reader.timed, per sending replica (``device/stageK``): the head's own
         # receive-side link figures, in a worker monitor's rx_links format (the estimator reads links INTO the
         # head here, not at their sender, whose send returns once its bytes are in the socket buffer).
-        self._rx: Dict[str, list] = {}
-        self._rx_lock = threading.Lock()
+        self._rx = RxLinks()
 
     @classmethod
     def from_specs(cls, specs: Sequence[StageSpec], microbatches: int, listen_address: Optional[str] = None,
@@ -554,21 +554,11 @@ class Head:
                 break
         if who is None:
             return
-        with self._rx_lock:
-            rx = self._rx.get(who)
-            if rx is None:
-                rx = self._rx[who] = [0, 0.0, 0]
-            if seconds > 0.0:
-                rx[0] += nbytes
-                rx[1] += seconds
-            else:
-                rx[2] += nbytes
+        self._rx.add(who, nbytes, seconds)
 
     def rx_links(self) -> dict:
         """The head's receive-side link figures per sending replica (a monitor snapshot's ``rx_links`` format)."""
-        with self._rx_lock:
-            return {peer: {"rx_timed_bytes_total": b, "rx_timed_seconds_total": t, "rx_whole_bytes_total": w}
-                    for peer, (b, t, w) in self._rx.items()}
+        return self._rx.snapshot()
 
     def _control_reader(self, key, sock: socket.socket, gen: int, session: Optional[wire.Session]) -> None:
         try:

@@ -77,6 +77,32 @@ class _Link:
         self.timed_seconds = 0.0
 
 
+class RxLinks:
+    """Receive-side link figures per sending peer (``wire.Reader.timed``): bytes and seconds of the frames
+    timed as they arrived, and bytes of the frames that had arrived whole before the reader asked (the link
+    kept up). One table for a worker's Monitor and for the head's own Reader, so both export the same names."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rx: Dict[str, List[float]] = {}
+
+    def add(self, peer: str, nbytes: int, seconds: float) -> None:
+        with self._lock:
+            rx = self._rx.get(peer)
+            if rx is None:
+                rx = self._rx[peer] = [0, 0.0, 0]
+            if seconds > 0.0:
+                rx[0] += nbytes
+                rx[1] += seconds
+            else:
+                rx[2] += nbytes
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {peer: {"rx_timed_bytes_total": b, "rx_timed_seconds_total": t, "rx_whole_bytes_total": w}
+                    for peer, (b, t, w) in self._rx.items()}
+
+
 class Monitor:
     """Per-worker counters, histograms and board readings; thread-safe; ``snapshot()`` is JSON-able.
 
@@ -103,7 +129,7 @@ class Monitor:
         # the receiver sees it, which a send that returns once in the socket buffer cannot), and bytes of large
         # frames that had arrived whole before the reader asked (no rate: the link kept up). Apart from ``links``
         # (whose entries are this worker's sends to and receipts from a peer, as `top` and /metrics list them).
-        self._rx: Dict[str, List[float]] = {}
+        self._rx = RxLinks()
         self._queues: Dict[str, int] = {}
         self._counters: Dict[str, int] = {}
         try:
@@ -156,15 +182,7 @@ class Monitor:
         """``nbytes`` of a frame from ``peer`` (``device/stageK`` or ``head``, as in record_send) arrived in
         ``seconds`` (wire.Reader.timed): the receive-side link figure (``rx_timed_*_total``). ``seconds`` 0:
         the frame had arrived whole before the reader asked (``rx_whole_bytes_total``: the link kept up)."""
-        with self._lock:
-            rx = self._rx.get(peer)
-            if rx is None:
-                rx = self._rx[peer] = [0, 0.0, 0]
-            if seconds > 0.0:
-                rx[0] += nbytes
-                rx[1] += seconds
-            else:
-                rx[2] += nbytes
+        self._rx.add(peer, nbytes, seconds)
 
     def set_queue(self, name: str, depth: int) -> None:
         with self._lock:
@@ -209,8 +227,7 @@ class Monitor:
                             "throughput_bytes_per_second": ln.throughput,
                             "timed_bytes_total": ln.timed_bytes, "timed_seconds_total": ln.timed_seconds}
                      for peer, ln in self._links.items()}
-            rx_links = {peer: {"rx_timed_bytes_total": b, "rx_timed_seconds_total": s, "rx_whole_bytes_total": w}
-                        for peer, (b, s, w) in self._rx.items()}
+            rx_links = self._rx.snapshot()
             queues = dict(self._queues)
             counters = dict(self._counters)
 

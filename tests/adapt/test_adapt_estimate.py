@@ -6,7 +6,6 @@ synthesised in the head's status() format (no torch)."""
 from __future__ import annotations
 
 import math
-import threading
 from pathlib import Path
 
 import pytest
@@ -316,8 +315,9 @@ def test_the_heads_own_receive_side_reads_the_link_into_the_head(cluster):
     from edgeplan.adapt.control import flat_status
     from edgeplan.runtime import wire
     from edgeplan.runtime.head import Head
+    from edgeplan.runtime.monitor import RxLinks
 
-    h = SimpleNamespace(n_stages=2, _ranges={1: [(("10.0.0.3", 1), 0, 4)]}, _rx={}, _rx_lock=threading.Lock(),
+    h = SimpleNamespace(n_stages=2, _ranges={1: [(("10.0.0.3", 1), 0, 4)]}, _rx=RxLinks(),
                         workers={("10.0.0.3", 1): SimpleNamespace(device="cpu-board", stage=1)})
     bw = cluster.link("cpu-board", "npu-board").bandwidth
     sent = [0.0, 0.0]
