@@ -232,7 +232,8 @@ def scale_costs(costs, cond: Condition):
                         "fwd_s": fwd, "bwd_s": bwd, "fixed_s": fixed, "supported": sup,
                         "bandwidth": costs.bandwidth * scale,
                         "hop_s": None if costs.hop_s is None else costs.hop_s * f_unit,
-                        "hop_byte_s": None if costs.hop_byte_s is None else costs.hop_byte_s * f_unit})
+                        "hop_byte_s": None if costs.hop_byte_s is None else costs.hop_byte_s * f_unit,
+                        "mem_bandwidth": None if costs.mem_bandwidth is None else costs.mem_bandwidth / f_unit})
 
 
 # --- the family -----------------------------------------------------------------------------------------------

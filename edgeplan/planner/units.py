@@ -38,13 +38,17 @@ CPU_TARGETS = frozenset({"arm-cpu", "x86"})
 
 
 def handover_s_per_byte(costs: CostTable, ua: int, ub: int) -> float:
-    """Seconds per byte to hand a tensor from unit ``ua`` to unit ``ub`` of the same board (module docstring).
-
-    The units' memory bandwidths come from ``hop_byte_s = HOP_COPIES / bandwidth``; a
-    table without them (synthetic) prices the copy at 0.
+    """Seconds per byte to hand a tensor from unit ``ua`` to unit ``ub`` of the same board (module docstring):
+    one copy out of the sender's memory and one into the receiver's, at each unit's memory bandwidth
+    (``costs.mem_bandwidth``, the profile's figure). Not ``hop_byte_s``: that is the socket path a stage call's
+    bytes take (measured by the kit or `edgeplan calibrate`, 10x+ two copies), which a hand-over does not take.
+    A table without bandwidths (synthetic) falls back to ``hop_byte_s / HOP_COPIES`` (there it is 2 copies at
+    the bandwidth by construction), or 0 without either.
     """
     if ua == ub or (costs.units[ua][2] in CPU_TARGETS and costs.units[ub][2] in CPU_TARGETS):
         return 0.0
+    if costs.mem_bandwidth is not None:
+        return 1.0 / float(costs.mem_bandwidth[ua]) + 1.0 / float(costs.mem_bandwidth[ub])
     if costs.hop_byte_s is None:
         return 0.0
     return (float(costs.hop_byte_s[ua]) + float(costs.hop_byte_s[ub])) / HOP_COPIES

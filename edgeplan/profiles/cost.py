@@ -65,6 +65,9 @@ class CostTable:
     energy_per_byte_j: np.ndarray  # [d, d]
     hop_s: np.ndarray | None = None  # [u] runtime cost per stage call (receive, assemble, send); None: 0
     hop_byte_s: np.ndarray | None = None  # [u] runtime seconds per byte a stage call takes in or sends out
+    # [u] bytes/s of the unit's memory (the profile's mem_bandwidth_gbs): a hand-over between two units of one board
+    # is a copy through it (units.handover_s_per_byte), not the socket path hop_byte_s measures; None: synthetic
+    mem_bandwidth: np.ndarray | None = None
     # [n + 1] bool: codegen can split after k layers (LayerGraph.cut_allowed: every live tensor has one batch
     # dimension); None: every cut can
     cut_ok: np.ndarray | None = None
@@ -175,6 +178,7 @@ def build_cost_table(graph: LayerGraph, cluster: Cluster) -> CostTable:
         bandwidth=bandwidth, latency_s=latency, energy_per_byte_j=energy,
         hop_s=np.array([unit.hop_overhead_s for _, _, unit in units], dtype=np.float64),
         hop_byte_s=np.array([hop_byte_s(unit) for _, _, unit in units], dtype=np.float64),
+        mem_bandwidth=np.array([unit.mem_bandwidth for _, _, unit in units], dtype=np.float64),
         cut_ok=None if all(allowed) else np.array(allowed, dtype=bool),
         training=_training_costs(cluster, [unit for _, _, unit in units], [di for di, _, _ in units]),
     )

@@ -210,3 +210,36 @@ def test_a_slowed_board_prices_its_measured_per_byte_hop_slower_in_families_as_i
     direct = build_cost_table(graph, family.apply(c, cond)).hop_byte_s
     assert direct.tolist() == pytest.approx(family.scale_costs(build_cost_table(graph, c), cond).hop_byte_s.tolist())
     assert direct[0] == pytest.approx(3 * 0.45e-9)
+
+
+def test_handover_between_units_copies_at_memory_bandwidth_not_at_the_measured_socket_hop(tmp_path):
+    """A hand-over between two units of one board (RK3588 NPU -> CPU) is one copy out of each unit's memory:
+    1/bw_npu + 1/bw_cpu from the profile's mem_bandwidth_gbs. A measured ``hop_byte_ns`` (the socket path, here
+    40 ns/B as a kit reads on a slow board) must not move it: it was hop_byte_s / 2, i.e. 20 ns/B, ~50x the copy.
+    A slowdown divides the bandwidth alike in family.apply and family.scale_costs."""
+    from edgeplan.graph.model import Layer, LayerGraph, TensorSpec
+    from edgeplan.planner import family, units
+
+    body = ("name: c\ndevices:\n  - {name: rock, profile: rk3588, address: 127.0.0.1%s}\n"
+            "network: {default: {bandwidth_mbps: 100, latency_ms: 1}}\n")
+    (tmp_path / "plain.yaml").write_text(body % "")
+    (tmp_path / "kit.yaml").write_text(body % ", overrides: {units: {npu: {hop_byte_ns: 40}, cpu: {hop_byte_ns: 30}}}")
+    x = TensorSpec("x", (1, 4))
+    layer = Layer("fc", "linear", "fc", ("x",), TensorSpec("fc", (1, 4)), 32, 64, 16, 20, 80)
+    graph = LayerGraph("tiny", (x,), ("fc",), (layer,), (16, 16))
+    plain, kit = load_cluster(tmp_path / "plain.yaml"), load_cluster(tmp_path / "kit.yaml")
+    dev = kit.device("rock")
+    want = 1 / dev.unit("npu").mem_bandwidth + 1 / dev.unit("cpu").mem_bandwidth
+    names = [u.name for u in dev.units]
+    npu, cpu = names.index("npu"), names.index("cpu")
+    for c in (plain, kit):
+        t = build_cost_table(graph, c)
+        assert units.handover_s_per_byte(t, npu, cpu) == pytest.approx(want)
+        assert units.handover_s_per_byte(t, npu, npu) == 0.0
+    t = build_cost_table(graph, kit)
+    assert t.hop_byte_s[npu] == pytest.approx(40e-9) and want < 1e-9  # the two figures are 40x+ apart
+    cond = family.parse_condition("slowdown:rock=2")
+    direct = build_cost_table(graph, family.apply(kit, cond))
+    scaled = family.scale_costs(t, cond)
+    assert units.handover_s_per_byte(direct, npu, cpu) == pytest.approx(2 * want)
+    assert units.handover_s_per_byte(scaled, npu, cpu) == pytest.approx(2 * want)
