@@ -45,8 +45,11 @@ change. An EWMA of each factor is kept for reports.
 
 A link reading is confounded with its boards' CPU: a send is timed from start to last byte, so a starved
 sender or receiver makes the link read slow. While a board reads slower than ``threshold``, a link of it
-that reads degraded by no more than that slowdown (x ``threshold``) is not taken as a link measurement
-(``_confounded``); a link far slower than the board still is.
+that reads degraded by no more than that slowdown (x ``threshold``) is read with the slowdown divided out
+(capped at its reference: ``_confounded``); a link far slower than the board is read as it is. Dropping such a
+reading instead (as before) left a committed drop standing while its board was hogged: on the testbed's
+alternating trace a bandwidth recovery that came with a hog read "still 0.24x + hog", the policy switched to
+the plan for both, then again when the link expired or was re-measured (2 switches for one change).
 
 A factor is *measured* in an update only when its counters moved (stage calls; a link's ``sent_bytes_total``):
 a layout the head no longer runs keeps reporting its last figures, which say nothing about now. A committed
@@ -216,8 +219,7 @@ class Estimator:
         lim, big = math.log(self.threshold), math.log(self.big)
         rebuild = False
         ready, moving, just = {}, False, []
-        for key in self._confounded(raw, lim):
-            del raw[key]
+        raw.update(self._confounded(raw, lim))
         for key, v in raw.items():
             self._seen[key] = self.updates
             if self.calibrated and (key not in self.reference or self._late.get(key, self.confirm) < self.confirm):
@@ -300,27 +302,28 @@ class Estimator:
             self._committed.get(dk, 0.0)))
         return False
 
-    def _confounded(self, raw: dict[str, float], lim: float) -> list[str]:
-        """Link readings a slow board at either end explains: a send is timed from its start to its last byte,
-        so a CPU-starved sender (its send thread waits for CPU) or receiver (it drains its socket late) makes the
-        link read slow too. While a board reads slower than ``threshold``, a link of it that reads degraded by no
-        more than that slowdown (x threshold) is no link measurement (a link far slower than the board is)."""
+    def _confounded(self, raw: dict[str, float], lim: float) -> dict[str, float]:
+        """Link readings a slow board at either end explains, corrected: a send is timed from its start to its last
+        byte, so a CPU-starved sender (its send thread waits for CPU) or receiver (it drains its socket late) makes
+        the link read slow too. While a board reads slower than ``threshold``, a link of it that reads degraded by
+        no more than that slowdown (x threshold) reads with the slowdown divided out, at most its reference (a
+        link far slower than the board is read as it is). Returns ``{link key: corrected raw reading}``."""
         if not self.calibrated:
-            return []
+            return {}
         slow: dict[str, float] = {}
         for key in list(self._committed) + list(raw):
             if key.startswith("slowdown:"):
                 d = key.split(":", 1)[1]
                 x = math.log(raw[key] / self.reference.get(key, 1.0)) if key in raw else self._committed[key]
                 slow[d] = x
-        out = []
+        out = {}
         for key, v in raw.items():
             if not key.startswith("link:") or key not in self.reference:
                 continue
             s = max(slow.get(d, 0.0) for d in key.split(":", 1)[1].split("/"))
             x = math.log(v / self.reference[key])
             if s > lim and -(s + lim) <= x < -lim:
-                out.append(key)
+                out[key] = self.reference[key] * math.exp(min(0.0, x + s))
         return out
 
     def _late_reference(self, key: str, raw: float) -> None:

@@ -185,6 +185,27 @@ def test_a_link_that_reads_slow_only_as_much_as_its_hogged_board_is_not_a_bandwi
     assert str(e.condition) == expect and e.change_id == 1
 
 
+def test_a_link_that_recovers_while_its_board_is_hogged_reads_recovered(cluster):
+    """The alternating trace's change at 40 s: a 4x drop ends as a 3x hog on gpu-board starts. The hogged board
+    makes its nominal link read 2.5x slow; with that reading dropped (the old rule) the committed 0.25 stood until
+    it expired unmeasured (STALE updates), and the policy switched for "drop + hog", then again for "hog". Read with
+    the board's slowdown divided out, the same change commits as the hog alone, at once."""
+    est, b = Estimator(cluster, head="npu-board"), Boards(cluster)
+    link = ("gpu-board", "cpu-board")
+    for _ in range(3):
+        est.update(b.status({}, {link: 1.0}))
+    est.calibrate()
+    for _ in range(3):
+        e = est.update(b.status({}, {link: 0.25}))
+    assert str(e.condition) == "bandwidth=0.25"
+    seen = []
+    for _ in range(4):  # far fewer than STALE: the old rule still read the drop here
+        e = est.update(b.status({"gpu-board": 3.0}, {link: 1 / 2.5}))
+        seen.append(str(e.condition))
+    assert str(e.condition) == "slowdown:gpu-board=3", seen
+    assert seen.count("slowdown:gpu-board=3") >= 2 and not any("bandwidth=0.25+" in c for c in seen), seen
+
+
 def test_a_switch_alone_does_not_read_as_a_change_of_the_board(cluster):
     """Two layouts' workers on gpu-board; layout B's module reads 2x its prediction (a model error the 3-request
     warm-up missed). After a switch from A to B the board's slowdown stays nominal; a real 3x hog while B runs
