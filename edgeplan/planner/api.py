@@ -268,8 +268,8 @@ def diagnose(costs: CostTable, obj: Objective, solver: str = "dp") -> PlanError:
     worst = sorted(ev.overflows, key=lambda o: (o[1] - o[2]), reverse=True)
     for dv, need, cap in worst[:3]:
         st = next(s for s in ev.stages if any(r.device == dv for r in s.replicas))
-        lines.append(f"{costs.devices[dv]} runs out of memory by {(need - cap) / MB:.1f} MB (needs {need / MB:.1f} "
-                     f"MB of {cap / MB:.1f} MB for layers {costs.layer_names[st.spec.start]}.."
+        lines.append(f"{costs.devices[dv]} runs out of memory by {(need - cap) / MB:.1f} MB (needs "
+                     f"{ev.memory_text(dv, need)} of {cap / MB:.1f} MB for layers {costs.layer_names[st.spec.start]}.."
                      f"{costs.layer_names[st.spec.stop - 1]})")
     alts = []
     small = _try(costs, obj, [b for b in _halvings(obj.batch)], lambda b: _with_batch(obj, b))
@@ -281,10 +281,13 @@ def diagnose(costs: CostTable, obj: Objective, solver: str = "dp") -> PlanError:
         if more is not None:
             alts.append(f"--microbatches {more.microbatches}")
     short = sum(need - cap for _, need, cap in ev.overflows)
-    big = int(np.argmax(costs.ram_bytes))
-    if short > 0:
-        k = max(1, math.ceil(short / float(costs.ram_bytes[big])))
-        alts.append(f"about {k} more board(s) like {costs.devices[big]} ({float(costs.ram_bytes[big]) / MB:.0f} MB)")
+    room = Prefix(costs, obj).dev_ram  # training: less a rank's torch reserve
+    big = int(np.argmax(room))
+    if short > 0 and room[big] > 0:
+        k = max(1, math.ceil(short / float(room[big])))
+        left = f", {room[big] / MB:.0f} MB for a training rank's model" if obj.training else ""
+        alts.append(f"about {k} more board(s) like {costs.devices[big]} ({float(costs.ram_bytes[big]) / MB:.0f} MB"
+                    f"{left})")
     head = ("no plan fits in memory; in the best plan ignoring memory, " + "; ".join(lines)) if lines else \
         "no plan fits in memory"
     return PlanError(head + ". Nearest feasible alternatives: " + (", ".join(alts) if alts else "none found"))
@@ -351,7 +354,7 @@ def _stages(costs: CostTable, ev: Evaluation, m: int, training: bool = False) ->
         reps = tuple(
             Replica(device=costs.devices[r.device], unit=costs.units[r.unit][1], target=costs.units[r.unit][2],
                     share=r.samples / m, samples=r.samples, memory_bytes=int(math.ceil(r.memory_bytes)),
-                    capacity_bytes=int(costs.ram_bytes[r.device]))
+                    capacity_bytes=int(costs.ram_bytes[r.device]), reserve_bytes=int(math.ceil(r.reserve_bytes)))
             for r in st.replicas)
         out.append(Stage(index=k, start=st.spec.start, stop=st.spec.stop,
                          first_layer=costs.layer_names[st.spec.start], last_layer=costs.layer_names[st.spec.stop - 1],

@@ -116,6 +116,7 @@ class BranchEval:
     input_s: float  # source board -> branch board
     send_s: float  # one-way to the first trunk stage
     memory_bytes: float
+    reserve_bytes: float = 0.0  # training: its rank's torch reserve (Prefix.reserve)
 
 
 @dataclass(frozen=True)
@@ -286,10 +287,11 @@ def evaluate(costs: CostTable, problem: Problem, layout: Layout, objective: Obje
         link = 2 * send_t if train else send_t
         p_res += [in_t, link]
         dyn_j += in_e + send_e * (2 if train else 1) + max(busy[u] - idle[d], 0.0) * t
-        mem[d] = mem.get(d, 0.0) + need
+        rsv = float(pf.reserve[u]) if b.stop > b.start else 0.0  # its training rank's torch reserve (inference: 0)
+        mem[d] = mem.get(d, 0.0) + need + rsv
         work.setdefault(d, []).append(t)
         bevals.append(BranchEval(unit=u, device=d, time_s=float(t), forward_s=float(fwd), input_s=float(in_t),
-                                 send_s=float(send_t), memory_bytes=float(need)))
+                                 send_s=float(send_t), memory_bytes=float(need), reserve_bytes=rsv))
     crit = 0.0
     for be in bevals:
         crit = max(crit, be.input_s + sum(work[be.device]) + (2 if train else 1) * be.send_s)
@@ -324,11 +326,11 @@ def evaluate(costs: CostTable, problem: Problem, layout: Layout, objective: Obje
                                    f"{costs.layer_names[i]}..{costs.layer_names[j - 1]}")
             t = pf.time(u, i, j, k)
             need = pf.memory(i, j, k, stash)
-            mem[d] = mem.get(d, 0.0) + need
+            mem[d] = mem.get(d, 0.0) + need + pf.reserve[u]
             work.setdefault(d, []).append(t)
             e_stage += max(busy[u] - idle[d], 0.0) * t
             reps.append(ReplicaEval(unit=u, device=d, samples=k, time_s=float(t), memory_bytes=float(need),
-                                    forward_s=float(pf.forward_time(u, i, j, k))))
+                                    forward_s=float(pf.forward_time(u, i, j, k)), reserve_bytes=float(pf.reserve[u])))
         slowest = max(reps, key=lambda r: r.time_s)
         tau = slowest.time_s
         if s + 1 < len(stages):
@@ -548,8 +550,7 @@ def solve(costs: CostTable, problem: Problem, objective: Objective, *,
         if key not in shares:
             out = []
             for ks in splits(i, j, g, stash):
-                if all(pf.memory(i, j, k, stash) <= costs.ram_bytes[costs.units[u][0]]
-                       for u, k in zip(g, ks, strict=True)):
+                if all(pf.memory(i, j, k, stash) <= pf.unit_ram[u] for u, k in zip(g, ks, strict=True)):
                     out.append((max(pf.time(u, i, j, k) for u, k in zip(g, ks, strict=True)), ks))
             shares[key] = sorted(out)
         return shares[key]
@@ -637,11 +638,14 @@ def check_branch_memory(costs: CostTable, problem: Problem, objective: Objective
         ws = b.in_bytes + float(pf.act[b.start:b.stop].max())
         need = (pf.P[b.stop] - pf.P[b.start]) * pf.wfactor + objective.micro * (
             stash_of(objective, S, 0) * (pf.A[b.stop] - pf.A[b.start]) + ws)
-        cap = float(costs.ram_bytes[b.device])
+        cap = float(pf.dev_ram[b.device])  # training: less its rank's torch reserve
         if need > cap:
-            fits = [costs.devices[d] for d in range(costs.n_devices) if costs.ram_bytes[d] >= need]
+            fits = [costs.devices[d] for d in range(costs.n_devices) if pf.dev_ram[d] >= need]
             flag = next((f"--pin {p.name}={p.device}" for p in pins if p.input == b.input), "--pin")
-            raise PlanError(f"{flag}: {costs.devices[b.device]} has {cap / MB:.1f} MB but the branch of input "
+            rsv = float(costs.ram_bytes[b.device]) - cap
+            has = (f"{float(costs.ram_bytes[b.device]) / MB:.1f} MB ({cap / MB:.1f} MB beside a training rank's "
+                   f"{rsv / MB:.0f} MB torch reserve)" if rsv > 0 else f"{cap / MB:.1f} MB")
+            raise PlanError(f"{flag}: {costs.devices[b.device]} has {has} but the branch of input "
                             f"{b.input!r} needs {need / MB:.1f} MB; boards that hold it: "
                             f"{', '.join(fits) if fits else 'none (lower --batch or raise --microbatches)'}")
 
@@ -693,6 +697,7 @@ def plan_of_pinned(costs: CostTable, problem: Problem, layout: Layout, objective
                                 target=costs.units[be.unit][2], share=1.0, samples=m,
                                 memory_bytes=int(math.ceil(be.memory_bytes)),
                                 capacity_bytes=int(costs.ram_bytes[be.device]), start=b.start, stop=b.stop,
+                                reserve_bytes=int(math.ceil(be.reserve_bytes)),
                                 input=b.input))
         e = sum(max(float(costs.busy_power_w[be.unit]) - float(costs.idle_power_w[be.device]), 0.0) * be.time_s
                 for be in ev.branches)
@@ -705,7 +710,7 @@ def plan_of_pinned(costs: CostTable, problem: Problem, layout: Layout, objective
         reps = tuple(
             Replica(device=costs.devices[r.device], unit=costs.units[r.unit][1], target=costs.units[r.unit][2],
                     share=r.samples / m, samples=r.samples, memory_bytes=int(math.ceil(r.memory_bytes)),
-                    capacity_bytes=int(costs.ram_bytes[r.device]))
+                    capacity_bytes=int(costs.ram_bytes[r.device]), reserve_bytes=int(math.ceil(r.reserve_bytes)))
             for r in st.replicas)
         out.append(Stage(index=len(out), start=st.spec.start, stop=st.spec.stop,
                          first_layer=costs.layer_names[st.spec.start],

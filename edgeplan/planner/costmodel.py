@@ -47,7 +47,8 @@ reports) prices plans here, so they all agree. The model, per micro-batch of
   ``k_r * stash * sum(act)`` (stash = M for GPipe, min(M, stages left) for
   1F1B, 0 for inference) + ``k_r * (cut_bytes[i] + max act)`` of workspace.
   Sample shares respect it: ``allocate`` gives no replica more samples than
-  its device holds.
+  its device holds. Training: each rank also holds the torch framework
+  (``train_reserve_mb`` of its board, ``Prefix.reserve``), paid per rank.
 - several units of one board (``planner/units.py``): stages may sit on
   different units of one device (never two on one unit). Their memory adds up
   against the board's RAM; a board hosting several stages gets a NIC resource
@@ -118,7 +119,15 @@ class Prefix:
         self.cut_ok = (np.ones(len(self.cut), dtype=bool) if costs.cut_ok is None
                        else np.asarray(costs.cut_ok, dtype=bool))
         self.unit_dev = np.array([u[0] for u in costs.units], dtype=np.int64)
-        self.unit_ram = np.asarray(costs.ram_bytes, dtype=np.float64)[self.unit_dev]  # usable RAM per unit's device
+        # training: every rank (a unit that trains) holds the torch framework beyond its model
+        # (CostTable.train_reserve_bytes, per device); a board whose CPU and GPU both train pays it per process
+        n_dev = len(costs.devices)
+        rsv = (np.asarray(costs.train_reserve_bytes, dtype=np.float64)
+               if objective.training and costs.train_reserve_bytes is not None else np.zeros(n_dev))
+        self.reserve = rsv[self.unit_dev]  # per unit: bytes its training rank holds beyond the stage
+        # usable RAM left for the stage: per unit (one rank on its device), per device (one rank: the DP's space)
+        self.unit_ram = np.asarray(costs.ram_bytes, dtype=np.float64)[self.unit_dev] - self.reserve
+        self.dev_ram = np.asarray(costs.ram_bytes, dtype=np.float64) - rsv
         self.wfactor = 1.0 + (1.0 + objective.optimizer_states if objective.training else 0.0)
         # the runtime's cost of one stage call (a training step makes two: forward, backward)
         n_units, calls = per.shape[0], 2.0 if objective.training else 1.0
@@ -330,6 +339,7 @@ class ReplicaEval:
     time_s: float
     memory_bytes: float
     forward_s: float = 0.0  # training: the forward part of time_s (the rest is backward)
+    reserve_bytes: float = 0.0  # training: the torch framework its rank holds beyond memory_bytes (Prefix.reserve)
 
 
 @dataclass(frozen=True)
@@ -371,7 +381,7 @@ class Evaluation:
             return (f"stage {s}: replica {costs.devices[costs.units[u][0]]}:{costs.units[u][1]} gets 0 samples of "
                     "the micro-batch (drop it from the group or raise the micro-batch size)")
         if self.overflows:
-            return "; ".join(f"{costs.devices[dv]} needs {need / 2**20:.1f} MB of {cap / 2**20:.1f} MB"
+            return "; ".join(f"{costs.devices[dv]} needs {self.memory_text(dv, need)} of {cap / 2**20:.1f} MB"
                              for dv, need, cap in self.overflows[:3])
         if self.bad_cuts:
             return (f"codegen cannot cut after layer {costs.layer_names[self.bad_cuts[0] - 1]} (a tensor without "
@@ -380,6 +390,15 @@ class Evaluation:
             s, u = self.unsupported[0]
             return f"stage {s}: unit {costs.devices[costs.units[u][0]]}:{costs.units[u][1]} cannot run its layers"
         return ""
+
+    def memory_text(self, device: int, need: float) -> str:
+        """``need`` bytes of ``device`` as the model's part + the torch reserve of its training ranks, in MB."""
+        rsv = [r.reserve_bytes for st in self.stages for r in st.replicas if r.device == device and r.reserve_bytes]
+        if not rsv:
+            return f"{need / 2**20:.1f} MB"
+        ranks = f" x {len(rsv)} ranks" if len(rsv) > 1 else ""
+        return (f"{(need - sum(rsv)) / 2**20:.1f} MB + {max(rsv) / 2**20:.0f} MB torch reserve{ranks} "
+                f"(train_reserve_mb)")
 
     @property
     def ok(self) -> bool:
@@ -487,7 +506,7 @@ def evaluate(costs: CostTable, layout: Layout, objective: Objective, prefix: Pre
             mem = pf.memory(i, j, k, stash)
             e_stage += max(busy[u] - idle[d], 0.0) * t
             reps.append(ReplicaEval(unit=u, device=d, samples=k, time_s=float(t), memory_bytes=float(mem),
-                                    forward_s=float(pf.forward_time(u, i, j, k))))
+                                    forward_s=float(pf.forward_time(u, i, j, k)), reserve_bytes=float(pf.reserve[u])))
         slowest = max(reps, key=lambda r: r.time_s)
         tau = slowest.time_s
         send_load: dict = {}

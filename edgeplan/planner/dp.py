@@ -438,7 +438,7 @@ class DPSolver:
         F = np.stack([b["F"][:, iu, ju] for b in bases])
         X = np.stack([b["X"][:, iu, ju] for b in bases])
         c = np.array([b["C"] for b in bases])[:, :, None]
-        ram = np.array([[float(self.costs.ram_bytes[tp.members[t][0]]) for t in b["vs"]] for b in bases])
+        ram = np.array([[float(pf.dev_ram[tp.members[t][0]]) for t in b["vs"]] for b in bases])  # less a rank's reserve
         ram = ram[:, :, None]
         params = np.stack([b["params"][iu, ju] for b in bases])[:, None]
         per = ((0 if stash is None else stash) * np.stack([b["actsum"][iu, ju] for b in bases])

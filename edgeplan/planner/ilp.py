@@ -126,7 +126,7 @@ def _arcs_at(costs, obj, pf, i, j, devs, units, d, stash, nD, idle_w, busy, head
     ks = allocate(pf, i, j, units, m, stash)
     if min(ks) < 1:
         return []
-    if any(pf.memory(i, j, k, stash) > costs.ram_bytes[x] for x, k in zip(devs, ks, strict=True)):
+    if any(pf.memory(i, j, k, stash) > pf.dev_ram[x] for x, k in zip(devs, ks, strict=True)):
         return []
     times = [pf.time(u, i, j, k) for u, k in zip(units, ks, strict=True)]
     tau = max(times)

@@ -26,6 +26,8 @@ class Replica:
     samples: int  # samples of each micro-batch this replica runs (share x micro-batch, integral)
     memory_bytes: int  # predicted peak use on this device
     capacity_bytes: int = 0  # usable memory of this device (0: unknown), for reports
+    # training: the torch framework its rank holds beyond memory_bytes (the board's train_reserve_mb); 0: inference
+    reserve_bytes: int = 0
     # branch stages only (Stage.kind == "branches"): this replica's own layers [start, stop) and the
     # model input its branch reads (its data lives on this device); samples = the whole micro-batch
     start: int | None = None
@@ -67,7 +69,7 @@ class Pin:
 # fields left out of plan.json while empty, so plans without pins or branches keep their old form
 _OPTIONAL = {"pins": (), "raw_transfer": ()}
 _OPTIONAL_STAGE = {"kind": "pipeline"}
-_OPTIONAL_REPLICA = {"start": None, "stop": None, "input": ""}
+_OPTIONAL_REPLICA = {"start": None, "stop": None, "input": "", "reserve_bytes": 0}
 
 
 @dataclass(frozen=True)

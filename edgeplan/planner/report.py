@@ -40,7 +40,7 @@ def shared_boards(plan: Plan) -> list[str]:
     for dev, items in on.items():
         if len({i for i, _ in items}) < 2:
             continue
-        used = sum(r.memory_bytes for _, r in items)
+        used = sum(r.memory_bytes + r.reserve_bytes for _, r in items)
         cap = items[0][1].capacity_bytes
         what = ", ".join(f"stage {i} on {r.unit}" for i, r in items)
         room = f"{used / MB:.1f} of {cap / MB:.1f} MB" if cap else f"{used / MB:.1f} MB"
@@ -69,7 +69,8 @@ def format_plan(plan: Plan) -> str:
     for s in plan.stages:
         for k, r in enumerate(s.replicas):
             cap = f"{r.capacity_bytes / MB:.1f}" if r.capacity_bytes else "?"
-            mem = f"{r.memory_bytes / MB:.1f}/{cap}"
+            # training: + the torch reserve its rank holds (the board's train_reserve_mb)
+            mem = f"{r.memory_bytes / MB:.1f}" + (f"+{r.reserve_bytes / MB:.0f}" if r.reserve_bytes else "") + f"/{cap}"
             if k == 0:
                 rows.append([str(s.index), f"{s.start}-{s.stop - 1} {s.first_layer}..{s.last_layer}",
                              f"{r.device}:{r.unit} {r.samples} ({r.share:.3f})", f"{s.compute_s * 1e3:.3f}",
@@ -77,6 +78,9 @@ def format_plan(plan: Plan) -> str:
             else:
                 rows.append(["", "", f"{r.device}:{r.unit} {r.samples} ({r.share:.3f})", "", "", mem, ""])
     lines += text_table(rows[0], rows[1:], right={3, 4, 6})
+    if any(r.reserve_bytes for s in plan.stages for r in s.replicas):
+        lines.append("memory: the stage's + the torch framework each training rank holds (the board's "
+                     "train_reserve_mb; `edgeplan devices --cluster` shows where it comes from)")
     lines += shared_boards(plan)
     lines.append("")
     head = ["plan", "latency ms", "samples/s", "energy mJ/sample"] + (["iteration ms"] if train else [])

@@ -69,7 +69,8 @@ def _hw_key(costs: CostTable, dev_units: list[list[int]], d: int, training: bool
             _unit_value(costs.hop_s, u), _unit_value(costs.hop_byte_s, u),
         ))
     fitted = _training_rows(costs, dev_units, d) if training and costs.training is not None else None
-    return (float(costs.ram_bytes[d]), float(costs.idle_power_w[d]), tuple(rows), fitted)
+    reserve = float(costs.train_reserve_bytes[d]) if training and costs.train_reserve_bytes is not None else 0.0
+    return (float(costs.ram_bytes[d]), reserve, float(costs.idle_power_w[d]), tuple(rows), fitted)
 
 
 def _link(costs: CostTable, a: int, b: int) -> tuple[float, float, float]:

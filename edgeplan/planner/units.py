@@ -55,10 +55,12 @@ def handover_s_per_byte(costs: CostTable, ua: int, ub: int) -> float:
 
 
 def device_memory(costs: CostTable, replicas) -> dict[int, float]:
-    """Bytes each device needs: the sum over the replicas (``ReplicaEval``) it hosts, whatever their unit."""
+    """Bytes each device needs: the sum over the replicas (``ReplicaEval``) it hosts, whatever their unit, each
+    with its training rank's torch reserve (``reserve_bytes``: one per process, so a board whose CPU and GPU
+    both train pays it twice)."""
     need: dict[int, float] = {}
     for r in replicas:
-        need[r.device] = need.get(r.device, 0.0) + r.memory_bytes
+        need[r.device] = need.get(r.device, 0.0) + r.memory_bytes + r.reserve_bytes
     return need
 
 

@@ -72,6 +72,9 @@ class CostTable:
     # dimension); None: every cut can
     cut_ok: np.ndarray | None = None
     training: TrainingCosts | None = None  # fitted training figures (calibrate_train); None: none
+    # [d] bytes each torch training rank on the board holds beyond its model (Device.train_reserve; the planner
+    # reserves it per training rank); None: 0 (synthetic tables)
+    train_reserve_bytes: np.ndarray | None = None
 
     @property
     def n_layers(self) -> int:
@@ -180,6 +183,7 @@ def build_cost_table(graph: LayerGraph, cluster: Cluster) -> CostTable:
         hop_byte_s=np.array([hop_byte_s(unit) for _, _, unit in units], dtype=np.float64),
         mem_bandwidth=np.array([unit.mem_bandwidth for _, _, unit in units], dtype=np.float64),
         cut_ok=None if all(allowed) else np.array(allowed, dtype=bool),
+        train_reserve_bytes=np.array([float(dev.train_reserve()[0]) for dev in cluster.devices], dtype=np.float64),
         training=_training_costs(cluster, [unit for _, _, unit in units], [di for di, _, _ in units]),
     )
 

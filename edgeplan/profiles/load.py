@@ -69,7 +69,8 @@ _UNITS: dict[str, dict[str, float]] = {
     "energy": {"J": 1.0, "nJ": 1e-9, "pJ": 1e-12},
 }
 
-_BOARD_KEYS = ("name", "vendor", "extends", "abstract", "estimate", "ram_mb", "reserved_mb", "idle_power_w", "units")
+_BOARD_KEYS = ("name", "vendor", "extends", "abstract", "estimate", "ram_mb", "reserved_mb", "idle_power_w", "units",
+               "train_reserve_mb", "train_reserve_from")
 _UNIT_KEYS = (
     "kind", "target", "target_options", "peak_gflops", "throughput_gflops", "mem_bandwidth_gbs",
     "busy_power_w", "layer_overhead_us", "supported_ops", "hop_overhead_us", "hop_byte_ns", "measured", "training",
@@ -88,7 +89,8 @@ _TRAINING_KEYS = {
 }
 _MEASURED_KEYS = ("how", "when", "backend", "from")
 HOP_BYTE_MAX_NS = 1000.0  # 1 us per byte (1 MB/s of runtime CPU): slower than any board's socket path
-_OVERRIDE_KEYS = ("ram_mb", "reserved_mb", "idle_power_w", "estimate", "units")
+_OVERRIDE_KEYS = ("ram_mb", "reserved_mb", "idle_power_w", "estimate", "units", "train_reserve_mb",
+                  "train_reserve_from")
 _CLUSTER_KEYS = ("name", "description", "devices", "network", "secret_env")
 _DEVICE_KEYS = ("name", "profile", "address", "overrides", "user")
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]*\$?$", re.IGNORECASE)  # POSIX-ish login names
@@ -283,6 +285,23 @@ def _training(doc: Doc, p: tuple) -> TrainingFigures | None:
     return TrainingFigures(**out, source=str(source) if source is not None else "")
 
 
+def _train_reserve(doc: Doc, ram: float) -> tuple[int | None, str]:
+    """The board's ``train_reserve_mb`` (bytes each torch training rank holds beyond its model; None: unset,
+    the default) and its provenance: ``train_reserve_from`` (a measurement's, e.g. `edgeplan calibrate`'s)
+    when the same file sets both, else an estimate of the file that sets the figure."""
+    if _get(doc, ("train_reserve_mb",), None) is None:
+        if _get(doc, ("train_reserve_from",), None) is not None:
+            raise doc.fail(("train_reserve_from",), "provenance for train_reserve_mb, which is not set; set "
+                                                    "train_reserve_mb or remove train_reserve_from")
+        return None, ""
+    value = _quantity(doc, ("train_reserve_mb",), "size", "MB", lo_open=False, hi=ram / 2**20)
+    where = doc.file_of(("train_reserve_mb",))
+    src = _string(doc, ("train_reserve_from",), default=None)
+    if src is not None and doc.file_of(("train_reserve_from",)) == where:
+        return int(value), f"measured: {src}"
+    return int(value), f"estimate: train_reserve_mb in {Path(where).name if where else 'the profile'}"
+
+
 def _build_profile(doc: Doc, pid: str, source: str) -> Profile:
     _mapping(doc, (), _BOARD_KEYS)
     ram = _quantity(doc, ("ram_mb",), "size", "MB")
@@ -304,6 +323,7 @@ def _build_profile(doc: Doc, pid: str, source: str) -> Profile:
                            f"{_get(doc, ('units', u.name, 'busy_power_w'))!r} is below idle_power_w ({idle:g} W); "
                            "it is the whole board's power with this unit busy, idle included")
     flag = _bool(doc, ("estimate",), True)
+    reserve, reserve_src = _train_reserve(doc, ram)
     if any(u.measured for u in built):  # per-figure provenance decides: measured only if every figure is
         flag = any(u.estimated_figures() for u in built)
     return Profile(
@@ -315,6 +335,8 @@ def _build_profile(doc: Doc, pid: str, source: str) -> Profile:
         idle_power_w=idle,
         units=built,
         estimate=flag,
+        train_reserve_bytes=reserve,
+        train_reserve_source=reserve_src,
     )
 
 

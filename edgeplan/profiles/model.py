@@ -13,6 +13,16 @@ from edgeplan.graph.ops import OP_CLASSES
 
 SCHEMA_VERSION = 1
 
+# Bytes every torch training rank holds beyond its model (interpreter, torch and its allocator, autograd,
+# torch.distributed with gloo), when a profile does not set ``train_reserve_mb``: peak RSS of a fresh rank
+# training a tiny model less that model's modelled memory, `python -m benchmarks.bench_train_reserve` on
+# the x86 host with torch 2.13 (a proxy for a board's aarch64 torch); issue 15's study 2 measured 798 MB
+# peak against 471 MB modelled for ResNet-110 b32 on a Pi 3B (327 MB beyond the model).
+DEFAULT_TRAIN_RESERVE_BYTES = 311 * 2**20
+DEFAULT_TRAIN_RESERVE_SOURCE = ("estimate: edgeplan's default, peak RSS of one torch 2.13 training rank (gloo "
+                                "initialised) beyond its model on the x86 host, benchmarks/bench_train_reserve.py "
+                                "(a proxy for the board's torch; `edgeplan calibrate TRAIN-REPORT` measures it)")
+
 
 def unit_figures() -> tuple[str, ...]:
     """Every per-unit figure the cost model prices with, as the profile YAML names it (the figures a
@@ -135,6 +145,15 @@ class Device:
     units: tuple[ComputeUnit, ...]
     estimate: bool = True  # True until `edgeplan profile` measured it
     user: str | None = None  # SSH login for `edgeplan deploy` (deploy-only: not part of the cluster digest)
+    # bytes each torch training rank on the board holds beyond its model (None: DEFAULT_TRAIN_RESERVE_BYTES)
+    train_reserve_bytes: int | None = None
+    train_reserve_source: str = ""  # provenance ("estimate: <file>" or "measured: <how>"; not in the digest)
+
+    def train_reserve(self) -> tuple[int, str]:
+        """(bytes, provenance) of the training-framework reserve a torch rank on this board holds."""
+        if self.train_reserve_bytes is None:
+            return DEFAULT_TRAIN_RESERVE_BYTES, DEFAULT_TRAIN_RESERVE_SOURCE
+        return self.train_reserve_bytes, self.train_reserve_source
 
     def unit(self, name: str) -> ComputeUnit:
         for u in self.units:
@@ -148,6 +167,8 @@ class Device:
             name=d["name"], profile=d["profile"], address=d["address"], ram_bytes=int(d["ram_bytes"]),
             idle_power_w=float(d["idle_power_w"]), units=tuple(ComputeUnit.from_json(u) for u in d["units"]),
             estimate=bool(d.get("estimate", True)), user=d.get("user"),
+            train_reserve_bytes=None if d.get("train_reserve_bytes") is None else int(d["train_reserve_bytes"]),
+            train_reserve_source=str(d.get("train_reserve_source", "")),
         )
 
 
@@ -191,6 +212,10 @@ class Cluster:
         for dev in d["devices"]:
             if dev["user"] is None:
                 del dev["user"]
+            if dev["train_reserve_bytes"] is None:  # the default: older files and digests stay as they were
+                del dev["train_reserve_bytes"]
+            if not dev["train_reserve_source"]:
+                del dev["train_reserve_source"]
             for u in dev["units"]:
                 if not u["measured"]:
                     del u["measured"]
@@ -216,6 +241,7 @@ class Cluster:
         d = self.to_json()
         for dev in d["devices"]:
             dev.pop("user", None)
+            dev.pop("train_reserve_source", None)
             for u in dev["units"]:
                 u.pop("measured", None)
                 if u.get("training"):
@@ -239,9 +265,12 @@ class Profile:
     idle_power_w: float
     units: tuple[ComputeUnit, ...]
     estimate: bool = True
+    train_reserve_bytes: int | None = None  # Device.train_reserve_bytes
+    train_reserve_source: str = ""
 
     def instantiate(self, name: str, address: str) -> Device:
         return Device(
             name=name, profile=self.id, address=address, ram_bytes=self.ram_bytes,
             idle_power_w=self.idle_power_w, units=self.units, estimate=self.estimate,
+            train_reserve_bytes=self.train_reserve_bytes, train_reserve_source=self.train_reserve_source,
         )

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from edgeplan.profiles.cost import hop_byte_s
 from edgeplan.profiles.load import list_profiles, load_profile
-from edgeplan.profiles.model import Cluster, ComputeUnit, Link, unit_figures
+from edgeplan.profiles.model import (
+    DEFAULT_TRAIN_RESERVE_BYTES,
+    DEFAULT_TRAIN_RESERVE_SOURCE,
+    Cluster,
+    ComputeUnit,
+    Link,
+    unit_figures,
+)
 from edgeplan.tables import text_table
 
 MiB = 2**20
@@ -58,8 +65,12 @@ def format_profiles() -> str:
         measured = sum(len(u.measured) for u in p.units)
         flag = ("measured" if not p.estimate else
                 f"{measured}/{len(unit_figures()) * len(p.units)} measured" if measured else "estimate")
-        rows.append([pid, f"{p.ram_bytes / MiB:.0f} MB", flag, p.name, units])
-    return "\n".join(text_table(("profile", "usable RAM", "figures", "name", "units"), rows, right={1})) + "\n"
+        reserve = p.instantiate("-", "-").train_reserve()[0]
+        rows.append([pid, f"{p.ram_bytes / MiB:.0f} MB", f"{reserve / MiB:.0f} MB", flag, p.name, units])
+    return "\n".join(text_table(("profile", "usable RAM", "train reserve", "figures", "name", "units"), rows,
+                                right={1, 2})) + "\n" + (
+        "train reserve: memory each torch training rank holds beyond its model (train_reserve_mb; default "
+        f"{DEFAULT_TRAIN_RESERVE_BYTES / MiB:.0f} MB: {DEFAULT_TRAIN_RESERVE_SOURCE})\n")
 
 
 def _link(link: Link) -> str:
@@ -76,6 +87,8 @@ def format_cluster(cluster: Cluster) -> str:
         flag = " (estimate)" if d.estimate else ""
         lines.append(f"  {d.name:<{width}}  {d.profile:<16} {d.address:<20} {d.ram_bytes / MiB:>6.0f} MB  "
                      f"idle {d.idle_power_w:g} W{flag}")
+        reserve, source = d.train_reserve()
+        lines.append(f"  {'':<{width}}    training: {reserve / MiB:.0f} MB torch reserve per rank ({source})")
         for u in d.units:
             lines.append(f"  {'':<{width}}    {_unit(u)} GFLOP/s, {u.mem_bandwidth / 1e9:g} GB/s, "
                          f"board {u.busy_power_w:g} W when busy, runtime {u.hop_overhead_s * 1e6:.4g} us + "
