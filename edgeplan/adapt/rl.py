@@ -125,28 +125,39 @@ class Sticky:
 
     def grid_key(self, cond: Condition, devices) -> tuple | None:
         """``_grid_key(self.apply(cond), (), devices)`` without building a Condition (the bins move the same); None,
-        bins untouched, for a condition with a pair term (``apply`` handles it)."""
-        for p, _ in cond.bandwidth:
+        bins untouched, for a condition with a pair term (``apply`` handles it). ``_exp`` inlined: this runs in
+        every rl decision, and a decision in a context never seen runs with cold caches, where every call and
+        every object touched costs (bench_adapt_decision's ``rl cold``)."""
+        bw, sl = cond.bandwidth, cond.slowdown
+        for p, _ in bw:
             if p != (ALL, ALL):
                 return None
-        absent = tuple(d for d in cond.absent if d in devices)
-        if not cond.bandwidth and not cond.slowdown:
-            self.bins.clear()
+        absent = tuple(d for d in cond.absent if d in devices) if cond.absent else ()
+        bins = self.bins
+        if not bw and not sl:
+            bins.clear()
             return (1.0, (), absent)
+        reach, log2 = self.reach, math.log2
         base, slow = 1.0, []
-        (blo, bhi), (slo, shi) = BW_BINS, SLOW_BINS
-        for p, x in cond.bandwidth:
-            base = 2.0 ** min(max(self._exp(("bw", p), x), blo), bhi)
-        for d, f in cond.slowdown:
-            e = self._exp(("slow", d), f)
+        for p, x in bw:
+            k, lx = ("bw", p), log2(x)
+            e = bins.get(k)
+            if e is None or abs(lx - e) >= reach:
+                e = bins[k] = round(lx)
+            base = 2.0 ** (BW_BINS[0] if e < BW_BINS[0] else BW_BINS[1] if e > BW_BINS[1] else e)
+        for d, f in sl:
+            k, lx = ("slow", d), log2(f)
+            e = bins.get(k)
+            if e is None or abs(lx - e) >= reach:
+                e = bins[k] = round(lx)
             if d in devices:
-                e = min(max(e, slo), shi)
+                e = SLOW_BINS[0] if e < SLOW_BINS[0] else SLOW_BINS[1] if e > SLOW_BINS[1] else e
                 if e:
                     slow.append((d, 2.0 ** e))
-        if len(self.bins) > len(cond.bandwidth) + len(cond.slowdown):  # factors gone from cond leave their bins
-            keys = {("bw", p) for p, _ in cond.bandwidth} | {("slow", d) for d, _ in cond.slowdown}
-            for k in [k for k in self.bins if k not in keys]:
-                del self.bins[k]
+        if len(bins) > len(bw) + len(sl):  # factors gone from cond leave their bins
+            keys = {("bw", p) for p, _ in bw} | {("slow", d) for d, _ in sl}
+            for k in [k for k in bins if k not in keys]:
+                del bins[k]
         return (base, tuple(slow), absent)
 
 
@@ -188,6 +199,16 @@ def _vector(cond: Condition) -> dict[str, float]:
     v.update({f"slow:{d}": math.log2(f) for d, f in cond.slowdown})
     v.update({f"absent:{d}": ABSENT_DISTANCE for d in cond.absent})
     return v
+
+
+def _greedy(values, counts) -> int:
+    """The best tried arm (first of equals; -1: none tried): ``_choose`` with every plan runnable, before the
+    current plan's margin. Precomputed per row, so a decision compares two values instead of scanning the row."""
+    best, bv = -1, -math.inf
+    for i, (v, n) in enumerate(zip(values, counts, strict=True)):
+        if n and v > bv:
+            best, bv = i, v
+    return best
 
 
 def _choose(values, counts, cur: int, ok, gain: float) -> int:
@@ -244,7 +265,6 @@ class Policy:
         names = sorted(self._vectors)
         m = np.array([[self._vectors[n].get(k, 0.0) for k in keys] for n in names]).reshape(len(names), len(keys))
         object.__setattr__(self, "_matrix", (keys, names, m))  # for the nearest-context search
-        object.__setattr__(self, "_all", [True] * len(self.plans))
         keys_ix = {k: i for i, k in enumerate(keys)}
         object.__setattr__(self, "_keys_ix", keys_ix)
         object.__setattr__(self, "_d0", np.abs(m).sum(axis=1))  # distance of every trained context to nominal
@@ -283,7 +303,8 @@ class Policy:
             near = np.argmin(np.abs(g[lo:lo + 32, None, :] - m[None, :, :]).sum(axis=2), axis=1)
             for (key, text), i in zip(grid[lo:lo + 32], near, strict=True):
                 out[key] = (text, names[int(i)])
-        return {k: (*self._rows.get(n, empty), c, n) for k, (c, n) in out.items()}
+        best = {n: _greedy(*r) for n, r in self._rows.items()}
+        return {k: (*self._rows.get(n, empty), c, n, best.get(n, -1)) for k, (c, n) in out.items()}
 
     @property
     def __name__(self) -> str:  # reports name a policy by its function's name
@@ -314,9 +335,10 @@ class Policy:
             raise PlanError(f"{source}: not a valid rl policy file ({e}); re-train it with `edgeplan adapt-train`") \
                 from e
 
-    def row(self, est: Estimate) -> tuple[tuple[float, ...], tuple[int, ...], str, str]:
-        """(values, visits, context, trained context) of ``cond``: its binned text and the trained context the
-        row comes from (the nearest when never seen). Cached per condition: a decision is a dict lookup."""
+    def row(self, est: Estimate) -> tuple[tuple[float, ...], tuple[int, ...], str, str, int]:
+        """(values, visits, context, trained context, greedy arm) of ``cond``: its binned text, the trained context
+        the row comes from (the nearest when never seen) and ``_greedy`` of the row. Cached per condition: a
+        decision is a dict lookup."""
         key = (est.condition, est.expired)
         hit = self._near.get(key)
         if hit is None:
@@ -333,7 +355,7 @@ class Policy:
                     v.update({f"unmeasured:{k}": 1.0 for k in est.expired})
                     near = self._nearest(v)
                 vals, counts = self._rows.get(near, ((0.0,) * len(self.plans), (0,) * len(self.plans)))
-                hit = self._near[c] = (vals, counts, c, near)
+                hit = self._near[c] = (vals, counts, c, near, _greedy(vals, counts))
             self._near[key] = hit
         return hit
 
@@ -374,9 +396,12 @@ class Policy:
         if self._grid and not est.expired:
             key = self._sticky.grid_key(cond, self._grid_devs)
             hit = None if key is None else self._grid.get(key)
-        vals, counts, state, near = hit or self.row(self._sticky.estimate(est))
-        ok = [not (gone and set(gone) & pricer.devices_of(p)) for p in self.plans] if gone else self._all
-        a = _choose(vals, counts, self._index.get(current, -1), ok, self.gain)
+        vals, counts, state, near, a = hit or self.row(self._sticky.estimate(est))
+        ci = self._index.get(current, -1)
+        if gone:
+            a = _choose(vals, counts, ci, [not (set(gone) & pricer.devices_of(p)) for p in self.plans], self.gain)
+        elif a >= 0 and a != ci and ci >= 0 and counts[ci] and vals[a] <= vals[ci] * (1.0 + self.gain):
+            a = ci  # _choose with every plan runnable, from the row's precomputed greedy arm
         seen = "" if near == state else f" (unseen: nearest trained {near})"
         if a < 0 or self.plans[a] == current:
             why = f"no trained plan can run under {state}" if a < 0 else f"the table keeps {current} under {state}"
