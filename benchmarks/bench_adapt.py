@@ -200,9 +200,11 @@ def testbed(args, traces: list[Path]) -> None:
     sim_predicted(fplans, emu, traces)
     print(f"samples/s: while the trace ran (from {WINDOW_LEAD_S:g} s before its first event to its end); "
           "run /s: the whole run")
+    print("switches: all (probes among them: re-measurements of expired factors); per chg: switches per change of "
+          "the trace (simultaneous events are one); pause ok: pauses <= the old plan's slowest stage + 50 ms")
     print(f"\n{'trace':<12}{'policy':<10}{'samples/s':>10}{'run /s':>8}{'p50 ms':>8}{'p99 ms':>8}{'mJ/inf':>8}"
-          f"{'switches':>9}{'lost':>6}{'dup':>5}{'pause max ms':>13}  switch s after each change "
-          "(trace clock; -: none)")
+          f"{'switches':>9}{'probes':>7}{'per chg':>8}{'lost':>6}{'dup':>5}{'pause max ms':>13}{'pause ok':>9}"
+          "  switch s after each change (trace clock; -: none)")
     got: dict[tuple[str, str], dict] = {}
     window: dict[tuple[str, str], float] = {}
     for path in traces:
@@ -227,12 +229,15 @@ def testbed(args, traces: list[Path]) -> None:
                                                               first - WINDOW_LEAD_S, dur)
             if pol == "off" and rep["throughput"] > 0:  # the others: as many requests as the trace needs here
                 requests = min(requests, max(50, _m.ceil(max(rep["throughput"], w if w == w else 0) * dur * 1.5 / 4)))
+            changes = sorted({ev.at_s for ev in trace.events})
+            probes = sum(bool(x.get("probe")) for x in (ad.get("controller") or {}).get("decisions_switched", []))
+            ok = f"{ad.get('pauses_within_target', 0)}/{ad.get('pauses_measured', 0)}" if pauses else "-"
             print(f"{path.stem:<12}{name:<10}{w:>10.2f}{rep['throughput']:>8.2f}{rep['latency_s']['p50'] * 1e3:>8.0f}"
-                  f"{rep['latency_s']['p99'] * 1e3:>8.0f}{mj:>8.0f}{ad.get('switch_count', 0):>9}"
-                  f"{ad.get('lost', 0):>6}{ad.get('duplicated', 0):>5}"
-                  f"{(max(pauses) * 1e3 if pauses else _m.nan):>13.0f}  "
+                  f"{rep['latency_s']['p99'] * 1e3:>8.0f}{mj:>8.0f}{ad.get('switch_count', 0):>9}{probes:>7}"
+                  f"{ad.get('switch_count', 0) / len(changes):>8.2f}{ad.get('lost', 0):>6}{ad.get('duplicated', 0):>5}"
+                  f"{(max(pauses) * 1e3 if pauses else _m.nan):>13.0f}{ok:>9}  "
                   + " ".join("-" if d is None else f"{d:g}" for d in switch_delays(
-                      sorted({ev.at_s for ev in trace.events}), ad.get("controller") or {})), flush=True)
+                      changes, ad.get("controller") or {})), flush=True)
     target = TARGET if any(k[0] == TARGET for k in got) else next(iter(got))[0]
     st = window[(target, "static")]
     lost = sum((got[(target, p)].get("adapt") or {}).get("lost", 0) for p in ("heuristic", "rl"))

@@ -66,10 +66,14 @@ class Switch:
     condition: str
     change_id: int
     decide_s: float  # how long the policy took
+    # a re-measurement probe: the change it answers only expired factors the running plan could not measure
+    # (``Estimate.probe``); it is a switch like any other and counts as one (2 if the factor is still off)
+    probe: bool = False
 
     def to_json(self) -> dict:
         return {"at_s": self.at_s, "from": self.frm, "to": self.to, "reason": self.reason,
-                "condition": self.condition, "change_id": self.change_id, "decide_s": self.decide_s}
+                "condition": self.condition, "change_id": self.change_id, "decide_s": self.decide_s,
+                "probe": self.probe}
 
 
 def flat_status(status: dict, scale: dict | None = None) -> dict:
@@ -185,7 +189,10 @@ class Controller:
                            + d.reason)
         if d.switch and d.plan != current:
             variant = Path(d.plan).stem
-            reason = f"{self.name}: {d.reason} (estimate: {est.condition})"
+            probe = bool(est.probe)
+            why = d.reason if not probe or d.reason.startswith("probe") else \
+                f"probe ({', '.join(est.probe)} unmeasured): {d.reason}"
+            reason = f"{self.name}: {why} (estimate: {est.condition})"
             try:
                 self.head.switch(variant, reason)
             except Exception as e:  # a variant that cannot run now: stay, say why once per change
@@ -196,7 +203,7 @@ class Controller:
                 self.last_change = d.change_id
                 return d
             self.switches.append(Switch(round(time.monotonic() - self._t0, 3), current.removesuffix(".json"),
-                                        variant, d.reason, str(est.condition), d.change_id, round(decide_s, 6)))
+                                        variant, why, str(est.condition), d.change_id, round(decide_s, 6), probe))
             self._last_switch_t = self.clock()
             self._switch_cond = est.condition
             self.last_change = d.change_id

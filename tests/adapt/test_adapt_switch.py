@@ -254,6 +254,10 @@ def test_a_return_soon_after_a_switch_is_held_unless_a_link_moved_2x_or_it_probe
         c.step()
         assert len(head.switched) == switched, (t, cond, head.switched)
     assert len(c.held_returns) == 2
+    # the probe is a switch like the others, labelled so a report can count it (it is no condition change)
+    assert [s.probe for s in c.switches] == [False, False, True]
+    assert c.switches[-1].reason.startswith("probe (slowdown:gpu-board unmeasured): ")
+    assert c.switches[-1].to_json()["probe"] is True
     assert links_moved(parse_condition("bandwidth=0.25"), parse_condition("nominal")) == 4.0
     assert links_moved(parse_condition("slowdown:a=4"), parse_condition("nominal")) == 1.0
     assert links_moved(parse_condition("absent:c"), parse_condition("nominal")) == float("inf")
