@@ -135,6 +135,7 @@ class TrainCalibration:
     reports: tuple[dict, ...]
     cluster: Cluster
     notes: tuple[str, ...] = ()
+    reserves: tuple[ReserveFit, ...] = ()  # the training-framework reserve per board (fit_reserve)
 
     def mape(self, which: str, figures: tuple[str, ...] = ("forward_s", "backward_s")) -> float:
         """Mean absolute percentage error over replicas of ``figures``, ``before`` or ``after`` the fit."""
@@ -370,6 +371,50 @@ def _optimizer(items: list[TrainObservation], before: TrainingFigures) -> tuple[
     return 0.0, max(float(np.median(t / nbytes)), 0.0)
 
 
+# --- the training-framework reserve ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReserveFit:
+    """A board's ``train_reserve_mb`` from its ranks' peak RSS: peak - the plan's modelled memory (clamped >= 0)."""
+
+    device: str
+    ranks: int  # ranks observed (0: same profile as a fitted board, not run)
+    peak_bytes: int  # the worst rank's peak resident bytes
+    model_bytes: int  # ... and its stage's modelled memory
+    reserve_bytes: int
+    note: str = ""
+
+
+def fit_reserve(cluster: Cluster, reports: list[tuple[str, dict]]) -> tuple[ReserveFit, ...]:
+    """Per board model, the largest (peak RSS - modelled memory) over its ranks in the reports, given to every
+    board of that profile: what each torch training rank held beyond what the planner priced (reports without
+    the memory figures, from before `edgeplan train` recorded them, give none)."""
+    worst: dict[str, tuple[int, int, int, str]] = {}  # profile -> (reserve, peak, model, device), ranks counted
+    counts: dict[str, int] = {}
+    devices = {d.name: d for d in cluster.devices}
+    for _, rep in reports:
+        for st in rep.get("stages") or ():
+            for r in st.get("replicas") or ():
+                peak, model = (r.get("peak_rss_bytes") or [None])[0], r.get("model_memory_bytes")
+                if peak is None or model is None or r.get("device") not in devices:
+                    continue
+                prof = devices[r["device"]].profile
+                counts[r["device"]] = counts.get(r["device"], 0) + 1
+                if prof not in worst or peak - model > worst[prof][0]:
+                    worst[prof] = (int(peak - model), int(peak), int(model), r["device"])
+    out = []
+    for d in cluster.devices:
+        if d.profile not in worst:
+            continue
+        gap, peak, model, who = worst[d.profile]
+        note = (f"{who}: peak RSS {peak / 2**20:.0f} MB is below the modelled {model / 2**20:.0f} MB; reserve "
+                "clamped to 0 (the cost model over-prices this stage's memory)") if gap < 0 else ""
+        n = counts.get(d.name, 0)
+        out.append(ReserveFit(d.name, n, peak, model, max(gap, 0), note if n else ""))
+    return tuple(out)
+
+
 # --- writing the calibrated cluster --------------------------------------------------------------
 
 
@@ -389,8 +434,9 @@ def _figures_yaml(f: TrainingFigures, source: str) -> dict:
 
 
 def write_calibrated(cluster_path: Path, cluster: Cluster, fits: tuple[TrainUnitFit, ...], out_path: Path,
-                     sources: str, when: str | None) -> Cluster:
-    """The cluster file with each fitted unit's ``training:`` block as a device override; loaded back."""
+                     sources: str, when: str | None, reserves: tuple[ReserveFit, ...] = ()) -> Cluster:
+    """The cluster file with each fitted unit's ``training:`` block (and each board's fitted
+    ``train_reserve_mb``, with its provenance) as a device override; loaded back."""
     doc = calibrated_doc(cluster_path, Calibration((), (), (), cluster), out_path, sources=sources, backend="torch",
                          when=when)
     stamp = when or datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
@@ -405,6 +451,14 @@ def write_calibrated(cluster_path: Path, cluster: Cluster, fits: tuple[TrainUnit
             how = (f"edgeplan calibrate: fit over {f.replicas} replica(s) of {sources} at {stamp}"
                    if f.inferred_from is None else f"as {f.inferred_from} (same profile, not run): {sources}")
             units[f.unit] = {**(units.get(f.unit) or {}), "training": _figures_yaml(f.after, how)}
+        for rf in reserves:
+            if rf.device == dev["name"]:
+                over = dev.get("overrides") or {}
+                dev["overrides"] = over
+                over["train_reserve_mb"] = float(f"{rf.reserve_bytes / 2**20:.4g}")
+                over["train_reserve_from"] = (
+                    f"edgeplan calibrate: peak RSS - modelled memory, worst of {rf.ranks} rank(s) of {sources} at "
+                    f"{stamp}" if rf.ranks else f"as a board of the same profile that ran: {sources}")
     return _write_doc(doc, out_path, f"# Written by `edgeplan calibrate` from training report(s) {sources}: fitted "
                       "training figures are device overrides (units.<unit>.training); everything else is as in "
                       f"{cluster_path}.\n")
@@ -458,11 +512,12 @@ def calibrate_files(reports: list[str | Path], plans: list[str | Path], cluster_
         runs.append((source, plan, graph, rep, before))
         names.append(f"{Path(rpath).name} (plan {plan_digest(plan)[:12]})")
     fits, _fitted, notes = fit(cluster, obs, ars, skipped)
-    new = write_calibrated(cluster_path, cluster, fits, out_path, ", ".join(names), when)
+    reserves = fit_reserve(cluster, [(src, rep) for src, _, _, rep, _ in runs])
+    new = write_calibrated(cluster_path, cluster, fits, out_path, ", ".join(names), when, reserves)
     after = tuple(predict(plan, graph, new) for _, plan, graph, _, _ in runs)
     summary = tuple({"source": src, "measured_iter_s": float(rep["measured_iter_s"]),
                      "before_iter_s": before["iter_s"]} for src, _, _, rep, before in runs)
-    return TrainCalibration(fits, tuple(obs), tuple(ars), after, summary, new, notes), new
+    return TrainCalibration(fits, tuple(obs), tuple(ars), after, summary, new, notes, reserves), new
 
 
 # --- the printed fit ---------------------------------------------------------------------------
@@ -510,5 +565,10 @@ def format_fit(cal: TrainCalibration) -> str:
     for src, m, b, a in cal.iteration_errors():
         lines.append(f"{Path(src).name}: iteration measured {m * 1e3:.1f} ms, predicted {b * 1e3:.1f} ms "
                      f"({_err(b, m)}) before, {a * 1e3:.1f} ms ({_err(a, m)}) after")
+    for rf in cal.reserves:
+        lines.append(f"{rf.device}: training reserve {rf.reserve_bytes / 2**20:.0f} MB per rank (peak RSS "
+                     f"{rf.peak_bytes / 2**20:.0f} MB - modelled {rf.model_bytes / 2**20:.0f} MB"
+                     + (f", {rf.ranks} rank(s))" if rf.ranks else ", same profile, not run)"))
+        lines.extend([f"  {rf.note}"] if rf.note else [])
     lines.extend(cal.notes)
     return "\n".join(lines) + "\n"

@@ -44,9 +44,12 @@ class EpochCounters:
 
     def row(self, test: tuple[float, int, int], train_s: float) -> list[float]:
         """The vector every rank contributes to the all-gather (columns as ``epoch_row`` reads them)."""
+        # the median steady iteration: a stall of the emulated testbed's CPU quota (up to half a 20 ms CFS period)
+        # or another tenant's burst lands on a few iterations of a short run; the mean of 11 read one LeNet-5
+        # layout 28.8 and 36.8 ms in two runs of one testbed (issue 14)
         steady = self.iter_times[1:] if len(self.iter_times) > 1 else self.iter_times
         return [self.loss_sum, self.correct, self.count, test[0], test[1], test[2], self.busy_s,
-                float(np.mean(steady)), train_s, *self.resources,
+                float(np.median(steady)), train_s, *self.resources,
                 self.forward_s, self.backward_s, self.step_s, self.allreduce_s, float(self.microbatches),
                 self.call_s, *self.p2p, self.forward_cpu_s, self.backward_cpu_s, self.call_cpu_s]
 
@@ -119,7 +122,7 @@ def epoch_row(t: np.ndarray, epoch: int, iters: int, batch: int, evaluate: bool,
         "boards": boards(t, epoch_s, job, ranks),
         "stages": stage_figures(t, iters, job, ranks, stages),
         # per stage and replica, measured; launch.run adds the predictions training.json carries
-        "figures": replica_figures(t, iters, job, ranks, None),
+        "figures": replica_figures(t, iters, job, ranks, None, stages),
     }
 
 
@@ -286,14 +289,26 @@ def _pair(measured: float | None, predicted: float | None) -> list:
     return [measured, predicted]
 
 
-def replica_figures(t: np.ndarray, iters: int, job, ranks, predicted: dict | None) -> list[dict]:
+def _modelled_memory(stages, stage: int, device: str, unit: str) -> tuple[int, int] | None:
+    """(the plan's modelled bytes of a replica, its rank's torch reserve) for the memory beside its peak RSS."""
+    for st in stages:
+        if st.index == stage:
+            for r in st.replicas:
+                if r.device == device and r.unit == unit:
+                    return r.memory_bytes, r.reserve_bytes
+    return None
+
+
+def replica_figures(t: np.ndarray, iters: int, job, ranks, predicted: dict | None, stages=()) -> list[dict]:
     """Per plan stage and replica, each measured figure (board seconds: measured x the testbed's dilation)
     beside the prediction of the same quantity (``predict``; None where the artifacts carry none).
 
     Per micro-batch: forward, backward, the stage calls' overhead, point-to-point receive (transfer time from
     each header's arrival to its payload's, with bytes); per iteration: the optimizer step and the gradient
     all-reduce. The stage's all-reduce is the group's fastest replica's: the others also wait there for the
-    last replica to finish its backward passes."""
+    last replica to finish its backward passes. Memory: the rank's peak resident bytes (its whole process, the
+    run's start-up included) beside the plan's (``stages``) modelled bytes + torch reserve, and the modelled
+    bytes alone (``model_memory_bytes``: `edgeplan calibrate` fits the reserve as peak - modelled)."""
     col = 9 + RESOURCE_COLUMNS
     if t.shape[1] < col + PHASE_COLUMNS:
         return []
@@ -308,6 +323,7 @@ def replica_figures(t: np.ndarray, iters: int, job, ranks, predicted: dict | Non
             row = t[r.rank]
             mb = max(row[col + 4], 1.0)
             pr = ps["replicas"][r.replica] if ps and r.replica < len(ps["replicas"]) else {}
+            mem = _modelled_memory(stages, s, r.device, r.unit)
             reps.append({
                 "rank": r.rank, "device": r.device, "unit": r.unit, "samples": r.hi - r.lo,
                 "microbatches": int(row[col + 4]),
@@ -321,6 +337,8 @@ def replica_figures(t: np.ndarray, iters: int, job, ranks, predicted: dict | Non
                 # the compute thread's CPU seconds per micro-batch (board_seconds turns them into board time)
                 "cpu_s": {"forward_s": row[col + 9] / mb, "backward_s": row[col + 10] / mb,
                           "call_s": row[col + 11] / mb},
+                "peak_rss_bytes": [int(row[10]), None if mem is None else mem[0] + mem[1]],
+                "model_memory_bytes": None if mem is None else mem[0],
             })
         out.append({"stage": s, "group": [r.device for r in group],
                     "param_bytes": ps.get("param_bytes") if ps else None,
@@ -371,6 +389,12 @@ def format_figures(row: dict) -> str:
         if st.get("allreduce_bytes"):
             lines.append(f"      all-reduce of {st['allreduce_bytes'] / 1e6:.3g} MB over {', '.join(st['group'])} "
                          "(the group's fastest replica; the others also wait for the slowest)")
+    mem = [f"{r['device']}:{r['unit']} {r['peak_rss_bytes'][0] / 2**20:.0f}/"
+           + ("-" if r["peak_rss_bytes"][1] is None else f"{r['peak_rss_bytes'][1] / 2**20:.0f}")
+           for st in row.get("figures") or () for r in st["replicas"] if r.get("peak_rss_bytes")]
+    if mem:
+        lines.append("peak RSS/modelled MB per rank (modelled: the stage's memory + the torch reserve): "
+                     + ", ".join(mem))
     pred = row.get("predicted_iter_s_cluster") or row.get("predicted_iter_s")
     it = row["board_iter_s"]
     lines.append(f"iteration: measured {it * 1e3:.1f} ms, predicted " + (

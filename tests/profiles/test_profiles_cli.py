@@ -17,9 +17,10 @@ def test_devices_lists_every_builtin_profile():
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
     assert lines[0].split()[:3] == ["profile", "usable", "RAM"] and set(lines[1]) == {"─"}
-    assert len(lines) == 2 + 10  # header, rule, one row per profile
+    assert len(lines) == 2 + 10 + 1  # header, rule, one row per profile, what the training reserve is
     nano = next(line for line in lines if line.startswith("jetson-nano "))
     assert "2996 MB" in nano and "estimate" in nano and "gpu:cuda 472 GFLOP/s peak" in nano
+    assert "311 MB" in nano and lines[-1].startswith("train reserve: ") and "train_reserve_mb" in lines[-1]
     assert "cpu:arm-cpu" in nano
 
 
