@@ -458,7 +458,9 @@ class Worker:
         """Run the module on any number of samples: chunks of its compiled batch, the last one zero-padded.
 
         Compiled modules take exactly ``hi - lo`` samples; after a sibling replica fails this replica
-        may own more (or fewer) samples than that. Samples are independent in inference.
+        may own more (or fewer) samples than that. Samples are independent in inference. The one way a
+        micro-batch reaches the module (``_run_and_forward`` calls nothing else): its own range is one
+        checked call.
         """
         b = self.spec.hi - self.spec.lo
         n = inputs[0].shape[0]
@@ -533,8 +535,7 @@ class Worker:
             inputs = [np.concatenate([p[2][i] for p in pieces]) for i in range(len(self.spec.inputs))]
         t0 = _perf_counter()
         try:
-            b = self.spec.hi - self.spec.lo
-            outputs = self._run_checked(inputs, b) if inputs[0].shape[0] == b else self.run_range(inputs)
+            outputs = self.run_range(inputs)
         except Exception as e:  # a module failure fails this request, not the worker
             self.stats["errors"] += 1
             self.monitor.count("module_errors")
