@@ -204,8 +204,13 @@ class Worker:
         self._partials: Dict[Tuple[int, int, int], dict] = {}
         self._ready: queue.Queue = queue.Queue(maxsize=max_ready)
         self._compute_lock = threading.Lock()  # one module call at a time, on whichever thread runs it
+        # Add-only while the worker serves: _sender finds an existing sender without the lock (a dict read is
+        # atomic under the GIL, and an entry, once there, is never removed or replaced, so what it finds stays
+        # the sender for that address); serve_forever closes them all after the accept loop ended, and from
+        # then on _sender adds none (_senders_closed), so no sender thread outlives the worker.
         self._senders: Dict[str, net.Sender] = {}
         self._senders_lock = threading.Lock()
+        self._senders_closed = False
         self._send_depth: Dict[str, int] = {}  # the send-queue depth last reported to the monitor, per peer address
         self._control: Optional[Tuple[socket.socket, threading.Lock, Optional[wire.Session]]] = None
         self._stop = threading.Event()
@@ -242,6 +247,7 @@ class Worker:
         net.accept_loop(self._srv, self._stop, self._serve_conn, self.send_timeout_s)
         self._srv.close()
         with self._senders_lock:
+            self._senders_closed = True
             for s in self._senders.values():
                 s.close()
 
@@ -572,11 +578,15 @@ class Worker:
                 self.monitor.count("frames_dropped")
                 self._log(f"request {key[0]} mb {key[1]}: incomplete after {self.partial_timeout_s:.0f}s, dropped")
 
-    def _sender(self, address: str, who: str) -> net.Sender:
-        s = self._senders.get(address)  # senders are only ever added: no lock needed to find one
+    def _sender(self, address: str, device: str, stage: int) -> Optional[net.Sender]:
+        """The sender to ``address`` (created on first use); None once the worker closed its senders."""
+        s = self._senders.get(address)  # lock-free: the table is add-only (see __init__)
         if s is not None:
             return s
+        who = "head" if device == "head" else f"{device}/stage{stage}"
         with self._senders_lock:
+            if self._senders_closed:
+                return None
             s = self._senders.get(address)
             if s is None:
                 def sent(frame, n, seconds, who=who):
@@ -599,9 +609,9 @@ class Worker:
 
     def _send(self, address: str, frame: wire.Frame, device: str, stage: int) -> None:
         """Send ``frame`` to the replica ``device``/``stage`` at ``address`` (the head: device "head")."""
-        s = self._senders.get(address)  # senders are only ever added: no lock needed to find one
-        if s is None:
-            s = self._sender(address, "head" if device == "head" else f"{device}/stage{stage}")
+        s = self._sender(address, device, stage)
+        if s is None:  # the worker stopped serving: nothing more leaves it
+            return
         if not s.put(frame):
             self._overloaded(frame.request_id, frame.microbatch, frame.epoch,
                              f"{s.max_queue} frames already wait for the link to {s.peer}")
