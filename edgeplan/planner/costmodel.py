@@ -138,6 +138,8 @@ class Prefix:
             fitted = ~np.isnan(tc.call_s)
             self.H = np.where(fitted, calls * np.nan_to_num(tc.call_s), self.H)
             self.HB = np.where(fitted, 0.0, self.HB)
+            if tc.module_call_s is not None:  # torch's per-call cost of the module's forward and backward
+                self.H = self.H + tc.module_call_s.sum(axis=1)
 
     def per_sample(self, u: int, i: int, j: int) -> float:
         """Seconds per sample of stage ``[i, j)`` on unit ``u``: its layers + the runtime copying its cuts."""

@@ -50,13 +50,13 @@ def _unit_value(arr, u: int) -> float:
 def _training_rows(costs: CostTable, dev_units: list[list[int]], d: int) -> tuple:
     """Device ``d``'s fitted training figures (every per-unit and per-device array of ``TrainingCosts``)."""
     tc = costs.training
-    per_unit = tuple(tuple(np.asarray(getattr(tc, f)[u]).tobytes() for f in _TRAINING_UNIT_FIELDS)
-                     for u in dev_units[d])
+    per_unit = tuple(tuple(b"" if getattr(tc, f) is None else np.asarray(getattr(tc, f)[u]).tobytes()
+                           for f in _TRAINING_UNIT_FIELDS) for u in dev_units[d])
     return per_unit, np.asarray(tc.p2p[d]).tobytes(), np.asarray(tc.allreduce[d]).tobytes()
 
 
 _TRAINING_UNIT_FIELDS = ("fwd_scale", "bwd_scale", "layer_s", "layer_overhead_s", "call_s", "call_peer_s",
-                         "opt_byte_s", "opt_call_s")
+                         "opt_byte_s", "opt_call_s", "module_call_s")
 
 
 def _hw_key(costs: CostTable, dev_units: list[list[int]], d: int, training: bool = False) -> tuple:

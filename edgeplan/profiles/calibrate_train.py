@@ -8,10 +8,11 @@ micro-batch, and per iteration the optimizer step and the gradient all-reduce
 (``training.metrics.predict``) from a unit's figures and its
 ``TrainingFigures`` (profiles/model.py); the fit finds, per board and unit:
 
-- ``forward_factor`` + ``forward_layer_s`` and ``backward_factor`` +
-  ``backward_layer_s``: ``measured = factor x (per-sample time + weight reads)
-  + layers x per-layer seconds`` by least squares on relative errors where the
-  replicas separate the two (their samples or layer mixes differ), else one
+- ``forward_factor`` + ``forward_layer_s`` + ``forward_call_s`` and the same
+  for the backward pass: ``measured = factor x (per-sample time + weight reads)
+  + layers x per-layer seconds + per-call seconds`` by least squares on
+  relative errors where the replicas separate them (their samples, layer mixes
+  and layer counts differ; one layer count: factor + per call), else one
   factor (the median of measured / predicted). The backward pass is fitted on
   its own, so the backward/forward ratio is the measured one, not the cost
   model's 2x-forward-FLOPs assumption. A factor that would run a stage's FLOPs
@@ -286,10 +287,11 @@ def fit(cluster: Cluster, obs: list[TrainObservation], ars: list[AllreduceObserv
         ran = sorted({o.device for o in items})
         where = f"{'/'.join(ran)}:{uname}"
         unit_notes = []
-        factors, layer = {}, {}
-        for f, old, old_layer in (("forward_s", before.forward_factor, before.forward_layer_s),
-                                  ("backward_s", before.backward_factor, before.backward_layer_s)):
-            factors[f], layer[f], clamped = _pass(items, f, old, old_layer)
+        factors, layer, per_call = {}, {}, {}
+        for f, old, old_layer, old_call in (
+                ("forward_s", before.forward_factor, before.forward_layer_s, before.forward_call_s),
+                ("backward_s", before.backward_factor, before.backward_layer_s, before.backward_call_s)):
+            factors[f], layer[f], per_call[f], clamped = _pass(items, f, old, old_layer, old_call)
             if clamped:
                 unit_notes.append(f"{where}: the fit would run the {f[:-2]} pass faster than the unit's peak FLOP/s; "
                                   "clamped to the peak")
@@ -297,7 +299,8 @@ def fit(cluster: Cluster, obs: list[TrainObservation], ars: list[AllreduceObserv
         opt_call, opt_byte = _optimizer(items, before)
         after = TrainingFigures(
             forward_factor=factors["forward_s"], backward_factor=factors["backward_s"],
-            forward_layer_s=layer["forward_s"], backward_layer_s=layer["backward_s"], call_s=call,
+            forward_layer_s=layer["forward_s"], backward_layer_s=layer["backward_s"],
+            forward_call_s=per_call["forward_s"], backward_call_s=per_call["backward_s"], call_s=call,
             call_peer_s=call_peer,
             optimizer_s_per_byte=opt_byte, optimizer_call_s=opt_call,
             p2p_call_s=p2p_fit[0] if p2p else before.p2p_call_s, p2p_s_per_byte=p2p_fit[1] if p2p else
@@ -318,29 +321,37 @@ def fit(cluster: Cluster, obs: list[TrainObservation], ars: list[AllreduceObserv
     return tuple(fits), new, tuple(notes)
 
 
-def _pass(items: list[TrainObservation], f: str, old: float, old_layer: float | None
-          ) -> tuple[float, float | None, bool]:
-    """(factor, per-layer seconds, clamped) of one pass (``forward_s`` | ``backward_s``): ``measured = factor x
-    (per-sample time + weight reads) + layers x per-layer`` by least squares on relative errors where the
-    replicas separate the two (samples or layer mixes differ), else one factor on the whole prediction. The
-    factor never makes a stage's FLOPs run faster than the unit's peak (clamped, and said)."""
+def _pass(items: list[TrainObservation], f: str, old: float, old_layer: float | None, old_call: float
+          ) -> tuple[float, float | None, float, bool]:
+    """(factor, per-layer seconds, per-call seconds, clamped) of one pass (``forward_s`` | ``backward_s``):
+    ``measured = factor x (per-sample time + weight reads) + layers x per-layer + per-call`` by bounded least
+    squares on relative errors. Where every replica has the same layer count the per-layer and per-call terms
+    do not separate: the per-call one is fitted (per-layer 0). On the testbed it is the one that holds: LeNet-5's
+    whole 12-layer forward on one board read 2.16 ms against 2.0 for its first 6 layers as a stage and 1.07-1.22
+    for the last 6 (2-6 samples): one ~1 ms cost per module call; a per-layer fit priced the one-board layout
+    +30% and the 6-layer stages -26%. Where neither separates from the factor, one factor on the whole
+    prediction. The factor never makes a stage's FLOPs run faster than the unit's peak (clamped, and said)."""
     t = np.array([dict(o.measured)[f] for o in items])
-    cols = np.array([[a, n] for o in items for g, a, n in o.terms if g == f], dtype=np.float64)
+    cols = np.array([[a, n, 1.0] for o in items for g, a, n in o.terms if g == f], dtype=np.float64)
     floor = max(float(max(dict(o.peak)[f] / a for o in items for g, a, _ in o.terms if g == f and a > 0)),
                 1.0 / MAX_FACTOR)
     w = 1.0 / np.maximum(t, 1e-12)
-    a = cols * w[:, None]
-    if _separates(a):
-        x, _ = bounded_lstsq(a, t * w, np.array([floor, 0.0]), np.array([MAX_FACTOR, MAX_OVERHEAD_S]))
-        unclamped = np.linalg.lstsq(a, t * w, rcond=None)[0][0]
-        return float(x[0]), float(x[1]), bool(unclamped < floor)
+    for keep in ((0, 1, 2), (0, 2)):  # factor + per-layer + per-call, else factor + per-call
+        a = cols[:, keep] * w[:, None]
+        if _separates(a):
+            hi = np.array([MAX_FACTOR, MAX_OVERHEAD_S, MAX_HOP_S])[list(keep)]
+            x, _ = bounded_lstsq(a, t * w, np.r_[floor, np.zeros(len(keep) - 1)], hi)
+            unclamped = np.linalg.lstsq(a, t * w, rcond=None)[0][0]
+            got = dict(zip(keep, x, strict=True))
+            return float(got[0]), float(got.get(1, 0.0)), float(got[2]), bool(unclamped < floor)
     pred = np.array([dict(o.predicted)[f] for o in items])
     r = float(np.median(t / np.maximum(pred, 1e-12)))
     low = max(float(max(dict(o.peak)[f] / p for o, p in zip(items, pred, strict=True) if p > 0)), 1.0 / MAX_FACTOR)
     clamped = r < low
     r = max(r, low)
     return (float(np.clip(old * r, 1.0 / MAX_FACTOR, MAX_FACTOR)),
-            None if old_layer is None else float(min(old_layer * r, MAX_OVERHEAD_S)), clamped)
+            None if old_layer is None else float(min(old_layer * r, MAX_OVERHEAD_S)),
+            float(min(old_call * r, MAX_HOP_S)), clamped)
 
 
 def _call(items: list[TrainObservation], before: TrainingFigures) -> tuple[float, float]:
@@ -424,7 +435,9 @@ def _figures_yaml(f: TrainingFigures, source: str) -> dict:
 
     layers = {k: num(v * 1e6) for k, v in (("forward_layer_us", f.forward_layer_s),
                                            ("backward_layer_us", f.backward_layer_s)) if v is not None}
-    return {"forward_factor": num(f.forward_factor), "backward_factor": num(f.backward_factor), **layers,
+    calls = {k: num(v * 1e6) for k, v in (("forward_call_us", f.forward_call_s),
+                                          ("backward_call_us", f.backward_call_s)) if v}
+    return {"forward_factor": num(f.forward_factor), "backward_factor": num(f.backward_factor), **layers, **calls,
             "call_us": num((f.call_s or 0.0) * 1e6), "call_peer_us": num(f.call_peer_s * 1e6),
             "optimizer_ns_per_byte": num(f.optimizer_s_per_byte * 1e9),
             "optimizer_call_us": num(f.optimizer_call_s * 1e6),
@@ -536,12 +549,14 @@ def format_fit(cal: TrainCalibration) -> str:
         lines.append(f"{f.device}:{f.unit}: " + (f"as {f.inferred_from}:{f.unit} (same profile, not run)"
                                                   if f.inferred_from else f"training fit over {f.replicas} replica(s)"))
         if f.inferred_from is None:
-            def per_layer(x: float | None) -> str:
-                return "" if x is None else f" + {x * 1e6:.3g} us/layer"
+            def per_layer(x: float | None, call: float) -> str:
+                return ("" if x is None else f" + {x * 1e6:.3g} us/layer") + (f" + {call * 1e3:.3g} ms/call"
+                                                                               if call else "")
 
-            lines.append(f"  forward x{b.forward_factor:.3g} -> x{a.forward_factor:.3g}{per_layer(a.forward_layer_s)}"
+            lines.append(f"  forward x{b.forward_factor:.3g} -> x{a.forward_factor:.3g}"
+                         f"{per_layer(a.forward_layer_s, a.forward_call_s)}"
                          f"   backward x{b.backward_factor:.3g} -> x{a.backward_factor:.3g}"
-                         f"{per_layer(a.backward_layer_s)}   stage call "
+                         f"{per_layer(a.backward_layer_s, a.backward_call_s)}   stage call "
                          f"{'hop' if b.call_s is None else f'{b.call_s * 1e3:.3g} ms'} -> "
                          f"{(a.call_s or 0) * 1e3:.3g} ms + {a.call_peer_s * 1e3:.3g} ms/peer"
                          f"   optimizer {a.optimizer_call_s * 1e3:.3g} ms + {a.optimizer_s_per_byte * 1e9:.3g} ns/B")

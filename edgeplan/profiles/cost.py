@@ -31,6 +31,7 @@ class TrainingCosts:
     opt_call_s: np.ndarray  # [u] ... and per step
     p2p: np.ndarray  # [d, 2] per transfer, per byte: torch.distributed beyond the link (max over the units)
     allreduce: np.ndarray  # [d, 2] per ring step, per byte reduced
+    module_call_s: np.ndarray | None = None  # [u, 2] per forward, backward call of a stage's module; None: 0
 
     def fixed(self, fixed_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[u, n] per-call seconds of each layer's forward and backward pass: the weight reads of ``fixed_s``
@@ -209,4 +210,5 @@ def _training_costs(cluster: Cluster, units: list, unit_device: list[int]) -> Tr
         call_s=np.array([np.nan if f.call_s is None else f.call_s for f in figs], dtype=np.float64),
         call_peer_s=np.array([f.call_peer_s for f in figs], dtype=np.float64),
         opt_byte_s=np.array([f.optimizer_s_per_byte for f in figs], dtype=np.float64),
-        opt_call_s=np.array([f.optimizer_call_s for f in figs], dtype=np.float64), p2p=p2p, allreduce=ar)
+        opt_call_s=np.array([f.optimizer_call_s for f in figs], dtype=np.float64), p2p=p2p, allreduce=ar,
+        module_call_s=np.array([[f.forward_call_s, f.backward_call_s] for f in figs], dtype=np.float64))

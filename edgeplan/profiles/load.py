@@ -86,6 +86,7 @@ _TRAINING_KEYS = {
     "p2p_call_us": ("p2p_call_s", 1e-6, False), "p2p_ns_per_byte": ("p2p_s_per_byte", 1e-9, False),
     "allreduce_call_us": ("allreduce_call_s", 1e-6, False),
     "allreduce_ns_per_byte": ("allreduce_s_per_byte", 1e-9, False),
+    "forward_call_us": ("forward_call_s", 1e-6, False), "backward_call_us": ("backward_call_s", 1e-6, False),
 }
 _MEASURED_KEYS = ("how", "when", "backend", "from")
 HOP_BYTE_MAX_NS = 1000.0  # 1 us per byte (1 MB/s of runtime CPU): slower than any board's socket path

@@ -69,6 +69,10 @@ class TrainingFigures:
     p2p_s_per_byte: float = 0.0  # ... and per byte
     allreduce_call_s: float = 0.0  # gradient all-reduce beyond the link, per ring step (2 (g - 1) of them)
     allreduce_s_per_byte: float = 0.0  # ... and per byte reduced
+    # per call of a stage's module (a forward, a backward), whatever its layers and samples: torch's own cost of
+    # running an fx module eagerly (issue 14: one board's 12-layer forward read less than a 6-layer stage's)
+    forward_call_s: float = 0.0
+    backward_call_s: float = 0.0
     source: str = ""  # provenance: how, when and from which reports (not part of the cluster digest)
 
 
@@ -221,6 +225,10 @@ class Cluster:
                     del u["measured"]
                 if u["training"] is None:
                     del u["training"]
+                else:  # unset per-call module figures stay out (older files and digests unchanged)
+                    for k in ("forward_call_s", "backward_call_s"):
+                        if not u["training"][k]:
+                            del u["training"][k]
                 if u["hop_byte_s"] is None:
                     del u["hop_byte_s"]
         return d

@@ -257,6 +257,8 @@ def predict(plan, graph, cluster) -> dict:
         for r, (u, k) in enumerate(st.replicas):
             fs = 1.0 if tc is None else float(tc.fwd_scale[u])
             bs = 1.0 if tc is None else float(tc.bwd_scale[u])
+            # torch's per-call cost of the module's forward and backward (in the cost model's per-call term)
+            cf, cb = (0.0, 0.0) if tc is None or tc.module_call_s is None else map(float, tc.module_call_s[u])
             fixed_f, fixed_b = (costs.fixed_s, costs.fixed_s) if tc is None else tc.fixed(costs.fixed_s)
             lo = cluster.devices[costs.units[u][0]].unit(costs.units[u][1]).layer_overhead_s
             reads = float(costs.fixed_s[u, i:j].sum()) - lo * (j - i)  # weight reads (fixed_s less the overheads)
@@ -264,12 +266,12 @@ def predict(plan, graph, cluster) -> dict:
                 receives(s, r, float(pf.cut[j]), s + 1, lo) if s + 1 < len(layout) else 0.0) for lo in (False, True))
             reps.append({
                 "device": costs.devices[costs.units[u][0]], "unit": costs.units[u][1], "samples": k,
-                "forward_s": fs * k * float(costs.fwd_s[u, i:j].sum()) + float(fixed_f[u, i:j].sum()),
-                "backward_s": bs * k * float(costs.bwd_s[u, i:j].sum()) + float(fixed_b[u, i:j].sum()),
+                "forward_s": fs * k * float(costs.fwd_s[u, i:j].sum()) + float(fixed_f[u, i:j].sum()) + cf,
+                "backward_s": bs * k * float(costs.bwd_s[u, i:j].sum()) + float(fixed_b[u, i:j].sum()) + cb,
                 # the fit's columns at factor 1 and no per-layer time: per-sample time + weight reads, layers
                 "forward_terms": [k * float(costs.fwd_s[u, i:j].sum()) + reads, j - i],
                 "backward_terms": [k * float(costs.bwd_s[u, i:j].sum()) + reads, j - i],
-                "call_s": float(pf.H[u] + pf.HB[u] * k * (pf.cut[i] + pf.cut[j]))
+                "call_s": float(pf.H[u] - cf - cb + pf.HB[u] * k * (pf.cut[i] + pf.cut[j]))
                 + (0.0 if tc is None else float(tc.call_peer_s[u]) * len(exchange_peers(ends, s, r))),
                 "peers": len(exchange_peers(ends, s, r)),
                 "optimizer_s": 0.0 if tc is None else float(tc.opt_call_s[u] + params * tc.opt_byte_s[u]),

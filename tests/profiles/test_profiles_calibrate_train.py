@@ -47,10 +47,10 @@ def _cluster_file(tmp: Path) -> Path:
     return path
 
 
-def _plan(graph, cluster):
+def _plan(graph, cluster, text: str = "lenet5 | 0-5@pi0:cpu | 6-11@pi1:cpu*0.75+pi2:cpu*0.25"):
     costs = build_cost_table(graph, cluster)
     obj = Objective(mode="training", objective="time", batch=32, microbatches=4, schedule="1f1b")
-    lay = layout_from_text(costs, "lenet5 | 0-5@pi0:cpu | 6-11@pi1:cpu*0.75+pi2:cpu*0.25", obj)
+    lay = layout_from_text(costs, text, obj)
     return plan_of(costs, lay, obj, evaluate(costs, lay, obj), model=graph.name, graph_sha256=graph.digest(),
                    cluster=cluster.name, cluster_sha256=cluster.digest())
 
@@ -67,10 +67,12 @@ def _report(plan, graph, truth, iterations: int = 10) -> dict:
             # what this replica receives per micro-batch: stage 0 the gradients of stage 1's replicas (8 samples
             # in 2 transfers), stage 1 its own samples' activations (1 transfer); LeNet-5's cuts are one tensor
             per_sample = graph.cut_bytes[cut[s].stop if s == 0 else cut[s].start] / graph.batch
+            one = len(plan.stages) == 1  # the whole model on one board: no point-to-point
             reps.append({"rank": 0, "device": r["device"], "unit": r["unit"], "samples": r["samples"],
                          "microbatches": iterations * plan.microbatches,
                          **{f: [r[f], None] for f in metrics.REPLICA_FIGURES},
-                         "p2p_bytes": per_sample * r["samples"], "p2p_transfers": 2.0 if s == 0 else 1.0})
+                         "p2p_bytes": 0.0 if one else per_sample * r["samples"],
+                         "p2p_transfers": 0.0 if one else 2.0 if s == 0 else 1.0})
         stages.append({"stage": st["stage"], "group": st["group"], "param_bytes": st["param_bytes"],
                        "allreduce_bytes": st["allreduce_bytes"], "allreduce_s": [st["allreduce_s"], None],
                        "replicas": reps})
@@ -100,8 +102,10 @@ def test_fit_recovers_known_training_figures_and_the_planner_prices_them(tmp_pat
         got = f.after
         assert got.forward_factor == pytest.approx(TRUE.forward_factor, rel=1e-3)
         assert got.backward_factor == pytest.approx(TRUE.backward_factor, rel=1e-3)
-        assert got.forward_layer_s == pytest.approx(TRUE.forward_layer_s, rel=1e-2)
-        assert got.backward_layer_s == pytest.approx(TRUE.backward_layer_s, rel=1e-2)
+        # every replica runs 6 layers: per-layer and per-call costs do not separate; the per-call one is fitted
+        assert got.forward_layer_s == 0.0 and got.backward_layer_s == 0.0
+        assert got.forward_call_s == pytest.approx(6 * TRUE.forward_layer_s, rel=1e-2)
+        assert got.backward_call_s == pytest.approx(6 * TRUE.backward_layer_s, rel=1e-2)
         assert got.optimizer_call_s == pytest.approx(TRUE.optimizer_call_s, rel=1e-2)
         assert got.call_s == pytest.approx(TRUE.call_s, rel=1e-3)
         assert got.call_peer_s == pytest.approx(TRUE.call_peer_s, rel=1e-3)
@@ -129,6 +133,40 @@ def test_fit_recovers_known_training_figures_and_the_planner_prices_them(tmp_pat
     assert (before_cost.fwd_s == after_cost.fwd_s).all() and (before_cost.bwd_s == after_cost.bwd_s).all()
     text = ct.format_fit(result)
     assert "per-stage forward/backward MAPE" in text and "iteration measured" in text
+
+
+def test_two_layouts_separate_the_per_call_from_the_per_layer_cost_and_price_an_unseen_layout(tmp_path, graph):
+    """Boards whose module call costs 1 ms (forward) / 0.8 ms (backward) whatever its layers, plus 80 / 150 us
+    per layer: the pipeline (6-layer stages) and the whole model on pi0 (12 layers, one call) separate the two,
+    the fit recovers both, and an unseen layout (pi0 | pi1, M=4) is priced as the truth prices it. A per-layer
+    fit alone could not: 12 layers at one call priced as 12 per-layer costs (the testbed's +30% one-board)."""
+    truth_figs = dataclasses.replace(TRUE, forward_call_s=1e-3, backward_call_s=0.8e-3)
+    path = _cluster_file(tmp_path)
+    cluster = load_cluster(path)
+    truth = _truth(cluster, truth_figs)
+    reps = []
+    for tag, text in (("pipe", "lenet5 | 0-5@pi0:cpu | 6-11@pi1:cpu*0.75+pi2:cpu*0.25"), ("one", "lenet5 | 0-11@pi0:cpu")):
+        plan = _plan(graph, cluster, text)
+        reps.append(jsonio.write(tmp_path / f"train-report-{tag}.json", _report(plan, graph, truth)))
+    result, new = ct.calibrate_files(reps, [], path, tmp_path / "cal.yaml", lambda p: graph)
+    for f in result.fits:
+        got = f.after
+        assert got.forward_factor == pytest.approx(truth_figs.forward_factor, rel=1e-3)
+        assert got.forward_layer_s == pytest.approx(truth_figs.forward_layer_s, rel=1e-2)
+        assert got.forward_call_s == pytest.approx(truth_figs.forward_call_s, rel=1e-2)
+        assert got.backward_layer_s == pytest.approx(truth_figs.backward_layer_s, rel=1e-2)
+        assert got.backward_call_s == pytest.approx(truth_figs.backward_call_s, rel=1e-2)
+    # written and loaded back (forward_call_us / backward_call_us), and counted in the digest
+    assert load_cluster(tmp_path / "cal.yaml").device("pi0").unit("cpu").training.forward_call_s == \
+        pytest.approx(1e-3, rel=1e-2)
+    unseen = _plan(graph, cluster, "lenet5 | 0-5@pi0:cpu | 6-11@pi1:cpu")
+    want = metrics.predict(unseen, graph, truth)
+    got = metrics.predict(unseen, graph, new)
+    assert got["iter_s"] == pytest.approx(want["iter_s"], rel=1e-3)
+    r0 = got["stages"][0]["replicas"][0]
+    assert r0["forward_s"] == pytest.approx(want["stages"][0]["replicas"][0]["forward_s"], rel=1e-3)
+    assert r0["call_s"] == pytest.approx(want["stages"][0]["replicas"][0]["call_s"], rel=1e-3)
+    assert "ms/call" in ct.format_fit(result)
 
 
 def test_refusals_and_the_peak_clamp(tmp_path, graph):
