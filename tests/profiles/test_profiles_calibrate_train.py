@@ -145,7 +145,8 @@ def test_two_layouts_separate_the_per_call_from_the_per_layer_cost_and_price_an_
     cluster = load_cluster(path)
     truth = _truth(cluster, truth_figs)
     reps = []
-    for tag, text in (("pipe", "lenet5 | 0-5@pi0:cpu | 6-11@pi1:cpu*0.75+pi2:cpu*0.25"), ("one", "lenet5 | 0-11@pi0:cpu")):
+    for tag, text in (("pipe", "lenet5 | 0-5@pi0:cpu | 6-11@pi1:cpu*0.75+pi2:cpu*0.25"),
+                      ("one", "lenet5 | 0-11@pi0:cpu")):
         plan = _plan(graph, cluster, text)
         reps.append(jsonio.write(tmp_path / f"train-report-{tag}.json", _report(plan, graph, truth)))
     result, new = ct.calibrate_files(reps, [], path, tmp_path / "cal.yaml", lambda p: graph)
