@@ -115,9 +115,10 @@ def test_emulated_train_calibrate_replan_train(tmp_path, monkeypatch):
     # calibration. Now (40 iterations, the median; per-call fit; honest links) two runs at load 5.5-6.5 read
     # forward/backward 4-7% and the seen layout 11-13%. The unseen layout is bimodal across runs, as before:
     # pi0 runs at its full quota in every run but spends 12 ms of CPU per iteration in some and 18 in others
-    # (every figure 20-60% up together: the host's CPU, not a priced term), so it reads ~23 ms (+11%, -3%) or
-    # 36-42 ms (-30%; -41% on a per-call fit of an earlier run's reports). Margins: 35% per stage (26% seen),
-    # 45% for the seen layout (38% x 1.2; was 55%), 45% unseen (the slow mode's -41%).
+    # (every figure 20-60% up together: the host's CPU, not a priced term), so it reads ~23-29 ms (+11, -3, -2,
+    # -9%) or 36-42 ms (-30, -23, -25%; the last four are earlier runs' reports refitted with the per-call fit).
+    # Margins: 35% per stage (26% seen), 45% for the seen layout (38% x 1.2; was 55%), 40% unseen (30% x 1.2 +
+    # rounding; was 45%).
     assert stage1 < stage0 and iter1 < iter0
     assert stage1 < STAGE_MARGIN, f"forward/backward error after calibration {stage1:.0%} (margin {STAGE_MARGIN:.0%})"
     assert iter1 < MARGIN, f"iteration time error after calibration {iter1:.0%} (margin {MARGIN:.0%})"
@@ -128,4 +129,4 @@ def test_emulated_train_calibrate_replan_train(tmp_path, monkeypatch):
 
 MARGIN = 0.45
 STAGE_MARGIN = 0.35
-UNSEEN_MARGIN = 0.45
+UNSEEN_MARGIN = 0.40
