@@ -40,6 +40,12 @@ RETURN_HOLD_S = 12.0
 # this much (or a board came or went) since that switch: a real change. A board's slowdown is not trusted so:
 # it is what depends most on the plan measuring it (the testbed read a hog 2.9x, then 0.82x on a short stage).
 RETURN_MOVED = 2.0
+# A change committed while another factor is still moving (off its committed value, not steady) is decided only
+# once that settles, waiting at most this many epochs: events that happen together commit apart (the estimator
+# itself holds a ready factor for a moving one only ``CONFIRM`` updates), and deciding on the first half switched
+# twice on the testbed: a drop's recovery and a hog at once read "drop + hog" (-> the plan for both), then "hog"
+# 1.5 s later (-> the plan for the hog).
+SETTLE_EPOCHS = 3
 
 
 def links_moved(a, b) -> float:
@@ -127,6 +133,9 @@ class Controller:
         self._switch_cond = None  # the estimate the last switch answered
         self._last_switch_t = -float("inf")
         self.held = 0  # epochs in which a decision waited for the previous switch to drain / the dwell time
+        self.settle_epochs = SETTLE_EPOCHS
+        self._waiting = 0  # consecutive epochs a decision has waited for a moving factor
+        self.settled_waits = 0  # epochs decisions waited for a moving factor (SETTLE_EPOCHS)
         self.name = name or getattr(policy, "__name__", "policy")
         self.log = log or head.log
         self.switches: list[Switch] = []
@@ -172,6 +181,12 @@ class Controller:
         if self.clock() - self._last_switch_t < self.min_dwell_s or (last and last.get("drain_s") is None):
             self.held += 1
             return None
+        moving = getattr(self.estimator, "moving", ())
+        if moving and est.change_id > self.last_change and not est.probe and self._waiting < self.settle_epochs:
+            self._waiting += 1  # the change's other half may still be on its way
+            self.settled_waits += 1
+            return None
+        self._waiting = 0
         current = self.plan_file(self.head.active)
         t0 = time.perf_counter()
         d = self.policy(self.pricer, est, current, self.last_change)
@@ -270,6 +285,7 @@ class Controller:
                 "decisions_switched": [s.to_json() for s in self.switches], "errors": list(self.errors),
                 "model_error_by_worker": {k: round(v, 4) for k, v in sorted(self.scale.items())},
                 "calibrated_at_epoch": self.calibrated, "held_epochs": self.held, "min_dwell_s": self.min_dwell_s,
+                "settle_waits": self.settled_waits,
                 "return_hold_s": self.return_hold_s, "held_returns": list(self.held_returns),
                 "started_process_age_s": self.started_process_age_s,
                 "estimates": [{"at_s": t, "condition": c, "change_id": i} for t, c, i in self.history],

@@ -122,6 +122,7 @@ class Estimator:
         self._rx_keys: set = set()  # links read at their receiver at least once: read only there from then on
         self.expiries = 0
         self._held = 0  # updates a ready commit has waited for a factor still moving
+        self.moving: tuple[str, ...] = ()  # factors off their committed value but not steady, as of the last update
         self._just: tuple[str, ...] = ()  # factors the latest change expired
         self.head = head or cluster.devices[0].name
         self.alpha, self.threshold, self.confirm = alpha, threshold, confirm
@@ -218,7 +219,7 @@ class Estimator:
         self.updates += 1
         lim, big = math.log(self.threshold), math.log(self.big)
         rebuild = False
-        ready, moving, just = {}, False, []
+        ready, moving, just = {}, [], []
         raw.update(self._confounded(raw, lim))
         for key, v in raw.items():
             self._seen[key] = self.updates
@@ -243,13 +244,14 @@ class Estimator:
                   and (min(fast) - c > big or c - max(fast) > big)):  # a large step: commit sooner
                 ready[key] = math.log(_q(math.exp(sum(fast) / len(fast))))
             elif abs(x - c) > lim:
-                moving = True  # off its committed value but not steady yet (e.g. a link EWMA still converging)
+                moving.append(key)  # off its committed value but not steady yet (e.g. a link EWMA still converging)
             elif key in self._expired and len(recent) == self.confirm and max(abs(r) for r in recent) < lim:
                 del self._expired[key]  # measured nominal again: back to the short wait
                 self._wait.pop(key, None)
                 rebuild = True
         # Factors that change together commit together (one change, one switch): a steady factor waits while
         # another is still moving, for at most ``confirm`` updates.
+        self.moving = tuple(moving)
         if ready and moving and self._held < self.confirm:
             self._held += 1
             ready = {}

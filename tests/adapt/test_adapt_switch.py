@@ -261,3 +261,58 @@ def test_a_return_soon_after_a_switch_is_held_unless_a_link_moved_2x_or_it_probe
     assert links_moved(parse_condition("bandwidth=0.25"), parse_condition("nominal")) == 4.0
     assert links_moved(parse_condition("slowdown:a=4"), parse_condition("nominal")) == 1.0
     assert links_moved(parse_condition("absent:c"), parse_condition("nominal")) == float("inf")
+
+
+def test_a_change_is_decided_once_a_factor_still_moving_has_settled(family_parts):
+    """The testbed's alternating trace at 40 s: a drop's recovery and a hog at once commit apart, "drop + hog"
+    first while the link still moves, "hog" 1.5 s later; deciding on the first half switched twice (the plan for
+    both, then the plan for the hog). The controller waits (at most SETTLE_EPOCHS) while a factor moves: one switch,
+    to the plan for the whole change. A factor that never settles delays a decision by SETTLE_EPOCHS only."""
+    from edgeplan.adapt.control import SETTLE_EPOCHS
+    from edgeplan.adapt.estimate import Estimate
+    from edgeplan.adapt.policy import Decision
+    from edgeplan.planner.family import parse_condition
+
+    cluster, pricer, layout, fam = family_parts
+    names = sorted(layout)
+    if len(names) < 3:
+        pytest.skip("needs three layouts")
+
+    class Est:  # the estimate the test scripts
+        def __init__(self):
+            self.cond, self.change, self.moving = parse_condition("nominal"), 0, ()
+
+        def update(self, status):
+            return Estimate(self.cond, self.change)
+
+        def smoothed(self):
+            return {}
+
+        def calibrate(self):
+            pass
+
+    def by_condition(pricer, est, current, last_change):  # drop + hog -> names[1], hog -> names[2]
+        plan = f"{names[1 if est.condition.bandwidth else 2]}.json" if str(est.condition) != "nominal" else current
+        if est.change_id <= last_change or plan == current:
+            return Decision(current, False, "stay", 1.0, 1.0, est.change_id)
+        return Decision(plan, True, "by condition", 1.0, 0.5, est.change_id)
+
+    est = Est()
+    head = FakeHead(names, layout)
+    c = Controller(head, pricer, est, by_condition, calibrate_epochs=1, min_dwell_s=0.0)
+    while not c.calibrated:
+        c.step()
+    est.cond, est.change, est.moving = parse_condition("bandwidth=0.25+slowdown:gpu-board=3"), 1, ("link:a/b",)
+    c.step()
+    c.step()
+    assert head.switched == []  # the link is still moving: wait
+    est.cond, est.change, est.moving = parse_condition("slowdown:gpu-board=3"), 2, ()
+    for _ in range(4):
+        c.step()
+    assert [to for _, to, _ in head.switched] == [names[2]]  # one switch, for the whole change
+    est.cond, est.change, est.moving = parse_condition("bandwidth=0.25+slowdown:gpu-board=3"), 3, ("slowdown:x",)
+    for _ in range(SETTLE_EPOCHS):
+        c.step()
+    assert len(head.switched) == 1
+    c.step()  # a factor that keeps moving delays the decision, never stops it
+    assert [to for _, to, _ in head.switched] == [names[2], names[1]]

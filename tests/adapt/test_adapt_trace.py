@@ -106,12 +106,13 @@ def test_schedule_dry_run_has_the_right_rates_quotas_and_link_state(tmp_path):
     assert [a.at_s for a in acts] == [10, 20, 30, 40, 50]
     # all x0.25: default 8 MB/s x 0.5 dilation x 0.25 = 1 MB/s = 8 Mbit/s; a's a-b class 4 x 0.5 x 0.25 MB/s
     first = _rates(acts[:1], "ep-t0-0")
-    assert first == {"1:10": 8_000_000, "1:20": 4_000_000}
+    w = netns.WIRE_PER_PAYLOAD  # shapers run at the wire rate of the payload rate (headers per packet)
+    assert first == {"1:10": int(8_000_000 * w), "1:20": int(4_000_000 * w)}
     host = [argv for argv in acts[0].commands if "tbf" in argv]
-    assert len(host) == 2 and all("8000000bit" in argv for argv in host)
+    assert len(host) == 2 and all(f"{int(8_000_000 * w)}bit" in argv for argv in host)
     # b-c has no class of its own: one is added on each side, with a filter on the peer's address
     adds = [argv for argv in acts[1].commands if "add" in argv]
-    assert any("ep-t0-1" in argv and "class" in argv and "8000000bit" in argv for argv in adds)
+    assert any("ep-t0-1" in argv and "class" in argv and f"{int(8_000_000 * w)}bit" in argv for argv in adds)
     assert any("ep-t0-2" in argv and "filter" in argv and "10.231.9.2/32" in argv for argv in adds)
     # the quota: b has shape cores x 0.5
     cores_b = next(b.cores for b in shape.boards if b.device == "b")
@@ -122,7 +123,7 @@ def test_schedule_dry_run_has_the_right_rates_quotas_and_link_state(tmp_path):
     # back to the nominal pair rate: the class made at t=20 is changed (not added again), at 8 MB/s x 0.5
     last = acts[4].commands
     assert not any("add" in argv for argv in last)
-    assert _rates(acts[4:], "ep-t0-2") == {"1:20": 32_000_000}
+    assert _rates(acts[4:], "ep-t0-2") == {"1:20": int(32_000_000 * w)}
 
 
 def _wait(cond, timeout: float = 10.0) -> bool:
@@ -189,9 +190,10 @@ def test_a_bandwidth_event_really_changes_the_shaped_rate():
         a = bed.board("a")
         got = rates(a)
         d = shape.dilation
-        assert got["1:10"] == pytest.approx(8e6 * 8 * d * 0.25, rel=0.01)  # default link x0.25
-        assert got["1:20"] == pytest.approx(4e6 * 8 * d * 0.25, rel=0.01)  # a-b's own link x0.25
-        assert got["1:21"] == pytest.approx(8e6 * d, rel=0.01)  # a-c set to 8 Mbit/s real
+        w = netns.WIRE_PER_PAYLOAD
+        assert got["1:10"] == pytest.approx(8e6 * 8 * d * 0.25 * w, rel=0.01)  # default link x0.25
+        assert got["1:20"] == pytest.approx(4e6 * 8 * d * 0.25 * w, rel=0.01)  # a-b's own link x0.25
+        assert got["1:21"] == pytest.approx(8e6 * d * w, rel=0.01)  # a-c set to 8 Mbit/s real
         cg = Path(bed.board("b").cgroup)
         quota_file = cg / "cpu.max" if (cg / "cpu.max").exists() else cg / "cpu.cfs_quota_us"
         period, quota = netns.quota_us(next(b.cores for b in shape.boards if b.device == "b") * 0.5)
