@@ -80,7 +80,7 @@ def format_plan(plan: Plan) -> str:
     lines += text_table(rows[0], rows[1:], right={3, 4, 6})
     if any(r.reserve_bytes for s in plan.stages for r in s.replicas):
         lines.append("memory: the stage's + the torch framework each training rank holds (the board's "
-                     "train_reserve_mb; `edgeplan devices --cluster` shows where it comes from)")
+                     "train_reserve_mb; `edgeplan cluster check CLUSTER` shows where it comes from)")
     lines += shared_boards(plan)
     lines.append("")
     head = ["plan", "latency ms", "samples/s", "energy mJ/sample"] + (["iteration ms"] if train else [])
