@@ -25,7 +25,7 @@ def test_modelled_sweep_memory_and_planner_choice(tmp_path):
     by_n = {r["boards"]: r for r in rows}
     # ResNet-110 at batch 128 on one Pi 3B: the planner's memory model says it does not fit in 724 MB usable
     assert not by_n[1]["fits"] and by_n[1]["memory_mb_per_board"] > by_n[1]["usable_ram_mb"] == pytest.approx(724, 1)
-    assert "pi0 needs" in by_n[1]["why_not"] and "MB of 724.0 MB" in by_n[1]["why_not"]
+    assert "pi0 needs" in by_n[1]["why_not"] and "MB torch reserve (train_reserve_mb) of 724.0 MB" in by_n[1]["why_not"]
     assert by_n[10]["fits"] and by_n[10]["predicted_epoch_s"] > 0
     # each board holds 1/n of the samples: activations shrink, the weights do not
     assert by_n[1]["memory_mb_per_board"] > by_n[2]["memory_mb_per_board"] > by_n[10]["memory_mb_per_board"]
