@@ -6,7 +6,7 @@ profile (stage 0 on pi0 | stage 1 on pi1 + pi2, and the whole model on pi0), fit
 both runs (`edgeplan calibrate`), then trains each evaluation layout priced on the fitted cluster. Prints per
 run: layout, micro-batches, predicted and measured iteration (board ms), error; the fit's in-sample errors.
 
-    python -m benchmarks.bench_truth_train [--iters 40] [--batch 32] [--keep DIR]     # as root
+    python -m benchmarks.bench_truth_train [--iters 40] [--batch 32] [--keep DIR] [--pin]     # as root
         [--layouts "lenet5 | 0-5@pi0:cpu | 6-11@pi1:cpu/4;lenet5 | 0-5@pi0:cpu | 6-11@pi1:cpu/1"]
 
 Measured on this 2-core machine shared with other sessions, `--iters 40`, after the per-call fit and the
@@ -33,6 +33,11 @@ bimodal across runs (~23 or ~36 ms, as last session's 22.9 vs 32.7): pi0 runs at
 cores) in every run, but spends 12 ms of CPU per iteration in the fast runs and 18 in the slow ones, with every
 measured figure (forward, backward, call, receive) 20-60% up together: the host's CPU per operation moved, not
 a term the cost model leaves out; the median of the iterations does not remove it (the mode holds for a run).
+Pinning each board to its own CPU (`--pin`, netns.pin_cpus: a board's CFS quota is handed out per CPU, and
+threads wandering over both strand it) made that layout fast in 2 of 3 runs of one testbed (24.0, 32.0,
+24.7 ms; unpinned, interleaved: 45.5, 33.8, 34.3) at load 3-4; at load 6-9 a pinned board cannot leave a
+busy CPU and every layout ran slower (one board 25.4 ms vs 17.4 unpinned at load 7-8.6; errors after the
+fit then +19, -1, -14, +15, -9%). So pinning stays opt-in.
 """
 
 from __future__ import annotations
@@ -95,6 +100,7 @@ def main(argv: list[str] | None = None) -> list[tuple]:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--layouts", default=EVAL, help="evaluation layouts, 'TEXT/M' separated by ';'")
     ap.add_argument("--keep", type=Path, help="keep plans, artifacts and reports in DIR")
+    ap.add_argument("--pin", action="store_true", help="each board's processes on its own CPU (netns.pin_cpus)")
     args = ap.parse_args(argv)
     evals = [(text.strip(), int(m)) for text, m in (x.rsplit("/", 1) for x in args.layouts.split(";"))]
     out = args.keep or Path(tempfile.mkdtemp(prefix="bench-truth-train-"))
@@ -117,7 +123,7 @@ def main(argv: list[str] | None = None) -> list[tuple]:
 
     pi = emulate.board_speed(spec, "pi0")
     with emulate.testbed(spec, host_core_flops=pi / BOARD_CORES, echo=lambda *_: None,
-                         max_board_cores=BOARD_CORES) as (bed, shape):
+                         max_board_cores=BOARD_CORES, pin=args.pin) as (bed, shape):
         os.environ[launch.TESTBED_ENV] = str(jsonio.write(out / "testbed.json", emulate.state_json(bed, shape)))
         paths = [run(text, m, cluster_path, f"cal{i}", "datasheet") for i, (text, m) in enumerate(CAL)]
         result, _ = ct.calibrate_files(paths, [], cluster_path, out / "calibrated.yaml", lambda p: graph)

@@ -94,9 +94,11 @@ def state_json(bed: netns.Testbed, plan_shape: Shape) -> dict:
 
 
 @contextlib.contextmanager
-def testbed(cluster: Cluster, host_core_flops: float | None = None, echo=print, max_board_cores: float = 1.0):
+def testbed(cluster: Cluster, host_core_flops: float | None = None, echo=print, max_board_cores: float = 1.0,
+            pin: bool = False):
     """Build the emulated cluster; yields (Testbed, Shape); always tears it down. ``max_board_cores``: the
-    fastest board's quota (lower: a slower emulation that leaves more of this machine to the head).
+    fastest board's quota (lower: a slower emulation that leaves more of this machine to the head); ``pin``:
+    each board's processes on their own CPUs (netns.pin_cpus).
 
     SIGTERM is turned into KeyboardInterrupt while it is up, so `kill` cleans up too.
     """
@@ -117,7 +119,7 @@ def testbed(cluster: Cluster, host_core_flops: float | None = None, echo=print, 
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
         bed = netns.build([(b.device, b.cores, b.bandwidth) for b in plan_shape.boards], pair,
-                          plan_shape.head_bandwidth)
+                          plan_shape.head_bandwidth, pin=pin)
         try:
             with netns.head_slot(bed):
                 yield bed, plan_shape

@@ -71,14 +71,17 @@ class BoardSlot:
     cgroup: str  # cgroup folder; processes are added by writing cgroup.procs
     egress_bps: float  # default bandwidth of its link, bytes/s
     overrides: tuple[tuple[str, float], ...] = ()  # (peer address, bytes/s)
+    cpus: tuple[int, ...] = ()  # CPUs its processes are pinned to (``build(pin=True)``); (): any
 
     def launch_prefix(self) -> list[str]:
         """argv to prepend so a command runs inside this board (cgroup + netns), with as many
-        compute threads as the board has cores of quota (more would only contend for it)."""
+        compute threads as the board has cores of quota (more would only contend for it), on its CPUs."""
         procs = shlex.quote(str(Path(self.cgroup) / "cgroup.procs"))
         threads = max(1, math.ceil(self.cpu_quota - 1e-6))
+        pin = ["taskset", "-c", ",".join(map(str, self.cpus))] if self.cpus else []
         return ["sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh", "ip", "netns", "exec", self.netns,
-                "env", f"EDGEPLAN_THREADS={threads}", f"OMP_NUM_THREADS={threads}", f"TVM_NUM_THREADS={threads}"]
+                "env", f"EDGEPLAN_THREADS={threads}", f"OMP_NUM_THREADS={threads}", f"TVM_NUM_THREADS={threads}",
+                *pin]
 
 
 @dataclass(frozen=True)
@@ -218,14 +221,34 @@ def _remove_cgroup(path: Path) -> None:
         pass
 
 
+def pin_cpus(quotas: list[float], n_cpus: int) -> list[tuple[int, ...]]:
+    """CPUs per board for ``build(pin=True)``: ceil(quota) CPUs each, dealt round-robin from CPU 0.
+
+    Why: a CFS quota is handed to each CPU a board's threads run on in slices (5 ms); a board whose rank and
+    comm threads wander over both CPUs of this machine strands quota on one while the other throttles. On the
+    testbed LeNet-5's pi0 | pi1 pipeline read 34-46 ms in three unpinned runs of one testbed (pi0 spending
+    15-20 ms of CPU per iteration) and 24.0, 24.7 and 32.0 ms pinned (11.8-14.2 ms), for 24.0 priced, at load
+    3-4. Opt-in: at load 6-9 a pinned board cannot leave a CPU other tenants keep busy (one board's LeNet-5
+    iteration 25.4 ms pinned vs 17.4 unpinned), see benchmarks/bench_truth_train.py."""
+    out, nxt = [], 0
+    for q in quotas:
+        k = min(n_cpus, max(1, math.ceil(q - 1e-6)))
+        out.append(tuple(sorted((nxt + i) % n_cpus for i in range(k))))
+        nxt = (nxt + k) % n_cpus
+    return out
+
+
 def build(boards: list[tuple[str, float, float]], overrides: dict[tuple[str, str], float],
-          host_bps: float) -> Testbed:
+          host_bps: float, pin: bool = False) -> Testbed:
     """Create the testbed. ``boards``: (device, cpu cores quota, default bytes/s).
 
-    ``overrides`` maps a device pair to its link bandwidth. Tears down what it
-    built if any step fails.
+    ``overrides`` maps a device pair to its link bandwidth; ``pin``: each board's processes run on their own
+    CPUs (``pin_cpus``; needs ``taskset``). Tears down what it built if any step fails.
     """
     require_root()
+    if pin and subprocess.run(["which", "taskset"], capture_output=True).returncode != 0:
+        raise EmulationError("pinning boards to CPUs needs `taskset`: apt-get install util-linux")
+    cpus = pin_cpus([c for _, c, _ in boards], os.cpu_count() or 1) if pin else [()] * len(boards)
     tag = secrets.token_hex(2)
     _claim(tag)
     net = int(tag, 16) % 250 + 1
@@ -268,7 +291,7 @@ def build(boards: list[tuple[str, float, float]], overrides: dict[tuple[str, str
             _shape(ns, "eth0", bps, mine)
             _shape(bridge_ns, b, max([bps] + [r for _, r in mine]), ())
             cg = _cgroup_create(cg_root, dev, cores)
-            slots.append(BoardSlot(dev, ns, addresses[dev], cores, str(cg), bps, mine))
+            slots.append(BoardSlot(dev, ns, addresses[dev], cores, str(cg), bps, mine, cpus[i]))
         # the host's own leg: the head runs on this machine
         ha, hb = f"{PREFIX}{tag}ha", f"{PREFIX}{tag}hb"
         _run("ip", "link", "add", ha, "type", "veth", "peer", "name", hb)

@@ -79,6 +79,27 @@ def test_links_are_shaped_and_everything_is_torn_down():
     assert netns.leftovers() == []
 
 
+def test_pinned_boards_get_whole_cpus_dealt_round_robin():
+    """Three half-core boards on 2 CPUs: 0, 1, 0; a 1.5-core board takes two CPUs; never more than exist."""
+    assert netns.pin_cpus([0.5, 0.5, 0.5], 2) == [(0,), (1,), (0,)]
+    assert netns.pin_cpus([1.5, 0.3, 0.3], 2) == [(0, 1), (0,), (1,)]
+    assert netns.pin_cpus([3.0], 2) == [(0, 1)]
+
+
+@pytest.mark.netns
+@netns_tier
+def test_a_pinned_board_runs_its_processes_on_its_cpu():
+    bed = netns.build([("a", 0.5, 12.5e6), ("b", 0.5, 12.5e6)], {}, 12.5e6, pin=True)
+    try:
+        show = [sys.executable, "-c", "import os;print(sorted(os.sched_getaffinity(0)))"]
+        got = [subprocess.run(b.launch_prefix() + show, capture_output=True, text=True, check=True,
+                              timeout=30).stdout.strip() for b in bed.boards]
+        assert got == [str(list(b.cpus)) for b in bed.boards] == ["[0]", "[1]"]
+    finally:
+        netns.teardown(bed)
+    assert netns.leftovers() == []
+
+
 _ECHO = (
     "import socket,sys;s=socket.socket();s.bind(('0.0.0.0',9001));s.listen();c,_=s.accept()\n"
     "c.setsockopt(socket.IPPROTO_TCP,socket.TCP_NODELAY,1);n=int(sys.argv[1])\n"
