@@ -9,7 +9,9 @@ module's time is the fixed cost of a call (``layer_overhead_us``); an op class's
 throughput is its layer's FLOPs / (time - that fixed cost). The
 runtime's own cost of a stage call (``hop_overhead_us``) is the time to
 encode, send over a local socket pair, receive and decode a frame of the kit's
-smallest size; its cost per byte (``hop_byte_ns``) is the slope up to a frame of
+smallest size, one frame every ``HOP_GAP_S`` as a stage's calls arrive (idle between micro-batches: its
+threads wake and its caches are cold; back to back the figure was 4x lower); its cost per byte
+(``hop_byte_ns``) is the slope up to a frame of
 at least ``HOP_LARGE`` bytes, halved: a stage call receives its inputs and sends
 its outputs, and the cost model charges ``hop_byte_ns`` on each byte in and each
 byte out, while one timed frame pays both ends of every byte. Output is JSON
@@ -34,23 +36,31 @@ import numpy as np
 
 FAST_Q = 10  # percentile of the call times kept
 HOP_LARGE = 1 << 20  # the per-byte hop is timed up to a frame of at least this size (below it, per-call noise rules)
+# idle seconds before each timed hop frame: a stage waits for its next micro-batch, so its call wakes the worker's
+# connection, compute and sender threads with cold caches. Here (x86 host, 4 KiB): a real worker (identity module,
+# bench_runtime's) spent 34-50 us of CPU per call back to back, 115 at 2 ms gaps, 255 at 20 ms; the kit's frame
+# read 42 us (10th percentile) back to back, 70 at 2 ms, 181 at 20 ms. Back to back it priced the warm case only.
+HOP_GAP_S = 0.02
 
 
-def _call_s(fn, seconds: float, min_calls: int = 20) -> "tuple[float, int]":
+def _call_s(fn, seconds: float, min_calls: int = 20, gap_s: float = 0.0) -> "tuple[float, int]":
+    """Fast-percentile seconds of ``fn()`` over ``seconds`` (at least ``min_calls``), ``gap_s`` idle before each."""
     for _ in range(3):
         fn()
     times, t_end = [], time.perf_counter() + seconds
     while time.perf_counter() < t_end or len(times) < min_calls:
+        if gap_s:
+            time.sleep(gap_s)
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
     return float(np.percentile(times, FAST_Q)), len(times)
 
 
-def _hop_s(wire, nbytes: int, seconds: float) -> "tuple[float, int]":
+def _hop_s(wire, nbytes: int, seconds: float, gap_s: float = HOP_GAP_S) -> "tuple[float, int]":
     """Fast-percentile seconds to send one frame of ``nbytes`` through the runtime's wire format and receive it
     on a receiver thread that lives for the whole timing, as a worker's connection thread does (a thread started
-    per frame put its start-up, not the bytes, in the figure)."""
+    per frame put its start-up, not the bytes, in the figure), ``gap_s`` idle before each (``HOP_GAP_S``)."""
     a, b = socket.socketpair()
     x = np.zeros(max(1, nbytes // 4), dtype=np.float32)
     frame = wire.Frame(wire.DATA, request_id=1, tensors=(x,))
@@ -73,7 +83,7 @@ def _hop_s(wire, nbytes: int, seconds: float) -> "tuple[float, int]":
         done.acquire()
 
     try:
-        return _call_s(one, seconds)
+        return _call_s(one, seconds, gap_s=gap_s)
     finally:
         stop.append(True)
         go.release()
@@ -82,12 +92,13 @@ def _hop_s(wire, nbytes: int, seconds: float) -> "tuple[float, int]":
         b.close()
 
 
-def hop_figures(wire, small: int, large: int, seconds: float) -> "tuple[float, float, int, int]":
+def hop_figures(wire, small: int, large: int, seconds: float, gap_s: float = HOP_GAP_S
+                ) -> "tuple[float, float, int, int]":
     """(seconds per frame of ``small`` bytes, seconds per byte a stage call receives or sends, frames timed, the
     large size used): frames through the runtime's wire format, sent and received (module docstring)."""
     large = max(large, HOP_LARGE)
-    hop_small, n_hop = _hop_s(wire, small, seconds)
-    hop_large, _ = _hop_s(wire, large, seconds)
+    hop_small, n_hop = _hop_s(wire, small, seconds, gap_s)
+    hop_large, _ = _hop_s(wire, large, seconds, gap_s)
     return hop_small, max(hop_large - hop_small, 0.0) / max(large - small, 1) / 2, n_hop, large
 
 
@@ -157,7 +168,8 @@ def main(argv: "list[str] | None" = None) -> int:
         "when": when, "backend": kit["backend"], "from": src}
     measured["hop_overhead_us"] = {
         "how": f"profiling kit: 10th percentile of {n_hop} wire frames of {small} bytes sent and received over a "
-               "local socket pair", "when": when, "backend": "edgeplan_runtime.wire", "from": src}
+               f"local socket pair, one every {HOP_GAP_S * 1e3:.0f} ms (a stage's calls wake it)", "when": when,
+        "backend": "edgeplan_runtime.wire", "from": src}
     measured["hop_byte_ns"] = {
         "how": f"profiling kit: slope of the 10th-percentile wire frame time from {small} to {large} bytes over a "
                "local socket pair, halved (a frame pays both ends of each byte; a call one end of each byte in "
