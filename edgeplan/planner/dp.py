@@ -251,14 +251,24 @@ class DPSolver:
                 off = sum(b * s for b, s in zip(c.bundles, self.stride, strict=False))
                 by_devs[c.bundles] = (rv, rv - off)
             self.rows.append(by_devs[c.bundles])
-        # link class of a stage = what the previous stage's send depends on: whether the stage is one device
-        # (it receives every sample) or wide, and (non-uniform links) its board types
-        keys = [(0 if tp.uniform else c.mask, sum(c.devs) == 1) for c in comps]
-        order = sorted(set(keys))
-        self.comp_cls = [order.index(k) for k in keys]
-        self.cls_mask = [mk for mk, _ in order] if not tp.uniform else [None] * len(order)
-        self.cls_wide = np.array([not single for _, single in order], dtype=bool)
-        self.nS = max(1, len(order))
+        # link class of a stage = what the previous stage's send depends on. Uniform links (``exact_links``):
+        # the stage's busiest device's samples ``x`` (class x - 1; a one-device stage: x = m), since the send
+        # from a group whose busiest sender has ``y`` takes ``max(x, y) * bytes / bw + latency`` exactly
+        # (costmodel.pair_loads: every device's NIC moves its own samples). Non-uniform links: whether the
+        # stage is one device (it receives every sample) or wide, and its board types (a lower bound, below).
+        self.exact_links = tp.uniform
+        if self.exact_links:
+            self.comp_cls = [0] * len(comps)  # one group for _subsets; a stage's class comes from its samples
+            self.cls_mask = [None] * self.m
+            self.cls_wide = np.ones(self.m, dtype=bool)
+            self.nS = self.m
+        else:
+            keys = [(c.mask, sum(c.devs) == 1) for c in comps]
+            order = sorted(set(keys))
+            self.comp_cls = [order.index(k) for k in keys]
+            self.cls_mask = [mk for mk, _ in order]
+            self.cls_wide = np.array([not single for _, single in order], dtype=bool)
+            self.nS = max(1, len(order))
         self._link_tab = [self._link_terms(c) for c in comps]
         self._subs = None
         self._cell = np.array([sum(b * s for b, s in zip(c.bundles, self.stride, strict=True)) for c in comps],
@@ -289,7 +299,9 @@ class DPSolver:
         else:
             rows = sum(u * b * (b + 1) / 2 * R / (b + 1) for b, u in zip(nb, U, strict=True))
             G = float(sum(u * b for b, u in zip(nb, U, strict=True)))
-        nS = 2 if tp.uniform else min(2 ** T, G + 1)
+        # classes per row: uniform links price sends by the receivers' busiest device (exact_links); a training
+        # pass there keeps one candidate per row and depth (_exact_sends), measured at about one class's work
+        nS = (1 if self.train else 2) if tp.uniform else min(2 ** T, G + 1)
         K = len(self.bnd) - 1 if K is None else K
         return K * K / 2 * rows * nS * self.nD + G * K * K * (4 + (self.m * T if self.mixed else 0))
 
@@ -339,13 +351,12 @@ class DPSolver:
     def prices_exactly(self, layout: Layout, kind: str = "sum") -> bool:
         """Whether the DP's link figures for ``layout`` are the cost model's (see ``_link_terms``).
 
-        A send into a wide group adds its busiest sender's time to a sum (a lower bound); it is exact on
-        a uniform network when no receiver takes more samples than the busiest sender sends. As a
-        bottleneck key (``kind="max"``) it is exact on a uniform network: the receivers' side is a key
-        of the receiving stage.
+        Uniform links: exact (``exact_links``: the receiving stage's class is its busiest device's
+        samples). Non-uniform: a send into a wide group adds its busiest sender's time to a sum (a lower
+        bound), and into one device a mixed group's fastest type pair.
         """
         tp, dev_type = self.types, {d: t for t, mem in enumerate(self.types.members) for d in mem}
-        if kind == "max" and tp.uniform:
+        if self.exact_links:
             return True
         for st, nxt in zip(layout[:-1], layout[1:], strict=True):
             src_types = {dev_type[self.costs.units[u][0]] for u, _ in st.replicas}
@@ -491,6 +502,15 @@ class DPSolver:
             stk["bw0"] = np.array([tab[0][0] for tab in self._link_tab], dtype=np.float64)
             stk["lt0"] = np.array([tab[1][0] for tab in self._link_tab], dtype=np.float64)
             stk["alive"] = self._dominated(stk)
+            # what every pass reads the same way: options that fit and no unit-twin beats, the receivers' key
+            # of a send into a stage (uniform), link terms per composition, the stage classes (exact_links)
+            stk["okal"] = stk["ok"] & stk["alive"][:, None, None, None]
+            if self.types.uniform and len(self.bnd) > 2:
+                bw, lt = stk["bw0"][:, None, None, None], stk["lt0"][:, None, None, None]
+                stk["rk"] = (2.0 if self.train else 1.0) * (stk["kout"][:, 1:]
+                                                            * self.pf.cut[self.bnd[1:]][None, :, None, None] / bw + lt)
+            stk["BW"], stk["LT"], stk["EP"] = (np.array([tab[x] for tab in self._link_tab]) for x in range(3))
+            stk["CL"] = (np.clip(stk["kout"] - 1, 0, self.nS - 1).astype(np.int64) if self.exact_links else None)
             self._stk = stk
         return self._stk
 
@@ -692,11 +712,13 @@ class DPSolver:
                 self._subs = []
         return self._subs
 
-    def _beaten(self, c: np.ndarray) -> np.ndarray:
+    def _beaten(self, c: np.ndarray, own: np.ndarray | None = None) -> np.ndarray:
         """``c`` [G, ...] (a cost per composition) with inf where a composition of a strict subset of the
         devices (same link class, so the stage before pays the same send) costs no more: exact, since
         the DP's value can only fall with more devices left (every state means "at most"), and on a tie
-        the subset, an earlier composition, wins anyway (``run_pass``'s order). Changed in place."""
+        the subset, an earlier composition, wins anyway (``run_pass``'s order). ``own`` (uniform links,
+        ``exact_links``): each entry's class (busiest device's samples - 1); only a subset of no higher
+        class beats it (no dearer send into it or out of it). Changed in place."""
         subs = self._subsets()
         if not subs:
             return c
@@ -704,23 +726,138 @@ class DPSolver:
         flat = c.reshape(G, -1)
         shape = tuple(n + 1 for n in self.nb) + (flat.shape[1],)
         bund = self._bund
+        ofl = None if own is None else own.reshape(G, -1)
         for members, starts, cells in subs:
             x = flat[members]
             fin = np.isfinite(x).any(axis=1)
             if not fin.any():
                 continue
-            grid = np.full((self.R, flat.shape[1]), np.inf)
-            grid[cells[starts]] = np.minimum.reduceat(x, starts, axis=0)
-            pm = grid.reshape(shape)
-            for ax in range(T):  # the cheapest over every cell at most this one
-                pm = np.minimum.accumulate(pm, axis=ax)
-            pm = pm.reshape(self.R, -1)
+            levels = [None] if ofl is None else np.unique(ofl[members][np.isfinite(x)])
             sub = np.full(x.shape, np.inf)
-            for t in range(T):  # a strict subset is at most one device of some type fewer
-                has = bund[members, t] >= 1
-                sub[has] = np.minimum(sub[has], pm[cells[has] - self.stride[t]])
+            for lv in levels:  # per class: the subsets of no higher class
+                xs = x if lv is None else np.where(ofl[members] <= lv, x, np.inf)
+                grid = np.full((self.R, flat.shape[1]), np.inf)
+                grid[cells[starts]] = np.minimum.reduceat(xs, starts, axis=0)
+                pm = grid.reshape(shape)
+                for ax in range(T):  # the cheapest over every cell at most this one
+                    pm = np.minimum.accumulate(pm, axis=ax)
+                pm = pm.reshape(self.R, -1)
+                sl = np.full(x.shape, np.inf)
+                for t in range(T):  # a strict subset is at most one device of some type fewer
+                    has = bund[members, t] >= 1
+                    sl[has] = np.minimum(sl[has], pm[cells[has] - self.stride[t]])
+                sub = sl if lv is None else np.where(ofl[members] == lv, sl, sub)
             flat[members] = np.where(fin[:, None] & (x >= sub), np.inf, x)
         return c
+
+    def _exact_sends(self, k: int, A: np.ndarray, CL: np.ndarray, valT: np.ndarray, dmap: list[int], theta: float,
+                     cp: float, ce: float, is_sum: bool, out: tuple[list, ...]) -> np.ndarray:
+        """``run_pass``'s candidates for every stage starting at ``bnd[k]`` that a next stage follows, uniform
+        links (``exact_links``): the send from a stage whose busiest device has ``x`` samples into one of class
+        ``c`` (busiest ``c + 1``) takes ``f (max(x, c + 1) cut / bw + lat)``, as ``costmodel.pair_loads``.
+
+        So per next state the classes ``<= x - 1`` cost the sender's own link time (a prefix minimum of
+        their values) and each class above costs its own (a suffix minimum of value + link); the better of
+        the two for every sender class ``x`` is built once per remaining-devices state (``Q``), and each
+        (composition, state) row adds its stage by one lookup. The target state holds the stage's own
+        class: where it is the same for every end (almost always), the row's best end is its candidate,
+        else every (end, depth) is. The next class is chosen for the winners only (``_next_class``).
+        (``_beaten`` is not run here: per class it cost more than the rows it drops, measured on ResNet-50
+        x 16 boards.)
+        Returns the link seconds by (end, class) for that choice.
+        """
+        K, nS, nD, G = len(self.bnd) - 1, self.nS, self.nD, len(self.comps)
+        L = K - k - 1
+        f = 2.0 if self.train else 1.0
+        bw, lt, ep = (float(self._link_tab[0][x][0]) for x in range(3))
+        a = A[:, k, k + 1:K][:, :, dmap]  # [G, L, nD] by the next stage's depth
+        own = CL[:, k, k + 1:K][:, :, dmap]  # the stage's class, by the next stage's depth
+        ck = self.pf.cut[self.bnd[k + 1:K]]
+        pcl = f * (np.arange(1, nS + 1)[None, :] * ck[:, None] / bw + lt)  # [L, nS]: the send by the busier side
+        lnk = np.where(pcl <= theta, cp * pcl if is_sum else pcl, np.inf)
+        rg, rrv, rmg, _ = self._rows_all()
+        fa = np.isfinite(a)
+        live = np.nonzero(fa.reshape(G, -1).any(axis=1)[rg])[0]
+        V = valT[:, :, k + 1:K]  # [nS, R, L, nD]: run_pass's class-first copy of its values
+        ok_state = np.isfinite(V).any(axis=(0, 2, 3))
+        live = live[ok_state[rmg[live]]]
+        if not len(live):
+            return lnk
+        R = self.R
+        ln4 = lnk.T[:, None, :, None]  # [nS, 1, L, 1]
+        PM = np.empty(V.shape)  # min over classes <= c
+        PM[0] = V[0]
+        for c in range(1, nS):
+            np.minimum(PM[c - 1], V[c], out=PM[c])
+        hi = V + ln4 if is_sum else np.maximum(V, ln4)
+        SM = np.empty(V.shape)  # min over classes > c
+        SM[nS - 1] = np.inf
+        for c in range(nS - 2, -1, -1):
+            np.minimum(SM[c + 1], hi[c + 1], out=SM[c])
+        Q = PM + ln4 if is_sum else np.maximum(PM, ln4)
+        np.minimum(Q, SM, out=Q)
+        if is_sum:
+            Q += (ce * f * self.m * ep) * ck[None, None, :, None]  # energy: every byte once, class-free
+        Q = Q.reshape(-1)
+        lid = np.arange(L)[None, :, None] * nD + np.arange(nD)[None, None, :]
+        own_x = own * (R * L * nD) + lid  # [G, L, nD]: offset of (own class, end, depth) beside the state's
+        own_d = np.array(dmap if nD > 1 else [0] * nD, dtype=np.int64)
+        lo_c = np.where(fa, own, nS).min(axis=1)  # [G, nD]
+        same = (lo_c == np.where(fa, own, -1).max(axis=1)).all(axis=1) | ~fa.reshape(G, -1).any(axis=1)
+        cand_v, cand_t, cand_d, cand_pos, cand_info = out
+        step = max(CHUNK_ROWS, (1 << 18) // (L * nD))  # rows of about 2^18 (end, depth) entries at once
+        for lo in range(0, len(live), step):
+            rows = live[lo:lo + step]
+            g = rg[rows]
+            ix = (rmg[rows] * (L * nD))[:, None, None] + own_x[g]
+            q = Q[ix]
+            tot = a[g] + q if is_sum else np.maximum(a[g], q)
+            one = same[g]
+            if one.any():  # one class per row and depth: its best end (the first on ties)
+                t1 = tot[one]
+                la = t1.argmin(axis=1)  # [rows, nD]
+                best = np.take_along_axis(t1, la[:, None], axis=1)[:, 0]
+                fin = np.isfinite(best)
+                rr, dd = np.nonzero(fin)
+                r_, g_ = rows[one][rr], g[one][rr]
+                cand_v.append(best[fin])
+                cand_t.append(rrv[r_] * nS + lo_c[g_, dd])
+                cand_d.append(own_d[dd])
+                cand_pos.append(g_ * 2 + 1)
+                cand_info.append(np.stack([g_, k + 1 + la[fin], np.full(len(g_), -1), dd], axis=1))
+            if not one.all():  # every (end, depth) with its own class
+                t2 = tot[~one]
+                fin = np.isfinite(t2)
+                rr, ll, dd = np.nonzero(fin)
+                r_, g_ = rows[~one][rr], g[~one][rr]
+                cand_v.append(t2[fin])
+                cand_t.append(rrv[r_] * nS + own[g_, ll, dd])
+                cand_d.append(own_d[dd])
+                cand_pos.append(g_ * 2 + 1)
+                cand_info.append(np.stack([g_, k + 1 + ll, np.full(len(g_), -1), dd], axis=1))
+        return lnk
+
+    def _next_class(self, k: int, info: np.ndarray, r: np.ndarray, CL: np.ndarray, val: np.ndarray,
+                    dmap: list[int], lnk: np.ndarray, is_sum: bool) -> None:
+        """The next stage's class for winners of ``_exact_sends`` (``info`` rows (g, end, -1, next depth),
+        start states ``r``), as its ``Q`` chose it: the classes up to the stage's own at its link time
+        (first on ties), else the best above at theirs (lowest on ties). Fills ``info[:, 2]`` in place."""
+        g, k2, d2 = info[:, 0], info[:, 1], info[:, 3]
+        x = CL[g, k, k2, np.asarray(dmap, dtype=np.int64)[d2]]  # [W] the stage's own class
+        V = val[r - self._cell[g], k2, :, d2]  # [W, nS]
+        li = k2 - k - 1
+        nS = self.nS
+        cls = np.arange(nS)[None, :]
+        ln = lnk[li]  # [W, nS]
+        lo_v = np.where(cls <= x[:, None], V, np.inf)
+        lo_a = lo_v.argmin(axis=1)
+        lo_b = lo_v[np.arange(len(g)), lo_a]
+        lx = ln[np.arange(len(g)), x]
+        low = lo_b + lx if is_sum else np.maximum(lo_b, lx)
+        hi_v = np.where(cls > x[:, None], V + ln if is_sum else np.maximum(V, ln), np.inf)
+        hi_a = hi_v.argmin(axis=1)
+        up = hi_v[np.arange(len(g)), hi_a] < low
+        info[:, 2] = np.where(up, hi_a, lo_a)
 
     def run_pass(self, kind: str, theta: float = np.inf, cp: float = 1.0, ce: float = 0.0,
                  theta_idle: float = 0.0, bkey: str = "p", theta_a: float = np.inf):
@@ -735,7 +872,8 @@ class DPSolver:
         R, nS, nD = self.R, self.nS, self.nD
         G = len(self.comps)
         val = np.full((R, K + 1, nS, nD), np.inf)
-        ch = np.full((R, K + 1, nS, nD, 4), -1, dtype=np.int64)
+        ch = np.full((R, K + 1, nS, nD, 4), -1, dtype=np.int32)
+        valT = np.full((nS, R, K + 1, nD), np.inf) if self.exact_links else None  # class-first (_exact_sends)
         dmap = [min(nD - 1, d + 1) for d in range(nD)]
         is_sum = kind == "sum"
         K1 = K + 1
@@ -746,8 +884,12 @@ class DPSolver:
         bs = tau
         with np.errstate(invalid="ignore"):
             a_s = cp * tau + ce * (st["dyn"] + st["idle"][:, None, None, None] * theta_idle) if is_sum else bs
-        A = np.where(st["ok"] & (bs <= theta) & (st["ar"] <= theta_a) & st["alive"][:, None, None, None], a_s,
-                     np.inf)  # [G, K1, K1, nD]
+        keep = st["okal"]
+        if theta < np.inf:
+            keep = keep & (bs <= theta)
+        if theta_a < np.inf:
+            keep = keep & (st["ar"] <= theta_a)
+        A = np.where(keep, a_s, np.inf)  # [G, K1, K1, nD]
         # the input link (head -> the stage starting at 0) and the output link are priced with the stage:
         # they depend on its shares (the head's own share does not travel)
         pin, ein = st["in_p"], st["in_e"]
@@ -757,19 +899,21 @@ class DPSolver:
         if self.types.uniform and K > 1:
             # what its busiest device receives across its start cut: a bottleneck key of the send into it,
             # so with the senders' side (below) the max over keys is the link's time exactly
-            bw, lt = st["bw0"][:, None, None, None], st["lt0"][:, None, None, None]
-            rk = (2.0 if self.train else 1.0) * (st["kout"][:, 1:] * self.pf.cut[self.bnd[1:]][None, :, None, None]
-                                                 / bw + lt)
-            brk = rk
-            A[:, 1:] = np.where(brk <= theta, A[:, 1:] if is_sum else np.maximum(A[:, 1:], brk), np.inf)
+            brk = st["rk"]
+            if not is_sum:
+                A[:, 1:] = np.maximum(A[:, 1:], brk)
+            if theta < np.inf:
+                A[:, 1:] = np.where(brk <= theta, A[:, 1:], np.inf)
         pe, ee = st["out_p"][:, :, 0], st["out_e"][:, :, 0]
         bl_end = pe
         endc = np.where(bl_end <= theta, cp * pe + ce * ee if is_sum else bl_end, np.inf)
         col = A[:, :, K, 0]
         END = col + endc if is_sum else np.maximum(col, endc)  # [G, K1]: the stage running to the end
-        END = self._beaten(END)
         KO = st["kout"]
-        BW, LT, EP = (np.array([tab[x] for tab in self._link_tab]) for x in range(3))  # [G, nS]
+        # uniform links: a stage's class is its busiest device's samples - 1 (what a send into it waits for)
+        CL = st["CL"]
+        END = self._beaten(END, None if CL is None else CL[:, :, K, 0])
+        BW, LT, EP = st["BW"], st["LT"], st["EP"]  # [G, nS]
         f = 2.0 if self.train else 1.0
         pk = None
         if self.peaks:  # every key a stage option is held to (as a max pass sees it), by (start, end, depth)
@@ -790,12 +934,16 @@ class DPSolver:
             okend = np.isfinite(endv)
             if okend.any():
                 cand_v.append(endv[okend])
-                cand_t.append(target[okend])
+                cand_t.append(target[okend] if CL is None else rrv[okend] * nS + CL[rg[okend], k, K, 0])
                 cand_d.append(np.zeros(okend.sum(), dtype=np.int64))
                 cand_pos.append(rg[okend] * 2)
                 cand_info.append(np.stack([rg[okend], np.full(okend.sum(), K), np.full(okend.sum(), -1),
                                            np.full(okend.sum(), -1)], axis=1))
-            if K - k >= 2:
+            lnk = None
+            if K - k >= 2 and CL is not None:
+                lnk = self._exact_sends(k, A, CL, valT, dmap, theta, cp, ce, is_sum,
+                                        (cand_v, cand_t, cand_d, cand_pos, cand_info))
+            elif K - k >= 2:
                 a = A[:, k, k + 1:K][:, :, dmap]  # [G, L, nD] by the next stage's depth
                 # the send to the next stage: every sample into a one-device stage, the busiest sender's
                 # samples into a wide one (a lower bound there: prices_exactly)
@@ -847,11 +995,21 @@ class DPSolver:
             pos = np.concatenate(cand_pos)
             info = np.concatenate(cand_info)
             win = _first_min(t, v, pos, R * nS * nD)
+            if lnk is not None:  # the winners' next classes (_exact_sends left them to choose)
+                mid = info[win, 2] < 0
+                mid &= info[win, 1] < K
+                if mid.any():
+                    wi = win[mid]
+                    sub = info[wi]
+                    self._next_class(k, sub, t[wi] // nD // nS, CL, val, dmap, lnk, is_sum)
+                    info[wi] = sub
             tt = t[win]
             d_ = tt % nD
             st_ = tt // nD
             r_, c_ = st_ // nS, st_ % nS
             val[r_, k, c_, d_] = v[win]
+            if valT is not None:
+                valT[c_, r_, k, d_] = v[win]
             ch[r_, k, c_, d_] = info[win]
             if pk is not None:  # the winner's keys: its stage, its send (run_pass's p4) and the path after it
                 g_, k2_, c2_, d2_ = info[win].T
@@ -860,7 +1018,10 @@ class DPSolver:
                 mid = ~end
                 if mid.any():
                     gm, km, cm = g_[mid], k2_[mid], c2_[mid]
-                    ns = np.where(self.cls_wide[cm], KO[gm, k, km, d_[mid]], float(self.m))
+                    if CL is None:
+                        ns = np.where(self.cls_wide[cm], KO[gm, k, km, d_[mid]], float(self.m))
+                    else:  # the busier of the stage's and the next stage's busiest devices
+                        ns = np.maximum(KO[gm, k, km, d_[mid]], cm + 1.0)
                     send = f * (ns * cut_b[km] / BW[gm, cm] + LT[gm, cm])
                     own[mid] = np.maximum(own[mid], np.maximum(send, pk[r_[mid] - self._cell[gm], km, cm, d2_[mid]]))
                 pk[r_, k, c_, d_] = own

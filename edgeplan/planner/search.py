@@ -229,7 +229,16 @@ def _peak(dp: DPSolver, layout: Layout, bkey: str) -> float:
     return evaluate(dp.costs, layout, dp.obj, prefix=dp.pf).period_s
 
 
-def _time_search(dp: DPSolver, obj: Objective, consider, best, notes: list[str]) -> tuple[int, bool]:
+def _incumbent(dp: DPSolver, obj: Objective) -> float:
+    """The best feasible baseline's objective value (``baselines``: a few evaluations), inf if none."""
+    from edgeplan.planner.baselines import baselines
+
+    vals = [ev.value(obj) for _, _, ev, _ in baselines(dp.costs, obj, dp.pf) if ev is not None and ev.feasible]
+    return min(vals, default=np.inf)
+
+
+def _time_search(dp: DPSolver, obj: Objective, consider, best, notes: list[str],
+                 cap: float | None = None) -> tuple[int, bool]:
     """Training time ``T = sum p + w max p + max tail`` (``w = M - 1``; tail: a stage's all-reduce + optimizer
     step, ``costmodel``): two bottlenecks, so branch and bound over boxes of candidate thresholds
     ``[p_a, p_b] x [t_a, t_b]`` (indices into the sorted candidates). A ``sum`` pass with every stage
@@ -239,22 +248,34 @@ def _time_search(dp: DPSolver, obj: Objective, consider, best, notes: list[str])
     ``p < P`` and (``p >= P``, ``tail < A``), or ``tail < A`` and (``tail >= A``, ``p < P``) when the
     tail spans more seconds of the objective than the bottleneck; each part is halved where its bound is
     loosest (the side whose thresholds span more seconds of the objective), inherits ``s`` as a lower
-    bound of its sums, and parts are searched lowest bound first. Returns (passes, exact)."""
+    bound of its sums, and parts are searched lowest bound first.
+
+    ``cap``: the iteration time of a feasible plan (the best baseline, ``_incumbent``). Since
+    ``T >= M max p + max tail``, the optimum, if no worse, has every key ``<= cap / M`` and tail ``<= cap``:
+    the search runs within those thresholds from its first pass (most stage options drop out), and
+    starts again without them when its best is worse than ``cap`` (a baseline the DP's graph cannot
+    express). Returns (passes, exact)."""
+    cap = _incumbent(dp, obj) if cap is None else cap
     w = float(dp.M - 1)
-    got = dp.run_pass("sum")
+    p_cap, a_cap = cap / dp.M * (1 + 1e-9), cap * (1 + 1e-9)
+    got = dp.run_pass("sum", theta=p_cap, theta_a=a_cap)
     passes, exact = 1, True
     if got is None:
+        if np.isfinite(cap):
+            more, exact = _time_search(dp, obj, consider, best, notes, cap=np.inf)
+            return passes + more, exact
         return passes, exact
     consider(got[1])
     floor = got[0]
     if w > 0:
-        lo = dp.run_pass("max")
+        lo = dp.run_pass("max", theta=p_cap, theta_a=a_cap)
         passes += 1
         cp = dp.candidates("p")
-        cp = cp[cp >= lo[0] * (1 - 1e-12)]
+        cp = cp[(cp >= lo[0] * (1 - 1e-12)) & (cp <= p_cap)]
     else:  # one micro-batch: the bottleneck does not count; one unbounded "candidate"
-        cp = np.array([np.inf])
+        cp = np.array([p_cap])
     ct = dp.tail_candidates()
+    ct = ct[ct <= a_cap]
 
     def low(i: int) -> float:
         return w * cp[i] if w > 0 else 0.0
@@ -297,6 +318,11 @@ def _time_search(dp: DPSolver, obj: Objective, consider, best, notes: list[str])
         best_v = best().value(obj) * (1 - 1e-12)
         if bound >= best_v:
             break  # lowest bound first: no box left can beat the best plan
+        if w > 0:  # T >= M max p + max tail: thresholds past what could still beat the best plan go
+            b = min(b, int(np.searchsorted(cp, (best_v - ct[c]) / dp.M * (1 + 1e-9), side="right")) - 1)
+            d = min(d, int(np.searchsorted(ct, (best_v - dp.M * cp[a]) * (1 + 1e-9), side="right")) - 1)
+            if b < a or d < c:
+                continue
         if passes >= (MAX_PASSES if dp.exact else HEURISTIC_PASSES):
             exact = False
             notes.append(f"DP heuristic: bottleneck search stopped after {passes} passes")
@@ -310,4 +336,7 @@ def _time_search(dp: DPSolver, obj: Objective, consider, best, notes: list[str])
             continue
         for box in rest(a, b, c, d, got[1], got[0]):
             heapq.heappush(heap, box)
+    if exact and np.isfinite(cap) and best().value(obj) > cap * (1 + 1e-9):  # the thresholds may have hidden it
+        more, exact = _time_search(dp, obj, consider, best, notes, cap=np.inf)
+        passes += more
     return passes, exact
