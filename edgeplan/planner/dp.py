@@ -269,7 +269,9 @@ class DPSolver:
             self.cls_mask = [mk for mk, _ in order]
             self.cls_wide = np.array([not single for _, single in order], dtype=bool)
             self.nS = max(1, len(order))
-        self._link_tab = [self._link_terms(c) for c in comps]
+        # uniform links: every composition's terms are the one link's
+        self._link_tab = ([self._link_terms(comps[0])] * len(comps) if tp.uniform and comps
+                          else [self._link_terms(c) for c in comps])
         self._subs = None
         self._cell = np.array([sum(b * s for b, s in zip(c.bundles, self.stride, strict=True)) for c in comps],
                               dtype=np.int64)  # a composition's devices as a step in the remaining-devices grid
@@ -712,13 +714,13 @@ class DPSolver:
                 self._subs = []
         return self._subs
 
-    def _beaten(self, c: np.ndarray, own: np.ndarray | None = None) -> np.ndarray:
+    def _beaten(self, c: np.ndarray) -> np.ndarray:
         """``c`` [G, ...] (a cost per composition) with inf where a composition of a strict subset of the
         devices (same link class, so the stage before pays the same send) costs no more: exact, since
         the DP's value can only fall with more devices left (every state means "at most"), and on a tie
-        the subset, an earlier composition, wins anyway (``run_pass``'s order). ``own`` (uniform links,
-        ``exact_links``): each entry's class (busiest device's samples - 1); only a subset of no higher
-        class beats it (no dearer send into it or out of it). Changed in place."""
+        the subset, an earlier composition, wins anyway (``run_pass``'s order). Changed in place. Not with
+        ``exact_links``: there a stage's class is its own samples, and a per-class version cost more than
+        the rows it dropped (measured on ResNet-50 x 16 boards)."""
         subs = self._subsets()
         if not subs:
             return c
@@ -726,32 +728,27 @@ class DPSolver:
         flat = c.reshape(G, -1)
         shape = tuple(n + 1 for n in self.nb) + (flat.shape[1],)
         bund = self._bund
-        ofl = None if own is None else own.reshape(G, -1)
         for members, starts, cells in subs:
             x = flat[members]
             fin = np.isfinite(x).any(axis=1)
             if not fin.any():
                 continue
-            levels = [None] if ofl is None else np.unique(ofl[members][np.isfinite(x)])
+            grid = np.full((self.R, flat.shape[1]), np.inf)
+            grid[cells[starts]] = np.minimum.reduceat(x, starts, axis=0)
+            pm = grid.reshape(shape)
+            for ax in range(T):  # the cheapest over every cell at most this one
+                pm = np.minimum.accumulate(pm, axis=ax)
+            pm = pm.reshape(self.R, -1)
             sub = np.full(x.shape, np.inf)
-            for lv in levels:  # per class: the subsets of no higher class
-                xs = x if lv is None else np.where(ofl[members] <= lv, x, np.inf)
-                grid = np.full((self.R, flat.shape[1]), np.inf)
-                grid[cells[starts]] = np.minimum.reduceat(xs, starts, axis=0)
-                pm = grid.reshape(shape)
-                for ax in range(T):  # the cheapest over every cell at most this one
-                    pm = np.minimum.accumulate(pm, axis=ax)
-                pm = pm.reshape(self.R, -1)
-                sl = np.full(x.shape, np.inf)
-                for t in range(T):  # a strict subset is at most one device of some type fewer
-                    has = bund[members, t] >= 1
-                    sl[has] = np.minimum(sl[has], pm[cells[has] - self.stride[t]])
-                sub = sl if lv is None else np.where(ofl[members] == lv, sl, sub)
+            for t in range(T):  # a strict subset is at most one device of some type fewer
+                has = bund[members, t] >= 1
+                sub[has] = np.minimum(sub[has], pm[cells[has] - self.stride[t]])
             flat[members] = np.where(fin[:, None] & (x >= sub), np.inf, x)
         return c
 
     def _exact_sends(self, k: int, A: np.ndarray, CL: np.ndarray, valT: np.ndarray, dmap: list[int], theta: float,
-                     cp: float, ce: float, is_sum: bool, out: tuple[list, ...]) -> np.ndarray:
+                     cp: float, ce: float, is_sum: bool, out: tuple[list, ...],
+                     reach: np.ndarray | None = None) -> np.ndarray:
         """``run_pass``'s candidates for every stage starting at ``bnd[k]`` that a next stage follows, uniform
         links (``exact_links``): the send from a stage whose busiest device has ``x`` samples into one of class
         ``c`` (busiest ``c + 1``) takes ``f (max(x, c + 1) cut / bw + lat)``, as ``costmodel.pair_loads``.
@@ -762,8 +759,7 @@ class DPSolver:
         (composition, state) row adds its stage by one lookup. The target state holds the stage's own
         class: where it is the same for every end (almost always), the row's best end is its candidate,
         else every (end, depth) is. The next class is chosen for the winners only (``_next_class``).
-        (``_beaten`` is not run here: per class it cost more than the rows it drops, measured on ResNet-50
-        x 16 boards.)
+        (``_beaten`` is not run here, see there.)
         Returns the link seconds by (end, class) for that choice.
         """
         K, nS, nD, G = len(self.bnd) - 1, self.nS, self.nD, len(self.comps)
@@ -780,10 +776,15 @@ class DPSolver:
         live = np.nonzero(fa.reshape(G, -1).any(axis=1)[rg])[0]
         V = valT[:, :, k + 1:K]  # [nS, R, L, nD]: run_pass's class-first copy of its values
         ok_state = np.isfinite(V).any(axis=(0, 2, 3))
-        live = live[ok_state[rmg[live]]]
+        live = live[ok_state[rmg[live]] if reach is None else ok_state[rmg[live]] & reach[rrv[live]]]
         if not len(live):
             return lnk
-        R = self.R
+        need = np.zeros(self.R, dtype=bool)
+        need[rmg[live]] = True
+        used = np.nonzero(need)[0]  # only the next states a live row reaches
+        where = np.cumsum(need) - 1  # a used state's place among them
+        R = len(used)
+        V = V[:, used]
         ln4 = lnk.T[:, None, :, None]  # [nS, 1, L, 1]
         PM = np.empty(V.shape)  # min over classes <= c
         PM[0] = V[0]
@@ -809,7 +810,7 @@ class DPSolver:
         for lo in range(0, len(live), step):
             rows = live[lo:lo + step]
             g = rg[rows]
-            ix = (rmg[rows] * (L * nD))[:, None, None] + own_x[g]
+            ix = (where[rmg[rows]] * (L * nD))[:, None, None] + own_x[g]
             q = Q[ix]
             tot = a[g] + q if is_sum else np.maximum(a[g], q)
             one = same[g]
@@ -836,6 +837,27 @@ class DPSolver:
                 cand_pos.append(g_ * 2 + 1)
                 cand_info.append(np.stack([g_, k + 1 + ll, np.full(len(g_), -1), dd], axis=1))
         return lnk
+
+    def _reachable(self, A: np.ndarray) -> np.ndarray:
+        """[K+1, R] whether a pass can reach start state ``r`` at boundary ``k`` from all devices at 0: the
+        layers before ``bnd[k]`` need at least ``mind[k]`` devices in stages this pass allows (fewest devices
+        per stage option, summed along the cheapest chain), so at most ``total - mind[k]`` remain. Rows into
+        other states cannot reach the pass's answer (only ``state_values``, for energy, reads them: there
+        ``peaks`` is set and nothing is pruned)."""
+        K1, R = A.shape[1], self.R
+        if getattr(self, "_ndev", None) is None:
+            self._ndev = np.array([sum(c.devs) for c in self.comps], dtype=np.float64)
+            self._rdev = (self.grid * np.array(self.bundle)[None, :]).sum(axis=1)
+        fin = np.isfinite(A).any(axis=3)  # [G, K1, K1]
+        md = np.where(fin, self._ndev[:, None, None], np.inf).min(axis=0)
+        mind = np.full(K1, np.inf)
+        mind[0] = 0.0
+        for k2 in range(1, K1):
+            mind[k2] = (mind[:k2] + md[:k2, k2]).min()
+        reach = self._rdev[None, :] <= sum(self.types.counts) - mind[:, None]
+        reach[0] = False
+        reach[0, R - 1] = True
+        return reach
 
     def _next_class(self, k: int, info: np.ndarray, r: np.ndarray, CL: np.ndarray, val: np.ndarray,
                     dmap: list[int], lnk: np.ndarray, is_sum: bool) -> None:
@@ -883,7 +905,12 @@ class DPSolver:
         tau = st["tau"]
         bs = tau
         with np.errstate(invalid="ignore"):
-            a_s = cp * tau + ce * (st["dyn"] + st["idle"][:, None, None, None] * theta_idle) if is_sum else bs
+            if not is_sum:
+                a_s = bs
+            elif ce == 0.0:
+                a_s = tau if cp == 1.0 else cp * tau
+            else:
+                a_s = cp * tau + ce * (st["dyn"] + st["idle"][:, None, None, None] * theta_idle)
         keep = st["okal"]
         if theta < np.inf:
             keep = keep & (bs <= theta)
@@ -912,7 +939,8 @@ class DPSolver:
         KO = st["kout"]
         # uniform links: a stage's class is its busiest device's samples - 1 (what a send into it waits for)
         CL = st["CL"]
-        END = self._beaten(END, None if CL is None else CL[:, :, K, 0])
+        if CL is None:
+            END = self._beaten(END)
         BW, LT, EP = st["BW"], st["LT"], st["EP"]  # [G, nS]
         f = 2.0 if self.train else 1.0
         pk = None
@@ -927,11 +955,14 @@ class DPSolver:
         cut_b = self.pf.cut[self.bnd]
         wide = self.cls_wide[None, None, :, None]
         rg, rrv, rmg, rcg = self._rows_all()
-        target = rrv * nS + rcg
+        target = rrv * nS + rcg if CL is None else None
+        reach = None if (self.peaks or CL is None) else self._reachable(A)
         for k in range(K - 1, -1, -1):
             cand_v, cand_t, cand_d, cand_pos, cand_info = [], [], [], [], []
             endv = END[rg, k]
             okend = np.isfinite(endv)
+            if reach is not None:
+                okend &= reach[k, rrv]
             if okend.any():
                 cand_v.append(endv[okend])
                 cand_t.append(target[okend] if CL is None else rrv[okend] * nS + CL[rg[okend], k, K, 0])
@@ -942,7 +973,8 @@ class DPSolver:
             lnk = None
             if K - k >= 2 and CL is not None:
                 lnk = self._exact_sends(k, A, CL, valT, dmap, theta, cp, ce, is_sum,
-                                        (cand_v, cand_t, cand_d, cand_pos, cand_info))
+                                        (cand_v, cand_t, cand_d, cand_pos, cand_info),
+                                        None if reach is None else reach[k])
             elif K - k >= 2:
                 a = A[:, k, k + 1:K][:, :, dmap]  # [G, L, nD] by the next stage's depth
                 # the send to the next stage: every sample into a one-device stage, the busiest sender's

@@ -142,7 +142,7 @@ def test_dropping_options_a_subset_beats_changes_no_result(name, monkeypatch):
         solver = dp.DPSolver(costs, obj)
         assert solver._subsets()  # the pruning runs on these cases (else the test shows nothing)
         got.append(search.optimise(solver, obj))
-    monkeypatch.setattr(dp.DPSolver, "_beaten", lambda self, c, own=None: c)
+    monkeypatch.setattr(dp.DPSolver, "_beaten", lambda self, c: c)
     for seed in seeds:
         plain = search.optimise(dp.DPSolver(_seeded(seed), obj), obj)
         assert plain.layout == got[seed].layout and plain.exact == got[seed].exact
