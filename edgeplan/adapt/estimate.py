@@ -226,6 +226,15 @@ class Estimator:
             if self.calibrated and (key not in self.reference or self._late.get(key, self.confirm) < self.confirm):
                 self._late_reference(key, v)
             x = math.log(v / self.reference.get(key, 1.0))
+            # A board is never taken for faster than nominal (its reading relative to calibration is capped at 1, as a
+            # link's is at its reference): the family plans for slowdowns, and a faster reading is the calibration's
+            # error, not a condition. On the testbed at load 2-9 the npu-board drifted to 0.65x, then read 0.43x on
+            # the npu-only plan (the whole model on it), which priced that plan best under every condition: the
+            # heuristic stayed on it for 80 s of the alternating trace (its drop and hogs included); a hogged gpu-
+            # board read 0.25x once the hog ended (its plan-dependent reference) and sent the runtime to a plan that
+            # measured nothing, then a probe back.
+            if key.startswith("slowdown:"):
+                x = max(x, 0.0)
             old = self._smooth.get(key)
             self._smooth[key] = x if old is None else (1 - self.alpha) * old + self.alpha * x
             if key not in self._committed:  # first measured: what the estimate already assumes for it is no change

@@ -206,6 +206,22 @@ def test_a_link_that_recovers_while_its_board_is_hogged_reads_recovered(cluster)
     assert seen.count("slowdown:gpu-board=3") >= 2 and not any("bandwidth=0.25+" in c for c in seen), seen
 
 
+def test_a_board_is_never_taken_for_faster_than_nominal(cluster):
+    """A board calibrated under load that later reads 0.5x is the calibration's error, not a condition (the family
+    plans slowdowns): on the testbed an npu-board drifting to 0.43x priced the npu-only plan best under every
+    condition. A real hog after it still reads as one."""
+    est, b = Estimator(cluster, head="npu-board"), Boards(cluster)
+    for _ in range(3):
+        est.update(b.status({}, {}))
+    est.calibrate()
+    for _ in range(6):
+        e = est.update(b.status({"gpu-board": 0.5}, {}))
+    assert str(e.condition) == "nominal" and e.change_id == 0
+    for _ in range(3):
+        e = est.update(b.status({"gpu-board": 3.0}, {}))
+    assert str(e.condition) == "slowdown:gpu-board=3"
+
+
 def test_a_switch_alone_does_not_read_as_a_change_of_the_board(cluster):
     """Two layouts' workers on gpu-board; layout B's module reads 2x its prediction (a model error the 3-request
     warm-up missed). After a switch from A to B the board's slowdown stays nominal; a real 3x hog while B runs
