@@ -57,6 +57,8 @@ class DPSolver:
         self.types: DeviceTypes = device_types(costs, self.head, objective.training)
         self.ignore_memory = ignore_memory
         self.m, self.M, self.train = objective.micro, objective.microbatches, objective.training
+        # training on uniform links prices sends exactly (_setup); inference keeps the busiest-sender bound
+        self.exact_links = self.types.uniform and self.train
         self.nD = self.M if (self.train and objective.schedule == "1f1b") else 1
         self.notes: list[str] = []
         self.exact = True
@@ -256,7 +258,6 @@ class DPSolver:
         # from a group whose busiest sender has ``y`` takes ``max(x, y) * bytes / bw + latency`` exactly
         # (costmodel.pair_loads: every device's NIC moves its own samples). Non-uniform links: whether the
         # stage is one device (it receives every sample) or wide, and its board types (a lower bound, below).
-        self.exact_links = tp.uniform
         if self.exact_links:
             self.comp_cls = [0] * len(comps)  # one group for _subsets; a stage's class comes from its samples
             self.cls_mask = [None] * self.m
@@ -305,7 +306,11 @@ class DPSolver:
         # pass there keeps one candidate per row and depth (_exact_sends), measured at about one class's work
         nS = (1 if self.train else 2) if tp.uniform else min(2 ** T, G + 1)
         K = len(self.bnd) - 1 if K is None else K
-        return K * K / 2 * rows * nS * self.nD + G * K * K * (4 + (self.m * T if self.mixed else 0))
+        # exact_links passes cost mostly per stage option (composition x start x end x depth), ~16 row entries'
+        # worth each (measured: ResNet-50 and the synthetic 170 layers x 16 boards, 25 and 47 ms a pass at 6
+        # blocks with 969 and 1740 compositions and about the same rows)
+        per_option = 16 * K * K * self.nD * G if self.exact_links else 0.0
+        return K * K / 2 * rows * nS * self.nD + G * K * K * (4 + (self.m * T if self.mixed else 0)) + per_option
 
     # ----------------------------------------------------------------- links
     def _types_of(self, mask: int) -> list[int]:
@@ -353,12 +358,14 @@ class DPSolver:
     def prices_exactly(self, layout: Layout, kind: str = "sum") -> bool:
         """Whether the DP's link figures for ``layout`` are the cost model's (see ``_link_terms``).
 
-        Uniform links: exact (``exact_links``: the receiving stage's class is its busiest device's
-        samples). Non-uniform: a send into a wide group adds its busiest sender's time to a sum (a lower
-        bound), and into one device a mixed group's fastest type pair.
+        Training on uniform links: exact (``exact_links``: the receiving stage's class is its busiest
+        device's samples). Otherwise a send into a wide group adds its busiest sender's time to a sum (a
+        lower bound: exact on a uniform network when no receiver takes more samples than the busiest
+        sender sends), and into one device a mixed group's fastest type pair. (Inference keeps that bound:
+        its energy search leans on ``_beaten``, which the per-sample classes do not allow.)
         """
         tp, dev_type = self.types, {d: t for t, mem in enumerate(self.types.members) for d in mem}
-        if self.exact_links:
+        if self.exact_links or (kind == "max" and tp.uniform):
             return True
         for st, nxt in zip(layout[:-1], layout[1:], strict=True):
             src_types = {dev_type[self.costs.units[u][0]] for u, _ in st.replicas}

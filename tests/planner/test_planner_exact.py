@@ -96,9 +96,7 @@ def test_block_cuts_sit_at_cut_minima_spread_by_work():
 def test_resnet50_on_sixteen_boards_keeps_and_picks_mixed_groups():
     """Issue 13's case: ResNet-50 on 16 boards of four types. The DP keeps every composition (mixed types,
     no bundles) on a coarse graph, and mixed groups that fit stay in its passes; at batch 16 (throughput)
-    one type per group ties its period and loses or ties on latency. (With sends into wide groups priced
-    at the busiest receiver too, a one-type layout has the lowest latency among the fastest here: a 4+2
-    mixed group ties its period but sends 8 samples into each of two boards.)"""
+    its optimum has a group of mixed board types (one type per group only ties it there)."""
     pytest.importorskip("torch", reason="traces resnet50")
     from pathlib import Path
 
@@ -114,15 +112,16 @@ def test_resnet50_on_sixteen_boards_keeps_and_picks_mixed_groups():
     assert solver.coarse and solver.exact and solver.mixed and set(solver.bundle) == {1}
     res = search.solve(costs, obj, refine=False)
     assert res.exact and res.coarse and res.blocks == len(solver.bnd) - 1 and res.layers == costs.n_layers
+    board = {d: name.split("-")[0] for d, name in enumerate(costs.devices)}  # pi4-a -> pi4
+    mixed = [len({board[costs.units[u][0]] for u, _ in st.replicas}) > 1 for st in res.layout]
+    assert any(mixed), res.layout
     stk = solver._stacked()  # compositions of several board types that fit somewhere and no other beats
     alive = [gi for gi, c in enumerate(solver.comps) if stk["alive"][gi] and stk["ok"][gi].any()]
     assert sum(1 for gi in alive if sum(1 for x in solver.comps[gi].devs if x) >= 3) > 100
     single = dp.DPSolver(costs, obj, cuts=solver.bnd)
     single.mixed = False
     single._build()
-    one = search.optimise(single, obj).evaluation
-    assert one.value(obj) >= res.evaluation.value(obj) * (1 - 1e-12)
-    assert one.score(obj) >= res.evaluation.score(obj) or np.isclose(one.latency_s, res.evaluation.latency_s)
+    assert search.optimise(single, obj).evaluation.value(obj) >= res.evaluation.value(obj) * (1 - 1e-12)
 
 
 def _seeded(seed: int):
