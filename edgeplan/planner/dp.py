@@ -253,21 +253,22 @@ class DPSolver:
                 off = sum(b * s for b, s in zip(c.bundles, self.stride, strict=False))
                 by_devs[c.bundles] = (rv, rv - off)
             self.rows.append(by_devs[c.bundles])
-        # link class of a stage = what the previous stage's send depends on. Uniform links (``exact_links``):
+        # link class of a stage = what the previous stage's send depends on. Training, uniform links (``exact_links``):
         # the stage's busiest device's samples ``x`` (class x - 1; a one-device stage: x = m), since the send
         # from a group whose busiest sender has ``y`` takes ``max(x, y) * bytes / bw + latency`` exactly
-        # (costmodel.pair_loads: every device's NIC moves its own samples). Non-uniform links: whether the
-        # stage is one device (it receives every sample) or wide, and its board types (a lower bound, below).
+        # (costmodel.pair_loads: every device's NIC moves its own samples). Otherwise: whether the stage is
+        # one device (it receives every sample) or wide, and (non-uniform links) its board types (a lower
+        # bound, below).
         if self.exact_links:
             self.comp_cls = [0] * len(comps)  # one group for _subsets; a stage's class comes from its samples
             self.cls_mask = [None] * self.m
             self.cls_wide = np.ones(self.m, dtype=bool)
             self.nS = self.m
         else:
-            keys = [(c.mask, sum(c.devs) == 1) for c in comps]
+            keys = [(0 if tp.uniform else c.mask, sum(c.devs) == 1) for c in comps]
             order = sorted(set(keys))
             self.comp_cls = [order.index(k) for k in keys]
-            self.cls_mask = [mk for mk, _ in order]
+            self.cls_mask = [mk for mk, _ in order] if not tp.uniform else [None] * len(order)
             self.cls_wide = np.array([not single for _, single in order], dtype=bool)
             self.nS = max(1, len(order))
         # uniform links: every composition's terms are the one link's
