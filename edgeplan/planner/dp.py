@@ -35,6 +35,7 @@ WORK_BUDGET = 6e7  # element-operations per pass before reductions kick in
 CHUNK_ROWS = 2048
 MIN_BLOCKS = 6  # a coarse graph of fewer blocks than this is too coarse: the search is reduced instead
 PRUNE_GRID_SHARE = 4  # _beaten runs when its grid work x this is below the rows a pass walks
+EXACT_LINK_SAMPLES = 16  # largest micro-batch whose sends training passes price exactly (classes = samples)
 COARSE_WORK = 1.5e8  # element-operations of all passes on a coarse graph (about a CPU second, ResNet-50 x 16)
 
 
@@ -57,8 +58,9 @@ class DPSolver:
         self.types: DeviceTypes = device_types(costs, self.head, objective.training)
         self.ignore_memory = ignore_memory
         self.m, self.M, self.train = objective.micro, objective.microbatches, objective.training
-        # training on uniform links prices sends exactly (_setup); inference keeps the busiest-sender bound
-        self.exact_links = self.types.uniform and self.train
+        # training on uniform links prices sends exactly (_setup: one class per busiest-device sample count, so
+        # the tables grow with the micro-batch: up to EXACT_LINK_SAMPLES); inference keeps the busiest-sender bound
+        self.exact_links = self.types.uniform and self.train and self.m <= EXACT_LINK_SAMPLES
         self.nD = self.M if (self.train and objective.schedule == "1f1b") else 1
         self.notes: list[str] = []
         self.exact = True
@@ -305,7 +307,7 @@ class DPSolver:
             G = float(sum(u * b for b, u in zip(nb, U, strict=True)))
         # classes per row: uniform links price sends by the receivers' busiest device (exact_links); a training
         # pass there keeps one candidate per row and depth (_exact_sends), measured at about one class's work
-        nS = (1 if self.train else 2) if tp.uniform else min(2 ** T, G + 1)
+        nS = 1 if self.exact_links else 2 if tp.uniform else min(2 ** T, G + 1)
         K = len(self.bnd) - 1 if K is None else K
         # exact_links passes cost mostly per stage option (composition x start x end x depth), ~16 row entries'
         # worth each (measured: ResNet-50 and the synthetic 170 layers x 16 boards, 25 and 47 ms a pass at 6

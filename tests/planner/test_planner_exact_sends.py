@@ -61,3 +61,13 @@ def test_wide_to_wide_training_dp_equals_brute_force_and_ilp(seed):
     got = ilp.solve(costs, OBJ)
     assert got.exact and rel_close(got.evaluation.iter_s, best[0].iter_s, 1e-6)
 
+
+
+def test_a_micro_batch_past_the_exact_classes_keeps_the_bound_and_says_so(monkeypatch):
+    """Classes are the busiest device's sample counts, so the tables grow with the micro-batch; past
+    ``EXACT_LINK_SAMPLES`` the DP prices the busiest sender (a lower bound) and the note says so."""
+    monkeypatch.setattr(dp, "EXACT_LINK_SAMPLES", OBJ.micro - 1)
+    costs = _two_kinds(6)
+    assert not dp.DPSolver(costs, OBJ).exact_links
+    res = search.solve(costs, OBJ, refine=False)
+    assert not res.exact and any(n.startswith("DP lower bound") for n in res.notes), res.notes
