@@ -40,7 +40,10 @@ reports) prices plans here, so they all agree. The model, per micro-batch of
   in flight at stage ``s``, so its steady period is also at least the round
   trip from ``s`` to the last stage and back over ``S - s``; that term is not
   priced either (``schedule.simulate`` models it; the README says by how much it
-  misses on measured runs).
+  misses on measured runs). Unlike the slack it would fit the DP: the round trip
+  is the suffix's own sum of ``p`` over ``min(M, S - s)`` (the 1F1B depth its
+  states carry), so a threshold pass could drop states whose suffix sum exceeds
+  ``theta x min(M, depth)``; it waits for the model to price it first.
 - energy per sample: replicas' ``(busy - idle)^+ * t_r`` + ``idle * period`` of
   every used device + link bytes x energy/byte, divided by the samples.
 - memory per replica: ``params * (1 + training * (1 + optimizer_states))`` +
