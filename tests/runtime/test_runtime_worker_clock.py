@@ -98,12 +98,20 @@ def test_a_module_with_its_own_threads_keeps_process_cpu(tmp_path):
 
     w = _worker(tmp_path, runner)
     assert w.cpu_clock == "process"
-    charged, _ = _measure(w, burner=False)
     own = module_cpu_clock(type("R", (), {"calling_thread": True})())[0]
-    t0 = own()
-    _spin(loops * CALLS)
-    ref = (own() - t0) / CALLS
-    assert 0.6 * ref < charged < 1.6 * ref + 0.002, (charged, ref)  # the pool thread's CPU counts
+
+    def ref() -> float:  # CPU of the same work on this thread, per call
+        t0 = own()
+        _spin(loops * CALLS)
+        return (own() - t0) / CALLS
+
+    # the reference brackets the calls: a loop's CPU moves with what shares the core (the CI run read
+    # 0.52x with the reference taken after the calls on a machine whose load rose meanwhile)
+    before = ref()
+    charged, _ = _measure(w, burner=False)
+    after = ref()
+    lo, hi = min(before, after), max(before, after)
+    assert 0.6 * lo < charged < 1.6 * hi + 0.002, (charged, before, after)  # the pool thread's CPU counts
 
 
 def test_onnxruntime_with_one_thread_runs_on_the_calling_thread(tmp_path):
