@@ -18,7 +18,7 @@ pids=""
 stop() {
     for pid in $pids; do kill "$pid" 2>/dev/null || true; done
 }
-trap 'stop; exit 143' TERM INT
+trap 'stop; wait; exit 143' TERM INT  # exit once the workers have: a restart finds their ports free
 # stage 0 of 3 on unit cpu (codegen-text): layers [0, 3), samples [0, 4) of each micro-batch, listens on 10.0.0.11:7701
 "$PYTHON" -m edgeplan_runtime.worker --stage stage0/stage.json &
 pids="$pids $!"
