@@ -55,7 +55,19 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "clusters" / "ten-r
 BOARD_CORES = 0.5
 
 
-def _plan(graph, cluster_path: Path, text: str, microbatches: int, batch: int):
+def three_rpi3b(out: Path) -> Path:
+    """The first three boards of ten-rpi3b as a cluster file in ``out`` (this bench's and the netns test's)."""
+    import yaml
+
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["devices"], doc["name"] = doc["devices"][:3], "three-rpi3b"
+    path = out / "three-rpi3b.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def plan_layout(graph, cluster_path: Path, text: str, microbatches: int, batch: int):
+    """(plan of the layout ``text`` for 1F1B training, cluster) priced on ``cluster_path``."""
     from edgeplan.planner.api import evaluate, layout_from_text, plan_of
     from edgeplan.planner.objective import Objective
     from edgeplan.planner.plan import record_sources
@@ -72,7 +84,8 @@ def _plan(graph, cluster_path: Path, text: str, microbatches: int, batch: int):
                           cluster=cluster), cluster
 
 
-def _train(plan, cluster, out: Path, tag: str, iters: int, batch: int) -> tuple[dict, Path]:
+def train(plan, cluster, out: Path, tag: str, iters: int, batch: int) -> tuple[dict, Path]:
+    """Train ``plan`` for ``iters`` iterations on synthetic data (in the testbed the caller set up): (report, path)."""
     from edgeplan import jsonio
     from edgeplan.training import launch
     from edgeplan.training.config import TrainConfig
@@ -86,7 +99,6 @@ def _train(plan, cluster, out: Path, tag: str, iters: int, batch: int) -> tuple[
 
 
 def main(argv: list[str] | None = None) -> list[tuple]:
-    import yaml
 
     from edgeplan import jsonio
     from edgeplan.graph.load import build
@@ -105,17 +117,14 @@ def main(argv: list[str] | None = None) -> list[tuple]:
     evals = [(text.strip(), int(m)) for text, m in (x.rsplit("/", 1) for x in args.layouts.split(";"))]
     out = args.keep or Path(tempfile.mkdtemp(prefix="bench-truth-train-"))
     out.mkdir(parents=True, exist_ok=True)
-    doc = yaml.safe_load(EXAMPLE.read_text())
-    doc["devices"], doc["name"] = doc["devices"][:3], "three-rpi3b"
-    cluster_path = out / "three-rpi3b.yaml"
-    cluster_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    cluster_path = three_rpi3b(out)
     spec = load_cluster(cluster_path)
     graph = build("lenet5").graph
     rows = []
 
     def run(text: str, m: int, cpath: Path, tag: str, kind: str) -> Path:
         t0 = time.perf_counter()
-        rep, path = _train(*_plan(graph, cpath, text, m, args.batch), out, tag, args.iters, args.batch)
+        rep, path = train(*plan_layout(graph, cpath, text, m, args.batch), out, tag, args.iters, args.batch)
         load = Path("/proc/loadavg").read_text().split()[0]
         print(f"  {tag}: {text}  M={m}  {time.perf_counter() - t0:.0f} s, load {load}", flush=True)
         rows.append((kind, text, m, rep["predicted_iter_s"], rep["measured_iter_s"], load))

@@ -20,24 +20,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 pytest.importorskip("torch")
 
+from benchmarks.bench_truth_train import plan_layout, three_rpi3b, train  # noqa: E402
 from edgeplan import jsonio  # noqa: E402
 from edgeplan.graph.load import build  # noqa: E402
-from edgeplan.planner.api import evaluate, layout_from_text, make_plan, plan_of  # noqa: E402
+from edgeplan.planner.api import make_plan  # noqa: E402
 from edgeplan.planner.objective import Objective  # noqa: E402
-from edgeplan.planner.plan import record_sources  # noqa: E402
 from edgeplan.profiles import calibrate_train as ct  # noqa: E402
-from edgeplan.profiles.cost import build_cost_table  # noqa: E402
 from edgeplan.profiles.load import load_cluster  # noqa: E402
 from edgeplan.testbed import emulate, netns  # noqa: E402
 from edgeplan.training import launch  # noqa: E402
-from edgeplan.training.config import TrainConfig  # noqa: E402
 from tests.tiers import netns_tier  # noqa: E402
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "clusters" / "ten-rpi3b.yaml"
 LAYOUT = "lenet5 | 0-5@pi0:cpu | 6-11@pi1:cpu*0.75+pi2:cpu*0.25"
 ONE_BOARD = "lenet5 | 0-11@pi0:cpu"
 UNSEEN = "lenet5 | 0-5@pi0:cpu | 6-11@pi1:cpu"
@@ -47,22 +43,11 @@ BOARD_CORES = 0.5
 
 
 def _plan(graph, cluster_path: Path, text: str = LAYOUT):
-    cluster = load_cluster(cluster_path)
-    costs = build_cost_table(graph, cluster)
-    lay = layout_from_text(costs, text, OBJ)
-    plan = plan_of(costs, lay, OBJ, evaluate(costs, lay, OBJ), model=graph.name, graph_sha256=graph.digest(),
-                   cluster=cluster.name, cluster_sha256=cluster.digest())
-    return record_sources(plan, model_ref="lenet5", input_shape=None, cluster_path=str(cluster_path),
-                          cluster=cluster), cluster
+    return plan_layout(graph, cluster_path, text, OBJ.microbatches, OBJ.batch)
 
 
 def _train(plan, cluster, tmp: Path, tag: str) -> tuple[dict, Path]:
-    art = launch.prepare(plan, "lenet5", tmp / f"art-{tag}", cluster=cluster)
-    cfg = TrainConfig(epochs=1, dataset="synthetic", samples=ITERS * OBJ.batch, max_iters=ITERS, evaluate=False,
-                      timeout_s=120)
-    result = launch.run(art, cfg, local=False, run_dir=tmp / f"run-{tag}", echo=lambda *_: None)
-    rep = launch.report(launch.load(art), result, cfg)
-    return rep, jsonio.write(tmp / f"train-report-{tag}.json", rep)
+    return train(plan, cluster, tmp, tag, ITERS, OBJ.batch)
 
 
 def _errors(rep: dict) -> tuple[float, float]:
@@ -75,10 +60,7 @@ def _errors(rep: dict) -> tuple[float, float]:
 @pytest.mark.netns
 @netns_tier
 def test_emulated_train_calibrate_replan_train(tmp_path, monkeypatch):
-    doc = yaml.safe_load(EXAMPLE.read_text())
-    doc["devices"], doc["name"] = doc["devices"][:3], "three-rpi3b"
-    cluster_path = tmp_path / "three-rpi3b.yaml"
-    cluster_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    cluster_path = three_rpi3b(tmp_path)
     spec = load_cluster(cluster_path)
     graph = build("lenet5").graph
     pi = emulate.board_speed(spec, "pi0")
