@@ -54,7 +54,8 @@ out["trained"] = rss()
 params = sum(p.numel() * p.element_size() for p in model.parameters())
 acts = 4 * (3 * 64 + 8 * 64 * 2 + 8 * 64 + 10) * 4
 out["modelled"] = params * 3 + acts  # weights + grads + momentum, activations of one micro-batch
-out["peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+from edgeplan.runtime.monitor import peak_rss_bytes  # VmHWM: ru_maxrss would keep the parent's peak
+out["peak"] = peak_rss_bytes()
 dist.destroy_process_group()
 print(json.dumps(out))
 """

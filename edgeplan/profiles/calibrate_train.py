@@ -421,8 +421,12 @@ def fit_reserve(cluster: Cluster, reports: list[tuple[str, dict]]) -> tuple[Rese
         gap, peak, model, who = worst[d.profile]
         note = (f"{who}: peak RSS {peak / 2**20:.0f} MB is below the modelled {model / 2**20:.0f} MB; reserve "
                 "clamped to 0 (the cost model over-prices this stage's memory)") if gap < 0 else ""
+        if gap > d.ram_bytes:  # more than the board has: not this board's process (or not its memory)
+            note = (f"{who}: peak RSS {peak / 2**20:.0f} MB - modelled {model / 2**20:.0f} MB exceeds {d.name}'s "
+                    f"usable {d.ram_bytes / 2**20:.0f} MB; reserve clamped to it (was the report measured on "
+                    "this board?)")
         n = counts.get(d.name, 0)
-        out.append(ReserveFit(d.name, n, peak, model, max(gap, 0), note if n else ""))
+        out.append(ReserveFit(d.name, n, peak, model, min(max(gap, 0), int(d.ram_bytes)), note if n else ""))
     return tuple(out)
 
 

@@ -52,6 +52,21 @@ def _read(path: str) -> Optional[str]:
         return None
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident bytes since it exec'd: /proc's VmHWM (its own address space's high-water
+    mark). ``ru_maxrss`` is not that: a child started by vfork + exec keeps its parent's high-water mark, so a
+    training rank launched from a 3 GB pytest process read 3.4 GB. ``ru_maxrss`` only where /proc has no VmHWM."""
+    for line in (_read("/proc/self/status") or "").splitlines():
+        if line.startswith("VmHWM:"):
+            try:
+                return int(line.split()[1]) * 1024  # kB
+            except (ValueError, IndexError):
+                break
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
 def _read_number(path: str) -> Optional[float]:
     text = _read(path)
     if text is None:

@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from . import backends, net, wire
-from .monitor import Monitor
+from .monitor import Monitor, peak_rss_bytes
 from .spec import StageSpec
 
 META_SLACK = 1 << 20  # control frames (JSON) up to 1 MiB
@@ -640,7 +640,7 @@ class Worker:
             "device": self.spec.device, "stage": self.spec.stage, **self.stats,
             "compute_p50_s": float(np.percentile(times, 50)) if times.size else None,
             "compute_mean_s": float(times.mean()) if times.size else None,
-            "cpu_s": ru.ru_utime + ru.ru_stime, "max_rss_bytes": ru.ru_maxrss * 1024,
+            "cpu_s": ru.ru_utime + ru.ru_stime, "max_rss_bytes": peak_rss_bytes(),
             "cpu_startup_s": self._cpu_startup_s, "compute_cpu_s": self._compute_cpu_s,
             "compute_cpu_clock": self.cpu_clock,
             "cpu_quota_cores": self.cpu_quota_cores,

@@ -8,7 +8,6 @@ measured beside the plan's prediction.
 from __future__ import annotations
 
 import dataclasses
-import resource
 import time
 from dataclasses import dataclass, field
 
@@ -91,7 +90,9 @@ class ResourceProbe:
     def stop(self) -> list[float]:
         snap = self.monitor.snapshot()
         rx, tx = net_bytes()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+        from edgeplan.runtime.monitor import peak_rss_bytes
+
+        peak = peak_rss_bytes()
         return [time.process_time() - self._cpu0,
                 float(max(peak, snap["process_resident_memory_bytes"])),
                 float(rx - self._net0[0]), float(tx - self._net0[1])]

@@ -81,3 +81,25 @@ def test_fit_reserve_takes_the_worst_rank_per_board_model_into_the_calibrated_cl
     assert got["c"] == (350 * MB, "measured: as a board of the same profile that ran: r1.json, r2.json")
     assert got["h"][0] == 0
     assert fit_reserve(cluster, [("old.json", {"stages": [{"replicas": [{"device": "a", "unit": "cpu"}]}]})]) == ()
+    # a peak beyond the board's RAM (a report measured elsewhere) is clamped to the board's usable RAM, said
+    (big,) = [f for f in fit_reserve(cluster, [("x.json", _report([("a", 3400 * MB, 450 * MB)]))]) if f.device == "a"]
+    usable = next(d for d in cluster.devices if d.name == "a").ram_bytes
+    assert big.reserve_bytes == usable and "exceeds a's usable" in big.note
+
+
+def test_a_rank_started_by_a_big_parent_reads_its_own_peak_not_the_parents():
+    """A rank is a vfork + exec child of the launcher (in the test suite, of a pytest process of GBs): its
+    peak must be its own. ``ru_maxrss`` keeps the parent's high-water mark there (the CI run read 3.4 GB for a
+    rank of ~500 MB)."""
+    import subprocess
+    import sys
+
+    from edgeplan.runtime.monitor import peak_rss_bytes
+
+    ballast = bytearray(400 * MB)
+    ballast[::4096] = b"\1" * len(range(0, len(ballast), 4096))  # touch every page: resident in this process
+    assert peak_rss_bytes() > 400 * MB
+    out = subprocess.run([sys.executable, "-c", "from edgeplan.runtime.monitor import peak_rss_bytes; "
+                          "print(peak_rss_bytes())"], capture_output=True, text=True, check=True).stdout
+    del ballast
+    assert int(out) < 200 * MB, int(out) / MB
