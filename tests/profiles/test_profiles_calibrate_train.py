@@ -10,11 +10,11 @@ samples' activations in 1, so the point-to-point per-call and per-byte costs sep
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import yaml
 
+from benchmarks.bench_truth_train import three_rpi3b
 from edgeplan import jsonio
 from edgeplan.graph.load import build
 from edgeplan.planner.api import evaluate, layout_from_text, plan_of
@@ -28,7 +28,6 @@ from edgeplan.profiles.model import TrainingFigures
 from edgeplan.profiles.report import figures_basis
 from edgeplan.training import launch, metrics
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "clusters" / "ten-rpi3b.yaml"
 TRUE = TrainingFigures(forward_factor=2.5, backward_factor=4.0, forward_layer_s=80e-6, backward_layer_s=150e-6,
                        call_s=0.003, call_peer_s=0.0007, optimizer_s_per_byte=20e-9, optimizer_call_s=0.0005,
                        p2p_call_s=0.0004, p2p_s_per_byte=30e-9, allreduce_call_s=0.0015)
@@ -37,14 +36,6 @@ TRUE = TrainingFigures(forward_factor=2.5, backward_factor=4.0, forward_layer_s=
 @pytest.fixture(scope="module")
 def graph():
     return build("lenet5").graph
-
-
-def _cluster_file(tmp: Path) -> Path:
-    doc = yaml.safe_load(EXAMPLE.read_text())
-    doc["devices"], doc["name"] = doc["devices"][:3], "three-rpi3b"
-    path = tmp / "c3.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
 
 
 def _plan(graph, cluster, text: str = "lenet5 | 0-5@pi0:cpu | 6-11@pi1:cpu*0.75+pi2:cpu*0.25"):
@@ -89,7 +80,7 @@ def _truth(cluster, figures=TRUE):
 
 
 def test_fit_recovers_known_training_figures_and_the_planner_prices_them(tmp_path, graph):
-    path = _cluster_file(tmp_path)
+    path = three_rpi3b(tmp_path)
     cluster = load_cluster(path)
     plan = _plan(graph, cluster)
     rep = jsonio.write(tmp_path / "train-report.json", _report(plan, graph, _truth(cluster)))
@@ -141,7 +132,7 @@ def test_two_layouts_separate_the_per_call_from_the_per_layer_cost_and_price_an_
     the fit recovers both, and an unseen layout (pi0 | pi1, M=4) is priced as the truth prices it. A per-layer
     fit alone could not: 12 layers at one call priced as 12 per-layer costs (the testbed's +30% one-board)."""
     truth_figs = dataclasses.replace(TRUE, forward_call_s=1e-3, backward_call_s=0.8e-3)
-    path = _cluster_file(tmp_path)
+    path = three_rpi3b(tmp_path)
     cluster = load_cluster(path)
     truth = _truth(cluster, truth_figs)
     reps = []
@@ -171,7 +162,7 @@ def test_two_layouts_separate_the_per_call_from_the_per_layer_cost_and_price_an_
 
 
 def test_refusals_and_the_peak_clamp(tmp_path, graph):
-    path = _cluster_file(tmp_path)
+    path = three_rpi3b(tmp_path)
     cluster = load_cluster(path)
     plan = _plan(graph, cluster)
     rep = _report(plan, graph, _truth(cluster))
