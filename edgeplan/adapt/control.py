@@ -125,8 +125,9 @@ class Controller:
 
     def __init__(self, head, pricer, estimator, policy, *, epoch_s: float = EPOCH_S,
                  calibrate_epochs: int = CALIBRATE_EPOCHS, log=None, name: str = "", min_dwell_s: float = MIN_DWELL_S,
-                 return_hold_s: float = RETURN_HOLD_S, clock=time.monotonic):
+                 return_hold_s: float = RETURN_HOLD_S, clock=time.monotonic, shares=None):
         self.head, self.pricer, self.estimator, self.policy = head, pricer, estimator, policy
+        self.shares = shares  # () -> {device: CPU share}: a hog read plan-independently (adapt/share.py), or None
         self.epoch_s, self.calibrate_epochs = epoch_s, calibrate_epochs
         self.min_dwell_s, self.return_hold_s, self.clock = min_dwell_s, return_hold_s, clock
         self.held_returns: list[dict] = []  # switches back not made (RETURN_HOLD_S)
@@ -159,7 +160,10 @@ class Controller:
         calibrating)."""
         self.epochs += 1
         status = self.head.status()
-        est = self.estimator.update(flat_status(status, self.scale))
+        flat = flat_status(status, self.scale)
+        if self.shares is not None:
+            flat = dict(flat, cpu_share=self.shares())
+        est = self.estimator.update(flat)
         if not self.calibrated:
             # Calibrate once every board of the active layout has reported stage times (a slow first request
             # must not leave a board's factor uncalibrated), or at the latest after 4x the epochs asked for.
@@ -299,6 +303,7 @@ def load_controller(family_root, head, policy_name: str, *, epoch_s: float = EPO
     from edgeplan.adapt.estimate import Estimator
     from edgeplan.adapt.policy import Pricer, policy_for
     from edgeplan.adapt.rl import family_plans
+    from edgeplan.adapt.share import testbed_share_reader
     from edgeplan.graph.model import LayerGraph
     from edgeplan.profiles.model import Cluster
 
@@ -318,7 +323,7 @@ def load_controller(family_root, head, policy_name: str, *, epoch_s: float = EPO
     head_device = next(iter(plans.values())).head
     est = Estimator(cluster, head=head_device)
     return Controller(head, pricer, est, policy, epoch_s=epoch_s, calibrate_epochs=calibrate_epochs, log=log,
-                      name=policy_name)
+                      name=policy_name, shares=testbed_share_reader())
 
 
 PAUSE_SLACK_S = 0.05  # issue 12's target: a switch pauses at most the old plan's slowest stage + 50 ms

@@ -22,7 +22,14 @@ Input: what the head's ``status()`` holds per worker: ``{"device", "stage", "ali
   the throughput of the timed sends since the previous status (deltas of ``timed_bytes_total`` and
   ``timed_seconds_total``: a step change shows in full in the first status after it), else the
   monitor's own EWMA of timed sends (``throughput_bytes_per_second``, which lags a step by ~10 sends);
-- a board whose workers are all not alive is absent.
+- a board whose workers are all not alive is absent;
+- a board the status gives a CPU share for (``status["cpu_share"][device]``, 0..1 of its nominal CPU:
+  adapt/share.py, the testbed's cgroup quota) reads slowdown = 1 / share, and its stage call times are not
+  used: a quota caps capacity, not speed, so call times read the same hog 4-5x on a plan with a long stage on
+  the board and 1.2-1.8x on one with a short stage (share.py's docstring). The share is read every update
+  whichever plan runs, so the board's factor never expires (no probe to learn a hog ended), its reference is 1
+  (the share is exact, not a model), and the pricer's slowdown of 1/share is the capacity cap (the board's
+  busy time per batch / share is its period).
 
 Link factors become an all-links scale when most measured pairs agree (pairs not measured, e.g. of
 boards the current plan does not use, are assumed to follow it), plus a term per pair that differs.
@@ -141,6 +148,7 @@ class Estimator:
         self._wdone: set = set()  # workers whose model error is settled (running at calibration, or since)
         self._wfirst: dict[str, list[float]] = {}  # worker key -> its first measured/predicted ratios (settling)
         self._wref: dict[str, float] = {}  # worker key -> its reference (model error beyond the warm-up's)
+        self._share_keys: set = set()  # ``slowdown:DEV`` read from a CPU share (reference 1, never call times)
 
     def _raw(self, status: dict) -> tuple[dict[str, float], tuple[str, ...]]:
         busy: dict[str, list[float]] = {}
@@ -148,6 +156,7 @@ class Estimator:
         links: dict[str, float] = {}
         rx: dict[str, float] = {}  # the same, as receivers measured them
         whole: set = set()  # links whose large frames arrived whole at their receiver (the link kept up)
+        shares = {d: float(v) for d, v in (status.get("cpu_share") or {}).items() if v is not None and v > 0}
         for key, w in status.get("workers", {}).items():
             dev = self.head if w["device"] == "head" else w["device"]  # the head's own receive side (flat_status)
             alive[dev] = alive.get(dev, False) or bool(w.get("alive", True))
@@ -157,7 +166,7 @@ class Estimator:
             ps, pn = self._prev.get(key, (0.0, 0.0))
             self._prev[key] = (s, n)
             pred = w.get("predicted_compute_s")
-            if n > pn and pred:
+            if n > pn and pred and dev not in shares:
                 self._wlast[key] = self.updates
                 if self._settling(key, dev, (s - ps) / ((n - pn) * float(pred))):
                     continue
@@ -201,6 +210,9 @@ class Estimator:
                 nominal = self.cluster.link(dev, dst).bandwidth
                 links[f"link:{'/'.join(sorted((dev, dst)))}"] = float(thr) / nominal
         raw = {f"slowdown:{d}": a / p for d, (a, p) in busy.items() if p > 0 and a > 0}
+        for d, share in shares.items():
+            raw[f"slowdown:{d}"] = 1.0 / min(1.0, share)
+            self._share_keys.add(f"slowdown:{d}")
         self._rx_keys.update(rx)
         raw.update((k, v) for k, v in links.items() if k not in self._rx_keys)
         for k in self._rx_keys:
@@ -258,6 +270,12 @@ class Estimator:
                 del self._expired[key]  # measured nominal again: back to the short wait
                 self._wait.pop(key, None)
                 rebuild = True
+        # A degraded link whose frames have started arriving whole (a recovery, read nominal only after
+        # WHOLE_STREAK statuses) is moving too: on the testbed's alternating trace a hog read at once (its share)
+        # with the link's recovery not yet read committed "drop + hog", and the plan for both measures no link,
+        # so only an expiry probe found the recovery (2 switches for one change).
+        moving += [k for k in self._rx_keys if k not in raw and 0 < self._streak.get(k, 0) < WHOLE_STREAK
+                   and self._committed.get(k, 0.0) < -lim and k not in moving]
         # Factors that change together commit together (one change, one switch): a steady factor waits while
         # another is still moving, for at most ``confirm`` updates.
         self.moving = tuple(moving)
@@ -380,6 +398,9 @@ class Estimator:
             self._wdone = {k for k, u in self._wlast.items() if u >= self.updates - self.confirm}
         for key, s in list(self._smooth.items()):
             if keys is not None and key not in keys:
+                continue
+            if key in self._share_keys:  # a share is exact: nominal is 1 whatever it reads now
+                self.reference[key] = 1.0
                 continue
             self.reference[key] = self.reference.get(key, 1.0) * math.exp(s)
             self._smooth[key] = 0.0

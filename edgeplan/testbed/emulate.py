@@ -87,7 +87,7 @@ def state_json(bed: netns.Testbed, plan_shape: Shape) -> dict:
         "notes": list(bed.notes),
         "boards": {
             b.device: {"address": b.address, "prefix": b.launch_prefix(), "cores": b.cpu_quota,
-                       "bandwidth": b.egress_bps}
+                       "bandwidth": b.egress_bps, "cgroup": b.cgroup}  # cgroup: adapt/share.py reads a hog there
             for b in bed.boards
         },
     }
