@@ -84,6 +84,20 @@ def plan_layout(graph, cluster_path: Path, text: str, microbatches: int, batch: 
                           cluster=cluster), cluster
 
 
+def replan(graph, cluster_path: Path, microbatches: int, batch: int):
+    """(the planner's own 1F1B training plan on ``cluster_path``, cluster): issue 14's re-plan after calibration,
+    priced by the planner (not re-evaluated), whatever layout it picks."""
+    from edgeplan.planner.api import make_plan
+    from edgeplan.planner.objective import Objective
+    from edgeplan.planner.plan import record_sources
+    from edgeplan.profiles.load import load_cluster
+
+    cluster = load_cluster(cluster_path)
+    obj = Objective(mode="training", objective="time", batch=batch, microbatches=microbatches, schedule="1f1b")
+    return record_sources(make_plan(graph, cluster, obj), model_ref="lenet5", input_shape=None,
+                          cluster_path=str(cluster_path), cluster=cluster), cluster
+
+
 def train(plan, cluster, out: Path, tag: str, iters: int, batch: int) -> tuple[dict, Path]:
     """Train ``plan`` for ``iters`` iterations on synthetic data (in the testbed the caller set up): (report, path)."""
     from edgeplan import jsonio
@@ -102,6 +116,7 @@ def main(argv: list[str] | None = None) -> list[tuple]:
 
     from edgeplan import jsonio
     from edgeplan.graph.load import build
+    from edgeplan.planner.textform import to_str
     from edgeplan.profiles import calibrate_train as ct
     from edgeplan.profiles.load import load_cluster
     from edgeplan.testbed import emulate
@@ -122,9 +137,10 @@ def main(argv: list[str] | None = None) -> list[tuple]:
     graph = build("lenet5").graph
     rows = []
 
-    def run(text: str, m: int, cpath: Path, tag: str, kind: str) -> Path:
+    def run(text: str, m: int, cpath: Path, tag: str, kind: str, planned=None) -> Path:
         t0 = time.perf_counter()
-        rep, path = train(*plan_layout(graph, cpath, text, m, args.batch), out, tag, args.iters, args.batch)
+        rep, path = train(*(planned or plan_layout(graph, cpath, text, m, args.batch)), out, tag, args.iters,
+                          args.batch)
         load = Path("/proc/loadavg").read_text().split()[0]
         print(f"  {tag}: {text}  M={m}  {time.perf_counter() - t0:.0f} s, load {load}", flush=True)
         rows.append((kind, text, m, rep["predicted_iter_s"], rep["measured_iter_s"], load))
@@ -138,6 +154,9 @@ def main(argv: list[str] | None = None) -> list[tuple]:
         result, _ = ct.calibrate_files(paths, [], cluster_path, out / "calibrated.yaml", lambda p: graph)
         for (text, m), (_, meas, _, after) in zip(CAL, result.iteration_errors(), strict=True):
             rows.append(("in-sample", text, m, after, meas, "-"))
+        planned = replan(graph, out / "calibrated.yaml", CAL[0][1], args.batch)
+        print(f"  re-plan on the calibrated cluster: {to_str(planned[0])}  M={planned[0].microbatches}", flush=True)
+        run(to_str(planned[0]), planned[0].microbatches, out / "calibrated.yaml", "replan", "re-plan", planned)
         for i, (text, m) in enumerate(evals):
             run(text, m, out / "calibrated.yaml", f"eval{i}", "unseen")
     print(ct.format_fit(result))

@@ -1,13 +1,13 @@
-"""Issue 14 item 5, training (netns tier): train, calibrate from those runs, re-plan, train again.
+"""Issue 14 item 5, training (netns tier): train, calibrate from those runs, re-plan, train the re-plan.
 
 LeNet-5 on three Pi 3B of examples/clusters/ten-rpi3b.yaml, each board a network namespace with a CPU quota
 and 94 Mbit/s shaped links. The first round runs two layouts on the rpi3b datasheet profile: stage 0 on pi0,
 stage 1 on pi1 + pi2 with 6 and 2 of each micro-batch's 8 samples (every figure occurs: point-to-point both
 ways, a gradient all-reduce), and the whole model on pi0 (the same layers at other sample counts and stage
-sizes). The second round runs the first layout again (the same quantities, now priced on the figures
-`edgeplan calibrate` fitted from its first run), then a layout no calibration run had (stage 0 on pi0,
-stage 1 on pi1), priced by the planner's iteration formula on a fit over both first-round layouts (one
-layout alone does not separate per-layer from per-sample costs).
+sizes; one layout alone does not separate per-layer from per-sample costs). `edgeplan calibrate` fits both
+runs; the planner then re-plans on the calibrated cluster (whatever layout it picks) and that plan is trained,
+its measured iteration and per-stage forward/backward set against the planner's own prediction. Last, a
+pipeline no calibration run had (stage 0 on pi0, stage 1 on pi1), priced on the same fit.
 
 The emulated boards run on a notional host 2x a Pi 3B (each board gets half a core instead of the ~0.04 this
 machine's real speed would give, which makes start-up take minutes): they are faster than a real Pi 3B by this
@@ -23,11 +23,11 @@ import pytest
 
 pytest.importorskip("torch")
 
-from benchmarks.bench_truth_train import plan_layout, three_rpi3b, train  # noqa: E402
+from benchmarks.bench_truth_train import plan_layout, replan, three_rpi3b, train  # noqa: E402
 from edgeplan import jsonio  # noqa: E402
 from edgeplan.graph.load import build  # noqa: E402
-from edgeplan.planner.api import make_plan  # noqa: E402
 from edgeplan.planner.objective import Objective  # noqa: E402
+from edgeplan.planner.textform import to_str  # noqa: E402
 from edgeplan.profiles import calibrate_train as ct  # noqa: E402
 from edgeplan.profiles.load import load_cluster  # noqa: E402
 from edgeplan.testbed import emulate, netns  # noqa: E402
@@ -68,26 +68,23 @@ def test_emulated_train_calibrate_replan_train(tmp_path, monkeypatch):
                          max_board_cores=BOARD_CORES) as (bed, shape):
         monkeypatch.setenv(launch.TESTBED_ENV, str(jsonio.write(tmp_path / "testbed.json",
                                                                 emulate.state_json(bed, shape))))
-        plan0, cluster0 = _plan(graph, cluster_path)
-        rep0, path0 = _train(plan0, cluster0, tmp_path, "0")
-        result, calibrated = ct.calibrate_files([path0], [], cluster_path, tmp_path / "calibrated.yaml",
-                                                lambda p: graph)
-        # re-plan on the calibrated cluster: the planner prices it with the fitted figures; the same layout runs
-        replanned = make_plan(graph, calibrated, OBJ)
-        assert replanned.predicted.iter_s > 0
-        plan1, cluster1 = _plan(graph, tmp_path / "calibrated.yaml")
-        assert plan1.cluster_sha256 != plan0.cluster_sha256  # the same layout, priced on the fitted figures
-        rep1, _ = _train(plan1, cluster1, tmp_path, "1")
-        # an unseen layout, priced on a fit over two layouts (per-layer and per-sample costs separate)
+        rep0, path0 = _train(*_plan(graph, cluster_path), tmp_path, "0")
         _, path_one = _train(*_plan(graph, cluster_path, ONE_BOARD), tmp_path, "one")
-        ct.calibrate_files([path0, path_one], [], cluster_path, tmp_path / "calibrated2.yaml", lambda p: graph)
-        rep_new, _ = _train(*_plan(graph, tmp_path / "calibrated2.yaml", UNSEEN), tmp_path, "unseen")
+        result, _ = ct.calibrate_files([path0, path_one], [], cluster_path, tmp_path / "calibrated.yaml",
+                                       lambda p: graph)
+        plan1, cluster1 = replan(graph, tmp_path / "calibrated.yaml", OBJ.microbatches, OBJ.batch)
+        assert plan1.cluster_sha256 != rep0["cluster_sha256"]  # planned on the fitted figures
+        rep1, _ = _train(plan1, cluster1, tmp_path, "replan")
+        rep_new, _ = _train(*_plan(graph, tmp_path / "calibrated.yaml", UNSEEN), tmp_path, "unseen")
     assert netns.leftovers() == []
     stage0, iter0 = _errors(rep0)
     stage1, iter1 = _errors(rep1)
-    print(f"forward/backward error per stage replica {stage0:.0%} -> {stage1:.0%}; iteration "
-          f"{rep0['measured_iter_s'] * 1e3:.1f} ms measured vs {rep0['predicted_iter_s'] * 1e3:.1f} predicted "
-          f"({iter0:.0%}) -> {rep1['measured_iter_s'] * 1e3:.1f} vs {rep1['predicted_iter_s'] * 1e3:.1f} ({iter1:.0%})")
+    assert rep1["predicted_iter_s"] == pytest.approx(plan1.predicted.iter_s)  # the planner's own figure
+    print(f"re-plan: {to_str(plan1)} M={plan1.microbatches}")
+    print(f"forward/backward error per stage replica {stage0:.0%} (datasheet, {LAYOUT}) -> {stage1:.0%} (re-plan); "
+          f"iteration {rep0['measured_iter_s'] * 1e3:.1f} ms measured vs {rep0['predicted_iter_s'] * 1e3:.1f} "
+          f"predicted ({iter0:.0%}) -> {rep1['measured_iter_s'] * 1e3:.1f} vs "
+          f"{rep1['predicted_iter_s'] * 1e3:.1f} ({iter1:.0%})")
     unseen = (rep_new["predicted_iter_s"] - rep_new["measured_iter_s"]) / rep_new["measured_iter_s"]
     print(f"unseen layout {UNSEEN}: {rep_new['measured_iter_s'] * 1e3:.1f} ms measured vs "
           f"{rep_new['predicted_iter_s'] * 1e3:.1f} predicted ({unseen:+.0%})")
