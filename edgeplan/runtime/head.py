@@ -1050,8 +1050,13 @@ class FamilyHead:
         """Requests a caller may keep in flight now: ``window`` for the current epoch plus those still
         draining on older layouts (at most ``2 x window``)."""
         with self._lock:
-            old = sum(n for e, n in self._open_epoch.items() if e != self.epoch)
-            return min(2 * self.window, self.window + old)
+            now, total = self._in_flight()
+            return min(2 * self.window, self.window + total - now)
+
+    def _in_flight(self) -> Tuple[int, int]:
+        """(requests in flight in the current epoch, in all epochs), under ``_lock``: the one count that
+        ``capacity`` and ``submit`` both apply their window rule to, so the two cannot drift apart."""
+        return self._open_epoch.get(self.epoch, 0), sum(self._open_epoch.values())
 
     def add_wake(self, fn: Callable[[], None]) -> None:
         """Call ``fn()`` after every switch (a new epoch has room at once)."""
@@ -1067,8 +1072,7 @@ class FamilyHead:
         """Head.submit on the active variant; ``Busy`` when ``window`` requests of the current epoch are in
         flight (or ``2 x window`` over all variants, old layouts still draining)."""
         with self._lock:
-            n_open = sum(self._open.values())
-            n_now = self._open_epoch.get(self.epoch, 0)
+            n_now, n_open = self._in_flight()
             if n_now >= self.window or n_open >= 2 * self.window:
                 self.rejected += 1
                 raise Busy(f"{n_now} requests in flight on {self.active}, {n_open} in all (window {self.window})",
