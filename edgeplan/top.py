@@ -213,8 +213,12 @@ def head_url(cluster_file, port: int, head: str | None = None) -> str:
     from edgeplan.profiles.load import load_cluster
 
     clu = load_cluster(cluster_file)
+    off_board = getattr(clu.head, "address", None)  # the cluster's `head:` host, off the boards
+    if off_board and head in (None, clu.head.name):
+        host = off_board
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     if head is None:
-        device = clu.devices[0]
+        device = clu.device(clu.head) if isinstance(clu.head, str) else clu.devices[0]
     else:
         try:
             device = clu.device(head)

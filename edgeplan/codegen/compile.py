@@ -47,7 +47,7 @@ from edgeplan.codegen.render import render
 from edgeplan.errors import CompileError, EdgeplanError, PlanError
 from edgeplan.planner import plan as plan_mod
 from edgeplan.planner.plan import Plan
-from edgeplan.profiles.model import Cluster
+from edgeplan.profiles.model import Cluster, HeadHost
 from edgeplan.runtime.spec import Peer, StageSpec, Tensor
 
 HEAD_PORT = 7700
@@ -126,6 +126,8 @@ def assign_slots(plan: Plan, cluster: Cluster | None,
     def host(device: str) -> str:
         if cluster is None:
             return LOCALHOST
+        if isinstance(cluster.head, HeadHost) and device == cluster.head.name:  # an off-board head (`head:`)
+            return network_host(cluster.head.address)
         try:
             return network_host(cluster.device(device).address)
         except KeyError as e:

@@ -42,11 +42,13 @@ def baselines(costs: CostTable, obj: Objective,
               pf: Prefix | None = None) -> list[tuple[str, Layout | None, Evaluation | None, str]]:
     """(name, layout, evaluation, reason-if-infeasible) for each baseline, in ``NAMES`` order."""
     pf = pf or Prefix(costs, obj)
-    n, d, m = costs.n_layers, costs.n_devices, obj.micro
+    n, m = costs.n_layers, obj.micro
+    boards = sorted({u[0] for u in costs.units})  # an off-board head (CostTable.head) has no unit: it runs no stage
+    d = len(boards)
     out = []
     # best single device
     best = None
-    for dev in range(d):
+    for dev in boards:
         lay = _chain(costs, pf, [0, n], [dev], m)
         if isinstance(lay, str):
             continue
@@ -55,7 +57,7 @@ def baselines(costs: CostTable, obj: Objective,
             best = (lay, ev)
     out.append((NAMES[0], *best, "") if best else (NAMES[0], None, None, "no single device fits the model"))
     # data parallel over all devices
-    units = [_best_unit(costs, pf, dev, 0, n, 1) for dev in range(d)]
+    units = [_best_unit(costs, pf, dev, 0, n, 1) for dev in boards]
     units = [u for u in units if u is not None]
     reason = ""
     lay = None
@@ -69,7 +71,7 @@ def baselines(costs: CostTable, obj: Objective,
     # uniform split: one stage per device (cluster order), equal layer counts
     s = min(d, n)
     bounds = _allowed([round(k * n / s) for k in range(s + 1)], pf.cut_ok)
-    lay = _chain(costs, pf, bounds, list(range(len(bounds) - 1)), m)
+    lay = _chain(costs, pf, bounds, boards[:len(bounds) - 1], m)
     out.append(_finish(NAMES[2], costs, obj, pf, None if isinstance(lay, str) else lay,
                        lay if isinstance(lay, str) else ""))
     # parameter-balanced split
@@ -82,7 +84,7 @@ def baselines(costs: CostTable, obj: Objective,
         bounds.append(b)
     bounds.append(n)
     bounds = _allowed(bounds, pf.cut_ok)
-    lay = _chain(costs, pf, bounds, list(range(len(bounds) - 1)), m)
+    lay = _chain(costs, pf, bounds, boards[:len(bounds) - 1], m)
     out.append(_finish(NAMES[3], costs, obj, pf, None if isinstance(lay, str) else lay,
                        lay if isinstance(lay, str) else ""))
     return out

@@ -460,8 +460,10 @@ def check_layout(costs: CostTable, layout: Layout, objective: Objective) -> None
 
 
 def head_index(costs: CostTable, objective: Objective) -> int:
+    """The objective's head device, else the cluster's (``CostTable.head``: the first device unless the cluster
+    file's ``head:`` names a board or an off-board host)."""
     if objective.head is None:
-        return 0
+        return costs.head
     try:
         return costs.devices.index(objective.head)
     except ValueError:

@@ -75,7 +75,7 @@ from edgeplan.graph.ops import OP_CLASSES
 from edgeplan.profiles.cost import hop_byte_s
 from edgeplan.profiles.load import load_cluster
 from edgeplan.profiles.merge import BOARDS_DIR
-from edgeplan.profiles.model import Cluster, ComputeUnit
+from edgeplan.profiles.model import Cluster, ComputeUnit, HeadHost
 
 MIN_RUNS = 20  # calls a replica must have made for its median to be used
 MIN_SHARE = 0.05  # an op class gets its own factor only when it carries this share of the measured time
@@ -174,21 +174,31 @@ def link_fits(cluster: Cluster, runs: tuple) -> tuple[LinkFit, ...]:
     ``throughput_bytes_per_second``, timed on sends too large for the socket buffer): peers are
     ``device/stageK`` or ``head`` (the plan's head device); pairs on one device are skipped."""
     seen: dict[frozenset, list[float]] = {}
+    host = cluster.head if isinstance(cluster.head, HeadHost) else None
     for _source, plan, rep, _graph in runs:
         for st in rep.get("stages", ()):
             for r in st.get("replicas", ()):
                 for peer, ln in (r.get("links") or {}).items():
                     rate = (ln or {}).get("throughput_bytes_per_second")
                     other = plan.get("head") if peer == "head" else str(peer).split("/")[0]
+                    if peer == "head" and host and other == host.name:
+                        rate = _received_rate(ln) or rate  # the input arriving from the off-board head
                     if rate and rate > 0 and other and other != r.get("device"):
                         seen.setdefault(frozenset((r["device"], other)), []).append(float(rate))
     out = []
     names = {d.name for d in cluster.devices}
+    head_rates = [x for pair, rates in seen.items() if host and host.name in pair for x in rates]
+    if head_rates:  # one link to every board: one figure, the median over the boards it fed
+        seen = {k: v for k, v in seen.items() if host.name not in k}
+        seen[frozenset((host.name, HEAD_LINK))] = head_rates
     for pair, rates in sorted(seen.items(), key=lambda kv: sorted(kv[0])):
         a, b = sorted(pair)
-        if a not in names or b not in names:
+        if host and host.name in pair:
+            a, b, before = host.name, HEAD_LINK, host.bandwidth
+        elif a not in names or b not in names:
             continue
-        before = cluster.link(a, b).bandwidth
+        else:
+            before = cluster.link(a, b).bandwidth
         got = float(np.median(rates))
         after = min(max(got, before / MAX_LINK_FACTOR), before)
         if got > before:  # a send that fits in the socket buffers returns after a copy (seen: 1.7 GB/s timed
@@ -200,6 +210,16 @@ def link_fits(cluster: Cluster, runs: tuple) -> tuple[LinkFit, ...]:
                                             f"{MAX_LINK_FACTOR:g}x below the file's {before * 8 / 1e6:.4g}; clamped")
         out.append(LinkFit(a, b, before, after, len(rates), note))
     return tuple(out)
+
+
+HEAD_LINK = "*"  # LinkFit.b of the off-board head's link (cluster ``head:``): one link to every board
+
+
+def _received_rate(ln: dict | None) -> float | None:
+    """Bytes/s of the large frames a replica received on a link (the Monitor's receiver-side timing,
+    wire.Reader.timed): the sender's own figure is absent where its sends fit in the socket buffers."""
+    n, t = (ln or {}).get("timed_bytes_total"), (ln or {}).get("timed_seconds_total")
+    return float(n) / float(t) if n and t and t > 0 else None
 
 
 @dataclass(frozen=True)
@@ -608,22 +628,65 @@ def _pooled_hop_byte(cluster: Cluster, by_unit: dict) -> dict[tuple[str, str], t
     return out
 
 
+TWIN_TOLERANCE = 0.02  # figures of two units within this of one scale are a scaled twin (rounding in a file)
+
+
+def _twin_scale(fitted: ComputeUnit, u: ComputeUnit) -> float | None:
+    """``r`` when ``u``'s figures are ``fitted``'s scaled as one board at ``r`` times its speed (every class's
+    throughput and the memory bandwidth x r, the per-layer and per-call costs / r: the emulated testbed's
+    boards, one CPU under different quotas), 1.0 when equal; else None."""
+    if (u.kind, u.target, u.supported_ops) != (fitted.kind, fitted.target, fitted.supported_ops):
+        return None
+    a, b = dict(fitted.throughput), dict(u.throughput)
+    if set(a) != set(b) or fitted.mem_bandwidth <= 0:
+        return None
+    r = u.mem_bandwidth / fitted.mem_bandwidth
+    pairs = [(b[c], a[c] * r) for c in a] + [(u.layer_overhead_s * r, fitted.layer_overhead_s),
+                                            (u.hop_overhead_s * r, fitted.hop_overhead_s)]
+    if (u.hop_byte_s is None) != (fitted.hop_byte_s is None):
+        return None
+    if u.hop_byte_s is not None:
+        pairs.append((u.hop_byte_s * r, fitted.hop_byte_s))
+    ok = all(abs(x - y) <= TWIN_TOLERANCE * max(abs(x), abs(y)) for x, y in pairs)
+    return r if ok else None
+
+
+def _rescaled(before: ComputeUnit, after: ComputeUnit, u: ComputeUnit, r: float) -> ComputeUnit:
+    """``after``'s fitted figures moved onto ``u`` (``before`` scaled by ``r``): each figure changes by the
+    factor the fit found; a throughput stays within ``u``'s peak (the clamp the fit itself applies)."""
+    if r == 1.0:
+        return after
+    peak = u.peak_flops or np.inf
+    thr_b, thr_a = dict(before.throughput), dict(after.throughput)
+    return dataclasses.replace(
+        u, throughput=tuple((c, min(f * thr_a[c] / thr_b[c], peak) if thr_b[c] else f) for c, f in u.throughput),
+        mem_bandwidth=after.mem_bandwidth * r, layer_overhead_s=after.layer_overhead_s / r,
+        hop_overhead_s=after.hop_overhead_s / r,
+        hop_byte_s=None if after.hop_byte_s is None else after.hop_byte_s / r)
+
+
 def _same_profile_peers(cluster: Cluster, fits: list[UnitFit]) -> list[UnitFit]:
-    """Units no report ran, on boards of the same profile with the same figures as a fitted one: they take its
-    fitted figures (the datasheet error is the board model's), as estimates that say where they came from."""
+    """Units no report ran, on boards of the same profile with the same figures as a fitted one, or those figures
+    scaled as one board at another speed (``_twin_scale``: the testbed's boards under different quotas): they take
+    its fitted figures, scaled alike (the datasheet error is the board model's), as estimates that say where
+    they came from. Without the scaled twins a one-board run calibrated that board only, and a re-plan moved to
+    an uncalibrated one (wide_stem on three-node-hetero: 12 ms predicted, 103 ms measured)."""
     done = {(f.device, f.unit) for f in fits}
     out = []
     for d in cluster.devices:
         for u in d.units:
             if (d.name, u.name) in done:
                 continue
-            peers = [f for f in fits if f.inferred_from is None and f.unit == u.name and f.before == u
-                     and cluster.device(f.device).profile == d.profile]
+            peers = [(f, r) for f in fits if f.inferred_from is None and f.unit == u.name
+                     and cluster.device(f.device).profile == d.profile
+                     and (r := (1.0 if f.before == u else _twin_scale(f.before, u))) is not None]
             if peers:
-                best = max(peers, key=lambda f: (f.calls, f.device))
-                out.append(UnitFit(d.name, u.name, best.design, 0, u, best.after,
+                best, r = max(peers, key=lambda fr: (fr[1] == 1.0, fr[0].calls, fr[0].device))
+                how = f"same profile {d.profile!r} and figures" if r == 1.0 else (
+                    f"same profile {d.profile!r}, figures x {r:.3g}")
+                out.append(UnitFit(d.name, u.name, best.design, 0, u, _rescaled(best.before, best.after, u, r),
                                    (f"{d.name}:{u.name}: not in the report(s); takes {best.device}:{u.name}'s fitted "
-                                    f"figures (same profile {d.profile!r} and figures), still estimates",),
+                                    f"figures ({how}), still estimates",),
                                    best.hop_fitted, best.device, best.hop_byte_fitted))
     return out
 
@@ -718,6 +781,9 @@ def calibrated_doc(cluster_path: str | Path, calibration: Calibration, out_path:
         links = net.setdefault("links", []) or []
         net["links"] = links
         for lf in calibration.links:
+            if lf.b == HEAD_LINK:  # the off-board head's link (`head:`)
+                doc["head"]["bandwidth_mbps"] = float(f"{lf.after * 8 / 1e6:.6g}")
+                continue
             entry = next((e for e in links if set(e.get("between", ())) == {lf.a, lf.b}), None)
             if entry is None:
                 default = net.get("default") or {}
@@ -781,7 +847,8 @@ def format_fit(cal: Calibration) -> str:
                      f"{'' if f.hop_byte_fitted else ', not fitted'})")
         lines.extend(f"  {n}" for n in f.notes)
     for lf in cal.links:
-        lines.append(f"link {lf.a} <-> {lf.b}: {lf.before * 8 / 1e6:.4g} -> {lf.after * 8 / 1e6:.4g} Mbit/s "
+        other = "every board (head)" if lf.b == HEAD_LINK else lf.b
+        lines.append(f"link {lf.a} <-> {other}: {lf.before * 8 / 1e6:.4g} -> {lf.after * 8 / 1e6:.4g} Mbit/s "
                      f"(median of {lf.sends} passive measurement(s))")
         if lf.note:
             lines.append(f"  {lf.note}")

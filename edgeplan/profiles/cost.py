@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeplan.graph.model import LayerGraph
-from edgeplan.profiles.model import Cluster
+from edgeplan.profiles.model import Cluster, HeadHost
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,6 +76,10 @@ class CostTable:
     # [d] bytes each torch training rank on the board holds beyond its model (Device.train_reserve; the planner
     # reserves it per training rank); None: 0 (synthetic tables)
     train_reserve_bytes: np.ndarray | None = None
+    # device where requests enter and results leave when the objective names none: the first device, the
+    # cluster's ``head:`` board, or an off-board host (``Cluster.head``: a HeadHost) appended as the last
+    # device, with no units (it runs no stage) and its link to every board
+    head: int = 0
 
     @property
     def n_layers(self) -> int:
@@ -156,9 +160,12 @@ def build_cost_table(graph: LayerGraph, cluster: Cluster) -> CostTable:
         arr[~supported] = np.inf
 
     d = len(cluster.devices)
-    bandwidth = np.full((d, d), np.inf)
-    latency = np.zeros((d, d))
-    energy = np.zeros((d, d))
+    host = cluster.head if isinstance(cluster.head, HeadHost) else None
+    names = tuple(dev.name for dev in cluster.devices) + ((host.name,) if host else ())
+    dh = len(names)
+    bandwidth = np.full((dh, dh), np.inf)
+    latency = np.zeros((dh, dh))
+    energy = np.zeros((dh, dh))
     for a in range(d):
         for b in range(d):
             if a != b:
@@ -166,37 +173,44 @@ def build_cost_table(graph: LayerGraph, cluster: Cluster) -> CostTable:
                 bandwidth[a, b] = link.bandwidth
                 latency[a, b] = link.latency_s
                 energy[a, b] = link.energy_per_byte_j
+    if host:  # the off-board head: one link to every board, both ways
+        bandwidth[d, :d] = bandwidth[:d, d] = host.bandwidth
+        latency[d, :d] = latency[:d, d] = host.latency_s
+        energy[d, :d] = energy[:d, d] = host.energy_per_byte_j
+    pad = [0.0] if host else []  # the host's RAM, idle power and reserve: it runs no stage
+    head = d if host else (names.index(cluster.head) if cluster.head else 0)
 
     return CostTable(
         layer_names=tuple(layer.name for layer in graph.layers),
         layer_ops=ops,
-        devices=tuple(dev.name for dev in cluster.devices),
+        devices=names,
         units=tuple((di, unit.name, unit.target) for di, _, unit in units),
         fwd_s=fwd, bwd_s=bwd, fixed_s=fixed, supported=supported,
         param_bytes=params,
         act_bytes=a_out,
         cut_bytes=np.array(graph.cut_bytes, dtype=np.float64) / batch,
-        ram_bytes=np.array([dev.ram_bytes for dev in cluster.devices], dtype=np.float64),
-        idle_power_w=np.array([dev.idle_power_w for dev in cluster.devices], dtype=np.float64),
+        ram_bytes=np.array([dev.ram_bytes for dev in cluster.devices] + pad, dtype=np.float64),
+        idle_power_w=np.array([dev.idle_power_w for dev in cluster.devices] + pad, dtype=np.float64),
         busy_power_w=np.array([unit.busy_power_w for _, _, unit in units], dtype=np.float64),
         bandwidth=bandwidth, latency_s=latency, energy_per_byte_j=energy,
         hop_s=np.array([unit.hop_overhead_s for _, _, unit in units], dtype=np.float64),
         hop_byte_s=np.array([hop_byte_s(unit) for _, _, unit in units], dtype=np.float64),
         mem_bandwidth=np.array([unit.mem_bandwidth for _, _, unit in units], dtype=np.float64),
         cut_ok=None if all(allowed) else np.array(allowed, dtype=bool),
-        train_reserve_bytes=np.array([float(dev.train_reserve()[0]) for dev in cluster.devices], dtype=np.float64),
-        training=_training_costs(cluster, [unit for _, _, unit in units], [di for di, _, _ in units]),
+        train_reserve_bytes=np.array([float(dev.train_reserve()[0]) for dev in cluster.devices] + pad,
+                                     dtype=np.float64),
+        training=_training_costs(cluster, [unit for _, _, unit in units], [di for di, _, _ in units], dh),
+        head=head,
     )
 
 
-def _training_costs(cluster: Cluster, units: list, unit_device: list[int]) -> TrainingCosts | None:
+def _training_costs(cluster: Cluster, units: list, unit_device: list[int], d: int) -> TrainingCosts | None:
     figs = [u.training for u in units]
     if all(f is None for f in figs):
         return None
     from edgeplan.profiles.model import TrainingFigures
 
     figs = [f or TrainingFigures() for f in figs]
-    d = len(cluster.devices)
     p2p, ar = np.zeros((d, 2)), np.zeros((d, 2))
     for f, di in zip(figs, unit_device, strict=True):
         p2p[di] = np.maximum(p2p[di], (f.p2p_call_s, f.p2p_s_per_byte))

@@ -46,6 +46,7 @@ from edgeplan.profiles.model import (
     Cluster,
     ComputeUnit,
     Device,
+    HeadHost,
     Link,
     Measured,
     Profile,
@@ -92,7 +93,8 @@ _MEASURED_KEYS = ("how", "when", "backend", "from")
 HOP_BYTE_MAX_NS = 1000.0  # 1 us per byte (1 MB/s of runtime CPU): slower than any board's socket path
 _OVERRIDE_KEYS = ("ram_mb", "reserved_mb", "idle_power_w", "estimate", "units", "train_reserve_mb",
                   "train_reserve_from")
-_CLUSTER_KEYS = ("name", "description", "devices", "network", "secret_env")
+_CLUSTER_KEYS = ("name", "description", "devices", "network", "secret_env", "head")
+_HEAD_KEYS = ("name", "address", "bandwidth_mbps", "latency_ms", "energy_nj_per_byte")
 _DEVICE_KEYS = ("name", "profile", "address", "overrides", "user")
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]*\$?$", re.IGNORECASE)  # POSIX-ish login names
 _NETWORK_KEYS = ("default", "links")
@@ -471,4 +473,25 @@ def load_cluster(path: str | Path) -> Cluster:
         raise doc.fail(("secret_env",), f"{secret_env!r} is not an environment variable name "
                                         "(letters, digits and '_', not starting with a digit)")
     return Cluster(name=name, devices=tuple(devices), default_link=default_link, links=tuple(links),
-                   secret_env=secret_env)
+                   secret_env=secret_env, head=_head(doc, seen, default_link))
+
+
+def _head(doc: Doc, seen: dict[str, int], default_link: Link) -> str | HeadHost | None:
+    """``head:``: a device name (the head runs on that board) or a mapping for an off-board host (its name
+    and its link to every board); absent: None (the first device, as before the field existed)."""
+    raw = _get(doc, ("head",), None)
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        if raw not in seen:
+            raise doc.fail(("head",), f"unknown device {raw!r}; name a device ({', '.join(seen)}) or give an "
+                                      "off-board host as {name: ..., address: ..., bandwidth_mbps: ...}")
+        return raw
+    _mapping(doc, ("head",), _HEAD_KEYS)
+    name = _string(doc, ("head", "name"), pattern=_NAME_RE)
+    if name in seen:
+        raise doc.fail(("head", "name"), f"{name!r} is a device of the cluster; write `head: {name}` for a head "
+                                         "on that board, or give the off-board host another name")
+    address = _string(doc, ("head", "address"))
+    bw, lat, energy = _link(doc, ("head",), default_link.energy_per_byte_j)
+    return HeadHost(name, address, bw, lat, energy)

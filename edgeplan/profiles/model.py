@@ -188,6 +188,19 @@ class Link:
 
 
 @dataclass(frozen=True)
+class HeadHost:
+    """Where requests enter and results leave when that is no board of the cluster (``head:`` in the cluster
+    file): the host that runs `edgeplan run` / `serve`, with one link to every board. The planner prices
+    the input link (head -> first stage) and the output link (last stage -> head) on it."""
+
+    name: str
+    address: str  # where the boards send results (the machine that runs `edgeplan run` / `serve`)
+    bandwidth: float  # bytes/s
+    latency_s: float = 0.0
+    energy_per_byte_j: float = 0.0
+
+
+@dataclass(frozen=True)
 class Cluster:
     name: str
     devices: tuple[Device, ...]
@@ -195,6 +208,9 @@ class Cluster:
     links: tuple[Link, ...] = ()  # per-pair overrides
     secret_env: str | None = None  # name of an env var holding the HMAC secret
     schema_version: int = field(default=SCHEMA_VERSION)
+    # where the head runs: a device name, an off-board HeadHost, or None (the first device: the planner's
+    # default since before this field, so files without it plan as they did)
+    head: str | HeadHost | None = None
 
     def device(self, name: str) -> Device:
         for d in self.devices:
@@ -231,6 +247,8 @@ class Cluster:
                             del u["training"][k]
                 if u["hop_byte_s"] is None:
                     del u["hop_byte_s"]
+        if d["head"] is None:  # unset: older files and digests unchanged
+            del d["head"]
         return d
 
     @classmethod
@@ -241,6 +259,7 @@ class Cluster:
             name=d["name"], devices=tuple(Device.from_json(x) for x in d["devices"]),
             default_link=Link(**d["default_link"]), links=tuple(Link(**x) for x in d.get("links", ())),
             secret_env=d.get("secret_env"), schema_version=d["schema_version"],
+            head=HeadHost(**d["head"]) if isinstance(d.get("head"), dict) else d.get("head"),
         )
 
     def digest(self) -> str:

@@ -214,7 +214,16 @@ def emulated_cluster_doc(cluster: Cluster, plan_shape: Shape, host: HostSpeed) -
             "links": [{"between": [a, b], "bandwidth_mbps": round(bw * 8 / 1e6, 4), "latency_ms": 0.0}
                       for a, b, bw in plan_shape.overrides],
         },
+        # the head runs here, off the boards, behind the host's own shaped leg (netns.build): the plan prices
+        # its input and output links there, as the emulation runs them
+        "head": {"name": _head_name(cluster), "address": "127.0.0.1",
+                 "bandwidth_mbps": round(plan_shape.head_bandwidth * 8 / 1e6, 4), "latency_ms": 0.0},
     }
+
+
+def _head_name(cluster: Cluster) -> str:
+    """``host``, or ``host-head`` where a board is named ``host`` (a head host may not reuse a device name)."""
+    return "host" if all(d.name != "host" for d in cluster.devices) else "host-head"
 
 
 def write_emulated_cluster(path: Path, cluster: Cluster, plan_shape: Shape, host: HostSpeed) -> Path:

@@ -45,3 +45,30 @@ def test_paired_uses_the_reports_window_or_the_heads_default():
     assert got["latency_unloaded_s"] == (None, 0.02)
     one = paired({**rep, "window": 1})
     assert one["latency_unloaded_s"] == (0.05, 0.02) and one["latency_p50_loaded_s"][1] == 0.02
+
+
+def test_an_off_board_heads_links_are_resources_of_the_closed_loop(tmp_path):
+    """The cluster's ``head:`` host (the testbed's head on this machine) sends every input over its own link:
+    the plan's latency and throughput, taken under a window by ``loaded_*``, match a closed loop whose
+    resources are that input link, the stage and the output link back (head link the bottleneck here, as
+    wide_stem's 1.5 MiB per call on the testbed's 268 Mbit/s head leg)."""
+    import yaml
+
+    from edgeplan.planner.costmodel import StageSpec, evaluate
+    from edgeplan.planner.objective import Objective
+    from edgeplan.profiles.cost import build_cost_table
+    from edgeplan.profiles.load import load_cluster
+    from tests.planner.test_planner_head_link import wide_graph
+
+    doc = {"name": "wide", "devices": [{"name": "a", "profile": "host", "address": "127.0.0.1"}],
+           "network": {"default": {"bandwidth_mbps": 1000, "latency_ms": 0.1}},
+           "head": {"name": "gw", "address": "127.0.0.1", "bandwidth_mbps": 268, "latency_ms": 0.2}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(doc))
+    costs = build_cost_table(wide_graph(), load_cluster(tmp_path / "c.yaml"))
+    ev = evaluate(costs, (StageSpec(0, 4, ((0, 2),)),), Objective(batch=2))
+    resources = [ev.input_s, ev.stages[0].compute_s, ev.stages[0].send_s]
+    assert ev.input_s == max(resources) == pytest.approx(2 * 3 * 256 * 256 * 4 / 33.5e6 + 0.0002)
+    for window in (1, 2, 4):
+        sim_lat, sim_thr = simulate(resources, window)
+        assert loaded_latency_s(ev.latency_s, ev.throughput / 2, 1, window) == pytest.approx(sim_lat, rel=1e-6)
+        assert loaded_throughput(ev.latency_s, ev.throughput / 2, 1, window) == pytest.approx(sim_thr, rel=1e-6)

@@ -1,0 +1,90 @@
+"""Calibration around an off-board head (cluster ``head:``) and boards that are one CPU at different speeds.
+
+bench_truth's wide_stem on the emulated three-node-hetero ran its datasheet plan on one board; the re-plan, now
+that every board pays the head's input link alike, moved to a board no run had calibrated (predicted 12 ms per
+module, measured 103 ms). The testbed's boards are this machine's CPU under different quotas, so the fit of one
+board carries over to the others, scaled: these tests pin that, and the head link's fit from what the first
+stage measured receiving.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edgeplan import jsonio
+from edgeplan.graph.ops import OP_CLASSES
+from edgeplan.profiles import calibrate as cal
+from edgeplan.profiles.load import load_cluster
+from edgeplan.testbed import emulate
+from edgeplan.testbed.calibrate import HostSpeed
+from tests.profiles.test_profiles_calibrate import plan_and_report, synthetic_graph
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "clusters" / "three-node-hetero.yaml"
+
+
+def emulated(tmp_path, cores=(0.5, 0.15, 0.025), head_mbps=200.0):
+    """three-node-hetero as the testbed writes it: one host CPU per board at ``cores``, the head off-board."""
+    spec = load_cluster(EXAMPLE)
+    host = HostSpeed(tuple((c, 20e9 / (1 + k)) for k, c in enumerate(OP_CLASSES)), 10e9)  # every class measured
+    boards = tuple(emulate.BoardShape(d.name, 1.0, c, 1e6) for d, c in zip(spec.devices, cores, strict=True))
+    doc = emulate.emulated_cluster_doc(spec, emulate.Shape(0.5, 20e9, boards, (), head_mbps * 1e6 / 8), host)
+    path = tmp_path / "emulated.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_a_run_on_one_board_calibrates_its_scaled_twins_and_not_other_boards(tmp_path):
+    """Module times 4x the emulated figures on the 0.5-core board: the 0.15-core board (same profile, figures
+    x 0.3) takes the same 4x on its own figures, as an estimate; a board whose figures are not one scale of the
+    run's (its gemm edited) keeps its file's figures."""
+    graph = synthetic_graph()
+    path = emulated(tmp_path)
+    doc = yaml.safe_load(path.read_text())
+    doc["devices"][2]["overrides"]["units"]["cpu"]["throughput_gflops"]["gemm"] *= 3  # no longer a twin
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    cluster = load_cluster(path)
+    names = [d.name for d in cluster.devices]
+    layers = cal._Layers(graph)
+    unit = cluster.devices[0].unit("cpu")
+    times = [4 * layers.module_s(unit, 0, 12, 4), 4 * layers.module_s(unit, 12, 24, 4)]
+    plan, rep = plan_and_report(graph, cluster, [12], lambda s: names[0], times)
+    result = cal.fit(cluster, [(plan, graph, cal.observations(plan, rep, "r.json")[0])])
+    fits = {f.device: f for f in result.fits}
+    assert set(fits) == {names[0], names[1]}  # the edited board is not a twin
+    twin = fits[names[1]]
+    assert twin.inferred_from == names[0] and "figures x 0.3" in twin.notes[0]
+    before = cluster.device(names[1]).unit("cpu")
+    ratio = fits[names[0]].after.flops_per_s("conv") / unit.flops_per_s("conv")
+    assert twin.after.flops_per_s("conv") == pytest.approx(before.flops_per_s("conv") * ratio, rel=1e-9)
+    # the twin's predicted module time moves by the factor the run measured on the other board
+    for a, b in ((0, 12), (12, 24)):
+        assert layers.module_s(twin.after, a, b, 4) == pytest.approx(
+            layers.module_s(before, a, b, 4) * 4, rel=0.02)
+    new = cal.write_calibrated(path, result, tmp_path / "cal.yaml", sources="r.json", backend="onnxruntime")
+    assert new.device(names[1]).unit("cpu").measured == ()  # estimates, not measurements
+    assert new.device(names[2]).unit("cpu") == cluster.device(names[2]).unit("cpu")
+
+
+def test_the_head_link_is_fitted_from_what_the_first_stage_received(tmp_path):
+    """The first stage's worker times the large frames it receives from the head (receiver side): 1.5 MB in
+    60 ms is 25 MB/s = 200 Mbit/s against 400 in the file, written back as ``head.bandwidth_mbps``."""
+    graph = synthetic_graph()
+    path = emulated(tmp_path, head_mbps=400.0)
+    cluster = load_cluster(path)
+    names = [d.name for d in cluster.devices]
+    plan, rep = plan_and_report(graph, cluster, [12], lambda s: names[s], [0.004, 0.004])
+    plan["head"] = "host"
+    rep["stages"][0]["replicas"][0]["links"] = {"head": {"timed_bytes_total": 1.5e6 * 40,
+                                                         "timed_seconds_total": 0.06 * 40}}
+    jsonio.write(tmp_path / "plan.json", plan)
+    jsonio.write(tmp_path / "r.json", rep)
+    result, new = cal.calibrate_files([tmp_path / "r.json"], [tmp_path / "plan.json"], path, tmp_path / "c.yaml",
+                                      lambda p: graph)
+    (lf,) = result.links
+    assert (lf.a, lf.b) == ("host", cal.HEAD_LINK) and lf.after == pytest.approx(25e6)
+    assert new.head.bandwidth == pytest.approx(25e6) and new.head.address == "127.0.0.1"
+    assert new.link(names[0], names[1]).bandwidth == cluster.link(names[0], names[1]).bandwidth
+    assert "link host <-> every board (head): 400 -> 200 Mbit/s" in cal.format_fit(result)
