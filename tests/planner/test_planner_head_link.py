@@ -101,3 +101,17 @@ def test_head_entry_errors_name_the_field_and_the_fix(tmp_path):
         cluster(tmp_path, {"name": "a", "address": "10.0.0.9", "bandwidth_mbps": 100, "latency_ms": 0})
     with pytest.raises(ProfileError, match=r"head.*unknown field 'bw'"):
         cluster(tmp_path, {"name": "gw", "bw": 100})
+
+
+def test_the_heads_address_is_where_compile_and_top_point_the_boards(tmp_path):
+    """The boards send results to the head: compile's head slot and `edgeplan top`'s URL use the head host's
+    address, not the first board's."""
+    from edgeplan import top
+    from edgeplan.codegen.compile import assign_slots
+
+    clu = cluster(tmp_path, HOST)
+    plan = make_plan(wide_graph(), clu, Objective(batch=2), min_gain=0.0)
+    head, _ = assign_slots(plan, clu)
+    assert head.host == "10.0.0.9"
+    assert top.head_url(tmp_path / "cluster.yaml", 8000) == "http://10.0.0.9:8000"
+    assert top.head_url(tmp_path / "cluster.yaml", 8000, "a") == "http://127.0.0.1:8000"
