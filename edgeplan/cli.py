@@ -368,7 +368,7 @@ def _plan_family(graph, clu, obj, variants: list[str], out: Path | None, solver:
 
     from edgeplan.planner import family as fam_mod
 
-    head = obj.head or clu.devices[0].name
+    head = obj.head or clu.head_name
     grid = [v for v in variants if v != "default"]
     conds = fam_mod.expand_grid(grid, clu, head) if grid else fam_mod.default_conditions(clu, head)
     fam, plans = fam_mod.make_family(graph, clu, replace(obj, head=head), conds, solver=solver, min_gain=min_gain,

@@ -164,7 +164,7 @@ def expand_grid(entries: tuple[str, ...] | list[str], cluster=None, head: str | 
             axes.append([Condition(slowdown=((key, _number(v, where, f"slowdown of {key}")),)) for v in values])
         if cluster is not None:
             for c in axes[-1]:
-                check_condition(c, cluster, head or cluster.devices[0].name, where)
+                check_condition(c, cluster, head or cluster.head_name, where)
     out: list[Condition] = [NOMINAL]
     for combo in itertools.product(*axes):
         c = Condition(tuple(x for c in combo for x in c.bandwidth), tuple(x for c in combo for x in c.slowdown),
@@ -315,7 +315,7 @@ def make_family(graph, cluster, objective, conditions: tuple[Condition, ...], *,
     from edgeplan.planner.api import make_plan
     from edgeplan.planner.textform import to_str
 
-    head = objective.head or cluster.devices[0].name
+    head = objective.head or cluster.head_name
     for k, c in enumerate(conditions):
         check_condition(c, cluster, head, f"variant {k + 1} {c}")
     objective = replace(objective, head=head)

@@ -219,6 +219,13 @@ class Cluster:
         names = ", ".join(d.name for d in self.devices)
         raise KeyError(f"no device {name!r} in cluster {self.name!r} (devices: {names})")
 
+    @property
+    def head_name(self) -> str:
+        """Where requests enter when a plan names no head: the ``head:`` host or board, else the first device."""
+        if self.head is None:
+            return self.devices[0].name
+        return self.head if isinstance(self.head, str) else self.head.name
+
     def link(self, a: str, b: str) -> Link:
         for link in self.links:
             if {link.a, link.b} == {a, b}:

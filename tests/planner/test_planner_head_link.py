@@ -115,3 +115,14 @@ def test_the_heads_address_is_where_compile_and_top_point_the_boards(tmp_path):
     assert head.host == "10.0.0.9"
     assert top.head_url(tmp_path / "cluster.yaml", 8000) == "http://10.0.0.9:8000"
     assert top.head_url(tmp_path / "cluster.yaml", 8000, "a") == "http://127.0.0.1:8000"
+
+
+def test_with_an_off_board_head_every_board_may_be_absent_in_a_family(tmp_path):
+    """`plan --variants`: the head takes the requests, so it is never absent; an off-board head leaves every
+    board free to go (the default before `head:` kept the first board)."""
+    from edgeplan.planner import family
+
+    clu = cluster(tmp_path, HOST)
+    assert clu.head_name == "gw" and cluster(tmp_path).head_name == "a" and cluster(tmp_path, "b").head_name == "b"
+    absent = {c.absent for c in family.default_conditions(clu, clu.head_name)}
+    assert {("a",), ("b",)} <= absent
