@@ -980,7 +980,8 @@ def emulate(
     write_cluster: Annotated[Path | None, typer.Option(
         "--write-cluster",
         dir_okay=False,
-        help="Write the cluster as emulated here (boards = this CPU x quota, shaped links) to plan against.")] = None,
+        help="Write the cluster as emulated here (boards = this CPU x quota, shaped links, the head on this "
+             "machine behind its own shaped leg: `head:`) to plan against.")] = None,
     host_gflops: Annotated[float | None, typer.Option(
         help="This machine's single-core conv GFLOP/s (default: measured); use the same value for "
              "--write-cluster and the run so quotas match.")] = None,
