@@ -127,6 +127,7 @@ class Estimator:
         self._whole: dict[tuple[str, str], float] = {}  # ... -> rx_whole_bytes_total last seen
         self._streak: dict[str, int] = {}  # link -> consecutive statuses its frames only arrived whole
         self._rx_keys: set = set()  # links read at their receiver at least once: read only there from then on
+        self._whole_at: dict[str, int] = {}  # link -> the update its frames last arrived whole in
         self.expiries = 0
         self._held = 0  # updates a ready commit has waited for a factor still moving
         self.moving: tuple[str, ...] = ()  # factors off their committed value but not steady, as of the last update
@@ -215,8 +216,12 @@ class Estimator:
             self._share_keys.add(f"slowdown:{d}")
         self._rx_keys.update(rx)
         raw.update((k, v) for k, v in links.items() if k not in self._rx_keys)
-        for k in self._rx_keys:
-            self._streak[k] = self._streak.get(k, 0) + 1 if k in whole and k not in rx else 0
+        for k in self._rx_keys:  # an interval with no frame on the link says nothing: its streak stands (a
+            if k in rx:  # hogged sender sends a frame every few statuses; resetting there hid its recovery)
+                self._streak[k] = 0
+            elif k in whole:
+                self._streak[k] = self._streak.get(k, 0) + 1
+                self._whole_at[k] = self.updates
         if self.calibrated:  # frames that kept coming whole: the link keeps up, nominal (its reference)
             raw.update((k, self.reference[k]) for k in whole
                        if self._streak.get(k, 0) >= WHOLE_STREAK and k in self.reference)
@@ -274,12 +279,15 @@ class Estimator:
         # WHOLE_STREAK statuses) is moving too: on the testbed's alternating trace a hog read at once (its share)
         # with the link's recovery not yet read committed "drop + hog", and the plan for both measures no link,
         # so only an expiry probe found the recovery (2 switches for one change).
-        moving += [k for k in self._rx_keys if k not in raw and 0 < self._streak.get(k, 0) < WHOLE_STREAK
-                   and self._committed.get(k, 0.0) < -lim and k not in moving]
+        # It may hold a commit for WHOLE_STREAK more updates than other moving factors.
+        recovering = [k for k in self._rx_keys if self._streak.get(k, 0) > 0
+                      and self.updates - self._whole_at.get(k, -(10 ** 9)) <= WHOLE_STREAK
+                      and self._committed.get(k, 0.0) < -lim and k not in ready]
+        moving += [k for k in recovering if k not in moving]
         # Factors that change together commit together (one change, one switch): a steady factor waits while
         # another is still moving, for at most ``confirm`` updates.
         self.moving = tuple(moving)
-        if ready and moving and self._held < self.confirm:
+        if ready and moving and self._held < self.confirm + (WHOLE_STREAK if recovering else 0):
             self._held += 1
             ready = {}
         if ready:
