@@ -83,9 +83,25 @@ these runs:
   -25..+20%; the ten boards' replicas fitted 33-47 ns/B of board time (1.2-1.6 ns/B of CPU at 0.035
   cores, 5-7x the host's loopback figure: shaped links again), and after one round throughput came within
   +10.5% (--hop-byte copies) and +3.3% (host) from +37% / +73% (two runs of one plan differ this much here).
-  The throughput left +36..93% optimistic is not the hop: the measured period (57 / 77 ms)
-  follows the testbed's head link, 1.5 MiB per micro-batch at 268 / 179 Mbit/s (47 / 70 ms), above the
-  board's call (39-50 ms); the plan prices no link there, its head being on the board itself.
+  The throughput left +36..93% optimistic was not the hop: the measured period (57 / 77 ms)
+  followed the testbed's head link, 1.5 MiB per micro-batch at 268 / 179 Mbit/s (47 / 70 ms), above the
+  board's call (39-50 ms), and the plan priced no link there, its head being on the board itself.
+  Now the emulated cluster names its head (``head:``, the host behind its own shaped leg), the plan
+  prices that input link (printed beside the period) and calibrate carries the run board's fit to its
+  scaled twins (else the re-plan, every board paying the same link, moved to an uncalibrated board:
+  12 ms predicted, 103 ms measured). ``--emulate --models benchmarks/wide_stem.py:model --batch 2
+  --requests 60 --repeat`` (23:49-23:50 UTC, load 1.7-1.8):
+
+      wide_stem (batch 2)  stage MAPE %     throughput err %   rerun vs run %   period / call / head link ms
+                           before -> after  before -> after    stage  thr.      (after calibration)
+      three-node-hetero     88.0 ->  3.9     24.0 ->  7.3       4.4    2.9      60.2 / 58.4 / 47.5
+      rpi4-jetson           82.8 -> 11.8      8.8 -> 12.7      24.5    4.4      80.2 / 54.9 / 71.2
+
+  resnet32-cifar (batch 8, the control; its head link 3 ms, off the bottleneck): 9.1 -> 1.3% stage MAPE,
+  29.8 -> 0.6% throughput (rerun 5.0% apart; load 1.6-2.0). What is left on rpi4-jetson: the period
+  (80 ms) is above both the head link (71 ms) and the board's call (46-65 ms over three runs of one plan):
+  the two resources are each 70-90% busy and coupled (the board receives the next input on its own CPU
+  quota while it computes), which the bottleneck model (period = the slowest resource) does not price.
 - module / hop split: the worker counts process CPU during a module call (time.process_time), so its
   send thread's CPU on a slow shaped link lands in the module (vit-tiny, gpu-board at 0.15 cores: one
   qkv layer "cost" 1.1 ms of CPU there and 0.3 ms on the next board); the sum per call is right.
@@ -184,6 +200,9 @@ def _board_call_s(replica: dict) -> float | None:
     return (float(cpu) - float(replica.get("cpu_startup_s") or 0.0)) / float(q) / int(runs)
 
 
+WINDOW = [0]  # --window: requests the head keeps in flight (0: its default, 2 x stages)
+
+
 def _round(traced, model, cluster_path, tmp, tag, requests, emulated=None, art=None, batch=4):
     """Plan on ``cluster_path``, compile, run and measure (``art``: run that compiled plan again instead)."""
     from edgeplan.codegen.compile import compile_plan
@@ -212,7 +231,7 @@ def _measure(traced, model, cluster, plan, art, tmp, tag, requests, emulated):
 
     # a board emulated at a few hundredths of a core can spend more than the default 1.5 s without answering
     # a heartbeat while a call runs; this is not a fault test
-    config = HeadConfig(request_timeout_s=120, dead_after_s=30.0)
+    config = HeadConfig(request_timeout_s=120, dead_after_s=30.0, window=WINDOW[0])
     if emulated is None:
         loaded, res = run_local(art, requests, config=config, log_dir=tmp / f"logs-{tag}")
     else:
@@ -231,6 +250,10 @@ def _measure(traced, model, cluster, plan, art, tmp, tag, requests, emulated):
         stages.append((st["index"], devs, measured, predicted_module_s(traced.graph, cluster, st), call,
                        st["compute_s"], st["send_s"]))
     pair = paired(rep)
+    if cluster.head is not None and not isinstance(cluster.head, str):  # the off-board head's input link
+        m = plan.batch // max(1, plan.microbatches)
+        pair["head_link_s"] = (None, m * traced.graph.cut_bytes[0] / max(1, traced.graph.batch) / cluster.head.bandwidth
+                               + cluster.head.latency_s)
     return stages, pair
 
 
@@ -248,8 +271,10 @@ def _print_round(label, plan, stages, pair):
     periods = [(c, f"stage {i}") for i, *_, c, _, _ in stages if c is not None]
     if periods and tm:
         slow, which = max(periods)
+        head = pair.get("head_link_s")
         print(f"    measured: period {m / tm * 1e3:.3f} ms per micro-batch; the slowest stage ({which}) holds its "
-              f"board {slow * 1e3:.3f} ms per call")
+              f"board {slow * 1e3:.3f} ms per call" + (f"; the head's input link takes {head[1] * 1e3:.3f} ms "
+                                                        "(predicted)" if head else ""))
     print(f"    end to end (window {pair['window'][0]:.0f}): throughput measured {tm:7.1f}  predicted {tp:7.1f} "
           f"({_err(tp, tm):+.0%}) samples/s; p50 measured {lm * 1e3:6.1f}  predicted {lp * 1e3:6.1f} ms "
           f"({_err(lp, lm):+.0%}); unloaded prediction {pair['latency_unloaded_s'][1] * 1e3:.1f} ms")
@@ -280,11 +305,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--hop-byte", choices=("host", "copies"), default="host",
                     help="--emulate: price the runtime's per-byte hop at this machine's measured figure / cores "
                          "(emulate --write-cluster), or at 2 memory copies (profiles without hop_byte_ns)")
+    ap.add_argument("--window", type=int, default=0,
+                    help="requests the head keeps in flight (default: the head's own, 2 x stages); the "
+                         "predictions are made for the same window")
     ap.add_argument("--keep", default=None, help="write the reports, plans and cluster files under this folder "
                                                  "(default: a temporary folder, removed)")
     args = ap.parse_args(argv)
     import os
 
+    WINDOW[0] = args.window
     os.environ["EDGEPLAN_THREADS"] = args.threads  # workers inherit it (runtime/backend_onnxruntime.py)
     host = None
     if args.emulate:
