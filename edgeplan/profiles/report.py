@@ -97,4 +97,8 @@ def format_cluster(cluster: Cluster) -> str:
     lines.append(f"  network default: {_link(cluster.default_link)}")
     for link in cluster.links:
         lines.append(f"  link {link.a} <-> {link.b}: {_link(link)}")
+    h = cluster.head
+    lines.append(f"  head: {cluster.head_name} ("
+                 + ("the first device" if h is None else "a board" if isinstance(h, str) else
+                    f"off the boards at {h.address}; link to every board {_link(h)}") + ")")
     return "\n".join(lines) + "\n"

@@ -126,3 +126,16 @@ def test_with_an_off_board_head_every_board_may_be_absent_in_a_family(tmp_path):
     assert clu.head_name == "gw" and cluster(tmp_path).head_name == "a" and cluster(tmp_path, "b").head_name == "b"
     absent = {c.absent for c in family.default_conditions(clu, clu.head_name)}
     assert {("a",), ("b",)} <= absent
+
+
+def test_cluster_check_says_where_the_head_runs(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeplan.cli import app
+
+    cluster(tmp_path, HOST)
+    out = CliRunner().invoke(app, ["cluster", "check", str(tmp_path / "cluster.yaml")]).output
+    assert "head: gw (off the boards at 10.0.0.9; link to every board 40 Mbit/s, 2 ms" in out
+    cluster(tmp_path)
+    out = CliRunner().invoke(app, ["cluster", "check", str(tmp_path / "cluster.yaml")]).output
+    assert "head: a (the first device)" in out
