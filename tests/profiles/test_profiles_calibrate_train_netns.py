@@ -51,9 +51,11 @@ def _train(plan, cluster, tmp: Path, tag: str) -> tuple[dict, Path]:
 
 
 def _errors(rep: dict) -> tuple[float, float]:
-    """(mean relative error of forward and backward per stage replica, relative error of the iteration time)."""
-    errs = [abs(r[f][1] - r[f][0]) / r[f][0] for st in rep["stages"] for r in st["replicas"]
-            for f in ("forward_s", "backward_s")]
+    """(mean relative error of each stage replica's time per micro-batch: forward + backward + the call's own
+    cost, each [measured, predicted]; relative error of the iteration time)."""
+    fig = ("forward_s", "backward_s", "call_s")
+    errs = [abs(sum(r[f][1] for f in fig) - sum(r[f][0] for f in fig)) / sum(r[f][0] for f in fig)
+            for st in rep["stages"] for r in st["replicas"]]
     return float(np.mean(errs)), abs(rep["predicted_iter_s"] - rep["measured_iter_s"]) / rep["measured_iter_s"]
 
 
@@ -81,7 +83,8 @@ def test_emulated_train_calibrate_replan_train(tmp_path, monkeypatch):
     stage1, iter1 = _errors(rep1)
     assert rep1["predicted_iter_s"] == pytest.approx(plan1.predicted.iter_s)  # the planner's own figure
     print(f"re-plan: {to_str(plan1)} M={plan1.microbatches}")
-    print(f"forward/backward error per stage replica {stage0:.0%} (datasheet, {LAYOUT}) -> {stage1:.0%} (re-plan); "
+    print(f"stage time per micro-batch, error per replica {stage0:.0%} (datasheet, {LAYOUT}) -> {stage1:.0%} "
+          f"(re-plan); "
           f"iteration {rep0['measured_iter_s'] * 1e3:.1f} ms measured vs {rep0['predicted_iter_s'] * 1e3:.1f} "
           f"predicted ({iter0:.0%}) -> {rep1['measured_iter_s'] * 1e3:.1f} vs "
           f"{rep1['predicted_iter_s'] * 1e3:.1f} ({iter1:.0%})")
@@ -89,23 +92,22 @@ def test_emulated_train_calibrate_replan_train(tmp_path, monkeypatch):
     print(f"unseen layout {UNSEEN}: {rep_new['measured_iter_s'] * 1e3:.1f} ms measured vs "
           f"{rep_new['predicted_iter_s'] * 1e3:.1f} predicted ({unseen:+.0%})")
     print(ct.format_fit(result))
-    # Margins. Before this session (12 iterations, the mean; a per-layer fit; links passing a 64 KB GSO segment
-    # at once), four runs at load 13-20 read forward/backward 2-26% and the seen layout's iteration 0-38% after
-    # calibration. Now (40 iterations, the median; per-call fit; honest links) two runs at load 5.5-6.5 read
-    # forward/backward 4-7% and the seen layout 11-13%. The unseen layout is bimodal across runs, as before:
-    # pi0 runs at its full quota in every run but spends 12 ms of CPU per iteration in some and 18 in others
-    # (every figure 20-60% up together: the host's CPU, not a priced term), so it reads ~23-29 ms (+11, -3, -2,
-    # -9%) or 36-42 ms (-30, -23, -25%; the last four are earlier runs' reports refitted with the per-call fit).
-    # Margins: 35% per stage (26% seen), 45% for the seen layout (38% x 1.2; was 55%), 40% unseen (30% x 1.2 +
-    # rounding; was 45%).
+    # Margins, from this session's runs (load 0.3-2.1; `python -m benchmarks.bench_truth_train`, three runs,
+    # and this test). The planner's re-plan on the fit was the whole model on pi1 every time: iteration -1, +15,
+    # -9, -1% (the same work on pi0 in the same runs read 18.8, 18.1, 17.3 ms, on pi1 16.4, 19.3, 17.2: board to
+    # board and run to run, not a priced term); stage time per micro-batch 7-33% after calibration against
+    # 550-740% before (the datasheet's 22 ms per call). Margins: iteration 30% (15% x 2 for a loaded 2-core CI
+    # machine; was 45%), stage 40% (33% x 1.2). The unseen pipeline read +1, +6, +17, +19% (all in the fast
+    # mode), earlier sessions' slow mode -23..-30%: 40% unchanged.
     assert stage1 < stage0 and iter1 < iter0
-    assert stage1 < STAGE_MARGIN, f"forward/backward error after calibration {stage1:.0%} (margin {STAGE_MARGIN:.0%})"
-    assert iter1 < MARGIN, f"iteration time error after calibration {iter1:.0%} (margin {MARGIN:.0%})"
+    assert stage1 < STAGE_MARGIN, f"stage time error after calibration {stage1:.0%} (margin {STAGE_MARGIN:.0%})"
+    assert iter1 < MARGIN, (f"re-plan {to_str(plan1)}: iteration time error after calibration {iter1:.0%} "
+                            f"(margin {MARGIN:.0%})")
     # The unseen layout, priced by T = sum p + (M-1) max p + max tail on a fit over both first-round layouts
     # (per-sample, per-call and per-layer costs separate only across layouts of other layer counts).
     assert abs(unseen) < UNSEEN_MARGIN, f"unseen layout: iteration error {unseen:+.0%} (margin {UNSEEN_MARGIN:.0%})"
 
 
-MARGIN = 0.45
-STAGE_MARGIN = 0.35
+MARGIN = 0.30
+STAGE_MARGIN = 0.40
 UNSEEN_MARGIN = 0.40
