@@ -60,11 +60,13 @@ pi0 | pi1 M=4 every 0.2 s, 40 iterations, datasheet plan): quiet (load 0.3-0.8, 
   migrations per run; loaded 193-217 slices, 4-8 migrations, and ~22% more CPU per iteration.
 - gloo's busier tcp loop thread, billed to the same quota, took 72-189 ms per run quiet (1150-1580 wakeups,
   57-120 us each) and 152-214 ms loaded (up to 141 us a wakeup): 2-5 ms of the board's 12.5 ms per iteration.
-- A CFS quota alone inflates the CPU per operation: LeNet-5's conv part, forward + backward of 8 samples,
-  one thread pinned to one CPU (load 1.3): 1.08-1.17 ms CPU free, 1.20-1.93 ms under a 10 ms / 20 ms quota,
-  1.15-1.49 ms free beside a busy loop on the same CPU. A throttled process comes back to caches (and, in this
-  KVM guest, a vCPU) that others used while it waited; a real board is never throttled. So the spread is the
-  emulation's, growing with host load; not fixed (a 4 ms period was worse, last session).
+- A CFS quota may inflate the CPU per operation by itself: LeNet-5's conv part, forward + backward of 8
+  samples, one thread pinned to one CPU (load 1.3, blocks of 100): 1.08-1.17 ms CPU free, 1.20-1.93 ms under a
+  10 ms / 20 ms quota, 1.15-1.49 ms free beside a busy loop on the same CPU. Not confirmed at load 3.9 (three
+  interleaved pairs: free 1.12-3.48 ms, quota 1.20-1.81: other tenants' load swamps it). A throttled process
+  comes back to caches (and, in this KVM guest, a vCPU) others used while it waited; a real board is never
+  throttled. So the spread is the emulation's and the host's, growing with host load; not fixed (a 4 ms
+  period was worse, last session).
 """
 
 from __future__ import annotations
