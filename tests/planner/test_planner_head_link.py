@@ -19,6 +19,7 @@ from edgeplan.planner.costmodel import StageSpec, evaluate
 from edgeplan.planner.objective import Objective
 from edgeplan.profiles.cost import build_cost_table
 from edgeplan.profiles.load import load_cluster
+from edgeplan.profiles.model import Cluster
 
 IN_BYTES = 3 * 256 * 256 * 4  # a 256 x 256 RGB float image per sample (wide_stem's input)
 
@@ -52,6 +53,7 @@ HOST = {"name": "gw", "address": "10.0.0.9", "bandwidth_mbps": 40, "latency_ms":
 
 def test_an_off_board_head_is_a_device_without_units_linked_to_every_board(tmp_path):
     clu = cluster(tmp_path, HOST)
+    assert Cluster.from_json(clu.to_json()) == clu  # plans and artifacts carry it as JSON
     costs = build_cost_table(wide_graph(), clu)
     assert costs.devices == ("a", "b", "gw") and costs.head == 2
     assert all(d != 2 for d, _, _ in costs.units)  # it runs no stage
