@@ -181,10 +181,11 @@ def link_fits(cluster: Cluster, runs: tuple) -> tuple[LinkFit, ...]:
                 for peer, ln in (r.get("links") or {}).items():
                     rate = (ln or {}).get("throughput_bytes_per_second")
                     other = plan.get("head") if peer == "head" else str(peer).split("/")[0]
-                    if peer == "head" and host and other == host.name:
-                        rate = _received_rate(ln) or rate  # the input arriving from the off-board head
                     if rate and rate > 0 and other and other != r.get("device"):
                         seen.setdefault(frozenset((r["device"], other)), []).append(float(rate))
+                rx = _received_rate((r.get("rx_links") or {}).get("head"))
+                if host and rx and plan.get("head") == host.name:  # the input arriving from the off-board head
+                    seen.setdefault(frozenset((r["device"], host.name)), []).append(rx)
     out = []
     names = {d.name for d in cluster.devices}
     head_rates = [x for pair, rates in seen.items() if host and host.name in pair for x in rates]
@@ -215,10 +216,11 @@ def link_fits(cluster: Cluster, runs: tuple) -> tuple[LinkFit, ...]:
 HEAD_LINK = "*"  # LinkFit.b of the off-board head's link (cluster ``head:``): one link to every board
 
 
-def _received_rate(ln: dict | None) -> float | None:
-    """Bytes/s of the large frames a replica received on a link (the Monitor's receiver-side timing,
-    wire.Reader.timed): the sender's own figure is absent where its sends fit in the socket buffers."""
-    n, t = (ln or {}).get("timed_bytes_total"), (ln or {}).get("timed_seconds_total")
+def _received_rate(rx: dict | None) -> float | None:
+    """Bytes/s of the large frames a replica received from one sender (its Monitor's ``rx_links`` entry,
+    wire.Reader.timed): the head's input link, which no board sends on. Frames that had arrived whole before
+    the reader asked are not timed (the link kept up with the reader), so they do not count."""
+    n, t = (rx or {}).get("rx_timed_bytes_total"), (rx or {}).get("rx_timed_seconds_total")
     return float(n) / float(t) if n and t and t > 0 else None
 
 

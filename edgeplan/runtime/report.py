@@ -82,6 +82,8 @@ def build(plan: dict, result: RunResult, mode: str = "local") -> dict:
                 "compute_cpu_s": s.get("compute_cpu_s"), "compute_cpu_clock": s.get("compute_cpu_clock"),
                 "cpu_quota_cores": s.get("cpu_quota_cores"),
                 "links": (s.get("monitor") or {}).get("links"),
+                # receive side, per sender (wire.Reader.timed): what calibrate fits the head's input link from
+                "rx_links": (s.get("monitor") or {}).get("rx_links"),
                 "alive": not any(f.device == r["device"] and f.stage == st["index"] for f in result.faults),
             })
         measured = [x["measured_compute_s"] for x in replicas if x["measured_compute_s"] is not None]

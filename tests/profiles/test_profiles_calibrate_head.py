@@ -77,8 +77,9 @@ def test_the_head_link_is_fitted_from_what_the_first_stage_received(tmp_path):
     names = [d.name for d in cluster.devices]
     plan, rep = plan_and_report(graph, cluster, [12], lambda s: names[s], [0.004, 0.004])
     plan["head"] = "host"
-    rep["stages"][0]["replicas"][0]["links"] = {"head": {"timed_bytes_total": 1.5e6 * 40,
-                                                         "timed_seconds_total": 0.06 * 40}}
+    rep["stages"][0]["replicas"][0]["rx_links"] = {"head": {"rx_timed_bytes_total": 1.5e6 * 40,
+                                                            "rx_timed_seconds_total": 0.06 * 40,
+                                                            "rx_whole_bytes_total": 0}}
     jsonio.write(tmp_path / "plan.json", plan)
     jsonio.write(tmp_path / "r.json", rep)
     result, new = cal.calibrate_files([tmp_path / "r.json"], [tmp_path / "plan.json"], path, tmp_path / "c.yaml",
@@ -88,3 +89,18 @@ def test_the_head_link_is_fitted_from_what_the_first_stage_received(tmp_path):
     assert new.head.bandwidth == pytest.approx(25e6) and new.head.address == "127.0.0.1"
     assert new.link(names[0], names[1]).bandwidth == cluster.link(names[0], names[1]).bandwidth
     assert "link host <-> every board (head): 400 -> 200 Mbit/s" in cal.format_fit(result)
+
+
+def test_the_run_report_carries_each_replicas_receive_side_link_figures():
+    """What the fit above reads: the worker monitor's ``rx_links`` (per sender, ``head`` for the first stage)
+    travel into the run report beside the send-side ``links``."""
+    from edgeplan.runtime import report
+    from edgeplan.runtime.head import RunResult
+
+    rx = {"head": {"rx_timed_bytes_total": 3e6, "rx_timed_seconds_total": 0.12, "rx_whole_bytes_total": 0}}
+    plan = {"model": "m", "stages": [{"index": 0, "first_layer": "a", "last_layer": "b",
+                                      "replicas": [{"device": "pi0", "samples": 2}]}]}
+    res = RunResult(n_requests=1, samples_per_request=2, outputs=[[0]], latencies_s=[0.1], wall_s=0.1,
+                    stats={"pi0/stage0": {"runs": 1, "monitor": {"links": {}, "rx_links": rx}}})
+    (r,) = report.build(plan, res)["stages"][0]["replicas"]
+    assert r["rx_links"] == rx and cal._received_rate(r["rx_links"]["head"]) == pytest.approx(25e6)
