@@ -48,7 +48,17 @@ Link bandwidths come from each replica's optional ``links`` (the worker
 Monitor's passive per-peer send throughput): the median per device pair, down
 to 10x below the cluster file, written as ``network.links`` entries. A rate
 above the file's is not used: a send that fits in the socket buffers returns
-after a memory copy, so a fast send times the copy, not the link.
+after a memory copy, so a fast send times the copy, not the link. An off-board
+head's link (the cluster's ``head:`` host: no board sends on it) comes from the
+first stage's receive-side figures (``rx_links``: how fast its large inputs
+arrived), one median for the link to every board, written as
+``head.bandwidth_mbps``.
+
+A board no report ran takes a fitted board's figures when both have the same
+profile and the same figures, or figures that are one scale of them (every
+throughput and the memory bandwidth x r, the per-layer and per-call costs / r:
+the emulated testbed's boards, one CPU under different quotas); each figure
+changes by the factor the fit found, as an estimate that names its source.
 
 Reports are checked against the plan (model, stages, replicas, plan sha256 when
 the report carries one) and the plan against the cluster (cluster sha256): a
