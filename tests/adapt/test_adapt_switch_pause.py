@@ -114,3 +114,28 @@ def test_the_family_never_holds_more_than_twice_its_window():
     old.release()
     new.release()
     fam.submit(x)  # room again once answered
+
+
+@pytest.mark.parametrize("before", [0, 1, 2])
+def test_capacity_is_what_submit_lets_in(before):
+    """``capacity()`` and ``submit()`` apply one window rule to one count (``FamilyHead._in_flight``): after a
+    switch with ``before`` requests still draining on the old layout, submits succeed until exactly
+    ``capacity()`` requests are in flight, and then back on the layout still draining."""
+    heads = {"plan-0": HeldHead(window=4, hold=True), "plan-1": HeldHead(window=4, hold=True)}
+    fam = FamilyHead(dict(heads), "plan-0")
+    fam.window = 2
+    x = [np.zeros((1, 2), np.float32)]
+    for _ in range(before):
+        fam.submit(x)
+    for target in ("plan-1", "plan-0"):
+        fam.switch(target)
+        n = sum(len(h.open) for h in heads.values())
+        while True:
+            try:
+                fam.submit(x)
+            except Busy:
+                break
+            n += 1
+        assert n == fam.capacity() == sum(len(h.open) for h in heads.values()), (target, n, fam.capacity())
+    for h in heads.values():
+        h.release()
