@@ -141,6 +141,37 @@ def switch_delays(changes: list[float], controller: dict) -> list[float | None]:
     return out
 
 
+ORACLE_BIN_S = 1.0  # --testbed: "within 10% of the oracle" is judged on 1 s windows of answered samples ...
+ORACLE_STEP_S = 0.5  # ... starting every 0.5 s after a change (the simulator's epoch; a 0.5 s window holds ~2 requests)
+
+
+def within_oracle(changes: list[float], answered: list[float], oracle: list[float], end_s: float) -> list[float]:
+    """Per change of the trace (event times, s): seconds until the run's throughput is within 10% of the oracle
+    run's, on the trace's clock (``answered_at_process_s`` of both reports): the offset k (a multiple of
+    ``ORACLE_STEP_S``) of the first window (t+k, t+k+ORACLE_BIN_S] before the next change in which the run
+    answered >= 90% of the requests the oracle run answered in that same window (inf: none). The simulator's
+    ``Summary.recover_s`` is the same rule on its 0.5 s epochs, against the best plan's modelled throughput;
+    here the oracle is measured, its own pauses included (a window in which the oracle switches is easy)."""
+    import bisect
+
+    def count(xs, a, b):
+        return bisect.bisect_right(xs, b) - bisect.bisect_right(xs, a)
+
+    a, o = sorted(answered), sorted(oracle)
+    out = []
+    for i, t in enumerate(changes):
+        nxt = changes[i + 1] if i + 1 < len(changes) else end_s
+        k, got = 0.0, math.inf
+        while t + k + ORACLE_BIN_S <= nxt + 1e-9:
+            lo, hi = t + k, t + k + ORACLE_BIN_S
+            if count(a, lo, hi) >= 0.9 * count(o, lo, hi):
+                got = k
+                break
+            k += ORACLE_STEP_S
+        out.append(got)
+    return out
+
+
 def sim_predicted(plans: dict, cluster_file: Path, traces: list[Path]) -> None:
     """What the simulator predicts for the testbed's own family on the emulated cluster (cost model = truth):
     static, heuristic and oracle samples/s per trace, to read the testbed's table against."""
@@ -165,7 +196,9 @@ def testbed(args, traces: list[Path]) -> None:
     """The same comparison on the emulated cluster (root): plan a family (``TESTBED_VARIANTS``) against the
     cluster as emulated here, compile it once (ONNX Runtime stages), train rl on it, then per trace and policy
     `edgeplan emulate CLUSTER --trace T -- edgeplan run art/ --adapt P --report r.json`. static is --adapt off
-    (the nominal variant); the oracle needs the true conditions, which only the simulator has."""
+    (the nominal variant); oracle is --adapt oracle (adapt/oracle.py: switches at the trace's events to the
+    best-priced variant under its true condition, through the same switch). ``--policies``: run only these;
+    the others' reports are read from an earlier run in the same --out (their rows say "earlier")."""
     import math as _m
 
     from edgeplan import jsonio
@@ -203,19 +236,24 @@ def testbed(args, traces: list[Path]) -> None:
     print("switches: all (probes among them: re-measurements of expired factors); per chg: switches per change of "
           "the trace (simultaneous events are one); pause ok: pauses <= the old plan's slowest stage + 50 ms")
     print(f"\n{'trace':<12}{'policy':<10}{'samples/s':>10}{'run /s':>8}{'p50 ms':>8}{'p99 ms':>8}{'mJ/inf':>8}"
-          f"{'switches':>9}{'probes':>7}{'per chg':>8}{'lost':>6}{'dup':>5}{'pause max ms':>13}{'pause ok':>9}"
-          "  switch s after each change (trace clock; -: none)")
+          f"{'x static':>9}{'x oracle':>9}{'switches':>9}{'probes':>7}{'per chg':>8}{'lost':>6}{'dup':>5}"
+          f"{'pause max ms':>13}{'pause ok':>9}{'run':>8}  switch s after each change (trace clock; -: none)"
+          " | s to within 10% of oracle per change (within_oracle)")
     got: dict[tuple[str, str], dict] = {}
     window: dict[tuple[str, str], float] = {}
     for path in traces:
         trace = load_trace(path, load_cluster(CLUSTER))
         dur = trace.duration_s or (max(ev.at_s for ev in trace.events) + 20)
         requests = max(50, _m.ceil(nominal.throughput * dur * 1.2 / 4))  # batch 4 samples per request
-        for pol in ("off", "heuristic", "rl"):
+        for pol in ("off", "oracle", "heuristic", "rl"):
             rep_path = work / f"{path.stem}-{pol}.json"
-            _cli("emulate", CLUSTER, *gf, "--trace", path, "--", Path(sys.executable).with_name("edgeplan"),
-                 "run", art, "--adapt", pol, "--requests", requests, "--report", rep_path, log=log,
-                 timeout_s=max(600, 4 * dur))
+            earlier = pol not in args.policies
+            if earlier and not rep_path.is_file():
+                continue
+            if not earlier:
+                _cli("emulate", CLUSTER, *gf, "--trace", path, "--", Path(sys.executable).with_name("edgeplan"),
+                     "run", art, "--adapt", pol, "--requests", requests, "--report", rep_path, log=log,
+                     timeout_s=max(600, 4 * dur))
             rep = jsonio.read(rep_path)
             ad = rep.get("adapt") or {}
             answered = ad.get("answered_by_variant") or {}
@@ -232,13 +270,23 @@ def testbed(args, traces: list[Path]) -> None:
             changes = sorted({ev.at_s for ev in trace.events})
             probes = sum(bool(x.get("probe")) for x in (ad.get("controller") or {}).get("decisions_switched", []))
             ok = f"{ad.get('pauses_within_target', 0)}/{ad.get('pauses_measured', 0)}" if pauses else "-"
+            xs = w / window.get((path.stem, "static"), _m.nan)
+            xo = w / window.get((path.stem, "oracle"), _m.nan)
+            orc = got.get((path.stem, "oracle"))
+            near = "-" if orc is None or name in ("oracle",) else _fmt_recover(within_oracle(
+                changes, ad.get("answered_at_process_s") or [],
+                (orc.get("adapt") or {}).get("answered_at_process_s") or [], dur))
             print(f"{path.stem:<12}{name:<10}{w:>10.2f}{rep['throughput']:>8.2f}{rep['latency_s']['p50'] * 1e3:>8.0f}"
-                  f"{rep['latency_s']['p99'] * 1e3:>8.0f}{mj:>8.0f}{ad.get('switch_count', 0):>9}{probes:>7}"
+                  f"{rep['latency_s']['p99'] * 1e3:>8.0f}{mj:>8.0f}{xs:>9.2f}{xo:>9.2f}"
+                  f"{ad.get('switch_count', 0):>9}{probes:>7}"
                   f"{ad.get('switch_count', 0) / len(changes):>8.2f}{ad.get('lost', 0):>6}{ad.get('duplicated', 0):>5}"
-                  f"{(max(pauses) * 1e3 if pauses else _m.nan):>13.0f}{ok:>9}  "
+                  f"{(max(pauses) * 1e3 if pauses else _m.nan):>13.0f}{ok:>9}{'earlier' if earlier else 'now':>8}  "
                   + " ".join("-" if d is None else f"{d:g}" for d in switch_delays(
-                      changes, ad.get("controller") or {})), flush=True)
+                      changes, ad.get("controller") or {})) + f" | {near}", flush=True)
     target = TARGET if any(k[0] == TARGET for k in got) else next(iter(got))[0]
+    if not all((target, p) in got for p in ("static", "heuristic", "rl")):
+        print(f"testbed: no summary line (trace {target} lacks a static, heuristic or rl report)")
+        return
     st = window[(target, "static")]
     lost = sum((got[(target, p)].get("adapt") or {}).get("lost", 0) for p in ("heuristic", "rl"))
     print(f"testbed, trace {target} (throughput while the trace ran):")
@@ -257,6 +305,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="also run heuristic, rl and static (--adapt off) in `edgeplan emulate --trace` (root)")
     ap.add_argument("--traces", nargs="*", default=None,
                     help="trace names for --testbed, run in this order (default: all shipped)")
+    ap.add_argument("--policies", nargs="*", default=["off", "oracle", "heuristic", "rl"],
+                    choices=["off", "oracle", "heuristic", "rl"],
+                    help="--testbed: the policies to run (off = static); the others' reports are read from an "
+                         "earlier run in --out when there")
     ap.add_argument("--host-gflops", type=float, default=100.0, help="--testbed: `edgeplan emulate --host-gflops`")
     args = ap.parse_args(argv)
 

@@ -603,12 +603,14 @@ class AdaptPolicy(str, Enum):
     off = "off"
     heuristic = "heuristic"
     rl = "rl"
+    oracle = "oracle"  # benchmark only, under `edgeplan emulate --trace`: switches on the trace's true conditions
 
 
 AdaptOption = Annotated[AdaptPolicy, typer.Option(
     "--adapt",
     help="A compiled plan family: switch variants live as measured conditions change (heuristic: re-price "
          "every variant with the cost model, with hysteresis; rl: the policy `edgeplan adapt-train` wrote; "
+         "oracle (benchmark, under `edgeplan emulate --trace`): the best variant under the trace's true conditions; "
          "off: keep the nominal variant).")]
 
 

@@ -319,6 +319,10 @@ def load_controller(family_root, head, policy_name: str, *, epoch_s: float = EPO
     cluster = Cluster.from_json(jsonio.read(root / "cluster.json"))
     _, plans = family_plans(root)
     pricer = Pricer.from_family(graph, cluster, plans)
+    if policy_name == "oracle":  # benchmark only: the true conditions, from the trace the testbed replays
+        from edgeplan.adapt.oracle import OracleController, trace_of_testbed
+
+        return OracleController(head, pricer, trace_of_testbed(cluster), cluster, log=log)
     policy = policy_for(policy_name, root)
     head_device = next(iter(plans.values())).head
     est = Estimator(cluster, head=head_device)

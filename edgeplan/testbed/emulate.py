@@ -141,7 +141,9 @@ def run(cluster: Cluster, command: list[str], host_core_flops: float | None = No
         try:
             with tempfile.TemporaryDirectory(prefix="edgeplan-testbed-") as tmp:
                 state = Path(tmp) / "testbed.json"
-                jsonio.write(state, state_json(bed, plan_shape))
+                # the trace's file: `--adapt oracle` (adapt/oracle.py) switches on its true conditions
+                jsonio.write(state, {**state_json(bed, plan_shape),
+                                     **({"trace": str(Path(trace.source).resolve())} if trace is not None else {})})
                 child = subprocess.Popen(command, env={**os.environ, ENV_VAR: str(state)})
                 if trace is not None:
                     from edgeplan.testbed.trace import Applier, schedule
