@@ -97,8 +97,15 @@ these runs:
       three-node-hetero     88.0 ->  3.9     24.0 ->  7.3       4.4    2.9      60.2 / 58.4 / 47.5
       rpi4-jetson           82.8 -> 11.8      8.8 -> 12.7      24.5    4.4      80.2 / 54.9 / 71.2
 
+  Again at 00:44-00:46 UTC (load 0.0-0.7), calibrate now also fitting the head link from the first
+  stage's receive timing (rx_links: 47 -> 56 ms on three-node-hetero, 71 -> 72 ms on rpi4-jetson):
+  three-node-hetero 88.8 -> 5.3% stage MAPE, 25.6 -> 9.9% throughput (rerun 2.1% apart); rpi4-jetson
+  89.1 -> 12.7%, 19.7 -> 7.2% (rerun 0.1%); rpi4-jetson with --window 4: +10.0% (not a window limit).
   resnet32-cifar (batch 8, the control; its head link 3 ms, off the bottleneck): 9.1 -> 1.3% stage MAPE,
-  29.8 -> 0.6% throughput (rerun 5.0% apart; load 1.6-2.0). What is left on rpi4-jetson: the period
+  29.8 -> 0.6% throughput (rerun 5.0% apart; load 1.6-2.0); in the 00:46 run its re-plan moved to an
+  unseen layout (gpu-board | npu-board) whose hops read 13-20% above their price: 41.7 -> 24.1%, and its
+  head link fitted 2.1x slower than the shaped one (98 KB frames: the receive timing then follows the
+  reader under its CPU quota, not the link). What is left on rpi4-jetson: the period
   (80 ms) is above both the head link (71 ms) and the board's call (46-65 ms over three runs of one plan):
   the two resources are each 70-90% busy and coupled (the board receives the next input on its own CPU
   quota while it computes), which the bottleneck model (period = the slowest resource) does not price.
