@@ -283,6 +283,9 @@ def testbed(args, traces: list[Path]) -> None:
                   f"{(max(pauses) * 1e3 if pauses else _m.nan):>13.0f}{ok:>9}{'earlier' if earlier else 'now':>8}  "
                   + " ".join("-" if d is None else f"{d:g}" for d in switch_delays(
                       changes, ad.get("controller") or {})) + f" | {near}", flush=True)
+    for stem in dict.fromkeys(k[0] for k in got):  # static's row printed before the oracle's
+        if (stem, "static") in window and (stem, "oracle") in window:
+            print(f"{stem}: static/oracle {window[(stem, 'static')] / window[(stem, 'oracle')]:.2f}x")
     target = TARGET if any(k[0] == TARGET for k in got) else next(iter(got))[0]
     if not all((target, p) in got for p in ("static", "heuristic", "rl")):
         print(f"testbed: no summary line (trace {target} lacks a static, heuristic or rl report)")
