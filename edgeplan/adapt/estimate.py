@@ -132,7 +132,7 @@ class Estimator:
         self._held = 0  # updates a ready commit has waited for a factor still moving
         self.moving: tuple[str, ...] = ()  # factors off their committed value but not steady, as of the last update
         self._just: tuple[str, ...] = ()  # factors the latest change expired
-        self.head = head or cluster.devices[0].name
+        self.head = head or cluster.head_name
         self.alpha, self.threshold, self.confirm = alpha, threshold, confirm
         self.reference: dict[str, float] = {}
         self._smooth: dict[str, float] = {}  # key -> smoothed log factor
