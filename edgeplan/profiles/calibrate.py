@@ -58,7 +58,10 @@ A board no report ran takes a fitted board's figures when both have the same
 profile and the same figures, or figures that are one scale of them (every
 throughput and the memory bandwidth x r, the per-layer and per-call costs / r:
 the emulated testbed's boards, one CPU under different quotas); each figure
-changes by the factor the fit found, as an estimate that names its source.
+changes by the factor the fit found, as an estimate that names its source, but
+only where that makes the board slower: a transfer is a guess, and a re-plan must
+not move onto a board no run timed because a guess made it look faster (a figure
+the fit would make faster stays the file's, and the note says which).
 
 Reports are checked against the plan (model, stages, replicas, plan sha256 when
 the report carries one) and the plan against the cluster (cluster sha256): a
@@ -677,12 +680,52 @@ def _rescaled(before: ComputeUnit, after: ComputeUnit, u: ComputeUnit, r: float)
         hop_byte_s=None if after.hop_byte_s is None else after.hop_byte_s / r)
 
 
+NOTE_REL = 1e-3
+TRANSFER_RULE = "a transfer never makes an unseen board look faster: a re-plan must not move onto it on a guess"
+
+
+def _no_faster(own: ComputeUnit, guess: ComputeUnit) -> tuple[ComputeUnit, tuple[str, ...]]:
+    """``guess`` (a fitted board's figures moved onto ``own``'s board) where it makes the board slower, ``own``
+    where it would make it faster, per figure: each class's throughput and the memory bandwidth the lower,
+    the per-layer, per-call and per-byte costs the higher. Returns the unit and the figures kept (YAML names).
+
+    A transfer is a guess: the fit saw one board, and what made it fast (its own hop path, a lighter load)
+    need not hold on another. Slower is safe (the planner only avoids the board); faster is not: the vit-tiny
+    re-plan on rpi4-jetson moved onto three rpi boards that had taken the jetson's per-call hop (0.62x the
+    file's) for a 0.4% predicted gain and measured 34.9 samples/s against 112 (+222% throughput error)."""
+    kept: list[str] = []  # named only past NOTE_REL: a file's rounding (twins within TWIN_TOLERANCE) is no finding
+    g_thr = dict(guess.throughput)
+    thr = []
+    for c, f in own.throughput:
+        g = g_thr.get(c, f)
+        thr.append((c, min(f, g)))
+        if g > f * (1 + NOTE_REL):
+            kept.append(f"throughput_gflops.{c}")
+
+    def slower(name: str, mine: float, theirs: float, higher_is_slower: bool) -> float:
+        faster = theirs < mine * (1 - NOTE_REL) if higher_is_slower else theirs > mine * (1 + NOTE_REL)
+        if faster:
+            kept.append(name)
+        return max(mine, theirs) if higher_is_slower else min(mine, theirs)
+
+    bw = slower("mem_bandwidth_gbs", own.mem_bandwidth, guess.mem_bandwidth, False)
+    layer = slower("layer_overhead_us", own.layer_overhead_s, guess.layer_overhead_s, True)
+    hop = slower("hop_overhead_us", own.hop_overhead_s, guess.hop_overhead_s, True)
+    per_byte = None  # both unset: HOP_COPIES copies at the (lower) bandwidth, never cheaper than own's
+    if own.hop_byte_s is not None or guess.hop_byte_s is not None:
+        per_byte = slower("hop_byte_ns", hop_byte_s(own), hop_byte_s(guess), True)
+    return dataclasses.replace(guess, throughput=tuple(thr), mem_bandwidth=bw, layer_overhead_s=layer,
+                               hop_overhead_s=hop, hop_byte_s=per_byte), tuple(kept)
+
+
 def _same_profile_peers(cluster: Cluster, fits: list[UnitFit]) -> list[UnitFit]:
     """Units no report ran, on boards of the same profile with the same figures as a fitted one, or those figures
     scaled as one board at another speed (``_twin_scale``: the testbed's boards under different quotas): they take
     its fitted figures, scaled alike (the datasheet error is the board model's), as estimates that say where
-    they came from. Without the scaled twins a one-board run calibrated that board only, and a re-plan moved to
-    an uncalibrated one (wide_stem on three-node-hetero: 12 ms predicted, 103 ms measured)."""
+    they came from, but only where that makes them slower (``_no_faster``: a figure the fit would make faster
+    stays the file's, and the note names it). Without the scaled twins a one-board run calibrated that board
+    only, and a re-plan moved to an uncalibrated one (wide_stem on three-node-hetero: 12 ms predicted, 103 ms
+    measured); with faster figures taken too, a re-plan moved onto boards the run never timed on a guess."""
     done = {(f.device, f.unit) for f in fits}
     out = []
     for d in cluster.devices:
@@ -696,9 +739,13 @@ def _same_profile_peers(cluster: Cluster, fits: list[UnitFit]) -> list[UnitFit]:
                 best, r = max(peers, key=lambda fr: (fr[1] == 1.0, fr[0].calls, fr[0].device))
                 how = f"same profile {d.profile!r} and figures" if r == 1.0 else (
                     f"same profile {d.profile!r}, figures x {r:.3g}")
-                out.append(UnitFit(d.name, u.name, best.design, 0, u, _rescaled(best.before, best.after, u, r),
-                                   (f"{d.name}:{u.name}: not in the report(s); takes {best.device}:{u.name}'s fitted "
-                                    f"figures ({how}), still estimates",),
+                after, kept = _no_faster(u, _rescaled(best.before, best.after, u, r))
+                notes = [f"{d.name}:{u.name}: not in the report(s); takes {best.device}:{u.name}'s fitted "
+                         f"figures ({how}), still estimates"]
+                if kept:
+                    notes.append(f"{d.name}:{u.name}: keeps its file's {', '.join(kept)} (the fit on {best.device} "
+                                 f"would make them faster): {TRANSFER_RULE}")
+                out.append(UnitFit(d.name, u.name, best.design, 0, u, after, tuple(notes),
                                    best.hop_fitted, best.device, best.hop_byte_fitted))
     return out
 
