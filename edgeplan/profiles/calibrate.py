@@ -714,6 +714,9 @@ def _no_faster(own: ComputeUnit, guess: ComputeUnit) -> tuple[ComputeUnit, tuple
     per_byte = None  # both unset: HOP_COPIES copies at the (lower) bandwidth, never cheaper than own's
     if own.hop_byte_s is not None or guess.hop_byte_s is not None:
         per_byte = slower("hop_byte_ns", hop_byte_s(own), hop_byte_s(guess), True)
+    classes = [f"throughput_gflops.{c}" for c, _ in own.throughput]
+    if all(c in kept for c in classes):  # one name for all of them (a note per class reads as noise)
+        kept = ["throughput_gflops.*"] + [k for k in kept if k not in classes]
     return dataclasses.replace(guess, throughput=tuple(thr), mem_bandwidth=bw, layer_overhead_s=layer,
                                hop_overhead_s=hop, hop_byte_s=per_byte), tuple(kept)
 
