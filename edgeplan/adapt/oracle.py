@@ -12,8 +12,6 @@ not a difference in the switching machinery.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
@@ -26,11 +24,11 @@ ORACLE_EPOCH_S = 0.05
 def trace_of_testbed(cluster, env: dict | None = None):
     """The trace the emulated cluster this process runs in replays (EDGEPLAN_TESTBED's ``trace``), loaded
     against ``cluster`` (the family's); a one-line error when there is none."""
-    from edgeplan.testbed.emulate import ENV_VAR
+    from edgeplan.testbed.emulate import read_state
     from edgeplan.testbed.trace import load
 
-    state = (env if env is not None else os.environ).get(ENV_VAR)
-    trace = json.loads(Path(state).read_text()).get("trace") if state else None
+    state = read_state(env)
+    trace = state.get("trace") if state else None
     if not trace:
         raise PlanError("--adapt oracle: the oracle needs the true conditions, i.e. a trace: run it under "
                         "`edgeplan emulate CLUSTER --trace FILE -- edgeplan run ART --adapt oracle`")

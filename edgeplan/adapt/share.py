@@ -20,8 +20,6 @@ expires, so no probe is needed to learn that a hog ended).
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,13 +61,7 @@ def share_reader(boards: dict) -> Callable[[], dict[str, float]] | None:
 def testbed_share_reader(env: dict | None = None) -> Callable[[], dict[str, float]] | None:
     """The share reader of the emulated cluster this process runs in (EDGEPLAN_TESTBED), else None: on real
     boards the estimator reads a hog from stage call times (module docstring)."""
-    from edgeplan.testbed.emulate import ENV_VAR
+    from edgeplan.testbed.emulate import read_state
 
-    state = (env if env is not None else os.environ).get(ENV_VAR)
-    if not state:
-        return None
-    try:
-        boards = json.loads(Path(state).read_text()).get("boards") or {}
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{state} ({ENV_VAR}): unreadable testbed state ({e}); re-run `edgeplan emulate`") from e
-    return share_reader(boards)
+    state = read_state(env)
+    return None if state is None else share_reader(state.get("boards") or {})

@@ -93,6 +93,25 @@ def state_json(bed: netns.Testbed, plan_shape: Shape) -> dict:
     }
 
 
+def read_state(env: dict | None = None) -> dict | None:
+    """The state file (``state_json``) of the emulated cluster this process runs in, parsed: the one reader of
+    ``EDGEPLAN_TESTBED`` for placement, the adapt share reader and the oracle's trace. None when the variable is
+    unset (not under `edgeplan emulate`); an EmulationError naming the file and the variable when it is set but
+    the file is missing, not JSON or not a JSON object (a testbed torn down under the command, a stale env)."""
+    path = (env if env is not None else os.environ).get(ENV_VAR)
+    if not path:
+        return None
+    try:
+        state = jsonio.read(path)
+    except (OSError, ValueError) as e:
+        raise netns.EmulationError(f"{path} ({ENV_VAR}): unreadable testbed state ({e}); run the command under "
+                             "`edgeplan emulate CLUSTER -- COMMAND`, or unset it") from None
+    if not isinstance(state, dict):
+        raise netns.EmulationError(f"{path} ({ENV_VAR}): testbed state is a JSON object, got {type(state).__name__}; "
+                             "run the command under `edgeplan emulate CLUSTER -- COMMAND`, or unset it")
+    return state
+
+
 @contextlib.contextmanager
 def testbed(cluster: Cluster, host_core_flops: float | None = None, echo=print, max_board_cores: float = 1.0,
             pin: bool = False):
@@ -246,8 +265,7 @@ def write_emulated_cluster(path: Path, cluster: Cluster, plan_shape: Shape, host
 
 def placement_from_env() -> tuple[dict[str, tuple[list[str], str]], str] | None:
     """Inside `edgeplan emulate`: (device -> (argv prefix, address), head address); else None."""
-    path = os.environ.get(ENV_VAR)
-    if not path:
+    state = read_state()
+    if state is None:
         return None
-    state = jsonio.read(path)
     return ({d: (b["prefix"], b["address"]) for d, b in state["boards"].items()}, state["host_address"])

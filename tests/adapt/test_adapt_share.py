@@ -60,6 +60,29 @@ def test_testbed_state_gives_each_board_its_share(tmp_path):
     assert share_reader({"gpu-board": {"cores": 1.0}}) is None  # an older state file: no cgroup, call times
 
 
+
+def test_the_share_reader_and_the_oracle_read_the_state_file_through_one_reader(tmp_path):
+    """emulate.read_state is the one parser of EDGEPLAN_TESTBED: a state file that is missing, not JSON or not an
+    object is one line naming the file and the variable, the same from both readers."""
+    from edgeplan.adapt.oracle import trace_of_testbed
+    from edgeplan.testbed.emulate import read_state
+    from edgeplan.testbed.netns import EmulationError
+
+    state = tmp_path / "state.json"
+    for content, why in ((None, "unreadable testbed state"), ("{not json", "unreadable testbed state"),
+                         ("[1, 2]", "a JSON object, got list")):
+        if content is not None:
+            state.write_text(content)
+        env = {"EDGEPLAN_TESTBED": str(state)}
+        for read in (read_state, testbed_share_reader, lambda e: trace_of_testbed(None, env=e)):
+            with pytest.raises(EmulationError, match=f"^{state} \\(EDGEPLAN_TESTBED\\): .*{why}") as e:
+                read(env)
+            assert "\n" not in str(e.value)
+    state.write_text(json.dumps({"boards": {}, "host_address": "10.0.0.1"}))
+    assert read_state({"EDGEPLAN_TESTBED": str(state)}) == {"boards": {}, "host_address": "10.0.0.1"}
+    assert read_state({}) is None
+
+
 def _estimate(cluster, stage_cpu_s: float, shares) -> tuple[float, float]:
     """(committed gpu-board slowdown, what its call times read) for a plan giving gpu-board a stage of
     ``stage_cpu_s`` CPU, nominal for 6 updates (calibrated), then the board's quota at a third for 8."""
