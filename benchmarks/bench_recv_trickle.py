@@ -1,20 +1,21 @@
 """The runtime's receive CPU per byte depends on how the bytes arrive (issue 14, per-byte hop).
 
 A frame that is already in the socket buffer is read in a few large recvs; one that trickles in over a
-shaped link (the emulated testbed's tc htb, a real 100 Mbit/s link) wakes the reader once per piece that
-arrived, and each wake-up costs a recv, a Python loop turn and a thread switch. Sends one 1.5 MiB frame
-(a wide_stem micro-batch of 2) over TCP loopback whole, then in pieces of 64 KiB .. 1448 B (one TCP
-segment) with 0.2 ms between pieces, and prints the reading thread's CPU per byte (``wire.Reader``).
+shaped link (the emulated testbed's tc htb, a real 100 Mbit/s link) woke the reader once per piece that
+arrived, and each wake-up costs a recv, a Python loop turn and a thread switch, paid out of the board's
+CPU beside its stage. ``wire.Reader`` now sets SO_RCVLOWAT while it waits for the rest of a body (the
+kernel wakes it once ``LOWAT_BYTES`` or the rest of the frame has arrived). Sends one 1.5 MiB frame (a
+wide_stem micro-batch of 2) over TCP loopback whole, then in pieces of 64 KiB .. 1448 B (one TCP segment)
+with 0.2 ms between pieces, and prints the reading thread's CPU per byte with plain recvs and with the
+low-water mark, side by side in one run.
 
     python benchmarks/bench_recv_trickle.py
 
-Measured here (2 vCPUs, load 3-4): whole 0.18 ns/B; 64 KiB pieces 0.38; 16 KiB 0.88; 4 KiB 2.7; 1448 B 7.1
-ns/B. The emulated testbed read 4.3 ns/B of CPU per byte on a 0.5-core board fed 1.5 MiB per call over a
-shaped link, 0.5 ns/B on a 0.15-core board (throttled, it wakes less often: more bytes per wake-up), and
-0.19-0.25 on loopback without shaping (`edgeplan calibrate` over local runs). The cost model prices one
-figure per unit (``hop_byte_ns``); a reader that asks the kernel to wake it only once a large piece has
-arrived (SO_RCVLOWAT set per recv to what the frame still needs, capped) would keep it near the whole-frame
-figure.
+Measured here (2 vCPUs, load 0.1), ns/B plain -> low-water mark: whole 0.16 -> 0.15; 64 KiB pieces 0.34 ->
+0.29; 16 KiB 0.62 -> 0.34; 4 KiB 2.2 -> 0.44; 1448 B 6.1 -> 0.53 (11x less). Before this change the
+emulated testbed read 4.3 ns/B of CPU per byte on a 0.5-core board fed 1.5 MiB per call over a shaped
+link and 13-15 ns/B (vit-tiny, 0.8 MB per call) -- 26-31 ns/B of the board's time: the per-call hop
+fitted from one plan was wrong for the next plan's bytes.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ def _pair() -> tuple[socket.socket, socket.socket]:
     return a, b
 
 
-def receive_cpu_s(piece: int, gap_s: float, frames: int = 6) -> float:
-    """Median CPU seconds of the reading thread per frame, the frame sent in ``piece``-byte sends."""
+def receive_cpu_s(piece: int, gap_s: float, frames: int = 6, lowat: bool = True) -> float:
+    """Median CPU seconds of the reading thread per frame, the frame sent in ``piece``-byte sends;
+    ``lowat`` False: the Reader's plain recvs (as before SO_RCVLOWAT)."""
     a, b = _pair()
     x = np.zeros(FRAME // 4, dtype=np.float32)
     raw = b"".join(bytes(m) for m in wire.buffers(wire.Frame(wire.DATA, request_id=1, tensors=(x,))))
@@ -50,6 +52,8 @@ def receive_cpu_s(piece: int, gap_s: float, frames: int = 6) -> float:
 
     def read() -> None:
         r = wire.Reader(b)
+        if not lowat:
+            r._lowat = 0  # the Reader's "not used on this socket" state
         for _ in range(frames):
             c0 = time.thread_time()
             r.recv()
@@ -74,9 +78,10 @@ def main() -> None:
     with open("/proc/loadavg") as f:
         print(f"load {' '.join(f.read().split()[:3])}; one frame of {FRAME} bytes over TCP loopback")
     for piece, gap in ((4 << 20, 0.0), (65536, 2e-4), (16384, 2e-4), (4096, 2e-4), (1448, 2e-4)):
-        c = receive_cpu_s(piece, gap)
+        plain, low = receive_cpu_s(piece, gap, lowat=False), receive_cpu_s(piece, gap)
         label = "whole" if piece >= FRAME else f"{piece} B pieces, {gap * 1e3:g} ms apart"
-        print(f"  {label:<28} reader CPU {c * 1e3:7.3f} ms per frame = {c / FRAME * 1e9:.3f} ns/B")
+        print(f"  {label:<28} reader CPU per frame: plain {plain * 1e3:6.3f} ms = {plain / FRAME * 1e9:.3f} ns/B; "
+              f"low-water mark {low * 1e3:6.3f} ms = {low / FRAME * 1e9:.3f} ns/B ({plain / low:.1f}x less)")
 
 
 if __name__ == "__main__":

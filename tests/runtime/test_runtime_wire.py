@@ -534,3 +534,55 @@ def test_reader_reports_a_large_frame_that_arrived_whole_without_a_rate():
     finally:
         a.close()
         b.close()
+
+
+class _CountingSocket(socket.socket):
+    """A TCP socket that counts the recvs a Reader makes (one per wake-up of the reading thread)."""
+
+    recvs = 0
+
+    def recv_into(self, *args, **kwargs):
+        self.recvs += 1
+        return super().recv_into(*args, **kwargs)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_reader_wakes_per_large_piece_of_a_frame_that_trickles_in(signed):
+    """A 1 MiB frame sent over TCP in 1448 B pieces (one segment each, as a shaped link delivers them) is read
+    in a handful of recvs (SO_RCVLOWAT: the kernel wakes the reader once LOWAT_BYTES or the rest of the
+    frame has arrived), not one per piece (~725 before), and intact; the small frame right behind it (a
+    control frame shorter than the low-water mark) is not waited for, and the trickle is still timed."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    a = socket.create_connection(srv.getsockname())
+    a.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn, _ = srv.accept()
+    srv.close()
+    b = _CountingSocket(fileno=conn.detach())
+    ta, tb = _sessions() if signed else (None, None)
+    x = np.arange(256 << 10, dtype=np.float32)  # 1 MiB
+    big = b"".join(bytes(m) for m in wire.buffers(wire.Frame(wire.DATA, request_id=1, tensors=(x,)), ta))
+    small = wire.encode(wire.Frame(wire.BYE, meta={"stop": True}), ta)
+
+    def trickle():
+        for i in range(0, len(big), 1448):
+            a.sendall(big[i:i + 1448])
+            if i % (16 * 1448) == 0:
+                time.sleep(0.0005)
+        a.sendall(small)
+
+    t = threading.Thread(target=trickle)
+    t.start()
+    try:
+        reader = wire.Reader(b, tb)
+        f = reader.recv()
+        recvs, timed = b.recvs, reader.timed
+        assert np.array_equal(f.tensors[0], x)
+        assert reader.recv().meta == {"stop": True}
+    finally:
+        t.join()
+        a.close()
+        b.close()
+    assert recvs <= 4 * (len(big) // wire.LOWAT_BYTES + 2), recvs
+    assert timed is not None and timed[1] > 0, timed
