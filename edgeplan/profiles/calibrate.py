@@ -60,10 +60,12 @@ A board no report ran takes a fitted board's figures when both have the same
 profile and the same figures, or figures that are one scale of them (every
 throughput and the memory bandwidth x r, the per-layer and per-call costs / r:
 the emulated testbed's boards, one CPU under different quotas); each figure
-changes by the factor the fit found, as an estimate that names its source, but
-only where that makes the board slower: a transfer is a guess, and a re-plan must
+changes by the factor the fit found, as an estimate that names its source. A
+scaled twin takes only what makes it slower: it is another board whose file is
+one scale of the fitted one's, so the transfer is a guess, and a re-plan must
 not move onto a board no run timed because a guess made it look faster (a figure
-the fit would make faster stays the file's, and the note says which).
+the fit would make faster stays the file's, and the note says which). Identical
+boards are one board model, and take the fit either way.
 
 Reports are checked against the plan (model, stages, replicas, plan sha256 when
 the report carries one) and the plan against the cluster (cluster sha256): a
@@ -764,8 +766,8 @@ def _same_profile_peers(cluster: Cluster, fits: list[UnitFit]) -> list[UnitFit]:
     """Units no report ran, on boards of the same profile with the same figures as a fitted one, or those figures
     scaled as one board at another speed (``_twin_scale``: the testbed's boards under different quotas): they take
     its fitted figures, scaled alike (the datasheet error is the board model's), as estimates that say where
-    they came from, but only where that makes them slower (``_no_faster``: a figure the fit would make faster
-    stays the file's, and the note names it). Without the scaled twins a one-board run calibrated that board
+    they came from; a scaled twin only where that makes it slower (``_no_faster``: a figure the fit would make
+    faster stays the file's, and the note names it). Without the scaled twins a one-board run calibrated that board
     only, and a re-plan moved to an uncalibrated one (wide_stem on three-node-hetero: 12 ms predicted, 103 ms
     measured); with faster figures taken too, a re-plan moved onto boards the run never timed on a guess."""
     done = {(f.device, f.unit) for f in fits}
@@ -781,7 +783,10 @@ def _same_profile_peers(cluster: Cluster, fits: list[UnitFit]) -> list[UnitFit]:
                 best, r = max(peers, key=lambda fr: (fr[1] == 1.0, fr[0].calls, fr[0].device))
                 how = f"same profile {d.profile!r} and figures" if r == 1.0 else (
                     f"same profile {d.profile!r}, figures x {r:.3g}")
-                after, kept = _no_faster(u, _rescaled(best.before, best.after, u, r))
+                # Identical boards (r == 1) are one board model: its fit is the best evidence either way. A scaled
+                # twin is another board whose file is only proportional: its error is a guess (``_no_faster``).
+                after, kept = ((best.after, ()) if r == 1.0
+                               else _no_faster(u, _rescaled(best.before, best.after, u, r)))
                 notes = [f"{d.name}:{u.name}: not in the report(s); takes {best.device}:{u.name}'s fitted "
                          f"figures ({how}), still estimates"]
                 if kept:
