@@ -3,8 +3,8 @@
 A frame that is already in the socket buffer is read in a few large recvs; one that trickles in over a
 shaped link (the emulated testbed's tc htb, a real 100 Mbit/s link) woke the reader once per piece that
 arrived, and each wake-up costs a recv, a Python loop turn and a thread switch, paid out of the board's
-CPU beside its stage. ``wire.Reader`` now sets SO_RCVLOWAT while it waits for the rest of a body (the
-kernel wakes it once ``LOWAT_BYTES`` or the rest of the frame has arrived). Sends one 1.5 MiB frame (a
+CPU beside its stage. ``wire.Reader`` now waits for the rest of a body with SO_RCVLOWAT and poll (it wakes
+once ``WAIT_BYTES`` or the rest of the frame has arrived). Sends one 1.5 MiB frame (a
 wide_stem micro-batch of 2) over TCP loopback whole, then in pieces of 64 KiB .. 1448 B (one TCP segment)
 with 0.2 ms between pieces, and prints the reading thread's CPU per byte with plain recvs and with the
 low-water mark, side by side in one run.
@@ -53,7 +53,7 @@ def receive_cpu_s(piece: int, gap_s: float, frames: int = 6, lowat: bool = True)
     def read() -> None:
         r = wire.Reader(b)
         if not lowat:
-            r._lowat = 0  # the Reader's "not used on this socket" state
+            r._lowat = 0  # the Reader's state on a socket with a timeout: plain recvs
         for _ in range(frames):
             c0 = time.thread_time()
             r.recv()

@@ -35,6 +35,7 @@ import hashlib
 import hmac
 import json
 import os
+import select
 import socket
 import struct
 import sys
@@ -68,13 +69,21 @@ DEFAULT_MAX_FRAME = 256 << 20  # bytes of body; receivers usually pass a tighter
 # A Reader times the arrival of bodies at least this large (``Reader.timed``): smaller ones arrive in one
 # or two segments, and their time is the clock's and the call's, not the link's.
 MIN_TIMED_RECV_BYTES = 64 << 10
-# A Reader waiting for the rest of a body asks the kernel (SO_RCVLOWAT) to wake it only once this much, or all
-# that is left, has arrived. Without it a frame trickling in over a shaped or slow link (the testbed's tc htb,
-# a real 100 Mbit/s board) wakes the reader per TCP segment, and each wake-up costs a recv and a Python loop
-# turn: 6 ns/B of CPU in 1448 B pieces against 0.2 ns/B for a frame read whole (bench_recv_trickle.py), which
-# a board pays out of the same CPU as its stage. Large enough to make wake-ups rare, small enough that an
-# authenticated body is still hashed while the rest arrives.
-LOWAT_BYTES = 256 << 10
+# A Reader waiting for the rest of a large body asks the kernel (SO_RCVLOWAT, then poll) to wake it only once
+# this much, or all that is left of the frame, has arrived. Without it a frame trickling in over a shaped or
+# slow link (the testbed's tc htb, a real 100 Mbit/s board) wakes the reader per TCP segment, and each wake-up
+# costs a recv and a Python loop turn: 6 ns/B of CPU in 1448 B pieces against 0.2 ns/B for a frame read whole
+# (bench_recv_trickle.py), which a board pays out of the same CPU as its stage. Large enough to make wake-ups
+# rare, small enough that an authenticated body is still hashed while the rest arrives.
+#  - poll, then a recv that does not wait: a blocking recv that has copied part of its target sleeps until a
+#    whole low-water mark MORE has arrived (tcp_data_ready), so the end of a frame would wait for the next
+#    frame (a hang on the last one); poll tests the bytes queued, and the recv takes them all at once.
+#  - at most a quarter of the socket's receive buffer (older kernels do not grow the window to the mark, and
+#    their poll would never see it), and every wait is bounded by WAIT_POLL_MS: then the reader takes what
+#    arrived, as a plain recv would.
+#  - the mark is back at 1 before any blocking recv (the next frame's header may be shorter than it).
+WAIT_BYTES = 256 << 10
+WAIT_POLL_MS = 100
 
 DTYPES: Dict[int, np.dtype] = {
     1: np.dtype("<f4"), 2: np.dtype("<f2"), 3: np.dtype("<f8"), 4: np.dtype("i1"), 5: np.dtype("u1"),
@@ -577,11 +586,14 @@ class Reader:
         self._spare_frame = 0  # bytes of the last frame read into one (header and body)
         self._layout: list = []  # the last DATA frame's checked tensor layout (see decode_body)
         self.timed: Optional[Tuple[int, float]] = None
-        # SO_RCVLOWAT now set (1: the kernel's default); 0: not used on this socket (none, a timeout, or refused).
-        # Only on blocking sockets: a blocking recv takes what arrives while it waits for the low-water mark, so
-        # the sender is never held up by it, while a socket with a timeout polls first, and poll would wait for
-        # the whole mark even when the receive window is smaller.
-        self._lowat = 1 if getattr(socket, "SO_RCVLOWAT", None) and sock.gettimeout() is None else 0
+        # SO_RCVLOWAT now set (1: the kernel's default), or 0: plain recvs (no SO_RCVLOWAT/poll here, a socket
+        # with a timeout, or the option refused). See WAIT_BYTES.
+        self._lowat = 1 if (getattr(socket, "SO_RCVLOWAT", None) and hasattr(select, "poll")
+                            and sock.gettimeout() is None) else 0
+        self._poll = None
+        if self._lowat:
+            self._poll = select.poll()
+            self._poll.register(sock, select.POLLIN)
 
     def _free_spare(self, n: int) -> Optional[np.ndarray]:
         """A kept buffer of at least ``n`` bytes that no tensor refers to any more (now the first kept), or None."""
@@ -605,46 +617,64 @@ class Reader:
         return memoryview(spare)[:n]
 
     def _set_lowat(self, n: int) -> None:
-        """Have the next ``recv`` return only once ``n`` bytes have arrived (SO_RCVLOWAT), when it differs."""
-        if self._lowat and n != self._lowat:
-            try:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
-                self._lowat = n
-            except OSError:  # not supported here (another socket family, an old kernel): plain recvs
-                self._lowat = 0
+        """SO_RCVLOWAT ``n``, lowered to a quarter of the receive buffer where the kernel did not grow the buffer
+        to hold it (older kernels: their window, and so poll, would never reach the mark)."""
+        if n == self._lowat:
+            return
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
+            self._lowat = n
+            if n > 1:
+                room = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 4
+                if room < n:
+                    self._lowat = max(room, 1)
+                    self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, self._lowat)
+        except OSError:  # refused here (another socket family, an old kernel): plain recvs from now on
+            self._lowat = 0
 
-    def _await(self, left: int) -> None:
-        """Before a recv that still needs ``left`` bytes of this frame: wake at min(left, LOWAT_BYTES) (never
-        past the frame, so the next frame's header is never waited for). Call ``_set_lowat(1)`` when done."""
-        if self._lowat and left > MIN_TIMED_RECV_BYTES:
-            self._set_lowat(min(left, LOWAT_BYTES))
-        elif self._lowat > 1:
+    def _recv_piece(self, view: memoryview, left: int) -> int:
+        """One recv into ``view`` of the rest of this frame (``left`` bytes, the kernel's backlog already taken):
+        after waiting until min(left, WAIT_BYTES) has arrived (at most a quarter of the receive buffer, and at
+        most WAIT_POLL_MS: see WAIT_BYTES).
+        0 at EOF; -1 when nothing had arrived (the wait timed out). Call ``_end_wait`` when the frame is read."""
+        if self._lowat:
+            if left > MIN_TIMED_RECV_BYTES:
+                self._set_lowat(min(left, WAIT_BYTES))
+                if self._lowat > MIN_TIMED_RECV_BYTES // 4:  # else too small a mark to be worth a poll
+                    self._poll.poll(WAIT_POLL_MS)
+                    try:
+                        return self.sock.recv_into(view, 0, socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        return -1
+            self._end_wait()
+        return self.sock.recv_into(view)
+
+    def _end_wait(self) -> None:
+        """The low-water mark back at 1: the next blocking recv (a header) must not wait for more."""
+        if self._lowat > 1:
             self._set_lowat(1)
 
     def _fill(self, need: int, at_boundary: bool = False) -> None:
         """Read until ``need`` unread bytes are buffered (in a new buffer when the current one is too small).
-        The first recv takes what the kernel holds; later ones wait for large pieces (``_await``)."""
+        The first recv takes what the kernel holds; later ones wait in the kernel for pieces of this frame."""
         have = self._end - self._start
         if self._start + need > len(self._buf):
             new = memoryview(np.empty(max(self.chunk, need), np.uint8))  # not zeroed: every byte used is received
             new[:have] = self._buf[self._start:self._end]
             self._buf, self._start, self._end = new, 0, have
         recv_into, buf, want = self.sock.recv_into, self._buf, self._start + need
-        first = True
+        first = True  # the first recv takes what the kernel holds; later ones wait for large pieces
         try:
             while self._end < want:
-                if not first:
-                    self._await(want - self._end)
+                k = recv_into(buf[self._end:]) if first else self._recv_piece(buf[self._end:], want - self._end)
                 first = False
-                k = recv_into(buf[self._end:])
                 if k == 0:
                     if at_boundary and self._end == self._start:
                         raise ConnectionClosed()
                     raise FrameError(f"connection closed mid-frame ({self._end - self._start} of {need} bytes)")
-                self._end += k
+                self._end += max(k, 0)
         finally:
-            if self._lowat > 1:
-                self._set_lowat(1)
+            self._end_wait()
 
     def recv(self) -> Frame:
         """The next frame. ConnectionClosed at a clean EOF, FrameError on a bad frame, OSError on socket errors."""
@@ -691,17 +721,15 @@ class Reader:
                         if mac is not None and hashed < min(got, end):
                             mac.update(body[hashed:min(got, end)])
                             hashed = min(got, end)
-                        if first >= 0:  # the backlog is taken: from now on wake per large piece
-                            self._await(n - got)
-                        k = self.sock.recv_into(body[got:])
+                        # the first recv takes the kernel's backlog; from then on wake per large piece
+                        k = self.sock.recv_into(body[got:]) if first < 0 else self._recv_piece(body[got:], n - got)
                         if k == 0:
                             raise FrameError(f"connection closed mid-frame ({got} of {n} bytes)")
-                        got += k
+                        got += max(k, 0)
                         if first < 0:
                             first, t0 = got, time.perf_counter()
                 finally:
-                    if self._lowat > 1:
-                        self._set_lowat(1)
+                    self._end_wait()
                 if n >= MIN_TIMED_RECV_BYTES:
                     self.timed = (got - first, time.perf_counter() - t0) if got > first >= 0 else (n, 0.0)
                 if mac is not None and hashed < end:
