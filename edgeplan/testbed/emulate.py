@@ -33,11 +33,14 @@ from edgeplan.testbed.calibrate import HostSpeed
 ENV_VAR = "EDGEPLAN_TESTBED"
 HEAD_RESERVE_CORES = 0.25  # left free for the head and the OS
 HOST_LAYER_OVERHEAD_US = 5.0  # per-layer dispatch cost on one core here (profiles/boards/x86/host.yaml)
-# the runtime's CPU per byte a stage call receives or sends, on one core here (issue 14): `edgeplan calibrate`
-# over local runs of a model of wide tensors and little compute at batch 1 / 4 / 16 (two boards, 1.6-6.3 MB per
-# call) fitted 0.19-0.25 ns/B + 0.77-0.86 ms per call (host.yaml: 850 us); the profiling kit's wire frames read
-# 0.37. The emulated boards' memory bandwidth (ONNX Runtime's, ~60 GB/s x cores) prices 2 copies at ~0.03
-HOST_HOP_BYTE_NS = 0.22
+# the runtime's CPU per byte a stage call receives or sends between two boards of the testbed, on one core here
+# (issue 14). Over loopback it is 0.19-0.25 ns/B (`edgeplan calibrate` over local runs, 1.6-6.3 MB per call), but
+# every testbed link carries MTU-sized packets (netns: gso_max_segs 1) through a veth, a bridge and htb, and
+# each packet costs CPU on both ends: benchmarks/bench_testbed_hop_byte.py measured 3.4-4.7 ns/B sending and
+# 5.5 ns/B receiving 800 KB frames (and a fit over two vit-tiny plans whose cut moved 4x the bytes: 3.9 / 5.7).
+# Priced at 0.22, a one-run calibration put that cost into the per-call hop, and a re-plan that sent 4x fewer
+# bytes came out 9-37% off (bench_truth / test_profiles_calibrate_netns, vit-tiny on three-node-hetero).
+TESTBED_HOP_BYTE_NS = 5.0
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,7 @@ def emulated_cluster_doc(cluster: Cluster, plan_shape: Shape, host: HostSpeed) -
 
     Each board is this machine's CPU at its quota: per-class throughput and
     memory bandwidth x cores, per-layer and per-stage-call (runtime) overheads /
-    cores, and the runtime's per-byte cost (``HOST_HOP_BYTE_NS``) / cores like its per-call one;
+    cores, and the runtime's per-byte cost over a testbed link (``TESTBED_HOP_BYTE_NS``) / cores;
     the peak is the whole cores its threads burst on until the quota is spent (what
     `edgeplan calibrate` clamps a fit to); RAM and power stay the board's own. Links carry the dilated
     bandwidths. Plan against this to compare predictions with what runs inside `edgeplan emulate`.
@@ -219,7 +222,7 @@ def emulated_cluster_doc(cluster: Cluster, plan_shape: Shape, host: HostSpeed) -
                     "mem_bandwidth_gbs": round(host.mem_bandwidth * b.cores / 1e9, 4),
                     "layer_overhead_us": round(HOST_LAYER_OVERHEAD_US / b.cores, 2),
                     "hop_overhead_us": round(host_hop_us / b.cores, 1),
-                    "hop_byte_ns": round(HOST_HOP_BYTE_NS / b.cores, 4),
+                    "hop_byte_ns": round(TESTBED_HOP_BYTE_NS / b.cores, 4),
                     "busy_power_w": busy,
                 }},
             },
