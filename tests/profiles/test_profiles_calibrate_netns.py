@@ -1,8 +1,9 @@
 """Issue 14 item 5 in the emulated testbed (netns tier): run, calibrate from that run, re-plan, run again.
 
-Each board of examples/clusters/three-node-hetero.yaml is a network namespace with a CPU quota and shaped
-links; plans are made against the cluster as emulated (`edgeplan emulate --write-cluster`). The first plan
-rests on the emulator's micro-benchmark figures, the second on figures fitted from the first run.
+Three models (residual, depthwise, transformer) on two example clusters (three-node-hetero, rpi4-jetson):
+each board is a network namespace with a CPU quota and shaped links; plans are made against the cluster as
+emulated (`edgeplan emulate --write-cluster`). The first plan rests on the emulator's micro-benchmark
+figures, the second on figures fitted from the first run.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from edgeplan.testbed import calibrate as host_speed  # noqa: E402
 from edgeplan.testbed import emulate, netns  # noqa: E402
 from tests.tiers import netns_tier
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "clusters" / "three-node-hetero.yaml"
+CLUSTERS = Path(__file__).resolve().parents[2] / "examples" / "clusters"
+EXAMPLE = CLUSTERS / "three-node-hetero.yaml"
 REQUESTS = 120
 SLOW = 3.0  # the datasheet error the first plan rests on (every board's compute and memory 3x slow)
 BOARD_CORES = 0.5  # the fastest board's quota: boards, head and other tenants do not fight over 2 cores
@@ -62,9 +64,11 @@ def _round(traced, model, spec, host_flops, cluster_path, tmp, tag):
 
 @pytest.mark.netns
 @netns_tier
-@pytest.mark.parametrize("model", ["resnet32-cifar"])
-def test_emulated_run_calibrate_replan_run(model, tmp_path):
-    spec = load_cluster(EXAMPLE)
+@pytest.mark.parametrize("cluster", ["three-node-hetero", "rpi4-jetson"])
+@pytest.mark.parametrize("model", ["resnet32-cifar", "mobilenet_v2-cifar", "vit-tiny"])
+def test_emulated_run_calibrate_replan_run(model, cluster, tmp_path):
+    """The issue's three models (a residual CNN, a depthwise CNN, a transformer) on two example clusters."""
+    spec = load_cluster(CLUSTERS / f"{cluster}.yaml")
     host = host_speed.measure(0.3)  # this machine per core, so quotas and figures match what runs
     shape = emulate.shape(spec, host.of("conv"), max_board_cores=BOARD_CORES)
     emulated = emulate.write_emulated_cluster(tmp_path / "emulated.yaml", spec, shape, host)
@@ -86,7 +90,7 @@ def test_emulated_run_calibrate_replan_run(model, tmp_path):
     cal.calibrate_files([tmp_path / "report-0.json"], [art0], emulated, tmp_path / "calibrated.yaml",
                         lambda p: traced.graph)
     _, errs1, thr1, plan1 = _round(traced, model, spec, host.of("conv"), tmp_path / "calibrated.yaml", tmp_path, "1")
-    print(f"{model}: per-stage module error {np.mean(errs0):.0%} -> {np.mean(errs1):.0%} "
+    print(f"{model} on {cluster}: per-stage module error {np.mean(errs0):.0%} -> {np.mean(errs1):.0%} "
           f"({[f'{e:.0%}' for e in errs0]} -> {[f'{e:.0%}' for e in errs1]}); throughput error under the window "
           f"{thr0:.0%} -> {thr1:.0%}")
     assert netns.leftovers() == []
@@ -97,8 +101,12 @@ def test_emulated_run_calibrate_replan_run(model, tmp_path):
     # End to end the throughput error must drop (seen 29% -> 10%; 49-80% -> 13-23% in three runs with the
     # host's memory bandwidth measured as ONNX Runtime reaches it, which leaves the 3x error in compute) and
     # stay under 35%: the testbed's CPU weight reserves each board's quota, but 2 cores shared with other
-    # emulations still move a run's throughput by ~10%. The issue's 10% / 5% targets are measured by
-    # benchmarks/bench_truth.py --emulate.
+    # emulations still move a run's throughput by ~10% (reruns of one plan up to 15-31% apart in
+    # bench_truth), and a re-plan moves the cut, so what one run could not separate (per call vs per byte)
+    # is extrapolated. Seen on the six pairs (2026-12-01, load 0.5): 39-69% -> 2-21% (three-node-hetero
+    # 13 / 2 / 21%, rpi4-jetson 2 / 14 / 3%); vit-tiny's 37% before the testbed's per-byte figure
+    # (emulate.TESTBED_HOP_BYTE_NS) was measured. The issue's 10% / 5% targets are measured by
+    # benchmarks/bench_truth.py --emulate on the emulator's own figures.
     assert np.mean(errs1) < 0.5 * np.mean(errs0)
     assert thr1 < thr0 and thr1 < 0.35
 
