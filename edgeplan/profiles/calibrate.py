@@ -737,15 +737,19 @@ def _no_faster(own: ComputeUnit, guess: ComputeUnit) -> tuple[ComputeUnit, tuple
     kept: list[str] = []  # named only past NOTE_REL: a file's rounding (twins within TWIN_TOLERANCE) is no finding
     g_thr = dict(guess.throughput)
     thr = []
+    def same(mine: float, theirs: float) -> bool:  # within a file's rounding: the file's own figure stays
+        return abs(theirs - mine) <= NOTE_REL * max(abs(mine), abs(theirs))
+
     for c, f in own.throughput:
         g = g_thr.get(c, f)
-        thr.append((c, min(f, g)))
-        if g > f * (1 + NOTE_REL):
+        thr.append((c, f if same(f, g) else min(f, g)))
+        if g > f and not same(f, g):
             kept.append(f"throughput_gflops.{c}")
 
     def slower(name: str, mine: float, theirs: float, higher_is_slower: bool) -> float:
-        faster = theirs < mine * (1 - NOTE_REL) if higher_is_slower else theirs > mine * (1 + NOTE_REL)
-        if faster:
+        if same(mine, theirs):
+            return mine
+        if (theirs < mine) if higher_is_slower else (theirs > mine):
             kept.append(name)
         return max(mine, theirs) if higher_is_slower else min(mine, theirs)
 
