@@ -9,10 +9,11 @@ loopback in this process, side by side, and the figure the emulated cluster file
 
     sudo python benchmarks/bench_testbed_hop_byte.py [--frames 40] [--sizes 200000,800000]
 
-Measured here (2 vCPUs, load 0.2-0.9): 800 KB frames, ns/B of host CPU: gpu-board -> npu-board send 3.4,
-receive 5.5; npu-board -> gpu-board send 4.7, receive 5.5 (200 KB frames 3.4-10.6: per-frame costs weigh
-more); loopback 0.2-0.4. A fit over two vit-tiny plans on the testbed whose cut moved 4x the bytes gave
-3.9 (sending board) and 5.7 (receiving board).
+Measured here (2 vCPUs, load 0.5, 40 frames), ns/B of host CPU, send / receive: gpu-board -> npu-board
+4.6 / 12.3 (200 KB frames: per-frame costs weigh more), 4.1 / 7.3 (800 KB); npu-board -> gpu-board 7.1 / 5.1,
+4.2 / 4.9; loopback 0.14-0.46 (19-38x less). An earlier run: 800 KB 3.4 / 5.5 and 4.7 / 5.5. A fit over two
+vit-tiny plans on the testbed whose cut moved 4x the bytes gave 3.9 (the sending board) and 5.7 (the
+receiving board).
 """
 
 from __future__ import annotations

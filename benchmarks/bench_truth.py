@@ -30,19 +30,33 @@ micro-batch beside the slowest stage's call, so a miss reads as compute, hop, li
 ``--repeat`` runs the calibrated plan once more, unchanged: the last two columns are how far two runs of
 one plan differ here (the noise floor the after-calibration errors are read against).
 
-Measured here (2 cores shared with other work; `--emulate --repeat`, 100 requests per run, 193 s):
+Measured here (2 cores shared with other work; `--emulate --repeat`, 100 requests per run, 81 s; 2026-12-01
+03:16 UTC, load 0.5):
 
     model               cluster            stage MAPE %    throughput err %   p50 err %      rerun vs run %
                                            before -> after before -> after    before -> after stage  thr.
-    resnet32-cifar      three-node-hetero   6.9 -> 6.0      6.5 -> 3.5        21.4 ->  5.1     0.4   1.0
-    resnet32-cifar      rpi4-jetson        11.3 -> 0.2     16.8 -> 0.6        35.4 -> 11.2     0.5   0.8
-    mobilenet_v2-cifar  three-node-hetero   9.9 -> 3.4     10.9 -> 2.5        19.4 ->  2.8     1.7   1.2
-    mobilenet_v2-cifar  rpi4-jetson         9.2 -> 0.6     12.2 -> 1.4        15.6 ->  1.0     0.0   0.5
-    vit-tiny            three-node-hetero   6.2 -> 4.5      3.7 -> 0.0         0.6 ->  3.6     0.8   2.9
-    vit-tiny            rpi4-jetson         1.0 -> 1.2      4.0 -> 1.1         6.0 ->  4.1     0.2   0.0
+    resnet32-cifar      three-node-hetero   8.1 -> 5.1      8.8 -> 2.1         8.3 ->  4.0     5.8   0.5
+    resnet32-cifar      rpi4-jetson         6.3 -> 1.0     13.9 -> 1.4        26.7 -> 12.8     0.5   0.3
+    mobilenet_v2-cifar  three-node-hetero  11.8 -> 3.5      4.5 -> 1.3         9.4 -> 14.5    12.9  15.5
+    mobilenet_v2-cifar  rpi4-jetson         4.9 -> 1.2      9.9 -> 1.8        11.6 ->  1.5     3.9   3.3
+    vit-tiny            three-node-hetero  10.2 -> 5.2     19.7 -> 7.0        15.4 ->  2.0     3.1   4.6
+    vit-tiny            rpi4-jetson         6.4 -> 4.2      8.4 -> 4.4        14.7 ->  5.6     0.5   1.1
 
-Read the after columns against the rerun columns: they move with this machine's load. An earlier run
-of the same code: after 0.3-8.3% stage MAPE, 0.3-6.6% throughput (mobilenet_v2 on three-node-hetero 6.6%:
+Three runs of this code earlier the same morning, as it was fixed:
+- at 02:38 (before): vit-tiny's re-plans were 17% and 222% off. On rpi4-jetson the jetson's fit (per-call
+  hop 0.62x the file's) went onto the unseen rpi boards, and the re-plan moved onto them for a 0.4%
+  predicted gain (now a scaled twin takes only what makes it slower). On three-node-hetero the cut moved
+  from 800 KB to 200 KB per call, and the per-call hop fitted from the first run (it held a per-byte cost
+  the file priced at loopback's 0.22 ns/B) was 4x too high for the second.
+- with the Reader's low-water mark (wire.WAIT_BYTES), before poll: vit-tiny's last frame hung 120 s.
+- with the mark and loopback's per-byte price: 0.7-4.4% stage MAPE, 0.1-9.0% throughput (vit-tiny on
+  three-node-hetero 9.0%; the testbed's links cost 4-7 ns/B per side, benchmarks/bench_testbed_hop_byte.py,
+  now the emulated cluster's figure: emulate.TESTBED_HOP_BYTE_NS). One more run with it: 1.2-16.4% /
+  1.3-12.2% (mobilenet_v2 on three-node-hetero 12.2%: the same plan ran 10-20% slower in the first run than
+  in the two after it, so the fit was off; the reruns of the other five agreed within 0.1-10%).
+
+Read the after columns against the rerun columns: they move with this machine's load. Runs of older
+code (2026-11): after 0.3-8.3% stage MAPE, 0.3-6.6% throughput (mobilenet_v2 on three-node-hetero 6.6%:
 its re-plan sent 3.5x the bytes into gpu-board, whose hop then cost 4.1 ms per call against 2.8 ms
 predicted). Two later runs at load average 10-16 (other tenants): after 0.4-13.3% / 7.9-25.5% with reruns
 of one plan 5.5-23.9% apart in throughput (noise, not model); and one whose host benchmark read conv 7x
@@ -52,8 +66,9 @@ these runs:
 
 - per-byte hop cost: the runtime spends CPU per byte a call receives or sends (socket, network stack,
   copies), once priced as 2 copies at memory bandwidth (0.034 ns/B on an emulated 1-core board). Now a
-  per-unit figure, ``hop_byte_ns``: `emulate --write-cluster` gives each board the host's 0.22 ns/B / its
-  cores (fitted by `edgeplan calibrate` over local runs at 1.6-6.3 MB per call), the profiling kit times it,
+  per-unit figure, ``hop_byte_ns``: `emulate --write-cluster` gave each board the host's 0.22 ns/B / its
+  cores (fitted by `edgeplan calibrate` over local runs at 1.6-6.3 MB per call; now the testbed link's
+  5 ns/B, above), the profiling kit times it,
   and `edgeplan calibrate` fits it where a unit's replicas differ in bytes per call (reports of several
   plans or models at once, or one run over identical boards; else only the per-call part, with a note).
   What a board spends per byte
@@ -109,6 +124,11 @@ these runs:
   (80 ms) is above both the head link (71 ms) and the board's call (46-65 ms over three runs of one plan):
   the two resources are each 70-90% busy and coupled (the board receives the next input on its own CPU
   quota while it computes), which the bottleneck model (period = the slowest resource) does not price.
+  With the Reader's low-water mark and the testbed's per-byte figure (2026-12-01 03:15 UTC, load 0.6;
+  60 requests): three-node-hetero 87.3 -> 5.9% stage MAPE, 30.4 -> 13.6% throughput (rerun 4.1% apart);
+  rpi4-jetson 86.0 -> 13.7%, 10.6 -> 8.4% (rerun 0.3%). The period is now the head link's: 58.6 / 76.5 ms
+  measured against 51.6 / 70.6 ms priced, the calls 42 / 27 ms. About 4.5 points of that are TCP/IP and
+  Ethernet headers (66 B per 1448 B segment), which htb counts and the link's price does not.
 - module / hop split: the worker counts process CPU during a module call (time.process_time), so its
   send thread's CPU on a slow shaped link lands in the module (vit-tiny, gpu-board at 0.15 cores: one
   qkv layer "cost" 1.1 ms of CPU there and 0.3 ms on the next board); the sum per call is right.
