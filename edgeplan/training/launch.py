@@ -39,7 +39,7 @@ from edgeplan.training.config import SYNC_MODES, Job, TrainConfig
 
 SCHEMA_VERSION = 1
 DEFAULT_PORT = 29517
-TESTBED_ENV = "EDGEPLAN_TESTBED"
+TESTBED_ENV = "EDGEPLAN_TESTBED"  # = testbed.emulate.ENV_VAR (read through its read_state)
 TRAINING_TARGETS = ("x86", "arm-cpu", "cuda")  # units torch can train on; others fall back to the CPU
 GRACE_S = 5.0  # after the first failure, how long the others get to report their own view
 
@@ -193,8 +193,10 @@ def run(artifacts: str | os.PathLike[str], config: TrainConfig, *, local: bool =
     shutil.rmtree(run_path / "errors", ignore_errors=True)
 
     testbed = None
-    if not local and os.environ.get(TESTBED_ENV):
-        testbed = jsonio.read(os.environ[TESTBED_ENV])
+    if not local:
+        from edgeplan.testbed.emulate import read_state  # the one reader of the state file (one-line errors)
+
+        testbed = read_state()
     if local:
         mine = ranks
         master_addr, port = "127.0.0.1", _free_port()
