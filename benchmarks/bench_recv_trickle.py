@@ -31,7 +31,8 @@ from edgeplan.runtime import wire
 FRAME = 1_572_864
 
 
-def _pair() -> tuple[socket.socket, socket.socket]:
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """Two ends of a TCP loopback connection (sender ``a`` with TCP_NODELAY, receiver ``b``)."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)
@@ -45,7 +46,7 @@ def _pair() -> tuple[socket.socket, socket.socket]:
 def receive_cpu_s(piece: int, gap_s: float, frames: int = 6, lowat: bool = True) -> float:
     """Median CPU seconds of the reading thread per frame, the frame sent in ``piece``-byte sends;
     ``lowat`` False: the Reader's plain recvs (as before SO_RCVLOWAT)."""
-    a, b = _pair()
+    a, b = tcp_pair()
     x = np.zeros(FRAME // 4, dtype=np.float32)
     raw = b"".join(bytes(m) for m in wire.buffers(wire.Frame(wire.DATA, request_id=1, tensors=(x,))))
     cpu: list[float] = []
@@ -74,7 +75,7 @@ def receive_cpu_s(piece: int, gap_s: float, frames: int = 6, lowat: bool = True)
     return float(np.median(cpu))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:  # argv: `python -m benchmarks` passes []
     with open("/proc/loadavg") as f:
         print(f"load {' '.join(f.read().split()[:3])}; one frame of {FRAME} bytes over TCP loopback")
     for piece, gap in ((4 << 20, 0.0), (65536, 2e-4), (16384, 2e-4), (4096, 2e-4), (1448, 2e-4)):

@@ -7,7 +7,7 @@ three-node-hetero testbed, streams frames between gpu-board and npu-board both w
 ``wire.Reader``, as the workers do), and prints each side's process CPU per byte; then the same frames over
 loopback in this process, side by side, and the figure the emulated cluster file uses.
 
-    sudo python benchmarks/bench_testbed_hop_byte.py [--frames 40] [--sizes 200000,800000]
+    sudo python -m benchmarks.bench_testbed_hop_byte [--frames 40] [--sizes 200000,800000]
 
 Measured here (2 vCPUs, load 0.5, 40 frames), ns/B of host CPU, send / receive: gpu-board -> npu-board
 4.6 / 12.3 (200 KB frames: per-frame costs weigh more), 4.1 / 7.3 (800 KB); npu-board -> gpu-board 7.1 / 5.1,
@@ -19,7 +19,6 @@ receiving board).
 from __future__ import annotations
 
 import argparse
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ import time
 
 import numpy as np
 
+from benchmarks.bench_recv_trickle import tcp_pair
 from edgeplan.runtime import wire
 
 PEER = r'''
@@ -84,13 +84,7 @@ def over_testbed(sender, receiver, frames: int, size: int) -> tuple[float, float
 
 def over_loopback(frames: int, size: int) -> tuple[float, float]:
     """(send, receive) thread CPU ns/B of the same stream over TCP loopback in this process."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(1)
-    a = socket.create_connection(srv.getsockname())
-    a.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    b, _ = srv.accept()
-    srv.close()
+    a, b = tcp_pair()
     x = np.ones(size // 4, np.float32)
     cpu: dict[str, float] = {}
 

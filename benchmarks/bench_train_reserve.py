@@ -69,7 +69,7 @@ def measure() -> dict:
     return d
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:  # argv: `python -m benchmarks` passes []
     import torch
 
     d = measure()

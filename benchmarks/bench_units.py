@@ -21,10 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 CLUSTERS = ("rk3588-solo", "rk3588-duo", "three-node-hetero", "rpi4-jetson")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:  # argv: `python -m benchmarks` passes []
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="resnet18,mobilenet_v2")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     from edgeplan.graph.load import build
     from edgeplan.planner.api import make_plan
