@@ -78,9 +78,10 @@ MIN_TIMED_RECV_BYTES = 64 << 10
 #  - poll, then a recv that does not wait: a blocking recv that has copied part of its target sleeps until a
 #    whole low-water mark MORE has arrived (tcp_data_ready), so the end of a frame would wait for the next
 #    frame (a hang on the last one); poll tests the bytes queued, and the recv takes them all at once.
-#  - at most a quarter of the socket's receive buffer (older kernels do not grow the window to the mark, and
-#    their poll would never see it), and every wait is bounded by WAIT_POLL_MS: then the reader takes what
-#    arrived, as a plain recv would.
+#  - at most a quarter of the socket's receive buffer as it is (the kernel's autotuning grows it on a fast
+#    link; a larger mark would make the kernel grow it and clamp the TCP window to the mark, and an older
+#    kernel's window, and so its poll, would never reach it), and every wait is bounded by WAIT_POLL_MS:
+#    then the reader takes what arrived, as a plain recv would.
 #  - the mark is back at 1 before any blocking recv (the next frame's header may be shorter than it).
 WAIT_BYTES = 256 << 10
 WAIT_POLL_MS = 100
@@ -617,18 +618,15 @@ class Reader:
         return memoryview(spare)[:n]
 
     def _set_lowat(self, n: int) -> None:
-        """SO_RCVLOWAT ``n``, lowered to a quarter of the receive buffer where the kernel did not grow the buffer
-        to hold it (older kernels: their window, and so poll, would never reach the mark)."""
-        if n == self._lowat:
-            return
+        """SO_RCVLOWAT ``n``, at most a quarter of the receive buffer as it is now: a mark the buffer can hold,
+        so the kernel never grows the buffer for it (which also clamps the TCP window to the mark: too small
+        for a long fat link) and an older kernel's window, and so its poll, always reaches it."""
         try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
-            self._lowat = n
             if n > 1:
-                room = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 4
-                if room < n:
-                    self._lowat = max(room, 1)
-                    self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, self._lowat)
+                n = max(1, min(n, self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 4))
+            if n != self._lowat:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
+                self._lowat = n
         except OSError:  # refused here (another socket family, an old kernel): plain recvs from now on
             self._lowat = 0
 
