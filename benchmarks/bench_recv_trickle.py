@@ -11,11 +11,12 @@ low-water mark, side by side in one run.
 
     python benchmarks/bench_recv_trickle.py
 
-Measured here (2 vCPUs, load 0.1), ns/B plain -> low-water mark: whole 0.16 -> 0.15; 64 KiB pieces 0.34 ->
-0.29; 16 KiB 0.62 -> 0.34; 4 KiB 2.2 -> 0.44; 1448 B 6.1 -> 0.53 (11x less). Before this change the
-emulated testbed read 4.3 ns/B of CPU per byte on a 0.5-core board fed 1.5 MiB per call over a shaped
-link and 13-15 ns/B (vit-tiny, 0.8 MB per call) -- 26-31 ns/B of the board's time: the per-call hop
-fitted from one plan was wrong for the next plan's bytes.
+Measured here (2 vCPUs, load 1.1), ns/B plain -> low-water mark: whole 0.16 -> 0.14; 64 KiB pieces 0.35 ->
+0.22; 16 KiB 0.63 -> 0.27; 4 KiB 2.2 -> 0.56; 1448 B 6.1 -> 1.3 (4.8x less). A mark the kernel may grow the
+receive buffer for (and then clamps the TCP window to) read 6.1 -> 0.5 (11x); the mark is kept within a
+quarter of the buffer as it is. Before this change the emulated testbed read 4.3 ns/B of CPU per byte on a
+0.5-core board fed 1.5 MiB per call over a shaped link and 13-15 ns/B (vit-tiny, 0.8 MB per call; 26-31
+ns/B of the board's time), and the per-call hop fitted from one plan was wrong for the next plan's bytes.
 """
 
 from __future__ import annotations

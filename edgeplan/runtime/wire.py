@@ -592,6 +592,7 @@ class Reader:
         self._lowat = 1 if (getattr(socket, "SO_RCVLOWAT", None) and hasattr(select, "poll")
                             and sock.gettimeout() is None) else 0
         self._poll = None
+        self._room = 0  # a quarter of SO_RCVBUF, read once per frame (0: not yet)
         if self._lowat:
             self._poll = select.poll()
             self._poll.register(sock, select.POLLIN)
@@ -618,12 +619,14 @@ class Reader:
         return memoryview(spare)[:n]
 
     def _set_lowat(self, n: int) -> None:
-        """SO_RCVLOWAT ``n``, at most a quarter of the receive buffer as it is now: a mark the buffer can hold,
-        so the kernel never grows the buffer for it (which also clamps the TCP window to the mark: too small
-        for a long fat link) and an older kernel's window, and so its poll, always reaches it."""
+        """SO_RCVLOWAT ``n``, at most a quarter of the receive buffer as it was when this frame's wait began
+        (``_room``): a mark the buffer can hold, so the kernel never grows the buffer for it (which also clamps
+        the TCP window to the mark) and an older kernel's window, and so its poll, always reaches it."""
         try:
             if n > 1:
-                n = max(1, min(n, self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 4))
+                if not self._room:
+                    self._room = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 4
+                n = max(1, min(n, self._room))
             if n != self._lowat:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
                 self._lowat = n
@@ -648,7 +651,9 @@ class Reader:
         return self.sock.recv_into(view)
 
     def _end_wait(self) -> None:
-        """The low-water mark back at 1: the next blocking recv (a header) must not wait for more."""
+        """The low-water mark back at 1: the next blocking recv (a header) must not wait for more. The next
+        frame reads the receive buffer's size afresh (the kernel's autotuning grows it on a fast link)."""
+        self._room = 0
         if self._lowat > 1:
             self._set_lowat(1)
 
