@@ -31,12 +31,10 @@ beyond the module: CPU per call - module time per call) is fitted per unit as
 ``hop_overhead + hop_byte x bytes per call`` by least squares over its replicas when
 their bytes per call differ enough (``MIN_HOP_POINTS`` replicas, the largest
 ``MIN_BYTE_SPREAD`` x the smallest: several plans or models), each within
-``[0, MAX_HOP_S]`` / ``[0, MAX_HOP_BYTE_S]`` (a clamp says so); otherwise, unless the
-unit's twins (boards of the same profile and figures: one run gives each a different
-cut) separate it together (their slope, its own per call), one factor on the file's
-per-call and per-byte figures (``_hop_one_factor``), or, where the file gives no
-per-byte figure, only the per-call part, as the median of (hop - 2 copies x bytes);
-a note says why.
+``[0, MAX_HOP_S]`` / ``[0, MAX_HOP_BYTE_S]`` (a clamp says so); otherwise only the
+per-call part, as the median of (hop - the unit's per-byte figure x bytes), and a
+note says why, unless the unit's twins (boards of the same profile and figures: one
+run gives each a different cut) separate it together: their slope, its own per call.
 A replica's
 optional ``compute_cpu_s`` (CPU spent inside module calls: the calling thread's
 when the module runs on it, ``compute_cpu_clock: thread``, else all threads') replaces
@@ -159,7 +157,6 @@ class UnitFit:
     inferred_from: str | None = None  # not run: figures taken from this fitted board of the same profile
     hop_byte_fitted: bool = False  # ... with bytes per call that differed enough to fit the per-byte part too
     hop_byte_pooled: str = ""  # the per-byte part came from the replicas of these boards together (same profile)
-    hop_scaled: bool = False  # bytes per call did not separate the two parts: one factor on the file's both
 
 
 @dataclass(frozen=True)
@@ -598,28 +595,6 @@ def fit_hop(unit: ComputeUnit, obs: list[Observation], where: str
     return float(min(max(np.median(hop - per_byte * nbytes), 0.0), MAX_HOP_S)), None, [note]
 
 
-def _hop_one_factor(unit: ComputeUnit, obs: list[Observation], where: str) -> tuple[float, float, list[str]]:
-    """(per-call, per-byte seconds, notes) when the replicas' bytes per call cannot separate the two parts and
-    the file gives both: one factor on both (the median of measured / priced hop over the replicas), as the
-    module fit does where op classes do not separate. Putting the whole miss into the per call instead (the
-    per byte held at the file's) sent it to 0 where the file's per-byte figure was a little high: vit-tiny's
-    gpu-board, 0.85 MB per call, hop 27.6 ms against 28.3 priced for the bytes alone; its re-plan, 12 KB per
-    call, then read 0.41 ms priced against 3.8-4.8 measured. Over 36 replicas of re-plans on the testbed
-    (bench_truth, four runs) the hop's error was 46% (mean) that way and 28% this way."""
-    c0, b0 = unit.hop_overhead_s, hop_byte_s(unit)
-    ratios = [o.hop_s / (c0 + b0 * o.bytes_per_call) for o in obs
-              if o.hop_s is not None and o.bytes_per_call is not None and c0 + b0 * o.bytes_per_call > 0]
-    f = float(min(max(np.median(ratios), 1.0 / MAX_HOP_FACTOR), MAX_HOP_FACTOR)) if ratios else 1.0
-    per_call, per_byte = min(f * c0, MAX_HOP_S), min(f * b0, MAX_HOP_BYTE_S)
-    note = (f"{where}: bytes per call did not vary enough to separate the hop's per-call and per-byte parts "
-            f"({len(ratios)} replica(s); {MIN_HOP_POINTS}+ whose largest is {MIN_BYTE_SPREAD:g}x the smallest "
-            f"separate them: calibrate from runs of several plans or models); one factor on both: x{f:.3g}")
-    return per_call, per_byte, [note]
-
-
-MAX_HOP_FACTOR = 10.0  # one factor on a hop never moves it further than this from the file's
-
-
 def _hop_measured(o: Observation) -> float | None:
     return None if o.hop_s is None else max(o.hop_s, 0.0)
 
@@ -660,10 +635,6 @@ def fit(cluster: Cluster, runs: list[tuple[dict, LayerGraph, list[Observation]]]
             hop = float(min(max(np.median(pts), 0.0), MAX_HOP_S))
             hop_notes = [f"{where}: per-byte hop fitted over the replicas of {boards} (same profile and figures): "
                          f"{per_byte * 1e9:.3g} ns/B; per call from this board's own"]
-        scaled = False
-        if pool is None and per_byte is None and hop is not None and before.hop_byte_s is not None:
-            hop, per_byte, hop_notes = _hop_one_factor(before, obs, where)
-            scaled = True
         notes += hop_notes
         if hop is None:
             notes.append(f"{where}: the report(s) have no CPU time or bytes per call; hop_overhead_us kept")
@@ -672,8 +643,7 @@ def fit(cluster: Cluster, runs: list[tuple[dict, LayerGraph, list[Observation]]]
         if per_byte is not None:
             after = dataclasses.replace(after, hop_byte_s=per_byte)
         fits.append(UnitFit(dev, uname, design, len(obs), before, after, tuple(notes), hop is not None,
-                            hop_byte_fitted=per_byte is not None and not scaled,
-                            hop_byte_pooled=pool[1] if pool else "", hop_scaled=scaled))
+                            hop_byte_fitted=per_byte is not None, hop_byte_pooled=pool[1] if pool else ""))
         for o, la in items:
             rows.append(StageRow(
                 o, la.module_s(before, o.start, o.stop, o.samples), la.module_s(after, o.start, o.stop, o.samples),
@@ -874,18 +844,14 @@ def _unit_overrides(fit_: UnitFit, stamp: dict) -> dict:
     if fit_.hop_fitted:
         body["hop_overhead_us"] = float(f"{u.hop_overhead_s * 1e6:.6g}")
         figures.append("hop_overhead_us")
-    if fit_.hop_byte_fitted or fit_.hop_scaled:
+    if fit_.hop_byte_fitted:
         body["hop_byte_ns"] = float(f"{u.hop_byte_s * 1e9:.6g}")
         figures.append("hop_byte_ns")
     if fit_.inferred_from is not None:  # taken from a same-profile board: estimates, no `measured` provenance
         return body
     how = {f: dict(stamp, how=f"edgeplan calibrate: {fit_.design} least squares over {fit_.calls} stage call "
                               f"median(s)") for f in figures}
-    if "hop_overhead_us" in how and fit_.hop_scaled:
-        how["hop_overhead_us"]["how"] = (
-            f"edgeplan calibrate: one factor on the file's per-call and per-byte hop, the median over {fit_.calls} "
-            "replica(s) of (worker CPU per call - module time) / (per call + per byte x bytes in and out)")
-    elif "hop_overhead_us" in how:
+    if "hop_overhead_us" in how:
         how["hop_overhead_us"]["how"] = (
             f"edgeplan calibrate: least squares over {fit_.calls} replica(s) of worker CPU per call - module time "
             "= per call + per byte x bytes in and out" if fit_.hop_byte_fitted and not fit_.hop_byte_pooled else
@@ -988,8 +954,8 @@ def format_fit(cal: Calibration) -> str:
         lines.append(f"  {'memory':<12} {b.mem_bandwidth / 1e9:9.3g} -> {a.mem_bandwidth / 1e9:9.3g} GB/s")
         lines.append(f"  {'per layer':<12} {b.layer_overhead_s * 1e6:9.3g} -> {a.layer_overhead_s * 1e6:9.3g} us")
         lines.append(f"  {'per call':<12} {b.hop_overhead_s * 1e6:9.3g} -> {a.hop_overhead_s * 1e6:9.3g} us (hop)")
-        how = "" if f.hop_byte_fitted else ", one factor with the per call" if f.hop_scaled else ", not fitted"
-        lines.append(f"  {'per byte':<12} {hop_byte_s(b) * 1e9:9.3g} -> {hop_byte_s(a) * 1e9:9.3g} ns (hop{how})")
+        lines.append(f"  {'per byte':<12} {hop_byte_s(b) * 1e9:9.3g} -> {hop_byte_s(a) * 1e9:9.3g} ns (hop"
+                     f"{'' if f.hop_byte_fitted else ', not fitted'})")
         lines.extend(f"  {n}" for n in f.notes)
     for lf in cal.links:
         other = "every board (head)" if lf.b == HEAD_LINK else lf.b

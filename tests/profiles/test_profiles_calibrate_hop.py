@@ -8,7 +8,6 @@ import re
 
 import numpy as np
 import pytest
-import yaml
 
 from edgeplan.profiles import calibrate as cal
 from edgeplan.profiles.cost import hop_byte_s
@@ -124,34 +123,3 @@ def test_one_run_over_identical_boards_fits_the_per_byte_part_from_their_replica
     # boards of another profile (or other figures) are not pooled: one replica each keeps the per-call fit only
     other = cal.fit(cluster, [(plan, graph, cal.observations(plan, rep, "r.json")[0][:1])])
     assert not other.fits[0].hop_byte_fitted
-
-
-def test_one_run_whose_bytes_do_not_separate_the_parts_scales_the_files_both_by_one_factor(tmp_path):
-    """A file that gives a per-byte figure (the emulated testbed's: 5 ns/B of CPU per side) and one run at one
-    size of call: per call and per byte cannot be told apart, so both take one factor (the median of measured /
-    priced), as the module fit does where op classes do not separate. The old fit held the per byte at the
-    file's and put the whole miss into the per call: 0 here (the board spent 0.8x what the file priced, most of
-    it per byte), and a re-plan with few bytes per call was priced at almost no hop. Written with provenance."""
-    graph = synthetic_graph()
-    path = cluster_file(tmp_path)
-    doc = yaml.safe_load(path.read_text())
-    for d in doc["devices"]:
-        d["overrides"] = {"units": {"cpu": {"hop_overhead_us": 1700.0, "hop_byte_ns": 10.0}}}
-    path.write_text(yaml.safe_dump(doc))
-    cluster = load_cluster(path)
-    unit = cluster.devices[0].unit("cpu")
-    assert (unit.hop_overhead_s, unit.hop_byte_s) == pytest.approx((1.7e-3, 10e-9))
-    nbytes = 425_000  # in and out: 8.5 ms of the 10.2 ms priced is per byte
-    result = cal.fit(cluster, _runs(graph, cluster, [nbytes], hop=lambda b: 0.8 * (1.7e-3 + 10e-9 * b)))
-    for f in result.fits:
-        assert f.hop_scaled and not f.hop_byte_fitted
-        assert f.after.hop_overhead_s == pytest.approx(0.8 * 1.7e-3, rel=1e-6)  # the old fit: 0
-        assert f.after.hop_byte_s == pytest.approx(0.8 * 10e-9, rel=1e-6)
-        (note,) = [n for n in f.notes if "one factor on both" in n]
-        assert "x0.8" in note and "several plans or models" in note
-    new = cal.write_calibrated(path, result, tmp_path / "cal.yaml", sources="r0.json", backend="onnxruntime")
-    got = new.device("a").unit("cpu")
-    assert got.hop_byte_s == pytest.approx(8e-9, rel=1e-4) and got.hop_overhead_s == pytest.approx(1.36e-3, rel=1e-4)
-    (m,) = [m for m in got.measured if m.field == "hop_byte_ns"]
-    assert "one factor on the file's per-call and per-byte hop" in m.how
-    assert "one factor with the per call" in cal.format_fit(result)

@@ -25,7 +25,7 @@ BYTES = 2 * 262144  # plan_and_report's bytes in + out per call
 
 def run_on_board0(tmp_path, time_factor: float, hop_factor: float):
     """Fit a one-board run whose module calls take ``time_factor`` x board 0's figures and whose runtime hop
-    (per call and per byte) is ``hop_factor`` x its file's; the third board is edited off the twin scale."""
+    per call is ``hop_factor`` x its file's; the third board is edited off the twin scale."""
     graph = synthetic_graph()
     path = emulated(tmp_path)
     doc = yaml.safe_load(path.read_text())
@@ -37,7 +37,7 @@ def run_on_board0(tmp_path, time_factor: float, hop_factor: float):
     layers = cal._Layers(graph)
     times = [time_factor * layers.module_s(unit, 0, 12, 4), time_factor * layers.module_s(unit, 12, 24, 4)]
     plan, rep = plan_and_report(graph, cluster, [12], lambda s: name, times)
-    hop = hop_factor * (unit.hop_overhead_s + hop_byte_s(unit) * BYTES)  # one run: one factor on both parts
+    hop = hop_factor * unit.hop_overhead_s + hop_byte_s(unit) * BYTES
     for st, t in zip(rep["stages"], times, strict=True):
         st["replicas"][0]["cpu_s"] = 100 * (t + hop)
     result = cal.fit(cluster, [(plan, graph, cal.observations(plan, rep, "r.json")[0])])
