@@ -45,7 +45,7 @@ Measured here (2 cores shared with other work; `--emulate --repeat`, 100 request
 (vit-tiny on three-node-hetero: its re-plan runs the whole model on two boards, and the module / hop split
 of a 36 ms call moves between runs, 16.4% per stage, while the whole call is within 5.8%.) Three earlier
 runs the same morning with this calibration and the testbed's per-byte figure (the reader's mark then let the
-kernel grow the buffer): after 1.0-7.8% stage MAPE and 1.2-11.1% throughput; 13 of 18 pairs within 5%,
+kernel grow the buffer): after 1.0-7.8% stage MAPE and 1.2-11.1% throughput; 12 of 18 pairs within 5%,
 resnet32 on three-node-hetero 11.1% once (its gpu-board hop 6.2 ms priced, 4.5 measured after the cut moved).
 
 How the code got there, the same morning:
