@@ -62,7 +62,9 @@ def test_switching_back_and_forth_under_load_loses_and_duplicates_nothing(numpy_
         done = [s for s in res.switches if s["pause_s"] is not None]
         assert done and all(s["pause_s"] >= 0 and s["drain_s"] is not None for s in done)
         st = head.status()
-        assert st["variant"] == head.active and st["family_epoch"] == len(res.switches)
+        # the flipper may switch once more after run() returned and before it saw ``stop`` (seen: epoch 12, the
+        # run's record 11): the head's own record holds every switch, the run's those up to its end
+        assert st["variant"] == head.active and st["family_epoch"] == len(head.switches) >= len(res.switches)
         assert st["completed_total"] == len(xs) and st["duplicated_total"] == 0
         assert set(st["family_workers"]) == set(VARIANTS)
     finally:
