@@ -619,29 +619,27 @@ class Reader:
         return memoryview(spare)[:n]
 
     def _set_lowat(self, n: int) -> None:
-        """SO_RCVLOWAT ``n``, at most a quarter of the receive buffer as it was when this frame's wait began
-        (``_room``): a mark the buffer can hold, so the kernel never grows the buffer for it (which also clamps
-        the TCP window to the mark) and an older kernel's window, and so its poll, always reaches it."""
-        try:
-            if n > 1:
-                if not self._room:
-                    self._room = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 4
-                n = max(1, min(n, self._room))
-            if n != self._lowat:
+        """SO_RCVLOWAT ``n`` when it differs; where the option is refused (another socket family, an old kernel),
+        plain recvs from then on."""
+        if n != self._lowat:
+            try:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
                 self._lowat = n
-        except OSError:  # refused here (another socket family, an old kernel): plain recvs from now on
-            self._lowat = 0
+            except OSError:
+                self._lowat = 0
 
     def _recv_piece(self, view: memoryview, left: int) -> int:
-        """One recv into ``view`` of the rest of this frame (``left`` bytes, the kernel's backlog already taken):
-        after waiting until min(left, WAIT_BYTES) has arrived (at most a quarter of the receive buffer, and at
-        most WAIT_POLL_MS: see WAIT_BYTES).
-        0 at EOF; -1 when nothing had arrived (the wait timed out). Call ``_end_wait`` when the frame is read."""
+        """One recv into ``view`` of the rest of this frame (``left`` bytes, the kernel's backlog already taken),
+        after waiting until the mark has arrived: min(left, WAIT_BYTES, a quarter of the receive buffer as it
+        was when this frame's wait began), for at most WAIT_POLL_MS (see WAIT_BYTES). 0 at EOF; -1 when
+        nothing had arrived (the wait timed out). Call ``_end_wait`` when the frame is read."""
         if self._lowat:
-            if left > MIN_TIMED_RECV_BYTES:
-                self._set_lowat(min(left, WAIT_BYTES))
-                if self._lowat > MIN_TIMED_RECV_BYTES // 4:  # else too small a mark to be worth a poll
+            if not self._room:  # a mark the buffer holds: the kernel never grows it (and clamps the window) for it
+                self._room = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 4
+            mark = min(left, WAIT_BYTES, self._room)
+            if left > MIN_TIMED_RECV_BYTES and mark > MIN_TIMED_RECV_BYTES // 4:  # else not worth a poll
+                self._set_lowat(mark)
+                if self._lowat > 1:
                     self._poll.poll(WAIT_POLL_MS)
                     try:
                         return self.sock.recv_into(view, 0, socket.MSG_DONTWAIT)
