@@ -149,7 +149,6 @@ def main(argv: list[str] | None = None) -> list[tuple]:
     from edgeplan.profiles import calibrate_train as ct
     from edgeplan.profiles.load import load_cluster
     from edgeplan.testbed import emulate
-    from edgeplan.training import launch
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, default=40)
@@ -178,7 +177,7 @@ def main(argv: list[str] | None = None) -> list[tuple]:
     pi = emulate.board_speed(spec, "pi0")
     with emulate.testbed(spec, host_core_flops=pi / BOARD_CORES, echo=lambda *_: None,
                          max_board_cores=BOARD_CORES, pin=args.pin) as (bed, shape):
-        os.environ[launch.TESTBED_ENV] = str(jsonio.write(out / "testbed.json", emulate.state_json(bed, shape)))
+        os.environ[emulate.ENV_VAR] = str(jsonio.write(out / "testbed.json", emulate.state_json(bed, shape)))
         paths = [run(text, m, cluster_path, f"cal{i}", "datasheet") for i, (text, m) in enumerate(CAL)]
         result, _ = ct.calibrate_files(paths, [], cluster_path, out / "calibrated.yaml", lambda p: graph)
         for (text, m), (_, meas, _, after) in zip(CAL, result.iteration_errors(), strict=True):

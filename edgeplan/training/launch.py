@@ -39,7 +39,6 @@ from edgeplan.training.config import SYNC_MODES, Job, TrainConfig
 
 SCHEMA_VERSION = 1
 DEFAULT_PORT = 29517
-TESTBED_ENV = "EDGEPLAN_TESTBED"  # = testbed.emulate.ENV_VAR (read through its read_state)
 TRAINING_TARGETS = ("x86", "arm-cpu", "cuda")  # units torch can train on; others fall back to the CPU
 GRACE_S = 5.0  # after the first failure, how long the others get to report their own view
 
@@ -192,11 +191,9 @@ def run(artifacts: str | os.PathLike[str], config: TrainConfig, *, local: bool =
     run_path.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(run_path / "errors", ignore_errors=True)
 
-    testbed = None
-    if not local:
-        from edgeplan.testbed.emulate import read_state  # the one reader of the state file (one-line errors)
+    from edgeplan.testbed.emulate import read_state  # the one reader of the state file (one-line errors)
 
-        testbed = read_state()
+    testbed = None if local else read_state()
     if local:
         mine = ranks
         master_addr, port = "127.0.0.1", _free_port()

@@ -31,7 +31,6 @@ from edgeplan.planner.textform import to_str  # noqa: E402
 from edgeplan.profiles import calibrate_train as ct  # noqa: E402
 from edgeplan.profiles.load import load_cluster  # noqa: E402
 from edgeplan.testbed import emulate, netns  # noqa: E402
-from edgeplan.training import launch  # noqa: E402
 from tests.tiers import netns_tier  # noqa: E402
 
 LAYOUT = "lenet5 | 0-5@pi0:cpu | 6-11@pi1:cpu*0.75+pi2:cpu*0.25"
@@ -68,7 +67,7 @@ def test_emulated_train_calibrate_replan_train(tmp_path, monkeypatch):
     pi = emulate.board_speed(spec, "pi0")
     with emulate.testbed(spec, host_core_flops=pi / BOARD_CORES, echo=lambda *_: None,
                          max_board_cores=BOARD_CORES) as (bed, shape):
-        monkeypatch.setenv(launch.TESTBED_ENV, str(jsonio.write(tmp_path / "testbed.json",
+        monkeypatch.setenv(emulate.ENV_VAR, str(jsonio.write(tmp_path / "testbed.json",
                                                                 emulate.state_json(bed, shape))))
         rep0, path0 = _train(*_plan(graph, cluster_path), tmp_path, "0")
         _, path_one = _train(*_plan(graph, cluster_path, ONE_BOARD), tmp_path, "one")
