@@ -47,7 +47,7 @@ def _per_board(costs: CostTable, obj: Objective) -> tuple[np.ndarray, np.ndarray
     m = float(obj.micro)
     layer = np.diff(pf.F, axis=1) + np.diff(pf.X, axis=1) / m  # fwd (+bwd) + its share of the per-call cost
     # the first stage's call (its hop and copying the input in) and the last one's copying the output out
-    copies = np.stack([pf.HB * pf.cut[0] + pf.H / m, pf.HB * pf.cut[-1]], axis=1)
+    copies = np.stack([pf.HBi * pf.cut[0] + pf.H / m, pf.HBo * pf.cut[-1]], axis=1)
     per = np.concatenate([np.where(sup, layer, np.inf), copies], axis=1)
     D, n = costs.n_devices, costs.n_layers + 2
     t = np.full((D, n), np.inf)

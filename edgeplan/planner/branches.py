@@ -202,12 +202,12 @@ def _branch_time(pf: Prefix, b: Branch, u: int, m: int) -> tuple[float, float]:
     """(time, forward part) of one call of branch ``b`` on unit ``u`` with ``m`` samples (0 without layers)."""
     if b.stop == b.start:
         return 0.0, 0.0
-    io = b.in_bytes + b.out_bytes
     per_call = pf.per_call(u, b.start, b.stop)
-    t = m * (pf.F[u, b.stop] - pf.F[u, b.start] + pf.HB[u] * io) + per_call
+    t = m * (pf.F[u, b.stop] - pf.F[u, b.start] + pf.HBi[u] * b.in_bytes + pf.HBo[u] * b.out_bytes) + per_call
     if not pf.training:
         return float(t), float(t)
-    return float(t), float(m * (pf.Ffwd[u, b.stop] - pf.Ffwd[u, b.start] + pf.HB[u] / 2 * io) + per_call / 2)
+    fwd = pf.Ffwd[u, b.stop] - pf.Ffwd[u, b.start] + pf.HBin[u] * b.in_bytes + pf.HBout[u] * b.out_bytes
+    return float(t), float(m * fwd + per_call / 2)
 
 
 class _Links:

@@ -135,18 +135,26 @@ class Prefix:
         # the runtime's cost of one stage call (a training step makes two: forward, backward)
         n_units, calls = per.shape[0], 2.0 if objective.training else 1.0
         self.H = calls * (np.zeros(n_units) if costs.hop_s is None else np.asarray(costs.hop_s, dtype=np.float64))
-        self.HB = calls * (np.zeros(n_units) if costs.hop_byte_s is None
-                           else np.asarray(costs.hop_byte_s, dtype=np.float64))
+        # ... per byte a call receives (HBin) and sends (HBout); per sample of a stage [i, j) the runtime moves
+        # HBi * cut[i] + HBo * cut[j]: inference receives the first cut and sends the last, a training step's
+        # backward call moves the gradients the other way, so each cut crosses both ways
+        self.HBin = np.zeros(n_units) if costs.hop_byte_s is None else np.asarray(costs.hop_byte_s, dtype=np.float64)
+        self.HBout = self.HBin if costs.hop_send_byte_s is None else np.asarray(costs.hop_send_byte_s,
+                                                                               dtype=np.float64)
         if tc is not None:  # a fitted training call cost replaces the inference runtime's hop and copies
             fitted = ~np.isnan(tc.call_s)
             self.H = np.where(fitted, calls * np.nan_to_num(tc.call_s), self.H)
-            self.HB = np.where(fitted, 0.0, self.HB)
+            self.HBin, self.HBout = np.where(fitted, 0.0, self.HBin), np.where(fitted, 0.0, self.HBout)
             if tc.module_call_s is not None:  # torch's per-call cost of the module's forward and backward
                 self.H = self.H + tc.module_call_s.sum(axis=1)
+        if objective.training:
+            self.HBi = self.HBo = self.HBin + self.HBout
+        else:
+            self.HBi, self.HBo = self.HBin, self.HBout
 
     def per_sample(self, u: int, i: int, j: int) -> float:
         """Seconds per sample of stage ``[i, j)`` on unit ``u``: its layers + the runtime copying its cuts."""
-        return self.F[u, j] - self.F[u, i] + self.HB[u] * (self.cut[i] + self.cut[j])
+        return self.F[u, j] - self.F[u, i] + self.HBi[u] * self.cut[i] + self.HBo[u] * self.cut[j]
 
     def per_call(self, u: int, i: int, j: int) -> float:
         """Seconds per call, whatever the samples: per-layer overheads + the runtime's per-call cost."""
@@ -164,7 +172,7 @@ class Prefix:
         """Seconds of the forward call alone (training: half the per-call and copy costs; inference: ``time``)."""
         if not self.training:
             return self.time(u, i, j, k)
-        return (k * (self.Ffwd[u, j] - self.Ffwd[u, i] + self.HB[u] / 2 * (self.cut[i] + self.cut[j]))
+        return (k * (self.Ffwd[u, j] - self.Ffwd[u, i] + self.HBin[u] * self.cut[i] + self.HBout[u] * self.cut[j])
                 + self.per_call(u, i, j) / 2)
 
     def memory(self, i: int, j: int, k: int, stash: int) -> float:

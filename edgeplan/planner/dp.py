@@ -432,7 +432,8 @@ class DPSolver:
         hit = self._unit_tab.get(u)
         if hit is None:
             pf, B = self.pf, self.bnd
-            hit = (pf.F[u, B][None, :] - pf.F[u, B][:, None] + pf.HB[u] * (pf.cut[B][None, :] + pf.cut[B][:, None]),
+            hit = (pf.F[u, B][None, :] - pf.F[u, B][:, None] + pf.HBo[u] * pf.cut[B][None, :]
+                   + pf.HBi[u] * pf.cut[B][:, None],
                    pf.X[u, B][None, :] - pf.X[u, B][:, None] + pf.H[u],
                    (pf.U[u, B][None, :] - pf.U[u, B][:, None]) == 0)
             self._unit_tab[u] = hit

@@ -197,7 +197,8 @@ def apply(cluster, cond: Condition):
         return replace(unit, throughput=tuple((c, v / f) for c, v in unit.throughput),
                        mem_bandwidth=unit.mem_bandwidth / f, layer_overhead_s=unit.layer_overhead_s * f,
                        hop_overhead_s=unit.hop_overhead_s * f,
-                       hop_byte_s=None if unit.hop_byte_s is None else unit.hop_byte_s * f)  # None: bw / f
+                       hop_byte_s=None if unit.hop_byte_s is None else unit.hop_byte_s * f,  # None: bw / f
+                       hop_send_byte_s=None if unit.hop_send_byte_s is None else unit.hop_send_byte_s * f)
 
     devices = tuple(
         replace(d, units=tuple(slow(u, cond.slowdown_of(d.name)) for u in d.units)) if cond.slowdown_of(d.name) != 1
@@ -233,6 +234,7 @@ def scale_costs(costs, cond: Condition):
                         "bandwidth": costs.bandwidth * scale,
                         "hop_s": None if costs.hop_s is None else costs.hop_s * f_unit,
                         "hop_byte_s": None if costs.hop_byte_s is None else costs.hop_byte_s * f_unit,
+                        "hop_send_byte_s": None if costs.hop_send_byte_s is None else costs.hop_send_byte_s * f_unit,
                         "mem_bandwidth": None if costs.mem_bandwidth is None else costs.mem_bandwidth / f_unit})
 
 

@@ -66,7 +66,7 @@ def _hw_key(costs: CostTable, dev_units: list[list[int]], d: int, training: bool
             costs.units[u][1], costs.units[u][2], float(costs.busy_power_w[u]),
             np.asarray(costs.fwd_s[u]).tobytes(), np.asarray(costs.bwd_s[u]).tobytes(),
             np.asarray(costs.fixed_s[u]).tobytes(), np.asarray(costs.supported[u]).tobytes(),
-            _unit_value(costs.hop_s, u), _unit_value(costs.hop_byte_s, u),
+            _unit_value(costs.hop_s, u), _unit_value(costs.hop_byte_s, u), _unit_value(costs.hop_send_byte_s, u),
         ))
     fitted = _training_rows(costs, dev_units, d) if training and costs.training is not None else None
     reserve = float(costs.train_reserve_bytes[d]) if training and costs.train_reserve_bytes is not None else 0.0

@@ -65,7 +65,8 @@ class CostTable:
     latency_s: np.ndarray  # [d, d]
     energy_per_byte_j: np.ndarray  # [d, d]
     hop_s: np.ndarray | None = None  # [u] runtime cost per stage call (receive, assemble, send); None: 0
-    hop_byte_s: np.ndarray | None = None  # [u] runtime seconds per byte a stage call takes in or sends out
+    hop_byte_s: np.ndarray | None = None  # [u] runtime seconds per byte a stage call takes in (and sends out)
+    hop_send_byte_s: np.ndarray | None = None  # [u] ... per byte it sends out; None: hop_byte_s both ways
     # [u] bytes/s of the unit's memory (the profile's mem_bandwidth_gbs): a hand-over between two units of one board
     # is a copy through it (units.handover_s_per_byte), not the socket path hop_byte_s measures; None: synthetic
     mem_bandwidth: np.ndarray | None = None
@@ -99,6 +100,12 @@ def hop_byte_s(unit) -> float:
     return unit.hop_byte_s if unit.hop_byte_s is not None else HOP_COPIES / unit.mem_bandwidth
 
 
+def hop_send_byte_s(unit) -> float:
+    """The runtime's seconds per byte a stage call of ``unit`` sends: ``hop_send_byte_ns`` where the profile
+    says sending costs other than receiving, else ``hop_byte_s``."""
+    return unit.hop_send_byte_s if unit.hop_send_byte_s is not None else hop_byte_s(unit)
+
+
 def build_cost_table(graph: LayerGraph, cluster: Cluster) -> CostTable:
     """Price every layer of ``graph`` on every compute unit of ``cluster``, per sample.
 
@@ -123,7 +130,9 @@ def build_cost_table(graph: LayerGraph, cluster: Cluster) -> CostTable:
       micro-batch, per stage, per replica. The per-byte figure is the unit's
       ``hop_byte_ns`` (measured by the profiling kit or `edgeplan calibrate`: the
       socket path costs ~12x two copies on the host) or, when the profile has
-      none, ``HOP_COPIES / bw`` (each byte copied ``HOP_COPIES`` times).
+      none, ``HOP_COPIES / bw`` (each byte copied ``HOP_COPIES`` times);
+      ``hop_send_byte_s[u]`` prices the bytes a call sends where the profile's
+      ``hop_send_byte_ns`` says that costs otherwise (else ``hop_byte_s``).
     - a layer the unit cannot run (``supported`` False, e.g. layernorm on an
       RK3566 NPU) gets ``inf`` in all three, so any stage containing it is
       infeasible on that unit even if a caller forgets to check ``supported``.
@@ -195,6 +204,8 @@ def build_cost_table(graph: LayerGraph, cluster: Cluster) -> CostTable:
         bandwidth=bandwidth, latency_s=latency, energy_per_byte_j=energy,
         hop_s=np.array([unit.hop_overhead_s for _, _, unit in units], dtype=np.float64),
         hop_byte_s=np.array([hop_byte_s(unit) for _, _, unit in units], dtype=np.float64),
+        hop_send_byte_s=(None if all(unit.hop_send_byte_s is None for _, _, unit in units)
+                         else np.array([hop_send_byte_s(unit) for _, _, unit in units], dtype=np.float64)),
         mem_bandwidth=np.array([unit.mem_bandwidth for _, _, unit in units], dtype=np.float64),
         cut_ok=None if all(allowed) else np.array(allowed, dtype=bool),
         train_reserve_bytes=np.array([float(dev.train_reserve()[0]) for dev in cluster.devices] + pad,

@@ -43,6 +43,7 @@ from edgeplan.profiles.merge import (
     valid_ids,
 )
 from edgeplan.profiles.model import (
+    OPTIONAL_FIGURES,
     Cluster,
     ComputeUnit,
     Device,
@@ -74,7 +75,8 @@ _BOARD_KEYS = ("name", "vendor", "extends", "abstract", "estimate", "ram_mb", "r
                "train_reserve_mb", "train_reserve_from")
 _UNIT_KEYS = (
     "kind", "target", "target_options", "peak_gflops", "throughput_gflops", "mem_bandwidth_gbs",
-    "busy_power_w", "layer_overhead_us", "supported_ops", "hop_overhead_us", "hop_byte_ns", "measured", "training",
+    "busy_power_w", "layer_overhead_us", "supported_ops", "hop_overhead_us", "hop_byte_ns", "hop_send_byte_ns",
+    "measured", "training",
 )
 # a unit's training-only figures (TrainingFigures; written by `edgeplan calibrate TRAIN-REPORT`): YAML name ->
 # (field, SI factor, whether a factor (> 0) rather than a time (>= 0))
@@ -195,7 +197,7 @@ def _measured(doc: Doc, p: tuple) -> tuple[Measured, ...]:
     ``extends`` or cluster override that changes the figure makes it an estimate of that file again.
     """
     table = _mapping(doc, p + ("measured",), default={})
-    allowed = unit_figures()
+    allowed = unit_figures() + OPTIONAL_FIGURES
     out = []
     for figure, body in sorted(table.items()):
         where = p + ("measured", figure)
@@ -260,6 +262,9 @@ def _build_unit(doc: Doc, name: str) -> ComputeUnit:
         # the runtime's seconds per byte a stage call receives or sends; unset: memory copies (profiles/cost.py)
         hop_byte_s=(_quantity(doc, p + ("hop_byte_ns",), "time", "ns", lo_open=False, hi=HOP_BYTE_MAX_NS)
                     if _get(doc, p + ("hop_byte_ns",), None) is not None else None),
+        # ... per byte it sends, where that costs other than receiving; unset: hop_byte_ns both ways
+        hop_send_byte_s=(_quantity(doc, p + ("hop_send_byte_ns",), "time", "ns", lo_open=False, hi=HOP_BYTE_MAX_NS)
+                         if _get(doc, p + ("hop_send_byte_ns",), None) is not None else None),
         supported_ops=supported,
         target_options=tuple(sorted(options.items())),
         peak_flops=peak,

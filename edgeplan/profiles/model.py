@@ -31,6 +31,10 @@ def unit_figures() -> tuple[str, ...]:
         "mem_bandwidth_gbs", "layer_overhead_us", "hop_overhead_us", "hop_byte_ns", "busy_power_w")
 
 
+# figures a unit may set or leave out, priced only when set (else another figure stands in for them)
+OPTIONAL_FIGURES = ("hop_send_byte_ns",)
+
+
 @dataclass(frozen=True)
 class Measured:
     """Provenance of one measured figure of a unit, so a report can say what a plan rests on.
@@ -105,13 +109,21 @@ class ComputeUnit:
     # ... and per byte it receives or sends (socket, network stack, copies); None: HOP_COPIES memory copies
     # (profiles/cost.py), the estimate when nothing measured it
     hop_byte_s: float | None = None
+    # ... per byte it sends, where sending costs other than receiving (the emulated testbed: a veth runs the
+    # receiver's protocol work in the sender's context); None: hop_byte_s prices both directions
+    hop_send_byte_s: float | None = None
     measured: tuple[Measured, ...] = ()  # provenance of the figures that were measured (the rest: estimates)
     training: TrainingFigures | None = None  # training-only figures (None: none fitted)
+
+    def figures(self) -> tuple[str, ...]:
+        """The figures (YAML names) the cost model prices this unit with: every unit's, and the optional
+        ones it sets."""
+        return unit_figures() + (("hop_send_byte_ns",) if self.hop_send_byte_s is not None else ())
 
     def estimated_figures(self) -> tuple[str, ...]:
         """The unit's figures (YAML names) that no measurement backs."""
         done = {m.field for m in self.measured}
-        return tuple(f for f in unit_figures() if f not in done)
+        return tuple(f for f in self.figures() if f not in done)
 
     def flops_per_s(self, op_class: str) -> float:
         return dict(self.throughput)[op_class]
@@ -132,6 +144,7 @@ class ComputeUnit:
             peak_flops=float(d.get("peak_flops", 0.0)),
             hop_overhead_s=float(d.get("hop_overhead_s", 0.0)),
             hop_byte_s=None if d.get("hop_byte_s") is None else float(d["hop_byte_s"]),
+            hop_send_byte_s=None if d.get("hop_send_byte_s") is None else float(d["hop_send_byte_s"]),
             measured=tuple(Measured(**m) for m in d.get("measured", ())),
             training=TrainingFigures(**d["training"]) if d.get("training") else None,
         )
@@ -234,7 +247,7 @@ class Cluster:
 
     def to_json(self) -> dict:
         """asdict, less the deploy-only ``user`` when unset, empty ``measured`` provenance and an unset
-        ``hop_byte_s`` (so older files and digests are unchanged)."""
+        ``hop_byte_s`` or ``hop_send_byte_s`` (so older files and digests are unchanged)."""
         d = asdict(self)
         for dev in d["devices"]:
             if dev["user"] is None:
@@ -252,8 +265,9 @@ class Cluster:
                     for k in ("forward_call_s", "backward_call_s"):
                         if not u["training"][k]:
                             del u["training"][k]
-                if u["hop_byte_s"] is None:
-                    del u["hop_byte_s"]
+                for k in ("hop_byte_s", "hop_send_byte_s"):
+                    if u[k] is None:
+                        del u[k]
         if d["head"] is None:  # unset: older files and digests unchanged
             del d["head"]
         return d

@@ -10,7 +10,6 @@ from edgeplan.profiles.model import (
     Cluster,
     ComputeUnit,
     Link,
-    unit_figures,
 )
 from edgeplan.tables import text_table
 
@@ -26,7 +25,7 @@ def figures_basis(u: ComputeUnit) -> str:
 
 
 def _inference_basis(u: ComputeUnit) -> str:
-    total = len(unit_figures())
+    total = len(u.figures())
     if not u.measured:
         return f"all {total} figures estimates"
     groups: dict[tuple[str, str, str], list[str]] = {}
@@ -64,7 +63,7 @@ def format_profiles() -> str:
         units = "; ".join(_unit(u) for u in p.units)
         measured = sum(len(u.measured) for u in p.units)
         flag = ("measured" if not p.estimate else
-                f"{measured}/{len(unit_figures()) * len(p.units)} measured" if measured else "estimate")
+                f"{measured}/{sum(len(u.figures()) for u in p.units)} measured" if measured else "estimate")
         reserve = p.instantiate("-", "-").train_reserve()[0]
         rows.append([pid, f"{p.ram_bytes / MiB:.0f} MB", f"{reserve / MiB:.0f} MB", flag, p.name, units])
     return "\n".join(text_table(("profile", "usable RAM", "train reserve", "figures", "name", "units"), rows,
@@ -92,7 +91,9 @@ def format_cluster(cluster: Cluster) -> str:
         for u in d.units:
             lines.append(f"  {'':<{width}}    {_unit(u)} GFLOP/s, {u.mem_bandwidth / 1e9:g} GB/s, "
                          f"board {u.busy_power_w:g} W when busy, runtime {u.hop_overhead_s * 1e6:.4g} us + "
-                         f"{hop_byte_s(u) * 1e9:.3g} ns/B per stage call")
+                         f"{hop_byte_s(u) * 1e9:.3g} ns/B" + (
+                             "" if u.hop_send_byte_s is None else f" in, {u.hop_send_byte_s * 1e9:.3g} ns/B out")
+                         + " per stage call")
             lines.append(f"  {'':<{width}}      {figures_basis(u)}")
     lines.append(f"  network default: {_link(cluster.default_link)}")
     for link in cluster.links:

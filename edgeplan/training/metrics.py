@@ -272,7 +272,7 @@ def predict(plan, graph, cluster) -> dict:
                 # the fit's columns at factor 1 and no per-layer time: per-sample time + weight reads, layers
                 "forward_terms": [k * float(costs.fwd_s[u, i:j].sum()) + reads, j - i],
                 "backward_terms": [k * float(costs.bwd_s[u, i:j].sum()) + reads, j - i],
-                "call_s": float(pf.H[u] - cf - cb + pf.HB[u] * k * (pf.cut[i] + pf.cut[j]))
+                "call_s": float(pf.H[u] - cf - cb + k * (pf.HBi[u] * pf.cut[i] + pf.HBo[u] * pf.cut[j]))
                 + (0.0 if tc is None else float(tc.call_peer_s[u]) * len(exchange_peers(ends, s, r))),
                 "peers": len(exchange_peers(ends, s, r)),
                 "optimizer_s": 0.0 if tc is None else float(tc.opt_call_s[u] + params * tc.opt_byte_s[u]),

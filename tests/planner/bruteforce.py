@@ -17,7 +17,8 @@ def _hw(costs: CostTable, d: int) -> tuple:
             tuple((costs.fwd_s[u].tobytes(), costs.fixed_s[u].tobytes(), costs.supported[u].tobytes(),
                    float(costs.busy_power_w[u]),
                    0.0 if costs.hop_s is None else float(costs.hop_s[u]),
-                   0.0 if costs.hop_byte_s is None else float(costs.hop_byte_s[u])) for u in us))
+                   0.0 if costs.hop_byte_s is None else float(costs.hop_byte_s[u]),
+                   None if costs.hop_send_byte_s is None else float(costs.hop_send_byte_s[u])) for u in us))
 
 
 def brute_force(costs: CostTable, obj: Objective, memory_aware_shares: bool = True, allowed=None):

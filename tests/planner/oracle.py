@@ -5,7 +5,8 @@ disjoint device groups x a unit per board kind in each group x *every* integer
 split of the micro-batch over the group (not the planner's greedy split), and
 prices each one from the raw CostTable arrays:
 
-- a replica's call: ``k * (sum fwd + hop_byte * (cut_in + cut_out)) + sum fixed + hop``; its memory:
+- a replica's call: ``k * (sum fwd + hop_byte * cut_in + hop_send_byte * cut_out) + sum fixed + hop`` (the
+  send figure is the per-byte one when the table has none); its memory:
   weights + ``k * (cut_in + max act)``, which must fit the device's RAM;
 - a transfer between groups: as the runtime routes it, each sender sends each receiver the samples
   their contiguous ranges (in replica order) share, all flows at once; its time is the busiest NIC's
@@ -128,10 +129,11 @@ def _kind(costs: CostTable, d: int, head: int):
     us = [u for u, x in enumerate(costs.units) if x[0] == d]
     hop = [0.0 if costs.hop_s is None else float(costs.hop_s[u]) for u in us]
     hb = [0.0 if costs.hop_byte_s is None else float(costs.hop_byte_s[u]) for u in us]
+    hs = hb if costs.hop_send_byte_s is None else [float(costs.hop_send_byte_s[u]) for u in us]
     return ("head",) if d == head else (float(costs.ram_bytes[d]), float(costs.idle_power_w[d]),
                                         tuple((costs.fwd_s[u].tobytes(), costs.fixed_s[u].tobytes(),
                                                costs.supported[u].tobytes(), float(costs.busy_power_w[u]),
-                                               hop[k], hb[k]) for k, u in enumerate(us)))
+                                               hop[k], hb[k], hs[k]) for k, u in enumerate(us)))
 
 
 def oracle(costs: CostTable, obj: Objective) -> float | None:
@@ -144,6 +146,7 @@ def oracle(costs: CostTable, obj: Objective) -> float | None:
     act, cut, par = (np.asarray(a, dtype=np.float64) for a in (costs.act_bytes, costs.cut_bytes, costs.param_bytes))
     hop = np.zeros(len(costs.units)) if costs.hop_s is None else np.asarray(costs.hop_s, dtype=np.float64)
     hopb = np.zeros(len(costs.units)) if costs.hop_byte_s is None else np.asarray(costs.hop_byte_s, dtype=np.float64)
+    hops = hopb if costs.hop_send_byte_s is None else np.asarray(costs.hop_send_byte_s, dtype=np.float64)
     best = None
     for S in range(1, min(D, n) + 1):
         for inner in itertools.combinations(range(1, n), S - 1):
@@ -167,13 +170,14 @@ def oracle(costs: CostTable, obj: Objective) -> float | None:
                     per_stage.append(opts)
                 for choice in itertools.product(*per_stage):
                     for shares in itertools.product(*[list(_splits(m, len(g))) for g in groups]):
-                        v = _price(costs, obj, bounds, groups, choice, shares, head, act, cut, par, hop, hopb)
+                        v = _price(costs, obj, bounds, groups, choice, shares, head, act, cut, par, hop,
+                                   (hopb, hops))
                         if v is not None and (best is None or v < best):
                             best = v
     return best
 
 
-def _price(costs, obj, bounds, groups, choice, shares, head, act, cut, par, hop, hopb) -> float | None:
+def _price(costs, obj, bounds, groups, choice, shares, head, act, cut, par, hop, per_byte) -> float | None:
     m, M = obj.micro, obj.microbatches
     S = len(groups)
     times, dyn = [], 0.0
@@ -185,7 +189,8 @@ def _price(costs, obj, bounds, groups, choice, shares, head, act, cut, par, hop,
         i, j = bounds[s], bounds[s + 1]
         tau = 0.0
         for d, u, k in zip(groups[s], choice[s], shares[s], strict=True):
-            t = k * (costs.fwd_s[u, i:j].sum() + hopb[u] * (cut[i] + cut[j])) + costs.fixed_s[u, i:j].sum() + hop[u]
+            t = (k * (costs.fwd_s[u, i:j].sum() + per_byte[0][u] * cut[i] + per_byte[1][u] * cut[j])
+                 + costs.fixed_s[u, i:j].sum() + hop[u])
             if par[i:j].sum() + k * (cut[i] + act[i:j].max()) > costs.ram_bytes[d]:
                 return None
             tau = max(tau, t)
