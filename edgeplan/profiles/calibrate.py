@@ -7,7 +7,8 @@ worker's CPU seconds and bytes in/out. The cost model prices the same call as (p
 
     module_s = sum over the stage's layers of  k * max(flops / thr[class], bytes / bw)
                                              + layer_overhead + param_bytes / bw
-    hop_s    = hop_overhead + hop_byte * bytes received and sent (cost.hop_byte_s: hop_byte_ns, else 2 copies)
+    hop_s    = hop_overhead + hop_byte * bytes received + hop_send_byte * bytes sent
+               (cost.hop_byte_s: hop_byte_ns, else 2 copies; cost.hop_send_byte_s: hop_send_byte_ns, else hop_byte)
 
 With ``k`` the replica's samples. Splitting each layer's term by what bounds it
 gives, per call ``i``, columns that are linear in the unknowns:
@@ -27,14 +28,17 @@ calls than unknowns):
 
 A unit's factor may not make any op class faster than the unit's peak FLOP/s:
 such a fit is clamped to the peak and says so. The hop cost (board seconds per call
-beyond the module: CPU per call - module time per call) is fitted per unit as
-``hop_overhead + hop_byte x bytes per call`` by least squares over its replicas when
-their bytes per call differ enough (``MIN_HOP_POINTS`` replicas, the largest
-``MIN_BYTE_SPREAD`` x the smallest: several plans or models), each within
-``[0, MAX_HOP_S]`` / ``[0, MAX_HOP_BYTE_S]`` (a clamp says so); otherwise only the
-per-call part, as the median of (hop - the unit's per-byte figure x bytes), and a
-note says why, unless the unit's twins (boards of the same profile and figures: one
-run gives each a different cut) separate it together: their slope, its own per call.
+beyond the module: CPU per call - module time per call) is fitted per unit by least
+squares over its replicas (``fit_hop``): per call, per byte received and per byte sent
+when their mixes of bytes in and out differ (``MIN_DIRECTION_POINTS`` replicas whose
+columns are conditioned within ``DIRECTION_COND``); else per call and one factor on the
+unit's per-byte price when their bytes per call differ enough (``MIN_HOP_POINTS``
+replicas, the largest ``MIN_BYTE_SPREAD`` x the smallest: several plans or models), so
+a file's ratio of sending to receiving is kept; each within ``[0, MAX_HOP_S]`` /
+``[0, MAX_HOP_BYTE_S]`` (a clamp says so); otherwise only the per-call part, as the
+median of (hop - the unit's per-byte price of the call's bytes in and out), and a note
+says why, unless the unit's twins (boards of the same profile and figures: one run
+gives each a different cut) separate it together: their slope, its own per call.
 A replica's
 optional ``compute_cpu_s`` (CPU spent inside module calls: the calling thread's
 when the module runs on it, ``compute_cpu_clock: thread``, else all threads') replaces
@@ -89,7 +93,7 @@ from edgeplan import jsonio
 from edgeplan.errors import ProfileError
 from edgeplan.graph.model import LayerGraph
 from edgeplan.graph.ops import OP_CLASSES
-from edgeplan.profiles.cost import hop_byte_s
+from edgeplan.profiles.cost import hop_byte_s, hop_send_byte_s
 from edgeplan.profiles.load import load_cluster
 from edgeplan.profiles.merge import BOARDS_DIR
 from edgeplan.profiles.model import Cluster, ComputeUnit, HeadHost
@@ -103,6 +107,8 @@ MAX_HOP_S = 0.5  # per-call runtime cost bound
 MAX_HOP_BYTE_S = 1e-6  # per-byte runtime cost bound (1 MB/s of runtime CPU: slower than any board's socket path)
 MIN_HOP_POINTS = 3  # replicas a per-byte hop fit needs (more than its two unknowns)
 MIN_BYTE_SPREAD = 1.5  # ... whose largest bytes per call is at least this times the smallest
+MIN_DIRECTION_POINTS = 4  # replicas a per-direction fit (per call, per byte in, per byte out) needs
+DIRECTION_COND = 30.0  # ... whose [1, in, out] columns (each scaled to unit length) are conditioned at most this
 COND_LIMIT = 1e6  # a design whose (weighted) columns are worse conditioned than this does not separate them
 
 
@@ -126,6 +132,8 @@ class Observation:
     cpu_per_call_s: float | None  # worker CPU seconds per call / its CPU quota (None: not in the report)
     bytes_per_call: float | None  # bytes received + sent per call
     hop_s: float | None = None  # the runtime's board seconds per call beyond the module (None: no CPU figure)
+    bytes_in_per_call: float | None = None  # of which received (None: not split in the report)
+    bytes_out_per_call: float | None = None  # ... and sent
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,7 @@ class UnitFit:
     inferred_from: str | None = None  # not run: figures taken from this fitted board of the same profile
     hop_byte_fitted: bool = False  # ... with bytes per call that differed enough to fit the per-byte part too
     hop_byte_pooled: str = ""  # the per-byte part came from the replicas of these boards together (same profile)
+    hop_direction_fitted: bool = False  # ... per direction: bytes in and bytes out each their own figure
 
 
 @dataclass(frozen=True)
@@ -362,7 +371,9 @@ def observations(plan: dict, report: dict, source: str) -> tuple[list[Observatio
                 module_s=module_s,
                 cpu_per_call_s=float(cpu) / runs if cpu is not None else None,
                 bytes_per_call=(float(b_in) + float(b_out)) / runs if b_in is not None and b_out is not None
-                else None, hop_s=hop))
+                else None, hop_s=hop,
+                bytes_in_per_call=float(b_in) / runs if b_in is not None else None,
+                bytes_out_per_call=float(b_out) / runs if b_out is not None else None))
     return out, skipped
 
 
@@ -565,34 +576,79 @@ def _fit_one_factor(comp: np.ndarray, mem: np.ndarray, nl: np.ndarray, t: np.nda
     return f, solve(f)[1]
 
 
-def fit_hop(unit: ComputeUnit, obs: list[Observation], where: str
-            ) -> tuple[float | None, float | None, list[str]]:
-    """(per-call seconds, per-byte seconds or None when not fitted, notes) of the runtime's hop on one unit
-    (module docstring); (None, None, []) when no replica has CPU time and bytes per call."""
-    pts = [(o.bytes_per_call, o.hop_s) for o in obs if o.hop_s is not None and o.bytes_per_call is not None]
+def byte_cost_s(unit: ComputeUnit, o: Observation) -> float:
+    """The unit's per-byte hop seconds for one call of ``o``: each byte received at ``hop_byte_s``, each byte
+    sent at ``hop_send_byte_s`` (both at the first when the report does not split them)."""
+    if o.bytes_in_per_call is None or o.bytes_out_per_call is None:
+        return hop_byte_s(unit) * float(o.bytes_per_call or 0.0)
+    return hop_byte_s(unit) * o.bytes_in_per_call + hop_send_byte_s(unit) * o.bytes_out_per_call
+
+
+@dataclass(frozen=True)
+class HopFit:
+    """A unit's fitted hop: per call, and per byte received / sent when the replicas separate them."""
+
+    per_call_s: float
+    byte_in_s: float | None = None  # None: the unit's per-byte figures kept
+    byte_out_s: float | None = None  # None with byte_in_s set: one figure prices both directions
+    notes: tuple[str, ...] = ()
+    per_direction: bool = False  # bytes in and out separated by the replicas (else the file's ratio kept)
+
+    @property
+    def byte_fitted(self) -> bool:
+        return self.byte_in_s is not None
+
+
+def fit_hop(unit: ComputeUnit, obs: list[Observation], where: str) -> HopFit | None:
+    """The runtime's hop on one unit (module docstring); None when no replica has CPU time and bytes per call.
+
+    The richest the replicas separate: per call, per byte received and per byte sent (replicas whose mix of
+    bytes in and out differs: each direction its own figure, as a veth's sender pays for the receiver's
+    protocol work); else per call and one factor on the unit's per-byte pricing (bytes per call differ:
+    the file's in/out ratio kept); else per call alone, the per-byte figures kept, with a note."""
+    pts = [o for o in obs if o.hop_s is not None and o.bytes_per_call is not None]
     if not pts:
-        return None, None, []
-    nbytes, hop = (np.array(v, dtype=np.float64) for v in zip(*pts, strict=True))
-    if len(pts) >= MIN_HOP_POINTS and nbytes.max() >= MIN_BYTE_SPREAD * max(float(nbytes.min()), 1.0):
-        mb = nbytes / 1e6  # columns of like size for the solver: seconds per call, per MB
-        x, active = bounded_lstsq(np.stack([np.ones_like(mb), mb], axis=1), hop, np.zeros(2),
-                                  np.array([MAX_HOP_S, MAX_HOP_BYTE_S * 1e6]))
-        per_call, per_byte = float(x[0]), float(x[1]) / 1e6
+        return None
+    hop = np.array([o.hop_s for o in pts], dtype=np.float64)
+    priced = np.array([byte_cost_s(unit, o) for o in pts], dtype=np.float64)  # at the file's per-byte figures
+    nbytes = np.array([o.bytes_per_call for o in pts], dtype=np.float64)
+    split = [o for o in pts if o.bytes_in_per_call is not None and o.bytes_out_per_call is not None]
+    if len(split) == len(pts) and len(pts) >= MIN_DIRECTION_POINTS:
+        a = np.array([[1.0, o.bytes_in_per_call / 1e6, o.bytes_out_per_call / 1e6] for o in pts])
+        norms = np.linalg.norm(a, axis=0)
+        if (norms > 0).all() and np.linalg.cond(a / norms) <= DIRECTION_COND:
+            x, active = bounded_lstsq(a, hop, np.zeros(3), np.array([MAX_HOP_S] + [MAX_HOP_BYTE_S * 1e6] * 2))
+            notes = []
+            if active.any():
+                notes.append(f"{where}: the per-direction hop fit hit a bound ({x[0] * 1e3:.3g} ms per call, "
+                             f"{x[1] * 1e3:.3g} ns/B in, {x[2] * 1e3:.3g} ns/B out; each within [0, "
+                             f"{MAX_HOP_S * 1e3:g} ms] / [0, {MAX_HOP_BYTE_S * 1e9:g} ns/B]): noisy CPU figures, "
+                             "run more requests")
+            return HopFit(float(x[0]), float(x[1]) / 1e6, float(x[2]) / 1e6, tuple(notes), per_direction=True)
+    if len(pts) >= MIN_HOP_POINTS and nbytes.max() >= MIN_BYTE_SPREAD * max(float(nbytes.min()), 1.0) \
+            and priced.max() > 0:
+        scale = float(priced.max())  # columns of like size for the solver: seconds per call, x the file's price
+        x, active = bounded_lstsq(np.stack([np.ones_like(priced), priced / scale], axis=1), hop, np.zeros(2),
+                                  np.array([MAX_HOP_S, scale * MAX_HOP_BYTE_S / max(hop_byte_s(unit),
+                                                                                   hop_send_byte_s(unit))]))
+        per_call, factor = float(x[0]), float(x[1]) / scale
         notes = []
         if active[1]:
-            free = np.polyfit(nbytes, hop, 1)[0]
+            free = np.polyfit(priced, hop, 1)[0] * hop_byte_s(unit)  # per byte received, unbounded
             notes.append(f"{where}: the per-byte hop fit reads {free * 1e9:.3g} ns/B, outside [0, "
-                         f"{MAX_HOP_BYTE_S * 1e9:g}]; clamped to {per_byte * 1e9:g} (noisy CPU figures: run more "
-                         "requests)")
+                         f"{MAX_HOP_BYTE_S * 1e9:g}]; clamped to {factor * hop_byte_s(unit) * 1e9:g} (noisy CPU "
+                         "figures: run more requests)")
         if active[0]:
             notes.append(f"{where}: the per-call hop fit is outside [0, {MAX_HOP_S * 1e3:g} ms]; clamped to "
                          f"{per_call * 1e3:g} ms")
-        return per_call, per_byte, notes
-    per_byte = hop_byte_s(unit)
+        out = factor * hop_send_byte_s(unit) if unit.hop_send_byte_s is not None else None
+        return HopFit(per_call, factor * hop_byte_s(unit), out, tuple(notes))
+    rate = (f"{hop_byte_s(unit) * 1e9:.3g} ns/B" if unit.hop_send_byte_s is None else
+            f"{hop_byte_s(unit) * 1e9:.3g} ns/B in, {hop_send_byte_s(unit) * 1e9:.3g} out")
     note = (f"{where}: per-byte hop not fitted ({len(pts)} replica(s), {nbytes.min():.4g}-{nbytes.max():.4g} bytes "
             f"per call; it needs {MIN_HOP_POINTS}+ whose largest is {MIN_BYTE_SPREAD:g}x the smallest: calibrate "
-            f"from runs of several plans or models); per call fitted at {per_byte * 1e9:.3g} ns/B kept")
-    return float(min(max(np.median(hop - per_byte * nbytes), 0.0), MAX_HOP_S)), None, [note]
+            f"from runs of several plans or models); per call fitted at {rate} kept")
+    return HopFit(float(min(max(np.median(hop - priced), 0.0), MAX_HOP_S)), notes=(note,))
 
 
 def _hop_measured(o: Observation) -> float | None:
@@ -602,7 +658,7 @@ def _hop_measured(o: Observation) -> float | None:
 def _hop_pred(unit: ComputeUnit, o: Observation) -> float | None:
     if o.bytes_per_call is None:
         return None
-    return unit.hop_overhead_s + hop_byte_s(unit) * o.bytes_per_call
+    return unit.hop_overhead_s + byte_cost_s(unit, o)
 
 
 def fit(cluster: Cluster, runs: list[tuple[dict, LayerGraph, list[Observation]]], skipped: list[str] = ()
@@ -626,24 +682,24 @@ def fit(cluster: Cluster, runs: list[tuple[dict, LayerGraph, list[Observation]]]
         where = f"{dev}:{uname}"
         obs = [o for o, _ in items]
         after, design, notes = _fit_multi(before, items, where)
-        hop, per_byte, hop_notes = fit_hop(after, obs, where)
-        pool = pooled.get((dev, uname)) if per_byte is None and hop is not None else None
+        hf = fit_hop(after, obs, where)
+        pool = pooled.get((dev, uname)) if hf is not None and not hf.byte_fitted else None
         if pool is not None:  # this board's bytes did not vary, its twins' did: their slope, its own per call
-            per_byte, boards = pool
-            pts = [(o.hop_s - per_byte * o.bytes_per_call) for o in obs
+            shared, boards = pool
+            priced = _with_bytes(after, shared)
+            pts = [o.hop_s - byte_cost_s(priced, o) for o in obs
                    if o.hop_s is not None and o.bytes_per_call is not None]
-            hop = float(min(max(np.median(pts), 0.0), MAX_HOP_S))
-            hop_notes = [f"{where}: per-byte hop fitted over the replicas of {boards} (same profile and figures): "
-                         f"{per_byte * 1e9:.3g} ns/B; per call from this board's own"]
-        notes += hop_notes
-        if hop is None:
+            hf = dataclasses.replace(shared, per_call_s=float(min(max(np.median(pts), 0.0), MAX_HOP_S)), notes=(
+                f"{where}: per-byte hop fitted over the replicas of {boards} (same profile and figures): "
+                f"{_byte_rates(shared)}; per call from this board's own",))
+        if hf is None:
             notes.append(f"{where}: the report(s) have no CPU time or bytes per call; hop_overhead_us kept")
         else:
-            after = dataclasses.replace(after, hop_overhead_s=hop)
-        if per_byte is not None:
-            after = dataclasses.replace(after, hop_byte_s=per_byte)
-        fits.append(UnitFit(dev, uname, design, len(obs), before, after, tuple(notes), hop is not None,
-                            hop_byte_fitted=per_byte is not None, hop_byte_pooled=pool[1] if pool else ""))
+            notes += hf.notes
+            after = dataclasses.replace(_with_bytes(after, hf), hop_overhead_s=hf.per_call_s)
+        fits.append(UnitFit(dev, uname, design, len(obs), before, after, tuple(notes), hf is not None,
+                            hop_byte_fitted=hf is not None and hf.byte_fitted, hop_byte_pooled=pool[1] if pool else "",
+                            hop_direction_fitted=hf is not None and hf.per_direction))
         for o, la in items:
             rows.append(StageRow(
                 o, la.module_s(before, o.start, o.stop, o.samples), la.module_s(after, o.start, o.stop, o.samples),
@@ -659,8 +715,20 @@ def fit(cluster: Cluster, runs: list[tuple[dict, LayerGraph, list[Observation]]]
                                                                                       devices=tuple(new_devices)))
 
 
-def _pooled_hop_byte(cluster: Cluster, by_unit: dict) -> dict[tuple[str, str], tuple[float, str]]:
-    """(board, unit) -> (per-byte hop, the boards pooled) for units whose own replicas do not separate the
+def _with_bytes(unit: ComputeUnit, hf: HopFit) -> ComputeUnit:
+    """``unit`` with the per-byte figures ``hf`` fitted (unchanged where it fitted none)."""
+    if not hf.byte_fitted:
+        return unit
+    return dataclasses.replace(unit, hop_byte_s=hf.byte_in_s, hop_send_byte_s=hf.byte_out_s)
+
+
+def _byte_rates(hf: HopFit) -> str:
+    return (f"{hf.byte_in_s * 1e9:.3g} ns/B" if hf.byte_out_s is None else
+            f"{hf.byte_in_s * 1e9:.3g} ns/B in, {hf.byte_out_s * 1e9:.3g} ns/B out")
+
+
+def _pooled_hop_byte(cluster: Cluster, by_unit: dict) -> dict[tuple[str, str], tuple[HopFit, str]]:
+    """(board, unit) -> (the per-byte hop, the boards pooled) for units whose own replicas do not separate the
     per-byte part but whose twins' replicas (boards of the same profile with the same figures) do together:
     one run over several identical boards gives each a different cut, so bytes per call differ among them."""
     devices = {d.name: d for d in cluster.devices}
@@ -672,15 +740,14 @@ def _pooled_hop_byte(cluster: Cluster, by_unit: dict) -> dict[tuple[str, str], t
     for (_profile, unit), members in groups.items():
         if len(members) < 2:
             continue
-        obs = [o for m in members for o, _ in by_unit[m]]
-        _, per_byte, _ = fit_hop(unit, obs, "")
-        if per_byte is None:
+        shared = fit_hop(unit, [o for m in members for o, _ in by_unit[m]], "")
+        if shared is None or not shared.byte_fitted:
             continue
         names = ", ".join(d for d, _ in sorted(members))
         for m in members:
-            own = [o for o, _ in by_unit[m]]
-            if fit_hop(unit, own, "")[1] is None:
-                out[m] = (per_byte, names)
+            own = fit_hop(unit, [o for o, _ in by_unit[m]], "")
+            if own is not None and not own.byte_fitted:
+                out[m] = (shared, names)
     return out
 
 
@@ -699,10 +766,12 @@ def _twin_scale(fitted: ComputeUnit, u: ComputeUnit) -> float | None:
     r = u.mem_bandwidth / fitted.mem_bandwidth
     pairs = [(b[c], a[c] * r) for c in a] + [(u.layer_overhead_s * r, fitted.layer_overhead_s),
                                             (u.hop_overhead_s * r, fitted.hop_overhead_s)]
-    if (u.hop_byte_s is None) != (fitted.hop_byte_s is None):
-        return None
-    if u.hop_byte_s is not None:
-        pairs.append((u.hop_byte_s * r, fitted.hop_byte_s))
+    for name in ("hop_byte_s", "hop_send_byte_s"):
+        mine, theirs = getattr(u, name), getattr(fitted, name)
+        if (mine is None) != (theirs is None):
+            return None
+        if mine is not None:
+            pairs.append((mine * r, theirs))
     ok = all(abs(x - y) <= TWIN_TOLERANCE * max(abs(x), abs(y)) for x, y in pairs)
     return r if ok else None
 
@@ -718,7 +787,8 @@ def _rescaled(before: ComputeUnit, after: ComputeUnit, u: ComputeUnit, r: float)
         u, throughput=tuple((c, min(f * thr_a[c] / thr_b[c], peak) if thr_b[c] else f) for c, f in u.throughput),
         mem_bandwidth=after.mem_bandwidth * r, layer_overhead_s=after.layer_overhead_s / r,
         hop_overhead_s=after.hop_overhead_s / r,
-        hop_byte_s=None if after.hop_byte_s is None else after.hop_byte_s / r)
+        hop_byte_s=None if after.hop_byte_s is None else after.hop_byte_s / r,
+        hop_send_byte_s=None if after.hop_send_byte_s is None else after.hop_send_byte_s / r)
 
 
 NOTE_REL = 1e-3
@@ -759,11 +829,14 @@ def _no_faster(own: ComputeUnit, guess: ComputeUnit) -> tuple[ComputeUnit, tuple
     per_byte = None  # both unset: HOP_COPIES copies at the (lower) bandwidth, never cheaper than own's
     if own.hop_byte_s is not None or guess.hop_byte_s is not None:
         per_byte = slower("hop_byte_ns", hop_byte_s(own), hop_byte_s(guess), True)
+    per_sent = None  # both unset: the per-byte figure prices sends too
+    if own.hop_send_byte_s is not None or guess.hop_send_byte_s is not None:
+        per_sent = slower("hop_send_byte_ns", hop_send_byte_s(own), hop_send_byte_s(guess), True)
     classes = [f"throughput_gflops.{c}" for c, _ in own.throughput]
     if all(c in kept for c in classes):  # one name for all of them (a note per class reads as noise)
         kept = ["throughput_gflops.*"] + [k for k in kept if k not in classes]
     return dataclasses.replace(guess, throughput=tuple(thr), mem_bandwidth=bw, layer_overhead_s=layer,
-                               hop_overhead_s=hop, hop_byte_s=per_byte), tuple(kept)
+                               hop_overhead_s=hop, hop_byte_s=per_byte, hop_send_byte_s=per_sent), tuple(kept)
 
 
 def _same_profile_peers(cluster: Cluster, fits: list[UnitFit]) -> list[UnitFit]:
@@ -797,7 +870,8 @@ def _same_profile_peers(cluster: Cluster, fits: list[UnitFit]) -> list[UnitFit]:
                     notes.append(f"{d.name}:{u.name}: keeps its file's {', '.join(kept)} (the fit on {best.device} "
                                  f"would make them faster): {TRANSFER_RULE}")
                 out.append(UnitFit(d.name, u.name, best.design, 0, u, after, tuple(notes),
-                                   best.hop_fitted, best.device, best.hop_byte_fitted))
+                                   best.hop_fitted, best.device, best.hop_byte_fitted,
+                                   hop_direction_fitted=best.hop_direction_fitted))
     return out
 
 
@@ -847,6 +921,9 @@ def _unit_overrides(fit_: UnitFit, stamp: dict) -> dict:
     if fit_.hop_byte_fitted:
         body["hop_byte_ns"] = float(f"{u.hop_byte_s * 1e9:.6g}")
         figures.append("hop_byte_ns")
+        if u.hop_send_byte_s is not None:  # fitted per direction, or the file's figure scaled with the other
+            body["hop_send_byte_ns"] = float(f"{u.hop_send_byte_s * 1e9:.6g}")
+            figures.append("hop_send_byte_ns")
     if fit_.inferred_from is not None:  # taken from a same-profile board: estimates, no `measured` provenance
         return body
     how = {f: dict(stamp, how=f"edgeplan calibrate: {fit_.design} least squares over {fit_.calls} stage call "
@@ -854,13 +931,18 @@ def _unit_overrides(fit_: UnitFit, stamp: dict) -> dict:
     if "hop_overhead_us" in how:
         how["hop_overhead_us"]["how"] = (
             f"edgeplan calibrate: least squares over {fit_.calls} replica(s) of worker CPU per call - module time "
-            "= per call + per byte x bytes in and out" if fit_.hop_byte_fitted and not fit_.hop_byte_pooled else
+            "= per call + per byte in x bytes in + per byte out x bytes out" if fit_.hop_direction_fitted
+            and not fit_.hop_byte_pooled else
+            f"edgeplan calibrate: least squares over {fit_.calls} replica(s) of worker CPU per call - module time "
+            "= per call + factor x the file's per-byte price of the bytes in and out"
+            if fit_.hop_byte_fitted and not fit_.hop_byte_pooled else
             f"edgeplan calibrate: median over {fit_.calls} replica(s) of worker CPU per call - module time - "
             "per-byte cost (start-up CPU included unless the report gives it)")
-    if "hop_byte_ns" in how:
-        how["hop_byte_ns"]["how"] = how["hop_overhead_us"]["how"] if not fit_.hop_byte_pooled else (
-            f"edgeplan calibrate: least squares over the replicas of boards {fit_.hop_byte_pooled} (same profile and "
-            "figures) of worker CPU per call - module time = per call + per byte x bytes in and out")
+    for fig in ("hop_byte_ns", "hop_send_byte_ns"):
+        if fig in how:
+            how[fig]["how"] = how["hop_overhead_us"]["how"] if not fit_.hop_byte_pooled else (
+                f"edgeplan calibrate: least squares over the replicas of boards {fit_.hop_byte_pooled} (same profile "
+                "and figures) of worker CPU per call - module time = per call + per byte x bytes in and out")
     body["measured"] = how
     return body
 
@@ -954,8 +1036,12 @@ def format_fit(cal: Calibration) -> str:
         lines.append(f"  {'memory':<12} {b.mem_bandwidth / 1e9:9.3g} -> {a.mem_bandwidth / 1e9:9.3g} GB/s")
         lines.append(f"  {'per layer':<12} {b.layer_overhead_s * 1e6:9.3g} -> {a.layer_overhead_s * 1e6:9.3g} us")
         lines.append(f"  {'per call':<12} {b.hop_overhead_s * 1e6:9.3g} -> {a.hop_overhead_s * 1e6:9.3g} us (hop)")
-        lines.append(f"  {'per byte':<12} {hop_byte_s(b) * 1e9:9.3g} -> {hop_byte_s(a) * 1e9:9.3g} ns (hop"
-                     f"{'' if f.hop_byte_fitted else ', not fitted'})")
+        sends = b.hop_send_byte_s is not None or a.hop_send_byte_s is not None
+        lines.append(f"  {'per byte in' if sends else 'per byte':<12} {hop_byte_s(b) * 1e9:9.3g} -> "
+                     f"{hop_byte_s(a) * 1e9:9.3g} ns (hop{'' if f.hop_byte_fitted else ', not fitted'})")
+        if sends:
+            lines.append(f"  {'per byte out':<12} {hop_send_byte_s(b) * 1e9:9.3g} -> {hop_send_byte_s(a) * 1e9:9.3g}"
+                         f" ns (hop{'' if f.hop_byte_fitted else ', not fitted'})")
         lines.extend(f"  {n}" for n in f.notes)
     for lf in cal.links:
         other = "every board (head)" if lf.b == HEAD_LINK else lf.b

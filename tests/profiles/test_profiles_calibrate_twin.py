@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from edgeplan.profiles import calibrate as cal
-from edgeplan.profiles.cost import hop_byte_s
+from edgeplan.profiles.cost import hop_byte_s, hop_send_byte_s
 from edgeplan.profiles.load import load_cluster
 from tests.profiles.test_profiles_calibrate import plan_and_report, synthetic_graph
 from tests.profiles.test_profiles_calibrate_head import emulated
@@ -37,7 +37,7 @@ def run_on_board0(tmp_path, time_factor: float, hop_factor: float):
     layers = cal._Layers(graph)
     times = [time_factor * layers.module_s(unit, 0, 12, 4), time_factor * layers.module_s(unit, 12, 24, 4)]
     plan, rep = plan_and_report(graph, cluster, [12], lambda s: name, times)
-    hop = hop_factor * unit.hop_overhead_s + hop_byte_s(unit) * BYTES
+    hop = hop_factor * unit.hop_overhead_s + (hop_byte_s(unit) + hop_send_byte_s(unit)) * BYTES / 2  # in = out
     for st, t in zip(rep["stages"], times, strict=True):
         st["replicas"][0]["cpu_s"] = 100 * (t + hop)
     result = cal.fit(cluster, [(plan, graph, cal.observations(plan, rep, "r.json")[0])])
@@ -59,7 +59,7 @@ def test_a_fit_that_made_the_run_board_faster_leaves_its_twin_as_in_the_file(tmp
     assert twin.inferred_from == d0 and "figures x 0.3" in twin.notes[0]
     assert twin.after.throughput == own.throughput and twin.after.mem_bandwidth == own.mem_bandwidth
     assert twin.after.hop_overhead_s == own.hop_overhead_s and twin.after.layer_overhead_s == own.layer_overhead_s
-    assert hop_byte_s(twin.after) == hop_byte_s(own)
+    assert hop_byte_s(twin.after) == hop_byte_s(own) and hop_send_byte_s(twin.after) == hop_send_byte_s(own)
     kept = twin.notes[1]
     assert "hop_overhead_us" in kept and "throughput_gflops.*" in kept and cal.TRANSFER_RULE in kept
     new = cal.write_calibrated(path, result, tmp_path / "cal.yaml", sources="r.json", backend="onnxruntime")
