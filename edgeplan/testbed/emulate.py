@@ -33,14 +33,20 @@ from edgeplan.testbed.calibrate import HostSpeed
 ENV_VAR = "EDGEPLAN_TESTBED"
 HEAD_RESERVE_CORES = 0.25  # left free for the head and the OS
 HOST_LAYER_OVERHEAD_US = 5.0  # per-layer dispatch cost on one core here (profiles/boards/x86/host.yaml)
-# the runtime's CPU per byte a stage call receives or sends between two boards of the testbed, on one core here
-# (issue 14). Over loopback it is 0.19-0.25 ns/B (`edgeplan calibrate` over local runs, 1.6-6.3 MB per call), but
-# every testbed link carries MTU-sized packets (netns: gso_max_segs 1) through a veth, a bridge and htb, and
-# each packet costs CPU on both ends: benchmarks/bench_testbed_hop_byte.py measured 3.4-4.7 ns/B sending and
-# 5.5 ns/B receiving 800 KB frames (and a fit over two vit-tiny plans whose cut moved 4x the bytes: 3.9 / 5.7).
-# Priced at 0.22, a one-run calibration put that cost into the per-call hop, and a re-plan that sent 4x fewer
-# bytes came out 9-37% off (bench_truth / test_profiles_calibrate_netns, vit-tiny on three-node-hetero).
-TESTBED_HOP_BYTE_NS = 5.0
+# the runtime's CPU per byte a stage call receives, and per byte it sends, between two boards of the testbed, on one
+# core here (issue 14). Over loopback both are 0.19-0.25 ns/B, but every testbed link carries MTU-sized packets
+# (netns: gso_max_segs 1) through a veth, a bridge and htb, and a veth hands each packet to the receiver's network
+# stack in the sender's context: the sending board pays for most of both ends' protocol work, the receiving one
+# for little more than the copy out (the rest lands on whichever task the CPU runs when the shaper releases the
+# packet: the receiver's module call in some runs, the sender in others, +-5% of a 32 ms call on vit-tiny).
+# Least squares of the workers' CPU per call beyond the module (per call + in x bytes in + out x bytes out) over
+# every quota-bound replica of ten `python benchmarks/bench_truth.py --emulate --repeat` runs (it prints the fit
+# of its own runs beside these figures): 240 replicas, 0.82 ns/B in, 11.9 out, 0.61 ms per call (per run 0.3-1.4
+# in, 7.5-15.4 out); one figure for both directions (8.0) missed the replicas' hop by 51% on average, against
+# 34%. Priced at one figure (5.0), the slow gpu-board of three-node-hetero, receiving 200 KB per call in a first
+# run, was re-planned to send them: its hop measured 20-23 ms against 8.3 priced (throughput 13-23% off).
+TESTBED_HOP_BYTE_NS = 1.0
+TESTBED_HOP_SEND_BYTE_NS = 12.0
 
 
 @dataclass(frozen=True)
@@ -191,7 +197,8 @@ def emulated_cluster_doc(cluster: Cluster, plan_shape: Shape, host: HostSpeed) -
 
     Each board is this machine's CPU at its quota: per-class throughput and
     memory bandwidth x cores, per-layer and per-stage-call (runtime) overheads /
-    cores, and the runtime's per-byte cost over a testbed link (``TESTBED_HOP_BYTE_NS``) / cores;
+    cores, and the runtime's per-byte costs over a testbed link, received and sent (``TESTBED_HOP_BYTE_NS``,
+    ``TESTBED_HOP_SEND_BYTE_NS``) / cores;
     the peak is the whole cores its threads burst on until the quota is spent (what
     `edgeplan calibrate` clamps a fit to); RAM and power stay the board's own. Links carry the dilated
     bandwidths. Plan against this to compare predictions with what runs inside `edgeplan emulate`.
@@ -223,6 +230,7 @@ def emulated_cluster_doc(cluster: Cluster, plan_shape: Shape, host: HostSpeed) -
                     "layer_overhead_us": round(HOST_LAYER_OVERHEAD_US / b.cores, 2),
                     "hop_overhead_us": round(host_hop_us / b.cores, 1),
                     "hop_byte_ns": round(TESTBED_HOP_BYTE_NS / b.cores, 4),
+                    "hop_send_byte_ns": round(TESTBED_HOP_SEND_BYTE_NS / b.cores, 4),
                     "busy_power_w": busy,
                 }},
             },

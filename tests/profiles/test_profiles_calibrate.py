@@ -297,6 +297,7 @@ def test_emulated_board_peak_is_the_cores_its_threads_burst_on_not_the_quota_ave
         assert cpu["peak_gflops"] == pytest.approx(30 * {0.3: 1, 1.5: 2, 1.0: 1}[b.cores])
         # the runtime's per-call and per-byte costs: the host's, on the board's share of a core
         assert cpu["hop_byte_ns"] == pytest.approx(emulate.TESTBED_HOP_BYTE_NS / b.cores, rel=1e-3)
+        assert cpu["hop_send_byte_ns"] == pytest.approx(emulate.TESTBED_HOP_SEND_BYTE_NS / b.cores, rel=1e-3)
         assert cpu["hop_overhead_us"] == pytest.approx(850 / b.cores, rel=1e-3)
 
 
