@@ -648,7 +648,12 @@ def fit_hop(unit: ComputeUnit, obs: list[Observation], where: str) -> HopFit | N
     note = (f"{where}: per-byte hop not fitted ({len(pts)} replica(s), {nbytes.min():.4g}-{nbytes.max():.4g} bytes "
             f"per call; it needs {MIN_HOP_POINTS}+ whose largest is {MIN_BYTE_SPREAD:g}x the smallest: calibrate "
             f"from runs of several plans or models); per call fitted at {rate} kept")
-    return HopFit(float(min(max(np.median(hop - priced), 0.0), MAX_HOP_S)), notes=(note,))
+    raw = float(np.median(hop - priced))
+    notes = (note,) if raw >= 0 else (note, (
+        f"{where}: the per-byte figures alone price {float(np.median(priced)) * 1e3:.3g} ms of a hop measured at "
+        f"{float(np.median(hop)) * 1e3:.3g} ms per call; per call clamped to 0 (they price this board's bytes too "
+        "high: calibrate from runs whose bytes per call differ to fit them)"))
+    return HopFit(float(min(max(raw, 0.0), MAX_HOP_S)), notes=notes)
 
 
 def _hop_measured(o: Observation) -> float | None:

@@ -154,6 +154,12 @@ def test_bytes_that_differ_only_in_amount_keep_the_files_ratio_of_send_to_receiv
     (g,) = cal.fit(cluster, _runs(graph, cluster, [(200_000, 2_000)])).fits
     assert not g.hop_byte_fitted and g.after.hop_send_byte_s == cluster.device("a").unit("cpu").hop_send_byte_s
     assert g.after.hop_overhead_s == pytest.approx(PER_CALL + 0.5e-9 * 200_000 + 7.5e-9 * 2_000, rel=1e-6)
+    assert not any("clamped to 0" in n for n in g.notes)
+    # a hop below what the file's per-byte figures alone price: per call 0, and one line says so
+    (h,) = cal.fit(cluster, _runs(graph, cluster, [(2_000, 200_000)], hop=lambda i, o: 0.001)).fits
+    assert h.after.hop_overhead_s == 0.0
+    (clamp,) = [n for n in h.notes if "clamped to 0" in n]
+    assert "price 1.5 ms of a hop measured at 1 ms per call" in clamp and "\n" not in clamp
 
 
 def test_a_scaled_twin_takes_a_send_figure_only_where_it_makes_the_board_slower(tmp_path):
