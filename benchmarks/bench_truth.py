@@ -318,7 +318,7 @@ def _replica_rows(graph, cluster, st: dict, got: dict) -> list[tuple]:
     call measured, predicted at the bytes it moved). The stage line's figures are each the group's slowest,
     which need not be one board's, so its hop (call - module) can mix two boards."""
     from edgeplan.profiles.calibrate import board_module_s, predicted_module_s
-    from edgeplan.profiles.cost import hop_byte_s
+    from edgeplan.profiles.cost import hop_byte_s, hop_send_byte_s
 
     if len(st["replicas"]) < 2:
         return []
@@ -326,10 +326,11 @@ def _replica_rows(graph, cluster, st: dict, got: dict) -> list[tuple]:
     for r, m in zip(st["replicas"], got["replicas"], strict=True):
         unit = cluster.device(r["device"]).unit(r["unit"])
         call, runs = _board_call_s(m), int(m.get("runs") or 0)
-        moved = (float(m["bytes_in"]) + float(m["bytes_out"])) / runs if runs and m.get("bytes_in") is not None else 0.0
+        b_in, b_out = ((float(m["bytes_in"]) / runs, float(m["bytes_out"]) / runs)
+                       if runs and m.get("bytes_in") is not None else (0.0, 0.0))
         module = predicted_module_s(graph, cluster, {**st, "replicas": [r]})
         out.append((r["device"], r["samples"], board_module_s(m), module, call,
-                    module + unit.hop_overhead_s + hop_byte_s(unit) * moved))
+                    module + unit.hop_overhead_s + hop_byte_s(unit) * b_in + hop_send_byte_s(unit) * b_out))
     return out
 
 
